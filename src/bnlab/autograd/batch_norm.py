@@ -1,0 +1,109 @@
+"""Batch normalization with its closed-form backward, bound as a ``torch.autograd.Function``.
+
+The maths lives in ``bnlab.functional.batch_norm``; this module only connects
+:func:`~bnlab.functional.batch_norm.batch_norm_forward` and
+:func:`~bnlab.functional.batch_norm.batch_norm_backward` to autograd. Compared with
+differentiating the forward op by op, the closed form saves only ``x``, ``weight`` and
+two ``(C,)`` vectors and computes ``grad_x`` in one full-size tensor.
+
+Double backward (``create_graph=True``) works: the backward is written in torch ops, and
+when autograd records it the batch statistics are recomputed from the saved ``x`` so
+that their dependence on ``x`` is part of the second-order graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bnlab.functional.batch_norm import (
+    BatchNormOutput,
+    batch_norm_backward,
+    batch_norm_forward,
+    batch_norm_with,
+)
+from bnlab.functional.moments import batch_moments
+
+__all__ = ["BatchNormFunction", "batch_norm"]
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm: ``(x, weight, bias, eps) -> (y, mean, var)``.
+
+    ``mean`` and ``var`` (biased) are returned for the running statistics and are not
+    differentiable.
+
+    Shape:
+        x: ``(N, C, *)``; weight, bias: ``(C,)`` or None; y: like x; mean, var: ``(C,)``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        y, mean, var, inv_std = batch_norm_forward(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, inv_std)
+        ctx.eps = eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_y: Tensor, _grad_mean: Tensor | None, _grad_var: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        x, weight, mean, inv_std = ctx.saved_tensors
+        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            # create_graph=True: the saved statistics carry no graph, rebuild them from x.
+            mean, var = batch_moments(x)
+            inv_std = torch.rsqrt(var + ctx.eps)
+        grad_x, grad_weight, grad_bias = batch_norm_backward(
+            grad_y, x, weight, mean, inv_std, (need_x, need_w, need_b)
+        )
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(ctx.bias_dtype)
+        return grad_x, grad_weight, grad_bias, None
+
+
+def _train_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    return BatchNormFunction.apply(x, weight, bias, eps)
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    num_batches_tracked: Tensor | None = None,
+    *,
+    name: str = "batch_norm",
+) -> BatchNormOutput:
+    """:func:`bnlab.functional.batch_norm` with the closed-form backward.
+
+    Same arguments, result and errors; ``name`` prefixes error messages (modules pass
+    their class name).
+    """
+    return batch_norm_with(
+        _train_forward,
+        x,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        training,
+        momentum,
+        eps,
+        num_batches_tracked,
+        name=name,
+    )

@@ -1,0 +1,445 @@
+"""Batch normalization as pure functions.
+
+Paper: Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by
+Reducing Internal Covariate Shift", arXiv 1502.03167.
+
+Conventions (the same as ``torch.nn.functional.batch_norm``; stated once here):
+    * Inputs are ``(N, C, *)``; statistics are per channel (dim 1) over all other dims.
+    * Training normalizes with the *biased* batch variance.
+    * ``running_var`` is updated with the *unbiased* batch variance, ``var * n / (n - 1)``.
+    * ``momentum`` is the weight of the new batch:
+      ``running = (1 - momentum) * running + momentum * batch``; ``momentum=None`` is the
+      cumulative average, with weight ``1 / num_batches_tracked`` (after the increment).
+    * Pure functions never mutate: running statistics are returned, not updated in place
+      (only ``bnlab.nn`` modules copy them into their buffers).
+    * An empty batch (``N == 0``) returns an empty output and the statistics unchanged.
+    * float16/bfloat16 inputs: statistics and arithmetic in float32, output in the input
+      dtype.
+
+``batch_norm`` here is differentiable through torch's autograd (every op is a torch
+op, so second derivatives work); ``bnlab.autograd.batch_norm`` has the same signature
+and uses the closed-form backward of :func:`batch_norm_backward`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from bnlab.functional.moments import (
+    accumulation_dtype,
+    channel_shape,
+    per_channel_dot,
+    per_channel_sum,
+    per_channel_sum_sq,
+    records_grad,
+)
+
+__all__ = [
+    "BatchNormOutput",
+    "batch_norm",
+    "batch_norm_backward",
+    "batch_norm_eval",
+    "batch_norm_forward",
+    "check_eps",
+    "check_input",
+    "check_momentum",
+    "check_per_channel",
+    "check_values_per_channel",
+    "running_stats_update",
+]
+
+TrainForward = Callable[[Tensor, Tensor | None, Tensor | None, float], tuple[Tensor, Tensor, Tensor]]
+
+
+class BatchNormOutput(NamedTuple):
+    """What :func:`batch_norm` returns: the output and the (new) running statistics.
+
+    ``running_mean``, ``running_var`` and ``num_batches_tracked`` are the values passed in
+    when nothing was updated (eval mode, empty batch, or statistics not tracked).
+    """
+
+    output: Tensor
+    running_mean: Tensor | None
+    running_var: Tensor | None
+    num_batches_tracked: Tensor | None
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def check_eps(eps: float, name: str) -> None:
+    """Raise ``ValueError`` unless ``eps`` is a finite number > 0."""
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        raise TypeError(f"{name}: eps must be a float > 0, got {eps!r} of type {type(eps).__name__}")
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"{name}: eps must be > 0 (it keeps 1/sqrt(var + eps) finite), got {eps!r}")
+
+
+def check_momentum(momentum: float | None, name: str) -> None:
+    """Raise ``ValueError`` unless ``momentum`` is ``None`` or in ``[0, 1]``."""
+    if momentum is None:
+        return
+    if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):
+        raise TypeError(
+            f"{name}: momentum must be a float in [0, 1] or None, got {momentum!r} "
+            f"of type {type(momentum).__name__}"
+        )
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(
+            f"{name}: momentum must be in [0, 1] (the weight of the new batch, PyTorch's "
+            f"convention; a decay of 0.9 is momentum=0.1), or None for a cumulative "
+            f"average, got {momentum!r}"
+        )
+
+
+def check_input(x: Tensor, num_features: int | None, name: str) -> None:
+    """Check that ``x`` is a floating tensor of shape ``(N, C, *)`` with ``C == num_features``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor input, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name}: expected a floating-point input (float16, bfloat16, float32 or float64), "
+            f"got dtype {x.dtype}; convert it first, for example with x.float()"
+        )
+    if x.dim() < 2:
+        raise ValueError(
+            f"{name}: expected an input of shape (N, C, *) with at least 2 dims, "
+            f"got {x.dim()}D input of shape {tuple(x.shape)}"
+        )
+    if num_features is not None and x.shape[1] != num_features:
+        raise ValueError(
+            f"{name}: expected {num_features} channels in dim 1, got {x.shape[1]} "
+            f"(input of shape {tuple(x.shape)}); the layer was built with "
+            f"num_features={num_features}"
+        )
+
+
+def check_per_channel(t: Tensor | None, num_features: int, what: str, name: str) -> None:
+    """Check that an optional per-channel tensor (weight, bias, running stat) has shape ``(C,)``."""
+    if t is None:
+        return
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: {what} must be a torch.Tensor or None, got {type(t).__name__}")
+    if tuple(t.shape) != (num_features,):
+        raise ValueError(
+            f"{name}: {what} must have shape ({num_features},), one value per channel of the "
+            f"input, got shape {tuple(t.shape)}"
+        )
+
+
+def check_values_per_channel(x: Tensor, name: str) -> None:
+    """Raise ``ValueError`` when training would see a single value per channel."""
+    if x.numel() // x.shape[1] == 1 and x.numel() > 0:
+        raise ValueError(
+            f"{name}: expected more than 1 value per channel when training, got input of shape "
+            f"{tuple(x.shape)}; a batch of one has no batch variance. Use a batch of at least "
+            f"2, or call .eval() to normalize with the running statistics"
+        )
+
+
+# ---------------------------------------------------------------------------- maths
+
+
+def batch_norm_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training-mode forward: normalize with the batch statistics.
+
+    ``y = (x - mean) * inv_std * weight + bias`` with ``inv_std = 1 / sqrt(var + eps)``
+    and the biased batch variance, computed in two passes (see ``moments``).
+
+    Args:
+        x: input, at least one element per channel.
+        weight: scale gamma, or None for 1.
+        bias: shift beta, or None for 0.
+        eps: added to the variance.
+
+    Returns:
+        ``(y, mean, var, inv_std)``: ``y`` in ``x.dtype``; the statistics in
+        ``accumulation_dtype(x.dtype)``.
+
+    Shape:
+        x: ``(N, C, *)``; weight, bias: ``(C,)``; y: like x; mean, var, inv_std: ``(C,)``.
+    """
+    acc = accumulation_dtype(x.dtype)
+    shape = channel_shape(x.dim(), x.shape[1])
+    count = x.numel() // x.shape[1]
+    grad = records_grad(x, weight, bias)
+
+    mean = per_channel_sum(x, acc) / count
+    d = x - mean.view(shape)  # fresh (N, C, *) tensor in acc dtype, reused for the output
+    var = per_channel_sum_sq(d)
+    var = var / count
+    inv_std = torch.rsqrt(var + eps)
+    scale = inv_std if weight is None else weight.to(acc) * inv_std
+    if grad:
+        y = d * scale.view(shape)
+        if bias is not None:
+            y = y + bias.to(acc).view(shape)
+    else:
+        y = d.mul_(scale.view(shape))
+        if bias is not None:
+            y.add_(bias.to(acc).view(shape))
+    return y.to(x.dtype), mean, var, inv_std
+
+
+def batch_norm_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    mean: Tensor,
+    inv_std: Tensor,
+    needs_input_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Closed-form backward of :func:`batch_norm_forward` (training mode).
+
+    Derivation, per channel, with ``n`` values, ``d = x - mean``, ``x_hat = d * inv_std``,
+    ``y = weight * x_hat + bias`` and ``g = grad_y``. Since ``mean`` and ``var`` depend on
+    every ``x`` of the channel, ``d mean / d x_i = 1/n`` and ``d var / d x_i = 2 d_i / n``:
+
+        grad_bias   = sum(g)
+        grad_weight = sum(g * x_hat) = inv_std * sum(g * d)
+        grad_x      = weight * inv_std / n * (n * g - sum(g) - x_hat * sum(g * x_hat))
+                    = k1 * g + k2 * d + k3,   with
+        k1 = weight * inv_std,  k2 = -k1 * inv_std**2 * sum(g * d) / n,  k3 = -k1 * sum(g) / n.
+
+    ``sum(g * d)`` uses the centred ``d``, not ``sum(g * x) - mean * sum(g)``, which
+    cancels catastrophically when ``|mean| >> std``. Only the requested gradients are
+    computed: ``grad_x`` costs one full-size tensor; ``grad_weight`` and ``grad_bias``
+    only reductions.
+
+    Args:
+        grad_y: gradient of the loss w.r.t. ``y``.
+        x: the forward input.
+        weight: the forward weight, or None.
+        mean, inv_std: the batch statistics of the forward pass.
+        needs_input_grad: which of ``(grad_x, grad_weight, grad_bias)`` to compute.
+
+    Returns:
+        ``(grad_x, grad_weight, grad_bias)``, ``None`` where not requested; ``grad_x`` in
+        ``x.dtype``, the others in the accumulation dtype.
+
+    Shape:
+        grad_y, x: ``(N, C, *)``; weight, mean, inv_std: ``(C,)``.
+    """
+    need_x, need_w, need_b = needs_input_grad
+    acc = accumulation_dtype(x.dtype)
+    shape = channel_shape(x.dim(), x.shape[1])
+    count = x.numel() // x.shape[1]
+    grad = records_grad(grad_y, x, weight, mean, inv_std)
+    g = grad_y.to(acc)
+
+    grad_x = grad_weight = grad_bias = None
+    g_sum = per_channel_sum(g, acc) if (need_x or need_b) else None
+    if need_x or need_w:
+        d = x - mean.view(shape)  # fresh; becomes grad_x below
+        gd = per_channel_dot(g, d)
+    if need_b:
+        grad_bias = g_sum
+    if need_w:
+        grad_weight = gd * inv_std
+    if need_x:
+        k1 = inv_std if weight is None else weight.to(acc) * inv_std
+        k2 = (-k1 * inv_std * inv_std * gd / count).view(shape)
+        k3 = (-k1 * g_sum / count).view(shape)
+        k1 = k1.view(shape)
+        if grad:
+            grad_x = d * k2 + k3 + g * k1
+        else:
+            grad_x = d.mul_(k2).add_(k3).addcmul_(g, k1)
+        grad_x = grad_x.to(x.dtype)
+    return grad_x, grad_weight, grad_bias
+
+
+def batch_norm_eval(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """Inference-mode forward: normalize with fixed statistics, as one per-channel affine map.
+
+    ``y = x * scale + shift`` with ``scale = weight / sqrt(running_var + eps)`` and
+    ``shift = bias - running_mean * scale``. Differentiable through torch's autograd.
+
+    Shape:
+        x: ``(N, C, *)``; running_mean, running_var, weight, bias: ``(C,)``; y: like x.
+    """
+    acc = accumulation_dtype(x.dtype)
+    shape = channel_shape(x.dim(), x.shape[1])
+    scale = torch.rsqrt(running_var.to(acc) + eps)
+    if weight is not None:
+        scale = scale * weight.to(acc)
+    shift = -running_mean.to(acc) * scale
+    if bias is not None:
+        shift = shift + bias.to(acc)
+    if records_grad(x, weight, bias, running_mean, running_var):
+        return (x * scale.view(shape) + shift.view(shape)).to(x.dtype)
+    return torch.mul(x, scale.view(shape)).add_(shift.view(shape)).to(x.dtype)
+
+
+def running_stats_update(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    count: int,
+    factor: float,
+) -> tuple[Tensor, Tensor]:
+    """New running statistics after one batch: ``(1 - factor) * running + factor * batch``.
+
+    Args:
+        running_mean, running_var: current running statistics.
+        mean, var: the batch mean and *biased* batch variance.
+        count: values per channel in the batch (``n``); the running variance takes the
+            unbiased ``var * n / (n - 1)``.
+        factor: weight of the new batch (``momentum``, or ``1 / num_batches_tracked``).
+
+    Returns:
+        ``(new_running_mean, new_running_var)`` in the dtype of the running statistics.
+
+    Shape:
+        every tensor ``(C,)``.
+    """
+    unbiased = var.detach() * (count / (count - 1))
+    new_mean = (1.0 - factor) * running_mean + factor * mean.detach().to(running_mean.dtype)
+    new_var = (1.0 - factor) * running_var + factor * unbiased.to(running_var.dtype)
+    return new_mean, new_var
+
+
+def _train_forward_autograd(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    y, mean, var, _ = batch_norm_forward(x, weight, bias, eps)
+    return y, mean, var
+
+
+def batch_norm_with(
+    train_forward: TrainForward,
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    num_batches_tracked: Tensor | None = None,
+    *,
+    name: str = "batch_norm",
+) -> BatchNormOutput:
+    """:func:`batch_norm` with the training forward passed in.
+
+    ``train_forward(x, weight, bias, eps) -> (y, mean, var)`` computes the training-mode
+    output; ``bnlab.autograd`` passes its closed-form-backward Function here, so both
+    entry points share the checks and the running-statistics logic.
+    """
+    check_input(x, None, name)
+    num_features = x.shape[1]
+    check_eps(eps, name)
+    check_momentum(momentum, name)
+    check_per_channel(weight, num_features, "weight", name)
+    check_per_channel(bias, num_features, "bias", name)
+    check_per_channel(running_mean, num_features, "running_mean", name)
+    check_per_channel(running_var, num_features, "running_var", name)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{name}: pass both running_mean and running_var, or neither")
+
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError(
+                f"{name}: training=False normalizes with running_mean and running_var, but "
+                f"they are None; pass them, or use training=True for batch statistics"
+            )
+        y = batch_norm_eval(x, running_mean, running_var, weight, bias, eps)
+        return BatchNormOutput(y, running_mean, running_var, num_batches_tracked)
+
+    if x.numel() == 0:
+        # Nothing to measure: keep the statistics, and keep the graph to weight and bias.
+        shape = channel_shape(x.dim(), num_features)
+        y = x * (weight.view(shape) if weight is not None else 1.0)
+        if bias is not None:
+            y = y + bias.view(shape)
+        return BatchNormOutput(y.to(x.dtype), running_mean, running_var, num_batches_tracked)
+
+    check_values_per_channel(x, name)
+    y, mean, var = train_forward(x, weight, bias, eps)
+    if running_mean is None or running_var is None:
+        return BatchNormOutput(y, None, None, num_batches_tracked)
+
+    if num_batches_tracked is not None:
+        num_batches_tracked = num_batches_tracked + 1
+    if momentum is None:
+        if num_batches_tracked is None:
+            raise ValueError(
+                f"{name}: momentum=None (cumulative average) needs num_batches_tracked; "
+                f"pass the batch counter, or a momentum in [0, 1]"
+            )
+        factor = 1.0 / float(num_batches_tracked)
+    else:
+        factor = momentum
+    new_mean, new_var = running_stats_update(
+        running_mean, running_var, mean, var, x.numel() // num_features, factor
+    )
+    return BatchNormOutput(y, new_mean, new_var, num_batches_tracked)
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    num_batches_tracked: Tensor | None = None,
+) -> BatchNormOutput:
+    """Batch normalization, pure: the twin of ``torch.nn.functional.batch_norm``.
+
+    Unlike torch's, it does not update ``running_mean``/``running_var`` in place: the
+    new values come back in the result. Differentiable through torch's autograd,
+    including second derivatives.
+
+    Args:
+        x: input ``(N, C, *)``, floating point.
+        running_mean, running_var: running statistics ``(C,)``, or None to not track.
+        weight, bias: affine parameters ``(C,)``, or None.
+        training: normalize with the batch statistics (and return updated running
+            statistics) or with the running statistics.
+        momentum: weight of the new batch in the running average, or None for a
+            cumulative average (then ``num_batches_tracked`` is required).
+        eps: added to the variance, > 0.
+        num_batches_tracked: batch counter (0-dim long tensor); returned incremented
+            when the running statistics are updated.
+
+    Returns:
+        :class:`BatchNormOutput` ``(output, running_mean, running_var, num_batches_tracked)``.
+
+    Raises:
+        TypeError: non-floating input or non-tensor arguments.
+        ValueError: bad shapes, a single value per channel in training, eps <= 0,
+            momentum outside [0, 1], missing running statistics in eval.
+
+    Shape:
+        x: ``(N, C, *)``; output: like x; per-channel tensors ``(C,)``.
+    """
+    return batch_norm_with(
+        _train_forward_autograd,
+        x,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        training,
+        momentum,
+        eps,
+        num_batches_tracked,
+    )

@@ -1,0 +1,99 @@
+"""``BatchNorm1d/2d/3d``: drop-in twins of ``torch.nn.BatchNorm1d/2d/3d``.
+
+Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167. The maths is
+``bnlab.functional.batch_norm`` (conventions documented there) with the closed-form
+backward of ``bnlab.autograd``. Subclasses differ only in the input ranks they accept.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bnlab.autograd.batch_norm import batch_norm
+from bnlab.functional.batch_norm import check_input
+from bnlab.nn._base import _NormBase
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+
+class _BatchNorm(_NormBase):
+    """Batch norm over dim 1; train mode uses batch statistics, eval mode running ones.
+
+    Train mode with ``track_running_stats=True`` updates ``running_mean``,
+    ``running_var`` and ``num_batches_tracked``; an empty batch updates nothing.
+    With ``track_running_stats=False`` batch statistics are used in both modes.
+    """
+
+    _ranks: tuple[int, ...] = ()
+    _layout: str = ""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__}: expected a torch.Tensor input, got {type(x).__name__}")
+        if x.dim() not in self._ranks:
+            ranks = " or ".join(f"{r}D" for r in self._ranks)
+            raise ValueError(
+                f"{type(self).__name__}: expected {ranks} input {self._layout}, "
+                f"got {x.dim()}D input of shape {tuple(x.shape)}"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        name = type(self).__name__
+        self._check_input_dim(x)
+        check_input(x, self.num_features, name)
+        running_mean, running_var, num_batches_tracked = self._tracked_buffers()
+        use_batch_stats = self.training or running_mean is None
+        # Eval with tracked statistics uses them; training updates them when tracked.
+        result = batch_norm(
+            x,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            training=use_batch_stats,
+            momentum=self.momentum,
+            eps=self.eps,
+            num_batches_tracked=num_batches_tracked,
+            name=name,
+        )
+        if use_batch_stats and running_mean is not None and result.running_mean is not running_mean:
+            with torch.no_grad():
+                running_mean.copy_(result.running_mean)
+                running_var.copy_(result.running_var)
+                if num_batches_tracked is not None:
+                    num_batches_tracked.copy_(result.num_batches_tracked)
+        return result.output
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm of ``(N, C)`` or ``(N, C, L)`` inputs (after Linear or Conv1d).
+
+    Shape:
+        input: ``(N, C)`` or ``(N, C, L)``; output: the same.
+    """
+
+    _ranks = (2, 3)
+    _layout = "(N, C) or (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm of ``(N, C, H, W)`` inputs (after Conv2d); channels_last inputs work.
+
+    Shape:
+        input: ``(N, C, H, W)``; output: the same, in the same memory format.
+    """
+
+    _ranks = (4,)
+    _layout = "(N, C, H, W)"
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch norm of ``(N, C, D, H, W)`` inputs (after Conv3d).
+
+    Shape:
+        input: ``(N, C, D, H, W)``; output: the same.
+    """
+
+    _ranks = (5,)
+    _layout = "(N, C, D, H, W)"
