@@ -33,7 +33,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--steps", type=int, default=5, help="training steps per case (default 5)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
-        "--tolerance", type=float, default=1e-4, help="largest allowed relative difference (default 1e-4)"
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed relative difference (default 1e-4)",
     )
     p.set_defaults(func=run)
 

@@ -53,7 +53,9 @@ __all__ = [
     "running_stats_update",
 ]
 
-TrainForward = Callable[[Tensor, Tensor | None, Tensor | None, float], tuple[Tensor, Tensor, Tensor]]
+TrainForward = Callable[
+    [Tensor, Tensor | None, Tensor | None, float], tuple[Tensor, Tensor, Tensor]
+]
 
 
 class BatchNormOutput(NamedTuple):
@@ -75,9 +77,13 @@ class BatchNormOutput(NamedTuple):
 def check_eps(eps: float, name: str) -> None:
     """Raise ``ValueError`` unless ``eps`` is a finite number > 0."""
     if not isinstance(eps, (int, float)) or isinstance(eps, bool):
-        raise TypeError(f"{name}: eps must be a float > 0, got {eps!r} of type {type(eps).__name__}")
+        raise TypeError(
+            f"{name}: eps must be a float > 0, got {eps!r} of type {type(eps).__name__}"
+        )
     if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"{name}: eps must be > 0 (it keeps 1/sqrt(var + eps) finite), got {eps!r}")
+        raise ValueError(
+            f"{name}: eps must be > 0 (it keeps 1/sqrt(var + eps) finite), got {eps!r}"
+        )
 
 
 def check_momentum(momentum: float | None, name: str) -> None:
@@ -145,6 +151,38 @@ def check_values_per_channel(x: Tensor, name: str) -> None:
 # ---------------------------------------------------------------------------- maths
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``, without a dispatcher call when it already is (hot path)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _per_channel(v: Tensor, like: Tensor) -> Tensor:
+    """A ``(C,)`` vector shaped to broadcast against ``like`` ``(N, C, *)``."""
+    return v if like.dim() == 2 else v.view(channel_shape(like.dim(), v.shape[0]))
+
+
+# Below this many elements one fused addcmul beats mul_ + add_ (fewer dispatches); above
+# it, addcmul's broadcasting kernel is slower than two streaming passes (measured on
+# CPU, torch 2.13: 256x120 and 51 MB tensors).
+_FUSED_AFFINE_MAX_NUMEL = 1 << 20
+
+
+def _affine(t: Tensor, scale: Tensor | None, shift: Tensor | None, *, inplace: bool) -> Tensor:
+    """``t * scale + shift`` per channel; ``inplace`` overwrites ``t`` (a temporary)."""
+    s = None if scale is None else _per_channel(scale, t)
+    b = None if shift is None else _per_channel(shift, t)
+    if not inplace:
+        out = t if s is None else t * s
+        return out if b is None else out + b
+    if s is None:
+        return t if b is None else t.add_(b)
+    if b is None:
+        return t.mul_(s)
+    if t.numel() <= _FUSED_AFFINE_MAX_NUMEL:
+        return torch.addcmul(b, t, s, out=t)
+    return t.mul_(s).add_(b)
+
+
 def batch_norm_forward(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -167,25 +205,16 @@ def batch_norm_forward(
         x: ``(N, C, *)``; weight, bias: ``(C,)``; y: like x; mean, var, inv_std: ``(C,)``.
     """
     acc = accumulation_dtype(x.dtype)
-    shape = channel_shape(x.dim(), x.shape[1])
     count = x.numel() // x.shape[1]
     grad = records_grad(x, weight, bias)
 
     mean = per_channel_sum(x, acc) / count
-    d = x - mean.view(shape)  # fresh (N, C, *) tensor in acc dtype, reused for the output
-    var = per_channel_sum_sq(d)
-    var = var / count
+    d = x - _per_channel(mean, x)  # fresh (N, C, *) tensor in acc dtype, reused for y
+    var = per_channel_sum_sq(d) / count
     inv_std = torch.rsqrt(var + eps)
-    scale = inv_std if weight is None else weight.to(acc) * inv_std
-    if grad:
-        y = d * scale.view(shape)
-        if bias is not None:
-            y = y + bias.to(acc).view(shape)
-    else:
-        y = d.mul_(scale.view(shape))
-        if bias is not None:
-            y.add_(bias.to(acc).view(shape))
-    return y.to(x.dtype), mean, var, inv_std
+    scale = inv_std if weight is None else _cast(weight, acc) * inv_std
+    y = _affine(d, scale, None if bias is None else _cast(bias, acc), inplace=not grad)
+    return _cast(y, x.dtype), mean, var, inv_std
 
 
 def batch_norm_backward(
@@ -229,30 +258,31 @@ def batch_norm_backward(
     """
     need_x, need_w, need_b = needs_input_grad
     acc = accumulation_dtype(x.dtype)
-    shape = channel_shape(x.dim(), x.shape[1])
     count = x.numel() // x.shape[1]
     grad = records_grad(grad_y, x, weight, mean, inv_std)
-    g = grad_y.to(acc)
+    g = _cast(grad_y, acc)
 
     grad_x = grad_weight = grad_bias = None
     g_sum = per_channel_sum(g, acc) if (need_x or need_b) else None
     if need_x or need_w:
-        d = x - mean.view(shape)  # fresh; becomes grad_x below
+        d = x - _per_channel(mean, x)  # fresh; becomes grad_x below
         gd = per_channel_dot(g, d)
     if need_b:
         grad_bias = g_sum
     if need_w:
         grad_weight = gd * inv_std
     if need_x:
-        k1 = inv_std if weight is None else weight.to(acc) * inv_std
-        k2 = (-k1 * inv_std * inv_std * gd / count).view(shape)
-        k3 = (-k1 * g_sum / count).view(shape)
-        k1 = k1.view(shape)
+        k1 = inv_std if weight is None else _cast(weight, acc) * inv_std
+        k1_over_n = k1 / -count
+        k2 = gd * inv_std * inv_std * k1_over_n
+        k3 = g_sum * k1_over_n
+        # grad_x = k2 * d + k3 + k1 * g, in two full-size passes over d.
+        grad_x = _affine(d, k2, k3, inplace=not grad)
         if grad:
-            grad_x = d * k2 + k3 + g * k1
+            grad_x = grad_x + g * _per_channel(k1, g)
         else:
-            grad_x = d.mul_(k2).add_(k3).addcmul_(g, k1)
-        grad_x = grad_x.to(x.dtype)
+            grad_x.addcmul_(g, _per_channel(k1, g))
+        grad_x = _cast(grad_x, x.dtype)
     return grad_x, grad_weight, grad_bias
 
 
@@ -273,16 +303,18 @@ def batch_norm_eval(
         x: ``(N, C, *)``; running_mean, running_var, weight, bias: ``(C,)``; y: like x.
     """
     acc = accumulation_dtype(x.dtype)
-    shape = channel_shape(x.dim(), x.shape[1])
-    scale = torch.rsqrt(running_var.to(acc) + eps)
+    scale = torch.rsqrt(_cast(running_var, acc) + eps)
     if weight is not None:
-        scale = scale * weight.to(acc)
-    shift = -running_mean.to(acc) * scale
+        scale = scale * _cast(weight, acc)
+    shift = _cast(running_mean, acc) * -scale
     if bias is not None:
-        shift = shift + bias.to(acc)
+        shift = shift + _cast(bias, acc)
     if records_grad(x, weight, bias, running_mean, running_var):
-        return (x * scale.view(shape) + shift.view(shape)).to(x.dtype)
-    return torch.mul(x, scale.view(shape)).add_(shift.view(shape)).to(x.dtype)
+        y = _affine(x, scale, shift, inplace=False)
+    else:
+        # x must not be mutated: the first op writes a fresh tensor.
+        y = _affine(torch.mul(x, _per_channel(scale, x)), None, shift, inplace=True)
+    return _cast(y, x.dtype)
 
 
 def running_stats_update(
@@ -309,8 +341,8 @@ def running_stats_update(
         every tensor ``(C,)``.
     """
     unbiased = var.detach() * (count / (count - 1))
-    new_mean = (1.0 - factor) * running_mean + factor * mean.detach().to(running_mean.dtype)
-    new_var = (1.0 - factor) * running_var + factor * unbiased.to(running_var.dtype)
+    new_mean = torch.lerp(running_mean, _cast(mean.detach(), running_mean.dtype), factor)
+    new_var = torch.lerp(running_var, _cast(unbiased, running_var.dtype), factor)
     return new_mean, new_var
 
 

@@ -117,7 +117,7 @@ class _NormBase(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        version = local_metadata.get("version", None)
+        version = local_metadata.get("version")
         if (version is None or version < 2) and self.track_running_stats:
             # Checkpoints before version 2 have no batch counter: start it at 0.
             key = prefix + "num_batches_tracked"

@@ -30,7 +30,9 @@ class _BatchNorm(_NormBase):
 
     def _check_input_dim(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
-            raise TypeError(f"{type(self).__name__}: expected a torch.Tensor input, got {type(x).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}: expected a torch.Tensor input, got {type(x).__name__}"
+            )
         if x.dim() not in self._ranks:
             ranks = " or ".join(f"{r}D" for r in self._ranks)
             raise ValueError(
