@@ -49,7 +49,8 @@ def test_state_is_restored_and_weights_unchanged() -> None:
     model[1].num_batches_tracked.fill_(7)
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}
     recalibrate_batchnorm(model, [torch.randn(8, 4) for _ in range(3)])
-    assert model.training and all(m.training for m in model.modules())
+    assert model.training
+    assert all(m.training for m in model.modules())
     assert model[1].momentum == 0.3
     for key, value in weights.items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
@@ -74,7 +75,8 @@ def test_interrupted_pass_restores_everything() -> None:
 
     with pytest.raises(RuntimeError, match="disk gone"):
         recalibrate_batchnorm(model, batches())
-    assert not model.training and not model[0].training
+    assert not model.training
+    assert not model[0].training
     assert model[0].momentum == 0.2
     for key, value in before.items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
