@@ -1,0 +1,65 @@
+"""The architecture stays one-way: each subpackage imports only the layers below it.
+
+functional <- autograd <- nn <- models <- train <- lab <- cli; ``data``, ``plots``,
+``bench`` and ``textbook`` sit beside that chain with the imports listed here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "bnlab"
+
+CORE = {"functional", "autograd", "nn"}
+ALLOWED: dict[str, set[str]] = {
+    "functional": {"functional"},
+    "autograd": {"functional", "autograd"},
+    "nn": CORE,
+    "textbook": {"textbook"},
+    "data": {"data"},
+    "plots": {"plots"},
+    "bench": CORE | {"textbook", "bench"},
+    "models": CORE | {"textbook", "models"},
+    "train": CORE | {"textbook", "models", "data", "train"},
+    "lab": CORE | {"textbook", "models", "data", "train", "plots", "lab"},
+    "report": {"plots", "report"},
+    "cli": None,  # the top: may import anything
+}
+
+
+def _layer(path: Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0].removesuffix(".py")
+
+
+def _bnlab_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "bnlab" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+MODULES = sorted(p for p in SRC.rglob("*.py") if _layer(p) not in {"__init__", "__main__"})
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))
+def test_imports_point_down(path: Path) -> None:
+    layer = _layer(path)
+    assert layer in ALLOWED, f"{path}: layer {layer!r} has no place in tests/test_layers.py"
+    allowed = ALLOWED[layer]
+    if allowed is None:
+        return
+    upward = _bnlab_imports(path) - allowed
+    assert not upward, f"{path.relative_to(SRC)} ({layer}) imports {sorted(upward)} from above"
