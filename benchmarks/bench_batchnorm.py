@@ -1,0 +1,247 @@
+"""Benchmark BatchNorm on the CPU: bnlab.nn (ours), torch.nn (native), bnlab.textbook.
+
+Float32, training forward+backward and eval forward, on LeNet and ResNet shapes. Prints
+a table of median times (IQR in brackets) and the ratios ours/native and
+textbook/native, and writes the numbers with the config and the environment to
+``OUT/bench_batchnorm_<UTC time>.json``.
+
+    .venv/bin/python benchmarks/bench_batchnorm.py --out runs/bench
+    .venv/bin/python benchmarks/bench_batchnorm.py --shapes 256x120 8x3x5x5 --repeats 5
+
+Memory note: large tensors are allocated fresh at every step (outputs, gradients,
+textbook intermediates); with glibc's default malloc, blocks above the mmap threshold
+(at most 32 MiB by default) are mapped fresh and page-fault on first touch, a cost that
+dominates the big shapes on some machines. The allocator settings of the run
+(``MALLOC_*``, ``GLIBC_TUNABLES``, ``LD_PRELOAD``) are printed and saved; this script
+does not change them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from bnlab.bench.batchnorm import DEFAULT_SHAPES, MODES, VARIANTS, ratio, run_suite
+from bnlab.bench.timing import environment_record, load_average
+
+SCHEMA_VERSION = 1
+MEMORY_NOTE = (
+    "Each step allocates its outputs, gradients and (textbook) intermediates afresh. "
+    "With glibc malloc defaults, blocks above the mmap threshold (dynamic, at most "
+    "32 MiB) are mapped fresh and page-fault on first touch, which dominates the big "
+    "shapes. Allocator settings are recorded in environment.allocator_and_thread_env "
+    "and were not changed."
+)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"256x6x24x24"`` -> ``(256, 6, 24, 24)``; 2 or 4 positive sizes."""
+    try:
+        shape = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) not in (2, 4) or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a shape NxC or NxCxHxW of positive sizes, e.g. 256x6x24x24, got {text!r}"
+        )
+    if math.prod(shape) // shape[1] < 2:
+        raise argparse.ArgumentTypeError(
+            f"training needs more than 1 value per channel, got {text!r}"
+        )
+    return shape
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Time BatchNorm1d/2d on the CPU in float32: bnlab.nn (ours), torch.nn "
+            "(native) and bnlab.textbook, training forward+backward and eval forward."
+        )
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/bench"), help="directory for the JSON results"
+    )
+    parser.add_argument(
+        "--repeats", type=positive_int, default=15, help="timed rounds per case (default 15)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed rounds per case first (default 2)"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=2, help="torch intra-op threads (default 2)"
+    )
+    parser.add_argument(
+        "--shapes",
+        type=parse_shape,
+        nargs="+",
+        default=None,
+        metavar="NxC[xHxW]",
+        help="input shapes (default: "
+        + " ".join("x".join(map(str, s)) for s in DEFAULT_SHAPES)
+        + ")",
+    )
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, default=list(MODES), help="default: train eval"
+    )
+    parser.add_argument(
+        "--target-ms",
+        type=float,
+        default=20.0,
+        help="minimum duration of one timed sample; short calls are repeated (default 20)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+    return parser
+
+
+def _cell(timings: dict[str, Any], name: str) -> str:
+    t = timings[name]
+    return f"{t.median_ms:.3f} ({t.iqr_ms:.3f})"
+
+
+def results_table(results: list[dict[str, Any]], threads: int) -> Table:
+    table = Table(
+        title=f"BatchNorm, float32, CPU, {threads} threads: median ms per call (IQR)",
+        title_justify="left",
+    )
+    for column in ("shape", "mode", "ours", "native", "textbook"):
+        table.add_column(column, justify="left" if column in ("shape", "mode") else "right")
+    table.add_column("ours/native", justify="right")
+    table.add_column("textbook/native", justify="right")
+    for result in results:
+        timings = result["timings"]
+        table.add_row(
+            "x".join(map(str, result["shape"])),
+            result["mode"],
+            *(_cell(timings, name) for name in VARIANTS),
+            f"{ratio(timings, 'ours'):.2f}",
+            f"{ratio(timings, 'textbook'):.2f}",
+        )
+    return table
+
+
+def to_json(
+    results: list[dict[str, Any]], config: dict[str, Any], environment: dict[str, Any]
+) -> dict[str, Any]:
+    rows = []
+    ratios = []
+    for result in results:
+        shape = list(result["shape"])
+        for name, timing in result["timings"].items():
+            row = {"shape": shape, "mode": result["mode"], "variant": name}
+            row.update(timing.as_dict())
+            row["max_abs_diff_vs_native"] = result["max_abs_diff_vs_native"].get(name, 0.0)
+            rows.append(row)
+        ratios.append(
+            {
+                "shape": shape,
+                "mode": result["mode"],
+                "ours_over_native": ratio(result["timings"], "ours"),
+                "textbook_over_native": ratio(result["timings"], "textbook"),
+            }
+        )
+    return {
+        "benchmark": "batchnorm",
+        "schema_version": SCHEMA_VERSION,
+        "config": config,
+        "environment": environment,
+        "results": rows,
+        "ratios_of_medians": ratios,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 132)  # a log file: keep table rows on one line
+    script = Path(__file__).resolve()
+    shapes = args.shapes if args.shapes is not None else list(DEFAULT_SHAPES)
+    started = dt.datetime.now(dt.UTC)
+    config = {
+        "shapes": [list(s) for s in shapes],
+        "modes": list(args.modes),
+        "variants": {
+            "ours": "bnlab.nn.BatchNorm1d/2d",
+            "native": "torch.nn.BatchNorm1d/2d",
+            "textbook": "bnlab.textbook.BatchNorm",
+        },
+        "dtype": "float32",
+        "device": "cpu",
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "warmup_rounds": args.warmup,
+        "target_sample_time_ms": args.target_ms,
+        "seed": args.seed,
+        "timing": "round-robin over variants, rotated each round; median and IQR per call",
+        "train_step": "grads set to None, forward, backward of a fixed random grad_y",
+        "eval_step": "forward under torch.no_grad()",
+        "memory_note": MEMORY_NOTE,
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "script": script.name,
+        "script_sha256": hashlib.sha256(script.read_bytes()).hexdigest(),
+        "started_utc": started.isoformat(timespec="seconds"),
+    }
+    environment = environment_record(environ=os.environ, repo_dir=script.parent)
+    malloc = environment["allocator_and_thread_env"]
+    console.print(
+        f"torch {environment['torch']}, {environment['torch_num_threads']} threads, "
+        f"CPU {environment['cpu_model']} ({environment['logical_cpus']} logical), "
+        f"git {str(environment['git_revision'])[:12]}{' (dirty)' if environment['git_dirty'] else ''}"
+    )
+    console.print(
+        "allocator settings: "
+        + (", ".join(f"{k}={v}" for k, v in malloc.items()) if malloc else "none set (defaults)")
+    )
+    console.print(f"[dim]{MEMORY_NOTE}[/dim]")
+    load = environment["load_average_1_5_15_min"]
+    if load is not None and load[0] > 0.5 * (environment["logical_cpus"] or 1):
+        console.print(
+            f"[yellow]warning: load average {load[0]} on {environment['logical_cpus']} "
+            "CPUs; other processes will distort the timings[/yellow]"
+        )
+
+    def on_case(result: dict[str, Any]) -> None:
+        shape = "x".join(map(str, result["shape"]))
+        medians = ", ".join(f"{k} {t.median_ms:.3f}" for k, t in result["timings"].items())
+        console.print(f"[dim]{shape} {result['mode']}: {medians} ms[/dim]")
+
+    results = run_suite(
+        shapes,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        target_ms=args.target_ms,
+        modes=args.modes,
+        seed=args.seed,
+        on_case=on_case,
+    )
+    config["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    environment["load_average_1_5_15_min_at_end"] = load_average()
+    console.print(results_table(results, args.threads))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench_batchnorm_{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(to_json(results, config, environment), indent=2) + "\n")
+    console.print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
