@@ -1,0 +1,237 @@
+"""``bnlab d2l``: the d2l batch-norm chapter's experiment, reproduced and explained.
+
+Trains the chapter's LeNet without BN (lr 0.9), with the textbook BN, with bnlab's
+BN and with torch's BN (lr 1.0), 10 epochs, batch 256, for each seed; prints one
+table (mean +- std over seeds, the book's numbers beside) and the first BN layer's
+learned gamma and beta; writes summary.json, per-run metrics and checkpoints, the
+training curves (d2l_curves.png), config.json and environment.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bnlab.bench.timing import environment_record
+from bnlab.cli._args import positive_int
+from bnlab.cli.data import data_dir_from_env
+from bnlab.data.fashion_mnist import load_fashion_mnist
+from bnlab.lab.d2l import VARIANTS, D2LConfig, run_d2l
+from bnlab.plots.d2l import plot_d2l_curves
+from bnlab.train.fit import StepInfo
+from bnlab.train.io import write_json
+
+EXAMPLES = """examples:
+  bnlab d2l --out runs/d2l                      the chapter's experiment, one seed (~2-3 min on 2 cores)
+  bnlab d2l --out runs/d2l5 --seeds 5           five seeds: mean and spread
+  bnlab d2l --out runs/quick --epochs 2 --limit-train 6000 --variants none bnlab
+  bnlab d2l --out runs/d2l --resume             continue an interrupted experiment
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "d2l",
+        help="reproduce the d2l batch-norm chapter (LeNet, 4 variants) and explain its numbers",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, required=True, help="results folder (created)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the four Fashion-MNIST files (default: $BNLAB_DATA_DIR, then the "
+        "user cache, else download)",
+    )
+    p.add_argument(
+        "--epochs", type=positive_int, default=10, help="epochs per run (default 10, the book's)"
+    )
+    p.add_argument(
+        "--seeds", type=positive_int, default=1, help="runs per variant, seeds 0..K-1 (default 1)"
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=tuple(VARIANTS),
+        default=list(VARIANTS),
+        help="which variants to run (default: all four)",
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=256, help="batch size (default 256, the book's)"
+    )
+    p.add_argument(
+        "--recalibrate-batches",
+        type=positive_int,
+        default=40,
+        help="training batches used to recalibrate BN statistics after each epoch (default 40)",
+    )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default cpu)"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)"
+    )
+    p.add_argument(
+        "--limit-train",
+        type=positive_int,
+        default=None,
+        help="use only the first N training images",
+    )
+    p.add_argument(
+        "--limit-test", type=positive_int, default=None, help="use only the first N test images"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the runs already in --out")
+    p.set_defaults(func=run, parser=p)
+
+
+def _fmt(stats: dict[str, float], digits: int = 3) -> str:
+    if stats.get("n", 0) == 0 or math.isnan(stats["mean"]):
+        return "-"
+    if stats["n"] > 1:
+        return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f}"
+
+
+def _table(summary: dict[str, Any]) -> Table:
+    seeds = max(len(e["seeds"]) for e in summary["variants"].values())
+    table = Table(
+        title=f"d2l batch-norm chapter, LeNet on Fashion-MNIST (mean ± std over {seeds} seed(s))",
+        caption="test acc: eval with moving averages (as the book); recalibrated: population "
+        "statistics of training batches; batch stats: each test batch's own statistics. "
+        "img/s: training steps only.",
+    )
+    for col in (
+        "variant",
+        "lr",
+        "train loss",
+        "train acc",
+        "test acc",
+        "recalibrated",
+        "batch stats",
+    ):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    table.add_column("img/s", justify="right")
+    table.add_column("time s", justify="right")
+    table.add_column("book (loss/train/test)", justify="right")
+    for name, entry in summary["variants"].items():
+        m = entry["metrics"]
+        book = entry.get("book")
+        table.add_row(
+            name,
+            f"{entry['lr']:g}",
+            _fmt(m["train_loss"]),
+            _fmt(m["train_acc"]),
+            _fmt(m["test_acc"]),
+            _fmt(m["test_acc_recalibrated"]),
+            _fmt(m["test_acc_batch_stats"]),
+            _fmt(m["images_per_s"], 0),
+            _fmt(m["wall_time_s"], 1),
+            f"{book['train_loss']:.3f} / {book['train_acc']:.3f} / {book['test_acc']:.3f}"
+            if book
+            else "-",
+        )
+    return table
+
+
+def _load_data(args: argparse.Namespace, console: Console) -> dict[str, torch.Tensor]:
+    data_dir = data_dir_from_env(args.data_dir)
+    train_x, train_y = load_fashion_mnist("train", data_dir)
+    test_x, test_y = load_fashion_mnist("test", data_dir)
+    if args.limit_train:
+        train_x, train_y = train_x[: args.limit_train], train_y[: args.limit_train]
+    if args.limit_test:
+        test_x, test_y = test_x[: args.limit_test], test_y[: args.limit_test]
+    console.print(
+        f"Fashion-MNIST from {data_dir}: {len(train_y)} training and {len(test_y)} test images"
+    )
+    return {
+        "train_images": train_x,
+        "train_labels": train_y,
+        "test_images": test_x,
+        "test_labels": test_y,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        args.parser.error("--device cuda: CUDA is not available on this machine; use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = D2LConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seeds=tuple(range(args.seeds)),
+        variants=tuple(args.variants),
+        recalibrate_batches=args.recalibrate_batches,
+        device=args.device,
+    )
+    data = _load_data(args, console)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / "config.json", {"command": "d2l", "argv": vars_json(args), "d2l": config.__dict__}
+    )
+    write_json(
+        out / "environment.json",
+        environment_record(environ=os.environ, repo_dir=Path(__file__).resolve().parent),
+    )
+
+    steps_per_run = math.ceil(len(data["train_labels"]) / config.batch_size) * config.epochs
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("d2l", total=steps_per_run, loss=math.nan)
+
+        def on_run_start(variant: str, seed: int) -> None:
+            progress.reset(
+                task, total=steps_per_run, description=f"{variant:>8} seed {seed}", loss=math.nan
+            )
+
+        def on_step(info: StepInfo) -> None:
+            progress.update(task, completed=info.step, loss=info.loss)
+
+        summary = run_d2l(
+            data, config, out, resume=args.resume, on_run_start=on_run_start, on_step=on_step
+        )
+    elapsed = time.perf_counter() - started
+    figure = plot_d2l_curves(summary, out / "d2l_curves.png")
+
+    console.print(_table(summary))
+    for name, entry in summary["variants"].items():
+        if "first_bn_gamma" in entry:
+            gamma = ", ".join(f"{v:.3f}" for v in entry["first_bn_gamma"])
+            beta = ", ".join(f"{v:.3f}" for v in entry["first_bn_beta"])
+            console.print(f"{name}: first BN layer (seed {entry['seeds'][0]}) gamma = [{gamma}]")
+            console.print(f"{' ' * len(name)}  beta  = [{beta}]")
+    for verdict in summary["verdicts"]:
+        mark = "[green]holds[/green]" if verdict["holds"] else "[red]does not hold[/red]"
+        console.print(f"- {verdict['claim']}: {mark} ({verdict['measured']})")
+    console.print(f"Results in {out} (summary.json, {figure.name}); {elapsed:.0f} s in all.")
+    return 0
+
+
+def vars_json(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed arguments as JSON-ready values."""
+    return {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("func", "parser")
+    }

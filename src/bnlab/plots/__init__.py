@@ -1,0 +1,1 @@
+"""Figures from results (dicts read from results files); never imports models or data."""
