@@ -1,0 +1,1 @@
+"""Experiments: each measures a claim about batch normalization and writes its results."""
