@@ -30,6 +30,8 @@ class _NormBase(nn.Module):
         track_running_stats: keep ``running_mean``/``running_var``/``num_batches_tracked``
             buffers and normalize with them in eval mode; when False the buffers are
             ``None`` and batch statistics are used in both modes.
+        device, dtype: where and in which dtype to create parameters and buffers.
+        bias: with ``affine``, also learn the shift (keyword-only, as in torch 2.13).
     """
 
     _version = 2
@@ -48,6 +50,8 @@ class _NormBase(nn.Module):
         track_running_stats: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -70,7 +74,10 @@ class _NormBase(nn.Module):
         self.track_running_stats = track_running_stats
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -99,12 +106,14 @@ class _NormBase(nn.Module):
         self.reset_running_stats()
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
         )
 
     def _load_from_state_dict(
@@ -119,10 +128,12 @@ class _NormBase(nn.Module):
     ) -> None:
         version = local_metadata.get("version")
         if (version is None or version < 2) and self.track_running_stats:
-            # Checkpoints before version 2 have no batch counter: start it at 0.
+            # Checkpoints before version 2 have no batch counter: keep the current one.
             key = prefix + "num_batches_tracked"
             if key not in state_dict:
-                state_dict[key] = torch.tensor(0, dtype=torch.long)
+                current = self.num_batches_tracked
+                keep = current is not None and current.device != torch.device("meta")
+                state_dict[key] = current if keep else torch.tensor(0, dtype=torch.long)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
