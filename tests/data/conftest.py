@@ -89,3 +89,9 @@ def serve(fake: tuple[Path, tuple[FileSpec, ...]]) -> Callable[..., FakeOpener]:
         return FakeOpener(plan)
 
     return make
+
+
+@pytest.fixture
+def make_opener() -> type[FakeOpener]:
+    """The ``FakeOpener`` class, for plans built in a test."""
+    return FakeOpener
