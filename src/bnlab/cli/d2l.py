@@ -95,7 +95,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _fmt(stats: dict[str, float], digits: int = 3) -> str:
-    if stats.get("n", 0) == 0 or math.isnan(stats["mean"]):
+    if stats.get("n", 0) == 0:
         return "-"
     if stats["n"] > 1:
         return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
@@ -105,27 +105,15 @@ def _fmt(stats: dict[str, float], digits: int = 3) -> str:
 def _table(summary: dict[str, Any]) -> Table:
     seeds = max(len(e["seeds"]) for e in summary["variants"].values())
     table = Table(
-        title=f"d2l batch-norm chapter, LeNet on Fashion-MNIST (mean ± std over {seeds} seed(s))",
-        caption="test acc: eval with moving averages (as the book); recalibrated: population "
-        "statistics of training batches; batch stats: each test batch's own statistics. "
-        "img/s: training steps only.",
+        title=f"LeNet on Fashion-MNIST, d2l recipe (mean ± std over {seeds} seed(s))",
+        caption="test: eval with moving averages, as the book; recal: BN statistics "
+        "recalibrated on training batches; batch: each test batch's own statistics; "
+        "img/s: training steps only",
     )
-    for col in (
-        "variant",
-        "lr",
-        "train loss",
-        "train acc",
-        "test acc",
-        "recalibrated",
-        "batch stats",
-    ):
+    for col in ("variant", "lr", "train loss", "train acc", "test", "recal", "batch", "img/s", "s"):
         table.add_column(col, justify="left" if col == "variant" else "right")
-    table.add_column("img/s", justify="right")
-    table.add_column("time s", justify="right")
-    table.add_column("book (loss/train/test)", justify="right")
     for name, entry in summary["variants"].items():
         m = entry["metrics"]
-        book = entry.get("book")
         table.add_row(
             name,
             f"{entry['lr']:g}",
@@ -135,11 +123,28 @@ def _table(summary: dict[str, Any]) -> Table:
             _fmt(m["test_acc_recalibrated"]),
             _fmt(m["test_acc_batch_stats"]),
             _fmt(m["images_per_s"], 0),
-            _fmt(m["wall_time_s"], 1),
-            f"{book['train_loss']:.3f} / {book['train_acc']:.3f} / {book['test_acc']:.3f}"
-            if book
-            else "-",
+            _fmt(m["wall_time_s"], 0),
         )
+    return table
+
+
+def _book_table(summary: dict[str, Any]) -> Table:
+    table = Table(
+        title="The book's printed results (d2l-zh 2.0, PyTorch, GPU, one build)",
+        caption="over ~86 rebuilds the BN LeNet's test accuracy ranged 0.57-0.89",
+    )
+    for col in ("variant", "lr", "train loss", "train acc", "test acc"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for name, entry in summary["variants"].items():
+        book = entry.get("book")
+        if book:
+            table.add_row(
+                name,
+                f"{entry['lr']:g}",
+                f"{book['train_loss']:.3f}",
+                f"{book['train_acc']:.3f}",
+                f"{book['test_acc']:.3f}",
+            )
     return table
 
 
@@ -215,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     figure = plot_d2l_curves(summary, out / "d2l_curves.png")
 
     console.print(_table(summary))
+    console.print(_book_table(summary))
     for name, entry in summary["variants"].items():
         if "first_bn_gamma" in entry:
             gamma = ", ".join(f"{v:.3f}" for v in entry["first_bn_gamma"])
@@ -222,7 +228,10 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"{name}: first BN layer (seed {entry['seeds'][0]}) gamma = [{gamma}]")
             console.print(f"{' ' * len(name)}  beta  = [{beta}]")
     for verdict in summary["verdicts"]:
-        mark = "[green]holds[/green]" if verdict["holds"] else "[red]does not hold[/red]"
+        holds = verdict["holds"]
+        mark = {True: "[green]holds[/green]", False: "[red]does not hold[/red]"}.get(
+            holds, "[yellow]undecided[/yellow]"
+        )
         console.print(f"- {verdict['claim']}: {mark} ({verdict['measured']})")
     console.print(f"Results in {out} (summary.json, {figure.name}); {elapsed:.0f} s in all.")
     return 0

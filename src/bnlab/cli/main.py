@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from bnlab import __version__
 
 # Subcommand modules, in the order --help lists them.
-SUBCOMMANDS = ("check", "data")
+SUBCOMMANDS = ("check", "data", "d2l", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

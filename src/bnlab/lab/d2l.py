@@ -175,8 +175,8 @@ def _recalibrated_accuracy(
     return evaluate(probe, test_loader)["acc"]
 
 
-def _spread(values: Sequence[float]) -> float:
-    return max(values) - min(values) if values else math.nan
+def _spread(values: Sequence[float]) -> float | None:
+    return max(values) - min(values) if values else None
 
 
 def _run_one(
@@ -276,8 +276,8 @@ def _run_one(
     }
     if has_bn:
         final_extra = extra.by_epoch.get(config.epochs, {})
-        out["test_acc_recalibrated"] = final_extra.get("test_acc_recalibrated", math.nan)
-        out["test_acc_batch_stats"] = final_extra.get("test_acc_batch_stats", math.nan)
+        out["test_acc_recalibrated"] = final_extra.get("test_acc_recalibrated")
+        out["test_acc_batch_stats"] = final_extra.get("test_acc_batch_stats")
         out["test_acc_recalibrated_spread_last5"] = _spread(
             [r["test_acc_recalibrated"] for r in last5 if "test_acc_recalibrated" in r]
         )
@@ -289,8 +289,8 @@ def _run_one(
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
     clean = [v for v in values if v is not None and not math.isnan(v)]
-    if not clean:
-        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+    if not clean:  # JSON has no NaN: missing is None
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
     return {
         "mean": statistics.fmean(clean),
         "std": statistics.stdev(clean) if len(clean) > 1 else 0.0,
@@ -301,11 +301,15 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
 
 
 def _verdicts(per_variant: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Claims of the chapter, each decided from the measured numbers."""
+    """Claims of the chapter, each decided from the measured numbers.
+
+    ``holds`` is True or False, or None when the run is too short to decide.
+    """
     verdicts: list[dict[str, Any]] = []
 
     def mean(variant: str, metric: str) -> float:
-        return per_variant.get(variant, {}).get("metrics", {}).get(metric, {}).get("mean", math.nan)
+        value = per_variant.get(variant, {}).get("metrics", {}).get(metric, {}).get("mean")
+        return math.nan if value is None else value
 
     if "none" in per_variant and "bnlab" in per_variant:
         a, b = mean("bnlab", "train_loss"), mean("none", "train_loss")
@@ -320,6 +324,7 @@ def _verdicts(per_variant: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     if bn_variants:
         moving = statistics.fmean(mean(v, "test_acc_spread_last5") for v in bn_variants)
         recal = statistics.fmean(mean(v, "test_acc_recalibrated_spread_last5") for v in bn_variants)
+        epochs = min(len(c) for v in bn_variants for c in per_variant[v]["curves"]["test_acc"])
         verdicts.append(
             {
                 "claim": (
@@ -330,7 +335,8 @@ def _verdicts(per_variant: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     f"range over the last 5 epochs: {moving:.3f} with moving averages, "
                     f"{recal:.3f} recalibrated (mean over BN variants and seeds)"
                 ),
-                "holds": bool(moving > recal),
+                # Five epochs are needed for the range to mean anything.
+                "holds": bool(moving > recal) if epochs >= 5 else None,
             }
         )
         gain = statistics.fmean(
@@ -362,7 +368,7 @@ def summarize(records: Sequence[dict[str, Any]], config: D2LConfig) -> dict[str,
         runs = [r for r in records if r["variant"] == name]
         if not runs:
             continue
-        metrics = {m: _stats([r.get(m, math.nan) for r in runs]) for m in SUMMARY_METRICS}
+        metrics = {m: _stats([r.get(m) for r in runs]) for m in SUMMARY_METRICS}
         entry: dict[str, Any] = {
             "label": VARIANTS[name].label,
             "lr": VARIANTS[name].lr,
