@@ -1,0 +1,93 @@
+"""``bnlab d2l`` end to end: synthetic data (always) and the real files (when present)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import bnlab.cli.d2l as cli_d2l
+from bnlab.cli.main import main
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "fashion-mnist"
+
+
+def _fake_load(split: str, data_dir: object) -> tuple[torch.Tensor, torch.Tensor]:
+    n = 256 if split == "train" else 64
+    g = torch.Generator().manual_seed(1 if split == "train" else 2)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = torch.randint(0, 255, (n, 28, 28), generator=g, dtype=torch.uint8)
+    return images, labels
+
+
+def test_d2l_command_writes_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli_d2l, "data_dir_from_env", lambda flag: tmp_path)
+    monkeypatch.setattr(cli_d2l, "load_fashion_mnist", _fake_load)
+    out = tmp_path / "run"
+    argv = [
+        "d2l",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--variants",
+        "none",
+        "bnlab",
+    ]
+    assert main([*argv, "--recalibrate-batches", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "LeNet on Fashion-MNIST" in text
+    assert "first BN layer" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["variants"]) == {"none", "bnlab"}
+    for name in ("config.json", "environment.json", "d2l_curves.png"):
+        assert (out / name).stat().st_size > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["d2l"]["variants"] == ["none", "bnlab"]
+    # A second run into the same folder needs --resume ...
+    assert main([*argv]) == 1
+    assert "--resume" in capsys.readouterr().err
+    # ... and with it, reuses the finished runs.
+    assert main([*argv, "--resume", "--recalibrate-batches", "2"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["d2l", "--out", "x", "--epochs", "0"], "expected a whole number >= 1, got 0"),
+        (["d2l", "--out", "x", "--variants", "batchnrom"], "invalid choice: 'batchnrom'"),
+        (["d2l", "--epochs", "2"], "the following arguments are required: --out"),
+    ],
+)
+def test_bad_usage_exits_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.data
+@pytest.mark.skipif(
+    not (Path(os.environ.get("BNLAB_DATA_DIR", SHARED)) / "train-labels-idx1-ubyte.gz").exists(),
+    reason="Fashion-MNIST not found (set BNLAB_DATA_DIR or provide ../shared/datasets/fashion-mnist)",
+)
+def test_d2l_on_real_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir = os.environ.get("BNLAB_DATA_DIR", str(SHARED))
+    out = tmp_path / "real"
+    argv = ["d2l", "--data-dir", data_dir, "--out", str(out), "--epochs", "1"]
+    argv += ["--limit-train", "1024", "--limit-test", "256", "--variants", "textbook", "bnlab"]
+    assert main([*argv, "--recalibrate-batches", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    # The textbook layer and bnlab's compute the same function: same training numbers.
+    a = summary["variants"]["textbook"]["metrics"]["train_loss"]["mean"]
+    b = summary["variants"]["bnlab"]["metrics"]["train_loss"]["mean"]
+    assert abs(a - b) < 1e-3

@@ -1,0 +1,137 @@
+"""The d2l experiment runner on tiny synthetic data: records, summary, verdicts, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnlab.lab.d2l import BOOK_RESULTS, VARIANTS, D2LConfig, run_d2l, summarize
+
+
+def _data(n_train: int = 192, n_test: int = 64) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (n_train + n_test,), generator=g)
+    # Learnable: brightness of a label-dependent patch.
+    images = torch.randint(0, 60, (n_train + n_test, 28, 28), generator=g, dtype=torch.uint8)
+    for i, label in enumerate(labels.tolist()):
+        images[i, 2 * label : 2 * label + 6, 4:20] = 250
+    return {
+        "train_images": images[:n_train],
+        "train_labels": labels[:n_train],
+        "test_images": images[n_train:],
+        "test_labels": labels[n_train:],
+    }
+
+
+CONFIG = D2LConfig(
+    epochs=2, batch_size=64, variants=("none", "bnlab", "torch"), recalibrate_batches=2
+)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("d2l")
+    return out, run_d2l(_data(), CONFIG, out)
+
+
+def test_writes_summary_with_every_variant(finished: tuple[Path, dict]) -> None:
+    out, summary = finished
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert set(on_disk["variants"]) == {"none", "bnlab", "torch"}
+    assert on_disk == json.loads(json.dumps(summary))
+    bnlab = on_disk["variants"]["bnlab"]
+    assert bnlab["book"] is None
+    assert on_disk["variants"]["torch"]["book"] == BOOK_RESULTS["torch"]
+    assert len(bnlab["first_bn_gamma"]) == 6
+    for metric in ("train_loss", "train_acc", "test_acc", "test_acc_recalibrated", "images_per_s"):
+        assert bnlab["metrics"][metric]["n"] == 1
+        assert math.isfinite(bnlab["metrics"][metric]["mean"])
+    # "none" has no BN: no recalibrated accuracy, stored as None (JSON has no NaN).
+    assert on_disk["variants"]["none"]["metrics"]["test_acc_recalibrated"]["mean"] is None
+    assert len(bnlab["curves"]["test_acc"][0]) == CONFIG.epochs
+
+
+def test_bnlab_and_torch_bn_train_alike(finished: tuple[Path, dict]) -> None:
+    _, summary = finished
+    a = summary["variants"]["bnlab"]["metrics"]["train_loss"]["mean"]
+    b = summary["variants"]["torch"]["metrics"]["train_loss"]["mean"]
+    assert abs(a - b) < 1e-3
+
+
+def test_verdicts_are_computed(finished: tuple[Path, dict]) -> None:
+    _, summary = finished
+    claims = {v["claim"]: v for v in summary["verdicts"]}
+    assert len(claims) == 4
+    for verdict in claims.values():
+        assert verdict["holds"] in (True, False, None)
+        assert verdict["measured"]
+    # Two epochs cannot say anything about the last five.
+    unstable = next(v for c, v in claims.items() if "unstable" in c)
+    assert unstable["holds"] is None
+
+
+def test_refuses_existing_runs_without_resume(finished: tuple[Path, dict]) -> None:
+    out, _ = finished
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_d2l(_data(), CONFIG, out)
+
+
+def test_resume_reuses_finished_runs_and_matches(
+    finished: tuple[Path, dict], tmp_path: Path
+) -> None:
+    out, summary = finished
+    again = run_d2l(_data(), CONFIG, out, resume=True)
+    assert again["variants"]["bnlab"]["metrics"] == summary["variants"]["bnlab"]["metrics"]
+
+
+def test_interrupted_run_resumes_to_the_same_numbers(
+    finished: tuple[Path, dict], tmp_path: Path
+) -> None:
+    _, summary = finished
+    config = D2LConfig(epochs=2, batch_size=64, variants=("bnlab",), recalibrate_batches=2)
+    calls = {"n": 0}
+
+    def stop_in_epoch_two(info) -> None:
+        calls["n"] += 1
+        if info.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_d2l(_data(), config, tmp_path, on_step=stop_in_epoch_two)
+    resumed = run_d2l(_data(), config, tmp_path, resume=True)
+    want = summary["variants"]["bnlab"]["metrics"]
+    got = resumed["variants"]["bnlab"]["metrics"]
+    for key in (
+        "train_loss",
+        "train_acc",
+        "test_acc",
+        "test_acc_recalibrated",
+        "test_acc_batch_stats",
+    ):
+        assert got[key]["mean"] == want[key]["mean"], key
+
+
+def test_config_errors() -> None:
+    with pytest.raises(
+        ValueError, match="unknown d2l variant 'batchnrom'; choose from: none, textbook"
+    ):
+        D2LConfig(variants=("batchnrom",))
+    with pytest.raises(ValueError, match="epochs must be an int >= 1, got 0"):
+        D2LConfig(epochs=0)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        D2LConfig(seeds=())
+
+
+def test_summarize_spreads_over_seeds() -> None:
+    records = [
+        {"variant": "none", "seed": s, "train_loss": 1.0 + s, "history": [{"train_loss": 1.0}]}
+        for s in range(3)
+    ]
+    summary = summarize(records, D2LConfig(variants=("none",), seeds=(0, 1, 2)))
+    stats = summary["variants"]["none"]["metrics"]["train_loss"]
+    assert stats == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert set(VARIANTS) == {"none", "textbook", "bnlab", "torch"}
