@@ -1,0 +1,466 @@
+"""``bnlab train``: train one model on Fashion-MNIST and keep everything about the run.
+
+Trains ``--model`` with the normalization ``--norm`` by plain SGD on cross-entropy (the
+d2l recipe: Xavier-uniform initialisation, test accuracy after every epoch), with a
+progress bar, then prints a summary table. The results folder (``--out``) holds:
+
+  config.json       model, norm, training settings and data selection of the run
+  environment.json  python/torch versions, device, threads, git revision of bnlab
+  metrics.jsonl     one JSON record per epoch (and every --log-every-steps steps)
+  checkpoint.pt     model, optimizer and RNG states after the last full epoch
+  results.json      final train loss/accuracy and test accuracy, timings, config,
+                    history, the first norm layer's gamma and beta
+  curves.png        loss and accuracy per epoch
+
+An interrupted run continues with the same command plus ``--resume`` and ends with
+exactly the numbers and weights of an uninterrupted one. images/s counts the training
+steps only (fetching the batch from the device-resident loader, forward, backward and
+the SGD update); evaluation, logging and checkpoints are excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+import bnlab
+from bnlab import models
+from bnlab.bench.timing import environment_record
+from bnlab.cli._args import non_negative_int, positive_float, positive_int
+from bnlab.cli.data import data_dir_from_env
+from bnlab.data.fashion_mnist import load_fashion_mnist
+from bnlab.data.loader import DeviceLoader
+from bnlab.models.mlp import NORM_POSITIONS
+from bnlab.train import CHECKPOINT_NAME, METRICS_NAME, FitResult, StepInfo, TrainConfig, fit
+from bnlab.train.config import INITS
+from bnlab.train.io import atomic_write, write_json
+
+__all__ = ["add_parser", "run"]
+
+EXAMPLES = """examples:
+  bnlab train --model lenet --norm bnlab --out runs/lenet-bn      d2l's LeNet-BN, 10 epochs
+  bnlab train --norm none --lr 0.9 --out runs/lenet               LeNet without BN (d2l's lr)
+  bnlab train --model mlp --norm torch --hidden 100 --norm-position before --lr 0.1 --out runs/mlp
+  bnlab train --out runs/quick --epochs 1 --limit-train 512 --limit-test 256
+  bnlab train --out runs/lenet-bn --resume                        continue an interrupted run
+"""
+
+# Files of a run folder that --overwrite removes (and nothing else).
+RESULTS_NAME, CURVES_NAME = "results.json", "curves.png"
+RUN_FILES = (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    RESULTS_NAME,
+    CURVES_NAME,
+    "config.json",
+    "environment.json",
+)
+# Settings of config.json that may differ when a run is resumed.
+_RESUMABLE = {("train", "epochs"), ("train", "device"), ("data", "data_dir")}
+
+
+def _hidden_sizes(text: str) -> tuple[int, ...]:
+    """Comma-separated positive ints, e.g. ``100`` or ``256,128``."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        return tuple(positive_int(p) for p in parts)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated whole numbers >= 1 such as 100 or 256,128, got {text!r}"
+        ) from None
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train LeNet or an MLP with a chosen normalization on Fashion-MNIST",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model", choices=models.available(), default="lenet", help="the network (default lenet)"
+    )
+    p.add_argument(
+        "--norm",
+        choices=models.available_norms(),
+        default="bnlab",
+        help="normalization layer in the norm slots (default bnlab)",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="results folder")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="folder with the four Fashion-MNIST files (default: $BNLAB_DATA_DIR, then the "
+        "user cache, else download)",
+    )
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="batch size (default 256)")
+    p.add_argument("--lr", type=positive_float, default=1.0, help="SGD learning rate (default 1.0)")
+    p.add_argument(
+        "--momentum", type=float, default=0.0, help="SGD momentum in [0, 1) (default 0, plain SGD)"
+    )
+    p.add_argument(
+        "--weight-decay", type=float, default=0.0, help="SGD weight decay >= 0 (default 0)"
+    )
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--init",
+        choices=INITS,
+        default="xavier_uniform",
+        help="weight initialisation on a fresh start (default xavier_uniform, as d2l)",
+    )
+    p.add_argument(
+        "--hidden",
+        type=_hidden_sizes,
+        default=None,
+        metavar="N[,N...]",
+        help="MLP hidden sizes (default 100)",
+    )
+    p.add_argument(
+        "--norm-position",
+        choices=NORM_POSITIONS,
+        default=None,
+        help="MLP: norm after (default) or before the activation",
+    )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default cpu)"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)"
+    )
+    p.add_argument(
+        "--limit-train", type=positive_int, default=None, help="use the first N training images"
+    )
+    p.add_argument(
+        "--limit-test", type=positive_int, default=None, help="use the first N test images"
+    )
+    p.add_argument(
+        "--log-every-steps",
+        type=non_negative_int,
+        default=0,
+        help="also log train loss/accuracy every K steps (default 0: per epoch only)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in --out (its files only)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run, parser=p)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Usage errors argparse cannot see: exit 2 with the fix."""
+    error = args.parser.error
+    if not 0.0 <= args.momentum < 1.0:
+        error(f"argument --momentum: expected a number in [0, 1), got {args.momentum:g}")
+    if not (args.weight_decay >= 0.0 and math.isfinite(args.weight_decay)):
+        error(f"argument --weight-decay: expected a finite number >= 0, got {args.weight_decay:g}")
+    if args.model != "mlp":
+        for flag, value in (("--hidden", args.hidden), ("--norm-position", args.norm_position)):
+            if value is not None:
+                error(f"argument {flag}: applies to --model mlp only, not --model {args.model}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        error("argument --device: cuda was asked for but CUDA is not available; use --device cpu")
+    if args.resume and args.overwrite:
+        error("--resume and --overwrite exclude each other")
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        error(f"argument --out: {out} exists and is not a folder")
+    if args.resume and not (out / CHECKPOINT_NAME).is_file():
+        error(f"--resume: no {CHECKPOINT_NAME} in {out}; run without --resume to start it")
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not (args.resume or args.overwrite):
+        error(
+            f"argument --out: {out} already holds a run ({', '.join(existing)}); add --resume "
+            "to continue it, --overwrite to start it again, or choose another folder"
+        )
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if args.model != "mlp":
+        return {}
+    return {
+        "hidden": list(args.hidden or (100,)),
+        "norm_position": args.norm_position or "after",
+    }
+
+
+def _run_config(
+    args: argparse.Namespace, train: TrainConfig, data: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "command": "train",
+        "model": args.model,
+        "norm": args.norm,
+        "model_kwargs": _model_kwargs(args),
+        "train": train.to_dict(),
+        "data": data,
+    }
+
+
+def _check_resume(args: argparse.Namespace, config: dict[str, Any]) -> None:
+    """Refuse to resume with settings other than the saved run's (exit 2)."""
+    path = args.out / "config.json"
+    try:
+        saved = _read_json(path)
+    except (OSError, ValueError) as exc:
+        args.parser.error(
+            f"--resume: cannot read {path} ({exc}); start the run again with --overwrite"
+        )
+    changes = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            old = saved.get(key) if isinstance(saved.get(key), dict) else {}
+            for sub in sorted(value.keys() | old.keys()):
+                if (key, sub) not in _RESUMABLE and old.get(sub) != value.get(sub):
+                    changes.append(f"{key}.{sub}: {old.get(sub)!r} -> {value.get(sub)!r}")
+        elif saved.get(key) != value:
+            changes.append(f"{key}: {saved.get(key)!r} -> {value!r}")
+    if changes:
+        args.parser.error(
+            f"--resume: {args.out} was run with other settings ({'; '.join(changes)}); pass the "
+            "saved ones (see its config.json), or --overwrite to start again"
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    value = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _load_data(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], Path]:
+    data_dir = data_dir_from_env(args.data_dir)
+    train_x, train_y = load_fashion_mnist("train", data_dir)
+    test_x, test_y = load_fashion_mnist("test", data_dir)
+    if args.limit_train:
+        train_x, train_y = train_x[: args.limit_train], train_y[: args.limit_train]
+    if args.limit_test:
+        test_x, test_y = test_x[: args.limit_test], test_y[: args.limit_test]
+    tensors = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+    return tensors, Path(data_dir)
+
+
+def _environment(device: str) -> dict[str, Any]:
+    record = environment_record(environ=os.environ, repo_dir=Path(bnlab.__file__).resolve().parent)
+    record["bnlab"] = bnlab.__version__
+    record["device"] = device
+    record["device_name"] = (
+        torch.cuda.get_device_name(torch.device(device))
+        if device.startswith("cuda")
+        else record.get("cpu_model")
+    )
+    record["threads"] = torch.get_num_threads()
+    return record
+
+
+def _plot_curves(history: list[dict[str, Any]], title: str, path: Path) -> Path:
+    """Loss and accuracy per epoch, as a PNG written atomically (Agg, no pyplot)."""
+    from matplotlib.figure import Figure  # imported on use: only this command draws
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(10, 4))
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train loss")
+    loss_ax.plot(epochs, [r["test_loss"] for r in history], marker="o", label="test loss")
+    acc_ax.plot(epochs, [r["train_acc"] for r in history], marker="o", label="train accuracy")
+    acc_ax.plot(epochs, [r["test_acc"] for r in history], marker="o", label="test accuracy")
+    loss_ax.set_title("cross-entropy")
+    acc_ax.set_title("accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    # Fixed margins: tight_layout costs more than drawing the figure.
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.85, wspace=0.2)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def _first_norm(model: torch.nn.Module) -> dict[str, Any] | None:
+    try:
+        layer = models.first_norm(model)
+        gamma, beta = models.first_norm_affine(model)
+    except ValueError:
+        return None
+    name = next(n for n, m in model.named_modules() if m is layer)
+    return {
+        "layer": name,
+        "type": type(layer).__name__,
+        "gamma": gamma.cpu().tolist(),
+        "beta": beta.cpu().tolist(),
+    }
+
+
+def _summary_table(run_config: dict[str, Any], result: FitResult, out: Path) -> Table:
+    train = run_config["train"]
+    table = Table(
+        title=f"bnlab train: {run_config['model']} with norm {run_config['norm']}",
+        caption="images/s: training steps only (batch fetch, forward, backward, update)",
+    )
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("epochs", str(len(result.history))),
+        ("batch size / lr / seed", f"{train['batch_size']} / {train['lr']:g} / {train['seed']}"),
+        (
+            "training / test images",
+            f"{run_config['data']['train_samples']} / {run_config['data']['test_samples']}",
+        ),
+        ("final train loss", f"{result.final['train_loss']:.4f}"),
+        ("final train accuracy", f"{result.final['train_acc']:.4f}"),
+        ("final test accuracy", f"{result.final['test_acc']:.4f}"),
+        ("wall time (s)", f"{result.wall_time_s:.1f}"),
+        ("training time (s)", f"{result.train_time_s:.1f}"),
+        ("images/s", f"{result.images_per_s:,.0f}"),
+        ("results", str(out)),
+    ]
+    if result.resumed_from_epoch is not None:
+        rows.insert(1, ("resumed after epoch", str(result.resumed_from_epoch)))
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out: Path = args.out
+    console = Console()
+    progress_console = Console(stderr=True)
+
+    train_config = TrainConfig(
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        device=args.device,
+        log_every_steps=args.log_every_steps,
+        init=args.init,
+    )
+    tensors, data_dir = _load_data(args)
+    data = {
+        "dataset": "fashion-mnist",
+        "data_dir": str(data_dir),
+        "limit_train": args.limit_train,
+        "limit_test": args.limit_test,
+        "train_samples": len(tensors["train_y"]),
+        "test_samples": len(tensors["test_y"]),
+        "test_batch_size": args.batch_size,
+    }
+    run_config = _run_config(args, train_config, data)
+    if args.resume:
+        _check_resume(args, run_config)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    write_json(out / "config.json", run_config)
+    write_json(out / "environment.json", _environment(args.device))
+
+    train_loader = DeviceLoader(
+        tensors["train_x"],
+        tensors["train_y"],
+        args.batch_size,
+        shuffle=True,
+        seed=args.seed,
+        device=args.device,
+    )
+    test_loader = DeviceLoader(
+        tensors["test_x"], tensors["test_y"], args.batch_size, shuffle=False, device=args.device
+    )
+    torch.manual_seed(args.seed)  # construction-time init (replaced unless --init default)
+    model = models.create(args.model, norm=args.norm, **run_config["model_kwargs"])
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        console=progress_console,
+        disable=args.no_progress,
+    )
+    num_batches = len(train_loader)
+    task = progress.add_task("epoch", total=num_batches, loss=math.nan)
+
+    def on_step(info: StepInfo) -> None:
+        progress.update(
+            task,
+            description=f"epoch {info.epoch}/{args.epochs}",
+            completed=info.batch,
+            loss=info.loss,
+        )
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        progress.console.print(
+            f"epoch {record['epoch']}/{args.epochs}: train loss {record['train_loss']:.4f}, "
+            f"train acc {record['train_acc']:.4f}, test acc {record['test_acc']:.4f}, "
+            f"{record['images_per_s']:,.0f} images/s"
+        )
+        if record["epoch"] < args.epochs:
+            progress.reset(task, total=num_batches, loss=math.nan)
+
+    try:
+        with progress:
+            result = fit(
+                model,
+                train_loader,
+                test_loader,
+                train_config,
+                run_dir=out,
+                resume=args.resume,
+                on_step=on_step,
+                on_epoch=on_epoch,
+            )
+    except KeyboardInterrupt:
+        progress_console.print(
+            f"interrupted; the same command with --resume continues {out} from its last full epoch"
+        )
+        raise
+
+    results = {
+        **result.to_dict(),
+        "config": run_config,
+        "model": {
+            "name": args.model,
+            "norm": args.norm,
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "first_norm": _first_norm(model),
+    }
+    write_json(out / RESULTS_NAME, results)
+    title = f"{args.model} + {args.norm} on Fashion-MNIST (batch {args.batch_size}, lr {args.lr:g})"
+    _plot_curves(result.history, title, out / CURVES_NAME)
+
+    console.print(_summary_table(run_config, result, out))
+    if results["first_norm"] is not None:
+        first = results["first_norm"]
+        console.print(f"first norm layer ({first['layer']}, {first['type']}):")
+        console.print("  gamma = [" + ", ".join(f"{v:.3f}" for v in first["gamma"]) + "]")
+        console.print("  beta  = [" + ", ".join(f"{v:.3f}" for v in first["beta"]) + "]")
+    return 0
