@@ -172,12 +172,36 @@ def test_existing_run_needs_resume_or_overwrite(
         _train(out, *QUICK)
     assert exc.value.code == 2
     assert (
-        f"argument --out: {out} already holds a run (checkpoint.pt, metrics.jsonl, results.json, "
-        "curves.png, config.json, environment.json); add --resume to continue it, --overwrite "
-        "to start it again, or choose another folder"
+        f"argument --out: {out} already holds a run (checkpoint.pt, results.json); add --resume "
+        "to continue it, --overwrite to start it again, or choose another folder"
     ) in capsys.readouterr().err
     assert _train(out, *QUICK, "--overwrite", "--epochs", "1") == 0
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1]
+
+
+def test_a_run_stopped_in_its_first_epoch_starts_again(
+    fake_data: dict[str, Any],
+    fast_plot: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "run"
+    real_fit = cli_train.fit
+
+    def interrupted_fit(*args: Any, **kwargs: Any) -> Any:
+        def on_step(info: Any) -> None:
+            raise KeyboardInterrupt
+
+        return real_fit(*args, **{**kwargs, "on_step": on_step})
+
+    monkeypatch.setattr(cli_train, "fit", interrupted_fit)
+    assert _train(out, *QUICK) == 130
+    assert "interrupted; the same command with --resume continues" in capsys.readouterr().err
+    assert not (out / "checkpoint.pt").exists()
+    monkeypatch.setattr(cli_train, "fit", real_fit)
+    assert _train(out, *QUICK) == 0
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
 
 
 def test_resume_refuses_other_settings(

@@ -292,6 +292,27 @@ def test_resume_extends_a_finished_run_and_a_finished_run_is_a_no_op(tmp_path: P
     assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
 
 
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path: Path) -> None:
+    config = TrainConfig(lr=0.3, epochs=1, batch_size=16, log_every_steps=1)
+    train, test = _loaders()
+    with pytest.raises(_Interrupt):
+        fit(
+            models.create("mlp", hidden=(8,)),
+            train,
+            test,
+            config,
+            run_dir=tmp_path,
+            on_step=_interrupt_at(2),
+        )
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        fit(models.create("mlp", hidden=(8,)), train, test, config, run_dir=tmp_path, resume=True)
+    result = fit(models.create("mlp", hidden=(8,)), train, test, config, run_dir=tmp_path)
+    assert _strip_timings(read_jsonl(tmp_path / "metrics.jsonl")) == _strip_timings(
+        result.steps + result.history
+    )
+
+
 def test_checkpoint_holds_plain_data_and_loads_weights_only(tmp_path: Path) -> None:
     train, test = _loaders()
     config = TrainConfig(lr=0.1, epochs=1, batch_size=16, momentum=0.5)
@@ -518,8 +539,8 @@ def test_run_dir_errors(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError) as exists:
         fit(models.create("mlp", hidden=(4,)), train, test, config, run_dir=tmp_path)
     assert str(exists.value) == (
-        f"fit: {tmp_path} already holds a run (checkpoint.pt, metrics.jsonl); pass resume=True to "
-        "continue it, or use another directory"
+        f"fit: {tmp_path} already holds a run (checkpoint.pt); pass resume=True to continue it, "
+        "or use another directory"
     )
     with pytest.raises(ValueError, match="different config") as changed:
         fit(

@@ -186,7 +186,9 @@ def _check_args(args: argparse.Namespace) -> None:
         error(f"argument --out: {out} exists and is not a folder")
     if args.resume and not (out / CHECKPOINT_NAME).is_file():
         error(f"--resume: no {CHECKPOINT_NAME} in {out}; run without --resume to start it")
-    existing = [name for name in RUN_FILES if (out / name).exists()]
+    # A folder without a checkpoint or results holds at most a run stopped in its first
+    # epoch: nothing to keep, so it is simply started again.
+    existing = [name for name in (CHECKPOINT_NAME, RESULTS_NAME) if (out / name).exists()]
     if existing and not (args.resume or args.overwrite):
         error(
             f"argument --out: {out} already holds a run ({', '.join(existing)}); add --resume "

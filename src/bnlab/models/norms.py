@@ -33,6 +33,7 @@ __all__ = [
     "KINDS",
     "NONE",
     "NormFactory",
+    "NormKind",
     "available_norms",
     "check_norm",
     "first_norm",

@@ -382,7 +382,8 @@ def fit(
             ``config.batch_size``, ``resume`` without ``run_dir``, or a checkpoint made
             with another config.
         FileNotFoundError: ``resume`` but no checkpoint in ``run_dir``.
-        FileExistsError: a fresh start in a ``run_dir`` that already holds a run.
+        FileExistsError: a fresh start in a ``run_dir`` that holds a checkpoint (a run
+            stopped before its first checkpoint is started again).
         RuntimeError: ``config.device`` is a CUDA device but CUDA is not available, or
             the checkpoint cannot be read.
         TypeError: ``config`` is not a ``TrainConfig`` or ``model`` not an ``nn.Module``.
@@ -410,13 +411,13 @@ def fit(
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint_path, metrics_path = run_dir / CHECKPOINT_NAME, run_dir / METRICS_NAME
-        if not resume:
-            existing = [p.name for p in (checkpoint_path, metrics_path) if p.exists()]
-            if existing:
-                raise FileExistsError(
-                    f"fit: {run_dir} already holds a run ({', '.join(existing)}); pass "
-                    "resume=True to continue it, or use another directory"
-                )
+        # A run stopped before its first checkpoint has nothing to resume: its
+        # metrics.jsonl is simply started again.
+        if not resume and checkpoint_path.exists():
+            raise FileExistsError(
+                f"fit: {run_dir} already holds a run ({CHECKPOINT_NAME}); pass resume=True "
+                "to continue it, or use another directory"
+            )
 
     try:
         num_batches: int | None = len(train_loader)  # type: ignore[arg-type]
