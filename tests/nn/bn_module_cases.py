@@ -57,6 +57,10 @@ CASES: list[BNCase] = [
     BNCase("BatchNorm1d", (6, 4), "2d_input_sliced", layout=SLICED),
     BNCase("BatchNorm2d", (4, 3, 5, 6), "default"),
     BNCase("BatchNorm2d", (4, 3, 5, 6), "affine_off", {"affine": False}),
+    BNCase("BatchNorm2d", (4, 3, 5, 6), "bias_off", {"bias": False}),
+    BNCase(
+        "BatchNorm1d", (8, 3), "bias_off_untracked", {"bias": False, "track_running_stats": False}
+    ),
     BNCase("BatchNorm2d", (4, 3, 5, 6), "untracked", {"track_running_stats": False}),
     BNCase(
         "BatchNorm2d",
@@ -126,6 +130,7 @@ def randomize_(module: torch.nn.Module, generator: torch.Generator) -> None:
     with torch.no_grad():
         if getattr(module, "weight", None) is not None:
             module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
+        if getattr(module, "bias", None) is not None:
             module.bias.copy_(torch.randn(module.bias.shape, generator=generator))
         if getattr(module, "running_mean", None) is not None:
             module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator))

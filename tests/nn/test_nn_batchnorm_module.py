@@ -28,8 +28,19 @@ KWARGS = [
     {"affine": False, "track_running_stats": False},
     {"eps": 1e-3, "momentum": None},
     {"momentum": 0.0},
+    {"bias": False},
+    {"affine": False, "bias": False},
 ]
-KWARGS_IDS = ["default", "affine_off", "untracked", "bare", "eps_momentum_none", "momentum_0"]
+KWARGS_IDS = [
+    "default",
+    "affine_off",
+    "untracked",
+    "bare",
+    "eps_momentum_none",
+    "momentum_0",
+    "bias_off",
+    "affine_and_bias_off",
+]
 
 
 def _pair(cls: str, **kwargs):
@@ -330,6 +341,8 @@ def test_to_float64_matches_torch_twin(cls: str) -> None:
 # ------------------------------------------------------------------- tracing and compiling
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("cls", CLASSES)
 def test_jit_trace(cls: str) -> None:
     shape = SHAPES[cls]
@@ -351,6 +364,7 @@ def test_jit_trace(cls: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torch_compile_matches_eager() -> None:
     """Small: one compiled module (inductor), train steps with backward, then eval."""
     torch._dynamo.reset()

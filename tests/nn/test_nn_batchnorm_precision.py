@@ -24,13 +24,20 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+CASE_LAYOUTS = [
+    (case, layout)
+    for case in CASES
+    for layout in ["contiguous", "channels_last"]
+    if layout == "contiguous" or len(case.shape) >= 4
+]
+
+
 @pytest.mark.parametrize("module_dtype", ["float32", "half"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=HALF_IDS)
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_16_bit_inputs_against_float64_twin(case, dtype, module_dtype, layout) -> None:
-    if layout == "channels_last" and len(case.shape) < 4:
-        pytest.skip("channels_last needs 4 or 5 dims")
+@pytest.mark.parametrize(
+    ("case", "layout"), CASE_LAYOUTS, ids=[f"{c.id}-{layout}" for c, layout in CASE_LAYOUTS]
+)
+def test_16_bit_inputs_against_float64_twin(case, layout, dtype, module_dtype) -> None:
     gen = torch.Generator().manual_seed(0)
     ours = case.ours()
     randomize(ours, gen)
