@@ -717,3 +717,24 @@ def test_bias_false_like_torch(cls: str) -> None:
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(SHAPES[cls])
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_inference_mode_like_torch(training: bool) -> None:
+    ours, theirs = _pair("BatchNorm2d")
+    randomize(ours, torch.Generator().manual_seed(0))
+    theirs.load_state_dict(ours.state_dict())
+    ours.train(training)
+    theirs.train(training)
+    x = torch.randn(4, 3, 5, 2) * 2 + 1
+    with torch.inference_mode():
+        y, y_t = ours(x), theirs(x)
+    torch.testing.assert_close(y, y_t, rtol=1e-5, atol=1e-6)
+    _assert_state_equal_close(ours, theirs)
+
+
+def _assert_state_equal_close(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6, msg=key)
