@@ -473,6 +473,7 @@ def _fetch_once(
                 f"md5 {md5.hexdigest()} of the {done} bytes received, expected the official "
                 f"{spec.md5} ({spec.size} bytes)"
             )
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
         os.replace(tmp, folder / spec.name)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -547,7 +548,10 @@ def download_fashion_mnist(
                 time.sleep(retry_wait * (attempt - 1))
             try:
                 _fetch_once(spec, url, folder, timeout=timeout, progress=progress, opener=open_url)
-            except (OSError, http.client.HTTPException, _ChecksumMismatch) as exc:
+            except _ChecksumMismatch as exc:
+                errors.append(f"try {attempt}: {exc}")
+                continue
+            except (OSError, http.client.HTTPException) as exc:
                 errors.append(f"try {attempt}: {type(exc).__name__}: {exc}")
                 continue
             break

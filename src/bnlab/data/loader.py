@@ -67,8 +67,9 @@ class DeviceLoader:
         resize: None, an int (square) or ``(height, width)``: each batch is resized
             with bilinear interpolation (``align_corners=False``; antialiased when
             shrinking), e.g. ``resize=96`` as d2l does for ResNet and DenseNet.
-        normalize: None or ``(mean, std)``: each batch becomes ``(x - mean) / std``,
-            after the resize.
+        normalize: None or ``(mean, std)``: batches are ``(x - mean) / std``. Applied
+            once to the stored split (the same as after the resize, up to float
+            rounding, since bilinear weights sum to 1).
         drop_last: drop the last batch when it is smaller than ``batch_size``.
 
     Shape:
@@ -117,7 +118,16 @@ class DeviceLoader:
             x = x.to(torch.float32).div_(255.0)
         else:
             x = x.to(torch.float32, copy=True)
+        if self._normalize is not None:
+            # Once for the whole split instead of once per batch: (x - mean) / std commutes
+            # with the gather, and with the bilinear resize, whose weights sum to 1.
+            mean, std = self._normalize
+            x.sub_(mean).div_(std)
         self._images = x.contiguous()  # (N, 1, H, W)
+        # On the CPU, numpy's single-threaded take gathers rows as fast as index_select
+        # with one thread, and it does not stall when other processes hold the cores
+        # (OpenMP-parallel index_select of a ~1 MB batch then waits at its barrier).
+        self._images_np = self._images.numpy() if self._device.type == "cpu" else None
         self._labels = labels.to(device=self._device, dtype=torch.int64, copy=True)
 
     # --- epochs ----------------------------------------------------------------------
@@ -168,16 +178,16 @@ class DeviceLoader:
         b = self._batch_size
         for i in range(len(self)):
             index = order[i * b : (i + 1) * b]
-            x = self._images.index_select(0, index)  # (B, 1, H, W), a new tensor
+            if self._images_np is not None:
+                x = torch.from_numpy(self._images_np.take(index.numpy(), axis=0))
+            else:
+                x = self._images.index_select(0, index)  # (B, 1, H, W), a new tensor
             y = self._labels.index_select(0, index)
             if self._resize is not None:
                 shrinking = self._resize[0] < x.shape[2] or self._resize[1] < x.shape[3]
                 x = F.interpolate(
                     x, size=self._resize, mode="bilinear", align_corners=False, antialias=shrinking
                 )
-            if self._normalize is not None:
-                mean, std = self._normalize
-                x.sub_(mean).div_(std)
             yield x, y
 
     # --- description -----------------------------------------------------------------
@@ -220,7 +230,8 @@ class DeviceLoader:
 
     @property
     def images(self) -> Tensor:
-        """The stored float32 images in [0, 1], ``(N, 1, H, W)`` (do not modify)."""
+        """The stored float32 images, ``(N, 1, H, W)``: in [0, 1], or normalized when
+        ``normalize`` is given (do not modify)."""
         return self._images
 
     @property
