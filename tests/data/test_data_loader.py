@@ -224,6 +224,7 @@ ERRORS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"batch_size": 0}, ValueError, "DeviceLoader: batch_size must be >= 1, got 0"),
     ({"batch_size": 2.0}, TypeError, "DeviceLoader: batch_size must be an int, got 2.0 (float)"),
     ({"seed": -1}, ValueError, "DeviceLoader: seed must be an int >= 0, got -1"),
+    ({"seed": 1.0}, TypeError, "DeviceLoader: seed must be an int, got 1.0 (float)"),
     (
         {"resize": "96"},
         TypeError,

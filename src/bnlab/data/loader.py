@@ -97,8 +97,10 @@ class DeviceLoader:
         owner = type(self).__name__
         images, labels = check_images_labels(images, labels, owner)
         self._batch_size = check_positive_int(batch_size, "batch_size", owner)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"{owner}: seed must be an int >= 0, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"{owner}: seed must be an int, got {seed!r} ({type(seed).__name__})")
+        if seed < 0:
+            raise ValueError(f"{owner}: seed must be an int >= 0, got {seed}")
         self._resize = check_resize(resize, owner)
         self._normalize = check_normalize(normalize, owner)
         n = images.shape[0]
