@@ -62,16 +62,37 @@ def _fn(eps):
     return f
 
 
-@pytest.mark.parametrize("eps", [1e-5, 1.0])
-@pytest.mark.parametrize("pattern", GRAD_PATTERNS, ids=PATTERN_IDS)
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+# Every rank with every grad pattern for gradcheck; gradgradcheck (the slow one) with
+# every pattern on (N, C, H, W) and the total derivative on every rank.
+GRADCHECK_CASES = [(s, p, 1e-5) for s in SHAPES for p in GRAD_PATTERNS] + [
+    (s, GRAD_PATTERNS[0], 1.0) for s in SHAPES
+]
+GRADCHECK_IDS = [
+    f"{i}-{pid}-eps{eps:g}"
+    for (s, p, eps) in GRADCHECK_CASES
+    for i, s2 in zip(SHAPE_IDS, SHAPES, strict=True)
+    for pid, p2 in zip(PATTERN_IDS, GRAD_PATTERNS, strict=True)
+    if s2 == s and p2 == p
+]
+GRADGRAD_CASES = [((2, 2, 3, 2), p) for p in GRAD_PATTERNS] + [
+    (s, GRAD_PATTERNS[0]) for s in SHAPES if s != (2, 2, 3, 2)
+]
+GRADGRAD_IDS = [
+    f"{i}-{pid}"
+    for (s, p) in GRADGRAD_CASES
+    for i, s2 in zip(SHAPE_IDS, SHAPES, strict=True)
+    for pid, p2 in zip(PATTERN_IDS, GRAD_PATTERNS, strict=True)
+    if s2 == s and p2 == p
+]
+
+
+@pytest.mark.parametrize(("shape", "pattern", "eps"), GRADCHECK_CASES, ids=GRADCHECK_IDS)
 def test_gradcheck_function(shape, pattern, eps) -> None:
     x, w, b = _inputs(shape, pattern)
     assert gradcheck(_fn(eps), (x, w, b), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-@pytest.mark.parametrize("pattern", GRAD_PATTERNS, ids=PATTERN_IDS)
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize(("shape", "pattern"), GRADGRAD_CASES, ids=GRADGRAD_IDS)
 def test_gradgradcheck_function(shape, pattern) -> None:
     x, w, b = _inputs(shape, pattern)
     assert gradgradcheck(_fn(1e-3), (x, w, b), eps=1e-6, atol=1e-6, rtol=1e-4)
