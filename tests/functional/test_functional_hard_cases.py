@@ -98,6 +98,32 @@ def test_large_offset_tiny_variance_float32(entry, shape, layout) -> None:
     assert var_err <= OFFSET_VAR_RTOL, f"running_var off by {var_err:.3g} relative"
 
 
+@pytest.mark.parametrize("entry", ENTRY_IDS)
+@pytest.mark.parametrize("shape", [(16, 4), (64, 3, 8, 8)], ids=["NC_16", "NCHW"])
+def test_large_offset_tiny_variance_eval_float32(entry, shape) -> None:
+    """Eval with running statistics that match the data (float32 running_mean ~1e4,
+    running_var ~1e-6): the output is the noise normalized, within the same 1e-3.
+
+    The reference is the float64 normalization with the *same* float32 running
+    statistics, so only the arithmetic of the eval path is measured. Folding into
+    ``x * scale + shift`` (``scale`` ~1e3, ``shift`` ~ -1e7) cancels in float32:
+    ulp(1e7) = 1, a whole standard deviation; ``(x - running_mean) * scale + bias``
+    does not (x - running_mean is exact here).
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = 1e4 + 1e-3 * torch.randn(shape, generator=gen)
+    dims = (0, *range(2, len(shape)))
+    rm, rv = x.double().mean(dims).float(), x.double().var(dims).float()
+    w, b = torch.rand(shape[1], generator=gen) + 0.5, torch.randn(shape[1], generator=gen)
+    eps = 1e-12
+    y = ENTRIES[entry](x, rm, rv, w, b, training=False, eps=eps).output
+    ref = torch.nn.functional.batch_norm(
+        x.double(), rm.double(), rv.double(), w.double(), b.double(), training=False, eps=eps
+    )
+    err = (y.double() - ref).abs().max().item()
+    assert err <= OFFSET_OUTPUT_ATOL, f"eval output off by {err:.3g} (output has unit scale)"
+
+
 @pytest.mark.parametrize("shape", OFFSET_SHAPES, ids=OFFSET_IDS)
 def test_large_offset_batch_moments_float32(shape) -> None:
     """The moments themselves: the variance of 1e4 + 1e-3 * noise is the noise's."""

@@ -672,6 +672,12 @@ CONSTRUCTOR_ERRORS = [
         "BatchNorm2d: num_features must be > 0 (the number of channels), got -3",
     ),
     (
+        "num_features_bool",
+        {"num_features": True},
+        TypeError,
+        "BatchNorm2d: num_features must be an int (the number of channels), got True of type bool",
+    ),
+    (
         "num_features_float",
         {"num_features": 3.0},
         TypeError,
