@@ -744,8 +744,35 @@ def test_inference_mode_like_torch(training: bool) -> None:
     _assert_state_equal_close(ours, theirs)
 
 
-def _assert_state_equal_close(a: torch.nn.Module, b: torch.nn.Module) -> None:
+def _assert_state_equal_close(a: torch.nn.Module, b: torch.nn.Module, when: str = "") -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert list(sa) == list(sb)
     for key in sa:
-        torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6, msg=f"{when} {key}")
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_attributes_changed_after_construction_act_like_torch(cls: str) -> None:
+    """torch reads ``track_running_stats``, ``momentum`` and ``eps`` at every forward:
+    ``track_running_stats = False`` on a built module freezes its buffers in training
+    (batch statistics, no update) and keeps normalizing with them in eval."""
+    ours, theirs = _pair(cls)
+    randomize(ours, torch.Generator().manual_seed(0))
+    theirs.load_state_dict(ours.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    for attrs in (
+        {"momentum": None},
+        {"eps": 0.5},
+        {"track_running_stats": False},
+        {"track_running_stats": True, "momentum": 0.7},
+    ):
+        for m in (ours, theirs):
+            for k, v in attrs.items():
+                setattr(m, k, v)
+        for training in (True, False):
+            ours.train(training)
+            theirs.train(training)
+            x = torch.randn(SHAPES[cls], generator=gen) * 2 + 1
+            when = f"{attrs}, training={training}:"
+            torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5, msg=when)
+            _assert_state_equal_close(ours, theirs, when)
