@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         on_case=on_case,
     )
     config["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    environment["load_average_1_5_15_min_at_end"] = load_average()
+    # At the end the load includes this run's own threads; the start value shows other load.
+    environment["load_average_1_5_15_min_at_end_incl_this_run"] = load_average()
     console.print(results_table(results, args.threads))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench_batchnorm_{started.strftime('%Y%m%dT%H%M%SZ')}.json"
