@@ -212,20 +212,18 @@ def test_batch_norm_backward_directly(shape) -> None:
     """The public ``batch_norm_backward`` against autograd of ``batch_norm_forward``."""
     x, w, b = _inputs(shape, (True, True, True), seed=4)
     g = torch.randn(shape, dtype=F64)
-    y, mean, var, inv_std = bnlab.functional.batch_norm_forward(x, w, b, 1e-5)
+    y, stats = bnlab.functional.batch_norm_forward(x, w, b, 1e-5)
     want = torch.autograd.grad(y, (x, w, b), g)
+    stats = bnlab.functional.BatchStats(*(t.detach() for t in stats))
     with torch.no_grad():
-        got = bnlab.functional.batch_norm_backward(
-            g, x.detach(), w.detach(), mean.detach(), inv_std.detach()
-        )
-    torch.testing.assert_close(inv_std.detach(), (var.detach() + 1e-5).rsqrt())
+        got = bnlab.functional.batch_norm_backward(g, x.detach(), w.detach(), stats)
+    torch.testing.assert_close(stats.inv_std, (stats.var + 1e-5).rsqrt())
+    torch.testing.assert_close(stats.mean, stats.pivot + stats.offset)
     for a, e in zip(got, want, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
     for flags in itertools.product([True, False], repeat=3):
         with torch.no_grad():
-            part = bnlab.functional.batch_norm_backward(
-                g, x.detach(), w.detach(), mean.detach(), inv_std.detach(), flags
-            )
+            part = bnlab.functional.batch_norm_backward(g, x.detach(), w.detach(), stats, flags)
         for flag, a, e in zip(flags, part, want, strict=True):
             if flag:
                 torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
@@ -253,8 +251,8 @@ def backward_spy(monkeypatch):
     calls = []
     real = _autograd_module.batch_norm_backward
 
-    def spy(grad_y, x, weight, mean, inv_std, needs_input_grad=(True, True, True)):
-        result = real(grad_y, x, weight, mean, inv_std, needs_input_grad)
+    def spy(grad_y, x, weight, stats, needs_input_grad=(True, True, True)):
+        result = real(grad_y, x, weight, stats, needs_input_grad)
         calls.append((tuple(needs_input_grad), result))
         return result
 

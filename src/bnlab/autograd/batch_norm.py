@@ -20,11 +20,12 @@ from torch import Tensor
 
 from bnlab.functional.batch_norm import (
     BatchNormOutput,
+    BatchStats,
     batch_norm_backward,
     batch_norm_forward,
     batch_norm_with,
 )
-from bnlab.functional.moments import batch_moments
+from bnlab.functional.moments import centered_moments
 
 __all__ = ["BatchNormFunction", "batch_norm"]
 
@@ -43,8 +44,9 @@ class BatchNormFunction(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> tuple[Tensor, Tensor, Tensor]:
-        y, mean, var, inv_std = batch_norm_forward(x, weight, bias, eps)
-        ctx.save_for_backward(x, weight, mean, inv_std)
+        y, stats = batch_norm_forward(x, weight, bias, eps)
+        mean, var = stats.mean, stats.var
+        ctx.save_for_backward(x, weight, stats.inv_std, stats.pivot, stats.offset)
         ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(mean, var)
@@ -54,14 +56,15 @@ class BatchNormFunction(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, grad_y: Tensor, _grad_mean: Tensor | None, _grad_var: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
-        x, weight, mean, inv_std = ctx.saved_tensors
+        x, weight, inv_std, pivot, offset = ctx.saved_tensors
         need_x, need_w, need_b, _ = ctx.needs_input_grad
         if torch.is_grad_enabled():
             # create_graph=True: the saved statistics carry no graph, rebuild them from x.
-            mean, var = batch_moments(x)
+            _, pivot, offset, var = centered_moments(x)
             inv_std = torch.rsqrt(var + ctx.eps)
+        stats = BatchStats(None, None, inv_std, pivot, offset)  # backward needs no mean/var
         grad_x, grad_weight, grad_bias = batch_norm_backward(
-            grad_y, x, weight, mean, inv_std, (need_x, need_w, need_b)
+            grad_y, x, weight, stats, (need_x, need_w, need_b)
         )
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)

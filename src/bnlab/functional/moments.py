@@ -10,9 +10,10 @@ Conventions:
     * Variance is the biased (population) variance, ``mean((x - mean)**2)``.
     * Statistics of float16/bfloat16 inputs are accumulated and returned in float32.
 
-Numerics: the variance is computed in two passes (mean first, then the sum of
-squared deviations), so a channel ``1e4 + 1e-3 * noise`` has the variance of the
-noise, which the one-pass ``E[x^2] - E[x]^2`` loses to cancellation in float32.
+Numerics: the statistics are computed in two passes (a mean first, then sums of the
+deviations from it, corrected for the rounding of that mean), so a float32 channel
+``1e4 + 1e-3 * noise`` has the mean and variance of the noise, which the one-pass
+``E[x^2] - E[x]^2`` loses to cancellation.
 
 Speed: on CPU, ``torch.var_mean`` over several dims is an order of magnitude slower
 than a plain sum of a contiguous tensor (it runs a scalar Welford loop), so the sums
@@ -28,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "accumulation_dtype",
     "batch_moments",
+    "centered_moments",
     "channel_shape",
     "per_channel_dot",
     "per_channel_sum",
@@ -123,8 +125,33 @@ def per_channel_dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(reduction_dims(a.dim()))
 
 
+def centered_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-channel statistics by the corrected two-pass algorithm, and the centred input.
+
+    Pass 1: ``pivot = sum(x) / n``. Pass 2 on ``d = x - pivot``: ``offset = sum(d) / n``
+    and ``var = sum(d**2) / n - offset**2``. The batch mean is ``pivot + offset``; the
+    pair keeps it exactly. In float32 the rounded ``pivot`` of a channel near 1e4 is off
+    by up to one float32 step (about 1e-3), which can be a whole standard deviation of
+    the data; ``offset`` measures that error from the centred values, where it is
+    representable, so ``d - offset`` is the exact deviation from the mean.
+    (Chan, Golub & LeVeque, "Algorithms for computing the sample variance", 1983.)
+
+    Returns:
+        ``(d, pivot, offset, var)``: ``d`` a fresh ``(N, C, *)`` tensor in the
+        accumulation dtype (callers may overwrite it), the rest ``(C,)``.
+    """
+    acc = accumulation_dtype(x.dtype)
+    count = x.numel() // x.shape[1]
+    pivot = per_channel_sum(x, acc) / count
+    shape = channel_shape(x.dim(), x.shape[1])
+    d = x - (pivot if x.dim() == 2 else pivot.view(shape))
+    offset = per_channel_sum(d, acc) / count
+    var = (per_channel_sum_sq(d) / count - offset * offset).clamp_min(0.0)
+    return d, pivot, offset, var
+
+
 def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance, computed in two passes.
+    """Per-channel mean and biased variance (corrected two-pass, see ``centered_moments``).
 
     Args:
         x: input of shape ``(N, C, *)`` with at least one element per channel.
@@ -135,9 +162,5 @@ def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     Shape:
         x: ``(N, C, *)`` -> ``(C,)``, ``(C,)``
     """
-    acc = accumulation_dtype(x.dtype)
-    count = x.numel() // x.shape[1]
-    mean = per_channel_sum(x, acc) / count
-    d = x.to(acc) - mean.view(channel_shape(x.dim(), x.shape[1]))
-    var = per_channel_sum_sq(d) / count
-    return mean, var
+    _, pivot, offset, var = centered_moments(x)
+    return pivot + offset, var

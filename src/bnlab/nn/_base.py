@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from bnlab.functional.batch_norm import check_eps, check_momentum
 
@@ -137,6 +137,3 @@ class _NormBase(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-
-    def _tracked_buffers(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        return self.running_mean, self.running_var, self.num_batches_tracked

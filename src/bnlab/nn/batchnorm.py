@@ -44,9 +44,16 @@ class _BatchNorm(_NormBase):
         name = type(self).__name__
         self._check_input_dim(x)
         check_input(x, self.num_features, name)
-        running_mean, running_var, num_batches_tracked = self._tracked_buffers()
-        use_batch_stats = self.training or running_mean is None
-        # Eval with tracked statistics uses them; training updates them when tracked.
+        # As torch.nn: the attributes are read at every call, so changing
+        # track_running_stats after construction takes effect. Training updates the
+        # buffers only while tracking; eval uses them whenever they exist.
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        use_buffers = not self.training or self.track_running_stats
+        running_mean = self.running_mean if use_buffers else None
+        running_var = self.running_var if use_buffers else None
+        num_batches_tracked = (
+            self.num_batches_tracked if self.training and self.track_running_stats else None
+        )
         result = batch_norm(
             x,
             running_mean,
