@@ -146,8 +146,10 @@ def centered_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     shape = channel_shape(x.dim(), x.shape[1])
     d = x - (pivot if x.dim() == 2 else pivot.view(shape))
     offset = per_channel_sum(d, acc) / count
-    var = (per_channel_sum_sq(d) / count - offset * offset).clamp_min(0.0)
-    return d, pivot, offset, var
+    # var = sum(d**2) / n - offset**2, as one fused op (small per-channel ops cost a
+    # dispatch each, which dominates small inputs).
+    var = torch.addcmul(per_channel_sum_sq(d) / count, offset, offset, value=-1.0)
+    return d, pivot, offset, var.clamp_min(0.0)
 
 
 def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
