@@ -60,7 +60,7 @@ def fast_plot(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         path.write_bytes(b"\x89PNG stub")
         return path
 
-    monkeypatch.setattr(cli_train, "_plot_curves", stub)
+    monkeypatch.setattr(cli_train, "plot_training_curves", stub)
     return drawn
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bnlab.bench.timing import environment_record
 from bnlab.cli._args import positive_int
+from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import data_dir_from_env
 from bnlab.data.fashion_mnist import load_fashion_mnist
 from bnlab.lab.d2l import VARIANTS, D2LConfig, run_d2l
@@ -187,10 +186,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(
         out / "config.json", {"command": "d2l", "argv": vars_json(args), "d2l": config.__dict__}
     )
-    write_json(
-        out / "environment.json",
-        environment_record(environ=os.environ, repo_dir=Path(__file__).resolve().parent),
-    )
+    write_json(out / "environment.json", run_environment(args.device))
 
     steps_per_run = math.ceil(len(data["train_labels"]) / config.batch_size) * config.epochs
     started = time.perf_counter()

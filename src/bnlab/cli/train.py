@@ -21,10 +21,8 @@ the SGD update); evaluation, logging and checkpoints are excluded.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +37,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-import bnlab
 from bnlab import models
-from bnlab.bench.timing import environment_record
 from bnlab.cli._args import non_negative_int, positive_float, positive_int
+from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import data_dir_from_env
 from bnlab.data.fashion_mnist import load_fashion_mnist
 from bnlab.data.loader import DeviceLoader
 from bnlab.models.mlp import NORM_POSITIONS
+from bnlab.plots.training import plot_training_curves
 from bnlab.train import CHECKPOINT_NAME, METRICS_NAME, FitResult, StepInfo, TrainConfig, fit
 from bnlab.train.config import INITS
-from bnlab.train.io import atomic_write, write_json
+from bnlab.train.io import write_json
 
 __all__ = ["add_parser", "run"]
 
@@ -262,44 +260,6 @@ def _load_data(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], Path]
     return tensors, Path(data_dir)
 
 
-def _environment(device: str) -> dict[str, Any]:
-    record = environment_record(environ=os.environ, repo_dir=Path(bnlab.__file__).resolve().parent)
-    record["bnlab"] = bnlab.__version__
-    record["device"] = device
-    record["device_name"] = (
-        torch.cuda.get_device_name(torch.device(device))
-        if device.startswith("cuda")
-        else record.get("cpu_model")
-    )
-    record["threads"] = torch.get_num_threads()
-    return record
-
-
-def _plot_curves(history: list[dict[str, Any]], title: str, path: Path) -> Path:
-    """Loss and accuracy per epoch, as a PNG written atomically (Agg, no pyplot)."""
-    from matplotlib.figure import Figure  # imported on use: only this command draws
-
-    epochs = [r["epoch"] for r in history]
-    fig = Figure(figsize=(10, 4))
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    loss_ax.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train loss")
-    loss_ax.plot(epochs, [r["test_loss"] for r in history], marker="o", label="test loss")
-    acc_ax.plot(epochs, [r["train_acc"] for r in history], marker="o", label="train accuracy")
-    acc_ax.plot(epochs, [r["test_acc"] for r in history], marker="o", label="test accuracy")
-    loss_ax.set_title("cross-entropy")
-    acc_ax.set_title("accuracy")
-    for ax in (loss_ax, acc_ax):
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    # Fixed margins: tight_layout costs more than drawing the figure.
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.85, wspace=0.2)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
-
-
 def _first_norm(model: torch.nn.Module) -> dict[str, Any] | None:
     try:
         layer = models.first_norm(model)
@@ -382,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     write_json(out / "config.json", run_config)
-    write_json(out / "environment.json", _environment(args.device))
+    write_json(out / "environment.json", run_environment(args.device))
 
     train_loader = DeviceLoader(
         tensors["train_x"],
@@ -457,7 +417,7 @@ def run(args: argparse.Namespace) -> int:
     }
     write_json(out / RESULTS_NAME, results)
     title = f"{args.model} + {args.norm} on Fashion-MNIST (batch {args.batch_size}, lr {args.lr:g})"
-    _plot_curves(result.history, title, out / CURVES_NAME)
+    plot_training_curves(result.history, title, out / CURVES_NAME)
 
     console.print(_summary_table(run_config, result, out))
     if results["first_norm"] is not None:

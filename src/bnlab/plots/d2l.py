@@ -8,6 +8,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from bnlab.plots._save import save_png
+
 __all__ = ["plot_d2l_curves"]
 
 _COLORS = {"none": "tab:gray", "textbook": "tab:orange", "bnlab": "tab:blue", "torch": "tab:green"}
@@ -75,9 +77,4 @@ def plot_d2l_curves(summary: dict[str, Any], path: str | Path) -> Path:
         f"{max(seeds) if seeds else 0} seed(s), band = min-max"
     )
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=150, format="png")
-    tmp.replace(path)
-    return path
+    return save_png(fig, path)

@@ -27,3 +27,21 @@ def test_plot_writes_png(tmp_path: Path) -> None:
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 20_000
     assert [p.name for p in path.parent.iterdir()] == ["curves.png"]
+
+
+def test_training_curves_png(tmp_path: Path) -> None:
+    from bnlab.plots.training import plot_training_curves
+
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "test_loss": 1.2 / e,
+            "train_acc": 0.5 + e / 10,
+            "test_acc": 0.4 + e / 10,
+        }
+        for e in (1, 2, 3)
+    ]
+    path = plot_training_curves(history, "a run", tmp_path / "curves.png")
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
