@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["non_negative_int", "positive_float", "positive_int"]
+__all__ = ["add_run_arguments", "non_negative_int", "positive_float", "positive_int"]
 
 
 def positive_int(text: str) -> int:
@@ -39,3 +39,19 @@ def positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every training command shares: where, how many threads, how much data."""
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default cpu)"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--limit-train", type=positive_int, default=None, help="use the first N training images"
+    )
+    parser.add_argument(
+        "--limit-test", type=positive_int, default=None, help="use the first N test images"
+    )

@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bnlab.cli._args import positive_int
+from bnlab.cli._args import add_run_arguments, positive_int
 from bnlab.cli._run_files import run_environment
-from bnlab.cli.data import data_dir_from_env
+from bnlab.cli.data import add_data_dir_argument, data_dir_from_env
 from bnlab.data.fashion_mnist import load_fashion_mnist
 from bnlab.lab.d2l import VARIANTS, D2LConfig, run_d2l
 from bnlab.plots.d2l import plot_d2l_curves
@@ -46,12 +46,7 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", type=Path, required=True, help="results folder (created)")
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder with the four Fashion-MNIST files (default: $BNLAB_DATA_DIR, then the "
-        "user cache, else download)",
-    )
+    add_data_dir_argument(p)
     p.add_argument(
         "--epochs", type=positive_int, default=10, help="epochs per run (default 10, the book's)"
     )
@@ -74,21 +69,7 @@ def add_parser(subparsers: Any) -> None:
         default=40,
         help="training batches used to recalibrate BN statistics after each epoch (default 40)",
     )
-    p.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default cpu)"
-    )
-    p.add_argument(
-        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)"
-    )
-    p.add_argument(
-        "--limit-train",
-        type=positive_int,
-        default=None,
-        help="use only the first N training images",
-    )
-    p.add_argument(
-        "--limit-test", type=positive_int, default=None, help="use only the first N test images"
-    )
+    add_run_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue the runs already in --out")
     p.set_defaults(func=run, parser=p)
 

@@ -38,9 +38,9 @@ from rich.progress import (
 from rich.table import Table
 
 from bnlab import models
-from bnlab.cli._args import non_negative_int, positive_float, positive_int
+from bnlab.cli._args import add_run_arguments, non_negative_int, positive_float, positive_int
 from bnlab.cli._run_files import run_environment
-from bnlab.cli.data import data_dir_from_env
+from bnlab.cli.data import add_data_dir_argument, data_dir_from_env
 from bnlab.data.fashion_mnist import load_fashion_mnist
 from bnlab.data.loader import DeviceLoader
 from bnlab.models.mlp import NORM_POSITIONS
@@ -102,13 +102,7 @@ def add_parser(subparsers: Any) -> None:
         help="normalization layer in the norm slots (default bnlab)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="results folder")
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        metavar="DIR",
-        help="folder with the four Fashion-MNIST files (default: $BNLAB_DATA_DIR, then the "
-        "user cache, else download)",
-    )
+    add_data_dir_argument(p)
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="batch size (default 256)")
     p.add_argument("--lr", type=positive_float, default=1.0, help="SGD learning rate (default 1.0)")
@@ -138,18 +132,7 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="MLP: norm after (default) or before the activation",
     )
-    p.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default cpu)"
-    )
-    p.add_argument(
-        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)"
-    )
-    p.add_argument(
-        "--limit-train", type=positive_int, default=None, help="use the first N training images"
-    )
-    p.add_argument(
-        "--limit-test", type=positive_int, default=None, help="use the first N test images"
-    )
+    add_run_arguments(p)
     p.add_argument(
         "--log-every-steps",
         type=non_negative_int,
