@@ -82,10 +82,10 @@ def test_interrupted_pass_restores_everything() -> None:
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
 
 
-def test_max_batches_and_tuples() -> None:
+def test_num_batches_and_tuples() -> None:
     data = [(torch.full((4, 2), float(i)) + torch.randn(4, 2), torch.zeros(4)) for i in range(5)]
     model = nn.Sequential(nn.BatchNorm1d(2))
-    report = recalibrate_batchnorm(model, data, max_batches=2)
+    report = recalibrate_batchnorm(model, data, num_batches=2)
     assert report.batches == 2
     assert report.samples == 8
     expected = torch.cat([x for x, _ in data[:2]]).mean(0)
@@ -99,5 +99,5 @@ def test_errors() -> None:
         recalibrate_batchnorm(nn.Sequential(nn.Linear(2, 2)), [torch.randn(2, 2)])
     with pytest.raises(ValueError, match=re.escape("batches is empty")):
         recalibrate_batchnorm(nn.Sequential(nn.BatchNorm1d(2)), [])
-    with pytest.raises(ValueError, match=re.escape("max_batches must be >= 1 or None, got 0")):
-        recalibrate_batchnorm(nn.Sequential(nn.BatchNorm1d(2)), [torch.randn(3, 2)], max_batches=0)
+    with pytest.raises(ValueError, match=re.escape("num_batches must be >= 1 or None, got 0")):
+        recalibrate_batchnorm(nn.Sequential(nn.BatchNorm1d(2)), [torch.randn(3, 2)], num_batches=0)

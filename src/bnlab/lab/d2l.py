@@ -171,7 +171,7 @@ def _recalibrated_accuracy(
     model: nn.Module, train_loader: DeviceLoader, test_loader: DeviceLoader, batches: int
 ) -> float:
     probe = copy.deepcopy(model)
-    recalibrate_batchnorm(probe, train_loader, max_batches=batches)
+    recalibrate_batchnorm(probe, train_loader, num_batches=batches)
     return evaluate(probe, test_loader)["acc"]
 
 

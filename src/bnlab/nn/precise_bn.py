@@ -122,7 +122,7 @@ def recalibrate_batchnorm(
     model: nn.Module,
     batches: Iterable[Tensor | tuple[Tensor, ...] | list[Tensor]],
     *,
-    max_batches: int | None = None,
+    num_batches: int | None = None,
 ) -> RecalibrationReport:
     """Set every BN layer's running statistics to population statistics of ``batches``.
 
@@ -135,18 +135,18 @@ def recalibrate_batchnorm(
         model: a network with ``torch.nn``, ``bnlab.nn`` or textbook BatchNorm layers.
         batches: an iterable of inputs, or of tuples whose first element is the input
             (a data loader's ``(x, y)``).
-        max_batches: stop after this many batches (all when None).
+        num_batches: stop after this many batches (all when None).
 
     Returns:
         A :class:`RecalibrationReport`.
 
     Raises:
         ValueError: the model has no BN layer with tracked statistics, ``batches`` is
-            empty, or ``max_batches`` < 1.
+            empty, or ``num_batches`` < 1.
     """
-    if max_batches is not None and max_batches < 1:
+    if num_batches is not None and num_batches < 1:
         raise ValueError(
-            f"recalibrate_batchnorm: max_batches must be >= 1 or None, got {max_batches}"
+            f"recalibrate_batchnorm: num_batches must be >= 1 or None, got {num_batches}"
         )
     layers = {name: m for name, m in model.named_modules() if _stat_buffers(m) is not None}
     if not layers:
@@ -170,7 +170,7 @@ def recalibrate_batchnorm(
     try:
         with _batch_stats_mode(model, layers), torch.no_grad():
             for batch in batches:
-                if max_batches is not None and report.batches >= max_batches:
+                if num_batches is not None and report.batches >= num_batches:
                     break
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 counts.clear()
