@@ -230,6 +230,11 @@ def test_report_reasons() -> None:
     unused = _InOrder()
     unused.extra = nn.BatchNorm2d(4)
     assert fold_batchnorm(unused).skipped == {"extra": "not called in the traced forward"}
+    weight_normed = nn.utils.parametrizations.weight_norm(nn.Conv2d(2, 3, 1))
+    parametrized = fold_batchnorm(nn.Sequential(weight_normed, nn.BatchNorm2d(3)))
+    assert parametrized.skipped == {
+        "1": "'0' has a parametrized weight (e.g. spectral norm); not folded"
+    }
     root = fold_batchnorm(nn.BatchNorm1d(2))
     assert root.skipped == {"<model>": "the model itself is a batch norm; nothing feeds it"}
     assert isinstance(root, FoldResult)

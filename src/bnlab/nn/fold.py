@@ -73,7 +73,11 @@ def _is_bn(module: nn.Module) -> bool:
 
 
 def _is_producer(module: nn.Module) -> bool:
-    return type(module) in _PRODUCERS
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        # torch.nn.utils.parametrize swaps in a subclass of the original class.
+        cls = cls.__bases__[0]
+    return cls in _PRODUCERS
 
 
 class _LeafTracer(fx.Tracer):
