@@ -3,6 +3,9 @@
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.fold import FoldResult, fold_batchnorm
 from bnlab.nn.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, freeze_batchnorm
+from bnlab.nn.groupnorm import GroupNorm
+from bnlab.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from bnlab.nn.layernorm import LayerNorm
 from bnlab.nn.precise_bn import RecalibrationReport, recalibrate_batchnorm
 
 __all__ = [
@@ -12,6 +15,11 @@ __all__ = [
     "FoldResult",
     "FrozenBatchNorm1d",
     "FrozenBatchNorm2d",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LayerNorm",
     "RecalibrationReport",
     "fold_batchnorm",
     "freeze_batchnorm",

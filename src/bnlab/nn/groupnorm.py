@@ -1,0 +1,108 @@
+"""``GroupNorm``: drop-in twin of ``torch.nn.GroupNorm``.
+
+Paper: Wu & He, "Group Normalization", arXiv 1803.08494. The maths is
+``bnlab.functional.norms.group_norm`` (conventions documented there).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bnlab.functional.batch_norm import check_eps
+from bnlab.functional.norms import group_norm
+
+__all__ = ["GroupNorm"]
+
+
+class GroupNorm(nn.Module):
+    """Group norm: each sample's group of channels is normalized over it and all spatial dims.
+
+    Args:
+        num_groups: number of groups, dividing ``num_channels``.
+        num_channels: number of channels ``C`` (dim 1 of the input).
+        eps: added to the variance, > 0.
+        affine: learn a per-channel ``weight`` (init 1) and ``bias`` (init 0).
+        device, dtype: where and in which dtype to create the parameters.
+        bias: with ``affine``, also learn the shift (keyword-only, as in torch 2.13).
+
+    Raises:
+        ValueError: ``num_groups`` not dividing ``num_channels``, non-positive sizes, eps
+            <= 0 (constructor); fewer than 2 dims or a channel count other than
+            ``num_channels`` (forward).
+        TypeError: an integer input dtype (forward).
+
+    Shape:
+        input: ``(N, C, *)``; output: like the input.
+    """
+
+    num_groups: int
+    num_channels: int
+    eps: float
+    affine: bool
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        for value, what in ((num_groups, "num_groups"), (num_channels, "num_channels")):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}: {what} must be an int > 0, got {value!r}")
+        if num_channels % num_groups != 0:
+            raise ValueError(
+                f"{name}: num_channels ({num_channels}) must be divisible by num_groups "
+                f"({num_groups}); choose num_groups among the divisors of {num_channels}"
+            )
+        check_eps(eps, name)
+        factory = {"device": device, "dtype": dtype}
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.empty(num_channels, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(num_channels, **factory))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weight 1 and bias 0."""
+        if self.affine:
+            nn.init.ones_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        name = type(self).__name__
+        if isinstance(x, Tensor) and x.dim() >= 2 and x.shape[1] != self.num_channels:
+            raise ValueError(
+                f"{name}: expected {self.num_channels} channels in dim 1, got {x.shape[1]} "
+                f"(input of shape {tuple(x.shape)}); the layer was built with "
+                f"num_channels={self.num_channels}"
+            )
+        if isinstance(x, Tensor) and x.dim() < 2:
+            raise ValueError(
+                f"{name}: expected an input of shape (N, C, *) with at least 2 dims, "
+                f"got {x.dim()}D input of shape {tuple(x.shape)}"
+            )
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+            f"bias={self.bias is not None}"
+        )

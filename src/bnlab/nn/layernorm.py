@@ -1,0 +1,93 @@
+"""``LayerNorm``: drop-in twin of ``torch.nn.LayerNorm``.
+
+Paper: Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450. The maths is
+``bnlab.functional.norms.layer_norm`` (conventions documented there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from bnlab.functional.batch_norm import check_eps
+from bnlab.functional.norms import layer_norm
+
+__all__ = ["LayerNorm"]
+
+
+class LayerNorm(nn.Module):
+    """Layer norm over the trailing ``normalized_shape`` dims of each sample.
+
+    Args:
+        normalized_shape: trailing shape to normalize over (an int is one dim).
+        eps: added to the variance, > 0.
+        elementwise_affine: learn an elementwise ``weight`` (init 1) and ``bias`` (init 0)
+            of shape ``normalized_shape``.
+        bias: with ``elementwise_affine``, also learn the shift.
+        device, dtype: where and in which dtype to create the parameters.
+
+    Raises:
+        ValueError: an empty or non-positive ``normalized_shape``, eps <= 0 (constructor);
+            trailing input dims other than ``normalized_shape`` (forward).
+        TypeError: an integer input dtype (forward).
+
+    Shape:
+        input: ``(*, *normalized_shape)``; output: like the input.
+    """
+
+    normalized_shape: tuple[int, ...]
+    eps: float
+    elementwise_affine: bool
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int] | torch.Size,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        shape = (
+            (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        )
+        if not shape or any(not isinstance(s, int) or s <= 0 for s in shape):
+            raise ValueError(
+                f"{name}: normalized_shape must be a non-empty sequence of ints > 0 (the "
+                f"trailing dims to normalize), got {normalized_shape!r}"
+            )
+        check_eps(eps, name)
+        factory = {"device": device, "dtype": dtype}
+        self.normalized_shape = shape
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(shape, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(shape, **factory))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weight 1 and bias 0."""
+        if self.elementwise_affine:
+            nn.init.ones_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, "
+            f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}"
+        )
