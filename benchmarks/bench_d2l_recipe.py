@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bnlab.cli.data import data_dir_from_env
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
 from bnlab.bench.timing import environment_record
+from bnlab.cli.data import data_dir_from_env
 from bnlab.data.dataset import FashionMNISTDataset
 from bnlab.data.fashion_mnist import load_fashion_mnist
 from bnlab.data.loader import DeviceLoader
