@@ -15,7 +15,48 @@ from torch import nn
 
 from bnlab.functional.batch_norm import check_eps, check_momentum
 
-__all__ = ["_NormBase"]
+__all__ = ["_NormBase", "check_num_features", "register_affine", "reset_affine"]
+
+
+def check_num_features(num_features: object, name: str) -> int:
+    """Return ``num_features`` if it is an int > 0, else raise with the received value."""
+    if not isinstance(num_features, int) or isinstance(num_features, bool):
+        raise TypeError(
+            f"{name}: num_features must be an int (the number of channels), "
+            f"got {num_features!r} of type {type(num_features).__name__}"
+        )
+    if num_features <= 0:
+        raise ValueError(
+            f"{name}: num_features must be > 0 (the number of channels), got {num_features}"
+        )
+    return num_features
+
+
+def register_affine(
+    module: nn.Module,
+    shape: int | tuple[int, ...],
+    affine: bool,
+    bias: bool,
+    factory: dict[str, Any],
+) -> None:
+    """Register ``weight`` (and ``bias`` unless ``bias=False``) of ``shape``, or None, as torch.nn."""
+    if affine:
+        module.weight = nn.Parameter(torch.empty(shape, **factory))
+        if bias:
+            module.bias = nn.Parameter(torch.empty(shape, **factory))
+        else:
+            module.register_parameter("bias", None)
+    else:
+        module.register_parameter("weight", None)
+        module.register_parameter("bias", None)
+
+
+def reset_affine(module: nn.Module) -> None:
+    """Weight 1 and bias 0, where they exist."""
+    if module.weight is not None:
+        nn.init.ones_(module.weight)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 class _NormBase(nn.Module):
@@ -55,15 +96,7 @@ class _NormBase(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        if not isinstance(num_features, int) or isinstance(num_features, bool):
-            raise TypeError(
-                f"{name}: num_features must be an int (the number of channels), "
-                f"got {num_features!r} of type {type(num_features).__name__}"
-            )
-        if num_features <= 0:
-            raise ValueError(
-                f"{name}: num_features must be > 0 (the number of channels), got {num_features}"
-            )
+        check_num_features(num_features, name)
         check_eps(eps, name)
         check_momentum(momentum, name)
         factory = {"device": device, "dtype": dtype}
@@ -72,15 +105,7 @@ class _NormBase(nn.Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(num_features, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        register_affine(self, num_features, affine, bias, factory)
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features, **factory))
             self.register_buffer("running_var", torch.ones(num_features, **factory))
@@ -104,10 +129,7 @@ class _NormBase(nn.Module):
     def reset_parameters(self) -> None:
         """Reset the running statistics, then weight 1 and bias 0."""
         self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def extra_repr(self) -> str:
         return (

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.functional.batch_norm import batch_norm_eval, check_eps, check_input
+from bnlab.nn._base import check_num_features
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __all__ = ["FrozenBatchNorm1d", "FrozenBatchNorm2d", "freeze_batchnorm"]
@@ -63,15 +64,7 @@ class _FrozenBatchNorm(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        if not isinstance(num_features, int) or isinstance(num_features, bool):
-            raise TypeError(
-                f"{name}: num_features must be an int (the number of channels), "
-                f"got {num_features!r} of type {type(num_features).__name__}"
-            )
-        if num_features <= 0:
-            raise ValueError(
-                f"{name}: num_features must be > 0 (the number of channels), got {num_features}"
-            )
+        check_num_features(num_features, name)
         check_eps(eps, name)
         self.num_features = num_features
         self.eps = eps

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from bnlab.functional.batch_norm import check_eps
 from bnlab.functional.norms import group_norm
+from bnlab.nn._base import register_affine, reset_affine
 
 __all__ = ["GroupNorm"]
 
@@ -68,23 +69,12 @@ class GroupNorm(nn.Module):
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_channels, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(num_channels, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        register_affine(self, num_channels, affine, bias, factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Weight 1 and bias 0."""
-        if self.affine:
-            nn.init.ones_(self.weight)
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
         name = type(self).__name__

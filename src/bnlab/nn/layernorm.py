@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from bnlab.functional.batch_norm import check_eps
 from bnlab.functional.norms import layer_norm
+from bnlab.nn._base import register_affine, reset_affine
 
 __all__ = ["LayerNorm"]
 
@@ -65,23 +66,12 @@ class LayerNorm(nn.Module):
         self.normalized_shape = shape
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(shape, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(shape, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        register_affine(self, shape, elementwise_affine, bias, factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Weight 1 and bias 0."""
-        if self.elementwise_affine:
-            nn.init.ones_(self.weight)
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
