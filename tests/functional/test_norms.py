@@ -280,3 +280,27 @@ ERRORS = [
 def test_error_messages(make, error, message) -> None:
     with pytest.raises(error, match=f"^{re.escape(message)}$"):
         make()
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout"),
+    [
+        ((6, 3), "contiguous"),
+        ((4, 3, 5), "contiguous"),
+        ((4, 3, 5, 6), "contiguous"),
+        ((4, 3, 5, 6), "channels_last"),
+        ((2, 3, 4, 5, 6), "contiguous"),
+    ],
+)
+def test_per_channel_moments_are_moments_over_the_reduced_dims(shape, layout) -> None:
+    """``centered_moments`` (fast per-channel paths) is ``moments_over`` on dims != 1."""
+    from bnlab.functional.moments import centered_moments, reduction_dims
+    from bnlab.functional.norms import moments_over
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 3 + 1e3
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    _, pivot, offset, var = centered_moments(x)
+    _, pivot_g, offset_g, var_g = moments_over(x, reduction_dims(x.dim()))
+    torch.testing.assert_close(pivot + offset, (pivot_g + offset_g).reshape(-1), rtol=0, atol=1e-4)
+    torch.testing.assert_close(var, var_g.reshape(-1), rtol=1e-4, atol=1e-5)

@@ -46,6 +46,7 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_eval",
     "batch_norm_forward",
+    "check_channel_args",
     "check_eps",
     "check_input",
     "check_momentum",
@@ -137,6 +138,27 @@ def check_per_channel(t: Tensor | None, num_features: int, what: str, name: str)
             f"{name}: {what} must have shape ({num_features},), one value per channel of the "
             f"input, got shape {tuple(t.shape)}"
         )
+
+
+def check_channel_args(
+    num_features: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    name: str,
+) -> None:
+    """Check the per-channel arguments of a functional norm: each ``(C,)`` or None, and
+    the running statistics both given or both None."""
+    for t, what in (
+        (weight, "weight"),
+        (bias, "bias"),
+        (running_mean, "running_mean"),
+        (running_var, "running_var"),
+    ):
+        check_per_channel(t, num_features, what, name)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{name}: pass both running_mean and running_var, or neither")
 
 
 def check_values_per_channel(x: Tensor, name: str) -> None:
@@ -399,12 +421,7 @@ def batch_norm_with(
     num_features = x.shape[1]
     check_eps(eps, name)
     check_momentum(momentum, name)
-    check_per_channel(weight, num_features, "weight", name)
-    check_per_channel(bias, num_features, "bias", name)
-    check_per_channel(running_mean, num_features, "running_mean", name)
-    check_per_channel(running_var, num_features, "running_var", name)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{name}: pass both running_mean and running_var, or neither")
+    check_channel_args(num_features, weight, bias, running_mean, running_var, name)
 
     if not training:
         if running_mean is None or running_var is None:

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from bnlab.functional.batch_norm import (
     batch_norm_eval,
+    check_channel_args,
     check_eps,
     check_momentum,
     check_per_channel,
@@ -294,15 +295,7 @@ def instance_norm(
         raise ValueError(f"{name}: momentum must be a float in [0, 1], got None")
     check_momentum(momentum, name)
     num_channels = x.shape[1]
-    for t, what in (
-        (weight, "weight"),
-        (bias, "bias"),
-        (running_mean, "running_mean"),
-        (running_var, "running_var"),
-    ):
-        check_per_channel(t, num_channels, what, name)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{name}: pass both running_mean and running_var, or neither")
+    check_channel_args(num_channels, weight, bias, running_mean, running_var, name)
 
     if not use_input_stats:
         if running_mean is None or running_var is None:
