@@ -7,6 +7,7 @@ from bnlab.nn.groupnorm import GroupNorm
 from bnlab.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from bnlab.nn.layernorm import LayerNorm
 from bnlab.nn.precise_bn import RecalibrationReport, recalibrate_batchnorm
+from bnlab.nn.registry import available_norm_layers, convert_norm, create_norm
 
 __all__ = [
     "BatchNorm1d",
@@ -21,6 +22,9 @@ __all__ = [
     "InstanceNorm3d",
     "LayerNorm",
     "RecalibrationReport",
+    "available_norm_layers",
+    "convert_norm",
+    "create_norm",
     "fold_batchnorm",
     "freeze_batchnorm",
     "recalibrate_batchnorm",
