@@ -14,6 +14,15 @@ Built-in names:
   layer of d2l's batch-norm chapter (``num_dims`` 4 for ``"2d"``, 2 for ``"1d"``).
 * ``"bnlab"``: ``bnlab.nn.BatchNorm2d`` / ``bnlab.nn.BatchNorm1d``.
 * ``"torch"``: ``torch.nn.BatchNorm2d`` / ``torch.nn.BatchNorm1d``.
+* ``"layernorm"``, ``"groupnorm"``, ``"frozen"``: ``bnlab.nn.create_norm(name, C,
+  dim=...)`` with ``dim`` 2 for ``"2d"`` slots and 0 for ``"1d"`` slots (layer norm over
+  ``(C, H, W)`` as ``GroupNorm(1, C)`` after convolutions, ``LayerNorm(C)`` after linear
+  layers; group norm with ``gcd(C, 32)`` groups; frozen batch norm with the identity
+  statistics of a fresh layer).
+* ``"instancenorm"``: ``InstanceNorm2d(C, affine=True)`` after convolutions (affine, as
+  the other norms here, so that a model's capacity does not change with the norm); the
+  ``"1d"`` slots after linear layers stay empty, since an ``(N, C)`` input has nothing
+  to normalize per sample and channel.
 
 Paper: Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by
 Reducing Internal Covariate Shift", arXiv 1502.03167.
@@ -44,8 +53,9 @@ __all__ = [
 ]
 
 NormKind = Literal["1d", "2d"]
-# A factory builds one layer for ``num_features`` channels of the given kind.
-NormFactory = Callable[[int, str], nn.Module]
+# A factory builds one layer for ``num_features`` channels of the given kind (or None to
+# leave that slot empty).
+NormFactory = Callable[[int, str], nn.Module | None]
 
 #: The name of the empty slot.
 NONE = "none"
@@ -131,7 +141,8 @@ def make_norm(name: str, num_features: int, kind: NormKind = "2d") -> nn.Module 
     if name == NONE:
         return None
     layer = _FACTORIES[name](num_features, kind)
-    _NORM_TYPES.add(type(layer))
+    if layer is not None:  # a factory may leave a slot empty (instancenorm after linears)
+        _NORM_TYPES.add(type(layer))
     return layer
 
 
@@ -191,6 +202,23 @@ def _torch(num_features: int, kind: str) -> nn.Module:
     return cls(num_features)
 
 
+def _family(name: str, **options: object) -> NormFactory:
+    def factory(num_features: int, kind: str) -> nn.Module:
+        return bnlab.nn.create_norm(name, num_features, dim=2 if kind == "2d" else 0, **options)
+
+    return factory
+
+
+def _instancenorm(num_features: int, kind: str) -> nn.Module | None:
+    if kind != "2d":
+        return None
+    return bnlab.nn.create_norm("instancenorm", num_features, dim=2, affine=True)
+
+
 register_norm("textbook", _textbook)
 register_norm("bnlab", _bnlab)
 register_norm("torch", _torch)
+register_norm("layernorm", _family("layernorm"))
+register_norm("groupnorm", _family("groupnorm"))
+register_norm("instancenorm", _instancenorm)
+register_norm("frozen", _family("frozen"))
