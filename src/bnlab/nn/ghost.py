@@ -1,0 +1,132 @@
+"""``GhostBatchNorm1d/2d/3d``: batch norm with statistics per virtual batch.
+
+Paper: Hoffer, Hubara & Soudry, "Train longer, generalize better: closing the
+generalization gap in large batch training of neural networks", arXiv 1705.08741. The
+maths and its rules (chunks, the last chunk, the running-statistics update) are
+``bnlab.functional.ghost``.
+
+Design decisions:
+    * Signature: ``torch.nn.BatchNorm*d``'s plus keyword-only ``virtual_batch_size``,
+      default 128 (the ghost batch size of the paper's experiments); parameters,
+      buffers and ``state_dict`` keys are torch's. ``virtual_batch_size`` is
+      configuration (like ``eps``), not state: it is not in the ``state_dict``.
+    * ``momentum`` (default 0.1) is batch norm's: one update per call, whatever the
+      number of virtual batches.
+    * ``track_running_stats=False``: per-virtual-batch statistics in both modes, as
+      batch norm uses batch statistics in both modes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bnlab.autograd.batch_norm import BatchNormFunction
+from bnlab.functional.batch_norm import check_input
+from bnlab.functional.ghost import check_virtual_batch_size, ghost_batch_norm_with
+from bnlab.nn.batchnorm import _BatchNorm
+
+__all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d"]
+
+
+class _GhostBatchNorm(_BatchNorm):
+    """Ghost batch norm over dim 1 (see the module docstring for the design).
+
+    Args:
+        num_features, eps, momentum, affine, track_running_stats, device, dtype, bias:
+            as ``torch.nn.BatchNorm2d``.
+        virtual_batch_size: samples per virtual batch (an int >= 1, default 128); a
+            batch of at most this many samples is normalized exactly as by batch norm.
+
+    Raises:
+        TypeError, ValueError: bad configuration, with the received value.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+        virtual_batch_size: int = 128,
+    ) -> None:
+        check_virtual_batch_size(virtual_batch_size, type(self).__name__)
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        )
+        self.virtual_batch_size = virtual_batch_size
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, virtual_batch_size={self.virtual_batch_size}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        name = type(self).__name__
+        self._check_input_dim(x)
+        check_input(x, self.num_features, name)
+        # The buffer logic of bnlab.nn.BatchNorm (attributes read at every call).
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        use_buffers = not self.training or self.track_running_stats
+        running_mean = self.running_mean if use_buffers else None
+        running_var = self.running_var if use_buffers else None
+        num_batches_tracked = (
+            self.num_batches_tracked if self.training and self.track_running_stats else None
+        )
+        result = ghost_batch_norm_with(
+            BatchNormFunction.apply,
+            x,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            training=use_batch_stats,
+            momentum=self.momentum,
+            eps=self.eps,
+            num_batches_tracked=num_batches_tracked,
+            virtual_batch_size=self.virtual_batch_size,
+            name=name,
+        )
+        if use_batch_stats and running_mean is not None and result.running_mean is not running_mean:
+            with torch.no_grad():
+                running_mean.copy_(result.running_mean)
+                running_var.copy_(result.running_var)
+                if num_batches_tracked is not None:
+                    num_batches_tracked.copy_(result.num_batches_tracked)
+        return result.output
+
+
+class GhostBatchNorm1d(_GhostBatchNorm):
+    """Ghost batch norm of ``(N, C)`` or ``(N, C, L)`` inputs.
+
+    Shape:
+        input: ``(N, C)`` or ``(N, C, L)``; output: the same.
+    """
+
+    _ranks = (2, 3)
+    _layout = "(N, C) or (N, C, L)"
+
+
+class GhostBatchNorm2d(_GhostBatchNorm):
+    """Ghost batch norm of ``(N, C, H, W)`` inputs; channels_last inputs keep their format.
+
+    Shape:
+        input: ``(N, C, H, W)``; output: the same.
+    """
+
+    _ranks = (4,)
+    _layout = "(N, C, H, W)"
+
+
+class GhostBatchNorm3d(_GhostBatchNorm):
+    """Ghost batch norm of ``(N, C, D, H, W)`` inputs.
+
+    Shape:
+        input: ``(N, C, D, H, W)``; output: the same.
+    """
+
+    _ranks = (5,)
+    _layout = "(N, C, D, H, W)"
