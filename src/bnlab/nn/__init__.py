@@ -3,29 +3,48 @@
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.fold import FoldResult, fold_batchnorm
 from bnlab.nn.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, freeze_batchnorm
+from bnlab.nn.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
 from bnlab.nn.groupnorm import GroupNorm
 from bnlab.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from bnlab.nn.layernorm import LayerNorm
 from bnlab.nn.precise_bn import RecalibrationReport, recalibrate_batchnorm
 from bnlab.nn.registry import available_norm_layers, convert_norm, create_norm
+from bnlab.nn.renorm import (
+    BatchRenorm1d,
+    BatchRenorm2d,
+    BatchRenorm3d,
+    renorm_clipping,
+    set_renorm_clipping,
+)
+from bnlab.nn.sync import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
     "FoldResult",
     "FrozenBatchNorm1d",
     "FrozenBatchNorm2d",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "GhostBatchNorm3d",
     "GroupNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",
     "InstanceNorm3d",
     "LayerNorm",
     "RecalibrationReport",
+    "SyncBatchNorm",
     "available_norm_layers",
     "convert_norm",
+    "convert_sync_batchnorm",
     "create_norm",
     "fold_batchnorm",
     "freeze_batchnorm",
     "recalibrate_batchnorm",
+    "renorm_clipping",
+    "set_renorm_clipping",
 ]

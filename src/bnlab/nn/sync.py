@@ -1,0 +1,222 @@
+"""``SyncBatchNorm`` over ``torch.distributed`` (gloo on CPU, nccl on GPU), and
+``convert_sync_batchnorm``.
+
+Papers: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167; synchronized
+("cross-GPU") batch norm as in Zhang et al., "Context Encoding for Semantic
+Segmentation", arXiv 1803.08904. A twin of ``torch.nn.SyncBatchNorm`` (same
+signature and ``state_dict``) that also runs on CPU tensors: torch's refuses them
+("expected input tensor to be on GPU"). The maths is ``bnlab.functional.sync`` and the
+collective protocol is documented in ``bnlab.autograd.sync_batch_norm``: one
+all-gather of ``2 * C + 1`` float64 values per rank in forward, one all-reduce of
+``2 * C`` values in backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
+from torch.nn.modules.lazy import LazyModuleMixin
+
+from bnlab.autograd.sync_batch_norm import ProcessGroupCollectives, sync_batch_norm
+from bnlab.functional.batch_norm import check_input
+from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+
+__all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
+
+# bnlab's plain batch norms; their subclasses (other maths) are not converted.
+_BNLAB_BATCHNORMS = (BatchNorm1d, BatchNorm2d, BatchNorm3d)
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch norm whose training statistics are those of the global batch over all ranks.
+
+    In training mode, with an initialized process group of more than one rank, each
+    rank normalizes its slice with the mean and (biased) variance of the concatenation
+    of every rank's slice, and its backward gives the slice of BN's gradient over the
+    concatenated batch. Ranks may hold different batch sizes, including 0: a rank with
+    an empty batch still takes part in the collectives (every rank of the group must
+    call forward and backward, or the others wait; the group's timeout ends the wait).
+    The running statistics move with the global mean and the unbiased global variance
+    and are identical on every rank. ``grad_weight`` and ``grad_bias`` are this rank's
+    sums (their sum over ranks is BN's); DistributedDataParallel averages them as for
+    any parameter, as with ``torch.nn.SyncBatchNorm``.
+
+    Without synchronization (``torch.distributed`` unavailable or not initialized, a
+    group of one rank, or eval mode) it is exactly bnlab's BatchNorm. Conventions
+    (momentum, ``momentum=None``, ``track_running_stats``) are those of
+    ``bnlab.functional.batch_norm``.
+
+    Args:
+        num_features: number of channels ``C``.
+        eps: added to the variance, > 0.
+        momentum: weight of the new batch in the running statistics, or None for a
+            cumulative average.
+        affine: learn ``weight`` and ``bias``.
+        track_running_stats: keep running statistics (see ``_NormBase``).
+        process_group: the ``torch.distributed`` group to synchronize over; None for
+            the default (world) group.
+        device, dtype: of the parameters and buffers.
+        bias: with ``affine``, also learn the shift (keyword-only, as torch).
+
+    Raises:
+        ValueError: in training, on every rank of the group, when the global batch has
+            a single value per channel; bad constructor values and input shapes.
+
+    Shape:
+        input: ``(N, C, *)`` with at least 2 dims; output: the same.
+    """
+
+    _layout = "(N, C, *)"
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: Any = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device=device,
+            dtype=dtype,
+            bias=bias,
+        )
+        self.process_group = process_group
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                f"{type(self).__name__}: expected a torch.Tensor input, got {type(x).__name__}"
+            )
+        if x.dim() < 2:
+            raise ValueError(
+                f"{type(self).__name__}: expected at least 2D input (N, C, *), "
+                f"got {x.dim()}D input of shape {tuple(x.shape)}"
+            )
+
+    def _sync_world_size(self) -> int:
+        """Ranks to synchronize over now: 1 when there is nothing to synchronize."""
+        if not self.training or not dist.is_available() or not dist.is_initialized():
+            return 1
+        return dist.get_world_size(self.process_group)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._sync_world_size() <= 1:
+            return super().forward(x)
+        name = type(self).__name__
+        self._check_input_dim(x)
+        check_input(x, self.num_features, name)
+        # As BatchNorm: the buffers are updated only while tracking (read at every call).
+        track = self.track_running_stats and self.running_mean is not None
+        running_mean = self.running_mean if track else None
+        running_var = self.running_var if track else None
+        num_batches_tracked = self.num_batches_tracked if track else None
+        result = sync_batch_norm(
+            x,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            momentum=self.momentum,
+            eps=self.eps,
+            num_batches_tracked=num_batches_tracked,
+            collectives=ProcessGroupCollectives(self.process_group),
+            name=name,
+        )
+        if running_mean is not None and result.running_mean is not running_mean:
+            with torch.no_grad():
+                running_mean.copy_(result.running_mean)
+                running_var.copy_(result.running_var)
+                if num_batches_tracked is not None:
+                    num_batches_tracked.copy_(result.num_batches_tracked)
+        return result.output
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any = None) -> nn.Module:
+        """:func:`convert_sync_batchnorm` (as ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``)."""
+        return convert_sync_batchnorm(module, process_group)
+
+
+def _is_convertible(module: nn.Module) -> bool:
+    if isinstance(module, SyncBatchNorm):
+        return False
+    return isinstance(module, _TorchBatchNorm) or type(module) in _BNLAB_BATCHNORMS
+
+
+def _to_sync(module: nn.Module, process_group: Any) -> SyncBatchNorm:
+    name = type(module).__name__
+    if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+        raise ValueError(
+            f"convert_sync_batchnorm: {name} has uninitialized parameters (a lazy module); "
+            f"run one forward pass first so that num_features is known"
+        )
+    ref = module.weight if module.weight is not None else module.running_mean
+    factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    out = SyncBatchNorm(
+        module.num_features,
+        module.eps,
+        module.momentum,
+        module.affine,
+        module.track_running_stats,
+        process_group,
+        bias=module.bias is not None,
+        **factory,
+    )
+    # Share the very tensors, as torch does: an optimizer built on the old model keeps
+    # updating the new one, and requires_grad, device and dtype come along.
+    if module.affine:
+        out.weight = module.weight
+        out.bias = module.bias
+    out.running_mean = module.running_mean
+    out.running_var = module.running_var
+    out.num_batches_tracked = module.num_batches_tracked
+    out.train(module.training)
+    if hasattr(module, "qconfig"):
+        out.qconfig = module.qconfig
+    return out
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
+    """Replace every batch norm in ``module`` by :class:`SyncBatchNorm`.
+
+    Converts ``torch.nn``'s ``BatchNorm1d/2d/3d`` (any ``torch.nn.modules.batchnorm.
+    _BatchNorm``, including ``torch.nn.SyncBatchNorm``) and bnlab's ``BatchNorm1d/2d/3d``;
+    subclasses of bnlab's (other maths, such as ghost or renormalized batch norm) and
+    every other layer are left alone. Each new layer *shares* the old one's parameters
+    and buffers (as torch's conversion does), so values, ``requires_grad``, device,
+    dtype and optimizer references carry over; its training mode is copied. Works on a
+    bare batch-norm module (the new module is returned) and on nested containers
+    (converted in place of their children and returned).
+
+    Args:
+        module: the model, or a single batch-norm layer.
+        process_group: the group each new layer synchronizes over (None: world).
+
+    Returns:
+        The module with its batch norms replaced (a new object when ``module`` itself
+        is a batch norm).
+
+    Raises:
+        ValueError: a lazy batch norm that has not seen an input yet.
+    """
+    if _is_convertible(module):
+        return _to_sync(module, process_group)
+    for child_name, child in module.named_children():
+        new = convert_sync_batchnorm(child, process_group)
+        if new is not child:
+            module.add_module(child_name, new)
+    return module
