@@ -1,1 +1,7 @@
-"""Experiments: each measures a claim about batch normalization and writes its results."""
+"""Experiments: each measures a claim about batch normalization and writes its results.
+
+``bnlab.lab.experiment`` is the runner every ``bnlab lab NAME`` shares (results folder,
+resume by units, statistics for verdicts); ``bnlab.lab.probes`` holds the hooks. Each
+experiment module registers its ``LabSpec`` when imported; importing this package
+imports them all.
+"""

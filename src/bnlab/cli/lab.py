@@ -1,0 +1,233 @@
+"""``bnlab lab NAME``: run one experiment of the lab into a results folder.
+
+Each experiment is a subcommand with its own ``--help`` (the claim, the method, the
+settings with their full and quick values). Common options: ``--quick`` (the small
+configuration the tests use), ``--seeds N``, ``--set KEY=VALUE`` for any setting,
+``--out RUN_DIR``, ``--resume``, ``--data-dir``, ``--device``, ``--threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+import bnlab.lab  # noqa: F401  (registers every experiment)
+from bnlab.cli._args import positive_int
+from bnlab.cli._run_files import run_environment
+from bnlab.cli.data import add_data_dir_argument, data_dir_from_env
+from bnlab.data.fashion_mnist import load_fashion_mnist
+from bnlab.lab.experiment import LabSpec, available_labs, config_from, get_lab, run_lab
+
+__all__ = ["add_parser", "run"]
+
+
+def _settings_help(spec: LabSpec) -> str:
+    full, quick = spec.config_type(), spec.config_type.quick()
+    lines = ["settings (--set KEY=VALUE; full value, quick value):"]
+    for f in dataclasses.fields(full):
+        a, b = getattr(full, f.name), getattr(quick, f.name)
+        lines.append(f"  {f.name} = {a!r}" + ("" if a == b else f"   (quick: {b!r})"))
+    if spec.full_time:
+        lines.append(f"full run: {spec.full_time}")
+    return "\n".join(lines)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``bnlab lab`` and one sub-subcommand per experiment."""
+    p = subparsers.add_parser(
+        "lab",
+        help="run an experiment that measures a claim about BN",
+        description=(
+            "Run one experiment of the lab. Each writes config.json, environment.json, "
+            "results.json (tables, verdicts, per-seed numbers) and its figures into --out, "
+            "prints a summary table and the verdicts, and resumes with --resume."
+        ),
+    )
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.set_defaults(func=run, parser=p, lab=None)
+    labs = p.add_subparsers(dest="lab", metavar="EXPERIMENT")
+    for name in available_labs():
+        spec = get_lab(name)
+        q = labs.add_parser(
+            name,
+            help=spec.title,
+            description=spec.summary,
+            epilog=_settings_help(spec),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        q.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="results folder")
+        q.add_argument(
+            "--quick", action="store_true", help="the small configuration (seconds to a minute)"
+        )
+        q.add_argument(
+            "--seeds",
+            type=positive_int,
+            default=None,
+            help="number of seeds (overrides the setting)",
+        )
+        q.add_argument(
+            "--set",
+            type=_key_value,
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="change a setting (repeatable); see the list below",
+        )
+        q.add_argument("--resume", action="store_true", help="continue the run in --out")
+        if spec.needs_data:
+            add_data_dir_argument(q)
+        q.add_argument(
+            "--device",
+            choices=("cpu", "cuda"),
+            default="cpu",
+            help="where to compute (default cpu)",
+        )
+        q.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+        q.add_argument("--no-progress", action="store_true", help="no progress bar")
+        q.set_defaults(func=run, parser=q)
+
+
+class _RichProgress:
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task: Any = None
+
+    def start(self, total: int, description: str) -> None:
+        if self._task is None:
+            self._task = self._progress.add_task(description, total=total)
+        else:
+            self._progress.reset(self._task, total=total, description=description)
+
+    def advance(self, steps: int = 1) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, steps)
+
+
+def _load_data(args: argparse.Namespace, console: Console) -> dict[str, torch.Tensor]:
+    data_dir = data_dir_from_env(args.data_dir)
+    train_x, train_y = load_fashion_mnist("train", data_dir)
+    test_x, test_y = load_fashion_mnist("test", data_dir)
+    console.print(f"Fashion-MNIST from {data_dir}")
+    return {
+        "train_images": train_x,
+        "train_labels": train_y.to(torch.int64),
+        "test_images": test_x,
+        "test_labels": test_y.to(torch.int64),
+    }
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _print_results(console: Console, results: dict[str, Any]) -> None:
+    for table in results["tables"]:
+        t = Table(title=table["title"])
+        for column in table["columns"]:
+            t.add_column(str(column))
+        for row in table["rows"]:
+            t.add_row(*(_cell(v) for v in row))
+        console.print(t)
+    for verdict in results["verdicts"]:
+        mark = {True: "[green]holds[/green]", False: "[red]does not hold[/red]"}.get(
+            verdict["holds"], "[yellow]undecided[/yellow]"
+        )
+        console.print(f"- {verdict['claim']}: {mark} ({verdict['measured']})")
+    for note in results["notes"]:
+        console.print(f"note: {note}")
+
+
+def _command(args: argparse.Namespace, overrides: dict[str, str]) -> str:
+    """The command line that reproduces this run (from the parsed arguments)."""
+    words = ["bnlab", "lab", args.lab, "--out", str(args.out)]
+    if args.quick:
+        words.append("--quick")
+    for key, value in overrides.items():
+        words += ["--set", f"{key}={value}"]
+    if getattr(args, "data_dir", None):
+        words += ["--data-dir", str(args.data_dir)]
+    if args.device != "cpu":
+        words += ["--device", args.device]
+    return shlex.join(words)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the experiment named on the command line; print its table and verdicts."""
+    console = Console()
+    if args.lab is None:
+        for name in available_labs():
+            spec = get_lab(name)
+            console.print(f"{name:14} {spec.title}")
+        if not args.list:
+            console.print("run 'bnlab lab EXPERIMENT --help' for an experiment's settings")
+        return 0
+    spec = get_lab(args.lab)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        args.parser.error("--device cuda: CUDA is not available on this machine; use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = dict(args.set)
+    if args.seeds is not None:
+        overrides["seeds"] = str(args.seeds)
+    try:
+        config = config_from(spec, quick=args.quick, overrides=overrides)
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    data = _load_data(args, console) if spec.needs_data else None
+    command = _command(args, overrides)
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=args.no_progress,
+    ) as bar:
+        results = run_lab(
+            spec,
+            config,
+            args.out,
+            data=data,
+            device=args.device,
+            progress=_RichProgress(bar),
+            resume=args.resume,
+            command=command,
+            environment=run_environment(args.device),
+            quick=args.quick,
+        )
+    _print_results(console, results)
+    elapsed = time.perf_counter() - started
+    reused = f", {results['units_reused']} finished units reused" if results["units_reused"] else ""
+    console.print(
+        f"Results in {args.out} (results.json and {len(results['figures'])} figures); {elapsed:.0f} s{reused}."
+    )
+    return 0

@@ -1,0 +1,103 @@
+"""Probes: forward and backward hooks that record what layers see, always removed.
+
+Every probe is a context manager: hooks exist only inside the ``with`` block and are
+removed on the way out, also when the block raises, so a model leaves an experiment as
+it came in::
+
+    convs = layers_of_type(model, nn.Conv2d)
+    with capture(convs, what="input", reduce=lambda t: t.mean().item()) as seen:
+        model(x)
+    seen["conv1"]  # one value per forward call of conv1
+
+``what`` picks the tensor: ``"input"`` (the layer's first positional input),
+``"output"``, or ``"grad_output"`` (the gradient of the loss with respect to the
+layer's output, recorded during ``backward`` for outputs computed inside the block). ``reduce`` turns each tensor into what is
+kept (a statistic, a histogram); the default keeps a detached copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["capture", "layers_of_type"]
+
+What = Literal["input", "output", "grad_output"]
+
+
+def layers_of_type(model: nn.Module, *types: type[nn.Module]) -> dict[str, nn.Module]:
+    """The submodules of ``model`` that are instances of ``types``, by qualified name.
+
+    Raises:
+        ValueError: no submodule matches (the message lists the types asked for).
+    """
+    if not types:
+        raise ValueError("layers_of_type: give at least one layer type")
+    found = {name: m for name, m in model.named_modules() if name and isinstance(m, types)}
+    if not found:
+        wanted = ", ".join(t.__name__ for t in types)
+        raise ValueError(f"{type(model).__name__} has no layer of type {wanted}")
+    return found
+
+
+def _detached(t: Tensor) -> Tensor:
+    return t.detach().clone()
+
+
+@contextmanager
+def capture(
+    layers: Mapping[str, nn.Module],
+    *,
+    what: What = "output",
+    reduce: Callable[[Tensor], Any] | None = None,
+) -> Iterator[dict[str, list[Any]]]:
+    """Record ``reduce(tensor)`` for each call of each layer while the block runs.
+
+    Args:
+        layers: name -> module (``layers_of_type`` or a dict of your own).
+        what: ``"input"``, ``"output"`` or ``"grad_output"``.
+        reduce: tensor -> recorded value; default: a detached copy.
+
+    Yields:
+        name -> list of recorded values, in call order (filled as the model runs).
+
+    Raises:
+        ValueError: an unknown ``what``, or an empty ``layers``.
+    """
+    if what not in ("input", "output", "grad_output"):
+        raise ValueError(f"what must be 'input', 'output' or 'grad_output', got {what!r}")
+    if not layers:
+        raise ValueError("capture: no layers to probe")
+    keep = reduce or _detached
+    records: dict[str, list[Any]] = {name: [] for name in layers}
+    handles: list[RemovableHandle] = []
+
+    def forward_hook(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            tensor = inputs[0] if what == "input" else output
+            if isinstance(tensor, Tensor):
+                records[name].append(keep(tensor.detach()))
+
+        return hook
+
+    def grad_hook(name: str) -> Callable[..., None]:
+        # A hook on the output tensor, set in a forward hook: unlike a module backward
+        # hook it needs no input that requires grad and tolerates in-place layers after.
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, Tensor) and output.requires_grad:
+                output.register_hook(lambda g: records[name].append(keep(g.detach())))
+
+        return hook
+
+    try:
+        for name, module in layers.items():
+            hook = grad_hook(name) if what == "grad_output" else forward_hook(name)
+            handles.append(module.register_forward_hook(hook))
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
