@@ -7,7 +7,7 @@ same results folder::
 
     RUN_DIR/
       config.json        {"experiment", "config", "command"}, written first
-      environment.json   versions, machine, device, git revision (from the caller)
+      env.json           versions, machine, device, git revision (from the caller)
       units/KEY.json     one finished unit of work (a seed, a setting), for resuming
       results.json       written last: tables, verdicts, figures, raw per-seed numbers
       *.png              figures named in results.json
@@ -424,7 +424,7 @@ def run_lab(
         resume: continue a run in ``out_dir`` with the same config (finished units are
             reused).
         command: the command line that reproduces the run (saved in the results).
-        environment: saved as environment.json.
+        environment: saved as env.json.
         quick: whether ``config`` is the quick one (recorded).
 
     Raises:
@@ -464,7 +464,7 @@ def run_lab(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(config_path, config_record)
     if environment is not None:
-        write_json(out_dir / "environment.json", dict(environment))
+        write_json(out_dir / "env.json", dict(environment))
     ctx = LabContext(out_dir, data=data, device=device, progress=progress)
     started = time.perf_counter()
     outcome = spec.run(config, ctx)
