@@ -11,9 +11,12 @@ from typing import Any
 
 from torch import nn
 
+from bnlab.models.densenet import densenet
 from bnlab.models.lenet import LeNet
 from bnlab.models.mlp import MLP
 from bnlab.models.norms import check_norm
+from bnlab.models.plain import plain
+from bnlab.models.resnet import resnet18, resnet20, resnet56
 
 __all__ = ["ModelBuilder", "available", "create", "register_model"]
 
@@ -55,9 +58,13 @@ def create(name: str, norm: str = "none", **kwargs: Any) -> nn.Module:
     """Build the model ``name`` with the normalization ``norm``.
 
     Args:
-        name: one of ``available()``: ``"lenet"``, ``"mlp"``.
+        name: one of ``available()``: ``"lenet"``, ``"mlp"``, ``"resnet18"``,
+            ``"resnet20"``, ``"resnet56"``, ``"densenet"``, ``"plain"``.
         norm: one of ``bnlab.models.available_norms()``.
-        **kwargs: options of that model (``MLP``: ``hidden``, ``norm_position``, ...).
+        **kwargs: options of that model (``MLP``: ``hidden``, ``norm_position``, ...;
+            the ResNets: ``zero_init_residual``, ``width``, ``conv_bias``, and
+            ``shortcut`` for resnet20/56; ``densenet``: ``growth_rate``,
+            ``block_config``; ``plain``: ``depth`` (6n + 2, default 20), ``width``).
 
     Returns:
         A freshly initialised model in training mode, on the CPU.
@@ -74,3 +81,8 @@ def create(name: str, norm: str = "none", **kwargs: Any) -> nn.Module:
 
 register_model("lenet", LeNet)
 register_model("mlp", MLP)
+register_model("resnet18", resnet18)
+register_model("resnet20", resnet20)
+register_model("resnet56", resnet56)
+register_model("densenet", densenet)
+register_model("plain", plain)
