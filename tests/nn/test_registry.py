@@ -30,6 +30,14 @@ EXPECTED = {
     ("instancenorm", 3): bnn.InstanceNorm3d,
     ("frozen", 0): bnn.FrozenBatchNorm1d,
     ("frozen", 2): bnn.FrozenBatchNorm2d,
+    ("batchrenorm", 0): bnn.BatchRenorm1d,
+    ("batchrenorm", 2): bnn.BatchRenorm2d,
+    ("batchrenorm", 3): bnn.BatchRenorm3d,
+    ("ghost", 1): bnn.GhostBatchNorm1d,
+    ("ghost", 2): bnn.GhostBatchNorm2d,
+    ("ghost", 3): bnn.GhostBatchNorm3d,
+    ("sync", 0): bnn.SyncBatchNorm,
+    ("sync", 2): bnn.SyncBatchNorm,
 }
 
 
@@ -156,7 +164,9 @@ def _net(bn2d: type[nn.Module], bn1d: type[nn.Module]) -> nn.Sequential:
 
 
 @pytest.mark.parametrize("family", ["torch", "bnlab"])
-@pytest.mark.parametrize("name", ["groupnorm", "layernorm", "batchnorm", "frozen"])
+@pytest.mark.parametrize(
+    "name", ["groupnorm", "layernorm", "batchnorm", "frozen", "batchrenorm", "ghost", "sync"]
+)
 def test_convert_replaces_every_batchnorm(family: str, name: str) -> None:
     ns = nn if family == "torch" else bnn
     model = _net(ns.BatchNorm2d, ns.BatchNorm1d)
@@ -233,3 +243,24 @@ def test_convert_errors() -> None:
         convert_norm(nn.BatchNorm2d(4), "groupnorm", momentum=0.1)
     with pytest.raises(ValueError, match="is not a batch-norm layer convert_norm knows"):
         batchnorm_dim(nn.ReLU())
+
+
+@pytest.mark.parametrize("name", ["batchrenorm", "ghost", "sync"])
+def test_convert_between_batchnorm_kinds_keeps_eval_outputs(name: str) -> None:
+    model = _net(bnn.BatchNorm2d, bnn.BatchNorm1d)
+    model(torch.randn(16, 1, 6, 6) * 2 + 1)
+    model.eval()
+    x = torch.randn(5, 1, 6, 6)
+    converted = convert_norm(model, name)
+    torch.testing.assert_close(converted(x), model(x))
+    if name != "sync":  # SyncBatchNorm takes any rank: a round trip needs a dim per layer
+        back = convert_norm(converted, "batchnorm")
+        torch.testing.assert_close(back(x), model(x))
+
+
+def test_kind_specific_options() -> None:
+    assert create_norm("ghost", 4, virtual_batch_size=8).virtual_batch_size == 8
+    layer = create_norm("batchrenorm", 4, r_max=2.0, d_max=1.0)
+    assert (layer.r_max, layer.d_max) == (2.0, 1.0)
+    with pytest.raises(TypeError, match="does not take virtual_batch_size"):
+        create_norm("batchrenorm", 4, virtual_batch_size=8)

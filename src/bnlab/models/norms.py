@@ -23,6 +23,13 @@ Built-in names:
   the other norms here, so that a model's capacity does not change with the norm); the
   ``"1d"`` slots after linear layers stay empty, since an ``(N, C)`` input has nothing
   to normalize per sample and channel.
+* ``"batchrenorm"``: ``BatchRenorm1d/2d`` with the layer's defaults (``r_max`` 3,
+  ``d_max`` 5, momentum 0.01); training code sets the paper's warm-up with
+  ``bnlab.nn.set_renorm_clipping(model, *bnlab.nn.renorm_clipping(step))``.
+* ``"ghost"``: ``GhostBatchNorm1d/2d`` with virtual batches of 32 (the d2l batch of 256
+  in 8 ghost batches; Hoffer et al. use 128 of 4096).
+* ``"sync"``: ``bnlab.nn.SyncBatchNorm``: batch norm over every process of the default
+  ``torch.distributed`` group, plain batch norm in a single process.
 
 Paper: Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by
 Reducing Internal Covariate Shift", arXiv 1502.03167.
@@ -222,3 +229,6 @@ register_norm("layernorm", _family("layernorm"))
 register_norm("groupnorm", _family("groupnorm"))
 register_norm("instancenorm", _instancenorm)
 register_norm("frozen", _family("frozen"))
+register_norm("batchrenorm", _family("batchrenorm"))
+register_norm("ghost", _family("ghost", virtual_batch_size=32))
+register_norm("sync", _family("sync"))

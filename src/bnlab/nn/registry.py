@@ -36,8 +36,10 @@ Built-in names (the names models use too, see ``bnlab.models.norms``):
   statistics); ``dim`` 0 is an error (one value per channel and sample: nothing to
   normalize over).
 * ``frozen``: ``FrozenBatchNorm1d/2d``; ``dim`` 3 is an error (no 3d twin).
-
-``batchrenorm``, ``ghost`` and ``sync`` are registered by their modules.
+* ``batchrenorm``: ``BatchRenorm1d/2d/3d`` (``r_max``, ``d_max``; see ``bnlab.nn.renorm``).
+* ``ghost``: ``GhostBatchNorm1d/2d/3d`` (``virtual_batch_size``).
+* ``sync``: ``SyncBatchNorm`` (any ``dim``; ``process_group``), batch norm over all
+  processes of a ``torch.distributed`` group, plain batch norm without one.
 """
 
 from __future__ import annotations
@@ -52,9 +54,12 @@ from torch import nn
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d
+from bnlab.nn.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
 from bnlab.nn.groupnorm import GroupNorm
 from bnlab.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from bnlab.nn.layernorm import LayerNorm
+from bnlab.nn.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
+from bnlab.nn.sync import SyncBatchNorm
 
 __all__ = [
     "DIMS",
@@ -89,6 +94,13 @@ _BATCHNORM_DIMS: dict[type[nn.Module], int | None] = {
     BatchNorm3d: 3,
     FrozenBatchNorm1d: 1,
     FrozenBatchNorm2d: 2,
+    BatchRenorm1d: 1,
+    BatchRenorm2d: 2,
+    BatchRenorm3d: 3,
+    GhostBatchNorm1d: 1,
+    GhostBatchNorm2d: 2,
+    GhostBatchNorm3d: 3,
+    SyncBatchNorm: None,
 }
 
 
@@ -377,3 +389,16 @@ register_norm_layer("layernorm", _layernorm, _layernorm_target)
 register_norm_layer("groupnorm", _groupnorm, _groupnorm_target)
 register_norm_layer("instancenorm", _instancenorm, _instancenorm_target)
 register_norm_layer("frozen", _frozen, _frozen_target)
+register_norm_layer(
+    "batchrenorm",
+    lambda c, dim, **kw: _by_dim((BatchRenorm1d, BatchRenorm2d, BatchRenorm3d))(dim)(c, **kw),
+    _by_dim((BatchRenorm1d, BatchRenorm2d, BatchRenorm3d)),
+)
+register_norm_layer(
+    "ghost",
+    lambda c, dim, **kw: _by_dim((GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d))(dim)(
+        c, **kw
+    ),
+    _by_dim((GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d)),
+)
+register_norm_layer("sync", lambda c, dim, **kw: SyncBatchNorm(c, **kw), lambda dim: SyncBatchNorm)
