@@ -2,8 +2,8 @@
 
 Two families share one straight-line ``BasicBlock`` (two 3x3 convolutions, each
 followed by its norm slot, the first by a ReLU; the shortcut added before the last
-ReLU) and one ``ResNet`` container (``stem``, ``stages``, ``head``;
-``forward_features`` / ``forward_head`` as timm's models):
+ReLU) and one ``ResNet`` container (``stem``, ``stages``, then ``pool``, ``flatten``,
+``fc``; ``forward_features`` / ``forward_head`` as timm's models):
 
 * ``resnet18``: Dive into Deep Learning, section "Residual Networks (ResNet)": a 7x7
   convolution with 64 channels and stride 2, norm, ReLU, 3x3 max pool with stride 2;
@@ -199,7 +199,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """``stem``, then ``stages`` of blocks, then ``head`` (pool, flatten, linear).
+    """``stem``, then ``stages`` of blocks, then ``pool``, ``flatten`` and ``fc``.
 
     Build it through ``resnet18``, ``cifar_resnet``, ``resnet20``, ``resnet56`` or
     ``bnlab.models.plain.plain``; this class only wires given parts together.
