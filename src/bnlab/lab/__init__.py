@@ -5,3 +5,4 @@ resume by units, statistics for verdicts); ``bnlab.lab.probes`` holds the hooks.
 experiment module registers its ``LabSpec`` when imported; importing this package
 imports them all.
 """
+from bnlab.lab import lr_sweep as lr_sweep

@@ -48,7 +48,7 @@ DIVERGENCE_RULE = (
 #: When a grid value counts as training (``trainable_values``).
 TRAINS_RULE = (
     "a setting trains when no seed diverged and its mean final test accuracy is at least "
-    "{fraction:.0%} of the best mean test accuracy of any setting of the experiment"
+    "{fraction:.0%} of the best mean test accuracy of {reference}"
 )
 
 
@@ -234,6 +234,7 @@ def trainable_values(
     grid_key: str,
     fraction: float,
     metric: str = "test_acc",
+    per_group: bool = False,
 ) -> dict[str, Any]:
     """Which grid values train, per group, by ``TRAINS_RULE``.
 
@@ -241,11 +242,14 @@ def trainable_values(
         cells: one dict per run with ``group_key`` (e.g. "variant"), ``grid_key`` (e.g.
             "lr"), ``metric`` and ``diverged``.
         fraction: a grid value trains when no seed diverged and its mean ``metric`` is
-            at least ``fraction`` times the best mean over all groups and values.
+            at least ``fraction`` times the best mean over all groups and values (with
+            ``per_group``: the best mean of its own group).
 
     Returns:
         ``{"best": best mean, "threshold": fraction * best, "groups": {group: {"trains":
-        [values, ascending], "mean": {value: mean}, "diverged": {value: count}}}}``.
+        [values, ascending], "mean": {repr(value): mean}, "diverged": {repr(value):
+        count}, "best": ..., "threshold": ...}}}`` (the top-level best and threshold are
+        over all groups; each group's own are beside its values).
     """
     groups: dict[str, dict[float, list[Mapping[str, Any]]]] = {}
     for cell in cells:
@@ -270,16 +274,24 @@ def trainable_values(
         "groups": {},
     }
     for group, by_value in groups.items():
+        group_means = [m for m in means[group].values() if m is not None]
+        group_best = max(group_means) if group_means else None
+        if per_group:
+            limit = fraction * group_best if group_best is not None else math.inf
+        else:
+            limit = threshold
         trains, diverged = [], {}
         for value in sorted(by_value):
             runs = by_value[value]
             n_div = sum(1 for r in runs if r.get("diverged"))
             diverged[repr(value)] = n_div
             mean = means[group][value]
-            if n_div == 0 and mean is not None and mean >= threshold:
+            if n_div == 0 and mean is not None and mean >= limit:
                 trains.append(value)
         out["groups"][group] = {
             "trains": trains,
+            "best": group_best,
+            "threshold": limit if math.isfinite(limit) else None,
             "mean": {repr(v): means[group][v] for v in sorted(by_value)},
             "diverged": diverged,
         }
