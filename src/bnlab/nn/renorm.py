@@ -10,11 +10,15 @@ Design decisions:
       parameters, buffers and ``state_dict`` keys are torch's, so a ``state_dict`` loads
       into ``torch.nn.BatchNorm*d`` and back (inference is identical).
     * ``momentum`` defaults to 0.01, not batch norm's 0.1. In batch renorm the running
-      statistics are used *in training* (``r`` and ``d`` correct towards them), so their
-      noise becomes training noise: small batches, where renorm is used, need a longer
-      average. 0.01 is Keras's default (``renorm_momentum=0.99``) and the paper's rate
-      for its moving averages (which it chose faster than its batch norm baseline's,
-      to follow the changing network). Pass ``momentum=0.1`` for torch's batch norm.
+      statistics are used *in training* (``r`` and ``d`` correct towards them), so the
+      noise of the average becomes training noise, and renorm is meant for small or
+      non-i.i.d. batches, whose statistics are noisy: 0.01 averages over about 100
+      batches, 0.1 over about 10. 0.01 is Keras's default (``renorm_momentum=0.99``).
+      The paper asks for averages that move *faster* than those of its batch norm
+      baseline, an Inception network (TF-slim's Inception-v3 uses a decay of 0.9997,
+      momentum 3e-4), so that they follow the changing network; 0.01 is that, while
+      torch's 0.1 is faster still. Pass ``momentum=0.1`` for torch's batch norm
+      behaviour.
     * ``r_max``/``d_max`` default to the paper's final bounds 3 and 5; the paper reaches
       them after a warm-up from 1 and 0 (batch norm), see :func:`renorm_clipping` and
       :func:`set_renorm_clipping`. They are plain attributes, read at every call, shown
