@@ -6,3 +6,4 @@ experiment module registers its ``LabSpec`` when imported; importing this packag
 imports them all.
 """
 from bnlab.lab import lr_sweep as lr_sweep
+from bnlab.lab import init_scale as init_scale

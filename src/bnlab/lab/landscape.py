@@ -1,0 +1,407 @@
+"""``bnlab lab landscape``: is the loss landscape smoother with batch normalization?
+
+Paper: Santurkar, Tsipras, Ilyas & Madry, "How Does Batch Normalization Help
+Optimization?", arXiv 1805.11604, section 3.1 and figure 4. At checkpoints along
+training (every ``check_every`` steps, on that step's batch, before its update) the
+network is moved along its gradient ``g`` with several step sizes ``eta`` (multiples of
+the learning rate), ``w' = w - eta * g``, and three things are recorded:
+
+- *loss variation*: the losses ``L(w')`` over the step sizes (their range, max - min);
+- *gradient predictiveness*: ``||grad L(w') - g||_2`` over the step sizes;
+- *effective beta-smoothness*: ``max_eta ||grad L(w') - g|| / ||eta * g||``, the largest
+  change of the gradient per unit of distance moved.
+
+Smaller values mean a smoother, more predictable landscape. The model is evaluated
+functionally in train mode (BN with the batch's statistics, as in training); its
+parameters and BN running statistics are left unchanged. Verdicts compare, per network,
+the mean over checkpoints of each quantity with BN against without, over seeds
+(:func:`bnlab.lab.experiment.compare`, 2 standard errors).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.experiment import (
+    Figure,
+    LabContext,
+    LabOutcome,
+    LabSpec,
+    Table,
+    Verdict,
+    compare,
+    describe,
+    register_lab,
+    seeded,
+)
+from bnlab.lab.ics import (
+    ARCHS,
+    BN_NORM,
+    Batches,
+    accuracy_on_test,
+    build_model,
+    check_archs,
+    check_positive,
+    directions_verdict,
+    holds_of,
+    split,
+)
+from bnlab.plots.landscape import plot_landscape
+
+__all__ = ["METRICS", "LandscapeConfig", "decide_landscape", "landscape_point", "run_landscape"]
+
+#: Per-checkpoint quantities summarized over training (mean over checkpoints).
+METRICS = ("loss_range", "grad_change_max", "beta")
+
+
+def _loss(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    # Fresh buffer copies per call: train-mode BN updates its buffers in place.
+    state = {**params, **{n: b.clone() for n, b in buffers.items()}}
+    return loss_fn(functional_call(model, state, (x,)), y)
+
+
+def _loss_and_grad(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+) -> tuple[float, list[Tensor]]:
+    leaves = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
+    loss = _loss(model, leaves, buffers, x, y, loss_fn)
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return float(loss.detach()), [g.detach() for g in grads]
+
+
+def _norm(tensors: Sequence[Tensor]) -> float:
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
+
+
+def landscape_point(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    step_sizes: Sequence[float],
+    *,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+) -> dict[str, Any]:
+    """Loss and gradient along the gradient direction from the model's current weights.
+
+    Args:
+        model: in the mode to measure (train mode: BN uses batch statistics).
+        x, y: the batch.
+        step_sizes: the ``eta`` of ``w - eta * g`` (each > 0).
+        loss_fn: ``loss_fn(output, y)``.
+
+    Returns:
+        ``{"loss0", "grad_norm", "losses": [...], "grad_changes": [...], "betas": [...],
+        "loss_range", "grad_change_max", "grad_change_rel", "beta"}`` (``grad_change_rel``
+        is ``grad_change_max / grad_norm``, the change free of the gradient's scale), lists in the order of ``step_sizes``;
+        ``betas[k] = grad_changes[k] / (step_sizes[k] * grad_norm)``.
+
+    Raises:
+        ValueError: no step size, or one that is not > 0.
+    """
+    if not step_sizes or any(not eta > 0 for eta in step_sizes):
+        raise ValueError(f"landscape_point: step sizes must be > 0, got {list(step_sizes)!r}")
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    loss0, grad0 = _loss_and_grad(model, params, buffers, x, y, loss_fn)
+    gnorm = _norm(grad0)
+    losses, changes, betas = [], [], []
+    for eta in step_sizes:
+        moved = {n: p - eta * g for (n, p), g in zip(params.items(), grad0, strict=True)}
+        loss, grad = _loss_and_grad(model, moved, buffers, x, y, loss_fn)
+        change = _norm([a - b for a, b in zip(grad, grad0, strict=True)])
+        losses.append(loss)
+        changes.append(change)
+        betas.append(change / (eta * gnorm) if gnorm > 0 else math.nan)
+    finite = [v for v in losses if math.isfinite(v)]
+    return {
+        "loss0": loss0,
+        "grad_norm": gnorm,
+        "losses": losses,
+        "grad_changes": changes,
+        "betas": betas,
+        "loss_range": max(finite) - min(finite) if len(finite) == len(losses) else math.inf,
+        "grad_change_max": max(changes),
+        "grad_change_rel": max(changes) / gnorm if gnorm > 0 else math.nan,
+        "beta": max(betas),
+    }
+
+
+@dataclass(frozen=True)
+class LandscapeConfig:
+    """Settings of ``bnlab lab landscape`` (defaults: the full run).
+
+    Args:
+        seeds: runs per (architecture, norm), seeds 0..seeds-1.
+        archs: keys of ``bnlab.lab.ics.ARCHS``.
+        train_size, test_size: examples from the start of each split.
+        batch_size, steps: SGD batch and number of steps.
+        lr_lenet, lr_mlp: learning rates (the same with and without BN).
+        check_every: steps between landscape checkpoints.
+        step_multipliers: the step sizes, as multiples of the learning rate.
+    """
+
+    seeds: int = 3
+    archs: tuple[str, ...] = ("lenet", "mlp-relu")
+    train_size: int = 12000
+    test_size: int = 2000
+    batch_size: int = 128
+    steps: int = 300
+    lr_lenet: float = 0.9
+    lr_mlp: float = 0.1
+    check_every: int = 25
+    step_multipliers: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+    def __post_init__(self) -> None:
+        check_archs("LandscapeConfig", self.archs)
+        check_positive(
+            "LandscapeConfig",
+            self,
+            ("seeds", "train_size", "test_size", "batch_size", "steps", "lr_lenet", "lr_mlp"),
+        )
+        check_positive("LandscapeConfig", self, ("check_every",))
+        if not self.step_multipliers or any(not m > 0 for m in self.step_multipliers):
+            raise ValueError(
+                f"LandscapeConfig: step_multipliers must be > 0, got {self.step_multipliers!r}"
+            )
+
+    @classmethod
+    def quick(cls) -> LandscapeConfig:
+        return cls(
+            seeds=2,
+            train_size=1024,
+            test_size=256,
+            batch_size=64,
+            steps=30,
+            check_every=10,
+            step_multipliers=(0.5, 1.0, 2.0),
+        )
+
+    def lr(self, arch: str) -> float:
+        return self.lr_lenet if arch == "lenet" else self.lr_mlp
+
+
+def _run_unit(
+    arch: str,
+    variant: str,
+    seed: int,
+    config: LandscapeConfig,
+    data: Mapping[str, Tensor],
+    device: torch.device,
+    advance: Callable[[int], None],
+) -> dict[str, Any]:
+    lr = config.lr(arch)
+    etas = [m * lr for m in config.step_multipliers]
+    with seeded(seed):
+        model = build_model(arch, "none" if variant == "none" else BN_NORM, seed).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        batches = Batches(
+            data["train_images"], data["train_labels"], config.batch_size, seed, device
+        )
+        points: list[dict[str, Any]] = []
+        losses: list[float] = []
+        for step in range(config.steps + 1):
+            x, y = batches.next()
+            if step % config.check_every == 0 or step == config.steps:
+                points.append({"step": step, **landscape_point(model, x, y, etas)})
+            if step == config.steps:
+                break
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            advance(1)
+    tail = losses[-max(1, config.steps // 10) :]
+    metrics = {key: _finite_mean([p[key] for p in points]) for key in (*METRICS, "grad_norm")}
+    final = sum(tail) / len(tail)
+    metrics["train_loss"] = final if math.isfinite(final) else None
+    metrics["test_acc"] = accuracy_on_test(model, data, device)
+    return {
+        "arch": arch,
+        "variant": variant,
+        "seed": seed,
+        "lr": lr,
+        "step_sizes": etas,
+        "metrics": metrics,
+        "points": points,
+    }
+
+
+def _finite_mean(values: Sequence[float]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def decide_landscape(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """Rule of claim ``bn-smoother-landscape``: per network and per quantity (loss range,
+    largest gradient change, effective beta), mean over checkpoints with BN vs without
+    over seeds; ``supported`` if every comparison is lower with BN beyond 2 standard
+    errors, ``not supported`` if none is, ``mixed`` otherwise."""
+    per_seed = results["raw"]["per_seed"]
+    evidence: dict[str, Any] = {}
+    directions = []
+    for arch, variants in per_seed.items():
+        if "none" not in variants or "bn" not in variants:
+            continue
+        evidence[arch] = {}
+        for key in METRICS:
+            c = compare(variants["bn"][key], variants["none"][key])
+            evidence[arch][key] = {
+                "bn": describe(variants["bn"][key])["mean"],
+                "none": describe(variants["none"][key])["mean"],
+                "direction": c.direction,
+            }
+            directions.append(c.direction)
+    return evidence, directions_verdict(directions, "less")
+
+
+def _fmt(stats: dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    std = "" if stats["std"] is None else f" ± {stats['std']:.3g}"
+    return f"{stats['mean']:.4g}{std}"
+
+
+def run_landscape(config: LandscapeConfig, ctx: LabContext) -> LabOutcome:
+    """Train every (arch, variant, seed) with landscape checkpoints; tables, verdict, figure."""
+    if ctx.data is None:
+        raise ValueError("lab landscape needs Fashion-MNIST data")
+    data = split(ctx.data, config.train_size, config.test_size)
+    jobs = [(a, v, s) for a in config.archs for v in ("none", "bn") for s in range(config.seeds)]
+    ctx.progress.start(len(jobs) * config.steps, "landscape: training with checkpoints")
+    units = []
+    for arch, variant, seed in jobs:
+        reused = ctx.units_reused
+        units.append(
+            ctx.unit(
+                f"{arch}-{variant}-seed{seed}",
+                lambda a=arch, v=variant, s=seed: _run_unit(
+                    a, v, s, config, data, ctx.device, ctx.progress.advance
+                ),
+            )
+        )
+        if ctx.units_reused > reused:
+            ctx.progress.advance(config.steps)
+    per_seed: dict[str, dict[str, dict[str, list]]] = {}
+    for u in units:
+        bucket = per_seed.setdefault(u["arch"], {}).setdefault(u["variant"], {})
+        for key, value in u["metrics"].items():
+            bucket.setdefault(key, []).append(value)
+    columns = ["network", "variant", "loss range", "max grad change", "effective beta"]
+    rows = [
+        [ARCHS[arch]["label"], variant]
+        + [
+            _fmt(describe(m[k]))
+            for k in (*METRICS, "grad_change_rel", "grad_norm", "train_loss", "test_acc")
+        ]
+        for arch, variants in per_seed.items()
+        for variant, m in variants.items()
+    ]
+    table = Table(
+        "Loss landscape along the gradient (mean over checkpoints; mean ± std over seeds)",
+        [*columns, "max grad change / grad norm", "grad norm", "final train loss", "test acc"],
+        rows,
+    )
+    evidence, verdict = decide_landscape({"raw": {"per_seed": per_seed}})
+    measured = "; ".join(
+        f"{ARCHS[a]['label']}: "
+        + ", ".join(
+            f"{k} {e['bn']:.3g} (BN) vs {e['none']:.3g} ({e['direction']})"
+            for k, e in by.items()
+            if e["bn"] is not None and e["none"] is not None
+        )
+        for a, by in evidence.items()
+    )
+    verdicts = [
+        Verdict(
+            "BN makes the loss landscape smoother (smaller loss variation, gradient change "
+            "and effective beta along the gradient)",
+            holds_of(verdict),
+            f"{verdict}: {measured}",
+        )
+    ]
+    curves = {
+        arch: {
+            variant: [u["points"] for u in units if u["arch"] == arch and u["variant"] == variant]
+            for variant in ("none", "bn")
+        }
+        for arch in config.archs
+    }
+    labels = {arch: ARCHS[arch]["label"] for arch in config.archs}
+    plot_landscape(curves, labels, ctx.out_dir / "landscape.png")
+    return LabOutcome(
+        tables=[table],
+        verdicts=verdicts,
+        figures=[
+            Figure(
+                "landscape.png",
+                "Loss (left), gradient change (middle) and beta (right) along the gradient "
+                "over training: band = min-max over step sizes (seed 0 ... n averaged), "
+                "without BN (gray) and with BN (blue)",
+            )
+        ],
+        raw={"per_seed": per_seed, "units": units},
+        notes=[
+            f"{config.train_size} training images, {config.steps} SGD steps of batch "
+            f"{config.batch_size}; lr {config.lr_lenet} (LeNet), {config.lr_mlp} (MLP); "
+            f"step sizes {list(config.step_multipliers)} x lr, every {config.check_every} steps"
+        ],
+    )
+
+
+SPEC = register_lab(
+    LabSpec(
+        name="landscape",
+        title="Loss landscape smoothness, with and without BN",
+        summary=(
+            "Santurkar et al. (arXiv 1805.11604, figure 4): along training, step along the "
+            "gradient with several step sizes and record the loss range, the change of the "
+            "gradient and the effective beta-smoothness, with and without BN (d2l LeNet "
+            "sigmoid and a 3x100 ReLU MLP, 3 seeds). Full run: 12000 training images, 300 "
+            "steps of batch 128, a checkpoint every 25 steps, step sizes 0.25-4 x lr."
+        ),
+        config_type=LandscapeConfig,
+        run=run_landscape,
+        needs_data=True,
+        full_time="",
+    )
+)
+
+register_claim(
+    Claim(
+        key="bn-smoother-landscape",
+        claim="BN makes the loss landscape smoother (the loss and its gradient change less "
+        "along the gradient direction)",
+        source="Santurkar et al. 2018, arXiv 1805.11604, section 3.1 (not in the seeds)",
+        experiment="landscape",
+        rule_text=(
+            "per network (LeNet sigmoid, ReLU MLP) and per quantity (loss range over step "
+            "sizes, largest l2 change of the gradient, effective beta = max change / distance), "
+            "mean over checkpoints with BN vs without over seeds; a difference counts beyond 2 "
+            "Welch standard errors. supported: every comparison lower with BN; not supported: "
+            "none; mixed otherwise"
+        ),
+        rule=decide_landscape,
+    )
+)

@@ -1,0 +1,526 @@
+"""``bnlab lab saturation``: does BN keep units out of saturation and gradients alive?
+
+Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167, section 3.3 (BN makes
+sigmoid networks trainable by keeping pre-activations out of the saturated regime). The
+seeds say BN keeps activations away from the saturated region of sigmoid, leaves fewer
+zeros after ReLU, and alleviates vanishing gradients.
+
+Per layer and over training (every ``probe_every`` steps), with and without BN:
+
+- *saturation*: the share of sigmoid pre-activations ``z`` (the activation's input, on a
+  fixed probe batch through a train-mode copy of the network) with ``|z| > 4``
+  (``SATURATION_THRESHOLD``); there ``sigmoid'(z) < 0.0177``, a tenth of its maximum 0.25
+  or less, and the output is outside ``[0.018, 0.982]``;
+- *ReLU zeros*: the share of ReLU outputs that are exactly zero (same probe);
+- *gradient norms*: the RMS of each weight layer's gradient on the training batch
+  (``||grad W|| / sqrt(numel W)``), and the vanishing-gradient ratio
+  ``log10(rms(first layer) / rms(last layer))`` (very negative: the first layers learn
+  little).
+
+Networks: the d2l LeNet (sigmoid, d2l's Xavier init), a deliberately hard setting where
+saturation shows (a 6x100 sigmoid MLP whose initial weights are scaled by
+``hard_init_scale``), and a 3x100 ReLU MLP. Verdicts compare means over training with BN
+against without over seeds (:func:`bnlab.lab.experiment.compare`, 2 standard errors).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.experiment import (
+    Figure,
+    LabContext,
+    LabOutcome,
+    LabSpec,
+    Table,
+    Verdict,
+    compare,
+    describe,
+    register_lab,
+    seeded,
+)
+from bnlab.lab.ics import (
+    ARCHS,
+    BN_NORM,
+    Batches,
+    accuracy_on_test,
+    build_model,
+    check_archs,
+    check_positive,
+    directions_verdict,
+    holds_of,
+    probe_batch,
+    split,
+    weight_layers,
+)
+from bnlab.lab.probes import capture
+from bnlab.plots.saturation import plot_saturation
+
+__all__ = [
+    "SATURATION_THRESHOLD",
+    "SaturationConfig",
+    "decide_relu_zeros",
+    "decide_saturation",
+    "decide_vanishing",
+    "gradient_rms",
+    "run_saturation",
+    "saturated_share",
+    "zero_share",
+]
+
+#: A sigmoid unit is saturated when its pre-activation exceeds this in size.
+SATURATION_THRESHOLD = 4.0
+
+SIGMOID_ARCHS = ("lenet", "mlp-sigmoid")
+
+
+def saturated_share(z: Tensor, threshold: float = SATURATION_THRESHOLD) -> float:
+    """Share of the entries of ``z`` (sigmoid pre-activations) with ``|z| > threshold``.
+
+    Raises:
+        ValueError: an empty tensor.
+    """
+    if z.numel() == 0:
+        raise ValueError(f"saturated_share: empty tensor of shape {tuple(z.shape)}")
+    return float((z.abs() > threshold).double().mean())
+
+
+def zero_share(a: Tensor) -> float:
+    """Share of the entries of ``a`` (ReLU outputs) that are exactly zero.
+
+    Raises:
+        ValueError: an empty tensor.
+    """
+    if a.numel() == 0:
+        raise ValueError(f"zero_share: empty tensor of shape {tuple(a.shape)}")
+    return float((a == 0).double().mean())
+
+
+def gradient_rms(model: nn.Module) -> dict[str, float]:
+    """RMS of each weight layer's weight gradient, ``||grad|| / sqrt(numel)``, by name.
+
+    Layers without a gradient are left out.
+    """
+    out = {}
+    for name, layer in weight_layers(model).items():
+        g = layer.weight.grad
+        if g is not None:
+            out[name] = float(g.norm()) / math.sqrt(g.numel())
+    return out
+
+
+@dataclass(frozen=True)
+class SaturationConfig:
+    """Settings of ``bnlab lab saturation`` (defaults: the full run).
+
+    Args:
+        seeds: runs per (architecture, norm), seeds 0..seeds-1.
+        archs: keys of ``bnlab.lab.ics.ARCHS``.
+        train_size, test_size: examples from the start of each split.
+        batch_size, steps: SGD batch and number of steps.
+        lr_lenet, lr_mlp_relu, lr_mlp_sigmoid: learning rates (same with and without BN).
+        hard_init_scale: initial weights of ``mlp-sigmoid`` are Xavier times this.
+        probe_every: steps between probes.
+        probe_size: images in the fixed probe batch.
+    """
+
+    seeds: int = 3
+    archs: tuple[str, ...] = ("lenet", "mlp-sigmoid", "mlp-relu")
+    train_size: int = 12000
+    test_size: int = 2000
+    batch_size: int = 128
+    steps: int = 300
+    lr_lenet: float = 0.9
+    lr_mlp_relu: float = 0.1
+    lr_mlp_sigmoid: float = 0.5
+    hard_init_scale: float = 4.0
+    probe_every: int = 25
+    probe_size: int = 256
+
+    def __post_init__(self) -> None:
+        check_archs("SaturationConfig", self.archs)
+        check_positive(
+            "SaturationConfig",
+            self,
+            (
+                "seeds",
+                "train_size",
+                "test_size",
+                "batch_size",
+                "steps",
+                "lr_lenet",
+                "lr_mlp_relu",
+                "lr_mlp_sigmoid",
+                "hard_init_scale",
+                "probe_every",
+                "probe_size",
+            ),
+        )
+
+    @classmethod
+    def quick(cls) -> SaturationConfig:
+        return cls(
+            seeds=2,
+            train_size=1024,
+            test_size=256,
+            batch_size=64,
+            steps=30,
+            probe_every=10,
+            probe_size=64,
+        )
+
+    def lr(self, arch: str) -> float:
+        return {"lenet": self.lr_lenet, "mlp-relu": self.lr_mlp_relu}.get(arch, self.lr_mlp_sigmoid)
+
+    def init_scale(self, arch: str) -> float:
+        return self.hard_init_scale if arch == "mlp-sigmoid" else 1.0
+
+
+def _probe(model: nn.Module, x: Tensor) -> dict[str, dict[str, float]]:
+    """Saturation of each sigmoid's input and zeros of each ReLU's output, on a copy."""
+    probe = copy.deepcopy(model).train()
+    found = {n: m for n, m in probe.named_modules() if isinstance(m, nn.Sigmoid | nn.ReLU)}
+    sigmoids = {n: m for n, m in found.items() if isinstance(m, nn.Sigmoid)}
+    relus = {n: m for n, m in found.items() if isinstance(m, nn.ReLU)}
+    out: dict[str, dict[str, float]] = {"saturated": {}, "zeros": {}}
+    with torch.no_grad():
+        if sigmoids:
+            with capture(sigmoids, what="input", reduce=saturated_share) as seen:
+                probe(x)
+            out["saturated"] = {n: v[0] for n, v in seen.items()}
+        if relus:
+            with capture(relus, what="output", reduce=zero_share) as seen:
+                probe(x)
+            out["zeros"] = {n: v[0] for n, v in seen.items()}
+    return out
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _run_unit(
+    arch: str,
+    variant: str,
+    seed: int,
+    config: SaturationConfig,
+    data: Mapping[str, Tensor],
+    device: torch.device,
+    advance: Callable[[int], None],
+) -> dict[str, Any]:
+    lr = config.lr(arch)
+    norm = "none" if variant == "none" else BN_NORM
+    with seeded(seed):
+        model = build_model(arch, norm, seed, init_scale=config.init_scale(arch)).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        batches = Batches(
+            data["train_images"], data["train_labels"], config.batch_size, seed, device
+        )
+        probe_x = probe_batch(data, config.probe_size, device)
+        probes: list[dict[str, Any]] = []
+        losses: list[float] = []
+        for step in range(config.steps):
+            x, y = batches.next()
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if step % config.probe_every == 0 or step == config.steps - 1:
+                # Probe the weights the gradient was taken at, before the update.
+                probes.append(
+                    {"step": step, **_probe(model, probe_x), "grad_rms": gradient_rms(model)}
+                )
+            opt.step()
+            losses.append(float(loss.detach()))
+            advance(1)
+    weights = list(weight_layers(model))
+    first, last = weights[0], weights[-1]
+
+    def ratio(p: dict[str, Any]) -> float | None:
+        a, b = p["grad_rms"].get(first, 0.0), p["grad_rms"].get(last, 0.0)
+        return math.log10(a / b) if a > 0 and b > 0 else None
+
+    tail = losses[-max(1, config.steps // 10) :]
+    final = sum(tail) / len(tail)
+    metrics = {
+        "saturated": _mean([_mean(list(p["saturated"].values())) for p in probes]),
+        "saturated_final": _mean(list(probes[-1]["saturated"].values())),
+        "zeros": _mean([_mean(list(p["zeros"].values())) for p in probes]),
+        "zeros_final": _mean(list(probes[-1]["zeros"].values())),
+        "grad_ratio_log10": _mean([ratio(p) for p in probes]),
+        "train_loss": final if math.isfinite(final) else None,
+        "test_acc": accuracy_on_test(model, data, device),
+    }
+    return {
+        "arch": arch,
+        "variant": variant,
+        "seed": seed,
+        "lr": lr,
+        "init_scale": config.init_scale(arch),
+        "metrics": metrics,
+        "probes": probes,
+    }
+
+
+def _decide(
+    results: Mapping[str, Any], archs: Sequence[str], metric: str, wanted: str
+) -> tuple[dict[str, Any], str]:
+    per_seed = results["raw"]["per_seed"]
+    evidence: dict[str, Any] = {}
+    directions = []
+    for arch in archs:
+        variants = per_seed.get(arch, {})
+        if "none" not in variants or "bn" not in variants:
+            continue
+        bn, none = variants["bn"][metric], variants["none"][metric]
+        if describe(bn)["n"] == 0 or describe(none)["n"] == 0:
+            continue
+        c = compare(bn, none)
+        evidence[arch] = {
+            f"{metric}_bn": describe(bn)["mean"],
+            f"{metric}_none": describe(none)["mean"],
+            "difference": c.diff,
+            "se": c.se,
+            "direction": c.direction,
+        }
+        directions.append(c.direction)
+    if not directions:
+        return evidence, "mixed"
+    return evidence, directions_verdict(directions, wanted)
+
+
+def decide_saturation(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """Rule of ``bn-avoids-saturation``: per sigmoid network, the share of saturated
+    units (|z| > 4, mean over layers and probes) is lower with BN."""
+    return _decide(results, SIGMOID_ARCHS, "saturated", "less")
+
+
+def decide_relu_zeros(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """Rule of ``bn-fewer-relu-zeros``: the ReLU MLP's share of zero outputs is lower
+    with BN."""
+    return _decide(results, ("mlp-relu",), "zeros", "less")
+
+
+def decide_vanishing(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """Rule of ``bn-alleviates-vanishing-gradients``: per sigmoid network,
+    log10(rms grad of the first layer / of the last) is higher with BN."""
+    return _decide(results, SIGMOID_ARCHS, "grad_ratio_log10", "greater")
+
+
+def _fmt(stats: dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "-"
+    std = "" if stats["std"] is None else f" ± {stats['std']:.3g}"
+    return f"{stats['mean']:.4g}{std}"
+
+
+def run_saturation(config: SaturationConfig, ctx: LabContext) -> LabOutcome:
+    """Train every (arch, variant, seed) with the probes; tables, verdicts, figure."""
+    if ctx.data is None:
+        raise ValueError("lab saturation needs Fashion-MNIST data")
+    data = split(ctx.data, config.train_size, config.test_size)
+    jobs = [(a, v, s) for a in config.archs for v in ("none", "bn") for s in range(config.seeds)]
+    ctx.progress.start(len(jobs) * config.steps, "saturation: training with probes")
+    units = []
+    for arch, variant, seed in jobs:
+        reused = ctx.units_reused
+        units.append(
+            ctx.unit(
+                f"{arch}-{variant}-seed{seed}",
+                lambda a=arch, v=variant, s=seed: _run_unit(
+                    a, v, s, config, data, ctx.device, ctx.progress.advance
+                ),
+            )
+        )
+        if ctx.units_reused > reused:
+            ctx.progress.advance(config.steps)
+    per_seed: dict[str, dict[str, dict[str, list]]] = {}
+    for u in units:
+        bucket = per_seed.setdefault(u["arch"], {}).setdefault(u["variant"], {})
+        for key, value in u["metrics"].items():
+            bucket.setdefault(key, []).append(value)
+    keys = (
+        "saturated",
+        "saturated_final",
+        "zeros",
+        "zeros_final",
+        "grad_ratio_log10",
+        "train_loss",
+        "test_acc",
+    )
+    table = Table(
+        f"Saturation (|z| > {SATURATION_THRESHOLD:g}), ReLU zeros, gradient ratio "
+        "(mean over layers and probes; mean ± std over seeds)",
+        [
+            "network",
+            "variant",
+            "saturated share",
+            "saturated (end)",
+            "ReLU zeros",
+            "ReLU zeros (end)",
+            "log10 grad rms first/last",
+            "final train loss",
+            "test acc",
+        ],
+        [
+            [
+                ARCHS[a]["label"]
+                + (f", init x{config.init_scale(a):g}" if config.init_scale(a) != 1 else ""),
+                v,
+            ]
+            + [_fmt(describe(m[k])) for k in keys]
+            for a, vs in per_seed.items()
+            for v, m in vs.items()
+        ],
+    )
+    layer_rows = []
+    for arch in config.archs:
+        for variant in ("none", "bn"):
+            runs = [u for u in units if u["arch"] == arch and u["variant"] == variant]
+            if not runs:
+                continue
+            for layer in runs[0]["probes"][0]["grad_rms"]:
+                layer_rows.append(
+                    [
+                        ARCHS[arch]["label"],
+                        variant,
+                        layer,
+                        _fmt(
+                            describe(
+                                [
+                                    _mean([p["grad_rms"].get(layer) for p in r["probes"]])
+                                    for r in runs
+                                ]
+                            )
+                        ),
+                    ]
+                )
+    layer_table = Table(
+        "Gradient RMS per weight layer (mean over probes; mean ± std over seeds)",
+        ["network", "variant", "layer", "grad rms"],
+        layer_rows,
+    )
+    results_like = {"raw": {"per_seed": per_seed}}
+    verdicts = []
+    for claim, rule in (
+        (
+            f"BN keeps sigmoid units out of saturation (|z| > {SATURATION_THRESHOLD:g})",
+            decide_saturation,
+        ),
+        ("BN leaves fewer zeros after ReLU", decide_relu_zeros),
+        (
+            "BN alleviates vanishing gradients (first-layer gradient closer to the last's)",
+            decide_vanishing,
+        ),
+    ):
+        evidence, verdict = rule(results_like)
+        measured = "; ".join(
+            f"{ARCHS[a]['label']}: "
+            + ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in e.items()
+                if k != "se"
+            )
+            for a, e in evidence.items()
+        )
+        verdicts.append(Verdict(claim, holds_of(verdict), f"{verdict}: {measured or 'no data'}"))
+    curves = {
+        arch: {
+            variant: [u["probes"] for u in units if u["arch"] == arch and u["variant"] == variant]
+            for variant in ("none", "bn")
+        }
+        for arch in config.archs
+    }
+    labels = {arch: ARCHS[arch]["label"] for arch in config.archs}
+    plot_saturation(curves, labels, SATURATION_THRESHOLD, ctx.out_dir / "saturation.png")
+    return LabOutcome(
+        tables=[table, layer_table],
+        verdicts=verdicts,
+        figures=[
+            Figure(
+                "saturation.png",
+                f"Per layer over training: share of sigmoid pre-activations with |z| > "
+                f"{SATURATION_THRESHOLD:g} (or of zero ReLU outputs) and gradient RMS per "
+                "weight layer, without BN (solid) and with BN (dashed), mean over seeds",
+            )
+        ],
+        raw={"per_seed": per_seed, "units": units, "threshold": SATURATION_THRESHOLD},
+        notes=[
+            f"saturated: |pre-activation| > {SATURATION_THRESHOLD:g} (sigmoid' < 0.0177, output "
+            "outside [0.018, 0.982]), on a fixed probe batch through a train-mode copy",
+            f"{config.train_size} training images, {config.steps} SGD steps of batch "
+            f"{config.batch_size}; mlp-sigmoid weights x{config.hard_init_scale:g} at init",
+        ],
+    )
+
+
+SPEC = register_lab(
+    LabSpec(
+        name="saturation",
+        title="Saturated sigmoids, dead ReLUs and vanishing gradients, with and without BN",
+        summary=(
+            "Per layer over training, with and without BN (3 seeds): share of sigmoid units "
+            f"with |pre-activation| > {SATURATION_THRESHOLD:g}, share of zero ReLU outputs, and "
+            "per-layer gradient RMS with the first/last ratio, on the d2l LeNet (sigmoid), a "
+            "hard 6x100 sigmoid MLP (initial weights x4) and a 3x100 ReLU MLP. Full run: "
+            "12000 training images, 300 steps of batch 128."
+        ),
+        config_type=SaturationConfig,
+        run=run_saturation,
+        needs_data=True,
+        full_time="",
+    )
+)
+
+register_claim(
+    Claim(
+        key="bn-avoids-saturation",
+        claim="BN keeps activations away from the saturated region of the sigmoid",
+        source="002_adae9b0709a5d84d.txt",
+        experiment="saturation",
+        rule_text=(
+            f"per sigmoid network (LeNet, 6x100 MLP with x4 init), the share of units with "
+            f"|pre-activation| > {SATURATION_THRESHOLD:g} (mean over layers and probes) with BN "
+            "vs without over seeds, 2 Welch standard errors. supported: lower with BN for "
+            "both; not supported: for neither; mixed otherwise"
+        ),
+        rule=decide_saturation,
+    )
+)
+register_claim(
+    Claim(
+        key="bn-fewer-relu-zeros",
+        claim="BN leaves fewer values set to zero by ReLU",
+        source="002_adae9b0709a5d84d.txt",
+        experiment="saturation",
+        rule_text=(
+            "3x100 ReLU MLP: the share of zero ReLU outputs (mean over layers and probes) with "
+            "BN vs without over seeds, 2 Welch standard errors. supported: lower with BN; not "
+            "supported: otherwise"
+        ),
+        rule=decide_relu_zeros,
+    )
+)
+register_claim(
+    Claim(
+        key="bn-alleviates-vanishing-gradients",
+        claim="BN alleviates vanishing gradients",
+        source="003_8a52002564f5ba9e.txt",
+        experiment="saturation",
+        rule_text=(
+            "per sigmoid network, log10(gradient RMS of the first weight layer / of the last) "
+            "(mean over probes) with BN vs without over seeds, 2 Welch standard errors. "
+            "supported: higher with BN for both; not supported: for neither; mixed otherwise"
+        ),
+        rule=decide_vanishing,
+    )
+)
