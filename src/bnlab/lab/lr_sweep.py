@@ -71,7 +71,7 @@ class LrSweepConfig:
     seeds: int = 3
     lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
     norm: str = "torch"
-    train_size: int = 2500
+    train_size: int = 2000
     test_size: int = 1000
     epochs: int = 2
     batch_size: int = 64
@@ -266,7 +266,7 @@ SPEC = register_lab(
             "BN trained with plain SGD at learning rates 0.01..10 (log grid), 3 seeds; final "
             "test accuracy (mean, spread), divergence (NaN/inf loss, or final loss above the "
             "first batch's), and the range of rates that reach 90% of the variant's best. "
-            "Full run: 2500 training and 1000 test images, 2 epochs, batch 64."
+            "Full run: 2000 training and 1000 test images, 2 epochs, batch 64."
         ),
         config_type=LrSweepConfig,
         run=run,
