@@ -7,3 +7,6 @@ imports them all.
 """
 from bnlab.lab import lr_sweep as lr_sweep
 from bnlab.lab import init_scale as init_scale
+from bnlab.lab import ics as ics
+from bnlab.lab import landscape as landscape
+from bnlab.lab import saturation as saturation
