@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from bnlab import __version__
 
 # Subcommand modules, in the order --help lists them.
-SUBCOMMANDS = ("check", "data", "d2l", "train", "lab")
+SUBCOMMANDS = ("check", "data", "d2l", "train", "lab", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,41 @@
+"""Readers of bnlab's results folders, one per kind, each recognising its folder by its
+files: d2l (summary.json), train (metrics.jsonl / checkpoint.pt), lab (env.json,
+results.json with ``experiment``), claims (claims.json), benchmarks (bench_*.json).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from bnlab.report.files import Warn
+from bnlab.report.model import Result
+from bnlab.report.readers import bench, claims, d2l, lab, train
+
+__all__ = ["READERS", "read_folder", "recognise"]
+
+#: Every reader, in the order they are tried.
+READERS: tuple[ModuleType, ...] = (d2l, train, lab, claims, bench)
+
+
+def recognise(path: Path) -> list[ModuleType]:
+    """The readers that recognise ``path`` (a folder, or a benchmark file)."""
+    return [reader for reader in READERS if reader.recognise(path)]
+
+
+def read_folder(path: Path, warn: Warn) -> list[Result] | None:
+    """The results in ``path``; None when no reader recognises it.
+
+    A folder that fails to read (a missing or malformed file) gives a warning naming the
+    file and no results, so the rest of the report is still written.
+    """
+    readers = recognise(path)
+    if not readers:
+        return None
+    results: list[Result] = []
+    for reader in readers:
+        try:
+            results += reader.read(path, warn)
+        except ValueError as exc:
+            warn(f"skipped {path} ({reader.NAME} results): {exc}")
+    return results

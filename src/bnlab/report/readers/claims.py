@@ -1,0 +1,41 @@
+"""The claims table of ``bnlab lab claims ... --out DIR``: ``DIR/claims.json``, a list
+of {claim, source, experiment, evidence, rule, verdict} (``{"claims": [...]}`` is read
+too). Recognised by ``claims.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bnlab.report.files import Warn, read_json
+from bnlab.report.model import Result
+
+__all__ = ["read", "recognise"]
+
+NAME = "claims"
+
+
+def recognise(folder: Path) -> bool:
+    return (folder / "claims.json").is_file()
+
+
+def read(folder: Path, warn: Warn) -> list[Result]:
+    """The claims as one result whose ``claims`` are the table's rows."""
+    path = folder / "claims.json"
+    try:
+        value = read_json(path, expect=list)
+    except ValueError:
+        value = read_json(path).get("claims")
+        if not isinstance(value, list):
+            raise ValueError(
+                f"{path}: expected a list of claims (or {{'claims': [...]}})"
+            ) from None
+    rows = []
+    for i, row in enumerate(value):
+        if isinstance(row, dict) and "claim" in row:
+            rows.append(row)
+        else:
+            warn(f"{path}: entry {i} is not a claim (no 'claim' key) and is left out")
+    return [
+        Result(kind=NAME, title=f"Claims table ({folder.name})", source=str(folder), claims=rows)
+    ]
