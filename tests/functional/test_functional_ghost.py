@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
@@ -93,7 +93,6 @@ def one_chunk_cases(draw):
     return shape, vbs, momentum, draw(st.integers(0, 2**31 - 1))
 
 
-@settings(max_examples=20)
 @given(one_chunk_cases())
 def test_one_virtual_batch_is_batch_norm(case) -> None:
     shape, vbs, momentum, seed = case

@@ -10,7 +10,7 @@ import pytest
 import torch
 from bn_module_cases import CASES, CHANNELS_LAST, BNCase, make_input
 from bn_module_cases import randomize_ as randomize
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch.autograd import gradcheck
 from torch.func import functional_call
@@ -76,7 +76,6 @@ def test_one_virtual_batch_is_torch_batch_norm(case, source) -> None:
     _assert_twins(ours, theirs, case, F64, gen)
 
 
-@settings(max_examples=15)
 @given(
     rank=st.integers(2, 5),
     n=st.integers(2, 6),

@@ -12,7 +12,7 @@ import pytest
 import torch
 from bn_module_cases import CASES, CHANNELS_LAST, BNCase, make_input
 from bn_module_cases import randomize_ as randomize
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch.autograd import gradcheck
 from torch.func import functional_call
@@ -87,7 +87,6 @@ def test_r_max_1_d_max_0_is_torch_batch_norm_float32() -> None:
     _assert_twins(ours, theirs, case, torch.float32, gen, tol=1e-4)
 
 
-@settings(max_examples=15)
 @given(
     rank=st.integers(2, 5),
     n=st.integers(2, 5),
