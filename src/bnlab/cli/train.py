@@ -2,7 +2,9 @@
 
 Trains ``--model`` with the normalization ``--norm`` by plain SGD on cross-entropy (the
 d2l recipe: Xavier-uniform initialisation, test accuracy after every epoch), with a
-progress bar, then prints a summary table. The results folder (``--out``) holds:
+progress bar, then prints a summary table. ``--preset NAME`` fills model, norm, learning
+rate, epochs, batch size and input resize from a named recipe (d2l's settings); flags
+given explicitly override it. The results folder (``--out``) holds:
 
   config.json       model, norm, training settings and data selection of the run
   environment.json  python/torch versions, device, threads, git revision of bnlab
@@ -48,6 +50,7 @@ from bnlab.plots.training import plot_training_curves
 from bnlab.train import CHECKPOINT_NAME, METRICS_NAME, FitResult, StepInfo, TrainConfig, fit
 from bnlab.train.config import INITS
 from bnlab.train.io import write_json
+from bnlab.train.presets import PRESETS, available_presets, get_preset
 
 __all__ = ["add_parser", "run"]
 
@@ -57,7 +60,36 @@ EXAMPLES = """examples:
   bnlab train --model mlp --norm torch --hidden 100 --norm-position before --lr 0.1 --out runs/mlp
   bnlab train --out runs/quick --epochs 1 --limit-train 512 --limit-test 256
   bnlab train --out runs/lenet-bn --resume                        continue an interrupted run
+  bnlab train --preset d2l-resnet18 --out runs/resnet18           d2l's ResNet-18 recipe
+  bnlab train --preset d2l-resnet18 --norm groupnorm --out runs/resnet18-gn
+  bnlab train --model resnet18 --norm groupnorm --resize 96 --lr 0.05 --out runs/r18-gn
+  bnlab train --model resnet20 --norm bnlab --lr 0.1 --out runs/resnet20   (28x28 inputs)
 """
+
+# Settings a preset fills, with the defaults used without one.
+_DEFAULTS: dict[str, Any] = {
+    "model": "lenet",
+    "norm": "bnlab",
+    "lr": 1.0,
+    "epochs": 10,
+    "batch_size": 256,
+    "resize": None,
+}
+
+
+def _epilog() -> str:
+    lines = [EXAMPLES, "presets (--preset NAME; explicit flags override them):"]
+    for preset in PRESETS.values():
+        resize = f", resize {preset.resize}" if preset.resize else ""
+        lines.append(
+            f"  {preset.name:<14} {preset.model} + {preset.norm}, lr {preset.lr:g}, "
+            f"{preset.epochs} epochs, batch {preset.batch_size}{resize}"
+        )
+    lines.append("")
+    lines.append(f"models (--model): {', '.join(models.available())}")
+    lines.append(f"norms (--norm): {', '.join(models.available_norms())}")
+    return "\n".join(lines) + "\n"
+
 
 # Files of a run folder that --overwrite removes (and nothing else).
 RESULTS_NAME, CURVES_NAME = "results.json", "curves.png"
@@ -87,25 +119,43 @@ def _hidden_sizes(text: str) -> tuple[int, ...]:
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train LeNet or an MLP with a chosen normalization on Fashion-MNIST",
+        help="train a model (LeNet, MLP, ResNet, DenseNet, ...) with a chosen normalization",
         description=__doc__,
-        epilog=EXAMPLES,
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--model", choices=models.available(), default="lenet", help="the network (default lenet)"
+        "--preset",
+        choices=available_presets(),
+        default=None,
+        help="a named recipe that fills model, norm, lr, epochs, batch size and resize",
+    )
+    p.add_argument(
+        "--model",
+        choices=models.available(),
+        default=None,
+        help="the network (default lenet, or the preset's)",
     )
     p.add_argument(
         "--norm",
         choices=models.available_norms(),
-        default="bnlab",
-        help="normalization layer in the norm slots (default bnlab)",
+        default=None,
+        help="normalization layer in the norm slots (default bnlab, or the preset's)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="results folder")
     add_data_dir_argument(p)
-    p.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="batch size (default 256)")
-    p.add_argument("--lr", type=positive_float, default=1.0, help="SGD learning rate (default 1.0)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default 256)")
+    p.add_argument(
+        "--lr", type=positive_float, default=None, help="SGD learning rate (default 1.0)"
+    )
+    p.add_argument(
+        "--resize",
+        type=positive_int,
+        default=None,
+        metavar="S",
+        help="resize the images to SxS, e.g. 96 as d2l for ResNet/DenseNet (default: 28x28)",
+    )
     p.add_argument(
         "--momentum", type=float, default=0.0, help="SGD momentum in [0, 1) (default 0, plain SGD)"
     )
@@ -147,6 +197,14 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run, parser=p)
 
 
+def _apply_preset(args: argparse.Namespace) -> None:
+    """Fill every setting not given on the command line from ``--preset`` or the defaults."""
+    preset = get_preset(args.preset) if args.preset else None
+    for key, default in _DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(preset, key) if preset is not None else default)
+
+
 def _check_args(args: argparse.Namespace) -> None:
     """Usage errors argparse cannot see: exit 2 with the fix."""
     error = args.parser.error
@@ -179,6 +237,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.model != "mlp":
+        preset = get_preset(args.preset) if args.preset else None
+        # The preset's model options apply only to the preset's own model.
+        if preset is not None and preset.model == args.model:
+            return dict(preset.model_kwargs)
         return {}
     return {
         "hidden": list(args.hidden or (100,)),
@@ -191,6 +253,7 @@ def _run_config(
 ) -> dict[str, Any]:
     return {
         "command": "train",
+        "preset": args.preset,
         "model": args.model,
         "norm": args.norm,
         "model_kwargs": _model_kwargs(args),
@@ -289,6 +352,7 @@ def _summary_table(run_config: dict[str, Any], result: FitResult, out: Path) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    _apply_preset(args)
     _check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -313,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
         "data_dir": str(data_dir),
         "limit_train": args.limit_train,
         "limit_test": args.limit_test,
+        "resize": args.resize,
         "train_samples": len(tensors["train_y"]),
         "test_samples": len(tensors["test_y"]),
         "test_batch_size": args.batch_size,
@@ -334,9 +399,15 @@ def run(args: argparse.Namespace) -> int:
         shuffle=True,
         seed=args.seed,
         device=args.device,
+        resize=args.resize,
     )
     test_loader = DeviceLoader(
-        tensors["test_x"], tensors["test_y"], args.batch_size, shuffle=False, device=args.device
+        tensors["test_x"],
+        tensors["test_y"],
+        args.batch_size,
+        shuffle=False,
+        device=args.device,
+        resize=args.resize,
     )
     torch.manual_seed(args.seed)  # construction-time init (replaced unless --init default)
     model = models.create(args.model, norm=args.norm, **run_config["model_kwargs"])
