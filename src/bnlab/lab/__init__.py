@@ -10,3 +10,4 @@ from bnlab.lab import init_scale as init_scale
 from bnlab.lab import ics as ics
 from bnlab.lab import landscape as landscape
 from bnlab.lab import saturation as saturation
+from bnlab.lab import input_norm as input_norm
