@@ -15,9 +15,11 @@ in this order (a rank with an empty batch takes part too, so no rank waits forev
    formula), so statistics and running statistics are bit-identical across ranks.
 2. backward, one ``all_reduce`` (sum), only when the input needs a gradient: every rank
    sends ``[sum(grad_y), sum(grad_y * (x - mean))]`` (``2 * C`` values, accumulation
-   dtype) and receives the global sums. ``grad_weight``/``grad_bias`` stay local sums;
-   DistributedDataParallel averages them like any other parameter gradient, as it does
-   for ``torch.nn.SyncBatchNorm``.
+   dtype) and receives the global sums. ``grad_weight``/``grad_bias`` stay local sums
+   (their sum over ranks is BN's over the concatenated batch); DistributedDataParallel
+   averages them over ranks like any other parameter gradient, as it does for
+   ``torch.nn.SyncBatchNorm``, so they get the same 1/world_size scale as the rest of
+   the model.
 
 When the whole global batch is empty, forward returns an empty output and the backward
 skips its collective (every rank knows the global count). When it has one value per

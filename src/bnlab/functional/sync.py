@@ -109,7 +109,8 @@ def merge_moments(counts: Tensor, means: Tensor, m2s: Tensor) -> MergedMoments:
     means = torch.where(present, means, torch.zeros((), dtype=dtype, device=means.device))
     m2s = torch.where(present, m2s, torch.zeros((), dtype=dtype, device=m2s.device))
     n = n_k.sum()
-    first = int(torch.argmax((n_k > 0).to(torch.int8)))  # 0 when all are empty
+    # A tensor index (no host sync on GPU); 0 when all parts are empty.
+    first = torch.argmax((n_k > 0).to(torch.int8))
     ref = means[first]
     weights = n_k.unsqueeze(1)  # (K, 1)
     mean = ref + (weights * (means - ref)).sum(0) / n.clamp_min(1)
