@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from bnlab.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
 
@@ -44,6 +45,8 @@ class Case:
     channels_last: bool = False
     group: tuple[int, ...] | None = None  # ranks of a subgroup; None: world
     error: bool = False  # the global batch has one value per channel
+    input_grad: bool = True  # False: only weight/bias need grads (no backward collective)
+    torch_twin: bool = False  # reference: torch.nn.BatchNorm*d instead of bnlab's
 
     @property
     def tol(self) -> float:
@@ -69,6 +72,8 @@ CASES: dict[int, list[Case]] = {
         Case("channels_last", (2, 3), spatial=(3, 4), channels_last=True),
         Case("all_empty", (0, 0)),
         Case("one_value_error", (1, 0), spatial=(), error=True),
+        Case("no_input_grad", (2, 3), input_grad=False),
+        Case("torch_twin_4d", (3, 4), torch_twin=True),
     ],
     3: [
         Case("unequal_4d", (2, 3, 4)),
@@ -84,9 +89,12 @@ CASES: dict[int, list[Case]] = {
 }
 
 
-def _reference(case: Case) -> torch.nn.Module:
+def _reference(case: Case) -> nn.Module:
     ndim = 2 + len(case.spatial)
-    cls = {2: BatchNorm1d, 3: BatchNorm1d, 4: BatchNorm2d, 5: BatchNorm3d}[ndim]
+    if case.torch_twin:
+        cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[ndim]
+    else:
+        cls = {2: BatchNorm1d, 3: BatchNorm1d, 4: BatchNorm2d, 5: BatchNorm3d}[ndim]
     return cls(
         case.channels,
         momentum=case.momentum,
@@ -158,9 +166,10 @@ def _run_case(case: Case, case_id: int, rank: int, groups: dict) -> list[str]:
         g_all = torch.randn(shape, generator=gen, dtype=case.dtype)
         if case.channels_last:
             x_all = x_all.contiguous(memory_format=torch.channels_last)
-        x = x_all[lo:hi].detach().clone().requires_grad_(True)
+        x = x_all[lo:hi].detach().clone()
         if case.channels_last:
-            x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(case.input_grad)
         x_ref = x_all.detach().double().clone().requires_grad_(True)
         ref_d = ref.double() if case.dtype != torch.float64 else ref
 
@@ -172,7 +181,7 @@ def _run_case(case: Case, case_id: int, rank: int, groups: dict) -> list[str]:
         y_ref.backward(g_all.double())
 
         check(f"step {step} output", y, y_ref[lo:hi])
-        check(f"step {step} grad_x", x.grad, x_ref.grad[lo:hi])
+        check(f"step {step} grad_x", x.grad, x_ref.grad[lo:hi] if case.input_grad else None)
         for pname in ("weight", "bias"):
             p = getattr(sync, pname)
             if p is None:
