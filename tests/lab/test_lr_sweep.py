@@ -32,7 +32,11 @@ def fake_data(train: int = 96, test: int = 64) -> dict[str, torch.Tensor]:
 def test_quick_run_writes_results_and_resumes(tmp_path: Path) -> None:
     spec = get_lab("lr-sweep")
     config = dataclasses.replace(
-        lr_sweep.LrSweepConfig.quick(), lrs=(0.1, 1000.0), train_size=64, test_size=64
+        lr_sweep.LrSweepConfig.quick(),
+        lrs=(0.1, 1000.0),
+        archs=("mlp-relu",),
+        train_size=64,
+        test_size=64,
     )
     out = tmp_path / "run"
     results = run_lab(spec, config, out, data=fake_data(), quick=True)
@@ -49,6 +53,13 @@ def test_quick_run_writes_results_and_resumes(tmp_path: Path) -> None:
     again = run_lab(spec, config, out, data=fake_data(), resume=True, quick=True)
     assert again["units_reused"] == len(cells)
     assert again["raw"]["cells"] == json.loads(json.dumps(cells))
+
+
+def test_unknown_arch_is_named() -> None:
+    with pytest.raises(
+        ValueError, match=r"archs must name some of lenet, mlp-relu, got \('vgg',\)"
+    ):
+        lr_sweep.LrSweepConfig(archs=("vgg",))
 
 
 def test_quick_config_is_small() -> None:

@@ -235,6 +235,7 @@ def trainable_values(
     fraction: float,
     metric: str = "test_acc",
     per_group: bool = False,
+    min_value: float = -math.inf,
 ) -> dict[str, Any]:
     """Which grid values train, per group, by ``TRAINS_RULE``.
 
@@ -243,7 +244,7 @@ def trainable_values(
             "lr"), ``metric`` and ``diverged``.
         fraction: a grid value trains when no seed diverged and its mean ``metric`` is
             at least ``fraction`` times the best mean over all groups and values (with
-            ``per_group``: the best mean of its own group).
+            ``per_group``: the best mean of its own group), and at least ``min_value``.
 
     Returns:
         ``{"best": best mean, "threshold": fraction * best, "groups": {group: {"trains":
@@ -280,6 +281,7 @@ def trainable_values(
             limit = fraction * group_best if group_best is not None else math.inf
         else:
             limit = threshold
+        limit = max(limit, min_value)
         trains, diverged = [], {}
         for value in sorted(by_value):
             runs = by_value[value]
