@@ -26,10 +26,11 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 # The d2l batch-norm chapter reproduced (4 variants x 10 epochs); a second run reuses
-# the finished runs and prints the results again.
+# the finished runs and prints the results again. Ends with the page of the results.
 demo: $(STAMP)
 	$(BIN)/bnlab check
 	$(BIN)/bnlab d2l --out runs/d2l --resume
+	$(BIN)/bnlab report runs/d2l -o runs/report.html --title "bnlab demo: the d2l batch-norm chapter"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q

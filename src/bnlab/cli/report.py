@@ -60,5 +60,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for warning in report.warnings:
         print(f"bnlab report: warning: {warning}", file=sys.stderr)
-    print(f"wrote {report.path} ({len(report.results)} results)")
+    count = len(report.results)
+    print(f"wrote {report.path} ({count} result{'' if count == 1 else 's'})")
     return 0

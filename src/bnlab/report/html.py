@@ -165,6 +165,25 @@ def _result(result: Result, anchor: str, env_anchor: str | None) -> str:
     return "".join(parts)
 
 
+def _environments(envs: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """One table, a column per distinct environment, so they compare at a glance."""
+    columns = [dict(environment_rows(record)) for _, record in envs]
+    labels: list[str] = []
+    for column in columns:
+        labels += [label for label in column if label not in labels]
+    head = "".join(f'<th id="{anchor}">{anchor.upper()}</th>' for anchor, _ in envs)
+    rows = "".join(
+        f"<tr><th>{_e(label)}</th>"
+        + "".join(f"<td>{_e(column.get(label, _DASH))}</td>" for column in columns)
+        + "</tr>"
+        for label in labels
+    )
+    return (
+        f'<section class="block"><table class="env"><thead><tr><th></th>{head}</tr></thead>'
+        f"<tbody>{rows}</tbody></table></section>"
+    )
+
+
 def render_page(
     results: Sequence[Result], warnings: Sequence[str], *, title: str, generated: str = ""
 ) -> str:
@@ -213,14 +232,7 @@ def render_page(
     if envs:
         toc.append('<li><a href="#environments">Environments</a></li>')
         body.append('<h2 id="environments">Environments</h2>')
-        for anchor, record in envs.values():
-            rows = "".join(
-                f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in environment_rows(record)
-            )
-            body.append(
-                f'<section class="block" id="{anchor}"><h3>Environment {anchor.upper()}</h3>'
-                f"<table><tbody>{rows}</tbody></table></section>"
-            )
+        body.append(_environments(list(envs.values())))
     if warnings:
         toc.append('<li><a href="#warnings">Warnings</a></li>')
         items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
