@@ -40,7 +40,9 @@ if not CHROMIUM.is_file():
     )
 
 
-@pytest.fixture(scope="module")
+# One page load for all checks: under pytest-xdist, separate tests sharing a module
+# fixture could start Chromium once per worker.
+@pytest.fixture
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The report of one folder of each kind (one with a hostile name), open in Chromium,
     with everything the page did while loading."""
@@ -79,7 +81,14 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             browser.close()
 
 
-def test_loads_without_errors_or_network(loaded: dict[str, Any]) -> None:
+def test_report_in_headless_chromium(loaded: dict[str, Any]) -> None:
+    _loads_without_errors_or_network(loaded)
+    _every_figure_loaded(loaded)
+    _tables_have_the_expected_rows(loaded)
+    _screenshot_is_not_blank(loaded)
+
+
+def _loads_without_errors_or_network(loaded: dict[str, Any]) -> None:
     events = loaded["events"]
     assert [m for m in events["console"] if m.startswith("error")] == []
     assert events["errors"] == []
@@ -89,14 +98,14 @@ def test_loads_without_errors_or_network(loaded: dict[str, Any]) -> None:
     assert loaded["page"].title() == EVIL  # escaped in the source, shown as text
 
 
-def test_every_figure_loaded(loaded: dict[str, Any]) -> None:
+def _every_figure_loaded(loaded: dict[str, Any]) -> None:
     sizes = loaded["page"].evaluate(
         "Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
     )
     assert sizes == [[True, 40, 20], [True, 60, 20], [True, 30, 30]]
 
 
-def test_tables_have_the_expected_rows(loaded: dict[str, Any]) -> None:
+def _tables_have_the_expected_rows(loaded: dict[str, Any]) -> None:
     # (caption, body rows) of every captioned table, in page order.
     tables = loaded["page"].evaluate(
         """Array.from(document.querySelectorAll('table')).filter(t => t.caption)
@@ -118,7 +127,7 @@ def test_tables_have_the_expected_rows(loaded: dict[str, Any]) -> None:
     assert claims == 3
 
 
-def test_screenshot_is_not_blank(loaded: dict[str, Any]) -> None:
+def _screenshot_is_not_blank(loaded: dict[str, Any]) -> None:
     pixels = mpimg.imread(io.BytesIO(loaded["page"].screenshot()), format="png")
     assert pixels.shape[:2] == (800, 1000)
     assert float(np.var(pixels)) > 0.0
