@@ -12,3 +12,4 @@ from bnlab.lab import landscape as landscape
 from bnlab.lab import saturation as saturation
 from bnlab.lab import input_norm as input_norm
 from bnlab.lab import placement as placement
+from bnlab.lab import regularization as regularization
