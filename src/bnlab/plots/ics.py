@@ -86,7 +86,7 @@ def plot_ics_trajectories(
         "Layer inputs on a fixed probe batch: 5-95 % and 25-75 % bands, seed 0", fontsize=9
     )
     fig.tight_layout()
-    return save_png(fig, path)
+    return save_png(fig, path, dpi=110)
 
 
 def plot_grad_ics(
@@ -135,4 +135,4 @@ def plot_grad_ics(
         ax.legend(fontsize=6)
     fig.suptitle("Gradient ICS (Santurkar et al. 2.2): 1 = no change", fontsize=9)
     fig.tight_layout()
-    return save_png(fig, path)
+    return save_png(fig, path, dpi=110)

@@ -76,4 +76,4 @@ def plot_landscape(
         fontsize=9,
     )
     fig.tight_layout()
-    return save_png(fig, path)
+    return save_png(fig, path, dpi=110)

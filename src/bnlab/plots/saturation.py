@@ -80,4 +80,4 @@ def plot_saturation(
             ax.legend(fontsize=5, ncol=2)
     fig.suptitle("Without BN solid, with BN dashed; mean over seeds", fontsize=9)
     fig.tight_layout()
-    return save_png(fig, path)
+    return save_png(fig, path, dpi=110)
