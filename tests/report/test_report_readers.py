@@ -77,6 +77,19 @@ def test_train_mlp_command_keeps_hidden_and_position(tmp_path: Path) -> None:
     assert "--model mlp --norm bnlab --hidden 256,128 --norm-position before" in result.command
 
 
+def test_train_preset_and_resize_in_the_command(tmp_path: Path) -> None:
+    folder = make_train(tmp_path / "r18")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(preset="d2l-resnet18", model="resnet18", model_kwargs={"in_channels": 1})
+    config["data"]["resize"] = 96
+    (folder / "config.json").write_text(json.dumps(config))
+    [result], _ = collect_results([folder])
+    assert result.command.startswith(
+        "bnlab train --preset d2l-resnet18 --model resnet18 --norm bnlab --lr 1.0"
+    )
+    assert "--resize 96 --limit-train 512 --out" in result.command
+
+
 def test_train_malformed_results_names_the_file(tmp_path: Path) -> None:
     folder = make_train(tmp_path / "broken")
     (folder / "results.json").write_text("{not json")

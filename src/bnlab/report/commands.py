@@ -52,16 +52,20 @@ def train_command(config: Mapping[str, Any], out: str) -> str | None:
     train = config.get("train")
     if not isinstance(train, dict) or "model" not in config or "norm" not in config:
         return None
-    argv = ["bnlab", "train", "--model", str(config["model"]), "--norm", str(config["norm"])]
+    argv = ["bnlab", "train"]
+    if config.get("preset"):
+        # The preset also brings its model options; every other setting is explicit.
+        argv += ["--preset", str(config["preset"])]
+    argv += ["--model", str(config["model"]), "--norm", str(config["norm"])]
     kwargs = config.get("model_kwargs") or {}
-    if "hidden" in kwargs:
+    if config["model"] == "mlp" and "hidden" in kwargs:
         argv += ["--hidden", ",".join(str(h) for h in kwargs["hidden"])]
-    if "norm_position" in kwargs:
+    if config["model"] == "mlp" and "norm_position" in kwargs:
         argv += ["--norm-position", str(kwargs["norm_position"])]
     argv += argv_from_options(train)
     data = config.get("data") or {}
     argv += argv_from_options(
-        {"limit_train": data.get("limit_train"), "limit_test": data.get("limit_test")}
+        {key: data.get(key) for key in ("resize", "limit_train", "limit_test")}
     )
     argv += ["--out", out]
     return shlex.join(argv)
