@@ -4,6 +4,10 @@ Each experiment is a subcommand with its own ``--help`` (the claim, the method, 
 settings with their full and quick values). Common options: ``--quick`` (the small
 configuration the tests use), ``--seeds N``, ``--set KEY=VALUE`` for any setting,
 ``--out RUN_DIR``, ``--resume``, ``--data-dir``, ``--device``, ``--threads``.
+
+``bnlab lab claims RUN_DIR... --out DIR`` gathers finished runs into the claims table
+(``DIR/claims.json`` and a printed table): each claim of the seeds, its experiment, the
+numbers, the rule and the verdict computed by the rule.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ from bnlab.cli._args import positive_int
 from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import add_data_dir_argument, data_dir_from_env
 from bnlab.data.fashion_mnist import load_fashion_mnist
+from bnlab.lab.claims import NOT_MEASURED, evaluate_claims, load_many, write_claims
 from bnlab.lab.experiment import LabSpec, available_labs, config_from, get_lab, run_lab
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "run_claims"]
 
 
 def _settings_help(spec: LabSpec) -> str:
@@ -108,6 +113,20 @@ def add_parser(subparsers: Any) -> None:
         q.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
         q.set_defaults(func=run, parser=q)
+    c = labs.add_parser(
+        "claims",
+        help="the claims table: every claim of the seeds and its verdict from finished runs",
+        description=(
+            "Read the results.json of finished 'bnlab lab' runs and decide every registered "
+            "claim with its stated rule: supported, not supported or mixed; a claim whose "
+            "experiment is not among the folders is 'not measured'. Writes DIR/claims.json "
+            "(a list of {claim, source, experiment, evidence, rule, verdict}) and prints "
+            "the table. A folder that is not a lab results folder is named and skipped."
+        ),
+    )
+    c.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="results folders")
+    c.add_argument("--out", type=Path, required=True, metavar="DIR", help="where claims.json goes")
+    c.set_defaults(func=run_claims, parser=c)
 
 
 class _RichProgress:
@@ -230,4 +249,68 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"Results in {args.out} (results.json and {len(results['figures'])} figures); {elapsed:.0f} s{reused}."
     )
+    return 0
+
+
+_VERDICT_STYLE = {
+    "supported": "green",
+    "not supported": "red",
+    "mixed": "yellow",
+    NOT_MEASURED: "dim",
+}
+
+
+def _evidence_text(evidence: Any, prefix: str = "") -> list[str]:
+    """``key=value`` lines of a nested evidence dict, numbers to 4 significant digits."""
+    if isinstance(evidence, dict):
+        lines: list[str] = []
+        for key, value in evidence.items():
+            lines += _evidence_text(value, f"{prefix}{key}.")
+        return lines
+    if isinstance(evidence, list) and any(isinstance(v, dict) for v in evidence):
+        lines = []
+        for i, value in enumerate(evidence):
+            lines += _evidence_text(value, f"{prefix}{i}.")
+        return lines
+    if isinstance(evidence, list):
+        text = "[" + ", ".join(_cell(v) for v in evidence) + "]"
+    else:
+        text = _cell(evidence)
+    return [f"{prefix.rstrip('.')}={text}"]
+
+
+def run_claims(args: argparse.Namespace) -> int:
+    """Decide every registered claim from the given results folders; write and print."""
+    console = Console()
+    results, problems = load_many(args.run_dirs)
+    for problem in problems:
+        console.print(f"[yellow]skipped[/yellow]: {problem}", highlight=False)
+    if not results:
+        console.print(
+            "no 'bnlab lab' results among the folders given; nothing to decide "
+            "(run an experiment first, e.g. 'bnlab lab lr-sweep --out RUN_DIR')"
+        )
+        return 1
+    table = evaluate_claims(results)
+    path = write_claims(args.out, table)
+    t = Table(title="Claims of the seeds, decided by the numbers", show_lines=True)
+    for column in ("claim", "source", "experiment", "verdict", "evidence"):
+        t.add_column(column, overflow="fold")
+    for row in table:
+        style = _VERDICT_STYLE.get(row["verdict"], "")
+        evidence = row["evidence"]
+        lines = _evidence_text({k: v for k, v in evidence.items() if k != "quick"})
+        if evidence.get("quick"):
+            lines.insert(0, "(quick run)")
+        t.add_row(
+            row["claim"],
+            row["source"],
+            row["experiment"],
+            f"[{style}]{row['verdict']}[/{style}]" if style else row["verdict"],
+            "\n".join(lines),
+        )
+    console.print(t)
+    counts = {v: sum(r["verdict"] == v for r in table) for v in _VERDICT_STYLE}
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    console.print(f"{len(table)} claims ({summary}); written to {path}", highlight=False)
     return 0

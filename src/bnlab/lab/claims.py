@@ -14,10 +14,14 @@ no results among the folders is ``"not measured"``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bnlab.train.io import write_json
 
 __all__ = [
     "NOT_MEASURED",
@@ -25,8 +29,10 @@ __all__ = [
     "Claim",
     "available_claims",
     "evaluate_claims",
+    "load_many",
     "load_results",
     "register_claim",
+    "write_claims",
 ]
 
 #: The verdicts a rule may return, and the one for claims without results.
@@ -112,6 +118,10 @@ def evaluate_claims(
         One dict per claim: ``claim``, ``key``, ``source``, ``experiment``, ``evidence``,
         ``rule``, ``verdict``.
 
+        A rule that cannot read its experiment's results (it raises ``KeyError``,
+        ``IndexError``, ``TypeError`` or ``ValueError``) gives ``"not measured"`` with the
+        error in ``evidence["error"]``.
+
     Raises:
         ValueError: a rule returned a verdict outside ``VERDICTS``.
     """
@@ -123,11 +133,19 @@ def evaluate_claims(
             evidence: dict[str, Any] = {}
             verdict = NOT_MEASURED
         else:
-            evidence, verdict = claim.rule(found)
-            if verdict not in VERDICTS:
-                raise ValueError(
-                    f"claim {claim.key!r}: rule returned {verdict!r}; expected one of {VERDICTS}"
-                )
+            try:
+                evidence, verdict = claim.rule(found)
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                # Results of another layout (an older run, a cut-down config): the rule
+                # cannot read them, so the claim is not measured by them; say why.
+                evidence = {"error": f"{type(exc).__name__}: {exc}"}
+                verdict = NOT_MEASURED
+            else:
+                if verdict not in VERDICTS:
+                    raise ValueError(
+                        f"claim {claim.key!r}: rule returned {verdict!r}; "
+                        f"expected one of {VERDICTS}"
+                    )
             evidence = {"quick": bool(found.get("quick")), **evidence}
         table.append(
             {
@@ -141,3 +159,49 @@ def evaluate_claims(
             }
         )
     return table
+
+
+def load_many(run_dirs: Sequence[str | os.PathLike[str]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """``results.json`` of every folder that has a readable one, and a message per other.
+
+    Args:
+        run_dirs: ``bnlab lab`` results folders.
+
+    Returns:
+        ``(results, problems)``: the loaded results in the order given, and for each
+        folder that is not a lab results folder the message of :func:`load_results`
+        (which names the file).
+    """
+    results: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for run_dir in run_dirs:
+        try:
+            results.append(load_results(Path(run_dir)))
+        except ValueError as exc:
+            problems.append(str(exc))
+    return results, problems
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None, recursively (JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_claims(out_dir: str | os.PathLike[str], table: Sequence[Mapping[str, Any]]) -> Path:
+    """Write the claims table to ``out_dir/claims.json`` atomically (the folder is made).
+
+    Each entry keeps ``claim``, ``key``, ``source``, ``experiment``, ``evidence``, ``rule``
+    and ``verdict``; NaN and infinite numbers in the evidence are written as null.
+
+    Returns:
+        The path written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_json(out / "claims.json", [_finite(dict(row)) for row in table])

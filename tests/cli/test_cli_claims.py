@@ -1,0 +1,65 @@
+"""``bnlab lab claims``: the table from results folders, claims.json, bad folders named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bnlab.cli.main import main
+
+
+def write_run(folder: Path, results: dict) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def placement_run(folder: Path) -> Path:
+    cells = [
+        {"activation": a, "placement": p, "seed": s, "test_acc": mean + d}
+        for a in ("sigmoid", "relu")
+        for p, mean in (("before", 0.85), ("after", 0.80))
+        for s, d in enumerate((-0.005, 0.0, 0.005))
+    ]
+    return write_run(folder, {"experiment": "placement", "quick": True, "raw": {"cells": cells}})
+
+
+def test_claims_table_written_and_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = placement_run(tmp_path / "placement")
+    bad = tmp_path / "not-a-run"
+    bad.mkdir()
+    out = tmp_path / "claims"
+    assert main(["lab", "claims", str(good), str(bad), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped" in printed
+    assert "results.json: no results.json" in printed.replace("\n", "")
+    assert "not-a-run" in printed
+    assert "supported" in printed
+    assert "not measured" in printed
+    table = json.loads((out / "claims.json").read_text())
+    rows = {row["key"]: row for row in table}
+    row = rows["bn-before-activation"]
+    assert set(row) >= {"claim", "source", "experiment", "evidence", "rule", "verdict"}
+    assert row["verdict"] == "supported"
+    assert row["source"] == "000_3d8114077ba70cad.txt"
+    assert row["evidence"]["quick"] is True
+    assert rows["bn-regularizes"]["verdict"] == "not measured"
+    assert {r["verdict"] for r in table} <= {"supported", "not supported", "mixed", "not measured"}
+
+
+def test_no_readable_folder_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lab", "claims", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 1
+    printed = capsys.readouterr().out
+    assert "no 'bnlab lab' results among the folders given" in printed
+    assert not (tmp_path / "o" / "claims.json").exists()
+
+
+def test_claims_needs_out(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["lab", "claims", "somewhere"])
+    assert exit_.value.code == 2
+    assert "--out" in capsys.readouterr().err

@@ -1,0 +1,274 @@
+"""The claims of the lr-sweep, init, input-norm, placement and regularization experiments.
+
+Each rule maps synthetic results to the verdict the stated rule gives; a claim without
+its experiment is "not measured"; the table is written atomically as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bnlab.lab  # noqa: F401  (registers every experiment and claim)
+from bnlab.lab import init_scale, input_norm, lr_sweep, placement, regularization
+from bnlab.lab.claims import (
+    NOT_MEASURED,
+    Claim,
+    available_claims,
+    evaluate_claims,
+    load_many,
+    write_claims,
+)
+
+MINE = {
+    "bn-allows-higher-lr": "lr-sweep",
+    "bn-eases-initialization": "init",
+    "input-standardization-helps-shallow": "input-norm",
+    "bn-before-activation": "placement",
+    "bn-regularizes": "regularization",
+}
+
+
+def seeds(mean: float, spread: float = 0.005) -> list[float]:
+    """Three per-seed values around ``mean``."""
+    return [mean - spread, mean, mean + spread]
+
+
+def results(experiment: str, cells: list[dict[str, Any]], **raw: Any) -> dict[str, Any]:
+    return {"experiment": experiment, "quick": False, "raw": {"cells": cells, **raw}}
+
+
+# --- lr-sweep ---------------------------------------------------------------------------
+
+
+def lr_results(max_lr: dict[tuple[str, str], float | None]) -> dict[str, Any]:
+    """Accuracy 0.8 up to the variant's max lr, diverged above it (None: chance everywhere)."""
+    cells = []
+    for (arch, variant), top in max_lr.items():
+        for lr in (0.1, 1.0, 10.0):
+            trains = top is not None and lr <= top
+            for seed, acc in enumerate(seeds(0.8 if trains else 0.1)):
+                cells.append(
+                    {
+                        "arch": arch,
+                        "variant": variant,
+                        "group": f"{arch}/{variant}",
+                        "lr": lr,
+                        "seed": seed,
+                        "test_acc": acc,
+                        "diverged": top is not None and lr > top,
+                    }
+                )
+    return results("lr-sweep", cells, train_fraction=0.9, min_acc=0.2)
+
+
+@pytest.mark.parametrize(
+    ("max_lr", "expected"),
+    [
+        (
+            {("a", "bn"): 10.0, ("a", "none"): 1.0, ("b", "bn"): 1.0, ("b", "none"): None},
+            "supported",
+        ),
+        (
+            {("a", "bn"): 1.0, ("a", "none"): 10.0, ("b", "bn"): 0.1, ("b", "none"): 0.1},
+            "not supported",
+        ),
+        ({("a", "bn"): 10.0, ("a", "none"): 1.0, ("b", "bn"): 1.0, ("b", "none"): 10.0}, "mixed"),
+        ({("a", "bn"): 10.0, ("a", "none"): 10.0}, "mixed"),  # the grid does not separate
+        ({("a", "bn"): None, ("a", "none"): 1.0}, "not supported"),
+    ],
+)
+def test_lr_rule(max_lr: dict[tuple[str, str], float | None], expected: str) -> None:
+    evidence, verdict = lr_sweep.lr_rule(lr_results(max_lr))
+    assert verdict == expected
+    assert evidence["archs"]["a"]["max_lr_bn"] == max_lr[("a", "bn")]
+
+
+# --- init -------------------------------------------------------------------------------
+
+
+def init_results(trains: dict[str, set[float]]) -> dict[str, Any]:
+    cells = []
+    for variant, good in trains.items():
+        for factor in (0.01, 1.0, 100.0):
+            for seed, acc in enumerate(seeds(0.8 if factor in good else 0.2)):
+                cells.append(
+                    {"variant": variant, "factor": factor, "seed": seed, "test_acc": acc,
+                     "diverged": False}
+                )  # fmt: skip
+    return results("init", cells, train_fraction=0.9)
+
+
+@pytest.mark.parametrize(
+    ("trains", "expected"),
+    [
+        ({"bn": {0.01, 1.0, 100.0}, "none": {1.0}}, "supported"),
+        ({"bn": {1.0}, "none": {0.01, 1.0}}, "not supported"),
+        ({"bn": {1.0}, "none": {100.0}}, "not supported"),  # as many, and some fail for both
+        ({"bn": {0.01, 1.0, 100.0}, "none": {0.01, 1.0, 100.0}}, "mixed"),
+    ],
+)
+def test_init_rule(trains: dict[str, set[float]], expected: str) -> None:
+    evidence, verdict = init_scale.init_rule(init_results(trains))
+    assert verdict == expected
+    assert evidence["count_bn"] == len(trains["bn"])
+
+
+# --- input-norm -------------------------------------------------------------------------
+
+
+def input_results(loss: Callable[[str, str], float]) -> dict[str, Any]:
+    cells = []
+    for model in ("softmax", "mlp"):
+        for inputs in ("raw", "global", "per_pixel"):
+            for bn in (False, True):
+                for seed, value in enumerate(seeds(loss(model, inputs), 0.01)):
+                    cells.append(
+                        {"model": model, "inputs": inputs, "bn": bn, "seed": seed,
+                         "train_loss": value, "test_acc": 0.8}
+                    )  # fmt: skip
+    return results("input-norm", cells)
+
+
+@pytest.mark.parametrize(
+    ("loss", "expected"),
+    [
+        (lambda model, inputs: 1.0 if inputs == "raw" else 0.5, "supported"),
+        (lambda model, inputs: 0.5, "not supported"),
+        (lambda model, inputs: 0.4 if inputs == "raw" else 0.5, "not supported"),
+        (lambda model, inputs: 1.0 if inputs == "raw" and model == "softmax" else 0.5, "mixed"),
+    ],
+)
+def test_input_norm_rule(loss: Callable[[str, str], float], expected: str) -> None:
+    evidence, verdict = input_norm.input_norm_rule(input_results(loss))
+    assert verdict == expected
+    assert len(evidence["comparisons"]) == 4
+
+
+# --- placement --------------------------------------------------------------------------
+
+
+def placement_results(acc: dict[tuple[str, str], float]) -> dict[str, Any]:
+    cells = [
+        {"activation": a, "placement": p, "seed": seed, "test_acc": value}
+        for (a, p), mean in acc.items()
+        for seed, value in enumerate(seeds(mean))
+    ]
+    return results("placement", cells)
+
+
+@pytest.mark.parametrize(
+    ("acc", "expected", "better"),
+    [
+        ({("sigmoid", "before"): 0.85, ("sigmoid", "after"): 0.80,
+          ("relu", "before"): 0.86, ("relu", "after"): 0.84}, "supported", "before"),
+        ({("sigmoid", "before"): 0.80, ("sigmoid", "after"): 0.85,
+          ("relu", "before"): 0.84, ("relu", "after"): 0.84}, "not supported", "after"),
+        ({("sigmoid", "before"): 0.85, ("sigmoid", "after"): 0.80,
+          ("relu", "before"): 0.84, ("relu", "after"): 0.84}, "mixed", "before"),
+    ],
+)  # fmt: skip
+def test_placement_rule(acc: dict[tuple[str, str], float], expected: str, better: str) -> None:
+    evidence, verdict = placement.placement_rule(placement_results(acc))
+    assert verdict == expected
+    assert evidence["activations"]["sigmoid"]["better"] == better
+    assert evidence["activations"]["relu"]["better"] in ("before", "after", "no difference")
+
+
+# --- regularization ---------------------------------------------------------------------
+
+
+def regularization_results(gap: dict[str, float], acc: dict[str, float]) -> dict[str, Any]:
+    cells = []
+    for variant in gap:
+        for seed, (g, a) in enumerate(zip(seeds(gap[variant]), seeds(acc[variant]), strict=True)):
+            cells.append({"variant": variant, "seed": seed, "gap_acc": g, "test_acc": a})
+    return results("regularization", cells)
+
+
+@pytest.mark.parametrize(
+    ("gap", "acc", "expected"),
+    [
+        ({"bn": 0.05, "none": 0.15}, {"bn": 0.85, "none": 0.80}, "supported"),
+        ({"bn": 0.05, "none": 0.15}, {"bn": 0.80, "none": 0.80}, "supported"),
+        ({"bn": 0.05, "none": 0.15}, {"bn": 0.70, "none": 0.80}, "mixed"),
+        ({"bn": 0.15, "none": 0.15}, {"bn": 0.85, "none": 0.80}, "mixed"),
+        ({"bn": 0.20, "none": 0.15}, {"bn": 0.80, "none": 0.80}, "not supported"),
+        ({"bn": 0.15, "none": 0.15}, {"bn": 0.80, "none": 0.80}, "not supported"),
+    ],
+)
+def test_regularization_rule(gap: dict[str, float], acc: dict[str, float], expected: str) -> None:
+    evidence, verdict = regularization.regularization_rule(regularization_results(gap, acc))
+    assert verdict == expected
+    assert evidence["gap_diff"] == pytest.approx(gap["bn"] - gap["none"])
+
+
+# --- the table --------------------------------------------------------------------------
+
+
+def test_my_claims_are_registered_with_their_seed_source() -> None:
+    claims = {c.key: c for c in available_claims()}
+    seeds_dir = Path("/work/shared/seeds")
+    for key, experiment in MINE.items():
+        assert claims[key].experiment == experiment
+        assert claims[key].source.endswith(".txt")
+        if seeds_dir.is_dir():
+            assert (seeds_dir / claims[key].source).is_file()
+
+
+def test_missing_experiments_are_not_measured() -> None:
+    mine = [c for c in available_claims() if c.key in MINE]
+    table = evaluate_claims(
+        [placement_results({("relu", "before"): 0.9, ("relu", "after"): 0.8})], mine
+    )
+    verdicts = {row["key"]: row["verdict"] for row in table}
+    assert verdicts["bn-before-activation"] == "supported"
+    for key in MINE.keys() - {"bn-before-activation"}:
+        assert verdicts[key] == NOT_MEASURED
+    assert {row["key"]: row["evidence"] for row in table}["bn-allows-higher-lr"] == {}
+
+
+def test_results_the_rule_cannot_read_are_not_measured() -> None:
+    claim = next(c for c in available_claims() if c.key == "bn-regularizes")
+    (row,) = evaluate_claims([{"experiment": "regularization", "raw": {}}], [claim])
+    assert row["verdict"] == NOT_MEASURED
+    assert row["evidence"]["error"] == "KeyError: 'cells'"
+
+
+def test_a_rule_with_a_bad_verdict_is_an_error() -> None:
+    claim = Claim("k", "c", "s.txt", "x", "r", lambda r: ({}, "probably"))
+    with pytest.raises(ValueError, match="rule returned 'probably'; expected one of"):
+        evaluate_claims([{"experiment": "x"}], [claim])
+
+
+def test_load_many_names_bad_folders_and_keeps_the_others(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "results.json").write_text(json.dumps({"experiment": "placement"}))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "results.json").write_text("{")
+    loaded, problems = load_many([good, empty, broken])
+    assert [r["experiment"] for r in loaded] == ["placement"]
+    assert (
+        problems[0]
+        == f"{empty / 'results.json'}: no results.json (is {empty} a 'bnlab lab' results folder?)"
+    )
+    assert problems[1].startswith(f"{broken / 'results.json'}: unreadable results")
+
+
+def test_write_claims_is_json_with_nulls_for_nan(tmp_path: Path) -> None:
+    table = [{"claim": "c", "key": "k", "source": "s", "experiment": "e",
+              "evidence": {"x": float("nan"), "y": [1.0, float("inf")]}, "rule": "r",
+              "verdict": "mixed"}]  # fmt: skip
+    path = write_claims(tmp_path / "out", table)
+    assert path == tmp_path / "out" / "claims.json"
+    saved = json.loads(path.read_text())
+    assert saved[0]["evidence"] == {"x": None, "y": [1.0, None]}
+    assert not [p for p in path.parent.iterdir() if p.name != "claims.json"]  # no temp left
