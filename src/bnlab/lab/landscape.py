@@ -233,7 +233,7 @@ def _run_unit(
             losses.append(float(loss.detach()))
             advance(1)
     tail = losses[-max(1, config.steps // 10) :]
-    metrics = {key: _finite_mean([p[key] for p in points]) for key in (*METRICS, "grad_norm")}
+    metrics = point_means(points)
     final = sum(tail) / len(tail)
     metrics["train_loss"] = final if math.isfinite(final) else None
     metrics["test_acc"] = accuracy_on_test(model, data, device)
@@ -246,6 +246,12 @@ def _run_unit(
         "metrics": metrics,
         "points": points,
     }
+
+
+def point_means(points: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """Means over checkpoints of ``METRICS``, ``grad_change_rel`` and ``grad_norm``."""
+    keys = (*METRICS, "grad_change_rel", "grad_norm")
+    return {key: _finite_mean([p.get(key) for p in points]) for key in keys}
 
 
 def _finite_mean(values: Sequence[float]) -> float | None:
@@ -306,7 +312,9 @@ def run_landscape(config: LandscapeConfig, ctx: LabContext) -> LabOutcome:
     per_seed: dict[str, dict[str, dict[str, list]]] = {}
     for u in units:
         bucket = per_seed.setdefault(u["arch"], {}).setdefault(u["variant"], {})
-        for key, value in u["metrics"].items():
+        # The checkpoint means are recomputed from the stored points, so a summary
+        # quantity added later needs no rerun.
+        for key, value in {**u["metrics"], **point_means(u["points"])}.items():
             bucket.setdefault(key, []).append(value)
     columns = ["network", "variant", "loss range", "max grad change", "effective beta"]
     rows = [
