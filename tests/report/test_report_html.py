@@ -132,3 +132,24 @@ def test_nothing_readable_raises_and_writes_nothing(tmp_path: Path) -> None:
         f"(skipped {tmp_path / 'nowhere'}: no such file or folder)"
     )
     assert not out.exists()
+
+
+def test_claims_evidence_is_readable_text(tmp_path: Path) -> None:
+    folder = tmp_path / "claims"
+    folder.mkdir()
+    row = {
+        "claim": "BN reduces ICS",
+        "source": "seed.txt",
+        "experiment": "ics",
+        "evidence": {
+            "quick": True,
+            "lenet": {"drift_bn": 0.138794, "direction": "less"},
+            "n": [1, 2],
+        },
+        "rule": "drift less with BN",
+        "verdict": "mixed",
+    }
+    (folder / "claims.json").write_text(json.dumps([row]))
+    page = build_report([folder]).html
+    assert "<td>quick = yes, lenet: (drift_bn = 0.1388, direction = less), n = [1, 2]</td>" in page
+    assert '<span class="badge v-mixed">± mixed</span>' in page

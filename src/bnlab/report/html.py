@@ -40,6 +40,11 @@ figcaption{color:#5b6474;font-size:.85rem}
 .v-not-measured{background:#eceff3;color:#49515e;border:1px solid #c5cbd4}
 ul.verdicts{list-style:none;padding-left:0}ul.verdicts li{margin:.3rem 0}
 .warnings li{color:#8a1c1c}
+section.result,section.block{overflow-x:auto}
+table.claims{width:100%;table-layout:fixed;font-size:.8rem}
+table.claims td{overflow-wrap:anywhere}
+table.claims td:nth-child(4),table.claims td:nth-child(5){color:#3c4452;font-size:.76rem}
+table.claims .badge{white-space:normal;overflow-wrap:normal}
 """
 
 _DASH = "\u2013"  # an en dash for missing values
@@ -105,6 +110,18 @@ def _verdicts(verdicts: Sequence[Verdict]) -> str:
     return f'<h3>Verdicts</h3><ul class="verdicts">{"".join(items)}</ul>'
 
 
+def _evidence(value: Any) -> str:
+    """Evidence numbers as text, nested dicts in brackets: ``lenet: (drift_bn = 0.1388)``."""
+    if isinstance(value, dict):
+        return ", ".join(
+            f"{k}: ({_evidence(v)})" if isinstance(v, dict) else f"{k} = {_evidence(v)}"
+            for k, v in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_evidence(v) for v in value) + "]"
+    return _cell(value)[0]
+
+
 def _claims(rows: Sequence[dict[str, Any]]) -> str:
     head = "".join(
         f"<th>{c}</th>" for c in ("claim", "source", "experiment", "evidence", "rule", "verdict")
@@ -113,9 +130,7 @@ def _claims(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         verdict = str(row.get("verdict", "not measured"))
         css, mark = _CLAIM_VERDICTS.get(verdict, ("v-undecided", "?"))
-        evidence = row.get("evidence")
-        if isinstance(evidence, dict):
-            evidence = ", ".join(f"{k} = {_cell(v)[0]}" for k, v in evidence.items())
+        evidence = _evidence(row.get("evidence")) if row.get("evidence") else None
         body.append(
             "<tr>"
             + "".join(
@@ -125,8 +140,10 @@ def _claims(rows: Sequence[dict[str, Any]]) -> str:
             + f"<td>{_e(evidence or _DASH)}</td><td>{_e(row.get('rule', _DASH))}</td>"
             + f'<td><span class="badge {css}">{mark} {_e(verdict)}</span></td></tr>'
         )
+    # Widths in percent: claim and rule carry the most text, the verdict a badge.
+    widths = "".join(f'<col style="width:{w}%">' for w in (20, 12, 10, 22, 22, 14))
     return (
-        f'<table class="claims"><thead><tr>{head}</tr></thead>'
+        f'<table class="claims"><colgroup>{widths}</colgroup><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table>"
     )
 
