@@ -264,3 +264,12 @@ def test_config_errors_show_the_value() -> None:
         ics.ICSConfig(archs=("mlp-relu",), noise_archs=("lenet",))
     with pytest.raises(ValueError, match="steps must be > 0, got 0"):
         ics.ICSConfig(steps=0)
+
+
+def test_plateau_notes_flag_networks_at_chance_level() -> None:
+    per_seed = {
+        "lenet": {"none": {"train_loss": [2.30, 2.31]}, "bn": {"train_loss": [0.5, 0.6]}},
+        "mlp-relu": {"none": {"train_loss": [None]}},
+    }
+    (note,) = ics.plateau_notes(per_seed)
+    assert note.startswith("LeNet (sigmoid), none: final train loss 2.305 is at chance level")

@@ -222,6 +222,26 @@ def holds_of(verdict: str) -> bool | None:
     return {"supported": True, "not supported": False}.get(verdict)
 
 
+def plateau_notes(per_seed: Mapping[str, Mapping[str, Mapping[str, Sequence[Any]]]]) -> list[str]:
+    """Notes for (network, variant) pairs whose final train loss stayed near ln(10).
+
+    A 10-class network that has not left its initial plateau (loss within 5 % of
+    ln 10 = 2.303, chance level) barely moves, so a small shift or a flat landscape there
+    says that it does not learn, not that it is well conditioned.
+    """
+    notes = []
+    for arch, variants in per_seed.items():
+        for variant, metrics in variants.items():
+            mean = describe(metrics.get("train_loss", []))["mean"]
+            if mean is not None and mean > 0.95 * math.log(10):
+                notes.append(
+                    f"{ARCHS[arch]['label']}, {variant}: final train loss {mean:.3f} is at "
+                    "chance level (ln 10 = 2.303): it has not left the initial plateau, so its "
+                    "small changes reflect a network that barely learns"
+                )
+    return notes
+
+
 # --- measures -------------------------------------------------------------------------
 
 
@@ -819,7 +839,7 @@ def run_ics(config: ICSConfig, ctx: LabContext) -> LabOutcome:
         verdicts=verdicts,
         figures=figures,
         raw={"per_seed": per_seed, "units": units},
-        notes=notes,
+        notes=notes + plateau_notes(per_seed),
     )
 
 

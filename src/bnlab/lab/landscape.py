@@ -53,6 +53,7 @@ from bnlab.lab.ics import (
     check_positive,
     directions_verdict,
     holds_of,
+    plateau_notes,
     split,
 )
 from bnlab.plots.landscape import plot_landscape
@@ -364,16 +365,17 @@ def run_landscape(config: LandscapeConfig, ctx: LabContext) -> LabOutcome:
         figures=[
             Figure(
                 "landscape.png",
-                "Loss (left), gradient change (middle) and beta (right) along the gradient "
-                "over training: band = min-max over step sizes (seed 0 ... n averaged), "
-                "without BN (gray) and with BN (blue)",
+                "Loss (left), gradient change (middle) and effective beta (right) along the "
+                "gradient over training: band = min-max over step sizes (edges averaged over "
+                "seeds), without BN (gray) and with BN (blue)",
             )
         ],
         raw={"per_seed": per_seed, "units": units},
         notes=[
             f"{config.train_size} training images, {config.steps} SGD steps of batch "
             f"{config.batch_size}; lr {config.lr_lenet} (LeNet), {config.lr_mlp} (MLP); "
-            f"step sizes {list(config.step_multipliers)} x lr, every {config.check_every} steps"
+            f"step sizes {list(config.step_multipliers)} x lr, every {config.check_every} steps",
+            *plateau_notes(per_seed),
         ],
     )
 

@@ -58,6 +58,7 @@ from bnlab.lab.ics import (
     check_positive,
     directions_verdict,
     holds_of,
+    plateau_notes,
     probe_batch,
     split,
     weight_layers,
@@ -459,6 +460,7 @@ def run_saturation(config: SaturationConfig, ctx: LabContext) -> LabOutcome:
             "outside [0.018, 0.982]), on a fixed probe batch through a train-mode copy",
             f"{config.train_size} training images, {config.steps} SGD steps of batch "
             f"{config.batch_size}; mlp-sigmoid weights x{config.hard_init_scale:g} at init",
+            *plateau_notes(per_seed),
         ],
     )
 
