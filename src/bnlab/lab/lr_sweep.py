@@ -355,7 +355,10 @@ SPEC = register_lab(
         config_type=LrSweepConfig,
         run=run,
         needs_data=True,
-        full_time="",
+        full_time=(
+            "4.5 min wall (1 min of CPU time) with --threads 1 on the shared 2-core machine "
+            "under heavy load from other jobs (2026-11-26)"
+        ),
     )
 )
 
