@@ -1,0 +1,82 @@
+"""Figures of the batch experiments (``batch-size``, ``batch-of-one``, ``predict-mode``).
+
+Every function takes plain numbers read from a results file (lists and dicts), never
+models, and writes a PNG atomically. Grouped bars come from ``bnlab.plots.sweeps``.
+
+Paper: Wu & He, "Group Normalization", arXiv 1803.08494 (figure 1: error against the
+batch size per norm, which ``plot_vs_batch`` redraws at small scale).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from bnlab.plots._save import save_png
+from bnlab.plots.sweeps import plot_grouped_bars
+
+__all__ = ["plot_grouped_bars", "plot_vs_batch"]
+
+
+def _stats(runs: Sequence[Sequence[float | None]]) -> tuple[list[float], list[float], list[float]]:
+    """Mean, mean - std and mean + std over runs at each position (None/NaN left out)."""
+    length = max((len(r) for r in runs), default=0)
+    mean, low, high = [], [], []
+    for i in range(length):
+        vals = [float(r[i]) for r in runs if i < len(r) and r[i] is not None]
+        vals = [v for v in vals if math.isfinite(v)]
+        if not vals:
+            mean.append(math.nan)
+            low.append(math.nan)
+            high.append(math.nan)
+            continue
+        m = sum(vals) / len(vals)
+        s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        mean.append(m)
+        low.append(m - s)
+        high.append(m + s)
+    return mean, low, high
+
+
+def plot_vs_batch(
+    panels: Mapping[str, Mapping[str, Mapping[str, Sequence[float | None]]]],
+    path: str | Path,
+    *,
+    ylabel: str,
+    xlabel: str = "batch size",
+    title: str = "",
+) -> Path:
+    """A metric against the batch size (log2 axis), one panel per view, one line per norm.
+
+    Args:
+        panels: ``{panel title: {series label: {"x": batch sizes, "runs": [[value per
+            batch size] per seed]}}}``; lines are the mean over seeds, bands mean +- std.
+        path: the PNG to write.
+        ylabel: the metric (for example "test error").
+        xlabel, title: axis label and figure title.
+
+    Returns:
+        The path written.
+    """
+    count = max(len(panels), 1)
+    fig = Figure(figsize=(5.2 * count, 4.2))
+    axes = fig.subplots(1, count, squeeze=False)[0]
+    for ax, (panel, series) in zip(axes, panels.items(), strict=False):
+        for label, data in series.items():
+            x = [float(v) for v in data["x"]]
+            mean, low, high = _stats(data["runs"])
+            (line,) = ax.plot(x, mean, marker="o", markersize=3, label=label)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_png(fig, path)
