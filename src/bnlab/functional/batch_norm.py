@@ -19,6 +19,12 @@ Conventions (the same as ``torch.nn.functional.batch_norm``; stated once here):
 ``batch_norm`` here is differentiable through torch's autograd (every op is a torch
 op, so second derivatives work); ``bnlab.autograd.batch_norm`` has the same signature
 and uses the closed-form backward of :func:`batch_norm_backward`.
+
+Fast path: when autograd does not record (inside ``bnlab.autograd``'s Function, or
+under ``torch.no_grad()``), :func:`batch_norm_forward`, :func:`batch_norm_backward` and
+:func:`batch_norm_eval` hand contiguous float32/float64 CPU inputs to the fused C++
+kernels of ``bnlab.functional._fast`` (same formulas; which cases qualify is listed
+there). ``bnlab.functional._fast.enabled(False)`` switches it off.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from bnlab.functional import _fast
 from bnlab.functional.moments import (
     accumulation_dtype,
     centered_moments,
@@ -210,8 +217,9 @@ def _affine(t: Tensor, scale: Tensor | None, shift: Tensor | None, *, inplace: b
 class BatchStats(NamedTuple):
     """Per-channel statistics of a training batch, all ``(C,)``.
 
-    ``mean = pivot + offset``: ``pivot`` is the (rounded) first-pass mean that was
-    subtracted from ``x``, ``offset`` the mean of ``x - pivot``. The backward pass
+    ``mean = pivot + offset``: ``pivot`` is a per-channel value near the data that was
+    subtracted from ``x`` (the rounded first-pass mean; the channel's first element on
+    the fast path), ``offset`` the mean of ``x - pivot``. The backward pass
     recentres ``x`` on the same ``pivot`` and corrects by ``offset``, which keeps the
     precision of the corrected two-pass algorithm (see ``moments.centered_moments``).
     """
@@ -246,6 +254,9 @@ def batch_norm_forward(
     Shape:
         x: ``(N, C, *)``; weight, bias: ``(C,)``; y: like x; statistics: ``(C,)``.
     """
+    if _fast.eligible(x, per_channel=(weight, bias)):
+        y, rows = _fast.train_forward(x, weight, bias, eps)
+        return y, BatchStats(*rows.unbind(0))
     acc = accumulation_dtype(x.dtype)
     grad = records_grad(x, weight, bias)
     d, pivot, offset, var = centered_moments(x)
@@ -299,9 +310,15 @@ def batch_norm_backward(
         grad_y, x: ``(N, C, *)``; weight and the statistics: ``(C,)``.
     """
     need_x, need_w, need_b = needs_input_grad
+    inv_std, offset = stats.inv_std, stats.offset
+    if (need_x or need_w or need_b) and _fast.eligible(
+        x, grad_y, per_channel=(weight, inv_std, stats.pivot, offset)
+    ):
+        return _fast.train_backward(
+            grad_y, x, weight, inv_std, stats.pivot, offset, needs_input_grad
+        )
     acc = accumulation_dtype(x.dtype)
     count = x.numel() // x.shape[1]
-    inv_std, offset = stats.inv_std, stats.offset
     grad = records_grad(grad_y, x, weight, *stats)
     g = _cast(grad_y, acc)
 
@@ -348,6 +365,8 @@ def batch_norm_eval(
     Shape:
         x: ``(N, C, *)``; running_mean, running_var, weight, bias: ``(C,)``; y: like x.
     """
+    if _fast.eligible(x, per_channel=(running_mean, running_var, weight, bias)):
+        return _fast.eval_forward(x, running_mean, running_var, weight, bias, eps)
     acc = accumulation_dtype(x.dtype)
     scale = torch.rsqrt(_cast(running_var, acc) + eps)
     if weight is not None:

@@ -1,0 +1,357 @@
+"""The BatchNorm fast path: fused OpenMP kernels in C++, compiled on first use.
+
+Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167.
+
+``bn_kernels.cpp`` holds three fused kernels (training forward, training backward,
+eval forward) with the numerics of ``bnlab.functional.moments`` (shifted sums around a
+per-channel pivot, double accumulators). It has a plain C ABI and no torch headers: it
+is compiled with the machine's C++ compiler (``g++``/``c++``; about 3 s of CPU) the
+first time a fast-path call happens, cached under ``~/.cache/bnlab/fast_bn/<key>/``
+(the key hashes the source, the flags and the CPU), built under a file lock so that
+concurrent test workers compile once, and loaded with ``ctypes``. Nothing happens at
+import time.
+
+When no compiler is found, the build fails, or the library does not load, one
+``RuntimeWarning`` is issued per process and every call takes the reference path of
+``bnlab.functional.batch_norm``; :func:`status` says why.
+
+Which calls take it (:func:`eligible`): CPU tensors of dtype float32 or float64,
+``x`` contiguous ``(N, C, *)`` (any rank >= 2), every other full-size tensor
+contiguous with ``x``'s shape and dtype, every per-channel tensor (weight, bias,
+statistics) contiguous ``(C,)`` of ``x``'s dtype or None, no autograd recording, and at
+least 4096 elements (below it the ctypes call costs more than it saves). Everything else
+(channels_last and other strides, float16/bfloat16, mixed dtypes, double backward)
+takes the reference path silently: it computes the same statistics, by the same
+corrected two-pass formulas. :func:`set_enabled` or the :func:`enabled` context
+manager switch the fast path off (for comparisons).
+
+Large outputs: a fresh CPU tensor above glibc's mmap threshold (at most 32 MiB) is a
+new mapping whose 4 KiB pages fault on first touch, which costs more than the
+arithmetic. Outputs of at least :data:`HUGE_PAGE_MIN_BYTES` are therefore mapped here
+with ``madvise(MADV_HUGEPAGE)`` (2 MiB pages where the kernel allows it; the mapping is
+released when the tensor dies). Only these tensors are affected; the process-wide
+allocator settings are not changed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import mmap
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from bnlab.functional.moments import records_grad
+
+__all__ = [
+    "FLAGS",
+    "HUGE_PAGE_MIN_BYTES",
+    "MIN_NUMEL",
+    "available",
+    "eligible",
+    "enabled",
+    "eval_forward",
+    "is_enabled",
+    "set_enabled",
+    "status",
+    "train_backward",
+    "train_forward",
+]
+
+SOURCE = Path(__file__).with_name("bn_kernels.cpp")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
+COMPILERS = ("g++", "c++", "clang++")
+ABI_VERSION = 1
+# Below this many elements the reference path (a few torch ops) is as fast.
+MIN_NUMEL = 4096
+HUGE_PAGE_MIN_BYTES = 16 << 20
+_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+# Build settings, module attributes so that tests can point them elsewhere.
+cache_dir: Path = Path.home() / ".cache" / "bnlab" / "fast_bn"
+compilers: tuple[str, ...] = COMPILERS
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_state: str = "not built yet"  # "ready: PATH" | "unavailable: REASON" | "not built yet"
+_enabled: bool = True
+
+
+def set_enabled(flag: bool) -> None:
+    """Switch the fast path on or off for the whole process."""
+    global _enabled
+    _enabled = bool(flag)
+
+
+def is_enabled() -> bool:
+    """Whether the fast path is switched on (it may still be unavailable)."""
+    return _enabled
+
+
+@contextmanager
+def enabled(flag: bool) -> Iterator[None]:
+    """Context manager: the fast path on (``True``) or off (``False``) inside the block."""
+    previous = _enabled
+    set_enabled(flag)
+    try:
+        yield
+    finally:
+        set_enabled(previous)
+
+
+def status() -> str:
+    """``"ready: <library path>"``, ``"unavailable: <reason>"`` or ``"not built yet"``."""
+    return _state
+
+
+def _cpu_id() -> str:
+    # -march=native code must not run on another CPU sharing the same home directory.
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _key() -> str:
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), _cpu_id().encode()):
+        h.update(part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _compile(out: Path) -> None:
+    compiler = next((c for c in compilers if shutil.which(c)), None)
+    if compiler is None:
+        raise RuntimeError(f"no C++ compiler found (looked for {', '.join(compilers)})")
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run(
+            [compiler, *FLAGS, "-o", tmp, str(SOURCE)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise RuntimeError(f"{compiler} failed with exit code {proc.returncode}: {last}")
+        os.replace(tmp, out)  # atomic: readers never see a half-written library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _build_and_load() -> ctypes.CDLL:
+    from filelock import FileLock  # a torch dependency
+
+    folder = cache_dir / _key()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bn_kernels.so"
+    if not path.exists():
+        with FileLock(str(folder / "build.lock"), timeout=600):
+            if not path.exists():  # another process may have built it meanwhile
+                _compile(path)
+    lib = ctypes.CDLL(str(path))
+    if lib.bnlab_fast_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"{path} has ABI {lib.bnlab_fast_abi_version()}, want {ABI_VERSION}")
+    _declare(lib)
+    return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i, d, n = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+    for sfx in _DTYPES.values():
+        getattr(lib, f"bnlab_train_forward_{sfx}").argtypes = [p, p, i, i, i, p, p, d, p, n]
+        getattr(lib, f"bnlab_train_backward_{sfx}").argtypes = [p, p, i, i, i, *[p] * 7, n]
+        getattr(lib, f"bnlab_eval_forward_{sfx}").argtypes = [p, p, i, i, i, p, p, p, p, d, n]
+        for kind in ("train_forward", "train_backward", "eval_forward"):
+            getattr(lib, f"bnlab_{kind}_{sfx}").restype = None
+
+
+def _library() -> ctypes.CDLL | None:
+    global _lib, _state
+    if _lib is not None or _state.startswith("unavailable"):
+        return _lib
+    with _lock:
+        if _lib is None and not _state.startswith("unavailable"):
+            try:
+                _lib = _build_and_load()
+                _state = f"ready: {_lib._name}"
+            except Exception as err:  # any failure means: use the reference path
+                _state = f"unavailable: {type(err).__name__}: {err}"
+                warnings.warn(
+                    f"bnlab: BatchNorm fast path unavailable, using the reference path "
+                    f"({_state[len('unavailable: ') :]})",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+    return _lib
+
+
+def available() -> bool:
+    """Whether the compiled kernels load (builds them on the first call)."""
+    return _library() is not None
+
+
+def _reset_for_tests() -> None:
+    """Forget the loaded library and the failure state (tests simulate failed builds)."""
+    global _lib, _state
+    _lib = None
+    _state = "not built yet"
+
+
+def eligible(x: Tensor, *others: Tensor | None, per_channel: tuple[Tensor | None, ...]) -> bool:
+    """Whether a call with full-size ``x``, ``others`` and ``per_channel`` tensors can use
+    the kernels (see the module docstring). Builds the library on the first yes."""
+    if not _enabled or _state.startswith("unavailable"):
+        return False
+    dtype = x.dtype
+    if (
+        dtype not in _DTYPES
+        or x.device.type != "cpu"
+        or x.dim() < 2
+        or x.numel() < MIN_NUMEL
+        or not x.is_contiguous()
+    ):
+        return False
+    for t in others:
+        if t is None or t.dtype != dtype or t.shape != x.shape or not t.is_contiguous():
+            return False
+    c = x.shape[1]
+    for t in per_channel:
+        if t is not None and (
+            t.dtype != dtype or t.dim() != 1 or t.shape[0] != c or not t.is_contiguous()
+        ):
+            return False
+    # The kernels are not differentiable: recorded calls take the torch-ops path.
+    if records_grad(x, *others, *per_channel):
+        return False
+    return _library() is not None
+
+
+def _empty_like(x: Tensor) -> Tensor:
+    """An uninitialised contiguous tensor like ``x``; large ones on huge pages."""
+    nbytes = x.numel() * x.element_size()
+    if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(x.shape, dtype=x.dtype)
+    buf = mmap.mmap(-1, nbytes)
+    buf.madvise(mmap.MADV_HUGEPAGE)
+    # The tensor keeps the mapping alive; it is unmapped when the tensor is freed.
+    return torch.frombuffer(buf, dtype=x.dtype).view(x.shape)
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _nc_s(x: Tensor) -> tuple[int, int, int]:
+    n, c = x.shape[0], x.shape[1]
+    return n, c, x.numel() // (n * c)
+
+
+def train_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """Fused training forward (call only where :func:`eligible`).
+
+    Returns:
+        ``(y, stats)``: ``stats`` a ``(5, C)`` tensor of rows mean, var (biased),
+        inv_std, pivot (the channel's first element), offset (mean - pivot).
+    """
+    lib = _library()
+    y = _empty_like(x)
+    n, c, s = _nc_s(x)
+    stats = torch.empty((5, c), dtype=x.dtype)
+    fn = getattr(lib, f"bnlab_train_forward_{_DTYPES[x.dtype]}")
+    fn(
+        x.data_ptr(),
+        y.data_ptr(),
+        n,
+        c,
+        s,
+        _ptr(weight),
+        _ptr(bias),
+        float(eps),
+        stats.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return y, stats
+
+
+def train_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    inv_std: Tensor,
+    pivot: Tensor,
+    offset: Tensor,
+    needs_input_grad: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Fused training backward (call only where :func:`eligible`); ``None`` where not requested."""
+    lib = _library()
+    need_x, need_w, need_b = needs_input_grad
+    n, c, s = _nc_s(x)
+    grad_x = _empty_like(x) if need_x else None
+    grad_weight = torch.empty(c, dtype=x.dtype) if need_w else None
+    grad_bias = torch.empty(c, dtype=x.dtype) if need_b else None
+    fn = getattr(lib, f"bnlab_train_backward_{_DTYPES[x.dtype]}")
+    fn(
+        grad_y.data_ptr(),
+        x.data_ptr(),
+        n,
+        c,
+        s,
+        _ptr(weight),
+        inv_std.data_ptr(),
+        pivot.data_ptr(),
+        offset.data_ptr(),
+        _ptr(grad_x),
+        _ptr(grad_weight),
+        _ptr(grad_bias),
+        torch.get_num_threads(),
+    )
+    return grad_x, grad_weight, grad_bias
+
+
+def eval_forward(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """Fused eval forward ``(x - running_mean) * weight / sqrt(running_var + eps) + bias``."""
+    lib = _library()
+    y = _empty_like(x)
+    n, c, s = _nc_s(x)
+    fn = getattr(lib, f"bnlab_eval_forward_{_DTYPES[x.dtype]}")
+    fn(
+        x.data_ptr(),
+        y.data_ptr(),
+        n,
+        c,
+        s,
+        running_mean.data_ptr(),
+        running_var.data_ptr(),
+        _ptr(weight),
+        _ptr(bias),
+        float(eps),
+        torch.get_num_threads(),
+    )
+    return y

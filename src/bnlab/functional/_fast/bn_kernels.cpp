@@ -1,0 +1,304 @@
+// Fused CPU kernels for bnlab's BatchNorm fast path (bnlab.functional._fast).
+//
+// Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167.
+//
+// Plain C ABI over raw pointers (loaded with ctypes, no torch headers, so it compiles in
+// about a second). Inputs are contiguous (N, C, S) arrays, S = product of the spatial
+// dims (S = 1 for (N, C) inputs); T is float or double.
+//
+// Numerics are those of bnlab.functional.moments (corrected two-pass statistics): every
+// sum is taken of shifted values d = x - pivot, pivot = the channel's first element, in
+// double accumulators (one set per thread, merged in a fixed order), so a float32
+// channel 1e4 + 1e-3 * noise has the mean and variance of the noise. Since the pivot is
+// a data point, var >= (pivot - mean)^2 / n, and sum(d^2)/n - offset^2 loses at most a
+// factor n of double precision. y and grad_x are formed from x - pivot (exact in
+// float32 by Sterbenz's lemma for values near the pivot), never from x - mean.
+//
+// Passes: training forward = 1 read of x (sums) + 1 read of x and 1 write of y;
+// backward = 1 read of (grad_y, x) (sums) + 1 read of (grad_y, x) and 1 write of grad_x;
+// eval = 1 read of x and 1 write of y.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#include <omp.h>
+
+namespace {
+
+using i64 = int64_t;
+
+// Below this many elements a parallel region costs more than it saves.
+constexpr i64 kParallelMin = 1 << 15;
+
+inline int threads_for(i64 numel, int nthreads) {
+  return (numel < kParallelMin || nthreads < 1) ? 1 : nthreads;
+}
+
+// Per-channel sums of d = x - pivot and d * d over (N, S): s1[c], s2[c] (double).
+template <typename T>
+void shifted_sums(const T* x, i64 N, i64 C, i64 S, const T* pivot, double* s1, double* s2,
+                  int nthreads) {
+  const int nt = threads_for(N * C * S, nthreads);
+  std::vector<double> acc(static_cast<size_t>(2 * C * nt), 0.0);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    double* a1 = acc.data() + 2 * C * t;
+    double* a2 = a1 + C;
+    if (S == 1) {
+#pragma omp for schedule(static)
+      for (i64 n = 0; n < N; ++n) {
+        const T* row = x + n * C;
+#pragma omp simd
+        for (i64 c = 0; c < C; ++c) {
+          const double d = static_cast<double>(row[c] - pivot[c]);
+          a1[c] += d;
+          a2[c] += d * d;
+        }
+      }
+    } else {
+#pragma omp for schedule(static)
+      for (i64 p = 0; p < N * C; ++p) {
+        const i64 c = p % C;
+        const T* plane = x + p * S;
+        const T pv = pivot[c];
+        double u1 = 0.0, u2 = 0.0;
+#pragma omp simd reduction(+ : u1, u2)
+        for (i64 s = 0; s < S; ++s) {
+          const double d = static_cast<double>(plane[s] - pv);
+          u1 += d;
+          u2 += d * d;
+        }
+        a1[c] += u1;
+        a2[c] += u2;
+      }
+    }
+  }
+  for (i64 c = 0; c < C; ++c) {
+    double u1 = 0.0, u2 = 0.0;
+    for (int t = 0; t < nt; ++t) {
+      u1 += acc[2 * C * t + c];
+      u2 += acc[2 * C * t + C + c];
+    }
+    s1[c] = u1;
+    s2[c] = u2;
+  }
+}
+
+// Per-channel sum(g) and sum(g * (x - pivot)) over (N, S) (double).
+template <typename T>
+void grad_sums(const T* g, const T* x, i64 N, i64 C, i64 S, const T* pivot, double* sg,
+               double* sgd, int nthreads) {
+  const int nt = threads_for(N * C * S, nthreads);
+  std::vector<double> acc(static_cast<size_t>(2 * C * nt), 0.0);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    double* a1 = acc.data() + 2 * C * t;
+    double* a2 = a1 + C;
+    if (S == 1) {
+#pragma omp for schedule(static)
+      for (i64 n = 0; n < N; ++n) {
+        const T* xr = x + n * C;
+        const T* gr = g + n * C;
+#pragma omp simd
+        for (i64 c = 0; c < C; ++c) {
+          const double gv = static_cast<double>(gr[c]);
+          a1[c] += gv;
+          a2[c] += gv * static_cast<double>(xr[c] - pivot[c]);
+        }
+      }
+    } else {
+#pragma omp for schedule(static)
+      for (i64 p = 0; p < N * C; ++p) {
+        const i64 c = p % C;
+        const T* xp = x + p * S;
+        const T* gp = g + p * S;
+        const T pv = pivot[c];
+        double u1 = 0.0, u2 = 0.0;
+#pragma omp simd reduction(+ : u1, u2)
+        for (i64 s = 0; s < S; ++s) {
+          const double gv = static_cast<double>(gp[s]);
+          u1 += gv;
+          u2 += gv * static_cast<double>(xp[s] - pv);
+        }
+        a1[c] += u1;
+        a2[c] += u2;
+      }
+    }
+  }
+  for (i64 c = 0; c < C; ++c) {
+    double u1 = 0.0, u2 = 0.0;
+    for (int t = 0; t < nt; ++t) {
+      u1 += acc[2 * C * t + c];
+      u2 += acc[2 * C * t + C + c];
+    }
+    sg[c] = u1;
+    sgd[c] = u2;
+  }
+}
+
+// out = (x - pivot) * a + b per channel (a, b in T); out may not alias x.
+template <typename T>
+void affine_shifted(const T* x, T* out, i64 N, i64 C, i64 S, const T* pivot, const T* a,
+                    const T* b, int nthreads) {
+  const int nt = threads_for(N * C * S, nthreads);
+  if (S == 1) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (i64 n = 0; n < N; ++n) {
+      const T* xr = x + n * C;
+      T* yr = out + n * C;
+#pragma omp simd
+      for (i64 c = 0; c < C; ++c) yr[c] = (xr[c] - pivot[c]) * a[c] + b[c];
+    }
+  } else {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (i64 p = 0; p < N * C; ++p) {
+      const i64 c = p % C;
+      const T* xp = x + p * S;
+      T* yp = out + p * S;
+      const T pv = pivot[c], av = a[c], bv = b[c];
+#pragma omp simd
+      for (i64 s = 0; s < S; ++s) yp[s] = (xp[s] - pv) * av + bv;
+    }
+  }
+}
+
+// out = k1 * g + k2 * (x - pivot) + k3 per channel.
+template <typename T>
+void grad_input(const T* g, const T* x, T* out, i64 N, i64 C, i64 S, const T* pivot,
+                const T* k1, const T* k2, const T* k3, int nthreads) {
+  const int nt = threads_for(N * C * S, nthreads);
+  if (S == 1) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (i64 n = 0; n < N; ++n) {
+      const T* xr = x + n * C;
+      const T* gr = g + n * C;
+      T* o = out + n * C;
+#pragma omp simd
+      for (i64 c = 0; c < C; ++c) o[c] = k1[c] * gr[c] + (k2[c] * (xr[c] - pivot[c]) + k3[c]);
+    }
+  } else {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (i64 p = 0; p < N * C; ++p) {
+      const i64 c = p % C;
+      const T* xp = x + p * S;
+      const T* gp = g + p * S;
+      T* o = out + p * S;
+      const T pv = pivot[c], a = k1[c], b = k2[c], d = k3[c];
+#pragma omp simd
+      for (i64 s = 0; s < S; ++s) o[s] = a * gp[s] + (b * (xp[s] - pv) + d);
+    }
+  }
+}
+
+// Training forward. stats: (5, C) rows mean, var (biased), inv_std, pivot, offset.
+template <typename T>
+void train_forward(const T* x, T* y, i64 N, i64 C, i64 S, const T* weight, const T* bias,
+                   double eps, T* stats, int nthreads) {
+  T* mean = stats;
+  T* var = stats + C;
+  T* inv_std = stats + 2 * C;
+  T* pivot = stats + 3 * C;
+  T* offset = stats + 4 * C;
+  for (i64 c = 0; c < C; ++c) pivot[c] = x[c * S];
+  std::vector<double> s1(C), s2(C);
+  shifted_sums(x, N, C, S, pivot, s1.data(), s2.data(), nthreads);
+  const double count = static_cast<double>(N * S);
+  std::vector<T> a(C), b(C);
+  for (i64 c = 0; c < C; ++c) {
+    const double off = s1[c] / count;
+    double v = s2[c] / count - off * off;
+    v = v > 0.0 ? v : 0.0;
+    // inv_std is rounded to T first, as the reference path computes rsqrt in T.
+    const T is = static_cast<T>(1.0 / std::sqrt(static_cast<double>(static_cast<T>(v)) + eps));
+    const T o = static_cast<T>(off);
+    offset[c] = o;
+    var[c] = static_cast<T>(v);
+    inv_std[c] = is;
+    mean[c] = pivot[c] + o;
+    const double sc = weight ? static_cast<double>(weight[c]) * is : static_cast<double>(is);
+    a[c] = static_cast<T>(sc);
+    b[c] = static_cast<T>((bias ? static_cast<double>(bias[c]) : 0.0) - off * sc);
+  }
+  affine_shifted(x, y, N, C, S, pivot, a.data(), b.data(), nthreads);
+}
+
+// Training backward; grad_x / grad_weight / grad_bias may be null (not requested).
+template <typename T>
+void train_backward(const T* g, const T* x, i64 N, i64 C, i64 S, const T* weight,
+                    const T* inv_std, const T* pivot, const T* offset, T* grad_x,
+                    T* grad_weight, T* grad_bias, int nthreads) {
+  std::vector<double> sg(C), sgd(C);
+  grad_sums(g, x, N, C, S, pivot, sg.data(), sgd.data(), nthreads);
+  const double count = static_cast<double>(N * S);
+  std::vector<T> k1(C), k2(C), k3(C);
+  for (i64 c = 0; c < C; ++c) {
+    const double is = static_cast<double>(inv_std[c]);
+    const double off = static_cast<double>(offset[c]);
+    // sum(g * (x - mean)) = sum(g * (x - pivot)) - offset * sum(g).
+    const double gd = sgd[c] - off * sg[c];
+    if (grad_bias) grad_bias[c] = static_cast<T>(sg[c]);
+    if (grad_weight) grad_weight[c] = static_cast<T>(gd * is);
+    const double w = weight ? static_cast<double>(weight[c]) : 1.0;
+    const double a = w * is;
+    const double b = -a * is * is * gd / count;
+    k1[c] = static_cast<T>(a);
+    k2[c] = static_cast<T>(b);
+    k3[c] = static_cast<T>(-a * sg[c] / count - b * off);
+  }
+  if (grad_x) grad_input(g, x, grad_x, N, C, S, pivot, k1.data(), k2.data(), k3.data(), nthreads);
+}
+
+// Eval forward: y = (x - running_mean) * (weight / sqrt(running_var + eps)) + bias.
+template <typename T>
+void eval_forward(const T* x, T* y, i64 N, i64 C, i64 S, const T* running_mean,
+                  const T* running_var, const T* weight, const T* bias, double eps,
+                  int nthreads) {
+  std::vector<T> a(C), b(C);
+  for (i64 c = 0; c < C; ++c) {
+    T sc = static_cast<T>(1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps));
+    if (weight) sc = sc * weight[c];
+    a[c] = sc;
+    b[c] = bias ? bias[c] : T(0);
+  }
+  affine_shifted(x, y, N, C, S, running_mean, a.data(), b.data(), nthreads);
+}
+
+}  // namespace
+
+extern "C" {
+
+int bnlab_fast_abi_version() { return 1; }
+
+void bnlab_train_forward_f32(const float* x, float* y, i64 N, i64 C, i64 S, const float* w,
+                             const float* b, double eps, float* stats, int nt) {
+  train_forward<float>(x, y, N, C, S, w, b, eps, stats, nt);
+}
+void bnlab_train_forward_f64(const double* x, double* y, i64 N, i64 C, i64 S, const double* w,
+                             const double* b, double eps, double* stats, int nt) {
+  train_forward<double>(x, y, N, C, S, w, b, eps, stats, nt);
+}
+void bnlab_train_backward_f32(const float* g, const float* x, i64 N, i64 C, i64 S,
+                              const float* w, const float* inv_std, const float* pivot,
+                              const float* offset, float* gx, float* gw, float* gb, int nt) {
+  train_backward<float>(g, x, N, C, S, w, inv_std, pivot, offset, gx, gw, gb, nt);
+}
+void bnlab_train_backward_f64(const double* g, const double* x, i64 N, i64 C, i64 S,
+                              const double* w, const double* inv_std, const double* pivot,
+                              const double* offset, double* gx, double* gw, double* gb,
+                              int nt) {
+  train_backward<double>(g, x, N, C, S, w, inv_std, pivot, offset, gx, gw, gb, nt);
+}
+void bnlab_eval_forward_f32(const float* x, float* y, i64 N, i64 C, i64 S, const float* rm,
+                            const float* rv, const float* w, const float* b, double eps, int nt) {
+  eval_forward<float>(x, y, N, C, S, rm, rv, w, b, eps, nt);
+}
+void bnlab_eval_forward_f64(const double* x, double* y, i64 N, i64 C, i64 S, const double* rm,
+                            const double* rv, const double* w, const double* b, double eps,
+                            int nt) {
+  eval_forward<double>(x, y, N, C, S, rm, rv, w, b, eps, nt);
+}
+
+}  // extern "C"
