@@ -1,0 +1,611 @@
+"""``bnlab lab batch-of-one``: training and predicting with a batch of one example.
+
+d2l's chapter (``004_deb69101c4c8736e.txt``) says that batch normalization on a
+minibatch of size 1 "learns nothing": after subtracting the batch mean every hidden unit
+is 0. The seeds also say that prediction uses the moving averages (``000_3d8114077ba70cad.txt``)
+and that LayerNorm and InstanceNorm suit online learning (``003_8a52002564f5ba9e.txt``).
+Measured here:
+
+1. *Can it train at B=1?* One train-mode step on a single image, for d2l's LeNet (BN
+   after the linear layers too) and for ``SmallReluCNN`` (norms after convolutions
+   only), with every norm; the exact error text of bnlab and of ``torch.nn`` is kept.
+2. *Online training*: ``online_steps`` SGD steps of batch one (each example seen once)
+   for every ``SmallReluCNN`` norm, several seeds, then the test accuracy (eval mode).
+   BN after a convolution *can* train at B=1: it has ``H * W`` values per channel, so
+   each example is normalized with its own spatial statistics.
+3. *Prediction on one example* with models trained at batch 32: eval-mode accuracy in a
+   batch and one example at a time, the largest logit change between the two, the
+   largest change when an example's batch companions are replaced, and train-mode
+   (batch statistics) accuracy one at a time and in a batch.
+
+Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167 (section 3.1: inference
+uses the population statistics, so the output depends on the input only); Ba, Kiros &
+Hinton, "Layer Normalization", arXiv 1607.06450.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bnlab.data.loader import DeviceLoader
+from bnlab.lab._common import mean_std, pick, take, train_variant
+from bnlab.lab.batch_size import SmallReluCNN, cpu_threads
+from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.experiment import (
+    Figure,
+    LabContext,
+    LabOutcome,
+    LabSpec,
+    Table,
+    Verdict,
+    compare,
+    register_lab,
+    seeded,
+)
+from bnlab.models import create
+from bnlab.plots.batch import plot_grouped_bars
+from bnlab.train import TrainConfig
+
+__all__ = [
+    "BatchOfOneConfig",
+    "cannot_train_rule",
+    "online_rule",
+    "predict_single_rule",
+    "prediction_facts",
+    "run",
+    "try_batch_of_one",
+]
+
+CNN_NORMS = ("none", "bnlab", "batchrenorm", "groupnorm", "layernorm", "instancenorm")
+LENET_NORMS = (
+    "none",
+    "bnlab",
+    "torch",
+    "batchrenorm",
+    "ghost",
+    "groupnorm",
+    "layernorm",
+    "instancenorm",
+)
+LABELS = {
+    "none": "no norm",
+    "bnlab": "BN",
+    "torch": "torch BN",
+    "batchrenorm": "Batch Renorm",
+    "ghost": "ghost BN",
+    "groupnorm": "GroupNorm",
+    "layernorm": "LayerNorm",
+    "instancenorm": "InstanceNorm",
+}
+
+
+@dataclass(frozen=True)
+class BatchOfOneConfig:
+    """Settings of ``batch-of-one`` (defaults: the full run).
+
+    Args:
+        seeds: seeds per norm (online training and prediction models).
+        norms: ``SmallReluCNN`` norms of parts 2 and 3.
+        online_steps: steps of batch one (distinct training examples).
+        online_lr: SGD learning rate of online training (momentum ``momentum``).
+        momentum: SGD momentum.
+        predict_train_size: training images of the batch-32 models of part 3 (1 epoch).
+        predict_lr: their learning rate (0.4 * 32 / 256, batch-size's linear rule).
+        predict_examples: test examples predicted one at a time.
+        test_size: test images for accuracies in a batch.
+        learn_threshold: online accuracy that counts as "learned" (chance is 0.1).
+        min_effect: an accuracy difference must also exceed this to count.
+        threads: torch CPU threads during the run.
+    """
+
+    seeds: int = 3
+    norms: tuple[str, ...] = CNN_NORMS
+    online_steps: int = 400
+    online_lr: float = 0.01
+    momentum: float = 0.9
+    predict_train_size: int = 2048
+    predict_lr: float = 0.05
+    predict_examples: int = 200
+    test_size: int = 1000
+    learn_threshold: float = 0.5
+    min_effect: float = 0.01
+    threads: int = 1
+
+    @classmethod
+    def quick(cls) -> BatchOfOneConfig:
+        return cls(
+            seeds=2,
+            online_steps=32,
+            predict_train_size=64,
+            predict_examples=16,
+            test_size=128,
+        )
+
+
+def try_batch_of_one(model: nn.Module, x: Tensor) -> dict[str, Any]:
+    """One train-mode forward and backward on ``x`` (one example), and an eval forward.
+
+    Returns:
+        ``{"train": "ok" | "<ErrorType>: <message>", "train_ok": bool, "eval_ok": bool}``.
+    """
+    out: dict[str, Any] = {}
+    model.train()
+    try:
+        F.cross_entropy(model(x), torch.zeros(x.shape[0], dtype=torch.long)).backward()
+        out["train"], out["train_ok"] = "ok", True
+    except (ValueError, RuntimeError) as exc:
+        out["train"], out["train_ok"] = f"{type(exc).__name__}: {exc}", False
+    model.eval()
+    with torch.no_grad():
+        try:
+            model(x)
+            out["eval_ok"] = True
+        except (ValueError, RuntimeError):
+            out["eval_ok"] = False
+    return out
+
+
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> float | str:
+    """Accuracy in ``model``'s current mode, batches of ``batch``; an error as its text."""
+    correct = 0
+    try:
+        with torch.no_grad():
+            for i in range(0, x.shape[0], batch):
+                correct += (model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
+    except (ValueError, RuntimeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return correct / x.shape[0]
+
+
+def prediction_facts(
+    model: nn.Module, x: Tensor, y: Tensor, others: Tensor, *, seed: int = 0
+) -> dict[str, Any]:
+    """How a trained model predicts single examples, in eval and in train mode.
+
+    Args:
+        model: a trained classifier (not changed: train mode runs on a copy).
+        x, y: the examples predicted one at a time (and in one batch).
+        others: a pool of other inputs; each example is also predicted in two batches of
+            itself plus 7 companions drawn from ``others`` (two different draws).
+        seed: fixes the companion draws.
+
+    Returns:
+        ``eval_acc_batch``, ``eval_acc_single``, ``eval_single_vs_batch`` (largest
+        ``|logit|`` change), ``eval_companions`` (largest change when the companions
+        change), ``train_acc_single`` (a float, or the error text), ``train_acc_batch``,
+        ``train_companions`` (None when train mode fails).
+    """
+    model = model.eval()
+    probe = copy.deepcopy(model).train()  # batch statistics; its buffers may change
+    out: dict[str, Any] = {}
+    with torch.no_grad():
+        batch_logits = model(x)
+        single = torch.cat([model(x[i : i + 1]) for i in range(x.shape[0])])
+        out["eval_acc_batch"] = (batch_logits.argmax(1) == y).float().mean().item()
+        out["eval_acc_single"] = (single.argmax(1) == y).float().mean().item()
+        out["eval_single_vs_batch"] = (single - batch_logits).abs().max().item()
+        gen = torch.Generator().manual_seed(seed)
+        eval_change, train_change = 0.0, 0.0
+        train_ok = True
+        for i in range(x.shape[0]):
+            a = torch.cat(
+                [x[i : i + 1], others[torch.randperm(others.shape[0], generator=gen)[:7]]]
+            )
+            b = torch.cat(
+                [x[i : i + 1], others[torch.randperm(others.shape[0], generator=gen)[:7]]]
+            )
+            eval_change = max(eval_change, (model(a)[0] - model(b)[0]).abs().max().item())
+            if train_ok:
+                try:
+                    train_change = max(train_change, (probe(a)[0] - probe(b)[0]).abs().max().item())
+                except (ValueError, RuntimeError):
+                    train_ok = False
+        out["eval_companions"] = eval_change
+        out["train_companions"] = train_change if train_ok else None
+    out["train_acc_single"] = _accuracy(probe, x, y, 1)
+    out["train_acc_batch"] = _accuracy(probe, x, y, x.shape[0])
+    return out
+
+
+def _errors(data: Mapping[str, Tensor]) -> dict[str, Any]:
+    x, _ = take(data, "test", 1)
+    x = x.float().div(255.0).unsqueeze(1)
+    rows = []
+    for model_name, norms in (("lenet", LENET_NORMS), ("cnn", (*CNN_NORMS, "ghost"))):
+        for norm in norms:
+            with seeded(0):
+                model = create("lenet", norm=norm) if model_name == "lenet" else SmallReluCNN(norm)
+            rows.append({"model": model_name, "norm": norm, **try_batch_of_one(model, x)})
+    return {"rows": rows}
+
+
+def _online(config: BatchOfOneConfig, data: Mapping[str, Tensor], norm: str, seed: int, device):
+    train = TrainConfig(
+        lr=config.online_lr,
+        epochs=1,
+        batch_size=1,
+        seed=seed,
+        momentum=config.momentum,
+        device=str(device),
+    )
+    got = train_variant(
+        SmallReluCNN(norm),
+        data,
+        train,
+        train_size=config.online_steps,
+        test_size=config.test_size,
+        subset_seed=seed,  # each seed its own stream of examples
+    )
+    return {"test_acc": got["final"]["test_acc"], "diverged": got["diverged"]}
+
+
+def _predict(config: BatchOfOneConfig, data: Mapping[str, Tensor], norm: str, seed: int, device):
+    model = SmallReluCNN(norm)
+    train = TrainConfig(
+        lr=config.predict_lr,
+        epochs=1,
+        batch_size=32,
+        seed=seed,
+        momentum=config.momentum,
+        device=str(device),
+    )
+    train_variant(
+        model, data, train, train_size=config.predict_train_size, test_size=config.test_size
+    )
+    test_x, test_y = take(data, "test", config.test_size)
+    loader = DeviceLoader(test_x, test_y, len(test_y), shuffle=False, device=device)
+    x, y = next(iter(loader))
+    k = min(config.predict_examples, x.shape[0])
+    return prediction_facts(model, x[:k], y[:k], x[k:] if x.shape[0] > k + 7 else x, seed=seed)
+
+
+def run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
+    if ctx.data is None:
+        raise ValueError("batch-of-one needs Fashion-MNIST in ctx.data")
+    unknown = [n for n in config.norms if n not in CNN_NORMS]
+    if unknown:
+        raise ValueError(
+            f"batch-of-one: unknown norms {unknown}; choose from {', '.join(CNN_NORMS)}"
+        )
+    with cpu_threads(config.threads):
+        return _run(config, ctx)
+
+
+def _run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
+    data = ctx.data
+    ctx.progress.start(1 + 2 * len(config.norms) * config.seeds, "batch-of-one")
+    errors = ctx.unit("errors", lambda: _errors(data))["rows"]
+    ctx.progress.advance()
+    online: list[dict[str, Any]] = []
+    predict: list[dict[str, Any]] = []
+    for seed in range(config.seeds):
+        for norm in config.norms:
+            got = ctx.unit(
+                f"online-{norm}-seed{seed}",
+                lambda n=norm, s=seed: _online(config, data, n, s, ctx.device),
+            )
+            online.append({"norm": norm, "seed": seed, **got})
+            ctx.progress.advance()
+            got = ctx.unit(
+                f"predict-{norm}-seed{seed}",
+                lambda n=norm, s=seed: _predict(config, data, n, s, ctx.device),
+            )
+            predict.append({"norm": norm, "seed": seed, **got})
+            ctx.progress.advance()
+    raw = {
+        "errors": errors,
+        "online": online,
+        "predict": predict,
+        "online_steps": config.online_steps,
+        "learn_threshold": config.learn_threshold,
+        "min_effect": config.min_effect,
+    }
+    results = {"raw": raw}
+    verdicts, evidences = [], {}
+    for claim, rule, measured in (
+        (CLAIM_TRAIN, cannot_train_rule, _measured_train),
+        (CLAIM_ONLINE, online_rule, _measured_online),
+        (CLAIM_PREDICT, predict_single_rule, _measured_predict),
+    ):
+        evidence, verdict = rule(results)
+        evidences[claim] = evidence
+        holds = {"supported": True, "not supported": False}.get(verdict)
+        verdicts.append(Verdict(claim, holds, f"{verdict}: {measured(evidence)}"))
+
+    def ms(values: Sequence[float]) -> str | None:
+        mean, std = mean_std(values)
+        if mean is None:
+            return None
+        return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+
+    rows = []
+    for e in errors:
+        acc = None
+        if e["model"] == "cnn" and e["norm"] in config.norms:
+            acc = ms(pick(online, "test_acc", norm=e["norm"]))
+        rows.append(
+            [
+                "LeNet (d2l)" if e["model"] == "lenet" else "SmallReluCNN",
+                LABELS[e["norm"]],
+                "yes" if e["train_ok"] else "no",
+                "yes" if e["eval_ok"] else "no",
+                acc,
+            ]
+        )
+    table_b1 = Table(
+        f"Batch of one: can it train, can it predict, test accuracy after "
+        f"{config.online_steps} online steps (mean ± std over seeds)",
+        ["model", "norm", "trains at B=1", "predicts at B=1 (eval)", "online test acc"],
+        rows,
+    )
+    messages = Table(
+        "Errors of a train-mode step on one example",
+        ["model", "norm", "error"],
+        [[e["model"], LABELS[e["norm"]], e["train"]] for e in errors if not e["train_ok"]],
+    )
+
+    def num(values: Sequence[Any]) -> list[float]:
+        return [float(v) for v in values if isinstance(v, int | float)]
+
+    pred_rows = []
+    for norm in config.norms:
+        cells = [c for c in predict if c["norm"] == norm]
+        single = [c["train_acc_single"] for c in cells]
+        failed = [v for v in single if isinstance(v, str)]
+        pred_rows.append(
+            [
+                LABELS[norm],
+                ms([c["eval_acc_batch"] for c in cells]),
+                ms([c["eval_acc_single"] for c in cells]),
+                max(c["eval_single_vs_batch"] for c in cells),
+                max(c["eval_companions"] for c in cells),
+                max((c["train_companions"] or 0.0) for c in cells),
+                failed[0] if failed else ms(num(single)),
+                ms(num([c["train_acc_batch"] for c in cells])),
+            ]
+        )
+    table_pred = Table(
+        "Prediction on single examples, models trained at batch 32 (accuracy mean ± std; "
+        "logit changes: largest over examples and seeds)",
+        [
+            "norm",
+            "eval acc, batch",
+            "eval acc, one at a time",
+            "eval |Δlogit| one vs batch",
+            "eval |Δlogit| other companions",
+            "train-mode |Δlogit| other companions",
+            "train-mode acc, one at a time",
+            "train-mode acc, batch",
+        ],
+        pred_rows,
+    )
+    plot_grouped_bars(
+        {
+            f"online, {config.online_steps} steps of B=1": {
+                LABELS[n]: pick(online, "test_acc", norm=n) for n in config.norms
+            }
+        },
+        ctx.out_dir / "online.png",
+        ylabel="test accuracy",
+        title="Online training (batch of one), SmallReluCNN",
+    )
+    plot_grouped_bars(
+        {
+            view: {
+                LABELS[n]: num([c[key] for c in predict if c["norm"] == n]) for n in config.norms
+            }
+            for view, key in (
+                ("eval, batch", "eval_acc_batch"),
+                ("eval, one at a time", "eval_acc_single"),
+                ("train mode, one at a time", "train_acc_single"),
+                ("train mode, batch", "train_acc_batch"),
+            )
+        },
+        ctx.out_dir / "predict_single.png",
+        ylabel="test accuracy",
+        title="Predicting one example at a time (models trained at batch 32)",
+    )
+    return LabOutcome(
+        tables=[table_b1, messages, table_pred],
+        verdicts=verdicts,
+        figures=[
+            Figure(
+                "online.png",
+                f"Test accuracy after {config.online_steps} SGD steps of batch one per norm "
+                "(mean over seeds, whisker = std).",
+            ),
+            Figure(
+                "predict_single.png",
+                "Accuracy of models trained at batch 32, predicting in eval mode (in a batch, "
+                "one at a time) and in train mode with batch statistics.",
+            ),
+        ],
+        raw={**raw, "evidence": evidences},
+        notes=[
+            "SmallReluCNN has norms after convolutions only: a batch of one still has H*W "
+            "values per channel, so BN trains on it (each example normalized with its own "
+            "spatial statistics, like InstanceNorm); LeNet's BN after linear layers has one "
+            "value per channel and raises.",
+            "Ghost BN at B=1 is BN (one virtual batch); it is in the error table only.",
+            f"Online training: SGD lr {config.online_lr:g}, momentum {config.momentum:g}, "
+            "each seed its own stream of training examples.",
+        ],
+    )
+
+
+CLAIM_TRAIN = "BN cannot learn from a batch of one (大小为 1 的小批量...我们将无法学习任何东西)"
+CLAIM_ONLINE = "LayerNorm and InstanceNorm suit online learning (在线学习场景中展现了各自的优势)"
+CLAIM_PREDICT = (
+    "At prediction BN uses its moving averages, so one example's prediction does not depend "
+    "on the batch (预测阶段...使用在训练过程中积累的移动平均)"
+)
+
+RULE_TRAIN = (
+    "supported: BN after linear layers (LeNet, bnlab and torch) raises on a train-mode "
+    "batch of one, and BN after convolutions does not reach learn_threshold (0.5, chance "
+    "0.1) mean test accuracy after the online steps of batch one; mixed: the linear-layer "
+    "BN raises but the convolutional BN learns (the claim holds where a channel has one "
+    "value per example); not supported: the linear-layer BN trains at B=1."
+)
+RULE_ONLINE = (
+    "Online (batch of one) test accuracy of LayerNorm and of InstanceNorm against BN's "
+    "(SmallReluCNN): each has the advantage when higher by more than max(min_effect = 1 "
+    "point, 2 standard errors). supported: both; mixed: one; not supported: neither."
+)
+RULE_PREDICT = (
+    "For BN models trained at batch 32: supported when, in eval mode, every example's "
+    "logits one at a time equal those in a batch and with other batch companions (largest "
+    "change <= 1e-4) while in train mode the companions change them (> 1e-3); mixed when "
+    "eval is batch-independent but train mode is too; not supported when eval depends on "
+    "the batch."
+)
+
+
+def cannot_train_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The verdict for "BN cannot learn from a batch of one"."""
+    raw = results["raw"]
+    fc = {
+        e["norm"]: e["train_ok"]
+        for e in raw["errors"]
+        if e["model"] == "lenet" and e["norm"] in ("bnlab", "torch")
+    }
+    conv = pick(raw["online"], "test_acc", norm="bnlab")
+    mean = mean_std(conv)[0]
+    evidence = {
+        "lenet_bn_trains_at_b1": fc,
+        "cnn_bn_online_acc": mean,
+        "learn_threshold": raw["learn_threshold"],
+    }
+    if any(fc.values()) or not fc:
+        return evidence, "not supported"
+    if mean is not None and mean >= float(raw["learn_threshold"]):
+        return evidence, "mixed"
+    return evidence, "supported"
+
+
+def online_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The verdict for "LayerNorm and InstanceNorm suit online learning"."""
+    raw = results["raw"]
+    bn = pick(raw["online"], "test_acc", norm="bnlab")
+    evidence: dict[str, Any] = {
+        "bn": mean_std(bn)[0],
+        "none": mean_std(pick(raw["online"], "test_acc", norm="none"))[0],
+    }
+    wins = 0
+    for norm in ("layernorm", "instancenorm"):
+        other = pick(raw["online"], "test_acc", norm=norm)
+        if not other or not bn:
+            evidence[norm] = None
+            continue
+        c = compare(other, bn, min_effect=float(raw["min_effect"]))
+        evidence[norm] = {
+            "acc": mean_std(other)[0],
+            "minus_bn": c.diff,
+            "se": c.se,
+            "direction": c.direction,
+        }
+        wins += c.direction == "greater"
+    return evidence, {2: "supported", 1: "mixed"}.get(wins, "not supported")
+
+
+def predict_single_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The verdict for "one example's prediction does not depend on the batch" (BN, eval)."""
+    cells = [c for c in results["raw"]["predict"] if c["norm"] == "bnlab"]
+    if not cells:
+        return {"bn_models": 0}, "not supported"
+    eval_change = max(max(c["eval_single_vs_batch"], c["eval_companions"]) for c in cells)
+    train_change = max((c["train_companions"] or 0.0) for c in cells)
+    evidence = {"eval_largest_change": eval_change, "train_largest_change": train_change}
+    if eval_change > 1e-4:
+        return evidence, "not supported"
+    return evidence, "supported" if train_change > 1e-3 else "mixed"
+
+
+def _measured_train(e: Mapping[str, Any]) -> str:
+    acc = e["cnn_bn_online_acc"]
+    acc_text = "n/a" if acc is None else f"{acc:.3f}"
+    return (
+        f"LeNet BN trains at B=1: {e['lenet_bn_trains_at_b1']}; conv-only BN online test "
+        f"accuracy {acc_text} (threshold {e['learn_threshold']})"
+    )
+
+
+def _measured_online(e: Mapping[str, Any]) -> str:
+    parts = []
+    for norm in ("layernorm", "instancenorm"):
+        d = e.get(norm)
+        if d is None:
+            parts.append(f"{LABELS[norm]}: n/a")
+        else:
+            se = "n/a" if d["se"] is None else f"{d['se']:.3f}"
+            parts.append(f"{LABELS[norm]} {d['acc']:.3f}, minus BN {d['minus_bn']:+.3f} (se {se})")
+    bn = "n/a" if e["bn"] is None else f"{e['bn']:.3f}"
+    none = "n/a" if e["none"] is None else f"{e['none']:.3f}"
+    return f"online accuracy BN {bn}, no norm {none}; " + "; ".join(parts)
+
+
+def _measured_predict(e: Mapping[str, Any]) -> str:
+    if "eval_largest_change" not in e:
+        return "no BN model"
+    return (
+        f"largest logit change with the batch: eval {e['eval_largest_change']:.2e}, "
+        f"train mode {e['train_largest_change']:.2e}"
+    )
+
+
+SPEC = register_lab(
+    LabSpec(
+        name="batch-of-one",
+        title="Training and predicting with a batch of one",
+        summary=(
+            "Tests 'BN cannot learn from a batch of one', 'LayerNorm/InstanceNorm suit online "
+            "learning' and 'at prediction BN uses moving averages, so a prediction does not "
+            "depend on the batch': a train-mode step on one image for d2l's LeNet and a small "
+            "ReLU CNN with every norm (the error texts kept), 400 online SGD steps of batch "
+            "one per norm (3 seeds), and single-example prediction (eval and train mode, "
+            "other batch companions) of models trained at batch 32 on 2048 images."
+        ),
+        config_type=BatchOfOneConfig,
+        run=run,
+        needs_data=True,
+        full_time="",
+    )
+)
+
+register_claim(
+    Claim(
+        key="bn-batch-of-one-learns-nothing",
+        claim=CLAIM_TRAIN,
+        source="004_deb69101c4c8736e.txt",
+        experiment="batch-of-one",
+        rule_text=RULE_TRAIN,
+        rule=cannot_train_rule,
+    )
+)
+register_claim(
+    Claim(
+        key="layer-instance-norm-online",
+        claim=CLAIM_ONLINE,
+        source="003_8a52002564f5ba9e.txt",
+        experiment="batch-of-one",
+        rule_text=RULE_ONLINE,
+        rule=online_rule,
+    )
+)
+register_claim(
+    Claim(
+        key="bn-prediction-batch-independent",
+        claim=CLAIM_PREDICT,
+        source="000_3d8114077ba70cad.txt",
+        experiment="batch-of-one",
+        rule_text=RULE_PREDICT,
+        rule=predict_single_rule,
+    )
+)
