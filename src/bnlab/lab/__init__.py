@@ -16,3 +16,4 @@ from bnlab.lab import regularization as regularization
 from bnlab.lab import batch_size as batch_size
 from bnlab.lab import shift_mcc as shift_mcc
 from bnlab.lab import batch_of_one as batch_of_one
+from bnlab.lab import depth as depth

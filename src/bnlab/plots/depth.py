@@ -1,0 +1,132 @@
+"""Figures of the depth experiment: loss curves per depth, final accuracy against depth.
+
+Every function takes plain numbers read from a results file (lists and dicts), never
+models, and writes a PNG atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from bnlab.plots._save import save_png
+from bnlab.plots.sweeps import plot_sweep
+
+__all__ = ["moving_average", "plot_depth_accuracy", "plot_depth_curves"]
+
+
+def moving_average(values: Sequence[float | None], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` finite values at each step (NaN if none).
+
+    A None/NaN/inf loss (a diverged run) is left out of the windows it falls in, and the
+    steps after the run stopped simply do not exist, so a curve ends where its run did.
+
+    Raises:
+        ValueError: ``window`` < 1.
+    """
+    if window < 1:
+        raise ValueError(f"moving_average: window must be >= 1, got {window}")
+    out: list[float] = []
+    for i in range(len(values)):
+        chunk = [
+            float(v)
+            for v in values[max(0, i - window + 1) : i + 1]
+            if v is not None and math.isfinite(float(v))
+        ]
+        out.append(sum(chunk) / len(chunk) if chunk else math.nan)
+    return out
+
+
+def _mean_curve(runs: Sequence[Sequence[float]]) -> list[float]:
+    length = max((len(r) for r in runs), default=0)
+    mean = []
+    for i in range(length):
+        vals = [r[i] for r in runs if i < len(r) and math.isfinite(r[i])]
+        mean.append(sum(vals) / len(vals) if vals else math.nan)
+    return mean
+
+
+def plot_depth_curves(
+    panels: Mapping[str, Mapping[str, Sequence[Sequence[float | None]]]],
+    path: str | Path,
+    *,
+    smooth: int = 10,
+    reference: float | None = math.log(10),
+    reference_label: str = "ln 10 (chance)",
+    title: str = "",
+) -> Path:
+    """Training loss per step, one panel per depth, one line per variant.
+
+    Args:
+        panels: ``{panel title: {line label: [[loss per step] per seed]}}``; each
+            seed's curve is smoothed with ``moving_average(smooth)`` and the line is
+            their mean.
+        path: the PNG to write.
+        smooth: the moving-average window in steps.
+        reference: a horizontal line (the loss of a uniform guess over 10 classes), or None.
+        title: the figure title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: no panels.
+    """
+    if not panels:
+        raise ValueError("plot_depth_curves: no panels to draw")
+    n = len(panels)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(3.6 * cols, 3.2 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    for k, (panel, lines) in enumerate(panels.items()):
+        ax = axes[k // cols][k % cols]
+        for label, runs in lines.items():
+            curve = _mean_curve([moving_average(r, smooth) for r in runs])
+            ax.plot(range(1, len(curve) + 1), curve, label=label, linewidth=1.3)
+        if reference is not None:
+            ax.axhline(reference, color="gray", linestyle="--", linewidth=1, label=reference_label)
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("step")
+        if k % cols == 0:
+            ax.set_ylabel(f"training loss (mean of {smooth} steps)")
+        ax.grid(True, alpha=0.3)
+    for k in range(n, rows * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def plot_depth_accuracy(
+    series: Mapping[str, Mapping[str, Sequence[float | None]]],
+    path: str | Path,
+    *,
+    chance: float = 0.1,
+    title: str = "",
+) -> Path:
+    """Final test accuracy against depth, one line per variant (mean, band = min..max).
+
+    Args:
+        series: ``{label: {"x": depths, "runs": [[accuracy per depth] per seed]}}``.
+        path: the PNG to write.
+        chance: drawn as a dashed line.
+
+    Returns:
+        The path written.
+    """
+    return plot_sweep(
+        series,
+        path,
+        xlabel="depth (weight layers)",
+        ylabel="final test accuracy",
+        title=title,
+        log_x=False,
+        hline=chance,
+        hline_label=f"chance {chance:g}",
+    )
