@@ -14,6 +14,14 @@ training run resumed at epoch ``e`` equal to an uninterrupted one. Each ``iter()
 the current epoch and moves the counter on by one, so a plain ``for epoch ...: for x, y
 in loader`` loop sees a new order each epoch (unlike ``DistributedSampler``, which
 repeats its order until told otherwise).
+
+Sharding across processes. With ``world_size > 1`` every rank computes the same
+permutation and cuts the same global batches of ``batch_size`` samples; rank ``r`` takes
+its contiguous part ``[r * m // world_size, (r + 1) * m // world_size)`` of each global
+batch of ``m`` samples. The ranks' batches of step ``i``, concatenated in rank order, are
+exactly the single-process batch ``i``, every rank has the same number of batches, and
+the parts differ in size by at most one (the only way a data-parallel step can equal a
+single-process step on the same global batch).
 """
 
 from __future__ import annotations
@@ -71,10 +79,14 @@ class DeviceLoader:
             once to the stored split (the same as after the resize, up to float
             rounding, since bilinear weights sum to 1).
         drop_last: drop the last batch when it is smaller than ``batch_size``.
+        rank: this process's index in ``[0, world_size)`` (keyword-only).
+        world_size: number of processes sharing each global batch of ``batch_size``
+            samples; 1 (default) yields whole batches.
 
     Shape:
         Iterating yields ``x`` float32 ``(B, 1, H', W')`` and ``y`` int64 ``(B,)`` on
-        ``device``, where ``(H', W')`` is ``resize`` or the image size.
+        ``device``, where ``(H', W')`` is ``resize`` or the image size and ``B`` is this
+        rank's part of the global batch (the whole batch when ``world_size`` is 1).
 
     Raises:
         TypeError, ValueError: a bad argument (the message shows it), including
@@ -93,8 +105,18 @@ class DeviceLoader:
         resize: int | tuple[int, int] | None = None,
         normalize: tuple[float, float] | None = None,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         owner = type(self).__name__
+        self._world_size = check_positive_int(world_size, "world_size", owner)
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise TypeError(f"{owner}: rank must be an int, got {rank!r} ({type(rank).__name__})")
+        if not 0 <= rank < self._world_size:
+            raise ValueError(
+                f"{owner}: rank must be in [0, world_size={self._world_size}), got {rank}"
+            )
+        self._rank = rank
         images, labels = check_images_labels(images, labels, owner)
         self._batch_size = check_positive_int(batch_size, "batch_size", owner)
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -180,6 +202,9 @@ class DeviceLoader:
         b = self._batch_size
         for i in range(len(self)):
             index = order[i * b : (i + 1) * b]
+            if self._world_size > 1:
+                m, w, r = index.shape[0], self._world_size, self._rank
+                index = index[r * m // w : (r + 1) * m // w]
             if self._images_np is not None:
                 x = torch.from_numpy(self._images_np.take(index.numpy(), axis=0))
             else:
@@ -206,7 +231,16 @@ class DeviceLoader:
 
     @property
     def batch_size(self) -> int:
+        """The global batch size (shared by ``world_size`` ranks)."""
         return self._batch_size
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -242,9 +276,12 @@ class DeviceLoader:
         return self._labels
 
     def __repr__(self) -> str:
+        shard = (
+            f", rank={self._rank}, world_size={self._world_size}" if self._world_size > 1 else ""
+        )
         return (
             f"{type(self).__name__}(num_samples={self.num_samples}, batch_size="
             f"{self._batch_size}, shuffle={self._shuffle}, seed={self._seed}, device="
             f"'{self._device}', resize={self._resize}, normalize={self._normalize}, "
-            f"drop_last={self._drop_last}, epoch={self._epoch})"
+            f"drop_last={self._drop_last}, epoch={self._epoch}{shard})"
         )

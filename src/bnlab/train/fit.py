@@ -13,6 +13,11 @@ indices) works; ``len(loader)`` is used for progress when defined. A loader with
 ``set_epoch(epoch)`` method (``bnlab.data.loader.DeviceLoader``) is told the 0-based
 epoch before each training epoch; resuming is exact only when a loader's order depends
 on nothing else (its seed and that epoch).
+
+Across processes: ``fit(..., distributed=run)`` with a ``bnlab.train.distributed.
+DistributedRun`` trains with DistributedDataParallel, each rank on its part of every
+global batch; what that means for the loss, the metrics, evaluation and the files is
+spelled out in ``bnlab.train.distributed``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.train.config import TrainConfig
+from bnlab.train.distributed import DistributedRun
 from bnlab.train.io import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -202,6 +208,47 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _evaluate_sums(
+    model: nn.Module, loader: Iterable[Any], device: torch.device
+) -> tuple[Tensor, Tensor, int]:
+    """Summed cross-entropy (float64), correct count (int64) and samples, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    samples = 0
+    try:
+        with torch.no_grad():
+            for x, y in _batches(loader, device):
+                logits = model(x)
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+                correct += (logits.argmax(dim=1) == y).sum()
+                samples += y.shape[0]
+    finally:
+        model.train(was_training)
+    return loss_sum, correct, samples
+
+
+def _evaluate_distributed(
+    model: nn.Module, loader: Iterable[Any], device: torch.device, run: DistributedRun
+) -> dict[str, float]:
+    """``evaluate`` over the ranks' parts of the test set, with rank 0's buffers."""
+    run.broadcast_buffers(model)
+    loss_sum, correct, samples = _evaluate_sums(model, loader, device)
+    totals = torch.stack(
+        [
+            loss_sum,
+            correct.double(),
+            torch.tensor(float(samples), device=device, dtype=torch.float64),
+        ]
+    )
+    loss_total, correct_total, samples_total = run.all_reduce_sum(totals).tolist()
+    if samples_total == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    n = int(samples_total)
+    return {"loss": loss_total / n, "acc": int(correct_total) / n, "samples": n}
+
+
 def evaluate(
     model: nn.Module, loader: Iterable[Any], device: str | torch.device | None = None
 ) -> dict[str, float]:
@@ -224,20 +271,7 @@ def evaluate(
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    samples = 0
-    try:
-        with torch.no_grad():
-            for x, y in _batches(loader, device):
-                logits = model(x)
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-                correct += (logits.argmax(dim=1) == y).sum()
-                samples += y.shape[0]
-    finally:
-        model.train(was_training)
+    loss_sum, correct, samples = _evaluate_sums(model, loader, device)
     if samples == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return {"loss": loss_sum.item() / samples, "acc": correct.item() / samples, "samples": samples}
@@ -329,6 +363,28 @@ def _summary(
     )
 
 
+def _global_loss(logits: Tensor, y: Tensor, run: DistributedRun) -> tuple[Tensor, float, int, int]:
+    """The loss this rank differentiates, and the global batch's loss, size and correct count.
+
+    DDP averages gradients over the ranks, so differentiating ``sum of this rank's
+    cross-entropies * world_size / global batch size`` gives the gradient of the global
+    batch's mean cross-entropy, whatever the parts' sizes. One all-reduce of three
+    numbers; every rank gets the same loss value (the NaN check agrees everywhere).
+    """
+    local_sum = F.cross_entropy(logits, y, reduction="sum")
+    local = torch.stack(
+        [
+            local_sum.detach().double(),
+            torch.tensor(float(y.shape[0]), dtype=torch.float64, device=logits.device),
+            (logits.detach().argmax(dim=1) == y).sum().double(),
+        ]
+    )
+    loss_total, samples, correct = run.all_reduce_sum(local).tolist()
+    n = int(samples)
+    loss = local_sum * (run.world_size / max(n, 1))
+    return loss, loss_total / max(n, 1), n, int(correct)
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable[Any],
@@ -339,6 +395,7 @@ def fit(
     resume: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    distributed: DistributedRun | None = None,
 ) -> FitResult:
     """Train ``model`` with SGD on cross-entropy for ``config.epochs`` epochs.
 
@@ -371,6 +428,12 @@ def fit(
         resume: continue the run saved in ``run_dir``.
         on_step: called with a ``StepInfo`` after every optimizer step.
         on_epoch: called with the epoch record after every epoch (after its checkpoint).
+        distributed: this rank's ``DistributedRun`` to train data-parallel (the loaders
+            must then yield this rank's part of every global batch, and every rank must
+            call ``fit`` with the same arguments); None trains in this process alone.
+            Only rank 0 writes to ``run_dir``; all ranks read it to resume. The model
+            is trained through ``DistributedDataParallel``; the ``model`` passed in
+            holds the trained weights afterwards, as without it.
 
     Returns:
         A ``FitResult`` with the per-epoch history, the final metrics and the timings.
@@ -392,6 +455,12 @@ def fit(
         raise TypeError(f"fit: config must be a TrainConfig, got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
+    if distributed is not None and not isinstance(distributed, DistributedRun):
+        raise TypeError(
+            f"fit: distributed must be a DistributedRun or None, got {type(distributed).__name__}"
+        )
+    # Only one process of a data-parallel run writes the run's files.
+    writer = distributed is None or distributed.is_main
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
@@ -444,7 +513,8 @@ def fit(
             records = [dict(r) for r in state["metrics"]]
             resumed_from, step = state["epoch"], state["step"]
             # Drop whatever was logged after the checkpoint (a crash mid-epoch).
-            write_jsonl(metrics_path, records)
+            if writer:
+                write_jsonl(metrics_path, records)
         else:
             _seed_rngs(config.seed, device)
             if config.init == "xavier_uniform":
@@ -452,12 +522,14 @@ def fit(
             model.to(device)
             optimizer = _make_optimizer(model, config)
             records, resumed_from, step = [], None, 0
-            if metrics_path is not None:
+            if metrics_path is not None and writer:
                 write_jsonl(metrics_path, [])
+        # The network the steps run through: DDP averages the gradients over the ranks.
+        net = distributed.wrap(model) if distributed is not None else model
 
         def log(record: dict[str, Any]) -> None:
             records.append(record)
-            if metrics_path is not None:
+            if metrics_path is not None and writer:
                 append_jsonl(metrics_path, record)
 
         def epoch_records() -> list[dict[str, Any]]:
@@ -470,17 +542,24 @@ def fit(
             epoch_start = time.perf_counter()
             if callable(set_epoch):
                 set_epoch(epoch - 1)
-            model.train()
+            net.train()
             loss_sum, samples, train_time = 0.0, 0, 0.0
             correct = torch.zeros((), dtype=torch.int64, device=device)
             tic = time.perf_counter()
             for batch, (x, y) in enumerate(_batches(train_loader, device), start=1):
                 step += 1
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                loss_value = loss.item()
+                logits = net(x)
+                if distributed is None:
+                    loss = F.cross_entropy(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    loss_value = loss.item()
+                    n = y.shape[0]
+                    batch_correct = (logits.detach().argmax(dim=1) == y).sum()
+                else:
+                    loss, loss_value, n, batch_correct = _global_loss(logits, y, distributed)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
                 if not math.isfinite(loss_value):
                     of = f" of {num_batches}" if num_batches is not None else ""
                     raise NonFiniteLossError(
@@ -492,10 +571,9 @@ def fit(
                         loss=loss_value,
                     )
                 optimizer.step()
-                n = y.shape[0]
                 loss_sum += loss_value * n
                 samples += n
-                correct += (logits.detach().argmax(dim=1) == y).sum()
+                correct += batch_correct
                 _sync(device)
                 train_time += time.perf_counter() - tic
 
@@ -517,7 +595,10 @@ def fit(
                 raise ValueError(f"fit: the training loader yielded no samples in epoch {epoch}")
 
             eval_start = time.perf_counter()
-            test = evaluate(model, test_loader, device)
+            if distributed is None:
+                test = evaluate(model, test_loader, device)
+            else:
+                test = _evaluate_distributed(model, test_loader, device, distributed)
             eval_time = time.perf_counter() - eval_start
             epoch_time = time.perf_counter() - epoch_start
             run_time += epoch_time
@@ -538,7 +619,9 @@ def fit(
                 "time_s": run_time,
             }
             log(record)
-            if checkpoint_path is not None:
+            if checkpoint_path is not None and writer:
+                # The plain model's state_dict (no DDP prefix): a checkpoint resumes with
+                # any number of processes, or loads into an unwrapped model.
                 save_checkpoint(
                     checkpoint_path,
                     {
