@@ -324,3 +324,20 @@ def test_cli_quick_run_writes_results_and_figures(
     printed = capsys.readouterr().out
     assert "Without BN, the plain network stops training as depth grows" in printed
     assert "(results.json and 2 figures)" in printed
+
+
+def test_a_nan_loss_is_recorded_as_diverged_not_raised(
+    tmp_path: Path, fast_plots: list[Path]
+) -> None:
+    config = dataclasses.replace(TINY, depths=(8,), steps=3, final_window=1, lr=1e30)
+    results = run_lab(get_lab("depth"), config, tmp_path / "run", data=fake_data(), quick=True)
+    cells = results["raw"]["cells"]
+    assert all(c["diverged"] for c in cells)
+    stopped = [c for c in cells if c["nonfinite"]]
+    assert stopped  # at lr 1e30 some run meets a NaN/inf loss
+    for c in stopped:
+        assert c["final_loss"] is None
+        assert c["steps_done"] < config.steps
+    rows = results["tables"][0]["rows"]
+    assert {r[-1] for r in rows} == {"stuck"}
+    json.dumps(results, allow_nan=False)  # JSON-ready: no NaN left in it
