@@ -17,3 +17,4 @@ from bnlab.lab import batch_size as batch_size
 from bnlab.lab import shift_mcc as shift_mcc
 from bnlab.lab import batch_of_one as batch_of_one
 from bnlab.lab import depth as depth
+from bnlab.lab import predict_mode as predict_mode
