@@ -42,6 +42,8 @@ def test_errors_name_the_value() -> None:
         regularization.build_model(regularization.RegularizationConfig.quick(), "l2")
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1\.5"):
         regularization.RegularizationConfig(dropout=1.5)
+    with pytest.raises(ValueError, match="average_last must be an int >= 1, got 0"):
+        regularization.RegularizationConfig(average_last=0)
 
 
 def test_quick_run(tmp_path: Path) -> None:
@@ -55,6 +57,10 @@ def test_quick_run(tmp_path: Path) -> None:
     assert len(cells) == 4 * config.seeds
     for cell in cells:
         assert cell["gap_acc"] == pytest.approx(cell["train_eval_acc"] - cell["test_acc"])
+    # every epoch is evaluated on the training subset too (eval mode)
+    curve = results["raw"]["curves"]["train accuracy (eval mode)"]["BN"][0]
+    assert len(curve) == config.epochs
+    assert all(0.0 <= v <= 1.0 for v in curve)
     for figure in results["figures"]:
         assert (tmp_path / "run" / figure["file"]).is_file()
     _, verdict = regularization.regularization_rule(results)

@@ -91,6 +91,7 @@ def train_variant(
     subset_seed: int = 0,
     normalize: tuple[float, float] | None = None,
     eval_train: bool = False,
+    eval_train_each_epoch: bool = False,
     divergence_margin: float = 0.01,
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> dict[str, Any]:
@@ -107,6 +108,8 @@ def train_variant(
         eval_train: also evaluate the final model in eval mode on the training subset
             (``train_eval_loss``, ``train_eval_acc``): fit's ``train_acc`` is measured
             during the epoch in train mode (with dropout active, on moving weights).
+        eval_train_each_epoch: evaluate the training subset in eval mode after every
+            epoch too (``train_eval_loss``, ``train_eval_acc`` in each history record).
         divergence_margin: see ``DIVERGENCE_RULE``.
         on_step: called after every optimizer step.
 
@@ -137,6 +140,11 @@ def train_variant(
     )
     history: list[dict[str, Any]] = []
     first: list[float] = []
+    train_eval_loader = (
+        DeviceLoader(train_x, train_y, 512, shuffle=False, device=device, normalize=normalize)
+        if eval_train or eval_train_each_epoch
+        else None
+    )
 
     def step(info: StepInfo) -> None:
         if not first:
@@ -145,9 +153,14 @@ def train_variant(
             on_step(info)
 
     def epoch(record: dict[str, Any]) -> None:
-        history.append(
-            {k: record[k] for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")}
-        )
+        entry = {
+            k: record[k] for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+        }
+        if eval_train_each_epoch and train_eval_loader is not None:
+            on_train = evaluate(model, train_eval_loader, device)
+            entry["train_eval_loss"] = on_train["loss"]
+            entry["train_eval_acc"] = on_train["acc"]
+        history.append(entry)
 
     started = time.perf_counter()
     error: str | None = None
@@ -169,12 +182,8 @@ def train_variant(
             "test_loss": tested["loss"],
             "test_acc": tested["acc"],
         }
-    if eval_train:
-        on_train = evaluate(
-            model,
-            DeviceLoader(train_x, train_y, 512, shuffle=False, device=device, normalize=normalize),
-            device,
-        )
+    if eval_train and train_eval_loader is not None:
+        on_train = evaluate(model, train_eval_loader, device)
         final["train_eval_loss"] = on_train["loss"]
         final["train_eval_acc"] = on_train["acc"]
     initial = float(first[0]) if first else math.nan
