@@ -143,7 +143,7 @@ def _results(table: dict[tuple[str, str, int], list[tuple[float | None, float]]]
             "depths": depths,
             "stuck_loss": 2.0,
             "min_acc": 0.2,
-            "min_effect": 0.02,
+            "min_effect": 0.05,
         }
     }
 
@@ -198,18 +198,21 @@ def test_skip_rule_supported_not_supported_mixed() -> None:
     evidence, verdict = depth.skip_rule(_grid())
     assert verdict == "supported"
     top = evidence["by_depth"]["56"]
-    assert top["diff"] == pytest.approx(0.785 - 0.655)
+    assert top["diff"] == pytest.approx(0.925 - 0.605)  # plain loss - ResNet loss
     assert top["direction"] == "greater"
+    assert top["resnet_acc"] == pytest.approx(0.785)
     assert evidence["by_depth"]["8"]["direction"] == "unclear"
-    # The plain net is clearly better: not supported.
-    worse = [(0.9, 0.55), (0.9, 0.56)]
+    # The plain net reaches the lower loss: not supported.
+    worse = [(1.2, 0.6), (1.25, 0.6)]
     assert depth.skip_rule(_grid(resnet_bn_56=worse))[1] == "not supported"
-    # No difference beyond min_effect: not supported.
-    same = [(0.9, 0.655), (0.95, 0.665)]
+    # No difference beyond min_effect (0.05): not supported.
+    same = [(0.92, 0.7), (0.94, 0.7)]
     assert depth.skip_rule(_grid(resnet_bn_56=same))[1] == "not supported"
     # A large difference the seeds do not separate: mixed.
-    noisy = [(0.6, 0.95), (0.6, 0.45)]
+    noisy = [(0.2, 0.8), (1.2, 0.6)]
     assert depth.skip_rule(_grid(resnet_bn_56=noisy))[1] == "mixed"
+    # Every ResNet seed diverged: no finite loss on that side, mixed.
+    assert depth.skip_rule(_grid(resnet_bn_56=[(None, 0.1), (None, 0.1)]))[1] == "mixed"
 
 
 def test_claims_are_registered_with_their_seed_files() -> None:
