@@ -18,3 +18,5 @@ from bnlab.lab import shift_mcc as shift_mcc
 from bnlab.lab import batch_of_one as batch_of_one
 from bnlab.lab import depth as depth
 from bnlab.lab import predict_mode as predict_mode
+from bnlab.lab import sequence as sequence
+from bnlab.lab import gan as gan
