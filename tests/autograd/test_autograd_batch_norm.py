@@ -18,6 +18,21 @@ from torch.autograd import gradcheck, gradgradcheck
 import bnlab.autograd
 import bnlab.functional
 from bnlab.autograd import BatchNormFunction
+from bnlab.functional import _fast
+
+
+@pytest.fixture(params=["reference", "fast"], autouse=True)
+def implementation(request, monkeypatch):
+    """Every test here runs twice: on the torch-ops path and on the fused kernels of
+    ``bnlab.functional._fast`` (size threshold lowered so that small inputs use them)."""
+    fast = request.param == "fast"
+    if fast:
+        if not _fast.available():
+            pytest.skip(f"fast path unavailable: {_fast.status()}")
+        monkeypatch.setattr(_fast, "MIN_NUMEL", 0)
+    with _fast.enabled(fast):
+        yield request.param
+
 
 F64 = torch.float64
 SHAPES = [(4, 2), (3, 2, 3), (2, 2, 3, 2), (2, 2, 2, 2, 2)]

@@ -12,6 +12,21 @@ import torch
 
 import bnlab.autograd
 import bnlab.functional
+from bnlab.functional import _fast
+
+
+@pytest.fixture(params=["reference", "fast"], autouse=True)
+def implementation(request, monkeypatch):
+    """Every test here runs twice: on the torch-ops path and on the fused kernels of
+    ``bnlab.functional._fast`` (size threshold lowered so that small inputs use them)."""
+    fast = request.param == "fast"
+    if fast:
+        if not _fast.available():
+            pytest.skip(f"fast path unavailable: {_fast.status()}")
+        monkeypatch.setattr(_fast, "MIN_NUMEL", 0)
+    with _fast.enabled(fast):
+        yield request.param
+
 
 ENTRIES = {
     "functional": bnlab.functional.batch_norm,

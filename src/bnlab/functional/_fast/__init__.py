@@ -251,8 +251,11 @@ def _empty_like(x: Tensor) -> Tensor:
         return torch.empty(x.shape, dtype=x.dtype)
     buf = mmap.mmap(-1, nbytes)
     buf.madvise(mmap.MADV_HUGEPAGE)
-    # The tensor keeps the mapping alive; it is unmapped when the tensor is freed.
-    return torch.frombuffer(buf, dtype=x.dtype).view(x.shape)
+    # The storage keeps the mapping alive; it is unmapped when the last tensor on it
+    # dies. set_ on a fresh tensor (not .view) so that the output is not a view: autograd
+    # forbids in-place ops on views returned by a custom Function (ReLU(inplace=True)).
+    storage = torch.frombuffer(buf, dtype=torch.uint8).untyped_storage()
+    return torch.empty(0, dtype=x.dtype).set_(storage, 0, x.shape)
 
 
 def _ptr(t: Tensor | None) -> int | None:

@@ -1,0 +1,292 @@
+"""``bnlab.functional._fast``: the fused C++ BatchNorm kernels and their dispatch.
+
+Which calls take the kernels (and which take the reference path silently); the modules
+against their ``torch.nn`` twins and against the reference path at sizes above the
+threshold; float64 gradcheck through the kernels; the 1e4 + 1e-3 * noise channel; the
+huge-page outputs; and the fallback when the build fails (one warning, same results).
+The numerics tests of ``test_functional_batch_norm.py``, ``test_functional_hard_cases.py``
+and ``tests/autograd`` also run on both paths (their ``implementation`` fixture).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import warnings
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import bnlab.autograd
+import bnlab.functional
+import bnlab.nn
+from bnlab.functional import _fast
+
+HAS_COMPILER = any(shutil.which(c) for c in _fast.COMPILERS)
+needs_fast = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler on this machine")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the kernel calls by kind."""
+    counts = {"train_forward": 0, "train_backward": 0, "eval_forward": 0}
+    for kind in counts:
+        original = getattr(_fast, kind)
+
+        def spy(*args, _kind=kind, _original=original, **kwargs):
+            counts[_kind] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(_fast, kind, spy)
+    return counts
+
+
+@pytest.fixture
+def fresh_build_state(monkeypatch, tmp_path):
+    """An empty build cache and no loaded library; the real state comes back afterwards."""
+    monkeypatch.setattr(_fast, "_lib", None)
+    monkeypatch.setattr(_fast, "_state", "not built yet")
+    monkeypatch.setattr(_fast, "cache_dir", tmp_path / "cache")
+    return tmp_path / "cache"
+
+
+def _module(ndim, c, dtype, seed=0):
+    cls = {2: bnlab.nn.BatchNorm1d, 3: bnlab.nn.BatchNorm1d, 4: bnlab.nn.BatchNorm2d}.get(
+        ndim, bnlab.nn.BatchNorm3d
+    )
+    twin_cls = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d}.get(
+        ndim, torch.nn.BatchNorm3d
+    )
+    ours = cls(c).to(dtype)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        ours.weight.copy_(torch.rand(c, generator=gen, dtype=dtype) + 0.5)
+        ours.bias.copy_(torch.randn(c, generator=gen, dtype=dtype))
+    twin = twin_cls(c).to(dtype)
+    twin.load_state_dict(ours.state_dict())
+    return ours, twin
+
+
+def _step(module, x, grad_y):
+    x = x.detach().requires_grad_()
+    module.train()
+    y = module(x)
+    y.backward(grad_y)
+    module.eval()
+    with torch.no_grad():
+        y_eval = module(x)
+    return [y, x.grad, module.weight.grad, module.bias.grad, y_eval, *module.buffers()]
+
+
+@needs_fast
+def test_available_where_a_compiler_exists() -> None:
+    assert _fast.available(), _fast.status()
+    assert _fast.status().startswith("ready: ")
+
+
+TWIN_SHAPES = [(256, 84), (64, 6, 24), (32, 6, 12, 12), (8, 3, 4, 16, 16)]
+TWIN_IDS = ["NC", "NCL", "NCHW", "NCDHW"]
+
+
+@needs_fast
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", TWIN_SHAPES, ids=TWIN_IDS)
+def test_modules_on_the_fast_path_match_torch_twins(calls, shape, dtype) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 2).to(dtype)
+    grad_y = torch.randn(shape, generator=gen, dtype=dtype)
+    ours, twin = _module(len(shape), shape[1], dtype)
+    got = _step(ours, x, grad_y)
+    want = _step(twin, x, grad_y)
+    assert calls == {"train_forward": 1, "train_backward": 1, "eval_forward": 1}
+    rtol, atol = (1e-10, 1e-10) if dtype == torch.float64 else (1e-4, 1e-4)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=rtol, atol=atol)
+
+
+@needs_fast
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_fast_path_equals_reference_path(dtype) -> None:
+    gen = torch.Generator().manual_seed(2)
+    shape = (16, 5, 9, 11)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3 - 7).to(dtype)
+    grad_y = torch.randn(shape, generator=gen, dtype=dtype)
+    results = []
+    for flag in (True, False):
+        ours, _ = _module(4, 5, dtype)
+        with _fast.enabled(flag):
+            results.append(_step(ours, x, grad_y))
+    rtol, atol = (1e-12, 1e-12) if dtype == torch.float64 else (1e-5, 1e-5)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+@needs_fast
+@pytest.mark.parametrize("shape", [(4096, 3), (64, 3, 16, 16)], ids=["NC", "NCHW"])
+def test_large_offset_tiny_variance_on_the_fast_path(calls, shape) -> None:
+    # A float32 channel 1e4 + 1e-3 * noise must normalize like the noise.
+    gen = torch.Generator().manual_seed(3)
+    x = (1e4 + 1e-3 * torch.randn(shape, generator=gen, dtype=torch.float64)).float()
+    grad_y = torch.randn(shape, generator=gen)
+    x64 = x.double().requires_grad_()
+    y64 = torch.nn.functional.batch_norm(x64, None, None, training=True, eps=1e-12)
+    (gx64,) = torch.autograd.grad(y64, x64, grad_y.double())
+    xr = x.clone().requires_grad_()
+    y = bnlab.autograd.batch_norm(xr, None, None, training=True, eps=1e-12).output
+    y.backward(grad_y)
+    assert calls["train_forward"] == 1
+    assert calls["train_backward"] == 1
+    assert (y.double() - y64).abs().max().item() < 1e-3
+    assert (xr.grad.double() - gx64).abs().max().item() < 1e-3 * gx64.abs().max().item()
+
+
+@needs_fast
+@pytest.mark.parametrize("pattern", ["xwb", "x", "wb"])
+def test_gradcheck_float64_through_the_kernels(monkeypatch, calls, pattern) -> None:
+    monkeypatch.setattr(_fast, "MIN_NUMEL", 0)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 2, 3, 2, generator=gen, dtype=torch.float64) * 2 + 1
+    w = torch.rand(2, generator=gen, dtype=torch.float64) + 0.5
+    b = torch.randn(2, generator=gen, dtype=torch.float64)
+    for t, name in ((x, "x"), (w, "w"), (b, "b")):
+        t.requires_grad_(name in pattern)
+
+    def f(x, w, b):
+        return bnlab.autograd.BatchNormFunction.apply(x, w, b, 1e-5)[0]
+
+    assert gradcheck(f, (x, w, b))
+    assert calls["train_forward"] > 0
+    assert calls["train_backward"] > 0
+
+
+def _cases():
+    x = torch.randn(8, 4, 16, 16)
+    return {
+        "channels_last": (x.contiguous(memory_format=torch.channels_last), torch.float32),
+        "sliced": (torch.randn(8, 4, 16, 32)[..., ::2], torch.float32),
+        "float16": (x.half(), torch.float16),
+        "bfloat16": (x.bfloat16(), torch.bfloat16),
+    }
+
+
+@needs_fast
+@pytest.mark.parametrize("case", ["channels_last", "sliced", "float16", "bfloat16"])
+def test_unsupported_inputs_take_the_reference_path_silently(calls, case) -> None:
+    x, dtype = _cases()[case]
+    module = bnlab.nn.BatchNorm2d(4).to(torch.float32)
+    x = x.detach().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = module(x)
+        y.sum().backward()
+        module.eval()
+        with torch.no_grad():
+            module(x)
+    assert calls == {"train_forward": 0, "train_backward": 0, "eval_forward": 0}
+    assert y.dtype == dtype
+
+
+@needs_fast
+def test_recorded_calls_and_mixed_dtypes_take_the_reference_path(calls) -> None:
+    x = torch.randn(64, 4, 8, 8, requires_grad=True)
+    w = torch.ones(4, requires_grad=True)
+    # Autograd through the functional core records every op: no kernel.
+    bnlab.functional.batch_norm(x, None, None, w, None, training=True).output.sum().backward()
+    assert calls["train_forward"] == 0
+    # float64 parameters with a float32 input: no kernel.
+    y = bnlab.autograd.batch_norm(x, None, None, w.double(), None, training=True).output
+    y.sum().backward()
+    # grad_y of sum() is an expanded (stride 0) tensor: the backward takes the reference
+    # path, after a fast forward.
+    bnlab.autograd.batch_norm(x.detach(), None, None, w, None, training=True).output.sum()
+    assert calls["train_backward"] == 0
+
+
+@needs_fast
+def test_switched_off_path_is_not_used(calls) -> None:
+    x = torch.randn(64, 4, 8, 8)
+    with _fast.enabled(False):
+        assert not _fast.is_enabled()
+        bnlab.functional.batch_norm(x, None, None, training=True)
+    assert _fast.is_enabled()
+    assert calls["train_forward"] == 0
+    bnlab.functional.batch_norm(x, None, None, training=True)
+    assert calls["train_forward"] == 1
+
+
+@needs_fast
+def test_huge_page_outputs(monkeypatch, calls) -> None:
+    monkeypatch.setattr(_fast, "HUGE_PAGE_MIN_BYTES", 0)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(32, 3, 16, 16, generator=gen)
+    grad_y = torch.randn(32, 3, 16, 16, generator=gen)
+    ours, twin = _module(4, 3, torch.float32)
+    got = _step(ours, x, grad_y)
+    want = _step(twin, x, grad_y)
+    assert calls["train_forward"] == 1
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    # Plain tensors, not views: in-place ops after BN (ReLU(inplace=True)) work.
+    assert got[0].is_contiguous()
+    assert not got[0]._is_view()
+    torch.relu_(got[0])
+    assert not got[1]._is_view()
+
+
+def test_failed_build_warns_once_and_falls_back(fresh_build_state, monkeypatch, calls) -> None:
+    monkeypatch.setattr(_fast, "compilers", ("bnlab-no-such-compiler++",))
+    x = torch.randn(64, 4, 8, 8)
+    want = torch.nn.functional.batch_norm(x, None, None, training=True)
+    with pytest.warns(RuntimeWarning) as record:
+        y = bnlab.functional.batch_norm(x, None, None, training=True).output
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert message == (
+        "bnlab: BatchNorm fast path unavailable, using the reference path "
+        "(RuntimeError: no C++ compiler found (looked for bnlab-no-such-compiler++))"
+    )
+    assert "\n" not in message
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        bnlab.functional.batch_norm(x, None, None, training=True)
+    assert not _fast.available()
+    assert _fast.status().startswith("unavailable: RuntimeError: no C++ compiler found")
+    assert calls["train_forward"] == 0
+
+
+@needs_fast
+def test_compiler_error_warns_with_its_last_line(fresh_build_state, monkeypatch) -> None:
+    monkeypatch.setattr(_fast, "FLAGS", (*_fast.FLAGS, "-fbnlab-no-such-flag"))
+    with pytest.warns(RuntimeWarning, match=r"failed with exit code \d+: .*bnlab-no-such-flag"):
+        assert not _fast.available()
+    # No half-written library is left behind for the next process.
+    assert not list(fresh_build_state.rglob("*.so"))
+
+
+@needs_fast
+def test_waiting_builder_loads_the_library_another_process_built(monkeypatch, tmp_path) -> None:
+    from filelock import FileLock
+
+    assert _fast.available()  # the real library, to stand in for another process' build
+    built = _fast._lib._name
+    monkeypatch.setattr(_fast, "_lib", None)
+    monkeypatch.setattr(_fast, "_state", "not built yet")
+    monkeypatch.setattr(_fast, "cache_dir", tmp_path / "cache")
+    # Compiling now would fail: the waiting builder must load, not compile.
+    monkeypatch.setattr(_fast, "compilers", ("bnlab-no-such-compiler++",))
+    folder = tmp_path / "cache" / _fast._key()
+    folder.mkdir(parents=True)
+    lock = FileLock(str(folder / "build.lock"))
+    lock.acquire()
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(ok=_fast.available()))
+    waiter.start()
+    waiter.join(timeout=0.5)
+    assert waiter.is_alive()  # blocked on the lock
+    shutil.copy(built, folder / "bn_kernels.so")
+    lock.release()
+    waiter.join(timeout=60)
+    assert result == {"ok": True}
+    assert _fast.status() == f"ready: {folder / 'bn_kernels.so'}"
