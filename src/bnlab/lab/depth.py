@@ -20,8 +20,8 @@ Per (network, norm, depth) a seed is *stuck* when its run diverged or its final
 training loss is above ``stuck_loss`` (ln 10 = 2.303 is the loss of a uniform guess);
 the setting is stuck when every seed is, trains when none is, and is partly stuck
 otherwise. The training loss decides, not the test accuracy: after so short a training
-the accuracy in eval mode also carries the lag of BN's running averages. The verdicts (see ``PLAIN_RULE`` and
-``SKIP_RULE``) are computed from these numbers.
+the accuracy in eval mode also carries the lag of BN's running averages. The verdicts
+(see ``PLAIN_RULE`` and ``SKIP_RULE``) are computed from these numbers.
 
 Papers: He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition", arXiv
 1512.03385 (section 4.2, figure 6); Ioffe & Szegedy, "Batch Normalization", arXiv
@@ -180,7 +180,7 @@ def _curve_key(arch: str, variant: str, depth: int) -> str:
 
 
 def status_of(cell: Mapping[str, Any], stuck_loss: float) -> bool:
-    """Whether one run is stuck: diverged, or final training loss missing or above ``stuck_loss``."""
+    """Whether one run is stuck: diverged, or its final loss missing or above ``stuck_loss``."""
     loss = cell.get("final_loss")
     return bool(
         cell.get("diverged") or loss is None or not math.isfinite(loss) or loss > stuck_loss
@@ -430,8 +430,8 @@ def _statuses(raw: Mapping[str, Any], arch: str, variant: str) -> dict[int, str]
 PLAIN_RULE = (
     "A run is stuck when it diverged (NaN/inf loss, or its mean training loss above its "
     "first batch's) or its final training loss (mean of its last steps) is above "
-    "stuck_loss (2.0; ln 10 = 2.303 is chance); a (network, norm, depth) is stuck when every seed is, "
-    "trains when no seed is, partly stuck otherwise. supported: the plain CNN without BN "
+    "stuck_loss (2.0; ln 10 = 2.303 is chance); a (network, norm, depth) is stuck when "
+    "every seed is, trains when no seed is, partly stuck otherwise. supported: the plain CNN without BN "
     "is stuck at the largest depth and trains at the smallest, and the plain CNN with BN "
     "trains at the largest depth. not supported: the plain CNN without BN trains at the "
     "largest depth, or the plain CNN with BN is stuck there too. mixed otherwise (partly "
