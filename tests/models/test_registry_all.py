@@ -4,7 +4,7 @@ The cross product is read from the registries at collection time, so a model or 
 norm registered later is covered without touching this file. Each pair gets one
 training step on a batch of 2 (forward shape, finite logits, a finite gradient for
 every parameter that is nonzero somewhere) and two eval forwards that must agree.
-resnet18 and densenet run with fewer channels (same layers, same norm slots).
+resnet18, resnet56 and densenet run with fewer channels (same layers, same norm slots).
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ PER_SAMPLE_SPATIAL = {"instancenorm"}
 LAST_STAGE_1X1 = {"resnet18", "densenet"}
 
 
-# The wiring of the norm slots does not depend on the width: the two big models run
+# The wiring of the norm slots does not depend on the width: the big models run
 # narrower here (their full size is built and checked in their own test files).
-NARROW = {"resnet18": {"width": 8}, "densenet": {"growth_rate": 8, "num_init_features": 16}}
+NARROW = {
+    "resnet18": {"width": 8},
+    "resnet56": {"width": 8},
+    "densenet": {"growth_rate": 8, "num_init_features": 16},
+}
 
 
 def _size(model: str, norm: str) -> int:
