@@ -13,6 +13,7 @@ from bnlab.data.synthetic import fake_images_labels
 from bnlab.lab import batch_size
 from bnlab.lab.claims import VERDICTS
 from bnlab.lab.experiment import get_lab, run_lab
+from bnlab.train.fit import StepInfo
 
 
 def fake_data(train: int = 64, test: int = 32) -> dict[str, torch.Tensor]:
@@ -150,3 +151,13 @@ def test_config_checks_and_full_defaults(tmp_path: Path) -> None:
     bad = dataclasses.replace(tiny_config(), reference_batch=32)
     with pytest.raises(ValueError, match=r"reference_batch 32 is not in batch_sizes \(2, 8\)"):
         run_lab(get_lab("batch-size"), bad, tmp_path / "bad", data=fake_data())
+
+
+def test_renorm_warmup_scales_the_paper_schedule() -> None:
+    assert batch_size.renorm_warmup(batch_size.SmallReluCNN("bnlab"), 100) is None
+    model = batch_size.SmallReluCNN("batchrenorm")
+    on_step = batch_size.renorm_warmup(model, 100, ramp=0.5)
+    assert (model.norm1.r_max, model.norm1.d_max) == (1.0, 0.0)  # batch norm at first
+    on_step(StepInfo(epoch=1, step=50, batch=50, num_batches=100, batch_size=2, loss=1.0))
+    assert model.norm2.r_max == pytest.approx(3.0)  # r_max's final value at half the run
+    assert model.norm2.d_max == pytest.approx(5.0)

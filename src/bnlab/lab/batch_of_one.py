@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab._common import mean_std, pick, take, train_variant
-from bnlab.lab.batch_size import SmallReluCNN, cpu_threads
+from bnlab.lab.batch_size import SmallReluCNN, cpu_threads, renorm_warmup
 from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -235,13 +235,15 @@ def _online(config: BatchOfOneConfig, data: Mapping[str, Tensor], norm: str, see
         momentum=config.momentum,
         device=str(device),
     )
+    model = SmallReluCNN(norm)
     got = train_variant(
-        SmallReluCNN(norm),
+        model,
         data,
         train,
         train_size=config.online_steps,
         test_size=config.test_size,
         subset_seed=seed,  # each seed its own stream of examples
+        on_step=renorm_warmup(model, config.online_steps),
     )
     return {"test_acc": got["final"]["test_acc"], "diverged": got["diverged"]}
 
@@ -256,8 +258,14 @@ def _predict(config: BatchOfOneConfig, data: Mapping[str, Tensor], norm: str, se
         momentum=config.momentum,
         device=str(device),
     )
+    steps = -(-min(config.predict_train_size, data["train_images"].shape[0]) // 32)
     train_variant(
-        model, data, train, train_size=config.predict_train_size, test_size=config.test_size
+        model,
+        data,
+        train,
+        train_size=config.predict_train_size,
+        test_size=config.test_size,
+        on_step=renorm_warmup(model, steps),
     )
     test_x, test_y = take(data, "test", config.test_size)
     loader = DeviceLoader(test_x, test_y, len(test_y), shuffle=False, device=device)
@@ -434,6 +442,8 @@ def _run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
             "spatial statistics, like InstanceNorm); LeNet's BN after linear layers has one "
             "value per channel and raises.",
             "Ghost BN at B=1 is BN (one virtual batch); it is in the error table only.",
+            "Batch Renorm trains with the paper's r_max/d_max warm-up scaled so that r_max "
+            "reaches 3 at half of each run (bnlab.lab.batch_size.renorm_warmup).",
             f"Online training: SGD lr {config.online_lr:g}, momentum {config.momentum:g}, "
             "each seed its own stream of training examples.",
         ],

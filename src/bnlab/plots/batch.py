@@ -64,12 +64,17 @@ def plot_vs_batch(
     count = max(len(panels), 1)
     fig = Figure(figsize=(5.2 * count, 4.2))
     axes = fig.subplots(1, count, squeeze=False)[0]
+    # One colour per label across panels, so a norm looks the same everywhere.
+    labels: list[str] = []
+    for series in panels.values():
+        labels += [label for label in series if label not in labels]
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
     for ax, (panel, series) in zip(axes, panels.items(), strict=False):
         for label, data in series.items():
             x = [float(v) for v in data["x"]]
             mean, low, high = _stats(data["runs"])
-            (line,) = ax.plot(x, mean, marker="o", markersize=3, label=label)
-            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+            ax.plot(x, mean, marker="o", markersize=3, label=label, color=colors[label])
+            ax.fill_between(x, low, high, color=colors[label], alpha=0.15, linewidth=0)
         ax.set_xscale("log", base=2)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
