@@ -1,9 +1,13 @@
-"""Benchmark BatchNorm on the CPU: bnlab.nn (ours), torch.nn (native), bnlab.textbook.
+"""Benchmark BatchNorm on the CPU: bnlab.nn (ours, fast path off and on), torch.nn
+(native), bnlab.textbook.
 
 Float32, training forward+backward and eval forward, on LeNet and ResNet shapes. Prints
-a table of median times (IQR in brackets) and the ratios ours/native and
-textbook/native, and writes the numbers with the config and the environment to
-``OUT/bench_batchnorm_<UTC time>.json``.
+a table of median times (IQR in brackets) and the ratios to native, then per case the
+fraction of the memory-bandwidth bound each variant reaches (byte model in
+``bnlab.bench.batchnorm``; bandwidth measured at the start of this run), page faults
+per step, the peak resident-set growth of a training step, and the estimated share of
+native's time spent on fresh outputs. Writes the numbers with the config and the
+environment to ``OUT/bench_batchnorm_<UTC time>.json``.
 
     .venv/bin/python benchmarks/bench_batchnorm.py --out runs/bench
     .venv/bin/python benchmarks/bench_batchnorm.py --shapes 256x120 8x3x5x5 --repeats 5
@@ -25,6 +29,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +37,31 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from bnlab.bench.batchnorm import DEFAULT_SHAPES, MODES, VARIANTS, ratio, run_suite
+from bnlab.bench.batchnorm import (
+    DEFAULT_SHAPES,
+    MODES,
+    VARIANTS,
+    fraction_of_bound,
+    fresh_output_ms,
+    measure_bandwidth,
+    ratio,
+    run_suite,
+    step_bytes,
+)
 from bnlab.bench.timing import environment_record, load_average
+from bnlab.functional import _fast
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+BYTE_MODEL = (
+    "compulsory bytes: train = 5 full-size float32 tensors (forward reads x, writes y; "
+    "backward reads grad_y and x, writes grad_x), eval = 2 (reads x, writes y); bound = "
+    "bytes / copy bandwidth (dst.copy_(src) of two pre-touched buffers of --bandwidth-mib, "
+    "read + write "
+    "bytes, same threads, measured at the start of the run); fraction = bound / median. "
+    "ours-fast makes 8 tensor passes in training (forward: x, x, y; backward: grad_y+x "
+    "twice, grad_x) and 2 in eval."
+)
+FRESH_OUTPUTS = {"train": 2, "eval": 1}  # full-size outputs native allocates per step
 MEMORY_NOTE = (
     "Each step allocates its outputs, gradients and (textbook) intermediates afresh. "
     "With glibc malloc defaults, blocks above the mmap threshold (dynamic, at most "
@@ -108,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="minimum duration of one timed sample; short calls are repeated (default 20)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+    parser.add_argument(
+        "--bandwidth-mib",
+        type=positive_int,
+        default=256,
+        help="size of each buffer of the bandwidth copy; far above the caches (default 256)",
+    )
+    parser.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak resident-set measurement of the training steps",
+    )
     return parser
 
 
@@ -121,24 +158,94 @@ def results_table(results: list[dict[str, Any]], threads: int) -> Table:
         title=f"BatchNorm, float32, CPU, {threads} threads: median ms per call (IQR)",
         title_justify="left",
     )
-    for column in ("shape", "mode", "ours", "native", "textbook"):
+    for column in ("shape", "mode", *VARIANTS):
         table.add_column(column, justify="left" if column in ("shape", "mode") else "right")
-    table.add_column("ours/native", justify="right")
-    table.add_column("textbook/native", justify="right")
+    others = [name for name in VARIANTS if name != "native"]
+    for name in others:
+        table.add_column(f"{name}/native", justify="right")
     for result in results:
         timings = result["timings"]
         table.add_row(
             "x".join(map(str, result["shape"])),
             result["mode"],
             *(_cell(timings, name) for name in VARIANTS),
-            f"{ratio(timings, 'ours'):.2f}",
-            f"{ratio(timings, 'textbook'):.2f}",
+            *(f"{ratio(timings, name):.2f}" for name in others),
+        )
+    return table
+
+
+def bound_rows(
+    results: list[dict[str, Any]], bandwidth: dict[str, float], fresh: dict[tuple, Any]
+) -> list[dict[str, Any]]:
+    """Per case: the bandwidth bound, each variant's fraction of it, faults, memory."""
+    rows = []
+    for result in results:
+        shape, mode = tuple(result["shape"]), result["mode"]
+        nbytes = step_bytes(shape, mode)
+        timings = result["timings"]
+        native_ms = timings["native"].median_ms
+        fresh_ms = fresh[shape]["fresh_extra_ms"] * FRESH_OUTPUTS[mode]
+        rows.append(
+            {
+                "shape": list(shape),
+                "mode": mode,
+                "compulsory_bytes": nbytes,
+                "bound_ms": nbytes / (bandwidth["copy_gb_per_s"] * 1e6),
+                "fraction_of_bound": {
+                    name: fraction_of_bound(nbytes, bandwidth["copy_gb_per_s"], t.median_ms)
+                    for name, t in timings.items()
+                },
+                "minor_faults_per_call": result["minor_faults_per_call"],
+                "peak_rss_growth_bytes": result.get("peak_rss_growth_bytes"),
+                "native_fresh_outputs_est_ms": fresh_ms,
+                "native_fresh_outputs_share": fresh_ms / native_ms if native_ms > 0 else None,
+            }
+        )
+    return rows
+
+
+def bound_table(rows: list[dict[str, Any]], bandwidth: dict[str, float]) -> Table:
+    table = Table(
+        title=(
+            f"Fraction of the bandwidth bound (copy {bandwidth['copy_gb_per_s']:.1f} GB/s), "
+            "minor page faults per step, peak RSS growth of a training step (MB), "
+            "native's estimated share spent on fresh outputs"
+        ),
+        title_justify="left",
+    )
+    table.add_column("shape")
+    table.add_column("mode")
+    table.add_column("bound ms", justify="right")
+    for name in VARIANTS:
+        table.add_column(f"{name} frac", justify="right")
+    for name in ("ours-fast", "native"):
+        table.add_column(f"{name} faults", justify="right")
+    for name in ("ours-fast", "native"):
+        table.add_column(f"{name} MB", justify="right")
+    table.add_column("native fresh", justify="right")
+    for row in rows:
+        peak = row["peak_rss_growth_bytes"] or {}
+        share = row["native_fresh_outputs_share"]
+        table.add_row(
+            "x".join(map(str, row["shape"])),
+            row["mode"],
+            f"{row['bound_ms']:.3f}",
+            *(f"{row['fraction_of_bound'][name]:.2f}" for name in VARIANTS),
+            *(f"{row['minor_faults_per_call'][name]:.0f}" for name in ("ours-fast", "native")),
+            *(
+                "-" if peak.get(name) is None else f"{peak[name] / 1e6:.1f}"
+                for name in ("ours-fast", "native")
+            ),
+            "-" if share is None else f"{share:.0%}",
         )
     return table
 
 
 def to_json(
-    results: list[dict[str, Any]], config: dict[str, Any], environment: dict[str, Any]
+    results: list[dict[str, Any]],
+    config: dict[str, Any],
+    environment: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     rows = []
     ratios = []
@@ -154,6 +261,7 @@ def to_json(
                 "shape": shape,
                 "mode": result["mode"],
                 "ours_over_native": ratio(result["timings"], "ours"),
+                "ours_fast_over_native": ratio(result["timings"], "ours-fast"),
                 "textbook_over_native": ratio(result["timings"], "textbook"),
             }
         )
@@ -164,6 +272,7 @@ def to_json(
         "environment": environment,
         "results": rows,
         "ratios_of_medians": ratios,
+        **(extra or {}),
     }
 
 
@@ -172,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     console = Console()
     if not console.is_terminal:
-        console.width = max(console.width, 132)  # a log file: keep table rows on one line
+        console.width = max(console.width, 200)  # a log file: keep table rows on one line
     script = Path(__file__).resolve()
     shapes = args.shapes if args.shapes is not None else list(DEFAULT_SHAPES)
     started = dt.datetime.now(dt.UTC)
@@ -180,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         "shapes": [list(s) for s in shapes],
         "modes": list(args.modes),
         "variants": {
-            "ours": "bnlab.nn.BatchNorm1d/2d",
+            "ours": "bnlab.nn.BatchNorm1d/2d, fast path off",
+            "ours-fast": "bnlab.nn.BatchNorm1d/2d, fast path on (bnlab.functional._fast)",
             "native": "torch.nn.BatchNorm1d/2d",
             "textbook": "bnlab.textbook.BatchNorm",
         },
@@ -195,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_step": "grads set to None, forward, backward of a fixed random grad_y",
         "eval_step": "forward under torch.no_grad()",
         "memory_note": MEMORY_NOTE,
+        "byte_model": BYTE_MODEL,
         "argv": sys.argv[1:] if argv is None else list(argv),
         "script": script.name,
         "script_sha256": hashlib.sha256(script.read_bytes()).hexdigest(),
@@ -219,6 +330,24 @@ def main(argv: list[str] | None = None) -> int:
             "CPUs; other processes will distort the timings[/yellow]"
         )
 
+    # First use of the fast path: compiles the kernels (or loads them from the cache).
+    start = time.perf_counter()
+    fast_ready = _fast.available()
+    fast_info = {
+        "available": fast_ready,
+        "status": _fast.status(),
+        "first_use_s": round(time.perf_counter() - start, 3),
+        "pool_min_bytes": _fast.POOL_MIN_BYTES,
+        "pool_max_free_bytes": _fast.POOL_MAX_FREE_BYTES,
+    }
+    console.print(f"fast path: {fast_info['status']} (first use {fast_info['first_use_s']} s)")
+    bandwidth = measure_bandwidth(args.bandwidth_mib << 20)
+    console.print(
+        f"bandwidth, {bandwidth['threads']} threads: copy {bandwidth['copy_gb_per_s']:.1f} "
+        f"GB/s (read + write bytes), read {bandwidth['read_gb_per_s']:.1f} GB/s"
+    )
+    fresh = {tuple(shape): fresh_output_ms(shape) for shape in shapes}
+
     def on_case(result: dict[str, Any]) -> None:
         shape = "x".join(map(str, result["shape"]))
         medians = ", ".join(f"{k} {t.median_ms:.3f}" for k, t in result["timings"].items())
@@ -232,14 +361,28 @@ def main(argv: list[str] | None = None) -> int:
         modes=args.modes,
         seed=args.seed,
         on_case=on_case,
+        measure_memory=not args.no_memory,
     )
+    bandwidth_end = measure_bandwidth(args.bandwidth_mib << 20)
     config["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     # At the end the load includes this run's own threads; the start value shows other load.
     environment["load_average_1_5_15_min_at_end_incl_this_run"] = load_average()
     console.print(results_table(results, args.threads))
+    bounds = bound_rows(results, bandwidth, fresh)
+    console.print(bound_table(bounds, bandwidth))
+    console.print(
+        f"[dim]{BYTE_MODEL} Bandwidth at the end: copy {bandwidth_end['copy_gb_per_s']:.1f} "
+        "GB/s.[/dim]"
+    )
+    extra = {
+        "fast_path": fast_info,
+        "bandwidth": {"start": bandwidth, "end": bandwidth_end},
+        "fresh_output_ms": [{"shape": list(k), **v} for k, v in fresh.items()],
+        "bandwidth_bound": bounds,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench_batchnorm_{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(to_json(results, config, environment), indent=2) + "\n")
+    path.write_text(json.dumps(to_json(results, config, environment, extra), indent=2) + "\n")
     console.print(f"wrote {path}")
     return 0
 

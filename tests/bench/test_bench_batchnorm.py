@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-from bnlab.bench.batchnorm import make_modules, make_step, run_case
+from bnlab.bench.batchnorm import (
+    fraction_of_bound,
+    make_modules,
+    make_step,
+    measure_bandwidth,
+    peak_rss_growth,
+    run_case,
+    step_bytes,
+)
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_batchnorm.py"
 
@@ -64,9 +72,30 @@ def test_make_errors() -> None:
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_run_case_variants_agree(mode: str) -> None:
-    result = run_case((8, 3, 4, 4), mode, repeats=2, warmup=0, target_ms=0.1)
-    assert set(result["timings"]) == {"ours", "native", "textbook"}
+    result = run_case((8, 3, 4, 4), mode, repeats=2, warmup=0, target_ms=0.1, measure_memory=True)
+    variants = {"ours", "ours-fast", "native", "textbook"}
+    assert set(result["timings"]) == variants
+    assert set(result["minor_faults_per_call"]) == variants
+    assert set(result["peak_rss_growth_bytes"]) == variants
     assert all(diff < 1e-4 for diff in result["max_abs_diff_vs_native"].values())
+
+
+def test_byte_model_and_bound() -> None:
+    assert step_bytes((8, 3, 4, 4), "train") == 5 * 384 * 4
+    assert step_bytes((8, 3), "eval", itemsize=8) == 2 * 24 * 8
+    # 1 GB at 10 GB/s takes 100 ms: a 200 ms step reaches half the bound.
+    assert fraction_of_bound(10**9, 10.0, 200.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"^step_bytes: mode must be one of train, eval, got 'x'$"):
+        step_bytes((8, 3), "x")
+
+
+def test_bandwidth_and_peak_memory_helpers() -> None:
+    bandwidth = measure_bandwidth(nbytes=1 << 20, repeats=2)
+    assert bandwidth["copy_gb_per_s"] > 0
+    assert bandwidth["read_gb_per_s"] > 0
+    grown = peak_rss_growth(lambda: torch.ones(16 << 20, dtype=torch.uint8).sum())
+    if grown is not None:  # Linux: a fresh 16 MiB tensor shows in the resident set
+        assert grown >= 8 << 20
 
 
 def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,11 +115,13 @@ def test_bad_shapes_are_rejected(bad: str, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_smoke_run_writes_json(tmp_path: Path) -> None:
-    start = time.perf_counter()
+    # CPU time of the child, not wall time: the check must hold on a loaded machine.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         [
             *(sys.executable, str(SCRIPT), "--shapes", "4x3x5x5", "--repeats", "2"),
             *("--warmup", "1", "--target-ms", "0.5", "--threads", "1", "--out", str(tmp_path)),
+            *("--bandwidth-mib", "4"),
         ],
         capture_output=True,
         text=True,
@@ -98,7 +129,8 @@ def test_smoke_run_writes_json(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert time.perf_counter() - start < 10
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) < 10
     (path,) = tmp_path.glob("bench_batchnorm_*.json")
     data = json.loads(path.read_text())
     assert data["config"]["shapes"] == [[4, 3, 5, 5]]
@@ -106,11 +138,16 @@ def test_smoke_run_writes_json(tmp_path: Path) -> None:
     assert data["environment"]["torch"] == torch.__version__
     assert "allocator_and_thread_env" in data["environment"]
     rows = {(r["mode"], r["variant"]): r for r in data["results"]}
-    assert set(rows) == {(m, v) for m in ("train", "eval") for v in ("ours", "native", "textbook")}
+    variants = ("ours", "ours-fast", "native", "textbook")
+    assert set(rows) == {(m, v) for m in ("train", "eval") for v in variants}
     for row in rows.values():
         assert row["repeats"] == 2
         assert row["median_time_ms"] > 0
         assert len(row["samples_time_ms"]) == 2
     assert len(data["ratios_of_medians"]) == 2
-    for line in ("ours/native", "textbook/native", "4x3x5x5"):
+    assert data["bandwidth"]["start"]["copy_gb_per_s"] > 0
+    assert {r["mode"] for r in data["bandwidth_bound"]} == {"train", "eval"}
+    assert "compulsory bytes" in data["config"]["byte_model"]
+    assert "available" in data["fast_path"]
+    for line in ("ours/native", "ours-fast/native", "textbook/native", "4x3x5x5"):
         assert line in done.stdout

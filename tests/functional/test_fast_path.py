@@ -216,8 +216,9 @@ def test_switched_off_path_is_not_used(calls) -> None:
 
 
 @needs_fast
-def test_huge_page_outputs(monkeypatch, calls) -> None:
-    monkeypatch.setattr(_fast, "HUGE_PAGE_MIN_BYTES", 0)
+def test_pooled_outputs_match_and_are_plain_tensors(monkeypatch, calls) -> None:
+    monkeypatch.setattr(_fast, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(_fast, "_pool", _fast.OutputPool(1 << 20))
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(32, 3, 16, 16, generator=gen)
     grad_y = torch.randn(32, 3, 16, 16, generator=gen)
@@ -232,6 +233,50 @@ def test_huge_page_outputs(monkeypatch, calls) -> None:
     assert not got[0]._is_view()
     torch.relu_(got[0])
     assert not got[1]._is_view()
+
+
+def test_pool_reuses_only_free_mappings() -> None:
+    pool = _fast.OutputPool(max_free_bytes=1 << 30)
+    a = pool.empty((1000,), torch.float32)
+    a.fill_(1.0)
+    b = pool.empty((1000,), torch.float32)  # a is alive: a new mapping
+    assert a.data_ptr() != b.data_ptr()
+    view = a[10:20]
+    address = a.data_ptr()
+    del a
+    c = pool.empty((1000,), torch.float32)  # a's view keeps its mapping in use
+    assert address not in (b.data_ptr(), c.data_ptr())
+    assert torch.equal(view, torch.ones(10))
+    del view
+    d = pool.empty((1000,), torch.float32)  # now free: reused
+    assert d.data_ptr() == address
+    assert pool.mapped_bytes() == 3 * 4000
+    e = pool.empty((10, 5), torch.float64)  # another size: a new mapping
+    assert e.shape == (10, 5)
+    assert e.dtype == torch.float64
+    assert e.is_contiguous()
+
+
+def test_pool_unmaps_free_mappings_beyond_its_cap() -> None:
+    pool = _fast.OutputPool(max_free_bytes=10_000)
+    tensors = [pool.empty((1000,), torch.float32) for _ in range(4)]
+    assert pool.mapped_bytes() == 16_000
+    del tensors
+    assert pool.free_bytes() == 16_000
+    kept = pool.empty((2000,), torch.float32)  # another size: unmaps the oldest free ones
+    assert pool.free_bytes() == 8_000
+    assert pool.mapped_bytes() == 8_000 + kept.numel() * 4
+    off = _fast.OutputPool(max_free_bytes=0)
+    off.empty((1000,), torch.float32)
+    assert off.mapped_bytes() == 0  # reuse off: nothing kept
+
+
+def test_set_pool_limit_rejects_negative_values() -> None:
+    with pytest.raises(ValueError, match="max_free_bytes") as info:
+        _fast.set_pool_limit(-1)
+    assert str(info.value) == (
+        "set_pool_limit: max_free_bytes must be >= 0 (0 turns reuse off), got -1"
+    )
 
 
 def test_failed_build_warns_once_and_falls_back(fresh_build_state, monkeypatch, calls) -> None:

@@ -27,21 +27,29 @@ manager switch the fast path off (for comparisons).
 
 Large outputs: a fresh CPU tensor above glibc's mmap threshold (at most 32 MiB) is a
 new mapping whose 4 KiB pages fault on first touch, which costs more than the
-arithmetic. Outputs of at least :data:`HUGE_PAGE_MIN_BYTES` are therefore mapped here
-with ``madvise(MADV_HUGEPAGE)`` (2 MiB pages where the kernel allows it; the mapping is
-released when the tensor dies). Only these tensors are affected; the process-wide
-allocator settings are not changed.
+arithmetic (measured here: about half of torch's own training step on the large
+shapes). Outputs (``y``, ``grad_x``) of at least :data:`POOL_MIN_BYTES` therefore come
+from a small cache of this module's own mappings (:class:`OutputPool`): a mapping is
+reused, already faulted in, once every tensor on it has died, and at most
+:data:`POOL_MAX_FREE_BYTES` of free mappings are kept (the rest is unmapped). In steady
+training the pool holds the buffers torch's allocator would map afresh at every step,
+so the peak memory of a step is unchanged; between steps it keeps up to that cap mapped.
+New mappings are advised ``MADV_HUGEPAGE`` (2 MiB pages where the kernel grants them).
+Only these tensors are affected; the process-wide allocator settings are not changed.
+:func:`set_pool_limit` changes the cap (0 turns reuse off).
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import mmap
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -56,14 +64,17 @@ from bnlab.functional.moments import records_grad
 
 __all__ = [
     "FLAGS",
-    "HUGE_PAGE_MIN_BYTES",
     "MIN_NUMEL",
+    "POOL_MAX_FREE_BYTES",
+    "POOL_MIN_BYTES",
+    "OutputPool",
     "available",
     "eligible",
     "enabled",
     "eval_forward",
     "is_enabled",
     "set_enabled",
+    "set_pool_limit",
     "status",
     "train_backward",
     "train_forward",
@@ -75,7 +86,8 @@ COMPILERS = ("g++", "c++", "clang++")
 ABI_VERSION = 1
 # Below this many elements the reference path (a few torch ops) is as fast.
 MIN_NUMEL = 4096
-HUGE_PAGE_MIN_BYTES = 16 << 20
+POOL_MIN_BYTES = 8 << 20
+POOL_MAX_FREE_BYTES = 1 << 30
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 # Build settings, module attributes so that tests can point them elsewhere.
@@ -244,18 +256,98 @@ def eligible(x: Tensor, *others: Tensor | None, per_channel: tuple[Tensor | None
     return _library() is not None
 
 
+class OutputPool:
+    """Anonymous mappings for large outputs, reused once no tensor uses them.
+
+    A tensor made by :meth:`empty` holds its mapping through the buffer protocol (one
+    reference to the ``mmap`` object per live storage), so a mapping whose only
+    references are the pool's is free. Free mappings beyond ``max_free_bytes`` are
+    unmapped (oldest first).
+    """
+
+    def __init__(self, max_free_bytes: int) -> None:
+        self.max_free_bytes = max_free_bytes
+        self._maps: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+        # The reference count of a mapping only the pool holds, seen from _is_free called
+        # on a loop variable over a list (the count depends on the interpreter's calling
+        # convention, so it is measured, not assumed).
+        self._free_refs = 0
+        probes = [mmap.mmap(-1, mmap.PAGESIZE)]
+        for probe in probes:
+            self._free_refs = self._refs(probe)
+
+    def _refs(self, buf: mmap.mmap) -> int:
+        return sys.getrefcount(buf)
+
+    def _is_free(self, buf: mmap.mmap) -> bool:
+        # Same call depth as _refs in __init__, so the same count means "only the pool".
+        return sys.getrefcount(buf) <= self._free_refs
+
+    def free_bytes(self) -> int:
+        """Bytes of mappings that no tensor uses."""
+        with self._lock:
+            return sum(len(b) for b in self._maps if self._is_free(b))
+
+    def mapped_bytes(self) -> int:
+        """Bytes of every mapping the pool holds, used or free."""
+        with self._lock:
+            return sum(len(b) for b in self._maps)
+
+    def _take(self, nbytes: int) -> mmap.mmap:
+        with self._lock:
+            free = []
+            for buf in self._maps:
+                if self._is_free(buf):
+                    if len(buf) == nbytes:
+                        return buf
+                    free.append(buf)
+            # Unmap the oldest free mappings beyond the cap (list order = creation order).
+            total = sum(len(b) for b in free)
+            for buf in free:
+                if total <= self.max_free_bytes:
+                    break
+                self._maps.remove(buf)
+                total -= len(buf)
+            del free
+            buf = mmap.mmap(-1, nbytes)
+            if hasattr(mmap, "MADV_HUGEPAGE"):
+                buf.madvise(mmap.MADV_HUGEPAGE)
+            if self.max_free_bytes > 0:
+                self._maps.append(buf)
+            return buf
+
+    def empty(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> Tensor:
+        """An uninitialised contiguous CPU tensor on a (possibly reused) mapping."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        buf = self._take(nbytes)
+        storage = torch.frombuffer(buf, dtype=torch.uint8).untyped_storage()
+        # set_ on a fresh tensor, not .view: a view returned by a custom Function cannot
+        # be modified in place (ReLU(inplace=True) after BN).
+        return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
+
+
+_pool = OutputPool(POOL_MAX_FREE_BYTES)
+
+
+def set_pool_limit(max_free_bytes: int) -> None:
+    """Keep at most ``max_free_bytes`` of free output mappings for reuse (0: none).
+
+    Raises:
+        ValueError: a negative limit.
+    """
+    if max_free_bytes < 0:
+        raise ValueError(
+            f"set_pool_limit: max_free_bytes must be >= 0 (0 turns reuse off), got {max_free_bytes}"
+        )
+    _pool.max_free_bytes = max_free_bytes
+
+
 def _empty_like(x: Tensor) -> Tensor:
-    """An uninitialised contiguous tensor like ``x``; large ones on huge pages."""
-    nbytes = x.numel() * x.element_size()
-    if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+    """An uninitialised contiguous tensor like ``x``; large ones from the output pool."""
+    if x.numel() * x.element_size() < POOL_MIN_BYTES:
         return torch.empty(x.shape, dtype=x.dtype)
-    buf = mmap.mmap(-1, nbytes)
-    buf.madvise(mmap.MADV_HUGEPAGE)
-    # The storage keeps the mapping alive; it is unmapped when the last tensor on it
-    # dies. set_ on a fresh tensor (not .view) so that the output is not a view: autograd
-    # forbids in-place ops on views returned by a custom Function (ReLU(inplace=True)).
-    storage = torch.frombuffer(buf, dtype=torch.uint8).untyped_storage()
-    return torch.empty(0, dtype=x.dtype).set_(storage, 0, x.shape)
+    return _pool.empty(x.shape, x.dtype)
 
 
 def _ptr(t: Tensor | None) -> int | None:
