@@ -322,7 +322,7 @@ SPEC = register_lab(
         run=run,
         needs_data=True,
         full_time=(
-            "4.6 min wall (70 s of CPU time) with --threads 1 on the shared 2-core machine "
+            "4.4 min wall (92 s of CPU time) with --threads 1 on the shared 2-core machine "
             "under heavy load from other jobs (2026-11-26)"
         ),
     )
