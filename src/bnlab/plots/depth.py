@@ -56,6 +56,7 @@ def plot_depth_curves(
     smooth: int = 10,
     reference: float | None = math.log(10),
     reference_label: str = "ln 10 (chance)",
+    ymax: float | None = 3.5,
     title: str = "",
 ) -> Path:
     """Training loss per step, one panel per depth, one line per variant.
@@ -67,6 +68,8 @@ def plot_depth_curves(
         path: the PNG to write.
         smooth: the moving-average window in steps.
         reference: a horizontal line (the loss of a uniform guess over 10 classes), or None.
+        ymax: the top of the y axis (a diverging run's loss leaves the panel there, so
+            that it does not squash the other curves); None: matplotlib's choice.
         title: the figure title.
 
     Returns:
@@ -89,6 +92,8 @@ def plot_depth_curves(
             ax.plot(range(1, len(curve) + 1), curve, label=label, linewidth=1.3)
         if reference is not None:
             ax.axhline(reference, color="gray", linestyle="--", linewidth=1, label=reference_label)
+        if ymax is not None:
+            ax.set_ylim(0.0, ymax)
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("step")
         if k % cols == 0:
