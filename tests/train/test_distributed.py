@@ -27,6 +27,7 @@ import torch.distributed as dist
 from _dist_worker import CHECKS
 from _dist_worker import main as worker_main
 
+from bnlab.cli.launch import PRELOAD
 from bnlab.data.loader import DeviceLoader
 from bnlab.data.synthetic import fake_images_labels
 from bnlab.train import TrainConfig, fit
@@ -45,9 +46,8 @@ def _context() -> multiprocessing.context.BaseContext:
     """forkserver with torch and bnlab preloaded (as tests/nn/test_sync.py), else spawn."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(
-            ["torch", "torch.distributed", "torch.fx.experimental.symbolic_shapes", "bnlab.train"]
-        )
+        # The launcher's list: one server serves this test and the CLI's launches.
+        ctx.set_forkserver_preload(PRELOAD)
         return ctx
     return multiprocessing.get_context("spawn")
 

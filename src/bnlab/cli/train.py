@@ -15,7 +15,17 @@ given explicitly override it. The results folder (``--out``) holds:
   curves.png        loss and accuracy per epoch
 
 An interrupted run continues with the same command plus ``--resume`` and ends with
-exactly the numbers and weights of an uninterrupted one. images/s counts the training
+exactly the numbers and weights of an uninterrupted one.
+
+Across processes: ``--nproc N`` (or ``torchrun --nproc-per-node N -m bnlab train ...``)
+trains with DistributedDataParallel, gloo on CPU, nccl on GPU (one GPU per process).
+``--batch-size`` is the global batch: each of the N processes takes 1/N of every batch
+(the same shuffled order on every process), so the same command trains the same model
+for the same number of steps; with ``--sync-bn`` (BN statistics over the global batch)
+it equals the single-process run up to float rounding. Evaluation is sharded (each
+process its part of the test set, correct counts and losses summed over processes), so
+test accuracy is over the whole test set. Only process 0 writes the files and prints;
+config.json records the distribution. A process that fails stops all of them. images/s counts the training
 steps only (fetching the batch from the device-resident loader, forward, backward and
 the SGD update); evaluation, logging and checkpoints are excluded.
 """
@@ -25,6 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +56,20 @@ from bnlab import models
 from bnlab.cli._args import add_run_arguments, non_negative_int, positive_float, positive_int
 from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import add_data_dir_argument, data_dir_from_env
+from bnlab.cli.launch import LOST_CONTACT_STATUS, launch, threads_per_worker, worker_argv
 from bnlab.data.fashion_mnist import load_fashion_mnist
 from bnlab.data.loader import DeviceLoader
 from bnlab.models.mlp import NORM_POSITIONS
 from bnlab.plots.training import plot_training_curves
 from bnlab.train import CHECKPOINT_NAME, METRICS_NAME, FitResult, StepInfo, TrainConfig, fit
 from bnlab.train.config import INITS
+from bnlab.train.distributed import (
+    DEFAULT_TIMEOUT_S,
+    DistributedRun,
+    init_distributed,
+    shutdown_distributed,
+    torchrun_env,
+)
 from bnlab.train.io import write_json
 from bnlab.train.presets import PRESETS, available_presets, get_preset
 
@@ -64,6 +85,8 @@ EXAMPLES = """examples:
   bnlab train --preset d2l-resnet18 --norm groupnorm --out runs/resnet18-gn
   bnlab train --model resnet18 --norm groupnorm --resize 96 --lr 0.05 --out runs/r18-gn
   bnlab train --model resnet20 --norm bnlab --lr 0.1 --out runs/resnet20   (28x28 inputs)
+  bnlab train --nproc 2 --sync-bn --out runs/lenet-ddp            2 processes, SyncBN
+  torchrun --nproc-per-node 2 -m bnlab train --sync-bn --out runs/lenet-ddp   the same
 """
 
 # Settings a preset fills, with the defaults used without one.
@@ -145,7 +168,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="results folder")
     add_data_dir_argument(p)
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 10)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default 256)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="global batch size (default 256); with N processes each takes 1/N of every batch",
+    )
     p.add_argument(
         "--lr", type=positive_float, default=None, help="SGD learning rate (default 1.0)"
     )
@@ -194,6 +222,28 @@ def add_parser(subparsers: Any) -> None:
         "--overwrite", action="store_true", help="replace a run already in --out (its files only)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="train with N processes on this machine (DistributedDataParallel; gloo on CPU, "
+        "nccl on GPU: one GPU each), as torchrun --nproc-per-node N -m bnlab train (default 1)",
+    )
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="across processes: every batch norm becomes bnlab's SyncBatchNorm (statistics of "
+        "the global batch; works on CPU too)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="across processes: seconds a process waits for the others before it gives up "
+        f"(default {DEFAULT_TIMEOUT_S:g})",
+    )
     p.set_defaults(func=run, parser=p)
 
 
@@ -344,6 +394,10 @@ def _summary_table(run_config: dict[str, Any], result: FitResult, out: Path) -> 
         ("images/s", f"{result.images_per_s:,.0f}"),
         ("results", str(out)),
     ]
+    spread = run_config.get("distributed")
+    if spread is not None:
+        sync = ", SyncBN" if spread["sync_bn"] else ""
+        rows.insert(2, ("processes", f"{spread['world_size']} ({spread['backend']}{sync})"))
     if result.resumed_from_epoch is not None:
         rows.insert(1, ("resumed after epoch", str(result.resumed_from_epoch)))
     for row in rows:
@@ -351,11 +405,81 @@ def _summary_table(run_config: dict[str, Any], result: FitResult, out: Path) -> 
     return table
 
 
+def _resume_hint(out: Path) -> str:
+    return f"; the same command with --resume continues {out} from its last full epoch"
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``--nproc N``: the same command in N processes under torchrun's agent."""
+    argv = worker_argv(args.parser, args, "train")
+    if args.threads is None:
+        argv += ["--threads", str(threads_per_worker(args.nproc))]
+    try:
+        launch(argv, args.nproc, resume_hint=_resume_hint(args.out))
+    except KeyboardInterrupt:
+        print(f"interrupted{_resume_hint(args.out)}", file=sys.stderr)
+        raise
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     _apply_preset(args)
     _check_args(args)
+    try:
+        env = torchrun_env(os.environ)
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    if args.nproc > 1:
+        if env is not None:
+            args.parser.error(
+                f"argument --nproc: this process already runs under torchrun (WORLD_SIZE="
+                f"{env.world_size}); drop --nproc, or run bnlab train --nproc without torchrun"
+            )
+        return _launch(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if env is None or env.world_size == 1:
+        return _train(args, None)
+    distributed = init_distributed(
+        env, device=args.device, sync_bn=args.sync_bn, timeout_s=args.dist_timeout
+    )
+    try:
+        return _train(args, distributed)
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        where = f"rank {env.rank} of {env.world_size}"
+        if _lost_contact(exc):
+            # Not the cause: another process failed first (its error is printed too).
+            # Exiting a moment later lets the agent see that one fail first and name it.
+            time.sleep(_LOST_CONTACT_GRACE_S)
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(
+                f"bnlab train: error: {where}: lost contact with the other processes "
+                f"({first_line}); another process failed or was stopped",
+                file=sys.stderr,
+            )
+            return LOST_CONTACT_STATUS
+        # One line per failing rank that says which one it was.
+        raise RuntimeError(f"{where}: {exc}") from exc
+    finally:
+        shutdown_distributed()
+
+
+# Seconds a rank that lost contact waits before it exits (see run).
+_LOST_CONTACT_GRACE_S = 2.0
+
+
+def _lost_contact(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another rank is gone or stuck."""
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer"))
+
+
+def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
+    """The run itself; with ``distributed``, this rank's part (rank 0 writes and prints)."""
+    main_rank = distributed is None or distributed.is_main
+    device = distributed.device if distributed is not None else args.device
     out: Path = args.out
     console = Console()
     progress_console = Console(stderr=True)
@@ -367,7 +491,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
-        device=args.device,
+        device=device,
         log_every_steps=args.log_every_steps,
         init=args.init,
     )
@@ -383,14 +507,27 @@ def run(args: argparse.Namespace) -> int:
         "test_batch_size": args.batch_size,
     }
     run_config = _run_config(args, train_config, data)
+    environment = run_environment(device)
+    if distributed is not None:
+        run_config["distributed"] = {
+            "world_size": distributed.world_size,
+            "backend": distributed.backend,
+            "sync_bn": distributed.sync_bn,
+            "batch_size_per_process": args.batch_size / distributed.world_size,
+        }
+        environment["world_size"] = distributed.world_size
+        environment["backend"] = distributed.backend
     if args.resume:
         _check_resume(args, run_config)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    write_json(out / "config.json", run_config)
-    write_json(out / "environment.json", run_environment(args.device))
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        if args.overwrite:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        write_json(out / "config.json", run_config)
+        write_json(out / "environment.json", environment)
+    if distributed is not None:
+        distributed.barrier()  # --overwrite's removals are done before any rank reads
 
     train_loader = DeviceLoader(
         tensors["train_x"],
@@ -398,19 +535,25 @@ def run(args: argparse.Namespace) -> int:
         args.batch_size,
         shuffle=True,
         seed=args.seed,
-        device=args.device,
+        device=device,
         resize=args.resize,
+        rank=distributed.rank if distributed is not None else 0,
+        world_size=distributed.world_size if distributed is not None else 1,
     )
     test_loader = DeviceLoader(
         tensors["test_x"],
         tensors["test_y"],
         args.batch_size,
         shuffle=False,
-        device=args.device,
+        device=device,
         resize=args.resize,
+        rank=distributed.rank if distributed is not None else 0,
+        world_size=distributed.world_size if distributed is not None else 1,
     )
     torch.manual_seed(args.seed)  # construction-time init (replaced unless --init default)
     model = models.create(args.model, norm=args.norm, **run_config["model_kwargs"])
+    if distributed is not None:
+        model = distributed.prepare(model)  # SyncBatchNorm with --sync-bn
 
     progress = Progress(
         TextColumn("{task.description}"),
@@ -419,7 +562,7 @@ def run(args: argparse.Namespace) -> int:
         TextColumn("loss {task.fields[loss]:.4f}"),
         TimeElapsedColumn(),
         console=progress_console,
-        disable=args.no_progress,
+        disable=args.no_progress or not main_rank,
     )
     num_batches = len(train_loader)
     task = progress.add_task("epoch", total=num_batches, loss=math.nan)
@@ -450,14 +593,16 @@ def run(args: argparse.Namespace) -> int:
                 train_config,
                 run_dir=out,
                 resume=args.resume,
-                on_step=on_step,
-                on_epoch=on_epoch,
+                on_step=on_step if main_rank else None,
+                on_epoch=on_epoch if main_rank else None,
+                distributed=distributed,
             )
     except KeyboardInterrupt:
-        progress_console.print(
-            f"interrupted; the same command with --resume continues {out} from its last full epoch"
-        )
+        if main_rank:
+            progress_console.print(f"interrupted{_resume_hint(out)}")
         raise
+    if not main_rank:
+        return 0
 
     results = {
         **result.to_dict(),
