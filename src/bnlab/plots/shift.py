@@ -53,6 +53,7 @@ def plot_dose_response(
             ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label="threshold")
         if all(v > 0 for v in x[1:]) and len(x) > 2:
             ax.set_xscale("symlog", linthresh=min(v for v in x if v > 0))
+            ax.set_xlim(0, max(x) * 1.3)
         ax.set_title(kind)
         ax.set_xlabel("shift strength")
         ax.set_ylim(-0.1, 1.05)
