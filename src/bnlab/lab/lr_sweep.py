@@ -356,7 +356,7 @@ SPEC = register_lab(
         run=run,
         needs_data=True,
         full_time=(
-            "4.5 min wall (1 min of CPU time) with --threads 1 on the shared 2-core machine "
+            "3.5 min wall (65 s of CPU time) with --threads 1 on the shared 2-core machine "
             "under heavy load from other jobs (2026-11-26)"
         ),
     )
