@@ -454,6 +454,9 @@ def _run(config: PredictModeConfig, ctx: LabContext) -> LabOutcome:
             "Recalibrated: bnlab.nn.recalibrate_batchnorm over the training subset in "
             "batches of 256.",
             "Class-sorted training: each batch one or two classes, batch order shuffled.",
+            "The momentum does not change training (BN's train-mode forward ignores the "
+            "running statistics): the models of one seed are identical across momenta, so "
+            "their recalibrated accuracies are equal and only the averages differ.",
         ],
     )
 
@@ -592,7 +595,7 @@ SPEC = register_lab(
         config_type=PredictModeConfig,
         run=run,
         needs_data=True,
-        full_time="",
+        full_time="9 min (515 s) on a shared, loaded 2-core CPU",
     )
 )
 
