@@ -5,7 +5,8 @@ tests/cli/test_cli_train.py (64 training, 24 test images), the curves by a stub,
 writes its stderr to ``$BNLAB_TEST_LOG_DIR/rank<r>.err``. With
 ``BNLAB_TEST_FAIL_RANK=r``, rank ``r`` raises when its training loader reaches the
 second batch (the other rank is then inside a collective of that step), or kills itself
-with SIGKILL there when ``BNLAB_TEST_FAIL_MODE=kill``, and writes the time of the failure to ``$BNLAB_TEST_LOG_DIR/failed_at``.
+with SIGKILL there when ``BNLAB_TEST_FAIL_MODE=kill``, or hangs there (sleeps two
+minutes) when it is ``hang``, and writes the time of the failure to ``$BNLAB_TEST_LOG_DIR/failed_at``.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def _failing_loader(log_dir: Path) -> type[DeviceLoader]:
         def _fail_second(self, batches: Iterator[Any]) -> Iterator[Any]:
             yield next(batches)
             (log_dir / "failed_at").write_text(repr(time.time()))
-            if os.environ.get("BNLAB_TEST_FAIL_MODE") == "kill":
+            mode = os.environ.get("BNLAB_TEST_FAIL_MODE")
+            if mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if mode == "hang":
+                time.sleep(120)
             raise RuntimeError("injected failure in the training data")
 
     return FailingLoader

@@ -5,13 +5,18 @@ real ``bnlab train`` in each rank (torchrun's agent, c10d rendezvous on localhos
 DDP) on the tiny synthetic data of tests/cli/test_cli_train.py. A 2-process run with
 SyncBN equals the single-process run of the same command (metrics of every epoch, also
 after ``--resume``); a rank that raises, or that is killed, ends the whole run within
-seconds with exit status 1 and a one-line message naming the rank. Ranks are forked
+seconds with exit status 1 and a one-line message naming the rank; a rank that hangs ends
+the run after ``--dist-timeout``; Ctrl-C (SIGINT to the launcher) stops every rank and
+says how to resume. Ranks are forked
 from a forkserver that imported torch and bnlab once (process start is the cost).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -223,3 +228,66 @@ def test_launch_rejects_zero_processes() -> None:
     with pytest.raises(ValueError, match="nproc") as info:
         cli_launch.launch(["train"], 0)
     assert str(info.value) == "launch: nproc must be >= 1, got 0"
+
+
+@gloo
+@pytest.mark.slow
+def test_a_hung_rank_ends_the_run_after_the_timeout(
+    launched: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("BNLAB_TEST_FAIL_RANK", "1")
+    monkeypatch.setenv("BNLAB_TEST_FAIL_MODE", "hang")
+    out = tmp_path / "run"
+    status = main(["train", "--out", str(out), "--nproc", "2", *TINY, "--dist-timeout", "4"])
+    ended = time.time()
+    assert status == 1
+    # The timeout counts from rank 0's collective, a moment before rank 1 hangs.
+    assert 3.0 <= ended - float((launched / "failed_at").read_text()) < 4.0 + PROMPT_S
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith(
+            "bnlab train: error: rank 0 of 2 lost contact with the other processes (one hung or was "
+            "stopped)"
+        )
+    )
+    assert (
+        "bnlab train: error: rank 0 of 2: lost contact with the other processes ("
+        in (launched / "rank0.err").read_text()
+    )
+
+
+@gloo
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank(
+    launched: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Rank 1 hangs, so the run is surely in progress when Ctrl-C reaches the launcher.
+    monkeypatch.setenv("BNLAB_TEST_FAIL_RANK", "1")
+    monkeypatch.setenv("BNLAB_TEST_FAIL_MODE", "hang")
+    failed_at = launched / "failed_at"
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + 60
+        while not failed_at.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    out = tmp_path / "run"
+    status = main(["train", "--out", str(out), "--nproc", "2", *TINY])
+    ended = time.time()
+    presser.join()
+    assert status == 130
+    assert ended - float(failed_at.read_text()) < PROMPT_S
+    err = capsys.readouterr().err
+    assert f"interrupted; the same command with --resume continues {out} from its last" in err
+    assert "bnlab train: interrupted" in err

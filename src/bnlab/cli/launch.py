@@ -48,6 +48,9 @@ __all__ = [
 #: (``bnlab train`` prints a line saying so); the launcher names the other rank.
 LOST_CONTACT_STATUS = 3
 
+#: Seconds the workers get to exit after Ctrl-C before they are killed.
+SHUTDOWN_TIMEOUT_S = 5
+
 #: Modules the forkserver imports once for all workers: torch with the parts a training
 #: step imports on first use (building an optimizer imports torch._dynamo, seconds), and
 #: every subcommand (a worker's parser imports them all).
@@ -203,6 +206,9 @@ def launch(argv: Sequence[str], nproc: int, *, resume_hint: str = "") -> dict[in
         max_restarts=0,
         monitor_interval=0.1,
         start_method=_start_method(),
+        # After Ctrl-C, a rank blocked inside a collective sees its KeyboardInterrupt only
+        # when the collective returns: it gets this long, then SIGKILL (torch: 30 s).
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     environ, cwd = dict(os.environ), os.getcwd()
     with _agent_scope():

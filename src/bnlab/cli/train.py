@@ -472,8 +472,9 @@ def _lost_contact(exc: BaseException) -> bool:
     """Whether ``exc`` is a collective failing because another rank is gone or stuck."""
     if isinstance(exc, torch.distributed.DistError):
         return True
-    text = str(exc)
-    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer"))
+    # gloo raises plain RuntimeErrors for a closed peer or a collective past the timeout.
+    text = str(exc).lower()
+    return any(s in text for s in ("connection closed by peer", "connection reset", "timed out"))
 
 
 def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
