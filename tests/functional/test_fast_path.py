@@ -47,6 +47,8 @@ def fresh_build_state(monkeypatch, tmp_path):
     """An empty build cache and no loaded library; the real state comes back afterwards."""
     monkeypatch.setattr(_fast, "_lib", None)
     monkeypatch.setattr(_fast, "_state", "not built yet")
+    monkeypatch.setattr(_fast, "_failed", False)
+    monkeypatch.setattr(_fast, "_fns", {})
     monkeypatch.setattr(_fast, "cache_dir", tmp_path / "cache")
     return tmp_path / "cache"
 
@@ -318,6 +320,8 @@ def test_waiting_builder_loads_the_library_another_process_built(monkeypatch, tm
     built = _fast._lib._name
     monkeypatch.setattr(_fast, "_lib", None)
     monkeypatch.setattr(_fast, "_state", "not built yet")
+    monkeypatch.setattr(_fast, "_failed", False)
+    monkeypatch.setattr(_fast, "_fns", {})
     monkeypatch.setattr(_fast, "cache_dir", tmp_path / "cache")
     # Compiling now would fail: the waiting builder must load, not compile.
     monkeypatch.setattr(_fast, "compilers", ("bnlab-no-such-compiler++",))

@@ -66,9 +66,10 @@ class BatchNormFunction(torch.autograd.Function):
         grad_x, grad_weight, grad_bias = batch_norm_backward(
             grad_y, x, weight, stats, (need_x, need_w, need_b)
         )
-        if grad_weight is not None:
+        # Cast only when needed: a no-op .to() still costs a dispatch per step.
+        if grad_weight is not None and grad_weight.dtype != weight.dtype:
             grad_weight = grad_weight.to(weight.dtype)
-        if grad_bias is not None:
+        if grad_bias is not None and grad_bias.dtype != ctx.bias_dtype:
             grad_bias = grad_bias.to(ctx.bias_dtype)
         return grad_x, grad_weight, grad_bias, None
 

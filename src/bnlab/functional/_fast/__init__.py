@@ -56,6 +56,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -97,6 +98,9 @@ compilers: tuple[str, ...] = COMPILERS
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _state: str = "not built yet"  # "ready: PATH" | "unavailable: REASON" | "not built yet"
+_UNAVAILABLE = "unavailable"
+_failed: bool = False  # the build or load failed in this process: reference path only
+_fns: dict[tuple[str, torch.dtype], Any] = {}
 _enabled: bool = True
 
 
@@ -196,19 +200,25 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def _library() -> ctypes.CDLL | None:
-    global _lib, _state
-    if _lib is not None or _state.startswith("unavailable"):
+    global _lib, _state, _failed
+    if _lib is not None or _failed:
         return _lib
     with _lock:
-        if _lib is None and not _state.startswith("unavailable"):
+        if _lib is None and not _failed:
             try:
-                _lib = _build_and_load()
-                _state = f"ready: {_lib._name}"
+                lib = _build_and_load()
+                _fns.clear()
+                for dtype, sfx in _DTYPES.items():
+                    for kind in ("train_forward", "train_backward", "eval_forward"):
+                        _fns[kind, dtype] = getattr(lib, f"bnlab_{kind}_{sfx}")
+                _lib = lib
+                _state = f"ready: {lib._name}"
             except Exception as err:  # any failure means: use the reference path
-                _state = f"unavailable: {type(err).__name__}: {err}"
+                reason = f"{type(err).__name__}: {err}"
+                _state = f"{_UNAVAILABLE}: {reason}"
+                _failed = True
                 warnings.warn(
-                    f"bnlab: BatchNorm fast path unavailable, using the reference path "
-                    f"({_state[len('unavailable: ') :]})",
+                    f"bnlab: BatchNorm fast path unavailable, using the reference path ({reason})",
                     RuntimeWarning,
                     stacklevel=4,
                 )
@@ -222,38 +232,39 @@ def available() -> bool:
 
 def _reset_for_tests() -> None:
     """Forget the loaded library and the failure state (tests simulate failed builds)."""
-    global _lib, _state
+    global _lib, _state, _failed
     _lib = None
     _state = "not built yet"
+    _failed = False
 
 
 def eligible(x: Tensor, *others: Tensor | None, per_channel: tuple[Tensor | None, ...]) -> bool:
     """Whether a call with full-size ``x``, ``others`` and ``per_channel`` tensors can use
     the kernels (see the module docstring). Builds the library on the first yes."""
-    if not _enabled or _state.startswith("unavailable"):
+    # Cheapest checks first: this runs on every call (small inputs are overhead-bound).
+    if not _enabled or _failed:
         return False
     dtype = x.dtype
     if (
         dtype not in _DTYPES
-        or x.device.type != "cpu"
-        or x.dim() < 2
+        or not x.is_cpu
         or x.numel() < MIN_NUMEL
+        or x.dim() < 2
         or not x.is_contiguous()
     ):
         return False
+    shape = x.shape
     for t in others:
-        if t is None or t.dtype != dtype or t.shape != x.shape or not t.is_contiguous():
+        if t is None or t.dtype != dtype or t.shape != shape or not t.is_contiguous():
             return False
-    c = x.shape[1]
+    c = shape[1]
     for t in per_channel:
-        if t is not None and (
-            t.dtype != dtype or t.dim() != 1 or t.shape[0] != c or not t.is_contiguous()
-        ):
+        if t is not None and (t.dtype != dtype or t.shape != (c,) or not t.is_contiguous()):
             return False
     # The kernels are not differentiable: recorded calls take the torch-ops path.
-    if records_grad(x, *others, *per_channel):
+    if torch.is_grad_enabled() and records_grad(x, *others, *per_channel):
         return False
-    return _library() is not None
+    return _lib is not None or _library() is not None
 
 
 class OutputPool:
@@ -368,11 +379,10 @@ def train_forward(
         ``(y, stats)``: ``stats`` a ``(5, C)`` tensor of rows mean, var (biased),
         inv_std, pivot (the channel's first element), offset (mean - pivot).
     """
-    lib = _library()
     y = _empty_like(x)
     n, c, s = _nc_s(x)
     stats = torch.empty((5, c), dtype=x.dtype)
-    fn = getattr(lib, f"bnlab_train_forward_{_DTYPES[x.dtype]}")
+    fn = _fns["train_forward", x.dtype]
     fn(
         x.data_ptr(),
         y.data_ptr(),
@@ -398,13 +408,12 @@ def train_backward(
     needs_input_grad: tuple[bool, bool, bool],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Fused training backward (call only where :func:`eligible`); ``None`` where not requested."""
-    lib = _library()
     need_x, need_w, need_b = needs_input_grad
     n, c, s = _nc_s(x)
     grad_x = _empty_like(x) if need_x else None
     grad_weight = torch.empty(c, dtype=x.dtype) if need_w else None
     grad_bias = torch.empty(c, dtype=x.dtype) if need_b else None
-    fn = getattr(lib, f"bnlab_train_backward_{_DTYPES[x.dtype]}")
+    fn = _fns["train_backward", x.dtype]
     fn(
         grad_y.data_ptr(),
         x.data_ptr(),
@@ -432,10 +441,9 @@ def eval_forward(
     eps: float,
 ) -> Tensor:
     """Fused eval forward ``(x - running_mean) * weight / sqrt(running_var + eps) + bias``."""
-    lib = _library()
     y = _empty_like(x)
     n, c, s = _nc_s(x)
-    fn = getattr(lib, f"bnlab_eval_forward_{_DTYPES[x.dtype]}")
+    fn = _fns["eval_forward", x.dtype]
     fn(
         x.data_ptr(),
         y.data_ptr(),
