@@ -163,8 +163,25 @@ def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         ``(mean, var)``, each of shape ``(C,)``, in ``accumulation_dtype(x.dtype)``.
 
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor.
+        ValueError: ``x`` has fewer than 2 dims, or no element per channel.
+
     Shape:
         x: ``(N, C, *)`` -> ``(C,)``, ``(C,)``
     """
+    # The public entry point checks its input; centered_moments (the hot path under
+    # batch_norm, which checks before) does not.
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = f"dtype {x.dtype}" if isinstance(x, Tensor) else f"a {type(x).__name__}"
+        raise TypeError(
+            f"batch_moments: expected a floating-point tensor (float16, bfloat16, float32 or "
+            f"float64), got {got}; convert it first, for example with x.float()"
+        )
+    if x.dim() < 2 or x.numel() == 0:
+        raise ValueError(
+            f"batch_moments: expected an input of shape (N, C, *) with at least one element "
+            f"per channel, got shape {tuple(x.shape)}"
+        )
     _, pivot, offset, var = centered_moments(x)
     return pivot + offset, var
