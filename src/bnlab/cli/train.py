@@ -25,7 +25,9 @@ for the same number of steps; with ``--sync-bn`` (BN statistics over the global 
 it equals the single-process run up to float rounding. Evaluation is sharded (each
 process its part of the test set, correct counts and losses summed over processes), so
 test accuracy is over the whole test set. Only process 0 writes the files and prints;
-config.json records the distribution. A process that fails stops all of them. images/s counts the training
+config.json records the distribution. A process that fails stops all of them at once
+(exit status 1, a line naming the rank); a process whose collective fails because another
+one died or hung past ``--dist-timeout`` says it lost contact and exits with status 3. images/s counts the training
 steps only (fetching the batch from the device-resident loader, forward, backward and
 the SGD update); evaluation, logging and checkpoints are excluded.
 """
@@ -126,6 +128,11 @@ RUN_FILES = (
 )
 # Settings of config.json that may differ when a run is resumed.
 _RESUMABLE = {("train", "epochs"), ("train", "device"), ("data", "data_dir")}
+# The number of processes may change on resume (checkpoints hold the plain model; with
+# --sync-bn the run continues the same optimisation).
+_RESUMABLE |= {
+    ("distributed", key) for key in ("world_size", "backend", "sync_bn", "batch_size_per_process")
+}
 
 
 def _hidden_sizes(text: str) -> tuple[int, ...]:
@@ -411,6 +418,11 @@ def _resume_hint(out: Path) -> str:
 
 def _launch(args: argparse.Namespace) -> int:
     """``--nproc N``: the same command in N processes under torchrun's agent."""
+    if args.device == "cuda" and args.nproc > torch.cuda.device_count():
+        args.parser.error(
+            f"argument --nproc: {args.nproc} processes need one GPU each but "
+            f"{torch.cuda.device_count()} are visible; use --nproc {torch.cuda.device_count()}"
+        )
     argv = worker_argv(args.parser, args, "train")
     if args.threads is None:
         argv += ["--threads", str(threads_per_worker(args.nproc))]
