@@ -380,7 +380,8 @@ ERRORS = [
         lambda: bnlab.nn.InstanceNorm1d(3)(torch.randn(2, 3, 1)),
         ValueError,
         "instance_norm: expected more than 1 spatial element per instance when using input "
-        "statistics, got input of shape (2, 3, 1)",
+        "statistics, got input of shape (2, 3, 1); feed it larger feature maps (resize the "
+        "images) or use another norm there",
     ),
 ]
 

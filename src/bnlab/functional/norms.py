@@ -316,7 +316,8 @@ def instance_norm(
     if count == 1:
         raise ValueError(
             f"{name}: expected more than 1 spatial element per instance when using input "
-            f"statistics, got input of shape {tuple(x.shape)}"
+            f"statistics, got input of shape {tuple(x.shape)}; feed it larger feature maps "
+            "(resize the images) or use another norm there"
         )
     dims = tuple(range(2, x.dim()))
     x_hat, mean, var = normalize_over(x, dims, eps)  # stats (N, C, 1, ...)
