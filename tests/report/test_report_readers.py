@@ -90,6 +90,15 @@ def test_train_preset_and_resize_in_the_command(tmp_path: Path) -> None:
     assert "--resize 96 --limit-train 512 --out" in result.command
 
 
+def test_train_distributed_run_in_the_command(tmp_path: Path) -> None:
+    folder = make_train(tmp_path / "ddp")
+    config = json.loads((folder / "config.json").read_text())
+    config["distributed"] = {"world_size": 2, "backend": "gloo", "sync_bn": True}
+    (folder / "config.json").write_text(json.dumps(config))
+    [result], _ = collect_results([folder])
+    assert "--nproc 2 --sync-bn --out" in result.command
+
+
 def test_train_malformed_results_names_the_file(tmp_path: Path) -> None:
     folder = make_train(tmp_path / "broken")
     (folder / "results.json").write_text("{not json")

@@ -67,6 +67,12 @@ def train_command(config: Mapping[str, Any], out: str) -> str | None:
     argv += argv_from_options(
         {key: data.get(key) for key in ("resize", "limit_train", "limit_test")}
     )
+    spread = config.get("distributed")
+    if isinstance(spread, dict) and spread.get("world_size", 1) > 1:
+        # The run's processes: the same settings over world_size processes.
+        argv += ["--nproc", str(spread["world_size"])]
+        if spread.get("sync_bn"):
+            argv.append("--sync-bn")
     argv += ["--out", out]
     return shlex.join(argv)
 
