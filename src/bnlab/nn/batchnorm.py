@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from bnlab.autograd.batch_norm import batch_norm
-from bnlab.functional.batch_norm import check_input
+from bnlab.functional.batch_norm import BatchNormOutput, check_input
 from bnlab.nn._base import _NormBase
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -54,16 +54,12 @@ class _BatchNorm(_NormBase):
         num_batches_tracked = (
             self.num_batches_tracked if self.training and self.track_running_stats else None
         )
-        result = batch_norm(
+        result = self._normalize(
             x,
             running_mean,
             running_var,
-            self.weight,
-            self.bias,
+            num_batches_tracked,
             training=use_batch_stats,
-            momentum=self.momentum,
-            eps=self.eps,
-            num_batches_tracked=num_batches_tracked,
             name=name,
         )
         if use_batch_stats and running_mean is not None and result.running_mean is not running_mean:
@@ -73,6 +69,31 @@ class _BatchNorm(_NormBase):
                 if num_batches_tracked is not None:
                     num_batches_tracked.copy_(result.num_batches_tracked)
         return result.output
+
+    def _normalize(
+        self,
+        x: Tensor,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        num_batches_tracked: Tensor | None,
+        *,
+        training: bool,
+        name: str,
+    ) -> BatchNormOutput:
+        """The functional call on the buffers ``forward`` chose; variants of batch norm
+        (ghost, renorm) override only this, and keep the buffer handling above."""
+        return batch_norm(
+            x,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            training=training,
+            momentum=self.momentum,
+            eps=self.eps,
+            num_batches_tracked=num_batches_tracked,
+            name=name,
+        )
 
 
 class BatchNorm1d(_BatchNorm):

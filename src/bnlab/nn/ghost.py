@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from bnlab.autograd.batch_norm import BatchNormFunction
-from bnlab.functional.batch_norm import check_input
+from bnlab.functional.batch_norm import BatchNormOutput
 from bnlab.functional.ghost import check_virtual_batch_size, ghost_batch_norm_with
 from bnlab.nn.batchnorm import _BatchNorm
 
@@ -64,39 +64,31 @@ class _GhostBatchNorm(_BatchNorm):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, virtual_batch_size={self.virtual_batch_size}"
 
-    def forward(self, x: Tensor) -> Tensor:
-        name = type(self).__name__
-        self._check_input_dim(x)
-        check_input(x, self.num_features, name)
-        # The buffer logic of bnlab.nn.BatchNorm (attributes read at every call).
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        use_buffers = not self.training or self.track_running_stats
-        running_mean = self.running_mean if use_buffers else None
-        running_var = self.running_var if use_buffers else None
-        num_batches_tracked = (
-            self.num_batches_tracked if self.training and self.track_running_stats else None
-        )
-        result = ghost_batch_norm_with(
+    def _normalize(
+        self,
+        x: Tensor,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        num_batches_tracked: Tensor | None,
+        *,
+        training: bool,
+        name: str,
+    ) -> BatchNormOutput:
+        # Batch norm's buffer handling (bnlab.nn.BatchNorm.forward), ghost statistics.
+        return ghost_batch_norm_with(
             BatchNormFunction.apply,
             x,
             running_mean,
             running_var,
             self.weight,
             self.bias,
-            training=use_batch_stats,
+            training=training,
             momentum=self.momentum,
             eps=self.eps,
             num_batches_tracked=num_batches_tracked,
             virtual_batch_size=self.virtual_batch_size,
             name=name,
         )
-        if use_batch_stats and running_mean is not None and result.running_mean is not running_mean:
-            with torch.no_grad():
-                running_mean.copy_(result.running_mean)
-                running_var.copy_(result.running_var)
-                if num_batches_tracked is not None:
-                    num_batches_tracked.copy_(result.num_batches_tracked)
-        return result.output
 
 
 class GhostBatchNorm1d(_GhostBatchNorm):

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.autograd.batch_norm import BatchNormFunction
-from bnlab.functional.batch_norm import check_input
+from bnlab.functional.batch_norm import BatchNormOutput
 from bnlab.functional.batch_renorm import (
     batch_renorm_with,
     check_renorm_clipping,
@@ -101,19 +101,23 @@ class _BatchRenorm(_BatchNorm):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, r_max={self.r_max}, d_max={self.d_max}"
 
-    def forward(self, x: Tensor) -> Tensor:
-        name = type(self).__name__
-        self._check_input_dim(x)
-        check_input(x, self.num_features, name)
-        training = self.training
+    def _normalize(
+        self,
+        x: Tensor,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        num_batches_tracked: Tensor | None,
+        *,
+        training: bool,
+        name: str,
+    ) -> BatchNormOutput:
+        # Batch norm's buffer handling (bnlab.nn.BatchNorm.forward), renorm's correction.
         if training and not self.track_running_stats:
             raise RuntimeError(
                 f"{name}: training needs running statistics, but track_running_stats was "
                 f"set to False; set it back to True, or call .eval()"
             )
-        running_mean, running_var = self.running_mean, self.running_var
-        num_batches_tracked = self.num_batches_tracked if training else None
-        result = batch_renorm_with(
+        return batch_renorm_with(
             BatchNormFunction.apply,
             x,
             running_mean,
@@ -128,13 +132,6 @@ class _BatchRenorm(_BatchNorm):
             d_max=self.d_max,
             name=name,
         )
-        if training and result.running_mean is not running_mean:
-            with torch.no_grad():
-                running_mean.copy_(result.running_mean)
-                running_var.copy_(result.running_var)
-                if num_batches_tracked is not None:
-                    num_batches_tracked.copy_(result.num_batches_tracked)
-        return result.output
 
 
 class BatchRenorm1d(_BatchRenorm):
