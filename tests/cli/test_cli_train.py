@@ -22,6 +22,7 @@ RUN_FILES = {
     "environment.json",
     "metrics.jsonl",
     "checkpoint.pt",
+    "checkpoint.prev.pt",
     "results.json",
     "curves.png",
 }
@@ -330,7 +331,9 @@ def test_train_on_real_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     argv = ["--data-dir", data_dir, "--limit-train", "512", "--limit-test", "256", "--epochs", "1"]
     argv += ["--batch-size", "64"]
     assert _train(out, *argv) == 0
-    assert {p.name for p in out.iterdir()} == RUN_FILES
+    assert {p.name for p in out.iterdir()} == RUN_FILES - {
+        "checkpoint.prev.pt"
+    }  # one epoch: no previous
     results = _json(out / "results.json")
     assert results["config"]["data"]["train_samples"] == 512
     assert results["config"]["data"]["test_samples"] == 256

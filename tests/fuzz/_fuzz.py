@@ -78,9 +78,9 @@ def input_tensors(
     side = st.one_of(st.integers(max(1, min_side), 4), st.integers(min_side, 4))
     shape = [draw(side) for _ in range(rank)]
     if rank > channel_dim or (channel_dim < 0 and rank >= 1):
-        mismatch = draw(st.integers(0, 9)) == 0
+        mismatch = draw(st.integers(0, 9)) == 9  # hypothesis favours 0
         shape[channel_dim] = draw(st.integers(1, 5)) if mismatch else channels
-    if allow_other_dtypes and draw(st.integers(0, 7)) == 0:
+    if allow_other_dtypes and draw(st.integers(0, 7)) == 7:
         dtype = draw(st.sampled_from(OTHER_DTYPES))
     else:
         dtype = draw(st.sampled_from(FLOAT_DTYPES))

@@ -347,7 +347,9 @@ def test_run_dir_holds_no_temporary_files(tmp_path: Path) -> None:
         TrainConfig(lr=0.1, epochs=2, batch_size=16),
         run_dir=tmp_path,
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl"]
+    )
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(
@@ -366,7 +368,10 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(
     with pytest.raises(OSError, match="disk full"):
         fit(models.create("mlp", hidden=(8,)), train, test, config, run_dir=tmp_path, resume=True)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
+    # checkpoint.prev.pt: the epoch-1 checkpoint kept before the failed write (the same).
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl"]
+    )
 
 
 def test_atomic_json_writes(tmp_path: Path) -> None:
@@ -563,6 +568,7 @@ def test_run_dir_errors(tmp_path: Path) -> None:
         f"checkpoint {tmp_path / 'checkpoint.pt'} is at epoch 2, past epochs=1; pass epochs >= 2"
     )
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "checkpoint.prev.pt").unlink()  # else fit falls back to it (test_faults.py)
     with pytest.raises(RuntimeError, match=r"^cannot read checkpoint .*checkpoint.pt: "):
         fit(models.create("mlp", hidden=(4,)), train, test, longer, run_dir=tmp_path, resume=True)
 

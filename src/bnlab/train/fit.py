@@ -26,6 +26,7 @@ import contextlib
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +41,10 @@ from bnlab.train.distributed import DistributedRun
 from bnlab.train.io import (
     CHECKPOINT_NAME,
     METRICS_NAME,
+    PREVIOUS_CHECKPOINT_NAME,
     append_jsonl,
     load_checkpoint,
+    remove_stale_temporaries,
     save_checkpoint,
     write_jsonl,
 )
@@ -342,6 +345,48 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> 
         )
 
 
+def _load_resumable(path: Path, config: TrainConfig) -> dict[str, Any]:
+    """The checkpoint to resume from: ``path``, or the previous one when ``path`` is damaged.
+
+    A checkpoint that cannot be read (truncated, corrupted, not a checkpoint, or one that
+    needs pickled code) falls back to ``checkpoint.prev.pt`` with a ``RuntimeWarning``
+    that says so; without a readable previous one the first error is raised.
+    """
+    try:
+        state = load_checkpoint(path)
+    except RuntimeError as exc:
+        previous = path.with_name(PREVIOUS_CHECKPOINT_NAME)
+        if not previous.is_file():
+            raise
+        try:
+            state = load_checkpoint(previous)
+        except RuntimeError:
+            raise exc from None
+        _check_resumable(state, config, previous)
+        warnings.warn(
+            f"{exc}; resuming from the previous checkpoint {previous} (epoch "
+            f"{state['epoch']}) instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return state
+    _check_resumable(state, config, path)
+    return state
+
+
+def _load_model_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        # torch's message lists every key over many lines; one line names the problem.
+        first = str(exc).strip().splitlines()[0]
+        raise RuntimeError(
+            f"checkpoint {path} holds the weights of another model ({first} "
+            f"{type(model).__name__}); resume with the model it was trained with, or start "
+            "a new run in another directory"
+        ) from exc
+
+
 def _summary(
     history: list[dict[str, Any]],
     steps: list[dict[str, Any]],
@@ -503,10 +548,10 @@ def fit(
                     f"fit: no checkpoint at {checkpoint_path} to resume from; start without "
                     "resume=True"
                 )
-            state = load_checkpoint(checkpoint_path)
-            _check_resumable(state, config, checkpoint_path)
+            remove_stale_temporaries(checkpoint_path.parent)  # of a process killed mid-write
+            state = _load_resumable(checkpoint_path, config)
             model.to(device)
-            model.load_state_dict(state["model"])
+            _load_model_state(model, state, checkpoint_path)
             optimizer = _make_optimizer(model, config)
             optimizer.load_state_dict(state["optimizer"])
             _set_rng_state(state["rng"], device)
@@ -523,6 +568,9 @@ def fit(
             optimizer = _make_optimizer(model, config)
             records, resumed_from, step = [], None, 0
             if metrics_path is not None and writer:
+                # A previous checkpoint without a checkpoint belongs to an earlier run
+                # (removed by --overwrite): never a fallback for this one.
+                metrics_path.with_name(PREVIOUS_CHECKPOINT_NAME).unlink(missing_ok=True)
                 write_jsonl(metrics_path, [])
         # The network the steps run through: DDP averages the gradients over the ranks.
         net = distributed.wrap(model) if distributed is not None else model
@@ -624,7 +672,8 @@ def fit(
                 # any number of processes, or loads into an unwrapped model.
                 save_checkpoint(
                     checkpoint_path,
-                    {
+                    keep_previous=checkpoint_path.with_name(PREVIOUS_CHECKPOINT_NAME),
+                    state={
                         "format": CHECKPOINT_FORMAT,
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),

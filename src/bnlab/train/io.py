@@ -14,6 +14,7 @@ primitives (dict, list, tuple, str, int, float, bool, None).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -27,11 +28,13 @@ import torch
 __all__ = [
     "CHECKPOINT_NAME",
     "METRICS_NAME",
+    "PREVIOUS_CHECKPOINT_NAME",
     "append_jsonl",
     "atomic_write",
     "finite_or_none",
     "load_checkpoint",
     "read_jsonl",
+    "remove_stale_temporaries",
     "save_checkpoint",
     "write_json",
     "write_jsonl",
@@ -40,6 +43,8 @@ __all__ = [
 #: File names inside a run folder.
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
+#: The checkpoint before the last one, kept so that a damaged checkpoint is not the end.
+PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -63,10 +68,36 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         ``path`` as a ``Path``.
 
     Raises:
-        OSError: the folder is missing or not writable; nothing is left behind.
+        OSError: the folder is missing or not writable, or the disk is full: the message
+            names ``path`` and says that its previous content is unchanged; nothing is
+            left behind.
     """
     path = Path(path)
     tmp_name = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        _write_replace(path, tmp_name, write)
+    except OSError as exc:
+        if exc.errno not in _RESOURCE_ERRORS:
+            raise
+        kept = "is unchanged" if path.exists() else "was not created"
+        raise OSError(
+            exc.errno,
+            f"cannot write {path}: {exc.strerror or exc}; {path.name} {kept}. Free some space "
+            "or make the folder writable, or choose another output folder",
+        ) from exc
+    _fsync_dir(path.parent)
+    return path
+
+
+# Errors of the medium rather than of the caller: a full disk, a read-only folder.
+_RESOURCE_ERRORS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG")
+    if hasattr(errno, name)
+)
+
+
+def _write_replace(path: Path, tmp_name: Path, write: Callable[[IO[bytes]], None]) -> None:
     # O_EXCL: never reuse a file; mode 0o666 lets the umask decide, as open() would.
     fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
@@ -79,8 +110,6 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def _json_default(value: Any) -> Any:
@@ -149,9 +178,55 @@ def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
-    """``torch.save(state)`` atomically (temporary file, fsync, ``os.replace``)."""
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    state: Mapping[str, Any],
+    *,
+    keep_previous: str | os.PathLike[str] | None = None,
+) -> Path:
+    """``torch.save(state)`` atomically (temporary file, fsync, ``os.replace``).
+
+    Args:
+        path: the checkpoint file.
+        state: what to save (tensors and plain containers of primitives).
+        keep_previous: where the checkpoint being replaced is kept (a hard link, or a
+            copy where links are not possible), so that there are two good checkpoints
+            whenever there have been two; at every moment ``path`` is a whole file.
+    """
+    path = Path(path)
+    if keep_previous is not None and path.is_file():
+        previous = Path(keep_previous)
+        link = previous.with_name(f".{previous.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.link(path, link)
+            os.replace(link, previous)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(link)
+            data = path.read_bytes()
+            atomic_write(previous, lambda f: f.write(data))
     return atomic_write(path, lambda f: torch.save(dict(state), f))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files ``atomic_write`` leaves when its process is killed.
+
+    Returns:
+        The files removed (``.<name>.<hex>.tmp`` in ``folder``).
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        parts = tmp.name.split(".")
+        # Only our own pattern: "", name..., 12 hex digits, "tmp".
+        if (
+            len(parts) >= 4
+            and len(parts[-2]) == 12
+            and all(c in "0123456789abcdef" for c in parts[-2])
+        ):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def load_checkpoint(
@@ -169,7 +244,12 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
+        # One line: torch's own message spans many (weights_only's explains pickling).
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise RuntimeError(
+            f"cannot read checkpoint {path}: it is truncated, corrupted, or not a checkpoint "
+            f"written by bnlab (files that need pickled code to load are refused) ({first})"
+        ) from exc
     if not isinstance(state, dict):
         raise RuntimeError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state

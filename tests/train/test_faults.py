@@ -1,0 +1,207 @@
+"""Faults around a training run: damaged, foreign and code-carrying checkpoints, a full
+disk and a read-only folder (issue 10).
+
+What must hold: a checkpoint is read with ``torch.load(weights_only=True)``, so a pickle
+that carries code is refused before any of it runs; a torn checkpoint falls back to the
+previous good one (``checkpoint.prev.pt``) and says so, or fails with one line naming the
+file; a checkpoint of another model or format says which; a write that fails for lack of
+space or permission names the file and leaves its previous content as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bnlab import models
+from bnlab.data.loader import DeviceLoader
+from bnlab.data.synthetic import fake_images_labels
+from bnlab.train import TIMING_KEYS, TrainConfig, fit, load_checkpoint
+from bnlab.train import io as train_io
+
+CONFIG = TrainConfig(lr=0.1, epochs=2, batch_size=16, log_every_steps=2)
+
+
+def _loaders() -> tuple[DeviceLoader, DeviceLoader]:
+    x, y = fake_images_labels(48, seed=0)
+    xt, yt = fake_images_labels(16, seed=1)
+    train = DeviceLoader(x, y.long(), 16, shuffle=True, seed=0)
+    return train, DeviceLoader(xt, yt.long(), 16, shuffle=False)
+
+
+def _model() -> torch.nn.Module:
+    return models.create("mlp", hidden=(8,))
+
+
+def _run(run_dir: Path, config: TrainConfig = CONFIG, **kwargs: Any) -> tuple[Any, Any]:
+    model = _model()
+    train, test = _loaders()
+    return fit(model, train, test, config, run_dir=run_dir, **kwargs), model
+
+
+def _same(a: Any, b: Any) -> None:
+    strip = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in a.history]
+    assert strip == [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in b.history]
+
+
+def test_a_torn_checkpoint_falls_back_to_the_previous_one(tmp_path: Path) -> None:
+    reference, ref_model = _run(tmp_path / "ref", CONFIG.replace(epochs=3))
+    run = tmp_path / "run"
+    _run(run)  # 2 epochs: checkpoint.pt at epoch 2, checkpoint.prev.pt at epoch 1
+    assert load_checkpoint(run / "checkpoint.prev.pt")["epoch"] == 1
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # torn
+    with pytest.warns(RuntimeWarning, match=r"checkpoint.pt.*resuming from the previous"):
+        result, model = _run(run, CONFIG.replace(epochs=3), resume=True)
+    assert result.resumed_from_epoch == 1
+    _same(result, reference)
+    for key, value in ref_model.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "zeroed"])
+def test_a_damaged_checkpoint_without_a_previous_one_is_named_in_one_line(
+    tmp_path: Path, damage: str
+) -> None:
+    _run(tmp_path, CONFIG.replace(epochs=1))
+    path = tmp_path / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes(
+        {
+            "truncated": data[: len(data) // 3],
+            "garbage": b"not a checkpoint at all",
+            "empty": b"",
+            "zeroed": bytes(len(data)),
+        }[damage]
+    )
+    with pytest.raises(RuntimeError) as exc:
+        _run(tmp_path, resume=True)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot read checkpoint {path}: it is truncated, corrupted")
+
+
+class _Payload:
+    """A pickle that would create a marker file when loaded (code execution)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_carries_code_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    _run(tmp_path, CONFIG.replace(epochs=1))
+    marker = tmp_path / "pwned"
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state["payload"] = _Payload(marker)
+    torch.save(state, tmp_path / "checkpoint.pt")
+    # The payload works when unpickled the unsafe way (so the test means something).
+    pickle.loads(pickle.dumps(_Payload(tmp_path / "proof")))
+    assert (tmp_path / "proof").exists()
+    (tmp_path / "checkpoint.prev.pt").unlink(missing_ok=True)
+    with pytest.raises(RuntimeError, match=r"cannot read checkpoint .*pickled code"):
+        _run(tmp_path, resume=True)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_model_is_named(tmp_path: Path) -> None:
+    _run(tmp_path, CONFIG.replace(epochs=1))
+    train, test = _loaders()
+    with pytest.raises(RuntimeError) as exc:
+        fit(models.create("mlp", hidden=(5,)), train, test, CONFIG, run_dir=tmp_path, resume=True)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"checkpoint {tmp_path / 'checkpoint.pt'} holds the weights of another model"
+    )
+    assert "resume with the model it was trained with" in message
+
+
+def test_a_checkpoint_of_another_format_is_named(tmp_path: Path) -> None:
+    _run(tmp_path, CONFIG.replace(epochs=1))
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        if (tmp_path / name).exists():
+            state = torch.load(tmp_path / name, weights_only=True)
+            torch.save({**state, "format": 99}, tmp_path / name)
+    with pytest.raises(RuntimeError, match=r"has format 99, this bnlab reads format 1"):
+        _run(tmp_path, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")],
+)
+def test_a_full_disk_or_read_only_folder_names_the_file_and_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, text: str
+) -> None:
+    path = tmp_path / "results.json"
+    train_io.write_json(path, {"earlier": True})
+    real_open = os.open
+
+    def failing_open(name: Any, flags: int, *args: Any) -> int:
+        if str(name).endswith(".tmp"):
+            raise OSError(code, os.strerror(code), str(name))
+        return real_open(name, flags, *args)
+
+    monkeypatch.setattr(train_io.os, "open", failing_open)
+    with pytest.raises(OSError, match="cannot write") as exc:
+        train_io.write_json(path, {"later": True})
+    assert exc.value.errno == code
+    assert str(exc.value) == (
+        f"[Errno {code}] cannot write {path}: {text}; results.json is unchanged. Free some "
+        "space or make the folder writable, or choose another output folder"
+    )
+    assert path.read_text() == '{\n  "earlier": true\n}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_a_disk_that_fills_mid_checkpoint_keeps_both_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _run(tmp_path, CONFIG.replace(epochs=1))
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def full(obj: Any, f: Any) -> None:
+        f.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(train_io.torch, "save", full)
+    with pytest.raises(OSError, match=r"cannot write .*checkpoint.pt: No space left on device"):
+        _run(tmp_path, resume=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anyway")
+def test_a_read_only_folder_really(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    train_io.write_json(path, {"earlier": True})
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(OSError, match=r"results.json is unchanged"):
+            train_io.write_json(path, {"later": True})
+    finally:
+        tmp_path.chmod(0o755)
+    assert "earlier" in path.read_text()
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed_on_resume(tmp_path: Path) -> None:
+    _run(tmp_path, CONFIG.replace(epochs=1))
+    stale = tmp_path / ".checkpoint.pt.0123456789ab.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".notes.tmp"  # not ours: kept
+    other.write_text("x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _run(tmp_path, resume=True)
+    assert not stale.exists()
+    assert other.exists()
