@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab._common import mean_std, pick, take, train_variant
 from bnlab.lab.batch_size import SmallReluCNN, cpu_threads, renorm_warmup
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -324,7 +324,7 @@ def _run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
     ):
         evidence, verdict = rule(results)
         evidences[claim] = evidence
-        holds = {"supported": True, "not supported": False}.get(verdict)
+        holds = holds_of(verdict)
         verdicts.append(Verdict(claim, holds, f"{verdict}: {measured(evidence)}"))
 
     def ms(values: Sequence[float]) -> str | None:

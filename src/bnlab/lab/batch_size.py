@@ -46,7 +46,7 @@ import bnlab.nn
 from bnlab.data.loader import DeviceLoader
 from bnlab.functional.batch_renorm import RENORM_R_MAX_STEPS
 from bnlab.lab._common import mean_std, pick, take, train_variant
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -401,7 +401,7 @@ def _run(config: BatchSizeConfig, ctx: LabContext) -> LabOutcome:
     for claim, rule, measured in rules:
         evidence, verdict = rule(results)
         evidences[claim] = evidence
-        holds = {"supported": True, "not supported": False}.get(verdict)
+        holds = holds_of(verdict)
         verdicts.append(Verdict(claim, holds, f"{verdict}: {measured(evidence)}"))
 
     def cell_text(values: Sequence[float]) -> str | None:

@@ -29,6 +29,7 @@ __all__ = [
     "Claim",
     "available_claims",
     "evaluate_claims",
+    "holds_of",
     "load_many",
     "load_results",
     "register_claim",
@@ -65,6 +66,11 @@ class Claim:
 
 
 _CLAIMS: dict[str, Claim] = {}
+
+
+def holds_of(verdict: str) -> bool | None:
+    """A claims-table verdict as a lab ``Verdict.holds``: True, False, or None (mixed)."""
+    return {"supported": True, "not supported": False}.get(verdict)
 
 
 def register_claim(claim: Claim, *, overwrite: bool = False) -> Claim:

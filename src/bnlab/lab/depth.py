@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bnlab.lab._common import DIVERGENCE_RULE, mean_std, pick, take, train_variant
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -386,8 +386,8 @@ def run(config: DepthConfig, ctx: LabContext) -> LabOutcome:
         ctx.out_dir / "depth_accuracy.png",
         title="Final test accuracy against depth (same budget)",
     )
-    plain_holds = {"supported": True, "not supported": False}.get(plain_verdict)
-    skip_holds = {"supported": True, "not supported": False}.get(skip_verdict)
+    plain_holds = holds_of(plain_verdict)
+    skip_holds = holds_of(skip_verdict)
     return LabOutcome(
         tables=tables,
         verdicts=[

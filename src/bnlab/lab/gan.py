@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab._common import take, train_variant
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -430,7 +430,7 @@ def run(config: GanConfig, ctx: LabContext) -> LabOutcome:
         notes.append(
             f"BN joint minus separate FD: {pitfall['diff']:+.2f} ({pitfall['direction']})."
         )
-    holds = {"supported": True, "not supported": False}.get(verdict)
+    holds = holds_of(verdict)
     return LabOutcome(
         tables=[table],
         verdicts=[Verdict(CLAIM, holds, _measured(evidence, verdict))],

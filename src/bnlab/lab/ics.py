@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -215,11 +215,6 @@ def directions_verdict(directions: Sequence[str], wanted: str) -> str:
     if hits == 0:
         return "not supported"
     return "mixed"
-
-
-def holds_of(verdict: str) -> bool | None:
-    """A claims-table verdict as ``Verdict.holds``."""
-    return {"supported": True, "not supported": False}.get(verdict)
 
 
 def plateau_notes(per_seed: Mapping[str, Mapping[str, Mapping[str, Sequence[Any]]]]) -> list[str]:

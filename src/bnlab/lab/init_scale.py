@@ -34,7 +34,7 @@ from bnlab.lab._common import (
     train_variant,
     trainable_values,
 )
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -245,7 +245,7 @@ def run(config: InitConfig, ctx: LabContext) -> LabOutcome:
         ylabel="final test accuracy",
         title=f"{model_text}, with and without BN",
     )
-    holds = {"supported": True, "not supported": False}.get(verdict)
+    holds = holds_of(verdict)
     return LabOutcome(
         tables=[table, range_table],
         verdicts=[Verdict(CLAIM, holds, _measured(evidence, verdict))],

@@ -34,7 +34,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from bnlab.lab._common import mean_std, pick, take, train_variant
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -276,7 +276,7 @@ def run(config: InputNormConfig, ctx: LabContext) -> LabOutcome:
                 f"{label.capitalize()} by model, input standardization and BN: mean, whisker = std over seeds.",
             )
         )
-    holds = {"supported": True, "not supported": False}.get(verdict)
+    holds = holds_of(verdict)
     return LabOutcome(
         tables=[table, cmp_table],
         verdicts=[Verdict(CLAIM, holds, _measured(evidence, verdict))],

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -52,7 +52,6 @@ from bnlab.lab.ics import (
     check_archs,
     check_positive,
     directions_verdict,
-    holds_of,
     plateau_notes,
     split,
 )

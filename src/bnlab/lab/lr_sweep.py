@@ -31,7 +31,7 @@ from bnlab.lab._common import (
     train_variant,
     trainable_values,
 )
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -248,7 +248,7 @@ def run(config: LrSweepConfig, ctx: LabContext) -> LabOutcome:
         hline=config.min_acc,
         hline_label=f"min_acc {config.min_acc:g}",
     )
-    holds = {"supported": True, "not supported": False}.get(verdict)
+    holds = holds_of(verdict)
     return LabOutcome(
         tables=tables,
         verdicts=[Verdict(CLAIM, holds, _measured(evidence, verdict))],

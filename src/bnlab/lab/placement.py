@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bnlab.lab._common import mean_std, pick, train_variant
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -183,7 +183,7 @@ def run(config: PlacementConfig, ctx: LabContext) -> LabOutcome:
     plot_metric_curves(
         curves, ctx.out_dir / "placement_curves.png", title="Test accuracy per epoch"
     )
-    holds = {"supported": True, "not supported": False}.get(verdict)
+    holds = holds_of(verdict)
     measured = f"{verdict}: " + "; ".join(
         f"{a}: {c['better']} trains better (training loss after - before "
         f"{c['train_loss_after_minus_before']:+.4f}, se {_r(c['train_loss_se'])})"

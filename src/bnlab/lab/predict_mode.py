@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab._common import mean_std, pick, take
 from bnlab.lab.batch_size import cpu_threads
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.d2l import batch_stats_accuracy
 from bnlab.lab.experiment import (
     Figure,
@@ -300,7 +300,7 @@ def _run(config: PredictModeConfig, ctx: LabContext) -> LabOutcome:
     ):
         evidence, verdict = rule(results)
         evidences[claim] = evidence
-        holds = {"supported": True, "not supported": False}.get(verdict)
+        holds = holds_of(verdict)
         verdicts.append(Verdict(claim, holds, f"{verdict}: {measured(evidence)}"))
 
     def ms(values: Sequence[Any]) -> str | None:

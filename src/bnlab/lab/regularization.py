@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from bnlab.lab._common import mean_std, pick, train_variant
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -259,7 +259,7 @@ def run(config: RegularizationConfig, ctx: LabContext) -> LabOutcome:
     plot_metric_curves(
         curves, ctx.out_dir / "regularization_curves.png", title="Overfitting a small subset"
     )
-    holds = {"supported": True, "not supported": False}.get(verdict)
+    holds = holds_of(verdict)
     measured = (
         f"{verdict}: gap with BN minus without {evidence['gap_diff']:+.4f} (se "
         f"{_r(evidence['gap_se'])}, {evidence['gap_direction']}); test accuracy "

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -57,7 +57,6 @@ from bnlab.lab.ics import (
     check_archs,
     check_positive,
     directions_verdict,
-    holds_of,
     plateau_notes,
     probe_batch,
     split,

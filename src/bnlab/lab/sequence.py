@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab._common import mean_std, pick, take
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -407,13 +407,12 @@ def run(config: SequenceConfig, ctx: LabContext) -> LabOutcome:
     }
     results = {"raw": raw}
     verdicts = []
-    holds = {"supported": True, "not supported": False}
     for arch, claim in (("gru", CLAIM_BN_RNN), ("transformer", CLAIM_BN_TRANSFORMER)):
         if arch in config.archs:
             ev, v = decide_bn_helps(results, arch)
-            verdicts.append(Verdict(claim, holds.get(v), _measured_bn(ev, v)))
+            verdicts.append(Verdict(claim, holds_of(v), _measured_bn(ev, v)))
     ev_ln, v_ln = decide_ln_suits_sequences(results)
-    verdicts.append(Verdict(CLAIM_LN, holds.get(v_ln), _measured_ln(ev_ln, v_ln)))
+    verdicts.append(Verdict(CLAIM_LN, holds_of(v_ln), _measured_ln(ev_ln, v_ln)))
 
     rows = []
     for arch in config.archs:

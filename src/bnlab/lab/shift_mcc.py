@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab._common import mean_std, take
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
@@ -564,15 +564,14 @@ def run(config: ShiftMccConfig, ctx: LabContext) -> LabOutcome:
         for variant, label in VARIANTS.items()
     }
     plot_internal_mcc(curves, ctx.out_dir / "shift_internal.png", k=config.probe_every)
-    holds = {"supported": True, "not supported": False}
     return LabOutcome(
         tables=tables,
         verdicts=[
-            Verdict(CLAIM_DETECTS, holds.get(v_detect), _measured_detect(ev_detect, v_detect)),
-            Verdict(CLAIM_ICS, holds.get(v_ics), _measured_ics(ev_ics, v_ics)),
+            Verdict(CLAIM_DETECTS, holds_of(v_detect), _measured_detect(ev_detect, v_detect)),
+            Verdict(CLAIM_ICS, holds_of(v_ics), _measured_ics(ev_ics, v_ics)),
             Verdict(
                 CLAIM_SPLITS,
-                holds.get(v_split),
+                holds_of(v_split),
                 f"{v_split}: train-vs-test MCC {_fmt(ev_split['train_test_mean'])} "
                 f"(max {_fmt(ev_split['train_test_max'])}) against the threshold "
                 f"{_fmt(ev_split['threshold'])}",
