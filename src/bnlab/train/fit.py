@@ -571,6 +571,7 @@ def fit(
                 # A previous checkpoint without a checkpoint belongs to an earlier run
                 # (removed by --overwrite): never a fallback for this one.
                 metrics_path.with_name(PREVIOUS_CHECKPOINT_NAME).unlink(missing_ok=True)
+                remove_stale_temporaries(metrics_path.parent)  # of a process killed mid-write
                 write_jsonl(metrics_path, [])
         # The network the steps run through: DDP averages the gradients over the ranks.
         net = distributed.wrap(model) if distributed is not None else model

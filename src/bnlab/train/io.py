@@ -200,6 +200,10 @@ def save_checkpoint(
         try:
             os.link(path, link)
             os.replace(link, previous)
+            # rename() between two links of one file (previous is already path, as after
+            # a resume) does nothing and keeps both names: drop the temporary one.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(link)
