@@ -205,3 +205,73 @@ def test_stale_temporaries_of_a_killed_write_are_removed_on_resume(tmp_path: Pat
         _run(tmp_path, resume=True)
     assert not stale.exists()
     assert other.exists()
+
+
+# Numerical faults: where NaN/inf first appears.
+
+
+def _list_loaders(x: torch.Tensor) -> tuple[list[Any], list[Any]]:
+    y = torch.arange(x.shape[0]) % 10
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, x.shape[0], 8)]
+    return batches, batches[:1]
+
+
+def _bn_model() -> torch.nn.Module:
+    from bnlab.nn import BatchNorm1d
+
+    return torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(12, 6),
+        BatchNorm1d(6),
+        torch.nn.ReLU(),
+        torch.nn.Linear(6, 10),
+    )
+
+
+def test_anomaly_mode_names_the_layer_where_inf_first_appears() -> None:
+    from bnlab.train import NonFiniteActivationError
+
+    model = _bn_model()
+    with torch.no_grad():
+        model[2].weight[1] = float("inf")  # BN's gamma: finite inputs, infinite output
+    train, test = _list_loaders(torch.randn(24, 12, generator=torch.Generator().manual_seed(0)))
+    config = TrainConfig(lr=0.1, epochs=1, batch_size=8)
+    with pytest.raises(NonFiniteActivationError) as exc:
+        fit(model, train, test, config, detect_anomaly=True)
+    message = str(exc.value)
+    assert message.startswith(
+        "non-finite values first appear in the output of layer '2' (BatchNorm1d) at epoch 1 "
+        "step 1 ("
+    )
+    # inf * x_hat + shift: inf where the signs agree, NaN (inf - inf) where not.
+    assert message.endswith(
+        " of 48 values, shape (8, 6)); lower the learning rate, or check this layer's "
+        "weights and eps"
+    )
+    assert (exc.value.layer, exc.value.layer_type, exc.value.step) == ("2", "BatchNorm1d", 1)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_anomaly_mode_names_a_non_finite_input_batch() -> None:
+    from bnlab.train import NonFiniteActivationError
+
+    x = torch.randn(24, 12)
+    x[13, 4] = float("nan")  # second batch
+    train, test = _list_loaders(x)
+    config = TrainConfig(lr=0.1, epochs=1, batch_size=8)
+    with pytest.raises(NonFiniteActivationError) as exc:
+        fit(_bn_model(), train, test, config, detect_anomaly=True)
+    assert str(exc.value).startswith(
+        "non-finite values in the input batch at epoch 1 step 2 (1 NaN and 0 inf of 96 values"
+    )
+    # Without the mode, the loss check stops the run (no layer named).
+    with pytest.raises(RuntimeError, match=r"training loss is nan at epoch 1, step 2"):
+        fit(_bn_model(), train, test, config)
+
+
+def test_anomaly_mode_changes_nothing_on_a_healthy_run(tmp_path: Path) -> None:
+    train, test = _list_loaders(torch.randn(24, 12, generator=torch.Generator().manual_seed(0)))
+    config = TrainConfig(lr=0.1, epochs=2, batch_size=8)
+    a = fit(_bn_model(), train, test, config)
+    b = fit(_bn_model(), train, test, config, detect_anomaly=True)
+    _same(a, b)

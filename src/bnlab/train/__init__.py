@@ -6,6 +6,7 @@ atomically and resumes exactly. ``bnlab.train.io`` holds the atomic file writers
 CLI and experiments reuse.
 """
 
+from bnlab.train.anomaly import NonFiniteActivationError, detect_anomalies
 from bnlab.train.config import INITS, TrainConfig
 from bnlab.train.fit import (
     TIMING_KEYS,
@@ -30,9 +31,11 @@ __all__ = [
     "METRICS_NAME",
     "TIMING_KEYS",
     "FitResult",
+    "NonFiniteActivationError",
     "NonFiniteLossError",
     "StepInfo",
     "TrainConfig",
+    "detect_anomalies",
     "evaluate",
     "fit",
     "init_weights",

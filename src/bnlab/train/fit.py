@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnlab.train.anomaly import detect_anomalies
 from bnlab.train.config import TrainConfig
 from bnlab.train.distributed import DistributedRun
 from bnlab.train.io import (
@@ -441,6 +442,7 @@ def fit(
     on_step: Callable[[StepInfo], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     distributed: DistributedRun | None = None,
+    detect_anomaly: bool = False,
 ) -> FitResult:
     """Train ``model`` with SGD on cross-entropy for ``config.epochs`` epochs.
 
@@ -479,6 +481,9 @@ def fit(
             Only rank 0 writes to ``run_dir``; all ranks read it to resume. The model
             is trained through ``DistributedDataParallel``; the ``model`` passed in
             holds the trained weights afterwards, as without it.
+        detect_anomaly: check every input batch and every layer's output for NaN/inf
+            (``bnlab.train.anomaly``); the first one raises ``NonFiniteActivationError``
+            naming the layer, the epoch and the step. Slower (a check per layer).
 
     Returns:
         A ``FitResult`` with the per-epoch history, the final metrics and the timings.
@@ -486,6 +491,8 @@ def fit(
     Raises:
         NonFiniteLossError: the loss became NaN or infinite (names the epoch and step,
             suggests a lower learning rate); the checkpoint of the last full epoch stays.
+        NonFiniteActivationError: with ``detect_anomaly``, a non-finite input batch or
+            layer output (names the layer, epoch and step).
         ValueError: empty loaders, a loader whose ``batch_size`` differs from
             ``config.batch_size``, ``resume`` without ``run_dir``, or a checkpoint made
             with another config.
@@ -539,7 +546,7 @@ def fit(
         num_batches = None
     set_epoch = getattr(train_loader, "set_epoch", None)
 
-    with _rng_scope(device):
+    with _rng_scope(device), contextlib.ExitStack() as scopes:
         records: list[dict[str, Any]]
         resumed_from: int | None
         if resume and checkpoint_path is not None and metrics_path is not None:
@@ -575,6 +582,7 @@ def fit(
                 write_jsonl(metrics_path, [])
         # The network the steps run through: DDP averages the gradients over the ranks.
         net = distributed.wrap(model) if distributed is not None else model
+        where = scopes.enter_context(detect_anomalies(model)) if detect_anomaly else None
 
         def log(record: dict[str, Any]) -> None:
             records.append(record)
@@ -597,6 +605,8 @@ def fit(
             tic = time.perf_counter()
             for batch, (x, y) in enumerate(_batches(train_loader, device), start=1):
                 step += 1
+                if where is not None:
+                    where.epoch, where.step = epoch, step
                 logits = net(x)
                 if distributed is None:
                     loss = F.cross_entropy(logits, y)
