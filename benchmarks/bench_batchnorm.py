@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -276,6 +277,49 @@ def to_json(
     }
 
 
+# One training run in a fresh process: the resident-set high-water mark above the level
+# after building the inputs, i.e. what the steps (outputs, saved tensors, gradients, and
+# the fast path's output pool) add at their peak.
+_PEAK_CHILD = """
+import sys, torch, bnlab.nn
+from bnlab.functional import _fast
+def kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+torch.set_num_threads(int(sys.argv[3]))
+shape = tuple(int(v) for v in sys.argv[1].split("x"))
+variant = sys.argv[2]
+x = torch.randn(shape).requires_grad_()
+g = torch.randn(shape)
+nn_mod = bnlab.nn if variant == "ours-fast" else torch.nn
+module = (nn_mod.BatchNorm1d if len(shape) == 2 else nn_mod.BatchNorm2d)(shape[1])
+_fast.available()
+open("/proc/self/clear_refs", "w").write("5")
+base = kib("VmRSS")
+for _ in range(4):
+    x.grad = None
+    module.zero_grad(set_to_none=True)
+    module(x).backward(g)
+print((kib("VmHWM") - base) * 1024)
+"""
+
+
+def peak_rss_fresh_process(shape: tuple[int, ...], variant: str, threads: int) -> int | None:
+    """Peak resident-set growth of 4 training steps of ``variant`` in a fresh process."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHILD, "x".join(map(str, shape)), variant, str(threads)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    try:
+        return int(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -374,8 +418,24 @@ def main(argv: list[str] | None = None) -> int:
         f"[dim]{BYTE_MODEL} Bandwidth at the end: copy {bandwidth_end['copy_gb_per_s']:.1f} "
         "GB/s.[/dim]"
     )
+    fast_info["pool_mapped_bytes_at_end"] = _fast._pool.mapped_bytes()
+    peaks = []
+    if not args.no_memory and "train" in args.modes:
+        for shape in shapes:
+            peak = {
+                v: peak_rss_fresh_process(shape, v, args.threads) for v in ("ours-fast", "native")
+            }
+            peaks.append({"shape": list(shape), "peak_rss_growth_bytes": peak})
+            console.print(
+                f"peak RSS growth of 4 training steps in a fresh process, "
+                f"{'x'.join(map(str, shape))}: "
+                + ", ".join(
+                    f"{v} {'-' if b is None else f'{b / 1e6:.1f} MB'}" for v, b in peak.items()
+                )
+            )
     extra = {
         "fast_path": fast_info,
+        "peak_rss_fresh_process": peaks,
         "bandwidth": {"start": bandwidth, "end": bandwidth_end},
         "fresh_output_ms": [{"shape": list(k), **v} for k, v in fresh.items()],
         "bandwidth_bound": bounds,
