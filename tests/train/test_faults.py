@@ -11,6 +11,7 @@ space or permission names the file and leaves its previous content as it was.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import pickle
 import warnings
@@ -275,3 +276,34 @@ def test_anomaly_mode_changes_nothing_on_a_healthy_run(tmp_path: Path) -> None:
     a = fit(_bn_model(), train, test, config)
     b = fit(_bn_model(), train, test, config, detect_anomaly=True)
     _same(a, b)
+
+
+# Reduced precision.
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_trains_and_resumes_exactly(tmp_path: Path, precision: str) -> None:
+    config = CONFIG.replace(precision=precision, lr=0.05)
+    unbroken, model = _run(tmp_path / "a", config)
+    assert all(math.isfinite(r["train_loss"]) for r in unbroken.history)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    _run(tmp_path / "b", config.replace(epochs=1))
+    state = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    if precision == "fp16":
+        assert state["scaler"]["scale"] > 1.0  # the loss scale is saved for an exact resume
+    resumed, resumed_model = _run(tmp_path / "b", config, resume=True)
+    _same(resumed, unbroken)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[key]), key
+
+
+def test_reduced_precision_follows_float32_closely() -> None:
+    full, _ = _run(None, CONFIG.replace(lr=0.05))  # type: ignore[arg-type]
+    half, _ = _run(None, CONFIG.replace(lr=0.05, precision="bf16"))  # type: ignore[arg-type]
+    assert abs(full.final["train_loss"] - half.final["train_loss"]) < 0.05
+
+
+def test_unknown_precision_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown precision") as exc:
+        TrainConfig(precision="fp8")
+    assert str(exc.value) == "TrainConfig: unknown precision 'fp8'; choose one of: 32, bf16, fp16"

@@ -323,6 +323,7 @@ def test_checkpoint_holds_plain_data_and_loads_weights_only(tmp_path: Path) -> N
         "format",
         "model",
         "optimizer",
+        "scaler",
         "rng",
         "config",
         "epoch",

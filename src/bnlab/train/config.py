@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from bnlab.train.precision import PRECISIONS
+
 __all__ = ["INITS", "TrainConfig"]
 
 #: Weight initialisations ``fit`` can apply on a fresh start.
@@ -57,6 +59,8 @@ class TrainConfig:
         init: ``"xavier_uniform"`` (d2l's trainer: Xavier-uniform weights of every Linear
             and Conv layer) or ``"default"`` (keep PyTorch's initialisation). Applied by
             ``fit`` on a fresh start only, never on resume.
+        precision: ``"32"`` (float32), ``"bf16"`` (bfloat16 autocast) or ``"fp16"``
+            (float16 autocast with loss scaling); see ``bnlab.train.precision``.
 
     Raises:
         ValueError: a value out of range or an unknown ``init`` / ``device``.
@@ -72,6 +76,7 @@ class TrainConfig:
     device: str = "cpu"
     log_every_steps: int = 0
     init: str = "xavier_uniform"
+    precision: str = "32"
 
     def __post_init__(self) -> None:
         lr = _check_float("lr", self.lr)
@@ -94,6 +99,11 @@ class TrainConfig:
         if self.init not in INITS:
             raise ValueError(
                 f"TrainConfig: unknown init {self.init!r}; choose one of: {', '.join(INITS)}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"TrainConfig: unknown precision {self.precision!r}; choose one of: "
+                f"{', '.join(PRECISIONS)}"
             )
         if not isinstance(self.device, str):
             raise TypeError(

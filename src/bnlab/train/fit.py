@@ -49,6 +49,7 @@ from bnlab.train.io import (
     save_checkpoint,
     write_jsonl,
 )
+from bnlab.train.precision import Precision
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -329,7 +330,9 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> 
             f"checkpoint {path} has format {state.get('format')!r}, this bnlab reads format "
             f"{CHECKPOINT_FORMAT}; start a new run in another directory"
         )
-    saved, current = state["config"], config.to_dict()
+    # Settings added since the checkpoint was written count as their defaults.
+    saved = {**TrainConfig().to_dict(), **state["config"]}
+    current = config.to_dict()
     changed = sorted(k for k in current.keys() | saved.keys() if saved.get(k) != current.get(k))
     refused = [k for k in changed if k not in _RESUMABLE_CHANGES]
     if refused:
@@ -546,6 +549,7 @@ def fit(
         num_batches = None
     set_epoch = getattr(train_loader, "set_epoch", None)
 
+    amp = Precision(config.precision, device)
     with _rng_scope(device), contextlib.ExitStack() as scopes:
         records: list[dict[str, Any]]
         resumed_from: int | None
@@ -561,6 +565,7 @@ def fit(
             _load_model_state(model, state, checkpoint_path)
             optimizer = _make_optimizer(model, config)
             optimizer.load_state_dict(state["optimizer"])
+            amp.load_state_dict(state.get("scaler", {}))
             _set_rng_state(state["rng"], device)
             records = [dict(r) for r in state["metrics"]]
             resumed_from, step = state["epoch"], state["step"]
@@ -607,18 +612,18 @@ def fit(
                 step += 1
                 if where is not None:
                     where.epoch, where.step = epoch, step
-                logits = net(x)
+                logits = amp.forward(net, x)
                 if distributed is None:
                     loss = F.cross_entropy(logits, y)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    amp.backward(loss)
                     loss_value = loss.item()
                     n = y.shape[0]
                     batch_correct = (logits.detach().argmax(dim=1) == y).sum()
                 else:
                     loss, loss_value, n, batch_correct = _global_loss(logits, y, distributed)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    amp.backward(loss)
                 if not math.isfinite(loss_value):
                     of = f" of {num_batches}" if num_batches is not None else ""
                     raise NonFiniteLossError(
@@ -629,7 +634,7 @@ def fit(
                         step=step,
                         loss=loss_value,
                     )
-                optimizer.step()
+                amp.step(optimizer)
                 loss_sum += loss_value * n
                 samples += n
                 correct += batch_correct
@@ -688,6 +693,7 @@ def fit(
                         "format": CHECKPOINT_FORMAT,
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
+                        "scaler": amp.state_dict(),
                         "rng": _rng_state(device),
                         "config": config.to_dict(),
                         "epoch": epoch,
