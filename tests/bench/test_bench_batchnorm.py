@@ -121,7 +121,7 @@ def test_smoke_run_writes_json(tmp_path: Path) -> None:
         [
             *(sys.executable, str(SCRIPT), "--shapes", "4x3x5x5", "--repeats", "2"),
             *("--warmup", "1", "--target-ms", "0.5", "--threads", "1", "--out", str(tmp_path)),
-            *("--bandwidth-mib", "4"),
+            *("--bandwidth-mib", "4", "--no-memory"),  # no fresh child processes
         ],
         capture_output=True,
         text=True,
@@ -149,5 +149,6 @@ def test_smoke_run_writes_json(tmp_path: Path) -> None:
     assert {r["mode"] for r in data["bandwidth_bound"]} == {"train", "eval"}
     assert "compulsory bytes" in data["config"]["byte_model"]
     assert "available" in data["fast_path"]
+    assert data["peak_rss_fresh_process"] == []
     for line in ("ours/native", "ours-fast/native", "textbook/native", "4x3x5x5"):
         assert line in done.stdout
