@@ -73,6 +73,7 @@ from bnlab.train.distributed import (
     torchrun_env,
 )
 from bnlab.train.io import write_json
+from bnlab.train.precision import PRECISIONS
 from bnlab.train.presets import PRESETS, available_presets, get_preset
 
 __all__ = ["add_parser", "run"]
@@ -120,6 +121,7 @@ def _epilog() -> str:
 RESULTS_NAME, CURVES_NAME = "results.json", "curves.png"
 RUN_FILES = (
     CHECKPOINT_NAME,
+    "checkpoint.prev.pt",
     METRICS_NAME,
     RESULTS_NAME,
     CURVES_NAME,
@@ -203,6 +205,19 @@ def add_parser(subparsers: Any) -> None:
         choices=INITS,
         default="xavier_uniform",
         help="weight initialisation on a fresh start (default xavier_uniform, as d2l)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="32",
+        help="32: float32; bf16: bfloat16 autocast; fp16: float16 autocast with loss "
+        "scaling (default 32)",
+    )
+    p.add_argument(
+        "--detect-anomaly",
+        action="store_true",
+        help="check every batch and layer output for NaN/inf and name the layer where they "
+        "first appear (slower)",
     )
     p.add_argument(
         "--hidden",
@@ -507,6 +522,7 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
         device=device,
         log_every_steps=args.log_every_steps,
         init=args.init,
+        precision=args.precision,
     )
     tensors, data_dir = _load_data(args)
     data = {
@@ -609,6 +625,7 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
                 on_step=on_step if main_rank else None,
                 on_epoch=on_epoch if main_rank else None,
                 distributed=distributed,
+                detect_anomaly=args.detect_anomaly,
             )
     except KeyboardInterrupt:
         if main_rank:
