@@ -168,3 +168,19 @@ def test_detect_anomaly_flag_reaches_fit(tmp_path: Path, monkeypatch: pytest.Mon
     assert _train(tmp_path / "a", *QUICK, "--detect-anomaly") == 0
     assert _train(tmp_path / "b", *QUICK) == 0
     assert seen == [True, False]
+
+
+@pytest.mark.usefixtures("fake_data", "fast_plot")
+def test_a_run_saved_before_the_precision_setting_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _train(out, *QUICK, "--epochs", "1") == 0
+    # As written by bnlab before --precision existed.
+    config = json.loads((out / "config.json").read_text())
+    del config["train"]["precision"]
+    (out / "config.json").write_text(json.dumps(config))
+    for name in ("checkpoint.pt",):
+        state = torch.load(out / name, weights_only=True)
+        del state["config"]["precision"]
+        del state["scaler"]
+        torch.save(state, out / name)
+    assert _train(out, *QUICK, "--resume") == 0

@@ -347,6 +347,8 @@ def _check_resume(args: argparse.Namespace, config: dict[str, Any]) -> None:
     for key, value in config.items():
         if isinstance(value, dict):
             old = saved.get(key) if isinstance(saved.get(key), dict) else {}
+            if key == "train":  # settings added since the run was saved: their defaults
+                old = {**TrainConfig().to_dict(), **old}
             for sub in sorted(value.keys() | old.keys()):
                 if (key, sub) not in _RESUMABLE and old.get(sub) != value.get(sub):
                     changes.append(f"{key}.{sub}: {old.get(sub)!r} -> {value.get(sub)!r}")
