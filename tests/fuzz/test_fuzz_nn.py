@@ -233,7 +233,10 @@ def test_layer_fuzz(layer: Layer, data: st.DataObject) -> None:
     low = x.dtype if _fuzz.TOL[x.dtype] >= _fuzz.TOL[params[0]] else params[0]
     assert y.dtype == x.dtype, f"output dtype {y.dtype} for input dtype {x.dtype}"
     _fuzz.assert_close_ref(y, y_ref, low, f"{layer.name} output ({info})")
-    for name, buf in module.named_buffers():
+    # An empty batch leaves bnlab's running statistics as they were (documented); torch's
+    # InstanceNorm averages zero instances into NaN. Compared on non-empty batches only.
+    buffers = list(module.named_buffers()) if x.numel() else []
+    for name, buf in buffers:
         ref_buf = dict(ref.named_buffers()).get(name)
         if ref_buf is not None and buf.is_floating_point():
             # The statistics are kept in the buffer's dtype, from an input in x's dtype.
