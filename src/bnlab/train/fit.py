@@ -559,7 +559,8 @@ def fit(
                     f"fit: no checkpoint at {checkpoint_path} to resume from; start without "
                     "resume=True"
                 )
-            remove_stale_temporaries(checkpoint_path.parent)  # of a process killed mid-write
+            if writer:  # of a process killed mid-write; only the writer, or it races its writes
+                remove_stale_temporaries(checkpoint_path.parent)
             state = _load_resumable(checkpoint_path, config)
             model.to(device)
             _load_model_state(model, state, checkpoint_path)
