@@ -475,3 +475,64 @@ def test_one_value_per_channel_in_eval_is_fine() -> None:
         x, torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
     )
     torch.testing.assert_close(out.output, x / (1 + 1e-5) ** 0.5, rtol=1e-12, atol=1e-12)
+
+
+# batch_norm_eval is public: it checks its arguments like batch_norm(training=False).
+EVAL_ERRORS = [
+    (
+        lambda: bnlab.functional.batch_norm_eval(
+            torch.randn(3), torch.zeros(3), torch.ones(3), None, None, 1e-5
+        ),
+        ValueError,
+        "batch_norm_eval: expected an input of shape (N, C, *) with at least 2 dims, got 1D "
+        "input of shape (3,)",
+    ),
+    (
+        lambda: bnlab.functional.batch_norm_eval(
+            torch.ones(2, 3, dtype=torch.long), torch.zeros(3), torch.ones(3), None, None, 1e-5
+        ),
+        TypeError,
+        "batch_norm_eval: expected a floating-point input (float16, bfloat16, float32 or "
+        "float64), got dtype torch.int64; convert it first, for example with x.float()",
+    ),
+    (
+        lambda: bnlab.functional.batch_norm_eval(
+            torch.randn(2, 3), torch.zeros(3), torch.ones(3), None, None, -1.0
+        ),
+        ValueError,
+        None,
+    ),
+    (
+        lambda: bnlab.functional.batch_norm_eval(
+            torch.randn(2, 3), torch.zeros(4), torch.ones(3), None, None, 1e-5
+        ),
+        ValueError,
+        "batch_norm_eval: running_mean must have shape (3,), one value per channel of the "
+        "input, got shape (4,)",
+    ),
+    (
+        lambda: bnlab.functional.batch_norm_eval(
+            torch.randn(2, 3), None, torch.ones(3), None, None, 1e-5
+        ),
+        TypeError,
+        "batch_norm_eval: running_mean must be a tensor of shape (C,), got NoneType",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "message"), EVAL_ERRORS)
+def test_batch_norm_eval_checks_its_arguments(call, error, message) -> None:
+    with pytest.raises(error) as exc:
+        call()
+    if message is not None:
+        assert str(exc.value) == message
+    else:
+        assert str(exc.value).startswith("batch_norm_eval: eps must be")
+
+
+def test_batch_norm_eval_equals_batch_norm_in_eval() -> None:
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    rm, rv = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+    w, b = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    expected = bnlab.functional.batch_norm(x, rm, rv, w, b, training=False, eps=1e-3).output
+    torch.testing.assert_close(bnlab.functional.batch_norm_eval(x, rm, rv, w, b, 1e-3), expected)

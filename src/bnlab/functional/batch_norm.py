@@ -354,7 +354,39 @@ def batch_norm_eval(
     bias: Tensor | None,
     eps: float,
 ) -> Tensor:
-    """Inference-mode forward: normalize with fixed statistics.
+    """Inference-mode forward: normalize with fixed statistics (arguments checked).
+
+    The maths of :func:`_batch_norm_eval`, after the checks of :func:`batch_norm`:
+    ``x`` floating point ``(N, C, *)``, statistics and affine ``(C,)``, ``eps > 0``.
+
+    Raises:
+        TypeError: a non-floating input or a non-tensor argument.
+        ValueError: a bad shape, a per-channel tensor of another length, eps <= 0.
+
+    Shape:
+        x: ``(N, C, *)``; running_mean, running_var, weight, bias: ``(C,)``; y: like x.
+    """
+    name = "batch_norm_eval"
+    check_input(x, None, name)
+    check_eps(eps, name)
+    for t, what in ((running_mean, "running_mean"), (running_var, "running_var")):
+        if not isinstance(t, Tensor):
+            raise TypeError(
+                f"{name}: {what} must be a tensor of shape (C,), got {type(t).__name__}"
+            )
+    check_channel_args(x.shape[1], weight, bias, running_mean, running_var, name)
+    return _batch_norm_eval(x, running_mean, running_var, weight, bias, eps)
+
+
+def _batch_norm_eval(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """Inference-mode forward: normalize with fixed statistics; callers check arguments.
 
     ``y = (x - running_mean) * scale + bias`` with ``scale = weight / sqrt(running_var +
     eps)``. The mean is subtracted before scaling: folding it into one affine map
@@ -448,7 +480,7 @@ def batch_norm_with(
                 f"{name}: training=False normalizes with running_mean and running_var, but "
                 f"they are None; pass them, or use training=True for batch statistics"
             )
-        y = batch_norm_eval(x, running_mean, running_var, weight, bias, eps)
+        y = _batch_norm_eval(x, running_mean, running_var, weight, bias, eps)
         return BatchNormOutput(y, running_mean, running_var, num_batches_tracked)
 
     if x.numel() == 0:

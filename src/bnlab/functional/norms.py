@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from bnlab.functional.batch_norm import (
-    batch_norm_eval,
+    _batch_norm_eval,
     check_channel_args,
     check_eps,
     check_momentum,
@@ -303,7 +303,7 @@ def instance_norm(
                 f"{name}: use_input_stats=False normalizes with running_mean and "
                 f"running_var, but they are None; pass them, or use use_input_stats=True"
             )
-        y = batch_norm_eval(x, running_mean, running_var, weight, bias, eps)
+        y = _batch_norm_eval(x, running_mean, running_var, weight, bias, eps)
         return InstanceNormOutput(y, running_mean, running_var)
 
     shape = channel_shape(x.dim(), num_channels)
