@@ -326,13 +326,13 @@ ERRORS = [
     (
         lambda: bnlab.nn.LayerNorm((3, 4))(torch.randn(2, 4, 3)),
         ValueError,
-        "layer_norm: normalized_shape=[3, 4] must equal the trailing dims of the input, got "
+        "LayerNorm: normalized_shape=[3, 4] must equal the trailing dims of the input, got "
         "input of shape (2, 4, 3); expected an input of shape (*, 3, 4)",
     ),
     (
         lambda: bnlab.nn.LayerNorm(4)(torch.ones(2, 4, dtype=torch.long)),
         TypeError,
-        "layer_norm: expected a floating-point input (float16, bfloat16, float32 or float64), "
+        "LayerNorm: expected a floating-point input (float16, bfloat16, float32 or float64), "
         "got dtype torch.int64; convert it first, for example with x.float()",
     ),
     (
@@ -355,7 +355,7 @@ ERRORS = [
     (
         lambda: bnlab.nn.GroupNorm(2, 4)(torch.ones(2, 4, 3, dtype=torch.int32)),
         TypeError,
-        "group_norm: expected a floating-point input (float16, bfloat16, float32 or float64), "
+        "GroupNorm: expected a floating-point input (float16, bfloat16, float32 or float64), "
         "got dtype torch.int32; convert it first, for example with x.float()",
     ),
     (
@@ -379,7 +379,7 @@ ERRORS = [
     (
         lambda: bnlab.nn.InstanceNorm1d(3)(torch.randn(2, 3, 1)),
         ValueError,
-        "instance_norm: expected more than 1 spatial element per instance when using input "
+        "InstanceNorm1d: expected more than 1 spatial element per instance when using input "
         "statistics, got input of shape (2, 3, 1); feed it larger feature maps (resize the "
         "images) or use another norm there",
     ),

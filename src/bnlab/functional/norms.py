@@ -153,6 +153,8 @@ def layer_norm(
     weight: Tensor | None = None,
     bias: Tensor | None = None,
     eps: float = 1e-5,
+    *,
+    name: str = "layer_norm",
 ) -> Tensor:
     """Layer normalization: the twin of ``torch.nn.functional.layer_norm``.
 
@@ -164,6 +166,7 @@ def layer_norm(
         normalized_shape: the trailing shape to normalize over (an int is one dim).
         weight, bias: elementwise affine parameters of shape ``normalized_shape``, or None.
         eps: added to the variance, > 0.
+        name: prefixes error messages (modules pass their class name).
 
     Returns:
         The output, like ``x`` (same dtype).
@@ -176,7 +179,6 @@ def layer_norm(
     Shape:
         x: ``(*, *normalized_shape)``; weight, bias: ``normalized_shape``; output: like x.
     """
-    name = "layer_norm"
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     check_floating_input(x, len(shape), f"(*, {', '.join(map(str, shape))})", name)
     check_eps(eps, name)
@@ -201,6 +203,8 @@ def group_norm(
     weight: Tensor | None = None,
     bias: Tensor | None = None,
     eps: float = 1e-5,
+    *,
+    name: str = "group_norm",
 ) -> Tensor:
     """Group normalization: the twin of ``torch.nn.functional.group_norm``.
 
@@ -213,6 +217,7 @@ def group_norm(
         num_groups: number of groups, dividing ``C``.
         weight, bias: per-channel affine parameters ``(C,)``, or None.
         eps: added to the variance, > 0.
+        name: prefixes error messages (modules pass their class name).
 
     Returns:
         The output, like ``x`` (same dtype).
@@ -225,7 +230,6 @@ def group_norm(
     Shape:
         x: ``(N, C, *)``; weight, bias: ``(C,)``; output: like x.
     """
-    name = "group_norm"
     check_floating_input(x, 2, "(N, C, *)", name)
     check_eps(eps, name)
     num_channels = x.shape[1]
@@ -258,6 +262,8 @@ def instance_norm(
     use_input_stats: bool = True,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    name: str = "instance_norm",
 ) -> InstanceNormOutput:
     """Instance normalization, pure: the twin of ``torch.nn.functional.instance_norm``.
 
@@ -275,6 +281,7 @@ def instance_norm(
         use_input_stats: normalize with the statistics of each instance.
         momentum: weight of the new batch in the running statistics, in [0, 1].
         eps: added to the variance, > 0.
+        name: prefixes error messages (modules pass their class name).
 
     Returns:
         :class:`InstanceNormOutput` ``(output, running_mean, running_var)``.
@@ -288,7 +295,6 @@ def instance_norm(
     Shape:
         x: ``(N, C, *)``; per-channel tensors ``(C,)``; output: like x.
     """
-    name = "instance_norm"
     check_floating_input(x, 3, "(N, C, L), (N, C, H, W) or (N, C, D, H, W)", name)
     check_eps(eps, name)
     if momentum is None:

@@ -89,7 +89,9 @@ class GroupNorm(nn.Module):
                 f"{name}: expected an input of shape (N, C, *) with at least 2 dims, "
                 f"got {x.dim()}D input of shape {tuple(x.shape)}"
             )
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return group_norm(
+            x, self.num_groups, self.weight, self.bias, self.eps, name=type(self).__name__
+        )
 
     def extra_repr(self) -> str:
         return (

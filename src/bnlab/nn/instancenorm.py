@@ -102,6 +102,7 @@ class _InstanceNorm(_NormBase):
             use_input_stats=use_input_stats,
             momentum=self.momentum if self.momentum is not None else 0.0,
             eps=self.eps,
+            name=name,
         )
         if self.running_mean is not None and result.running_mean is not self.running_mean:
             with torch.no_grad():

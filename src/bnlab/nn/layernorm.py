@@ -74,7 +74,9 @@ class LayerNorm(nn.Module):
         reset_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return layer_norm(
+            x, self.normalized_shape, self.weight, self.bias, self.eps, name=type(self).__name__
+        )
 
     def extra_repr(self) -> str:
         return (
