@@ -183,9 +183,7 @@ def _renorm(data: st.DataObject, x: torch.Tensor, c: int) -> tuple[Any, Any]:
 
 TARGETS: dict[str, tuple[Callable[..., tuple[Any, Any]], tuple[int, ...]]] = {
     "batch_norm": (_batch_norm, (0, 1, 2, 3, 4, 5)),
-    # batch_norm_eval is left out: it is the unchecked inference primitive (no rank,
-    # dtype, eps or per-channel checks: a 1D input gives a (1, 0) output, eps=-1 is
-    # accepted); batch_norm(training=False) is its checked entry point. Reported.
+    "batch_norm_eval": (_batch_norm_eval, (0, 1, 2, 3, 4, 5)),
     "layer_norm": (_layer_norm, (0, 1, 2, 3, 4)),
     "group_norm": (_group_norm, (1, 2, 3, 4)),
     "instance_norm": (_instance_norm, (1, 2, 3, 4, 5)),
