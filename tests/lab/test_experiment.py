@@ -157,3 +157,22 @@ def test_compare() -> None:
 def test_table_rows_match_columns() -> None:
     with pytest.raises(ValueError, match=r"table 't': a row has 1 values for 2 columns: \[1\]"):
         ex.Table("t", ["a", "b"], [[1]])
+
+
+def test_a_reused_unit_advances_the_progress_bar(tmp_path: Path) -> None:
+    class Bar:
+        def __init__(self) -> None:
+            self.done = 0
+
+        def start(self, total: int, description: str) -> None:
+            pass
+
+        def advance(self, steps: int = 1) -> None:
+            self.done += steps
+
+    first = ex.LabContext(tmp_path, progress=Bar())
+    first.unit("a", lambda: first.progress.advance(7) or 1, progress_steps=7)
+    assert first.progress.done == 7
+    again = ex.LabContext(tmp_path, progress=Bar())
+    assert again.unit("a", lambda: 2, progress_steps=7) == 1
+    assert again.progress.done == 7

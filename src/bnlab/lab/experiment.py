@@ -291,12 +291,14 @@ class LabContext:
         self.units_dir = self.out_dir / "units"
         self.units_reused = 0
 
-    def unit(self, key: str, compute: Callable[[], Any]) -> Any:
+    def unit(self, key: str, compute: Callable[[], Any], *, progress_steps: int = 0) -> Any:
         """The result of the unit of work ``key``, computed once and stored.
 
         Args:
             key: a file-name-safe key unique in the experiment (``"bn-seed0"``).
             compute: returns a JSON-ready value; called only if no stored result exists.
+            progress_steps: how far ``compute`` advances the progress bar; a stored
+                result advances it by as much, so a resumed run's bar ends full.
         """
         if not key or any(c in key for c in "/\\\0") or key.startswith("."):
             raise ValueError(f"unit key must be a plain file name, got {key!r}")
@@ -309,6 +311,8 @@ class LabContext:
                     f"{path} is unreadable ({exc}); delete it to recompute that unit"
                 ) from exc
             self.units_reused += 1
+            if progress_steps:
+                self.progress.advance(progress_steps)
             return value["value"]
         value = compute()
         self.units_dir.mkdir(parents=True, exist_ok=True)

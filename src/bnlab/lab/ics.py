@@ -710,15 +710,13 @@ def run_ics(config: ICSConfig, ctx: LabContext) -> LabOutcome:
     ctx.progress.start(len(jobs) * config.steps, "ics: training with probes")
     units = []
     for arch, variant, seed in jobs:
-        reused = ctx.units_reused
         unit = ctx.unit(
             f"{arch}-{variant}-seed{seed}",
             lambda a=arch, v=variant, s=seed: _run_unit(
                 a, v, s, config, data, ctx.device, ctx.progress.advance
             ),
+            progress_steps=config.steps,
         )
-        if ctx.units_reused > reused:
-            ctx.progress.advance(config.steps)
         units.append(unit)
     per_seed = _per_seed(units)
     rows = []

@@ -298,17 +298,15 @@ def run_landscape(config: LandscapeConfig, ctx: LabContext) -> LabOutcome:
     ctx.progress.start(len(jobs) * config.steps, "landscape: training with checkpoints")
     units = []
     for arch, variant, seed in jobs:
-        reused = ctx.units_reused
         units.append(
             ctx.unit(
                 f"{arch}-{variant}-seed{seed}",
                 lambda a=arch, v=variant, s=seed: _run_unit(
                     a, v, s, config, data, ctx.device, ctx.progress.advance
                 ),
+                progress_steps=config.steps,
             )
         )
-        if ctx.units_reused > reused:
-            ctx.progress.advance(config.steps)
     per_seed: dict[str, dict[str, dict[str, list]]] = {}
     for u in units:
         bucket = per_seed.setdefault(u["arch"], {}).setdefault(u["variant"], {})
