@@ -153,6 +153,20 @@ def test_lenet_without_norm_has_d2l_parameter_count() -> None:
     assert sum(p.numel() for p in bn.parameters()) == 44426 + 452
 
 
+@pytest.mark.parametrize(("activation", "cls"), [("relu", nn.ReLU), ("tanh", nn.Tanh)])
+def test_lenet_activation_swaps_only_the_four_sigmoids(activation: str, cls: type) -> None:
+    default = models.LeNet("bnlab")
+    swapped = models.create("lenet", norm="bnlab", activation=activation)
+    assert [n for n, _ in swapped.named_children()] == [n for n, _ in default.named_children()]
+    for name, module in swapped.named_children():
+        expected = cls if name.startswith("act") else type(getattr(default, name))
+        assert type(module) is expected, name
+    assert default.activation == "sigmoid"
+    assert "activation" not in repr(default)
+    assert f"activation={activation!r}" in repr(swapped)
+    assert swapped(torch.randn(4, 1, 28, 28)).shape == (4, 10)
+
+
 @pytest.mark.parametrize(
     ("position", "order"), [("after", ["act1", "norm1"]), ("before", ["norm1", "act1"])]
 )
@@ -258,6 +272,11 @@ ERROR_CASES = [
         "num_features must be an int, got 4.0 of type float",
     ),
     (lambda: models.LeNet(num_classes=0), ValueError, "LeNet: num_classes must be positive, got 0"),
+    (
+        lambda: models.LeNet(activation="gelu"),
+        ValueError,
+        "LeNet: unknown activation 'gelu'; choose one of: relu, sigmoid, tanh",
+    ),
     (
         lambda: models.MLP(norm_position="middle"),
         ValueError,
