@@ -607,3 +607,30 @@ def test_fit_with_the_device_loader() -> None:
     a, b = run(), run()
     assert a.history[-1]["train_samples"] == 48
     assert _strip_timings(a.history) == _strip_timings(b.history)
+
+
+def test_cosine_lr_schedule_sets_each_epochs_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = TrainConfig(lr=0.4, epochs=4, batch_size=16, lr_schedule="cosine")
+    expected = [0.4 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)]
+    assert [config.lr_at(e) for e in range(1, 5)] == pytest.approx(expected)
+    assert config.lr_at(1) == 0.4
+    assert TrainConfig(lr=0.4).lr_at(7) == 0.4  # constant: d2l's
+    seen: list[float] = []
+    step = torch.optim.SGD.step
+
+    def recording_step(self: torch.optim.SGD, *args: Any, **kwargs: Any) -> Any:
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    train, test = _loaders(n_train=32)  # 2 steps per epoch
+    fit(models.create("mlp", hidden=(4,)), train, test, config)
+    assert seen == pytest.approx([lr for lr in expected for _ in range(2)])
+
+
+def test_unknown_lr_schedule_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="lr_schedule") as exc:
+        TrainConfig(lr_schedule="step")
+    assert str(exc.value) == (
+        "TrainConfig: unknown lr_schedule 'step'; choose one of: constant, cosine"
+    )

@@ -15,10 +15,12 @@ import torch
 
 from bnlab.train.precision import PRECISIONS
 
-__all__ = ["INITS", "TrainConfig"]
+__all__ = ["INITS", "LR_SCHEDULES", "TrainConfig"]
 
 #: Weight initialisations ``fit`` can apply on a fresh start.
 INITS: tuple[str, ...] = ("xavier_uniform", "default")
+#: Learning-rate schedules ``fit`` knows (set per epoch, see ``TrainConfig.lr_at``).
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -61,9 +63,14 @@ class TrainConfig:
             ``fit`` on a fresh start only, never on resume.
         precision: ``"32"`` (float32), ``"bf16"`` (bfloat16 autocast) or ``"fp16"``
             (float16 autocast with loss scaling); see ``bnlab.train.precision``.
+        lr_schedule: ``"constant"`` (d2l's) or ``"cosine"``: epoch ``e`` (1-based) runs
+            at ``lr * (1 + cos(pi * (e - 1) / epochs)) / 2`` (Loshchilov & Hutter,
+            "SGDR", arXiv 1608.03983, without restarts). The rate depends on the epoch
+            and ``epochs`` only, so a resumed run with the same ``epochs`` is exact.
 
     Raises:
-        ValueError: a value out of range or an unknown ``init`` / ``device``.
+        ValueError: a value out of range or an unknown ``init`` / ``device`` /
+            ``lr_schedule``.
         TypeError: a value of the wrong type.
     """
 
@@ -77,6 +84,7 @@ class TrainConfig:
     log_every_steps: int = 0
     init: str = "xavier_uniform"
     precision: str = "32"
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         lr = _check_float("lr", self.lr)
@@ -100,6 +108,11 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig: unknown init {self.init!r}; choose one of: {', '.join(INITS)}"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"TrainConfig: unknown lr_schedule {self.lr_schedule!r}; choose one of: "
+                f"{', '.join(LR_SCHEDULES)}"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"TrainConfig: unknown precision {self.precision!r}; choose one of: "
@@ -115,6 +128,12 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig: device {self.device!r} is not a device name such as 'cpu', 'cuda' or 'cuda:0'"
             ) from exc
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of 1-based ``epoch`` under ``lr_schedule``."""
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / self.epochs))
+        return self.lr
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict."""

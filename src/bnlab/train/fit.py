@@ -605,6 +605,9 @@ def fit(
             epoch_start = time.perf_counter()
             if callable(set_epoch):
                 set_epoch(epoch - 1)
+            # Set every epoch from the config alone (no scheduler state to checkpoint).
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr_at(epoch)
             net.train()
             loss_sum, samples, train_time = 0.0, 0, 0.0
             correct = torch.zeros((), dtype=torch.int64, device=device)
