@@ -7,7 +7,7 @@ CLI and experiments reuse.
 """
 
 from bnlab.train.anomaly import NonFiniteActivationError, detect_anomalies
-from bnlab.train.config import INITS, TrainConfig
+from bnlab.train.config import INITS, LR_SCHEDULES, TrainConfig
 from bnlab.train.fit import (
     TIMING_KEYS,
     FitResult,
@@ -28,6 +28,7 @@ from bnlab.train.io import (
 __all__ = [
     "CHECKPOINT_NAME",
     "INITS",
+    "LR_SCHEDULES",
     "METRICS_NAME",
     "TIMING_KEYS",
     "FitResult",
