@@ -378,11 +378,8 @@ def main() -> None:
     summary: dict[str, Any] = {}
     for variant in args.variants:
         total = med(variant, "total_time_s")
-        ratio = (
-            med("d2l_style", "total_time_s") / total
-            if "d2l_style" in args.variants
-            else float("nan")
-        )
+        # No d2l-style run to compare with: null in the JSON (NaN is not JSON).
+        ratio = med("d2l_style", "total_time_s") / total if "d2l_style" in args.variants else None
         summary[variant] = {
             "total_time_s": total,
             "time_per_epoch_s": total / args.epochs,
@@ -398,7 +395,7 @@ def main() -> None:
             f"{summary[variant]['images_per_s']:.0f}",
             f"{summary[variant]['test_acc']:.3f}",
             f"{summary[variant]['train_acc']:.3f}",
-            f"{ratio:.2f}",
+            "-" if ratio is None else f"{ratio:.2f}",
         )
     console.print(table)
     args.out.mkdir(parents=True, exist_ok=True)
