@@ -176,3 +176,10 @@ def test_a_reused_unit_advances_the_progress_bar(tmp_path: Path) -> None:
     again = ex.LabContext(tmp_path, progress=Bar())
     assert again.unit("a", lambda: 2, progress_steps=7) == 1
     assert again.progress.done == 7
+
+
+def test_mean_std_text() -> None:
+    assert ex.mean_std_text([1.0, 2.0, 3.0]) == "2 ± 1"
+    assert ex.mean_std_text([0.123456]) == "0.1235"
+    assert ex.mean_std_text([math.nan]) == "n/a"
+    assert ex.mean_std_text([], missing="-") == "-"

@@ -64,6 +64,7 @@ __all__ = [
     "config_from",
     "describe",
     "get_lab",
+    "mean_std_text",
     "register_lab",
     "run_lab",
     "seeded",
@@ -351,6 +352,16 @@ def describe(values: Sequence[float]) -> dict[str, Any]:
         "n": len(finite),
         "n_nonfinite": n_bad,
     }
+
+
+def mean_std_text(values: Sequence[float], *, missing: str = "n/a") -> str:
+    """``describe(values)`` as table text: ``"mean ± std"`` (4 and 3 significant
+    digits), the mean alone for one value, ``missing`` without a finite value."""
+    stats = describe(values)
+    if stats["mean"] is None:
+        return missing
+    std = "" if stats["std"] is None else f" ± {stats['std']:.3g}"
+    return f"{stats['mean']:.4g}{std}"
 
 
 @dataclass(frozen=True)

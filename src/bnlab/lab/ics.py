@@ -58,6 +58,7 @@ from bnlab.lab.experiment import (
     Verdict,
     compare,
     describe,
+    mean_std_text,
     register_lab,
     seeded,
 )
@@ -620,13 +621,6 @@ def _per_seed(units: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
     return out
 
 
-def _fmt(stats: dict[str, Any]) -> str:
-    if stats["mean"] is None:
-        return "n/a"
-    std = "" if stats["std"] is None else f" ± {stats['std']:.3g}"
-    return f"{stats['mean']:.4g}{std}"
-
-
 def decide_ics(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """Rule of claim ``bn-reduces-ics`` (measure 1): per architecture, the drift with BN
     is less than without (``compare``, 2 standard errors)."""
@@ -725,7 +719,7 @@ def run_ics(config: ICSConfig, ctx: LabContext) -> LabOutcome:
             rows.append(
                 [ARCHS[arch]["label"], variant]
                 + [
-                    _fmt(describe(metrics[k]))
+                    mean_std_text(metrics[k])
                     for k in ("drift", "grad_cos", "grad_rel", "train_loss", "test_acc")
                 ]
             )
@@ -754,9 +748,9 @@ def run_ics(config: ICSConfig, ctx: LabContext) -> LabOutcome:
                         ARCHS[arch]["label"],
                         variant,
                         layer,
-                        _fmt(describe([r["layers"]["drift"][layer] for r in runs])),
-                        _fmt(describe([r["layers"]["grad_cos"][layer] for r in runs])),
-                        _fmt(describe([r["layers"]["grad_l2"][layer] for r in runs])),
+                        mean_std_text([r["layers"]["drift"][layer] for r in runs]),
+                        mean_std_text([r["layers"]["grad_cos"][layer] for r in runs]),
+                        mean_std_text([r["layers"]["grad_l2"][layer] for r in runs]),
                     ]
                 )
     layer_table = Table(

@@ -40,6 +40,7 @@ from bnlab.lab.experiment import (
     Verdict,
     compare,
     describe,
+    mean_std_text,
     register_lab,
     seeded,
 )
@@ -282,13 +283,6 @@ def decide_landscape(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     return evidence, directions_verdict(directions, "less")
 
 
-def _fmt(stats: dict[str, Any]) -> str:
-    if stats["mean"] is None:
-        return "n/a"
-    std = "" if stats["std"] is None else f" ± {stats['std']:.3g}"
-    return f"{stats['mean']:.4g}{std}"
-
-
 def run_landscape(config: LandscapeConfig, ctx: LabContext) -> LabOutcome:
     """Train every (arch, variant, seed) with landscape checkpoints; tables, verdict, figure."""
     if ctx.data is None:
@@ -318,7 +312,7 @@ def run_landscape(config: LandscapeConfig, ctx: LabContext) -> LabOutcome:
     rows = [
         [ARCHS[arch]["label"], variant]
         + [
-            _fmt(describe(m[k]))
+            mean_std_text(m[k])
             for k in (*METRICS, "grad_change_rel", "grad_norm", "train_loss", "test_acc")
         ]
         for arch, variants in per_seed.items()

@@ -45,6 +45,7 @@ from bnlab.lab.experiment import (
     Verdict,
     compare,
     describe,
+    mean_std_text,
     register_lab,
     seeded,
 )
@@ -316,13 +317,6 @@ def decide_vanishing(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     return _decide(results, SIGMOID_ARCHS, "grad_ratio_log10", "greater")
 
 
-def _fmt(stats: dict[str, Any]) -> str:
-    if stats["mean"] is None:
-        return "-"
-    std = "" if stats["std"] is None else f" ± {stats['std']:.3g}"
-    return f"{stats['mean']:.4g}{std}"
-
-
 def run_saturation(config: SaturationConfig, ctx: LabContext) -> LabOutcome:
     """Train every (arch, variant, seed) with the probes; tables, verdicts, figure."""
     if ctx.data is None:
@@ -375,7 +369,7 @@ def run_saturation(config: SaturationConfig, ctx: LabContext) -> LabOutcome:
                 + (f", init x{config.init_scale(a):g}" if config.init_scale(a) != 1 else ""),
                 v,
             ]
-            + [_fmt(describe(m[k])) for k in keys]
+            + [mean_std_text(m[k], missing="-") for k in keys]
             for a, vs in per_seed.items()
             for v, m in vs.items()
         ],
@@ -392,13 +386,9 @@ def run_saturation(config: SaturationConfig, ctx: LabContext) -> LabOutcome:
                         ARCHS[arch]["label"],
                         variant,
                         layer,
-                        _fmt(
-                            describe(
-                                [
-                                    _mean([p["grad_rms"].get(layer) for p in r["probes"]])
-                                    for r in runs
-                                ]
-                            )
+                        mean_std_text(
+                            [_mean([p["grad_rms"].get(layer) for p in r["probes"]]) for r in runs],
+                            missing="-",
                         ),
                     ]
                 )
