@@ -138,3 +138,37 @@ def randomize_(module: torch.nn.Module, generator: torch.Generator) -> None:
                 torch.rand(module.running_var.shape, generator=generator) * 1.5 + 0.5
             )
             module.num_batches_tracked.fill_(3)
+
+
+def train_step(module, leaf, view, grad_y):
+    """One forward/backward of ``module`` on a fresh copy of ``leaf``: output and grads."""
+    leaf = leaf.detach().clone().requires_grad_()
+    for p in module.parameters():
+        p.grad = None
+    y = module(view(leaf))
+    y.backward(grad_y)
+    return y, leaf.grad, {n: p.grad for n, p in module.named_parameters()}
+
+
+def assert_twins(ours, theirs, case, dtype, gen, steps=3, tol=1e-10):
+    """``steps`` train steps and one eval step of two modules from the same state:
+    outputs, input and parameter grads, and state_dicts agree within ``tol``."""
+    for mode in ["train"] * steps + ["eval"]:
+        ours.train(mode == "train")
+        theirs.train(mode == "train")
+        leaf, view = make_input(case, dtype, gen)
+        grad_y = torch.randn(case.shape, generator=gen, dtype=torch.float64).to(dtype)
+        y, gx, grads = train_step(ours, leaf, view, grad_y)
+        y_t, gx_t, grads_t = train_step(theirs, leaf, view, grad_y)
+        torch.testing.assert_close(y, y_t, rtol=tol, atol=tol)
+        torch.testing.assert_close(gx, gx_t, rtol=tol, atol=tol)
+        assert list(grads) == list(grads_t)
+        for name in grads:
+            torch.testing.assert_close(grads[name], grads_t[name], rtol=tol, atol=tol)
+        sd, sd_t = ours.state_dict(), theirs.state_dict()
+        assert list(sd) == list(sd_t)
+        for key in sd:
+            torch.testing.assert_close(sd[key], sd_t[key], rtol=tol, atol=tol)
+        if case.layout == CHANNELS_LAST:
+            fmt = torch.channels_last if y.dim() == 4 else torch.channels_last_3d
+            assert y.is_contiguous(memory_format=fmt)

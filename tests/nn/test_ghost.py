@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from bn_module_cases import CASES, CHANNELS_LAST, BNCase, make_input
+from bn_module_cases import CASES, BNCase, assert_twins
 from bn_module_cases import randomize_ as randomize
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,37 +30,6 @@ def _ghost(case: BNCase, **kwargs) -> torch.nn.Module:
     return getattr(bnlab.nn, GHOST[case.cls])(case.num_features, **case.kwargs, **kwargs)
 
 
-def _step(module, leaf, view, grad_y):
-    leaf = leaf.detach().clone().requires_grad_()
-    for p in module.parameters():
-        p.grad = None
-    y = module(view(leaf))
-    y.backward(grad_y)
-    return y, leaf.grad, {n: p.grad for n, p in module.named_parameters()}
-
-
-def _assert_twins(ours, theirs, case, dtype, gen, steps=3, tol=1e-10):
-    for mode in ["train"] * steps + ["eval"]:
-        ours.train(mode == "train")
-        theirs.train(mode == "train")
-        leaf, view = make_input(case, dtype, gen)
-        grad_y = torch.randn(case.shape, generator=gen, dtype=F64).to(dtype)
-        y, gx, grads = _step(ours, leaf, view, grad_y)
-        y_t, gx_t, grads_t = _step(theirs, leaf, view, grad_y)
-        torch.testing.assert_close(y, y_t, rtol=tol, atol=tol)
-        torch.testing.assert_close(gx, gx_t, rtol=tol, atol=tol)
-        assert list(grads) == list(grads_t)
-        for name in grads:
-            torch.testing.assert_close(grads[name], grads_t[name], rtol=tol, atol=tol)
-        sd, sd_t = ours.state_dict(), theirs.state_dict()
-        assert list(sd) == list(sd_t)
-        for key in sd:
-            torch.testing.assert_close(sd[key], sd_t[key], rtol=tol, atol=tol)
-        if case.layout == CHANNELS_LAST:
-            fmt = torch.channels_last if y.dim() == 4 else torch.channels_last_3d
-            assert y.is_contiguous(memory_format=fmt)
-
-
 # ---------------------------------------------------------------------------- one chunk
 
 
@@ -73,7 +42,7 @@ def test_one_virtual_batch_is_torch_batch_norm(case, source) -> None:
     src, dst = (ours, theirs) if source == "ours_to_torch" else (theirs, ours)
     randomize(src, gen)
     dst.load_state_dict(src.state_dict())
-    _assert_twins(ours, theirs, case, F64, gen)
+    assert_twins(ours, theirs, case, F64, gen)
 
 
 @given(
@@ -90,7 +59,7 @@ def test_one_virtual_batch_is_torch_batch_norm_property(rank, n, extra, momentum
     ours, theirs = _ghost(case, virtual_batch_size=n + extra, dtype=F64), case.theirs(dtype=F64)
     randomize(theirs, gen)
     ours.load_state_dict(theirs.state_dict())
-    _assert_twins(ours, theirs, case, F64, gen, steps=2)
+    assert_twins(ours, theirs, case, F64, gen, steps=2)
 
 
 # ---------------------------------------------------------------------------- k chunks

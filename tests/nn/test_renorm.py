@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from bn_module_cases import CASES, CHANNELS_LAST, BNCase, make_input
+from bn_module_cases import CASES, BNCase, assert_twins
 from bn_module_cases import randomize_ as randomize
 from hypothesis import given
 from hypothesis import strategies as st
@@ -34,37 +34,6 @@ def _renorm(case: BNCase, **kwargs) -> torch.nn.Module:
     return getattr(bnlab.nn, RENORM[case.cls])(case.num_features, **kw)
 
 
-def _step(module, leaf, view, grad_y):
-    leaf = leaf.detach().clone().requires_grad_()
-    for p in module.parameters():
-        p.grad = None
-    y = module(view(leaf))
-    y.backward(grad_y)
-    return y, leaf.grad, {n: p.grad for n, p in module.named_parameters()}
-
-
-def _assert_twins(ours, theirs, case, dtype, gen, steps=3, tol=1e-10):
-    for mode in ["train"] * steps + ["eval"]:
-        ours.train(mode == "train")
-        theirs.train(mode == "train")
-        leaf, view = make_input(case, dtype, gen)
-        grad_y = torch.randn(case.shape, generator=gen, dtype=F64).to(dtype)
-        y, gx, grads = _step(ours, leaf, view, grad_y)
-        y_t, gx_t, grads_t = _step(theirs, leaf, view, grad_y)
-        torch.testing.assert_close(y, y_t, rtol=tol, atol=tol)
-        torch.testing.assert_close(gx, gx_t, rtol=tol, atol=tol)
-        assert list(grads) == list(grads_t)
-        for name in grads:
-            torch.testing.assert_close(grads[name], grads_t[name], rtol=tol, atol=tol)
-        sd, sd_t = ours.state_dict(), theirs.state_dict()
-        assert list(sd) == list(sd_t)
-        for key in sd:
-            torch.testing.assert_close(sd[key], sd_t[key], rtol=tol, atol=tol)
-        if case.layout == CHANNELS_LAST:
-            fmt = torch.channels_last if y.dim() == 4 else torch.channels_last_3d
-            assert y.is_contiguous(memory_format=fmt)
-
-
 # ---------------------------------------------------------------------------- twins
 
 
@@ -77,14 +46,14 @@ def test_r_max_1_d_max_0_is_torch_batch_norm(case, source) -> None:
     src, dst = (ours, theirs) if source == "ours_to_torch" else (theirs, ours)
     randomize(src, gen)
     dst.load_state_dict(src.state_dict())
-    _assert_twins(ours, theirs, case, F64, gen)
+    assert_twins(ours, theirs, case, F64, gen)
 
 
 def test_r_max_1_d_max_0_is_torch_batch_norm_float32() -> None:
     case = BNCase("BatchNorm2d", (4, 3, 5, 6), "default")
     gen = torch.Generator().manual_seed(22)
     ours, theirs = _renorm(case, r_max=1.0, d_max=0.0), case.theirs()
-    _assert_twins(ours, theirs, case, torch.float32, gen, tol=1e-4)
+    assert_twins(ours, theirs, case, torch.float32, gen, tol=1e-4)
 
 
 @given(
@@ -101,7 +70,7 @@ def test_r_max_1_d_max_0_is_torch_batch_norm_property(rank, n, c, momentum, seed
     ours, theirs = _renorm(case, r_max=1.0, d_max=0.0, dtype=F64), case.theirs(dtype=F64)
     randomize(theirs, gen)
     ours.load_state_dict(theirs.state_dict())
-    _assert_twins(ours, theirs, case, F64, gen, steps=2)
+    assert_twins(ours, theirs, case, F64, gen, steps=2)
 
 
 # ---------------------------------------------------------------------------- renorm at work
