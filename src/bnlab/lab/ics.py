@@ -311,7 +311,7 @@ def _clean_params(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor
     return params, buffers
 
 
-def _loss_at(
+def loss_at(
     model: nn.Module,
     params: dict[str, Tensor],
     buffers: dict[str, Tensor],
@@ -319,6 +319,7 @@ def _loss_at(
     y: Tensor,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
 ) -> Tensor:
+    """The loss of ``model`` with ``params`` and copies of ``buffers`` (functional call)."""
     # Fresh buffer copies each call: train-mode BN updates them in place.
     state = {**params, **{n: b.clone() for n, b in buffers.items()}}
     return loss_fn(functional_call(model, state, (x,)), y)
@@ -355,7 +356,7 @@ def gradient_shift(
     params, buffers = _clean_params(model)
     order = list(params)
     leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
-    loss = _loss_at(model, leaves, buffers, x, y, loss_fn)
+    loss = loss_at(model, leaves, buffers, x, y, loss_fn)
     grads = dict(zip(order, torch.autograd.grad(loss, list(leaves.values())), strict=True))
     out: dict[str, dict[str, float]] = {}
     for name in names:
@@ -366,7 +367,7 @@ def gradient_shift(
         shifted = {n: (p - lr * grads[n] if n in earlier else p) for n, p in params.items()}
         w = shifted[key].clone().requires_grad_(True)
         shifted[key] = w
-        (g_after,) = torch.autograd.grad(_loss_at(model, shifted, buffers, x, y, loss_fn), [w])
+        (g_after,) = torch.autograd.grad(loss_at(model, shifted, buffers, x, y, loss_fn), [w])
         g = grads[key]
         diff = float((g - g_after).norm())
         gn, an = float(g.norm()), float(g_after.norm())

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
@@ -53,6 +52,7 @@ from bnlab.lab.ics import (
     check_archs,
     check_positive,
     directions_verdict,
+    loss_at,
     plateau_notes,
     split,
 )
@@ -64,19 +64,6 @@ __all__ = ["METRICS", "LandscapeConfig", "decide_landscape", "landscape_point", 
 METRICS = ("loss_range", "grad_change_max", "beta")
 
 
-def _loss(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    buffers: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-) -> Tensor:
-    # Fresh buffer copies per call: train-mode BN updates its buffers in place.
-    state = {**params, **{n: b.clone() for n, b in buffers.items()}}
-    return loss_fn(functional_call(model, state, (x,)), y)
-
-
 def _loss_and_grad(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -86,7 +73,7 @@ def _loss_and_grad(
     loss_fn: Callable[[Tensor, Tensor], Tensor],
 ) -> tuple[float, list[Tensor]]:
     leaves = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
-    loss = _loss(model, leaves, buffers, x, y, loss_fn)
+    loss = loss_at(model, leaves, buffers, x, y, loss_fn)
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return float(loss.detach()), [g.detach() for g in grads]
 
