@@ -302,7 +302,6 @@ def _replacement(old: nn.Module, name: str, dim: int, kwargs: dict[str, Any]) ->
     floating = [t for t in params if t.is_floating_point()]
     if floating and "device" not in kwargs and "dtype" not in kwargs:
         factory = {"device": floating[0].device, "dtype": floating[0].dtype}
-        _check_kwargs(name, dim, {**kwargs, **factory}, _FIXED)
     new = create_norm(name, int(old.num_features), dim=dim, **kwargs, **factory)
     old_state = old.state_dict()
     new_state = new.state_dict()
