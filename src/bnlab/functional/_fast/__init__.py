@@ -1,4 +1,4 @@
-"""The BatchNorm fast path: fused OpenMP kernels in C++, compiled on first use.
+"""The BatchNorm fast path: fused OpenMP kernels in C++ (CPU), Triton kernels (CUDA).
 
 Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167.
 
@@ -24,6 +24,13 @@ least 4096 elements (below it the ctypes call costs more than it saves). Everyth
 takes the reference path silently: it computes the same statistics, by the same
 corrected two-pass formulas. :func:`set_enabled` or the :func:`enabled` context
 manager switch the fast path off (for comparisons).
+
+CUDA tensors (:func:`eligible` for them): float16, bfloat16 or float32 ``x``
+contiguous ``(N, C, *)``, per-channel tensors contiguous ``(C,)`` of any of these
+dtypes on the same device, no autograd recording. They take the Triton kernels of
+``triton_bn`` (same formulas, float32 statistics), imported on the first CUDA call;
+where Triton is missing or fails to import, one ``RuntimeWarning`` and the reference
+path (:func:`cuda_status` says why). float64 CUDA inputs take the reference path.
 
 Large outputs: a fresh CPU tensor above glibc's mmap threshold (at most 32 MiB) is a
 new mapping whose 4 KiB pages fault on first touch, which costs more than the
@@ -70,6 +77,7 @@ __all__ = [
     "POOL_MIN_BYTES",
     "OutputPool",
     "available",
+    "cuda_status",
     "eligible",
     "enabled",
     "eval_forward",
@@ -102,6 +110,11 @@ _UNAVAILABLE = "unavailable"
 _failed: bool = False  # the build or load failed in this process: reference path only
 _fns: dict[tuple[str, torch.dtype], Any] = {}
 _enabled: bool = True
+# The CUDA path (Triton): float16/bfloat16/float32 inputs; float64 takes the reference path.
+_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_triton_bn: Any = None
+_cuda_state: str = "not loaded yet"
+_cuda_failed: bool = False
 
 
 def set_enabled(flag: bool) -> None:
@@ -242,7 +255,11 @@ def eligible(x: Tensor, *others: Tensor | None, per_channel: tuple[Tensor | None
     """Whether a call with full-size ``x``, ``others`` and ``per_channel`` tensors can use
     the kernels (see the module docstring). Builds the library on the first yes."""
     # Cheapest checks first: this runs on every call (small inputs are overhead-bound).
-    if not _enabled or _failed:
+    if not _enabled:
+        return False
+    if x.is_cuda:
+        return _cuda_eligible(x, others, per_channel)
+    if _failed:
         return False
     dtype = x.dtype
     if (
@@ -265,6 +282,72 @@ def eligible(x: Tensor, *others: Tensor | None, per_channel: tuple[Tensor | None
     if torch.is_grad_enabled() and records_grad(x, *others, *per_channel):
         return False
     return _lib is not None or _library() is not None
+
+
+def _cuda_eligible(x: Tensor, others: tuple[Tensor | None, ...], per_channel: tuple) -> bool:
+    """:func:`eligible` for CUDA tensors: the Triton kernels of ``triton_bn``."""
+    if (
+        x.dtype not in _CUDA_DTYPES
+        or x.dim() < 2
+        or x.numel() == 0
+        or not x.is_contiguous()
+        or _cuda_failed
+    ):
+        return False
+    shape, device = x.shape, x.device
+    for t in others:
+        if (
+            t is None
+            or t.dtype != x.dtype
+            or t.shape != shape
+            or t.device != device
+            or not t.is_contiguous()
+        ):
+            return False
+    c = shape[1]
+    for t in per_channel:
+        if t is not None and (
+            not t.is_floating_point()
+            or t.dtype == torch.float64
+            or t.shape != (c,)
+            or t.device != device
+            or not t.is_contiguous()
+        ):
+            return False
+    if torch.is_grad_enabled() and records_grad(x, *others, *per_channel):
+        return False
+    return _cuda_kernels() is not None
+
+
+def _cuda_kernels() -> Any:
+    """The ``triton_bn`` module, imported on the first CUDA call; None where Triton fails."""
+    global _triton_bn, _cuda_state, _cuda_failed
+    if _triton_bn is not None or _cuda_failed:
+        return _triton_bn
+    with _lock:
+        if _triton_bn is None and not _cuda_failed:
+            try:
+                from bnlab.functional._fast import triton_bn
+
+                _triton_bn = triton_bn
+                _cuda_state = f"ready: triton {triton_bn.triton.__version__}"
+            except Exception as err:  # no Triton, or it does not import: torch ops path
+                reason = f"{type(err).__name__}: {err}"
+                _cuda_state = f"{_UNAVAILABLE}: {reason}"
+                _cuda_failed = True
+                warnings.warn(
+                    "bnlab: BatchNorm CUDA fast path unavailable, using the reference path "
+                    f"({reason})",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+    return _triton_bn
+
+
+def cuda_status() -> str:
+    """The CUDA path's :func:`status`: ``"ready: triton <version>"``, ``"unavailable: ..."``
+    or ``"not loaded yet"``."""
+    return _cuda_state
 
 
 class OutputPool:
@@ -379,6 +462,8 @@ def train_forward(
         ``(y, stats)``: ``stats`` a ``(5, C)`` tensor of rows mean, var (biased),
         inv_std, pivot (the channel's first element), offset (mean - pivot).
     """
+    if x.is_cuda:
+        return _triton_bn.train_forward(x, weight, bias, eps)
     y = _empty_like(x)
     n, c, s = _nc_s(x)
     stats = torch.empty((5, c), dtype=x.dtype)
@@ -408,6 +493,10 @@ def train_backward(
     needs_input_grad: tuple[bool, bool, bool],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Fused training backward (call only where :func:`eligible`); ``None`` where not requested."""
+    if x.is_cuda:
+        return _triton_bn.train_backward(
+            grad_y, x, weight, inv_std, pivot, offset, needs_input_grad
+        )
     need_x, need_w, need_b = needs_input_grad
     n, c, s = _nc_s(x)
     grad_x = _empty_like(x) if need_x else None
@@ -441,6 +530,8 @@ def eval_forward(
     eps: float,
 ) -> Tensor:
     """Fused eval forward ``(x - running_mean) * weight / sqrt(running_var + eps) + bias``."""
+    if x.is_cuda:
+        return _triton_bn.eval_forward(x, running_mean, running_var, weight, bias, eps)
     y = _empty_like(x)
     n, c, s = _nc_s(x)
     fn = _fns["eval_forward", x.dtype]

@@ -1,0 +1,474 @@
+"""The BatchNorm fast path on CUDA: fused Triton kernels.
+
+Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167.
+
+Same numerics as the CPU kernels and ``bnlab.functional.moments``: each channel is
+shifted by a pivot (its first element, ``x[0, c, 0]``) before summing, so a channel
+``1e4 + 1e-3 * noise`` keeps its variance; the biased variance is the corrected two-pass
+``sum(d**2) / n - (sum(d) / n)**2`` on ``d = x - pivot``. Accumulation is float32 (the
+inputs are float16, bfloat16 or float32; float64 stays on the reference path), in
+per-lane accumulators of a tile, so each lane adds only ``n / (tile * splits)`` values.
+
+Layout: ``x`` contiguous ``(N, C, S)`` (``S`` = the product of the spatial dims, 1 for
+``(N, C)`` inputs). Every kernel walks 3-D tiles ``[BN, BC, BS]`` of (sample, channel,
+position): for ``S > 1`` a tile holds one channel (``BC = 1``) and ``BS`` contiguous
+positions; for ``S == 1`` it holds ``BC`` contiguous channels. No per-element integer
+division (it would cost more than the memory traffic on a GPU).
+
+Kernels, with the full-size tensors each reads (r) and writes (w):
+
+* training forward: ``_stats`` (r x) writes per-(split, channel) partial sums; then
+  ``_normalize`` (r x, w y) combines the partials of its channel, writes ``y`` and, in
+  split 0, the statistics. 3 passes, the minimum without keeping ``x`` on chip.
+* training backward: ``_grad_sums`` (r grad_y, x) partial ``sum(g)``, ``sum(g * d)``;
+  then ``_grad_input`` (r grad_y, x; w grad_x) and, in split 0, ``grad_weight``,
+  ``grad_bias``. 5 passes (3 when ``grad_x`` is not needed: the second kernel then
+  reads nothing full-size).
+* eval forward: ``_eval`` (r x, w y), 2 passes.
+
+The reduction over a channel is split along ``N`` into ``SPLIT`` programs so that
+``channel blocks * SPLIT`` fills the GPU (about 4 programs per multiprocessor); the
+partial sums of all splits share the channel's pivot, so they add exactly.
+
+Under ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (the tests use this
+where no GPU is present).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["DTYPES", "eval_forward", "plan", "train_backward", "train_forward"]
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TILE = 2048  # elements per tile: 16 per thread at 4 warps, four 16-byte loads
+SPLIT_CHUNK = 64  # partial sums combined per step of the final loop
+PROGRAMS_PER_SM = 4
+
+
+# ---------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _tile(n0, s0, c, n_end, C, S, BN: tl.constexpr, BS: tl.constexpr):
+    """Offsets (int64) and mask of the tile at sample ``n0``, position ``s0``, channels ``c``."""
+    n = n0 + tl.arange(0, BN)
+    s = s0 + tl.arange(0, BS)
+    off = (n.to(tl.int64)[:, None, None] * C + c[None, :, None]) * S + s[None, None, :]
+    mask = (n < n_end)[:, None, None] & (c < C)[None, :, None] & (s < S)[None, None, :]
+    return off, mask
+
+
+@triton.jit
+def _rows(split, rows_per_split, N):
+    """The samples ``[n_start, n_end)`` of reduction split ``split``."""
+    n_start = split * rows_per_split
+    n_end = n_start + rows_per_split
+    if n_end > N:
+        n_end = N
+    return n_start, n_end
+
+
+@triton.jit
+def _split_sums(part_ptr, c, C, SPLIT, CHUNK: tl.constexpr):
+    """Sum over the splits of the two partial rows ``part[0|1, :, c]``."""
+    first = tl.zeros([c.shape[0]], dtype=tl.float32)
+    second = tl.zeros([c.shape[0]], dtype=tl.float32)
+    for p0 in range(0, SPLIT, CHUNK):
+        p = p0 + tl.arange(0, CHUNK)
+        m = (p < SPLIT)[:, None] & (c < C)[None, :]
+        idx = p[:, None] * C + c[None, :]
+        first += tl.sum(tl.load(part_ptr + idx, mask=m, other=0.0), axis=0)
+        second += tl.sum(tl.load(part_ptr + SPLIT * C + idx, mask=m, other=0.0), axis=0)
+    return first, second
+
+
+@triton.jit
+def _per_channel(ptr, c, C, default, HAS: tl.constexpr):
+    if HAS:
+        return tl.load(ptr + c, mask=c < C, other=default).to(tl.float32)
+    return tl.full([c.shape[0]], default, dtype=tl.float32)
+
+
+@triton.jit
+def _stats(
+    x_ptr,
+    part_ptr,
+    N,
+    C,
+    S,
+    rows_per_split,
+    SPLIT,
+    BN: tl.constexpr,
+    BC: tl.constexpr,
+    BS: tl.constexpr,
+):
+    """part[0, split, c] = sum(x - pivot), part[1, split, c] = sum((x - pivot)**2)."""
+    c = tl.program_id(0) * BC + tl.arange(0, BC)
+    split = tl.program_id(1)
+    pivot = tl.load(x_ptr + c.to(tl.int64) * S, mask=c < C, other=0.0).to(tl.float32)
+    n_start, n_end = _rows(split, rows_per_split, N)
+    acc1 = tl.zeros([BN, BC, BS], dtype=tl.float32)
+    acc2 = tl.zeros([BN, BC, BS], dtype=tl.float32)
+    for n0 in range(n_start, n_end, BN):
+        for s0 in range(0, S, BS):
+            off, mask = _tile(n0, s0, c, n_end, C, S, BN, BS)
+            v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            d = tl.where(mask, v - pivot[None, :, None], 0.0)
+            acc1 += d
+            acc2 += d * d
+    cm = c < C
+    tl.store(part_ptr + split * C + c, tl.sum(tl.sum(acc1, axis=2), axis=0), mask=cm)
+    tl.store(part_ptr + (SPLIT + split) * C + c, tl.sum(tl.sum(acc2, axis=2), axis=0), mask=cm)
+
+
+@triton.jit
+def _normalize(
+    x_ptr,
+    y_ptr,
+    part_ptr,
+    w_ptr,
+    b_ptr,
+    stats_ptr,
+    N,
+    C,
+    S,
+    rows_per_split,
+    SPLIT,
+    count,
+    eps,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BN: tl.constexpr,
+    BC: tl.constexpr,
+    BS: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """y = (x - pivot) * scale + shift; split 0 writes stats rows (mean, var, inv_std,
+    pivot, offset)."""
+    c = tl.program_id(0) * BC + tl.arange(0, BC)
+    split = tl.program_id(1)
+    cm = c < C
+    pivot = tl.load(x_ptr + c.to(tl.int64) * S, mask=cm, other=0.0).to(tl.float32)
+    s1, s2 = _split_sums(part_ptr, c, C, SPLIT, CHUNK)
+    offset = s1 / count
+    var = tl.maximum(s2 / count - offset * offset, 0.0)
+    inv_std = 1.0 / tl.sqrt_rn(var + eps)
+    scale = _per_channel(w_ptr, c, C, 1.0, HAS_W) * inv_std
+    shift = _per_channel(b_ptr, c, C, 0.0, HAS_B) - offset * scale
+    if split == 0:
+        tl.store(stats_ptr + c, pivot + offset, mask=cm)
+        tl.store(stats_ptr + C + c, var, mask=cm)
+        tl.store(stats_ptr + 2 * C + c, inv_std, mask=cm)
+        tl.store(stats_ptr + 3 * C + c, pivot, mask=cm)
+        tl.store(stats_ptr + 4 * C + c, offset, mask=cm)
+    n_start, n_end = _rows(split, rows_per_split, N)
+    for n0 in range(n_start, n_end, BN):
+        for s0 in range(0, S, BS):
+            off, mask = _tile(n0, s0, c, n_end, C, S, BN, BS)
+            v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            y = (v - pivot[None, :, None]) * scale[None, :, None] + shift[None, :, None]
+            tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _grad_sums(
+    g_ptr,
+    x_ptr,
+    pivot_ptr,
+    part_ptr,
+    N,
+    C,
+    S,
+    rows_per_split,
+    SPLIT,
+    BN: tl.constexpr,
+    BC: tl.constexpr,
+    BS: tl.constexpr,
+):
+    """part[0, split, c] = sum(g), part[1, split, c] = sum(g * (x - pivot))."""
+    c = tl.program_id(0) * BC + tl.arange(0, BC)
+    split = tl.program_id(1)
+    pivot = tl.load(pivot_ptr + c, mask=c < C, other=0.0).to(tl.float32)
+    n_start, n_end = _rows(split, rows_per_split, N)
+    acc1 = tl.zeros([BN, BC, BS], dtype=tl.float32)
+    acc2 = tl.zeros([BN, BC, BS], dtype=tl.float32)
+    for n0 in range(n_start, n_end, BN):
+        for s0 in range(0, S, BS):
+            off, mask = _tile(n0, s0, c, n_end, C, S, BN, BS)
+            g = tl.load(g_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            acc1 += g
+            acc2 += g * tl.where(mask, v - pivot[None, :, None], 0.0)
+    cm = c < C
+    tl.store(part_ptr + split * C + c, tl.sum(tl.sum(acc1, axis=2), axis=0), mask=cm)
+    tl.store(part_ptr + (SPLIT + split) * C + c, tl.sum(tl.sum(acc2, axis=2), axis=0), mask=cm)
+
+
+@triton.jit
+def _grad_input(
+    g_ptr,
+    x_ptr,
+    gx_ptr,
+    part_ptr,
+    w_ptr,
+    inv_std_ptr,
+    pivot_ptr,
+    offset_ptr,
+    gw_ptr,
+    gb_ptr,
+    N,
+    C,
+    S,
+    rows_per_split,
+    SPLIT,
+    count,
+    HAS_W: tl.constexpr,
+    NEED_X: tl.constexpr,
+    NEED_W: tl.constexpr,
+    NEED_B: tl.constexpr,
+    BN: tl.constexpr,
+    BC: tl.constexpr,
+    BS: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """grad_x = k1 * g + k2 * (x - pivot) + k3 (see ``batch_norm_backward``); split 0
+    writes grad_weight and grad_bias."""
+    c = tl.program_id(0) * BC + tl.arange(0, BC)
+    split = tl.program_id(1)
+    cm = c < C
+    g_sum, gd_pivot = _split_sums(part_ptr, c, C, SPLIT, CHUNK)
+    inv_std = tl.load(inv_std_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    offset = tl.load(offset_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    gd = gd_pivot - offset * g_sum  # sum(g * (x - mean)), without cancellation
+    if split == 0:
+        if NEED_W:
+            tl.store(gw_ptr + c, gd * inv_std, mask=cm)
+        if NEED_B:
+            tl.store(gb_ptr + c, g_sum, mask=cm)
+    if NEED_X:
+        pivot = tl.load(pivot_ptr + c, mask=cm, other=0.0).to(tl.float32)
+        k1 = _per_channel(w_ptr, c, C, 1.0, HAS_W) * inv_std
+        k1_over_n = k1 / -count
+        k2 = gd * inv_std * inv_std * k1_over_n
+        k3 = g_sum * k1_over_n - k2 * offset
+        n_start, n_end = _rows(split, rows_per_split, N)
+        for n0 in range(n_start, n_end, BN):
+            for s0 in range(0, S, BS):
+                off, mask = _tile(n0, s0, c, n_end, C, S, BN, BS)
+                g = tl.load(g_ptr + off, mask=mask, other=0.0).to(tl.float32)
+                v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+                gx = (
+                    k1[None, :, None] * g
+                    + k2[None, :, None] * (v - pivot[None, :, None])
+                    + k3[None, :, None]
+                )
+                tl.store(gx_ptr + off, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _eval(
+    x_ptr,
+    y_ptr,
+    rm_ptr,
+    rv_ptr,
+    w_ptr,
+    b_ptr,
+    N,
+    C,
+    S,
+    eps,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BN: tl.constexpr,
+    BC: tl.constexpr,
+    BS: tl.constexpr,
+):
+    """y = (x - running_mean) * weight / sqrt(running_var + eps) + bias, one tile."""
+    s_blocks = tl.cdiv(S, BS)
+    n0 = (tl.program_id(0) // s_blocks) * BN
+    s0 = (tl.program_id(0) % s_blocks) * BS
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    cm = c < C
+    mean = tl.load(rm_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    var = tl.load(rv_ptr + c, mask=cm, other=1.0).to(tl.float32)
+    scale = _per_channel(w_ptr, c, C, 1.0, HAS_W) / tl.sqrt_rn(var + eps)
+    shift = _per_channel(b_ptr, c, C, 0.0, HAS_B)
+    off, mask = _tile(n0, s0, c, N, C, S, BN, BS)
+    v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    y = (v - mean[None, :, None]) * scale[None, :, None] + shift[None, :, None]
+    tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------- launch plan
+
+
+@functools.lru_cache(maxsize=64)
+def _multiprocessors(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # the interpreter (tests on CPU): few programs, fast to interpret
+
+
+def _block_s(s: int) -> int:
+    """The widest power-of-two row (32..1024 positions) that wastes at most 1/8 of its lanes."""
+    for bs in (1024, 512, 256, 128, 64, 32):
+        if triton.cdiv(s, bs) * bs * 8 <= s * 9:
+            return bs
+    return 32 if s > 16 else triton.next_power_of_2(s)
+
+
+@functools.lru_cache(maxsize=256)
+def plan(n: int, c: int, s: int, device: torch.device) -> tuple[int, int, int, int, int]:
+    """Tile and split of an ``(n, c, s)`` input: ``(BN, BC, BS, rows_per_split, splits)``."""
+    if s == 1:
+        bc = min(64, triton.next_power_of_2(c))
+        bs = 1
+    else:
+        bc = 1
+        bs = _block_s(s)
+    bn = max(1, min(triton.next_power_of_2(n), TILE // (bc * bs)))
+    channel_blocks = triton.cdiv(c, bc)
+    row_blocks = triton.cdiv(n, bn)
+    target = PROGRAMS_PER_SM * _multiprocessors(device)
+    splits = max(1, min(row_blocks, triton.cdiv(target, channel_blocks)))
+    rows_per_split = triton.cdiv(row_blocks, splits) * bn
+    splits = triton.cdiv(n, rows_per_split)
+    return bn, bc, bs, rows_per_split, splits
+
+
+def _nc_s(x: Tensor) -> tuple[int, int, int]:
+    n, c = x.shape[0], x.shape[1]
+    return n, c, x.numel() // (n * c)
+
+
+# ---------------------------------------------------------------------------- entry points
+
+
+def train_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """Training forward of a contiguous ``(N, C, *)`` input (``N * S >= 1``).
+
+    Returns:
+        ``(y, stats)``: ``y`` like ``x``; ``stats`` float32 ``(5, C)``, rows mean, var
+        (biased), inv_std, pivot, offset (as the CPU kernels).
+    """
+    n, c, s = _nc_s(x)
+    bn, bc, bs, rows, splits = plan(n, c, s, x.device)
+    y = torch.empty_like(x)
+    part = torch.empty((2, splits, c), dtype=torch.float32, device=x.device)
+    stats = torch.empty((5, c), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(c, bc), splits)
+    _stats[grid](x, part, n, c, s, rows, splits, BN=bn, BC=bc, BS=bs)
+    _normalize[grid](
+        x,
+        y,
+        part,
+        weight if weight is not None else x,  # any pointer when absent: never read
+        bias if bias is not None else x,
+        stats,
+        n,
+        c,
+        s,
+        rows,
+        splits,
+        n * s,
+        float(eps),
+        HAS_W=weight is not None,
+        HAS_B=bias is not None,
+        BN=bn,
+        BC=bc,
+        BS=bs,
+        CHUNK=SPLIT_CHUNK,
+    )
+    return y, stats
+
+
+def train_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    inv_std: Tensor,
+    pivot: Tensor,
+    offset: Tensor,
+    needs_input_grad: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Training backward; ``None`` where a gradient is not requested.
+
+    ``grad_x`` is like ``x``; ``grad_weight`` and ``grad_bias`` are float32 ``(C,)``.
+    """
+    need_x, need_w, need_b = needs_input_grad
+    n, c, s = _nc_s(x)
+    bn, bc, bs, rows, splits = plan(n, c, s, x.device)
+    part = torch.empty((2, splits, c), dtype=torch.float32, device=x.device)
+    grad_x = torch.empty_like(x) if need_x else None
+    grad_w = torch.empty(c, dtype=torch.float32, device=x.device) if need_w else None
+    grad_b = torch.empty(c, dtype=torch.float32, device=x.device) if need_b else None
+    grid = (triton.cdiv(c, bc), splits)
+    _grad_sums[grid](grad_y, x, pivot, part, n, c, s, rows, splits, BN=bn, BC=bc, BS=bs)
+    _grad_input[grid if need_x else (grid[0], 1)](
+        grad_y,
+        x,
+        grad_x if need_x else x,
+        part,
+        weight if weight is not None else x,
+        inv_std,
+        pivot,
+        offset,
+        grad_w if need_w else part,
+        grad_b if need_b else part,
+        n,
+        c,
+        s,
+        rows,
+        splits,
+        n * s,
+        HAS_W=weight is not None,
+        NEED_X=need_x,
+        NEED_W=need_w,
+        NEED_B=need_b,
+        BN=bn,
+        BC=bc,
+        BS=bs,
+        CHUNK=SPLIT_CHUNK,
+    )
+    return grad_x, grad_w, grad_b
+
+
+def eval_forward(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """Eval forward ``(x - running_mean) * weight / sqrt(running_var + eps) + bias``."""
+    n, c, s = _nc_s(x)
+    bn, bc, bs, _, _ = plan(n, c, s, x.device)
+    y = torch.empty_like(x)
+    grid = (triton.cdiv(n, bn) * triton.cdiv(s, bs), triton.cdiv(c, bc))
+    _eval[grid](
+        x,
+        y,
+        running_mean,
+        running_var,
+        weight if weight is not None else x,
+        bias if bias is not None else x,
+        n,
+        c,
+        s,
+        float(eps),
+        HAS_W=weight is not None,
+        HAS_B=bias is not None,
+        BN=bn,
+        BC=bc,
+        BS=bs,
+    )
+    return y
