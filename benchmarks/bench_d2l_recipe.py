@@ -63,7 +63,14 @@ VARIANTS = ("d2l_style", "bnlab", "bnlab_torchbn")
 TARGET_VARIANTS = ("d2l_style", "bnlab", "bnlab_fast")
 
 
-def _loaders(variant: str, data: dict[str, torch.Tensor], batch_size: int, workers: int, seed: int):
+def _loaders(
+    variant: str,
+    data: dict[str, torch.Tensor],
+    batch_size: int,
+    workers: int,
+    seed: int,
+    device: str = "cpu",
+):
     if variant == "d2l_style":
         train = DataLoader(
             FashionMNISTDataset(data["train_x"], data["train_y"]),
@@ -78,9 +85,18 @@ def _loaders(variant: str, data: dict[str, torch.Tensor], batch_size: int, worke
             num_workers=workers,
         )
         return train, test
-    train = DeviceLoader(data["train_x"], data["train_y"], batch_size, shuffle=True, seed=seed)
-    test = DeviceLoader(data["test_x"], data["test_y"], batch_size, shuffle=False)
+    train = DeviceLoader(
+        data["train_x"], data["train_y"], batch_size, shuffle=True, seed=seed, device=device
+    )
+    test = DeviceLoader(data["test_x"], data["test_y"], batch_size, shuffle=False, device=device)
     return train, test
+
+
+def _where(args: argparse.Namespace) -> str:
+    if args.device == "cpu":
+        return f"{args.threads} threads"
+    name = torch.cuda.get_device_name(args.device) if torch.cuda.is_available() else "?"
+    return f"{args.device} ({name})"
 
 
 def _run(
@@ -88,9 +104,11 @@ def _run(
 ) -> dict[str, Any]:
     norm = {"d2l_style": "textbook", "bnlab": "bnlab", "bnlab_torchbn": "torch"}[variant]
     started = time.perf_counter()
-    train, test = _loaders(variant, data, args.batch_size, args.workers, seed)
+    train, test = _loaders(variant, data, args.batch_size, args.workers, seed, args.device)
     model = create("lenet", norm=norm)
-    config = TrainConfig(lr=1.0, epochs=args.epochs, batch_size=args.batch_size, seed=seed)
+    config = TrainConfig(
+        lr=1.0, epochs=args.epochs, batch_size=args.batch_size, seed=seed, device=args.device
+    )
     result = fit(model, train, test, config)
     total = time.perf_counter() - started
     return {
@@ -170,7 +188,9 @@ def _run_to_target(
         )
 
     loader_variant = "d2l_style" if variant == "d2l_style" else "bnlab"
-    train, test = _loaders(loader_variant, data, recipe["batch_size"], args.workers, seed)
+    train, test = _loaders(
+        loader_variant, data, recipe["batch_size"], args.workers, seed, args.device
+    )
     model = create("lenet", norm=recipe["norm"], activation=recipe["activation"])
     config = TrainConfig(
         lr=recipe["lr"],
@@ -181,6 +201,7 @@ def _run_to_target(
         batch_size=recipe["batch_size"],
         seed=seed,
         init=recipe["init"],
+        device=args.device,
     )
     result = fit(model, train, test, config, on_epoch=on_epoch)
     total = time.perf_counter() - started
@@ -215,7 +236,7 @@ def _main_target(args: argparse.Namespace, data: dict[str, torch.Tensor], consol
     table = Table(
         title=(
             f"d2l recipe to {args.target_acc:.0%} test accuracy (moving averages), "
-            f"{args.epochs} epochs, {args.threads} threads"
+            f"{args.epochs} epochs, {_where(args)}"
         )
     )
     for col in (
@@ -298,6 +319,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model trains: cpu (default) or cuda; bnlab's loaders keep the whole "
+        "split on that device, d2l_style's DataLoader copies each batch there as the book does",
+    )
+    parser.add_argument(
         "--limit-train", type=int, default=None, help="first N training images only"
     )
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
@@ -363,7 +390,7 @@ def main() -> None:
         return statistics.median(r[key] for r in runs if r["variant"] == variant)
 
     table = Table(
-        title=f"d2l recipe, LeNet-BN, {args.epochs} epochs, batch {args.batch_size}, {args.threads} threads"
+        title=f"d2l recipe, LeNet-BN, {args.epochs} epochs, batch {args.batch_size}, {_where(args)}"
     )
     for col in (
         "variant",

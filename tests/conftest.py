@@ -1,4 +1,5 @@
-"""Test-wide settings: one torch thread per xdist worker, hypothesis profiles."""
+"""Test-wide settings: one torch thread per xdist worker, hypothesis profiles, Triton's
+interpreter where there is no GPU."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from hypothesis import HealthCheck, settings
 # Two xdist workers share two cores: one intra-op thread each avoids oversubscription.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+
+# Without a GPU, Triton kernels can only run under Triton's interpreter (on CPU
+# tensors; tests/functional/test_triton_bn.py). Triton reads this when it is imported,
+# so it is set before any test imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 settings.register_profile(
     "default",
