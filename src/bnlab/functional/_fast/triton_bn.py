@@ -332,7 +332,8 @@ def plan(n: int, c: int, s: int, device: torch.device) -> tuple[int, int, int, i
     else:
         bc = 1
         bs = _block_s(s)
-    bn = max(1, min(triton.next_power_of_2(n), TILE // (bc * bs)))
+    # Not shrunk to small N: one compiled variant per (BC, BS) serves every batch size.
+    bn = TILE // (bc * bs)
     channel_blocks = triton.cdiv(c, bc)
     row_blocks = triton.cdiv(n, bn)
     target = PROGRAMS_PER_SM * _multiprocessors(device)
