@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bnlab.functional import _fast
 from bnlab.functional.batch_norm import (
     BatchNormOutput,
     BatchStats,
@@ -27,7 +28,25 @@ from bnlab.functional.batch_norm import (
 )
 from bnlab.functional.moments import centered_moments
 
-__all__ = ["BatchNormFunction", "batch_norm"]
+__all__ = ["BatchNormFunction", "FastBatchNormFunction", "batch_norm"]
+
+
+def _closed_form_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    inv_std: Tensor,
+    pivot: Tensor,
+    offset: Tensor,
+    eps: float,
+    needs_input_grad: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    if torch.is_grad_enabled():
+        # create_graph=True: the saved statistics carry no graph, rebuild them from x.
+        _, pivot, offset, var = centered_moments(x)
+        inv_std = torch.rsqrt(var + eps)
+    stats = BatchStats(None, None, inv_std, pivot, offset)  # backward needs no mean/var
+    return batch_norm_backward(grad_y, x, weight, stats, needs_input_grad)
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -58,13 +77,8 @@ class BatchNormFunction(torch.autograd.Function):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         x, weight, inv_std, pivot, offset = ctx.saved_tensors
         need_x, need_w, need_b, _ = ctx.needs_input_grad
-        if torch.is_grad_enabled():
-            # create_graph=True: the saved statistics carry no graph, rebuild them from x.
-            _, pivot, offset, var = centered_moments(x)
-            inv_std = torch.rsqrt(var + ctx.eps)
-        stats = BatchStats(None, None, inv_std, pivot, offset)  # backward needs no mean/var
-        grad_x, grad_weight, grad_bias = batch_norm_backward(
-            grad_y, x, weight, stats, (need_x, need_w, need_b)
+        grad_x, grad_weight, grad_bias = _closed_form_backward(
+            grad_y, x, weight, inv_std, pivot, offset, ctx.eps, (need_x, need_w, need_b)
         )
         # Cast only when needed: a no-op .to() still costs a dispatch per step.
         if grad_weight is not None and grad_weight.dtype != weight.dtype:
@@ -72,6 +86,62 @@ class BatchNormFunction(torch.autograd.Function):
         if grad_bias is not None and grad_bias.dtype != ctx.bias_dtype:
             grad_bias = grad_bias.to(ctx.bias_dtype)
         return grad_x, grad_weight, grad_bias, None
+
+
+class FastBatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm of a module on the fused CPU kernels: ``(x, weight, bias,
+    eps, running) -> y``.
+
+    The lean path of ``bnlab.nn``'s batch-norm modules: the caller has checked that the
+    call is eligible for ``bnlab.functional._fast`` (CPU, float32/float64, contiguous,
+    every per-channel tensor ``(C,)`` of ``x``'s dtype) and passes its own buffers as
+    ``running = (running_mean, running_var, num_batches_tracked, momentum)`` (or None),
+    which the kernel updates in place, so the running statistics cost no torch op.
+    Same maths and backward as :class:`BatchNormFunction` (double backward included).
+
+    Shape:
+        x: ``(N, C, *)``; weight, bias: ``(C,)`` or None; y: like x.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        running: tuple[Tensor, Tensor, Tensor | None, float | None] | None,
+    ) -> Tensor:
+        y, stats = _fast.train_forward(x, weight, bias, eps, running)
+        ctx.save_for_backward(x, weight, stats)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_y: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        x, weight, stats = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        # stats rows: mean, var, inv_std, pivot, offset (see _fast.train_forward).
+        _, _, inv_std, pivot, offset = stats.unbind(0)
+        if (
+            _fast.is_enabled()
+            and not torch.is_grad_enabled()
+            and grad_y.dtype == x.dtype
+            and grad_y.shape == x.shape
+            and grad_y.is_cpu
+            and grad_y.is_contiguous()
+        ):
+            # What batch_norm_backward would check, minus what forward already did.
+            grad_x, grad_weight, grad_bias = _fast.train_backward(
+                grad_y, x, weight, inv_std, pivot, offset, needs
+            )
+        else:
+            grad_x, grad_weight, grad_bias = _closed_form_backward(
+                grad_y, x, weight, inv_std, pivot, offset, ctx.eps, needs
+            )
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 def _train_forward(

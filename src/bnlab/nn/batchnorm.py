@@ -7,14 +7,24 @@ backward of ``bnlab.autograd``. Subclasses differ only in the input ranks they a
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from bnlab.autograd.batch_norm import batch_norm
+from bnlab.autograd.batch_norm import FastBatchNormFunction, batch_norm
+from bnlab.functional import _fast
 from bnlab.functional.batch_norm import BatchNormOutput, check_input
 from bnlab.nn._base import _NormBase
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+_FAST_DTYPES = (torch.float32, torch.float64)
+
+
+def _fits(t: Tensor | None, dtype: torch.dtype, c: int) -> bool:
+    """A per-channel tensor the kernels take for an input of ``dtype`` with ``c`` channels."""
+    return t is None or (t.dtype == dtype and t.is_cpu and t.shape == (c,) and t.is_contiguous())
 
 
 class _BatchNorm(_NormBase):
@@ -41,6 +51,10 @@ class _BatchNorm(_NormBase):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Tensor):
+            y = self._fast_forward(x)
+            if y is not None:
+                return y
         name = type(self).__name__
         self._check_input_dim(x)
         check_input(x, self.num_features, name)
@@ -69,6 +83,84 @@ class _BatchNorm(_NormBase):
                 if num_batches_tracked is not None:
                     num_batches_tracked.copy_(result.num_batches_tracked)
         return result.output
+
+    def _fast_forward(self, x: Tensor) -> Tensor | None:
+        """The common case on the fused CPU kernels of ``bnlab.functional._fast``, or None.
+
+        Small inputs are bound by Python overhead, so this path checks only attribute
+        reads and hands the running statistics to the kernel, which updates the buffers
+        in place. Anything unusual (another rank, channel count, dtype, device or layout,
+        bad eps or momentum, missing buffers, a subclass that overrides ``_normalize``,
+        recorded eval calls, the fast path off or not built yet) returns None, and
+        :meth:`forward` takes the general path, which checks, raises and computes it.
+        Same results as the general path (``tests/functional/test_fast_path.py``).
+        """
+        if (
+            not _fast._enabled
+            or _fast._lib is None
+            or type(self)._normalize is not _BatchNorm._normalize
+        ):
+            return None
+        dtype = x.dtype
+        if (
+            dtype not in _FAST_DTYPES
+            or not x.is_cpu
+            or x.dim() not in self._ranks
+            or not x.is_contiguous()
+        ):
+            return None
+        c = self.num_features
+        numel = x.numel()
+        eps = self.eps
+        if (
+            x.shape[1] != c
+            or numel < _fast.MIN_NUMEL
+            or type(eps) is not float
+            or not 0.0 < eps < math.inf
+        ):
+            return None
+        params, buffers = self._parameters, self._buffers
+        weight, bias = params.get("weight"), params.get("bias")
+        running_mean, running_var = buffers.get("running_mean"), buffers.get("running_var")
+        if not (
+            _fits(weight, dtype, c)
+            and _fits(bias, dtype, c)
+            and _fits(running_mean, dtype, c)
+            and _fits(running_var, dtype, c)
+        ):
+            return None
+        if not self.training:
+            if running_mean is None or running_var is None:
+                return None  # eval with batch statistics
+            if torch.is_grad_enabled() and (
+                x.requires_grad
+                or (weight is not None and weight.requires_grad)
+                or (bias is not None and bias.requires_grad)
+                or running_mean.requires_grad
+                or running_var.requires_grad
+            ):
+                return None  # recorded: torch ops, differentiable
+            return _fast.eval_forward(x, running_mean, running_var, weight, bias, eps)
+        if numel // c < 2:
+            return None  # one value per channel: the general path raises
+        running = None
+        if self.track_running_stats:
+            counter = buffers.get("num_batches_tracked")
+            momentum = self.momentum
+            if (
+                running_mean is None
+                or running_var is None
+                or counter is None
+                or counter.dtype != torch.int64
+                or not counter.is_cpu
+                or counter.dim() != 0
+                or not (momentum is None or (type(momentum) is float and 0.0 <= momentum <= 1.0))
+            ):
+                return None
+            running = (running_mean, running_var, counter, momentum)
+        if torch.is_grad_enabled():
+            return FastBatchNormFunction.apply(x, weight, bias, eps, running)
+        return _fast.train_forward(x, weight, bias, eps, running)[0]
 
     def _normalize(
         self,

@@ -92,7 +92,7 @@ __all__ = [
 SOURCE = Path(__file__).with_name("bn_kernels.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
 COMPILERS = ("g++", "c++", "clang++")
-ABI_VERSION = 1
+ABI_VERSION = 2
 # Below this many elements the reference path (a few torch ops) is as fast.
 MIN_NUMEL = 4096
 POOL_MIN_BYTES = 8 << 20
@@ -205,7 +205,19 @@ def _build_and_load() -> ctypes.CDLL:
 def _declare(lib: ctypes.CDLL) -> None:
     p, i, d, n = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
     for sfx in _DTYPES.values():
-        getattr(lib, f"bnlab_train_forward_{sfx}").argtypes = [p, p, i, i, i, p, p, d, p, n]
+        getattr(lib, f"bnlab_train_forward_{sfx}").argtypes = [
+            p,
+            p,
+            i,
+            i,
+            i,
+            p,
+            p,
+            d,
+            *[p] * 4,
+            d,
+            n,
+        ]
         getattr(lib, f"bnlab_train_backward_{sfx}").argtypes = [p, p, i, i, i, *[p] * 7, n]
         getattr(lib, f"bnlab_eval_forward_{sfx}").argtypes = [p, p, i, i, i, p, p, p, p, d, n]
         for kind in ("train_forward", "train_backward", "eval_forward"):
@@ -438,9 +450,11 @@ def set_pool_limit(max_free_bytes: int) -> None:
 
 
 def _empty_like(x: Tensor) -> Tensor:
-    """An uninitialised contiguous tensor like ``x``; large ones from the output pool."""
+    """An uninitialised contiguous tensor like contiguous ``x``; large ones from the output
+    pool."""
     if x.numel() * x.element_size() < POOL_MIN_BYTES:
-        return torch.empty(x.shape, dtype=x.dtype)
+        # empty_like: half the cost of torch.empty(shape, dtype=...) on small outputs.
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
     return _pool.empty(x.shape, x.dtype)
 
 
@@ -454,9 +468,22 @@ def _nc_s(x: Tensor) -> tuple[int, int, int]:
 
 
 def train_forward(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    running: tuple[Tensor, Tensor, Tensor | None, float | None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Fused training forward (call only where :func:`eligible`).
+
+    Args:
+        running: CPU only, for modules that own their buffers: ``(running_mean,
+            running_var, num_batches_tracked, momentum)``, updated *in place* by the
+            kernel as ``batch_norm`` would return them (``num_batches_tracked`` + 1, then
+            the lerp of both statistics with weight ``momentum``, or
+            ``1 / num_batches_tracked`` for ``momentum=None``). The statistics must be
+            contiguous ``(C,)`` of ``x``'s dtype, the counter a CPU int64 scalar or None
+            (then ``momentum`` is not None). None: no update.
 
     Returns:
         ``(y, stats)``: ``stats`` a ``(5, C)`` tensor of rows mean, var (biased),
@@ -465,19 +492,30 @@ def train_forward(
     if x.is_cuda:
         return _triton_bn.train_forward(x, weight, bias, eps)
     y = _empty_like(x)
-    n, c, s = _nc_s(x)
+    shape = x.shape
+    n, c = shape[0], shape[1]
     stats = torch.empty((5, c), dtype=x.dtype)
-    fn = _fns["train_forward", x.dtype]
-    fn(
+    if running is None:
+        rm = rv = nbt = None
+        momentum = -1.0
+    else:
+        running_mean, running_var, counter, m = running
+        rm, rv, nbt = running_mean.data_ptr(), running_var.data_ptr(), _ptr(counter)
+        momentum = -1.0 if m is None else float(m)
+    _fns["train_forward", x.dtype](
         x.data_ptr(),
         y.data_ptr(),
         n,
         c,
-        s,
+        x.numel() // (n * c),
         _ptr(weight),
         _ptr(bias),
         float(eps),
         stats.data_ptr(),
+        rm,
+        rv,
+        nbt,
+        momentum,
         torch.get_num_threads(),
     )
     return y, stats

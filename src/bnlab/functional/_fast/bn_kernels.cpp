@@ -194,9 +194,16 @@ void grad_input(const T* g, const T* x, T* out, i64 N, i64 C, i64 S, const T* pi
 }
 
 // Training forward. stats: (5, C) rows mean, var (biased), inv_std, pivot, offset.
+// With running_mean/running_var (both or neither), the running statistics are updated
+// in place, as bnlab.functional.batch_norm.running_stats_update computes them:
+// running = running + factor * (batch - running) with the T-rounded batch mean and the
+// unbiased variance var * n / (n - 1), in double, rounded once to T. num_batches_tracked
+// (may be null) is incremented first; momentum < 0 means the cumulative average,
+// factor = 1 / num_batches_tracked after the increment (the caller passes the counter).
 template <typename T>
 void train_forward(const T* x, T* y, i64 N, i64 C, i64 S, const T* weight, const T* bias,
-                   double eps, T* stats, int nthreads) {
+                   double eps, T* stats, T* running_mean, T* running_var,
+                   int64_t* num_batches_tracked, double momentum, int nthreads) {
   T* mean = stats;
   T* var = stats + C;
   T* inv_std = stats + 2 * C;
@@ -223,6 +230,19 @@ void train_forward(const T* x, T* y, i64 N, i64 C, i64 S, const T* weight, const
     b[c] = static_cast<T>((bias ? static_cast<double>(bias[c]) : 0.0) - off * sc);
   }
   affine_shifted(x, y, N, C, S, pivot, a.data(), b.data(), nthreads);
+  if (num_batches_tracked) *num_batches_tracked += 1;
+  if (running_mean && running_var) {
+    const double factor =
+        momentum >= 0.0 ? momentum : 1.0 / static_cast<double>(*num_batches_tracked);
+    const double unbias = count / (count - 1.0);
+    for (i64 c = 0; c < C; ++c) {
+      const double rm = static_cast<double>(running_mean[c]);
+      const double rv = static_cast<double>(running_var[c]);
+      const double v = static_cast<double>(var[c]) * unbias;
+      running_mean[c] = static_cast<T>(rm + factor * (static_cast<double>(mean[c]) - rm));
+      running_var[c] = static_cast<T>(rv + factor * (v - rv));
+    }
+  }
 }
 
 // Training backward; grad_x / grad_weight / grad_bias may be null (not requested).
@@ -270,15 +290,17 @@ void eval_forward(const T* x, T* y, i64 N, i64 C, i64 S, const T* running_mean,
 
 extern "C" {
 
-int bnlab_fast_abi_version() { return 1; }
+int bnlab_fast_abi_version() { return 2; }
 
 void bnlab_train_forward_f32(const float* x, float* y, i64 N, i64 C, i64 S, const float* w,
-                             const float* b, double eps, float* stats, int nt) {
-  train_forward<float>(x, y, N, C, S, w, b, eps, stats, nt);
+                             const float* b, double eps, float* stats, float* rm, float* rv,
+                             int64_t* nbt, double momentum, int nt) {
+  train_forward<float>(x, y, N, C, S, w, b, eps, stats, rm, rv, nbt, momentum, nt);
 }
 void bnlab_train_forward_f64(const double* x, double* y, i64 N, i64 C, i64 S, const double* w,
-                             const double* b, double eps, double* stats, int nt) {
-  train_forward<double>(x, y, N, C, S, w, b, eps, stats, nt);
+                             const double* b, double eps, double* stats, double* rm,
+                             double* rv, int64_t* nbt, double momentum, int nt) {
+  train_forward<double>(x, y, N, C, S, w, b, eps, stats, rm, rv, nbt, momentum, nt);
 }
 void bnlab_train_backward_f32(const float* g, const float* x, i64 N, i64 C, i64 S,
                               const float* w, const float* inv_std, const float* pivot,
