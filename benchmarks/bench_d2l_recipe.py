@@ -33,7 +33,8 @@ Writes ``bench_d2l_recipe_target.json`` (the plain mode's ``bench_d2l_recipe.jso
 left alone).
 
 Usage: python benchmarks/bench_d2l_recipe.py [--epochs 10] [--repeats 1] [--out runs/bench]
-       python benchmarks/bench_d2l_recipe.py --target-acc 0.90 [--epochs 10]
+       python benchmarks/bench_d2l_recipe.py --target-acc 0.90 [--epochs 10] [--seeds 0 1 2]
+       python benchmarks/bench_d2l_recipe.py --device cuda  (data and model on the GPU)
 """
 
 from __future__ import annotations
@@ -224,24 +225,41 @@ def _run_to_target(
     }
 
 
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _pm(values: list[float], digits: int = 1) -> str:
+    mean, sd = _mean_sd(values)
+    return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
 def _main_target(args: argparse.Namespace, data: dict[str, torch.Tensor], console: Console) -> None:
     runs: list[dict[str, Any]] = []
-    for variant in args.target_variants:
-        console.print(f"{variant}: {_describe(_recipe(variant, args))} ...")
-        record = _run_to_target(variant, data, args, seed=args.seed)
-        accs = ", ".join(f"{c['test_acc']:.3f}" for c in record["curve"])
-        console.print(f"  {record['total_time_s']:.1f} s; test acc per epoch: {accs}")
-        runs.append(record)
+    order = list(args.target_variants)
+    for seed in args.seeds:
+        for variant in order:
+            console.print(f"seed {seed}, {variant}: {_describe(_recipe(variant, args))} ...")
+            record = _run_to_target(variant, data, args, seed=seed)
+            accs = ", ".join(f"{c['test_acc']:.3f}" for c in record["curve"])
+            console.print(f"  {record['total_time_s']:.1f} s; test acc per epoch: {accs}")
+            runs.append(record)
+        order = order[1:] + order[:1]  # rotate so no variant always runs first
 
+    seeds = len(args.seeds)
     table = Table(
         title=(
             f"d2l recipe to {args.target_acc:.0%} test accuracy (moving averages), "
-            f"{args.epochs} epochs, {_where(args)}"
+            f"{args.epochs} epochs, {_where(args)}, "
+            + (f"mean ± sd over {seeds} seeds" if seeds > 1 else f"seed {args.seeds[0]}")
         )
     )
     for col in (
         "variant",
         f"s to {args.epochs} ep",
+        "reached",
         "s to target",
         "epoch",
         "best acc",
@@ -249,32 +267,40 @@ def _main_target(args: argparse.Namespace, data: dict[str, torch.Tensor], consol
     ):
         table.add_column(col, justify="left" if col == "variant" else "right")
     summary: dict[str, Any] = {}
-    for record in runs:
-        reached = record["reached"]
-        summary[record["variant"]] = {
-            "recipe": record["recipe_text"],
-            "time_to_epochs_s": record["total_time_s"],
-            "time_to_target_s": record["time_to_target_s"],
-            "epoch_to_target": record["epoch_to_target"],
-            "target": (
-                f"reached at epoch {record['epoch_to_target']}"
-                if reached
-                else f"not reached in {args.epochs} epochs"
-            ),
-            "best_test_acc": record["best_test_acc"],
-            "final_test_acc": record["final_test_acc"],
+    for variant in args.target_variants:
+        mine = [r for r in runs if r["variant"] == variant]
+        hits = [r for r in mine if r["reached"]]
+        total = [r["total_time_s"] for r in mine]
+        best = [r["best_test_acc"] for r in mine]
+        final = [r["final_test_acc"] for r in mine]
+        to_target = [r["time_to_target_s"] for r in hits]
+        epochs = [float(r["epoch_to_target"]) for r in hits]
+        summary[variant] = {
+            "recipe": mine[0]["recipe_text"],
+            "seeds": [r["seed"] for r in mine],
+            "runs_reaching_target": len(hits),
+            "time_to_epochs_s_mean_sd": _mean_sd(total),
+            # Over the runs that reached the target only (see runs_reaching_target).
+            "time_to_target_s_mean_sd": _mean_sd(to_target) if hits else None,
+            "epoch_to_target_mean_sd": _mean_sd(epochs) if hits else None,
+            "time_to_target_s": [r["time_to_target_s"] for r in mine],
+            "epoch_to_target": [r["epoch_to_target"] for r in mine],
+            "best_test_acc_mean_sd": _mean_sd(best),
+            "final_test_acc_mean_sd": _mean_sd(final),
+            "target": f"reached in {len(hits)} of {len(mine)} runs of {args.epochs} epochs",
         }
         table.add_row(
-            record["variant"],
-            f"{record['total_time_s']:.1f}",
-            f"{record['time_to_target_s']:.1f}" if reached else f"not in {args.epochs} ep",
-            str(record["epoch_to_target"]) if reached else "-",
-            f"{record['best_test_acc']:.3f}",
-            f"{record['final_test_acc']:.3f}",
+            variant,
+            _pm(total),
+            f"{len(hits)}/{len(mine)}",
+            _pm(to_target) if hits else "-",
+            _pm(epochs) if hits else "-",
+            _pm(best, 3),
+            _pm(final, 3),
         )
     console.print(table)
-    for record in runs:
-        console.print(f"{record['variant']}: {record['recipe_text']}")
+    for variant in args.target_variants:
+        console.print(f"{variant}: {summary[variant]['recipe']}")
     console.print("test accuracy: eval mode with the BN moving averages, after every epoch")
     args.out.mkdir(parents=True, exist_ok=True)
     path = write_json(
@@ -288,7 +314,8 @@ def _main_target(args: argparse.Namespace, data: dict[str, torch.Tensor], consol
             "timed": (
                 "wall time from before building the loaders to the end of the epoch "
                 "(training + that epoch's test evaluation); time to target is read at the "
-                "first epoch whose test accuracy >= target_acc"
+                "first epoch whose test accuracy >= target_acc; its mean and sd are over "
+                "the runs that reached the target"
             ),
             "accuracy": (
                 "test accuracy in eval mode with the model's BN moving averages, after "
@@ -341,7 +368,13 @@ def main() -> None:
         default=list(TARGET_VARIANTS),
         help="variants of the --target-acc mode",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the --target-acc runs")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="seeds of the --target-acc runs (one run per variant and seed; mean ± sd)",
+    )
     parser.add_argument("--fast-lr", type=float, default=0.05, help="bnlab_fast: SGD lr")
     parser.add_argument("--fast-momentum", type=float, default=0.9, help="bnlab_fast: momentum")
     parser.add_argument("--fast-batch-size", type=int, default=128, help="bnlab_fast: batch")
@@ -361,7 +394,7 @@ def main() -> None:
     if args.target_acc is not None and not 0.0 < args.target_acc <= 1.0:
         parser.error(f"--target-acc must be in (0, 1], got {args.target_acc}")
     torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(width=120)  # tables stay whole in logs and pipes
 
     data_dir = data_dir_from_env(args.data_dir)
     train_x, train_y = load_fashion_mnist("train", data_dir)
