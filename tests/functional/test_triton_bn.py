@@ -332,3 +332,37 @@ def test_cuda_cases_that_take_the_reference_path() -> None:
     w = torch.ones(4, device="cuda", requires_grad=True)
     assert not _fast.eligible(x, per_channel=(w, None)), "recorded by autograd: reference"
     assert not _fast.eligible(x, per_channel=(torch.ones(4), None)), "weight on the CPU"
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.7, None], ids=["m0.1", "m0.7", "cumulative"])
+@pytest.mark.parametrize("shape", [(6, 3, 4, 5), (40, 70)], ids=str)
+def test_running_statistics_updated_in_place(momentum, shape) -> None:
+    """``running=`` updates the buffers as ``batch_norm`` returns them, over 3 steps."""
+    import bnlab.functional
+
+    c = shape[1]
+    gen = torch.Generator().manual_seed(7)
+    rm = torch.randn(c, generator=gen).to(DEVICE)
+    rv = (torch.rand(c, generator=gen) + 0.5).to(DEVICE)
+    counter = torch.tensor(4, dtype=torch.int64, device=DEVICE)
+    want_m, want_v, want_n = rm.cpu().double(), rv.cpu().double(), counter.cpu().clone()
+    for step in range(3):
+        x, w, b, _ = _inputs(shape, torch.float32, seed=step, offset=float(step))
+        tb.train_forward(x, w, b, EPS, running=(rm, rv, counter, momentum))
+        out = bnlab.functional.batch_norm(
+            x.cpu().double(), want_m, want_v, None, None, True, momentum, EPS, want_n
+        )
+        want_m, want_v, want_n = out.running_mean, out.running_var, out.num_batches_tracked
+        _close(rm, want_m, 2e-6, f"running_mean after step {step}")
+        _close(rv, want_v, 2e-6, f"running_var after step {step}")
+        assert int(counter) == int(want_n) == 5 + step
+
+
+def test_running_update_without_counter() -> None:
+    x, *_ = _inputs((8, 2, 3), torch.float32, seed=2)
+    rm = torch.zeros(2, device=DEVICE)
+    rv = torch.ones(2, device=DEVICE)
+    _, stats = tb.train_forward(x, None, None, EPS, running=(rm, rv, None, 0.25))
+    n = 8 * 3
+    _close(rm, 0.25 * stats[0], 1e-6, "running_mean")
+    _close(rv, 0.75 + 0.25 * stats[1] * n / (n - 1), 1e-6, "running_var")

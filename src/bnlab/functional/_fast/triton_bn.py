@@ -96,6 +96,16 @@ def _per_channel(ptr, c, C, default, HAS: tl.constexpr):
 
 
 @triton.jit
+def _lerp_into(ptr, c, C, value, weight):
+    """``ptr[c] = lerp(ptr[c], value, weight)`` as ``torch.lerp`` rounds it, in float32."""
+    cm = c < C
+    old = tl.load(ptr + c, mask=cm).to(tl.float32)
+    diff = value - old
+    new = tl.where(weight < 0.5, old + weight * diff, value - diff * (1.0 - weight))
+    tl.store(ptr + c, new.to(ptr.dtype.element_ty), mask=cm)
+
+
+@triton.jit
 def _stats(
     x_ptr,
     part_ptr,
@@ -135,6 +145,11 @@ def _normalize(
     w_ptr,
     b_ptr,
     stats_ptr,
+    rm_ptr,
+    rv_ptr,
+    counter_ptr,
+    momentum,
+    unbias,
     N,
     C,
     S,
@@ -144,13 +159,17 @@ def _normalize(
     eps,
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
+    RUNNING: tl.constexpr,
+    CUMULATIVE: tl.constexpr,
     BN: tl.constexpr,
     BC: tl.constexpr,
     BS: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
     """y = (x - pivot) * scale + shift; split 0 writes stats rows (mean, var, inv_std,
-    pivot, offset)."""
+    pivot, offset) and, with ``RUNNING``, updates the running statistics in place:
+    ``lerp(running, batch, factor)`` with the unbiased variance, ``factor`` = momentum,
+    or ``1 / counter`` (``CUMULATIVE``; the caller has already incremented it)."""
     c = tl.program_id(0) * BC + tl.arange(0, BC)
     split = tl.program_id(1)
     cm = c < C
@@ -167,6 +186,10 @@ def _normalize(
         tl.store(stats_ptr + 2 * C + c, inv_std, mask=cm)
         tl.store(stats_ptr + 3 * C + c, pivot, mask=cm)
         tl.store(stats_ptr + 4 * C + c, offset, mask=cm)
+        if RUNNING:
+            factor = 1.0 / tl.load(counter_ptr).to(tl.float32) if CUMULATIVE else momentum
+            _lerp_into(rm_ptr, c, C, pivot + offset, factor)
+            _lerp_into(rv_ptr, c, C, var * unbias, factor)
     n_start, n_end = _rows(split, rows_per_split, N)
     for n0 in range(n_start, n_end, BN):
         for s0 in range(0, S, BS):
@@ -352,9 +375,22 @@ def _nc_s(x: Tensor) -> tuple[int, int, int]:
 
 
 def train_forward(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    running: tuple[Tensor, Tensor, Tensor | None, float | None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Training forward of a contiguous ``(N, C, *)`` input (``N * S >= 1``).
+
+    Args:
+        running: for modules that own their buffers: ``(running_mean, running_var,
+            num_batches_tracked, momentum)``, updated in place as ``batch_norm`` would
+            return them (the counter + 1, then the lerp of both statistics with weight
+            ``momentum``, or ``1 / num_batches_tracked`` for ``momentum=None``, with the
+            unbiased variance). Statistics contiguous ``(C,)`` floating tensors on
+            ``x``'s device; the counter an int64 scalar there, or None when
+            ``momentum`` is not None. Needs ``N * S >= 2``. None: no update.
 
     Returns:
         ``(y, stats)``: ``y`` like ``x``; ``stats`` float32 ``(5, C)``, rows mean, var
@@ -367,6 +403,16 @@ def train_forward(
     stats = torch.empty((5, c), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(c, bc), splits)
     _stats[grid](x, part, n, c, s, rows, splits, BN=bn, BC=bc, BS=bs)
+    count = n * s
+    if running is None:
+        running_mean = running_var = counter = stats  # any pointer: never read
+        momentum = None
+    else:
+        running_mean, running_var, counter, momentum = running
+        if counter is not None:
+            counter.add_(1)  # before the kernel reads it (momentum=None)
+        else:
+            counter = stats
     _normalize[grid](
         x,
         y,
@@ -374,15 +420,22 @@ def train_forward(
         weight if weight is not None else x,  # any pointer when absent: never read
         bias if bias is not None else x,
         stats,
+        running_mean,
+        running_var,
+        counter,
+        0.0 if momentum is None else float(momentum),
+        count / (count - 1) if count > 1 else 1.0,
         n,
         c,
         s,
         rows,
         splits,
-        n * s,
+        count,
         float(eps),
         HAS_W=weight is not None,
         HAS_B=bias is not None,
+        RUNNING=running is not None,
+        CUMULATIVE=running is not None and momentum is None,
         BN=bn,
         BC=bc,
         BS=bs,
