@@ -490,7 +490,7 @@ def train_forward(
         inv_std, pivot (the channel's first element), offset (mean - pivot).
     """
     if x.is_cuda:
-        return _triton_bn.train_forward(x, weight, bias, eps)
+        return _triton_bn.train_forward(x, weight, bias, eps, running)
     y = _empty_like(x)
     shape = x.shape
     n, c = shape[0], shape[1]
