@@ -13,6 +13,7 @@ float16/bfloat16 inputs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -138,16 +139,31 @@ SHAPES = st.one_of(
 EXAMPLES = 40 if CUDA else 12
 
 
+@contextlib.contextmanager
+def _fuse_limit(limit: int):
+    """Inputs up to ``limit`` elements per channel block take the one-launch kernels."""
+    previous = tb.FUSE_MAX_PER_PROGRAM
+    tb.FUSE_MAX_PER_PROGRAM = limit
+    tb.plan.cache_clear()
+    try:
+        yield
+    finally:
+        tb.FUSE_MAX_PER_PROGRAM = previous
+        tb.plan.cache_clear()
+
+
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(
     shape=SHAPES,
     seed=st.integers(0, 2**31 - 1),
     offset=st.sampled_from([0.0, 3.0, -50.0]),
     affine=st.booleans(),
+    fused=st.booleans(),
 )
-def test_training_forward_and_backward_match_float64(shape, seed, offset, affine) -> None:
+def test_training_forward_and_backward_match_float64(shape, seed, offset, affine, fused) -> None:
     n, c, spatial = shape
-    _check_train((n, c, *spatial), seed=seed, offset=offset, affine=affine)
+    with _fuse_limit(tb.FUSE_MAX_PER_PROGRAM if fused else 0):
+        _check_train((n, c, *spatial), seed=seed, offset=offset, affine=affine)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
@@ -179,16 +195,21 @@ def test_eval_matches_float64(shape, seed, affine) -> None:
 def test_reduction_splits_add_up(monkeypatch, shape, programs_per_sm) -> None:
     """The partial sums of several splits over N give the statistics of one pass."""
     monkeypatch.setattr(tb, "PROGRAMS_PER_SM", programs_per_sm)
-    tb.plan.cache_clear()
-    try:
+    with _fuse_limit(0):
         n, c = shape[0], shape[1]
         s = _prod(shape[2:])
         _, _, _, _, splits = tb.plan(n, c, s, torch.device(DEVICE))
         if programs_per_sm == 64 and n > 1:
             assert splits > 1, "the case must exercise several splits"
         _check_train(shape, seed=3, offset=1.0)
-    finally:
-        tb.plan.cache_clear()
+
+
+def test_small_inputs_take_one_launch_per_pass() -> None:
+    """LeNet's small BN inputs are reduced and normalized by one launch each."""
+    device = torch.device(DEVICE)
+    for n, c, s in [(256, 16, 64), (256, 120, 1), (256, 84, 1)]:
+        assert tb.plan(n, c, s, device)[4] == 1
+    assert tb.plan(256, 6, 576, device)[4] > 1, "147456 values per channel: split"
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,9 @@ Kernels, with the full-size tensors each reads (r) and writes (w):
 
 The reduction over a channel is split along ``N`` into ``SPLIT`` programs so that
 ``channel blocks * SPLIT`` fills the GPU (about 4 programs per multiprocessor); the
-partial sums of all splits share the channel's pivot, so they add exactly.
+partial sums of all splits share the channel's pivot, so they add exactly. Small
+inputs (at most :data:`FUSE_MAX_PER_PROGRAM` elements per channel block) take one split,
+and the second kernel computes the sums itself: one launch per pass instead of two.
 
 Under ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (the tests use this
 where no GPU is present).
@@ -49,6 +51,10 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TILE = 2048  # elements per tile: 16 per thread at 4 warps, four 16-byte loads
 SPLIT_CHUNK = 64  # partial sums combined per step of the final loop
 PROGRAMS_PER_SM = 4
+# A channel block with at most this many elements is reduced by one program, which then
+# normalizes it in the same launch (one launch instead of two; small inputs are bound
+# by launch costs, not bandwidth).
+FUSE_MAX_PER_PROGRAM = 1 << 15
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -106,6 +112,36 @@ def _lerp_into(ptr, c, C, value, weight):
 
 
 @triton.jit
+def _sum_x(x_ptr, c, pivot, n_start, n_end, C, S, BN: tl.constexpr, BS: tl.constexpr):
+    """``(sum(x - pivot), sum((x - pivot)**2))`` per channel over samples ``[n_start, n_end)``."""
+    acc1 = tl.zeros([BN, c.shape[0], BS], dtype=tl.float32)
+    acc2 = tl.zeros([BN, c.shape[0], BS], dtype=tl.float32)
+    for n0 in range(n_start, n_end, BN):
+        for s0 in range(0, S, BS):
+            off, mask = _tile(n0, s0, c, n_end, C, S, BN, BS)
+            v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            d = tl.where(mask, v - pivot[None, :, None], 0.0)
+            acc1 += d
+            acc2 += d * d
+    return tl.sum(tl.sum(acc1, axis=2), axis=0), tl.sum(tl.sum(acc2, axis=2), axis=0)
+
+
+@triton.jit
+def _sum_g(g_ptr, x_ptr, c, pivot, n_start, n_end, C, S, BN: tl.constexpr, BS: tl.constexpr):
+    """``(sum(g), sum(g * (x - pivot)))`` per channel over samples ``[n_start, n_end)``."""
+    acc1 = tl.zeros([BN, c.shape[0], BS], dtype=tl.float32)
+    acc2 = tl.zeros([BN, c.shape[0], BS], dtype=tl.float32)
+    for n0 in range(n_start, n_end, BN):
+        for s0 in range(0, S, BS):
+            off, mask = _tile(n0, s0, c, n_end, C, S, BN, BS)
+            g = tl.load(g_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            acc1 += g
+            acc2 += g * tl.where(mask, v - pivot[None, :, None], 0.0)
+    return tl.sum(tl.sum(acc1, axis=2), axis=0), tl.sum(tl.sum(acc2, axis=2), axis=0)
+
+
+@triton.jit
 def _stats(
     x_ptr,
     part_ptr,
@@ -121,20 +157,12 @@ def _stats(
     """part[0, split, c] = sum(x - pivot), part[1, split, c] = sum((x - pivot)**2)."""
     c = tl.program_id(0) * BC + tl.arange(0, BC)
     split = tl.program_id(1)
-    pivot = tl.load(x_ptr + c.to(tl.int64) * S, mask=c < C, other=0.0).to(tl.float32)
-    n_start, n_end = _rows(split, rows_per_split, N)
-    acc1 = tl.zeros([BN, BC, BS], dtype=tl.float32)
-    acc2 = tl.zeros([BN, BC, BS], dtype=tl.float32)
-    for n0 in range(n_start, n_end, BN):
-        for s0 in range(0, S, BS):
-            off, mask = _tile(n0, s0, c, n_end, C, S, BN, BS)
-            v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            d = tl.where(mask, v - pivot[None, :, None], 0.0)
-            acc1 += d
-            acc2 += d * d
     cm = c < C
-    tl.store(part_ptr + split * C + c, tl.sum(tl.sum(acc1, axis=2), axis=0), mask=cm)
-    tl.store(part_ptr + (SPLIT + split) * C + c, tl.sum(tl.sum(acc2, axis=2), axis=0), mask=cm)
+    pivot = tl.load(x_ptr + c.to(tl.int64) * S, mask=cm, other=0.0).to(tl.float32)
+    n_start, n_end = _rows(split, rows_per_split, N)
+    s1, s2 = _sum_x(x_ptr, c, pivot, n_start, n_end, C, S, BN, BS)
+    tl.store(part_ptr + split * C + c, s1, mask=cm)
+    tl.store(part_ptr + (SPLIT + split) * C + c, s2, mask=cm)
 
 
 @triton.jit
@@ -161,6 +189,7 @@ def _normalize(
     HAS_B: tl.constexpr,
     RUNNING: tl.constexpr,
     CUMULATIVE: tl.constexpr,
+    FUSED: tl.constexpr,
     BN: tl.constexpr,
     BC: tl.constexpr,
     BS: tl.constexpr,
@@ -169,12 +198,16 @@ def _normalize(
     """y = (x - pivot) * scale + shift; split 0 writes stats rows (mean, var, inv_std,
     pivot, offset) and, with ``RUNNING``, updates the running statistics in place:
     ``lerp(running, batch, factor)`` with the unbiased variance, ``factor`` = momentum,
-    or ``1 / counter`` (``CUMULATIVE``; the caller has already incremented it)."""
+    or ``1 / counter`` (``CUMULATIVE``; the caller has already incremented it).
+    ``FUSED`` (one split): the sums are computed here, not read from ``_stats``."""
     c = tl.program_id(0) * BC + tl.arange(0, BC)
     split = tl.program_id(1)
     cm = c < C
     pivot = tl.load(x_ptr + c.to(tl.int64) * S, mask=cm, other=0.0).to(tl.float32)
-    s1, s2 = _split_sums(part_ptr, c, C, SPLIT, CHUNK)
+    if FUSED:
+        s1, s2 = _sum_x(x_ptr, c, pivot, 0, N, C, S, BN, BS)
+    else:
+        s1, s2 = _split_sums(part_ptr, c, C, SPLIT, CHUNK)
     offset = s1 / count
     var = tl.maximum(s2 / count - offset * offset, 0.0)
     inv_std = 1.0 / tl.sqrt_rn(var + eps)
@@ -217,20 +250,12 @@ def _grad_sums(
     """part[0, split, c] = sum(g), part[1, split, c] = sum(g * (x - pivot))."""
     c = tl.program_id(0) * BC + tl.arange(0, BC)
     split = tl.program_id(1)
-    pivot = tl.load(pivot_ptr + c, mask=c < C, other=0.0).to(tl.float32)
-    n_start, n_end = _rows(split, rows_per_split, N)
-    acc1 = tl.zeros([BN, BC, BS], dtype=tl.float32)
-    acc2 = tl.zeros([BN, BC, BS], dtype=tl.float32)
-    for n0 in range(n_start, n_end, BN):
-        for s0 in range(0, S, BS):
-            off, mask = _tile(n0, s0, c, n_end, C, S, BN, BS)
-            g = tl.load(g_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            acc1 += g
-            acc2 += g * tl.where(mask, v - pivot[None, :, None], 0.0)
     cm = c < C
-    tl.store(part_ptr + split * C + c, tl.sum(tl.sum(acc1, axis=2), axis=0), mask=cm)
-    tl.store(part_ptr + (SPLIT + split) * C + c, tl.sum(tl.sum(acc2, axis=2), axis=0), mask=cm)
+    pivot = tl.load(pivot_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    n_start, n_end = _rows(split, rows_per_split, N)
+    s1, s2 = _sum_g(g_ptr, x_ptr, c, pivot, n_start, n_end, C, S, BN, BS)
+    tl.store(part_ptr + split * C + c, s1, mask=cm)
+    tl.store(part_ptr + (SPLIT + split) * C + c, s2, mask=cm)
 
 
 @triton.jit
@@ -255,17 +280,22 @@ def _grad_input(
     NEED_X: tl.constexpr,
     NEED_W: tl.constexpr,
     NEED_B: tl.constexpr,
+    FUSED: tl.constexpr,
     BN: tl.constexpr,
     BC: tl.constexpr,
     BS: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
     """grad_x = k1 * g + k2 * (x - pivot) + k3 (see ``batch_norm_backward``); split 0
-    writes grad_weight and grad_bias."""
+    writes grad_weight and grad_bias. ``FUSED`` (one split): the sums are computed here."""
     c = tl.program_id(0) * BC + tl.arange(0, BC)
     split = tl.program_id(1)
     cm = c < C
-    g_sum, gd_pivot = _split_sums(part_ptr, c, C, SPLIT, CHUNK)
+    pivot = tl.load(pivot_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    if FUSED:
+        g_sum, gd_pivot = _sum_g(g_ptr, x_ptr, c, pivot, 0, N, C, S, BN, BS)
+    else:
+        g_sum, gd_pivot = _split_sums(part_ptr, c, C, SPLIT, CHUNK)
     inv_std = tl.load(inv_std_ptr + c, mask=cm, other=0.0).to(tl.float32)
     offset = tl.load(offset_ptr + c, mask=cm, other=0.0).to(tl.float32)
     gd = gd_pivot - offset * g_sum  # sum(g * (x - mean)), without cancellation
@@ -275,7 +305,6 @@ def _grad_input(
         if NEED_B:
             tl.store(gb_ptr + c, g_sum, mask=cm)
     if NEED_X:
-        pivot = tl.load(pivot_ptr + c, mask=cm, other=0.0).to(tl.float32)
         k1 = _per_channel(w_ptr, c, C, 1.0, HAS_W) * inv_std
         k1_over_n = k1 / -count
         k2 = gd * inv_std * inv_std * k1_over_n
@@ -357,8 +386,10 @@ def plan(n: int, c: int, s: int, device: torch.device) -> tuple[int, int, int, i
         bs = _block_s(s)
     # Not shrunk to small N: one compiled variant per (BC, BS) serves every batch size.
     bn = TILE // (bc * bs)
-    channel_blocks = triton.cdiv(c, bc)
     row_blocks = triton.cdiv(n, bn)
+    if n * s * bc <= FUSE_MAX_PER_PROGRAM:
+        return bn, bc, bs, row_blocks * bn, 1  # small: one program per channel block
+    channel_blocks = triton.cdiv(c, bc)
     target = PROGRAMS_PER_SM * _multiprocessors(device)
     splits = max(1, min(row_blocks, triton.cdiv(target, channel_blocks)))
     rows_per_split = triton.cdiv(row_blocks, splits) * bn
@@ -402,7 +433,8 @@ def train_forward(
     part = torch.empty((2, splits, c), dtype=torch.float32, device=x.device)
     stats = torch.empty((5, c), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(c, bc), splits)
-    _stats[grid](x, part, n, c, s, rows, splits, BN=bn, BC=bc, BS=bs)
+    if splits > 1:
+        _stats[grid](x, part, n, c, s, rows, splits, BN=bn, BC=bc, BS=bs)
     count = n * s
     if running is None:
         running_mean = running_var = counter = stats  # any pointer: never read
@@ -436,6 +468,7 @@ def train_forward(
         HAS_B=bias is not None,
         RUNNING=running is not None,
         CUMULATIVE=running is not None and momentum is None,
+        FUSED=splits == 1,
         BN=bn,
         BC=bc,
         BS=bs,
@@ -465,7 +498,8 @@ def train_backward(
     grad_w = torch.empty(c, dtype=torch.float32, device=x.device) if need_w else None
     grad_b = torch.empty(c, dtype=torch.float32, device=x.device) if need_b else None
     grid = (triton.cdiv(c, bc), splits)
-    _grad_sums[grid](grad_y, x, pivot, part, n, c, s, rows, splits, BN=bn, BC=bc, BS=bs)
+    if splits > 1:
+        _grad_sums[grid](grad_y, x, pivot, part, n, c, s, rows, splits, BN=bn, BC=bc, BS=bs)
     _grad_input[grid if need_x else (grid[0], 1)](
         grad_y,
         x,
@@ -487,6 +521,7 @@ def train_backward(
         NEED_X=need_x,
         NEED_W=need_w,
         NEED_B=need_b,
+        FUSED=splits == 1,
         BN=bn,
         BC=bc,
         BS=bs,
