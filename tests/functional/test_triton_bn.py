@@ -290,9 +290,12 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 
 @needs_cuda
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["m0.1", "cumulative"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("shape", [(64, 16, 8, 8), (256, 120), (4, 6, 3, 5, 5)], ids=str)
-def test_module_matches_torch_on_cuda(monkeypatch, dtype, shape) -> None:
+@pytest.mark.parametrize(
+    "shape", [(64, 16, 8, 8), (256, 120), (4, 6, 3, 5, 5), (32, 64, 56, 56)], ids=str
+)
+def test_module_matches_torch_on_cuda(monkeypatch, dtype, shape, momentum) -> None:
     """bnlab.nn.BatchNorm*d on CUDA takes the kernels and follows torch.nn step by step."""
     import bnlab.nn
     from bnlab.functional import _fast
@@ -309,8 +312,8 @@ def test_module_matches_torch_on_cuda(monkeypatch, dtype, shape) -> None:
     ours_cls = {2: bnlab.nn.BatchNorm1d, 4: bnlab.nn.BatchNorm2d, 5: bnlab.nn.BatchNorm3d}
     twin_cls = {2: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
     c = shape[1]
-    ours = ours_cls[len(shape)](c).cuda().to(dtype)
-    twin = twin_cls[len(shape)](c).cuda().to(dtype)
+    ours = ours_cls[len(shape)](c, momentum=momentum).cuda().to(dtype)
+    twin = twin_cls[len(shape)](c, momentum=momentum).cuda().to(dtype)
     twin.load_state_dict(ours.state_dict())
     tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]
     for step in range(3):

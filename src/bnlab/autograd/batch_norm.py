@@ -89,12 +89,13 @@ class BatchNormFunction(torch.autograd.Function):
 
 
 class FastBatchNormFunction(torch.autograd.Function):
-    """Training-mode batch norm of a module on the fused CPU kernels: ``(x, weight, bias,
+    """Training-mode batch norm of a module on the fused kernels: ``(x, weight, bias,
     eps, running) -> y``.
 
     The lean path of ``bnlab.nn``'s batch-norm modules: the caller has checked that the
-    call is eligible for ``bnlab.functional._fast`` (CPU, float32/float64, contiguous,
-    every per-channel tensor ``(C,)`` of ``x``'s dtype) and passes its own buffers as
+    call is eligible for ``bnlab.functional._fast`` (CPU: float32/float64, contiguous,
+    every per-channel tensor ``(C,)`` of ``x``'s dtype; CUDA: float16/bfloat16/float32,
+    per-channel tensors of any of these on ``x``'s device) and passes its own buffers as
     ``running = (running_mean, running_var, num_batches_tracked, momentum)`` (or None),
     which the kernel updates in place, so the running statistics cost no torch op.
     Same maths and backward as :class:`BatchNormFunction` (double backward included).
@@ -115,6 +116,7 @@ class FastBatchNormFunction(torch.autograd.Function):
         y, stats = _fast.train_forward(x, weight, bias, eps, running)
         ctx.save_for_backward(x, weight, stats)
         ctx.eps = eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return y
 
     @staticmethod
@@ -123,24 +125,35 @@ class FastBatchNormFunction(torch.autograd.Function):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         x, weight, stats = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
-        # stats rows: mean, var, inv_std, pivot, offset (see _fast.train_forward).
-        _, _, inv_std, pivot, offset = stats.unbind(0)
-        if (
-            _fast.is_enabled()
+        fast = (
+            _fast._enabled
             and not torch.is_grad_enabled()
             and grad_y.dtype == x.dtype
             and grad_y.shape == x.shape
-            and grad_y.is_cpu
+            and grad_y.device == x.device
             and grad_y.is_contiguous()
-        ):
-            # What batch_norm_backward would check, minus what forward already did.
+        )  # what batch_norm_backward would check, minus what forward already did
+        if fast and not x.is_cuda:
+            # The CPU kernel reads the rows of stats in place (no views to make).
             grad_x, grad_weight, grad_bias = _fast.train_backward(
-                grad_y, x, weight, inv_std, pivot, offset, needs
+                grad_y, x, weight, None, None, None, needs, stats=stats
             )
         else:
-            grad_x, grad_weight, grad_bias = _closed_form_backward(
-                grad_y, x, weight, inv_std, pivot, offset, ctx.eps, needs
-            )
+            # stats rows: mean, var, inv_std, pivot, offset (see _fast.train_forward).
+            _, _, inv_std, pivot, offset = stats.unbind(0)
+            if fast:
+                grad_x, grad_weight, grad_bias = _fast.train_backward(
+                    grad_y, x, weight, inv_std, pivot, offset, needs
+                )
+            else:
+                grad_x, grad_weight, grad_bias = _closed_form_backward(
+                    grad_y, x, weight, inv_std, pivot, offset, ctx.eps, needs
+                )
+        # The CUDA kernels give float32 per-channel gradients; parameters may be 16-bit.
+        if grad_weight is not None and grad_weight.dtype != weight.dtype:
+            grad_weight = grad_weight.to(weight.dtype)
+        if grad_bias is not None and grad_bias.dtype != ctx.bias_dtype:
+            grad_bias = grad_bias.to(ctx.bias_dtype)
         return grad_x, grad_weight, grad_bias, None, None
 
 

@@ -20,11 +20,19 @@ from bnlab.nn._base import _NormBase
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 _FAST_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _fits(t: Tensor | None, dtype: torch.dtype, c: int) -> bool:
     """A per-channel tensor the kernels take for an input of ``dtype`` with ``c`` channels."""
     return t is None or (t.dtype == dtype and t.is_cpu and t.shape == (c,) and t.is_contiguous())
+
+
+def _fits_cuda(t: Tensor | None, device: torch.device, c: int) -> bool:
+    """A per-channel tensor the Triton kernels take for an input on ``device``."""
+    return t is None or (
+        t.dtype in _CUDA_DTYPES and t.device == device and t.shape == (c,) and t.is_contiguous()
+    )
 
 
 class _BatchNorm(_NormBase):
@@ -95,11 +103,11 @@ class _BatchNorm(_NormBase):
         :meth:`forward` takes the general path, which checks, raises and computes it.
         Same results as the general path (``tests/functional/test_fast_path.py``).
         """
-        if (
-            not _fast._enabled
-            or _fast._lib is None
-            or type(self)._normalize is not _BatchNorm._normalize
-        ):
+        if not _fast._enabled or type(self)._normalize is not _BatchNorm._normalize:
+            return None
+        if x.is_cuda:
+            return self._cuda_fast_forward(x)
+        if _fast._lib is None:
             return None
         dtype = x.dtype
         if (
@@ -153,6 +161,65 @@ class _BatchNorm(_NormBase):
                 or counter is None
                 or counter.dtype != torch.int64
                 or not counter.is_cpu
+                or counter.dim() != 0
+                or not (momentum is None or (type(momentum) is float and 0.0 <= momentum <= 1.0))
+            ):
+                return None
+            running = (running_mean, running_var, counter, momentum)
+        if torch.is_grad_enabled():
+            return FastBatchNormFunction.apply(x, weight, bias, eps, running)
+        return _fast.train_forward(x, weight, bias, eps, running)[0]
+
+    def _cuda_fast_forward(self, x: Tensor) -> Tensor | None:
+        """:meth:`_fast_forward` for CUDA inputs: the Triton kernels of
+        ``bnlab.functional._fast`` (float16/bfloat16/float32 input; parameters and
+        buffers of any of these dtypes on the input's device), or None."""
+        dtype, c, eps = x.dtype, self.num_features, self.eps
+        if (
+            dtype not in _CUDA_DTYPES
+            or x.dim() not in self._ranks
+            or not x.is_contiguous()
+            or x.shape[1] != c
+            or x.numel() == 0
+            or type(eps) is not float
+            or not 0.0 < eps < math.inf
+        ):
+            return None
+        if _fast._cuda_kernels() is None:
+            return None
+        device = x.device
+        params, buffers = self._parameters, self._buffers
+        weight, bias = params.get("weight"), params.get("bias")
+        running_mean, running_var = buffers.get("running_mean"), buffers.get("running_var")
+        if not (
+            _fits_cuda(weight, device, c)
+            and _fits_cuda(bias, device, c)
+            and _fits_cuda(running_mean, device, c)
+            and _fits_cuda(running_var, device, c)
+        ):
+            return None
+        if not self.training:
+            if running_mean is None or running_var is None:
+                return None  # eval with batch statistics
+            if torch.is_grad_enabled() and (
+                x.requires_grad
+                or (weight is not None and weight.requires_grad)
+                or (bias is not None and bias.requires_grad)
+            ):
+                return None  # recorded: torch ops, differentiable
+            return _fast.eval_forward(x, running_mean, running_var, weight, bias, eps)
+        if x.numel() // c < 2:
+            return None  # one value per channel: the general path raises
+        running = None
+        if self.track_running_stats:
+            counter = buffers.get("num_batches_tracked")
+            momentum = self.momentum
+            if (
+                running_mean is None
+                or running_var is None
+                or counter is None
+                or counter.dtype != torch.int64
+                or counter.device != device
                 or counter.dim() != 0
                 or not (momentum is None or (type(momentum) is float and 0.0 <= momentum <= 1.0))
             ):
