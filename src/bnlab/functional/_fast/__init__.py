@@ -525,35 +525,50 @@ def train_backward(
     grad_y: Tensor,
     x: Tensor,
     weight: Tensor | None,
-    inv_std: Tensor,
-    pivot: Tensor,
-    offset: Tensor,
+    inv_std: Tensor | None,
+    pivot: Tensor | None,
+    offset: Tensor | None,
     needs_input_grad: tuple[bool, bool, bool],
+    *,
+    stats: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Fused training backward (call only where :func:`eligible`); ``None`` where not requested."""
+    """Fused training backward (call only where :func:`eligible`); ``None`` where not requested.
+
+    Args:
+        stats: CPU only: the ``(5, C)`` statistics of :func:`train_forward` in place of
+            ``inv_std``, ``pivot`` and ``offset`` (pass None for those); its rows are
+            read in place, which saves making three views on small inputs.
+    """
     if x.is_cuda:
         return _triton_bn.train_backward(
             grad_y, x, weight, inv_std, pivot, offset, needs_input_grad
         )
     need_x, need_w, need_b = needs_input_grad
-    n, c, s = _nc_s(x)
+    shape = x.shape
+    n, c = shape[0], shape[1]
+    dtype = x.dtype
     grad_x = _empty_like(x) if need_x else None
-    grad_weight = torch.empty(c, dtype=x.dtype) if need_w else None
-    grad_bias = torch.empty(c, dtype=x.dtype) if need_b else None
-    fn = _fns["train_backward", x.dtype]
-    fn(
+    grad_weight = torch.empty(c, dtype=dtype) if need_w else None
+    grad_bias = torch.empty(c, dtype=dtype) if need_b else None
+    if stats is None:
+        inv_std_ptr, pivot_ptr, offset_ptr = inv_std.data_ptr(), pivot.data_ptr(), offset.data_ptr()
+    else:
+        row = c * stats.element_size()
+        inv_std_ptr = stats.data_ptr() + 2 * row
+        pivot_ptr, offset_ptr = inv_std_ptr + row, inv_std_ptr + 2 * row
+    _fns["train_backward", dtype](
         grad_y.data_ptr(),
         x.data_ptr(),
         n,
         c,
-        s,
-        _ptr(weight),
-        inv_std.data_ptr(),
-        pivot.data_ptr(),
-        offset.data_ptr(),
-        _ptr(grad_x),
-        _ptr(grad_weight),
-        _ptr(grad_bias),
+        x.numel() // (n * c),
+        None if weight is None else weight.data_ptr(),
+        inv_std_ptr,
+        pivot_ptr,
+        offset_ptr,
+        None if grad_x is None else grad_x.data_ptr(),
+        None if grad_weight is None else grad_weight.data_ptr(),
+        None if grad_bias is None else grad_bias.data_ptr(),
         torch.get_num_threads(),
     )
     return grad_x, grad_weight, grad_bias
