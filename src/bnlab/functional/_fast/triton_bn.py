@@ -189,6 +189,7 @@ def _normalize(
     HAS_B: tl.constexpr,
     RUNNING: tl.constexpr,
     CUMULATIVE: tl.constexpr,
+    BUMP: tl.constexpr,
     FUSED: tl.constexpr,
     BN: tl.constexpr,
     BC: tl.constexpr,
@@ -198,7 +199,8 @@ def _normalize(
     """y = (x - pivot) * scale + shift; split 0 writes stats rows (mean, var, inv_std,
     pivot, offset) and, with ``RUNNING``, updates the running statistics in place:
     ``lerp(running, batch, factor)`` with the unbiased variance, ``factor`` = momentum,
-    or ``1 / counter`` (``CUMULATIVE``; the caller has already incremented it).
+    or ``1 / counter`` (``CUMULATIVE``; the caller has already incremented it). ``BUMP``:
+    program (0, 0) adds 1 to the counter (saves a launch when nothing reads it).
     ``FUSED`` (one split): the sums are computed here, not read from ``_stats``."""
     c = tl.program_id(0) * BC + tl.arange(0, BC)
     split = tl.program_id(1)
@@ -223,6 +225,9 @@ def _normalize(
             factor = 1.0 / tl.load(counter_ptr).to(tl.float32) if CUMULATIVE else momentum
             _lerp_into(rm_ptr, c, C, pivot + offset, factor)
             _lerp_into(rv_ptr, c, C, var * unbias, factor)
+            if BUMP:  # noqa: SIM102 (Triton: a constexpr test, then a run-time one)
+                if tl.program_id(0) == 0:
+                    tl.store(counter_ptr, tl.load(counter_ptr) + 1)
     n_start, n_end = _rows(split, rows_per_split, N)
     for n0 in range(n_start, n_end, BN):
         for s0 in range(0, S, BS):
@@ -430,8 +435,11 @@ def train_forward(
     n, c, s = _nc_s(x)
     bn, bc, bs, rows, splits = plan(n, c, s, x.device)
     y = torch.empty_like(x)
-    part = torch.empty((2, splits, c), dtype=torch.float32, device=x.device)
     stats = torch.empty((5, c), dtype=torch.float32, device=x.device)
+    # One split: the normalize kernel sums by itself, no partial sums to store.
+    part = (
+        torch.empty((2, splits, c), dtype=torch.float32, device=x.device) if splits > 1 else stats
+    )
     grid = (triton.cdiv(c, bc), splits)
     if splits > 1:
         _stats[grid](x, part, n, c, s, rows, splits, BN=bn, BC=bc, BS=bs)
@@ -441,10 +449,14 @@ def train_forward(
         momentum = None
     else:
         running_mean, running_var, counter, momentum = running
-        if counter is not None:
-            counter.add_(1)  # before the kernel reads it (momentum=None)
-        else:
+        if counter is None:
             counter = stats
+            bump = False
+        elif momentum is None:
+            counter.add_(1)  # before the kernel reads it for the factor 1 / counter
+            bump = False
+        else:
+            bump = True  # the kernel adds 1 (one program; nothing else reads it)
     _normalize[grid](
         x,
         y,
@@ -468,6 +480,7 @@ def train_forward(
         HAS_B=bias is not None,
         RUNNING=running is not None,
         CUMULATIVE=running is not None and momentum is None,
+        BUMP=running is not None and bump,
         FUSED=splits == 1,
         BN=bn,
         BC=bc,
@@ -493,7 +506,7 @@ def train_backward(
     need_x, need_w, need_b = needs_input_grad
     n, c, s = _nc_s(x)
     bn, bc, bs, rows, splits = plan(n, c, s, x.device)
-    part = torch.empty((2, splits, c), dtype=torch.float32, device=x.device)
+    part = torch.empty((2, splits, c), dtype=torch.float32, device=x.device) if splits > 1 else x
     grad_x = torch.empty_like(x) if need_x else None
     grad_w = torch.empty(c, dtype=torch.float32, device=x.device) if need_w else None
     grad_b = torch.empty(c, dtype=torch.float32, device=x.device) if need_b else None
