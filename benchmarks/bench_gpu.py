@@ -161,6 +161,38 @@ def _max_diff(shape, mode, dtype, device) -> float:
         return (mods["ours"](x).float() - mods["native"](x).float()).abs().max().item()
 
 
+NAMES = ("ours", "ours-ref", "native", "textbook", "ours-kernels", "aten-kernels")
+
+
+def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per case: microseconds per variant, ratios, fractions of the bound."""
+    out = []
+    for row in rows:
+        v = row["variants"]
+        ours = v["ours"]["median_time_ms"]
+        flat: dict[str, Any] = {
+            "dtype": row["dtype"],
+            "mode": row["mode"],
+            "shape": "x".join(map(str, row["shape"])),
+        }
+        for name in NAMES:
+            flat[f"{name} us"] = v[name]["median_time_ms"] * 1e3 if name in v else None
+        flat["ours/native"] = v["ours"]["ratio_to_native"]
+        flat["ours/textbook"] = ours / v["textbook"]["median_time_ms"] if "textbook" in v else None
+        flat["ours: fraction of bound"] = v["ours"]["fraction_of_bound"]
+        flat["ours-kernels: fraction of bound"] = (
+            v["ours-kernels"]["fraction_of_bound"] if "ours-kernels" in v else None
+        )
+        out.append(flat)
+    return out
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.0f}" if value >= 10 else f"{value:.2f}"
+    return str(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -244,36 +276,12 @@ def main() -> None:
             f"(|ours-native| {diff:.2g}; {time.perf_counter() - started:.1f} s)"
         )
 
+    table_rows = summary_rows(rows)
     table = Table(title=f"BatchNorm on {gpu}: median us per step, ratio to native")
-    names = ["ours", "ours-ref", "native", "textbook", "ours-kernels", "aten-kernels"]
-    for col in (
-        "dtype",
-        "mode",
-        "shape",
-        *names,
-        "ours/native",
-        "ours/textbook",
-        "ours bw",
-        "kern bw",
-    ):
+    for col in table_rows[0]:
         table.add_column(col, justify="right")
-    for row in rows:
-        v = row["variants"]
-
-        def us(name: str, v=v) -> str:
-            return f"{v[name]['median_time_ms'] * 1e3:.0f}" if name in v else "-"
-
-        ours = v["ours"]["median_time_ms"]
-        table.add_row(
-            row["dtype"],
-            row["mode"],
-            "x".join(map(str, row["shape"])),
-            *[us(n) for n in names],
-            f"{v['ours']['ratio_to_native']:.2f}",
-            f"{ours / v['textbook']['median_time_ms']:.2f}" if "textbook" in v else "-",
-            f"{v['ours']['fraction_of_bound']:.0%}",
-            f"{v['ours-kernels']['fraction_of_bound']:.0%}" if "ours-kernels" in v else "-",
-        )
+    for flat in table_rows:
+        table.add_row(*["-" if v is None else _cell(v) for v in flat.values()])
     console.print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -300,7 +308,8 @@ def main() -> None:
             "timed": "median of repeats, each the mean of `number` steps between syncs",
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "environment": env,
-            "rows": rows,
+            "summary": table_rows,
+            "runs": rows,
         },
     )
     console.print(f"wrote {path}")

@@ -43,14 +43,14 @@ def test_dry_run_writes_every_variant_and_ratio(tmp_path) -> None:
     (path,) = tmp_path.glob("bench_gpu_*.json")
     record = json.loads(path.read_text())
     assert record["copy_bandwidth_gb_per_s"] > 0
-    cases = {(tuple(r["shape"]), r["mode"]) for r in record["rows"]}
+    cases = {(tuple(r["shape"]), r["mode"]) for r in record["runs"]}
     assert cases == {
         ((4, 3, 2, 2), "train"),
         ((4, 3, 2, 2), "eval"),
         ((8, 5), "train"),
         ((8, 5), "eval"),
     }
-    for row in record["rows"]:
+    for row in record["runs"]:
         assert row["max_abs_diff_ours_vs_native"] < 1e-5
         names = set(row["variants"])
         assert {"ours", "ours-ref", "native", "textbook"} <= names
@@ -60,3 +60,5 @@ def test_dry_run_writes_every_variant_and_ratio(tmp_path) -> None:
             assert timing["median_time_ms"] > 0
             assert timing["ratio_to_native"] > 0
     assert "BatchNorm on cpu (dry run)" in proc.stdout
+    assert len(record["summary"]) == 4
+    assert all(row["ours/native"] > 0 for row in record["summary"])
