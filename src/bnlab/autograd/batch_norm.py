@@ -28,7 +28,7 @@ from bnlab.functional.batch_norm import (
 )
 from bnlab.functional.moments import centered_moments
 
-__all__ = ["BatchNormFunction", "FastBatchNormFunction", "batch_norm"]
+__all__ = ["BatchNormFunction", "FastBatchNormFunction", "batch_norm", "fast_batch_norm_train"]
 
 
 def _closed_form_backward(
@@ -155,6 +155,39 @@ class FastBatchNormFunction(torch.autograd.Function):
         if grad_bias is not None and grad_bias.dtype != ctx.bias_dtype:
             grad_bias = grad_bias.to(ctx.bias_dtype)
         return grad_x, grad_weight, grad_bias, None, None
+
+
+def _cpp_apply(cls: type[torch.autograd.Function]) -> Any:
+    """The C++ ``apply`` of autograd Functions bound to ``cls``; None where torch has none."""
+    base = getattr(torch._C, "_FunctionBase", None)
+    method = None if base is None else base.__dict__.get("apply")
+    return None if method is None else method.__get__(None, cls)
+
+
+_fast_apply = _cpp_apply(FastBatchNormFunction)
+
+
+def fast_batch_norm_train(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    running: tuple[Tensor, Tensor, Tensor | None, float | None] | None,
+) -> Tensor:
+    """``FastBatchNormFunction.apply(x, weight, bias, eps, running)``, the CPU lean path.
+
+    ``Function.apply``'s Python wrapper costs about 8 us per call (measured: 256x120,
+    one thread), 4% of a small training step; outside functorch transforms, and for an
+    input that is not a functorch wrapper, it only forwards to the C++ ``apply``, which
+    this calls directly.
+    """
+    if (
+        _fast_apply is None
+        or torch._C._are_functorch_transforms_active()
+        or torch._C._functorch.is_functorch_wrapped_tensor(x)
+    ):
+        return FastBatchNormFunction.apply(x, weight, bias, eps, running)
+    return _fast_apply(x, weight, bias, eps, running)
 
 
 def _train_forward(

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from bnlab.autograd.batch_norm import FastBatchNormFunction, batch_norm
+from bnlab.autograd.batch_norm import FastBatchNormFunction, batch_norm, fast_batch_norm_train
 from bnlab.functional import _fast
 from bnlab.functional.batch_norm import BatchNormOutput, check_input
 from bnlab.nn._base import _NormBase
@@ -167,7 +167,7 @@ class _BatchNorm(_NormBase):
                 return None
             running = (running_mean, running_var, counter, momentum)
         if torch.is_grad_enabled():
-            return FastBatchNormFunction.apply(x, weight, bias, eps, running)
+            return fast_batch_norm_train(x, weight, bias, eps, running)
         return _fast.train_forward(x, weight, bias, eps, running)[0]
 
     def _cuda_fast_forward(self, x: Tensor) -> Tensor | None:
