@@ -19,6 +19,9 @@ bytes). Inputs rotate over enough copies to exceed the L2 cache twice over, so t
 shapes are timed from device memory; the LeNet shapes are launch-bound (tens of
 microseconds), where the fraction says little.
 
+Memory: the peak CUDA memory one step allocates beyond the memory in use before it
+(``torch.cuda.max_memory_allocated``), per variant.
+
 Timing: variants interleaved round-robin in one process after warm-up (which also
 compiles the Triton kernels); each sample is ``--number`` steps between two
 ``torch.cuda.synchronize`` calls; the median of ``--repeats`` samples is reported.
@@ -150,6 +153,17 @@ def _kernel_steps(shape, dtype, next_x, next_g, device) -> dict[str, Callable[[]
     return steps
 
 
+def peak_step_bytes(step: Callable[[], None]) -> int:
+    """CUDA memory a step allocates beyond what was allocated before it, at its peak
+    (outputs, saved tensors and workspaces; the inputs exist already)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
 def _max_diff(shape, mode, dtype, device) -> float:
     """|ours - native| of one forward from the same state (a sanity check of each case)."""
     torch.manual_seed(0)
@@ -179,6 +193,9 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             flat[f"{name} us"] = v[name]["median_time_ms"] * 1e3 if name in v else None
         flat["ours/native"] = v["ours"]["ratio_to_native"]
         flat["ours/textbook"] = ours / v["textbook"]["median_time_ms"] if "textbook" in v else None
+        peaks = row.get("peak_step_bytes") or {}
+        flat["ours peak MB"] = peaks["ours"] / 1e6 if "ours" in peaks else None
+        flat["native peak MB"] = peaks["native"] / 1e6 if "native" in peaks else None
         flat["ours: fraction of bound"] = v["ours"]["fraction_of_bound"]
         flat["ours-kernels: fraction of bound"] = (
             v["ours-kernels"]["fraction_of_bound"] if "ours-kernels" in v else None
@@ -252,6 +269,7 @@ def main() -> None:
             sync=_sync(args.device),
         )
         diff = _max_diff(shape, mode, dtype, args.device)
+        peaks = {name: peak_step_bytes(step) for name, step in steps.items()} if cuda else {}
         native = timings["native"].median_ms
         row = {
             "shape": list(shape),
@@ -260,6 +278,7 @@ def main() -> None:
             "bytes": nbytes,
             "input_copies": copies,
             "max_abs_diff_ours_vs_native": diff,
+            "peak_step_bytes": peaks,
             "variants": {
                 name: {
                     **t.as_dict(),
