@@ -339,3 +339,124 @@ def test_waiting_builder_loads_the_library_another_process_built(monkeypatch, tm
     waiter.join(timeout=60)
     assert result == {"ok": True}
     assert _fast.status() == f"ready: {folder / 'bn_kernels.so'}"
+
+
+# ---------------------------------------------------------------- the modules' lean path
+
+
+def _lean_module(shape, dtype, **kwargs):
+    cls = bnlab.nn.BatchNorm1d if len(shape) in (2, 3) else bnlab.nn.BatchNorm2d
+    module = cls(shape[1], **kwargs).to(dtype)
+    if module.weight is not None:
+        gen = torch.Generator().manual_seed(6)
+        with torch.no_grad():
+            module.weight.copy_(torch.rand(shape[1], generator=gen, dtype=dtype) + 0.5)
+            module.bias.copy_(torch.randn(shape[1], generator=gen, dtype=dtype))
+    return module
+
+
+def _two_steps(module, x, grad_y):
+    """Two training steps (the second sees updated buffers), then eval."""
+    out = []
+    for _ in range(2):
+        xr = x.detach().requires_grad_()
+        module.train()
+        y = module(xr)
+        y.backward(grad_y)
+        out += [y, xr.grad, *(p.grad for p in module.parameters())]
+        module.zero_grad(set_to_none=True)
+    module.eval()
+    with torch.no_grad():
+        out.append(module(x))
+    return [t for t in (*out, *module.buffers()) if t is not None]
+
+
+@needs_fast
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"momentum": None}, {"momentum": 1.0}, {"track_running_stats": False}, {"affine": False}],
+    ids=["momentum", "cumulative", "momentum1", "untracked", "no_affine"],
+)
+@pytest.mark.parametrize("shape", [(256, 84), (16, 5, 9, 11)], ids=["NC", "NCHW"])
+def test_module_lean_path_equals_reference_path(calls, shape, kwargs, dtype) -> None:
+    # The running statistics are updated inside the kernel on the lean path; the
+    # reference path returns them from the pure function and copies them into the buffers.
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3 - 7).to(dtype)
+    grad_y = torch.randn(shape, generator=gen, dtype=dtype)
+    results = []
+    for flag in (True, False):
+        module = _lean_module(shape, dtype, **kwargs)
+        with _fast.enabled(flag):
+            results.append(_two_steps(module, x, grad_y))
+    assert calls["train_forward"] >= 2  # untracked: eval mode normalizes with the batch too
+    assert calls["train_backward"] == 2
+    rtol, atol = (1e-12, 1e-12) if dtype == torch.float64 else (1e-5, 1e-5)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+    if kwargs.get("track_running_stats", True):
+        assert results[0][-1].item() == 2  # num_batches_tracked, incremented in the kernel
+
+
+@needs_fast
+def test_module_training_forward_under_no_grad_updates_the_buffers(calls) -> None:
+    x = torch.randn(64, 4, 8, 8) * 2 + 3
+    modules = [_lean_module(x.shape, torch.float32, momentum=None) for _ in range(2)]
+    for module, flag in zip(modules, (True, False), strict=True):
+        with torch.no_grad(), _fast.enabled(flag):
+            module(x)
+            module(x * 0.5)
+    assert calls["train_forward"] == 2
+    for a, b in zip(modules[0].buffers(), modules[1].buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_fast
+def test_double_backward_through_the_module_lean_path(calls) -> None:
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(64, 4, 4, 4, generator=gen, dtype=torch.float64)
+    grad_y = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    grads = []
+    for flag in (True, False):
+        module = _lean_module(x.shape, torch.float64)
+        xr = x.clone().requires_grad_()
+        with _fast.enabled(flag):
+            (gx,) = torch.autograd.grad(module(xr), xr, grad_y, create_graph=True)
+            gx.pow(2).sum().backward()
+        grads.append((gx, xr.grad, module.weight.grad))
+    assert calls["train_forward"] == 1
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@needs_fast
+def test_lean_path_leaves_errors_to_the_general_path() -> None:
+    # Inputs above MIN_NUMEL with one thing wrong: the same messages as small inputs.
+    module = bnlab.nn.BatchNorm2d(4)
+    with pytest.raises(ValueError, match="channels in dim 1") as info:
+        module(torch.randn(64, 5, 8, 8))
+    assert str(info.value) == (
+        "BatchNorm2d: expected 4 channels in dim 1, got 5 (input of shape (64, 5, 8, 8)); "
+        "the layer was built with num_features=4"
+    )
+    module.momentum = 1.5  # set after construction: checked at the call
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\].*got 1\.5$"):
+        module(torch.randn(64, 4, 8, 8))
+    with pytest.raises(ValueError, match="more than 1 value per channel") as info:
+        bnlab.nn.BatchNorm1d(4096)(torch.randn(1, 4096))
+    assert str(info.value).startswith(
+        "BatchNorm1d: expected more than 1 value per channel when training, got input of "
+        "shape (1, 4096)"
+    )
+    assert module.num_batches_tracked.item() == 0  # nothing was updated
+
+
+@needs_fast
+@pytest.mark.parametrize("flag", [True, False], ids=["fast", "reference"])
+def test_lean_path_under_functorch_goes_through_function_apply(flag) -> None:
+    # Inside a functorch transform fast_batch_norm_train calls Function.apply, which
+    # (no setup_context) refuses the transform as the general path's Function does.
+    module = bnlab.nn.BatchNorm2d(4)
+    with _fast.enabled(flag), pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda t: module(t).sum())(torch.randn(64, 4, 8, 8))
