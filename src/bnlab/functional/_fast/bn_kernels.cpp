@@ -36,20 +36,33 @@ inline int threads_for(i64 numel, int nthreads) {
   return (numel < kParallelMin || nthreads < 1) ? 1 : nthreads;
 }
 
+// Runs body(t, team) on each thread t of a team of nt. One thread calls it directly: an
+// OpenMP region of one thread still costs about 1 us (team setup; measured here), up to
+// a third of a kernel on the small inputs that run on one thread.
+template <typename F>
+void parallel(int nt, const F& body) {
+  if (nt <= 1) {
+    body(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  body(omp_get_thread_num(), omp_get_num_threads());  // the team may be smaller than nt
+}
+
+// First item of thread t of a team in a static split of n items into contiguous blocks.
+inline i64 split(i64 n, int t, int team) { return n * t / team; }
+
 // Per-channel sums of d = x - pivot and d * d over (N, S): s1[c], s2[c] (double).
 template <typename T>
 void shifted_sums(const T* x, i64 N, i64 C, i64 S, const T* pivot, double* s1, double* s2,
                   int nthreads) {
   const int nt = threads_for(N * C * S, nthreads);
   std::vector<double> acc(static_cast<size_t>(2 * C * nt), 0.0);
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num();
+  parallel(nt, [&](int t, int team) {
     double* a1 = acc.data() + 2 * C * t;
     double* a2 = a1 + C;
     if (S == 1) {
-#pragma omp for schedule(static)
-      for (i64 n = 0; n < N; ++n) {
+      for (i64 n = split(N, t, team), end = split(N, t + 1, team); n < end; ++n) {
         const T* row = x + n * C;
 #pragma omp simd
         for (i64 c = 0; c < C; ++c) {
@@ -59,8 +72,7 @@ void shifted_sums(const T* x, i64 N, i64 C, i64 S, const T* pivot, double* s1, d
         }
       }
     } else {
-#pragma omp for schedule(static)
-      for (i64 p = 0; p < N * C; ++p) {
+      for (i64 p = split(N * C, t, team), end = split(N * C, t + 1, team); p < end; ++p) {
         const i64 c = p % C;
         const T* plane = x + p * S;
         const T pv = pivot[c];
@@ -75,7 +87,7 @@ void shifted_sums(const T* x, i64 N, i64 C, i64 S, const T* pivot, double* s1, d
         a2[c] += u2;
       }
     }
-  }
+  });
   for (i64 c = 0; c < C; ++c) {
     double u1 = 0.0, u2 = 0.0;
     for (int t = 0; t < nt; ++t) {
@@ -93,14 +105,11 @@ void grad_sums(const T* g, const T* x, i64 N, i64 C, i64 S, const T* pivot, doub
                double* sgd, int nthreads) {
   const int nt = threads_for(N * C * S, nthreads);
   std::vector<double> acc(static_cast<size_t>(2 * C * nt), 0.0);
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num();
+  parallel(nt, [&](int t, int team) {
     double* a1 = acc.data() + 2 * C * t;
     double* a2 = a1 + C;
     if (S == 1) {
-#pragma omp for schedule(static)
-      for (i64 n = 0; n < N; ++n) {
+      for (i64 n = split(N, t, team), end = split(N, t + 1, team); n < end; ++n) {
         const T* xr = x + n * C;
         const T* gr = g + n * C;
 #pragma omp simd
@@ -111,8 +120,7 @@ void grad_sums(const T* g, const T* x, i64 N, i64 C, i64 S, const T* pivot, doub
         }
       }
     } else {
-#pragma omp for schedule(static)
-      for (i64 p = 0; p < N * C; ++p) {
+      for (i64 p = split(N * C, t, team), end = split(N * C, t + 1, team); p < end; ++p) {
         const i64 c = p % C;
         const T* xp = x + p * S;
         const T* gp = g + p * S;
@@ -128,7 +136,7 @@ void grad_sums(const T* g, const T* x, i64 N, i64 C, i64 S, const T* pivot, doub
         a2[c] += u2;
       }
     }
-  }
+  });
   for (i64 c = 0; c < C; ++c) {
     double u1 = 0.0, u2 = 0.0;
     for (int t = 0; t < nt; ++t) {
@@ -145,25 +153,25 @@ template <typename T>
 void affine_shifted(const T* x, T* out, i64 N, i64 C, i64 S, const T* pivot, const T* a,
                     const T* b, int nthreads) {
   const int nt = threads_for(N * C * S, nthreads);
-  if (S == 1) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 n = 0; n < N; ++n) {
-      const T* xr = x + n * C;
-      T* yr = out + n * C;
+  parallel(nt, [&](int t, int team) {
+    if (S == 1) {
+      for (i64 n = split(N, t, team), end = split(N, t + 1, team); n < end; ++n) {
+        const T* xr = x + n * C;
+        T* yr = out + n * C;
 #pragma omp simd
-      for (i64 c = 0; c < C; ++c) yr[c] = (xr[c] - pivot[c]) * a[c] + b[c];
-    }
-  } else {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 p = 0; p < N * C; ++p) {
-      const i64 c = p % C;
-      const T* xp = x + p * S;
-      T* yp = out + p * S;
-      const T pv = pivot[c], av = a[c], bv = b[c];
+        for (i64 c = 0; c < C; ++c) yr[c] = (xr[c] - pivot[c]) * a[c] + b[c];
+      }
+    } else {
+      for (i64 p = split(N * C, t, team), end = split(N * C, t + 1, team); p < end; ++p) {
+        const i64 c = p % C;
+        const T* xp = x + p * S;
+        T* yp = out + p * S;
+        const T pv = pivot[c], av = a[c], bv = b[c];
 #pragma omp simd
-      for (i64 s = 0; s < S; ++s) yp[s] = (xp[s] - pv) * av + bv;
+        for (i64 s = 0; s < S; ++s) yp[s] = (xp[s] - pv) * av + bv;
+      }
     }
-  }
+  });
 }
 
 // out = k1 * g + k2 * (x - pivot) + k3 per channel.
@@ -171,27 +179,27 @@ template <typename T>
 void grad_input(const T* g, const T* x, T* out, i64 N, i64 C, i64 S, const T* pivot,
                 const T* k1, const T* k2, const T* k3, int nthreads) {
   const int nt = threads_for(N * C * S, nthreads);
-  if (S == 1) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 n = 0; n < N; ++n) {
-      const T* xr = x + n * C;
-      const T* gr = g + n * C;
-      T* o = out + n * C;
+  parallel(nt, [&](int t, int team) {
+    if (S == 1) {
+      for (i64 n = split(N, t, team), end = split(N, t + 1, team); n < end; ++n) {
+        const T* xr = x + n * C;
+        const T* gr = g + n * C;
+        T* o = out + n * C;
 #pragma omp simd
-      for (i64 c = 0; c < C; ++c) o[c] = k1[c] * gr[c] + (k2[c] * (xr[c] - pivot[c]) + k3[c]);
-    }
-  } else {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (i64 p = 0; p < N * C; ++p) {
-      const i64 c = p % C;
-      const T* xp = x + p * S;
-      const T* gp = g + p * S;
-      T* o = out + p * S;
-      const T pv = pivot[c], a = k1[c], b = k2[c], d = k3[c];
+        for (i64 c = 0; c < C; ++c) o[c] = k1[c] * gr[c] + (k2[c] * (xr[c] - pivot[c]) + k3[c]);
+      }
+    } else {
+      for (i64 p = split(N * C, t, team), end = split(N * C, t + 1, team); p < end; ++p) {
+        const i64 c = p % C;
+        const T* xp = x + p * S;
+        const T* gp = g + p * S;
+        T* o = out + p * S;
+        const T pv = pivot[c], a = k1[c], b = k2[c], d = k3[c];
 #pragma omp simd
-      for (i64 s = 0; s < S; ++s) o[s] = a * gp[s] + (b * (xp[s] - pv) + d);
+        for (i64 s = 0; s < S; ++s) o[s] = a * gp[s] + (b * (xp[s] - pv) + d);
+      }
     }
-  }
+  });
 }
 
 // Training forward. stats: (5, C) rows mean, var (biased), inv_std, pivot, offset.
