@@ -317,6 +317,9 @@ def test_module_matches_torch_on_cuda(monkeypatch, dtype, shape, momentum) -> No
     twin.load_state_dict(ours.state_dict())
     tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]
     for step in range(3):
+        # Fresh gradients each step: accumulated 16-bit gradients round at every step.
+        ours.zero_grad(set_to_none=True)
+        twin.zero_grad(set_to_none=True)
         x = (torch.randn(shape, device="cuda") * 2 + step).to(dtype)
         g = torch.randn(shape, device="cuda").to(dtype)
         xo, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -326,8 +329,10 @@ def test_module_matches_torch_on_cuda(monkeypatch, dtype, shape, momentum) -> No
         torch.testing.assert_close(yo.float(), yt.float(), atol=tol, rtol=tol)
         torch.testing.assert_close(xo.grad.float(), xt.grad.float(), atol=tol, rtol=tol)
         for a, b in ((ours.weight.grad, twin.weight.grad), (ours.bias.grad, twin.bias.grad)):
-            torch.testing.assert_close(a.float(), b.float(), atol=tol * 50, rtol=tol)
+            # Sums over N * S values, rounded once to the parameter dtype: compared
+            # relative to the largest of them (a channel near 0 has the same rounding).
             assert a.dtype == dtype
+            _close(a, b, tol, "parameter gradient")
     torch.testing.assert_close(
         ours.running_mean.float(), twin.running_mean.float(), atol=tol, rtol=tol
     )
