@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from bnlab.autograd.batch_norm import FastBatchNormFunction, batch_norm, fast_batch_norm_train
+from bnlab.autograd.batch_norm import batch_norm, fast_batch_norm_train
 from bnlab.functional import _fast
 from bnlab.functional.batch_norm import BatchNormOutput, check_input
 from bnlab.nn._base import _NormBase
@@ -23,15 +23,15 @@ _FAST_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _fits(t: Tensor | None, dtype: torch.dtype, c: int) -> bool:
-    """A per-channel tensor the kernels take for an input of ``dtype`` with ``c`` channels."""
-    return t is None or (t.dtype == dtype and t.is_cpu and t.shape == (c,) and t.is_contiguous())
+def _fits(t: Tensor | None, x: Tensor, c: int) -> bool:
+    """A per-channel tensor the CPU kernels take for input ``x`` with ``c`` channels."""
+    return t is None or (t.dtype == x.dtype and t.is_cpu and t.shape == (c,) and t.is_contiguous())
 
 
-def _fits_cuda(t: Tensor | None, device: torch.device, c: int) -> bool:
-    """A per-channel tensor the Triton kernels take for an input on ``device``."""
+def _fits_cuda(t: Tensor | None, x: Tensor, c: int) -> bool:
+    """A per-channel tensor the Triton kernels take for CUDA input ``x``."""
     return t is None or (
-        t.dtype in _CUDA_DTYPES and t.device == device and t.shape == (c,) and t.is_contiguous()
+        t.dtype in _CUDA_DTYPES and t.device == x.device and t.shape == (c,) and t.is_contiguous()
     )
 
 
@@ -93,7 +93,12 @@ class _BatchNorm(_NormBase):
         return result.output
 
     def _fast_forward(self, x: Tensor) -> Tensor | None:
-        """The common case on the fused CPU kernels of ``bnlab.functional._fast``, or None.
+        """The common case on the kernels of ``bnlab.functional._fast``, or None.
+
+        CPU: the fused C++ kernels (float32/float64 input, per-channel tensors of its
+        dtype, at least ``MIN_NUMEL`` elements). CUDA: the Triton kernels
+        (float16/bfloat16/float32 input, per-channel tensors of any of these dtypes on
+        its device).
 
         Small inputs are bound by Python overhead, so this path checks only attribute
         reads and hands the running statistics to the kernel, which updates the buffers
@@ -101,28 +106,29 @@ class _BatchNorm(_NormBase):
         bad eps or momentum, missing buffers, a subclass that overrides ``_normalize``,
         recorded eval calls, the fast path off or not built yet) returns None, and
         :meth:`forward` takes the general path, which checks, raises and computes it.
-        Same results as the general path (``tests/functional/test_fast_path.py``).
+        Same results as the general path (``tests/functional/test_fast_path.py``,
+        ``tests/functional/test_triton_bn.py``).
         """
         if not _fast._enabled or type(self)._normalize is not _BatchNorm._normalize:
             return None
-        if x.is_cuda:
-            return self._cuda_fast_forward(x)
-        if _fast._lib is None:
-            return None
-        dtype = x.dtype
-        if (
-            dtype not in _FAST_DTYPES
-            or not x.is_cpu
-            or x.dim() not in self._ranks
-            or not x.is_contiguous()
-        ):
-            return None
+        dtype, device = x.dtype, x.device
         c = self.num_features
+        cuda = x.is_cuda
+        if cuda:
+            if dtype not in _CUDA_DTYPES or _fast._cuda_kernels() is None:
+                return None
+            min_numel = 1
+        else:
+            if _fast._lib is None or dtype not in _FAST_DTYPES or not x.is_cpu:
+                return None
+            min_numel = _fast.MIN_NUMEL
         numel = x.numel()
         eps = self.eps
         if (
-            x.shape[1] != c
-            or numel < _fast.MIN_NUMEL
+            x.dim() not in self._ranks
+            or not x.is_contiguous()
+            or x.shape[1] != c
+            or numel < min_numel
             or type(eps) is not float
             or not 0.0 < eps < math.inf
         ):
@@ -130,11 +136,12 @@ class _BatchNorm(_NormBase):
         params, buffers = self._parameters, self._buffers
         weight, bias = params.get("weight"), params.get("bias")
         running_mean, running_var = buffers.get("running_mean"), buffers.get("running_var")
+        fits = _fits_cuda if cuda else _fits
         if not (
-            _fits(weight, dtype, c)
-            and _fits(bias, dtype, c)
-            and _fits(running_mean, dtype, c)
-            and _fits(running_var, dtype, c)
+            fits(weight, x, c)
+            and fits(bias, x, c)
+            and fits(running_mean, x, c)
+            and fits(running_var, x, c)
         ):
             return None
         if not self.training:
@@ -160,65 +167,6 @@ class _BatchNorm(_NormBase):
                 or running_var is None
                 or counter is None
                 or counter.dtype != torch.int64
-                or not counter.is_cpu
-                or counter.dim() != 0
-                or not (momentum is None or (type(momentum) is float and 0.0 <= momentum <= 1.0))
-            ):
-                return None
-            running = (running_mean, running_var, counter, momentum)
-        if torch.is_grad_enabled():
-            return fast_batch_norm_train(x, weight, bias, eps, running)
-        return _fast.train_forward(x, weight, bias, eps, running)[0]
-
-    def _cuda_fast_forward(self, x: Tensor) -> Tensor | None:
-        """:meth:`_fast_forward` for CUDA inputs: the Triton kernels of
-        ``bnlab.functional._fast`` (float16/bfloat16/float32 input; parameters and
-        buffers of any of these dtypes on the input's device), or None."""
-        dtype, c, eps = x.dtype, self.num_features, self.eps
-        if (
-            dtype not in _CUDA_DTYPES
-            or x.dim() not in self._ranks
-            or not x.is_contiguous()
-            or x.shape[1] != c
-            or x.numel() == 0
-            or type(eps) is not float
-            or not 0.0 < eps < math.inf
-        ):
-            return None
-        if _fast._cuda_kernels() is None:
-            return None
-        device = x.device
-        params, buffers = self._parameters, self._buffers
-        weight, bias = params.get("weight"), params.get("bias")
-        running_mean, running_var = buffers.get("running_mean"), buffers.get("running_var")
-        if not (
-            _fits_cuda(weight, device, c)
-            and _fits_cuda(bias, device, c)
-            and _fits_cuda(running_mean, device, c)
-            and _fits_cuda(running_var, device, c)
-        ):
-            return None
-        if not self.training:
-            if running_mean is None or running_var is None:
-                return None  # eval with batch statistics
-            if torch.is_grad_enabled() and (
-                x.requires_grad
-                or (weight is not None and weight.requires_grad)
-                or (bias is not None and bias.requires_grad)
-            ):
-                return None  # recorded: torch ops, differentiable
-            return _fast.eval_forward(x, running_mean, running_var, weight, bias, eps)
-        if x.numel() // c < 2:
-            return None  # one value per channel: the general path raises
-        running = None
-        if self.track_running_stats:
-            counter = buffers.get("num_batches_tracked")
-            momentum = self.momentum
-            if (
-                running_mean is None
-                or running_var is None
-                or counter is None
-                or counter.dtype != torch.int64
                 or counter.device != device
                 or counter.dim() != 0
                 or not (momentum is None or (type(momentum) is float and 0.0 <= momentum <= 1.0))
@@ -226,7 +174,7 @@ class _BatchNorm(_NormBase):
                 return None
             running = (running_mean, running_var, counter, momentum)
         if torch.is_grad_enabled():
-            return FastBatchNormFunction.apply(x, weight, bias, eps, running)
+            return fast_batch_norm_train(x, weight, bias, eps, running)
         return _fast.train_forward(x, weight, bias, eps, running)[0]
 
     def _normalize(
