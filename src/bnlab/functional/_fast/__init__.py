@@ -40,6 +40,12 @@ inside the kernel (``bnlab.nn``'s lean path; the pure functions never pass it), 
 ``train_backward(..., stats=...)`` reads the rows of the forward's ``(5, C)`` statistics
 in place.
 
+Group normalization (``GroupNorm``; ``InstanceNorm`` is ``G == C``) has two more
+kernels, :func:`group_forward` and :func:`group_backward` (Wu & He, "Group
+Normalization", arXiv 1803.08494): per-(sample, group) statistics of the contiguous
+``(C / G) * S`` values of a group, same numerics, the per-channel affine in the same
+pass, a closed-form backward. :func:`group_eligible` says which calls take them.
+
 Large outputs: a fresh CPU tensor above glibc's mmap threshold (at most 32 MiB) is a
 new mapping whose 4 KiB pages fault on first touch, which costs more than the
 arithmetic (measured here: about half of torch's own training step on the large
@@ -88,6 +94,9 @@ __all__ = [
     "eligible",
     "enabled",
     "eval_forward",
+    "group_backward",
+    "group_eligible",
+    "group_forward",
     "is_enabled",
     "set_enabled",
     "set_pool_limit",
@@ -99,7 +108,7 @@ __all__ = [
 SOURCE = Path(__file__).with_name("bn_kernels.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
 COMPILERS = ("g++", "c++", "clang++")
-ABI_VERSION = 3
+ABI_VERSION = 4
 # Below this many elements the reference path (a few torch ops) is as fast.
 MIN_NUMEL = 4096
 POOL_MIN_BYTES = 8 << 20
@@ -117,10 +126,16 @@ _PACK = {
     "train_backward": struct.Struct("=QQqqqQQQQQQQq").pack,
     # x, y, N, C, S, running_mean, running_var, weight, bias, eps, threads
     "eval_forward": struct.Struct("=QQqqqQQQQdq").pack,
+    # x, y, N, C, S, G, weight, bias, eps, stats, threads
+    "group_forward": struct.Struct("=QQqqqqQQdQq").pack,
+    # grad_y, x, N, C, S, G, weight, stats, grad_x, grad_weight, grad_bias, threads
+    "group_backward": struct.Struct("=QQqqqqQQQQQq").pack,
 }
 _pack_train_forward = _PACK["train_forward"]
 _pack_train_backward = _PACK["train_backward"]
 _pack_eval_forward = _PACK["eval_forward"]
+_pack_group_forward = _PACK["group_forward"]
+_pack_group_backward = _PACK["group_backward"]
 
 # Build settings, module attributes so that tests can point them elsewhere.
 cache_dir: Path = Path.home() / ".cache" / "bnlab" / "fast_bn"
@@ -625,3 +640,98 @@ def eval_forward(
         )
     )
     return y
+
+
+def group_eligible(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None) -> bool:
+    """Whether group norm of ``x`` with ``num_groups`` groups can use the kernels.
+
+    CPU ``x`` of dtype float32/float64, contiguous ``(N, C, *)`` with at least one
+    element, ``num_groups`` dividing ``C``, ``weight``/``bias`` contiguous ``(C,)`` of
+    ``x``'s dtype or None; the fast path switched on and the library built (builds it on
+    the first yes). No size threshold: the torch-ops path of group norm costs several
+    times the ctypes call even on small inputs. Autograd is not checked: the kernels
+    are not differentiable, the caller wraps them in a ``torch.autograd.Function``
+    (``bnlab.autograd.group_norm``) when autograd records.
+    """
+    if not _enabled or _failed or x.dtype not in _DTYPES or not x.is_cpu:
+        return False
+    if x.dim() < 2 or x.numel() == 0 or not x.is_contiguous():
+        return False
+    dtype = x.dtype
+    c = x.shape[1]
+    if type(num_groups) is not int or num_groups <= 0 or c % num_groups != 0:
+        return False
+    for t in (weight, bias):
+        if t is not None and (
+            t.dtype != dtype or not t.is_cpu or t.shape != (c,) or not t.is_contiguous()
+        ):
+            return False
+    return _lib is not None or _library() is not None
+
+
+def group_forward(
+    x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """Fused group-norm forward (call only where :func:`group_eligible`).
+
+    Returns:
+        ``(y, stats)``: ``stats`` a ``(3, N * num_groups)`` tensor of rows inv_std, pivot
+        (the group's first element), offset (mean - pivot), for :func:`group_backward`.
+    """
+    dtype = x.dtype
+    y = _empty_like(x)
+    shape = x.shape
+    n, c = shape[0], shape[1]
+    stats = torch.empty((3, n * num_groups), dtype=dtype)
+    _fns["group_forward", dtype](
+        _pack_group_forward(
+            x.data_ptr(),
+            y.data_ptr(),
+            n,
+            c,
+            x.numel() // (n * c),
+            num_groups,
+            0 if weight is None else weight.data_ptr(),
+            0 if bias is None else bias.data_ptr(),
+            float(eps),
+            stats.data_ptr(),
+            torch.get_num_threads(),
+        )
+    )
+    return y, stats
+
+
+def group_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None,
+    stats: Tensor,
+    needs_input_grad: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Fused group-norm backward: ``(grad_x, grad_weight, grad_bias)``, None where not
+    requested. ``grad_y`` contiguous like ``x``; ``stats`` from :func:`group_forward`."""
+    need_x, need_w, need_b = needs_input_grad
+    shape = x.shape
+    n, c = shape[0], shape[1]
+    dtype = x.dtype
+    grad_x = _empty_like(x) if need_x else None
+    grad_weight = torch.empty(c, dtype=dtype) if need_w else None
+    grad_bias = torch.empty(c, dtype=dtype) if need_b else None
+    _fns["group_backward", dtype](
+        _pack_group_backward(
+            grad_y.data_ptr(),
+            x.data_ptr(),
+            n,
+            c,
+            x.numel() // (n * c),
+            num_groups,
+            0 if weight is None else weight.data_ptr(),
+            stats.data_ptr(),
+            0 if grad_x is None else grad_x.data_ptr(),
+            0 if grad_weight is None else grad_weight.data_ptr(),
+            0 if grad_bias is None else grad_bias.data_ptr(),
+            torch.get_num_threads(),
+        )
+    )
+    return grad_x, grad_weight, grad_bias

@@ -1,4 +1,4 @@
-// Fused CPU kernels for bnlab's BatchNorm fast path (bnlab.functional._fast).
+// Fused CPU kernels for bnlab's BatchNorm and GroupNorm fast path (bnlab.functional._fast).
 //
 // Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167.
 //
@@ -295,6 +295,136 @@ void eval_forward(const T* x, T* y, i64 N, i64 C, i64 S, const T* running_mean,
   affine_shifted(x, y, N, C, S, running_mean, a.data(), b.data(), nthreads);
 }
 
+// ----------------------------------------------------------------- group normalization
+//
+// Wu & He, "Group Normalization", arXiv 1803.08494 (InstanceNorm: G == C). The input is
+// a contiguous (N, C, S) array with C = G * Cg, so the values of group g of sample n are
+// the R = N * G contiguous rows of M = Cg * S values each. One thread owns whole rows
+// (the statistics, the output and the backward sums of a row are computed by the same
+// thread, the row stays in its cache between the two passes). Same numerics as the BN
+// kernels: shifted sums around the row's first element in double, biased variance,
+// inv_std = 1 / sqrt(var + eps) rounded to T.
+//
+// stats: (3, R) rows inv_std, pivot, offset (mean - pivot), read back by the backward.
+
+template <typename T>
+void group_forward(const T* x, T* y, i64 N, i64 C, i64 S, i64 G, const T* weight,
+                   const T* bias, double eps, T* stats, int nthreads) {
+  const i64 R = N * G, Cg = C / G, M = Cg * S;
+  T* inv_std = stats;
+  T* pivot = stats + R;
+  T* offset = stats + 2 * R;
+  const int nt = threads_for(N * C * S, nthreads);
+  const double count = static_cast<double>(M);
+  parallel(nt, [&](int t, int team) {
+    for (i64 r = split(R, t, team), end = split(R, t + 1, team); r < end; ++r) {
+      const T* xr = x + r * M;
+      T* yr = y + r * M;
+      const T pv = xr[0];
+      double u1 = 0.0, u2 = 0.0;
+#pragma omp simd reduction(+ : u1, u2)
+      for (i64 i = 0; i < M; ++i) {
+        const double d = static_cast<double>(xr[i] - pv);
+        u1 += d;
+        u2 += d * d;
+      }
+      const double off = u1 / count;
+      double v = u2 / count - off * off;
+      v = v > 0.0 ? v : 0.0;
+      const T is = static_cast<T>(1.0 / std::sqrt(static_cast<double>(static_cast<T>(v)) + eps));
+      inv_std[r] = is;
+      pivot[r] = pv;
+      offset[r] = static_cast<T>(off);
+      const i64 c0 = (r % G) * Cg;
+      for (i64 k = 0; k < Cg; ++k) {
+        const i64 c = c0 + k;
+        const double sc = weight ? static_cast<double>(weight[c]) * is : static_cast<double>(is);
+        const T a = static_cast<T>(sc);
+        const T b = static_cast<T>((bias ? static_cast<double>(bias[c]) : 0.0) - off * sc);
+        const T* xp = xr + k * S;
+        T* yp = yr + k * S;
+#pragma omp simd
+        for (i64 s = 0; s < S; ++s) yp[s] = (xp[s] - pv) * a + b;
+      }
+    }
+  });
+}
+
+// Backward of group_forward; grad_x / grad_weight / grad_bias may be null. With w_c the
+// channel weight, x_hat = (x - mean) * inv_std and gw = g * w_c, over a row:
+//   grad_x = inv_std * (gw - mean(gw) - x_hat * mean(gw * x_hat))
+//          = k1_c * g + k2 * (x - pivot) + k3,
+// from A = sum_c w_c sum_s g and B = sum_c w_c sum_s g * (x - pivot) (double). The
+// per-channel parameter gradients are sums over n of per-(n, c) terms, which are stored
+// (one slot each, written by the row's thread) and added in the order n = 0..N-1, so
+// the result does not depend on the number of threads.
+template <typename T>
+void group_backward(const T* g, const T* x, i64 N, i64 C, i64 S, i64 G, const T* weight,
+                    const T* stats, T* grad_x, T* grad_weight, T* grad_bias, int nthreads) {
+  const i64 R = N * G, Cg = C / G, M = Cg * S;
+  const T* inv_std = stats;
+  const T* pivot = stats + R;
+  const T* offset = stats + 2 * R;
+  const int nt = threads_for(N * C * S, nthreads);
+  const double count = static_cast<double>(M);
+  // Per (n, c): sum_s g and sum_s g * (x - mean) * inv_std.
+  std::vector<double> psg(static_cast<size_t>(N * C)), pgx(static_cast<size_t>(N * C));
+  parallel(nt, [&](int t, int team) {
+    for (i64 r = split(R, t, team), end = split(R, t + 1, team); r < end; ++r) {
+      const T* xr = x + r * M;
+      const T* gr = g + r * M;
+      const T pv = pivot[r];
+      const double is = static_cast<double>(inv_std[r]);
+      const double off = static_cast<double>(offset[r]);
+      const i64 c0 = (r % G) * Cg;
+      double A = 0.0, B = 0.0;
+      for (i64 k = 0; k < Cg; ++k) {
+        const T* xp = xr + k * S;
+        const T* gp = gr + k * S;
+        double u1 = 0.0, u2 = 0.0;
+#pragma omp simd reduction(+ : u1, u2)
+        for (i64 s = 0; s < S; ++s) {
+          const double gv = static_cast<double>(gp[s]);
+          u1 += gv;
+          u2 += gv * static_cast<double>(xp[s] - pv);
+        }
+        const i64 c = c0 + k;
+        const double w = weight ? static_cast<double>(weight[c]) : 1.0;
+        A += w * u1;
+        B += w * u2;
+        psg[r * Cg + k] = u1;  // r * Cg + k == n * C + c
+        pgx[r * Cg + k] = (u2 - off * u1) * is;
+      }
+      if (!grad_x) continue;
+      // sum(gw * x_hat) = inv_std * (B - offset * A).
+      const double k2 = -is * is * is * (B - off * A) / count;
+      const T k2t = static_cast<T>(k2);
+      const T k3t = static_cast<T>(-is * A / count - k2 * off);
+      T* o = grad_x + r * M;
+      for (i64 k = 0; k < Cg; ++k) {
+        const i64 c = c0 + k;
+        const T k1t = static_cast<T>(weight ? static_cast<double>(weight[c]) * is : is);
+        const T* xp = xr + k * S;
+        const T* gp = gr + k * S;
+        T* op = o + k * S;
+#pragma omp simd
+        for (i64 s = 0; s < S; ++s) op[s] = k1t * gp[s] + (k2t * (xp[s] - pv) + k3t);
+      }
+    }
+  });
+  if (grad_weight || grad_bias) {
+    for (i64 c = 0; c < C; ++c) {
+      double sw = 0.0, sb = 0.0;
+      for (i64 n = 0; n < N; ++n) {
+        sw += pgx[n * C + c];
+        sb += psg[n * C + c];
+      }
+      if (grad_weight) grad_weight[c] = static_cast<T>(sw);
+      if (grad_bias) grad_bias[c] = static_cast<T>(sb);
+    }
+  }
+}
+
 // Arguments of the C entry points, packed by the caller into one buffer (Python's
 // struct.pack, every field 8 bytes, no padding): a ctypes call converts each argument
 // separately (about 0.2 us each), one buffer costs one conversion. Read with memcpy, so
@@ -371,11 +501,54 @@ void eval_forward_packed(const void* packed) {
                   a.eps, static_cast<int>(a.nthreads));
 }
 
+template <typename T>
+struct GroupForwardArgs {
+  const T* x;
+  T* y;
+  i64 N, C, S, G;
+  const T* weight;
+  const T* bias;
+  double eps;
+  T* stats;
+  i64 nthreads;
+};
+static_assert(sizeof(GroupForwardArgs<float>) == 11 * 8, "packed as 11 fields of 8 bytes");
+
+template <typename T>
+struct GroupBackwardArgs {
+  const T* grad_y;
+  const T* x;
+  i64 N, C, S, G;
+  const T* weight;
+  const T* stats;
+  T* grad_x;
+  T* grad_weight;
+  T* grad_bias;
+  i64 nthreads;
+};
+static_assert(sizeof(GroupBackwardArgs<float>) == 12 * 8, "packed as 12 fields of 8 bytes");
+
+template <typename T>
+void group_forward_packed(const void* packed) {
+  GroupForwardArgs<T> a;
+  std::memcpy(&a, packed, sizeof(a));
+  group_forward<T>(a.x, a.y, a.N, a.C, a.S, a.G, a.weight, a.bias, a.eps, a.stats,
+                   static_cast<int>(a.nthreads));
+}
+
+template <typename T>
+void group_backward_packed(const void* packed) {
+  GroupBackwardArgs<T> a;
+  std::memcpy(&a, packed, sizeof(a));
+  group_backward<T>(a.grad_y, a.x, a.N, a.C, a.S, a.G, a.weight, a.stats, a.grad_x,
+                    a.grad_weight, a.grad_bias, static_cast<int>(a.nthreads));
+}
+
 }  // namespace
 
 extern "C" {
 
-int bnlab_fast_abi_version() { return 3; }
+int bnlab_fast_abi_version() { return 4; }
 
 void bnlab_train_forward_f32(const void* args) { train_forward_packed<float>(args); }
 void bnlab_train_forward_f64(const void* args) { train_forward_packed<double>(args); }
@@ -383,5 +556,9 @@ void bnlab_train_backward_f32(const void* args) { train_backward_packed<float>(a
 void bnlab_train_backward_f64(const void* args) { train_backward_packed<double>(args); }
 void bnlab_eval_forward_f32(const void* args) { eval_forward_packed<float>(args); }
 void bnlab_eval_forward_f64(const void* args) { eval_forward_packed<double>(args); }
+void bnlab_group_forward_f32(const void* args) { group_forward_packed<float>(args); }
+void bnlab_group_forward_f64(const void* args) { group_forward_packed<double>(args); }
+void bnlab_group_backward_f32(const void* args) { group_backward_packed<float>(args); }
+void bnlab_group_backward_f64(const void* args) { group_backward_packed<double>(args); }
 
 }  // extern "C"

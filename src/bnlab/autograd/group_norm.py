@@ -1,0 +1,112 @@
+"""Group normalization on the fused CPU kernels, bound as a ``torch.autograd.Function``.
+
+Paper: Wu & He, "Group Normalization", arXiv 1803.08494 (InstanceNorm, Ulyanov, Vedaldi &
+Lempitsky, arXiv 1607.08022, is the case ``num_groups == C``).
+
+The forward and the closed-form backward are ``bnlab.functional._fast.group_forward``
+and ``group_backward``; the maths they implement is that of
+``bnlab.functional.norms.group_norm``. The forward saves ``x``, ``weight``, ``bias`` and
+a ``(3, N * G)`` statistics tensor.
+
+Double backward (``create_graph=True``) works: when autograd records the backward, or
+when ``grad_y`` is not something the kernel takes (another dtype, strides), the backward
+differentiates the torch-ops ``group_norm`` from the saved ``x``, so the dependence of
+the statistics on ``x`` is part of the second-order graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bnlab.functional import _fast
+from bnlab.functional.norms import group_norm
+
+__all__ = ["FastGroupNormFunction", "fast_group_norm"]
+
+
+def _reference_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    num_groups: int,
+    eps: float,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The gradients of the torch-ops ``group_norm``, differentiable when grad is enabled."""
+    create = torch.is_grad_enabled()
+    with torch.enable_grad():
+        if create:
+            # Saved tensors carry their graph: second-order terms flow back to them.
+            xs, ws, bs = x, weight, bias
+        else:
+            xs = x.detach().requires_grad_(needs[0])
+            ws = None if weight is None else weight.detach().requires_grad_(needs[1])
+            bs = None if bias is None else bias.detach().requires_grad_(needs[2])
+        y = group_norm(xs, num_groups, ws, bs, eps)
+        wanted = [t for t, need in zip((xs, ws, bs), needs, strict=True) if need]
+        if not wanted:
+            return None, None, None
+        grads = iter(torch.autograd.grad(y, wanted, grad_y, create_graph=create, allow_unused=True))
+    return tuple(next(grads) if need else None for need in needs)  # type: ignore[return-value]
+
+
+class FastGroupNormFunction(torch.autograd.Function):
+    """Group norm on the fused kernels: ``(x, weight, bias, num_groups, eps) -> y``.
+
+    The caller has checked ``bnlab.functional._fast.group_eligible``.
+
+    Shape:
+        x: ``(N, C, *)``; weight, bias: ``(C,)`` or None; y: like x.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        num_groups: int,
+        eps: float,
+    ) -> Tensor:
+        y, stats = _fast.group_forward(x, num_groups, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, stats)
+        ctx.num_groups = num_groups
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_y: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        x, weight, bias, stats = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[:3])
+        if (
+            _fast._enabled
+            and not torch.is_grad_enabled()
+            and grad_y.dtype == x.dtype
+            and grad_y.shape == x.shape
+            and grad_y.is_cpu
+            and grad_y.is_contiguous()
+        ):
+            grads = _fast.group_backward(grad_y, x, ctx.num_groups, weight, stats, needs)
+        else:
+            grads = _reference_backward(grad_y, x, weight, bias, ctx.num_groups, ctx.eps, needs)
+        return grads[0], grads[1], grads[2], None, None
+
+
+def fast_group_norm(
+    x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """Group norm of an eligible call (``_fast.group_eligible``): the kernel alone when
+    autograd records nothing, else :class:`FastGroupNormFunction`."""
+    if torch.is_grad_enabled() and (
+        x.requires_grad
+        or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad)
+    ):
+        return FastGroupNormFunction.apply(x, weight, bias, num_groups, eps)
+    return _fast.group_forward(x, num_groups, weight, bias, eps)[0]
