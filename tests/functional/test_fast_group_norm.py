@@ -285,6 +285,15 @@ def test_instancenorm_with_running_stats_takes_the_general_path(kernel_calls):
     assert kernel_calls["forward"] == 0
 
 
+def test_instancenorm_empty_batch_and_one_spatial_element_take_the_general_path(kernel_calls):
+    m = bnlab.nn.InstanceNorm1d(2)
+    y = m(torch.randn(0, 2, 3))
+    assert y.shape == (0, 2, 3)
+    with pytest.raises(ValueError, match="expected more than 1 spatial element"):
+        m(torch.randn(3, 2, 1))
+    assert kernel_calls["forward"] == 0
+
+
 def test_modules_same_results_with_the_fast_path_off():
     torch.manual_seed(0)
     x = torch.randn(4, 6, 5, 5, dtype=torch.float64, requires_grad=True)
@@ -320,3 +329,20 @@ def test_no_grad_call_skips_autograd(kernel_calls):
     assert kernel_calls["forward"] == 1
     y = fast_group_norm(torch.randn(2, 4, 3), 2, None, None, 1e-5)
     assert y.grad_fn is None
+
+
+@pytest.mark.parametrize("make", ["group", "instance"])
+def test_functorch_transforms_take_the_torch_ops_path(make, kernel_calls):
+    # The kernels read raw memory: vmap's batched tensors and grad's wrappers have none.
+    torch.manual_seed(0)
+    if make == "group":
+        ours, theirs = bnlab.nn.GroupNorm(2, 4), torch.nn.GroupNorm(2, 4)
+    else:
+        ours = bnlab.nn.InstanceNorm1d(4, affine=True)
+        theirs = torch.nn.InstanceNorm1d(4, affine=True)
+    x = torch.randn(2, 3, 4, 5)
+    torch.testing.assert_close(torch.vmap(ours)(x), torch.vmap(theirs)(x))
+    ga = torch.func.grad(lambda t: (ours(t) ** 3).sum())(x[0])
+    gb = torch.func.grad(lambda t: (theirs(t) ** 3).sum())(x[0])
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-4)
+    assert kernel_calls["forward"] == 0

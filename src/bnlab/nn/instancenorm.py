@@ -101,7 +101,7 @@ class _InstanceNorm(_NormBase):
             return None
         batched = x.unsqueeze(0) if unbatched else x
         c = batched.shape[1]
-        if c != self.num_features or batched[0, 0].numel() < 2:
+        if c != self.num_features or math.prod(batched.shape[2:]) < 2:
             return None
         weight, bias = self.weight, self.bias
         if not _fast.group_eligible(batched, c, weight, bias):

@@ -45,6 +45,9 @@ kernels, :func:`group_forward` and :func:`group_backward` (Wu & He, "Group
 Normalization", arXiv 1803.08494): per-(sample, group) statistics of the contiguous
 ``(C / G) * S`` values of a group, same numerics, the per-channel affine in the same
 pass, a closed-form backward. :func:`group_eligible` says which calls take them.
+Layer normalization (``LayerNorm``) has :func:`layer_forward` and :func:`layer_backward`
+(Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450): per-row statistics of
+the trailing normalized dims, an elementwise affine; :func:`layer_eligible`.
 
 Large outputs: a fresh CPU tensor above glibc's mmap threshold (at most 32 MiB) is a
 new mapping whose 4 KiB pages fault on first touch, which costs more than the
@@ -98,6 +101,9 @@ __all__ = [
     "group_eligible",
     "group_forward",
     "is_enabled",
+    "layer_backward",
+    "layer_eligible",
+    "layer_forward",
     "set_enabled",
     "set_pool_limit",
     "status",
@@ -108,7 +114,7 @@ __all__ = [
 SOURCE = Path(__file__).with_name("bn_kernels.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
 COMPILERS = ("g++", "c++", "clang++")
-ABI_VERSION = 4
+ABI_VERSION = 5
 # Below this many elements the reference path (a few torch ops) is as fast.
 MIN_NUMEL = 4096
 POOL_MIN_BYTES = 8 << 20
@@ -130,12 +136,18 @@ _PACK = {
     "group_forward": struct.Struct("=QQqqqqQQdQq").pack,
     # grad_y, x, N, C, S, G, weight, stats, grad_x, grad_weight, grad_bias, threads
     "group_backward": struct.Struct("=QQqqqqQQQQQq").pack,
+    # x, y, R, M, weight, bias, eps, stats, threads
+    "layer_forward": struct.Struct("=QQqqQQdQq").pack,
+    # grad_y, x, R, M, weight, stats, grad_x, grad_weight, grad_bias, threads
+    "layer_backward": struct.Struct("=QQqqQQQQQq").pack,
 }
 _pack_train_forward = _PACK["train_forward"]
 _pack_train_backward = _PACK["train_backward"]
 _pack_eval_forward = _PACK["eval_forward"]
 _pack_group_forward = _PACK["group_forward"]
 _pack_group_backward = _PACK["group_backward"]
+_pack_layer_forward = _PACK["layer_forward"]
+_pack_layer_backward = _PACK["layer_backward"]
 
 # Build settings, module attributes so that tests can point them elsewhere.
 cache_dir: Path = Path.home() / ".cache" / "bnlab" / "fast_bn"
@@ -642,20 +654,31 @@ def eval_forward(
     return y
 
 
+def _transformed(x: Tensor) -> bool:
+    """Whether ``x`` is traced or transformed (torch.compile, vmap, torch.func.grad): the
+    kernels read raw memory, so such calls take the torch-ops path."""
+    return (
+        torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or torch._C._functorch.is_functorch_wrapped_tensor(x)
+    )
+
+
 def group_eligible(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None) -> bool:
     """Whether group norm of ``x`` with ``num_groups`` groups can use the kernels.
 
     CPU ``x`` of dtype float32/float64, contiguous ``(N, C, *)`` with at least one
     element, ``num_groups`` dividing ``C``, ``weight``/``bias`` contiguous ``(C,)`` of
     ``x``'s dtype or None; the fast path switched on and the library built (builds it on
-    the first yes). No size threshold: the torch-ops path of group norm costs several
-    times the ctypes call even on small inputs. Autograd is not checked: the kernels
+    the first yes); not under torch.compile or functorch transforms (vmap, grad). No
+    size threshold: the torch-ops path of group norm costs several times the ctypes
+    call even on small inputs. Autograd is not checked: the kernels
     are not differentiable, the caller wraps them in a ``torch.autograd.Function``
     (``bnlab.autograd.group_norm``) when autograd records.
     """
     if not _enabled or _failed or x.dtype not in _DTYPES or not x.is_cpu:
         return False
-    if x.dim() < 2 or x.numel() == 0 or not x.is_contiguous():
+    if x.dim() < 2 or x.numel() == 0 or not x.is_contiguous() or _transformed(x):
         return False
     dtype = x.dtype
     c = x.shape[1]
@@ -726,6 +749,94 @@ def group_backward(
             c,
             x.numel() // (n * c),
             num_groups,
+            0 if weight is None else weight.data_ptr(),
+            stats.data_ptr(),
+            0 if grad_x is None else grad_x.data_ptr(),
+            0 if grad_weight is None else grad_weight.data_ptr(),
+            0 if grad_bias is None else grad_bias.data_ptr(),
+            torch.get_num_threads(),
+        )
+    )
+    return grad_x, grad_weight, grad_bias
+
+
+def layer_eligible(
+    x: Tensor, normalized_numel: int, weight: Tensor | None, bias: Tensor | None
+) -> bool:
+    """Whether layer norm of ``x`` over its trailing ``normalized_numel`` elements can use
+    the kernels: as :func:`group_eligible`, with ``weight``/``bias`` contiguous tensors of
+    ``normalized_numel`` elements (any shape) of ``x``'s dtype or None. The caller has
+    checked that the trailing dims of ``x`` are the normalized shape."""
+    if not _enabled or _failed or x.dtype not in _DTYPES or not x.is_cpu:
+        return False
+    if x.dim() < 1 or x.numel() == 0 or not x.is_contiguous() or normalized_numel <= 0:
+        return False
+    if _transformed(x):
+        return False
+    if x.numel() % normalized_numel != 0:
+        return False
+    dtype = x.dtype
+    for t in (weight, bias):
+        if t is not None and (
+            t.dtype != dtype
+            or not t.is_cpu
+            or t.numel() != normalized_numel
+            or not t.is_contiguous()
+        ):
+            return False
+    return _lib is not None or _library() is not None
+
+
+def layer_forward(
+    x: Tensor, normalized_numel: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """Fused layer-norm forward (call only where :func:`layer_eligible`).
+
+    Returns:
+        ``(y, stats)``: ``stats`` a ``(3, R)`` tensor (``R = x.numel() /
+        normalized_numel`` rows) of rows inv_std, pivot, offset, for :func:`layer_backward`.
+    """
+    dtype = x.dtype
+    y = _empty_like(x)
+    rows = x.numel() // normalized_numel
+    stats = torch.empty((3, rows), dtype=dtype)
+    _fns["layer_forward", dtype](
+        _pack_layer_forward(
+            x.data_ptr(),
+            y.data_ptr(),
+            rows,
+            normalized_numel,
+            0 if weight is None else weight.data_ptr(),
+            0 if bias is None else bias.data_ptr(),
+            float(eps),
+            stats.data_ptr(),
+            torch.get_num_threads(),
+        )
+    )
+    return y, stats
+
+
+def layer_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    normalized_numel: int,
+    weight: Tensor | None,
+    stats: Tensor,
+    needs_input_grad: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Fused layer-norm backward: ``(grad_x, grad_weight, grad_bias)``, None where not
+    requested; the parameter gradients are flat ``(normalized_numel,)``."""
+    need_x, need_w, need_b = needs_input_grad
+    dtype = x.dtype
+    grad_x = _empty_like(x) if need_x else None
+    grad_weight = torch.empty(normalized_numel, dtype=dtype) if need_w else None
+    grad_bias = torch.empty(normalized_numel, dtype=dtype) if need_b else None
+    _fns["layer_backward", dtype](
+        _pack_layer_backward(
+            grad_y.data_ptr(),
+            x.data_ptr(),
+            x.numel() // normalized_numel,
+            normalized_numel,
             0 if weight is None else weight.data_ptr(),
             stats.data_ptr(),
             0 if grad_x is None else grad_x.data_ptr(),

@@ -1,4 +1,4 @@
-// Fused CPU kernels for bnlab's BatchNorm and GroupNorm fast path (bnlab.functional._fast).
+// Fused CPU kernels of bnlab's normalization fast path (bnlab.functional._fast).
 //
 // Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167.
 //
@@ -425,6 +425,139 @@ void group_backward(const T* g, const T* x, i64 N, i64 C, i64 S, i64 G, const T*
   }
 }
 
+// ----------------------------------------------------------------- layer normalization
+//
+// Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450. The input is R contiguous
+// rows of M values (the trailing normalized dims), with an elementwise affine of M
+// values. Row statistics as in group_forward; stats: (3, R) rows inv_std, pivot, offset.
+// The parameter gradients are sums over rows per element: rows are cut into at most
+// kLayerBlocks fixed blocks (a function of R only), each block sums into its own double
+// buffer, and the buffers are added in block order, so the result does not depend on
+// the number of threads.
+
+constexpr i64 kLayerBlocks = 16;
+
+template <typename T>
+void layer_forward(const T* x, T* y, i64 R, i64 M, const T* weight, const T* bias, double eps,
+                   T* stats, int nthreads) {
+  T* inv_std = stats;
+  T* pivot = stats + R;
+  T* offset = stats + 2 * R;
+  const int nt = threads_for(R * M, nthreads);
+  const double count = static_cast<double>(M);
+  parallel(nt, [&](int t, int team) {
+    for (i64 r = split(R, t, team), end = split(R, t + 1, team); r < end; ++r) {
+      const T* xr = x + r * M;
+      T* yr = y + r * M;
+      const T pv = xr[0];
+      double u1 = 0.0, u2 = 0.0;
+#pragma omp simd reduction(+ : u1, u2)
+      for (i64 i = 0; i < M; ++i) {
+        const double d = static_cast<double>(xr[i] - pv);
+        u1 += d;
+        u2 += d * d;
+      }
+      const double off = u1 / count;
+      double v = u2 / count - off * off;
+      v = v > 0.0 ? v : 0.0;
+      const T is = static_cast<T>(1.0 / std::sqrt(static_cast<double>(static_cast<T>(v)) + eps));
+      inv_std[r] = is;
+      pivot[r] = pv;
+      offset[r] = static_cast<T>(off);
+      const T c = static_cast<T>(-off * static_cast<double>(is));
+      if (weight && bias) {
+#pragma omp simd
+        for (i64 i = 0; i < M; ++i) yr[i] = ((xr[i] - pv) * is + c) * weight[i] + bias[i];
+      } else if (weight) {
+#pragma omp simd
+        for (i64 i = 0; i < M; ++i) yr[i] = ((xr[i] - pv) * is + c) * weight[i];
+      } else if (bias) {
+#pragma omp simd
+        for (i64 i = 0; i < M; ++i) yr[i] = ((xr[i] - pv) * is + c) + bias[i];
+      } else {
+#pragma omp simd
+        for (i64 i = 0; i < M; ++i) yr[i] = (xr[i] - pv) * is + c;
+      }
+    }
+  });
+}
+
+// Backward of layer_forward; grad_x / grad_weight / grad_bias may be null. Per row, with
+// gw = g * w: A = sum(gw), B = sum(gw * (x - pivot)) (double) and
+//   grad_x = inv_std * (gw - A / M - x_hat * inv_std * (B - offset * A) / M)
+//          = inv_std * gw + k2 * (x - pivot) + k3.
+template <typename T>
+void layer_backward(const T* g, const T* x, i64 R, i64 M, const T* weight, const T* stats,
+                    T* grad_x, T* grad_weight, T* grad_bias, int nthreads) {
+  const T* inv_std = stats;
+  const T* pivot = stats + R;
+  const T* offset = stats + 2 * R;
+  const bool params = grad_weight || grad_bias;
+  const i64 nb = R < kLayerBlocks ? R : kLayerBlocks;
+  std::vector<double> pw(params ? static_cast<size_t>(nb * M) : 0, 0.0);
+  std::vector<double> pb(params ? static_cast<size_t>(nb * M) : 0, 0.0);
+  const int nt0 = threads_for(R * M, nthreads);
+  const int nt = nt0 < nb ? nt0 : static_cast<int>(nb);
+  const double count = static_cast<double>(M);
+  parallel(nt, [&](int t, int team) {
+    for (i64 blk = split(nb, t, team), bend = split(nb, t + 1, team); blk < bend; ++blk) {
+      double* bw = params ? pw.data() + blk * M : nullptr;
+      double* bb = params ? pb.data() + blk * M : nullptr;
+      for (i64 r = split(R, static_cast<int>(blk), static_cast<int>(nb)),
+               end = split(R, static_cast<int>(blk + 1), static_cast<int>(nb));
+           r < end; ++r) {
+        const T* xr = x + r * M;
+        const T* gr = g + r * M;
+        const T pv = pivot[r];
+        const double is = static_cast<double>(inv_std[r]);
+        const double off = static_cast<double>(offset[r]);
+        double A = 0.0, B = 0.0;
+#pragma omp simd reduction(+ : A, B)
+        for (i64 i = 0; i < M; ++i) {
+          const double gw =
+              static_cast<double>(gr[i]) * (weight ? static_cast<double>(weight[i]) : 1.0);
+          A += gw;
+          B += gw * static_cast<double>(xr[i] - pv);
+        }
+        if (params) {
+#pragma omp simd
+          for (i64 i = 0; i < M; ++i) {
+            const double gv = static_cast<double>(gr[i]);
+            bb[i] += gv;
+            bw[i] += gv * ((static_cast<double>(xr[i] - pv) - off) * is);
+          }
+        }
+        if (!grad_x) continue;
+        const double k2 = -is * is * is * (B - off * A) / count;
+        const T ist = static_cast<T>(is);
+        const T k2t = static_cast<T>(k2);
+        const T k3t = static_cast<T>(-is * A / count - k2 * off);
+        T* o = grad_x + r * M;
+        if (weight) {
+#pragma omp simd
+          for (i64 i = 0; i < M; ++i) o[i] = ist * (gr[i] * weight[i]) + (k2t * (xr[i] - pv) + k3t);
+        } else {
+#pragma omp simd
+          for (i64 i = 0; i < M; ++i) o[i] = ist * gr[i] + (k2t * (xr[i] - pv) + k3t);
+        }
+      }
+    }
+  });
+  if (!params) return;
+  const int ntm = threads_for(nb * M, nthreads);
+  parallel(ntm, [&](int t, int team) {
+    for (i64 i = split(M, t, team), end = split(M, t + 1, team); i < end; ++i) {
+      double sw = 0.0, sb = 0.0;
+      for (i64 blk = 0; blk < nb; ++blk) {
+        sw += pw[blk * M + i];
+        sb += pb[blk * M + i];
+      }
+      if (grad_weight) grad_weight[i] = static_cast<T>(sw);
+      if (grad_bias) grad_bias[i] = static_cast<T>(sb);
+    }
+  });
+}
+
 // Arguments of the C entry points, packed by the caller into one buffer (Python's
 // struct.pack, every field 8 bytes, no padding): a ctypes call converts each argument
 // separately (about 0.2 us each), one buffer costs one conversion. Read with memcpy, so
@@ -544,11 +677,54 @@ void group_backward_packed(const void* packed) {
                     a.grad_weight, a.grad_bias, static_cast<int>(a.nthreads));
 }
 
+template <typename T>
+struct LayerForwardArgs {
+  const T* x;
+  T* y;
+  i64 R, M;
+  const T* weight;
+  const T* bias;
+  double eps;
+  T* stats;
+  i64 nthreads;
+};
+static_assert(sizeof(LayerForwardArgs<float>) == 9 * 8, "packed as 9 fields of 8 bytes");
+
+template <typename T>
+struct LayerBackwardArgs {
+  const T* grad_y;
+  const T* x;
+  i64 R, M;
+  const T* weight;
+  const T* stats;
+  T* grad_x;
+  T* grad_weight;
+  T* grad_bias;
+  i64 nthreads;
+};
+static_assert(sizeof(LayerBackwardArgs<float>) == 10 * 8, "packed as 10 fields of 8 bytes");
+
+template <typename T>
+void layer_forward_packed(const void* packed) {
+  LayerForwardArgs<T> a;
+  std::memcpy(&a, packed, sizeof(a));
+  layer_forward<T>(a.x, a.y, a.R, a.M, a.weight, a.bias, a.eps, a.stats,
+                   static_cast<int>(a.nthreads));
+}
+
+template <typename T>
+void layer_backward_packed(const void* packed) {
+  LayerBackwardArgs<T> a;
+  std::memcpy(&a, packed, sizeof(a));
+  layer_backward<T>(a.grad_y, a.x, a.R, a.M, a.weight, a.stats, a.grad_x, a.grad_weight,
+                    a.grad_bias, static_cast<int>(a.nthreads));
+}
+
 }  // namespace
 
 extern "C" {
 
-int bnlab_fast_abi_version() { return 4; }
+int bnlab_fast_abi_version() { return 5; }
 
 void bnlab_train_forward_f32(const void* args) { train_forward_packed<float>(args); }
 void bnlab_train_forward_f64(const void* args) { train_forward_packed<double>(args); }
@@ -560,5 +736,9 @@ void bnlab_group_forward_f32(const void* args) { group_forward_packed<float>(arg
 void bnlab_group_forward_f64(const void* args) { group_forward_packed<double>(args); }
 void bnlab_group_backward_f32(const void* args) { group_backward_packed<float>(args); }
 void bnlab_group_backward_f64(const void* args) { group_backward_packed<double>(args); }
+void bnlab_layer_forward_f32(const void* args) { layer_forward_packed<float>(args); }
+void bnlab_layer_forward_f64(const void* args) { layer_forward_packed<double>(args); }
+void bnlab_layer_backward_f32(const void* args) { layer_backward_packed<float>(args); }
+void bnlab_layer_backward_f64(const void* args) { layer_backward_packed<double>(args); }
 
 }  // extern "C"

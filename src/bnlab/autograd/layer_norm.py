@@ -1,0 +1,116 @@
+"""Layer normalization on the fused CPU kernels, bound as a ``torch.autograd.Function``.
+
+Paper: Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450.
+
+The forward and the closed-form backward are ``bnlab.functional._fast.layer_forward``
+and ``layer_backward``; the maths they implement is that of
+``bnlab.functional.norms.layer_norm``. Double backward, and ``grad_y`` the kernel does
+not take, differentiate the torch-ops ``layer_norm`` from the saved ``x`` (as
+``bnlab.autograd.group_norm`` does).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bnlab.functional import _fast
+from bnlab.functional.norms import layer_norm
+
+__all__ = ["FastLayerNormFunction", "fast_layer_norm"]
+
+
+def _reference_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    normalized_shape: tuple[int, ...],
+    eps: float,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The gradients of the torch-ops ``layer_norm``, differentiable when grad is enabled."""
+    create = torch.is_grad_enabled()
+    with torch.enable_grad():
+        if create:
+            xs, ws, bs = x, weight, bias
+        else:
+            xs = x.detach().requires_grad_(needs[0])
+            ws = None if weight is None else weight.detach().requires_grad_(needs[1])
+            bs = None if bias is None else bias.detach().requires_grad_(needs[2])
+        y = layer_norm(xs, normalized_shape, ws, bs, eps)
+        wanted = [t for t, need in zip((xs, ws, bs), needs, strict=True) if need]
+        if not wanted:
+            return None, None, None
+        grads = iter(torch.autograd.grad(y, wanted, grad_y, create_graph=create))
+    return tuple(next(grads) if need else None for need in needs)  # type: ignore[return-value]
+
+
+class FastLayerNormFunction(torch.autograd.Function):
+    """Layer norm on the fused kernels: ``(x, weight, bias, normalized_shape, eps) -> y``.
+
+    The caller has checked ``bnlab.functional._fast.layer_eligible`` and that the
+    trailing dims of ``x`` are ``normalized_shape``.
+
+    Shape:
+        x: ``(*, *normalized_shape)``; weight, bias: ``normalized_shape`` or None; y: like x.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        normalized_shape: tuple[int, ...],
+        eps: float,
+    ) -> Tensor:
+        numel = math.prod(normalized_shape)
+        y, stats = _fast.layer_forward(x, numel, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, stats)
+        ctx.normalized_shape = normalized_shape
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_y: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        x, weight, bias, stats = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[:3])
+        shape = ctx.normalized_shape
+        if (
+            _fast._enabled
+            and not torch.is_grad_enabled()
+            and grad_y.dtype == x.dtype
+            and grad_y.shape == x.shape
+            and grad_y.is_cpu
+            and grad_y.is_contiguous()
+        ):
+            gx, gw, gb = _fast.layer_backward(grad_y, x, math.prod(shape), weight, stats, needs)
+            gw = None if gw is None else gw.view(weight.shape)
+            gb = None if gb is None else gb.view(bias.shape)
+        else:
+            gx, gw, gb = _reference_backward(grad_y, x, weight, bias, shape, ctx.eps, needs)
+        return gx, gw, gb, None, None
+
+
+def fast_layer_norm(
+    x: Tensor,
+    normalized_shape: tuple[int, ...],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """Layer norm of an eligible call (``_fast.layer_eligible``): the kernel alone when
+    autograd records nothing, else :class:`FastLayerNormFunction`."""
+    if torch.is_grad_enabled() and (
+        x.requires_grad
+        or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad)
+    ):
+        return FastLayerNormFunction.apply(x, weight, bias, normalized_shape, eps)
+    return _fast.layer_forward(x, math.prod(normalized_shape), weight, bias, eps)[0]
