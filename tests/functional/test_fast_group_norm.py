@@ -346,3 +346,21 @@ def test_functorch_transforms_take_the_torch_ops_path(make, kernel_calls):
     gb = torch.func.grad(lambda t: (theirs(t) ** 3).sum())(x[0])
     torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-4)
     assert kernel_calls["forward"] == 0
+
+
+def test_large_outputs_come_from_the_pool_and_are_not_shared_while_alive():
+    # Outputs of at least NORM_POOL_MIN_BYTES are pooled mappings, reused once freed.
+    m = bnlab.nn.GroupNorm(2, 4)
+    gen = torch.Generator().manual_seed(0)
+    x1, x2 = (torch.randn(64, 4, 32, 32, generator=gen) for _ in range(2))
+    assert x1.nbytes >= _fast.NORM_POOL_MIN_BYTES
+    with torch.no_grad():
+        y1 = m(x1)
+        expected = y1.clone()
+        y2 = m(x2)
+        assert y1.data_ptr() != y2.data_ptr()
+        torch.testing.assert_close(y1, expected, rtol=0, atol=0)
+        del y1  # its mapping is free again: the next output may reuse it
+        y3 = m(x1)
+    torch.testing.assert_close(y3, expected, rtol=0, atol=0)
+    torch.testing.assert_close(y2, F.group_norm(x2, 2, m.weight, m.bias), rtol=1e-5, atol=1e-5)
