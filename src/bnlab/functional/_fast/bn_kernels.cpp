@@ -512,19 +512,42 @@ void layer_backward(const T* g, const T* x, i64 R, i64 M, const T* weight, const
         const double is = static_cast<double>(inv_std[r]);
         const double off = static_cast<double>(offset[r]);
         double A = 0.0, B = 0.0;
+        // Separate loops, not conditions inside one: a conditional load stops
+        // vectorization. The parameter sums ride along the read for A and B.
+        if (params && weight) {
 #pragma omp simd reduction(+ : A, B)
-        for (i64 i = 0; i < M; ++i) {
-          const double gw =
-              static_cast<double>(gr[i]) * (weight ? static_cast<double>(weight[i]) : 1.0);
-          A += gw;
-          B += gw * static_cast<double>(xr[i] - pv);
-        }
-        if (params) {
-#pragma omp simd
           for (i64 i = 0; i < M; ++i) {
             const double gv = static_cast<double>(gr[i]);
+            const double d = static_cast<double>(xr[i] - pv);
+            const double gw = gv * static_cast<double>(weight[i]);
+            A += gw;
+            B += gw * d;
             bb[i] += gv;
-            bw[i] += gv * ((static_cast<double>(xr[i] - pv) - off) * is);
+            bw[i] += gv * ((d - off) * is);
+          }
+        } else if (params) {
+#pragma omp simd reduction(+ : A, B)
+          for (i64 i = 0; i < M; ++i) {
+            const double gv = static_cast<double>(gr[i]);
+            const double d = static_cast<double>(xr[i] - pv);
+            A += gv;
+            B += gv * d;
+            bb[i] += gv;
+            bw[i] += gv * ((d - off) * is);
+          }
+        } else if (weight) {
+#pragma omp simd reduction(+ : A, B)
+          for (i64 i = 0; i < M; ++i) {
+            const double gw = static_cast<double>(gr[i]) * static_cast<double>(weight[i]);
+            A += gw;
+            B += gw * static_cast<double>(xr[i] - pv);
+          }
+        } else {
+#pragma omp simd reduction(+ : A, B)
+          for (i64 i = 0; i < M; ++i) {
+            const double gv = static_cast<double>(gr[i]);
+            A += gv;
+            B += gv * static_cast<double>(xr[i] - pv);
           }
         }
         if (!grad_x) continue;
