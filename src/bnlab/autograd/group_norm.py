@@ -21,37 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bnlab.autograd._reference import reference_backward
 from bnlab.functional import _fast
 from bnlab.functional.norms import group_norm
 
 __all__ = ["FastGroupNormFunction", "fast_group_norm"]
-
-
-def _reference_backward(
-    grad_y: Tensor,
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    num_groups: int,
-    eps: float,
-    needs: tuple[bool, bool, bool],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """The gradients of the torch-ops ``group_norm``, differentiable when grad is enabled."""
-    create = torch.is_grad_enabled()
-    with torch.enable_grad():
-        if create:
-            # Saved tensors carry their graph: second-order terms flow back to them.
-            xs, ws, bs = x, weight, bias
-        else:
-            xs = x.detach().requires_grad_(needs[0])
-            ws = None if weight is None else weight.detach().requires_grad_(needs[1])
-            bs = None if bias is None else bias.detach().requires_grad_(needs[2])
-        y = group_norm(xs, num_groups, ws, bs, eps)
-        wanted = [t for t, need in zip((xs, ws, bs), needs, strict=True) if need]
-        if not wanted:
-            return None, None, None
-        grads = iter(torch.autograd.grad(y, wanted, grad_y, create_graph=create, allow_unused=True))
-    return tuple(next(grads) if need else None for need in needs)  # type: ignore[return-value]
 
 
 class FastGroupNormFunction(torch.autograd.Function):
@@ -94,7 +68,15 @@ class FastGroupNormFunction(torch.autograd.Function):
         ):
             grads = _fast.group_backward(grad_y, x, ctx.num_groups, weight, stats, needs)
         else:
-            grads = _reference_backward(grad_y, x, weight, bias, ctx.num_groups, ctx.eps, needs)
+            groups, eps = ctx.num_groups, ctx.eps
+            grads = reference_backward(
+                lambda xs, ws, bs: group_norm(xs, groups, ws, bs, eps),
+                grad_y,
+                x,
+                weight,
+                bias,
+                needs,
+            )
         return grads[0], grads[1], grads[2], None, None
 
 

@@ -17,36 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bnlab.autograd._reference import reference_backward
 from bnlab.functional import _fast
 from bnlab.functional.norms import layer_norm
 
 __all__ = ["FastLayerNormFunction", "fast_layer_norm"]
-
-
-def _reference_backward(
-    grad_y: Tensor,
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    normalized_shape: tuple[int, ...],
-    eps: float,
-    needs: tuple[bool, bool, bool],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """The gradients of the torch-ops ``layer_norm``, differentiable when grad is enabled."""
-    create = torch.is_grad_enabled()
-    with torch.enable_grad():
-        if create:
-            xs, ws, bs = x, weight, bias
-        else:
-            xs = x.detach().requires_grad_(needs[0])
-            ws = None if weight is None else weight.detach().requires_grad_(needs[1])
-            bs = None if bias is None else bias.detach().requires_grad_(needs[2])
-        y = layer_norm(xs, normalized_shape, ws, bs, eps)
-        wanted = [t for t, need in zip((xs, ws, bs), needs, strict=True) if need]
-        if not wanted:
-            return None, None, None
-        grads = iter(torch.autograd.grad(y, wanted, grad_y, create_graph=create))
-    return tuple(next(grads) if need else None for need in needs)  # type: ignore[return-value]
 
 
 class FastLayerNormFunction(torch.autograd.Function):
@@ -94,7 +69,15 @@ class FastLayerNormFunction(torch.autograd.Function):
             gw = None if gw is None else gw.view(weight.shape)
             gb = None if gb is None else gb.view(bias.shape)
         else:
-            gx, gw, gb = _reference_backward(grad_y, x, weight, bias, shape, ctx.eps, needs)
+            eps = ctx.eps
+            gx, gw, gb = reference_backward(
+                lambda xs, ws, bs: layer_norm(xs, shape, ws, bs, eps),
+                grad_y,
+                x,
+                weight,
+                bias,
+                needs,
+            )
         return gx, gw, gb, None, None
 
 

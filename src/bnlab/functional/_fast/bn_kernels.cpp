@@ -307,6 +307,31 @@ void eval_forward(const T* x, T* y, i64 N, i64 C, i64 S, const T* running_mean,
 //
 // stats: (3, R) rows inv_std, pivot, offset (mean - pivot), read back by the backward.
 
+// Statistics of one contiguous row of M values around the pivot pv (its first value),
+// in one pass: offset = mean - pv and the inv_std of the biased variance (corrected two
+// pass: sum(d^2)/M - offset^2 on d = x - pv, in double), as the BN kernels compute them.
+template <typename T>
+struct RowStats {
+  double offset;
+  T inv_std;
+};
+
+template <typename T>
+inline RowStats<T> row_stats(const T* xr, i64 M, T pv, double eps) {
+  double u1 = 0.0, u2 = 0.0;
+#pragma omp simd reduction(+ : u1, u2)
+  for (i64 i = 0; i < M; ++i) {
+    const double d = static_cast<double>(xr[i] - pv);
+    u1 += d;
+    u2 += d * d;
+  }
+  const double count = static_cast<double>(M);
+  const double off = u1 / count;
+  double v = u2 / count - off * off;
+  v = v > 0.0 ? v : 0.0;
+  return {off, static_cast<T>(1.0 / std::sqrt(static_cast<double>(static_cast<T>(v)) + eps))};
+}
+
 template <typename T>
 void group_forward(const T* x, T* y, i64 N, i64 C, i64 S, i64 G, const T* weight,
                    const T* bias, double eps, T* stats, int nthreads) {
@@ -315,23 +340,14 @@ void group_forward(const T* x, T* y, i64 N, i64 C, i64 S, i64 G, const T* weight
   T* pivot = stats + R;
   T* offset = stats + 2 * R;
   const int nt = threads_for(N * C * S, nthreads);
-  const double count = static_cast<double>(M);
   parallel(nt, [&](int t, int team) {
     for (i64 r = split(R, t, team), end = split(R, t + 1, team); r < end; ++r) {
       const T* xr = x + r * M;
       T* yr = y + r * M;
       const T pv = xr[0];
-      double u1 = 0.0, u2 = 0.0;
-#pragma omp simd reduction(+ : u1, u2)
-      for (i64 i = 0; i < M; ++i) {
-        const double d = static_cast<double>(xr[i] - pv);
-        u1 += d;
-        u2 += d * d;
-      }
-      const double off = u1 / count;
-      double v = u2 / count - off * off;
-      v = v > 0.0 ? v : 0.0;
-      const T is = static_cast<T>(1.0 / std::sqrt(static_cast<double>(static_cast<T>(v)) + eps));
+      const RowStats<T> st = row_stats(xr, M, pv, eps);
+      const double off = st.offset;
+      const T is = st.inv_std;
       inv_std[r] = is;
       pivot[r] = pv;
       offset[r] = static_cast<T>(off);
@@ -444,23 +460,14 @@ void layer_forward(const T* x, T* y, i64 R, i64 M, const T* weight, const T* bia
   T* pivot = stats + R;
   T* offset = stats + 2 * R;
   const int nt = threads_for(R * M, nthreads);
-  const double count = static_cast<double>(M);
   parallel(nt, [&](int t, int team) {
     for (i64 r = split(R, t, team), end = split(R, t + 1, team); r < end; ++r) {
       const T* xr = x + r * M;
       T* yr = y + r * M;
       const T pv = xr[0];
-      double u1 = 0.0, u2 = 0.0;
-#pragma omp simd reduction(+ : u1, u2)
-      for (i64 i = 0; i < M; ++i) {
-        const double d = static_cast<double>(xr[i] - pv);
-        u1 += d;
-        u2 += d * d;
-      }
-      const double off = u1 / count;
-      double v = u2 / count - off * off;
-      v = v > 0.0 ? v : 0.0;
-      const T is = static_cast<T>(1.0 / std::sqrt(static_cast<double>(static_cast<T>(v)) + eps));
+      const RowStats<T> st = row_stats(xr, M, pv, eps);
+      const double off = st.offset;
+      const T is = st.inv_std;
       inv_std[r] = is;
       pivot[r] = pv;
       offset[r] = static_cast<T>(off);
