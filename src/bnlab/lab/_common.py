@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab.experiment import describe
+from bnlab.lab.claims import holds_of
+from bnlab.lab.experiment import Verdict, describe
 from bnlab.train import TrainConfig, evaluate, fit
 from bnlab.train.fit import NonFiniteLossError, StepInfo
 
@@ -314,3 +315,23 @@ def trainable_values(
             "diverged": diverged,
         }
     return out
+
+
+Rule = Callable[[Mapping[str, Any]], tuple[Any, str]]
+
+
+def apply_rules(
+    results: Mapping[str, Any], rules: Iterable[tuple[str, Rule, Callable[[Any], str]]]
+) -> tuple[list[Verdict], dict[str, Any]]:
+    """Each claim's verdict from its claims-table rule: ``(claim, rule, measured)`` gives
+    ``Verdict(claim, holds_of(verdict), "<verdict>: <measured(evidence)>")``.
+
+    Returns:
+        ``(verdicts, evidences)``: the verdicts in order, and each claim's evidence.
+    """
+    verdicts, evidences = [], {}
+    for claim, rule, measured in rules:
+        evidence, verdict = rule(results)
+        evidences[claim] = evidence
+        verdicts.append(Verdict(claim, holds_of(verdict), f"{verdict}: {measured(evidence)}"))
+    return verdicts, evidences

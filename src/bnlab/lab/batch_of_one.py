@@ -35,16 +35,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab._common import mean_std, pick, take, train_variant
+from bnlab.lab._common import apply_rules, mean_std, pick, take, train_variant
 from bnlab.lab.batch_size import SmallReluCNN, cpu_threads, renorm_warmup
-from bnlab.lab.claims import Claim, holds_of, register_claim
+from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
     LabOutcome,
     LabSpec,
     Table,
-    Verdict,
     compare,
     register_lab,
     seeded,
@@ -316,16 +315,14 @@ def _run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
         "min_effect": config.min_effect,
     }
     results = {"raw": raw}
-    verdicts, evidences = [], {}
-    for claim, rule, measured in (
-        (CLAIM_TRAIN, cannot_train_rule, _measured_train),
-        (CLAIM_ONLINE, online_rule, _measured_online),
-        (CLAIM_PREDICT, predict_single_rule, _measured_predict),
-    ):
-        evidence, verdict = rule(results)
-        evidences[claim] = evidence
-        holds = holds_of(verdict)
-        verdicts.append(Verdict(claim, holds, f"{verdict}: {measured(evidence)}"))
+    verdicts, evidences = apply_rules(
+        results,
+        (
+            (CLAIM_TRAIN, cannot_train_rule, _measured_train),
+            (CLAIM_ONLINE, online_rule, _measured_online),
+            (CLAIM_PREDICT, predict_single_rule, _measured_predict),
+        ),
+    )
 
     def ms(values: Sequence[float]) -> str | None:
         mean, std = mean_std(values)

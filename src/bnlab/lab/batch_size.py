@@ -45,15 +45,14 @@ from torch import Tensor, nn
 import bnlab.nn
 from bnlab.data.loader import DeviceLoader
 from bnlab.functional.batch_renorm import RENORM_R_MAX_STEPS
-from bnlab.lab._common import mean_std, pick, take, train_variant
-from bnlab.lab.claims import Claim, holds_of, register_claim
+from bnlab.lab._common import apply_rules, mean_std, pick, take, train_variant
+from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
     LabOutcome,
     LabSpec,
     Table,
-    Verdict,
     compare,
     register_lab,
 )
@@ -396,13 +395,7 @@ def _run(config: BatchSizeConfig, ctx: LabContext) -> LabOutcome:
         (CLAIM_GN, gn_stable_rule, _measured_gn),
         (CLAIM_RENORM, renorm_ghost_rule, _measured_renorm),
     ]
-    verdicts = []
-    evidences = {}
-    for claim, rule, measured in rules:
-        evidence, verdict = rule(results)
-        evidences[claim] = evidence
-        holds = holds_of(verdict)
-        verdicts.append(Verdict(claim, holds, f"{verdict}: {measured(evidence)}"))
+    verdicts, evidences = apply_rules(results, rules)
 
     def cell_text(values: Sequence[float]) -> str | None:
         mean, std = mean_std(values)

@@ -33,9 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab._common import mean_std, pick, take
+from bnlab.lab._common import apply_rules, mean_std, pick, take
 from bnlab.lab.batch_size import cpu_threads
-from bnlab.lab.claims import Claim, holds_of, register_claim
+from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.d2l import batch_stats_accuracy
 from bnlab.lab.experiment import (
     Figure,
@@ -43,7 +43,6 @@ from bnlab.lab.experiment import (
     LabOutcome,
     LabSpec,
     Table,
-    Verdict,
     compare,
     register_lab,
 )
@@ -292,16 +291,14 @@ def _run(config: PredictModeConfig, ctx: LabContext) -> LabOutcome:
         "min_effect": config.min_effect,
     }
     results = {"raw": raw}
-    verdicts, evidences = [], {}
-    for claim, rule, measured in (
-        (CLAIM_MOVING, moving_average_rule, _measured_moving),
-        (CLAIM_RECAL, recalibration_rule, _measured_recal),
-        (CLAIM_IID, iid_rule, _measured_iid),
-    ):
-        evidence, verdict = rule(results)
-        evidences[claim] = evidence
-        holds = holds_of(verdict)
-        verdicts.append(Verdict(claim, holds, f"{verdict}: {measured(evidence)}"))
+    verdicts, evidences = apply_rules(
+        results,
+        (
+            (CLAIM_MOVING, moving_average_rule, _measured_moving),
+            (CLAIM_RECAL, recalibration_rule, _measured_recal),
+            (CLAIM_IID, iid_rule, _measured_iid),
+        ),
+    )
 
     def ms(values: Sequence[Any]) -> str | None:
         mean, std = mean_std([float(v) for v in values if isinstance(v, int | float)])

@@ -52,6 +52,21 @@ void parallel(int nt, const F& body) {
 // First item of thread t of a team in a static split of n items into contiguous blocks.
 inline i64 split(i64 n, int t, int team) { return n * t / team; }
 
+// Adds the per-thread partial sums acc[t] = (first[C], second[C]) in thread order (a
+// fixed order: the result does not depend on scheduling).
+inline void merge_partials(const std::vector<double>& acc, i64 C, int nt, double* first,
+                           double* second) {
+  for (i64 c = 0; c < C; ++c) {
+    double u1 = 0.0, u2 = 0.0;
+    for (int t = 0; t < nt; ++t) {
+      u1 += acc[2 * C * t + c];
+      u2 += acc[2 * C * t + C + c];
+    }
+    first[c] = u1;
+    second[c] = u2;
+  }
+}
+
 // Per-channel sums of d = x - pivot and d * d over (N, S): s1[c], s2[c] (double).
 template <typename T>
 void shifted_sums(const T* x, i64 N, i64 C, i64 S, const T* pivot, double* s1, double* s2,
@@ -88,15 +103,7 @@ void shifted_sums(const T* x, i64 N, i64 C, i64 S, const T* pivot, double* s1, d
       }
     }
   });
-  for (i64 c = 0; c < C; ++c) {
-    double u1 = 0.0, u2 = 0.0;
-    for (int t = 0; t < nt; ++t) {
-      u1 += acc[2 * C * t + c];
-      u2 += acc[2 * C * t + C + c];
-    }
-    s1[c] = u1;
-    s2[c] = u2;
-  }
+  merge_partials(acc, C, nt, s1, s2);
 }
 
 // Per-channel sum(g) and sum(g * (x - pivot)) over (N, S) (double).
@@ -137,15 +144,7 @@ void grad_sums(const T* g, const T* x, i64 N, i64 C, i64 S, const T* pivot, doub
       }
     }
   });
-  for (i64 c = 0; c < C; ++c) {
-    double u1 = 0.0, u2 = 0.0;
-    for (int t = 0; t < nt; ++t) {
-      u1 += acc[2 * C * t + c];
-      u2 += acc[2 * C * t + C + c];
-    }
-    sg[c] = u1;
-    sgd[c] = u2;
-  }
+  merge_partials(acc, C, nt, sg, sgd);
 }
 
 // out = (x - pivot) * a + b per channel (a, b in T); out may not alias x.
