@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import hook_count, one_thread, small_data  # noqa: F401 (fixture)
 from torch import nn
 
-from bnlab.data.synthetic import fake_images_labels
 from bnlab.lab import ics
 from bnlab.lab.claims import available_claims
 from bnlab.lab.experiment import run_lab
@@ -33,36 +33,10 @@ TINY = dataclasses.replace(
 )
 
 
-def _data() -> dict[str, torch.Tensor]:
-    x, y = fake_images_labels(128, seed=0)
-    return {
-        "train_images": x[:96],
-        "train_labels": y[:96].long(),
-        "test_images": x[96:],
-        "test_labels": y[96:].long(),
-    }
-
-
-def _hooks(model: nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        for m in model.modules()
-    )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The runs are tiny: a second thread only waits at OpenMP barriers on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("ics") / "run"
-    return out, run_lab(ics.SPEC, TINY, out, data=_data(), quick=True)
+    return out, run_lab(ics.SPEC, TINY, out, data=small_data(), quick=True)
 
 
 def test_results_structure_and_figures(finished: tuple[Path, dict]) -> None:
@@ -113,7 +87,7 @@ def test_resume_after_deleting_a_unit_ends_equal(
     shutil.copytree(out, cut)
     (cut / "units" / "mlp-relu-bn-seed1.json").unlink()  # as if killed during that unit
     (cut / "results.json").unlink()
-    resumed = run_lab(ics.SPEC, TINY, cut, data=_data(), resume=True, quick=True)
+    resumed = run_lab(ics.SPEC, TINY, cut, data=small_data(), resume=True, quick=True)
     assert resumed["units_reused"] == len(list((out / "units").iterdir())) - 1
     assert resumed["raw"]["per_seed"] == json.loads(json.dumps(whole["raw"]["per_seed"]))
 
@@ -191,7 +165,7 @@ def test_gradient_shift_of_a_two_layer_linear_net_by_hand() -> None:
     for p, q in zip(net.parameters(), before, strict=True):
         assert torch.equal(p, q)
         assert p.grad is None
-    assert _hooks(net) == 0
+    assert hook_count(net) == 0
     with pytest.raises(ValueError, match="'9' is not a weight layer"):
         ics.gradient_shift(net, x, t, lr, loss_fn=mse, layers=["9"])
 
@@ -221,7 +195,7 @@ def test_distribution_drift_on_known_moments() -> None:
 
 
 @pytest.mark.parametrize("shape", [(10, 3), (4, 3, 2, 2)])
-def test_noisy_outputs_applies_one_affine_map_per_channel_and_removes_hooks(shape) -> None:
+def test_noisy_outputs_applies_one_affine_map_per_channel_and_removeshook_count(shape) -> None:
     bn = nn.BatchNorm1d(3) if len(shape) == 2 else nn.BatchNorm2d(3)
     x = torch.randn(*shape)
     with ics.noisy_outputs(
@@ -234,7 +208,7 @@ def test_noisy_outputs_applies_one_affine_map_per_channel_and_removes_hooks(shap
     assert torch.all(b.abs() <= 1.0)
     view = (1, 3) + (1,) * (len(shape) - 2)
     assert torch.allclose(y, bn(x) * s.view(view) + b.view(view), atol=1e-6)
-    assert _hooks(bn) == 0
+    assert hook_count(bn) == 0
     with (
         pytest.raises(ValueError, match=r"got shift=1\.0, scale=0\.5"),
         ics.noisy_outputs({"bn": bn}, shift=1.0, scale=0.5, generator=torch.Generator()),
@@ -252,9 +226,11 @@ def test_no_hooks_left_after_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(ics, "build_model", keep)
     config = dataclasses.replace(TINY, steps=2)
-    ics._run_unit("mlp-relu", "bn-noise", 0, config, _data(), torch.device("cpu"), lambda n: None)
+    ics._run_unit(
+        "mlp-relu", "bn-noise", 0, config, small_data(), torch.device("cpu"), lambda n: None
+    )
     assert len(built) == 1
-    assert _hooks(built[0]) == 0
+    assert hook_count(built[0]) == 0
 
 
 def test_config_errors_show_the_value() -> None:

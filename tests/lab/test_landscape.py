@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import one_thread, small_data  # noqa: F401 (fixture)
 from torch import nn
 
-from bnlab.data.synthetic import fake_images_labels
 from bnlab.lab import landscape
 from bnlab.lab.claims import available_claims
 from bnlab.lab.experiment import run_lab
@@ -31,29 +31,10 @@ TINY = dataclasses.replace(
 )
 
 
-def _data() -> dict[str, torch.Tensor]:
-    x, y = fake_images_labels(128, seed=0)
-    return {
-        "train_images": x[:96],
-        "train_labels": y[:96].long(),
-        "test_images": x[96:],
-        "test_labels": y[96:].long(),
-    }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The runs are tiny: a second thread only waits at OpenMP barriers on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("landscape") / "run"
-    return out, run_lab(landscape.SPEC, TINY, out, data=_data(), quick=True)
+    return out, run_lab(landscape.SPEC, TINY, out, data=small_data(), quick=True)
 
 
 def test_results_structure_and_figure(finished: tuple[Path, dict]) -> None:
@@ -96,7 +77,7 @@ def test_resume_after_deleting_a_unit_ends_equal(
     shutil.copytree(out, cut)
     (cut / "units" / "mlp-relu-none-seed1.json").unlink()
     (cut / "results.json").unlink()
-    resumed = run_lab(landscape.SPEC, TINY, cut, data=_data(), resume=True, quick=True)
+    resumed = run_lab(landscape.SPEC, TINY, cut, data=small_data(), resume=True, quick=True)
     assert resumed["units_reused"] == 3
     assert resumed["raw"]["per_seed"] == json.loads(json.dumps(whole["raw"]["per_seed"]))
 
