@@ -36,3 +36,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def spy_build_model(monkeypatch: pytest.MonkeyPatch, module) -> list[nn.Module]:
+    """Patch ``module.build_model`` to keep every model it builds; returns that list."""
+    built: list[nn.Module] = []
+    original = module.build_model
+
+    def keep(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(module, "build_model", keep)
+    return built

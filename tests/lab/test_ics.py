@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shared import hook_count, one_thread, small_data  # noqa: F401 (fixture)
+from _shared import hook_count, one_thread, small_data, spy_build_model  # noqa: F401 (fixture)
 from torch import nn
 
 from bnlab.lab import ics
@@ -217,14 +217,7 @@ def test_noisy_outputs_applies_one_affine_map_per_channel_and_removeshook_count(
 
 
 def test_no_hooks_left_after_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
-    built: list[nn.Module] = []
-    original = ics.build_model
-
-    def keep(*args, **kwargs):
-        built.append(original(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(ics, "build_model", keep)
+    built = spy_build_model(monkeypatch, ics)
     config = dataclasses.replace(TINY, steps=2)
     ics._run_unit(
         "mlp-relu", "bn-noise", 0, config, small_data(), torch.device("cpu"), lambda n: None

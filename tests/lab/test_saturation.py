@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shared import hook_count, one_thread, small_data  # noqa: F401 (fixture)
+from _shared import hook_count, one_thread, small_data, spy_build_model  # noqa: F401 (fixture)
 from torch import nn
 
 from bnlab.lab import saturation
@@ -154,14 +154,7 @@ def test_gradient_rms() -> None:
 
 
 def test_no_hooks_left_after_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
-    built: list[nn.Module] = []
-    original = saturation.build_model
-
-    def keep(*args, **kwargs):
-        built.append(original(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(saturation, "build_model", keep)
+    built = spy_build_model(monkeypatch, saturation)
     config = dataclasses.replace(TINY, steps=2)
     saturation._run_unit(
         "mlp-sigmoid", "bn", 0, config, small_data(), torch.device("cpu"), lambda n: None
