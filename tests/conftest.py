@@ -1,11 +1,13 @@
 """Test-wide settings: one torch thread per xdist worker, hypothesis profiles, Triton's
-interpreter where there is no GPU."""
+interpreter where there is no GPU, and ``--fast-path off`` (the whole suite on the
+reference path: every invariant must hold on both)."""
 
 from __future__ import annotations
 
 import os
 
 import torch
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Two xdist workers share two cores: one intra-op thread each avoids oversubscription.
@@ -26,3 +28,20 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast-path",
+        choices=("on", "off"),
+        default="on",
+        help="off: switch bnlab's fused kernels off for the whole run (tests that switch "
+        "them on themselves still do)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--fast-path") == "off":
+        from bnlab.functional import _fast
+
+        _fast.set_enabled(False)
