@@ -38,6 +38,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from bnlab import kernels
 from bnlab.bench.batchnorm import (
     DEFAULT_SHAPES,
     MODES,
@@ -50,7 +51,6 @@ from bnlab.bench.batchnorm import (
     step_bytes,
 )
 from bnlab.bench.timing import environment_record, load_average
-from bnlab.functional import _fast
 
 SCHEMA_VERSION = 2
 BYTE_MODEL = (
@@ -282,7 +282,7 @@ def to_json(
 # the fast path's output pool) add at their peak.
 _PEAK_CHILD = """
 import sys, torch, bnlab.nn
-from bnlab.functional import _fast
+from bnlab import kernels
 def kib(field):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
@@ -294,7 +294,7 @@ x = torch.randn(shape).requires_grad_()
 g = torch.randn(shape)
 nn_mod = bnlab.nn if variant == "ours-fast" else torch.nn
 module = (nn_mod.BatchNorm1d if len(shape) == 2 else nn_mod.BatchNorm2d)(shape[1])
-_fast.available()
+kernels.available()
 open("/proc/self/clear_refs", "w").write("5")
 base = kib("VmRSS")
 for _ in range(4):
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "modes": list(args.modes),
         "variants": {
             "ours": "bnlab.nn.BatchNorm1d/2d, fast path off",
-            "ours-fast": "bnlab.nn.BatchNorm1d/2d, fast path on (bnlab.functional._fast)",
+            "ours-fast": "bnlab.nn.BatchNorm1d/2d, fast path on (bnlab.kernels)",
             "native": "torch.nn.BatchNorm1d/2d",
             "textbook": "bnlab.textbook.BatchNorm",
         },
@@ -376,13 +376,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # First use of the fast path: compiles the kernels (or loads them from the cache).
     start = time.perf_counter()
-    fast_ready = _fast.available()
+    fast_ready = kernels.available()
     fast_info = {
         "available": fast_ready,
-        "status": _fast.status(),
+        "status": kernels.status(),
         "first_use_s": round(time.perf_counter() - start, 3),
-        "pool_min_bytes": _fast.POOL_MIN_BYTES,
-        "pool_max_free_bytes": _fast.POOL_MAX_FREE_BYTES,
+        "pool_min_bytes": kernels.POOL_MIN_BYTES,
+        "pool_max_free_bytes": kernels.POOL_MAX_FREE_BYTES,
     }
     console.print(f"fast path: {fast_info['status']} (first use {fast_info['first_use_s']} s)")
     bandwidth = measure_bandwidth(args.bandwidth_mib << 20)
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         f"[dim]{BYTE_MODEL} Bandwidth at the end: copy {bandwidth_end['copy_gb_per_s']:.1f} "
         "GB/s.[/dim]"
     )
-    fast_info["pool_mapped_bytes_at_end"] = _fast._pool.mapped_bytes()
+    fast_info["pool_mapped_bytes_at_end"] = kernels._pool.mapped_bytes()
     peaks = []
     if not args.no_memory and "train" in args.modes:
         for shape in shapes:

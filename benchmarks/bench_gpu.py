@@ -3,7 +3,7 @@
 Variants, each a training step (forward + backward) or an eval forward:
 
 * ``ours``: ``bnlab.nn.BatchNorm1d/2d`` (the Triton kernels of
-  ``bnlab.functional._fast.triton_bn``, behind the module and the autograd Function);
+  ``bnlab.kernels.triton_bn``, behind the module and the autograd Function);
 * ``ours-ref``: the same module with the fast path off (torch ops, closed-form backward);
 * ``native``: ``torch.nn.BatchNorm1d/2d`` (cuDNN where torch picks it);
 * ``textbook``: the d2l chapter's scratch layer (``bnlab.textbook``), float32 only;
@@ -46,9 +46,9 @@ from rich.console import Console
 from rich.table import Table
 
 import bnlab.nn
+from bnlab import kernels
 from bnlab.bench.batchnorm import DEFAULT_SHAPES, fraction_of_bound, step_bytes
 from bnlab.bench.timing import environment_record, time_interleaved
-from bnlab.functional import _fast
 from bnlab.textbook import BatchNorm as TextbookBatchNorm
 from bnlab.train.io import write_json
 
@@ -107,14 +107,14 @@ def make_steps(
                 x = next_x()
                 x.grad = None
                 module.zero_grad(set_to_none=True)
-                with _fast.enabled(True if fast is None else fast):
+                with kernels.enabled(True if fast is None else fast):
                     module(x).backward(next_g())
 
         else:
             module.eval()
 
             def step(module=module, fast=fast) -> None:
-                with torch.no_grad(), _fast.enabled(True if fast is None else fast):
+                with torch.no_grad(), kernels.enabled(True if fast is None else fast):
                     module(next_x())
 
         steps[name] = step
@@ -130,7 +130,7 @@ def _kernel_steps(shape, dtype, next_x, next_g, device) -> dict[str, Callable[[]
     b = torch.randn(c, device=device, dtype=dtype)
     rm = torch.zeros(c, device=device)
     rv = torch.ones_like(rm)
-    tb = _fast._cuda_kernels() if device.startswith("cuda") else None
+    tb = kernels._cuda_kernels() if device.startswith("cuda") else None
     steps: dict[str, Callable[[], None]] = {}
     if tb is not None:
 
@@ -250,7 +250,7 @@ def main() -> None:
     bandwidth = measure_copy_bandwidth(args.device, args.bandwidth_mib << 20)
     console.print(
         f"{gpu}: {sms} SMs, L2 {l2 >> 20} MiB; copy bandwidth {bandwidth:.0f} GB/s "
-        f"(read + write); triton path: {_fast.cuda_status()}"
+        f"(read + write); triton path: {kernels.cuda_status()}"
     )
     rows: list[dict[str, Any]] = []
     for dtype_name, mode, shape_text in itertools.product(args.dtypes, args.modes, args.shapes):
@@ -311,7 +311,7 @@ def main() -> None:
         l2_bytes=l2,
         cuda=torch.version.cuda,
         cudnn=torch.backends.cudnn.version(),
-        triton=_fast.cuda_status(),
+        triton=kernels.cuda_status(),
         # The device machine gets a copy of the tree without .git: the sender names it.
         git_revision_sent=os.environ.get("BNLAB_GIT_REVISION"),
     )

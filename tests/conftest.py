@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 
-import torch
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 # Two xdist workers share two cores: one intra-op thread each avoids oversubscription.
@@ -42,6 +42,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--fast-path") == "off":
-        from bnlab.functional import _fast
+        from bnlab import kernels
 
-        _fast.set_enabled(False)
+        kernels.set_enabled(False)

@@ -18,19 +18,20 @@ from torch import Tensor
 
 import bnlab.autograd
 import bnlab.functional
-from bnlab.functional import BatchNormOutput, _fast
+from bnlab import kernels
+from bnlab.functional import BatchNormOutput
 
 
 @pytest.fixture(params=["reference", "fast"], autouse=True)
 def implementation(request, monkeypatch):
     """Every test here runs twice: on the torch-ops path and on the fused kernels of
-    ``bnlab.functional._fast`` (size threshold lowered so that small inputs use them)."""
+    ``bnlab.kernels`` (size threshold lowered so that small inputs use them)."""
     fast = request.param == "fast"
     if fast:
-        if not _fast.available():
-            pytest.skip(f"fast path unavailable: {_fast.status()}")
-        monkeypatch.setattr(_fast, "MIN_NUMEL", 0)
-    with _fast.enabled(fast):
+        if not kernels.available():
+            pytest.skip(f"fast path unavailable: {kernels.status()}")
+        monkeypatch.setattr(kernels, "MIN_NUMEL", 0)
+    with kernels.enabled(fast):
         yield request.param
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bnlab.functional import _fast
+from bnlab import kernels
 from bnlab.functional.batch_norm import (
     BatchNormOutput,
     BatchStats,
@@ -93,7 +93,7 @@ class FastBatchNormFunction(torch.autograd.Function):
     eps, running) -> y``.
 
     The lean path of ``bnlab.nn``'s batch-norm modules: the caller has checked that the
-    call is eligible for ``bnlab.functional._fast`` (CPU: float32/float64, contiguous,
+    call is eligible for ``bnlab.kernels`` (CPU: float32/float64, contiguous,
     every per-channel tensor ``(C,)`` of ``x``'s dtype; CUDA: float16/bfloat16/float32,
     per-channel tensors of any of these on ``x``'s device) and passes its own buffers as
     ``running = (running_mean, running_var, num_batches_tracked, momentum)`` (or None),
@@ -113,7 +113,7 @@ class FastBatchNormFunction(torch.autograd.Function):
         eps: float,
         running: tuple[Tensor, Tensor, Tensor | None, float | None] | None,
     ) -> Tensor:
-        y, stats = _fast.train_forward(x, weight, bias, eps, running)
+        y, stats = kernels.train_forward(x, weight, bias, eps, running)
         ctx.save_for_backward(x, weight, stats)
         ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -126,7 +126,7 @@ class FastBatchNormFunction(torch.autograd.Function):
         x, weight, stats = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         fast = (
-            _fast._enabled
+            kernels._enabled
             and not torch.is_grad_enabled()
             and grad_y.dtype == x.dtype
             and grad_y.shape == x.shape
@@ -135,14 +135,14 @@ class FastBatchNormFunction(torch.autograd.Function):
         )  # what batch_norm_backward would check, minus what forward already did
         if fast and not x.is_cuda:
             # The CPU kernel reads the rows of stats in place (no views to make).
-            grad_x, grad_weight, grad_bias = _fast.train_backward(
+            grad_x, grad_weight, grad_bias = kernels.train_backward(
                 grad_y, x, weight, None, None, None, needs, stats=stats
             )
         else:
-            # stats rows: mean, var, inv_std, pivot, offset (see _fast.train_forward).
+            # stats rows: mean, var, inv_std, pivot, offset (see kernels.train_forward).
             _, _, inv_std, pivot, offset = stats.unbind(0)
             if fast:
-                grad_x, grad_weight, grad_bias = _fast.train_backward(
+                grad_x, grad_weight, grad_bias = kernels.train_backward(
                     grad_y, x, weight, inv_std, pivot, offset, needs
                 )
             else:

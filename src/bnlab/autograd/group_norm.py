@@ -3,7 +3,7 @@
 Paper: Wu & He, "Group Normalization", arXiv 1803.08494 (InstanceNorm, Ulyanov, Vedaldi &
 Lempitsky, arXiv 1607.08022, is the case ``num_groups == C``).
 
-The forward and the closed-form backward are ``bnlab.functional._fast.group_forward``
+The forward and the closed-form backward are ``bnlab.kernels.group_forward``
 and ``group_backward``; the maths they implement is that of
 ``bnlab.functional.norms.group_norm``. The forward saves ``x``, ``weight``, ``bias`` and
 a ``(3, N * G)`` statistics tensor.
@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bnlab import kernels
 from bnlab.autograd._reference import reference_backward
-from bnlab.functional import _fast
 from bnlab.functional.norms import group_norm
 
 __all__ = ["FastGroupNormFunction", "fast_group_norm"]
@@ -31,7 +31,7 @@ __all__ = ["FastGroupNormFunction", "fast_group_norm"]
 class FastGroupNormFunction(torch.autograd.Function):
     """Group norm on the fused kernels: ``(x, weight, bias, num_groups, eps) -> y``.
 
-    The caller has checked ``bnlab.functional._fast.group_eligible``.
+    The caller has checked ``bnlab.kernels.group_eligible``.
 
     Shape:
         x: ``(N, C, *)``; weight, bias: ``(C,)`` or None; y: like x.
@@ -46,7 +46,7 @@ class FastGroupNormFunction(torch.autograd.Function):
         num_groups: int,
         eps: float,
     ) -> Tensor:
-        y, stats = _fast.group_forward(x, num_groups, weight, bias, eps)
+        y, stats = kernels.group_forward(x, num_groups, weight, bias, eps)
         ctx.save_for_backward(x, weight, bias, stats)
         ctx.num_groups = num_groups
         ctx.eps = eps
@@ -59,14 +59,14 @@ class FastGroupNormFunction(torch.autograd.Function):
         x, weight, bias, stats = ctx.saved_tensors
         needs = tuple(ctx.needs_input_grad[:3])
         if (
-            _fast._enabled
+            kernels._enabled
             and not torch.is_grad_enabled()
             and grad_y.dtype == x.dtype
             and grad_y.shape == x.shape
             and grad_y.is_cpu
             and grad_y.is_contiguous()
         ):
-            grads = _fast.group_backward(grad_y, x, ctx.num_groups, weight, stats, needs)
+            grads = kernels.group_backward(grad_y, x, ctx.num_groups, weight, stats, needs)
         else:
             groups, eps = ctx.num_groups, ctx.eps
             grads = reference_backward(
@@ -83,7 +83,7 @@ class FastGroupNormFunction(torch.autograd.Function):
 def fast_group_norm(
     x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> Tensor:
-    """Group norm of an eligible call (``_fast.group_eligible``): the kernel alone when
+    """Group norm of an eligible call (``kernels.group_eligible``): the kernel alone when
     autograd records nothing, else :class:`FastGroupNormFunction`."""
     if torch.is_grad_enabled() and (
         x.requires_grad
@@ -91,4 +91,4 @@ def fast_group_norm(
         or (bias is not None and bias.requires_grad)
     ):
         return FastGroupNormFunction.apply(x, weight, bias, num_groups, eps)
-    return _fast.group_forward(x, num_groups, weight, bias, eps)[0]
+    return kernels.group_forward(x, num_groups, weight, bias, eps)[0]

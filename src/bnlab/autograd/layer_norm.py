@@ -2,7 +2,7 @@
 
 Paper: Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450.
 
-The forward and the closed-form backward are ``bnlab.functional._fast.layer_forward``
+The forward and the closed-form backward are ``bnlab.kernels.layer_forward``
 and ``layer_backward``; the maths they implement is that of
 ``bnlab.functional.norms.layer_norm``. Double backward, and ``grad_y`` the kernel does
 not take, differentiate the torch-ops ``layer_norm`` from the saved ``x`` (as
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bnlab import kernels
 from bnlab.autograd._reference import reference_backward
-from bnlab.functional import _fast
 from bnlab.functional.norms import layer_norm
 
 __all__ = ["FastLayerNormFunction", "fast_layer_norm"]
@@ -27,7 +27,7 @@ __all__ = ["FastLayerNormFunction", "fast_layer_norm"]
 class FastLayerNormFunction(torch.autograd.Function):
     """Layer norm on the fused kernels: ``(x, weight, bias, normalized_shape, eps) -> y``.
 
-    The caller has checked ``bnlab.functional._fast.layer_eligible`` and that the
+    The caller has checked ``bnlab.kernels.layer_eligible`` and that the
     trailing dims of ``x`` are ``normalized_shape``.
 
     Shape:
@@ -44,7 +44,7 @@ class FastLayerNormFunction(torch.autograd.Function):
         eps: float,
     ) -> Tensor:
         numel = math.prod(normalized_shape)
-        y, stats = _fast.layer_forward(x, numel, weight, bias, eps)
+        y, stats = kernels.layer_forward(x, numel, weight, bias, eps)
         ctx.save_for_backward(x, weight, bias, stats)
         ctx.normalized_shape = normalized_shape
         ctx.eps = eps
@@ -58,14 +58,14 @@ class FastLayerNormFunction(torch.autograd.Function):
         needs = tuple(ctx.needs_input_grad[:3])
         shape = ctx.normalized_shape
         if (
-            _fast._enabled
+            kernels._enabled
             and not torch.is_grad_enabled()
             and grad_y.dtype == x.dtype
             and grad_y.shape == x.shape
             and grad_y.is_cpu
             and grad_y.is_contiguous()
         ):
-            gx, gw, gb = _fast.layer_backward(grad_y, x, math.prod(shape), weight, stats, needs)
+            gx, gw, gb = kernels.layer_backward(grad_y, x, math.prod(shape), weight, stats, needs)
             gw = None if gw is None else gw.view(weight.shape)
             gb = None if gb is None else gb.view(bias.shape)
         else:
@@ -88,7 +88,7 @@ def fast_layer_norm(
     bias: Tensor | None,
     eps: float,
 ) -> Tensor:
-    """Layer norm of an eligible call (``_fast.layer_eligible``): the kernel alone when
+    """Layer norm of an eligible call (``kernels.layer_eligible``): the kernel alone when
     autograd records nothing, else :class:`FastLayerNormFunction`."""
     if torch.is_grad_enabled() and (
         x.requires_grad
@@ -96,4 +96,4 @@ def fast_layer_norm(
         or (bias is not None and bias.requires_grad)
     ):
         return FastLayerNormFunction.apply(x, weight, bias, normalized_shape, eps)
-    return _fast.layer_forward(x, math.prod(normalized_shape), weight, bias, eps)[0]
+    return kernels.layer_forward(x, math.prod(normalized_shape), weight, bias, eps)[0]

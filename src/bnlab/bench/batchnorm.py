@@ -4,7 +4,7 @@ Variants (all float32 on the CPU, default-initialised, so they start in the same
     ``ours``       ``bnlab.nn.BatchNorm1d/2d`` with the fast path off (closed-form
                    backward in Python/torch ops)
     ``ours-fast``  ``bnlab.nn.BatchNorm1d/2d`` with the fast path on (the fused C++
-                   kernels of ``bnlab.functional._fast``)
+                   kernels of ``bnlab.kernels``)
     ``native``     ``torch.nn.BatchNorm1d/2d`` (ATen's fused kernels)
     ``textbook``   ``bnlab.textbook.BatchNorm`` (the d2l scratch layer, autograd backward)
 Modes:
@@ -48,8 +48,8 @@ import torch
 from torch import Tensor, nn
 
 import bnlab.nn
+from bnlab import kernels
 from bnlab.bench.timing import Timing, calibrate_number, time_interleaved
-from bnlab.functional import _fast
 from bnlab.textbook import BatchNorm
 
 __all__ = [
@@ -106,7 +106,7 @@ def make_modules(num_features: int, ndim: int) -> dict[str, nn.Module]:
 
 
 def _switch(fast: bool | None) -> contextlib.AbstractContextManager[None]:
-    return contextlib.nullcontext() if fast is None else _fast.enabled(fast)
+    return contextlib.nullcontext() if fast is None else kernels.enabled(fast)
 
 
 def make_step(

@@ -23,8 +23,8 @@ and uses the closed-form backward of :func:`batch_norm_backward`.
 Fast path: when autograd does not record (inside ``bnlab.autograd``'s Function, or
 under ``torch.no_grad()``), :func:`batch_norm_forward`, :func:`batch_norm_backward` and
 :func:`batch_norm_eval` hand contiguous float32/float64 CPU inputs to the fused C++
-kernels of ``bnlab.functional._fast`` (same formulas; which cases qualify is listed
-there). ``bnlab.functional._fast.enabled(False)`` switches it off.
+kernels of ``bnlab.kernels`` (same formulas; which cases qualify is listed
+there). ``bnlab.kernels.enabled(False)`` switches it off.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from bnlab.functional import _fast
+from bnlab import kernels
 from bnlab.functional.moments import (
     accumulation_dtype,
     centered_moments,
@@ -254,8 +254,8 @@ def batch_norm_forward(
     Shape:
         x: ``(N, C, *)``; weight, bias: ``(C,)``; y: like x; statistics: ``(C,)``.
     """
-    if _fast.eligible(x, per_channel=(weight, bias)):
-        y, rows = _fast.train_forward(x, weight, bias, eps)
+    if kernels.eligible(x, per_channel=(weight, bias)):
+        y, rows = kernels.train_forward(x, weight, bias, eps)
         return y, BatchStats(*rows.unbind(0))
     acc = accumulation_dtype(x.dtype)
     grad = records_grad(x, weight, bias)
@@ -311,10 +311,10 @@ def batch_norm_backward(
     """
     need_x, need_w, need_b = needs_input_grad
     inv_std, offset = stats.inv_std, stats.offset
-    if (need_x or need_w or need_b) and _fast.eligible(
+    if (need_x or need_w or need_b) and kernels.eligible(
         x, grad_y, per_channel=(weight, inv_std, stats.pivot, offset)
     ):
-        return _fast.train_backward(
+        return kernels.train_backward(
             grad_y, x, weight, inv_std, stats.pivot, offset, needs_input_grad
         )
     acc = accumulation_dtype(x.dtype)
@@ -397,8 +397,8 @@ def _batch_norm_eval(
     Shape:
         x: ``(N, C, *)``; running_mean, running_var, weight, bias: ``(C,)``; y: like x.
     """
-    if _fast.eligible(x, per_channel=(running_mean, running_var, weight, bias)):
-        return _fast.eval_forward(x, running_mean, running_var, weight, bias, eps)
+    if kernels.eligible(x, per_channel=(running_mean, running_var, weight, bias)):
+        return kernels.eval_forward(x, running_mean, running_var, weight, bias, eps)
     acc = accumulation_dtype(x.dtype)
     scale = torch.rsqrt(_cast(running_var, acc) + eps)
     if weight is not None:

@@ -12,8 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from bnlab import kernels
 from bnlab.autograd.batch_norm import batch_norm, fast_batch_norm_train
-from bnlab.functional import _fast
 from bnlab.functional.batch_norm import BatchNormOutput, check_input
 from bnlab.nn._base import _NormBase
 
@@ -93,7 +93,7 @@ class _BatchNorm(_NormBase):
         return result.output
 
     def _fast_forward(self, x: Tensor) -> Tensor | None:
-        """The common case on the kernels of ``bnlab.functional._fast``, or None.
+        """The common case on the kernels of ``bnlab.kernels``, or None.
 
         CPU: the fused C++ kernels (float32/float64 input, per-channel tensors of its
         dtype, at least ``MIN_NUMEL`` elements). CUDA: the Triton kernels
@@ -109,19 +109,19 @@ class _BatchNorm(_NormBase):
         Same results as the general path (``tests/functional/test_fast_path.py``,
         ``tests/functional/test_triton_bn.py``).
         """
-        if not _fast._enabled or type(self)._normalize is not _BatchNorm._normalize:
+        if not kernels._enabled or type(self)._normalize is not _BatchNorm._normalize:
             return None
         dtype, device = x.dtype, x.device
         c = self.num_features
         cuda = x.is_cuda
         if cuda:
-            if dtype not in _CUDA_DTYPES or _fast._cuda_kernels() is None:
+            if dtype not in _CUDA_DTYPES or kernels._cuda_kernels() is None:
                 return None
             min_numel = 1
         else:
-            if _fast._lib is None or dtype not in _FAST_DTYPES or not x.is_cpu:
+            if kernels._lib is None or dtype not in _FAST_DTYPES or not x.is_cpu:
                 return None
-            min_numel = _fast.MIN_NUMEL
+            min_numel = kernels.MIN_NUMEL
         numel = x.numel()
         eps = self.eps
         if (
@@ -155,7 +155,7 @@ class _BatchNorm(_NormBase):
                 or running_var.requires_grad
             ):
                 return None  # recorded: torch ops, differentiable
-            return _fast.eval_forward(x, running_mean, running_var, weight, bias, eps)
+            return kernels.eval_forward(x, running_mean, running_var, weight, bias, eps)
         if numel // c < 2:
             return None  # one value per channel: the general path raises
         running = None
@@ -175,7 +175,7 @@ class _BatchNorm(_NormBase):
             running = (running_mean, running_var, counter, momentum)
         if torch.is_grad_enabled():
             return fast_batch_norm_train(x, weight, bias, eps, running)
-        return _fast.train_forward(x, weight, bias, eps, running)[0]
+        return kernels.train_forward(x, weight, bias, eps, running)[0]
 
     def _normalize(
         self,

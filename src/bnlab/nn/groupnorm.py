@@ -2,7 +2,7 @@
 
 Paper: Wu & He, "Group Normalization", arXiv 1803.08494. The maths is
 ``bnlab.functional.norms.group_norm`` (conventions documented there); eligible CPU
-calls (``bnlab.functional._fast.group_eligible``) run on the fused kernels of
+calls (``bnlab.kernels.group_eligible``) run on the fused kernels of
 ``bnlab.autograd.group_norm`` instead, with the same results.
 """
 
@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from bnlab import kernels
 from bnlab.autograd.group_norm import fast_group_norm
-from bnlab.functional import _fast
 from bnlab.functional.batch_norm import check_eps
 from bnlab.functional.norms import group_norm
 from bnlab.nn._base import register_affine, reset_affine
@@ -91,7 +91,7 @@ class GroupNorm(nn.Module):
                 and x.shape[1] == self.num_channels
                 and type(eps) is float
                 and 0.0 < eps < math.inf
-                and _fast.group_eligible(x, self.num_groups, weight, bias)
+                and kernels.group_eligible(x, self.num_groups, weight, bias)
             ):
                 return fast_group_norm(x, self.num_groups, weight, bias, eps)
         name = type(self).__name__

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bnlab import kernels
 from bnlab.autograd.group_norm import fast_group_norm
-from bnlab.functional import _fast
 from bnlab.functional.norms import check_floating_input, instance_norm
 from bnlab.nn._base import _NormBase
 
@@ -104,7 +104,7 @@ class _InstanceNorm(_NormBase):
         if c != self.num_features or math.prod(batched.shape[2:]) < 2:
             return None
         weight, bias = self.weight, self.bias
-        if not _fast.group_eligible(batched, c, weight, bias):
+        if not kernels.group_eligible(batched, c, weight, bias):
             return None
         y = fast_group_norm(batched, c, weight, bias, eps)
         return y.squeeze(0) if unbatched else y

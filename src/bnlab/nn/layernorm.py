@@ -2,7 +2,7 @@
 
 Paper: Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450. The maths is
 ``bnlab.functional.norms.layer_norm`` (conventions documented there); eligible CPU
-calls (``bnlab.functional._fast.layer_eligible``) run on the fused kernels of
+calls (``bnlab.kernels.layer_eligible``) run on the fused kernels of
 ``bnlab.autograd.layer_norm`` instead, with the same results.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from bnlab import kernels
 from bnlab.autograd.layer_norm import fast_layer_norm
-from bnlab.functional import _fast
 from bnlab.functional.batch_norm import check_eps
 from bnlab.functional.norms import layer_norm
 from bnlab.nn._base import register_affine, reset_affine
@@ -90,7 +90,7 @@ class LayerNorm(nn.Module):
                 and 0.0 < eps < math.inf
                 and (weight is None or weight.shape == shape)
                 and (bias is None or bias.shape == shape)
-                and _fast.layer_eligible(x, math.prod(shape), weight, bias)
+                and kernels.layer_eligible(x, math.prod(shape), weight, bias)
             ):
                 return fast_layer_norm(x, shape, weight, bias, eps)
         return layer_norm(

@@ -1,4 +1,4 @@
-"""The CUDA fast path: the Triton kernels of ``bnlab.functional._fast.triton_bn``.
+"""The CUDA fast path: the Triton kernels of ``bnlab.kernels.triton_bn``.
 
 Where a GPU is present the kernels run on it, and the modules are checked against
 their ``torch.nn`` twins on CUDA (dispatch, running statistics, half precision). Without
@@ -46,7 +46,7 @@ def _import_kernels():
 
             patch._bnlab_patched = True
             interpreter._patch_lang_tensor = patch
-    return importlib.import_module("bnlab.functional._fast.triton_bn")
+    return importlib.import_module("bnlab.kernels.triton_bn")
 
 
 tb = _import_kernels()
@@ -298,17 +298,17 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_module_matches_torch_on_cuda(monkeypatch, dtype, shape, momentum) -> None:
     """bnlab.nn.BatchNorm*d on CUDA takes the kernels and follows torch.nn step by step."""
     import bnlab.nn
-    from bnlab.functional import _fast
+    from bnlab import kernels
 
     calls = {"train_forward": 0, "train_backward": 0, "eval_forward": 0}
     for kind in calls:
-        original = getattr(_fast, kind)
+        original = getattr(kernels, kind)
 
         def spy(*args, _kind=kind, _original=original, **kwargs):
             calls[_kind] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(_fast, kind, spy)
+        monkeypatch.setattr(kernels, kind, spy)
     ours_cls = {2: bnlab.nn.BatchNorm1d, 4: bnlab.nn.BatchNorm2d, 5: bnlab.nn.BatchNorm3d}
     twin_cls = {2: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
     c = shape[1]
@@ -350,17 +350,17 @@ def test_module_matches_torch_on_cuda(monkeypatch, dtype, shape, momentum) -> No
 
 @needs_cuda
 def test_cuda_cases_that_take_the_reference_path() -> None:
-    from bnlab.functional import _fast
+    from bnlab import kernels
 
     x = torch.randn(8, 4, 5, 5, device="cuda")
-    assert _fast.eligible(x, per_channel=(None, None))
-    assert _fast.cuda_status().startswith("ready")
-    assert not _fast.eligible(x.double(), per_channel=(None, None)), "float64: reference"
+    assert kernels.eligible(x, per_channel=(None, None))
+    assert kernels.cuda_status().startswith("ready")
+    assert not kernels.eligible(x.double(), per_channel=(None, None)), "float64: reference"
     cl = x.to(memory_format=torch.channels_last)
-    assert not _fast.eligible(cl, per_channel=(None, None)), "channels_last: reference"
+    assert not kernels.eligible(cl, per_channel=(None, None)), "channels_last: reference"
     w = torch.ones(4, device="cuda", requires_grad=True)
-    assert not _fast.eligible(x, per_channel=(w, None)), "recorded by autograd: reference"
-    assert not _fast.eligible(x, per_channel=(torch.ones(4), None)), "weight on the CPU"
+    assert not kernels.eligible(x, per_channel=(w, None)), "recorded by autograd: reference"
+    assert not kernels.eligible(x, per_channel=(torch.ones(4), None)), "weight on the CPU"
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.7, None], ids=["m0.1", "m0.7", "cumulative"])

@@ -1,4 +1,4 @@
-"""The fused C++ group-norm kernels (``_fast.group_forward``/``group_backward``), their
+"""The fused C++ group-norm kernels (``kernels.group_forward``/``group_backward``), their
 autograd binding (``bnlab.autograd.group_norm``) and the modules that take them
 (``GroupNorm``, ``InstanceNorm1d/2d/3d``).
 
@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import bnlab.nn
+from bnlab import kernels
 from bnlab.autograd.group_norm import FastGroupNormFunction, fast_group_norm
-from bnlab.functional import _fast
 
-HAS_COMPILER = any(shutil.which(c) for c in _fast.COMPILERS)
+HAS_COMPILER = any(shutil.which(c) for c in kernels.COMPILERS)
 pytestmark = pytest.mark.skipif(
-    not HAS_COMPILER or not _fast.available(), reason="the C++ kernels do not build here"
+    not HAS_COMPILER or not kernels.available(), reason="the C++ kernels do not build here"
 )
 
 # Relative to the largest reference value (grads of low-variance groups are large).
@@ -58,7 +58,7 @@ def _params(c: int, dtype: torch.dtype, affine: bool, seed: int = 1):
 def _fast_and_reference(x, groups, w, b, eps=1e-5, seed=2):
     """(y, grads) through the kernels and through float64 F.group_norm on the same values."""
     dtype = x.dtype
-    assert _fast.group_eligible(x, groups, w, b)
+    assert kernels.group_eligible(x, groups, w, b)
     gen = torch.Generator().manual_seed(seed)
     grad_y = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
     xs = x.detach().requires_grad_()
@@ -194,15 +194,15 @@ def test_parameter_grads_do_not_depend_on_the_thread_count():
 def test_eligibility():
     x = torch.randn(2, 4, 3, 3)
     w = torch.ones(4)
-    assert _fast.group_eligible(x, 2, w, None)
-    assert not _fast.group_eligible(x, 3, w, None)  # 3 does not divide 4
-    assert not _fast.group_eligible(x.double(), 2, w, None)  # mixed dtypes
-    assert not _fast.group_eligible(x.half(), 2, None, None)
-    assert not _fast.group_eligible(x.to(memory_format=torch.channels_last), 2, w, None)
-    assert not _fast.group_eligible(x[:0], 2, w, None)
-    assert not _fast.group_eligible(x, 2, torch.ones(8)[::2], None)
-    with _fast.enabled(False):
-        assert not _fast.group_eligible(x, 2, w, None)
+    assert kernels.group_eligible(x, 2, w, None)
+    assert not kernels.group_eligible(x, 3, w, None)  # 3 does not divide 4
+    assert not kernels.group_eligible(x.double(), 2, w, None)  # mixed dtypes
+    assert not kernels.group_eligible(x.half(), 2, None, None)
+    assert not kernels.group_eligible(x.to(memory_format=torch.channels_last), 2, w, None)
+    assert not kernels.group_eligible(x[:0], 2, w, None)
+    assert not kernels.group_eligible(x, 2, torch.ones(8)[::2], None)
+    with kernels.enabled(False):
+        assert not kernels.group_eligible(x, 2, w, None)
 
 
 # ---------------------------------------------------------------------------- modules
@@ -229,13 +229,13 @@ def _twins(ours, theirs, x, affine):
 @pytest.fixture
 def kernel_calls(monkeypatch):
     counts = {"forward": 0}
-    original = _fast.group_forward
+    original = kernels.group_forward
 
     def spy(*args, **kwargs):
         counts["forward"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(_fast, "group_forward", spy)
+    monkeypatch.setattr(kernels, "group_forward", spy)
     return counts
 
 
@@ -302,7 +302,7 @@ def test_modules_same_results_with_the_fast_path_off():
         bnlab.nn.InstanceNorm2d(6, affine=True, dtype=torch.float64),
     ):
         y = m(x)
-        with _fast.enabled(False):
+        with kernels.enabled(False):
             y_ref = m(x)
         assert y.grad_fn is not None
         assert type(y.grad_fn) is not type(y_ref.grad_fn)
@@ -353,7 +353,7 @@ def test_large_outputs_come_from_the_pool_and_are_not_shared_while_alive():
     m = bnlab.nn.GroupNorm(2, 4)
     gen = torch.Generator().manual_seed(0)
     x1, x2 = (torch.randn(64, 4, 32, 32, generator=gen) for _ in range(2))
-    assert x1.nbytes >= _fast.NORM_POOL_MIN_BYTES
+    assert x1.nbytes >= kernels.NORM_POOL_MIN_BYTES
     with torch.no_grad():
         y1 = m(x1)
         expected = y1.clone()

@@ -1,4 +1,4 @@
-"""The fused C++ layer-norm kernels (``_fast.layer_forward``/``layer_backward``), their
+"""The fused C++ layer-norm kernels (``kernels.layer_forward``/``layer_backward``), their
 autograd binding (``bnlab.autograd.layer_norm``) and ``bnlab.nn.LayerNorm`` on them.
 
 Against the float64 reference (``torch.nn.functional.layer_norm`` in float64) on
@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import bnlab.nn
+from bnlab import kernels
 from bnlab.autograd.layer_norm import FastLayerNormFunction, fast_layer_norm
-from bnlab.functional import _fast
 
-HAS_COMPILER = any(shutil.which(c) for c in _fast.COMPILERS)
+HAS_COMPILER = any(shutil.which(c) for c in kernels.COMPILERS)
 pytestmark = pytest.mark.skipif(
-    not HAS_COMPILER or not _fast.available(), reason="the C++ kernels do not build here"
+    not HAS_COMPILER or not kernels.available(), reason="the C++ kernels do not build here"
 )
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
@@ -50,7 +50,7 @@ def _params(shape, dtype, affine, seed=1):
 
 
 def _fast_and_reference(x, shape, w, b, eps=1e-5, seed=2):
-    assert _fast.layer_eligible(x, math.prod(shape), w, b)
+    assert kernels.layer_eligible(x, math.prod(shape), w, b)
     gen = torch.Generator().manual_seed(seed)
     grad_y = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype)
     inputs = [x.detach().requires_grad_()] + [t for t in (w, b) if t is not None]
@@ -165,26 +165,26 @@ def test_parameter_grads_do_not_depend_on_the_thread_count():
 def test_eligibility():
     x = torch.randn(2, 4, 3)
     w = torch.ones(4, 3)
-    assert _fast.layer_eligible(x, 12, w, None)
-    assert not _fast.layer_eligible(x, 12, w.double(), None)
-    assert not _fast.layer_eligible(x.half(), 12, None, None)
-    assert not _fast.layer_eligible(x.transpose(1, 2), 12, None, None)
-    assert not _fast.layer_eligible(x[:0], 12, None, None)
-    assert not _fast.layer_eligible(x, 12, torch.ones(4, 6)[:, ::2], None)
-    with _fast.enabled(False):
-        assert not _fast.layer_eligible(x, 12, w, None)
+    assert kernels.layer_eligible(x, 12, w, None)
+    assert not kernels.layer_eligible(x, 12, w.double(), None)
+    assert not kernels.layer_eligible(x.half(), 12, None, None)
+    assert not kernels.layer_eligible(x.transpose(1, 2), 12, None, None)
+    assert not kernels.layer_eligible(x[:0], 12, None, None)
+    assert not kernels.layer_eligible(x, 12, torch.ones(4, 6)[:, ::2], None)
+    with kernels.enabled(False):
+        assert not kernels.layer_eligible(x, 12, w, None)
 
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
     counts = {"forward": 0}
-    original = _fast.layer_forward
+    original = kernels.layer_forward
 
     def spy(*args, **kwargs):
         counts["forward"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(_fast, "layer_forward", spy)
+    monkeypatch.setattr(kernels, "layer_forward", spy)
     return counts
 
 
@@ -223,7 +223,7 @@ def test_module_same_results_with_the_fast_path_off_and_double_backward():
     m = bnlab.nn.LayerNorm((3, 4), dtype=torch.float64)
     x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
     y = m(x)
-    with _fast.enabled(False):
+    with kernels.enabled(False):
         y_ref = m(x)
     assert type(y.grad_fn) is not type(y_ref.grad_fn)
     g = torch.randn_like(y)

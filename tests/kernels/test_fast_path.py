@@ -1,4 +1,4 @@
-"""``bnlab.functional._fast``: the fused C++ BatchNorm kernels and their dispatch.
+"""``bnlab.kernels``: the fused C++ BatchNorm kernels and their dispatch.
 
 Which calls take the kernels (and which take the reference path silently); the modules
 against their ``torch.nn`` twins and against the reference path at sizes above the
@@ -21,9 +21,9 @@ from torch.autograd import gradcheck
 import bnlab.autograd
 import bnlab.functional
 import bnlab.nn
-from bnlab.functional import _fast
+from bnlab import kernels
 
-HAS_COMPILER = any(shutil.which(c) for c in _fast.COMPILERS)
+HAS_COMPILER = any(shutil.which(c) for c in kernels.COMPILERS)
 needs_fast = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler on this machine")
 
 
@@ -32,24 +32,24 @@ def calls(monkeypatch):
     """Counts the kernel calls by kind."""
     counts = {"train_forward": 0, "train_backward": 0, "eval_forward": 0}
     for kind in counts:
-        original = getattr(_fast, kind)
+        original = getattr(kernels, kind)
 
         def spy(*args, _kind=kind, _original=original, **kwargs):
             counts[_kind] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(_fast, kind, spy)
+        monkeypatch.setattr(kernels, kind, spy)
     return counts
 
 
 @pytest.fixture
 def fresh_build_state(monkeypatch, tmp_path):
     """An empty build cache and no loaded library; the real state comes back afterwards."""
-    monkeypatch.setattr(_fast, "_lib", None)
-    monkeypatch.setattr(_fast, "_state", "not built yet")
-    monkeypatch.setattr(_fast, "_failed", False)
-    monkeypatch.setattr(_fast, "_fns", {})
-    monkeypatch.setattr(_fast, "cache_dir", tmp_path / "cache")
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_state", "not built yet")
+    monkeypatch.setattr(kernels, "_failed", False)
+    monkeypatch.setattr(kernels, "_fns", {})
+    monkeypatch.setattr(kernels, "cache_dir", tmp_path / "cache")
     return tmp_path / "cache"
 
 
@@ -83,8 +83,8 @@ def _step(module, x, grad_y):
 
 @needs_fast
 def test_available_where_a_compiler_exists() -> None:
-    assert _fast.available(), _fast.status()
-    assert _fast.status().startswith("ready: ")
+    assert kernels.available(), kernels.status()
+    assert kernels.status().startswith("ready: ")
 
 
 TWIN_SHAPES = [(256, 84), (64, 6, 24), (32, 6, 12, 12), (8, 3, 4, 16, 16)]
@@ -117,7 +117,7 @@ def test_fast_path_equals_reference_path(dtype) -> None:
     results = []
     for flag in (True, False):
         ours, _ = _module(4, 5, dtype)
-        with _fast.enabled(flag):
+        with kernels.enabled(flag):
             results.append(_step(ours, x, grad_y))
     rtol, atol = (1e-12, 1e-12) if dtype == torch.float64 else (1e-5, 1e-5)
     for a, b in zip(*results, strict=True):
@@ -146,7 +146,7 @@ def test_large_offset_tiny_variance_on_the_fast_path(calls, shape) -> None:
 @needs_fast
 @pytest.mark.parametrize("pattern", ["xwb", "x", "wb"])
 def test_gradcheck_float64_through_the_kernels(monkeypatch, calls, pattern) -> None:
-    monkeypatch.setattr(_fast, "MIN_NUMEL", 0)
+    monkeypatch.setattr(kernels, "MIN_NUMEL", 0)
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(3, 2, 3, 2, generator=gen, dtype=torch.float64) * 2 + 1
     w = torch.rand(2, generator=gen, dtype=torch.float64) + 0.5
@@ -208,10 +208,10 @@ def test_recorded_calls_and_mixed_dtypes_take_the_reference_path(calls) -> None:
 @needs_fast
 def test_switched_off_path_is_not_used(calls) -> None:
     x = torch.randn(64, 4, 8, 8)
-    with _fast.enabled(False):
-        assert not _fast.is_enabled()
+    with kernels.enabled(False):
+        assert not kernels.is_enabled()
         bnlab.functional.batch_norm(x, None, None, training=True)
-    assert _fast.is_enabled()
+    assert kernels.is_enabled()
     assert calls["train_forward"] == 0
     bnlab.functional.batch_norm(x, None, None, training=True)
     assert calls["train_forward"] == 1
@@ -219,8 +219,8 @@ def test_switched_off_path_is_not_used(calls) -> None:
 
 @needs_fast
 def test_pooled_outputs_match_and_are_plain_tensors(monkeypatch, calls) -> None:
-    monkeypatch.setattr(_fast, "POOL_MIN_BYTES", 0)
-    monkeypatch.setattr(_fast, "_pool", _fast.OutputPool(1 << 20))
+    monkeypatch.setattr(kernels, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(kernels, "_pool", kernels.OutputPool(1 << 20))
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(32, 3, 16, 16, generator=gen)
     grad_y = torch.randn(32, 3, 16, 16, generator=gen)
@@ -238,7 +238,7 @@ def test_pooled_outputs_match_and_are_plain_tensors(monkeypatch, calls) -> None:
 
 
 def test_pool_reuses_only_free_mappings() -> None:
-    pool = _fast.OutputPool(max_free_bytes=1 << 30)
+    pool = kernels.OutputPool(max_free_bytes=1 << 30)
     a = pool.empty((1000,), torch.float32)
     a.fill_(1.0)
     b = pool.empty((1000,), torch.float32)  # a is alive: a new mapping
@@ -260,7 +260,7 @@ def test_pool_reuses_only_free_mappings() -> None:
 
 
 def test_pool_unmaps_free_mappings_beyond_its_cap() -> None:
-    pool = _fast.OutputPool(max_free_bytes=10_000)
+    pool = kernels.OutputPool(max_free_bytes=10_000)
     tensors = [pool.empty((1000,), torch.float32) for _ in range(4)]
     assert pool.mapped_bytes() == 16_000
     del tensors
@@ -268,21 +268,21 @@ def test_pool_unmaps_free_mappings_beyond_its_cap() -> None:
     kept = pool.empty((2000,), torch.float32)  # another size: unmaps the oldest free ones
     assert pool.free_bytes() == 8_000
     assert pool.mapped_bytes() == 8_000 + kept.numel() * 4
-    off = _fast.OutputPool(max_free_bytes=0)
+    off = kernels.OutputPool(max_free_bytes=0)
     off.empty((1000,), torch.float32)
     assert off.mapped_bytes() == 0  # reuse off: nothing kept
 
 
 def test_set_pool_limit_rejects_negative_values() -> None:
     with pytest.raises(ValueError, match="max_free_bytes") as info:
-        _fast.set_pool_limit(-1)
+        kernels.set_pool_limit(-1)
     assert str(info.value) == (
         "set_pool_limit: max_free_bytes must be >= 0 (0 turns reuse off), got -1"
     )
 
 
 def test_failed_build_warns_once_and_falls_back(fresh_build_state, monkeypatch, calls) -> None:
-    monkeypatch.setattr(_fast, "compilers", ("bnlab-no-such-compiler++",))
+    monkeypatch.setattr(kernels, "compilers", ("bnlab-no-such-compiler++",))
     x = torch.randn(64, 4, 8, 8)
     want = torch.nn.functional.batch_norm(x, None, None, training=True)
     with pytest.warns(RuntimeWarning) as record:
@@ -298,16 +298,16 @@ def test_failed_build_warns_once_and_falls_back(fresh_build_state, monkeypatch, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning
         bnlab.functional.batch_norm(x, None, None, training=True)
-    assert not _fast.available()
-    assert _fast.status().startswith("unavailable: RuntimeError: no C++ compiler found")
+    assert not kernels.available()
+    assert kernels.status().startswith("unavailable: RuntimeError: no C++ compiler found")
     assert calls["train_forward"] == 0
 
 
 @needs_fast
 def test_compiler_error_warns_with_its_last_line(fresh_build_state, monkeypatch) -> None:
-    monkeypatch.setattr(_fast, "FLAGS", (*_fast.FLAGS, "-fbnlab-no-such-flag"))
+    monkeypatch.setattr(kernels, "FLAGS", (*kernels.FLAGS, "-fbnlab-no-such-flag"))
     with pytest.warns(RuntimeWarning, match=r"failed with exit code \d+: .*bnlab-no-such-flag"):
-        assert not _fast.available()
+        assert not kernels.available()
     # No half-written library is left behind for the next process.
     assert not list(fresh_build_state.rglob("*.so"))
 
@@ -316,21 +316,21 @@ def test_compiler_error_warns_with_its_last_line(fresh_build_state, monkeypatch)
 def test_waiting_builder_loads_the_library_another_process_built(monkeypatch, tmp_path) -> None:
     from filelock import FileLock
 
-    assert _fast.available()  # the real library, to stand in for another process' build
-    built = _fast._lib._name
-    monkeypatch.setattr(_fast, "_lib", None)
-    monkeypatch.setattr(_fast, "_state", "not built yet")
-    monkeypatch.setattr(_fast, "_failed", False)
-    monkeypatch.setattr(_fast, "_fns", {})
-    monkeypatch.setattr(_fast, "cache_dir", tmp_path / "cache")
+    assert kernels.available()  # the real library, to stand in for another process' build
+    built = kernels._lib._name
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_state", "not built yet")
+    monkeypatch.setattr(kernels, "_failed", False)
+    monkeypatch.setattr(kernels, "_fns", {})
+    monkeypatch.setattr(kernels, "cache_dir", tmp_path / "cache")
     # Compiling now would fail: the waiting builder must load, not compile.
-    monkeypatch.setattr(_fast, "compilers", ("bnlab-no-such-compiler++",))
-    folder = tmp_path / "cache" / _fast._key()
+    monkeypatch.setattr(kernels, "compilers", ("bnlab-no-such-compiler++",))
+    folder = tmp_path / "cache" / kernels._key()
     folder.mkdir(parents=True)
     lock = FileLock(str(folder / "build.lock"))
     lock.acquire()
     result = {}
-    waiter = threading.Thread(target=lambda: result.update(ok=_fast.available()))
+    waiter = threading.Thread(target=lambda: result.update(ok=kernels.available()))
     waiter.start()
     waiter.join(timeout=0.5)
     assert waiter.is_alive()  # blocked on the lock
@@ -338,7 +338,7 @@ def test_waiting_builder_loads_the_library_another_process_built(monkeypatch, tm
     lock.release()
     waiter.join(timeout=60)
     assert result == {"ok": True}
-    assert _fast.status() == f"ready: {folder / 'bn_kernels.so'}"
+    assert kernels.status() == f"ready: {folder / 'bn_kernels.so'}"
 
 
 # ---------------------------------------------------------------- the modules' lean path
@@ -388,7 +388,7 @@ def test_module_lean_path_equals_reference_path(calls, shape, kwargs, dtype) -> 
     results = []
     for flag in (True, False):
         module = _lean_module(shape, dtype, **kwargs)
-        with _fast.enabled(flag):
+        with kernels.enabled(flag):
             results.append(_two_steps(module, x, grad_y))
     assert calls["train_forward"] >= 2  # untracked: eval mode normalizes with the batch too
     assert calls["train_backward"] == 2
@@ -404,7 +404,7 @@ def test_module_training_forward_under_no_grad_updates_the_buffers(calls) -> Non
     x = torch.randn(64, 4, 8, 8) * 2 + 3
     modules = [_lean_module(x.shape, torch.float32, momentum=None) for _ in range(2)]
     for module, flag in zip(modules, (True, False), strict=True):
-        with torch.no_grad(), _fast.enabled(flag):
+        with torch.no_grad(), kernels.enabled(flag):
             module(x)
             module(x * 0.5)
     assert calls["train_forward"] == 2
@@ -421,7 +421,7 @@ def test_double_backward_through_the_module_lean_path(calls) -> None:
     for flag in (True, False):
         module = _lean_module(x.shape, torch.float64)
         xr = x.clone().requires_grad_()
-        with _fast.enabled(flag):
+        with kernels.enabled(flag):
             (gx,) = torch.autograd.grad(module(xr), xr, grad_y, create_graph=True)
             gx.pow(2).sum().backward()
         grads.append((gx, xr.grad, module.weight.grad))
@@ -458,5 +458,5 @@ def test_lean_path_under_functorch_goes_through_function_apply(flag) -> None:
     # Inside a functorch transform fast_batch_norm_train calls Function.apply, which
     # (no setup_context) refuses the transform as the general path's Function does.
     module = bnlab.nn.BatchNorm2d(4)
-    with _fast.enabled(flag), pytest.raises(RuntimeError, match="setup_context"):
+    with kernels.enabled(flag), pytest.raises(RuntimeError, match="setup_context"):
         torch.func.grad(lambda t: module(t).sum())(torch.randn(64, 4, 8, 8))

@@ -391,7 +391,7 @@ def _cuda_kernels() -> Any:
     with _lock:
         if _triton_bn is None and not _cuda_failed:
             try:
-                from bnlab.functional._fast import triton_bn
+                from bnlab.kernels import triton_bn
 
                 _triton_bn = triton_bn
                 _cuda_state = f"ready: triton {triton_bn.triton.__version__}"
