@@ -21,7 +21,6 @@ equal the unbroken run's, timings aside. Every kill point of the run is tried (1
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import os
@@ -34,13 +33,12 @@ from typing import Any
 import pytest
 import torch
 
+import bnlab.train.run_dir as run_dir_module
 from bnlab import models
 from bnlab.data.loader import DeviceLoader
 from bnlab.data.synthetic import fake_images_labels
 from bnlab.train import TIMING_KEYS, TrainConfig, fit, load_checkpoint, read_jsonl
 from bnlab.train import io as train_io
-
-fit_module = importlib.import_module("bnlab.train.fit")  # the package exports fit, the function
 
 # 48 samples in batches of 16: 3 steps per epoch, 6 in all; a step record every 2 steps.
 CONFIG = TrainConfig(lr=0.1, epochs=2, batch_size=16, log_every_steps=2)
@@ -84,7 +82,7 @@ def _install_kill(kind: str, k: int) -> Callable[[Any], None] | None:
         train_io.atomic_write = atomic_write  # save_checkpoint/write_json look it up here
         return None
     if kind == "append":
-        real_append = fit_module.append_jsonl
+        real_append = run_dir_module.append_jsonl
 
         def append_jsonl(path: Any, record: Any) -> None:
             calls["n"] += 1
@@ -97,7 +95,7 @@ def _install_kill(kind: str, k: int) -> Callable[[Any], None] | None:
                 os.fsync(f.fileno())
             _die()
 
-        fit_module.append_jsonl = append_jsonl
+        run_dir_module.append_jsonl = append_jsonl  # RunDir.append_metrics looks it up here
         return None
 
     def on_step(info: Any) -> None:

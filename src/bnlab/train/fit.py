@@ -18,6 +18,12 @@ Across processes: ``fit(..., distributed=run)`` with a ``bnlab.train.distributed
 DistributedRun`` trains with DistributedDataParallel, each rank on its part of every
 global batch; what that means for the loss, the metrics, evaluation and the files is
 spelled out in ``bnlab.train.distributed``.
+
+Reading order: ``fit`` checks its arguments, then ``_start`` (seeds, initial weights, a
+new optimizer and metrics log) or ``_resume`` (everything from the checkpoint), then
+for each epoch ``_run_epoch`` (``_train_epoch``, a ``_train_step`` per batch, then the
+evaluation and the epoch's record) and ``_save_checkpoint``. The files live in a
+``bnlab.train.run_dir.RunDir``.
 """
 
 from __future__ import annotations
@@ -36,20 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlab.train.anomaly import detect_anomalies
+from bnlab.train.anomaly import AnomalyWhere, detect_anomalies
 from bnlab.train.config import TrainConfig
 from bnlab.train.distributed import DistributedRun
-from bnlab.train.io import (
-    CHECKPOINT_NAME,
-    METRICS_NAME,
-    PREVIOUS_CHECKPOINT_NAME,
-    append_jsonl,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-    write_jsonl,
-)
 from bnlab.train.precision import Precision
+from bnlab.train.run_dir import CHECKPOINT_NAME, RunDir, settings_changes
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -331,12 +328,14 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> 
             f"{CHECKPOINT_FORMAT}; start a new run in another directory"
         )
     # Settings added since the checkpoint was written count as their defaults.
-    saved = {**TrainConfig().to_dict(), **state["config"]}
-    current = config.to_dict()
-    changed = sorted(k for k in current.keys() | saved.keys() if saved.get(k) != current.get(k))
-    refused = [k for k in changed if k not in _RESUMABLE_CHANGES]
-    if refused:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in refused)
+    changes = settings_changes(
+        state["config"],
+        config.to_dict(),
+        may_change=_RESUMABLE_CHANGES,
+        defaults=TrainConfig().to_dict(),
+    )
+    if changes:
+        details = ", ".join(str(c) for c in sorted(changes, key=lambda c: c.key))
         raise ValueError(
             f"cannot resume {path} with a different config ({details}); only "
             f"{', '.join(sorted(_RESUMABLE_CHANGES))} may change. Use the saved settings "
@@ -349,32 +348,31 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> 
         )
 
 
-def _load_resumable(path: Path, config: TrainConfig) -> dict[str, Any]:
-    """The checkpoint to resume from: ``path``, or the previous one when ``path`` is damaged.
+def _load_resumable(run: RunDir, config: TrainConfig) -> dict[str, Any]:
+    """The checkpoint to resume from: the last one, or the previous one when it is damaged.
 
     A checkpoint that cannot be read (truncated, corrupted, not a checkpoint, or one that
     needs pickled code) falls back to ``checkpoint.prev.pt`` with a ``RuntimeWarning``
     that says so; without a readable previous one the first error is raised.
     """
     try:
-        state = load_checkpoint(path)
+        state = run.load_checkpoint()
     except RuntimeError as exc:
-        previous = path.with_name(PREVIOUS_CHECKPOINT_NAME)
-        if not previous.is_file():
+        if not run.previous_checkpoint.is_file():
             raise
         try:
-            state = load_checkpoint(previous)
+            state = run.load_checkpoint(previous=True)
         except RuntimeError:
             raise exc from None
-        _check_resumable(state, config, previous)
+        _check_resumable(state, config, run.previous_checkpoint)
         warnings.warn(
-            f"{exc}; resuming from the previous checkpoint {previous} (epoch "
+            f"{exc}; resuming from the previous checkpoint {run.previous_checkpoint} (epoch "
             f"{state['epoch']}) instead",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # fit's caller
         )
         return state
-    _check_resumable(state, config, path)
+    _check_resumable(state, config, run.checkpoint)
     return state
 
 
@@ -432,6 +430,279 @@ def _global_loss(logits: Tensor, y: Tensor, run: DistributedRun) -> tuple[Tensor
     n = int(samples)
     loss = local_sum * (run.world_size / max(n, 1))
     return loss, loss_total / max(n, 1), n, int(correct)
+
+
+@dataclass
+class _Session:
+    """What the steps of one ``fit`` call share: the model, its optimizer, the records.
+
+    ``out`` is the run folder for the process that writes the run's files (rank 0, or
+    the only process); None for the other ranks and for a run without a folder.
+    """
+
+    config: TrainConfig
+    device: torch.device
+    model: nn.Module
+    amp: Precision
+    out: RunDir | None
+    distributed: DistributedRun | None
+    num_batches: int | None
+    optimizer: torch.optim.Optimizer = field(init=False)
+    net: nn.Module = field(init=False)  # the model the steps run through (DDP-wrapped)
+    where: AnomalyWhere | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0  # global optimizer steps done
+    resumed_from: int | None = None
+    run_time: float = 0.0  # summed epoch_time_s of the epochs done
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self.out is not None:
+            self.out.append_metrics(record)
+
+    def epoch_records(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["kind"] == "epoch"]
+
+
+@dataclass
+class _Totals:
+    """Running sums of one training epoch, measured on the batches as trained."""
+
+    correct: Tensor  # int64 scalar on the device: no host sync per step
+    loss_sum: float = 0.0
+    samples: int = 0
+    train_time: float = 0.0
+
+    def means(self) -> dict[str, float]:
+        return {
+            "train_loss": self.loss_sum / self.samples,
+            "train_acc": self.correct.item() / self.samples,
+        }
+
+
+def _check_arguments(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    config: TrainConfig,
+    *,
+    run_dir: str | Path | None,
+    resume: bool,
+    distributed: DistributedRun | None,
+) -> torch.device:
+    """Refuse what ``fit`` cannot run (see its Raises); returns the device."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"fit: config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
+    if distributed is not None and not isinstance(distributed, DistributedRun):
+        raise TypeError(
+            f"fit: distributed must be a DistributedRun or None, got {type(distributed).__name__}"
+        )
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"fit: config.device is {config.device!r} but CUDA is not available; use device='cpu'"
+        )
+    loader_batch = getattr(train_loader, "batch_size", None)
+    if isinstance(loader_batch, int) and loader_batch != config.batch_size:
+        raise ValueError(
+            f"fit: train_loader.batch_size is {loader_batch} but config.batch_size is "
+            f"{config.batch_size}; build the loader with the config's batch size"
+        )
+    if resume and run_dir is None:
+        raise ValueError("fit: resume=True needs the run_dir of the run to continue")
+    return device
+
+
+def _open_run_dir(run_dir: str | Path | None, resume: bool) -> RunDir | None:
+    """The run folder (created if missing); a fresh start must not find a checkpoint."""
+    if run_dir is None:
+        return None
+    run = RunDir(run_dir).ensure()
+    # A run stopped before its first checkpoint has nothing to resume: its
+    # metrics.jsonl is simply started again.
+    if not resume and run.checkpoint.exists():
+        raise FileExistsError(
+            f"fit: {run.path} already holds a run ({CHECKPOINT_NAME}); pass resume=True "
+            "to continue it, or use another directory"
+        )
+    return run
+
+
+def _start(s: _Session) -> None:
+    """A fresh start: seeded RNGs, initial weights, a new optimizer, an empty metrics log."""
+    _seed_rngs(s.config.seed, s.device)
+    if s.config.init == "xavier_uniform":
+        init_weights(s.model, s.config.seed)
+    s.model.to(s.device)
+    s.optimizer = _make_optimizer(s.model, s.config)
+    if s.out is not None:
+        s.out.start_metrics()
+
+
+def _resume(s: _Session, run: RunDir) -> None:
+    """Continue from the checkpoint: weights, optimizer, loss scale, RNGs and records."""
+    if not run.checkpoint.is_file():
+        raise FileNotFoundError(
+            f"fit: no checkpoint at {run.checkpoint} to resume from; start without resume=True"
+        )
+    if s.out is not None:  # of a process killed mid-write; only the writer, or it races its writes
+        s.out.remove_stale_temporaries()
+    state = _load_resumable(run, s.config)
+    s.model.to(s.device)
+    _load_model_state(s.model, state, run.checkpoint)
+    s.optimizer = _make_optimizer(s.model, s.config)
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.amp.load_state_dict(state.get("scaler", {}))
+    _set_rng_state(state["rng"], s.device)
+    s.records = [dict(r) for r in state["metrics"]]
+    s.resumed_from, s.step = state["epoch"], state["step"]
+    if s.out is not None:
+        # Drop whatever was logged after the checkpoint (a crash mid-epoch).
+        s.out.rewrite_metrics(s.records)
+
+
+def _train_step(s: _Session, x: Tensor, y: Tensor) -> tuple[float, int, Tensor | int]:
+    """Forward, loss and backward of one batch (no update yet): loss, samples, correct."""
+    logits = s.amp.forward(s.net, x)
+    if s.distributed is None:
+        loss = F.cross_entropy(logits, y)
+        s.optimizer.zero_grad(set_to_none=True)
+        s.amp.backward(loss)
+        return loss.item(), y.shape[0], (logits.detach().argmax(dim=1) == y).sum()
+    loss, loss_value, n, correct = _global_loss(logits, y, s.distributed)
+    s.optimizer.zero_grad(set_to_none=True)
+    s.amp.backward(loss)
+    return loss_value, n, correct
+
+
+def _non_finite(s: _Session, loss: float, epoch: int, batch: int) -> NonFiniteLossError:
+    of = f" of {s.num_batches}" if s.num_batches is not None else ""
+    return NonFiniteLossError(
+        f"training loss is {loss} at epoch {epoch}, step {s.step} (batch {batch}{of}); "
+        f"stopped before that update. Lower the learning rate (lr={s.config.lr:g}), or "
+        "check the inputs for NaN/inf",
+        epoch=epoch,
+        step=s.step,
+        loss=loss,
+    )
+
+
+def _train_epoch(
+    s: _Session,
+    epoch: int,
+    epoch_start: float,
+    loader: Iterable[Any],
+    on_step: Callable[[StepInfo], None] | None,
+) -> _Totals:
+    """One pass over ``loader`` in train mode, an SGD update per batch."""
+    s.net.train()
+    totals = _Totals(correct=torch.zeros((), dtype=torch.int64, device=s.device))
+    tic = time.perf_counter()
+    for batch, (x, y) in enumerate(_batches(loader, s.device), start=1):
+        s.step += 1
+        if s.where is not None:
+            s.where.epoch, s.where.step = epoch, s.step
+        loss, n, correct = _train_step(s, x, y)
+        if not math.isfinite(loss):
+            raise _non_finite(s, loss, epoch, batch)
+        s.amp.step(s.optimizer)
+        totals.loss_sum += loss * n
+        totals.samples += n
+        totals.correct += correct
+        _sync(s.device)
+        totals.train_time += time.perf_counter() - tic
+        if s.config.log_every_steps and s.step % s.config.log_every_steps == 0:
+            run_time = s.run_time + time.perf_counter() - epoch_start
+            s.log(
+                {
+                    "kind": "step",
+                    "epoch": epoch,
+                    "step": s.step,
+                    **totals.means(),
+                    "time_s": run_time,
+                }
+            )
+        if on_step is not None:
+            on_step(StepInfo(epoch, s.step, batch, s.num_batches, n, loss))
+        tic = time.perf_counter()
+    if totals.samples == 0:
+        raise ValueError(f"fit: the training loader yielded no samples in epoch {epoch}")
+    return totals
+
+
+def _run_epoch(
+    s: _Session,
+    epoch: int,
+    train_loader: Iterable[Any],
+    test_loader: Iterable[Any],
+    on_step: Callable[[StepInfo], None] | None,
+) -> dict[str, Any]:
+    """Train one epoch, evaluate in eval mode, log the epoch's record and return it."""
+    epoch_start = time.perf_counter()
+    set_epoch = getattr(train_loader, "set_epoch", None)
+    if callable(set_epoch):
+        set_epoch(epoch - 1)
+    # Set every epoch from the config alone (no scheduler state to checkpoint).
+    for group in s.optimizer.param_groups:
+        group["lr"] = s.config.lr_at(epoch)
+    totals = _train_epoch(s, epoch, epoch_start, train_loader, on_step)
+    eval_start = time.perf_counter()
+    if s.distributed is None:
+        test = evaluate(s.model, test_loader, s.device)
+    else:
+        test = _evaluate_distributed(s.model, test_loader, s.device, s.distributed)
+    eval_time = time.perf_counter() - eval_start
+    epoch_time = time.perf_counter() - epoch_start
+    s.run_time += epoch_time
+    record = {
+        "kind": "epoch",
+        "epoch": epoch,
+        "step": s.step,
+        **totals.means(),
+        "test_loss": test["loss"],
+        "test_acc": test["acc"],
+        "train_samples": totals.samples,
+        "test_samples": test["samples"],
+        "train_time_s": totals.train_time,
+        "eval_time_s": eval_time,
+        "epoch_time_s": epoch_time,
+        "images_per_s": totals.samples / max(totals.train_time, 1e-12),
+        "time_s": s.run_time,
+    }
+    s.log(record)
+    return record
+
+
+def _save_checkpoint(s: _Session, epoch: int) -> None:
+    """Replace the checkpoint atomically with the state after ``epoch`` (writer only)."""
+    if s.out is None:
+        return
+    # The plain model's state_dict (no DDP prefix): a checkpoint resumes with any
+    # number of processes, or loads into an unwrapped model.
+    s.out.save_checkpoint(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scaler": s.amp.state_dict(),
+            "rng": _rng_state(s.device),
+            "config": s.config.to_dict(),
+            "epoch": epoch,
+            "step": s.step,
+            "metrics": s.records,
+        }
+    )
+
+
+def _result(s: _Session) -> FitResult:
+    history = s.epoch_records()
+    if not history:
+        # Only possible when resuming a checkpoint that has no epochs, which fit never writes.
+        raise RuntimeError("fit: no epoch was trained")
+    steps = [r for r in s.records if r["kind"] == "step"]
+    epochs_run = s.config.epochs - (s.resumed_from or 0)
+    return _summary(history, steps, s.resumed_from, epochs_run)
 
 
 def fit(
@@ -506,212 +777,39 @@ def fit(
             the checkpoint cannot be read.
         TypeError: ``config`` is not a ``TrainConfig`` or ``model`` not an ``nn.Module``.
     """
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"fit: config must be a TrainConfig, got {type(config).__name__}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
-    if distributed is not None and not isinstance(distributed, DistributedRun):
-        raise TypeError(
-            f"fit: distributed must be a DistributedRun or None, got {type(distributed).__name__}"
-        )
+    device = _check_arguments(
+        model, train_loader, config, run_dir=run_dir, resume=resume, distributed=distributed
+    )
+    run = _open_run_dir(run_dir, resume)
     # Only one process of a data-parallel run writes the run's files.
     writer = distributed is None or distributed.is_main
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"fit: config.device is {config.device!r} but CUDA is not available; use device='cpu'"
-        )
-    loader_batch = getattr(train_loader, "batch_size", None)
-    if isinstance(loader_batch, int) and loader_batch != config.batch_size:
-        raise ValueError(
-            f"fit: train_loader.batch_size is {loader_batch} but config.batch_size is "
-            f"{config.batch_size}; build the loader with the config's batch size"
-        )
-    if resume and run_dir is None:
-        raise ValueError("fit: resume=True needs the run_dir of the run to continue")
-
-    checkpoint_path = metrics_path = None
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint_path, metrics_path = run_dir / CHECKPOINT_NAME, run_dir / METRICS_NAME
-        # A run stopped before its first checkpoint has nothing to resume: its
-        # metrics.jsonl is simply started again.
-        if not resume and checkpoint_path.exists():
-            raise FileExistsError(
-                f"fit: {run_dir} already holds a run ({CHECKPOINT_NAME}); pass resume=True "
-                "to continue it, or use another directory"
-            )
-
     try:
         num_batches: int | None = len(train_loader)  # type: ignore[arg-type]
     except TypeError:
         num_batches = None
-    set_epoch = getattr(train_loader, "set_epoch", None)
-
-    amp = Precision(config.precision, device)
+    s = _Session(
+        config=config,
+        device=device,
+        model=model,
+        amp=Precision(config.precision, device),
+        out=run if writer else None,
+        distributed=distributed,
+        num_batches=num_batches,
+    )
     with _rng_scope(device), contextlib.ExitStack() as scopes:
-        records: list[dict[str, Any]]
-        resumed_from: int | None
-        if resume and checkpoint_path is not None and metrics_path is not None:
-            if not checkpoint_path.is_file():
-                raise FileNotFoundError(
-                    f"fit: no checkpoint at {checkpoint_path} to resume from; start without "
-                    "resume=True"
-                )
-            if writer:  # of a process killed mid-write; only the writer, or it races its writes
-                remove_stale_temporaries(checkpoint_path.parent)
-            state = _load_resumable(checkpoint_path, config)
-            model.to(device)
-            _load_model_state(model, state, checkpoint_path)
-            optimizer = _make_optimizer(model, config)
-            optimizer.load_state_dict(state["optimizer"])
-            amp.load_state_dict(state.get("scaler", {}))
-            _set_rng_state(state["rng"], device)
-            records = [dict(r) for r in state["metrics"]]
-            resumed_from, step = state["epoch"], state["step"]
-            # Drop whatever was logged after the checkpoint (a crash mid-epoch).
-            if writer:
-                write_jsonl(metrics_path, records)
+        if resume and run is not None:  # _check_arguments: resume comes with a run_dir
+            _resume(s, run)
         else:
-            _seed_rngs(config.seed, device)
-            if config.init == "xavier_uniform":
-                init_weights(model, config.seed)
-            model.to(device)
-            optimizer = _make_optimizer(model, config)
-            records, resumed_from, step = [], None, 0
-            if metrics_path is not None and writer:
-                # A previous checkpoint without a checkpoint belongs to an earlier run
-                # (removed by --overwrite): never a fallback for this one.
-                metrics_path.with_name(PREVIOUS_CHECKPOINT_NAME).unlink(missing_ok=True)
-                remove_stale_temporaries(metrics_path.parent)  # of a process killed mid-write
-                write_jsonl(metrics_path, [])
-        # The network the steps run through: DDP averages the gradients over the ranks.
-        net = distributed.wrap(model) if distributed is not None else model
-        where = scopes.enter_context(detect_anomalies(model)) if detect_anomaly else None
-
-        def log(record: dict[str, Any]) -> None:
-            records.append(record)
-            if metrics_path is not None and writer:
-                append_jsonl(metrics_path, record)
-
-        def epoch_records() -> list[dict[str, Any]]:
-            return [r for r in records if r["kind"] == "epoch"]
-
-        done = epoch_records()
-        run_time = done[-1]["time_s"] if done else 0.0
-        first_epoch = (resumed_from or 0) + 1
-        for epoch in range(first_epoch, config.epochs + 1):
-            epoch_start = time.perf_counter()
-            if callable(set_epoch):
-                set_epoch(epoch - 1)
-            # Set every epoch from the config alone (no scheduler state to checkpoint).
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr_at(epoch)
-            net.train()
-            loss_sum, samples, train_time = 0.0, 0, 0.0
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            tic = time.perf_counter()
-            for batch, (x, y) in enumerate(_batches(train_loader, device), start=1):
-                step += 1
-                if where is not None:
-                    where.epoch, where.step = epoch, step
-                logits = amp.forward(net, x)
-                if distributed is None:
-                    loss = F.cross_entropy(logits, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    amp.backward(loss)
-                    loss_value = loss.item()
-                    n = y.shape[0]
-                    batch_correct = (logits.detach().argmax(dim=1) == y).sum()
-                else:
-                    loss, loss_value, n, batch_correct = _global_loss(logits, y, distributed)
-                    optimizer.zero_grad(set_to_none=True)
-                    amp.backward(loss)
-                if not math.isfinite(loss_value):
-                    of = f" of {num_batches}" if num_batches is not None else ""
-                    raise NonFiniteLossError(
-                        f"training loss is {loss_value} at epoch {epoch}, step {step} (batch "
-                        f"{batch}{of}); stopped before that update. Lower the learning rate "
-                        f"(lr={config.lr:g}), or check the inputs for NaN/inf",
-                        epoch=epoch,
-                        step=step,
-                        loss=loss_value,
-                    )
-                amp.step(optimizer)
-                loss_sum += loss_value * n
-                samples += n
-                correct += batch_correct
-                _sync(device)
-                train_time += time.perf_counter() - tic
-
-                if config.log_every_steps and step % config.log_every_steps == 0:
-                    log(
-                        {
-                            "kind": "step",
-                            "epoch": epoch,
-                            "step": step,
-                            "train_loss": loss_sum / samples,
-                            "train_acc": correct.item() / samples,
-                            "time_s": run_time + time.perf_counter() - epoch_start,
-                        }
-                    )
-                if on_step is not None:
-                    on_step(StepInfo(epoch, step, batch, num_batches, n, loss_value))
-                tic = time.perf_counter()
-            if samples == 0:
-                raise ValueError(f"fit: the training loader yielded no samples in epoch {epoch}")
-
-            eval_start = time.perf_counter()
-            if distributed is None:
-                test = evaluate(model, test_loader, device)
-            else:
-                test = _evaluate_distributed(model, test_loader, device, distributed)
-            eval_time = time.perf_counter() - eval_start
-            epoch_time = time.perf_counter() - epoch_start
-            run_time += epoch_time
-            record = {
-                "kind": "epoch",
-                "epoch": epoch,
-                "step": step,
-                "train_loss": loss_sum / samples,
-                "train_acc": correct.item() / samples,
-                "test_loss": test["loss"],
-                "test_acc": test["acc"],
-                "train_samples": samples,
-                "test_samples": test["samples"],
-                "train_time_s": train_time,
-                "eval_time_s": eval_time,
-                "epoch_time_s": epoch_time,
-                "images_per_s": samples / max(train_time, 1e-12),
-                "time_s": run_time,
-            }
-            log(record)
-            if checkpoint_path is not None and writer:
-                # The plain model's state_dict (no DDP prefix): a checkpoint resumes with
-                # any number of processes, or loads into an unwrapped model.
-                save_checkpoint(
-                    checkpoint_path,
-                    keep_previous=checkpoint_path.with_name(PREVIOUS_CHECKPOINT_NAME),
-                    state={
-                        "format": CHECKPOINT_FORMAT,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": amp.state_dict(),
-                        "rng": _rng_state(device),
-                        "config": config.to_dict(),
-                        "epoch": epoch,
-                        "step": step,
-                        "metrics": records,
-                    },
-                )
+            _start(s)
+        # DDP averages the gradients over the ranks.
+        s.net = distributed.wrap(model) if distributed is not None else model
+        if detect_anomaly:
+            s.where = scopes.enter_context(detect_anomalies(model))
+        done = s.epoch_records()
+        s.run_time = done[-1]["time_s"] if done else 0.0
+        for epoch in range((s.resumed_from or 0) + 1, config.epochs + 1):
+            record = _run_epoch(s, epoch, train_loader, test_loader, on_step)
+            _save_checkpoint(s, epoch)
             if on_epoch is not None:
                 on_epoch(dict(record))
-
-    history = epoch_records()
-    if not history:
-        # Only possible when resuming a checkpoint that has no epochs, which fit never writes.
-        raise RuntimeError("fit: no epoch was trained")
-    steps = [r for r in records if r["kind"] == "step"]
-    epochs_run = config.epochs - (resumed_from or 0)
-    return _summary(history, steps, resumed_from, epochs_run)
+    return _result(s)

@@ -1,4 +1,6 @@
-"""Files of a run: atomic writes, the metrics log and the checkpoint.
+"""File writers of a run: atomic writes, the metrics log and the checkpoint.
+
+What the files are called and where they go is ``bnlab.train.run_dir``'s business.
 
 Every whole-file write goes to a temporary file in the destination's folder, is flushed
 and fsynced, and then renamed over the destination with ``os.replace`` (atomic on POSIX
@@ -26,9 +28,6 @@ from typing import IO, Any
 import torch
 
 __all__ = [
-    "CHECKPOINT_NAME",
-    "METRICS_NAME",
-    "PREVIOUS_CHECKPOINT_NAME",
     "append_jsonl",
     "atomic_write",
     "finite_or_none",
@@ -39,12 +38,6 @@ __all__ = [
     "write_json",
     "write_jsonl",
 ]
-
-#: File names inside a run folder.
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
-#: The checkpoint before the last one, kept so that a damaged checkpoint is not the end.
-PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,0 +1,316 @@
+"""One run folder: the files every run keeps, and the one check that resumes it.
+
+``bnlab train``, ``bnlab d2l`` (its folder and each ``runs/VARIANT/seedK``) and
+``bnlab lab NAME`` keep their runs in this layout (a command writes the files it has)::
+
+    RUN_DIR/
+      config.json         what was run: the settings, written first
+      environment.json    versions, machine, device, threads, git revision
+      metrics.jsonl       one JSON record per epoch (and per logged step), appended
+      checkpoint.pt       model, optimizer and RNG states after the last full epoch
+      checkpoint.prev.pt  the checkpoint before it, so that a damaged one is not the end
+      results.json        what came out, written last
+
+Lab folders written before this layout keep their environment in ``env.json``
+(``LEGACY_ENVIRONMENT_NAME``); ``RunDir.read_environment`` and the report read both.
+
+Resuming: a folder is continued only by a run of the same settings. ``settings_changes``
+compares two settings records (nested dicts, as ``config.json`` holds them) key by key
+and lists what differs, leaving out the keys a caller lets change (``"train.epochs"``);
+``RunDir.settings_changes`` compares a run's settings with the folder's ``config.json``,
+and ``fit`` compares its config with the checkpoint's in the same way. An empty list
+means "this folder holds a run of the same settings"; anything else is refused by the
+caller, with its own words for the fix.
+
+All whole-file writes are atomic (``bnlab.train.io``); the metrics log grows by
+appended, fsynced lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bnlab.train.io import (
+    append_jsonl,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+    write_json,
+    write_jsonl,
+)
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CONFIG_NAME",
+    "ENVIRONMENT_NAME",
+    "LEGACY_ENVIRONMENT_NAME",
+    "METRICS_NAME",
+    "PREVIOUS_CHECKPOINT_NAME",
+    "RESULTS_NAME",
+    "RUN_FILES",
+    "Change",
+    "RunDir",
+    "settings_changes",
+]
+
+#: File names inside a run folder.
+CONFIG_NAME = "config.json"
+ENVIRONMENT_NAME = "environment.json"
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
+RESULTS_NAME = "results.json"
+#: Where lab folders written before this layout keep their environment.
+LEGACY_ENVIRONMENT_NAME = "env.json"
+#: Every file of the layout, in the order a run writes them.
+RUN_FILES: tuple[str, ...] = (
+    CONFIG_NAME,
+    ENVIRONMENT_NAME,
+    METRICS_NAME,
+    CHECKPOINT_NAME,
+    PREVIOUS_CHECKPOINT_NAME,
+    RESULTS_NAME,
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One setting that differs between a saved run and this one.
+
+    Attributes:
+        key: the setting, dotted for nested ones (``"train.lr"``).
+        saved: its value in the saved run (None when it had none).
+        current: its value now (None when it has none).
+    """
+
+    key: str
+    saved: Any
+    current: Any
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.saved!r} -> {self.current!r}"
+
+
+def _merged(defaults: Mapping[str, Any], saved: Mapping[str, Any]) -> dict[str, Any]:
+    """``saved`` over ``defaults``, nested dicts merged key by key."""
+    merged = dict(defaults)
+    for key, value in saved.items():
+        base = merged.get(key)
+        if isinstance(base, Mapping) and isinstance(value, Mapping):
+            merged[key] = _merged(base, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _allowed(key: str, may_change: Collection[str]) -> bool:
+    """Whether ``key`` or a section above it (``"distributed"`` for ``"distributed.x"``) may change."""
+    parts = key.split(".")
+    return any(".".join(parts[:n]) in may_change for n in range(1, len(parts) + 1))
+
+
+def _changes(
+    saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str, may_change: Collection[str]
+) -> list[Change]:
+    # The current record's order first, then keys only the saved one has; a section
+    # (a dict) is compared key by key, sorted, against the other side's (or nothing).
+    keys = [*current, *(k for k in saved if k not in current)]
+    if prefix:
+        keys = sorted(keys)
+    found: list[Change] = []
+    for key in keys:
+        name = f"{prefix}{key}"
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, Mapping) or isinstance(new, Mapping):
+            old = old if isinstance(old, Mapping) else {}
+            new = new if isinstance(new, Mapping) else {}
+            found += _changes(old, new, f"{name}.", may_change)
+        elif old != new and not _allowed(name, may_change):
+            found.append(Change(name, old, new))
+    return found
+
+
+def settings_changes(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    *,
+    may_change: Collection[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> list[Change]:
+    """What differs between the settings of a saved run and those of this one.
+
+    Args:
+        saved: the saved run's settings (a ``config.json``, or a checkpoint's config).
+        current: this run's settings, in the same shape.
+        may_change: dotted keys that may differ (``"train.epochs"``); a section name
+            (``"distributed"``) lets every key under it change.
+        defaults: values the saved run counts as having where it has none (settings
+            added since it was saved), in the same shape.
+
+    Returns:
+        The changes: top-level keys in ``current``'s order (then those only ``saved``
+        has), keys inside a section sorted. Empty when the runs have the same settings.
+    """
+    return _changes(_merged(defaults or {}, saved), current, "", may_change)
+
+
+class RunDir:
+    """A run folder: where each file of the layout is, and how it is read and written.
+
+    Nothing is created until something is written (``ensure``, the ``write_*``
+    methods and ``start_metrics`` create the folder).
+
+    Args:
+        path: the folder.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        """The path of the file ``name`` inside the folder."""
+        return self.path / name
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_NAME
+
+    @property
+    def environment(self) -> Path:
+        return self.path / ENVIRONMENT_NAME
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_NAME
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT_NAME
+
+    @property
+    def previous_checkpoint(self) -> Path:
+        return self.path / PREVIOUS_CHECKPOINT_NAME
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS_NAME
+
+    def ensure(self) -> RunDir:
+        """Create the folder (and its parents) if missing; returns ``self``."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def existing(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` that exist in the folder, in the order given."""
+        return [name for name in names if (self.path / name).exists()]
+
+    def is_empty(self) -> bool:
+        """Whether the folder is missing or holds nothing."""
+        return not self.path.exists() or not any(self.path.iterdir())
+
+    def remove(self, names: Iterable[str] = RUN_FILES) -> None:
+        """Remove the files ``names`` (the layout's by default) where present; nothing else."""
+        for name in names:
+            (self.path / name).unlink(missing_ok=True)
+
+    # config.json, environment.json, results.json
+
+    def write_config(self, record: Mapping[str, Any]) -> Path:
+        """Write ``config.json`` (atomically), creating the folder."""
+        return write_json(self.ensure().config, dict(record))
+
+    def read_config(self) -> dict[str, Any]:
+        """The settings in ``config.json``.
+
+        Raises:
+            OSError: the file is missing or unreadable.
+            ValueError: it is not a JSON object.
+        """
+        value = json.loads(self.config.read_text(encoding="utf-8"))
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+        return value
+
+    def settings_changes(
+        self,
+        current: Mapping[str, Any],
+        *,
+        may_change: Collection[str] = (),
+        defaults: Mapping[str, Any] | None = None,
+    ) -> list[Change]:
+        """``settings_changes`` between the folder's ``config.json`` and ``current``.
+
+        Raises:
+            OSError, ValueError: ``config.json`` is missing or unreadable (see
+                ``read_config``).
+        """
+        return settings_changes(
+            self.read_config(), current, may_change=may_change, defaults=defaults
+        )
+
+    def write_environment(self, record: Mapping[str, Any]) -> Path:
+        """Write ``environment.json`` (atomically), creating the folder."""
+        return write_json(self.ensure().environment, dict(record))
+
+    def read_environment(self) -> dict[str, Any]:
+        """The environment record: ``environment.json``, else an older folder's ``env.json``.
+
+        Raises:
+            OSError: neither file exists or can be read.
+            ValueError: the file is not valid JSON.
+        """
+        path = self.environment
+        if not path.exists() and (self.path / LEGACY_ENVIRONMENT_NAME).exists():
+            path = self.path / LEGACY_ENVIRONMENT_NAME
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def write_results(self, record: Mapping[str, Any]) -> Path:
+        """Write ``results.json`` (atomically), creating the folder."""
+        return write_json(self.ensure().results, dict(record))
+
+    # metrics.jsonl and the checkpoints
+
+    def start_metrics(self) -> None:
+        """Begin a fresh run: an empty metrics log, no previous checkpoint, no leftovers.
+
+        A previous checkpoint without a checkpoint belongs to an earlier run (one removed
+        by ``--overwrite``): it must never become this run's fallback.
+        """
+        self.ensure()
+        self.previous_checkpoint.unlink(missing_ok=True)
+        remove_stale_temporaries(self.path)  # of a process killed mid-write
+        write_jsonl(self.metrics, [])
+
+    def rewrite_metrics(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the metrics log with ``records`` (a resumed run drops what followed its
+        checkpoint, so that no epoch is logged twice)."""
+        write_jsonl(self.metrics, records)
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        """Append one record to the metrics log (flushed and fsynced)."""
+        append_jsonl(self.metrics, record)
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> Path:
+        """Replace ``checkpoint.pt`` atomically, keeping the one before as the previous."""
+        return save_checkpoint(self.checkpoint, state, keep_previous=self.previous_checkpoint)
+
+    def load_checkpoint(self, *, previous: bool = False) -> dict[str, Any]:
+        """Read ``checkpoint.pt`` (or, with ``previous``, ``checkpoint.prev.pt``).
+
+        Raises:
+            FileNotFoundError: no such checkpoint.
+            RuntimeError: the file is not a readable checkpoint.
+        """
+        return load_checkpoint(self.previous_checkpoint if previous else self.checkpoint)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Remove the temporary files of a process killed mid-write (see ``bnlab.train.io``)."""
+        return remove_stale_temporaries(self.path)
