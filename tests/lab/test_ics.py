@@ -17,6 +17,8 @@ from torch import nn
 from bnlab.lab import ics
 from bnlab.lab.claims import available_claims
 from bnlab.lab.experiment import run_lab
+from bnlab.lab.kit import build_model, directions_verdict, plateau_notes
+from bnlab.lab.runner import Bench, Cell
 
 TINY = dataclasses.replace(
     ics.ICSConfig.quick(),
@@ -52,9 +54,11 @@ def test_results_structure_and_figures(finished: tuple[Path, dict]) -> None:
                 assert len(metrics[key]) == TINY.seeds
                 assert all(v is not None and math.isfinite(v) for v in metrics[key])
     assert len(on_disk["verdicts"]) == 3
-    for verdict in on_disk["verdicts"]:
-        assert verdict["holds"] in (True, False, None)
-        assert verdict["measured"].split(":")[0] in ("supported", "not supported", "mixed")
+    # Each verdict is its rule's verdict on these numbers, and holds says the same.
+    for verdict, (_, rule) in zip(on_disk["verdicts"], ics.CLAIMS, strict=True):
+        expected = rule(on_disk)[1]
+        assert verdict["measured"].split(":")[0] == expected
+        assert verdict["holds"] == {"supported": True, "not supported": False}.get(expected)
     assert [f["file"] for f in on_disk["figures"]] == ["ics_trajectories.png", "ics_gradient.png"]
     for figure in on_disk["figures"]:
         assert (out / figure["file"]).stat().st_size > 1000
@@ -73,10 +77,12 @@ def test_claims_decide_the_results(finished: tuple[Path, dict]) -> None:
         "bn-reduces-gradient-ics",
         "bn-benefit-survives-covariate-shift",
     }
-    for claim in mine.values():
+    rules = dict(ics.CLAIMS)
+    for claim, (text, _) in zip(mine.values(), ics.CLAIMS, strict=True):
         evidence, verdict = claim.rule(results)
-        assert verdict in ("supported", "not supported", "mixed")
+        assert claim.rule is rules[text]
         assert set(evidence) == {"mlp-relu"}
+        assert results["verdicts"][list(rules).index(text)]["measured"].startswith(verdict + ":")
 
 
 def test_resume_after_deleting_a_unit_ends_equal(
@@ -129,12 +135,45 @@ def test_rules_on_synthetic_numbers(rule, key: str, low: str, high: str) -> None
     assert rule(results(big, small, noisy, small))[1] == ("mixed" if high == "supported" else high)
 
 
+def test_rules_on_equal_numbers_decide_nothing() -> None:
+    """The null: the same numbers with and without BN are no evidence either way."""
+    same = [0.3, 0.32, 0.31]
+    for rule, key in (
+        (ics.decide_ics, "drift"),
+        (ics.decide_grad_ics, "grad_cos"),
+        (ics.decide_noise, "test_acc"),
+    ):
+        per_seed = {"lenet": {v: {key: same, "grad_rel": same} for v in ("none", "bn", "bn-noise")}}
+        evidence, verdict = rule({"raw": {"per_seed": per_seed}})
+        assert verdict == "not supported"
+        assert evidence["lenet"]["direction"] == "unclear"
+        assert evidence["lenet"]["difference"] == 0.0
+
+
+def test_rule_evidence_names_the_means() -> None:
+    per_seed = {
+        "lenet": {
+            "none": {"drift": [0.5, 0.52, 0.51], "test_acc": [0.1, 0.1, 0.1]},
+            "bn": {"drift": [0.1, 0.11, 0.12], "test_acc": [0.8, 0.81, 0.82]},
+            "bn-noise": {"test_acc": [0.7, 0.71, 0.72]},
+        }
+    }
+    evidence, _ = ics.decide_ics({"raw": {"per_seed": per_seed}})
+    assert evidence["lenet"]["drift_bn"] == pytest.approx(0.11)
+    assert evidence["lenet"]["drift_none"] == pytest.approx(0.51)
+    assert evidence["lenet"]["difference"] == pytest.approx(-0.4)
+    evidence, verdict = ics.decide_noise({"raw": {"per_seed": per_seed}})
+    assert verdict == "supported"
+    assert evidence["lenet"]["test_acc_bn"] == pytest.approx(0.81)
+    assert evidence["lenet"]["test_acc_bn_noise"] == pytest.approx(0.71)
+
+
 def test_directions_verdict() -> None:
-    assert ics.directions_verdict(["less", "less"], "less") == "supported"
-    assert ics.directions_verdict(["unclear", "greater"], "less") == "not supported"
-    assert ics.directions_verdict(["less", "unclear"], "less") == "mixed"
+    assert directions_verdict(["less", "less"], "less") == "supported"
+    assert directions_verdict(["unclear", "greater"], "less") == "not supported"
+    assert directions_verdict(["less", "unclear"], "less") == "mixed"
     with pytest.raises(ValueError, match="no comparisons"):
-        ics.directions_verdict([], "less")
+        directions_verdict([], "less")
 
 
 def test_gradient_shift_of_a_two_layer_linear_net_by_hand() -> None:
@@ -171,7 +210,7 @@ def test_gradient_shift_of_a_two_layer_linear_net_by_hand() -> None:
 
 
 def test_gradient_shift_leaves_bn_statistics_alone() -> None:
-    model = ics.build_model("lenet", "bnlab", 0)
+    model = build_model("lenet", "bnlab", 0)
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     got = ics.gradient_shift(model, x, y, 0.1)
@@ -219,9 +258,7 @@ def test_noisy_outputs_applies_one_affine_map_per_channel_and_removeshook_count(
 def test_no_hooks_left_after_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
     built = spy_build_model(monkeypatch, ics)
     config = dataclasses.replace(TINY, steps=2)
-    ics._run_unit(
-        "mlp-relu", "bn-noise", 0, config, small_data(), torch.device("cpu"), lambda n: None
-    )
+    ics.measure(config, Cell("mlp-relu", "bn-noise", 0), Bench(small_data(), torch.device("cpu")))
     assert len(built) == 1
     assert hook_count(built[0]) == 0
 
@@ -240,5 +277,5 @@ def test_plateau_notes_flag_networks_at_chance_level() -> None:
         "lenet": {"none": {"train_loss": [2.30, 2.31]}, "bn": {"train_loss": [0.5, 0.6]}},
         "mlp-relu": {"none": {"train_loss": [None]}},
     }
-    (note,) = ics.plateau_notes(per_seed)
+    (note,) = plateau_notes(per_seed)
     assert note.startswith("LeNet (sigmoid), none: final train loss 2.305 is at chance level")

@@ -17,6 +17,7 @@ from torch import nn
 from bnlab.lab import landscape
 from bnlab.lab.claims import available_claims
 from bnlab.lab.experiment import run_lab
+from bnlab.lab.kit import build_model
 
 TINY = dataclasses.replace(
     landscape.LandscapeConfig.quick(),
@@ -53,8 +54,9 @@ def test_results_structure_and_figure(finished: tuple[Path, dict]) -> None:
     assert unit["step_sizes"] == pytest.approx([0.5 * TINY.lr_mlp, 2.0 * TINY.lr_mlp])
     assert len(unit["points"][0]["losses"]) == 2
     (verdict,) = on_disk["verdicts"]
-    assert verdict["holds"] in (True, False, None)
-    assert verdict["measured"].split(":")[0] in ("supported", "not supported", "mixed")
+    expected = landscape.decide_landscape(on_disk)[1]
+    assert verdict["measured"].split(":")[0] == expected
+    assert verdict["holds"] == {"supported": True, "not supported": False}.get(expected)
     assert [f["file"] for f in on_disk["figures"]] == ["landscape.png"]
     assert (out / "landscape.png").stat().st_size > 1000
 
@@ -64,8 +66,9 @@ def test_claim_decides_the_results(finished: tuple[Path, dict]) -> None:
     (claim,) = [c for c in available_claims() if c.experiment == "landscape"]
     assert claim.key == "bn-smoother-landscape"
     assert "1805.11604" in claim.source
+    assert claim.rule is landscape.decide_landscape
     evidence, verdict = claim.rule(results)
-    assert verdict in ("supported", "not supported", "mixed")
+    assert results["verdicts"][0]["measured"].startswith(verdict + ":")
     assert set(evidence["mlp-relu"]) == set(landscape.METRICS)
 
 
@@ -105,6 +108,10 @@ def test_rule_on_synthetic_numbers() -> None:
     mixed["raw"]["per_seed"]["lenet"]["none"]["beta"] = small
     evidence, verdict = landscape.decide_landscape(mixed)
     assert verdict == "mixed"
+    # The null: equal numbers decide nothing.
+    same = landscape.decide_landscape(_results(small, small))
+    assert same[1] == "not supported"
+    assert {e["direction"] for e in same[0]["lenet"].values()} == {"unclear"}
     assert evidence["lenet"]["beta"]["direction"] == "greater"
     assert evidence["lenet"]["loss_range"]["direction"] == "less"
 
@@ -139,7 +146,7 @@ def test_landscape_point_of_least_squares_against_the_algebra() -> None:
 
 
 def test_landscape_point_leaves_the_model_alone() -> None:
-    model = landscape.build_model("mlp-relu", "bnlab", 0)
+    model = build_model("mlp-relu", "bnlab", 0)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     landscape.landscape_point(model, x, y, [0.1, 0.4])

@@ -11,9 +11,9 @@ import torch
 
 from bnlab.data.synthetic import fake_images_labels
 from bnlab.lab import lr_sweep
-from bnlab.lab._common import take, train_variant, trainable_values
 from bnlab.lab.claims import VERDICTS
 from bnlab.lab.experiment import get_lab, run_lab
+from bnlab.lab.kit import take, train_variant, trainable_values
 from bnlab.models import create
 from bnlab.train import TrainConfig
 

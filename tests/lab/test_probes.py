@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnlab.lab.probes import capture, layers_of_type
+from bnlab.lab.kit.probes import capture, layers_of_type
 
 
 def _net() -> nn.Sequential:

@@ -17,6 +17,7 @@ from torch import nn
 from bnlab.lab import saturation
 from bnlab.lab.claims import available_claims
 from bnlab.lab.experiment import run_lab
+from bnlab.lab.runner import Bench, Cell
 
 TINY = dataclasses.replace(
     saturation.SaturationConfig.quick(),
@@ -58,8 +59,10 @@ def test_results_structure_and_figure(finished: tuple[Path, dict]) -> None:
     assert list(unit["probes"][0]["saturated"]) == [f"act{k}" for k in range(1, 7)]
     assert list(unit["probes"][0]["grad_rms"]) == [f"fc{k}" for k in range(1, 7)] + ["out"]
     assert len(on_disk["verdicts"]) == 3
-    for verdict in on_disk["verdicts"]:
-        assert verdict["holds"] in (True, False, None)
+    for verdict, (_, rule) in zip(on_disk["verdicts"], saturation.CLAIMS, strict=True):
+        expected = rule(on_disk)[1]
+        assert verdict["measured"].split(":")[0] == expected
+        assert verdict["holds"] == {"supported": True, "not supported": False}.get(expected)
     assert [f["file"] for f in on_disk["figures"]] == ["saturation.png"]
     assert (out / "saturation.png").stat().st_size > 1000
 
@@ -72,10 +75,13 @@ def test_claims_decide_the_results(finished: tuple[Path, dict]) -> None:
         "bn-fewer-relu-zeros",
         "bn-alleviates-vanishing-gradients",
     }
-    for claim in mine.values():
+    for claim, (_, rule), shown in zip(
+        mine.values(), saturation.CLAIMS, results["verdicts"], strict=True
+    ):
         assert claim.source.endswith(".txt")
+        assert claim.rule is rule
         evidence, verdict = claim.rule(results)
-        assert verdict in ("supported", "not supported", "mixed")
+        assert shown["measured"].startswith(verdict + ":")
         assert evidence
 
 
@@ -124,8 +130,15 @@ def test_rules_on_synthetic_numbers(rule, metric: str, archs: tuple, wanted: str
         assert rule(_results(metric, bn, dict.fromkeys(archs, bad)))[1] == "mixed"
     # Networks without the quantity (None everywhere) are left out of the decision.
     empty = {arch: [None] for arch in archs}
-    evidence, _ = rule(_results(metric, empty, empty))
+    evidence, verdict = rule(_results(metric, empty, empty))
     assert evidence == {}
+    assert verdict == "mixed"  # nothing to decide from
+    # The null: equal numbers on every network decide nothing.
+    evidence, verdict = rule(
+        _results(metric, dict.fromkeys(archs, good), dict.fromkeys(archs, good))
+    )
+    assert verdict == "not supported"
+    assert {e["direction"] for e in evidence.values()} == {"unclear"}
 
 
 def test_saturated_and_zero_share_of_known_tensors() -> None:
@@ -156,8 +169,8 @@ def test_gradient_rms() -> None:
 def test_no_hooks_left_after_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
     built = spy_build_model(monkeypatch, saturation)
     config = dataclasses.replace(TINY, steps=2)
-    saturation._run_unit(
-        "mlp-sigmoid", "bn", 0, config, small_data(), torch.device("cpu"), lambda n: None
+    saturation.measure(
+        config, Cell("mlp-sigmoid", "bn", 0), Bench(small_data(), torch.device("cpu"))
     )
     assert len(built) == 1
     assert hook_count(built[0]) == 0

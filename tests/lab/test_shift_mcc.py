@@ -12,9 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnlab.data.synthetic import fake_images_labels
 from bnlab.lab import shift_mcc
-from bnlab.lab.claims import VERDICTS
 from bnlab.lab.experiment import get_lab, run_lab
 from bnlab.lab.shift_mcc import (
     adversarial_mcc,
@@ -22,17 +20,6 @@ from bnlab.lab.shift_mcc import (
     null_threshold,
     shift_images,
 )
-
-
-def fake_data(train: int = 96, test: int = 96) -> dict[str, torch.Tensor]:
-    x, y = fake_images_labels(train, seed=0)
-    tx, ty = fake_images_labels(test, seed=1)
-    return {
-        "train_images": x,
-        "train_labels": y.long(),
-        "test_images": tx,
-        "test_labels": ty.long(),
-    }
 
 
 def tiny() -> shift_mcc.ShiftMccConfig:
@@ -176,23 +163,29 @@ def test_verdict_rules_on_synthetic_numbers() -> None:
     assert shift_mcc.decide_train_test({"raw": raw})[1] == "not supported"
 
 
-def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path) -> None:
+def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) -> None:
     spec = get_lab("shift-mcc")
     config = tiny()
     out = tmp_path / "run"
-    results = run_lab(spec, config, out, data=fake_data(), quick=True)
+    results = run_lab(spec, config, out, data=fake_data(96, 96), quick=True)
     for figure in ("shift_dose_response.png", "shift_internal.png"):
         assert (out / figure).is_file()
     raw = results["raw"]
     assert len(raw["calibration"]) == 2
     assert set(raw["dose"]) == set(shift_mcc.SHIFT_KINDS)
     assert len(raw["internal"]["bn"]) == config.seeds
-    assert all(v["holds"] in (True, False, None) for v in results["verdicts"])
     assert len(results["verdicts"]) == 3
-    for rule in (shift_mcc.decide_detects_shift, shift_mcc.decide_bn_reduces_ics):
-        assert rule(results)[1] in VERDICTS
+    rules = (
+        shift_mcc.decide_detects_shift,
+        shift_mcc.decide_bn_reduces_ics,
+        shift_mcc.decide_train_test,
+    )
+    for verdict, rule in zip(results["verdicts"], rules, strict=True):
+        expected = rule(results)[1]
+        assert verdict["measured"].startswith(expected + ":")
+        assert verdict["holds"] == {"supported": True, "not supported": False}.get(expected)
     units = sorted((out / "units").glob("*.json"))
     units[-1].unlink()  # a lost unit is recomputed, the rest reused
-    again = run_lab(spec, config, out, data=fake_data(), resume=True, quick=True)
+    again = run_lab(spec, config, out, data=fake_data(96, 96), resume=True, quick=True)
     assert again["units_reused"] == len(units) - 1
     assert again["raw"] == json.loads(json.dumps(raw))

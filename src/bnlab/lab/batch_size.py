@@ -45,7 +45,6 @@ from torch import Tensor, nn
 import bnlab.nn
 from bnlab.data.loader import DeviceLoader
 from bnlab.functional.batch_renorm import RENORM_R_MAX_STEPS
-from bnlab.lab._common import apply_rules, mean_std, pick, take, train_variant
 from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -56,6 +55,7 @@ from bnlab.lab.experiment import (
     compare,
     register_lab,
 )
+from bnlab.lab.kit import apply_rules, mean_std, pick, take, train_variant
 from bnlab.plots.batch import plot_vs_batch
 from bnlab.train import TrainConfig, evaluate
 from bnlab.train.fit import StepInfo

@@ -35,7 +35,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bnlab.lab._common import DIVERGENCE_RULE, mean_std, pick, take, train_variant
 from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -49,6 +48,7 @@ from bnlab.lab.experiment import (
     register_lab,
     seeded,
 )
+from bnlab.lab.kit import DIVERGENCE_RULE, mean_std, pick, take, train_variant
 from bnlab.models import create
 from bnlab.models.resnet import check_cifar_depth, cifar_resnet
 from bnlab.plots.depth import plot_depth_accuracy, plot_depth_curves

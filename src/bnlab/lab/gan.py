@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlab.lab._common import take, train_variant
 from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -54,7 +53,7 @@ from bnlab.lab.experiment import (
     register_lab,
     seeded,
 )
-from bnlab.lab.probes import capture
+from bnlab.lab.kit import capture, take, train_variant
 from bnlab.models import create
 from bnlab.plots.gan import plot_fd_bars, plot_samples
 from bnlab.train import TrainConfig

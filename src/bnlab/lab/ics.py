@@ -29,13 +29,14 @@ with and without BN, on the d2l LeNet (sigmoid) and on a ReLU MLP:
    every step; does training still beat the network without BN? (Evaluation and probes
    run without noise.)
 
-Verdicts use :func:`bnlab.lab.experiment.compare` over seeds (a difference counts when it
-exceeds twice its Welch standard error).
+The grid is architecture x variant (none, bn, bn-noise) x seed on the lab runner
+(``bnlab.lab.runner``); one cell trains with ``bnlab.train.steps.run_steps`` and its
+probes as hooks. Verdicts use :func:`bnlab.lab.experiment.compare` over seeds (a
+difference counts when it exceeds twice its Welch standard error).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -45,197 +46,48 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from bnlab.data.loader import DeviceLoader
-from bnlab.lab.claims import Claim, holds_of, register_claim
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    Verdict,
-    compare,
-    describe,
-    mean_std_text,
-    register_lab,
-    seeded,
+from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, register_lab, seeded
+from bnlab.lab.kit import (
+    BN_NORM,
+    apply_rules,
+    arch_label,
+    batches,
+    build_model,
+    check_archs,
+    check_positive,
+    compare_variants,
+    comparison_fields,
+    detached_state,
+    directions_verdict,
+    evidence_text,
+    finite_mean,
+    loss_at,
+    norm_layers,
+    plateau_notes,
+    probe_batch,
+    probe_copy,
+    split,
+    variant_mean,
+    weight_layers,
 )
-from bnlab.lab.probes import capture
-from bnlab.models import create, is_norm_layer
+from bnlab.lab.kit.data import accuracy_on_test
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab, layer_table, summary_table
 from bnlab.plots.ics import plot_grad_ics, plot_ics_trajectories
-from bnlab.train import evaluate, init_weights
+from bnlab.train.steps import StepState, every, run_steps
 
 __all__ = [
-    "ARCHS",
-    "Batches",
+    "VARIANTS",
     "ICSConfig",
-    "build_model",
+    "decide_grad_ics",
     "decide_ics",
     "decide_noise",
-    "directions_verdict",
     "distribution_drift",
     "gradient_shift",
+    "measure",
     "noisy_outputs",
-    "norm_layers",
-    "run_ics",
-    "weight_layers",
 ]
-
-#: Architectures: the d2l LeNet (sigmoid), a ReLU MLP and a deep sigmoid MLP, each with
-#: the norm before the activation (the paper's and the d2l chapter's placement).
-ARCHS: dict[str, dict[str, Any]] = {
-    "lenet": {"name": "lenet", "kwargs": {}, "label": "LeNet (sigmoid)"},
-    "mlp-relu": {
-        "name": "mlp",
-        "kwargs": {"hidden": (100, 100, 100), "activation": "relu", "norm_position": "before"},
-        "label": "MLP 3x100 (ReLU)",
-    },
-    "mlp-sigmoid": {
-        "name": "mlp",
-        "kwargs": {"hidden": (100,) * 6, "activation": "sigmoid", "norm_position": "before"},
-        "label": "MLP 6x100 (sigmoid)",
-    },
-}
-
-#: The model norm used for "with BN".
-BN_NORM = "bnlab"
-
-
-def check_archs(owner: str, archs: Sequence[str]) -> None:
-    """Raise ValueError for an empty or unknown architecture list."""
-    if not archs:
-        raise ValueError(f"{owner}: archs is empty; choose from: {', '.join(ARCHS)}")
-    for arch in archs:
-        if arch not in ARCHS:
-            raise ValueError(f"{owner}: unknown arch {arch!r}; choose from: {', '.join(ARCHS)}")
-
-
-def check_positive(owner: str, config: Any, names: Sequence[str]) -> None:
-    """Raise ValueError when a numeric setting is not > 0."""
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ValueError(f"{owner}: {name} must be > 0, got {value!r}")
-
-
-def build_model(arch: str, norm: str, seed: int, *, init_scale: float = 1.0) -> nn.Module:
-    """The architecture ``arch`` with ``norm``, d2l's Xavier init from ``seed``, scaled.
-
-    Args:
-        arch: a key of ``ARCHS``.
-        norm: ``"none"`` or a norm name (``"bnlab"``).
-        seed: fixes the initial weights.
-        init_scale: every conv/linear weight is multiplied by this after the init.
-
-    Raises:
-        ValueError: unknown ``arch``.
-    """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose from: {', '.join(ARCHS)}")
-    spec = ARCHS[arch]
-    model = create(spec["name"], norm=norm, **spec["kwargs"])
-    init_weights(model, seed)
-    if init_scale != 1.0:
-        with torch.no_grad():
-            for layer in weight_layers(model).values():
-                layer.weight.mul_(init_scale)
-    return model
-
-
-def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv and linear layers of ``model`` in forward (registration) order, by name."""
-    return {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
-    }
-
-
-def norm_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Normalization layers of ``model`` by name (empty without norms)."""
-    return {name: m for name, m in model.named_modules() if name and is_norm_layer(m)}
-
-
-class Batches:
-    """Endless training batches of a subset: epoch after epoch of a seeded DeviceLoader."""
-
-    def __init__(
-        self, images: Tensor, labels: Tensor, batch_size: int, seed: int, device: torch.device
-    ) -> None:
-        batch_size = min(batch_size, images.shape[0])
-        self.loader = DeviceLoader(
-            images, labels, batch_size, shuffle=True, seed=seed, device=device, drop_last=True
-        )
-        self._it: Iterator[tuple[Tensor, Tensor]] = iter(self.loader)
-
-    def next(self) -> tuple[Tensor, Tensor]:
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._it = iter(self.loader)
-            return next(self._it)
-
-
-def split(data: Mapping[str, Tensor], train_size: int, test_size: int) -> dict[str, Tensor]:
-    """The first ``train_size`` training and ``test_size`` test examples (int64 labels)."""
-    return {
-        "train_images": data["train_images"][:train_size],
-        "train_labels": data["train_labels"][:train_size].to(torch.int64),
-        "test_images": data["test_images"][:test_size],
-        "test_labels": data["test_labels"][:test_size].to(torch.int64),
-    }
-
-
-def probe_batch(data: Mapping[str, Tensor], size: int, device: torch.device) -> Tensor:
-    """The first ``size`` training images as a float batch ``(size, 1, 28, 28)`` in [0, 1]."""
-    n = min(size, data["train_images"].shape[0])
-    loader = DeviceLoader(
-        data["train_images"][:n], data["train_labels"][:n], n, shuffle=False, device=device
-    )
-    return next(iter(loader))[0]
-
-
-def accuracy_on_test(model: nn.Module, data: Mapping[str, Tensor], device: torch.device) -> float:
-    """Accuracy on the test split of ``data`` (eval mode)."""
-    loader = DeviceLoader(
-        data["test_images"], data["test_labels"], 500, shuffle=False, device=device
-    )
-    return float(evaluate(model, loader)["acc"])
-
-
-def directions_verdict(directions: Sequence[str], wanted: str) -> str:
-    """``supported`` if every comparison went the ``wanted`` way, ``not supported`` if none
-    did, ``mixed`` otherwise (``directions`` from :func:`compare`)."""
-    if not directions:
-        raise ValueError("directions_verdict: no comparisons to decide from")
-    hits = sum(d == wanted for d in directions)
-    if hits == len(directions):
-        return "supported"
-    if hits == 0:
-        return "not supported"
-    return "mixed"
-
-
-def plateau_notes(per_seed: Mapping[str, Mapping[str, Mapping[str, Sequence[Any]]]]) -> list[str]:
-    """Notes for (network, variant) pairs whose final train loss stayed near ln(10).
-
-    A 10-class network that has not left its initial plateau (loss within 5 % of
-    ln 10 = 2.303, chance level) barely moves, so a small shift or a flat landscape there
-    says that it does not learn, not that it is well conditioned.
-    """
-    notes = []
-    for arch, variants in per_seed.items():
-        for variant, metrics in variants.items():
-            mean = describe(metrics.get("train_loss", []))["mean"]
-            if mean is not None and mean > 0.95 * math.log(10):
-                notes.append(
-                    f"{ARCHS[arch]['label']}, {variant}: final train loss {mean:.3f} is at "
-                    "chance level (ln 10 = 2.303): it has not left the initial plateau, so its "
-                    "small changes reflect a network that barely learns"
-                )
-    return notes
 
 
 # --- measures -------------------------------------------------------------------------
@@ -293,38 +145,6 @@ def _layer_stats(x: Tensor) -> dict[str, Any]:
     }
 
 
-def probe_inputs(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
-    """The inputs of the named layers for batch ``x`` on a train-mode copy of ``model``.
-
-    The copy keeps the model's BN running statistics untouched; no gradients.
-    """
-    probe = copy.deepcopy(model).train()
-    modules = dict(probe.named_modules())
-    with torch.no_grad(), capture({n: modules[n] for n in layers}, what="input") as seen:
-        probe(x)
-    return {n: seen[n][0] for n in layers}
-
-
-def _clean_params(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    return params, buffers
-
-
-def loss_at(
-    model: nn.Module,
-    params: dict[str, Tensor],
-    buffers: dict[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-) -> Tensor:
-    """The loss of ``model`` with ``params`` and copies of ``buffers`` (functional call)."""
-    # Fresh buffer copies each call: train-mode BN updates them in place.
-    state = {**params, **{n: b.clone() for n, b in buffers.items()}}
-    return loss_fn(functional_call(model, state, (x,)), y)
-
-
 def gradient_shift(
     model: nn.Module,
     x: Tensor,
@@ -353,7 +173,7 @@ def gradient_shift(
     """
     wl = weight_layers(model)
     names = list(wl)[1:] if layers is None else list(layers)
-    params, buffers = _clean_params(model)
+    params, buffers = detached_state(model)
     order = list(params)
     leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
     loss = loss_at(model, leaves, buffers, x, y, loss_fn)
@@ -513,23 +333,31 @@ class ICSConfig:
 VARIANTS = ("none", "bn", "bn-noise")
 
 
-def _run_unit(
-    arch: str,
-    variant: str,
-    seed: int,
-    config: ICSConfig,
-    data: Mapping[str, Tensor],
-    device: torch.device,
-    advance: Callable[[int], None],
-) -> dict[str, Any]:
+def grid(config: ICSConfig) -> Grid:
+    """Architecture x variant x seed; the noisy variant only on ``noise_archs``."""
+    return Grid(
+        settings=config.archs,
+        variants=VARIANTS,
+        seeds=config.seeds,
+        include=lambda c: c.variant != "bn-noise" or c.setting in config.noise_archs,
+    )
+
+
+def prepare(config: ICSConfig, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The first ``train_size`` training and ``test_size`` test images."""
+    return split(data, config.train_size, config.test_size)
+
+
+def measure(config: ICSConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train one (arch, variant, seed) with the three measures as step hooks."""
+    arch, variant, seed = cell.setting, cell.variant, cell.seed
+    data, device = bench.data, bench.device
     norm = "none" if variant == "none" else BN_NORM
     lr = config.lr(arch)
     with seeded(seed) as gen:
         model = build_model(arch, norm, seed).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        batches = Batches(
-            data["train_images"], data["train_labels"], config.batch_size, seed, device
-        )
+        train = batches(data["train_images"], data["train_labels"], config.batch_size, seed, device)
         probe_x = probe_batch(data, config.probe_size, device)
         watched = list(weight_layers(model))[1:]
         norms = norm_layers(model)
@@ -538,55 +366,55 @@ def _run_unit(
         previous: dict[str, tuple[Tensor, Tensor, float]] = {}
         grad_ics: dict[str, list[dict[str, float]]] = {n: [] for n in watched}
         grad_steps: list[int] = []
-        losses: list[float] = []
 
-        def probe(step: int) -> None:
-            for name, x in probe_inputs(model, probe_x, watched).items():
+        def probe(step: int) -> None:  # measure 1
+            for name, x in probe_copy(model, probe_x, watched).items():
                 trajectory[name].append({"step": step, **_layer_stats(x)})
                 moments = _channel_moments(x)
                 if name in previous:
                     drifts[name].append(distribution_drift(previous[name], moments))
                 previous[name] = moments
 
-        for step in range(config.steps):
-            if step % config.probe_every == 0:
-                probe(step)
-            x, y = batches.next()
-            if step % config.grad_ics_every == 0:
-                for name, m in gradient_shift(model, x, y, lr).items():
-                    grad_ics[name].append(m)
-                grad_steps.append(step)
-            noise = (
-                noisy_outputs(
-                    norms, shift=config.noise_shift, scale=config.noise_scale, generator=gen
-                )
-                if variant == "bn-noise"
-                else _nothing()
-            )
-            with noise:
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            advance(1)
+        def grad_shift(state: StepState) -> None:  # measure 2
+            for name, m in gradient_shift(model, state.x, state.y, lr).items():
+                grad_ics[name].append(m)
+            grad_steps.append(state.step)
+
+        def noisy(model: nn.Module, x: Tensor) -> Tensor:  # measure 3
+            with noisy_outputs(
+                norms, shift=config.noise_shift, scale=config.noise_scale, generator=gen
+            ):
+                return model(x)
+
+        losses = run_steps(
+            model,
+            train,
+            opt,
+            steps=config.steps,
+            forward=noisy if variant == "bn-noise" else None,
+            on_batch=[
+                every(config.probe_every, lambda s: probe(s.step)),
+                every(config.grad_ics_every, grad_shift),
+            ],
+            on_step=lambda s: bench.advance(1),
+        )
         probe(config.steps)
     tail = [v for v in losses[-max(1, config.steps // 10) :]]
     final_loss = sum(tail) / len(tail)
     layer_drift = {n: (sum(v) / len(v) if v else 0.0) for n, v in drifts.items()}
-    layer_cos = {n: _mean([m["cos"] for m in v]) for n, v in grad_ics.items()}
-    layer_rel = {n: _mean([m["rel"] for m in v]) for n, v in grad_ics.items()}
-    layer_l2 = {n: _mean([m["l2"] for m in v]) for n, v in grad_ics.items()}
+    layer_cos = {n: finite_mean([m["cos"] for m in v]) for n, v in grad_ics.items()}
+    layer_rel = {n: finite_mean([m["rel"] for m in v]) for n, v in grad_ics.items()}
+    layer_l2 = {n: finite_mean([m["l2"] for m in v]) for n, v in grad_ics.items()}
     return {
         "arch": arch,
         "variant": variant,
         "seed": seed,
         "lr": lr,
         "metrics": {
-            "drift": _mean(list(layer_drift.values())),
-            "grad_cos": _mean(list(layer_cos.values())),
-            "grad_rel": _mean(list(layer_rel.values())),
-            "grad_l2": _mean(list(layer_l2.values())),
+            "drift": finite_mean(list(layer_drift.values())),
+            "grad_cos": finite_mean(list(layer_cos.values())),
+            "grad_rel": finite_mean(list(layer_rel.values())),
+            "grad_l2": finite_mean(list(layer_l2.values())),
             "train_loss": final_loss if math.isfinite(final_loss) else None,
             "test_acc": accuracy_on_test(model, data, device),
         },
@@ -602,44 +430,13 @@ def _run_unit(
     }
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
-
-
-def _per_seed(units: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, list]]]:
-    """arch -> variant -> metric -> per-seed values."""
-    out: dict[str, dict[str, dict[str, list]]] = {}
-    for u in units:
-        bucket = out.setdefault(u["arch"], {}).setdefault(u["variant"], {})
-        for key, value in u["metrics"].items():
-            bucket.setdefault(key, []).append(value)
-    return out
+# --- rules ----------------------------------------------------------------------------
 
 
 def decide_ics(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """Rule of claim ``bn-reduces-ics`` (measure 1): per architecture, the drift with BN
     is less than without (``compare``, 2 standard errors)."""
-    per_seed = results["raw"]["per_seed"]
-    evidence: dict[str, Any] = {}
-    directions = []
-    for arch, variants in per_seed.items():
-        if "none" not in variants or "bn" not in variants:
-            continue
-        c = compare(variants["bn"]["drift"], variants["none"]["drift"])
-        evidence[arch] = {
-            "drift_bn": describe(variants["bn"]["drift"])["mean"],
-            "drift_none": describe(variants["none"]["drift"])["mean"],
-            "difference": c.diff,
-            "se": c.se,
-            "direction": c.direction,
-        }
-        directions.append(c.direction)
+    evidence, directions = compare_variants(results["raw"]["per_seed"], "drift")
     return evidence, directions_verdict(directions, "less")
 
 
@@ -647,23 +444,17 @@ def decide_grad_ics(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """Rule of claim ``bn-reduces-gradient-ics`` (measure 2): per architecture, the mean
     cosine between a layer's gradient before and after the earlier layers' step is
     higher with BN (``compare``, 2 standard errors)."""
-    per_seed = results["raw"]["per_seed"]
-    evidence: dict[str, Any] = {}
-    directions = []
-    for arch, variants in per_seed.items():
-        if "none" not in variants or "bn" not in variants:
-            continue
-        c = compare(variants["bn"]["grad_cos"], variants["none"]["grad_cos"])
-        evidence[arch] = {
-            "cos_bn": describe(variants["bn"]["grad_cos"])["mean"],
-            "cos_none": describe(variants["none"]["grad_cos"])["mean"],
-            "rel_change_bn": describe(variants["bn"]["grad_rel"])["mean"],
-            "rel_change_none": describe(variants["none"]["grad_rel"])["mean"],
-            "difference": c.diff,
-            "se": c.se,
-            "direction": c.direction,
-        }
-        directions.append(c.direction)
+    evidence, directions = compare_variants(
+        results["raw"]["per_seed"],
+        "grad_cos",
+        entry=lambda v, c: {
+            "cos_bn": variant_mean(v, "bn", "grad_cos"),
+            "cos_none": variant_mean(v, "none", "grad_cos"),
+            "rel_change_bn": variant_mean(v, "bn", "grad_rel"),
+            "rel_change_none": variant_mean(v, "none", "grad_rel"),
+            **comparison_fields(c),
+        },
+    )
     return evidence, directions_verdict(directions, "greater")
 
 
@@ -671,138 +462,79 @@ def decide_noise(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """Rule of claim ``bn-benefit-survives-covariate-shift`` (measure 3): per
     architecture with a noisy run, test accuracy of BN + noise exceeds that without BN
     (``compare``, 2 standard errors)."""
-    per_seed = results["raw"]["per_seed"]
-    evidence: dict[str, Any] = {}
-    directions = []
-    for arch, variants in per_seed.items():
-        if not {"none", "bn-noise"} <= set(variants):
-            continue
-        c = compare(variants["bn-noise"]["test_acc"], variants["none"]["test_acc"])
-        evidence[arch] = {
-            "test_acc_none": describe(variants["none"]["test_acc"])["mean"],
-            "test_acc_bn": describe(variants.get("bn", {}).get("test_acc", []))["mean"],
-            "test_acc_bn_noise": describe(variants["bn-noise"]["test_acc"])["mean"],
-            "difference": c.diff,
-            "se": c.se,
-            "direction": c.direction,
-        }
-        directions.append(c.direction)
+    evidence, directions = compare_variants(
+        results["raw"]["per_seed"],
+        "test_acc",
+        variant="bn-noise",
+        entry=lambda v, c: {
+            "test_acc_none": variant_mean(v, "none", "test_acc"),
+            "test_acc_bn": variant_mean(v, "bn", "test_acc"),
+            "test_acc_bn_noise": variant_mean(v, "bn-noise", "test_acc"),
+            **comparison_fields(c),
+        },
+    )
     return evidence, directions_verdict(directions, "greater")
 
 
-def run_ics(config: ICSConfig, ctx: LabContext) -> LabOutcome:
-    """Train every (arch, variant, seed) with the probes; tables, verdicts, figures."""
-    if ctx.data is None:
-        raise ValueError("lab ics needs Fashion-MNIST data")
-    data = split(ctx.data, config.train_size, config.test_size)
-    jobs = [
-        (arch, variant, seed)
-        for arch in config.archs
-        for variant in VARIANTS
-        if variant != "bn-noise" or arch in config.noise_archs
-        for seed in range(config.seeds)
-    ]
-    ctx.progress.start(len(jobs) * config.steps, "ics: training with probes")
-    units = []
-    for arch, variant, seed in jobs:
-        unit = ctx.unit(
-            f"{arch}-{variant}-seed{seed}",
-            lambda a=arch, v=variant, s=seed: _run_unit(
-                a, v, s, config, data, ctx.device, ctx.progress.advance
-            ),
-            progress_steps=config.steps,
-        )
-        units.append(unit)
-    per_seed = _per_seed(units)
-    rows = []
-    for arch, variants in per_seed.items():
-        for variant, metrics in variants.items():
-            rows.append(
-                [ARCHS[arch]["label"], variant]
-                + [
-                    mean_std_text(metrics[k])
-                    for k in ("drift", "grad_cos", "grad_rel", "train_loss", "test_acc")
-                ]
-            )
-    table = Table(
+CLAIMS = (
+    ("BN reduces ICS, measure 1: layer inputs drift less with BN", decide_ics),
+    (
+        "BN reduces ICS, measure 2: a layer's gradient changes less (higher cosine) "
+        "when the earlier layers step, with BN",
+        decide_grad_ics,
+    ),
+    (
+        "BN's benefit survives added covariate shift: BN + noise beats no BN on test accuracy",
+        decide_noise,
+    ),
+)
+
+
+# --- summary --------------------------------------------------------------------------
+
+
+def summarize(config: ICSConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
+    """Tables, verdicts and figures of the finished grid."""
+    per_seed = run.per_seed()
+    table = summary_table(
         "Internal covariate shift (mean ± std over seeds)",
+        per_seed,
         [
-            "network",
-            "variant",
-            "drift per probe (1)",
-            "grad cos (2)",
-            "grad rel. change (2)",
-            "final train loss",
-            "test acc",
+            ("drift per probe (1)", "drift"),
+            ("grad cos (2)", "grad_cos"),
+            ("grad rel. change (2)", "grad_rel"),
+            ("final train loss", "train_loss"),
+            ("test acc", "test_acc"),
         ],
-        rows,
+        label=arch_label,
     )
-    layer_rows = []
-    for arch in per_seed:
-        for variant in ("none", "bn"):
-            runs = [u for u in units if u["arch"] == arch and u["variant"] == variant]
-            if not runs:
-                continue
-            for layer in runs[0]["layers"]["drift"]:
-                layer_rows.append(
-                    [
-                        ARCHS[arch]["label"],
-                        variant,
-                        layer,
-                        mean_std_text([r["layers"]["drift"][layer] for r in runs]),
-                        mean_std_text([r["layers"]["grad_cos"][layer] for r in runs]),
-                        mean_std_text([r["layers"]["grad_l2"][layer] for r in runs]),
-                    ]
-                )
-    layer_table = Table(
+    layer = layer_table(
         "Per layer (input of the layer; mean ± std over seeds)",
-        ["network", "variant", "layer", "drift (1)", "grad cos (2)", "grad l2 change (2)"],
-        layer_rows,
+        run,
+        [
+            ("drift (1)", lambda r, n: r["layers"]["drift"][n]),
+            ("grad cos (2)", lambda r, n: r["layers"]["grad_cos"][n]),
+            ("grad l2 change (2)", lambda r, n: r["layers"]["grad_l2"][n]),
+        ],
+        layers=lambda r: list(r["layers"]["drift"]),
+        variants=("none", "bn"),
+        label=arch_label,
     )
-    results_like = {"raw": {"per_seed": per_seed}}
-    verdicts = []
-    for claim, rule in (
-        ("BN reduces ICS, measure 1: layer inputs drift less with BN", decide_ics),
-        (
-            "BN reduces ICS, measure 2: a layer's gradient changes less (higher cosine) "
-            "when the earlier layers step, with BN",
-            decide_grad_ics,
-        ),
-        (
-            "BN's benefit survives added covariate shift: BN + noise beats no BN on test accuracy",
-            decide_noise,
-        ),
-    ):
-        evidence, verdict = rule(results_like)
-        measured = "; ".join(
-            f"{ARCHS[a]['label']}: "
-            + ", ".join(
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                for k, v in e.items()
-                if k not in ("se",)
-            )
-            for a, e in evidence.items()
-        )
-        verdicts.append(Verdict(claim, holds_of(verdict), f"{verdict}: {measured}"))
-    curves = {
-        arch: {
-            variant: [
-                u["trajectory"] for u in units if u["arch"] == arch and u["variant"] == variant
-            ]
-            for variant in VARIANTS
-        }
-        for arch in config.archs
-    }
-    grads = {
-        arch: {
-            variant: [u["grad_ics"] for u in units if u["arch"] == arch and u["variant"] == variant]
-            for variant in ("none", "bn")
-        }
-        for arch in config.archs
-    }
-    labels = {arch: ARCHS[arch]["label"] for arch in config.archs}
-    plot_ics_trajectories(curves, labels, ctx.out_dir / "ics_trajectories.png")
-    plot_grad_ics(grads, labels, ctx.out_dir / "ics_gradient.png")
+    verdicts, _ = apply_rules(
+        {"raw": {"per_seed": per_seed}},
+        [(claim, rule, evidence_text) for claim, rule in CLAIMS],
+    )
+    labels = {arch: arch_label(arch) for arch in config.archs}
+    plot_ics_trajectories(
+        run.curves("trajectory", settings=config.archs, variants=VARIANTS),
+        labels,
+        ctx.out_dir / "ics_trajectories.png",
+    )
+    plot_grad_ics(
+        run.curves("grad_ics", settings=config.archs, variants=("none", "bn")),
+        labels,
+        ctx.out_dir / "ics_gradient.png",
+    )
     figures = [
         Figure(
             "ics_trajectories.png",
@@ -823,16 +555,16 @@ def run_ics(config: ICSConfig, ctx: LabContext) -> LabOutcome:
         "probes and evaluation without noise",
     ]
     return LabOutcome(
-        tables=[table, layer_table],
+        tables=[table, layer],
         verdicts=verdicts,
         figures=figures,
-        raw={"per_seed": per_seed, "units": units},
+        raw={"per_seed": per_seed, "units": run.results},
         notes=notes + plateau_notes(per_seed),
     )
 
 
 SPEC = register_lab(
-    LabSpec(
+    grid_lab(
         name="ics",
         title="Internal covariate shift, with and without BN",
         summary=(
@@ -845,8 +577,12 @@ SPEC = register_lab(
             "Full run: 12000 training images, 300 steps of batch 128."
         ),
         config_type=ICSConfig,
-        run=run_ics,
-        needs_data=True,
+        grid=grid,
+        measure=measure,
+        summarize=summarize,
+        steps=lambda config: config.steps,
+        prepare=prepare,
+        description="ics: training with probes",
         full_time=(
             "about 9.5 min (568 s wall, 134 s CPU; --threads 1, 2-core CPU machine shared and loaded by other jobs, 2026-11-26)"
         ),

@@ -26,14 +26,6 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from bnlab.lab._common import (
-    DIVERGENCE_RULE,
-    TRAINS_RULE,
-    mean_std,
-    pick,
-    train_variant,
-    trainable_values,
-)
 from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -43,6 +35,14 @@ from bnlab.lab.experiment import (
     Table,
     Verdict,
     register_lab,
+)
+from bnlab.lab.kit import (
+    DIVERGENCE_RULE,
+    TRAINS_RULE,
+    mean_std,
+    pick,
+    train_variant,
+    trainable_values,
 )
 from bnlab.models import create
 from bnlab.plots.sweeps import plot_sweep
@@ -72,7 +72,7 @@ class InitConfig:
         train_fraction: a factor trains when its mean test accuracy reaches this
             fraction of the variant's best (and ``min_acc``, and no seed diverged).
         min_acc: a factor trains only above this mean test accuracy (0.2: twice chance).
-        divergence_margin: see ``bnlab.lab._common.DIVERGENCE_RULE``.
+        divergence_margin: see ``bnlab.lab.kit.DIVERGENCE_RULE``.
     """
 
     seeds: int = 3

@@ -33,7 +33,6 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from bnlab.lab._common import mean_std, pick, take, train_variant
 from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -45,6 +44,7 @@ from bnlab.lab.experiment import (
     compare,
     register_lab,
 )
+from bnlab.lab.kit import mean_std, pick, take, train_variant
 from bnlab.models import create
 from bnlab.models.norms import make_norm
 from bnlab.plots.sweeps import plot_grouped_bars

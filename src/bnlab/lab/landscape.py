@@ -29,36 +29,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlab.lab.claims import Claim, holds_of, register_claim
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    Verdict,
-    compare,
-    describe,
-    mean_std_text,
-    register_lab,
-    seeded,
-)
-from bnlab.lab.ics import (
-    ARCHS,
+from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, register_lab, seeded
+from bnlab.lab.kit import (
     BN_NORM,
-    Batches,
     accuracy_on_test,
+    apply_rules,
+    arch_label,
+    batches,
     build_model,
     check_archs,
     check_positive,
+    compare_variants,
+    detached_state,
     directions_verdict,
+    finite_mean,
     loss_at,
     plateau_notes,
     split,
+    variant_mean,
 )
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab, summary_table
 from bnlab.plots.landscape import plot_landscape
+from bnlab.train.steps import every, run_steps
 
-__all__ = ["METRICS", "LandscapeConfig", "decide_landscape", "landscape_point", "run_landscape"]
+__all__ = [
+    "METRICS",
+    "LandscapeConfig",
+    "decide_landscape",
+    "landscape_point",
+    "measure",
+    "point_means",
+]
 
 #: Per-checkpoint quantities summarized over training (mean over checkpoints).
 METRICS = ("loss_range", "grad_change_max", "beta")
@@ -109,8 +111,7 @@ def landscape_point(
     """
     if not step_sizes or any(not eta > 0 for eta in step_sizes):
         raise ValueError(f"landscape_point: step sizes must be > 0, got {list(step_sizes)!r}")
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    params, buffers = detached_state(model)
     loss0, grad0 = _loss_and_grad(model, params, buffers, x, y, loss_fn)
     gnorm = _norm(grad0)
     losses, changes, betas = [], [], []
@@ -141,7 +142,7 @@ class LandscapeConfig:
 
     Args:
         seeds: runs per (architecture, norm), seeds 0..seeds-1.
-        archs: keys of ``bnlab.lab.ics.ARCHS``.
+        archs: keys of ``bnlab.lab.kit.ARCHS``.
         train_size, test_size: examples from the start of each split.
         batch_size, steps: SGD batch and number of steps.
         lr_lenet, lr_mlp: learning rates (the same with and without BN).
@@ -189,37 +190,44 @@ class LandscapeConfig:
         return self.lr_lenet if arch == "lenet" else self.lr_mlp
 
 
-def _run_unit(
-    arch: str,
-    variant: str,
-    seed: int,
-    config: LandscapeConfig,
-    data: Mapping[str, Tensor],
-    device: torch.device,
-    advance: Callable[[int], None],
-) -> dict[str, Any]:
+VARIANTS = ("none", "bn")
+
+
+def grid(config: LandscapeConfig) -> Grid:
+    """Architecture x variant (none, bn) x seed."""
+    return Grid(settings=config.archs, variants=VARIANTS, seeds=config.seeds)
+
+
+def prepare(config: LandscapeConfig, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The first ``train_size`` training and ``test_size`` test images."""
+    return split(data, config.train_size, config.test_size)
+
+
+def measure(config: LandscapeConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train one (arch, variant, seed) with a landscape checkpoint every ``check_every``
+    steps and after the last (on the next batch)."""
+    arch, variant, seed = cell.setting, cell.variant, cell.seed
+    data, device = bench.data, bench.device
     lr = config.lr(arch)
     etas = [m * lr for m in config.step_multipliers]
     with seeded(seed):
         model = build_model(arch, "none" if variant == "none" else BN_NORM, seed).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        batches = Batches(
-            data["train_images"], data["train_labels"], config.batch_size, seed, device
-        )
+        train = batches(data["train_images"], data["train_labels"], config.batch_size, seed, device)
         points: list[dict[str, Any]] = []
-        losses: list[float] = []
-        for step in range(config.steps + 1):
-            x, y = batches.next()
-            if step % config.check_every == 0 or step == config.steps:
-                points.append({"step": step, **landscape_point(model, x, y, etas)})
-            if step == config.steps:
-                break
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            advance(1)
+
+        def checkpoint(step: int, x: Tensor, y: Tensor) -> None:
+            points.append({"step": step, **landscape_point(model, x, y, etas)})
+
+        losses = run_steps(
+            model,
+            train,
+            opt,
+            steps=config.steps,
+            on_batch=every(config.check_every, lambda s: checkpoint(s.step, s.x, s.y)),
+            on_step=lambda s: bench.advance(1),
+        )
+        checkpoint(config.steps, *next(train))
     tail = losses[-max(1, config.steps // 10) :]
     metrics = point_means(points)
     final = sum(tail) / len(tail)
@@ -239,12 +247,7 @@ def _run_unit(
 def point_means(points: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     """Means over checkpoints of ``METRICS``, ``grad_change_rel`` and ``grad_norm``."""
     keys = (*METRICS, "grad_change_rel", "grad_norm")
-    return {key: _finite_mean([p.get(key) for p in points]) for key in keys}
-
-
-def _finite_mean(values: Sequence[float]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
+    return {key: finite_mean([p.get(key) for p in points]) for key in keys}
 
 
 def decide_landscape(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -255,64 +258,25 @@ def decide_landscape(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     per_seed = results["raw"]["per_seed"]
     evidence: dict[str, Any] = {}
     directions = []
-    for arch, variants in per_seed.items():
-        if "none" not in variants or "bn" not in variants:
-            continue
-        evidence[arch] = {}
-        for key in METRICS:
-            c = compare(variants["bn"][key], variants["none"][key])
-            evidence[arch][key] = {
-                "bn": describe(variants["bn"][key])["mean"],
-                "none": describe(variants["none"][key])["mean"],
+    for key in METRICS:
+        by_arch, found = compare_variants(
+            per_seed,
+            key,
+            entry=lambda v, c, key=key: {
+                "bn": variant_mean(v, "bn", key),
+                "none": variant_mean(v, "none", key),
                 "direction": c.direction,
-            }
-            directions.append(c.direction)
+            },
+        )
+        for arch, entry in by_arch.items():
+            evidence.setdefault(arch, {})[key] = entry
+        directions += found
     return evidence, directions_verdict(directions, "less")
 
 
-def run_landscape(config: LandscapeConfig, ctx: LabContext) -> LabOutcome:
-    """Train every (arch, variant, seed) with landscape checkpoints; tables, verdict, figure."""
-    if ctx.data is None:
-        raise ValueError("lab landscape needs Fashion-MNIST data")
-    data = split(ctx.data, config.train_size, config.test_size)
-    jobs = [(a, v, s) for a in config.archs for v in ("none", "bn") for s in range(config.seeds)]
-    ctx.progress.start(len(jobs) * config.steps, "landscape: training with checkpoints")
-    units = []
-    for arch, variant, seed in jobs:
-        units.append(
-            ctx.unit(
-                f"{arch}-{variant}-seed{seed}",
-                lambda a=arch, v=variant, s=seed: _run_unit(
-                    a, v, s, config, data, ctx.device, ctx.progress.advance
-                ),
-                progress_steps=config.steps,
-            )
-        )
-    per_seed: dict[str, dict[str, dict[str, list]]] = {}
-    for u in units:
-        bucket = per_seed.setdefault(u["arch"], {}).setdefault(u["variant"], {})
-        # The checkpoint means are recomputed from the stored points, so a summary
-        # quantity added later needs no rerun.
-        for key, value in {**u["metrics"], **point_means(u["points"])}.items():
-            bucket.setdefault(key, []).append(value)
-    columns = ["network", "variant", "loss range", "max grad change", "effective beta"]
-    rows = [
-        [ARCHS[arch]["label"], variant]
-        + [
-            mean_std_text(m[k])
-            for k in (*METRICS, "grad_change_rel", "grad_norm", "train_loss", "test_acc")
-        ]
-        for arch, variants in per_seed.items()
-        for variant, m in variants.items()
-    ]
-    table = Table(
-        "Loss landscape along the gradient (mean over checkpoints; mean ± std over seeds)",
-        [*columns, "max grad change / grad norm", "grad norm", "final train loss", "test acc"],
-        rows,
-    )
-    evidence, verdict = decide_landscape({"raw": {"per_seed": per_seed}})
-    measured = "; ".join(
-        f"{ARCHS[a]['label']}: "
+def _measured(evidence: Mapping[str, Any]) -> str:
+    return "; ".join(
+        f"{arch_label(a)}: "
         + ", ".join(
             f"{k} {e['bn']:.3g} (BN) vs {e['none']:.3g} ({e['direction']})"
             for k, e in by.items()
@@ -320,23 +284,41 @@ def run_landscape(config: LandscapeConfig, ctx: LabContext) -> LabOutcome:
         )
         for a, by in evidence.items()
     )
-    verdicts = [
-        Verdict(
-            "BN makes the loss landscape smoother (smaller loss variation, gradient change "
-            "and effective beta along the gradient)",
-            holds_of(verdict),
-            f"{verdict}: {measured}",
-        )
-    ]
-    curves = {
-        arch: {
-            variant: [u["points"] for u in units if u["arch"] == arch and u["variant"] == variant]
-            for variant in ("none", "bn")
-        }
-        for arch in config.archs
-    }
-    labels = {arch: ARCHS[arch]["label"] for arch in config.archs}
-    plot_landscape(curves, labels, ctx.out_dir / "landscape.png")
+
+
+CLAIM = (
+    "BN makes the loss landscape smoother (smaller loss variation, gradient change "
+    "and effective beta along the gradient)"
+)
+
+
+def summarize(config: LandscapeConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
+    """Table, verdict and figure of the finished grid."""
+    # The checkpoint means are recomputed from the stored points, so a summary
+    # quantity added later needs no rerun.
+    per_seed = run.per_seed(lambda u: {**u["metrics"], **point_means(u["points"])})
+    table = summary_table(
+        "Loss landscape along the gradient (mean over checkpoints; mean ± std over seeds)",
+        per_seed,
+        [
+            ("loss range", "loss_range"),
+            ("max grad change", "grad_change_max"),
+            ("effective beta", "beta"),
+            ("max grad change / grad norm", "grad_change_rel"),
+            ("grad norm", "grad_norm"),
+            ("final train loss", "train_loss"),
+            ("test acc", "test_acc"),
+        ],
+        label=arch_label,
+    )
+    verdicts, _ = apply_rules(
+        {"raw": {"per_seed": per_seed}}, [(CLAIM, decide_landscape, _measured)]
+    )
+    plot_landscape(
+        run.curves("points", settings=config.archs, variants=VARIANTS),
+        {arch: arch_label(arch) for arch in config.archs},
+        ctx.out_dir / "landscape.png",
+    )
     return LabOutcome(
         tables=[table],
         verdicts=verdicts,
@@ -348,7 +330,7 @@ def run_landscape(config: LandscapeConfig, ctx: LabContext) -> LabOutcome:
                 "seeds), without BN (gray) and with BN (blue)",
             )
         ],
-        raw={"per_seed": per_seed, "units": units},
+        raw={"per_seed": per_seed, "units": run.results},
         notes=[
             f"{config.train_size} training images, {config.steps} SGD steps of batch "
             f"{config.batch_size}; lr {config.lr_lenet} (LeNet), {config.lr_mlp} (MLP); "
@@ -359,7 +341,7 @@ def run_landscape(config: LandscapeConfig, ctx: LabContext) -> LabOutcome:
 
 
 SPEC = register_lab(
-    LabSpec(
+    grid_lab(
         name="landscape",
         title="Loss landscape smoothness, with and without BN",
         summary=(
@@ -370,8 +352,12 @@ SPEC = register_lab(
             "steps of batch 128, a checkpoint every 25 steps, step sizes 0.25-4 x lr."
         ),
         config_type=LandscapeConfig,
-        run=run_landscape,
-        needs_data=True,
+        grid=grid,
+        measure=measure,
+        summarize=summarize,
+        steps=lambda config: config.steps,
+        prepare=prepare,
+        description="landscape: training with checkpoints",
         full_time=(
             "about 7 min (395 s wall + 23 s to summarize, 73 s CPU; --threads 1, 2-core CPU machine shared and loaded by other jobs, 2026-11-26)"
         ),

@@ -5,7 +5,7 @@ The seeds say BN "allows a larger learning rate" (可以使用更大的学习率
 aggressive learning rates"). Measured here: d2l's LeNet (sigmoid) and a ReLU MLP, with and
 without BN, plain SGD at learning rates on a log grid from 0.01 to 10, several seeds, on a fixed
 subset of Fashion-MNIST. For each rate: the final test accuracy (mean and spread over
-seeds) and whether the run diverged (``bnlab.lab._common.DIVERGENCE_RULE``). A rate
+seeds) and whether the run diverged (``bnlab.lab.kit.DIVERGENCE_RULE``). A rate
 *trains* for a variant when no seed diverged and the mean test accuracy is at least a
 stated fraction of that variant's best mean over the grid and above twice chance; the
 claim is decided by the largest rate that trains, per network. (On the small budget of
@@ -23,14 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bnlab.lab._common import (
-    DIVERGENCE_RULE,
-    TRAINS_RULE,
-    mean_std,
-    pick,
-    train_variant,
-    trainable_values,
-)
 from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -40,6 +32,14 @@ from bnlab.lab.experiment import (
     Table,
     Verdict,
     register_lab,
+)
+from bnlab.lab.kit import (
+    DIVERGENCE_RULE,
+    TRAINS_RULE,
+    mean_std,
+    pick,
+    train_variant,
+    trainable_values,
 )
 from bnlab.models import create
 from bnlab.plots.sweeps import plot_sweep

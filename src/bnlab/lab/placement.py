@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bnlab.lab._common import mean_std, pick, train_variant
 from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -33,6 +32,7 @@ from bnlab.lab.experiment import (
     compare,
     register_lab,
 )
+from bnlab.lab.kit import mean_std, pick, train_variant
 from bnlab.models import create
 from bnlab.plots.sweeps import plot_grouped_bars, plot_metric_curves
 from bnlab.train import TrainConfig

@@ -26,7 +26,6 @@ from typing import Any
 
 from torch import nn
 
-from bnlab.lab._common import mean_std, pick, train_variant
 from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -38,6 +37,7 @@ from bnlab.lab.experiment import (
     compare,
     register_lab,
 )
+from bnlab.lab.kit import mean_std, pick, train_variant
 from bnlab.models import create
 from bnlab.plots.sweeps import plot_grouped_bars, plot_metric_curves
 from bnlab.train import TrainConfig

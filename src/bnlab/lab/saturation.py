@@ -25,46 +25,38 @@ against without over seeds (:func:`bnlab.lab.experiment.compare`, 2 standard err
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlab.lab.claims import Claim, holds_of, register_claim
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    Verdict,
-    compare,
-    describe,
-    mean_std_text,
-    register_lab,
-    seeded,
-)
-from bnlab.lab.ics import (
-    ARCHS,
+from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, register_lab, seeded
+from bnlab.lab.kit import (
     BN_NORM,
-    Batches,
     accuracy_on_test,
+    apply_rules,
+    arch_label,
+    batches,
     build_model,
     check_archs,
     check_positive,
+    compare_variants,
     directions_verdict,
+    evidence_text,
+    finite_mean,
     plateau_notes,
     probe_batch,
+    probe_copy,
     split,
     weight_layers,
 )
-from bnlab.lab.probes import capture
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab, layer_table, summary_table
 from bnlab.plots.saturation import plot_saturation
+from bnlab.train.steps import StepState, every, run_steps
 
 __all__ = [
     "SATURATION_THRESHOLD",
@@ -73,7 +65,7 @@ __all__ = [
     "decide_saturation",
     "decide_vanishing",
     "gradient_rms",
-    "run_saturation",
+    "measure",
     "saturated_share",
     "zero_share",
 ]
@@ -125,7 +117,7 @@ class SaturationConfig:
 
     Args:
         seeds: runs per (architecture, norm), seeds 0..seeds-1.
-        archs: keys of ``bnlab.lab.ics.ARCHS``.
+        archs: keys of ``bnlab.lab.kit.ARCHS``.
         train_size, test_size: examples from the start of each split.
         batch_size, steps: SGD batch and number of steps.
         lr_lenet, lr_mlp_relu, lr_mlp_sigmoid: learning rates (same with and without BN).
@@ -188,61 +180,57 @@ class SaturationConfig:
 
 def _probe(model: nn.Module, x: Tensor) -> dict[str, dict[str, float]]:
     """Saturation of each sigmoid's input and zeros of each ReLU's output, on a copy."""
-    probe = copy.deepcopy(model).train()
-    found = {n: m for n, m in probe.named_modules() if isinstance(m, nn.Sigmoid | nn.ReLU)}
-    sigmoids = {n: m for n, m in found.items() if isinstance(m, nn.Sigmoid)}
-    relus = {n: m for n, m in found.items() if isinstance(m, nn.ReLU)}
+    sigmoids = [n for n, m in model.named_modules() if isinstance(m, nn.Sigmoid)]
+    relus = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
     out: dict[str, dict[str, float]] = {"saturated": {}, "zeros": {}}
-    with torch.no_grad():
-        if sigmoids:
-            with capture(sigmoids, what="input", reduce=saturated_share) as seen:
-                probe(x)
-            out["saturated"] = {n: v[0] for n, v in seen.items()}
-        if relus:
-            with capture(relus, what="output", reduce=zero_share) as seen:
-                probe(x)
-            out["zeros"] = {n: v[0] for n, v in seen.items()}
+    if sigmoids:
+        out["saturated"] = probe_copy(model, x, sigmoids, what="input", reduce=saturated_share)
+    if relus:
+        out["zeros"] = probe_copy(model, x, relus, what="output", reduce=zero_share)
     return out
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
+VARIANTS = ("none", "bn")
 
 
-def _run_unit(
-    arch: str,
-    variant: str,
-    seed: int,
-    config: SaturationConfig,
-    data: Mapping[str, Tensor],
-    device: torch.device,
-    advance: Callable[[int], None],
-) -> dict[str, Any]:
+def grid(config: SaturationConfig) -> Grid:
+    """Architecture x variant (none, bn) x seed."""
+    return Grid(settings=config.archs, variants=VARIANTS, seeds=config.seeds)
+
+
+def prepare(config: SaturationConfig, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The first ``train_size`` training and ``test_size`` test images."""
+    return split(data, config.train_size, config.test_size)
+
+
+def measure(config: SaturationConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train one (arch, variant, seed), probing every ``probe_every`` steps and at the
+    last step, between the backward and the update."""
+    arch, variant, seed = cell.setting, cell.variant, cell.seed
+    data, device = bench.data, bench.device
     lr = config.lr(arch)
     norm = "none" if variant == "none" else BN_NORM
     with seeded(seed):
         model = build_model(arch, norm, seed, init_scale=config.init_scale(arch)).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        batches = Batches(
-            data["train_images"], data["train_labels"], config.batch_size, seed, device
-        )
+        train = batches(data["train_images"], data["train_labels"], config.batch_size, seed, device)
         probe_x = probe_batch(data, config.probe_size, device)
         probes: list[dict[str, Any]] = []
-        losses: list[float] = []
-        for step in range(config.steps):
-            x, y = batches.next()
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if step % config.probe_every == 0 or step == config.steps - 1:
-                # Probe the weights the gradient was taken at, before the update.
-                probes.append(
-                    {"step": step, **_probe(model, probe_x), "grad_rms": gradient_rms(model)}
-                )
-            opt.step()
-            losses.append(float(loss.detach()))
-            advance(1)
+
+        def probe(state: StepState) -> None:
+            # Probe the weights the gradient was taken at, before the update.
+            probes.append(
+                {"step": state.step, **_probe(model, probe_x), "grad_rms": gradient_rms(model)}
+            )
+
+        losses = run_steps(
+            model,
+            train,
+            opt,
+            steps=config.steps,
+            on_backward=every(config.probe_every, probe, last=config.steps - 1),
+            on_step=lambda s: bench.advance(1),
+        )
     weights = list(weight_layers(model))
     first, last = weights[0], weights[-1]
 
@@ -253,11 +241,11 @@ def _run_unit(
     tail = losses[-max(1, config.steps // 10) :]
     final = sum(tail) / len(tail)
     metrics = {
-        "saturated": _mean([_mean(list(p["saturated"].values())) for p in probes]),
-        "saturated_final": _mean(list(probes[-1]["saturated"].values())),
-        "zeros": _mean([_mean(list(p["zeros"].values())) for p in probes]),
-        "zeros_final": _mean(list(probes[-1]["zeros"].values())),
-        "grad_ratio_log10": _mean([ratio(p) for p in probes]),
+        "saturated": finite_mean([finite_mean(list(p["saturated"].values())) for p in probes]),
+        "saturated_final": finite_mean(list(probes[-1]["saturated"].values())),
+        "zeros": finite_mean([finite_mean(list(p["zeros"].values())) for p in probes]),
+        "zeros_final": finite_mean(list(probes[-1]["zeros"].values())),
+        "grad_ratio_log10": finite_mean([ratio(p) for p in probes]),
         "train_loss": final if math.isfinite(final) else None,
         "test_acc": accuracy_on_test(model, data, device),
     }
@@ -275,25 +263,9 @@ def _run_unit(
 def _decide(
     results: Mapping[str, Any], archs: Sequence[str], metric: str, wanted: str
 ) -> tuple[dict[str, Any], str]:
-    per_seed = results["raw"]["per_seed"]
-    evidence: dict[str, Any] = {}
-    directions = []
-    for arch in archs:
-        variants = per_seed.get(arch, {})
-        if "none" not in variants or "bn" not in variants:
-            continue
-        bn, none = variants["bn"][metric], variants["none"][metric]
-        if describe(bn)["n"] == 0 or describe(none)["n"] == 0:
-            continue
-        c = compare(bn, none)
-        evidence[arch] = {
-            f"{metric}_bn": describe(bn)["mean"],
-            f"{metric}_none": describe(none)["mean"],
-            "difference": c.diff,
-            "se": c.se,
-            "direction": c.direction,
-        }
-        directions.append(c.direction)
+    evidence, directions = compare_variants(
+        results["raw"]["per_seed"], metric, settings=archs, skip_empty=True
+    )
     if not directions:
         return evidence, "mixed"
     return evidence, directions_verdict(directions, wanted)
@@ -317,121 +289,64 @@ def decide_vanishing(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     return _decide(results, SIGMOID_ARCHS, "grad_ratio_log10", "greater")
 
 
-def run_saturation(config: SaturationConfig, ctx: LabContext) -> LabOutcome:
-    """Train every (arch, variant, seed) with the probes; tables, verdicts, figure."""
-    if ctx.data is None:
-        raise ValueError("lab saturation needs Fashion-MNIST data")
-    data = split(ctx.data, config.train_size, config.test_size)
-    jobs = [(a, v, s) for a in config.archs for v in ("none", "bn") for s in range(config.seeds)]
-    ctx.progress.start(len(jobs) * config.steps, "saturation: training with probes")
-    units = []
-    for arch, variant, seed in jobs:
-        units.append(
-            ctx.unit(
-                f"{arch}-{variant}-seed{seed}",
-                lambda a=arch, v=variant, s=seed: _run_unit(
-                    a, v, s, config, data, ctx.device, ctx.progress.advance
-                ),
-                progress_steps=config.steps,
-            )
-        )
-    per_seed: dict[str, dict[str, dict[str, list]]] = {}
-    for u in units:
-        bucket = per_seed.setdefault(u["arch"], {}).setdefault(u["variant"], {})
-        for key, value in u["metrics"].items():
-            bucket.setdefault(key, []).append(value)
-    keys = (
-        "saturated",
-        "saturated_final",
-        "zeros",
-        "zeros_final",
-        "grad_ratio_log10",
-        "train_loss",
-        "test_acc",
-    )
-    table = Table(
+CLAIMS = (
+    (
+        f"BN keeps sigmoid units out of saturation (|z| > {SATURATION_THRESHOLD:g})",
+        decide_saturation,
+    ),
+    ("BN leaves fewer zeros after ReLU", decide_relu_zeros),
+    (
+        "BN alleviates vanishing gradients (first-layer gradient closer to the last's)",
+        decide_vanishing,
+    ),
+)
+
+
+def summarize(config: SaturationConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
+    """Tables, verdicts and figure of the finished grid."""
+    per_seed = run.per_seed()
+
+    def label(arch: str) -> str:
+        scale = config.init_scale(arch)
+        return arch_label(arch) + (f", init x{scale:g}" if scale != 1 else "")
+
+    table = summary_table(
         f"Saturation (|z| > {SATURATION_THRESHOLD:g}), ReLU zeros, gradient ratio "
         "(mean over layers and probes; mean ± std over seeds)",
+        per_seed,
         [
-            "network",
-            "variant",
-            "saturated share",
-            "saturated (end)",
-            "ReLU zeros",
-            "ReLU zeros (end)",
-            "log10 grad rms first/last",
-            "final train loss",
-            "test acc",
+            ("saturated share", "saturated"),
+            ("saturated (end)", "saturated_final"),
+            ("ReLU zeros", "zeros"),
+            ("ReLU zeros (end)", "zeros_final"),
+            ("log10 grad rms first/last", "grad_ratio_log10"),
+            ("final train loss", "train_loss"),
+            ("test acc", "test_acc"),
         ],
-        [
-            [
-                ARCHS[a]["label"]
-                + (f", init x{config.init_scale(a):g}" if config.init_scale(a) != 1 else ""),
-                v,
-            ]
-            + [mean_std_text(m[k], missing="-") for k in keys]
-            for a, vs in per_seed.items()
-            for v, m in vs.items()
-        ],
+        label=label,
+        missing="-",
     )
-    layer_rows = []
-    for arch in config.archs:
-        for variant in ("none", "bn"):
-            runs = [u for u in units if u["arch"] == arch and u["variant"] == variant]
-            if not runs:
-                continue
-            for layer in runs[0]["probes"][0]["grad_rms"]:
-                layer_rows.append(
-                    [
-                        ARCHS[arch]["label"],
-                        variant,
-                        layer,
-                        mean_std_text(
-                            [_mean([p["grad_rms"].get(layer) for p in r["probes"]]) for r in runs],
-                            missing="-",
-                        ),
-                    ]
-                )
-    layer_table = Table(
+    layer = layer_table(
         "Gradient RMS per weight layer (mean over probes; mean ± std over seeds)",
-        ["network", "variant", "layer", "grad rms"],
-        layer_rows,
+        run,
+        [("grad rms", lambda r, n: finite_mean([p["grad_rms"].get(n) for p in r["probes"]]))],
+        layers=lambda r: list(r["probes"][0]["grad_rms"]),
+        variants=VARIANTS,
+        label=arch_label,
+        missing="-",
     )
-    results_like = {"raw": {"per_seed": per_seed}}
-    verdicts = []
-    for claim, rule in (
-        (
-            f"BN keeps sigmoid units out of saturation (|z| > {SATURATION_THRESHOLD:g})",
-            decide_saturation,
-        ),
-        ("BN leaves fewer zeros after ReLU", decide_relu_zeros),
-        (
-            "BN alleviates vanishing gradients (first-layer gradient closer to the last's)",
-            decide_vanishing,
-        ),
-    ):
-        evidence, verdict = rule(results_like)
-        measured = "; ".join(
-            f"{ARCHS[a]['label']}: "
-            + ", ".join(
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                for k, v in e.items()
-                if k != "se"
-            )
-            for a, e in evidence.items()
-        )
-        verdicts.append(Verdict(claim, holds_of(verdict), f"{verdict}: {measured or 'no data'}"))
-    curves = {
-        arch: {
-            variant: [u["probes"] for u in units if u["arch"] == arch and u["variant"] == variant]
-            for variant in ("none", "bn")
-        }
-        for arch in config.archs
-    }
-    labels = {arch: ARCHS[arch]["label"] for arch in config.archs}
-    plot_saturation(curves, labels, SATURATION_THRESHOLD, ctx.out_dir / "saturation.png")
+    verdicts, _ = apply_rules(
+        {"raw": {"per_seed": per_seed}},
+        [(claim, rule, lambda e: evidence_text(e) or "no data") for claim, rule in CLAIMS],
+    )
+    plot_saturation(
+        run.curves("probes", settings=config.archs, variants=VARIANTS),
+        {arch: arch_label(arch) for arch in config.archs},
+        SATURATION_THRESHOLD,
+        ctx.out_dir / "saturation.png",
+    )
     return LabOutcome(
-        tables=[table, layer_table],
+        tables=[table, layer],
         verdicts=verdicts,
         figures=[
             Figure(
@@ -441,7 +356,7 @@ def run_saturation(config: SaturationConfig, ctx: LabContext) -> LabOutcome:
                 "weight layer, without BN (solid) and with BN (dashed), mean over seeds",
             )
         ],
-        raw={"per_seed": per_seed, "units": units, "threshold": SATURATION_THRESHOLD},
+        raw={"per_seed": per_seed, "units": run.results, "threshold": SATURATION_THRESHOLD},
         notes=[
             f"saturated: |pre-activation| > {SATURATION_THRESHOLD:g} (sigmoid' < 0.0177, output "
             "outside [0.018, 0.982]), on a fixed probe batch through a train-mode copy",
@@ -455,7 +370,7 @@ def run_saturation(config: SaturationConfig, ctx: LabContext) -> LabOutcome:
 
 
 SPEC = register_lab(
-    LabSpec(
+    grid_lab(
         name="saturation",
         title="Saturated sigmoids, dead ReLUs and vanishing gradients, with and without BN",
         summary=(
@@ -466,8 +381,12 @@ SPEC = register_lab(
             "12000 training images, 300 steps of batch 128."
         ),
         config_type=SaturationConfig,
-        run=run_saturation,
-        needs_data=True,
+        grid=grid,
+        measure=measure,
+        summarize=summarize,
+        steps=lambda config: config.steps,
+        prepare=prepare,
+        description="saturation: training with probes",
         full_time=(
             "about 5.5 min (328 s wall, 77 s CPU; --threads 1, 2-core CPU machine shared and loaded by other jobs, 2026-11-26)"
         ),

@@ -45,7 +45,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab._common import mean_std, pick, take
 from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -59,6 +58,7 @@ from bnlab.lab.experiment import (
     register_lab,
     seeded,
 )
+from bnlab.lab.kit import mean_std, pick, take
 from bnlab.plots.sequence import plot_batch_sizes, plot_streaming
 
 __all__ = [

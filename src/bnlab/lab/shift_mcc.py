@@ -40,7 +40,6 @@ in binary classification evaluation" (BMC Genomics, 2020).
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -52,7 +51,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab._common import mean_std, take
 from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -66,9 +64,11 @@ from bnlab.lab.experiment import (
     register_lab,
     seeded,
 )
-from bnlab.lab.probes import capture
+from bnlab.lab.kit import float_images, mean_std, probe_copy, take
+from bnlab.lab.runner import Bench, Cell, Grid, run_grid
 from bnlab.models import create
 from bnlab.plots.shift import plot_dose_response, plot_internal_mcc
+from bnlab.train.steps import cycle, every, run_steps
 
 __all__ = [
     "SHIFT_KINDS",
@@ -200,11 +200,14 @@ def adversarial_mcc(
         else:
             model = nn.Linear(d, 1)
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            loss = F.binary_cross_entropy_with_logits(model(x_train).squeeze(1), y_train)
-            loss.backward()
-            opt.step()
+        run_steps(  # full batch: the same (x, y) every step
+            model,
+            itertools.repeat((x_train, y_train)),
+            opt,
+            steps=steps,
+            forward=lambda m, x: m(x).squeeze(1),
+            loss_fn=F.binary_cross_entropy_with_logits,
+        )
         with torch.no_grad():
             pred = (model(x_test).squeeze(1) > 0).to(torch.float32)
     return {
@@ -339,36 +342,27 @@ def _ics_unit(config: ShiftMccConfig, data: Mapping[str, Tensor], variant: str, 
     train_x, train_y = take(data, "train", config.ics_train_size, seed=0)
     loader = DeviceLoader(train_x, train_y, config.ics_batch_size, shuffle=True, seed=seed)
     probe_images, _ = take(data, "train", config.probe_size, seed=1)
-    probe = probe_images.to(torch.float32).div(255.0).unsqueeze(1)  # (P, 1, 28, 28)
+    probe = float_images(probe_images)  # (P, 1, 28, 28)
     half = probe.shape[0] // 2
     opt = torch.optim.SGD(model.parameters(), lr=config.ics_lr)
 
     def record() -> dict[str, Tensor]:
-        # A copy in train mode: BN uses the probe set's statistics, as in training,
-        # and the real model's running statistics stay untouched.
-        twin = copy.deepcopy(model).train()
-        twin_modules = dict(twin.named_modules())
-        with torch.no_grad(), capture({n: twin_modules[n] for n in PROBED}, what="input") as seen:
-            twin(probe)
-        return {n: seen[n][0].reshape(probe.shape[0], -1) for n in PROBED}
+        # A train-mode copy: BN uses the probe set's statistics, as in training.
+        seen = probe_copy(model, probe, PROBED)
+        return {n: seen[n].reshape(probe.shape[0], -1) for n in PROBED}
 
     probes: list[tuple[int, dict[str, Tensor]]] = [(0, record())]
-    losses: list[float] = []
-    step = 0
     with seeded(seed):
-        while step < config.ics_steps:
-            for x, y in loader:
-                model.train()
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-                step += 1
-                if step % config.probe_every == 0:
-                    probes.append((step, record()))
-                if step >= config.ics_steps:
-                    break
+        losses = run_steps(
+            model,
+            cycle(loader),
+            opt,
+            steps=config.ics_steps,
+            train_mode=True,
+            on_step=every(
+                config.probe_every, lambda s: probes.append((s.done, record())), after=True
+            ),
+        )
     scores: dict[str, list[dict[str, Any]]] = {n: [] for n in PROBED}
     for i in range(len(probes) - 1):
         (t0, seen0), (t1, seen1) = probes[i], probes[i + 1]
@@ -388,7 +382,7 @@ def _ics_unit(config: ShiftMccConfig, data: Mapping[str, Tensor], variant: str, 
     test_x, test_y = take(data, "test", 1000, seed=0)
     model.eval()
     with torch.no_grad():
-        logits = model(test_x.to(torch.float32).div(255.0).unsqueeze(1))
+        logits = model(float_images(test_x))
     accuracy = float((logits.argmax(1) == test_y.long()).float().mean())
     return {
         "scores": scores,
@@ -398,68 +392,72 @@ def _ics_unit(config: ShiftMccConfig, data: Mapping[str, Tensor], variant: str, 
     }
 
 
+def _dose_settings(config: ShiftMccConfig) -> list[tuple[str, float]]:
+    """``("none", 0.0)`` (the unshifted score every kind's zero level shares), then every
+    shift kind's strengths above 0."""
+    return [("none", 0.0)] + [
+        (kind, s) for kind in SHIFT_KINDS for s in config.levels(kind) if s > 0
+    ]
+
+
+def _dose_key(cell: Cell) -> str:
+    kind, s = cell.setting
+    return (
+        f"dose-{kind}-seed{cell.seed}" if kind == "none" else f"dose-{kind}-{s:g}-seed{cell.seed}"
+    )
+
+
 def run(config: ShiftMccConfig, ctx: LabContext) -> LabOutcome:
+    """Four grids of units: the null draws, train vs test, the dose-response, inside LeNet."""
     if ctx.data is None:
         raise ValueError("shift-mcc needs Fashion-MNIST in ctx.data")
     data = ctx.data
-    n_dose = sum(len([s for s in config.levels(k) if s > 0]) for k in SHIFT_KINDS)
-    total = config.calibration_seeds + config.seeds * (2 + n_dose) + 2 * config.seeds
+    settings = _dose_settings(config)
+    total = config.calibration_seeds + config.seeds * (1 + len(settings)) + 2 * config.seeds
     ctx.progress.start(total, "shift-mcc")
 
-    calibration = []
-    for c in range(config.calibration_seeds):
+    def calibrate(cell: Cell, bench: Bench) -> Any:
+        a, b = _halves(data, config.sample_size, 100 + cell.seed)
+        return _score(config, a, b, 100 + cell.seed)
 
-        def calib(c: int = c) -> Any:
-            a, b = _halves(data, config.sample_size, 100 + c)
-            return _score(config, a, b, 100 + c)
+    def splits(cell: Cell, bench: Bench) -> Any:
+        a, _ = take(data, "train", config.sample_size, seed=cell.seed)
+        b, _ = take(data, "test", config.sample_size, seed=cell.seed)
+        return _score(config, _flat(a), _flat(b), cell.seed)
 
-        calibration.append(ctx.unit(f"calibration-{c}", calib)["mcc"])
-        ctx.progress.advance()
+    def dose_score(cell: Cell, bench: Bench) -> Any:
+        kind, s = cell.setting
+        a, b = _halves(data, config.sample_size, cell.seed)
+        if kind != "none":
+            b = shift_images(b, kind, s, generator=torch.Generator().manual_seed(cell.seed))
+        return _score(config, a, b, cell.seed)
+
+    calibration = [
+        r["mcc"]
+        for r in run_grid(
+            ctx,
+            Grid(("calibration",), config.calibration_seeds, key=lambda c: f"calibration-{c.seed}"),
+            calibrate,
+        ).results
+    ]
     threshold = null_threshold(calibration, config.null_sigmas)
-
-    train_test = []
+    train_test = [
+        r["mcc"] for r in run_grid(ctx, Grid(("train-test",), config.seeds), splits).results
+    ]
+    doses = run_grid(
+        ctx, Grid(("dose",), config.seeds, settings=settings, key=_dose_key), dose_score
+    )
     dose: dict[str, dict[str, list[float]]] = {k: {} for k in SHIFT_KINDS}
-    for seed in range(config.seeds):
-
-        def splits(seed: int = seed) -> Any:
-            a, _ = take(data, "train", config.sample_size, seed=seed)
-            b, _ = take(data, "test", config.sample_size, seed=seed)
-            return _score(config, _flat(a), _flat(b), seed)
-
-        train_test.append(ctx.unit(f"train-test-seed{seed}", splits)["mcc"])
-        ctx.progress.advance()
-
-        def unshifted(seed: int = seed) -> Any:
-            a, b = _halves(data, config.sample_size, seed)
-            return _score(config, a, b, seed)
-
-        zero = ctx.unit(f"dose-none-seed{seed}", unshifted)["mcc"]
-        ctx.progress.advance()
-        for kind in SHIFT_KINDS:
-            for s in config.levels(kind):
-                if s <= 0:
-                    dose[kind].setdefault(repr(0.0), []).append(zero)
-                    continue
-
-                def shifted(seed: int = seed, kind: str = kind, s: float = s) -> Any:
-                    a, b = _halves(data, config.sample_size, seed)
-                    gen = torch.Generator().manual_seed(seed)
-                    return _score(config, a, shift_images(b, kind, s, generator=gen), seed)
-
-                got = ctx.unit(f"dose-{kind}-{s:g}-seed{seed}", shifted)
-                dose[kind].setdefault(repr(float(s)), []).append(got["mcc"])
-                ctx.progress.advance()
-
-    internal: dict[str, list[Any]] = {v: [] for v in VARIANTS}
-    for variant in VARIANTS:
-        for seed in range(config.seeds):
-            internal[variant].append(
-                ctx.unit(
-                    f"ics-{variant}-seed{seed}",
-                    lambda v=variant, s=seed: _ics_unit(config, data, v, s),
-                )
-            )
-            ctx.progress.advance()
+    for kind in SHIFT_KINDS:
+        for s in config.levels(kind):
+            where = ("none", 0.0) if s <= 0 else (kind, s)
+            dose[kind][repr(float(max(s, 0.0)))] = [r["mcc"] for r in doses.select(setting=where)]
+    lenets = run_grid(
+        ctx,
+        Grid(tuple(VARIANTS), config.seeds, key=lambda c: f"ics-{c.variant}-seed{c.seed}"),
+        lambda cell, bench: _ics_unit(config, data, cell.variant, cell.seed),
+    )
+    internal = {v: lenets.select(variant=v) for v in VARIANTS}
 
     raw: dict[str, Any] = {
         "calibration": calibration,

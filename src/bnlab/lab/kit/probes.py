@@ -1,4 +1,4 @@
-"""Probes: forward and backward hooks that record what layers see, always removed.
+"""Probes: hooks that record what layers see (always removed), and side-effect-free looks.
 
 Every probe is a context manager: hooks exist only inside the ``with`` block and are
 removed on the way out, also when the block raises, so a model leaves an experiment as
@@ -13,18 +13,26 @@ it came in::
 ``"output"``, or ``"grad_output"`` (the gradient of the loss with respect to the
 layer's output, recorded during ``backward`` for outputs computed inside the block). ``reduce`` turns each tensor into what is
 kept (a statistic, a histogram); the default keeps a detached copy.
+
+:func:`probe_copy` looks at a train-mode copy of a model (BN uses the probe batch's
+statistics, as in training, and the model's running statistics stay untouched);
+:func:`loss_at` evaluates a model functionally at other parameters (the landscape and
+gradient-shift measures), leaving the model as it was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import copy
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["capture", "layers_of_type"]
+__all__ = ["capture", "detached_state", "layers_of_type", "loss_at", "probe_copy"]
 
 What = Literal["input", "output", "grad_output"]
 
@@ -101,3 +109,56 @@ def capture(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def probe_copy(
+    model: nn.Module,
+    x: Tensor,
+    layers: Sequence[str],
+    *,
+    what: What = "input",
+    reduce: Callable[[Tensor], Any] | None = None,
+) -> dict[str, Any]:
+    """What the named layers see for batch ``x`` in a train-mode copy of ``model``.
+
+    The copy runs without gradients; the model itself (weights, BN running statistics,
+    mode) is left as it was.
+
+    Args:
+        model: the network.
+        x: the probe batch.
+        layers: qualified names of the layers to record.
+        what, reduce: as for :func:`capture` (``"grad_output"`` records nothing here).
+
+    Returns:
+        name -> the recorded value of the layer's first call.
+    """
+    probe = copy.deepcopy(model).train()
+    modules = dict(probe.named_modules())
+    with (
+        torch.no_grad(),
+        capture({n: modules[n] for n in layers}, what=what, reduce=reduce) as seen,
+    ):
+        probe(x)
+    return {n: seen[n][0] for n in layers}
+
+
+def detached_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(parameters, buffers)`` of ``model`` by name: detached views, copied buffers."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    return params, buffers
+
+
+def loss_at(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    """The loss of ``model`` with ``params`` and copies of ``buffers`` (functional call)."""
+    # Fresh buffer copies each call: train-mode BN updates them in place.
+    state = {**params, **{n: b.clone() for n, b in buffers.items()}}
+    return loss_fn(functional_call(model, state, (x,)), y)

@@ -1,13 +1,10 @@
-"""Shared helpers of the lab's training experiments: data subsets, one training run, ranges.
+"""One training run with ``bnlab.train.fit``, as the lab's sweep experiments repeat it.
 
-:func:`train_variant` is the unit of work most experiments repeat: build
-``DeviceLoader``s over fixed subsets of ``ctx.data``, train with ``bnlab.train.fit``,
-and return JSON-ready final metrics, a per-epoch history and a divergence flag. A run
-whose loss becomes NaN or infinite does not raise: it is recorded as diverged, with the
-epochs trained before it and the accuracy of the model as it stopped.
-
-:func:`trainable_values` turns per-seed accuracies over a grid (learning rates, weight
-scales) into the grid values that "train" by a stated rule.
+:func:`train_variant` builds ``DeviceLoader``s over fixed subsets of ``ctx.data``,
+trains with ``fit`` and returns JSON-ready final metrics, a per-epoch history and a
+divergence flag. A run whose loss becomes NaN or infinite does not raise: it is
+recorded as diverged, with the epochs trained before it and the accuracy of the model
+as it stopped.
 
 Paper: Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by
 Reducing Internal Covariate Shift", arXiv 1502.03167.
@@ -17,27 +14,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab.claims import holds_of
-from bnlab.lab.experiment import Verdict, describe
+from bnlab.lab.kit.data import take
 from bnlab.train import TrainConfig, evaluate, fit
 from bnlab.train.fit import NonFiniteLossError, StepInfo
 
-__all__ = [
-    "DIVERGENCE_RULE",
-    "TRAINS_RULE",
-    "mean_std",
-    "pick",
-    "take",
-    "train_variant",
-    "trainable_values",
-]
+__all__ = ["DIVERGENCE_RULE", "json_float", "train_variant"]
 
 #: When a run counts as diverged (``train_variant``'s ``diverged``).
 DIVERGENCE_RULE = (
@@ -45,41 +33,6 @@ DIVERGENCE_RULE = (
     "training loss of its last epoch is above the loss of its first batch by more than "
     "{margin:.0%}"
 )
-
-#: When a grid value counts as training (``trainable_values``).
-TRAINS_RULE = (
-    "a setting trains when no seed diverged and its mean final test accuracy is at least "
-    "{fraction:.0%} of the best mean test accuracy of {reference}"
-)
-
-
-def take(
-    data: Mapping[str, Tensor], split: str, count: int | None, *, seed: int = 0
-) -> tuple[Tensor, Tensor]:
-    """``count`` images and labels of ``split`` ("train" or "test"), a fixed random subset.
-
-    The subset depends on ``seed`` only, so every variant and training seed of an
-    experiment sees the same images. ``count`` None (or more than there are) takes all.
-
-    Raises:
-        ValueError: an unknown split, or ``data`` without it.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"take: split must be 'train' or 'test', got {split!r}")
-    key = f"{split}_images"
-    if key not in data or f"{split}_labels" not in data:
-        raise ValueError(
-            f"take: data has no {key!r}/{split}_labels; it holds {', '.join(sorted(data))}"
-        )
-    images, labels = data[key], data[f"{split}_labels"]
-    n = images.shape[0]
-    if count is None or count >= n:
-        return images, labels
-    if count < 1:
-        raise ValueError(f"take: count must be >= 1 or None, got {count}")
-    index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count]
-    index, _ = index.sort()
-    return images[index], labels[index]
 
 
 def train_variant(
@@ -201,9 +154,9 @@ def train_variant(
         math.isfinite(initial) and last_loss > initial * (1.0 + divergence_margin)
     )
     return {
-        "final": {k: _json_float(v) for k, v in final.items()},
-        "history": [{k: _json_float(v) for k, v in r.items()} for r in history],
-        "initial_loss": _json_float(initial),
+        "final": {k: json_float(v) for k, v in final.items()},
+        "history": [{k: json_float(v) for k, v in r.items()} for r in history],
+        "initial_loss": json_float(initial),
         "nonfinite": nonfinite,
         "diverged": bool(diverged),
         "error": error,
@@ -212,126 +165,8 @@ def train_variant(
     }
 
 
-def _json_float(value: Any) -> Any:
+def json_float(value: Any) -> Any:
     """Floats as JSON can hold them: NaN and infinities become None."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def pick(cells: Iterable[Mapping[str, Any]], metric: str, **where: Any) -> list[float]:
-    """``metric`` of the cells matching every ``key=value`` in ``where`` (None -> NaN).
-
-    Grid values are compared as floats when both sides are numbers.
-    """
-    out: list[float] = []
-    for cell in cells:
-        if all(_same(cell.get(k), v) for k, v in where.items()):
-            value = cell.get(metric)
-            out.append(math.nan if value is None else float(value))
-    return out
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9)
-    return a == b
-
-
-def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation of the finite values (None when unknown)."""
-    stats = describe(values)
-    return stats["mean"], stats["std"]
-
-
-def trainable_values(
-    cells: Sequence[Mapping[str, Any]],
-    *,
-    group_key: str,
-    grid_key: str,
-    fraction: float,
-    metric: str = "test_acc",
-    per_group: bool = False,
-    min_value: float = -math.inf,
-) -> dict[str, Any]:
-    """Which grid values train, per group, by ``TRAINS_RULE``.
-
-    Args:
-        cells: one dict per run with ``group_key`` (e.g. "variant"), ``grid_key`` (e.g.
-            "lr"), ``metric`` and ``diverged``.
-        fraction: a grid value trains when no seed diverged and its mean ``metric`` is
-            at least ``fraction`` times the best mean over all groups and values (with
-            ``per_group``: the best mean of its own group), and at least ``min_value``.
-
-    Returns:
-        ``{"best": best mean, "threshold": fraction * best, "groups": {group: {"trains":
-        [values, ascending], "mean": {repr(value): mean}, "diverged": {repr(value):
-        count}, "best": ..., "threshold": ...}}}`` (the top-level best and threshold are
-        over all groups; each group's own are beside its values).
-    """
-    groups: dict[str, dict[float, list[Mapping[str, Any]]]] = {}
-    for cell in cells:
-        groups.setdefault(str(cell[group_key]), {}).setdefault(float(cell[grid_key]), []).append(
-            cell
-        )
-    means: dict[str, dict[float, float | None]] = {}
-    best = -math.inf
-    for group, by_value in groups.items():
-        means[group] = {}
-        for value, runs in by_value.items():
-            mean = describe([math.nan if r.get(metric) is None else r[metric] for r in runs])[
-                "mean"
-            ]
-            means[group][value] = mean
-            if mean is not None:
-                best = max(best, mean)
-    threshold = fraction * best if math.isfinite(best) else math.inf
-    out: dict[str, Any] = {
-        "best": best if math.isfinite(best) else None,
-        "threshold": threshold if math.isfinite(threshold) else None,
-        "groups": {},
-    }
-    for group, by_value in groups.items():
-        group_means = [m for m in means[group].values() if m is not None]
-        group_best = max(group_means) if group_means else None
-        if per_group:
-            limit = fraction * group_best if group_best is not None else math.inf
-        else:
-            limit = threshold
-        limit = max(limit, min_value)
-        trains, diverged = [], {}
-        for value in sorted(by_value):
-            runs = by_value[value]
-            n_div = sum(1 for r in runs if r.get("diverged"))
-            diverged[repr(value)] = n_div
-            mean = means[group][value]
-            if n_div == 0 and mean is not None and mean >= limit:
-                trains.append(value)
-        out["groups"][group] = {
-            "trains": trains,
-            "best": group_best,
-            "threshold": limit if math.isfinite(limit) else None,
-            "mean": {repr(v): means[group][v] for v in sorted(by_value)},
-            "diverged": diverged,
-        }
-    return out
-
-
-Rule = Callable[[Mapping[str, Any]], tuple[Any, str]]
-
-
-def apply_rules(
-    results: Mapping[str, Any], rules: Iterable[tuple[str, Rule, Callable[[Any], str]]]
-) -> tuple[list[Verdict], dict[str, Any]]:
-    """Each claim's verdict from its claims-table rule: ``(claim, rule, measured)`` gives
-    ``Verdict(claim, holds_of(verdict), "<verdict>: <measured(evidence)>")``.
-
-    Returns:
-        ``(verdicts, evidences)``: the verdicts in order, and each claim's evidence.
-    """
-    verdicts, evidences = [], {}
-    for claim, rule, measured in rules:
-        evidence, verdict = rule(results)
-        evidences[claim] = evidence
-        verdicts.append(Verdict(claim, holds_of(verdict), f"{verdict}: {measured(evidence)}"))
-    return verdicts, evidences

@@ -1,0 +1,80 @@
+"""The lab's kit: what experiments share, so that no experiment imports another.
+
+- ``models``: architectures by name (``ARCHS``, ``build_model``) and layers by role;
+- ``data``: fixed subsets (``take``, ``split``), endless batches, a probe batch;
+- ``probes``: hooks as context managers (``capture``), looks at a train-mode copy
+  (``probe_copy``), functional evaluation at other weights (``loss_at``);
+- ``train``: one ``fit`` run over data subsets (``train_variant``);
+- ``verdicts``: comparisons of variants per setting, rules into verdicts;
+- ``threads``, ``checks``: thread settings and config checks.
+
+The step loop with hooks is ``bnlab.train.steps.run_steps``; the grid runner is
+``bnlab.lab.runner``.
+"""
+
+from bnlab.lab.kit.checks import check_positive
+from bnlab.lab.kit.data import accuracy_on_test, batches, float_images, probe_batch, split, take
+from bnlab.lab.kit.models import (
+    ARCHS,
+    BN_NORM,
+    arch_label,
+    build_model,
+    check_archs,
+    norm_layers,
+    weight_layers,
+)
+from bnlab.lab.kit.probes import capture, detached_state, layers_of_type, loss_at, probe_copy
+from bnlab.lab.kit.threads import cpu_threads
+from bnlab.lab.kit.train import DIVERGENCE_RULE, json_float, train_variant
+from bnlab.lab.kit.verdicts import (
+    TRAINS_RULE,
+    apply_rules,
+    compare_variants,
+    comparison_fields,
+    directions_verdict,
+    evidence_text,
+    finite_mean,
+    mean_std,
+    pick,
+    plateau_notes,
+    trainable_values,
+    variant_mean,
+)
+
+__all__ = [
+    "ARCHS",
+    "BN_NORM",
+    "DIVERGENCE_RULE",
+    "TRAINS_RULE",
+    "accuracy_on_test",
+    "apply_rules",
+    "arch_label",
+    "batches",
+    "build_model",
+    "capture",
+    "check_archs",
+    "check_positive",
+    "compare_variants",
+    "comparison_fields",
+    "cpu_threads",
+    "detached_state",
+    "directions_verdict",
+    "evidence_text",
+    "finite_mean",
+    "float_images",
+    "json_float",
+    "layers_of_type",
+    "loss_at",
+    "mean_std",
+    "norm_layers",
+    "pick",
+    "plateau_notes",
+    "probe_batch",
+    "probe_copy",
+    "split",
+    "take",
+    "train_variant",
+    "trainable_values",
+    "variant_mean",
+    "weight_layers",
+]
