@@ -156,8 +156,8 @@ def run_steps(
         The training loss of every step, in order (floats).
 
     Raises:
-        ValueError: ``steps`` < 0; an exhausted ``batches`` raises ``StopIteration``'s
-            ``RuntimeError`` with the step it happened at.
+        ValueError: ``steps`` is not an int >= 0.
+        RuntimeError: ``batches`` ran out before ``steps`` (the message names the step).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"run_steps: steps must be an int >= 0, got {steps!r}")

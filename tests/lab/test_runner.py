@@ -1,0 +1,225 @@
+"""The grid runner: cells in order, one stored unit per cell, resume, tables, grid_lab."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnlab.lab import experiment as ex
+from bnlab.lab.runner import (
+    Bench,
+    Cell,
+    Grid,
+    GridRun,
+    cell_key,
+    grid_lab,
+    layer_table,
+    run_grid,
+    summary_table,
+)
+
+
+def test_cells_follow_the_order_and_the_filter() -> None:
+    grid = Grid(variants=("none", "bn"), seeds=2, settings=("a", "b"))
+    assert [(c.setting, c.variant, c.seed) for c in grid.cells()] == [
+        ("a", "none", 0),
+        ("a", "none", 1),
+        ("a", "bn", 0),
+        ("a", "bn", 1),
+        ("b", "none", 0),
+        ("b", "none", 1),
+        ("b", "bn", 0),
+        ("b", "bn", 1),
+    ]
+    seed_first = Grid(
+        ("none", "bn"),
+        (3, 5),
+        settings=(8, 32),
+        order=("seed", "variant", "setting"),
+        include=lambda c: not (c.variant == "bn" and c.setting == 8),
+    )
+    assert [(c.seed, c.variant, c.setting) for c in seed_first.cells()] == [
+        (3, "none", 8),
+        (3, "none", 32),
+        (3, "bn", 32),
+        (5, "none", 8),
+        (5, "none", 32),
+        (5, "bn", 32),
+    ]
+    assert cell_key(Cell("lenet", "bn", 2)) == "lenet-bn-seed2"
+    assert cell_key(Cell("", "train-test", 0)) == "train-test-seed0"
+
+
+def test_grid_errors_show_the_value() -> None:
+    with pytest.raises(ValueError, match="Grid: no variants"):
+        Grid((), 2)
+    with pytest.raises(ValueError, match=r"Grid: no seeds, got \(\)"):
+        Grid(("a",), ())
+    with pytest.raises(ValueError, match="Grid: no settings"):
+        Grid(("a",), 1, settings=())
+    with pytest.raises(ValueError, match=r"order must be a permutation of .* got \('seed',\)"):
+        Grid(("a",), 1, order=("seed",))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="GridRun: 2 cells but 1 results"):
+        GridRun([Cell("", "a", 0), Cell("", "a", 1)], [{}])
+
+
+def _measure(calls: list[str], *, fail_at: str | None = None):
+    def measure(cell: Cell, bench: Bench) -> dict:
+        key = cell_key(cell)
+        calls.append(key)
+        if key == fail_at:
+            raise KeyboardInterrupt  # as if the run were killed here
+        with ex.seeded(cell.seed) as gen:
+            x = torch.randn(50, generator=gen)
+        shift = {"none": 0.0, "bn": 1.0}[cell.variant]
+        bench.advance(2)
+        return {"metrics": {"m": float(x.mean()) + shift, "n": len(bench.data)}, "layers": ["l1"]}
+
+    return measure
+
+
+GRID = Grid(("none", "bn"), 3, settings=("a", "b"))
+
+
+class Bar:
+    def __init__(self) -> None:
+        self.total = 0
+        self.done = 0
+
+    def start(self, total: int, description: str) -> None:
+        self.total = total
+
+    def advance(self, steps: int = 1) -> None:
+        self.done += steps
+
+
+def test_a_killed_grid_resumed_ends_with_the_numbers_of_an_uninterrupted_one(
+    tmp_path: Path,
+) -> None:
+    data = [1, 2, 3]
+    whole = run_grid(ex.LabContext(tmp_path / "whole"), GRID, _measure([]), data=data)
+    out = tmp_path / "cut"
+    calls: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(ex.LabContext(out), GRID, _measure(calls, fail_at="b-none-seed1"), data=data)
+    assert calls[-1] == "b-none-seed1"
+    assert len(list((out / "units").iterdir())) == 7  # the cells before the kill
+    again: list[str] = []
+    bar = Bar()
+    ctx = ex.LabContext(out, progress=bar)
+    resumed = run_grid(ctx, GRID, _measure(again), data=data, steps=5, description="grid")
+    assert again == ["b-none-seed1", "b-none-seed2", "b-bn-seed0", "b-bn-seed1", "b-bn-seed2"]
+    assert ctx.units_reused == 7
+    assert resumed.results == whole.results
+    assert resumed.cells == whole.cells
+    assert (bar.total, bar.done) == (60, 60)  # measured cells are made up to 5 steps
+    stored = json.loads((out / "units" / "a-bn-seed2.json").read_text())
+    assert stored == {"key": "a-bn-seed2", "value": whole.results[5]}
+
+
+def test_grid_run_views_and_tables(tmp_path: Path) -> None:
+    run = run_grid(ex.LabContext(tmp_path), GRID, _measure([]), data=[0])
+    assert len(run) == 12
+    assert run.settings() == ["a", "b"]
+    per_seed = run.per_seed()
+    assert list(per_seed) == ["a", "b"]
+    assert list(per_seed["a"]) == ["none", "bn"]
+    assert per_seed["a"]["bn"]["m"] == pytest.approx([v + 1.0 for v in per_seed["a"]["none"]["m"]])
+    assert run.select(setting="b", variant="bn", seed=1) == [run.results[10]]
+    curves = run.curves("layers", settings=("a", "c"), variants=("bn", "gone"))
+    assert curves == {"a": {"bn": [["l1"]] * 3, "gone": []}, "c": {"bn": [], "gone": []}}
+    table = summary_table("t", per_seed, [("mean m", "m")], label=str.upper, missing="-")
+    assert table.columns == ["network", "variant", "mean m"]
+    assert [row[:2] for row in table.rows] == [
+        ["A", "none"],
+        ["A", "bn"],
+        ["B", "none"],
+        ["B", "bn"],
+    ]
+    assert table.rows[1][2] == ex.mean_std_text(per_seed["a"]["bn"]["m"])
+    layers = layer_table(
+        "per layer",
+        run,
+        [("m", lambda r, layer: r["metrics"]["m"]), ("none", lambda r, layer: math.nan)],
+        layers=lambda r: r["layers"],
+        variants=("bn", "gone"),
+        missing="-",
+    )
+    assert layers.columns == ["network", "variant", "layer", "m", "none"]
+    assert layers.rows == [
+        ["a", "bn", "l1", ex.mean_std_text(per_seed["a"]["bn"]["m"]), "-"],
+        ["b", "bn", "l1", ex.mean_std_text(per_seed["b"]["bn"]["m"]), "-"],
+    ]
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    seeds: int = 3
+
+    @classmethod
+    def quick(cls) -> GridConfig:
+        return cls(seeds=2)
+
+
+def _spec(calls: list[str], fail_at: str | None = None) -> ex.LabSpec:
+    measure = _measure(calls, fail_at=fail_at)
+
+    def summarize(config: GridConfig, ctx: ex.LabContext, run: GridRun) -> ex.LabOutcome:
+        per_seed = run.per_seed()
+        c = ex.compare(per_seed["a"]["bn"]["m"], per_seed["a"]["none"]["m"])
+        return ex.LabOutcome(
+            tables=[summary_table("m", per_seed, [("m", "m")])],
+            verdicts=[ex.Verdict("bn raises m", c.direction == "greater", c.text())],
+            raw={"per_seed": per_seed},
+        )
+
+    return grid_lab(
+        name="grid-test",
+        title="A grid",
+        summary="m by variant",
+        config_type=GridConfig,
+        grid=lambda config: Grid(("none", "bn"), config.seeds, settings=("a",)),
+        measure=lambda config, cell, bench: measure(cell, bench),
+        summarize=summarize,
+        prepare=lambda config, data: list(range(config.seeds)),
+        needs_data=False,
+    )
+
+
+def test_grid_lab_runs_and_resumes_through_run_lab(tmp_path: Path) -> None:
+    config = GridConfig()
+    whole = ex.run_lab(_spec([]), config, tmp_path / "whole")
+    assert whole["verdicts"][0]["holds"] is True
+    assert len(whole["tables"][0]["rows"]) == 2
+    assert whole["raw"]["per_seed"]["a"]["none"]["n"] == [3, 3, 3]  # prepare's data
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_lab(_spec([], fail_at="a-bn-seed0"), config, out)
+    calls: list[str] = []
+    resumed = ex.run_lab(_spec(calls), config, out, resume=True)
+    assert calls == ["a-bn-seed0", "a-bn-seed1", "a-bn-seed2"]
+    assert resumed["units_reused"] == 3
+    assert resumed["raw"] == whole["raw"]
+    assert resumed["verdicts"] == whole["verdicts"]
+
+
+def test_grid_lab_needs_data_when_it_says_so(tmp_path: Path) -> None:
+    spec = _spec([])
+    needy = grid_lab(
+        name="needy",
+        title="t",
+        summary="s",
+        config_type=GridConfig,
+        grid=lambda config: GRID,
+        measure=lambda config, cell, bench: {},
+        summarize=lambda config, ctx, run: ex.LabOutcome([], []),
+    )
+    assert needy.needs_data
+    assert not spec.needs_data
+    with pytest.raises(ValueError, match="lab needy needs Fashion-MNIST data"):
+        needy.run(GridConfig(), ex.LabContext(tmp_path))
