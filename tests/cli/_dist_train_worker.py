@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+import bnlab.cli.data as cli_data
 import bnlab.cli.train as cli_train
 from bnlab.cli.launch import adopt, worker_main
 from bnlab.data.loader import DeviceLoader
@@ -64,8 +65,8 @@ def main(argv: list[str], environ: dict[str, str], cwd: str) -> None:
     adopt(environ, cwd)
     rank = int(os.environ["RANK"])
     log_dir = Path(os.environ["BNLAB_TEST_LOG_DIR"])
-    cli_train.data_dir_from_env = lambda flag, **kwargs: log_dir / "data"
-    cli_train.load_fashion_mnist = _fake_load
+    cli_data.data_dir_from_env = lambda flag, **kwargs: log_dir / "data"
+    cli_data.load_fashion_mnist = _fake_load
     cli_train.plot_training_curves = _stub_plot
     if os.environ.get("BNLAB_TEST_FAIL_RANK") == str(rank):
         cli_train.DeviceLoader = _failing_loader(log_dir)

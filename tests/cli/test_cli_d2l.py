@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import bnlab.cli.d2l as cli_d2l
+import bnlab.cli.data as cli_data
 from bnlab.cli.main import main
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "fashion-mnist"
@@ -26,8 +26,8 @@ def _fake_load(split: str, data_dir: object) -> tuple[torch.Tensor, torch.Tensor
 def test_d2l_command_writes_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli_d2l, "data_dir_from_env", lambda flag: tmp_path)
-    monkeypatch.setattr(cli_d2l, "load_fashion_mnist", _fake_load)
+    monkeypatch.setattr(cli_data, "data_dir_from_env", lambda flag: tmp_path)
+    monkeypatch.setattr(cli_data, "load_fashion_mnist", _fake_load)
     out = tmp_path / "run"
     argv = [
         "d2l",
@@ -51,11 +51,19 @@ def test_d2l_command_writes_results(
         assert (out / name).stat().st_size > 0
     config = json.loads((out / "config.json").read_text())
     assert config["d2l"]["variants"] == ["none", "bnlab"]
-    # A second run into the same folder needs --resume ...
+    # A second run into the same folder needs --resume (and leaves the run's files alone) ...
     assert main([*argv]) == 1
     assert "--resume" in capsys.readouterr().err
-    # ... and with it, reuses the finished runs.
-    assert main([*argv, "--resume", "--recalibrate-batches", "2"]) == 0
+    assert json.loads((out / "config.json").read_text()) == config
+    # ... with other settings it is refused, naming them ...
+    assert main([*argv, "--resume", "--recalibrate-batches", "3"]) == 1
+    err = capsys.readouterr().err
+    assert f"{out} holds d2l runs of other settings (d2l.recalibrate_batches: 2 -> 3)" in err
+    # ... and with the same ones, reuses the finished runs (more seeds are fine).
+    assert main([*argv, "--resume", "--recalibrate-batches", "2", "--seeds", "2"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"] == {"train_samples": 256, "test_samples": 64}
+    assert config["d2l"]["seeds"] == [0, 1]
 
 
 @pytest.mark.parametrize(

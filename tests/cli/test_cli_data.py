@@ -6,6 +6,7 @@ commands run end to end without the real data and without the network.
 
 from __future__ import annotations
 
+import argparse
 import io
 import urllib.request
 from collections.abc import Iterator
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from bnlab.cli.data import data_dir_from_env
+from bnlab.cli.data import data_dir_from_env, load_splits
 from bnlab.cli.main import main
 from bnlab.data import fashion_mnist
 from bnlab.data.fashion_mnist import FileSpec
@@ -51,6 +53,20 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, tuple[F
     specs = write_fake_fashion_mnist(folder, train_count=20, test_count=10)
     monkeypatch.setattr(fashion_mnist, "FILES", specs)
     return folder, specs
+
+
+def test_load_splits_finds_loads_and_limits(fake: tuple[Path, tuple[FileSpec, ...]]) -> None:
+    folder, _ = fake
+    args = argparse.Namespace(data_dir=str(folder), limit_train=7, limit_test=None)
+    splits = load_splits(args)
+    assert splits.data_dir == folder
+    assert sorted(splits.tensors) == ["test_images", "test_labels", "train_images", "train_labels"]
+    assert [len(t) for t in splits.tensors.values()] == [7, 7, 10, 10]
+    assert splits.tensors["train_labels"].dtype == torch.int64
+    assert splits.describe() == f"Fashion-MNIST from {folder}: 7 training and 10 test images"
+    # A command without the limit options (bnlab lab) gets the whole splits.
+    whole = load_splits(argparse.Namespace(data_dir=str(folder)))
+    assert len(whole.tensors["train_images"]) == 20
 
 
 def test_data_is_listed_and_has_help(capsys: pytest.CaptureFixture[str]) -> None:

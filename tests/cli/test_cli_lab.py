@@ -61,7 +61,7 @@ def test_quick_run_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str
         results["command"]
         == f"bnlab lab toy-test --out {out} --quick --set shift=1.5 --set seeds=2"
     )
-    assert (out / "env.json").exists()
+    assert (out / "environment.json").exists()
     assert main(argv) == 1
     assert "is not empty; pass --resume" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+import bnlab.cli.data as cli_data
 import bnlab.cli.train as cli_train
 from bnlab.cli.main import main
 from bnlab.data.fashion_mnist import FILES
@@ -46,8 +47,8 @@ def fake_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]
         )
         return images, labels.to(torch.int64)
 
-    monkeypatch.setattr(cli_train, "data_dir_from_env", fake_dir)
-    monkeypatch.setattr(cli_train, "load_fashion_mnist", fake_load)
+    monkeypatch.setattr(cli_data, "data_dir_from_env", fake_dir)
+    monkeypatch.setattr(cli_data, "load_fashion_mnist", fake_load)
     return calls
 
 

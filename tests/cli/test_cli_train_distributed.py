@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from _dist_train_worker import main as hook_worker
 
+import bnlab.cli.data as cli_data
 import bnlab.cli.launch as cli_launch
 import bnlab.cli.train as cli_train
 from bnlab.cli.launch import worker_argv
@@ -71,8 +72,8 @@ def in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         path.write_bytes(b"\x89PNG stub")
         return path
 
-    monkeypatch.setattr(cli_train, "data_dir_from_env", lambda flag, **kw: tmp_path / "data")
-    monkeypatch.setattr(cli_train, "load_fashion_mnist", fake_load)
+    monkeypatch.setattr(cli_data, "data_dir_from_env", lambda flag, **kw: tmp_path / "data")
+    monkeypatch.setattr(cli_data, "load_fashion_mnist", fake_load)
     monkeypatch.setattr(cli_train, "plot_training_curves", stub)
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from test_cli_train import QUICK, _train, _without_timings, fake_data, fast_plot  # noqa: F401
 
+import bnlab.cli.data as cli_data
 import bnlab.cli.train as cli_train
 from bnlab.data.fashion_mnist import load_fashion_mnist
 from bnlab.data.synthetic import write_fake_fashion_mnist
@@ -124,9 +125,9 @@ def test_a_damaged_data_file_is_named(
 ) -> None:
     data_dir = tmp_path / "data"
     specs = write_fake_fashion_mnist(data_dir, train_count=48, test_count=20)
-    monkeypatch.setattr(cli_train, "data_dir_from_env", lambda flag, **kw: data_dir)
+    monkeypatch.setattr(cli_data, "data_dir_from_env", lambda flag, **kw: data_dir)
     monkeypatch.setattr(
-        cli_train, "load_fashion_mnist", functools.partial(load_fashion_mnist, files=specs)
+        cli_data, "load_fashion_mnist", functools.partial(load_fashion_mnist, files=specs)
     )
     assert _train(tmp_path / "ok", *QUICK) == 0  # the intact files load
     victim = data_dir / specs[1].name  # train labels

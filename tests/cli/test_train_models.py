@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+import bnlab.cli.data as cli_data
 import bnlab.cli.train as cli_train
 from bnlab.cli.main import build_parser, main
 from bnlab.data.synthetic import fake_images_labels
@@ -28,8 +29,8 @@ def fake_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         path.write_bytes(b"\x89PNG stub")
         return path
 
-    monkeypatch.setattr(cli_train, "data_dir_from_env", lambda flag, **kw: tmp_path / "data")
-    monkeypatch.setattr(cli_train, "load_fashion_mnist", fake_load)
+    monkeypatch.setattr(cli_data, "data_dir_from_env", lambda flag, **kw: tmp_path / "data")
+    monkeypatch.setattr(cli_data, "load_fashion_mnist", fake_load)
     monkeypatch.setattr(cli_train, "plot_training_curves", stub_plot)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-import bnlab.cli.lab as cli_lab
+import bnlab.cli.data as cli_data
 from bnlab.cli.main import main
 from bnlab.data.synthetic import fake_images_labels
 from bnlab.lab import depth
@@ -294,8 +294,8 @@ def test_cli_quick_run_writes_results_and_figures(
         )
         return images, labels
 
-    monkeypatch.setattr(cli_lab, "data_dir_from_env", fake_dir)
-    monkeypatch.setattr(cli_lab, "load_fashion_mnist", fake_load)
+    monkeypatch.setattr(cli_data, "data_dir_from_env", fake_dir)
+    monkeypatch.setattr(cli_data, "load_fashion_mnist", fake_load)
     out = tmp_path / "run"
     argv = [
         "lab",

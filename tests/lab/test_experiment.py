@@ -33,7 +33,7 @@ def test_run_writes_the_results_folder(tmp_path: Path, toy: ex.LabSpec) -> None:
     )
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
-        "env.json",
+        "environment.json",
         "results.json",
         "units",
     ]

@@ -166,10 +166,16 @@ def make_d2l(folder: Path) -> Path:
     return folder
 
 
-def make_lab(folder: Path, *, figures: tuple[str, ...] = ("drift.png",)) -> Path:
-    """What ``bnlab lab NAME`` writes (the results.json schema of bnlab.lab.experiment)."""
+def make_lab(
+    folder: Path,
+    *,
+    figures: tuple[str, ...] = ("drift.png",),
+    environment_file: str = "environment.json",
+) -> Path:
+    """What ``bnlab lab NAME`` writes (the results.json schema of bnlab.lab.experiment);
+    ``environment_file="env.json"`` makes a folder of the layout before the run folder."""
     _json(folder / "config.json", {"experiment": "toy", "quick": True, "config": {}, "command": ""})
-    _json(folder / "env.json", {**ENV, "device": "cpu", "threads": 2})
+    _json(folder / environment_file, {**ENV, "device": "cpu", "threads": 2})
     for name in figures:
         (folder / name).write_bytes(tiny_png(30, 30))
     _json(

@@ -166,6 +166,42 @@ def test_lab_experiment(tmp_path: Path) -> None:
     assert result.notes == ["quick run: few seeds"]
 
 
+@pytest.mark.parametrize("environment_file", ["environment.json", "env.json"])
+def test_lab_environment_of_the_run_folder_and_of_older_folders(
+    tmp_path: Path, environment_file: str
+) -> None:
+    folder = make_lab(tmp_path / "lab", environment_file=environment_file)
+    assert recognise(folder) == [lab]
+    [result], warnings = collect_results([folder])
+    assert warnings == []
+    assert result.environment is not None
+    assert result.environment["threads"] == 2
+
+
+def test_lab_without_environment_warns_naming_the_new_file(tmp_path: Path) -> None:
+    folder = make_lab(tmp_path / "lab")
+    (folder / "environment.json").unlink()
+    [result], warnings = collect_results([folder])
+    assert result.environment is None
+    assert warnings == [f"{folder / 'environment.json'}: file not found"]
+
+
+def test_the_report_knows_the_run_folder_names() -> None:
+    """The readers repeat bnlab.train.run_dir's file names (the report may not import train)."""
+    from bnlab.report.readers import _layout
+    from bnlab.train import run_dir
+
+    for name in (
+        "CONFIG_NAME",
+        "ENVIRONMENT_NAME",
+        "METRICS_NAME",
+        "CHECKPOINT_NAME",
+        "RESULTS_NAME",
+        "LEGACY_ENVIRONMENT_NAME",
+    ):
+        assert getattr(_layout, name) == getattr(run_dir, name), name
+
+
 def test_lab_missing_figure_and_bad_row_are_warnings(tmp_path: Path) -> None:
     folder = make_lab(tmp_path / "lab", figures=("a.png", "b.png"))
     (folder / "b.png").unlink()

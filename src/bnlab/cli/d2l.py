@@ -22,12 +22,10 @@ from rich.table import Table
 
 from bnlab.cli._args import add_run_arguments, positive_int
 from bnlab.cli._run_files import run_environment
-from bnlab.cli.data import add_data_dir_argument, data_dir_from_env
-from bnlab.data.fashion_mnist import load_fashion_mnist
+from bnlab.cli.data import add_data_dir_argument, load_splits
 from bnlab.lab.d2l import VARIANTS, D2LConfig, run_d2l
 from bnlab.plots.d2l import plot_d2l_curves
 from bnlab.train.fit import StepInfo
-from bnlab.train.io import write_json
 
 EXAMPLES = """examples:
   bnlab d2l --out runs/d2l                      the chapter's experiment, one seed (~2-3 min on 2 cores)
@@ -128,25 +126,6 @@ def _book_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def _load_data(args: argparse.Namespace, console: Console) -> dict[str, torch.Tensor]:
-    data_dir = data_dir_from_env(args.data_dir)
-    train_x, train_y = load_fashion_mnist("train", data_dir)
-    test_x, test_y = load_fashion_mnist("test", data_dir)
-    if args.limit_train:
-        train_x, train_y = train_x[: args.limit_train], train_y[: args.limit_train]
-    if args.limit_test:
-        test_x, test_y = test_x[: args.limit_test], test_y[: args.limit_test]
-    console.print(
-        f"Fashion-MNIST from {data_dir}: {len(train_y)} training and {len(test_y)} test images"
-    )
-    return {
-        "train_images": train_x,
-        "train_labels": train_y,
-        "test_images": test_x,
-        "test_labels": test_y,
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     console = Console()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -161,13 +140,10 @@ def run(args: argparse.Namespace) -> int:
         recalibrate_batches=args.recalibrate_batches,
         device=args.device,
     )
-    data = _load_data(args, console)
+    splits = load_splits(args)
+    console.print(splits.describe())
+    data = splits.tensors
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        out / "config.json", {"command": "d2l", "argv": vars_json(args), "d2l": config.__dict__}
-    )
-    write_json(out / "environment.json", run_environment(args.device))
 
     steps_per_run = math.ceil(len(data["train_labels"]) / config.batch_size) * config.epochs
     started = time.perf_counter()
@@ -191,7 +167,14 @@ def run(args: argparse.Namespace) -> int:
             progress.update(task, completed=info.step, loss=info.loss)
 
         summary = run_d2l(
-            data, config, out, resume=args.resume, on_run_start=on_run_start, on_step=on_step
+            data,
+            config,
+            out,
+            resume=args.resume,
+            argv=vars_json(args),
+            environment=run_environment(args.device),
+            on_run_start=on_run_start,
+            on_step=on_step,
         )
     elapsed = time.perf_counter() - started
     figure = plot_d2l_curves(summary, out / "d2l_curves.png")

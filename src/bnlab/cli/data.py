@@ -13,8 +13,9 @@ cache when none of these holds it. A folder may hold the four official .gz files
 (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz,
 t10k-labels-idx1-ubyte.gz) or their decompressed copies.
 
-Other commands get the folder with ``data_dir_from_env(args.data_dir)`` after
-``add_data_dir_argument(parser)``.
+Other commands register ``--data-dir`` with ``add_data_dir_argument(parser)`` and get
+their splits with ``load_splits(args)``: the one place that finds the folder, loads the
+training and test sets and applies ``--limit-train`` / ``--limit-test``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import argparse
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -44,11 +47,19 @@ from bnlab.data.fashion_mnist import (
     ProgressCallback,
     default_cache_dir,
     download_fashion_mnist,
+    load_fashion_mnist,
     resolve_data_dir,
     verify_folder,
 )
 
-__all__ = ["add_data_dir_argument", "add_parser", "cache_dir_from_env", "data_dir_from_env"]
+__all__ = [
+    "Splits",
+    "add_data_dir_argument",
+    "add_parser",
+    "cache_dir_from_env",
+    "data_dir_from_env",
+    "load_splits",
+]
 
 DATA_DIR_HELP = (
     f"folder holding the Fashion-MNIST files (default: ${ENV_VAR}, else the user cache "
@@ -127,6 +138,47 @@ def data_dir_from_env(flag: str | os.PathLike[str] | None, *, download: bool = T
         return resolve_data_dir(
             flag, env_value, cache_dir_from_env(), download=download, progress=progress
         )
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The Fashion-MNIST a command works on.
+
+    Attributes:
+        tensors: ``train_images``, ``test_images`` (uint8 ``(N, 28, 28)``),
+            ``train_labels``, ``test_labels`` (int64 ``(N,)``): the keys
+            ``bnlab.lab`` and ``bnlab.lab.d2l`` take.
+        data_dir: the folder they were read from.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    data_dir: Path
+
+    def describe(self) -> str:
+        """One line for the console: where the data came from and how much of it."""
+        return (
+            f"Fashion-MNIST from {self.data_dir}: {len(self.tensors['train_labels'])} "
+            f"training and {len(self.tensors['test_labels'])} test images"
+        )
+
+
+def load_splits(args: argparse.Namespace) -> Splits:
+    """The training and test sets for a command: its ``--data-dir``, then its limits.
+
+    Finds the folder with ``data_dir_from_env(args.data_dir)``, loads both splits and keeps
+    the first ``args.limit_train`` / ``args.limit_test`` images where the command has
+    those options (``add_run_arguments``) and they are set.
+    """
+    data_dir = data_dir_from_env(args.data_dir)
+    tensors: dict[str, torch.Tensor] = {}
+    for split in ("train", "test"):
+        images, labels = load_fashion_mnist(split, data_dir)
+        limit = getattr(args, f"limit_{split}", None)
+        if limit:
+            images, labels = images[:limit], labels[:limit]
+        tensors[f"{split}_images"] = images
+        tensors[f"{split}_labels"] = labels.to(torch.int64)
+    return Splits(tensors, Path(data_dir))
 
 
 # --- the subcommands ----------------------------------------------------------------------

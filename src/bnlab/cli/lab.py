@@ -34,8 +34,7 @@ from rich.table import Table
 import bnlab.lab  # noqa: F401  (registers every experiment)
 from bnlab.cli._args import positive_int
 from bnlab.cli._run_files import run_environment
-from bnlab.cli.data import add_data_dir_argument, data_dir_from_env
-from bnlab.data.fashion_mnist import load_fashion_mnist
+from bnlab.cli.data import add_data_dir_argument, load_splits
 from bnlab.lab.claims import NOT_MEASURED, evaluate_claims, load_many, write_claims
 from bnlab.lab.experiment import LabSpec, available_labs, config_from, get_lab, run_lab
 
@@ -146,16 +145,9 @@ class _RichProgress:
 
 
 def _load_data(args: argparse.Namespace, console: Console) -> dict[str, torch.Tensor]:
-    data_dir = data_dir_from_env(args.data_dir)
-    train_x, train_y = load_fashion_mnist("train", data_dir)
-    test_x, test_y = load_fashion_mnist("test", data_dir)
-    console.print(f"Fashion-MNIST from {data_dir}")
-    return {
-        "train_images": train_x,
-        "train_labels": train_y.to(torch.int64),
-        "test_images": test_x,
-        "test_labels": test_y.to(torch.int64),
-    }
+    splits = load_splits(args)
+    console.print(splits.describe())
+    return splits.tensors
 
 
 def _cell(value: Any) -> str:

@@ -35,7 +35,6 @@ the SGD update); evaluation, logging and checkpoints are excluded.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -57,13 +56,12 @@ from rich.table import Table
 from bnlab import models
 from bnlab.cli._args import add_run_arguments, non_negative_int, positive_float, positive_int
 from bnlab.cli._run_files import run_environment
-from bnlab.cli.data import add_data_dir_argument, data_dir_from_env
+from bnlab.cli.data import add_data_dir_argument, load_splits
 from bnlab.cli.launch import LOST_CONTACT_STATUS, launch, threads_per_worker, worker_argv
-from bnlab.data.fashion_mnist import load_fashion_mnist
 from bnlab.data.loader import DeviceLoader
 from bnlab.models.mlp import NORM_POSITIONS
 from bnlab.plots.training import plot_training_curves
-from bnlab.train import CHECKPOINT_NAME, METRICS_NAME, FitResult, StepInfo, TrainConfig, fit
+from bnlab.train import FitResult, StepInfo, TrainConfig, fit
 from bnlab.train.config import INITS
 from bnlab.train.distributed import (
     DEFAULT_TIMEOUT_S,
@@ -72,9 +70,10 @@ from bnlab.train.distributed import (
     shutdown_distributed,
     torchrun_env,
 )
-from bnlab.train.io import write_json
 from bnlab.train.precision import PRECISIONS
 from bnlab.train.presets import PRESETS, available_presets, get_preset
+from bnlab.train.run_dir import CHECKPOINT_NAME, RESULTS_NAME, RunDir
+from bnlab.train.run_dir import RUN_FILES as _LAYOUT_FILES
 
 __all__ = ["add_parser", "run"]
 
@@ -117,23 +116,16 @@ def _epilog() -> str:
     return "\n".join(lines) + "\n"
 
 
-# Files of a run folder that --overwrite removes (and nothing else).
-RESULTS_NAME, CURVES_NAME = "results.json", "curves.png"
-RUN_FILES = (
-    CHECKPOINT_NAME,
-    "checkpoint.prev.pt",
-    METRICS_NAME,
-    RESULTS_NAME,
-    CURVES_NAME,
-    "config.json",
-    "environment.json",
-)
+# Files of a run folder that --overwrite removes (and nothing else): the layout's and
+# the curves.
+CURVES_NAME = "curves.png"
+RUN_FILES = (*_LAYOUT_FILES, CURVES_NAME)
 # Settings of config.json that may differ when a run is resumed.
-_RESUMABLE = {("train", "epochs"), ("train", "device"), ("data", "data_dir")}
+_RESUMABLE = {"train.epochs", "train.device", "data.data_dir"}
 # The number of processes may change on resume (checkpoints hold the plain model; with
 # --sync-bn the run continues the same optimisation).
 _RESUMABLE |= {
-    ("distributed", key) for key in ("world_size", "backend", "sync_bn", "batch_size_per_process")
+    f"distributed.{key}" for key in ("world_size", "backend", "sync_bn", "batch_size_per_process")
 }
 
 
@@ -295,11 +287,12 @@ def _check_args(args: argparse.Namespace) -> None:
     out: Path = args.out
     if out.exists() and not out.is_dir():
         error(f"argument --out: {out} exists and is not a folder")
-    if args.resume and not (out / CHECKPOINT_NAME).is_file():
+    run = RunDir(out)
+    if args.resume and not run.checkpoint.is_file():
         error(f"--resume: no {CHECKPOINT_NAME} in {out}; run without --resume to start it")
     # A folder without a checkpoint or results holds at most a run stopped in its first
     # epoch: nothing to keep, so it is simply started again.
-    existing = [name for name in (CHECKPOINT_NAME, RESULTS_NAME) if (out / name).exists()]
+    existing = run.existing((CHECKPOINT_NAME, RESULTS_NAME))
     if existing and not (args.resume or args.overwrite):
         error(
             f"argument --out: {out} already holds a run ({', '.join(existing)}); add --resume "
@@ -336,48 +329,22 @@ def _run_config(
 
 def _check_resume(args: argparse.Namespace, config: dict[str, Any]) -> None:
     """Refuse to resume with settings other than the saved run's (exit 2)."""
-    path = args.out / "config.json"
+    run = RunDir(args.out)
     try:
-        saved = _read_json(path)
+        # Settings added to TrainConfig since the run was saved count as their defaults.
+        changes = run.settings_changes(
+            config, may_change=_RESUMABLE, defaults={"train": TrainConfig().to_dict()}
+        )
     except (OSError, ValueError) as exc:
         args.parser.error(
-            f"--resume: cannot read {path} ({exc}); start the run again with --overwrite"
+            f"--resume: cannot read {run.config} ({exc}); start the run again with --overwrite"
         )
-    changes = []
-    for key, value in config.items():
-        if isinstance(value, dict):
-            old = saved.get(key) if isinstance(saved.get(key), dict) else {}
-            if key == "train":  # settings added since the run was saved: their defaults
-                old = {**TrainConfig().to_dict(), **old}
-            for sub in sorted(value.keys() | old.keys()):
-                if (key, sub) not in _RESUMABLE and old.get(sub) != value.get(sub):
-                    changes.append(f"{key}.{sub}: {old.get(sub)!r} -> {value.get(sub)!r}")
-        elif saved.get(key) != value:
-            changes.append(f"{key}: {saved.get(key)!r} -> {value!r}")
     if changes:
         args.parser.error(
-            f"--resume: {args.out} was run with other settings ({'; '.join(changes)}); pass the "
-            "saved ones (see its config.json), or --overwrite to start again"
+            f"--resume: {args.out} was run with other settings "
+            f"({'; '.join(str(c) for c in changes)}); pass the saved ones (see its "
+            "config.json), or --overwrite to start again"
         )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    value = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _load_data(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], Path]:
-    data_dir = data_dir_from_env(args.data_dir)
-    train_x, train_y = load_fashion_mnist("train", data_dir)
-    test_x, test_y = load_fashion_mnist("test", data_dir)
-    if args.limit_train:
-        train_x, train_y = train_x[: args.limit_train], train_y[: args.limit_train]
-    if args.limit_test:
-        test_x, test_y = test_x[: args.limit_test], test_y[: args.limit_test]
-    tensors = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
-    return tensors, Path(data_dir)
 
 
 def _first_norm(model: torch.nn.Module) -> dict[str, Any] | None:
@@ -526,15 +493,16 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
         init=args.init,
         precision=args.precision,
     )
-    tensors, data_dir = _load_data(args)
+    splits = load_splits(args)
+    tensors = splits.tensors
     data = {
         "dataset": "fashion-mnist",
-        "data_dir": str(data_dir),
+        "data_dir": str(splits.data_dir),
         "limit_train": args.limit_train,
         "limit_test": args.limit_test,
         "resize": args.resize,
-        "train_samples": len(tensors["train_y"]),
-        "test_samples": len(tensors["test_y"]),
+        "train_samples": len(tensors["train_labels"]),
+        "test_samples": len(tensors["test_labels"]),
         "test_batch_size": args.batch_size,
     }
     run_config = _run_config(args, train_config, data)
@@ -550,19 +518,19 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
         environment["backend"] = distributed.backend
     if args.resume:
         _check_resume(args, run_config)
+    run = RunDir(out)
     if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
+        run.ensure()
         if args.overwrite:
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
-        write_json(out / "config.json", run_config)
-        write_json(out / "environment.json", environment)
+            run.remove(RUN_FILES)
+        run.write_config(run_config)
+        run.write_environment(environment)
     if distributed is not None:
         distributed.barrier()  # --overwrite's removals are done before any rank reads
 
     train_loader = DeviceLoader(
-        tensors["train_x"],
-        tensors["train_y"],
+        tensors["train_images"],
+        tensors["train_labels"],
         args.batch_size,
         shuffle=True,
         seed=args.seed,
@@ -572,8 +540,8 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
         world_size=distributed.world_size if distributed is not None else 1,
     )
     test_loader = DeviceLoader(
-        tensors["test_x"],
-        tensors["test_y"],
+        tensors["test_images"],
+        tensors["test_labels"],
         args.batch_size,
         shuffle=False,
         device=device,
@@ -646,7 +614,7 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
         },
         "first_norm": _first_norm(model),
     }
-    write_json(out / RESULTS_NAME, results)
+    run.write_results(results)
     title = f"{args.model} + {args.norm} on Fashion-MNIST (batch {args.batch_size}, lr {args.lr:g})"
     plot_training_curves(result.history, title, out / CURVES_NAME)
 

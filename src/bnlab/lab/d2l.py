@@ -25,7 +25,9 @@ Comparing the three evaluations, per epoch and over seeds, measures that.
 
 The runner writes one folder per (variant, seed) with ``fit``'s metrics and checkpoint,
 so an interrupted experiment resumes where it stopped and ends with the numbers of an
-uninterrupted one.
+uninterrupted one. The experiment's folder is a ``bnlab.train.run_dir.RunDir`` too:
+its ``config.json`` records the settings and the data, and a resume with other settings
+(other than more seeds or variants) is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import json
 import math
 import shutil
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ from bnlab.nn.precise_bn import recalibrate_batchnorm
 from bnlab.train import TrainConfig, evaluate, fit
 from bnlab.train.fit import StepInfo
 from bnlab.train.io import write_json
+from bnlab.train.run_dir import RunDir
 
 __all__ = [
     "BOOK_RESULTS",
@@ -226,11 +229,11 @@ def _run_one(
     )
     extra_path = run_dir / "extra_eval.json"
     extra = _Extra()
-    resumable = resume and (run_dir / "checkpoint.pt").exists()
+    resumable = resume and RunDir(run_dir).checkpoint.exists()
     if resumable and extra_path.exists():
         raw = json.loads(extra_path.read_text())
         extra.by_epoch = {int(k): v for k, v in raw.items()}
-    elif any(run_dir.iterdir()):
+    elif not RunDir(run_dir).is_empty():
         # Leftovers of a run interrupted before its first checkpoint: start it afresh.
         shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
@@ -387,12 +390,46 @@ def summarize(records: Sequence[dict[str, Any]], config: D2LConfig) -> dict[str,
     return {"config": asdict(config), "variants": per_variant, "verdicts": _verdicts(per_variant)}
 
 
+# What a resume may change: more (or fewer) seeds and variants reuse the finished runs;
+# how the command was typed and the device do not change the numbers.
+_MAY_CHANGE = frozenset({"command", "argv", "d2l.seeds", "d2l.variants", "d2l.device"})
+
+
+def _claim_folder(
+    run: RunDir,
+    settings: dict[str, Any],
+    *,
+    resume: bool,
+    environment: Mapping[str, Any] | None,
+) -> None:
+    """Refuse a folder that holds other runs; then record the settings and environment."""
+    runs_dir = run.path / "runs"
+    if runs_dir.exists() and any(runs_dir.iterdir()) and not resume:
+        raise FileExistsError(
+            f"{run.path} already holds d2l runs; pass --resume to continue them, or choose "
+            "another --out"
+        )
+    if resume and run.config.exists():
+        changes = run.settings_changes(settings, may_change=_MAY_CHANGE)
+        if changes:
+            raise ValueError(
+                f"{run.path} holds d2l runs of other settings "
+                f"({'; '.join(str(c) for c in changes)}); resume with the saved settings "
+                f"(see {run.config}), or choose another --out"
+            )
+    run.write_config(settings)
+    if environment is not None:
+        run.write_environment(environment)
+
+
 def run_d2l(
     data: dict[str, Tensor],
     config: D2LConfig,
     out_dir: str | Path,
     *,
     resume: bool = False,
+    argv: Mapping[str, Any] | None = None,
+    environment: Mapping[str, Any] | None = None,
     on_run_start: Callable[[str, int], None] | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> dict[str, Any]:
@@ -402,10 +439,15 @@ def run_d2l(
         data: ``train_images`` (uint8 ``(N, 28, 28)``), ``train_labels`` (int64 ``(N,)``),
             ``test_images``, ``test_labels``.
         config: the experiment's settings.
-        out_dir: results folder; gets ``runs/<variant>/seed<k>/`` (fit's metrics and
-            checkpoint, ``result.json``) and ``summary.json``.
+        out_dir: results folder (a ``RunDir``): ``config.json`` (``command``, ``argv``,
+            ``d2l``: the settings, ``data``: the sample counts), ``environment.json``,
+            ``runs/<variant>/seed<k>/`` (fit's metrics and checkpoint, ``result.json``)
+            and ``summary.json``.
         resume: reuse finished runs (their ``result.json``) and resume interrupted ones
             from their checkpoint; without it, an ``out_dir`` holding runs is refused.
+        argv: the command's options, saved in ``config.json`` (the report rebuilds the
+            command from them).
+        environment: saved as ``environment.json``.
         on_run_start: called with (variant, seed) before each run.
         on_step: forwarded to ``fit`` (progress bars).
 
@@ -415,13 +457,20 @@ def run_d2l(
 
     Raises:
         FileExistsError: ``out_dir`` holds runs and ``resume`` is False.
+        ValueError: ``resume`` with other settings or data than the saved ones (more or
+            fewer seeds and variants are fine).
     """
     out = Path(out_dir)
     runs_dir = out / "runs"
-    if runs_dir.exists() and any(runs_dir.iterdir()) and not resume:
-        raise FileExistsError(
-            f"{out} already holds d2l runs; pass --resume to continue them, or choose another --out"
-        )
+    settings: dict[str, Any] = {"command": "d2l"}
+    if argv is not None:
+        settings["argv"] = dict(argv)
+    settings["d2l"] = asdict(config)
+    settings["data"] = {
+        "train_samples": len(data["train_labels"]),
+        "test_samples": len(data["test_labels"]),
+    }
+    _claim_folder(RunDir(out), settings, resume=resume, environment=environment)
     records: list[dict[str, Any]] = []
     for name in config.variants:
         for seed in config.seeds:

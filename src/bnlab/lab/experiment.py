@@ -3,11 +3,11 @@
 An experiment is a :class:`LabSpec`: a name, a claim it tests, a config dataclass (its
 defaults are the full run; ``quick()`` gives a run small enough for the tests) and a
 ``run(config, ctx) -> LabOutcome`` function. :func:`run_lab` gives every experiment the
-same results folder::
+same results folder (a ``bnlab.train.run_dir.RunDir``)::
 
     RUN_DIR/
       config.json        {"experiment", "config", "command"}, written first
-      env.json           versions, machine, device, git revision (from the caller)
+      environment.json   versions, machine, device, git revision (from the caller)
       units/KEY.json     one finished unit of work (a seed, a setting), for resuming
       results.json       written last: tables, verdicts, figures, raw per-seed numbers
       *.png              figures named in results.json
@@ -49,6 +49,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from bnlab.train.io import write_json
+from bnlab.train.run_dir import RunDir
 
 __all__ = [
     "Comparison",
@@ -439,7 +440,7 @@ def run_lab(
         resume: continue a run in ``out_dir`` with the same config (finished units are
             reused).
         command: the command line that reproduces the run (saved in the results).
-        environment: saved as env.json.
+        environment: saved as environment.json.
         quick: whether ``config`` is the quick one (recorded).
 
     Raises:
@@ -459,27 +460,28 @@ def run_lab(
         "config": _config_dict(config),
         "command": command,
     }
-    config_path = out_dir / "config.json"
-    if out_dir.exists() and any(out_dir.iterdir()):
+    run = RunDir(out_dir)
+    if not run.is_empty():
         if not resume:
             raise ValueError(
                 f"{out_dir} is not empty; pass --resume to continue the run there, "
                 "or choose another --out"
             )
-        if config_path.exists():
-            saved = json.loads(config_path.read_text())
-            if (saved.get("experiment"), saved.get("config")) != (
-                spec.name,
-                config_record["config"],
-            ):
-                raise ValueError(
-                    f"{config_path} holds another experiment or config; resume with the same "
-                    "settings, or choose another --out"
-                )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, config_record)
+        # The same experiment and config; how it was typed (quick, command) may differ.
+        changes = (
+            run.settings_changes(config_record, may_change={"quick", "command"})
+            if run.config.exists()
+            else []
+        )
+        if changes:
+            raise ValueError(
+                f"{run.config} holds another experiment or config "
+                f"({'; '.join(str(c) for c in changes)}); resume with the same settings, or "
+                "choose another --out"
+            )
+    run.write_config(config_record)
     if environment is not None:
-        write_json(out_dir / "env.json", dict(environment))
+        run.write_environment(environment)
     ctx = LabContext(out_dir, data=data, device=device, progress=progress)
     started = time.perf_counter()
     outcome = spec.run(config, ctx)
@@ -504,5 +506,5 @@ def run_lab(
         "notes": list(outcome.notes),
         "raw": outcome.raw,
     }
-    write_json(out_dir / "results.json", results)
+    run.write_results(results)
     return results

@@ -1,8 +1,8 @@
 """The environment of a run in a few lines, and which runs share one.
 
-Train and d2l folders hold ``environment.json``, lab folders ``env.json`` and
-benchmarks an ``environment`` key; all come from ``bnlab.bench.timing
-.environment_record`` (plus device and threads for training runs).
+Run folders hold ``environment.json`` (lab folders written before the one run-folder
+layout: ``env.json``) and benchmarks an ``environment`` key; all come from
+``bnlab.bench.timing.environment_record`` (plus device and threads for training runs).
 """
 
 from __future__ import annotations

@@ -108,6 +108,13 @@ def _merged(defaults: Mapping[str, Any], saved: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
+def _plain(value: Any) -> Any:
+    """Tuples as lists, as they come back from JSON."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _allowed(key: str, may_change: Collection[str]) -> bool:
     """Whether ``key`` or a section above it (``"distributed"`` for ``"distributed.x"``) may change."""
     parts = key.split(".")
@@ -130,7 +137,7 @@ def _changes(
             old = old if isinstance(old, Mapping) else {}
             new = new if isinstance(new, Mapping) else {}
             found += _changes(old, new, f"{name}.", may_change)
-        elif old != new and not _allowed(name, may_change):
+        elif _plain(old) != _plain(new) and not _allowed(name, may_change):
             found.append(Change(name, old, new))
     return found
 

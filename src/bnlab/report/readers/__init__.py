@@ -1,6 +1,8 @@
 """Readers of bnlab's results folders, one per kind, each recognising its folder by its
-files: d2l (summary.json), train (metrics.jsonl / checkpoint.pt), lab (env.json,
-results.json with ``experiment``), claims (claims.json), benchmarks (bench_*.json).
+files: d2l (summary.json), train (metrics.jsonl / checkpoint.pt), lab (units/, an older
+folder's env.json, results.json with ``experiment``), claims (claims.json), benchmarks
+(bench_*.json). Run folders share one layout (``_layout``: ``bnlab.train.run_dir``'s
+file names).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from typing import Any
 from bnlab.report.commands import d2l_command
 from bnlab.report.files import Warn, image_data_uri, read_json
 from bnlab.report.model import Figure, Result, Table, Verdict
+from bnlab.report.readers._layout import CONFIG_NAME, read_environment
 
 __all__ = ["read", "recognise"]
 
@@ -32,7 +33,7 @@ def recognise(folder: Path) -> bool:
     if (folder / "summary.json").is_file():
         return True
     try:
-        return read_json(folder / "config.json").get("command") == "d2l"
+        return read_json(folder / CONFIG_NAME).get("command") == "d2l"
     except ValueError:
         return False
 
@@ -96,7 +97,7 @@ def read(folder: Path, warn: Warn) -> list[Result]:
     if not isinstance(variants, dict):
         raise ValueError(f"{folder / 'summary.json'}: no 'variants' object")
     try:
-        config = read_json(folder / "config.json")
+        config = read_json(folder / CONFIG_NAME)
     except ValueError as exc:
         warn(f"{exc}; the command is left out")
         config = {}
@@ -138,7 +139,7 @@ def read(folder: Path, warn: Warn) -> list[Result]:
     except ValueError as exc:
         warn(str(exc))
     try:
-        result.environment = read_json(folder / "environment.json")
+        result.environment = read_environment(folder)
     except ValueError as exc:
         warn(str(exc))
     return [result]

@@ -1,9 +1,10 @@
-"""A ``bnlab lab NAME`` results folder: config.json, env.json, units/, results.json
-(experiment, title, summary, command, quick, config, elapsed_s, tables, verdicts,
-figures, notes, raw; the schema of ``bnlab.lab.experiment``) and its figures.
+"""A ``bnlab lab NAME`` results folder: config.json, environment.json (``env.json`` in
+folders written before the one run-folder layout), units/, results.json (experiment,
+title, summary, command, quick, config, elapsed_s, tables, verdicts, figures, notes, raw;
+the schema of ``bnlab.lab.experiment``) and its figures.
 
-Recognised by ``env.json`` or ``units/``, or a ``results.json`` / ``config.json`` with
-an ``experiment`` key.
+Recognised by ``units/`` or an older folder's ``env.json``, or a ``results.json`` /
+``config.json`` with an ``experiment`` key.
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ from typing import Any
 
 from bnlab.report.files import Warn, image_data_uri, read_json
 from bnlab.report.model import Figure, Result, Table, Verdict
+from bnlab.report.readers._layout import (
+    CONFIG_NAME,
+    LEGACY_ENVIRONMENT_NAME,
+    RESULTS_NAME,
+    read_environment,
+)
 
 __all__ = ["read", "recognise"]
 
@@ -20,9 +27,9 @@ NAME = "lab"
 
 
 def recognise(folder: Path) -> bool:
-    if (folder / "env.json").is_file() or (folder / "units").is_dir():
+    if (folder / LEGACY_ENVIRONMENT_NAME).is_file() or (folder / "units").is_dir():
         return True
-    for name in ("results.json", "config.json"):
+    for name in (RESULTS_NAME, CONFIG_NAME):
         try:
             if "experiment" in read_json(folder / name):
                 return True
@@ -49,7 +56,7 @@ def _table(raw: Any, path: Path, warn: Warn) -> Table | None:
 
 def read(folder: Path, warn: Warn) -> list[Result]:
     """The experiment as a result: its tables, verdicts, figures, notes and command."""
-    path = folder / "results.json"
+    path = folder / RESULTS_NAME
     results = read_json(path)
     if "experiment" not in results:
         raise ValueError(f"{path}: not a 'bnlab lab' results file (no 'experiment' key)")
@@ -92,7 +99,7 @@ def read(folder: Path, warn: Warn) -> list[Result]:
         result.figures.append(Figure(file, str(raw.get("caption", "")), uri))
     result.notes = [str(n) for n in results.get("notes") or []]
     try:
-        result.environment = read_json(folder / "env.json")
+        result.environment = read_environment(folder)
     except ValueError as exc:
         warn(str(exc))
     return [result]

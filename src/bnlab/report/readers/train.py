@@ -13,6 +13,13 @@ from typing import Any
 from bnlab.report.commands import train_command
 from bnlab.report.files import Warn, image_data_uri, read_json
 from bnlab.report.model import Figure, Result, Table
+from bnlab.report.readers._layout import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    METRICS_NAME,
+    RESULTS_NAME,
+    read_environment,
+)
 
 __all__ = ["read", "recognise"]
 
@@ -20,10 +27,10 @@ NAME = "train"
 
 
 def recognise(folder: Path) -> bool:
-    if (folder / "metrics.jsonl").is_file() or (folder / "checkpoint.pt").is_file():
+    if (folder / METRICS_NAME).is_file() or (folder / CHECKPOINT_NAME).is_file():
         return True
     try:
-        return read_json(folder / "config.json").get("command") == "train"
+        return read_json(folder / CONFIG_NAME).get("command") == "train"
     except ValueError:
         return False
 
@@ -36,9 +43,9 @@ def _history_table(history: list[dict[str, Any]]) -> Table:
 
 def read(folder: Path, warn: Warn) -> list[Result]:
     """The run as a result: final numbers, per-epoch table, curves, command."""
-    results = read_json(folder / "results.json")
+    results = read_json(folder / RESULTS_NAME)
     try:
-        config = read_json(folder / "config.json")
+        config = read_json(folder / CONFIG_NAME)
     except ValueError as exc:
         warn(f"{exc}; the command is left out")
         config = results.get("config") if isinstance(results.get("config"), dict) else {}
@@ -89,7 +96,7 @@ def read(folder: Path, warn: Warn) -> list[Result]:
     except ValueError as exc:
         warn(str(exc))
     try:
-        result.environment = read_json(folder / "environment.json")
+        result.environment = read_environment(folder)
     except ValueError as exc:
         warn(str(exc))
     return [result]

@@ -1,0 +1,46 @@
+"""The file names of a run folder, as ``bnlab.train.run_dir`` writes them.
+
+The report reads results files and imports nothing of the training code
+(tests/test_layers.py), so the names are repeated here; tests/report/
+test_report_readers.py checks that they are ``bnlab.train.run_dir``'s. Lab folders
+written before that layout keep their environment in ``env.json``; the readers take it
+where ``environment.json`` is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bnlab.report.files import read_json
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CONFIG_NAME",
+    "ENVIRONMENT_NAME",
+    "LEGACY_ENVIRONMENT_NAME",
+    "METRICS_NAME",
+    "RESULTS_NAME",
+    "read_environment",
+]
+
+CONFIG_NAME = "config.json"
+ENVIRONMENT_NAME = "environment.json"
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINT_NAME = "checkpoint.pt"
+RESULTS_NAME = "results.json"
+LEGACY_ENVIRONMENT_NAME = "env.json"
+
+
+def read_environment(folder: Path) -> dict[str, Any]:
+    """The environment record of a run folder: ``environment.json``, else ``env.json``.
+
+    Raises:
+        ValueError: neither file is there, or the one there is not a JSON object (the
+            message names ``environment.json``, or the ``env.json`` that was read).
+    """
+    path = folder / ENVIRONMENT_NAME
+    legacy = folder / LEGACY_ENVIRONMENT_NAME
+    if not path.exists() and legacy.exists():
+        path = legacy
+    return read_json(path)
