@@ -29,6 +29,8 @@ def test_item_is_a_float_image_in_0_1_and_an_int(split: tuple[torch.Tensor, torc
     assert x.dtype == torch.float32
     assert isinstance(y, int)
     assert y == int(labels[7])
+    # Exact: uint8 -> float32 is exact and IEEE division is correctly rounded, so k / 255
+    # has one right float32 answer on every machine.
     torch.testing.assert_close(x, images[7].unsqueeze(0).float() / 255, rtol=0, atol=0)
 
 
@@ -44,6 +46,7 @@ def test_agrees_with_device_loader(split: tuple[torch.Tensor, torch.Tensor]) -> 
     images, labels = split
     per_sample = next(iter(DataLoader(FashionMNISTDataset(images, labels), batch_size=40)))
     whole = next(iter(DeviceLoader(images, labels, 40, shuffle=False)))
+    # Exact: both are k / 255 of the same uint8 values (correctly rounded division).
     assert torch.equal(per_sample[0], whole[0])
     assert torch.equal(per_sample[1], whole[1])
 
@@ -58,6 +61,8 @@ def test_resize_agrees_with_device_loader_within_one_level(
     torch_resized = next(iter(DeviceLoader(images, labels, 40, resize=96, shuffle=False)))[0]
     # Pillow rounds its result to uint8, as torchvision's Resize on a PIL image does.
     torch.testing.assert_close(pil, torch_resized, rtol=0, atol=1 / 255 + 1e-4)
+    # Pillow's output is uint8 k, so pil = fl(k / 255); fl(fl(k / 255) * 255) == k holds
+    # for every k in 0..255 in float32 (correctly rounded operations: machine independent).
     assert torch.equal((pil * 255).round(), pil * 255)
     assert FashionMNISTDataset(images, labels, resize=(20, 30))[0][0].shape == (1, 20, 30)
 

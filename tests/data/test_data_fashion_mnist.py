@@ -450,6 +450,7 @@ def test_load(fake: Fake) -> None:
     assert images.shape == (30, 28, 28)
     assert labels.dtype == torch.int64
     assert labels.shape == (30,)
+    # Exact: uint8 and int64 values decoded from the written bytes.
     assert torch.equal(images, expected_images)
     assert torch.equal(labels, expected_labels.long())
     test_images, _ = load_fashion_mnist("test", folder, files=specs)

@@ -25,6 +25,8 @@ from bnlab.data.idx import (
     write_idx,
 )
 
+# Integer payloads: every torch.equal on what is read back is exact (bytes decoded, no
+# arithmetic), also for the float types of the round trip (their bytes are copied).
 IMAGES = torch.arange(60, dtype=torch.uint8).reshape(3, 4, 5)  # 16 + 60 = 76 bytes
 LABELS = torch.tensor([1, 2, 3], dtype=torch.uint8)  # 8 + 3 = 11 bytes
 IMAGES_SIZE = "16-byte header + 3 x 4 x 5 uint8 values"

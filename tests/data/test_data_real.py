@@ -92,6 +92,7 @@ def test_decompressed_copies_verify_and_load_the_same(real: Path, tmp_path: Path
     assert reports[0].path == tmp_path / "t10k-images-idx3-ubyte"
     a = load_fashion_mnist("test", tmp_path)
     b = load_fashion_mnist("test", real)
+    # Exact: uint8 and int64 values decoded from the same bytes.
     assert torch.equal(a[0], b[0])
     assert torch.equal(a[1], b[1])
 

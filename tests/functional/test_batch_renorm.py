@@ -160,6 +160,8 @@ def test_running_stats_update_is_batch_norms() -> None:
             momentum,
             num_batches_tracked=nbt,
         )
+        # Exact: both take the statistics from batch_norm_forward's moments of the same x
+        # (r and d only change the affine step) and update them with batch_norm_with.
         torch.testing.assert_close(out.running_mean, ref.running_mean, rtol=0, atol=0)
         torch.testing.assert_close(out.running_var, ref.running_var, rtol=0, atol=0)
         assert int(out.num_batches_tracked) == 5
@@ -217,6 +219,7 @@ def test_eval_is_batch_norm_eval() -> None:
     args = (x, p["running_mean"], p["running_var"], p["weight"], p["bias"], False, 0.1)
     out = batch_renorm(*args, r_max=2.0, d_max=1.0)
     ref = batch_norm(*args)
+    # Exact: in eval batch renorm is batch_norm_with's eval forward, the same code.
     assert torch.equal(out.output, ref.output)
     assert out.running_mean is p["running_mean"]
     assert out.running_var is p["running_var"]

@@ -99,6 +99,8 @@ def test_one_virtual_batch_is_batch_norm(case) -> None:
     x, p = _batch(shape, seed)
     ours, g = _run(ghost_batch_norm, x, p, momentum=momentum, virtual_batch_size=vbs)
     ref, g_ref = _run(batch_norm, x, p, momentum=momentum)
+    # Exact: with one virtual batch the ghost forward hands x itself to batch norm's
+    # training forward, and the update is batch_norm_with's: the same code on the same bits.
     for a, e in zip((*ours, *g), (*ref, *g_ref), strict=True):
         assert torch.equal(a, e)
 
@@ -196,6 +198,7 @@ def test_untracked_and_eval() -> None:
         x, p["running_mean"], p["running_var"], p["weight"], p["bias"], False, virtual_batch_size=4
     )
     ref = batch_norm(x, p["running_mean"], p["running_var"], p["weight"], p["bias"], False)
+    # Exact: in eval ghost batch norm is batch_norm_with's eval forward, the same code.
     assert torch.equal(ev.output, ref.output)
 
 
@@ -234,6 +237,8 @@ def test_constant_channel_is_finite() -> None:
         x, torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64), training=True, virtual_batch_size=4
     )
     assert torch.isfinite(out.output).all()
+    # Exact: sums of equal values 3.0 are exact in any order and sum / n is correctly
+    # rounded, so each chunk's mean is 3.0, x - mean is 0, and y = 0 * scale + 0.
     assert torch.equal(out.output[:, 1], torch.zeros(8, 3, dtype=F64))
     assert out.running_var[1] == pytest.approx(0.9)
 

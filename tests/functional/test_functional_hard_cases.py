@@ -208,6 +208,8 @@ def test_constant_channel_outputs_bias_with_finite_grads(entry, dtype, value, sh
 def test_all_constant_input_with_tiny_eps(entry) -> None:
     x = torch.full((4, 2, 3), 7.25, requires_grad=True)  # exact in binary: mean is exact
     out = ENTRIES[entry](x, torch.zeros(2), torch.ones(2), training=True, eps=1e-12)
+    # Exact: the sums of equal values 7.25 are exact in any order and sum / n is correctly
+    # rounded, so the mean is 7.25, x - mean is 0, and y = 0 * scale + 0.
     assert torch.equal(out.output, torch.zeros_like(x))
     torch.testing.assert_close(out.running_mean, torch.full((2,), 0.725))
     torch.testing.assert_close(out.running_var, torch.full((2,), 0.9))

@@ -58,11 +58,14 @@ def test_batch_moments_against_float64(shape, layout, dtype) -> None:
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(mean.double(), x64.mean(dims), rtol=tol, atol=tol)
     torch.testing.assert_close(var.double(), x64.var(dims, correction=0), rtol=tol, atol=tol)
-    assert torch.equal(x, before)
+    assert torch.equal(x, before)  # exact: the input must not be written
 
 
 def test_batch_moments_of_a_constant_is_exact() -> None:
     mean, var = batch_moments(torch.full((5, 2, 3), 0.75))
+    # Exact in float arithmetic too: the sums of equal values 0.75 are small multiples of
+    # 0.75 (exact in any order) and sum / n is correctly rounded, so the pivot is exactly
+    # 0.75 and every deviation from it is exactly 0.
     assert torch.equal(mean, torch.full((2,), 0.75))
     assert torch.equal(var, torch.zeros(2))
 
@@ -90,7 +93,7 @@ def test_batch_norm_above_2_pow_20_elements(entry, layout) -> None:
         torch.testing.assert_close(out.output.double(), ref, rtol=1e-5, atol=2e-5)
         if layout == "channels_last":
             assert out.output.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(x, before)
+    assert torch.equal(x, before)  # exact: the input must not be written
     xr = x.clone().requires_grad_()
     g = torch.randn(x.shape, generator=gen)
     (gx,) = torch.autograd.grad(f(xr, None, None, w, b, training=True).output, xr, g)

@@ -223,7 +223,7 @@ def test_pure_arguments_are_never_written(entry, data, training, momentum, track
     before = {k: (v.clone(), v._version) for k, v in tensors.items()}
     ENTRIES[entry](x, **args, training=training, momentum=momentum)
     for k, v in tensors.items():
-        assert torch.equal(v, before[k][0]), k
+        assert torch.equal(v, before[k][0]), k  # exact: no argument may be written
         assert v._version == before[k][1], f"{k} written in place"
 
 

@@ -49,6 +49,7 @@ def test_merge_equals_direct_computation(sizes, loc, scale, seed):
     n = x.shape[0]
     assert int(merged.count) == n
     if n == 0:
+        # Exact: empty parts are weighed 0, so nothing is added to the zeros.
         assert torch.equal(merged.mean, torch.zeros(3, dtype=F64))
         assert torch.equal(merged.m2, torch.zeros(3, dtype=F64))
         return
@@ -79,6 +80,8 @@ def test_merge_ignores_empty_parts_even_with_nan():
     means = torch.tensor([[float("nan")], [2.0], [float("inf")]], dtype=F64)
     m2s = torch.tensor([[float("nan")], [3.0], [1.0]], dtype=F64)
     merged = merge_moments(counts, means, m2s)
+    # Exact: counts 0 and 4 and the values 2.0 and 3.0 are small dyadic numbers, so every
+    # product, sum and division of the merge is exact.
     assert float(merged.count) == 4.0
     assert merged.mean.tolist() == [2.0]
     assert merged.m2.tolist() == [3.0]
@@ -107,6 +110,7 @@ def test_pack_unpack_round_trip():
     mean, m2 = torch.arange(3.0), torch.arange(3.0, 6.0)
     table = torch.stack([pack_moments(5, mean, m2), pack_moments(0, mean * 0, m2 * 0)])
     counts, means, m2s = unpack_moments(table)
+    # Exact: packing copies (float32 -> float64 is exact), unpacking slices.
     assert counts.tolist() == [5.0, 0.0]
     assert torch.equal(means[0], mean.double())
     assert torch.equal(m2s[0], m2.double())

@@ -198,7 +198,9 @@ def _run_case(case: Case, case_id: int, rank: int, groups: dict) -> list[str]:
                 f"num_batches_tracked {int(sync.num_batches_tracked)} != "
                 f"{int(ref.num_batches_tracked)}"
             )
-        # Bit-identical on every rank.
+        # Bit-identical on every rank, by construction: every rank merges the same
+        # all-gathered table of float64 moments with the same code in rank order, then
+        # applies the same update to the same buffers.
         stats = torch.cat([sync.running_mean, sync.running_var]).double()
         table = [torch.empty_like(stats) for _ in members]
         dist.all_gather(table, stats, group=group)

@@ -172,3 +172,27 @@ def assert_twins(ours, theirs, case, dtype, gen, steps=3, tol=1e-10):
         if case.layout == CHANNELS_LAST:
             fmt = torch.channels_last if y.dim() == 4 else torch.channels_last_3d
             assert y.is_contiguous(memory_format=fmt)
+
+
+def eval_atol(module: torch.nn.Module, x: Tensor, ulps: int = 8) -> float:
+    """Rounding bound of an eval-mode batch norm of ``x`` in ``x``'s dtype.
+
+    ``y = (x - running_mean) * scale + bias`` with ``scale = weight / sqrt(running_var
+    + eps)`` is a few roundings of terms no larger than ``(|x| + |running_mean|) * |scale|
+    + |bias|``: ``ulps`` units (float eps) of the largest one cover any order of the
+    operations (folded into one affine map or not, with or without FMA, any vector
+    width). A wrong statistic or parameter moves ``y`` by O(1), far above this bound.
+    """
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+
+    def per_channel(t: Tensor | None, default: float) -> Tensor:
+        if t is None:
+            return torch.full((x.shape[1],), default, dtype=torch.float64).view(shape)
+        return t.detach().double().abs().view(shape)
+
+    scale = per_channel(module.weight, 1.0) / torch.sqrt(
+        per_channel(module.running_var, 1.0) + module.eps
+    )
+    terms = (x.detach().double().abs() + per_channel(module.running_mean, 0.0)) * scale
+    terms = terms + per_channel(module.bias, 0.0)
+    return ulps * torch.finfo(x.dtype).eps * float(terms.max())

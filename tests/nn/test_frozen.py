@@ -62,6 +62,7 @@ def test_from_batchnorm_without_bias() -> None:
     frozen = FrozenBatchNorm2d.from_batchnorm(bn)
     x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
     torch.testing.assert_close(frozen(x), bn(x), rtol=0, atol=1e-12)
+    # Exact: a missing bias is stored as zeros, set by assignment.
     assert torch.equal(frozen.bias, torch.zeros(3, dtype=torch.float64))
 
 
@@ -86,6 +87,7 @@ def test_no_gradient_to_buffers_and_buffers_never_change() -> None:
     for name, buf in frozen.named_buffers():
         assert buf.grad is None
         assert not buf.requires_grad
+        # Exact: nothing may write the buffers.
         assert torch.equal(buf, before[name])
 
 
@@ -96,6 +98,7 @@ def test_uses_batch_norm_eval_precision_with_a_large_offset() -> None:
         frozen.running_var.fill_(1e-6)
     x = 1e4 + 1e-3 * torch.randn(64, 2)
     expected = batch_norm_eval(x, frozen.running_mean, frozen.running_var, None, None, 1e-5)
+    # Exact: the module's forward is this very call on the same bits.
     torch.testing.assert_close(frozen(x), expected, rtol=0, atol=0)
     exact = ((x.double() - 1e4) / (1e-6 + 1e-5) ** 0.5).float()
     torch.testing.assert_close(frozen(x), exact, rtol=1e-3, atol=1e-3)
@@ -249,6 +252,7 @@ def test_freeze_replaces_bn1d_bn2d_and_keeps_the_original() -> None:
     x = torch.randn(8, 2, 4, 4)
     frozen(x)  # train-mode forward changes nothing
     for k, v in model.state_dict().items():
+        # Exact: freezing copies; the original's state is never written.
         assert torch.equal(v, before[k])
     torch.testing.assert_close(frozen(x), model.eval()(x), rtol=1e-5, atol=1e-6)
     assert not any("running" in n for n, _ in frozen.named_parameters())

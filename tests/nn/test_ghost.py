@@ -167,6 +167,9 @@ def test_large_offset_tiny_variance_matches_float64() -> None:
 def test_constant_channel() -> None:
     m = bnlab.nn.GhostBatchNorm2d(2, virtual_batch_size=2)
     y = m(torch.full((6, 2, 3, 3), 5.0))
+    # Exact: sums of equal values 5.0 are small multiples of 5 (exact in any order) and
+    # sum / n is correctly rounded, so the mean is exactly 5, x - mean is exactly 0, and
+    # y = 0 * scale + (0 - 0 * scale) = 0.
     assert torch.equal(y, torch.zeros_like(y))
 
 
@@ -175,6 +178,7 @@ def test_empty_batch_leaves_buffers_untouched() -> None:
     randomize(m, torch.Generator().manual_seed(35))
     before = {k: v.clone() for k, v in m.state_dict().items()}
     assert m(torch.randn(0, 3, 2, 2)).shape == (0, 3, 2, 2)
+    # Exact: an empty batch must not write the buffers.
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
@@ -320,6 +324,7 @@ def test_forward_errors(make, x, exc, message) -> None:
     before = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(exc, match=re.escape(message)):
         m(x)
+    # Exact: the error is raised before any buffer is written.
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 

@@ -147,6 +147,7 @@ def _compare_state(ours, theirs, tol, when):
     assert list(ours_sd) == list(theirs_sd), when
     for key in ours_sd:
         if key.endswith("num_batches_tracked"):
+            # Exact by construction: an int64 count of train steps, no float arithmetic.
             assert torch.equal(ours_sd[key], theirs_sd[key]), f"{when}: {key}"
         else:
             _close(ours_sd[key], theirs_sd[key], tol, f"{when}: {key}")

@@ -53,6 +53,8 @@ def test_state_is_restored_and_weights_unchanged() -> None:
     assert all(m.training for m in model.modules())
     assert model[1].momentum == 0.3
     for key, value in weights.items():
+        # Exact: recalibration writes only the running statistics (the count is
+        # restored by assignment).
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
 
 
@@ -79,6 +81,7 @@ def test_interrupted_pass_restores_everything() -> None:
     assert not model[0].training
     assert model[0].momentum == 0.2
     for key, value in before.items():
+        # Exact: the saved state is copied back.
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
 
 

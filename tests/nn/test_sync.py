@@ -152,6 +152,8 @@ def test_without_process_group_equals_batchnorm(shape, bn_cls, kwargs):
         ya, yb = sync(xa), bn(xb)
         ya.backward(g)
         yb.backward(g)
+        # Exact: without a process group SyncBatchNorm.forward is BatchNorm's forward
+        # (super().forward), the same code on the same bits.
         assert torch.equal(ya, yb)
         assert torch.equal(xa.grad, xb.grad)
         for (name, a), b in zip(sync.named_parameters(), bn.parameters(), strict=True):
@@ -228,6 +230,7 @@ def test_single_rank_sync_empty_batch_keeps_statistics():
     assert r.num_batches_tracked is nbt
     r.output.sum().backward()
     assert x.grad.shape == (0, 3, 4)
+    # Exact: a sum over an empty batch is 0 with no rounding.
     assert torch.equal(w.grad, torch.zeros(3, dtype=F64))
 
 
@@ -263,7 +266,7 @@ def test_state_dict_interop_both_ways(torch_cls):
     back = SyncBatchNorm(5)
     back.load_state_dict(theirs.state_dict())
     for (k, a), b in zip(back.state_dict().items(), ours.state_dict().values(), strict=True):
-        assert torch.equal(a, b), k
+        assert torch.equal(a, b), k  # exact: two copies, no arithmetic
 
 
 def test_repr_and_untracked_buffers_match_torch():
@@ -322,7 +325,7 @@ def test_convert_bare_module(bn):
         assert getattr(new, attr) == getattr(bn, attr), attr
     assert new.state_dict().keys() == bn.state_dict().keys()
     for k, v in bn.state_dict().items():
-        assert torch.equal(new.state_dict()[k], v), k
+        assert torch.equal(new.state_dict()[k], v), k  # exact: conversion copies or shares
         assert new.state_dict()[k].dtype == v.dtype
     spatial = (2, 2, 2) if isinstance(bn, nn.BatchNorm3d) else (5,)
     dtype = bn.weight.dtype if bn.weight is not None else torch.float32
