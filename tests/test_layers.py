@@ -1,7 +1,10 @@
 """The architecture stays one-way: each subpackage imports only the layers below it.
 
-functional <- autograd <- nn <- models <- train <- lab <- cli; ``data``, ``plots``,
-``bench`` and ``textbook`` sit beside that chain with the imports listed here.
+functional <- kernels <- autograd <- nn <- models <- train <- lab <- cli; ``data``,
+``plots``, ``bench`` and ``textbook`` sit beside that chain with the imports listed here.
+``kernels`` (the fused C++/Triton fast path) is called by ``autograd`` only: ``nn`` and
+everything above reach it through ``autograd``, never directly (``bench`` may, to switch
+it and report its state).
 """
 
 from __future__ import annotations
@@ -13,15 +16,16 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bnlab"
 
-CORE = {"functional", "autograd", "nn"}
+CORE = {"functional", "autograd", "nn"}  # what the layers above nn may import
 ALLOWED: dict[str, set[str]] = {
     "functional": {"functional"},
-    "autograd": {"functional", "autograd"},
+    "kernels": {"functional", "kernels"},
+    "autograd": {"functional", "kernels", "autograd"},
     "nn": CORE,
     "textbook": {"textbook"},
     "data": {"data"},
     "plots": {"plots"},
-    "bench": CORE | {"textbook", "bench"},
+    "bench": CORE | {"kernels", "textbook", "bench"},
     "models": CORE | {"textbook", "models"},
     "train": CORE | {"textbook", "models", "data", "train"},
     "lab": CORE | {"textbook", "models", "data", "train", "plots", "lab"},
@@ -63,3 +67,16 @@ def test_imports_point_down(path: Path) -> None:
         return
     upward = _bnlab_imports(path) - allowed
     assert not upward, f"{path.relative_to(SRC)} ({layer}) imports {sorted(upward)} from above"
+
+
+KERNEL_CALLERS = {"kernels", "autograd", "bench"}
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))
+def test_only_autograd_calls_the_kernels(path: Path) -> None:
+    # cli may import anything else, but not the kernels: it reaches them through autograd.
+    layer = _layer(path)
+    if layer not in KERNEL_CALLERS:
+        assert "kernels" not in _bnlab_imports(path), (
+            f"{path.relative_to(SRC)} ({layer}) imports bnlab.kernels; only autograd calls it"
+        )

@@ -58,7 +58,7 @@ def _params(c: int, dtype: torch.dtype, affine: bool, seed: int = 1):
 def _fast_and_reference(x, groups, w, b, eps=1e-5, seed=2):
     """(y, grads) through the kernels and through float64 F.group_norm on the same values."""
     dtype = x.dtype
-    assert kernels.group_eligible(x, groups, w, b)
+    assert kernels.group_norm_eligible(x, groups, w, b)
     gen = torch.Generator().manual_seed(seed)
     grad_y = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
     xs = x.detach().requires_grad_()
@@ -194,15 +194,15 @@ def test_parameter_grads_do_not_depend_on_the_thread_count():
 def test_eligibility():
     x = torch.randn(2, 4, 3, 3)
     w = torch.ones(4)
-    assert kernels.group_eligible(x, 2, w, None)
-    assert not kernels.group_eligible(x, 3, w, None)  # 3 does not divide 4
-    assert not kernels.group_eligible(x.double(), 2, w, None)  # mixed dtypes
-    assert not kernels.group_eligible(x.half(), 2, None, None)
-    assert not kernels.group_eligible(x.to(memory_format=torch.channels_last), 2, w, None)
-    assert not kernels.group_eligible(x[:0], 2, w, None)
-    assert not kernels.group_eligible(x, 2, torch.ones(8)[::2], None)
+    assert kernels.group_norm_eligible(x, 2, w, None)
+    assert not kernels.group_norm_eligible(x, 3, w, None)  # 3 does not divide 4
+    assert not kernels.group_norm_eligible(x.double(), 2, w, None)  # mixed dtypes
+    assert not kernels.group_norm_eligible(x.half(), 2, None, None)
+    assert not kernels.group_norm_eligible(x.to(memory_format=torch.channels_last), 2, w, None)
+    assert not kernels.group_norm_eligible(x[:0], 2, w, None)
+    assert not kernels.group_norm_eligible(x, 2, torch.ones(8)[::2], None)
     with kernels.enabled(False):
-        assert not kernels.group_eligible(x, 2, w, None)
+        assert not kernels.group_norm_eligible(x, 2, w, None)
 
 
 # ---------------------------------------------------------------------------- modules

@@ -50,7 +50,7 @@ def _params(shape, dtype, affine, seed=1):
 
 
 def _fast_and_reference(x, shape, w, b, eps=1e-5, seed=2):
-    assert kernels.layer_eligible(x, math.prod(shape), w, b)
+    assert kernels.layer_norm_eligible(x, tuple(shape), w, b)
     gen = torch.Generator().manual_seed(seed)
     grad_y = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype)
     inputs = [x.detach().requires_grad_()] + [t for t in (w, b) if t is not None]
@@ -165,14 +165,14 @@ def test_parameter_grads_do_not_depend_on_the_thread_count():
 def test_eligibility():
     x = torch.randn(2, 4, 3)
     w = torch.ones(4, 3)
-    assert kernels.layer_eligible(x, 12, w, None)
-    assert not kernels.layer_eligible(x, 12, w.double(), None)
-    assert not kernels.layer_eligible(x.half(), 12, None, None)
-    assert not kernels.layer_eligible(x.transpose(1, 2), 12, None, None)
-    assert not kernels.layer_eligible(x[:0], 12, None, None)
-    assert not kernels.layer_eligible(x, 12, torch.ones(4, 6)[:, ::2], None)
+    assert kernels.layer_norm_eligible(x, (4, 3), w, None)
+    assert not kernels.layer_norm_eligible(x, (4, 3), w.double(), None)
+    assert not kernels.layer_norm_eligible(x.half(), (4, 3), None, None)
+    assert not kernels.layer_norm_eligible(x.transpose(1, 2), (3, 4), None, None)
+    assert not kernels.layer_norm_eligible(x[:0], (4, 3), None, None)
+    assert not kernels.layer_norm_eligible(x, (4, 3), torch.ones(4, 6)[:, ::2], None)
     with kernels.enabled(False):
-        assert not kernels.layer_eligible(x, 12, w, None)
+        assert not kernels.layer_norm_eligible(x, (4, 3), w, None)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""``bnlab.kernels``: the fused C++ BatchNorm kernels and their dispatch.
+"""``bnlab.kernels``: the fused C++ BatchNorm kernels and their dispatch
+(``batch_norm_eligible``), reached through ``bnlab.autograd``.
 
 Which calls take the kernels (and which take the reference path silently); the modules
 against their ``torch.nn`` twins and against the reference path at sizes above the
@@ -210,11 +211,25 @@ def test_switched_off_path_is_not_used(calls) -> None:
     x = torch.randn(64, 4, 8, 8)
     with kernels.enabled(False):
         assert not kernels.is_enabled()
-        bnlab.functional.batch_norm(x, None, None, training=True)
+        bnlab.autograd.batch_norm(x, None, None, training=True)
     assert kernels.is_enabled()
     assert calls["train_forward"] == 0
-    bnlab.functional.batch_norm(x, None, None, training=True)
+    bnlab.autograd.batch_norm(x, None, None, training=True)
     assert calls["train_forward"] == 1
+
+
+@needs_fast
+def test_the_functional_core_never_takes_the_kernels(calls) -> None:
+    # bnlab.functional is torch ops only, also where the kernels would qualify (no grad).
+    x = torch.randn(64, 4, 8, 8)
+    rm, rv = torch.zeros(4), torch.ones(4)
+    with torch.no_grad():
+        out = bnlab.functional.batch_norm(x, rm, rv, training=True)
+        bnlab.functional.batch_norm(x, out.running_mean, out.running_var, training=False)
+        _, stats = bnlab.functional.batch_norm_forward(x, None, None, 1e-5)
+        bnlab.functional.batch_norm_backward(torch.ones_like(x), x, None, stats)
+        bnlab.functional.batch_norm_eval(x, rm, rv, None, None, 1e-5)
+    assert calls == {"train_forward": 0, "train_backward": 0, "eval_forward": 0}
 
 
 @needs_fast
@@ -286,7 +301,7 @@ def test_failed_build_warns_once_and_falls_back(fresh_build_state, monkeypatch, 
     x = torch.randn(64, 4, 8, 8)
     want = torch.nn.functional.batch_norm(x, None, None, training=True)
     with pytest.warns(RuntimeWarning) as record:
-        y = bnlab.functional.batch_norm(x, None, None, training=True).output
+        y = bnlab.autograd.batch_norm(x, None, None, training=True).output
     assert len(record) == 1
     message = str(record[0].message)
     assert message == (
@@ -297,7 +312,7 @@ def test_failed_build_warns_once_and_falls_back(fresh_build_state, monkeypatch, 
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning
-        bnlab.functional.batch_norm(x, None, None, training=True)
+        bnlab.autograd.batch_norm(x, None, None, training=True)
     assert not kernels.available()
     assert kernels.status().startswith("unavailable: RuntimeError: no C++ compiler found")
     assert calls["train_forward"] == 0
@@ -455,7 +470,7 @@ def test_lean_path_leaves_errors_to_the_general_path() -> None:
 @needs_fast
 @pytest.mark.parametrize("flag", [True, False], ids=["fast", "reference"])
 def test_lean_path_under_functorch_goes_through_function_apply(flag) -> None:
-    # Inside a functorch transform fast_batch_norm_train calls Function.apply, which
+    # Inside a functorch transform the kernel path calls Function.apply, which
     # (no setup_context) refuses the transform as the general path's Function does.
     module = bnlab.nn.BatchNorm2d(4)
     with kernels.enabled(flag), pytest.raises(RuntimeError, match="setup_context"):

@@ -353,14 +353,20 @@ def test_cuda_cases_that_take_the_reference_path() -> None:
     from bnlab import kernels
 
     x = torch.randn(8, 4, 5, 5, device="cuda")
-    assert kernels.eligible(x, per_channel=(None, None))
+    assert kernels.batch_norm_eligible(x, per_channel=(None, None))
     assert kernels.cuda_status().startswith("ready")
-    assert not kernels.eligible(x.double(), per_channel=(None, None)), "float64: reference"
+    assert not kernels.batch_norm_eligible(x.double(), per_channel=(None, None)), (
+        "float64: reference"
+    )
     cl = x.to(memory_format=torch.channels_last)
-    assert not kernels.eligible(cl, per_channel=(None, None)), "channels_last: reference"
+    assert not kernels.batch_norm_eligible(cl, per_channel=(None, None)), "channels_last: reference"
     w = torch.ones(4, device="cuda", requires_grad=True)
-    assert not kernels.eligible(x, per_channel=(w, None)), "recorded by autograd: reference"
-    assert not kernels.eligible(x, per_channel=(torch.ones(4), None)), "weight on the CPU"
+    assert not kernels.batch_norm_eligible(x, per_channel=(w, None)), (
+        "recorded by autograd: reference"
+    )
+    assert not kernels.batch_norm_eligible(x, per_channel=(torch.ones(4), None)), (
+        "weight on the CPU"
+    )
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.7, None], ids=["m0.1", "m0.7", "cumulative"])
@@ -377,7 +383,9 @@ def test_running_statistics_updated_in_place(momentum, shape) -> None:
     want_m, want_v, want_n = rm.cpu().double(), rv.cpu().double(), counter.cpu().clone()
     for step in range(3):
         x, w, b, _ = _inputs(shape, torch.float32, seed=step, offset=float(step))
-        tb.train_forward(x, w, b, EPS, running=(rm, rv, counter, momentum))
+        # The weight of the new batch, as bnlab.autograd computes it for the kernels.
+        factor = bnlab.functional.running_update_factor(momentum, int(counter) + 1, "test")
+        tb.train_forward(x, w, b, EPS, running=(rm, rv, counter, factor))
         out = bnlab.functional.batch_norm(
             x.cpu().double(), want_m, want_v, None, None, True, momentum, EPS, want_n
         )

@@ -1,10 +1,17 @@
 """Batch normalization with its closed-form backward, bound as a ``torch.autograd.Function``.
 
-The maths lives in ``bnlab.functional.batch_norm``; this module only connects
+The maths lives in ``bnlab.functional.batch_norm``; this module connects
 :func:`~bnlab.functional.batch_norm.batch_norm_forward` and
-:func:`~bnlab.functional.batch_norm.batch_norm_backward` to autograd. Compared with
-differentiating the forward op by op, the closed form saves only ``x``, ``weight`` and
-two ``(C,)`` vectors and computes ``grad_x`` in one full-size tensor.
+:func:`~bnlab.functional.batch_norm.batch_norm_backward` to autograd, and decides, with
+the dispatch of ``bnlab.kernels`` (:func:`bnlab.kernels.batch_norm_eligible`), which
+calls run on the fused kernels instead (same formulas). Compared with differentiating
+the forward op by op, the closed form saves only ``x``, ``weight`` and two ``(C,)``
+vectors and computes ``grad_x`` in one full-size tensor.
+
+Entry points: :func:`batch_norm` (pure, as ``bnlab.functional.batch_norm``) and
+:func:`batch_norm_inplace`, the one forward of ``bnlab.nn``'s batch-norm modules, which
+updates the running statistics in place (inside the training kernel when the call is
+eligible, so the update costs no torch op on small inputs).
 
 Double backward (``create_graph=True``) works: the backward is written in torch ops, and
 when autograd records it the batch statistics are recomputed from the saved ``x`` so
@@ -22,13 +29,20 @@ from bnlab import kernels
 from bnlab.functional.batch_norm import (
     BatchNormOutput,
     BatchStats,
-    batch_norm_backward,
+    _batch_norm_eval,
     batch_norm_forward,
     batch_norm_with,
+    check_eps,
+    check_momentum,
+    check_values_per_channel,
+    running_update_factor,
+)
+from bnlab.functional.batch_norm import (
+    batch_norm_backward as _torch_ops_backward,
 )
 from bnlab.functional.moments import centered_moments
 
-__all__ = ["BatchNormFunction", "FastBatchNormFunction", "batch_norm", "fast_batch_norm_train"]
+__all__ = ["BatchNormFunction", "FastBatchNormFunction", "batch_norm", "batch_norm_inplace"]
 
 
 def _closed_form_backward(
@@ -49,6 +63,25 @@ def _closed_form_backward(
     return batch_norm_backward(grad_y, x, weight, stats, needs_input_grad)
 
 
+def batch_norm_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    stats: BatchStats,
+    needs_input_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``bnlab.functional.batch_norm.batch_norm_backward`` (same arguments and results),
+    on the backward kernel where ``bnlab.kernels.batch_norm_eligible`` accepts the call
+    and autograd does not record it."""
+    if any(needs_input_grad) and kernels.batch_norm_eligible(
+        x, grad_y, per_channel=(weight, stats.inv_std, stats.pivot, stats.offset)
+    ):
+        return kernels.train_backward(
+            grad_y, x, weight, stats.inv_std, stats.pivot, stats.offset, needs_input_grad
+        )
+    return _torch_ops_backward(grad_y, x, weight, stats, needs_input_grad)
+
+
 class BatchNormFunction(torch.autograd.Function):
     """Training-mode batch norm: ``(x, weight, bias, eps) -> (y, mean, var)``.
 
@@ -63,7 +96,11 @@ class BatchNormFunction(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> tuple[Tensor, Tensor, Tensor]:
-        y, stats = batch_norm_forward(x, weight, bias, eps)
+        if kernels.batch_norm_eligible(x, per_channel=(weight, bias), wrapped=True):
+            y, rows = kernels.train_forward(x, weight, bias, eps)
+            stats = BatchStats(*rows.unbind(0))
+        else:
+            y, stats = batch_norm_forward(x, weight, bias, eps)
         mean, var = stats.mean, stats.var
         ctx.save_for_backward(x, weight, stats.inv_std, stats.pivot, stats.offset)
         ctx.eps = eps
@@ -92,13 +129,11 @@ class FastBatchNormFunction(torch.autograd.Function):
     """Training-mode batch norm of a module on the fused kernels: ``(x, weight, bias,
     eps, running) -> y``.
 
-    The lean path of ``bnlab.nn``'s batch-norm modules: the caller has checked that the
-    call is eligible for ``bnlab.kernels`` (CPU: float32/float64, contiguous,
-    every per-channel tensor ``(C,)`` of ``x``'s dtype; CUDA: float16/bfloat16/float32,
-    per-channel tensors of any of these on ``x``'s device) and passes its own buffers as
-    ``running = (running_mean, running_var, num_batches_tracked, momentum)`` (or None),
-    which the kernel updates in place, so the running statistics cost no torch op.
-    Same maths and backward as :class:`BatchNormFunction` (double backward included).
+    The kernel path of :func:`batch_norm_inplace`: the caller has checked the call with
+    ``bnlab.kernels.batch_norm_eligible`` and passes the module's buffers as ``running =
+    (running_mean, running_var, num_batches_tracked, factor)`` (or None), which the
+    kernel updates in place, so the running statistics cost no torch op. Same maths and
+    backward as :class:`BatchNormFunction` (double backward included).
 
     Shape:
         x: ``(N, C, *)``; weight, bias: ``(C,)`` or None; y: like x.
@@ -111,7 +146,7 @@ class FastBatchNormFunction(torch.autograd.Function):
         weight: Tensor | None,
         bias: Tensor | None,
         eps: float,
-        running: tuple[Tensor, Tensor, Tensor | None, float | None] | None,
+        running: tuple[Tensor, Tensor, Tensor | None, float] | None,
     ) -> Tensor:
         y, stats = kernels.train_forward(x, weight, bias, eps, running)
         ctx.save_for_backward(x, weight, stats)
@@ -125,14 +160,9 @@ class FastBatchNormFunction(torch.autograd.Function):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         x, weight, stats = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
-        fast = (
-            kernels._enabled
-            and not torch.is_grad_enabled()
-            and grad_y.dtype == x.dtype
-            and grad_y.shape == x.shape
-            and grad_y.device == x.device
-            and grad_y.is_contiguous()
-        )  # what batch_norm_backward would check, minus what forward already did
+        fast = not torch.is_grad_enabled() and kernels.batch_norm_eligible(
+            x, grad_y, per_channel=(weight,), wrapped=True
+        )
         if fast and not x.is_cuda:
             # The CPU kernel reads the rows of stats in place (no views to make).
             grad_x, grad_weight, grad_bias = kernels.train_backward(
@@ -172,30 +202,48 @@ def _cpp_apply(cls: type[torch.autograd.Function]) -> Any:
     return method.__get__(None, cls)
 
 
-_fast_apply = _cpp_apply(FastBatchNormFunction)
+_kernel_apply = _cpp_apply(FastBatchNormFunction)
 
 
-def fast_batch_norm_train(
+def _kernel_train(
     x: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
     eps: float,
-    running: tuple[Tensor, Tensor, Tensor | None, float | None] | None,
+    running: tuple[Tensor, Tensor, Tensor | None, float] | None,
 ) -> Tensor:
-    """``FastBatchNormFunction.apply(x, weight, bias, eps, running)``, the modules' lean path.
+    """A training forward on the kernels: :class:`FastBatchNormFunction` where autograd
+    records, the kernel alone where it does not.
 
     ``Function.apply``'s Python wrapper costs about 8 us per call (measured: 256x120,
     one thread), 4% of a small training step; outside functorch transforms, and for an
     input that is not a functorch wrapper, it only forwards to the C++ ``apply``, which
-    this calls directly.
+    this calls directly (``tests/kernels/test_internals.py`` checks that it still does).
     """
+    if not torch.is_grad_enabled():
+        return kernels.train_forward(x, weight, bias, eps, running)[0]
     if (
-        _fast_apply is None
+        _kernel_apply is None
         or torch._C._are_functorch_transforms_active()
         or torch._C._functorch.is_functorch_wrapped_tensor(x)
     ):
         return FastBatchNormFunction.apply(x, weight, bias, eps, running)
-    return _fast_apply(x, weight, bias, eps, running)
+    return _kernel_apply(x, weight, bias, eps, running)
+
+
+def _eval_forward(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """Normalization with the running statistics (arguments checked): the eval kernel
+    where eligible (not recorded by autograd), else the torch ops of ``functional``."""
+    if kernels.batch_norm_eligible(x, per_channel=(running_mean, running_var, weight, bias)):
+        return kernels.eval_forward(x, running_mean, running_var, weight, bias, eps)
+    return _batch_norm_eval(x, running_mean, running_var, weight, bias, eps)
 
 
 def _train_forward(
@@ -234,4 +282,79 @@ def batch_norm(
         eps,
         num_batches_tracked,
         name=name,
+        eval_forward=_eval_forward,
     )
+
+
+def batch_norm_inplace(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    num_batches_tracked: Tensor | None = None,
+    *,
+    name: str = "batch_norm",
+) -> BatchNormOutput:
+    """:func:`batch_norm` for modules that own their running statistics: in training,
+    ``running_mean``, ``running_var`` and ``num_batches_tracked`` are updated *in place*,
+    and the result carries these same tensors.
+
+    Calls that ``bnlab.kernels.batch_norm_eligible`` accepts run on the kernels (the
+    training kernel updates the statistics as it computes them, with the weight of the
+    new batch from ``running_update_factor``); the others run :func:`batch_norm` and copy
+    its new statistics into the given tensors. Same arguments, results and errors as
+    :func:`batch_norm` (the kernel path runs the same argument checks).
+    """
+    if training:
+        if (running_mean is None) == (running_var is None) and kernels.batch_norm_eligible(
+            x,
+            per_channel=(weight, bias, running_mean, running_var),
+            counter=num_batches_tracked,
+            wrapped=True,
+        ):
+            check_eps(eps, name)
+            check_momentum(momentum, name)
+            check_values_per_channel(x, name)
+            running = None
+            if running_mean is not None:
+                # The counter is read only for momentum=None (this batch included).
+                counted = (
+                    None
+                    if momentum is not None or num_batches_tracked is None
+                    else int(num_batches_tracked) + 1
+                )
+                factor = float(running_update_factor(momentum, counted, name))
+                running = (running_mean, running_var, num_batches_tracked, factor)
+            y = _kernel_train(x, weight, bias, eps, running)
+            return BatchNormOutput(y, running_mean, running_var, num_batches_tracked)
+    elif (
+        running_mean is not None
+        and running_var is not None
+        and kernels.batch_norm_eligible(x, per_channel=(running_mean, running_var, weight, bias))
+    ):
+        check_eps(eps, name)
+        y = kernels.eval_forward(x, running_mean, running_var, weight, bias, eps)
+        return BatchNormOutput(y, running_mean, running_var, num_batches_tracked)
+    result = batch_norm(
+        x,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        training,
+        momentum,
+        eps,
+        num_batches_tracked,
+        name=name,
+    )
+    if running_mean is not None and result.running_mean is not running_mean:
+        with torch.no_grad():
+            running_mean.copy_(result.running_mean)
+            running_var.copy_(result.running_var)
+            if num_batches_tracked is not None:
+                num_batches_tracked.copy_(result.num_batches_tracked)
+    return BatchNormOutput(result.output, running_mean, running_var, num_batches_tracked)

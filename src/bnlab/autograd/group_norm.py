@@ -1,12 +1,13 @@
-"""Group normalization on the fused CPU kernels, bound as a ``torch.autograd.Function``.
+"""Group and instance normalization on the fused CPU kernels, bound as a ``torch.autograd.Function``.
 
 Paper: Wu & He, "Group Normalization", arXiv 1803.08494 (InstanceNorm, Ulyanov, Vedaldi &
 Lempitsky, arXiv 1607.08022, is the case ``num_groups == C``).
 
-The forward and the closed-form backward are ``bnlab.kernels.group_forward``
-and ``group_backward``; the maths they implement is that of
-``bnlab.functional.norms.group_norm``. The forward saves ``x``, ``weight``, ``bias`` and
-a ``(3, N * G)`` statistics tensor.
+:func:`group_norm` and :func:`instance_norm` are the entries of ``bnlab.nn``'s modules:
+the functions of ``bnlab.functional.norms`` (same arguments, results and errors), on the
+kernels where ``bnlab.kernels.group_norm_eligible`` accepts the call. The forward and the
+closed-form backward are then ``bnlab.kernels.group_forward`` and ``group_backward``;
+the forward saves ``x``, ``weight``, ``bias`` and a ``(3, N * G)`` statistics tensor.
 
 Double backward (``create_graph=True``) works: when autograd records the backward, or
 when ``grad_y`` is not something the kernel takes (another dtype, strides), the backward
@@ -16,6 +17,7 @@ the statistics on ``x`` is part of the second-order graph.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -23,15 +25,17 @@ from torch import Tensor
 
 from bnlab import kernels
 from bnlab.autograd._reference import reference_backward
-from bnlab.functional.norms import group_norm
+from bnlab.functional import norms
+from bnlab.functional.batch_norm import check_eps, check_momentum
+from bnlab.functional.norms import InstanceNormOutput
 
-__all__ = ["FastGroupNormFunction", "fast_group_norm"]
+__all__ = ["FastGroupNormFunction", "fast_group_norm", "group_norm", "instance_norm"]
 
 
 class FastGroupNormFunction(torch.autograd.Function):
     """Group norm on the fused kernels: ``(x, weight, bias, num_groups, eps) -> y``.
 
-    The caller has checked ``bnlab.kernels.group_eligible``.
+    The caller has checked ``bnlab.kernels.group_norm_eligible``.
 
     Shape:
         x: ``(N, C, *)``; weight, bias: ``(C,)`` or None; y: like x.
@@ -59,7 +63,7 @@ class FastGroupNormFunction(torch.autograd.Function):
         x, weight, bias, stats = ctx.saved_tensors
         needs = tuple(ctx.needs_input_grad[:3])
         if (
-            kernels._enabled
+            kernels.is_enabled()
             and not torch.is_grad_enabled()
             and grad_y.dtype == x.dtype
             and grad_y.shape == x.shape
@@ -70,7 +74,7 @@ class FastGroupNormFunction(torch.autograd.Function):
         else:
             groups, eps = ctx.num_groups, ctx.eps
             grads = reference_backward(
-                lambda xs, ws, bs: group_norm(xs, groups, ws, bs, eps),
+                lambda xs, ws, bs: norms.group_norm(xs, groups, ws, bs, eps),
                 grad_y,
                 x,
                 weight,
@@ -83,8 +87,8 @@ class FastGroupNormFunction(torch.autograd.Function):
 def fast_group_norm(
     x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> Tensor:
-    """Group norm of an eligible call (``kernels.group_eligible``): the kernel alone when
-    autograd records nothing, else :class:`FastGroupNormFunction`."""
+    """Group norm of an eligible call (``kernels.group_norm_eligible``): the kernel alone
+    when autograd records nothing, else :class:`FastGroupNormFunction`."""
     if torch.is_grad_enabled() and (
         x.requires_grad
         or (weight is not None and weight.requires_grad)
@@ -92,3 +96,59 @@ def fast_group_norm(
     ):
         return FastGroupNormFunction.apply(x, weight, bias, num_groups, eps)
     return kernels.group_forward(x, num_groups, weight, bias, eps)[0]
+
+
+def group_norm(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    name: str = "group_norm",
+) -> Tensor:
+    """``bnlab.functional.norms.group_norm``, on the kernels where eligible.
+
+    Same arguments, result and errors; ``name`` prefixes error messages.
+    """
+    if kernels.group_norm_eligible(x, num_groups, weight, bias):
+        check_eps(eps, name)
+        return fast_group_norm(x, num_groups, weight, bias, eps)
+    return norms.group_norm(x, num_groups, weight, bias, eps, name=name)
+
+
+def instance_norm(
+    x: Tensor,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    name: str = "instance_norm",
+) -> InstanceNormOutput:
+    """``bnlab.functional.norms.instance_norm``; pure, like it.
+
+    Calls that normalize with the instance statistics and have no running statistics
+    to update, with at least 2 spatial elements, run on the group-norm kernels with one
+    group per channel where ``kernels.group_norm_eligible`` accepts them; same
+    arguments, results and errors.
+    """
+    if (
+        use_input_stats
+        and running_mean is None
+        and running_var is None
+        and momentum is not None
+        and x.dim() >= 3
+        and math.prod(x.shape[2:]) >= 2
+        and kernels.group_norm_eligible(x, x.shape[1], weight, bias)
+    ):
+        check_eps(eps, name)
+        check_momentum(momentum, name)
+        y = fast_group_norm(x, x.shape[1], weight, bias, eps)
+        return InstanceNormOutput(y, None, None)
+    return norms.instance_norm(
+        x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, name=name
+    )

@@ -2,16 +2,18 @@
 
 Paper: Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450.
 
-The forward and the closed-form backward are ``bnlab.kernels.layer_forward``
-and ``layer_backward``; the maths they implement is that of
-``bnlab.functional.norms.layer_norm``. Double backward, and ``grad_y`` the kernel does
-not take, differentiate the torch-ops ``layer_norm`` from the saved ``x`` (as
-``bnlab.autograd.group_norm`` does).
+:func:`layer_norm` is the entry of ``bnlab.nn.LayerNorm``: the function of
+``bnlab.functional.norms`` (same arguments, results and errors), on the kernels where
+``bnlab.kernels.layer_norm_eligible`` accepts the call. The forward and the closed-form
+backward are then ``bnlab.kernels.layer_forward`` and ``layer_backward``. Double
+backward, and ``grad_y`` the kernel does not take, differentiate the torch-ops
+``layer_norm`` from the saved ``x`` (as ``bnlab.autograd.group_norm`` does).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,16 +21,16 @@ from torch import Tensor
 
 from bnlab import kernels
 from bnlab.autograd._reference import reference_backward
-from bnlab.functional.norms import layer_norm
+from bnlab.functional import norms
+from bnlab.functional.batch_norm import check_eps
 
-__all__ = ["FastLayerNormFunction", "fast_layer_norm"]
+__all__ = ["FastLayerNormFunction", "fast_layer_norm", "layer_norm"]
 
 
 class FastLayerNormFunction(torch.autograd.Function):
     """Layer norm on the fused kernels: ``(x, weight, bias, normalized_shape, eps) -> y``.
 
-    The caller has checked ``bnlab.kernels.layer_eligible`` and that the
-    trailing dims of ``x`` are ``normalized_shape``.
+    The caller has checked ``bnlab.kernels.layer_norm_eligible``.
 
     Shape:
         x: ``(*, *normalized_shape)``; weight, bias: ``normalized_shape`` or None; y: like x.
@@ -58,7 +60,7 @@ class FastLayerNormFunction(torch.autograd.Function):
         needs = tuple(ctx.needs_input_grad[:3])
         shape = ctx.normalized_shape
         if (
-            kernels._enabled
+            kernels.is_enabled()
             and not torch.is_grad_enabled()
             and grad_y.dtype == x.dtype
             and grad_y.shape == x.shape
@@ -71,7 +73,7 @@ class FastLayerNormFunction(torch.autograd.Function):
         else:
             eps = ctx.eps
             gx, gw, gb = reference_backward(
-                lambda xs, ws, bs: layer_norm(xs, shape, ws, bs, eps),
+                lambda xs, ws, bs: norms.layer_norm(xs, shape, ws, bs, eps),
                 grad_y,
                 x,
                 weight,
@@ -88,8 +90,8 @@ def fast_layer_norm(
     bias: Tensor | None,
     eps: float,
 ) -> Tensor:
-    """Layer norm of an eligible call (``kernels.layer_eligible``): the kernel alone when
-    autograd records nothing, else :class:`FastLayerNormFunction`."""
+    """Layer norm of an eligible call (``kernels.layer_norm_eligible``): the kernel alone
+    when autograd records nothing, else :class:`FastLayerNormFunction`."""
     if torch.is_grad_enabled() and (
         x.requires_grad
         or (weight is not None and weight.requires_grad)
@@ -97,3 +99,24 @@ def fast_layer_norm(
     ):
         return FastLayerNormFunction.apply(x, weight, bias, normalized_shape, eps)
     return kernels.layer_forward(x, math.prod(normalized_shape), weight, bias, eps)[0]
+
+
+def layer_norm(
+    x: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    name: str = "layer_norm",
+) -> Tensor:
+    """``bnlab.functional.norms.layer_norm``, on the kernels where eligible.
+
+    Same arguments, result and errors; ``name`` prefixes error messages.
+    """
+    # A tuple (or an int) is the shape; anything else takes the checks of the torch path.
+    shape = (normalized_shape,) if type(normalized_shape) is int else normalized_shape
+    if isinstance(shape, tuple) and kernels.layer_norm_eligible(x, shape, weight, bias):
+        check_eps(eps, name)
+        return fast_layer_norm(x, shape, weight, bias, eps)
+    return norms.layer_norm(x, normalized_shape, weight, bias, eps, name=name)

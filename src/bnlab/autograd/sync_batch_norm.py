@@ -44,6 +44,7 @@ from bnlab.functional.batch_norm import (
     check_input,
     check_momentum,
     running_stats_update,
+    running_update_factor,
 )
 from bnlab.functional.moments import accumulation_dtype
 from bnlab.functional.sync import (
@@ -260,6 +261,6 @@ def sync_batch_norm(
 
     if num_batches_tracked is not None:
         num_batches_tracked = num_batches_tracked + 1
-    factor = momentum if momentum is not None else 1.0 / float(num_batches_tracked)
+    factor = running_update_factor(momentum, num_batches_tracked, name)
     new_mean, new_var = running_stats_update(running_mean, running_var, mean, var, count, factor)
     return BatchNormOutput(y, new_mean, new_var, num_batches_tracked)

@@ -1,6 +1,8 @@
 """Pure maths: moments, normalization, and batch norm forward/backward.
 
-Nothing here mutates its inputs or keeps state; ``bnlab.nn`` builds modules on it.
+Nothing here mutates its inputs or keeps state, and everything is torch ops: the fused
+kernels live in ``bnlab.kernels``, and ``bnlab.autograd`` decides when a call takes them.
+``bnlab.nn`` builds modules on ``bnlab.autograd``.
 """
 
 from bnlab.functional.batch_norm import (
@@ -11,6 +13,7 @@ from bnlab.functional.batch_norm import (
     batch_norm_eval,
     batch_norm_forward,
     running_stats_update,
+    running_update_factor,
 )
 from bnlab.functional.batch_renorm import batch_renorm, renorm_clipping, renorm_correction
 from bnlab.functional.ghost import ghost_batch_norm
@@ -60,5 +63,6 @@ __all__ = [
     "renorm_clipping",
     "renorm_correction",
     "running_stats_update",
+    "running_update_factor",
     "unpack_moments",
 ]

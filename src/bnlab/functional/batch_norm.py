@@ -20,11 +20,10 @@ Conventions (the same as ``torch.nn.functional.batch_norm``; stated once here):
 op, so second derivatives work); ``bnlab.autograd.batch_norm`` has the same signature
 and uses the closed-form backward of :func:`batch_norm_backward`.
 
-Fast path: when autograd does not record (inside ``bnlab.autograd``'s Function, or
-under ``torch.no_grad()``), :func:`batch_norm_forward`, :func:`batch_norm_backward` and
-:func:`batch_norm_eval` hand contiguous float32/float64 CPU inputs to the fused C++
-kernels of ``bnlab.kernels`` (same formulas; which cases qualify is listed
-there). ``bnlab.kernels.enabled(False)`` switches it off.
+Everything here is torch ops. The fused kernels of ``bnlab.kernels`` compute the same
+formulas; ``bnlab.autograd`` decides when a call takes them, and passes its own training
+and eval forwards to :func:`batch_norm_with`. ``momentum`` becomes the weight of the new
+batch in one place, :func:`running_update_factor`, for both paths.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from bnlab import kernels
 from bnlab.functional.moments import (
     accumulation_dtype,
     centered_moments,
@@ -60,11 +58,13 @@ __all__ = [
     "check_per_channel",
     "check_values_per_channel",
     "running_stats_update",
+    "running_update_factor",
 ]
 
 TrainForward = Callable[
     [Tensor, Tensor | None, Tensor | None, float], tuple[Tensor, Tensor, Tensor]
 ]
+EvalForward = Callable[[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, float], Tensor]
 
 
 class BatchNormOutput(NamedTuple):
@@ -254,9 +254,6 @@ def batch_norm_forward(
     Shape:
         x: ``(N, C, *)``; weight, bias: ``(C,)``; y: like x; statistics: ``(C,)``.
     """
-    if kernels.eligible(x, per_channel=(weight, bias)):
-        y, rows = kernels.train_forward(x, weight, bias, eps)
-        return y, BatchStats(*rows.unbind(0))
     acc = accumulation_dtype(x.dtype)
     grad = records_grad(x, weight, bias)
     d, pivot, offset, var = centered_moments(x)
@@ -311,12 +308,6 @@ def batch_norm_backward(
     """
     need_x, need_w, need_b = needs_input_grad
     inv_std, offset = stats.inv_std, stats.offset
-    if (need_x or need_w or need_b) and kernels.eligible(
-        x, grad_y, per_channel=(weight, inv_std, stats.pivot, offset)
-    ):
-        return kernels.train_backward(
-            grad_y, x, weight, inv_std, stats.pivot, offset, needs_input_grad
-        )
     acc = accumulation_dtype(x.dtype)
     count = x.numel() // x.shape[1]
     grad = records_grad(grad_y, x, weight, *stats)
@@ -397,8 +388,6 @@ def _batch_norm_eval(
     Shape:
         x: ``(N, C, *)``; running_mean, running_var, weight, bias: ``(C,)``; y: like x.
     """
-    if kernels.eligible(x, per_channel=(running_mean, running_var, weight, bias)):
-        return kernels.eval_forward(x, running_mean, running_var, weight, bias, eps)
     acc = accumulation_dtype(x.dtype)
     scale = torch.rsqrt(_cast(running_var, acc) + eps)
     if weight is not None:
@@ -441,6 +430,34 @@ def running_stats_update(
     return new_mean, new_var
 
 
+def running_update_factor(
+    momentum: float | None, num_batches_tracked: Tensor | int | None, name: str
+) -> float:
+    """The weight of the new batch in the running statistics: the one place where
+    ``momentum`` becomes it (the torch-ops path and the kernels both use it).
+
+    Args:
+        momentum: PyTorch's momentum, or None for the cumulative average.
+        num_batches_tracked: the batch counter *including* this batch (after its
+            increment), an int or a 0-dim tensor; read only for ``momentum=None``.
+        name: prefixes the error message.
+
+    Returns:
+        ``momentum``, or ``1 / num_batches_tracked`` for ``momentum=None``.
+
+    Raises:
+        ValueError: ``momentum=None`` without a counter.
+    """
+    if momentum is not None:
+        return momentum
+    if num_batches_tracked is None:
+        raise ValueError(
+            f"{name}: momentum=None (cumulative average) needs num_batches_tracked; "
+            f"pass the batch counter, or a momentum in [0, 1]"
+        )
+    return 1.0 / float(num_batches_tracked)
+
+
 def _train_forward_autograd(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -461,12 +478,16 @@ def batch_norm_with(
     num_batches_tracked: Tensor | None = None,
     *,
     name: str = "batch_norm",
+    eval_forward: EvalForward = _batch_norm_eval,
 ) -> BatchNormOutput:
-    """:func:`batch_norm` with the training forward passed in.
+    """:func:`batch_norm` with the training (and eval) forward passed in.
 
     ``train_forward(x, weight, bias, eps) -> (y, mean, var)`` computes the training-mode
     output; ``bnlab.autograd`` passes its closed-form-backward Function here, so both
     entry points share the checks and the running-statistics logic.
+    ``eval_forward(x, running_mean, running_var, weight, bias, eps) -> y`` normalizes
+    with the running statistics after the checks (default: the torch ops here;
+    ``bnlab.autograd`` passes one that may take the kernels).
     """
     check_input(x, None, name)
     num_features = x.shape[1]
@@ -480,7 +501,7 @@ def batch_norm_with(
                 f"{name}: training=False normalizes with running_mean and running_var, but "
                 f"they are None; pass them, or use training=True for batch statistics"
             )
-        y = _batch_norm_eval(x, running_mean, running_var, weight, bias, eps)
+        y = eval_forward(x, running_mean, running_var, weight, bias, eps)
         return BatchNormOutput(y, running_mean, running_var, num_batches_tracked)
 
     if x.numel() == 0:
@@ -498,15 +519,7 @@ def batch_norm_with(
 
     if num_batches_tracked is not None:
         num_batches_tracked = num_batches_tracked + 1
-    if momentum is None:
-        if num_batches_tracked is None:
-            raise ValueError(
-                f"{name}: momentum=None (cumulative average) needs num_batches_tracked; "
-                f"pass the batch counter, or a momentum in [0, 1]"
-            )
-        factor = 1.0 / float(num_batches_tracked)
-    else:
-        factor = momentum
+    factor = running_update_factor(momentum, num_batches_tracked, name)
     new_mean, new_var = running_stats_update(
         running_mean, running_var, mean, var, x.numel() // num_features, factor
     )

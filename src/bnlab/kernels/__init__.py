@@ -1,80 +1,79 @@
-"""The BatchNorm fast path: fused OpenMP kernels in C++ (CPU), Triton kernels (CUDA).
+"""The kernels: the fast path of the norms, fused C++ kernels (CPU) and Triton (CUDA).
 
-Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167.
+Papers: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167; Wu & He, "Group
+Normalization", arXiv 1803.08494; Ba, Kiros & Hinton, "Layer Normalization", arXiv
+1607.06450.
 
-``bn_kernels.cpp`` holds three fused kernels (training forward, training backward,
-eval forward) with the numerics of ``bnlab.functional.moments`` (shifted sums around a
-per-channel pivot, double accumulators). It has a plain C ABI and no torch headers: it
-is compiled with the machine's C++ compiler (``g++``/``c++``; about 3 s of CPU) the
-first time a fast-path call happens, cached under ``~/.cache/bnlab/fast_bn/<key>/``
-(the key hashes the source, the flags and the CPU), built under a file lock so that
-concurrent test workers compile once, and loaded with ``ctypes``. Nothing happens at
-import time.
+What lives here (the layer between ``bnlab.functional``, the pure maths, and
+``bnlab.autograd``, the only package that calls this one):
 
-When no compiler is found, the build fails, or the library does not load, one
-``RuntimeWarning`` is issued per process and every call takes the reference path of
-``bnlab.functional.batch_norm``; :func:`status` says why.
+* ``bn_kernels.cpp``: fused kernels with a plain C ABI and no torch headers, for batch
+  norm (training forward, training backward, eval forward), group norm and layer norm
+  (forward, backward), with the numerics of ``bnlab.functional.moments`` (shifted sums
+  around a per-channel pivot, double accumulators). Built here with the machine's C++
+  compiler (``g++``/``c++``; about 3 s of CPU) on the first call that qualifies, cached
+  under ``~/.cache/bnlab/fast_bn/<key>/`` (the key hashes the source, the flags and the
+  CPU), built under a file lock so that concurrent test workers compile once, and loaded
+  with ``ctypes``. Nothing happens at import time. When no compiler is found, the build
+  fails, or the library does not load, one ``RuntimeWarning`` per process, and every
+  call takes the torch-ops path of ``bnlab.functional``; :func:`status` says why.
+* ``triton_bn.py``: the batch-norm kernels for CUDA tensors (float16, bfloat16 and
+  float32 inputs, float32 statistics), imported on the first CUDA call; where Triton is
+  missing or fails to import, one ``RuntimeWarning`` and the torch-ops path
+  (:func:`cuda_status`). float64 CUDA inputs take the torch-ops path.
+* ``pool.py``: the output pool (:class:`OutputPool`, below).
+* One dispatch function per op, which says whether a call takes the kernels:
+  :func:`batch_norm_eligible` (training forward, backward and eval of batch norm, CPU
+  and CUDA), :func:`group_norm_eligible` (group norm; instance norm is ``G == C``),
+  :func:`layer_norm_eligible`. Everything they refuse (channels_last and other strides,
+  float16/bfloat16 on the CPU, mixed dtypes, double backward, fewer than
+  :data:`MIN_NUMEL` elements for batch norm on the CPU, where the ctypes call costs more
+  than it saves) takes the torch-ops path silently, which computes the same statistics
+  by the same corrected two-pass formulas. They do not validate arguments (eps,
+  momentum): ``bnlab.autograd`` does, with the checks of ``bnlab.functional``.
+* The entry points the dispatch leads to: :func:`train_forward`, :func:`train_backward`,
+  :func:`eval_forward` (CPU or CUDA by ``x``'s device), :func:`group_forward`,
+  :func:`group_backward`, :func:`layer_forward`, :func:`layer_backward`.
+* The switch: :func:`set_enabled` or the :func:`enabled` context manager turn the fast
+  path off (for comparisons); :func:`is_enabled`.
 
-Which calls take it (:func:`eligible`): CPU tensors of dtype float32 or float64,
-``x`` contiguous ``(N, C, *)`` (any rank >= 2), every other full-size tensor
-contiguous with ``x``'s shape and dtype, every per-channel tensor (weight, bias,
-statistics) contiguous ``(C,)`` of ``x``'s dtype or None, no autograd recording, and at
-least 4096 elements (below it the ctypes call costs more than it saves). Everything else
-(channels_last and other strides, float16/bfloat16, mixed dtypes, double backward)
-takes the reference path silently: it computes the same statistics, by the same
-corrected two-pass formulas. :func:`set_enabled` or the :func:`enabled` context
-manager switch the fast path off (for comparisons).
-
-CUDA tensors (:func:`eligible` for them): float16, bfloat16 or float32 ``x``
-contiguous ``(N, C, *)``, per-channel tensors contiguous ``(C,)`` of any of these
-dtypes on the same device, no autograd recording. They take the Triton kernels of
-``triton_bn`` (same formulas, float32 statistics), imported on the first CUDA call;
-where Triton is missing or fails to import, one ``RuntimeWarning`` and the reference
-path (:func:`cuda_status` says why). float64 CUDA inputs take the reference path.
+The running statistics: ``train_forward(..., running=(mean, var, counter, factor))``
+updates a module's buffers in place inside the kernel (``bnlab.autograd``'s module entry;
+the pure functions never pass it). ``factor``, the weight of the new batch, is computed
+once, in Python, by ``bnlab.functional.batch_norm.running_update_factor`` (``momentum``,
+or ``1 / num_batches_tracked`` for ``momentum=None``); the kernels only apply it.
 
 Small inputs are bound by per-call overhead, not arithmetic (256x120: about 10 us of
 kernel against 200 us of a training step), so: each kernel takes its arguments packed into
 one buffer (one ctypes conversion, not 11-14); one-thread calls skip the OpenMP region;
-``train_forward(..., running=...)`` updates a module's running statistics in place
-inside the kernel (``bnlab.nn``'s lean path; the pure functions never pass it), and
+the running statistics are updated inside the kernel; and
 ``train_backward(..., stats=...)`` reads the rows of the forward's ``(5, C)`` statistics
 in place.
-
-Group normalization (``GroupNorm``; ``InstanceNorm`` is ``G == C``) has two more
-kernels, :func:`group_forward` and :func:`group_backward` (Wu & He, "Group
-Normalization", arXiv 1803.08494): per-(sample, group) statistics of the contiguous
-``(C / G) * S`` values of a group, same numerics, the per-channel affine in the same
-pass, a closed-form backward. :func:`group_eligible` says which calls take them.
-Layer normalization (``LayerNorm``) has :func:`layer_forward` and :func:`layer_backward`
-(Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450): per-row statistics of
-the trailing normalized dims, an elementwise affine; :func:`layer_eligible`.
 
 Large outputs: a fresh CPU tensor above glibc's mmap threshold (at most 32 MiB) is a
 new mapping whose 4 KiB pages fault on first touch, which costs more than the
 arithmetic (measured here: about half of torch's own training step on the large
-shapes). Outputs (``y``, ``grad_x``) of at least :data:`POOL_MIN_BYTES` therefore come
-from a small cache of this module's own mappings (:class:`OutputPool`): a mapping is
-reused, already faulted in, once every tensor on it has died, and at most
-:data:`POOL_MAX_FREE_BYTES` of free mappings are kept (the rest is unmapped). In steady
-training the pool holds the buffers torch's allocator would map afresh at every step,
-so the peak memory of a step is unchanged; between steps it keeps up to that cap mapped.
-New mappings are advised ``MADV_HUGEPAGE`` (2 MiB pages where the kernel grants them).
-Only these tensors are affected; the process-wide allocator settings are not changed.
-:func:`set_pool_limit` changes the cap (0 turns reuse off).
+shapes). Outputs (``y``, ``grad_x``) of at least :data:`POOL_MIN_BYTES` (group and layer
+norm: :data:`NORM_POOL_MIN_BYTES`) therefore come from a small cache of this package's
+own mappings (:class:`OutputPool`): a mapping is reused, already faulted in, once every
+tensor on it has died, and at most :data:`POOL_MAX_FREE_BYTES` of free mappings are kept
+(the rest is unmapped). In steady training the pool holds the buffers torch's allocator
+would map afresh at every step, so the peak memory of a step is unchanged; between steps
+it keeps up to that cap mapped. New mappings are advised ``MADV_HUGEPAGE`` (2 MiB pages
+where the kernel grants them). Only these tensors are affected; the process-wide
+allocator settings are not changed. :func:`set_pool_limit` changes the cap (0 turns
+reuse off).
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
-import mmap
 import os
 import platform
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import warnings
@@ -85,6 +84,7 @@ import torch
 from torch import Tensor
 
 from bnlab.functional.moments import records_grad
+from bnlab.kernels.pool import OutputPool
 
 __all__ = [
     "FLAGS",
@@ -94,17 +94,17 @@ __all__ = [
     "POOL_MIN_BYTES",
     "OutputPool",
     "available",
+    "batch_norm_eligible",
     "cuda_status",
-    "eligible",
     "enabled",
     "eval_forward",
     "group_backward",
-    "group_eligible",
     "group_forward",
+    "group_norm_eligible",
     "is_enabled",
     "layer_backward",
-    "layer_eligible",
     "layer_forward",
+    "layer_norm_eligible",
     "set_enabled",
     "set_pool_limit",
     "status",
@@ -115,7 +115,7 @@ __all__ = [
 SOURCE = Path(__file__).with_name("bn_kernels.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
 COMPILERS = ("g++", "c++", "clang++")
-ABI_VERSION = 5
+ABI_VERSION = 6
 # Below this many elements the reference path (a few torch ops) is as fast.
 MIN_NUMEL = 4096
 POOL_MIN_BYTES = 8 << 20
@@ -130,7 +130,7 @@ _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 # double): ctypes converts each argument separately (about 0.2 us each), a buffer once.
 _PACK = {
     # x, y, N, C, S, weight, bias, eps, stats, running_mean, running_var,
-    # num_batches_tracked, momentum, threads
+    # num_batches_tracked, factor, threads
     "train_forward": struct.Struct("=QQqqqQQdQQQQdq").pack,
     # grad_y, x, N, C, S, weight, inv_std, pivot, offset, grad_x, grad_weight, grad_bias,
     # threads
@@ -315,14 +315,36 @@ def _reset_for_tests() -> None:
     _failed = False
 
 
-def eligible(x: Tensor, *others: Tensor | None, per_channel: tuple[Tensor | None, ...]) -> bool:
-    """Whether a call with full-size ``x``, ``others`` and ``per_channel`` tensors can use
-    the kernels (see the module docstring). Builds the library on the first yes."""
+def batch_norm_eligible(
+    x: Tensor,
+    *others: Tensor | None,
+    per_channel: tuple[Tensor | None, ...],
+    counter: Tensor | None = None,
+    wrapped: bool = False,
+) -> bool:
+    """The batch-norm dispatch: whether a call with full-size ``x`` and ``others``,
+    ``per_channel`` tensors (weight, bias, statistics) and the batch ``counter``
+    (``num_batches_tracked``, which the training kernel increments) takes the kernels.
+
+    CPU: float32/float64 ``x`` contiguous ``(N, C, *)`` of at least :data:`MIN_NUMEL`
+    elements, every other full-size tensor contiguous with ``x``'s shape and dtype, every
+    per-channel tensor a contiguous CPU ``(C,)`` tensor of ``x``'s dtype or None. CUDA:
+    see :func:`_cuda_eligible`. The counter, when given, an int64 scalar on ``x``'s
+    device. ``wrapped``: the caller runs the kernels inside a ``torch.autograd.Function``
+    (``bnlab.autograd``); otherwise a call that autograd records does not qualify (the
+    kernels are not differentiable). The switch (:func:`enabled`) on and the library
+    built (builds it on the first yes). Arguments are not validated here: callers check
+    eps and momentum (``bnlab.functional.batch_norm.check_eps``/``check_momentum``).
+    """
     # Cheapest checks first: this runs on every call (small inputs are overhead-bound).
-    if not _enabled:
+    if not _enabled or not isinstance(x, Tensor):
+        return False
+    if counter is not None and (
+        counter.dtype != torch.int64 or counter.dim() != 0 or counter.device != x.device
+    ):
         return False
     if x.is_cuda:
-        return _cuda_eligible(x, others, per_channel)
+        return _cuda_eligible(x, others, per_channel, wrapped)
     if _failed:
         return False
     dtype = x.dtype
@@ -340,16 +362,22 @@ def eligible(x: Tensor, *others: Tensor | None, per_channel: tuple[Tensor | None
             return False
     c = shape[1]
     for t in per_channel:
-        if t is not None and (t.dtype != dtype or t.shape != (c,) or not t.is_contiguous()):
+        if t is not None and (
+            t.dtype != dtype or t.shape != (c,) or not t.is_contiguous() or not t.is_cpu
+        ):
             return False
     # The kernels are not differentiable: recorded calls take the torch-ops path.
-    if torch.is_grad_enabled() and records_grad(x, *others, *per_channel):
+    if not wrapped and torch.is_grad_enabled() and records_grad(x, *others, *per_channel):
         return False
     return _lib is not None or _library() is not None
 
 
-def _cuda_eligible(x: Tensor, others: tuple[Tensor | None, ...], per_channel: tuple) -> bool:
-    """:func:`eligible` for CUDA tensors: the Triton kernels of ``triton_bn``."""
+def _cuda_eligible(
+    x: Tensor, others: tuple[Tensor | None, ...], per_channel: tuple, wrapped: bool
+) -> bool:
+    """:func:`batch_norm_eligible` for CUDA tensors (the Triton kernels of ``triton_bn``):
+    float16/bfloat16/float32 ``x`` contiguous ``(N, C, *)``, per-channel tensors contiguous
+    ``(C,)`` of any of these dtypes on the same device."""
     if (
         x.dtype not in _CUDA_DTYPES
         or x.dim() < 2
@@ -378,7 +406,7 @@ def _cuda_eligible(x: Tensor, others: tuple[Tensor | None, ...], per_channel: tu
             or not t.is_contiguous()
         ):
             return False
-    if torch.is_grad_enabled() and records_grad(x, *others, *per_channel):
+    if not wrapped and torch.is_grad_enabled() and records_grad(x, *others, *per_channel):
         return False
     return _cuda_kernels() is not None
 
@@ -412,77 +440,6 @@ def cuda_status() -> str:
     """The CUDA path's :func:`status`: ``"ready: triton <version>"``, ``"unavailable: ..."``
     or ``"not loaded yet"``."""
     return _cuda_state
-
-
-class OutputPool:
-    """Anonymous mappings for large outputs, reused once no tensor uses them.
-
-    A tensor made by :meth:`empty` holds its mapping through the buffer protocol (one
-    reference to the ``mmap`` object per live storage), so a mapping whose only
-    references are the pool's is free. Free mappings beyond ``max_free_bytes`` are
-    unmapped (oldest first).
-    """
-
-    def __init__(self, max_free_bytes: int) -> None:
-        self.max_free_bytes = max_free_bytes
-        self._maps: list[mmap.mmap] = []
-        self._lock = threading.Lock()
-        # The reference count of a mapping only the pool holds, seen from _is_free called
-        # on a loop variable over a list (the count depends on the interpreter's calling
-        # convention, so it is measured, not assumed).
-        self._free_refs = 0
-        probes = [mmap.mmap(-1, mmap.PAGESIZE)]
-        for probe in probes:
-            self._free_refs = self._refs(probe)
-
-    def _refs(self, buf: mmap.mmap) -> int:
-        return sys.getrefcount(buf)
-
-    def _is_free(self, buf: mmap.mmap) -> bool:
-        # Same call depth as _refs in __init__, so the same count means "only the pool".
-        return sys.getrefcount(buf) <= self._free_refs
-
-    def free_bytes(self) -> int:
-        """Bytes of mappings that no tensor uses."""
-        with self._lock:
-            return sum(len(b) for b in self._maps if self._is_free(b))
-
-    def mapped_bytes(self) -> int:
-        """Bytes of every mapping the pool holds, used or free."""
-        with self._lock:
-            return sum(len(b) for b in self._maps)
-
-    def _take(self, nbytes: int) -> mmap.mmap:
-        with self._lock:
-            free = []
-            for buf in self._maps:
-                if self._is_free(buf):
-                    if len(buf) == nbytes:
-                        return buf
-                    free.append(buf)
-            # Unmap the oldest free mappings beyond the cap (list order = creation order).
-            total = sum(len(b) for b in free)
-            for buf in free:
-                if total <= self.max_free_bytes:
-                    break
-                self._maps.remove(buf)
-                total -= len(buf)
-            del free
-            buf = mmap.mmap(-1, nbytes)
-            if hasattr(mmap, "MADV_HUGEPAGE"):
-                buf.madvise(mmap.MADV_HUGEPAGE)
-            if self.max_free_bytes > 0:
-                self._maps.append(buf)
-            return buf
-
-    def empty(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> Tensor:
-        """An uninitialised contiguous CPU tensor on a (possibly reused) mapping."""
-        nbytes = math.prod(shape) * dtype.itemsize
-        buf = self._take(nbytes)
-        storage = torch.frombuffer(buf, dtype=torch.uint8).untyped_storage()
-        # set_ on a fresh tensor, not .view: a view returned by a custom Function cannot
-        # be modified in place (ReLU(inplace=True) after BN).
-        return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
 
 
 _pool = OutputPool(POOL_MAX_FREE_BYTES)
@@ -522,18 +479,19 @@ def train_forward(
     weight: Tensor | None,
     bias: Tensor | None,
     eps: float,
-    running: tuple[Tensor, Tensor, Tensor | None, float | None] | None = None,
+    running: tuple[Tensor, Tensor, Tensor | None, float] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Fused training forward (call only where :func:`eligible`).
+    """Fused training forward (call only where :func:`batch_norm_eligible`).
 
     Args:
-        running: CPU only, for modules that own their buffers: ``(running_mean,
-            running_var, num_batches_tracked, momentum)``, updated *in place* by the
-            kernel as ``batch_norm`` would return them (``num_batches_tracked`` + 1, then
-            the lerp of both statistics with weight ``momentum``, or
-            ``1 / num_batches_tracked`` for ``momentum=None``). The statistics must be
-            contiguous ``(C,)`` of ``x``'s dtype, the counter a CPU int64 scalar or None
-            (then ``momentum`` is not None). None: no update.
+        running: for modules that own their buffers: ``(running_mean, running_var,
+            num_batches_tracked, factor)``, updated *in place* by the kernel as
+            ``batch_norm`` would return them (``num_batches_tracked`` + 1, then the lerp
+            of both statistics with weight ``factor``, the weight of the new batch that
+            the caller computed with ``bnlab.functional.batch_norm.running_update_factor``).
+            The statistics contiguous ``(C,)`` of ``x``'s dtype (CUDA: any floating dtype
+            but float64), the counter an int64 scalar on ``x``'s device or None. None: no
+            update.
 
     Returns:
         ``(y, stats)``: ``stats`` a ``(5, C)`` tensor of rows mean, var (biased),
@@ -552,12 +510,11 @@ def train_forward(
     stats = torch.empty((5, c), dtype=dtype)
     if running is None:
         rm = rv = nbt = 0
-        momentum = -1.0
+        factor = 0.0
     else:
-        running_mean, running_var, counter, m = running
+        running_mean, running_var, counter, factor = running
         rm, rv = running_mean.data_ptr(), running_var.data_ptr()
         nbt = 0 if counter is None else counter.data_ptr()
-        momentum = -1.0 if m is None else float(m)
     _fns["train_forward", dtype](
         _pack_train_forward(
             x.data_ptr(),
@@ -572,7 +529,7 @@ def train_forward(
             rm,
             rv,
             nbt,
-            momentum,
+            factor,
             torch.get_num_threads(),
         )
     )
@@ -590,7 +547,8 @@ def train_backward(
     *,
     stats: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Fused training backward (call only where :func:`eligible`); ``None`` where not requested.
+    """Fused training backward (call only where :func:`batch_norm_eligible`); ``None``
+    where not requested.
 
     Args:
         stats: CPU only: the ``(5, C)`` statistics of :func:`train_forward` in place of
@@ -676,8 +634,11 @@ def _transformed(x: Tensor) -> bool:
     )
 
 
-def group_eligible(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None) -> bool:
-    """Whether group norm of ``x`` with ``num_groups`` groups can use the kernels.
+def group_norm_eligible(
+    x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None
+) -> bool:
+    """The group-norm dispatch: whether group norm of ``x`` with ``num_groups`` groups
+    takes the kernels.
 
     CPU ``x`` of dtype float32/float64, contiguous ``(N, C, *)`` with at least one
     element, ``num_groups`` dividing ``C``, ``weight``/``bias`` contiguous ``(C,)`` of
@@ -686,9 +647,12 @@ def group_eligible(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tens
     size threshold: the torch-ops path of group norm costs several times the ctypes
     call even on small inputs. Autograd is not checked: the kernels
     are not differentiable, the caller wraps them in a ``torch.autograd.Function``
-    (``bnlab.autograd.group_norm``) when autograd records.
+    (``bnlab.autograd.group_norm``) when autograd records. Arguments are not validated
+    here (the caller checks eps).
     """
-    if not _enabled or _failed or x.dtype not in _DTYPES or not x.is_cpu:
+    if not _enabled or _failed or not isinstance(x, Tensor):
+        return False
+    if x.dtype not in _DTYPES or not x.is_cpu:
         return False
     if x.dim() < 2 or x.numel() == 0 or not x.is_contiguous() or _transformed(x):
         return False
@@ -707,7 +671,7 @@ def group_eligible(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tens
 def group_forward(
     x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor]:
-    """Fused group-norm forward (call only where :func:`group_eligible`).
+    """Fused group-norm forward (call only where :func:`group_norm_eligible`).
 
     Returns:
         ``(y, stats)``: ``stats`` a ``(3, N * num_groups)`` tensor of rows inv_std, pivot
@@ -772,28 +736,27 @@ def group_backward(
     return grad_x, grad_weight, grad_bias
 
 
-def layer_eligible(
-    x: Tensor, normalized_numel: int, weight: Tensor | None, bias: Tensor | None
+def layer_norm_eligible(
+    x: Tensor, normalized_shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None
 ) -> bool:
-    """Whether layer norm of ``x`` over its trailing ``normalized_numel`` elements can use
-    the kernels: as :func:`group_eligible`, with ``weight``/``bias`` contiguous tensors of
-    ``normalized_numel`` elements (any shape) of ``x``'s dtype or None. The caller has
-    checked that the trailing dims of ``x`` are the normalized shape."""
-    if not _enabled or _failed or x.dtype not in _DTYPES or not x.is_cpu:
+    """The layer-norm dispatch: whether layer norm of ``x`` over its trailing
+    ``normalized_shape`` takes the kernels: as :func:`group_norm_eligible`, with the
+    trailing dims of ``x`` equal to ``normalized_shape`` (a tuple of ints) and
+    ``weight``/``bias`` contiguous tensors of shape ``normalized_shape`` of ``x``'s dtype
+    or None. Arguments are not validated here (the caller checks eps)."""
+    if not _enabled or _failed or not isinstance(x, Tensor):
         return False
-    if x.dim() < 1 or x.numel() == 0 or not x.is_contiguous() or normalized_numel <= 0:
+    if x.dtype not in _DTYPES or not x.is_cpu:
         return False
-    if _transformed(x):
+    k = len(normalized_shape)
+    if x.dim() < k or k == 0 or x.numel() == 0 or not x.is_contiguous():
         return False
-    if x.numel() % normalized_numel != 0:
+    if x.shape[x.dim() - k :] != normalized_shape or _transformed(x):
         return False
     dtype = x.dtype
     for t in (weight, bias):
         if t is not None and (
-            t.dtype != dtype
-            or not t.is_cpu
-            or t.numel() != normalized_numel
-            or not t.is_contiguous()
+            t.dtype != dtype or not t.is_cpu or t.shape != normalized_shape or not t.is_contiguous()
         ):
             return False
     return _lib is not None or _library() is not None
@@ -802,7 +765,7 @@ def layer_eligible(
 def layer_forward(
     x: Tensor, normalized_numel: int, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor]:
-    """Fused layer-norm forward (call only where :func:`layer_eligible`).
+    """Fused layer-norm forward (call only where :func:`layer_norm_eligible`).
 
     Returns:
         ``(y, stats)``: ``stats`` a ``(3, R)`` tensor (``R = x.numel() /

@@ -205,13 +205,14 @@ void grad_input(const T* g, const T* x, T* out, i64 N, i64 C, i64 S, const T* pi
 // With running_mean/running_var (both or neither), the running statistics are updated
 // in place, as bnlab.functional.batch_norm.running_stats_update computes them:
 // running = running + factor * (batch - running) with the T-rounded batch mean and the
-// unbiased variance var * n / (n - 1), in double, rounded once to T. num_batches_tracked
-// (may be null) is incremented first; momentum < 0 means the cumulative average,
-// factor = 1 / num_batches_tracked after the increment (the caller passes the counter).
+// unbiased variance var * n / (n - 1), in double, rounded once to T. factor is the
+// weight of the new batch, computed by the caller (bnlab.functional.batch_norm
+// running_update_factor: momentum, or 1 / num_batches_tracked for momentum=None).
+// num_batches_tracked (may be null) is incremented.
 template <typename T>
 void train_forward(const T* x, T* y, i64 N, i64 C, i64 S, const T* weight, const T* bias,
                    double eps, T* stats, T* running_mean, T* running_var,
-                   int64_t* num_batches_tracked, double momentum, int nthreads) {
+                   int64_t* num_batches_tracked, double factor, int nthreads) {
   T* mean = stats;
   T* var = stats + C;
   T* inv_std = stats + 2 * C;
@@ -240,8 +241,6 @@ void train_forward(const T* x, T* y, i64 N, i64 C, i64 S, const T* weight, const
   affine_shifted(x, y, N, C, S, pivot, a.data(), b.data(), nthreads);
   if (num_batches_tracked) *num_batches_tracked += 1;
   if (running_mean && running_var) {
-    const double factor =
-        momentum >= 0.0 ? momentum : 1.0 / static_cast<double>(*num_batches_tracked);
     const double unbias = count / (count - 1.0);
     for (i64 c = 0; c < C; ++c) {
       const double rm = static_cast<double>(running_mean[c]);
@@ -603,7 +602,7 @@ struct TrainForwardArgs {
   T* running_mean;
   T* running_var;
   int64_t* num_batches_tracked;
-  double momentum;
+  double factor;
   i64 nthreads;
 };
 static_assert(sizeof(TrainForwardArgs<float>) == 14 * 8, "packed as 14 fields of 8 bytes");
@@ -643,7 +642,7 @@ void train_forward_packed(const void* packed) {
   TrainForwardArgs<T> a;
   std::memcpy(&a, packed, sizeof(a));
   train_forward<T>(a.x, a.y, a.N, a.C, a.S, a.weight, a.bias, a.eps, a.stats, a.running_mean,
-                   a.running_var, a.num_batches_tracked, a.momentum,
+                   a.running_var, a.num_batches_tracked, a.factor,
                    static_cast<int>(a.nthreads));
 }
 
@@ -753,7 +752,7 @@ void layer_backward_packed(const void* packed) {
 
 extern "C" {
 
-int bnlab_fast_abi_version() { return 5; }
+int bnlab_fast_abi_version() { return 6; }
 
 void bnlab_train_forward_f32(const void* args) { train_forward_packed<float>(args); }
 void bnlab_train_forward_f64(const void* args) { train_forward_packed<double>(args); }

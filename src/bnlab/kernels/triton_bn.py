@@ -176,7 +176,7 @@ def _normalize(
     rm_ptr,
     rv_ptr,
     counter_ptr,
-    momentum,
+    factor,
     unbias,
     N,
     C,
@@ -188,7 +188,6 @@ def _normalize(
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
     RUNNING: tl.constexpr,
-    CUMULATIVE: tl.constexpr,
     BUMP: tl.constexpr,
     FUSED: tl.constexpr,
     BN: tl.constexpr,
@@ -198,9 +197,8 @@ def _normalize(
 ):
     """y = (x - pivot) * scale + shift; split 0 writes stats rows (mean, var, inv_std,
     pivot, offset) and, with ``RUNNING``, updates the running statistics in place:
-    ``lerp(running, batch, factor)`` with the unbiased variance, ``factor`` = momentum,
-    or ``1 / counter`` (``CUMULATIVE``; the caller has already incremented it). ``BUMP``:
-    program (0, 0) adds 1 to the counter (saves a launch when nothing reads it).
+    ``lerp(running, batch, factor)`` with the unbiased variance (``factor`` computed by
+    the caller). ``BUMP``: program (0, 0) adds 1 to the counter (saves a launch).
     ``FUSED`` (one split): the sums are computed here, not read from ``_stats``."""
     c = tl.program_id(0) * BC + tl.arange(0, BC)
     split = tl.program_id(1)
@@ -222,7 +220,6 @@ def _normalize(
         tl.store(stats_ptr + 3 * C + c, pivot, mask=cm)
         tl.store(stats_ptr + 4 * C + c, offset, mask=cm)
         if RUNNING:
-            factor = 1.0 / tl.load(counter_ptr).to(tl.float32) if CUMULATIVE else momentum
             _lerp_into(rm_ptr, c, C, pivot + offset, factor)
             _lerp_into(rv_ptr, c, C, var * unbias, factor)
             if BUMP:  # noqa: SIM102 (Triton: a constexpr test, then a run-time one)
@@ -415,18 +412,18 @@ def train_forward(
     weight: Tensor | None,
     bias: Tensor | None,
     eps: float,
-    running: tuple[Tensor, Tensor, Tensor | None, float | None] | None = None,
+    running: tuple[Tensor, Tensor, Tensor | None, float] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Training forward of a contiguous ``(N, C, *)`` input (``N * S >= 1``).
 
     Args:
         running: for modules that own their buffers: ``(running_mean, running_var,
-            num_batches_tracked, momentum)``, updated in place as ``batch_norm`` would
+            num_batches_tracked, factor)``, updated in place as ``batch_norm`` would
             return them (the counter + 1, then the lerp of both statistics with weight
-            ``momentum``, or ``1 / num_batches_tracked`` for ``momentum=None``, with the
+            ``factor``, the weight of the new batch that the caller computed, with the
             unbiased variance). Statistics contiguous ``(C,)`` floating tensors on
-            ``x``'s device; the counter an int64 scalar there, or None when
-            ``momentum`` is not None. Needs ``N * S >= 2``. None: no update.
+            ``x``'s device; the counter an int64 scalar there, or None. Needs
+            ``N * S >= 2``. None: no update.
 
     Returns:
         ``(y, stats)``: ``y`` like ``x``; ``stats`` float32 ``(5, C)``, rows mean, var
@@ -446,17 +443,13 @@ def train_forward(
     count = n * s
     if running is None:
         running_mean = running_var = counter = stats  # any pointer: never read
-        momentum = None
+        factor = 0.0
+        bump = False
     else:
-        running_mean, running_var, counter, momentum = running
+        running_mean, running_var, counter, factor = running
+        bump = counter is not None  # the kernel adds 1 (one program; nothing else reads it)
         if counter is None:
             counter = stats
-            bump = False
-        elif momentum is None:
-            counter.add_(1)  # before the kernel reads it for the factor 1 / counter
-            bump = False
-        else:
-            bump = True  # the kernel adds 1 (one program; nothing else reads it)
     _normalize[grid](
         x,
         y,
@@ -467,7 +460,7 @@ def train_forward(
         running_mean,
         running_var,
         counter,
-        0.0 if momentum is None else float(momentum),
+        float(factor),
         count / (count - 1) if count > 1 else 1.0,
         n,
         c,
@@ -479,8 +472,7 @@ def train_forward(
         HAS_W=weight is not None,
         HAS_B=bias is not None,
         RUNNING=running is not None,
-        CUMULATIVE=running is not None and momentum is None,
-        BUMP=running is not None and bump,
+        BUMP=bump,
         FUSED=splits == 1,
         BN=bn,
         BC=bc,
