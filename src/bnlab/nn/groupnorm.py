@@ -1,22 +1,18 @@
 """``GroupNorm``: drop-in twin of ``torch.nn.GroupNorm``.
 
 Paper: Wu & He, "Group Normalization", arXiv 1803.08494. The maths is
-``bnlab.functional.norms.group_norm`` (conventions documented there); eligible CPU
-calls (``bnlab.kernels.group_eligible``) run on the fused kernels of
-``bnlab.autograd.group_norm`` instead, with the same results.
+``bnlab.functional.norms.group_norm`` (conventions documented there), called through
+``bnlab.autograd.group_norm``, which runs eligible CPU calls on the fused kernels of
+``bnlab.kernels`` instead, with the same results.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from bnlab import kernels
-from bnlab.autograd.group_norm import fast_group_norm
+from bnlab.autograd.group_norm import group_norm
 from bnlab.functional.batch_norm import check_eps
-from bnlab.functional.norms import group_norm
 from bnlab.nn._base import register_affine, reset_affine
 
 __all__ = ["GroupNorm"]
@@ -83,17 +79,6 @@ class GroupNorm(nn.Module):
         reset_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(x, Tensor):
-            eps = self.eps
-            weight, bias = self.weight, self.bias
-            if (
-                x.dim() >= 2
-                and x.shape[1] == self.num_channels
-                and type(eps) is float
-                and 0.0 < eps < math.inf
-                and kernels.group_eligible(x, self.num_groups, weight, bias)
-            ):
-                return fast_group_norm(x, self.num_groups, weight, bias, eps)
         name = type(self).__name__
         if isinstance(x, Tensor) and x.dim() >= 2 and x.shape[1] != self.num_channels:
             raise ValueError(

@@ -8,24 +8,23 @@ default; ``momentum=None`` means 0 (torch passes ``momentum or 0.0``), not a cum
 average; ``num_batches_tracked`` exists when tracking but is never incremented;
 unbatched inputs (no ``N`` dim) are accepted.
 
-Calls that normalize with the instance statistics and update no running statistics
-(``track_running_stats=False``, the default) run, when eligible, on the fused group-norm
-kernels with one group per channel (``bnlab.autograd.group_norm``); the others
-(running statistics updated or used) take ``instance_norm``.
+The maths is called through ``bnlab.autograd.group_norm.instance_norm``: calls that
+normalize with the instance statistics and update no running statistics
+(``track_running_stats=False``, the default) run there, when eligible, on the fused
+group-norm kernels with one group per channel; the others (running statistics updated
+or used) take ``bnlab.functional.norms.instance_norm``.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from bnlab import kernels
-from bnlab.autograd.group_norm import fast_group_norm
-from bnlab.functional.norms import check_floating_input, instance_norm
+from bnlab.autograd.group_norm import instance_norm
+from bnlab.functional.norms import check_floating_input
 from bnlab.nn._base import _NormBase
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
@@ -81,39 +80,7 @@ class _InstanceNorm(_NormBase):
                 f"got {x.dim()}D input of shape {tuple(x.shape)}"
             )
 
-    def _fast_forward(self, x: Tensor) -> Tensor | None:
-        """Group norm with ``G == C`` on the fused kernels, or None (general path).
-
-        Only where the general path would normalize with the instance statistics and
-        return the running statistics untouched (none exist), with valid eps and
-        momentum and at least 2 spatial elements, so results and errors are unchanged.
-        """
-        if self.running_mean is not None or self.running_var is not None:
-            return None
-        eps, momentum = self.eps, self.momentum
-        unbatched = x.dim() == self._no_batch_dim
-        if (
-            not (unbatched or x.dim() == self._no_batch_dim + 1)
-            or type(eps) is not float
-            or not 0.0 < eps < math.inf
-            or not (momentum is None or (type(momentum) is float and 0.0 <= momentum <= 1.0))
-        ):
-            return None
-        batched = x.unsqueeze(0) if unbatched else x
-        c = batched.shape[1]
-        if c != self.num_features or math.prod(batched.shape[2:]) < 2:
-            return None
-        weight, bias = self.weight, self.bias
-        if not kernels.group_eligible(batched, c, weight, bias):
-            return None
-        y = fast_group_norm(batched, c, weight, bias, eps)
-        return y.squeeze(0) if unbatched else y
-
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(x, Tensor) and x.is_floating_point():
-            y = self._fast_forward(x)
-            if y is not None:
-                return y
         name = type(self).__name__
         self._check_input_dim(x)
         feature_dim = x.dim() - self._no_batch_dim

@@ -1,23 +1,20 @@
 """``LayerNorm``: drop-in twin of ``torch.nn.LayerNorm``.
 
 Paper: Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450. The maths is
-``bnlab.functional.norms.layer_norm`` (conventions documented there); eligible CPU
-calls (``bnlab.kernels.layer_eligible``) run on the fused kernels of
-``bnlab.autograd.layer_norm`` instead, with the same results.
+``bnlab.functional.norms.layer_norm`` (conventions documented there), called through
+``bnlab.autograd.layer_norm``, which runs eligible CPU calls on the fused kernels of
+``bnlab.kernels`` instead, with the same results.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from bnlab import kernels
-from bnlab.autograd.layer_norm import fast_layer_norm
+from bnlab.autograd.layer_norm import layer_norm
 from bnlab.functional.batch_norm import check_eps
-from bnlab.functional.norms import layer_norm
 from bnlab.nn._base import register_affine, reset_affine
 
 __all__ = ["LayerNorm"]
@@ -79,20 +76,6 @@ class LayerNorm(nn.Module):
         reset_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(x, Tensor):
-            shape, eps = self.normalized_shape, self.eps
-            weight, bias = self.weight, self.bias
-            k = len(shape)
-            if (
-                x.dim() >= k
-                and x.shape[x.dim() - k :] == shape
-                and type(eps) is float
-                and 0.0 < eps < math.inf
-                and (weight is None or weight.shape == shape)
-                and (bias is None or bias.shape == shape)
-                and kernels.layer_eligible(x, math.prod(shape), weight, bias)
-            ):
-                return fast_layer_norm(x, shape, weight, bias, eps)
         return layer_norm(
             x, self.normalized_shape, self.weight, self.bias, self.eps, name=type(self).__name__
         )
