@@ -1,9 +1,11 @@
 """Experiments: each measures a claim about batch normalization and writes its results.
 
-``bnlab.lab.experiment`` is the runner every ``bnlab lab NAME`` shares (results folder,
-resume by units, statistics for verdicts); ``bnlab.lab.probes`` holds the hooks. Each
-experiment module registers its ``LabSpec`` when imported; importing this package
-imports them all.
+``bnlab.lab.experiment`` is what every ``bnlab lab NAME`` shares (results folder, resume
+by units, statistics for verdicts); ``bnlab.lab.runner`` runs an experiment's grid
+(setting x variant x seed: train, measure, store each cell once); ``bnlab.lab.kit``
+holds what experiments share (architectures, data, probes, verdict helpers), so no
+experiment imports another. Each experiment module registers its ``LabSpec`` when
+imported; importing this package imports them all.
 """
 
 # ruff: noqa: I001  (registration order is the order of `bnlab lab --list` and of the

@@ -51,11 +51,11 @@ from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, register_lab, seeded
 from bnlab.lab.kit import (
     BN_NORM,
+    ProbingConfig,
     apply_rules,
     arch_label,
     batches,
     build_model,
-    check_archs,
     check_positive,
     compare_variants,
     comparison_fields,
@@ -63,12 +63,12 @@ from bnlab.lab.kit import (
     directions_verdict,
     evidence_text,
     finite_mean,
+    loss_and_grad,
     loss_at,
     norm_layers,
     plateau_notes,
     probe_batch,
     probe_copy,
-    split,
     variant_mean,
     weight_layers,
 )
@@ -175,9 +175,7 @@ def gradient_shift(
     names = list(wl)[1:] if layers is None else list(layers)
     params, buffers = detached_state(model)
     order = list(params)
-    leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
-    loss = loss_at(model, leaves, buffers, x, y, loss_fn)
-    grads = dict(zip(order, torch.autograd.grad(loss, list(leaves.values())), strict=True))
+    grads = dict(zip(order, loss_and_grad(model, params, buffers, x, y, loss_fn)[1], strict=True))
     out: dict[str, dict[str, float]] = {}
     for name in names:
         key = f"{name}.weight"
@@ -252,15 +250,12 @@ def noisy_outputs(
 
 
 @dataclass(frozen=True)
-class ICSConfig:
+class ICSConfig(ProbingConfig):
     """Settings of ``bnlab lab ics`` (defaults: the full run).
 
     Args:
-        seeds: runs per (architecture, variant), seeds 0..seeds-1.
-        archs: keys of ``ARCHS``.
+        seeds, archs, train_size, test_size, batch_size, steps: see ``ProbingConfig``.
         noise_archs: architectures that also train with noisy BN.
-        train_size, test_size: examples taken from the start of each split.
-        batch_size, steps: SGD batch and number of steps.
         lr_lenet, lr_mlp: SGD learning rates (the same with and without BN).
         probe_every: steps between distribution probes (measure 1).
         probe_size: images in the fixed probe batch.
@@ -268,13 +263,7 @@ class ICSConfig:
         noise_shift, noise_scale: the noisy-BN ranges (measure 3).
     """
 
-    seeds: int = 3
-    archs: tuple[str, ...] = ("lenet", "mlp-relu")
     noise_archs: tuple[str, ...] = ("lenet", "mlp-relu")
-    train_size: int = 12000
-    test_size: int = 2000
-    batch_size: int = 128
-    steps: int = 300
     lr_lenet: float = 0.9
     lr_mlp: float = 0.1
     probe_every: int = 25
@@ -284,7 +273,7 @@ class ICSConfig:
     noise_scale: float = 2.0
 
     def __post_init__(self) -> None:
-        check_archs("ICSConfig", self.archs)
+        super().__post_init__()
         for arch in self.noise_archs:
             if arch not in self.archs:
                 raise ValueError(
@@ -293,19 +282,7 @@ class ICSConfig:
         check_positive(
             "ICSConfig",
             self,
-            (
-                "seeds",
-                "train_size",
-                "test_size",
-                "batch_size",
-                "steps",
-                "lr_lenet",
-                "lr_mlp",
-                "probe_every",
-                "probe_size",
-                "grad_ics_every",
-                "noise_scale",
-            ),
+            ("lr_lenet", "lr_mlp", "probe_every", "probe_size", "grad_ics_every", "noise_scale"),
         )
         if self.noise_scale < 1 or self.noise_shift < 0:
             raise ValueError(
@@ -315,16 +292,7 @@ class ICSConfig:
 
     @classmethod
     def quick(cls) -> ICSConfig:
-        return cls(
-            seeds=2,
-            train_size=1024,
-            test_size=256,
-            batch_size=64,
-            steps=30,
-            probe_every=10,
-            probe_size=64,
-            grad_ics_every=15,
-        )
+        return cls(**cls.QUICK, probe_every=10, probe_size=64, grad_ics_every=15)
 
     def lr(self, arch: str) -> float:
         return self.lr_lenet if arch == "lenet" else self.lr_mlp
@@ -335,17 +303,9 @@ VARIANTS = ("none", "bn", "bn-noise")
 
 def grid(config: ICSConfig) -> Grid:
     """Architecture x variant x seed; the noisy variant only on ``noise_archs``."""
-    return Grid(
-        settings=config.archs,
-        variants=VARIANTS,
-        seeds=config.seeds,
-        include=lambda c: c.variant != "bn-noise" or c.setting in config.noise_archs,
+    return config.arch_grid(
+        VARIANTS, include=lambda c: c.variant != "bn-noise" or c.setting in config.noise_archs
     )
-
-
-def prepare(config: ICSConfig, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The first ``train_size`` training and ``test_size`` test images."""
-    return split(data, config.train_size, config.test_size)
 
 
 def measure(config: ICSConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
@@ -581,7 +541,7 @@ SPEC = register_lab(
         measure=measure,
         summarize=summarize,
         steps=lambda config: config.steps,
-        prepare=prepare,
+        prepare=lambda config, data: config.first_examples(data),
         description="ics: training with probes",
         full_time=(
             "about 9.5 min (568 s wall, 134 s CPU; --threads 1, 2-core CPU machine shared and loaded by other jobs, 2026-11-26)"

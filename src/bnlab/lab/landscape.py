@@ -33,23 +33,22 @@ from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, register_lab, seeded
 from bnlab.lab.kit import (
     BN_NORM,
+    ProbingConfig,
     accuracy_on_test,
     apply_rules,
     arch_label,
     batches,
     build_model,
-    check_archs,
     check_positive,
     compare_variants,
     detached_state,
     directions_verdict,
     finite_mean,
-    loss_at,
+    loss_and_grad,
     plateau_notes,
-    split,
     variant_mean,
 )
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab, summary_table
+from bnlab.lab.runner import Bench, Cell, GridRun, grid_lab, summary_table
 from bnlab.plots.landscape import plot_landscape
 from bnlab.train.steps import every, run_steps
 
@@ -64,20 +63,6 @@ __all__ = [
 
 #: Per-checkpoint quantities summarized over training (mean over checkpoints).
 METRICS = ("loss_range", "grad_change_max", "beta")
-
-
-def _loss_and_grad(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    buffers: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-) -> tuple[float, list[Tensor]]:
-    leaves = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
-    loss = loss_at(model, leaves, buffers, x, y, loss_fn)
-    grads = torch.autograd.grad(loss, list(leaves.values()))
-    return float(loss.detach()), [g.detach() for g in grads]
 
 
 def _norm(tensors: Sequence[Tensor]) -> float:
@@ -112,12 +97,12 @@ def landscape_point(
     if not step_sizes or any(not eta > 0 for eta in step_sizes):
         raise ValueError(f"landscape_point: step sizes must be > 0, got {list(step_sizes)!r}")
     params, buffers = detached_state(model)
-    loss0, grad0 = _loss_and_grad(model, params, buffers, x, y, loss_fn)
+    loss0, grad0 = loss_and_grad(model, params, buffers, x, y, loss_fn)
     gnorm = _norm(grad0)
     losses, changes, betas = [], [], []
     for eta in step_sizes:
         moved = {n: p - eta * g for (n, p), g in zip(params.items(), grad0, strict=True)}
-        loss, grad = _loss_and_grad(model, moved, buffers, x, y, loss_fn)
+        loss, grad = loss_and_grad(model, moved, buffers, x, y, loss_fn)
         change = _norm([a - b for a, b in zip(grad, grad0, strict=True)])
         losses.append(loss)
         changes.append(change)
@@ -137,38 +122,24 @@ def landscape_point(
 
 
 @dataclass(frozen=True)
-class LandscapeConfig:
+class LandscapeConfig(ProbingConfig):
     """Settings of ``bnlab lab landscape`` (defaults: the full run).
 
     Args:
-        seeds: runs per (architecture, norm), seeds 0..seeds-1.
-        archs: keys of ``bnlab.lab.kit.ARCHS``.
-        train_size, test_size: examples from the start of each split.
-        batch_size, steps: SGD batch and number of steps.
+        seeds, archs, train_size, test_size, batch_size, steps: see ``ProbingConfig``.
         lr_lenet, lr_mlp: learning rates (the same with and without BN).
         check_every: steps between landscape checkpoints.
         step_multipliers: the step sizes, as multiples of the learning rate.
     """
 
-    seeds: int = 3
-    archs: tuple[str, ...] = ("lenet", "mlp-relu")
-    train_size: int = 12000
-    test_size: int = 2000
-    batch_size: int = 128
-    steps: int = 300
     lr_lenet: float = 0.9
     lr_mlp: float = 0.1
     check_every: int = 25
     step_multipliers: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 
     def __post_init__(self) -> None:
-        check_archs("LandscapeConfig", self.archs)
-        check_positive(
-            "LandscapeConfig",
-            self,
-            ("seeds", "train_size", "test_size", "batch_size", "steps", "lr_lenet", "lr_mlp"),
-        )
-        check_positive("LandscapeConfig", self, ("check_every",))
+        super().__post_init__()
+        check_positive("LandscapeConfig", self, ("lr_lenet", "lr_mlp", "check_every"))
         if not self.step_multipliers or any(not m > 0 for m in self.step_multipliers):
             raise ValueError(
                 f"LandscapeConfig: step_multipliers must be > 0, got {self.step_multipliers!r}"
@@ -176,31 +147,13 @@ class LandscapeConfig:
 
     @classmethod
     def quick(cls) -> LandscapeConfig:
-        return cls(
-            seeds=2,
-            train_size=1024,
-            test_size=256,
-            batch_size=64,
-            steps=30,
-            check_every=10,
-            step_multipliers=(0.5, 1.0, 2.0),
-        )
+        return cls(**cls.QUICK, check_every=10, step_multipliers=(0.5, 1.0, 2.0))
 
     def lr(self, arch: str) -> float:
         return self.lr_lenet if arch == "lenet" else self.lr_mlp
 
 
 VARIANTS = ("none", "bn")
-
-
-def grid(config: LandscapeConfig) -> Grid:
-    """Architecture x variant (none, bn) x seed."""
-    return Grid(settings=config.archs, variants=VARIANTS, seeds=config.seeds)
-
-
-def prepare(config: LandscapeConfig, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The first ``train_size`` training and ``test_size`` test images."""
-    return split(data, config.train_size, config.test_size)
 
 
 def measure(config: LandscapeConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
@@ -352,11 +305,11 @@ SPEC = register_lab(
             "steps of batch 128, a checkpoint every 25 steps, step sizes 0.25-4 x lr."
         ),
         config_type=LandscapeConfig,
-        grid=grid,
+        grid=lambda config: config.arch_grid(VARIANTS),
         measure=measure,
         summarize=summarize,
         steps=lambda config: config.steps,
-        prepare=prepare,
+        prepare=lambda config, data: config.first_examples(data),
         description="landscape: training with checkpoints",
         full_time=(
             "about 7 min (395 s wall + 23 s to summarize, 73 s CPU; --threads 1, 2-core CPU machine shared and loaded by other jobs, 2026-11-26)"

@@ -37,12 +37,12 @@ from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, register_lab, seeded
 from bnlab.lab.kit import (
     BN_NORM,
+    ProbingConfig,
     accuracy_on_test,
     apply_rules,
     arch_label,
     batches,
     build_model,
-    check_archs,
     check_positive,
     compare_variants,
     directions_verdict,
@@ -51,10 +51,9 @@ from bnlab.lab.kit import (
     plateau_notes,
     probe_batch,
     probe_copy,
-    split,
     weight_layers,
 )
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab, layer_table, summary_table
+from bnlab.lab.runner import Bench, Cell, GridRun, grid_lab, layer_table, summary_table
 from bnlab.plots.saturation import plot_saturation
 from bnlab.train.steps import StepState, every, run_steps
 
@@ -112,26 +111,18 @@ def gradient_rms(model: nn.Module) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class SaturationConfig:
+class SaturationConfig(ProbingConfig):
     """Settings of ``bnlab lab saturation`` (defaults: the full run).
 
     Args:
-        seeds: runs per (architecture, norm), seeds 0..seeds-1.
-        archs: keys of ``bnlab.lab.kit.ARCHS``.
-        train_size, test_size: examples from the start of each split.
-        batch_size, steps: SGD batch and number of steps.
+        seeds, archs, train_size, test_size, batch_size, steps: see ``ProbingConfig``.
         lr_lenet, lr_mlp_relu, lr_mlp_sigmoid: learning rates (same with and without BN).
         hard_init_scale: initial weights of ``mlp-sigmoid`` are Xavier times this.
         probe_every: steps between probes.
         probe_size: images in the fixed probe batch.
     """
 
-    seeds: int = 3
     archs: tuple[str, ...] = ("lenet", "mlp-sigmoid", "mlp-relu")
-    train_size: int = 12000
-    test_size: int = 2000
-    batch_size: int = 128
-    steps: int = 300
     lr_lenet: float = 0.9
     lr_mlp_relu: float = 0.1
     lr_mlp_sigmoid: float = 0.5
@@ -140,16 +131,11 @@ class SaturationConfig:
     probe_size: int = 256
 
     def __post_init__(self) -> None:
-        check_archs("SaturationConfig", self.archs)
+        super().__post_init__()
         check_positive(
             "SaturationConfig",
             self,
             (
-                "seeds",
-                "train_size",
-                "test_size",
-                "batch_size",
-                "steps",
                 "lr_lenet",
                 "lr_mlp_relu",
                 "lr_mlp_sigmoid",
@@ -161,15 +147,7 @@ class SaturationConfig:
 
     @classmethod
     def quick(cls) -> SaturationConfig:
-        return cls(
-            seeds=2,
-            train_size=1024,
-            test_size=256,
-            batch_size=64,
-            steps=30,
-            probe_every=10,
-            probe_size=64,
-        )
+        return cls(**cls.QUICK, probe_every=10, probe_size=64)
 
     def lr(self, arch: str) -> float:
         return {"lenet": self.lr_lenet, "mlp-relu": self.lr_mlp_relu}.get(arch, self.lr_mlp_sigmoid)
@@ -191,16 +169,6 @@ def _probe(model: nn.Module, x: Tensor) -> dict[str, dict[str, float]]:
 
 
 VARIANTS = ("none", "bn")
-
-
-def grid(config: SaturationConfig) -> Grid:
-    """Architecture x variant (none, bn) x seed."""
-    return Grid(settings=config.archs, variants=VARIANTS, seeds=config.seeds)
-
-
-def prepare(config: SaturationConfig, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The first ``train_size`` training and ``test_size`` test images."""
-    return split(data, config.train_size, config.test_size)
 
 
 def measure(config: SaturationConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
@@ -381,11 +349,11 @@ SPEC = register_lab(
             "12000 training images, 300 steps of batch 128."
         ),
         config_type=SaturationConfig,
-        grid=grid,
+        grid=lambda config: config.arch_grid(VARIANTS),
         measure=measure,
         summarize=summarize,
         steps=lambda config: config.steps,
-        prepare=prepare,
+        prepare=lambda config, data: config.first_examples(data),
         description="saturation: training with probes",
         full_time=(
             "about 5.5 min (328 s wall, 77 s CPU; --threads 1, 2-core CPU machine shared and loaded by other jobs, 2026-11-26)"

@@ -6,13 +6,14 @@
   (``probe_copy``), functional evaluation at other weights (``loss_at``);
 - ``train``: one ``fit`` run over data subsets (``train_variant``);
 - ``verdicts``: comparisons of variants per setting, rules into verdicts;
-- ``threads``, ``checks``: thread settings and config checks.
+- ``configs``: config checks and ``ProbingConfig``, the probing experiments' core;
+- ``threads``: thread settings.
 
 The step loop with hooks is ``bnlab.train.steps.run_steps``; the grid runner is
 ``bnlab.lab.runner``.
 """
 
-from bnlab.lab.kit.checks import check_positive
+from bnlab.lab.kit.configs import ProbingConfig, check_positive
 from bnlab.lab.kit.data import accuracy_on_test, batches, float_images, probe_batch, split, take
 from bnlab.lab.kit.models import (
     ARCHS,
@@ -23,7 +24,14 @@ from bnlab.lab.kit.models import (
     norm_layers,
     weight_layers,
 )
-from bnlab.lab.kit.probes import capture, detached_state, layers_of_type, loss_at, probe_copy
+from bnlab.lab.kit.probes import (
+    capture,
+    detached_state,
+    layers_of_type,
+    loss_and_grad,
+    loss_at,
+    probe_copy,
+)
 from bnlab.lab.kit.threads import cpu_threads
 from bnlab.lab.kit.train import DIVERGENCE_RULE, json_float, train_variant
 from bnlab.lab.kit.verdicts import (
@@ -46,6 +54,7 @@ __all__ = [
     "BN_NORM",
     "DIVERGENCE_RULE",
     "TRAINS_RULE",
+    "ProbingConfig",
     "accuracy_on_test",
     "apply_rules",
     "arch_label",
@@ -64,6 +73,7 @@ __all__ = [
     "float_images",
     "json_float",
     "layers_of_type",
+    "loss_and_grad",
     "loss_at",
     "mean_std",
     "norm_layers",

@@ -32,7 +32,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["capture", "detached_state", "layers_of_type", "loss_at", "probe_copy"]
+__all__ = [
+    "capture",
+    "detached_state",
+    "layers_of_type",
+    "loss_and_grad",
+    "loss_at",
+    "probe_copy",
+]
 
 What = Literal["input", "output", "grad_output"]
 
@@ -162,3 +169,18 @@ def loss_at(
     # Fresh buffer copies each call: train-mode BN updates them in place.
     state = {**params, **{n: b.clone() for n, b in buffers.items()}}
     return loss_fn(functional_call(model, state, (x,)), y)
+
+
+def loss_and_grad(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+) -> tuple[float, list[Tensor]]:
+    """:func:`loss_at` and its gradient with respect to every parameter, in order."""
+    leaves = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
+    loss = loss_at(model, leaves, buffers, x, y, loss_fn)
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return float(loss.detach()), [g.detach() for g in grads]

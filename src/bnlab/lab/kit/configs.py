@@ -1,0 +1,76 @@
+"""Config pieces the experiments share: value checks and the probing experiments' core."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from bnlab.lab.kit.data import split
+from bnlab.lab.kit.models import check_archs
+from bnlab.lab.runner import Cell, Grid
+
+__all__ = ["ProbingConfig", "check_positive"]
+
+
+def check_positive(owner: str, config: Any, names: Sequence[str]) -> None:
+    """Raise ValueError when a numeric setting of ``config`` is not > 0.
+
+    Args:
+        owner: the config's name, for the message (``"ICSConfig"``).
+        config: the dataclass instance.
+        names: the fields to check.
+    """
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"{owner}: {name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ProbingConfig:
+    """What the probing experiments (ics, landscape, saturation) share: which networks,
+    how many seeds, how much data, how many SGD steps of which batch.
+
+    A subclass adds its own fields (learning rates, probe intervals) and builds its
+    ``quick()`` from ``QUICK``.
+
+    Args:
+        seeds: runs per (architecture, variant), seeds 0..seeds-1.
+        archs: keys of ``bnlab.lab.kit.ARCHS``.
+        train_size, test_size: examples taken from the start of each split.
+        batch_size, steps: SGD batch and number of steps.
+
+    Raises:
+        ValueError: an unknown architecture or a setting that is not > 0.
+    """
+
+    seeds: int = 3
+    archs: tuple[str, ...] = ("lenet", "mlp-relu")
+    train_size: int = 12000
+    test_size: int = 2000
+    batch_size: int = 128
+    steps: int = 300
+
+    #: The quick run's share of the settings (``--quick`` and the tests).
+    QUICK: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"seeds": 2, "train_size": 1024, "test_size": 256, "batch_size": 64, "steps": 30}
+    )
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        check_archs(owner, self.archs)
+        check_positive(owner, self, ("seeds", "train_size", "test_size", "batch_size", "steps"))
+
+    def arch_grid(
+        self, variants: Sequence[str], include: Callable[[Cell], bool] | None = None
+    ) -> Grid:
+        """Architecture x ``variants`` x seed (unit keys ``ARCH-VARIANT-seedN``)."""
+        return Grid(settings=self.archs, variants=variants, seeds=self.seeds, include=include)
+
+    def first_examples(self, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The first ``train_size`` training and ``test_size`` test examples of ``data``."""
+        return split(data, self.train_size, self.test_size)
