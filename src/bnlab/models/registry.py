@@ -2,6 +2,8 @@
 
 Every registered builder takes the norm name as its first argument and model-specific
 options as keyword arguments, so experiments and the CLI build any model the same way.
+The builder checks the norm name (``check_norm`` or its first ``make_norm``, both the
+norm registry's one check); ``create`` does not check it a second time.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from torch import nn
 from bnlab.models.densenet import densenet
 from bnlab.models.lenet import LeNet
 from bnlab.models.mlp import MLP
-from bnlab.models.norms import check_norm
 from bnlab.models.plain import plain
 from bnlab.models.resnet import resnet18, resnet20, resnet56
 
@@ -75,7 +76,7 @@ def create(name: str, norm: str = "none", **kwargs: Any) -> nn.Module:
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(available())}")
-    check_norm(norm)
+    # The model checks ``norm`` itself, through the norm registry (once, not here too).
     return _BUILDERS[name](norm, **kwargs)
 
 

@@ -8,7 +8,15 @@ from bnlab.nn.groupnorm import GroupNorm
 from bnlab.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from bnlab.nn.layernorm import LayerNorm
 from bnlab.nn.precise_bn import RecalibrationReport, recalibrate_batchnorm
-from bnlab.nn.registry import available_norm_layers, convert_norm, create_norm
+from bnlab.nn.registry import (
+    available_norm_layers,
+    available_norms,
+    convert_norm,
+    create_norm,
+    get_norm_layer,
+    norm_implementations,
+    resolve_norm,
+)
 from bnlab.nn.renorm import (
     BatchRenorm1d,
     BatchRenorm2d,
@@ -39,12 +47,16 @@ __all__ = [
     "RecalibrationReport",
     "SyncBatchNorm",
     "available_norm_layers",
+    "available_norms",
     "convert_norm",
     "convert_sync_batchnorm",
     "create_norm",
     "fold_batchnorm",
     "freeze_batchnorm",
+    "get_norm_layer",
+    "norm_implementations",
     "recalibrate_batchnorm",
     "renorm_clipping",
+    "resolve_norm",
     "set_renorm_clipping",
 ]
