@@ -127,32 +127,20 @@ def norm_layer(
         raise ValueError(
             f"unknown norm {norm!r} for SmallReluCNN; choose one of: {', '.join(NORMS)}"
         )
-    if norm == "none":
-        return None
-    if norm in ("groupnorm",) and (group_size < 1 or num_features % group_size):
+    if norm == "groupnorm" and (group_size < 1 or num_features % group_size):
         raise ValueError(
             f"group_size {group_size} does not divide {num_features} channels; pick a divisor"
         )
-    if norm == "ghost":
-        return bnlab.nn.create_norm(
-            "ghost", num_features, dim=2, virtual_batch_size=ghost_virtual_batch
-        )
-    if norm == "batchrenorm":
-        return bnlab.nn.create_norm("batchrenorm", num_features, dim=2, momentum=0.1)
-    groups = {"groupnorm": num_features // group_size, "layernorm": 1}
-    if twins:
-        if norm == "bnlab":
-            return nn.BatchNorm2d(num_features)
-        if norm == "instancenorm":
-            return nn.InstanceNorm2d(num_features, affine=True)
-        return nn.GroupNorm(groups[norm], num_features)
-    if norm == "bnlab":
-        return bnlab.nn.BatchNorm2d(num_features)
-    if norm == "instancenorm":
-        return bnlab.nn.create_norm("instancenorm", num_features, dim=2, affine=True)
-    if norm == "groupnorm":
-        return bnlab.nn.create_norm("groupnorm", num_features, dim=2, num_groups=groups[norm])
-    return bnlab.nn.create_norm("layernorm", num_features, dim=2)
+    options = {
+        "ghost": {"virtual_batch_size": ghost_virtual_batch},
+        "batchrenorm": {"momentum": 0.1},
+        "groupnorm": {"num_groups": num_features // max(group_size, 1)},
+        "instancenorm": {"affine": True},
+    }.get(norm, {})
+    # The torch.nn twin where the registry has one (BN, GN, LN, IN), else bnlab's layer.
+    impl = "torch" if twins and "torch" in bnlab.nn.norm_implementations(norm) else None
+    make = bnlab.nn.get_norm_layer(norm, dim=2, impl=impl, **options)
+    return None if make is None else make(num_features)
 
 
 def renorm_warmup(
