@@ -69,11 +69,12 @@ from bnlab.lab.kit import (
     plateau_notes,
     probe_batch,
     probe_copy,
+    probing_lab,
     variant_mean,
     weight_layers,
 )
 from bnlab.lab.kit.data import accuracy_on_test
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab, layer_table, summary_table
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, layer_table, summary_table
 from bnlab.plots.ics import plot_grad_ics, plot_ics_trajectories
 from bnlab.train.steps import StepState, every, run_steps
 
@@ -524,7 +525,7 @@ def summarize(config: ICSConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
 
 
 SPEC = register_lab(
-    grid_lab(
+    probing_lab(
         name="ics",
         title="Internal covariate shift, with and without BN",
         summary=(
@@ -537,11 +538,10 @@ SPEC = register_lab(
             "Full run: 12000 training images, 300 steps of batch 128."
         ),
         config_type=ICSConfig,
+        variants=VARIANTS,
         grid=grid,
         measure=measure,
         summarize=summarize,
-        steps=lambda config: config.steps,
-        prepare=lambda config, data: config.first_examples(data),
         description="ics: training with probes",
         full_time=(
             "about 9.5 min (568 s wall, 134 s CPU; --threads 1, 2-core CPU machine shared and loaded by other jobs, 2026-11-26)"

@@ -46,9 +46,10 @@ from bnlab.lab.kit import (
     finite_mean,
     loss_and_grad,
     plateau_notes,
+    probing_lab,
     variant_mean,
 )
-from bnlab.lab.runner import Bench, Cell, GridRun, grid_lab, summary_table
+from bnlab.lab.runner import Bench, Cell, GridRun, summary_table
 from bnlab.plots.landscape import plot_landscape
 from bnlab.train.steps import every, run_steps
 
@@ -294,7 +295,7 @@ def summarize(config: LandscapeConfig, ctx: LabContext, run: GridRun) -> LabOutc
 
 
 SPEC = register_lab(
-    grid_lab(
+    probing_lab(
         name="landscape",
         title="Loss landscape smoothness, with and without BN",
         summary=(
@@ -305,11 +306,9 @@ SPEC = register_lab(
             "steps of batch 128, a checkpoint every 25 steps, step sizes 0.25-4 x lr."
         ),
         config_type=LandscapeConfig,
-        grid=lambda config: config.arch_grid(VARIANTS),
+        variants=VARIANTS,
         measure=measure,
         summarize=summarize,
-        steps=lambda config: config.steps,
-        prepare=lambda config, data: config.first_examples(data),
         description="landscape: training with checkpoints",
         full_time=(
             "about 7 min (395 s wall + 23 s to summarize, 73 s CPU; --threads 1, 2-core CPU machine shared and loaded by other jobs, 2026-11-26)"

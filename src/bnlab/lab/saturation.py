@@ -51,9 +51,10 @@ from bnlab.lab.kit import (
     plateau_notes,
     probe_batch,
     probe_copy,
+    probing_lab,
     weight_layers,
 )
-from bnlab.lab.runner import Bench, Cell, GridRun, grid_lab, layer_table, summary_table
+from bnlab.lab.runner import Bench, Cell, GridRun, layer_table, summary_table
 from bnlab.plots.saturation import plot_saturation
 from bnlab.train.steps import StepState, every, run_steps
 
@@ -338,7 +339,7 @@ def summarize(config: SaturationConfig, ctx: LabContext, run: GridRun) -> LabOut
 
 
 SPEC = register_lab(
-    grid_lab(
+    probing_lab(
         name="saturation",
         title="Saturated sigmoids, dead ReLUs and vanishing gradients, with and without BN",
         summary=(
@@ -349,11 +350,9 @@ SPEC = register_lab(
             "12000 training images, 300 steps of batch 128."
         ),
         config_type=SaturationConfig,
-        grid=lambda config: config.arch_grid(VARIANTS),
+        variants=VARIANTS,
         measure=measure,
         summarize=summarize,
-        steps=lambda config: config.steps,
-        prepare=lambda config, data: config.first_examples(data),
         description="saturation: training with probes",
         full_time=(
             "about 5.5 min (328 s wall, 77 s CPU; --threads 1, 2-core CPU machine shared and loaded by other jobs, 2026-11-26)"

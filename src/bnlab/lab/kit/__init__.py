@@ -13,7 +13,7 @@ The step loop with hooks is ``bnlab.train.steps.run_steps``; the grid runner is
 ``bnlab.lab.runner``.
 """
 
-from bnlab.lab.kit.configs import ProbingConfig, check_positive
+from bnlab.lab.kit.configs import ProbingConfig, check_positive, probing_lab
 from bnlab.lab.kit.data import accuracy_on_test, batches, float_images, probe_batch, split, take
 from bnlab.lab.kit.models import (
     ARCHS,
@@ -81,6 +81,7 @@ __all__ = [
     "plateau_notes",
     "probe_batch",
     "probe_copy",
+    "probing_lab",
     "split",
     "take",
     "train_variant",

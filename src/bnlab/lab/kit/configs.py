@@ -9,11 +9,12 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from bnlab.lab.experiment import LabContext, LabOutcome, LabSpec
 from bnlab.lab.kit.data import split
 from bnlab.lab.kit.models import check_archs
-from bnlab.lab.runner import Cell, Grid
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 
-__all__ = ["ProbingConfig", "check_positive"]
+__all__ = ["ProbingConfig", "check_positive", "probing_lab"]
 
 
 def check_positive(owner: str, config: Any, names: Sequence[str]) -> None:
@@ -74,3 +75,32 @@ class ProbingConfig:
     def first_examples(self, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The first ``train_size`` training and ``test_size`` test examples of ``data``."""
         return split(data, self.train_size, self.test_size)
+
+
+def probing_lab(
+    *,
+    variants: Sequence[str],
+    measure: Callable[[Any, Cell, Bench], Any],
+    summarize: Callable[[Any, LabContext, GridRun], LabOutcome],
+    grid: Callable[[Any], Grid] | None = None,
+    **spec: Any,
+) -> LabSpec:
+    """``grid_lab`` for a ``ProbingConfig`` experiment: the grid is architecture x
+    ``variants`` x seed (or ``grid(config)``), each cell one ``config.steps``-step run
+    on ``config.first_examples(data)``.
+
+    Args:
+        variants: the variants of the default grid.
+        measure, summarize: as for ``grid_lab``.
+        grid: config -> the grid, instead of ``config.arch_grid(variants)``.
+        spec: ``name``, ``title``, ``summary``, ``config_type``, ``description``,
+            ``full_time`` (``grid_lab``'s).
+    """
+    return grid_lab(
+        grid=grid or (lambda config: config.arch_grid(variants)),
+        measure=measure,
+        summarize=summarize,
+        steps=lambda config: config.steps,
+        prepare=lambda config, data: config.first_examples(data),
+        **spec,
+    )

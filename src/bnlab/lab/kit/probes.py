@@ -157,13 +157,12 @@ def detached_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tenso
     return params, buffers
 
 
+Tensors = Mapping[str, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
 def loss_at(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    buffers: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    model: nn.Module, params: Tensors, buffers: Tensors, x: Tensor, y: Tensor, loss_fn: LossFn
 ) -> Tensor:
     """The loss of ``model`` with ``params`` and copies of ``buffers`` (functional call)."""
     # Fresh buffer copies each call: train-mode BN updates them in place.
@@ -172,12 +171,7 @@ def loss_at(
 
 
 def loss_and_grad(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    buffers: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    model: nn.Module, params: Tensors, buffers: Tensors, x: Tensor, y: Tensor, loss_fn: LossFn
 ) -> tuple[float, list[Tensor]]:
     """:func:`loss_at` and its gradient with respect to every parameter, in order."""
     leaves = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
