@@ -189,3 +189,33 @@ def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) 
     again = run_lab(spec, config, out, data=fake_data(96, 96), resume=True, quick=True)
     assert again["units_reused"] == len(units) - 1
     assert again["raw"] == json.loads(json.dumps(raw))
+
+
+def test_verdict_rules_on_the_null_and_on_split_layers() -> None:
+    flat = {"levels": [0.0, 0.1], "mcc": {"0.0": [0.0, 0.01], "0.1": [0.01, -0.01]}}
+    raw = {
+        "threshold": 0.1,
+        "monotone_tolerance": 0.03,
+        "dose": {"brightness": flat, "noise": flat},
+        "train_test": [0.0, 0.02],
+        "internal": _ics_units([0.5, 0.51, 0.49], [0.5, 0.49, 0.51]),
+        "layers": ["fc1", "fc2"],
+    }
+    # The null: no shift scores above the threshold, BN and no BN score alike.
+    evidence, verdict = shift_mcc.decide_detects_shift({"raw": raw})
+    assert verdict == "not supported"
+    assert evidence["noise"] == {"means": [0.005, 0.0], "monotone": True, "detected": False}
+    evidence, verdict = shift_mcc.decide_bn_reduces_ics({"raw": raw})
+    assert verdict == "not supported"
+    assert evidence["direction"] == "unclear"
+    # Lower with BN overall, but one layer clearly higher: mixed.
+    raw["internal"] = _ics_units([0.2, 0.21, 0.19], [0.8, 0.82, 0.79])
+    for u in raw["internal"]["bn"]:
+        u["scores"]["fc2"][0]["mcc"] = 0.95
+    evidence, verdict = shift_mcc.decide_bn_reduces_ics({"raw": raw})
+    assert evidence["by_layer"]["fc2"]["direction"] == "greater"
+    assert evidence["by_layer"]["fc1"]["direction"] == "less"
+    assert verdict == "mixed"
+    # No threshold (no calibration draw): the splits' rule cannot decide.
+    raw["threshold"] = None
+    assert shift_mcc.decide_train_test({"raw": raw})[1] == "mixed"

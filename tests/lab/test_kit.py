@@ -1,0 +1,170 @@
+"""The lab kit: data helpers, probes on a copy, functional losses, verdict helpers,
+thread settings and the probing experiments' config core."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnlab.lab import kit
+from bnlab.lab.experiment import compare
+
+
+def test_batches_are_endless_full_and_seeded(fake_data) -> None:
+    data = fake_data(40, 8)
+    got = list(itertools.islice(kit.batches(data["train_images"], data["train_labels"], 16, 3), 5))
+    assert [x.shape for x, _ in got] == [torch.Size([16, 1, 28, 28])] * 5  # drop_last
+    assert all(float(x.min()) >= 0.0 and float(x.max()) <= 1.0 for x, _ in got)
+    again = list(
+        itertools.islice(kit.batches(data["train_images"], data["train_labels"], 16, 3), 5)
+    )
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(got, again, strict=True))
+    (big,) = itertools.islice(kit.batches(data["train_images"], data["train_labels"], 99, 0), 1)
+    assert big[0].shape[0] == 40  # a batch larger than the subset is cut to it
+
+
+def test_split_probe_batch_and_float_images(fake_data) -> None:
+    data = fake_data(40, 8)
+    part = kit.split(data, 10, 4)
+    assert part["train_images"].shape[0] == 10
+    assert part["test_labels"].dtype == torch.int64
+    assert torch.equal(part["test_images"], data["test_images"][:4])
+    probe = kit.probe_batch(data, 6, "cpu")
+    assert torch.equal(probe, kit.float_images(data["train_images"][:6]))
+    assert probe.shape == (6, 1, 28, 28)
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def test_probe_copy_sees_train_mode_and_leaves_the_model_alone() -> None:
+    model = _net().eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(8, 4) * 3 + 1
+    seen = kit.probe_copy(model, x, ["2", "3"])
+    # Train mode: BN uses the probe batch's statistics, so the ReLU input is normalized.
+    h = model[0](x)
+    expected = (h - h.mean(0)) / (h.var(0, unbiased=False) + model[1].eps).sqrt()
+    expected = expected * model[1].weight + model[1].bias
+    torch.testing.assert_close(seen["2"], expected.detach())
+    zeros = kit.probe_copy(
+        model, x, ["2"], what="output", reduce=lambda t: float((t == 0).float().mean())
+    )
+    assert 0.0 < zeros["2"] < 1.0
+    assert not model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_loss_at_and_loss_and_grad_match_autograd_and_keep_buffers() -> None:
+    model = _net().train()
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    params, buffers = kit.detached_state(model)
+    running = buffers["1.running_mean"].clone()
+    loss, grads = kit.loss_and_grad(model, params, buffers, x, y, F.cross_entropy)
+    direct = F.cross_entropy(model(x), y)
+    direct.backward()
+    assert loss == pytest.approx(float(direct.detach()))
+    for g, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad)
+    assert torch.equal(buffers["1.running_mean"], running)  # copies were updated, not these
+    moved = {n: p + 1.0 for n, p in params.items()}
+    assert float(kit.loss_at(model, moved, buffers, x, y, F.cross_entropy)) != pytest.approx(loss)
+
+
+PER_SEED = {
+    "lenet": {
+        "none": {"m": [0.5, 0.52, 0.51], "e": [None]},
+        "bn": {"m": [0.1, 0.11, 0.12], "e": [None]},
+    },
+    "mlp-relu": {"none": {"m": [0.3, 0.31, 0.29], "e": [1.0]}, "bn": {"m": [0.3, 0.32, 0.28]}},
+    "mlp-sigmoid": {"bn": {"m": [0.0]}},
+}
+
+
+def test_compare_variants_per_setting() -> None:
+    evidence, directions = kit.compare_variants(PER_SEED, "m")
+    assert list(evidence) == ["lenet", "mlp-relu"]  # mlp-sigmoid has no baseline
+    assert directions == ["less", "unclear"]
+    c = compare(PER_SEED["lenet"]["bn"]["m"], PER_SEED["lenet"]["none"]["m"])
+    assert evidence["lenet"] == {
+        "m_bn": pytest.approx(0.11),
+        "m_none": pytest.approx(0.51),
+        "difference": c.diff,
+        "se": c.se,
+        "direction": "less",
+    }
+    assert kit.directions_verdict(directions, "less") == "mixed"
+    only, _ = kit.compare_variants(PER_SEED, "m", settings=["mlp-relu", "gone"])
+    assert list(only) == ["mlp-relu"]
+    custom, _ = kit.compare_variants(
+        PER_SEED,
+        "m",
+        entry=lambda v, c: {"bn": kit.variant_mean(v, "bn", "m"), **kit.comparison_fields(c)},
+    )
+    assert custom["lenet"]["bn"] == pytest.approx(0.11)
+    with pytest.raises(ValueError, match="each group needs a finite value"):
+        kit.compare_variants({"lenet": PER_SEED["lenet"]}, "e")
+    assert kit.compare_variants({"lenet": PER_SEED["lenet"]}, "e", skip_empty=True) == ({}, [])
+
+
+def test_evidence_text_finite_mean_and_variant_mean() -> None:
+    text = kit.evidence_text({"lenet": {"a": 0.123456, "se": 0.1, "direction": "less"}})
+    assert text == "LeNet (sigmoid): a 0.1235, direction less"
+    assert kit.evidence_text({"x": {"n": 3}}, label=str.upper) == "X: n 3"
+    assert kit.finite_mean([1.0, None, math.nan, 3.0]) == 2.0
+    assert kit.finite_mean([None, math.inf]) is None
+    assert kit.variant_mean(PER_SEED["lenet"], "gone", "m") is None
+
+
+def test_cpu_threads_restores_the_count() -> None:
+    before = torch.get_num_threads()
+    with kit.cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with kit.cpu_threads(0):
+        assert torch.get_num_threads() == before
+
+
+@dataclasses.dataclass(frozen=True)
+class _Probing(kit.ProbingConfig):
+    extra: int = 1
+
+    @classmethod
+    def quick(cls) -> _Probing:
+        return cls(**cls.QUICK, extra=2)
+
+
+def test_probing_config_core(fake_data) -> None:
+    quick = _Probing.quick()
+    assert (quick.seeds, quick.train_size, quick.test_size, quick.batch_size, quick.steps) == (
+        2,
+        1024,
+        256,
+        64,
+        30,
+    )
+    cells = quick.arch_grid(("none", "bn"), include=lambda c: c.seed == 0).cells()
+    assert [(c.setting, c.variant) for c in cells] == [
+        ("lenet", "none"),
+        ("lenet", "bn"),
+        ("mlp-relu", "none"),
+        ("mlp-relu", "bn"),
+    ]
+    part = _Probing(train_size=5, test_size=3).first_examples(fake_data(10, 10))
+    assert (part["train_images"].shape[0], part["test_images"].shape[0]) == (5, 3)
+    with pytest.raises(ValueError, match="_Probing: unknown arch 'vgg'; choose from: lenet"):
+        _Probing(archs=("vgg",))
+    with pytest.raises(ValueError, match="_Probing: batch_size must be > 0, got 0"):
+        _Probing(batch_size=0)
+    with pytest.raises(ValueError, match="_Probing: archs is empty"):
+        _Probing(archs=())
