@@ -3,6 +3,7 @@ get_norm_layer and convert_norm; options, errors, state carry-over."""
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import pytest
@@ -455,6 +456,9 @@ def test_get_norm_layer_fills_a_norm_layer_slot() -> None:
     factory = get_norm_layer("ghost", virtual_batch_size=2)
     assert factory(4).virtual_batch_size == 2
     assert factory(4) is not factory(4)
+    # A plain value: it pickles and hashes (configs, DataLoader workers, caches).
+    assert pickle.loads(pickle.dumps(factory)) == factory
+    assert hash(factory) == hash(get_norm_layer("ghost", virtual_batch_size=2))
 
 
 def test_get_norm_layer_passes_classes_and_none_through() -> None:

@@ -201,7 +201,10 @@ def register_norm_layer(
         TypeError: ``builder`` or ``target`` not callable, an alias not a string.
     """
     if not isinstance(name, str) or not name or name != name.lower() or name == NONE:
-        raise ValueError(f"norm layer name must be a non-empty lower-case string, got {name!r}")
+        raise ValueError(
+            f"norm layer name must be a non-empty lower-case string other than {NONE!r}, "
+            f"got {name!r}"
+        )
     if impl not in IMPLEMENTATIONS:
         raise ValueError(
             f"norm layer {name!r}: unknown implementation {impl!r}; "
@@ -452,7 +455,7 @@ class NormLayerFactory:
     spec: NormSpec
     dim: int
     impl: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __call__(self, num_features: int) -> nn.Module:
         return _build(self.spec, self.dim, self.impl, num_features, self.options)
@@ -515,7 +518,7 @@ class _Bound:
     """A class or callable with options bound: ``_Bound(cls, kwargs)(C) == cls(C, **kwargs)``."""
 
     func: Callable[..., nn.Module]
-    options: dict[str, Any]
+    options: dict[str, Any] = field(hash=False)
 
     def __call__(self, num_features: int) -> nn.Module:
         return self.func(num_features, **self.options)
