@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab.batch_size import SmallReluCNN, cpu_threads, renorm_warmup
 from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -47,8 +46,17 @@ from bnlab.lab.experiment import (
     register_lab,
     seeded,
 )
-from bnlab.lab.kit import apply_rules, mean_std, pick, take, train_variant
+from bnlab.lab.kit import (
+    apply_rules,
+    cpu_threads,
+    mean_std,
+    pick,
+    renorm_warmup,
+    take,
+    train_variant,
+)
 from bnlab.models import create
+from bnlab.models.small_cnn import SmallReluCNN
 from bnlab.plots.batch import plot_grouped_bars
 from bnlab.train import TrainConfig
 

@@ -34,17 +34,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import bnlab.nn
 from bnlab.data.loader import DeviceLoader
-from bnlab.functional.batch_renorm import RENORM_R_MAX_STEPS
 from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import (
     Figure,
@@ -55,10 +52,18 @@ from bnlab.lab.experiment import (
     compare,
     register_lab,
 )
-from bnlab.lab.kit import apply_rules, mean_std, pick, take, train_variant
+from bnlab.lab.kit import (
+    apply_rules,
+    cpu_threads,
+    mean_std,
+    pick,
+    renorm_warmup,
+    take,
+    train_variant,
+)
+from bnlab.models.small_cnn import NORMS, SmallReluCNN, norm_layer
 from bnlab.plots.batch import plot_vs_batch
 from bnlab.train import TrainConfig, evaluate
-from bnlab.train.fit import StepInfo
 
 __all__ = [
     "BN_FAMILY",
@@ -75,16 +80,6 @@ __all__ = [
 ]
 
 SOURCE = "003_8a52002564f5ba9e.txt"
-#: The norms of the sweep, by their model-registry names.
-NORMS: tuple[str, ...] = (
-    "none",
-    "bnlab",
-    "ghost",
-    "batchrenorm",
-    "groupnorm",
-    "layernorm",
-    "instancenorm",
-)
 #: Norms with running statistics (evaluated with moving averages and recalibrated).
 BN_FAMILY: tuple[str, ...] = ("bnlab", "ghost", "batchrenorm")
 LABELS = {
@@ -98,122 +93,6 @@ LABELS = {
 }
 #: Wu & He 2018, ImageNet ResNet-50 top-1 error (%) at batch 32 and batch 2 (figure 1).
 GN_PAPER_ERROR = {"BN": (23.6, 34.7), "GN": (24.1, 24.1)}
-
-
-def norm_layer(
-    norm: str,
-    num_features: int,
-    *,
-    ghost_virtual_batch: int = 8,
-    group_size: int = 4,
-    twins: bool = True,
-) -> nn.Module | None:
-    """One normalization layer for ``(N, C, H, W)`` inputs, by model-registry name.
-
-    Args:
-        norm: one of ``NORMS``.
-        num_features: channels ``C``.
-        ghost_virtual_batch: ghost BN's virtual batch size.
-        group_size: channels per group of GroupNorm (``C // group_size`` groups).
-        twins: build BN, GroupNorm, LayerNorm, InstanceNorm from ``torch.nn``.
-
-    Returns:
-        The layer, or None for ``"none"``.
-
-    Raises:
-        ValueError: an unknown norm, or a ``group_size`` that does not divide ``C``.
-    """
-    if norm not in NORMS:
-        raise ValueError(
-            f"unknown norm {norm!r} for SmallReluCNN; choose one of: {', '.join(NORMS)}"
-        )
-    if norm == "groupnorm" and (group_size < 1 or num_features % group_size):
-        raise ValueError(
-            f"group_size {group_size} does not divide {num_features} channels; pick a divisor"
-        )
-    options = {
-        "ghost": {"virtual_batch_size": ghost_virtual_batch},
-        "batchrenorm": {"momentum": 0.1},
-        "groupnorm": {"num_groups": num_features // max(group_size, 1)},
-        "instancenorm": {"affine": True},
-    }.get(norm, {})
-    # The torch.nn twin where the registry has one (BN, GN, LN, IN), else bnlab's layer.
-    impl = "torch" if twins and "torch" in bnlab.nn.norm_implementations(norm) else None
-    make = bnlab.nn.get_norm_layer(norm, dim=2, impl=impl, **options)
-    return None if make is None else make(num_features)
-
-
-def renorm_warmup(
-    model: nn.Module, total_steps: int, *, ramp: float = 0.5
-) -> Callable[[StepInfo], None] | None:
-    """Batch Renorm's warm-up of ``r_max``/``d_max``, scaled to a run of ``total_steps``.
-
-    The paper's schedule (``bnlab.nn.renorm_clipping``: batch norm for the first 5k
-    steps, ``r_max`` 3 at 40k, ``d_max`` 5 at 25k) with its step counts scaled so that
-    ``r_max`` reaches 3 at ``ramp`` of the run. Sets the bounds for step 0 now.
-
-    Returns:
-        The ``on_step`` callback that sets them before every following step, or None when
-        ``model`` has no batch renorm layer.
-    """
-    scale = max(ramp * total_steps / RENORM_R_MAX_STEPS, 1e-9)
-    if bnlab.nn.set_renorm_clipping(model, *bnlab.nn.renorm_clipping(0, step_scale=scale)) == 0:
-        return None
-
-    def on_step(info: StepInfo) -> None:
-        # info.step steps are done: set the bounds of the next one.
-        bnlab.nn.set_renorm_clipping(model, *bnlab.nn.renorm_clipping(info.step, step_scale=scale))
-
-    return on_step
-
-
-class SmallReluCNN(nn.Module):
-    """A small ReLU CNN for 1x28x28 images, cheap enough for batch-size sweeps on a CPU.
-
-    Layers: ``conv1 Conv2d(1, 8, 5, stride 2) -> norm1 -> ReLU`` (12x12),
-    ``conv2 Conv2d(8, 16, 3, stride 2) -> norm2 -> ReLU`` (5x5), ``fc Linear(400, 10)``.
-    Every norm sits after a convolution, so a batch of one still has 144 or 25 values
-    per channel (BN can train on it, unlike BN after a linear layer).
-
-    Args:
-        norm: one of ``NORMS``; the options are :func:`norm_layer`'s.
-
-    Shape:
-        ``(N, 1, 28, 28) -> (N, 10)``.
-    """
-
-    def __init__(
-        self,
-        norm: str = "none",
-        *,
-        ghost_virtual_batch: int = 8,
-        group_size: int = 4,
-        twins: bool = True,
-    ) -> None:
-        super().__init__()
-        options = {
-            "ghost_virtual_batch": ghost_virtual_batch,
-            "group_size": group_size,
-            "twins": twins,
-        }
-        self.norm = norm
-        self.conv1 = nn.Conv2d(1, 8, 5, stride=2)
-        self.norm1 = norm_layer(norm, 8, **options)
-        self.conv2 = nn.Conv2d(8, 16, 3, stride=2)
-        self.norm2 = norm_layer(norm, 16, **options)
-        self.fc = nn.Linear(16 * 5 * 5, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.conv1(x)
-        if self.norm1 is not None:
-            y = self.norm1(y)
-        y = self.conv2(torch.relu(y))
-        if self.norm2 is not None:
-            y = self.norm2(y)
-        return self.fc(torch.relu(y).flatten(1))
-
-    def extra_repr(self) -> str:
-        return f"norm={self.norm!r}"
 
 
 @dataclass(frozen=True)
@@ -339,18 +218,6 @@ def run(config: BatchSizeConfig, ctx: LabContext) -> LabOutcome:
     _check(config)
     with cpu_threads(config.threads):
         return _run(config, ctx)
-
-
-@contextmanager
-def cpu_threads(count: int) -> Iterator[None]:
-    """Run with ``count`` torch CPU threads (0: leave as is), restored afterwards."""
-    previous = torch.get_num_threads()
-    if count > 0:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(config: BatchSizeConfig, ctx: LabContext) -> LabOutcome:

@@ -33,7 +33,6 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab.batch_size import cpu_threads
 from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.d2l import batch_stats_accuracy
 from bnlab.lab.experiment import (
@@ -45,7 +44,7 @@ from bnlab.lab.experiment import (
     compare,
     register_lab,
 )
-from bnlab.lab.kit import apply_rules, mean_std, pick, take
+from bnlab.lab.kit import apply_rules, cpu_threads, mean_std, pick, take
 from bnlab.models import create
 from bnlab.nn import recalibrate_batchnorm
 from bnlab.plots.batch import plot_grouped_bars, plot_vs_batch

@@ -33,7 +33,7 @@ from bnlab.lab.kit.probes import (
     probe_copy,
 )
 from bnlab.lab.kit.threads import cpu_threads
-from bnlab.lab.kit.train import DIVERGENCE_RULE, json_float, train_variant
+from bnlab.lab.kit.train import DIVERGENCE_RULE, json_float, renorm_warmup, train_variant
 from bnlab.lab.kit.verdicts import (
     TRAINS_RULE,
     apply_rules,
@@ -82,6 +82,7 @@ __all__ = [
     "probe_batch",
     "probe_copy",
     "probing_lab",
+    "renorm_warmup",
     "split",
     "take",
     "train_variant",
