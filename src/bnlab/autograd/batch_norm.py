@@ -40,9 +40,19 @@ from bnlab.functional.batch_norm import (
 from bnlab.functional.batch_norm import (
     batch_norm_backward as _torch_ops_backward,
 )
+from bnlab.functional.batch_norm import (
+    batch_norm_eval as _checked_eval,
+)
 from bnlab.functional.moments import centered_moments
 
-__all__ = ["BatchNormFunction", "FastBatchNormFunction", "batch_norm", "batch_norm_inplace"]
+__all__ = [
+    "BatchNormFunction",
+    "FastBatchNormFunction",
+    "batch_norm",
+    "batch_norm_eval",
+    "batch_norm_eval_forward",
+    "batch_norm_inplace",
+]
 
 
 def _closed_form_backward(
@@ -231,7 +241,7 @@ def _kernel_train(
     return _kernel_apply(x, weight, bias, eps, running)
 
 
-def _eval_forward(
+def batch_norm_eval_forward(
     x: Tensor,
     running_mean: Tensor,
     running_var: Tensor,
@@ -239,8 +249,10 @@ def _eval_forward(
     bias: Tensor | None,
     eps: float,
 ) -> Tensor:
-    """Normalization with the running statistics (arguments checked): the eval kernel
-    where eligible (not recorded by autograd), else the torch ops of ``functional``."""
+    """Normalization with the running statistics, arguments already checked (the
+    ``eval_forward`` of ``bnlab.functional``'s ``batch_norm_with`` and its ghost and
+    renorm variants): the eval kernel where eligible (and not recorded by autograd),
+    else the torch ops of ``bnlab.functional``."""
     if kernels.batch_norm_eligible(x, per_channel=(running_mean, running_var, weight, bias)):
         return kernels.eval_forward(x, running_mean, running_var, weight, bias, eps)
     return _batch_norm_eval(x, running_mean, running_var, weight, bias, eps)
@@ -282,8 +294,28 @@ def batch_norm(
         eps,
         num_batches_tracked,
         name=name,
-        eval_forward=_eval_forward,
+        eval_forward=batch_norm_eval_forward,
     )
+
+
+def batch_norm_eval(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """``bnlab.functional.batch_norm.batch_norm_eval`` (same arguments, result and
+    errors), on the eval kernel where eligible."""
+    if (
+        isinstance(running_mean, Tensor)
+        and isinstance(running_var, Tensor)
+        and kernels.batch_norm_eligible(x, per_channel=(running_mean, running_var, weight, bias))
+    ):
+        check_eps(eps, "batch_norm_eval")
+        return kernels.eval_forward(x, running_mean, running_var, weight, bias, eps)
+    return _checked_eval(x, running_mean, running_var, weight, bias, eps)
 
 
 def batch_norm_inplace(

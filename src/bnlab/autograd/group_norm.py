@@ -133,8 +133,9 @@ def instance_norm(
 
     Calls that normalize with the instance statistics and have no running statistics
     to update, with at least 2 spatial elements, run on the group-norm kernels with one
-    group per channel where ``kernels.group_norm_eligible`` accepts them; same
-    arguments, results and errors.
+    group per channel where ``kernels.group_norm_eligible`` accepts them, and calls that
+    normalize with the running statistics on batch norm's eval kernel where
+    ``kernels.batch_norm_eligible`` accepts them; same arguments, results and errors.
     """
     if (
         use_input_stats
@@ -149,6 +150,19 @@ def instance_norm(
         check_momentum(momentum, name)
         y = fast_group_norm(x, x.shape[1], weight, bias, eps)
         return InstanceNormOutput(y, None, None)
+    if (
+        not use_input_stats
+        and isinstance(running_mean, Tensor)
+        and isinstance(running_var, Tensor)
+        and momentum is not None
+        and x.dim() >= 3
+        and kernels.batch_norm_eligible(x, per_channel=(running_mean, running_var, weight, bias))
+    ):
+        # Normalization with the running statistics: batch norm's eval kernel.
+        check_eps(eps, name)
+        check_momentum(momentum, name)
+        y = kernels.eval_forward(x, running_mean, running_var, weight, bias, eps)
+        return InstanceNormOutput(y, running_mean, running_var)
     return norms.instance_norm(
         x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, name=name
     )

@@ -40,7 +40,9 @@ from torch import Tensor
 
 from bnlab.functional.batch_norm import (
     BatchNormOutput,
+    EvalForward,
     TrainForward,
+    _batch_norm_eval,
     _train_forward_autograd,
     batch_norm_with,
 )
@@ -147,11 +149,13 @@ def batch_renorm_with(
     r_max: float = 3.0,
     d_max: float = 5.0,
     name: str = "batch_renorm",
+    eval_forward: EvalForward = _batch_norm_eval,
 ) -> BatchNormOutput:
     """:func:`batch_renorm` with the batch-norm training forward passed in.
 
     ``train_forward(x, weight, bias, eps) -> (y, mean, var)`` is batch norm's training
-    forward (``bnlab.nn`` passes the closed-form-backward Function).
+    forward (``bnlab.nn`` passes the closed-form-backward Function); ``eval_forward`` its
+    eval normalization (see ``batch_norm_with``).
 
     Why no new backward: ``y = weight * (x_hat * r + d) + bias = (weight * r) * x_hat +
     (weight * d + bias)``, and ``r``, ``d`` are constants of the derivative. Batch renorm
@@ -199,6 +203,7 @@ def batch_renorm_with(
         eps,
         num_batches_tracked,
         name=name,
+        eval_forward=eval_forward,
     )
 
 

@@ -42,7 +42,9 @@ from torch import Tensor
 
 from bnlab.functional.batch_norm import (
     BatchNormOutput,
+    EvalForward,
     TrainForward,
+    _batch_norm_eval,
     _train_forward_autograd,
     batch_norm_with,
 )
@@ -136,8 +138,10 @@ def ghost_batch_norm_with(
     *,
     virtual_batch_size: int,
     name: str = "ghost_batch_norm",
+    eval_forward: EvalForward = _batch_norm_eval,
 ) -> BatchNormOutput:
-    """:func:`ghost_batch_norm` with the batch-norm training forward passed in.
+    """:func:`ghost_batch_norm` with the batch-norm training forward passed in
+    (``eval_forward``: the eval normalization, see ``batch_norm_with``).
 
     ``train_forward(x, weight, bias, eps) -> (y, mean, var)`` is batch norm's training
     forward (``bnlab.nn`` passes the closed-form-backward Function); checks, eval, empty
@@ -198,6 +202,7 @@ def ghost_batch_norm_with(
         eps,
         num_batches_tracked,
         name=name,
+        eval_forward=eval_forward,
     )
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnlab.functional.batch_norm import batch_norm_eval, check_eps, check_input
+from bnlab.autograd.batch_norm import batch_norm_eval
+from bnlab.functional.batch_norm import check_eps, check_input
 from bnlab.nn._base import check_num_features
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 

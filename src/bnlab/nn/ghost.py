@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bnlab.autograd.batch_norm import BatchNormFunction
+from bnlab.autograd.batch_norm import BatchNormFunction, batch_norm_eval_forward
 from bnlab.functional.batch_norm import BatchNormOutput
 from bnlab.functional.ghost import check_virtual_batch_size, ghost_batch_norm_with
 from bnlab.nn.batchnorm import _BatchNorm
@@ -86,6 +86,7 @@ class _GhostBatchNorm(_BatchNorm):
             momentum=self.momentum,
             eps=self.eps,
             num_batches_tracked=num_batches_tracked,
+            eval_forward=batch_norm_eval_forward,
             virtual_batch_size=self.virtual_batch_size,
             name=name,
         )

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnlab.autograd.batch_norm import BatchNormFunction
+from bnlab.autograd.batch_norm import BatchNormFunction, batch_norm_eval_forward
 from bnlab.functional.batch_norm import BatchNormOutput
 from bnlab.functional.batch_renorm import (
     batch_renorm_with,
@@ -128,6 +128,7 @@ class _BatchRenorm(_BatchNorm):
             momentum=self.momentum,
             eps=self.eps,
             num_batches_tracked=num_batches_tracked,
+            eval_forward=batch_norm_eval_forward,
             r_max=self.r_max,
             d_max=self.d_max,
             name=name,
