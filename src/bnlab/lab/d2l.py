@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
+from bnlab.lab.kit.probes import batch_stats_accuracy
 from bnlab.models import create
 from bnlab.models.norms import first_norm_affine
 from bnlab.nn.precise_bn import recalibrate_batchnorm
@@ -153,21 +154,6 @@ class _Extra:
     """Per-epoch evaluations beyond fit's own (kept in ``extra_eval.json``)."""
 
     by_epoch: dict[int, dict[str, float]] = field(default_factory=dict)
-
-
-def batch_stats_accuracy(model: nn.Module, loader: DeviceLoader) -> float:
-    """Test accuracy when every BN layer normalizes with each test batch's own statistics.
-
-    The model is copied and put in train mode (BN uses batch statistics; the copy's
-    running statistics change, the model's do not), without gradients.
-    """
-    probe = copy.deepcopy(model).train()
-    correct = samples = 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += (probe(x).argmax(1) == y).sum().item()
-            samples += y.shape[0]
-    return correct / max(samples, 1)
 
 
 def _recalibrated_accuracy(

@@ -15,7 +15,8 @@ layer's output, recorded during ``backward`` for outputs computed inside the blo
 kept (a statistic, a histogram); the default keeps a detached copy.
 
 :func:`probe_copy` looks at a train-mode copy of a model (BN uses the probe batch's
-statistics, as in training, and the model's running statistics stay untouched);
+statistics, as in training, and the model's running statistics stay untouched), and
+:func:`batch_stats_accuracy` predicts with such a copy;
 :func:`loss_at` evaluates a model functionally at other parameters (the landscape and
 gradient-shift measures), leaving the model as it was.
 """
@@ -23,7 +24,7 @@ gradient-shift measures), leaving the model as it was.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ from torch.func import functional_call
 from torch.utils.hooks import RemovableHandle
 
 __all__ = [
+    "batch_stats_accuracy",
     "capture",
     "detached_state",
     "layers_of_type",
@@ -178,3 +180,22 @@ def loss_and_grad(
     loss = loss_at(model, leaves, buffers, x, y, loss_fn)
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return float(loss.detach()), [g.detach() for g in grads]
+
+
+def batch_stats_accuracy(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> float:
+    """Accuracy when every BN layer normalizes with each batch's own statistics.
+
+    The model is copied and put in train mode (BN uses batch statistics; the copy's
+    running statistics change, the model's do not), without gradients.
+
+    Args:
+        model: a classifier.
+        loader: ``(x, y)`` batches (a ``DeviceLoader``); each batch is normalized alone.
+    """
+    probe = copy.deepcopy(model).train()
+    correct = samples = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += (probe(x).argmax(1) == y).sum().item()
+            samples += y.shape[0]
+    return correct / max(samples, 1)

@@ -27,7 +27,9 @@ __all__ = [
     "directions_verdict",
     "evidence_text",
     "finite_mean",
+    "hits_verdict",
     "mean_std",
+    "mean_std_cell",
     "pick",
     "plateau_notes",
     "trainable_values",
@@ -64,6 +66,14 @@ def directions_verdict(directions: Sequence[str], wanted: str) -> str:
     if hits == 0:
         return "not supported"
     return "mixed"
+
+
+def hits_verdict(hits: int, total: int) -> str:
+    """``supported`` when all ``total`` tests hit (also when there are none), ``not
+    supported`` when none did, ``mixed`` otherwise."""
+    if hits == total:
+        return "supported"
+    return "mixed" if hits else "not supported"
 
 
 def comparison_fields(c: Comparison) -> dict[str, Any]:
@@ -186,6 +196,15 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation of the finite values (None when unknown)."""
     stats = describe(values)
     return stats["mean"], stats["std"]
+
+
+def mean_std_cell(values: Iterable[Any]) -> str | None:
+    """``"mean ± std"`` (3 decimals) of the numbers among ``values`` (strings, such as an
+    error text, and non-finite values left out); the mean alone for one; None for none."""
+    mean, std = mean_std([float(v) for v in values if isinstance(v, int | float)])
+    if mean is None:
+        return None
+    return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
 
 
 def trainable_values(
