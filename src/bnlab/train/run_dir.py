@@ -1,7 +1,8 @@
 """One run folder: the files every run keeps, and the one check that resumes it.
 
 ``bnlab train``, ``bnlab d2l`` (its folder and each ``runs/VARIANT/seedK``) and
-``bnlab lab NAME`` keep their runs in this layout (a command writes the files it has)::
+``bnlab lab NAME`` keep their runs in this layout (a command writes the files it has;
+d2l's per-seed folders keep their record in ``result.json`` beside ``fit``'s files)::
 
     RUN_DIR/
       config.json         what was run: the settings, written first
@@ -12,7 +13,8 @@
       results.json        what came out, written last
 
 Lab folders written before this layout keep their environment in ``env.json``
-(``LEGACY_ENVIRONMENT_NAME``); ``RunDir.read_environment`` and the report read both.
+(``LEGACY_ENVIRONMENT_NAME``); the report reads both (``bnlab.report.readers._layout``
+repeats these names, as the report does not import ``bnlab.train``).
 
 Resuming: a folder is continued only by a run of the same settings. ``settings_changes``
 compares two settings records (nested dicts, as ``config.json`` holds them) key by key
@@ -182,10 +184,6 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
-    def file(self, name: str) -> Path:
-        """The path of the file ``name`` inside the folder."""
-        return self.path / name
-
     @property
     def config(self) -> Path:
         return self.path / CONFIG_NAME
@@ -266,18 +264,6 @@ class RunDir:
     def write_environment(self, record: Mapping[str, Any]) -> Path:
         """Write ``environment.json`` (atomically), creating the folder."""
         return write_json(self.ensure().environment, dict(record))
-
-    def read_environment(self) -> dict[str, Any]:
-        """The environment record: ``environment.json``, else an older folder's ``env.json``.
-
-        Raises:
-            OSError: neither file exists or can be read.
-            ValueError: the file is not valid JSON.
-        """
-        path = self.environment
-        if not path.exists() and (self.path / LEGACY_ENVIRONMENT_NAME).exists():
-            path = self.path / LEGACY_ENVIRONMENT_NAME
-        return json.loads(path.read_text(encoding="utf-8"))
 
     def write_results(self, record: Mapping[str, Any]) -> Path:
         """Write ``results.json`` (atomically), creating the folder."""
