@@ -23,67 +23,37 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bnlab.lab.claims import Claim, holds_of, register_claim
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    Verdict,
-    register_lab,
-)
-from bnlab.lab.kit import (
-    DIVERGENCE_RULE,
-    TRAINS_RULE,
-    mean_std,
-    pick,
-    train_variant,
-    trainable_values,
-)
+from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
+from bnlab.lab.kit import apply_rules, fits
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 from bnlab.models import create
 from bnlab.plots.sweeps import plot_sweep
-from bnlab.train import TrainConfig
 
-__all__ = ["LrSweepConfig", "lr_rule", "run"]
+__all__ = ["LrSweepConfig", "lr_rule", "measure"]
 
 SOURCE = "003_8a52002564f5ba9e.txt"
 CLAIM = "BN allows higher learning rates (可以使用更大的学习率)"
 
 
 @dataclass(frozen=True)
-class LrSweepConfig:
+class LrSweepConfig(fits.SweepConfig):
     """Settings of ``lr-sweep`` (defaults: the full run).
 
     Args:
-        seeds: training seeds per (network, variant, learning rate).
+        seeds, norm, train_size, test_size, epochs, batch_size: see ``FitConfig``.
+        train_fraction, min_acc, divergence_margin: see ``SweepConfig`` (a rate trains
+            when its mean test accuracy reaches ``train_fraction`` of the variant's best).
         lrs: the learning-rate grid (log spaced).
         archs: networks, from ``ARCHS``: "lenet" (d2l's, sigmoid) and "mlp-relu"
             (784-256-256-10, ReLU, BN before the activation).
-        norm: the BN variant's norm (``bnlab.models.available_norms()``); "torch" is the
-            fastest on the CPU, "bnlab" gives the same numbers more slowly.
-        train_size: training images (a fixed random subset of the training split).
-        test_size: test images (a fixed random subset of the test split).
-        epochs: epochs per run.
-        batch_size: SGD batch size.
-        train_fraction: a rate trains when its mean test accuracy reaches this fraction
-            of the variant's best (and ``min_acc``, and no seed diverged).
-        min_acc: a rate trains only above this mean test accuracy (0.2: twice chance).
-        divergence_margin: the last epoch's loss may exceed the first batch's by this
-            fraction before the run counts as diverged.
     """
 
-    seeds: int = 3
-    lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-    archs: tuple[str, ...] = ("lenet", "mlp-relu")
-    norm: str = "torch"
     train_size: int = 2000
     test_size: int = 1000
     epochs: int = 2
-    batch_size: int = 64
-    train_fraction: float = 0.9
-    min_acc: float = 0.2
-    divergence_margin: float = 0.01
+    lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+    archs: tuple[str, ...] = ("lenet", "mlp-relu")
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.archs if a not in ARCHS]
@@ -94,7 +64,7 @@ class LrSweepConfig:
 
     @classmethod
     def quick(cls) -> LrSweepConfig:
-        return cls(seeds=2, lrs=(0.1, 1.0, 10.0), train_size=256, test_size=256, epochs=1)
+        return cls(**{**cls.QUICK, "train_size": 256}, lrs=(0.1, 1.0, 10.0))
 
 
 #: Networks: model name, keyword arguments and a label.
@@ -113,131 +83,79 @@ def _group(arch: str, variant: str) -> str:
     return f"{arch}/{variant}"
 
 
-def run(config: LrSweepConfig, ctx: LabContext) -> LabOutcome:
-    if ctx.data is None:
-        raise ValueError("lr-sweep needs Fashion-MNIST in ctx.data")
-    total = len(config.archs) * len(VARIANTS) * len(config.lrs) * config.seeds
-    ctx.progress.start(total, "lr-sweep")
-    cells: list[dict[str, Any]] = []
-    for arch in config.archs:
-        name, kwargs, _ = ARCHS[arch]
-        for variant in VARIANTS:
-            for lr in config.lrs:
-                for seed in range(config.seeds):
+def grid(config: LrSweepConfig) -> Grid:
+    """(network, learning rate) x variant x seed."""
+    return Grid(
+        variants=tuple(VARIANTS),
+        seeds=config.seeds,
+        settings=[(arch, lr) for arch in config.archs for lr in config.lrs],
+        key=lambda c: f"{c.setting[0]}-{c.variant}-lr{c.setting[1]:g}-seed{c.seed}",
+    )
 
-                    def compute(
-                        name: str = name,
-                        kwargs: dict[str, Any] = kwargs,
-                        variant: str = variant,
-                        lr: float = lr,
-                        seed: int = seed,
-                    ) -> Any:
-                        norm = config.norm if variant == "bn" else "none"
-                        model = create(name, norm=norm, **kwargs)
-                        train = TrainConfig(
-                            lr=lr,
-                            epochs=config.epochs,
-                            batch_size=config.batch_size,
-                            seed=seed,
-                            device=str(ctx.device),
-                        )
-                        return train_variant(
-                            model,
-                            ctx.data,
-                            train,
-                            train_size=config.train_size,
-                            test_size=config.test_size,
-                            divergence_margin=config.divergence_margin,
-                        )
 
-                    got = ctx.unit(f"{arch}-{variant}-lr{lr:g}-seed{seed}", compute)
-                    cells.append(
-                        {
-                            "arch": arch,
-                            "variant": variant,
-                            "group": _group(arch, variant),
-                            "lr": lr,
-                            "seed": seed,
-                            **got["final"],
-                            "initial_loss": got["initial_loss"],
-                            "diverged": got["diverged"],
-                            "nonfinite": got["nonfinite"],
-                        }
-                    )
-                    ctx.progress.advance()
+def measure(config: LrSweepConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train one (network, rate, variant, seed) with plain SGD (``train_variant``'s result)."""
+    (arch, lr), variant = cell.setting, cell.variant
+    name, kwargs, _ = ARCHS[arch]
+    model = create(name, norm=config.norm if variant == "bn" else "none", **kwargs)
+    return config.fit(model, bench, cell.seed, lr=lr)
+
+
+def summarize(config: LrSweepConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
+    """Per network, a table of test accuracy against the rate; the rates that train; the
+    verdict; the figure."""
+    # raw["cells"] in the order network, variant, rate, seed (as before the runner).
+    cells = [
+        fits.sweep_record(got, arch=a, variant=v, group=_group(a, v), lr=lr, seed=seed)
+        for a in config.archs
+        for v in VARIANTS
+        for lr in config.lrs
+        for seed, got in enumerate(run.select(setting=(a, lr), variant=v))
+    ]
+    reference = "the same network and variant"
     raw = {
         "cells": cells,
         "lrs": list(config.lrs),
         "archs": list(config.archs),
-        "train_fraction": config.train_fraction,
-        "min_acc": config.min_acc,
-        "divergence_rule": DIVERGENCE_RULE.format(margin=config.divergence_margin),
-        "trains_rule": TRAINS_RULE.format(
-            fraction=config.train_fraction, reference="the same network and variant"
-        )
-        + f", and at least {config.min_acc:g}",
+        **config.rules(reference),
     }
-    evidence, verdict = lr_rule({"raw": raw})
-
-    tables = []
-    for arch in config.archs:
-        rows = []
-        for lr in config.lrs:
-            row: list[Any] = [lr]
-            for variant in VARIANTS:
-                where = {"arch": arch, "variant": variant, "lr": lr}
-                mean, std = mean_std(pick(cells, "test_acc", **where))
-                div = sum(1 for v in pick(cells, "diverged", **where) if v)
-                row += [mean, std, f"{div}/{config.seeds}"]
-            rows.append(row)
-        columns = ["lr"]
-        for variant in VARIANTS:
-            columns += [f"{variant} test acc", f"{variant} std", f"{variant} diverged"]
-        tables.append(
-            Table(
-                f"{ARCHS[arch][2]}: final test accuracy against the learning rate "
-                "(mean, std over seeds)",
-                columns,
-                rows,
-            )
+    verdicts, evidences = apply_rules({"raw": raw}, [(CLAIM, lr_rule, _measured)])
+    per_arch = evidences[CLAIM]["archs"]
+    grid_of = ("lr", "lr", config.lrs)
+    tables = [
+        fits.sweep_table(
+            f"{ARCHS[arch][2]}: final test accuracy against the learning rate "
+            "(mean, std over seeds)",
+            cells,
+            grid_of,
+            VARIANTS,
+            config.seeds,
+            arch=arch,
         )
+        for arch in config.archs
+    ]
     range_rows = []
     for arch in config.archs:
-        per = evidence["archs"][arch]
+        per = per_arch[arch]
         for variant, label in VARIANTS.items():
             trains = per[f"lrs_that_train_{variant}"]
             range_rows.append(
-                [
-                    ARCHS[arch][2],
-                    label,
-                    min(trains) if trains else None,
-                    max(trains) if trains else None,
-                    len(trains),
-                    per[f"best_acc_{variant}"],
-                ]
+                [ARCHS[arch][2], label, *fits.span(trains), per[f"best_acc_{variant}"]]
             )
         range_rows[-1].append(per["verdict"])
         range_rows[-2].append("")
-    tables.append(
-        Table(
-            "Learning rates that train",
-            ["network", "variant", "lowest", "highest", "count", "best mean acc", "verdict"],
-            range_rows,
-        )
-    )
+    head = ["network", "variant", "lowest", "highest", "count", "best mean acc", "verdict"]
+    tables.append(Table("Learning rates that train", head, range_rows))
     series = {
-        f"{ARCHS[arch][2]}, {label}": {
-            "x": list(config.lrs),
-            "runs": [
-                [
-                    pick(cells, "test_acc", arch=arch, variant=variant, lr=lr, seed=s)[0]
-                    for lr in config.lrs
-                ]
-                for s in range(config.seeds)
-            ],
-        }
+        name: entry
         for arch in config.archs
-        for variant, label in VARIANTS.items()
+        for name, entry in fits.sweep_series(
+            cells,
+            ("lr", config.lrs),
+            {v: f"{ARCHS[arch][2]}, {label}" for v, label in VARIANTS.items()},
+            config.seeds,
+            arch=arch,
+        ).items()
     }
     plot_sweep(
         series,
@@ -248,29 +166,21 @@ def run(config: LrSweepConfig, ctx: LabContext) -> LabOutcome:
         hline=config.min_acc,
         hline_label=f"min_acc {config.min_acc:g}",
     )
-    holds = holds_of(verdict)
-    return LabOutcome(
-        tables=tables,
-        verdicts=[Verdict(CLAIM, holds, _measured(evidence, verdict))],
-        figures=[
-            Figure(
-                "lr_sweep.png",
-                "Final test accuracy against the learning rate, with and without BN: "
-                "mean over seeds, band = min..max.",
-            )
-        ],
-        raw=raw,
-        notes=[raw["divergence_rule"], raw["trains_rule"]],
+    caption = (
+        "Final test accuracy against the learning rate, with and without BN: "
+        "mean over seeds, band = min..max."
     )
+    notes = [raw["divergence_rule"], raw["trains_rule"]]
+    figures = [Figure("lr_sweep.png", caption)]
+    return LabOutcome(tables=tables, verdicts=verdicts, figures=figures, raw=raw, notes=notes)
 
 
-def _measured(evidence: Mapping[str, Any], verdict: str) -> str:
-    parts = [
+def _measured(evidence: Mapping[str, Any]) -> str:
+    return "; ".join(
         f"{arch}: highest rate that trains {per['max_lr_bn']} with BN, {per['max_lr_none']} "
         f"without ({per['verdict']})"
         for arch, per in evidence["archs"].items()
-    ]
-    return f"{verdict}: " + "; ".join(parts)
+    )
 
 
 RULE_TEXT = (
@@ -289,15 +199,7 @@ def lr_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The verdict for "BN allows higher learning rates" from lr-sweep's results."""
     raw = results["raw"]
     cells = raw["cells"]
-    ranges = trainable_values(
-        cells,
-        group_key="group",
-        grid_key="lr",
-        fraction=float(raw["train_fraction"]),
-        per_group=True,
-        min_value=float(raw.get("min_acc", 0.0)),
-    )
-    groups = ranges["groups"]
+    groups = fits.sweep_groups(raw, "group", "lr")
     grid_max = max(float(c["lr"]) for c in cells)
     per_arch: dict[str, Any] = {}
     for arch in dict.fromkeys(c["arch"] for c in cells):
@@ -340,7 +242,7 @@ def lr_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
 
 
 SPEC = register_lab(
-    LabSpec(
+    grid_lab(
         name="lr-sweep",
         title="Learning-rate sweep, LeNet with and without BN",
         summary=(
@@ -353,8 +255,9 @@ SPEC = register_lab(
             "budget at every rate)."
         ),
         config_type=LrSweepConfig,
-        run=run,
-        needs_data=True,
+        grid=grid,
+        measure=measure,
+        summarize=summarize,
         full_time=(
             "3.5 min wall (65 s of CPU time) with --threads 1 on the shared 2-core machine "
             "under heavy load from other jobs (2026-11-26)"
