@@ -26,30 +26,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from bnlab.lab.claims import Claim, holds_of, register_claim
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    Verdict,
-    register_lab,
-)
-from bnlab.lab.kit import (
-    DIVERGENCE_RULE,
-    TRAINS_RULE,
-    mean_std,
-    pick,
-    train_variant,
-    trainable_values,
-)
+from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
+from bnlab.lab.kit import apply_rules, fits
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 from bnlab.models import create
 from bnlab.plots.sweeps import plot_sweep
-from bnlab.train import TrainConfig
 from bnlab.train.fit import init_weights
 
-__all__ = ["InitConfig", "init_rule", "run", "scale_weights"]
+__all__ = ["InitConfig", "init_rule", "measure", "scale_weights"]
 
 SOURCE = "003_8a52002564f5ba9e.txt"
 CLAIM = "BN reduces the sensitivity to the initial weights (对初始化权重的要求降低)"
@@ -57,48 +42,28 @@ VARIANTS = {"none": "no BN", "bn": "BN before the activation"}
 
 
 @dataclass(frozen=True)
-class InitConfig:
+class InitConfig(fits.SweepConfig):
     """Settings of ``init`` (defaults: the full run).
 
     Args:
-        seeds: training seeds per (variant, factor).
+        seeds, norm, train_size, test_size, epochs, batch_size: see ``FitConfig``.
+        train_fraction, min_acc, divergence_margin: see ``SweepConfig`` (a factor
+            trains when its mean test accuracy reaches ``train_fraction`` of the
+            variant's best).
         factors: multipliers of the Xavier-uniform weights (log grid).
         model: "mlp" (sigmoid hidden layers ``hidden``) or "lenet" (d2l's, sigmoid).
         hidden: the MLP's hidden sizes.
-        norm: the BN variant's norm name.
         lr: SGD learning rate (both variants).
-        train_size, test_size: image subsets.
-        epochs, batch_size: training length and batch.
-        train_fraction: a factor trains when its mean test accuracy reaches this
-            fraction of the variant's best (and ``min_acc``, and no seed diverged).
-        min_acc: a factor trains only above this mean test accuracy (0.2: twice chance).
-        divergence_margin: see ``bnlab.lab.kit.DIVERGENCE_RULE``.
     """
 
-    seeds: int = 3
     factors: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
     model: Literal["mlp", "lenet"] = "mlp"
     hidden: tuple[int, ...] = (256, 256, 256)
-    norm: str = "torch"
     lr: float = 0.5
-    train_size: int = 5000
-    test_size: int = 2000
-    epochs: int = 3
-    batch_size: int = 64
-    train_fraction: float = 0.9
-    min_acc: float = 0.2
-    divergence_margin: float = 0.01
 
     @classmethod
     def quick(cls) -> InitConfig:
-        return cls(
-            seeds=2,
-            factors=(0.01, 1.0, 30.0),
-            hidden=(64, 64),
-            train_size=512,
-            test_size=256,
-            epochs=1,
-        )
+        return cls(**cls.QUICK, factors=(0.01, 1.0, 30.0), hidden=(64, 64))
 
 
 def scale_weights(model: nn.Module, factor: float) -> None:
@@ -128,142 +93,78 @@ def _build(config: InitConfig, variant: str, factor: float, seed: int) -> nn.Mod
     return model
 
 
-def run(config: InitConfig, ctx: LabContext) -> LabOutcome:
-    if ctx.data is None:
-        raise ValueError("init needs Fashion-MNIST in ctx.data")
-    ctx.progress.start(len(VARIANTS) * len(config.factors) * config.seeds, "init")
-    cells: list[dict[str, Any]] = []
-    for variant in VARIANTS:
-        for factor in config.factors:
-            for seed in range(config.seeds):
-
-                def compute(
-                    variant: str = variant, factor: float = factor, seed: int = seed
-                ) -> Any:
-                    model = _build(config, variant, factor, seed)
-                    train = TrainConfig(
-                        lr=config.lr,
-                        epochs=config.epochs,
-                        batch_size=config.batch_size,
-                        seed=seed,
-                        device=str(ctx.device),
-                        init="default",  # keep the scaled initialisation
-                    )
-                    return train_variant(
-                        model,
-                        ctx.data,
-                        train,
-                        train_size=config.train_size,
-                        test_size=config.test_size,
-                        divergence_margin=config.divergence_margin,
-                    )
-
-                got = ctx.unit(f"{variant}-x{factor:g}-seed{seed}", compute)
-                cells.append(
-                    {
-                        "variant": variant,
-                        "factor": factor,
-                        "seed": seed,
-                        **got["final"],
-                        "initial_loss": got["initial_loss"],
-                        "diverged": got["diverged"],
-                        "nonfinite": got["nonfinite"],
-                        "test_acc_epoch1": got["history"][0]["test_acc"]
-                        if got["history"]
-                        else None,
-                    }
-                )
-                ctx.progress.advance()
-    raw = {
-        "cells": cells,
-        "factors": list(config.factors),
-        "train_fraction": config.train_fraction,
-        "min_acc": config.min_acc,
-        "divergence_rule": DIVERGENCE_RULE.format(margin=config.divergence_margin),
-        "trains_rule": TRAINS_RULE.format(
-            fraction=config.train_fraction, reference="the same variant over the grid"
-        )
-        + f", and at least {config.min_acc:g}",
-    }
-    evidence, verdict = init_rule({"raw": raw})
-
-    rows = []
-    for factor in config.factors:
-        row: list[Any] = [factor]
-        for variant in VARIANTS:
-            mean, std = mean_std(pick(cells, "test_acc", variant=variant, factor=factor))
-            div = sum(
-                1
-                for c in cells
-                if c["variant"] == variant and c["factor"] == factor and c["diverged"]
-            )
-            row += [mean, std, f"{div}/{config.seeds}"]
-        rows.append(row)
-    columns = ["weight factor"]
-    for variant in VARIANTS:
-        columns += [f"{variant} test acc", f"{variant} std", f"{variant} diverged"]
-    model_text = "LeNet" if config.model == "lenet" else f"MLP {config.hidden} sigmoid"
-    table = Table(
-        f"Final test accuracy against the initial weight scale ({model_text}; mean, std over seeds)",
-        columns,
-        rows,
+def grid(config: InitConfig) -> Grid:
+    """Variant x weight factor x seed."""
+    return Grid(
+        variants=tuple(VARIANTS),
+        seeds=config.seeds,
+        settings=config.factors,
+        key=lambda c: f"{c.variant}-x{c.setting:g}-seed{c.seed}",
+        order=("variant", "setting", "seed"),
     )
-    range_rows = []
-    for variant, label in VARIANTS.items():
-        trains = evidence[f"factors_that_train_{variant}"]
-        range_rows.append(
-            [
-                label,
-                min(trains) if trains else None,
-                max(trains) if trains else None,
-                len(trains),
-                evidence[f"acc_range_{variant}"],
-            ]
-        )
-    range_table = Table(
-        "Weight scales that train",
-        ["variant", "lowest", "highest", "count", "best - worst mean acc"],
-        range_rows,
-    )
-    series = {
-        label: {
-            "x": list(config.factors),
-            "runs": [
-                [
-                    pick(cells, "test_acc", variant=variant, factor=f, seed=s)[0]
-                    for f in config.factors
-                ]
-                for s in range(config.seeds)
-            ],
+
+
+def measure(config: InitConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train one (variant, factor, seed) from its scaled initial weights."""
+    model = _build(config, cell.variant, cell.setting, cell.seed)
+    # init="default": fit keeps the scaled initialisation.
+    return config.fit(model, bench, cell.seed, lr=config.lr, init="default")
+
+
+def summarize(config: InitConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
+    """The table of test accuracy against the factor, the factors that train, the
+    verdict, the figure."""
+    cells = [
+        {
+            **fits.sweep_record(got, variant=c.variant, factor=c.setting, seed=c.seed),
+            "test_acc_epoch1": got["history"][0]["test_acc"] if got["history"] else None,
         }
-        for variant, label in VARIANTS.items()
-    }
+        for c, got in run
+    ]
+    raw = {"cells": cells, "factors": list(config.factors), **config.rules(_REFERENCE)}
+    verdicts, evidences = apply_rules({"raw": raw}, [(CLAIM, init_rule, _measured)])
+    evidence = evidences[CLAIM]
+    model_text = "LeNet" if config.model == "lenet" else f"MLP {config.hidden} sigmoid"
+    table = fits.sweep_table(
+        f"Final test accuracy against the initial weight scale ({model_text}; mean, std "
+        "over seeds)",
+        cells,
+        ("factor", "weight factor", config.factors),
+        VARIANTS,
+        config.seeds,
+    )
+    range_rows = [
+        [label, *fits.span(evidence[f"factors_that_train_{v}"]), evidence[f"acc_range_{v}"]]
+        for v, label in VARIANTS.items()
+    ]
+    head = ["variant", "lowest", "highest", "count", "best - worst mean acc"]
+    range_table = Table("Weight scales that train", head, range_rows)
     plot_sweep(
-        series,
+        fits.sweep_series(cells, ("factor", config.factors), VARIANTS, config.seeds),
         ctx.out_dir / "init_scale.png",
         xlabel="factor on the Xavier-uniform weights",
         ylabel="final test accuracy",
         title=f"{model_text}, with and without BN",
     )
-    holds = holds_of(verdict)
+    caption = (
+        "Final test accuracy against the initial weight scale, with and without BN: "
+        "mean over seeds, band = min..max."
+    )
     return LabOutcome(
         tables=[table, range_table],
-        verdicts=[Verdict(CLAIM, holds, _measured(evidence, verdict))],
-        figures=[
-            Figure(
-                "init_scale.png",
-                "Final test accuracy against the initial weight scale, with and without BN: "
-                "mean over seeds, band = min..max.",
-            )
-        ],
+        verdicts=verdicts,
+        figures=[Figure("init_scale.png", caption)],
         raw=raw,
         notes=[raw["divergence_rule"], raw["trains_rule"]],
     )
 
 
-def _measured(evidence: Mapping[str, Any], verdict: str) -> str:
+_REFERENCE = "the same variant over the grid"
+
+
+def _measured(evidence: Mapping[str, Any]) -> str:
     return (
-        f"{verdict}: {evidence['count_bn']} of {evidence['grid_size']} weight scales train "
+        f"{evidence['count_bn']} of {evidence['grid_size']} weight scales train "
         f"with BN, {evidence['count_none']} without"
     )
 
@@ -280,15 +181,7 @@ RULE_TEXT = (
 def init_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The verdict for "BN reduces the sensitivity to initialization" from init's results."""
     raw = results["raw"]
-    ranges = trainable_values(
-        raw["cells"],
-        group_key="variant",
-        grid_key="factor",
-        fraction=float(raw["train_fraction"]),
-        per_group=True,
-        min_value=float(raw.get("min_acc", 0.0)),
-    )
-    groups = ranges["groups"]
+    groups = fits.sweep_groups(raw, "variant", "factor")
     grid = sorted({float(c["factor"]) for c in raw["cells"]})
     evidence: dict[str, Any] = {"grid_size": len(grid), "train_fraction": raw["train_fraction"]}
     for variant in VARIANTS:
@@ -308,7 +201,7 @@ def init_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
 
 
 SPEC = register_lab(
-    LabSpec(
+    grid_lab(
         name="init",
         title="Initial weight scale, with and without BN",
         summary=(
@@ -319,8 +212,9 @@ SPEC = register_lab(
             "variant's best. Full run: 5000 training and 2000 test images, 3 epochs, batch 64."
         ),
         config_type=InitConfig,
-        run=run,
-        needs_data=True,
+        grid=grid,
+        measure=measure,
+        summarize=summarize,
         full_time=(
             "4.4 min wall (92 s of CPU time) with --threads 1 on the shared 2-core machine "
             "under heavy load from other jobs (2026-11-26)"
