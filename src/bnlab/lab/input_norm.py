@@ -33,24 +33,15 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from bnlab.lab.claims import Claim, holds_of, register_claim
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    Verdict,
-    compare,
-    register_lab,
-)
-from bnlab.lab.kit import mean_std, pick, take, train_variant
+from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, compare, register_lab
+from bnlab.lab.kit import apply_rules, directions_verdict, fits, mean_std, pick, take
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 from bnlab.models import create
 from bnlab.models.norms import make_norm
 from bnlab.plots.sweeps import plot_grouped_bars
-from bnlab.train import TrainConfig
 
-__all__ = ["INPUTS", "MODELS", "InputNormConfig", "Standardize", "input_norm_rule", "run"]
+__all__ = ["INPUTS", "MODELS", "InputNormConfig", "Standardize", "input_norm_rule", "measure"]
 
 SOURCE = "000_3d8114077ba70cad.txt"
 CLAIM = "Standardizing the inputs helps shallow models train (浅层模型的输入标准化)"
@@ -82,34 +73,25 @@ class Standardize(nn.Module):
 
 
 @dataclass(frozen=True)
-class InputNormConfig:
+class InputNormConfig(fits.FitConfig):
     """Settings of ``input-norm`` (defaults: the full run).
 
     Args:
-        seeds: training seeds per cell.
+        seeds, norm, train_size, test_size, epochs, batch_size: see ``FitConfig``.
         hidden: the MLP's hidden width.
         activation: the MLP's hidden activation ("sigmoid", "relu", "tanh").
-        norm: the BN norm name.
         lr: SGD learning rate (every cell).
-        train_size, test_size: image subsets.
-        epochs, batch_size: training length and batch.
         min_std: lower clamp of the per-pixel std (pixel units, [0, 1] scale).
     """
 
-    seeds: int = 3
     hidden: int = 256
     activation: str = "sigmoid"
-    norm: str = "torch"
     lr: float = 0.1
-    train_size: int = 5000
-    test_size: int = 2000
-    epochs: int = 3
-    batch_size: int = 64
     min_std: float = 0.05
 
     @classmethod
     def quick(cls) -> InputNormConfig:
-        return cls(seeds=2, hidden=32, train_size=512, test_size=256, epochs=1)
+        return cls(**cls.QUICK, hidden=32)
 
 
 def standardizer(images: Tensor, inputs: str, min_std: float) -> Standardize | None:
@@ -153,146 +135,111 @@ def build_model(config: InputNormConfig, model: str, bn: bool, pre: nn.Module | 
     return nn.Sequential(*layers)
 
 
-def run(config: InputNormConfig, ctx: LabContext) -> LabOutcome:
-    if ctx.data is None:
-        raise ValueError("input-norm needs Fashion-MNIST in ctx.data")
-    train_images, _ = take(ctx.data, "train", config.train_size)
-    ctx.progress.start(len(MODELS) * len(INPUTS) * 2 * config.seeds, "input-norm")
+def grid(config: InputNormConfig) -> Grid:
+    """(model, inputs) x BN or not x seed."""
+    return Grid(
+        variants=("nobn", "bn"),
+        seeds=config.seeds,
+        settings=[(model, inputs) for model in MODELS for inputs in INPUTS],
+        key=lambda c: f"{c.setting[0]}-{c.setting[1]}-{c.variant}-seed{c.seed}",
+    )
+
+
+def measure(config: InputNormConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train one (model, inputs, BN, seed), the standardizer fitted on the training subset."""
+    model, inputs = cell.setting
+    train_images, _ = take(bench.data, "train", config.train_size)
+    pre = standardizer(train_images, inputs, config.min_std)
+    net = build_model(config, model, cell.variant == "bn", pre)
+    return config.fit(net, bench, cell.seed, lr=config.lr)
+
+
+def _bn_text(model: str, bn: bool) -> str:
+    if not bn:
+        return "no BN"
+    return "BN on the inputs" if model == "softmax" else "BN on the hidden layer"
+
+
+def summarize(config: InputNormConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
+    """The table of losses and accuracies, the raw-vs-standardized comparisons without
+    BN, the verdict, two figures."""
     cells: list[dict[str, Any]] = []
     histories: dict[str, list[list[float | None]]] = {}
-    for model in MODELS:
-        for inputs in INPUTS:
-            for bn in (False, True):
-                for seed in range(config.seeds):
-
-                    def compute(
-                        model: str = model, inputs: str = inputs, bn: bool = bn, seed: int = seed
-                    ) -> Any:
-                        pre = standardizer(train_images, inputs, config.min_std)
-                        net = build_model(config, model, bn, pre)
-                        train = TrainConfig(
-                            lr=config.lr,
-                            epochs=config.epochs,
-                            batch_size=config.batch_size,
-                            seed=seed,
-                            device=str(ctx.device),
-                        )
-                        return train_variant(
-                            net,
-                            ctx.data,
-                            train,
-                            train_size=config.train_size,
-                            test_size=config.test_size,
-                        )
-
-                    key = f"{model}-{inputs}-{'bn' if bn else 'nobn'}-seed{seed}"
-                    got = ctx.unit(key, compute)
-                    history = got["history"]
-                    cells.append(
-                        {
-                            "model": model,
-                            "inputs": inputs,
-                            "bn": bn,
-                            "seed": seed,
-                            **got["final"],
-                            "train_loss_epoch1": history[0]["train_loss"] if history else None,
-                            "diverged": got["diverged"],
-                        }
-                    )
-                    histories.setdefault(f"{model}|{inputs}|{bn}", []).append(
-                        [r["train_loss"] for r in history]
-                    )
-                    ctx.progress.advance()
+    for c, got in run:
+        (model, inputs), bn, history = c.setting, c.variant == "bn", got["history"]
+        record = fits.fit_record(got, ("diverged",), model=model, inputs=inputs, bn=bn, seed=c.seed)
+        record["train_loss_epoch1"] = history[0]["train_loss"] if history else None
+        cells.append(record)
+        losses = [r["train_loss"] for r in history]
+        histories.setdefault(f"{model}|{inputs}|{bn}", []).append(losses)
     raw = {"cells": cells, "train_loss_curves": histories, "min_std": config.min_std}
-    evidence, verdict = input_norm_rule({"raw": raw})
-
+    verdicts, evidences = apply_rules({"raw": raw}, [(CLAIM, input_norm_rule, _measured)])
     rows = []
-    for model, model_label in MODELS.items():
-        for inputs, inputs_label in INPUTS.items():
-            for bn in (False, True):
-                where = {"model": model, "inputs": inputs, "bn": bn}
-                loss, loss_sd = mean_std(pick(cells, "train_loss", **where))
-                loss1, _ = mean_std(pick(cells, "train_loss_epoch1", **where))
-                acc, acc_sd = mean_std(pick(cells, "test_acc", **where))
-                bn_text = (
-                    ("BN on the inputs" if model == "softmax" else "BN on the hidden layer")
-                    if bn
-                    else "no BN"
-                )
-                rows.append([model_label, inputs_label, bn_text, loss1, loss, loss_sd, acc, acc_sd])
+    for (model, inputs), bn in ((s, bn) for s in run.settings() for bn in (False, True)):
+        where = {"model": model, "inputs": inputs, "bn": bn}
+        loss1 = mean_std(pick(cells, "train_loss_epoch1", **where))[0]
+        spread = fits.mean_std_row(cells, ("train_loss", "test_acc"), **where)
+        rows.append([MODELS[model], INPUTS[inputs], _bn_text(model, bn), loss1, *spread])
     table = Table(
         "Shallow models: input standardization with and without BN (mean, std over seeds)",
         ["model", "inputs", "BN", "train loss ep1", "train loss last", "std", "test acc", "std"],
         rows,
     )
-    cmp_rows = [
-        [
-            MODELS[c["model"]],
-            INPUTS[c["inputs"]],
-            c["train_loss_diff"],
-            c["train_loss_se"],
-            c["direction"],
-            c["test_acc_diff"],
-        ]
-        for c in evidence["comparisons"]
-    ]
+    keys = ("train_loss_diff", "train_loss_se", "direction", "test_acc_diff")
     cmp_table = Table(
         "Without BN: raw minus standardized (positive loss difference = standardizing helps)",
+        ["model", "standardization", "train loss diff", "se", "helps?", _ACC_DIFF],
         [
-            "model",
-            "standardization",
-            "train loss diff",
-            "se",
-            "helps?",
-            "test acc diff (std - raw)",
+            [MODELS[c["model"]], INPUTS[c["inputs"]], *(c[k] for k in keys)]
+            for c in evidences[CLAIM]["comparisons"]
         ],
-        cmp_rows,
     )
-    figures = []
-    for metric, label, file in (
-        ("train_loss", "final training loss", "input_norm_loss.png"),
-        ("test_acc", "final test accuracy", "input_norm_acc.png"),
-    ):
-        groups = {
-            bn_label: {
-                f"{model}\n{inputs}": pick(cells, metric, model=model, inputs=inputs, bn=bn)
-                for model in MODELS
-                for inputs in INPUTS
-            }
-            for bn, bn_label in (
-                (False, "no BN"),
-                (True, "BN (inputs for softmax, hidden for mlp)"),
-            )
-        }
-        plot_grouped_bars(
-            groups,
-            ctx.out_dir / file,
-            ylabel=label,
-            title="Shallow models and input standardization",
-        )
-        figures.append(
-            Figure(
-                file,
-                f"{label.capitalize()} by model, input standardization and BN: mean, whisker = std over seeds.",
-            )
-        )
-    holds = holds_of(verdict)
+    figures = [_bars(ctx, cells, *f) for f in _FIGURES]
     return LabOutcome(
-        tables=[table, cmp_table],
-        verdicts=[Verdict(CLAIM, holds, _measured(evidence, verdict))],
-        figures=figures,
-        raw=raw,
-        notes=[
-            "BN placement: softmax regression gets a BatchNorm1d on its 784 inputs; the "
-            "one-hidden-layer MLP gets BN on its hidden layer, before the activation.",
-            f"per-pixel std clamped below at {config.min_std} (pixel units).",
-        ],
+        tables=[table, cmp_table], verdicts=verdicts, figures=figures, raw=raw, notes=_notes(config)
     )
 
 
-def _measured(evidence: Mapping[str, Any], verdict: str) -> str:
+_ACC_DIFF = "test acc diff (std - raw)"
+_FIGURES = (
+    ("train_loss", "final training loss", "input_norm_loss.png"),
+    ("test_acc", "final test accuracy", "input_norm_acc.png"),
+)
+_BN_LABELS = ((False, "no BN"), (True, "BN (inputs for softmax, hidden for mlp)"))
+
+
+def _bars(
+    ctx: LabContext, cells: list[dict[str, Any]], metric: str, label: str, file: str
+) -> Figure:
+    """Grouped bars of ``metric`` by model and inputs, without and with BN."""
+    groups = {
+        bn_label: {
+            f"{model}\n{inputs}": pick(cells, metric, model=model, inputs=inputs, bn=bn)
+            for model in MODELS
+            for inputs in INPUTS
+        }
+        for bn, bn_label in _BN_LABELS
+    }
+    title = "Shallow models and input standardization"
+    plot_grouped_bars(groups, ctx.out_dir / file, ylabel=label, title=title)
+    caption = (
+        f"{label.capitalize()} by model, input standardization and BN: mean, whisker = "
+        "std over seeds."
+    )
+    return Figure(file, caption)
+
+
+def _notes(config: InputNormConfig) -> list[str]:
+    return [
+        "BN placement: softmax regression gets a BatchNorm1d on its 784 inputs; the "
+        "one-hidden-layer MLP gets BN on its hidden layer, before the activation.",
+        f"per-pixel std clamped below at {config.min_std} (pixel units).",
+    ]
+
+
+def _measured(evidence: Mapping[str, Any]) -> str:
     return (
-        f"{verdict}: standardizing lowered the final training loss (2 standard errors) in "
+        f"standardizing lowered the final training loss (2 standard errors) in "
         f"{evidence['helps']} of {len(evidence['comparisons'])} model/standardization pairs "
         f"without BN, raised it in {evidence['hurts']}"
     )
@@ -334,20 +281,14 @@ def input_norm_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
             )
     if not comparisons:
         raise ValueError("input-norm results hold no cells without BN to compare")
-    helps = sum(c["direction"] == "helps" for c in comparisons)
-    hurts = sum(c["direction"] == "hurts" for c in comparisons)
+    directions = [c["direction"] for c in comparisons]
+    helps, hurts = directions.count("helps"), directions.count("hurts")
     evidence = {"comparisons": comparisons, "helps": helps, "hurts": hurts}
-    if helps == len(comparisons):
-        verdict = "supported"
-    elif helps == 0:
-        verdict = "not supported"
-    else:
-        verdict = "mixed"
-    return evidence, verdict
+    return evidence, directions_verdict(directions, "helps")
 
 
 SPEC = register_lab(
-    LabSpec(
+    grid_lab(
         name="input-norm",
         title="Input standardization of shallow models, with and without BN",
         summary=(
@@ -359,8 +300,9 @@ SPEC = register_lab(
             "and 2000 test images, 3 epochs, batch 64."
         ),
         config_type=InputNormConfig,
-        run=run,
-        needs_data=True,
+        grid=grid,
+        measure=measure,
+        summarize=summarize,
         full_time=(
             "1.9 min wall (34 s of CPU time) with --threads 1 on the shared 2-core machine "
             "under heavy load from other jobs (2026-11-26)"
