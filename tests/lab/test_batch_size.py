@@ -1,4 +1,5 @@
-"""``batch-size``: a tiny run end to end (results, figure, verdicts), resume, rules, model."""
+"""``batch-size``: a tiny run end to end (results, figure, verdicts), resume, rules on
+synthetic numbers, one cell, the renorm warm-up. The network: tests/models/test_small_cnn.py."""
 
 from __future__ import annotations
 
@@ -9,22 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnlab.data.synthetic import fake_images_labels
 from bnlab.lab import batch_size
-from bnlab.lab.claims import VERDICTS
 from bnlab.lab.experiment import get_lab, run_lab
+from bnlab.lab.kit import renorm_warmup
+from bnlab.lab.runner import Bench, Cell
+from bnlab.models.small_cnn import SmallReluCNN
 from bnlab.train.fit import StepInfo
-
-
-def fake_data(train: int = 64, test: int = 32) -> dict[str, torch.Tensor]:
-    x, y = fake_images_labels(train, seed=0)
-    tx, ty = fake_images_labels(test, seed=1)
-    return {
-        "train_images": x,
-        "train_labels": y.long(),
-        "test_images": tx,
-        "test_labels": ty.long(),
-    }
 
 
 def tiny_config() -> batch_size.BatchSizeConfig:
@@ -37,11 +28,11 @@ def tiny_config() -> batch_size.BatchSizeConfig:
     )
 
 
-def test_quick_run_writes_results_figure_and_resumes(tmp_path: Path) -> None:
+def test_quick_run_writes_results_figure_and_resumes(tmp_path: Path, fake_data) -> None:
     spec = get_lab("batch-size")
     config = tiny_config()
     out = tmp_path / "run"
-    results = run_lab(spec, config, out, data=fake_data(), quick=True)
+    results = run_lab(spec, config, out, data=fake_data(64, 32), quick=True)
     cells = results["raw"]["cells"]
     assert len(cells) == len(batch_size.NORMS) * 2 * config.seeds
     assert (out / "batch_size.png").is_file()
@@ -63,7 +54,7 @@ def test_quick_run_writes_results_figure_and_resumes(tmp_path: Path) -> None:
     units = sorted((out / "units").glob("*.json"))
     units[0].unlink()
     (out / "results.json").unlink()
-    again = run_lab(spec, config, out, data=fake_data(), resume=True, quick=True)
+    again = run_lab(spec, config, out, data=fake_data(64, 32), resume=True, quick=True)
     assert again["units_reused"] == len(cells) - 1
     strip = [{k: v for k, v in c.items() if k != "wall_time_s"} for c in cells]
     assert [{k: v for k, v in c.items() if k != "wall_time_s"} for c in again["raw"]["cells"]] == (
@@ -123,40 +114,65 @@ def test_rules_on_synthetic_numbers() -> None:
     assert batch_size.bn_degrades_rule(flat_no_recal)[1] == "not supported"
     both = _results({("bnlab", 2): bad, ("batchrenorm", 2): good, ("ghost", 2): good})
     assert batch_size.renorm_ghost_rule(both)[1] == "supported"
-    for r in (degrade, flat, both):
-        for rule in (batch_size.bn_degrades_rule, batch_size.renorm_ghost_rule):
-            assert rule(r)[1] in VERDICTS
+    # GroupNorm flat, but no better than a flat BN: stable, not more stable than BN.
+    no_gain = _results(
+        {("bnlab", 32): good, ("bnlab", 2): same, ("groupnorm", 32): good, ("groupnorm", 2): same}
+    )
+    assert batch_size.gn_stable_rule(no_gain)[1] == "mixed"
+    assert batch_size.gn_stable_rule(_results({("bnlab", 32): good}))[1] == "not supported"
 
 
-def test_model_shapes_norms_and_errors() -> None:
-    x = torch.randn(3, 1, 28, 28)
-    for norm in batch_size.NORMS:
-        for twins in (True, False):
-            model = batch_size.SmallReluCNN(norm, twins=twins)
-            assert model(x).shape == (3, 10)
-    ghost = batch_size.SmallReluCNN("ghost", ghost_virtual_batch=4)
-    assert ghost.norm1.virtual_batch_size == 4
-    assert batch_size.SmallReluCNN("groupnorm").norm2.num_groups == 4
-    with pytest.raises(ValueError, match="unknown norm 'bn' for SmallReluCNN; choose one of: none"):
-        batch_size.SmallReluCNN("bn")
-    with pytest.raises(ValueError, match="group_size 3 does not divide 8 channels"):
-        batch_size.SmallReluCNN("groupnorm", group_size=3)
+def test_rules_on_the_null() -> None:
+    """Equal numbers everywhere: no drop, no reduction, nothing better than BN."""
+    same = [0.70, 0.72, 0.71]
+    null = _results(
+        {(n, b): same for n in ("bnlab", "groupnorm", "batchrenorm", "ghost") for b in (2, 32)},
+        recal={("bnlab", 32): same, ("bnlab", 2): same},
+    )
+    evidence, verdict = batch_size.bn_degrades_rule(null)
+    assert verdict == "not supported"
+    assert evidence["bn_drop"]["drop"] == pytest.approx(0.0, abs=1e-12)
+    assert evidence["bn_drop"]["direction"] == "unclear"
+    assert evidence["bn_drop_recalibrated"]["direction"] == "unclear"
+    evidence, verdict = batch_size.gn_stable_rule(null)
+    assert verdict == "mixed"  # GroupNorm does not drop, but is not better than BN
+    assert evidence["gn_vs_bn"]["direction"] == "unclear"
+    evidence, verdict = batch_size.renorm_ghost_rule(null)
+    assert verdict == "not supported"
+    assert {evidence[n]["direction"] for n in ("batchrenorm", "ghost")} == {"unclear"}
 
 
-def test_config_checks_and_full_defaults(tmp_path: Path) -> None:
+def test_one_cell_trains_at_the_linear_rule_lr(fake_data) -> None:
+    config = tiny_config()
+    got = batch_size.measure(
+        config, Cell(8, "batchrenorm", 0), Bench(fake_data(64, 32), torch.device("cpu"))
+    )
+    assert got["lr"] == pytest.approx(0.4 * 8 / 256)
+    assert got["steps"] == 2  # 16 images, batch 8, one epoch
+    assert 0.0 <= got["test_acc"] <= 1.0
+    assert 0.0 <= got["test_acc_recal"] <= 1.0
+    grid = batch_size.grid(config)
+    assert [grid.key(c) for c in grid.cells()][:3] == [
+        "none-b2-seed0",
+        "none-b8-seed0",
+        "bnlab-b2-seed0",
+    ]
+
+
+def test_config_checks_and_full_defaults(tmp_path: Path, fake_data) -> None:
     full = batch_size.BatchSizeConfig()
     assert full.batch_sizes == (2, 4, 8, 16, 32, 64, 128, 256)
     assert full.seeds == 3
     assert set(full.norms) == set(batch_size.NORMS)
     bad = dataclasses.replace(tiny_config(), reference_batch=32)
     with pytest.raises(ValueError, match=r"reference_batch 32 is not in batch_sizes \(2, 8\)"):
-        run_lab(get_lab("batch-size"), bad, tmp_path / "bad", data=fake_data())
+        run_lab(get_lab("batch-size"), bad, tmp_path / "bad", data=fake_data(64, 32))
 
 
 def test_renorm_warmup_scales_the_paper_schedule() -> None:
-    assert batch_size.renorm_warmup(batch_size.SmallReluCNN("bnlab"), 100) is None
-    model = batch_size.SmallReluCNN("batchrenorm")
-    on_step = batch_size.renorm_warmup(model, 100, ramp=0.5)
+    assert renorm_warmup(SmallReluCNN("bnlab"), 100) is None
+    model = SmallReluCNN("batchrenorm")
+    on_step = renorm_warmup(model, 100, ramp=0.5)
     assert (model.norm1.r_max, model.norm1.d_max) == (1.0, 0.0)  # batch norm at first
     on_step(StepInfo(epoch=1, step=50, batch=50, num_batches=100, batch_size=2, loss=1.0))
     assert model.norm2.r_max == pytest.approx(3.0)  # r_max's final value at half the run

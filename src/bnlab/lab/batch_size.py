@@ -3,7 +3,7 @@
 The seeds say BN's statistics "may not be stable at small batch sizes"
 (在小批量大小下,批量归一化的统计特性可能不够稳定, ``003_8a52002564f5ba9e.txt``) and point
 to other norms for other settings. Measured here, a small-scale version of figure 1 of
-the GroupNorm paper: a small ReLU CNN (:class:`SmallReluCNN`) with no norm, BN, ghost
+the GroupNorm paper: a small ReLU CNN (``bnlab.models.small_cnn.SmallReluCNN``) with no norm, BN, ghost
 BN, Batch Renorm, GroupNorm, LayerNorm and InstanceNorm, trained at batch sizes 2..256
 for the same number of epochs (so the same examples seen), with the learning rate
 scaled linearly with the batch size (``lr = base_lr * B / 256``, Goyal et al., arXiv
@@ -38,30 +38,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
-
 import bnlab.nn
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab.claims import Claim, register_claim
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    compare,
-    register_lab,
-)
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, compare, register_lab
 from bnlab.lab.kit import (
     apply_rules,
     cpu_threads,
+    hits_verdict,
     mean_std,
+    mean_std_cell,
     pick,
     renorm_warmup,
     take,
     train_variant,
 )
-from bnlab.models.small_cnn import NORMS, SmallReluCNN, norm_layer
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
+from bnlab.models.small_cnn import NORMS, SmallReluCNN
 from bnlab.plots.batch import plot_vs_batch
 from bnlab.train import TrainConfig, evaluate
 
@@ -69,14 +62,12 @@ __all__ = [
     "BN_FAMILY",
     "NORMS",
     "BatchSizeConfig",
-    "SmallReluCNN",
     "bn_degrades_rule",
-    "cpu_threads",
     "gn_stable_rule",
-    "norm_layer",
+    "grid",
+    "measure",
     "renorm_ghost_rule",
-    "renorm_warmup",
-    "run",
+    "summarize",
 ]
 
 SOURCE = "003_8a52002564f5ba9e.txt"
@@ -116,9 +107,9 @@ class BatchSizeConfig:
         small_batch: the small batch of the verdicts.
         reference_batch: the batch the small one is compared with (the GroupNorm paper's 32).
         min_effect: an accuracy difference must also exceed this to count.
-        threads: torch CPU threads during the run (restored after): tiny convolutions
-            gain nothing from more, and on a shared, loaded CPU two threads per process
-            made a batch-2 step 20 times slower than one.
+        threads: torch CPU threads while a cell trains (restored after): tiny
+            convolutions gain nothing from more, and on a shared, loaded CPU two threads
+            per process made a batch-2 step 20 times slower than one.
     """
 
     seeds: int = 3
@@ -143,8 +134,17 @@ class BatchSizeConfig:
     def quick(cls) -> BatchSizeConfig:
         return cls(seeds=2, batch_sizes=(2, 8, 32), train_size=64, test_size=128)
 
+    def lr(self, batch: int) -> float:
+        """The linear rule: ``base_lr * batch / lr_reference``."""
+        return self.base_lr * batch / self.lr_reference
 
-def _check(config: BatchSizeConfig) -> None:
+
+def grid(config: BatchSizeConfig) -> Grid:
+    """Norm x batch size x seed (units ``NORM-bB-seedN``, seeds outermost).
+
+    Raises:
+        ValueError: an unknown norm, a verdict batch outside the grid, a batch below 2.
+    """
     unknown = [n for n in config.norms if n not in NORMS]
     if unknown:
         raise ValueError(f"batch-size: unknown norms {unknown}; choose from {', '.join(NORMS)}")
@@ -159,50 +159,55 @@ def _check(config: BatchSizeConfig) -> None:
             f"batch-size: batch sizes must be >= 2 (BN cannot train on one), got "
             f"{config.batch_sizes}; batch-of-one covers B=1"
         )
+    return Grid(
+        variants=config.norms,
+        settings=config.batch_sizes,
+        seeds=config.seeds,
+        key=lambda c: f"{c.variant}-b{c.setting}-seed{c.seed}",
+        order=("seed", "variant", "setting"),
+    )
 
 
-def _train_one(
-    config: BatchSizeConfig, data: Mapping[str, Tensor], norm: str, batch: int, seed: int, device
-) -> dict[str, Any]:
+def measure(config: BatchSizeConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train one (norm, batch size, seed) for ``epochs`` at the linear-rule lr; the test
+    accuracy with moving averages and, for the BN family, recalibrated."""
+    norm, batch, data, device = cell.variant, cell.setting, bench.data, bench.device
     model = SmallReluCNN(
         norm,
         ghost_virtual_batch=config.ghost_virtual_batch,
         group_size=config.group_size,
         twins=config.twins,
     )
-    lr = config.base_lr * batch / config.lr_reference
     steps = config.epochs * math.ceil(min(config.train_size, data["train_images"].shape[0]) / batch)
-    on_step = renorm_warmup(model, steps, ramp=config.renorm_ramp)
-
     train = TrainConfig(
-        lr=lr,
+        lr=config.lr(batch),
         epochs=config.epochs,
         batch_size=batch,
-        seed=seed,
+        seed=cell.seed,
         momentum=config.momentum,
         device=str(device),
     )
-    got = train_variant(
-        model,
-        data,
-        train,
-        train_size=config.train_size,
-        test_size=config.test_size,
-        on_step=on_step,
-    )
-    recal = None
-    if norm in BN_FAMILY:
-        train_x, train_y = take(data, "train", config.train_size)
-        test_x, test_y = take(data, "test", config.test_size)
-        probe = copy.deepcopy(model)
-        bnlab.nn.recalibrate_batchnorm(
-            probe, DeviceLoader(train_x, train_y, 256, shuffle=False, device=device)
+    with cpu_threads(config.threads):
+        got = train_variant(
+            model,
+            data,
+            train,
+            train_size=config.train_size,
+            test_size=config.test_size,
+            on_step=renorm_warmup(model, steps, ramp=config.renorm_ramp),
         )
-        recal = evaluate(probe, DeviceLoader(test_x, test_y, 512, shuffle=False, device=device))[
-            "acc"
-        ]
+        recal = None
+        if norm in BN_FAMILY:
+            train_x, train_y = take(data, "train", config.train_size)
+            test_x, test_y = take(data, "test", config.test_size)
+            probe = copy.deepcopy(model)
+            bnlab.nn.recalibrate_batchnorm(
+                probe, DeviceLoader(train_x, train_y, 256, shuffle=False, device=device)
+            )
+            test = DeviceLoader(test_x, test_y, 512, shuffle=False, device=device)
+            recal = evaluate(probe, test)["acc"]
     return {
-        "lr": lr,
+        "lr": config.lr(batch),
         "steps": steps,
         "test_acc": got["final"]["test_acc"],
         "test_acc_recal": recal,
@@ -212,28 +217,30 @@ def _train_one(
     }
 
 
-def run(config: BatchSizeConfig, ctx: LabContext) -> LabOutcome:
-    if ctx.data is None:
-        raise ValueError("batch-size needs Fashion-MNIST in ctx.data")
-    _check(config)
-    with cpu_threads(config.threads):
-        return _run(config, ctx)
+def _paper_rows(config: BatchSizeConfig, cells: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """The GroupNorm paper's errors at the two verdict batches, then ours per norm."""
+    small, ref = config.small_batch, config.reference_batch
+    rows: list[list[Any]] = [
+        [f"Wu & He 2018, ImageNet ResNet-50, {k}", v[0], v[1], round(v[1] - v[0], 1)]
+        for k, v in GN_PAPER_ERROR.items()
+    ]
+    for n in config.norms:
+        e_ref = mean_std([1 - a for a in pick(cells, "test_acc", norm=n, batch_size=ref)])[0]
+        e_small = mean_std([1 - a for a in pick(cells, "test_acc", norm=n, batch_size=small)])[0]
+        rows.append(
+            [
+                f"ours, Fashion-MNIST subset, SmallReluCNN, {LABELS[n]}",
+                None if e_ref is None else round(100 * e_ref, 1),
+                None if e_small is None else round(100 * e_small, 1),
+                None if e_ref is None or e_small is None else round(100 * (e_small - e_ref), 1),
+            ]
+        )
+    return rows
 
 
-def _run(config: BatchSizeConfig, ctx: LabContext) -> LabOutcome:
-    ctx.progress.start(len(config.norms) * len(config.batch_sizes) * config.seeds, "batch-size")
-    cells: list[dict[str, Any]] = []
-    for seed in range(config.seeds):
-        for norm in config.norms:
-            for batch in config.batch_sizes:
-                got = ctx.unit(
-                    f"{norm}-b{batch}-seed{seed}",
-                    lambda n=norm, b=batch, s=seed: _train_one(
-                        config, ctx.data, n, b, s, ctx.device
-                    ),
-                )
-                cells.append({"norm": norm, "batch_size": batch, "seed": seed, **got})
-                ctx.progress.advance()
+def summarize(config: BatchSizeConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
+    """Accuracy tables per norm and batch size, the paper beside ours, the figure, verdicts."""
+    cells = [{"norm": c.variant, "batch_size": c.setting, "seed": c.seed, **r} for c, r in run]
     raw = {
         "cells": cells,
         "norms": list(config.norms),
@@ -244,87 +251,33 @@ def _run(config: BatchSizeConfig, ctx: LabContext) -> LabOutcome:
         "lr_rule": f"lr = {config.base_lr:g} * B / {config.lr_reference} (linear scaling), "
         f"SGD momentum {config.momentum:g}, {config.epochs} epoch(s) at every batch size",
     }
-    results = {"raw": raw}
-    rules = [
-        (CLAIM_BN, bn_degrades_rule, _measured_bn),
-        (CLAIM_GN, gn_stable_rule, _measured_gn),
-        (CLAIM_RENORM, renorm_ghost_rule, _measured_renorm),
-    ]
-    verdicts, evidences = apply_rules(results, rules)
-
-    def cell_text(values: Sequence[float]) -> str | None:
-        mean, std = mean_std(values)
-        if mean is None:
-            return None
-        return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
-
-    columns = ["norm", *[f"B={b}" for b in config.batch_sizes]]
-    acc_rows = [
+    verdicts, evidences = apply_rules(
+        {"raw": raw},
         [
-            LABELS[n],
-            *[cell_text(pick(cells, "test_acc", norm=n, batch_size=b)) for b in config.batch_sizes],
-        ]
-        for n in config.norms
-    ]
-    recal_rows = [
-        [
-            LABELS[n],
-            *[
-                cell_text(pick(cells, "test_acc_recal", norm=n, batch_size=b))
-                for b in config.batch_sizes
-            ],
-        ]
-        for n in config.norms
-        if n in BN_FAMILY
-    ]
-    lr_rows = [
-        [
-            b,
-            config.base_lr * b / config.lr_reference,
-            config.epochs * math.ceil(config.train_size / b),
-        ]
-        for b in config.batch_sizes
-    ]
-    small, ref = config.small_batch, config.reference_batch
-    paper_rows: list[list[Any]] = [
-        [f"Wu & He 2018, ImageNet ResNet-50, {k}", v[0], v[1], round(v[1] - v[0], 1)]
-        for k, v in GN_PAPER_ERROR.items()
-    ]
-    for n in config.norms:
-        e_ref = mean_std([1 - a for a in pick(cells, "test_acc", norm=n, batch_size=ref)])[0]
-        e_small = mean_std([1 - a for a in pick(cells, "test_acc", norm=n, batch_size=small)])[0]
-        paper_rows.append(
-            [
-                f"ours, Fashion-MNIST subset, SmallReluCNN, {LABELS[n]}",
-                None if e_ref is None else round(100 * e_ref, 1),
-                None if e_small is None else round(100 * e_small, 1),
-                None if e_ref is None or e_small is None else round(100 * (e_small - e_ref), 1),
-            ]
-        )
-    tables = [
-        Table("Test accuracy with moving averages (mean ± std over seeds)", columns, acc_rows),
-        Table(
-            "Test accuracy after recalibrate_batchnorm (BN family; mean ± std over seeds)",
-            columns,
-            recal_rows,
-        ),
-        Table("Learning rate and steps per batch size", ["batch size", "lr", "steps"], lr_rows),
-        Table(
-            f"Top-1 error (%) at batch {ref} and batch {small}: the GroupNorm paper beside ours",
-            ["setting", f"error B={ref}", f"error B={small}", "increase"],
-            paper_rows,
-        ),
-    ]
+            (CLAIM_BN, bn_degrades_rule, _measured_bn),
+            (CLAIM_GN, gn_stable_rule, _measured_gn),
+            (CLAIM_RENORM, renorm_ghost_rule, _measured_renorm),
+        ],
+    )
+    family = [n for n in config.norms if n in BN_FAMILY]
 
-    def series(metric: str, norms: Sequence[str]) -> dict[str, Any]:
+    def by_batch(metric: str, norms: Sequence[str]) -> list[list[Any]]:
+        return [
+            [LABELS[n]]
+            + [mean_std_cell(pick(cells, metric, norm=n, batch_size=b)) for b in config.batch_sizes]
+            for n in norms
+        ]
+
+    def error_runs(metric: str, norms: Sequence[str]) -> dict[str, Any]:
+        def error(v: list[float]) -> float | None:
+            return None if not v or math.isnan(v[0]) else 1 - v[0]
+
         return {
             LABELS[n]: {
                 "x": list(config.batch_sizes),
                 "runs": [
                     [
-                        (lambda v: None if not v or math.isnan(v[0]) else 1 - v[0])(
-                            pick(cells, metric, norm=n, batch_size=b, seed=s)
-                        )
+                        error(pick(cells, metric, norm=n, batch_size=b, seed=s))
                         for b in config.batch_sizes
                     ]
                     for s in range(config.seeds)
@@ -333,27 +286,40 @@ def _run(config: BatchSizeConfig, ctx: LabContext) -> LabOutcome:
             for n in norms
         }
 
+    columns = ["norm", *[f"B={b}" for b in config.batch_sizes]]
+    small, ref = config.small_batch, config.reference_batch
+    steps = [config.epochs * math.ceil(config.train_size / b) for b in config.batch_sizes]
+    tables = [
+        Table(
+            "Test accuracy with moving averages (mean ± std over seeds)",
+            columns,
+            by_batch("test_acc", config.norms),
+        ),
+        Table(
+            "Test accuracy after recalibrate_batchnorm (BN family; mean ± std over seeds)",
+            columns,
+            by_batch("test_acc_recal", family),
+        ),
+        Table(
+            "Learning rate and steps per batch size",
+            ["batch size", "lr", "steps"],
+            [[b, config.lr(b), n] for b, n in zip(config.batch_sizes, steps, strict=True)],
+        ),
+        Table(
+            f"Top-1 error (%) at batch {ref} and batch {small}: the GroupNorm paper beside ours",
+            ["setting", f"error B={ref}", f"error B={small}", "increase"],
+            _paper_rows(config, cells),
+        ),
+    ]
     plot_vs_batch(
         {
-            "moving averages": series("test_acc", config.norms),
-            "BN family recalibrated": series(
-                "test_acc_recal", [n for n in config.norms if n in BN_FAMILY]
-            ),
+            "moving averages": error_runs("test_acc", config.norms),
+            "BN family recalibrated": error_runs("test_acc_recal", family),
         },
         ctx.out_dir / "batch_size.png",
         ylabel="test error",
         title="Test error against the batch size (same epochs, linear lr scaling)",
     )
-    notes = [
-        raw["lr_rule"],
-        f"ghost BN uses virtual batches of {config.ghost_virtual_batch}: at B <= "
-        f"{config.ghost_virtual_batch} it is exactly BN.",
-        "Recalibration: population statistics of the training subset in batches of 256 "
-        "(bnlab.nn.recalibrate_batchnorm), weights unchanged.",
-        "Large batches take few steps at this budget (see the steps table): the right end "
-        "of the curves measures too few updates, for every norm alike; the verdicts use "
-        f"batch {small} against batch {ref}.",
-    ]
     return LabOutcome(
         tables=tables,
         verdicts=verdicts,
@@ -366,7 +332,16 @@ def _run(config: BatchSizeConfig, ctx: LabContext) -> LabOutcome:
             )
         ],
         raw={**raw, "evidence": evidences},
-        notes=notes,
+        notes=[
+            raw["lr_rule"],
+            f"ghost BN uses virtual batches of {config.ghost_virtual_batch}: at B <= "
+            f"{config.ghost_virtual_batch} it is exactly BN.",
+            "Recalibration: population statistics of the training subset in batches of 256 "
+            "(bnlab.nn.recalibrate_batchnorm), weights unchanged.",
+            "Large batches take few steps at this budget (see the steps table): the right end "
+            "of the curves measures too few updates, for every norm alike; the verdicts use "
+            f"batch {small} against batch {ref}.",
+        ],
     )
 
 
@@ -468,8 +443,7 @@ def renorm_ghost_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         c = compare(other, bn, min_effect=float(raw["min_effect"]))
         evidence[norm] = {"minus_bn": c.diff, "se": c.se, "direction": c.direction}
         reduces += c.direction == "greater"
-    verdict = {2: "supported", 1: "mixed"}.get(reduces, "not supported")
-    return evidence, verdict
+    return evidence, hits_verdict(reduces, 2)
 
 
 def _fmt_drop(d: Mapping[str, Any] | None) -> str:
@@ -506,7 +480,7 @@ def _measured_renorm(e: Mapping[str, Any]) -> str:
 
 
 SPEC = register_lab(
-    LabSpec(
+    grid_lab(
         name="batch-size",
         title="Accuracy against the batch size per norm",
         summary=(
@@ -520,39 +494,25 @@ SPEC = register_lab(
             "epoch, 3 seeds; the GroupNorm paper's ImageNet numbers beside ours."
         ),
         config_type=BatchSizeConfig,
-        run=run,
-        needs_data=True,
+        grid=grid,
+        measure=measure,
+        summarize=summarize,
         full_time="12 min (735 s) on a shared, loaded 2-core CPU",
     )
 )
 
-register_claim(
-    Claim(
-        key="bn-degrades-small-batch",
-        claim=CLAIM_BN,
-        source=SOURCE,
-        experiment="batch-size",
-        rule_text=RULE_BN,
-        rule=bn_degrades_rule,
+for _key, _claim, _rule_text, _rule in (
+    ("bn-degrades-small-batch", CLAIM_BN, RULE_BN, bn_degrades_rule),
+    ("groupnorm-stable-batch-size", CLAIM_GN, RULE_GN, gn_stable_rule),
+    ("renorm-ghost-reduce-small-batch", CLAIM_RENORM, RULE_RENORM, renorm_ghost_rule),
+):
+    register_claim(
+        Claim(
+            key=_key,
+            claim=_claim,
+            source=SOURCE,
+            experiment="batch-size",
+            rule_text=_rule_text,
+            rule=_rule,
+        )
     )
-)
-register_claim(
-    Claim(
-        key="groupnorm-stable-batch-size",
-        claim=CLAIM_GN,
-        source=SOURCE,
-        experiment="batch-size",
-        rule_text=RULE_GN,
-        rule=gn_stable_rule,
-    )
-)
-register_claim(
-    Claim(
-        key="renorm-ghost-reduce-small-batch",
-        claim=CLAIM_RENORM,
-        source=SOURCE,
-        experiment="batch-size",
-        rule_text=RULE_RENORM,
-        rule=renorm_ghost_rule,
-    )
-)
