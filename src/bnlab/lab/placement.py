@@ -21,23 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bnlab.lab.claims import Claim, holds_of, register_claim
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    Verdict,
-    compare,
-    register_lab,
-)
-from bnlab.lab.kit import mean_std, pick, train_variant
+from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, compare, register_lab
+from bnlab.lab.kit import apply_rules, directions_verdict, fits, pick
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 from bnlab.models import create
 from bnlab.plots.sweeps import plot_grouped_bars, plot_metric_curves
-from bnlab.train import TrainConfig
 
-__all__ = ["PlacementConfig", "placement_rule", "run"]
+__all__ = ["PlacementConfig", "measure", "placement_rule"]
 
 SOURCE = "000_3d8114077ba70cad.txt"
 CLAIM = "BN goes before the activation (在激活函数之前): that placement trains better than after it"
@@ -49,159 +40,122 @@ PLACEMENTS = {
 
 
 @dataclass(frozen=True)
-class PlacementConfig:
+class PlacementConfig(fits.FitConfig):
     """Settings of ``placement`` (defaults: the full run).
 
     Args:
-        seeds: training seeds per cell.
+        seeds, norm, train_size, test_size, epochs, batch_size: see ``FitConfig``.
         activations: hidden activations to test ("sigmoid", "relu", "tanh").
         hidden: the MLP's hidden sizes.
-        norm: the BN norm name.
         lr: SGD learning rate (every cell).
-        train_size, test_size: image subsets.
-        epochs, batch_size: training length and batch.
         reference: also train the network without BN.
     """
 
-    seeds: int = 3
+    epochs: int = 4
     activations: tuple[str, ...] = ("sigmoid", "relu")
     hidden: tuple[int, ...] = (256, 256)
-    norm: str = "torch"
     lr: float = 0.1
-    train_size: int = 5000
-    test_size: int = 2000
-    epochs: int = 4
-    batch_size: int = 64
     reference: bool = True
 
     @classmethod
     def quick(cls) -> PlacementConfig:
-        return cls(seeds=2, hidden=(32, 32), train_size=512, test_size=256, epochs=1)
+        return cls(**cls.QUICK, hidden=(32, 32))
+
+    def placements(self) -> list[str]:
+        """Before, after, and without BN when ``reference``."""
+        return [p for p in PLACEMENTS if p != "none" or self.reference]
 
 
-def run(config: PlacementConfig, ctx: LabContext) -> LabOutcome:
-    if ctx.data is None:
-        raise ValueError("placement needs Fashion-MNIST in ctx.data")
-    placements = [p for p in PLACEMENTS if p != "none" or config.reference]
-    ctx.progress.start(len(config.activations) * len(placements) * config.seeds, "placement")
-    cells: list[dict[str, Any]] = []
+def grid(config: PlacementConfig) -> Grid:
+    """Activation x placement x seed (unit keys ``ACTIVATION-PLACEMENT-seedN``)."""
+    return Grid(variants=config.placements(), seeds=config.seeds, settings=config.activations)
+
+
+def measure(config: PlacementConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train the MLP with one activation and BN placement."""
+    placement = cell.variant
+    model = create(
+        "mlp",
+        norm="none" if placement == "none" else config.norm,
+        hidden=config.hidden,
+        activation=cell.setting,
+        norm_position="before" if placement == "none" else placement,
+    )
+    return config.fit(model, bench, cell.seed, lr=config.lr)
+
+
+def summarize(config: PlacementConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
+    """The table by activation and placement, before vs after, the verdict, two figures."""
+    cells = [
+        fits.fit_record(got, ("diverged",), activation=c.setting, placement=c.variant, seed=c.seed)
+        for c, got in run
+    ]
     curves: dict[str, dict[str, list[list[float | None]]]] = {}
-    for activation in config.activations:
-        for placement in placements:
-            for seed in range(config.seeds):
-
-                def compute(
-                    activation: str = activation, placement: str = placement, seed: int = seed
-                ) -> Any:
-                    model = create(
-                        "mlp",
-                        norm="none" if placement == "none" else config.norm,
-                        hidden=config.hidden,
-                        activation=activation,
-                        norm_position="before" if placement == "none" else placement,
-                    )
-                    train = TrainConfig(
-                        lr=config.lr,
-                        epochs=config.epochs,
-                        batch_size=config.batch_size,
-                        seed=seed,
-                        device=str(ctx.device),
-                    )
-                    return train_variant(
-                        model,
-                        ctx.data,
-                        train,
-                        train_size=config.train_size,
-                        test_size=config.test_size,
-                    )
-
-                got = ctx.unit(f"{activation}-{placement}-seed{seed}", compute)
-                cells.append(
-                    {
-                        "activation": activation,
-                        "placement": placement,
-                        "seed": seed,
-                        **got["final"],
-                        "diverged": got["diverged"],
-                    }
-                )
-                curves.setdefault(f"test accuracy, {activation}", {}).setdefault(
-                    PLACEMENTS[placement], []
-                ).append([r["test_acc"] for r in got["history"]])
-                ctx.progress.advance()
+    for c, got in run:
+        by_placement = curves.setdefault(f"test accuracy, {c.setting}", {})
+        by_placement.setdefault(PLACEMENTS[c.variant], []).append(
+            [r["test_acc"] for r in got["history"]]
+        )
     raw = {"cells": cells, "curves": curves}
-    evidence, verdict = placement_rule({"raw": raw})
-
-    rows = []
-    for activation in config.activations:
-        for placement in placements:
-            where = {"activation": activation, "placement": placement}
-            acc, acc_sd = mean_std(pick(cells, "test_acc", **where))
-            loss, loss_sd = mean_std(pick(cells, "train_loss", **where))
-            rows.append([activation, PLACEMENTS[placement], acc, acc_sd, loss, loss_sd])
+    verdicts, evidences = apply_rules({"raw": raw}, [(CLAIM, placement_rule, _measured)])
+    metrics = ("test_acc", "train_loss")
+    rows = [
+        [a, PLACEMENTS[p], *fits.mean_std_row(cells, metrics, activation=a, placement=p)]
+        for a in config.activations
+        for p in config.placements()
+    ]
     table = Table(
         f"MLP {config.hidden}: BN placement (mean, std over seeds)",
         ["activation", "placement", "test acc", "std", "train loss", "std"],
         rows,
     )
+    keys = ("train_loss_after_minus_before", "train_loss_se", "better")
+    keys += ("test_acc_before_minus_after", "test_acc_se", "test_acc_better")
     cmp_table = Table(
         "Before vs after (Welch; a difference counts beyond 2 standard errors)",
-        [
-            "activation",
-            "train loss after - before",
-            "se",
-            "trains better",
-            "test acc before - after",
-            "se",
-            "test acc better",
-        ],
-        [
-            [
-                a,
-                c["train_loss_after_minus_before"],
-                c["train_loss_se"],
-                c["better"],
-                c["test_acc_before_minus_after"],
-                c["test_acc_se"],
-                c["test_acc_better"],
-            ]
-            for a, c in evidence["activations"].items()
-        ],
+        ["activation", *_CMP_COLUMNS],
+        [[a, *(c[k] for k in keys)] for a, c in evidences[CLAIM]["activations"].items()],
     )
     groups = {
         PLACEMENTS[p]: {
             a: pick(cells, "test_acc", activation=a, placement=p) for a in config.activations
         }
-        for p in placements
+        for p in config.placements()
     }
+    title = "BN before or after the activation"
     plot_grouped_bars(
-        groups,
-        ctx.out_dir / "placement.png",
-        ylabel="final test accuracy",
-        title="BN before or after the activation",
+        groups, ctx.out_dir / "placement.png", ylabel="final test accuracy", title=title
     )
     plot_metric_curves(
         curves, ctx.out_dir / "placement_curves.png", title="Test accuracy per epoch"
     )
-    holds = holds_of(verdict)
-    measured = f"{verdict}: " + "; ".join(
+    figures = [
+        Figure(
+            "placement.png",
+            "Final test accuracy by activation and BN placement: mean, whisker = std over seeds.",
+        ),
+        Figure(
+            "placement_curves.png", "Test accuracy per epoch: mean over seeds, band = min..max."
+        ),
+    ]
+    return LabOutcome(tables=[table, cmp_table], verdicts=verdicts, figures=figures, raw=raw)
+
+
+_CMP_COLUMNS = (
+    "train loss after - before",
+    "se",
+    "trains better",
+    "test acc before - after",
+    "se",
+    "test acc better",
+)
+
+
+def _measured(evidence: Mapping[str, Any]) -> str:
+    return "; ".join(
         f"{a}: {c['better']} trains better (training loss after - before "
         f"{c['train_loss_after_minus_before']:+.4f}, se {_r(c['train_loss_se'])})"
         for a, c in evidence["activations"].items()
-    )
-    return LabOutcome(
-        tables=[table, cmp_table],
-        verdicts=[Verdict(CLAIM, holds, measured)],
-        figures=[
-            Figure(
-                "placement.png",
-                "Final test accuracy by activation and BN placement: mean, whisker = std over seeds.",
-            ),
-            Figure(
-                "placement_curves.png", "Test accuracy per epoch: mean over seeds, band = min..max."
-            ),
-        ],
-        raw=raw,
     )
 
 
@@ -246,13 +200,11 @@ def placement_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         }
     if not per:
         raise ValueError("placement results hold no activation with both placements")
-    wins = sum(p["better"] == "before" for p in per.values())
-    verdict = "supported" if wins == len(per) else "not supported" if wins == 0 else "mixed"
-    return {"activations": per}, verdict
+    return {"activations": per}, directions_verdict([p["better"] for p in per.values()], "before")
 
 
 SPEC = register_lab(
-    LabSpec(
+    grid_lab(
         name="placement",
         title="BN before or after the activation",
         summary=(
@@ -264,8 +216,9 @@ SPEC = register_lab(
             "2000 test images, 4 epochs, batch 64."
         ),
         config_type=PlacementConfig,
-        run=run,
-        needs_data=True,
+        grid=grid,
+        measure=measure,
+        summarize=summarize,
         full_time=(
             "3.5 min wall (36 s of CPU time) with --threads 1 on the shared 2-core machine "
             "under heavy load from other jobs (2026-11-26)"
