@@ -7,28 +7,16 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from bnlab.data.synthetic import fake_images_labels
 from bnlab.lab import batch_of_one
-from bnlab.lab.batch_size import SmallReluCNN
-from bnlab.lab.claims import VERDICTS
 from bnlab.lab.experiment import get_lab, run_lab
 from bnlab.models import create
+from bnlab.models.small_cnn import SmallReluCNN
 
 
-def fake_data(train: int = 48, test: int = 32) -> dict[str, torch.Tensor]:
-    x, y = fake_images_labels(train, seed=0)
-    tx, ty = fake_images_labels(test, seed=1)
-    return {
-        "train_images": x,
-        "train_labels": y.long(),
-        "test_images": tx,
-        "test_labels": ty.long(),
-    }
-
-
-def test_quick_run_writes_results_figures_and_resumes(tmp_path: Path) -> None:
+def test_quick_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) -> None:
     spec = get_lab("batch-of-one")
     config = dataclasses.replace(
         batch_of_one.BatchOfOneConfig.quick(),
@@ -39,7 +27,7 @@ def test_quick_run_writes_results_figures_and_resumes(tmp_path: Path) -> None:
         test_size=32,
     )
     out = tmp_path / "run"
-    results = run_lab(spec, config, out, data=fake_data(), quick=True)
+    results = run_lab(spec, config, out, data=fake_data(48, 32), quick=True)
     raw = results["raw"]
     assert len(raw["online"]) == len(raw["predict"]) == 4 * config.seeds
     assert (out / "online.png").is_file()
@@ -61,9 +49,11 @@ def test_quick_run_writes_results_figures_and_resumes(tmp_path: Path) -> None:
     unit = out / "units" / "online-bnlab-seed1.json"
     unit.unlink()
     (out / "results.json").unlink()
-    again = run_lab(spec, config, out, data=fake_data(), resume=True, quick=True)
+    again = run_lab(spec, config, out, data=fake_data(48, 32), resume=True, quick=True)
     assert again["units_reused"] == 1 + 2 * 4 * config.seeds - 1
     assert again["raw"]["online"] == json.loads(json.dumps(raw["online"]))
+    keys = [c.setting + "-" + c.variant for c in batch_of_one.grid(config).cells()]
+    assert keys[:3] == ["online-none", "predict-none", "online-bnlab"]  # the old unit order
 
 
 def test_batch_of_one_error_texts_are_kept() -> None:
@@ -99,7 +89,12 @@ def test_eval_prediction_does_not_depend_on_the_batch() -> None:
     assert facts["train_acc_single"].startswith("ValueError: BatchNorm1d: expected more than 1")
 
 
-def _results(errors_ok: bool, online: dict[str, list[float]], eval_change: float) -> dict:
+def _results(
+    errors_ok: bool,
+    online: dict[str, list[float]],
+    eval_change: float,
+    train_change: float | None = 0.5,
+) -> dict:
     errors = [
         {"model": "lenet", "norm": n, "train_ok": errors_ok, "eval_ok": True}
         for n in ("bnlab", "torch")
@@ -112,7 +107,7 @@ def _results(errors_ok: bool, online: dict[str, list[float]], eval_change: float
             "norm": "bnlab",
             "eval_single_vs_batch": eval_change,
             "eval_companions": 0.0,
-            "train_companions": 0.5,
+            "train_companions": train_change,
         }
     ]
     return {
@@ -139,4 +134,22 @@ def test_rules_on_synthetic_numbers() -> None:
     r = _results(True, {"bnlab": low, "layernorm": high, "instancenorm": low}, 0.0)
     assert batch_of_one.cannot_train_rule(r)[1] == "not supported"
     assert batch_of_one.online_rule(r)[1] == "mixed"
-    assert batch_of_one.online_rule(r)[1] in VERDICTS
+    # Eval is batch-independent, but train mode is too (or raises: None): no contrast.
+    assert batch_of_one.predict_single_rule(_results(False, {}, 0.0, 1e-5))[1] == "mixed"
+    assert batch_of_one.predict_single_rule(_results(False, {}, 0.0, None))[1] == "mixed"
+    assert batch_of_one.predict_single_rule({"raw": {"predict": []}})[1] == "not supported"
+
+
+def test_rules_on_the_null() -> None:
+    """Every norm equally good online: no advantage for LayerNorm or InstanceNorm."""
+    same = [0.6, 0.62, 0.61]
+    r = _results(False, {"bnlab": same, "layernorm": same, "instancenorm": same}, 0.0)
+    evidence, verdict = batch_of_one.online_rule(r)
+    assert verdict == "not supported"
+    for norm in ("layernorm", "instancenorm"):
+        assert evidence[norm]["minus_bn"] == pytest.approx(0.0, abs=1e-12)
+        assert evidence[norm]["direction"] == "unclear"
+    # BN at chance-level online accuracy and LeNet's BN raising: the claim as stated.
+    assert batch_of_one.cannot_train_rule(r)[1] == "mixed"  # 0.61 >= learn_threshold 0.5
+    at_chance = _results(False, {"bnlab": [0.1, 0.1, 0.1]}, 0.0)
+    assert batch_of_one.cannot_train_rule(at_chance)[1] == "supported"

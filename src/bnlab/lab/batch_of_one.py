@@ -7,8 +7,9 @@ and that LayerNorm and InstanceNorm suit online learning (``003_8a52002564f5ba9e
 Measured here:
 
 1. *Can it train at B=1?* One train-mode step on a single image, for d2l's LeNet (BN
-   after the linear layers too) and for ``SmallReluCNN`` (norms after convolutions
-   only), with every norm; the exact error text of bnlab and of ``torch.nn`` is kept.
+   after the linear layers too) and for ``bnlab.models.small_cnn.SmallReluCNN`` (norms
+   after convolutions only), with every norm; the exact error text of bnlab and of
+   ``torch.nn`` is kept.
 2. *Online training*: ``online_steps`` SGD steps of batch one (each example seen once)
    for every ``SmallReluCNN`` norm, several seeds, then the test accuracy (eval mode).
    BN after a convolution *can* train at B=1: it has ``H * W`` values per channel, so
@@ -26,7 +27,7 @@ Hinton, "Layer Normalization", arXiv 1607.06450.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,12 +50,16 @@ from bnlab.lab.experiment import (
 from bnlab.lab.kit import (
     apply_rules,
     cpu_threads,
+    float_images,
+    hits_verdict,
     mean_std,
+    mean_std_cell,
     pick,
     renorm_warmup,
     take,
     train_variant,
 )
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
 from bnlab.models import create
 from bnlab.models.small_cnn import SmallReluCNN
 from bnlab.plots.batch import plot_grouped_bars
@@ -63,6 +68,8 @@ from bnlab.train import TrainConfig
 __all__ = [
     "BatchOfOneConfig",
     "cannot_train_rule",
+    "grid",
+    "measure",
     "online_rule",
     "predict_single_rule",
     "prediction_facts",
@@ -91,6 +98,8 @@ LABELS = {
     "layernorm": "LayerNorm",
     "instancenorm": "InstanceNorm",
 }
+#: The grid's settings: the two trainings of each (norm, seed).
+PARTS = ("online", "predict")
 
 
 @dataclass(frozen=True)
@@ -222,8 +231,7 @@ def prediction_facts(
 
 
 def _errors(data: Mapping[str, Tensor]) -> dict[str, Any]:
-    x, _ = take(data, "test", 1)
-    x = x.float().div(255.0).unsqueeze(1)
+    x = float_images(take(data, "test", 1)[0])
     rows = []
     for model_name, norms in (("lenet", LENET_NORMS), ("cnn", (*CNN_NORMS, "ghost"))):
         for norm in norms:
@@ -233,87 +241,82 @@ def _errors(data: Mapping[str, Tensor]) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def _online(config: BatchOfOneConfig, data: Mapping[str, Tensor], norm: str, seed: int, device):
-    train = TrainConfig(
-        lr=config.online_lr,
-        epochs=1,
-        batch_size=1,
-        seed=seed,
-        momentum=config.momentum,
-        device=str(device),
-    )
-    model = SmallReluCNN(norm)
-    got = train_variant(
-        model,
-        data,
-        train,
-        train_size=config.online_steps,
-        test_size=config.test_size,
-        subset_seed=seed,  # each seed its own stream of examples
-        on_step=renorm_warmup(model, config.online_steps),
-    )
-    return {"test_acc": got["final"]["test_acc"], "diverged": got["diverged"]}
+def grid(config: BatchOfOneConfig) -> Grid:
+    """(online | predict) x norm x seed, units ``PART-NORM-seedN`` (seeds outermost).
 
-
-def _predict(config: BatchOfOneConfig, data: Mapping[str, Tensor], norm: str, seed: int, device):
-    model = SmallReluCNN(norm)
-    train = TrainConfig(
-        lr=config.predict_lr,
-        epochs=1,
-        batch_size=32,
-        seed=seed,
-        momentum=config.momentum,
-        device=str(device),
-    )
-    steps = -(-min(config.predict_train_size, data["train_images"].shape[0]) // 32)
-    train_variant(
-        model,
-        data,
-        train,
-        train_size=config.predict_train_size,
-        test_size=config.test_size,
-        on_step=renorm_warmup(model, steps),
-    )
-    test_x, test_y = take(data, "test", config.test_size)
-    loader = DeviceLoader(test_x, test_y, len(test_y), shuffle=False, device=device)
-    x, y = next(iter(loader))
-    k = min(config.predict_examples, x.shape[0])
-    return prediction_facts(model, x[:k], y[:k], x[k:] if x.shape[0] > k + 7 else x, seed=seed)
-
-
-def run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
-    if ctx.data is None:
-        raise ValueError("batch-of-one needs Fashion-MNIST in ctx.data")
+    Raises:
+        ValueError: a norm outside ``CNN_NORMS``.
+    """
     unknown = [n for n in config.norms if n not in CNN_NORMS]
     if unknown:
         raise ValueError(
             f"batch-of-one: unknown norms {unknown}; choose from {', '.join(CNN_NORMS)}"
         )
+    return Grid(
+        variants=config.norms,
+        settings=PARTS,
+        seeds=config.seeds,
+        order=("seed", "variant", "setting"),
+    )
+
+
+def measure(config: BatchOfOneConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """``online``: ``online_steps`` SGD steps of batch one (each seed its own examples),
+    then the test accuracy. ``predict``: one epoch at batch 32, then
+    :func:`prediction_facts` on test examples."""
+    data, device = bench.data, bench.device
+    online = cell.setting == "online"
+    batch = 1 if online else 32
+    train_size = config.online_steps if online else config.predict_train_size
+    model = SmallReluCNN(cell.variant)
+    got = train_variant(
+        model,
+        data,
+        TrainConfig(
+            lr=config.online_lr if online else config.predict_lr,
+            epochs=1,
+            batch_size=batch,
+            seed=cell.seed,
+            momentum=config.momentum,
+            device=str(device),
+        ),
+        train_size=train_size,
+        test_size=config.test_size,
+        subset_seed=cell.seed if online else 0,  # online: each seed its own stream
+        on_step=renorm_warmup(
+            model,
+            train_size if online else -(-min(train_size, data["train_images"].shape[0]) // batch),
+        ),
+    )
+    if online:
+        return {"test_acc": got["final"]["test_acc"], "diverged": got["diverged"]}
+    test_x, test_y = take(data, "test", config.test_size)
+    loader = DeviceLoader(test_x, test_y, len(test_y), shuffle=False, device=device)
+    x, y = next(iter(loader))
+    k = min(config.predict_examples, x.shape[0])
+    return prediction_facts(model, x[:k], y[:k], x[k:] if x.shape[0] > k + 7 else x, seed=cell.seed)
+
+
+def run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
+    """The error table's unit (``errors``), then the grid, with ``threads`` CPU threads."""
+    if ctx.data is None:
+        raise ValueError("batch-of-one needs Fashion-MNIST in ctx.data")
+    cells = grid(config)
     with cpu_threads(config.threads):
-        return _run(config, ctx)
+        ctx.progress.start(1 + len(cells.cells()), "batch-of-one")
+        errors = ctx.unit("errors", lambda: _errors(ctx.data))["rows"]
+        ctx.progress.advance()
+        return summarize(
+            config, ctx, errors, run_grid(ctx, cells, lambda c, b: measure(config, c, b))
+        )
 
 
-def _run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
-    data = ctx.data
-    ctx.progress.start(1 + 2 * len(config.norms) * config.seeds, "batch-of-one")
-    errors = ctx.unit("errors", lambda: _errors(data))["rows"]
-    ctx.progress.advance()
-    online: list[dict[str, Any]] = []
-    predict: list[dict[str, Any]] = []
-    for seed in range(config.seeds):
-        for norm in config.norms:
-            got = ctx.unit(
-                f"online-{norm}-seed{seed}",
-                lambda n=norm, s=seed: _online(config, data, n, s, ctx.device),
-            )
-            online.append({"norm": norm, "seed": seed, **got})
-            ctx.progress.advance()
-            got = ctx.unit(
-                f"predict-{norm}-seed{seed}",
-                lambda n=norm, s=seed: _predict(config, data, n, s, ctx.device),
-            )
-            predict.append({"norm": norm, "seed": seed, **got})
-            ctx.progress.advance()
+def summarize(
+    config: BatchOfOneConfig, ctx: LabContext, errors: list[dict[str, Any]], run: GridRun
+) -> LabOutcome:
+    """The B=1 table, the error texts, the prediction table, two figures, the verdicts."""
+    online = [{"norm": c.variant, "seed": c.seed, **r} for c, r in run if c.setting == "online"]
+    predict = [{"norm": c.variant, "seed": c.seed, **r} for c, r in run if c.setting == "predict"]
     raw = {
         "errors": errors,
         "online": online,
@@ -322,36 +325,26 @@ def _run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
         "learn_threshold": config.learn_threshold,
         "min_effect": config.min_effect,
     }
-    results = {"raw": raw}
     verdicts, evidences = apply_rules(
-        results,
+        {"raw": raw},
         (
             (CLAIM_TRAIN, cannot_train_rule, _measured_train),
             (CLAIM_ONLINE, online_rule, _measured_online),
             (CLAIM_PREDICT, predict_single_rule, _measured_predict),
         ),
     )
-
-    def ms(values: Sequence[float]) -> str | None:
-        mean, std = mean_std(values)
-        if mean is None:
-            return None
-        return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
-
-    rows = []
-    for e in errors:
-        acc = None
-        if e["model"] == "cnn" and e["norm"] in config.norms:
-            acc = ms(pick(online, "test_acc", norm=e["norm"]))
-        rows.append(
-            [
-                "LeNet (d2l)" if e["model"] == "lenet" else "SmallReluCNN",
-                LABELS[e["norm"]],
-                "yes" if e["train_ok"] else "no",
-                "yes" if e["eval_ok"] else "no",
-                acc,
-            ]
-        )
+    rows = [
+        [
+            "LeNet (d2l)" if e["model"] == "lenet" else "SmallReluCNN",
+            LABELS[e["norm"]],
+            "yes" if e["train_ok"] else "no",
+            "yes" if e["eval_ok"] else "no",
+            mean_std_cell(pick(online, "test_acc", norm=e["norm"]))
+            if e["model"] == "cnn" and e["norm"] in config.norms
+            else None,
+        ]
+        for e in errors
+    ]
     table_b1 = Table(
         f"Batch of one: can it train, can it predict, test accuracy after "
         f"{config.online_steps} online steps (mean ± std over seeds)",
@@ -363,25 +356,32 @@ def _run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
         ["model", "norm", "error"],
         [[e["model"], LABELS[e["norm"]], e["train"]] for e in errors if not e["train_ok"]],
     )
+    views = (
+        ("eval, batch", "eval_acc_batch"),
+        ("eval, one at a time", "eval_acc_single"),
+        ("train mode, one at a time", "train_acc_single"),
+        ("train mode, batch", "train_acc_batch"),
+    )
 
-    def num(values: Sequence[Any]) -> list[float]:
-        return [float(v) for v in values if isinstance(v, int | float)]
+    def values(norm: str, key: str) -> list[Any]:
+        return [c[key] for c in predict if c["norm"] == norm]
+
+    def numbers(norm: str, key: str) -> list[float]:
+        return [float(v) for v in values(norm, key) if isinstance(v, int | float)]
 
     pred_rows = []
     for norm in config.norms:
-        cells = [c for c in predict if c["norm"] == norm]
-        single = [c["train_acc_single"] for c in cells]
-        failed = [v for v in single if isinstance(v, str)]
+        failed = [v for v in values(norm, "train_acc_single") if isinstance(v, str)]
         pred_rows.append(
             [
                 LABELS[norm],
-                ms([c["eval_acc_batch"] for c in cells]),
-                ms([c["eval_acc_single"] for c in cells]),
-                max(c["eval_single_vs_batch"] for c in cells),
-                max(c["eval_companions"] for c in cells),
-                max((c["train_companions"] or 0.0) for c in cells),
-                failed[0] if failed else ms(num(single)),
-                ms(num([c["train_acc_batch"] for c in cells])),
+                mean_std_cell(values(norm, "eval_acc_batch")),
+                mean_std_cell(values(norm, "eval_acc_single")),
+                max(values(norm, "eval_single_vs_batch")),
+                max(values(norm, "eval_companions")),
+                max((v or 0.0) for v in values(norm, "train_companions")),
+                failed[0] if failed else mean_std_cell(values(norm, "train_acc_single")),
+                mean_std_cell(values(norm, "train_acc_batch")),
             ]
         )
     table_pred = Table(
@@ -410,17 +410,7 @@ def _run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
         title="Online training (batch of one), SmallReluCNN",
     )
     plot_grouped_bars(
-        {
-            view: {
-                LABELS[n]: num([c[key] for c in predict if c["norm"] == n]) for n in config.norms
-            }
-            for view, key in (
-                ("eval, batch", "eval_acc_batch"),
-                ("eval, one at a time", "eval_acc_single"),
-                ("train mode, one at a time", "train_acc_single"),
-                ("train mode, batch", "train_acc_batch"),
-            )
-        },
+        {view: {LABELS[n]: numbers(n, key) for n in config.norms} for view, key in views},
         ctx.out_dir / "predict_single.png",
         ylabel="test accuracy",
         title="Predicting one example at a time (models trained at batch 32)",
@@ -448,7 +438,7 @@ def _run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
             "value per channel and raises.",
             "Ghost BN at B=1 is BN (one virtual batch); it is in the error table only.",
             "Batch Renorm trains with the paper's r_max/d_max warm-up scaled so that r_max "
-            "reaches 3 at half of each run (bnlab.lab.batch_size.renorm_warmup).",
+            "reaches 3 at half of each run (bnlab.lab.kit.renorm_warmup).",
             f"Online training: SGD lr {config.online_lr:g}, momentum {config.momentum:g}, "
             "each seed its own stream of training examples.",
         ],
@@ -527,7 +517,7 @@ def online_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
             "direction": c.direction,
         }
         wins += c.direction == "greater"
-    return evidence, {2: "supported", 1: "mixed"}.get(wins, "not supported")
+    return evidence, hits_verdict(wins, 2)
 
 
 def predict_single_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -594,33 +584,36 @@ SPEC = register_lab(
     )
 )
 
-register_claim(
-    Claim(
-        key="bn-batch-of-one-learns-nothing",
-        claim=CLAIM_TRAIN,
-        source="004_deb69101c4c8736e.txt",
-        experiment="batch-of-one",
-        rule_text=RULE_TRAIN,
-        rule=cannot_train_rule,
+for _key, _claim, _source, _rule_text, _rule in (
+    (
+        "bn-batch-of-one-learns-nothing",
+        CLAIM_TRAIN,
+        "004_deb69101c4c8736e.txt",
+        RULE_TRAIN,
+        cannot_train_rule,
+    ),
+    (
+        "layer-instance-norm-online",
+        CLAIM_ONLINE,
+        "003_8a52002564f5ba9e.txt",
+        RULE_ONLINE,
+        online_rule,
+    ),
+    (
+        "bn-prediction-batch-independent",
+        CLAIM_PREDICT,
+        "000_3d8114077ba70cad.txt",
+        RULE_PREDICT,
+        predict_single_rule,
+    ),
+):
+    register_claim(
+        Claim(
+            key=_key,
+            claim=_claim,
+            source=_source,
+            experiment="batch-of-one",
+            rule_text=_rule_text,
+            rule=_rule,
+        )
     )
-)
-register_claim(
-    Claim(
-        key="layer-instance-norm-online",
-        claim=CLAIM_ONLINE,
-        source="003_8a52002564f5ba9e.txt",
-        experiment="batch-of-one",
-        rule_text=RULE_ONLINE,
-        rule=online_rule,
-    )
-)
-register_claim(
-    Claim(
-        key="bn-prediction-batch-independent",
-        claim=CLAIM_PREDICT,
-        source="000_3d8114077ba70cad.txt",
-        experiment="batch-of-one",
-        rule_text=RULE_PREDICT,
-        rule=predict_single_rule,
-    )
-)
