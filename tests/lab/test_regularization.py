@@ -1,4 +1,5 @@
-"""``regularization``: dropout placement, a tiny run end to end."""
+"""``regularization``: dropout placement, a tiny run end to end, the rule on synthetic
+numbers."""
 
 from __future__ import annotations
 
@@ -6,24 +7,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
-from bnlab.data.synthetic import fake_images_labels
 from bnlab.lab import regularization
-from bnlab.lab.claims import VERDICTS
 from bnlab.lab.experiment import get_lab, run_lab
-
-
-def fake_data(train: int = 96, test: int = 64) -> dict[str, torch.Tensor]:
-    x, y = fake_images_labels(train, seed=0)
-    tx, ty = fake_images_labels(test, seed=1)
-    return {
-        "train_images": x,
-        "train_labels": y.long(),
-        "test_images": tx,
-        "test_labels": ty.long(),
-    }
 
 
 def test_dropout_follows_every_hidden_layer() -> None:
@@ -46,7 +33,7 @@ def test_errors_name_the_value() -> None:
         regularization.RegularizationConfig(average_last=0)
 
 
-def test_quick_run(tmp_path: Path) -> None:
+def test_quick_run(tmp_path: Path, fake_data) -> None:
     config = dataclasses.replace(
         regularization.RegularizationConfig.quick(), train_size=64, test_size=64, hidden=(16, 16)
     )
@@ -63,5 +50,46 @@ def test_quick_run(tmp_path: Path) -> None:
     assert all(0.0 <= v <= 1.0 for v in curve)
     for figure in results["figures"]:
         assert (tmp_path / "run" / figure["file"]).is_file()
+    # The shown verdict is the rule's on the run's own numbers.
     _, verdict = regularization.regularization_rule(results)
-    assert verdict in VERDICTS
+    assert results["verdicts"][0]["measured"].startswith(verdict + ":")
+    assert results["verdicts"][0]["holds"] == {"supported": True, "not supported": False}.get(
+        verdict
+    )
+
+
+def _cells(gap_bn: float, acc_bn: float) -> dict:
+    """Three seeds (spread 0.01) per variant: without BN a gap of 0.15 and test accuracy
+    0.80, with BN ``gap_bn`` and ``acc_bn``; the dropout variants must not matter."""
+    means = {"none": (0.15, 0.80), "bn": (gap_bn, acc_bn)}
+    cells = [
+        {
+            "variant": v,
+            "seed": seed,
+            "gap_acc": means.get(v, (0.9, 0.1))[0] + 0.01 * seed,
+            "test_acc": means.get(v, (0.9, 0.1))[1] + 0.01 * seed,
+        }
+        for v in regularization.VARIANTS
+        for seed in range(3)
+    ]
+    return {"raw": {"cells": cells}}
+
+
+@pytest.mark.parametrize(
+    ("gap_bn", "acc_bn", "verdict", "gap", "acc"),
+    [
+        (0.05, 0.85, "supported", "smaller", "higher"),
+        (0.05, 0.80, "supported", "smaller", "unclear"),  # test accuracy not lower
+        (0.05, 0.70, "mixed", "smaller", "lower"),
+        (0.15, 0.85, "mixed", "unclear", "higher"),
+        (0.25, 0.80, "not supported", "larger", "unclear"),
+        (0.15, 0.80, "not supported", "unclear", "unclear"),  # the null: equal numbers
+    ],
+)
+def test_rule_on_synthetic_numbers(
+    gap_bn: float, acc_bn: float, verdict: str, gap: str, acc: str
+) -> None:
+    evidence, got = regularization.regularization_rule(_cells(gap_bn, acc_bn))
+    assert got == verdict
+    assert (evidence["gap_direction"], evidence["test_acc_direction"]) == (gap, acc)
+    assert evidence["gap_diff"] == pytest.approx(gap_bn - 0.15)

@@ -20,29 +20,20 @@ Normalization regularizes the model"); Srivastava et al., "Dropout" (JMLR 2014).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from bnlab.lab.claims import Claim, holds_of, register_claim
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    Verdict,
-    compare,
-    register_lab,
-)
-from bnlab.lab.kit import mean_std, pick, train_variant
+from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, compare, register_lab
+from bnlab.lab.kit import apply_rules, fits, pick
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 from bnlab.models import create
 from bnlab.plots.sweeps import plot_grouped_bars, plot_metric_curves
-from bnlab.train import TrainConfig
 
-__all__ = ["RegularizationConfig", "regularization_rule", "run", "with_dropout"]
+__all__ = ["RegularizationConfig", "measure", "regularization_rule", "with_dropout"]
 
 SOURCE = "003_8a52002564f5ba9e.txt"
 CLAIM = "BN regularizes: it reduces overfitting, the train/test gap (减少过拟合现象)"
@@ -50,32 +41,27 @@ VARIANTS = {"none": "no BN", "bn": "BN", "dropout": "dropout", "bn+dropout": "BN
 
 
 @dataclass(frozen=True)
-class RegularizationConfig:
+class RegularizationConfig(fits.FitConfig):
     """Settings of ``regularization`` (defaults: the full run).
 
     Args:
-        seeds: training seeds per variant.
-        hidden: the MLP's hidden sizes (ReLU).
-        norm: the BN norm name.
-        dropout: dropout probability after every hidden layer (dropout variants).
-        lr: SGD learning rate.
+        seeds, norm, batch_size: see ``FitConfig``.
         train_size: the small training subset to overfit.
         test_size: test images.
-        epochs, batch_size: training length (long enough to overfit) and batch.
+        epochs: long enough to overfit.
+        hidden: the MLP's hidden sizes (ReLU).
+        dropout: dropout probability after every hidden layer (dropout variants).
+        lr: SGD learning rate.
         average_last: the numbers are means over the last this many epochs (each
             evaluated in eval mode): the last iterate's eval-mode accuracy of a BN network
             can drop by 0.1-0.3 in a single epoch (moving averages that trail the weights).
     """
 
-    seeds: int = 3
+    train_size: int = 2000
+    epochs: int = 30
     hidden: tuple[int, ...] = (256, 256)
-    norm: str = "torch"
     dropout: float = 0.5
     lr: float = 0.1
-    train_size: int = 2000
-    test_size: int = 2000
-    epochs: int = 30
-    batch_size: int = 64
     average_last: int = 5
 
     def __post_init__(self) -> None:
@@ -88,9 +74,7 @@ class RegularizationConfig:
 
     @classmethod
     def quick(cls) -> RegularizationConfig:
-        return cls(
-            seeds=2, hidden=(64, 64), train_size=256, test_size=256, epochs=3, average_last=2
-        )
+        return cls(**{**cls.QUICK, "train_size": 256, "epochs": 3}, hidden=(64, 64), average_last=2)
 
 
 def with_dropout(mlp: nn.Sequential, p: float) -> nn.Sequential:
@@ -127,166 +111,132 @@ def build_model(config: RegularizationConfig, variant: str) -> nn.Module:
     return with_dropout(mlp, config.dropout) if variant.endswith("dropout") else mlp
 
 
-def run(config: RegularizationConfig, ctx: LabContext) -> LabOutcome:
-    if ctx.data is None:
-        raise ValueError("regularization needs Fashion-MNIST in ctx.data")
-    ctx.progress.start(len(VARIANTS) * config.seeds, "regularization")
-    cells: list[dict[str, Any]] = []
-    curves: dict[str, dict[str, list[list[float | None]]]] = {
-        "train accuracy (eval mode)": {},
-        "test accuracy": {},
-        "gap (train - test accuracy)": {},
+def grid(config: RegularizationConfig) -> Grid:
+    """Variant x seed (unit keys ``VARIANT-seedN``)."""
+    return Grid(variants=tuple(VARIANTS), seeds=config.seeds)
+
+
+def measure(config: RegularizationConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train one variant to overfit, evaluating the training subset in eval mode after
+    every epoch."""
+    model = build_model(config, cell.variant)
+    return config.fit(
+        model, bench, cell.seed, lr=config.lr, eval_train=True, eval_train_each_epoch=True
+    )
+
+
+def _mean(records: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    """The mean of ``key`` over ``records`` (None if a record lacks a value, or none)."""
+    values = [r.get(key) for r in records]
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _record(config: RegularizationConfig, cell: Cell, got: Mapping[str, Any]) -> dict[str, Any]:
+    """A cell's numbers: eval-mode accuracies, losses and gaps averaged over the last
+    ``average_last`` epochs, and the last epoch's."""
+    tail, final = got["history"][-config.average_last :], got["final"]
+    train_acc, test_acc = _mean(tail, "train_eval_acc"), _mean(tail, "test_acc")
+    return {
+        "variant": cell.variant,
+        "seed": cell.seed,
+        "train_eval_acc": train_acc,
+        "test_acc": test_acc,
+        "gap_acc": _minus(train_acc, test_acc),
+        "gap_loss": _minus(_mean(tail, "test_loss"), _mean(tail, "train_eval_loss")),
+        "train_eval_acc_last": final.get("train_eval_acc"),
+        "test_acc_last": final["test_acc"],
+        "train_loss": final["train_loss"],
+        "diverged": got["diverged"],
     }
-    for variant in VARIANTS:
-        for seed in range(config.seeds):
 
-            def compute(variant: str = variant, seed: int = seed) -> Any:
-                train = TrainConfig(
-                    lr=config.lr,
-                    epochs=config.epochs,
-                    batch_size=config.batch_size,
-                    seed=seed,
-                    device=str(ctx.device),
-                )
-                return train_variant(
-                    build_model(config, variant),
-                    ctx.data,
-                    train,
-                    train_size=config.train_size,
-                    test_size=config.test_size,
-                    eval_train=True,
-                    eval_train_each_epoch=True,
-                )
 
-            got = ctx.unit(f"{variant}-seed{seed}", compute)
-            history = got["history"]
-            tail = history[-config.average_last :]
-            final = got["final"]
+_CURVES = {
+    "train accuracy (eval mode)": lambda r: r.get("train_eval_acc"),
+    "test accuracy": lambda r: r["test_acc"],
+    "gap (train - test accuracy)": lambda r: _minus(r.get("train_eval_acc"), r["test_acc"]),
+}
 
-            def avg(key: str, records: list[dict[str, Any]] = tail) -> float | None:
-                values = [r.get(key) for r in records]
-                if not values or any(v is None for v in values):
-                    return None
-                return sum(values) / len(values)
 
-            train_acc, test_acc = avg("train_eval_acc"), avg("test_acc")
-            train_loss, test_loss = avg("train_eval_loss"), avg("test_loss")
-            cells.append(
-                {
-                    "variant": variant,
-                    "seed": seed,
-                    "train_eval_acc": train_acc,
-                    "test_acc": test_acc,
-                    "gap_acc": None
-                    if train_acc is None or test_acc is None
-                    else train_acc - test_acc,
-                    "gap_loss": None
-                    if train_loss is None or test_loss is None
-                    else test_loss - train_loss,
-                    "train_eval_acc_last": final.get("train_eval_acc"),
-                    "test_acc_last": final["test_acc"],
-                    "train_loss": final["train_loss"],
-                    "diverged": got["diverged"],
-                }
-            )
-            label = VARIANTS[variant]
-            curves["train accuracy (eval mode)"].setdefault(label, []).append(
-                [r.get("train_eval_acc") for r in history]
-            )
-            curves["test accuracy"].setdefault(label, []).append([r["test_acc"] for r in history])
-            curves["gap (train - test accuracy)"].setdefault(label, []).append(
-                [
-                    None
-                    if r.get("train_eval_acc") is None or r["test_acc"] is None
-                    else r["train_eval_acc"] - r["test_acc"]
-                    for r in history
-                ]
-            )
-            ctx.progress.advance()
+def summarize(config: RegularizationConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
+    """The table per variant, the pairwise differences, the verdict, two figures."""
+    cells = [_record(config, c, got) for c, got in run]
+    curves: dict[str, dict[str, list[list[float | None]]]] = {
+        name: {
+            label: [[value(r) for r in got["history"]] for got in run.select(variant=v)]
+            for v, label in VARIANTS.items()
+        }
+        for name, value in _CURVES.items()
+    }
     raw = {"cells": cells, "curves": curves, "average_last": config.average_last}
-    evidence, verdict = regularization_rule({"raw": raw})
-
-    rows = []
-    for variant, label in VARIANTS.items():
-        row: list[Any] = [label]
-        for metric in ("train_eval_acc", "test_acc", "gap_acc", "gap_loss"):
-            row += list(mean_std(pick(cells, metric, variant=variant)))
-        rows.append(row)
+    verdicts, _ = apply_rules({"raw": raw}, [(CLAIM, regularization_rule, _measured)])
+    metrics = ("train_eval_acc", "test_acc", "gap_acc", "gap_loss")
+    rows = [[label, *fits.mean_std_row(cells, metrics, variant=v)] for v, label in VARIANTS.items()]
     table = Table(
         f"Overfitting {config.train_size} training images for {config.epochs} epochs "
         f"(eval mode, mean of the last {config.average_last} epochs; mean, std over seeds)",
-        [
-            "variant",
-            "train acc",
-            "std",
-            "test acc",
-            "std",
-            "gap (acc)",
-            "std",
-            "gap (loss)",
-            "std",
-        ],
+        ["variant", "train acc", "std", "test acc", "std", "gap (acc)", "std", "gap (loss)", "std"],
         rows,
     )
     cmp_rows = []
     for a, b in (("bn", "none"), ("dropout", "none"), ("bn+dropout", "none"), ("bn", "dropout")):
         gap = compare(pick(cells, "gap_acc", variant=a), pick(cells, "gap_acc", variant=b))
         acc = compare(pick(cells, "test_acc", variant=a), pick(cells, "test_acc", variant=b))
-        cmp_rows.append(
-            [
-                f"{VARIANTS[a]} - {VARIANTS[b]}",
-                gap.diff,
-                gap.se,
-                gap.direction,
-                acc.diff,
-                acc.se,
-                acc.direction,
-            ]
-        )
+        pair = f"{VARIANTS[a]} - {VARIANTS[b]}"
+        cmp_rows.append([pair, gap.diff, gap.se, gap.direction, acc.diff, acc.se, acc.direction])
     cmp_table = Table(
         "Differences (Welch; counts beyond 2 standard errors)",
         ["pair", "gap diff", "se", "gap", "test acc diff", "se", "test acc"],
         cmp_rows,
     )
     bars = {
-        "train acc": {VARIANTS[v]: pick(cells, "train_eval_acc", variant=v) for v in VARIANTS},
-        "test acc": {VARIANTS[v]: pick(cells, "test_acc", variant=v) for v in VARIANTS},
-        "gap": {VARIANTS[v]: pick(cells, "gap_acc", variant=v) for v in VARIANTS},
+        name: {VARIANTS[v]: pick(cells, metric, variant=v) for v in VARIANTS}
+        for name, metric in _BARS
     }
-    plot_grouped_bars(
-        bars, ctx.out_dir / "regularization.png", ylabel="accuracy", title="Train/test gap"
-    )
+    out = ctx.out_dir
+    plot_grouped_bars(bars, out / "regularization.png", ylabel="accuracy", title="Train/test gap")
     plot_metric_curves(
-        curves, ctx.out_dir / "regularization_curves.png", title="Overfitting a small subset"
-    )
-    holds = holds_of(verdict)
-    measured = (
-        f"{verdict}: gap with BN minus without {evidence['gap_diff']:+.4f} (se "
-        f"{_r(evidence['gap_se'])}, {evidence['gap_direction']}); test accuracy "
-        f"{evidence['test_acc_diff']:+.4f} (se {_r(evidence['test_acc_se'])}, "
-        f"{evidence['test_acc_direction']})"
+        curves, out / "regularization_curves.png", title="Overfitting a small subset"
     )
     return LabOutcome(
         tables=[table, cmp_table],
-        verdicts=[Verdict(CLAIM, holds, measured)],
-        figures=[
-            Figure(
-                "regularization.png",
-                "Train accuracy, test accuracy and their gap per variant (eval mode): mean, "
-                "whisker = std over seeds.",
-            ),
-            Figure(
-                "regularization_curves.png",
-                "Train accuracy, test accuracy (both in eval mode) and their gap per epoch: "
-                "mean over seeds, band = min..max.",
-            ),
-        ],
+        verdicts=verdicts,
+        figures=[Figure(file, caption) for file, caption in _FIGURES],
         raw=raw,
         notes=[
             "gap = accuracy on the training subset minus on the test subset, both in eval "
             f"mode, averaged over the last {config.average_last} epochs; dropout sits after "
             "every hidden layer (after BN)."
         ],
+    )
+
+
+_BARS = (("train acc", "train_eval_acc"), ("test acc", "test_acc"), ("gap", "gap_acc"))
+_FIGURES = (
+    (
+        "regularization.png",
+        "Train accuracy, test accuracy and their gap per variant (eval mode): mean, "
+        "whisker = std over seeds.",
+    ),
+    (
+        "regularization_curves.png",
+        "Train accuracy, test accuracy (both in eval mode) and their gap per epoch: "
+        "mean over seeds, band = min..max.",
+    ),
+)
+
+
+def _measured(evidence: Mapping[str, Any]) -> str:
+    return (
+        f"gap with BN minus without {evidence['gap_diff']:+.4f} (se "
+        f"{_r(evidence['gap_se'])}, {evidence['gap_direction']}); test accuracy "
+        f"{evidence['test_acc_diff']:+.4f} (se {_r(evidence['test_acc_se'])}, "
+        f"{evidence['test_acc_direction']})"
     )
 
 
@@ -324,7 +274,7 @@ def regularization_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str
 
 
 SPEC = register_lab(
-    LabSpec(
+    grid_lab(
         name="regularization",
         title="Train/test gap with BN, dropout and both",
         summary=(
@@ -335,8 +285,9 @@ SPEC = register_lab(
             "epochs, and their gap, compared with the 2-standard-error rule."
         ),
         config_type=RegularizationConfig,
-        run=run,
-        needs_data=True,
+        grid=grid,
+        measure=measure,
+        summarize=summarize,
         full_time=(
             "4.2 min wall (76 s of CPU time) with --threads 1 on the shared 2-core machine "
             "under heavy load from other jobs (2026-11-26)"
