@@ -16,17 +16,6 @@ from bnlab.lab.experiment import get_lab, run_lab
 from bnlab.models import create
 
 
-def fake_data(train: int = 96, test: int = 48) -> dict[str, torch.Tensor]:
-    x, y = fake_images_labels(train, seed=0)
-    tx, ty = fake_images_labels(test, seed=1)
-    return {
-        "train_images": x,
-        "train_labels": y.long(),
-        "test_images": tx,
-        "test_labels": ty.long(),
-    }
-
-
 def tiny_config() -> predict_mode.PredictModeConfig:
     return dataclasses.replace(
         predict_mode.PredictModeConfig.quick(),
@@ -38,11 +27,11 @@ def tiny_config() -> predict_mode.PredictModeConfig:
     )
 
 
-def test_quick_run_writes_results_figures_and_resumes(tmp_path: Path) -> None:
+def test_quick_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) -> None:
     spec = get_lab("predict-mode")
     config = tiny_config()
     out = tmp_path / "run"
-    results = run_lab(spec, config, out, data=fake_data(), quick=True)
+    results = run_lab(spec, config, out, data=fake_data(96, 48), quick=True)
     cells = results["raw"]["cells"]
     assert len(cells) == (len(config.momenta) + 1) * config.seeds
     for name in ("test_batch.png", "momentum.png", "non_iid.png"):
@@ -59,9 +48,17 @@ def test_quick_run_writes_results_figures_and_resumes(tmp_path: Path) -> None:
         assert verdict["holds"] == {"supported": True, "not supported": False}.get(rule(results)[1])
     (out / "units" / "sorted-m0.1-seed0.json").unlink()
     (out / "results.json").unlink()
-    again = run_lab(spec, config, out, data=fake_data(), resume=True, quick=True)
+    again = run_lab(spec, config, out, data=fake_data(96, 48), resume=True, quick=True)
     assert again["units_reused"] == len(cells) - 1
     assert again["raw"]["cells"] == json.loads(json.dumps(cells))
+    keys = [f"{c.variant}-seed{c.seed}" for c in predict_mode.grid(config).cells()]
+    assert keys == [  # the old unit order: per seed, each momentum shuffled, then sorted
+        f"{arm}-seed{s}"
+        for s in (0, 1)
+        for arm in ("shuffled-m0.1", "shuffled-mcumulative", "sorted-m0.1")
+    ]
+    with pytest.raises(ValueError, match=r"default_momentum 0.5 is not in momenta \(0.1, None\)"):
+        predict_mode.grid(dataclasses.replace(config, default_momentum=0.5))
 
 
 def test_class_sorted_loader_batches_hold_one_or_two_classes() -> None:
@@ -145,3 +142,19 @@ def test_rules_on_synthetic_numbers() -> None:
     assert predict_mode.iid_rule(r)[1] == "not supported"
     r = _results(hi, lo, hi, lo, hi, same)
     assert predict_mode.iid_rule(r)[1] == "mixed"
+
+
+def test_rules_on_the_null() -> None:
+    """Equal accuracies everywhere: only the batch of one's error speaks for the claim."""
+    same = [0.70, 0.72, 0.71]
+    r = _results(same, same, same, same, same, same)
+    evidence, verdict = predict_mode.moving_average_rule(r)
+    assert verdict == "mixed"  # a test batch of one raises; batches of 2 are no worse
+    assert evidence["batch_of_one_fails"] is True
+    assert evidence["moving_minus_batch2"]["direction"] == "unclear"
+    evidence, verdict = predict_mode.recalibration_rule(r)
+    assert verdict == "supported"  # "at least as good": equal is good enough
+    assert evidence["0.1"]["diff"] == pytest.approx(0.0, abs=1e-12)
+    evidence, verdict = predict_mode.iid_rule(r)
+    assert verdict == "not supported"
+    assert {g["direction"] for g in evidence.values()} == {"unclear"}

@@ -7,7 +7,7 @@ mini-batches are assumed i.i.d. (``002_adae9b0709a5d84d.txt``). Measured here, w
 LeNet-BN recipe (sigmoid LeNet, BN, SGD lr 1.0, batch 256) on a subset of Fashion-MNIST:
 
 1. Test accuracy with the moving averages, with each test batch's own statistics (BN in
-   train mode on a copy, ``bnlab.lab.d2l.batch_stats_accuracy``) as a function of the
+   train mode on a copy, ``bnlab.lab.kit.batch_stats_accuracy``) as a function of the
    test batch size (1 raises, 2, 8, 32, 256, 1000), and after ``recalibrate_batchnorm``
    (population statistics of the training subset).
 2. The momentum of the moving averages (0.01, 0.1, 0.5, None = cumulative average):
@@ -34,17 +34,17 @@ from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab.claims import Claim, register_claim
-from bnlab.lab.d2l import batch_stats_accuracy
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    compare,
-    register_lab,
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, compare, register_lab
+from bnlab.lab.kit import (
+    apply_rules,
+    batch_stats_accuracy,
+    cpu_threads,
+    hits_verdict,
+    mean_std_cell,
+    pick,
+    take,
 )
-from bnlab.lab.kit import apply_rules, cpu_threads, mean_std, pick, take
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 from bnlab.models import create
 from bnlab.nn import recalibrate_batchnorm
 from bnlab.plots.batch import plot_grouped_bars, plot_vs_batch
@@ -54,11 +54,13 @@ __all__ = [
     "ClassSortedLoader",
     "PredictModeConfig",
     "batch_stats_by_size",
+    "grid",
     "iid_rule",
+    "measure",
     "moving_average_rule",
     "recalibration_rule",
-    "run",
     "set_bn_momentum",
+    "summarize",
 ]
 
 
@@ -198,88 +200,88 @@ def _momentum_key(momentum: float | None) -> str:
     return "cumulative" if momentum is None else f"{momentum:g}"
 
 
-def _train(
-    config: PredictModeConfig,
-    data: Mapping[str, Tensor],
-    seed: int,
-    momentum: float | None,
-    sorted_batches: bool,
-    device: torch.device,
-) -> dict[str, Any]:
-    train_x, train_y = take(data, "train", config.train_size)
-    test_x, test_y = take(data, "test", config.test_size)
-    model = create("lenet", norm=config.norm)
-    set_bn_momentum(model, momentum)
-    if sorted_batches:
-        loader: Any = ClassSortedLoader(
-            train_x, train_y, config.batch_size, seed=seed, device=device
-        )
-    else:
-        loader = DeviceLoader(train_x, train_y, config.batch_size, seed=seed, device=device)
-    test_loader = DeviceLoader(test_x, test_y, 1000, shuffle=False, device=device)
-    train = TrainConfig(
-        lr=config.lr,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        seed=seed,
-        device=str(device),
-    )
-    fit(model, loader, test_loader, train)
-    out: dict[str, Any] = {"moving_acc": evaluate(model, test_loader, device)["acc"]}
-    probe = copy.deepcopy(model)
-    recalibrate_batchnorm(probe, DeviceLoader(train_x, train_y, 256, shuffle=False, device=device))
-    out["recal_acc"] = evaluate(probe, test_loader, device)["acc"]
-    order = torch.argsort(test_y, stable=True)
-    size = config.sorted_test_batch
-    out["batch_stats_shuffled"] = batch_stats_by_size(model, test_x, test_y, [size], device=device)[
-        str(size)
-    ]
-    out["batch_stats_sorted"] = batch_stats_by_size(
-        model, test_x[order], test_y[order], [size], device=device
-    )[str(size)]
-    if momentum == config.default_momentum and not sorted_batches:
-        out["batch_stats"] = batch_stats_by_size(
-            model, test_x, test_y, config.test_batches, device=device
-        )
-    return out
+def _arms(config: PredictModeConfig) -> dict[str, tuple[str, float | None]]:
+    """Variant name (``TRAINING-mMOMENTUM``) -> (training batches, momentum): every
+    momentum with shuffled batches, then the default momentum with class-sorted ones."""
+    arms = [("shuffled", m) for m in config.momenta] + [("sorted", config.default_momentum)]
+    return {f"{t}-m{_momentum_key(m)}": (t, m) for t, m in arms}
 
 
-def run(config: PredictModeConfig, ctx: LabContext) -> LabOutcome:
-    if ctx.data is None:
-        raise ValueError("predict-mode needs Fashion-MNIST in ctx.data")
+def grid(config: PredictModeConfig) -> Grid:
+    """The arms x seed (units ``TRAINING-mMOMENTUM-seedN``, seeds outermost).
+
+    Raises:
+        ValueError: ``default_momentum`` is not among ``momenta``.
+    """
     if config.default_momentum not in config.momenta:
         raise ValueError(
             f"predict-mode: default_momentum {config.default_momentum} is not in momenta "
             f"{config.momenta}; add it"
         )
+    return Grid(
+        variants=list(_arms(config)), seeds=config.seeds, order=("seed", "variant", "setting")
+    )
+
+
+def measure(config: PredictModeConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train d2l's LeNet-BN with the arm's batches and momentum; its test accuracy with
+    moving averages, recalibrated, and with batch statistics (shuffled and class-sorted
+    test batches; every test batch size for the default arm)."""
+    training, momentum = _arms(config)[cell.variant]
+    data, device, seed = bench.data, bench.device, cell.seed
+    train_x, train_y = take(data, "train", config.train_size)
+    test_x, test_y = take(data, "test", config.test_size)
     with cpu_threads(config.threads):
-        return _run(config, ctx)
+        model = create("lenet", norm=config.norm)
+        set_bn_momentum(model, momentum)
+        if training == "sorted":
+            loader: Any = ClassSortedLoader(
+                train_x, train_y, config.batch_size, seed=seed, device=device
+            )
+        else:
+            loader = DeviceLoader(train_x, train_y, config.batch_size, seed=seed, device=device)
+        test_loader = DeviceLoader(test_x, test_y, 1000, shuffle=False, device=device)
+        train = TrainConfig(
+            lr=config.lr,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=seed,
+            device=str(device),
+        )
+        fit(model, loader, test_loader, train)
+        out: dict[str, Any] = {"moving_acc": evaluate(model, test_loader, device)["acc"]}
+        probe = copy.deepcopy(model)
+        recalibrate_batchnorm(
+            probe, DeviceLoader(train_x, train_y, 256, shuffle=False, device=device)
+        )
+        out["recal_acc"] = evaluate(probe, test_loader, device)["acc"]
+        order = torch.argsort(test_y, stable=True)
+        size = config.sorted_test_batch
+        out["batch_stats_shuffled"] = batch_stats_by_size(
+            model, test_x, test_y, [size], device=device
+        )[str(size)]
+        out["batch_stats_sorted"] = batch_stats_by_size(
+            model, test_x[order], test_y[order], [size], device=device
+        )[str(size)]
+        if momentum == config.default_momentum and training == "shuffled":
+            out["batch_stats"] = batch_stats_by_size(
+                model, test_x, test_y, config.test_batches, device=device
+            )
+    return out
 
 
-def _run(config: PredictModeConfig, ctx: LabContext) -> LabOutcome:
-    data = ctx.data
-    ctx.progress.start((len(config.momenta) + 1) * config.seeds, "predict-mode")
-    cells: list[dict[str, Any]] = []
-    for seed in range(config.seeds):
-        variants = [(m, False) for m in config.momenta] + [(config.default_momentum, True)]
-        for momentum, sorted_batches in variants:
-            training = "sorted" if sorted_batches else "shuffled"
-            key = f"{training}-m{_momentum_key(momentum)}-seed{seed}"
-            got = ctx.unit(
-                key,
-                lambda m=momentum, s=seed, sb=sorted_batches: _train(
-                    config, data, s, m, sb, ctx.device
-                ),
-            )
-            cells.append(
-                {
-                    "training": training,
-                    "momentum": _momentum_key(momentum),
-                    "seed": seed,
-                    **got,
-                }
-            )
-            ctx.progress.advance()
+def summarize(config: PredictModeConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
+    """Three tables (test batch size, momentum, non-i.i.d.), three figures, the verdicts."""
+    arms = _arms(config)
+    cells = [
+        {
+            "training": arms[c.variant][0],
+            "momentum": _momentum_key(arms[c.variant][1]),
+            "seed": c.seed,
+            **r,
+        }
+        for c, r in run
+    ]
     default = _momentum_key(config.default_momentum)
     raw = {
         "cells": cells,
@@ -289,9 +291,8 @@ def _run(config: PredictModeConfig, ctx: LabContext) -> LabOutcome:
         "sorted_test_batch": config.sorted_test_batch,
         "min_effect": config.min_effect,
     }
-    results = {"raw": raw}
     verdicts, evidences = apply_rules(
-        results,
+        {"raw": raw},
         (
             (CLAIM_MOVING, moving_average_rule, _measured_moving),
             (CLAIM_RECAL, recalibration_rule, _measured_recal),
@@ -299,128 +300,61 @@ def _run(config: PredictModeConfig, ctx: LabContext) -> LabOutcome:
         ),
     )
 
-    def ms(values: Sequence[Any]) -> str | None:
-        mean, std = mean_std([float(v) for v in values if isinstance(v, int | float)])
-        if mean is None:
-            return None
-        return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
-
-    base = [c for c in cells if c["training"] == "shuffled" and c["momentum"] == default]
-    moving = ms(pick(base, "moving_acc"))
-    recal = ms(pick(base, "recal_acc"))
+    base = _arm(raw)
     size_rows = []
     for size in config.test_batches:
         values = [c["batch_stats"][str(size)] for c in base]
         texts = [v for v in values if isinstance(v, str)]
-        size_rows.append([size, texts[0] if texts else ms(values), moving, recal])
-    size_table = Table(
-        f"Test accuracy with each test batch's own statistics against the test batch size "
-        f"(momentum {default}, shuffled training; mean ± std over seeds)",
-        ["test batch", "batch statistics", "moving averages", "recalibrated"],
-        size_rows,
-    )
-    momentum_rows = []
-    for m in raw["momenta"]:
-        sel = [c for c in cells if c["training"] == "shuffled" and c["momentum"] == m]
-        diffs = [c["recal_acc"] - c["moving_acc"] for c in sel]
-        momentum_rows.append(
-            [m, ms(pick(sel, "moving_acc")), ms(pick(sel, "recal_acc")), ms(diffs)]
-        )
-    momentum_table = Table(
-        "Momentum of the moving averages (shuffled training; mean ± std over seeds)",
-        ["momentum", "moving averages", "recalibrated", "recalibrated - moving"],
-        momentum_rows,
-    )
-    iid_rows = []
-    for training in ("shuffled", "sorted"):
-        sel = [c for c in cells if c["training"] == training and c["momentum"] == default]
-        iid_rows.append(
+        size_rows.append(
             [
-                f"{training} training batches",
-                ms(pick(sel, "moving_acc")),
-                ms(pick(sel, "recal_acc")),
-                ms([c["batch_stats_shuffled"] for c in sel]),
-                ms([c["batch_stats_sorted"] for c in sel]),
+                size,
+                texts[0] if texts else mean_std_cell(values),
+                mean_std_cell(pick(base, "moving_acc")),
+                mean_std_cell(pick(base, "recal_acc")),
             ]
         )
-    size = config.sorted_test_batch
-    iid_table = Table(
-        f"Non-i.i.d. batches: training sorted by class vs shuffled; test batches of {size} "
-        "shuffled vs sorted by class (mean ± std over seeds)",
+    momentum_rows = [
         [
-            "training",
-            "moving averages",
-            "recalibrated",
-            f"batch stats, shuffled test batches of {size}",
-            f"batch stats, class-sorted test batches of {size}",
-        ],
-        iid_rows,
-    )
-    sizes = [
-        s
-        for s in config.test_batches
-        if all(isinstance(c["batch_stats"][str(s)], float) for c in base)
+            m,
+            mean_std_cell(pick(_arm(raw, "shuffled", m), "moving_acc")),
+            mean_std_cell(pick(_arm(raw, "shuffled", m), "recal_acc")),
+            mean_std_cell([c["recal_acc"] - c["moving_acc"] for c in _arm(raw, "shuffled", m)]),
+        ]
+        for m in raw["momenta"]
     ]
-
-    def flat(metric: str) -> list[list[float | None]]:
-        return [[c[metric]] * len(sizes) for c in base]
-
-    plot_vs_batch(
-        {
-            "LeNet-BN, d2l recipe": {
-                "batch statistics": {
-                    "x": sizes,
-                    "runs": [[c["batch_stats"][str(s)] for s in sizes] for c in base],
-                },
-                "moving averages": {"x": sizes, "runs": flat("moving_acc")},
-                "recalibrated": {"x": sizes, "runs": flat("recal_acc")},
-            }
-        },
-        ctx.out_dir / "test_batch.png",
-        ylabel="test accuracy",
-        xlabel="test batch size",
-        title="Prediction with batch statistics against the test batch size",
-    )
-    plot_grouped_bars(
-        {
-            label: {
-                m: pick(
-                    [c for c in cells if c["training"] == "shuffled" and c["momentum"] == m],
-                    metric,
-                )
-                for m in raw["momenta"]
-            }
-            for label, metric in (("moving averages", "moving_acc"), ("recalibrated", "recal_acc"))
-        },
-        ctx.out_dir / "momentum.png",
-        ylabel="test accuracy",
-        title="Momentum of the moving averages",
-    )
-    plot_grouped_bars(
-        {
-            label: {
-                f"{t} training": [
-                    float(c[key])
-                    for c in cells
-                    if c["training"] == t
-                    and c["momentum"] == default
-                    and isinstance(c[key], int | float)
-                ]
-                for t in ("shuffled", "sorted")
-            }
-            for label, key in (
-                ("moving averages", "moving_acc"),
-                ("recalibrated", "recal_acc"),
-                ("batch stats, shuffled test", "batch_stats_shuffled"),
-                ("batch stats, sorted test", "batch_stats_sorted"),
-            )
-        },
-        ctx.out_dir / "non_iid.png",
-        ylabel="test accuracy",
-        title="Non-i.i.d. (class-sorted) batches in training and at test time",
-    )
+    iid_rows = [
+        [f"{t} training batches"] + [mean_std_cell([c[k] for c in _arm(raw, t)]) for k in _IID_KEYS]
+        for t in ("shuffled", "sorted")
+    ]
+    size = config.sorted_test_batch
+    tables = [
+        Table(
+            f"Test accuracy with each test batch's own statistics against the test batch size "
+            f"(momentum {default}, shuffled training; mean ± std over seeds)",
+            ["test batch", "batch statistics", "moving averages", "recalibrated"],
+            size_rows,
+        ),
+        Table(
+            "Momentum of the moving averages (shuffled training; mean ± std over seeds)",
+            ["momentum", "moving averages", "recalibrated", "recalibrated - moving"],
+            momentum_rows,
+        ),
+        Table(
+            f"Non-i.i.d. batches: training sorted by class vs shuffled; test batches of {size} "
+            "shuffled vs sorted by class (mean ± std over seeds)",
+            [
+                "training",
+                "moving averages",
+                "recalibrated",
+                f"batch stats, shuffled test batches of {size}",
+                f"batch stats, class-sorted test batches of {size}",
+            ],
+            iid_rows,
+        ),
+    ]
+    _plot(config, ctx, raw)
     return LabOutcome(
-        tables=[size_table, momentum_table, iid_table],
+        tables=tables,
         verdicts=verdicts,
         figures=[
             Figure(
@@ -446,7 +380,7 @@ def _run(config: PredictModeConfig, ctx: LabContext) -> LabOutcome:
             f"({config.norm}), SGD lr {config.lr:g}, batch {config.batch_size}, "
             f"{config.epochs} epochs; test subset of {config.test_size}.",
             "Batch statistics: BN in train mode on a copy of the model, without gradients "
-            "(bnlab.lab.d2l.batch_stats_accuracy).",
+            "(bnlab.lab.kit.batch_stats_accuracy).",
             "Recalibrated: bnlab.nn.recalibrate_batchnorm over the training subset in "
             "batches of 256.",
             "Class-sorted training: each batch one or two classes, batch order shuffled.",
@@ -454,6 +388,76 @@ def _run(config: PredictModeConfig, ctx: LabContext) -> LabOutcome:
             "running statistics): the models of one seed are identical across momenta, so "
             "their recalibrated accuracies are equal and only the averages differ.",
         ],
+    )
+
+
+def _arm(
+    raw: Mapping[str, Any], training: str = "shuffled", momentum: str | None = None
+) -> list[dict[str, Any]]:
+    """The cells of one arm (momentum key; default: the default momentum's)."""
+    momentum = raw["default_momentum"] if momentum is None else momentum
+    return [c for c in raw["cells"] if c["training"] == training and c["momentum"] == momentum]
+
+
+#: The accuracies of the non-i.i.d. table and figure, in order.
+_IID_KEYS = ("moving_acc", "recal_acc", "batch_stats_shuffled", "batch_stats_sorted")
+
+
+def _plot(config: PredictModeConfig, ctx: LabContext, raw: Mapping[str, Any]) -> None:
+    """The three figures: batch statistics by test batch size, momenta, non-i.i.d."""
+    base = _arm(raw)
+    sizes = [
+        s
+        for s in config.test_batches
+        if all(isinstance(c["batch_stats"][str(s)], float) for c in base)
+    ]
+    plot_vs_batch(
+        {
+            "LeNet-BN, d2l recipe": {
+                "batch statistics": {
+                    "x": sizes,
+                    "runs": [[c["batch_stats"][str(s)] for s in sizes] for c in base],
+                },
+                "moving averages": {
+                    "x": sizes,
+                    "runs": [[c["moving_acc"]] * len(sizes) for c in base],
+                },
+                "recalibrated": {"x": sizes, "runs": [[c["recal_acc"]] * len(sizes) for c in base]},
+            }
+        },
+        ctx.out_dir / "test_batch.png",
+        ylabel="test accuracy",
+        xlabel="test batch size",
+        title="Prediction with batch statistics against the test batch size",
+    )
+    plot_grouped_bars(
+        {
+            label: {m: pick(_arm(raw, "shuffled", m), metric) for m in raw["momenta"]}
+            for label, metric in (("moving averages", "moving_acc"), ("recalibrated", "recal_acc"))
+        },
+        ctx.out_dir / "momentum.png",
+        ylabel="test accuracy",
+        title="Momentum of the moving averages",
+    )
+    labels = (
+        "moving averages",
+        "recalibrated",
+        "batch stats, shuffled test",
+        "batch stats, sorted test",
+    )
+    plot_grouped_bars(
+        {
+            label: {
+                f"{t} training": [
+                    float(c[key]) for c in _arm(raw, t) if isinstance(c[key], int | float)
+                ]
+                for t in ("shuffled", "sorted")
+            }
+            for label, key in zip(labels, _IID_KEYS, strict=True)
+        },
+        ctx.out_dir / "non_iid.png",
+        ylabel="test accuracy",
+        title="Non-i.i.d. (class-sorted) batches in training and at test time",
     )
 
 
@@ -483,14 +487,6 @@ RULE_IID = (
 )
 
 
-def _default(raw: Mapping[str, Any], training: str = "shuffled") -> list[dict[str, Any]]:
-    return [
-        c
-        for c in raw["cells"]
-        if c["training"] == training and c["momentum"] == raw["default_momentum"]
-    ]
-
-
 def _floats(values: Sequence[Any]) -> list[float]:
     return [float(v) if isinstance(v, int | float) else math.nan for v in values]
 
@@ -506,14 +502,14 @@ def _cmp(a: Sequence[Any], b: Sequence[Any], min_effect: float) -> dict[str, Any
 def moving_average_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The verdict for "prediction must use the moving averages"."""
     raw = results["raw"]
-    base = _default(raw)
+    base = _arm(raw)
     one = [c["batch_stats"].get("1") for c in base]
     two = [c["batch_stats"].get("2") for c in base]
     one_fails = bool(one) and all(isinstance(v, str) for v in one)
     gap = _cmp([c["moving_acc"] for c in base], two, float(raw["min_effect"]))
     evidence = {"batch_of_one_fails": one_fails, "moving_minus_batch2": gap}
     hits = one_fails + (gap is not None and gap["direction"] == "greater")
-    return evidence, {2: "supported", 1: "mixed"}.get(hits, "not supported")
+    return evidence, hits_verdict(hits, 2)
 
 
 def recalibration_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -522,22 +518,20 @@ def recalibration_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]
     evidence: dict[str, Any] = {}
     ok = 0
     for m in raw["momenta"]:
-        sel = [c for c in raw["cells"] if c["training"] == "shuffled" and c["momentum"] == m]
+        sel = _arm(raw, "shuffled", m)
         gap = _cmp(
             [c["recal_acc"] for c in sel], [c["moving_acc"] for c in sel], float(raw["min_effect"])
         )
         evidence[m] = gap
         ok += gap is not None and gap["direction"] != "less"
-    total = len(raw["momenta"])
-    verdict = "supported" if ok == total else "mixed" if ok else "not supported"
-    return evidence, verdict
+    return evidence, hits_verdict(ok, len(raw["momenta"]))
 
 
 def iid_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The verdict for "non-i.i.d. batches hurt BN"."""
     raw = results["raw"]
     eff = float(raw["min_effect"])
-    shuffled, ordered = _default(raw), _default(raw, "sorted")
+    shuffled, ordered = _arm(raw), _arm(raw, "sorted")
     train = _cmp([c["moving_acc"] for c in shuffled], [c["moving_acc"] for c in ordered], eff)
     test = _cmp(
         [c["batch_stats_shuffled"] for c in shuffled],
@@ -546,7 +540,7 @@ def iid_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     )
     evidence = {"training_shuffled_minus_sorted": train, "test_shuffled_minus_sorted": test}
     hits = sum(1 for g in (train, test) if g is not None and g["direction"] == "greater")
-    return evidence, {2: "supported", 1: "mixed"}.get(hits, "not supported")
+    return evidence, hits_verdict(hits, 2)
 
 
 def _gap_text(g: Mapping[str, Any] | None) -> str:
@@ -577,7 +571,7 @@ def _measured_iid(e: Mapping[str, Any]) -> str:
 
 
 SPEC = register_lab(
-    LabSpec(
+    grid_lab(
         name="predict-mode",
         title="Prediction mode: moving averages, batch statistics, recalibration",
         summary=(
@@ -589,39 +583,37 @@ SPEC = register_lab(
             "test batches against shuffled ones."
         ),
         config_type=PredictModeConfig,
-        run=run,
-        needs_data=True,
+        grid=grid,
+        measure=measure,
+        summarize=summarize,
         full_time="9 min (515 s) on a shared, loaded 2-core CPU",
     )
 )
 
-register_claim(
-    Claim(
-        key="bn-predict-with-moving-averages",
-        claim=CLAIM_MOVING,
-        source="000_3d8114077ba70cad.txt",
-        experiment="predict-mode",
-        rule_text=RULE_MOVING,
-        rule=moving_average_rule,
+for _key, _claim, _source, _rule_text, _rule in (
+    (
+        "bn-predict-with-moving-averages",
+        CLAIM_MOVING,
+        "000_3d8114077ba70cad.txt",
+        RULE_MOVING,
+        moving_average_rule,
+    ),
+    (
+        "recalibration-at-least-moving-averages",
+        CLAIM_RECAL,
+        "003_8a52002564f5ba9e.txt",
+        RULE_RECAL,
+        recalibration_rule,
+    ),
+    ("non-iid-batches-hurt-bn", CLAIM_IID, "002_adae9b0709a5d84d.txt", RULE_IID, iid_rule),
+):
+    register_claim(
+        Claim(
+            key=_key,
+            claim=_claim,
+            source=_source,
+            experiment="predict-mode",
+            rule_text=_rule_text,
+            rule=_rule,
+        )
     )
-)
-register_claim(
-    Claim(
-        key="recalibration-at-least-moving-averages",
-        claim=CLAIM_RECAL,
-        source="003_8a52002564f5ba9e.txt",
-        experiment="predict-mode",
-        rule_text=RULE_RECAL,
-        rule=recalibration_rule,
-    )
-)
-register_claim(
-    Claim(
-        key="non-iid-batches-hurt-bn",
-        claim=CLAIM_IID,
-        source="002_adae9b0709a5d84d.txt",
-        experiment="predict-mode",
-        rule_text=RULE_IID,
-        rule=iid_rule,
-    )
-)
