@@ -135,3 +135,24 @@ def test_summarize_spreads_over_seeds() -> None:
     stats = summary["variants"]["none"]["metrics"]["train_loss"]
     assert stats == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 3}
     assert set(VARIANTS) == {"none", "textbook", "bnlab", "torch"}
+
+
+def test_resume_accepts_a_folder_from_before_the_sample_counts(
+    finished: tuple[Path, dict], tmp_path: Path
+) -> None:
+    # Folders written before config.json recorded the sample counts resume as before;
+    # a setting that changes the numbers is still compared.
+    import shutil
+
+    out, summary = finished
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy)
+    config = json.loads((legacy / "config.json").read_text())
+    assert config.pop("data")
+    (legacy / "config.json").write_text(json.dumps(config))
+    again = run_d2l(_data(), CONFIG, legacy, resume=True)
+    assert again["variants"]["bnlab"]["metrics"] == summary["variants"]["bnlab"]["metrics"]
+    (legacy / "config.json").write_text(json.dumps(config))
+    other = D2LConfig(epochs=3, batch_size=64, variants=CONFIG.variants, recalibrate_batches=2)
+    with pytest.raises(ValueError, match="other settings"):
+        run_d2l(_data(), other, legacy, resume=True)

@@ -396,7 +396,10 @@ def _claim_folder(
             "another --out"
         )
     if resume and run.config.exists():
-        changes = run.settings_changes(settings, may_change=_MAY_CHANGE)
+        # Folders from before bnlab 0.2 did not record the sample counts: take them as
+        # this run's (the settings that change numbers are still compared).
+        legacy = {"data": settings["data"]} if "data" in settings else None
+        changes = run.settings_changes(settings, may_change=_MAY_CHANGE, defaults=legacy)
         if changes:
             raise ValueError(
                 f"{run.path} holds d2l runs of other settings "
