@@ -4,24 +4,10 @@ Seed ``003_8a52002564f5ba9e.txt`` says BN stabilises recurrent networks (RNN, LS
 helps Transformers train, and that LayerNorm and InstanceNorm have their advantages on
 sequence data and in online learning. Measured here on Fashion-MNIST read as a sequence:
 each image is 28 steps of 28 features (its rows, standardized with the dataset's mean
-and std), classified from the last hidden state (GRU) or the mean over steps
-(Transformer).
-
-Networks (defined here; they take ``(N, 1, 28, 28)`` and return ``(N, 10)`` logits):
-
-- ``GRU`` (hidden size ``hidden``), written out step by step so a norm can sit on the
-  input-to-hidden pre-activations ``W_i x_t`` (shape ``(N, T, 3H)``) before the
-  recurrence, the simple form of Laurent et al., "Batch Normalized Recurrent Neural
-  Networks" (arXiv 1510.01378). ``bn``: BatchNorm over the batch *per time step*, with
-  separate statistics (and affine parameters) for each step, as Cooijmans et al.,
-  "Recurrent Batch Normalization" (arXiv 1603.09025) keep per-step statistics;
-  ``ln``: LayerNorm over the ``3H`` features of each (example, step) (Ba et al.,
-  "Layer Normalization", arXiv 1607.06450); ``none``: nothing.
-- ``Transformer``: a pre-norm encoder (``layers`` blocks, ``d_model``, 4 heads, a
-  feed-forward of ``2 d_model``, learned positions), Vaswani et al., arXiv 1706.03762.
-  ``bn``: BatchNorm1d over (batch, time) for each of the ``d_model`` features (the
-  statistics of all steps of all sequences in the batch); ``ln``: LayerNorm over
-  ``d_model``; ``none``: identity.
+and std), classified by the networks of ``bnlab.models.sequence``: a GRU with the norm
+on its input-to-hidden pre-activations (BN with per-step statistics, as Cooijmans et
+al., arXiv 1603.09025) and a pre-norm Transformer (BN over batch and time), each with no
+norm, BN or LayerNorm.
 
 Measurements, all with Adam at a fixed learning rate: test accuracy after ``epochs``
 epochs at batch sizes 8, 32 and 128 (the same number of epochs, so fewer steps at larger
@@ -45,33 +31,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab.claims import Claim, holds_of, register_claim
+from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
     LabOutcome,
-    LabSpec,
     Table,
-    Verdict,
     compare,
     describe,
     register_lab,
     seeded,
 )
-from bnlab.lab.kit import mean_std, pick, take
+from bnlab.lab.kit import apply_rules, hits_verdict, mean_std, pick, take
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
+from bnlab.models.sequence import SEQUENCE_ARCHS as ARCHS
+from bnlab.models.sequence import SEQUENCE_NORMS as NORMS
+from bnlab.models.sequence import build_sequence_model
 from bnlab.plots.sequence import plot_batch_sizes, plot_streaming
+from bnlab.train.steps import cycle, run_steps
 
 __all__ = [
     "ARCHS",
     "NORMS",
-    "GRUClassifier",
     "SequenceConfig",
-    "SequenceNorm",
-    "TransformerClassifier",
-    "build",
     "decide_bn_helps",
     "decide_ln_suits_sequences",
-    "run",
+    "grid",
+    "measure",
+    "summarize",
 ]
 
 SOURCE = "003_8a52002564f5ba9e.txt"
@@ -81,172 +68,10 @@ CLAIM_LN = (
     "LayerNorm suits sequence data and online learning better than BN "
     "(Layer Normalization...在处理序列数据或在线学习场景中展现了各自的优势)"
 )
-
-ARCHS: dict[str, str] = {"gru": "GRU", "transformer": "Transformer"}
-NORMS: dict[str, str] = {"none": "no norm", "bn": "BatchNorm", "ln": "LayerNorm"}
 #: Fashion-MNIST's pixel mean and std (of the training split, in [0, 1]).
 PIXEL_NORMALIZE = (0.2860, 0.3530)
-
-
-class SequenceNorm(nn.Module):
-    """A norm over the features ``F`` of ``(N, T, F)`` sequences.
-
-    Args:
-        kind: ``"none"``; ``"ln"`` (LayerNorm over ``F``); ``"bn"`` (BatchNorm over batch
-            and time, one set of statistics per feature); ``"bn-step"`` (BatchNorm over the
-            batch, separate statistics and affine parameters per (step, feature)).
-        num_features: ``F``.
-        steps: ``T`` (needed by ``"bn-step"``).
-
-    Shape:
-        input and output ``(N, T, F)``.
-
-    Raises:
-        ValueError: an unknown kind.
-    """
-
-    KINDS = ("none", "ln", "bn", "bn-step")
-
-    def __init__(self, kind: str, num_features: int, steps: int) -> None:
-        super().__init__()
-        if kind not in self.KINDS:
-            raise ValueError(
-                f"unknown sequence norm {kind!r}; choose one of: {', '.join(self.KINDS)}"
-            )
-        self.kind = kind
-        self.layer: nn.Module
-        if kind == "ln":
-            self.layer = nn.LayerNorm(num_features)
-        elif kind == "bn":
-            self.layer = nn.BatchNorm1d(num_features)
-        elif kind == "bn-step":
-            self.layer = nn.BatchNorm1d(steps * num_features)
-        else:
-            self.layer = nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.kind == "bn":
-            return self.layer(x.transpose(1, 2)).transpose(1, 2)  # (N, F, T): stats over N, T
-        if self.kind == "bn-step":
-            n, t, f = x.shape
-            return self.layer(x.reshape(n, t * f)).reshape(n, t, f)
-        return self.layer(x)
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind!r}"
-
-
-def _rows(x: Tensor) -> Tensor:
-    """``(N, 1, 28, 28)`` images -> ``(N, 28, 28)`` sequences of rows."""
-    if x.dim() != 4 or x.shape[1] != 1:
-        raise ValueError(f"expected images (N, 1, H, W), got shape {tuple(x.shape)}")
-    return x[:, 0]
-
-
-class GRUClassifier(nn.Module):
-    """A GRU over image rows with a norm on the input-to-hidden pre-activations.
-
-    ``r, z, n`` gates as in ``torch.nn.GRU``: ``r = s(a_r + W_hr h + b_hr)``,
-    ``z = s(a_z + W_hz h + b_hz)``, ``n = tanh(a_n + r * (W_hn h + b_hn))``,
-    ``h' = (1 - z) n + z h`` with ``a = norm(W_i x_t + b_i)``.
-
-    Args:
-        norm: ``"none"``, ``"bn"`` (per-step BatchNorm) or ``"ln"``.
-        hidden: hidden size ``H``.
-        steps, features: rows and row length (28, 28).
-
-    Shape:
-        input ``(N, 1, steps, features)``; output ``(N, 10)``.
-    """
-
-    def __init__(self, norm: str, *, hidden: int = 64, steps: int = 28, features: int = 28) -> None:
-        super().__init__()
-        self.hidden = hidden
-        self.input = nn.Linear(features, 3 * hidden)
-        self.norm = SequenceNorm("bn-step" if norm == "bn" else norm, 3 * hidden, steps)
-        self.recurrent = nn.Linear(hidden, 3 * hidden)
-        self.head = nn.Linear(hidden, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        seq = _rows(x)
-        a = self.norm(self.input(seq))  # (N, T, 3H)
-        h = seq.new_zeros(seq.shape[0], self.hidden)
-        for t in range(seq.shape[1]):
-            ar, az, an = a[:, t].chunk(3, dim=1)
-            hr, hz, hn = self.recurrent(h).chunk(3, dim=1)
-            r = torch.sigmoid(ar + hr)
-            z = torch.sigmoid(az + hz)
-            n = torch.tanh(an + r * hn)
-            h = (1 - z) * n + z * h
-        return self.head(h)
-
-
-class _Block(nn.Module):
-    def __init__(self, norm: str, d_model: int, heads: int, steps: int) -> None:
-        super().__init__()
-        self.norm1 = SequenceNorm(norm, d_model, steps)
-        self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
-        self.norm2 = SequenceNorm(norm, d_model, steps)
-        self.ff = nn.Sequential(
-            nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, d_model)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.norm1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
-        return x + self.ff(self.norm2(x))
-
-
-class TransformerClassifier(nn.Module):
-    """A small pre-norm Transformer encoder over image rows, mean-pooled.
-
-    Args:
-        norm: ``"none"``, ``"bn"`` (BatchNorm over batch and time) or ``"ln"``.
-        d_model, layers, heads: the encoder's width, depth, attention heads.
-
-    Shape:
-        input ``(N, 1, steps, features)``; output ``(N, 10)``.
-    """
-
-    def __init__(
-        self,
-        norm: str,
-        *,
-        d_model: int = 64,
-        layers: int = 2,
-        heads: int = 4,
-        steps: int = 28,
-        features: int = 28,
-    ) -> None:
-        super().__init__()
-        self.embed = nn.Linear(features, d_model)
-        self.position = nn.Parameter(0.02 * torch.randn(1, steps, d_model))
-        self.blocks = nn.ModuleList(_Block(norm, d_model, heads, steps) for _ in range(layers))
-        self.final = SequenceNorm(norm, d_model, steps)
-        self.head = nn.Linear(d_model, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.embed(_rows(x)) + self.position
-        for block in self.blocks:
-            h = block(h)
-        return self.head(self.final(h).mean(dim=1))
-
-
-def build(
-    arch: str, norm: str, *, hidden: int = 64, d_model: int = 64, layers: int = 2
-) -> nn.Module:
-    """The network ``arch`` (``ARCHS``) with ``norm`` (``NORMS``).
-
-    Raises:
-        ValueError: an unknown arch or norm.
-    """
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-    if arch == "gru":
-        return GRUClassifier(norm, hidden=hidden)
-    if arch == "transformer":
-        return TransformerClassifier(norm, d_model=d_model, layers=layers)
-    raise ValueError(f"unknown sequence network {arch!r}; choose one of: {', '.join(ARCHS)}")
+#: The batch "size" of the streaming pass in the grid's settings (it trains at batch 1).
+STREAM = "stream"
 
 
 @dataclass(frozen=True)
@@ -301,45 +126,70 @@ def _evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
     return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
-def _train_unit(
-    config: SequenceConfig,
-    data: Mapping[str, Tensor],
-    arch: str,
-    norm: str,
-    batch_size: int,
-    seed: int,
-    *,
-    epochs: int,
-    train_size: int,
-) -> dict[str, Any]:
-    """Train one network with Adam; a failure at a step (BN at batch 1) is recorded."""
+def grid(config: SequenceConfig) -> Grid:
+    """(network, batch size or ``STREAM``) x norm x seed; units
+    ``ARCH-NORM-bB-seedN`` and ``ARCH-NORM-stream-seedN``.
+
+    Raises:
+        ValueError: an unknown network or norm.
+    """
+    for arch in config.archs:
+        if arch not in ARCHS:
+            raise ValueError(
+                f"unknown sequence network {arch!r}; choose one of: {', '.join(ARCHS)}"
+            )
+    for norm in config.norms:
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
+
+    def key(cell: Cell) -> str:
+        arch, batch = cell.setting
+        return f"{arch}-{cell.variant}-{STREAM if batch == STREAM else f'b{batch}'}-seed{cell.seed}"
+
+    return Grid(
+        variants=config.norms,
+        settings=[(a, b) for a in config.archs for b in (*config.batch_sizes, STREAM)],
+        seeds=config.seeds,
+        key=key,
+    )
+
+
+def measure(config: SequenceConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train one network with Adam (``epochs`` at a batch size, or one streaming pass at
+    batch 1); a failure at a step (BN at batch 1) is recorded with its text."""
+    (arch, batch), norm, seed = cell.setting, cell.variant, cell.seed
+    stream = batch == STREAM
+    epochs, batch = (1, 1) if stream else (config.epochs, batch)
     with seeded(seed):
-        model = build(
+        model = build_sequence_model(
             arch, norm, hidden=config.hidden, d_model=config.d_model, layers=config.layers
         )
-    train_x, train_y = take(data, "train", train_size, seed=0)
-    test_x, test_y = take(data, "test", config.test_size, seed=0)
+    train_x, train_y = take(
+        bench.data, "train", config.stream_size if stream else config.train_size
+    )
+    test_x, test_y = take(bench.data, "test", config.test_size)
     loader = DeviceLoader(
-        train_x, train_y, batch_size, shuffle=True, seed=seed, normalize=PIXEL_NORMALIZE
+        train_x, train_y, batch, shuffle=True, seed=seed, normalize=PIXEL_NORMALIZE
     )
     test = DeviceLoader(test_x, test_y, len(test_y), shuffle=False, normalize=PIXEL_NORMALIZE)
     tx, ty = next(iter(test))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     started = time.perf_counter()
-    steps, error, losses = 0, None, []
+    losses: list[float] = []  # of the steps taken, also when a later one raises
+    error = None
     try:
         with seeded(seed):
-            for _ in range(epochs):
-                model.train()
-                for x, y in loader:
-                    opt.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(x), y)
-                    loss.backward()
-                    opt.step()
-                    losses.append(loss.item())
-                    steps += 1
+            run_steps(
+                model,
+                cycle(loader),
+                opt,
+                steps=epochs * len(loader),
+                on_step=lambda s: losses.append(s.losses[-1]),
+                train_mode=True,
+            )
     except (ValueError, RuntimeError) as exc:
         error = f"{type(exc).__name__}: {exc}"
+    steps = len(losses)
     test_loss, test_acc = _evaluate(model, tx, ty)
     nonfinite = not math.isfinite(test_loss)
     tail = losses[-20:]
@@ -354,49 +204,16 @@ def _train_unit(
     }
 
 
-def run(config: SequenceConfig, ctx: LabContext) -> LabOutcome:
-    if ctx.data is None:
-        raise ValueError("sequence needs Fashion-MNIST in ctx.data")
-    for arch in config.archs:
-        if arch not in ARCHS:
-            raise ValueError(
-                f"unknown sequence network {arch!r}; choose one of: {', '.join(ARCHS)}"
-            )
-    for norm in config.norms:
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-    data = ctx.data
-    n_cells = len(config.archs) * len(config.norms) * config.seeds
-    ctx.progress.start(n_cells * (len(config.batch_sizes) + 1), "sequence")
-    cells: list[dict[str, Any]] = []
-    stream: list[dict[str, Any]] = []
-    for arch in config.archs:
-        for norm in config.norms:
-            for seed in range(config.seeds):
-                for b in config.batch_sizes:
-                    got = ctx.unit(
-                        f"{arch}-{norm}-b{b}-seed{seed}",
-                        lambda a=arch, n=norm, b=b, s=seed: _train_unit(
-                            config,
-                            data,
-                            a,
-                            n,
-                            b,
-                            s,
-                            epochs=config.epochs,
-                            train_size=config.train_size,
-                        ),
-                    )
-                    cells.append({"arch": arch, "norm": norm, "batch_size": b, "seed": seed, **got})
-                    ctx.progress.advance()
-                got = ctx.unit(
-                    f"{arch}-{norm}-stream-seed{seed}",
-                    lambda a=arch, n=norm, s=seed: _train_unit(
-                        config, data, a, n, 1, s, epochs=1, train_size=config.stream_size
-                    ),
-                )
-                stream.append({"arch": arch, "norm": norm, "seed": seed, **got})
-                ctx.progress.advance()
+def summarize(config: SequenceConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
+    """The accuracy table by batch size and streaming, two figures, the verdicts."""
+    by_cell = {(c.setting, c.variant, c.seed): r for c, r in run}
+    runs = [(a, n, s) for a in config.archs for n in config.norms for s in range(config.seeds)]
+    cells = [
+        {"arch": a, "norm": n, "batch_size": b, "seed": s, **by_cell[(a, b), n, s]}
+        for a, n, s in runs
+        for b in config.batch_sizes
+    ]
+    stream = [{"arch": a, "norm": n, "seed": s, **by_cell[(a, STREAM), n, s]} for a, n, s in runs]
     raw = {
         "cells": cells,
         "stream": stream,
@@ -405,15 +222,14 @@ def run(config: SequenceConfig, ctx: LabContext) -> LabOutcome:
         "batch_sizes": list(config.batch_sizes),
         "optimizer": f"Adam, lr {config.lr}, {config.epochs} epochs at every batch size",
     }
-    results = {"raw": raw}
-    verdicts = []
-    for arch, claim in (("gru", CLAIM_BN_RNN), ("transformer", CLAIM_BN_TRANSFORMER)):
-        if arch in config.archs:
-            ev, v = decide_bn_helps(results, arch)
-            verdicts.append(Verdict(claim, holds_of(v), _measured_bn(ev, v)))
-    ev_ln, v_ln = decide_ln_suits_sequences(results)
-    verdicts.append(Verdict(CLAIM_LN, holds_of(v_ln), _measured_ln(ev_ln, v_ln)))
-
+    rules = [
+        (claim, lambda results, a=arch: decide_bn_helps(results, a), _measured_bn)
+        for arch, claim in (("gru", CLAIM_BN_RNN), ("transformer", CLAIM_BN_TRANSFORMER))
+        if arch in config.archs
+    ]
+    verdicts, _ = apply_rules(
+        {"raw": raw}, [*rules, (CLAIM_LN, decide_ln_suits_sequences, _measured_ln)]
+    )
     rows = []
     for arch in config.archs:
         for norm in config.norms:
@@ -510,20 +326,15 @@ def decide_bn_helps(results: Mapping[str, Any], arch: str) -> tuple[dict[str, An
             continue
         by_batch[str(b)] = {"diff": c.diff, "se": c.se, "direction": c.direction}
     better = sum(1 for v in by_batch.values() if v["direction"] == "greater")
-    verdict = (
-        "supported" if better == len(by_batch) else "not supported" if better == 0 else "mixed"
-    )
-    return {"arch": arch, "by_batch": by_batch}, verdict
+    return {"arch": arch, "by_batch": by_batch}, hits_verdict(better, len(by_batch))
 
 
-def _measured_bn(evidence: Mapping[str, Any], verdict: str) -> str:
+def _measured_bn(evidence: Mapping[str, Any]) -> str:
     parts = [
         f"B={b}: {'n/a' if v['diff'] is None else format(v['diff'], '+.3f')} ({v['direction']})"
         for b, v in evidence["by_batch"].items()
     ]
-    return f"{verdict}: BN minus no-norm test accuracy, {ARCHS[evidence['arch']]}: " + "; ".join(
-        parts
-    )
+    return f"BN minus no-norm test accuracy, {ARCHS[evidence['arch']]}: " + "; ".join(parts)
 
 
 RULE_LN = (
@@ -583,7 +394,7 @@ def decide_ln_suits_sequences(results: Mapping[str, Any]) -> tuple[dict[str, Any
     return evidence, verdict
 
 
-def _measured_ln(evidence: Mapping[str, Any], verdict: str) -> str:
+def _measured_ln(evidence: Mapping[str, Any]) -> str:
     small = evidence["smallest_batch"]
     parts = []
     for arch in ARCHS:
@@ -594,11 +405,11 @@ def _measured_ln(evidence: Mapping[str, Any], verdict: str) -> str:
                 f"{_fmt(e['stream_bn_mean'])}), B={small} {e[f'batch_{small}']} (LN "
                 f"{_fmt(e[f'batch_{small}_ln_mean'])}, BN {_fmt(e[f'batch_{small}_bn_mean'])})"
             )
-    return f"{verdict}: " + "; ".join(parts)
+    return "; ".join(parts)
 
 
 SPEC = register_lab(
-    LabSpec(
+    grid_lab(
         name="sequence",
         title="BN against LayerNorm in a GRU and a Transformer reading image rows",
         summary=(
@@ -611,15 +422,27 @@ SPEC = register_lab(
             "streaming pass over 200 images at batch size 1; 3 seeds, 1000 test images."
         ),
         config_type=SequenceConfig,
-        run=run,
-        needs_data=True,
+        grid=grid,
+        measure=measure,
+        summarize=summarize,
         full_time="about 14 min (819 s) on a shared, heavily loaded 2-core CPU machine",
     )
 )
 
-for _key, _claim, _arch in (
-    ("bn-helps-recurrent", CLAIM_BN_RNN, "gru"),
-    ("bn-helps-transformer", CLAIM_BN_TRANSFORMER, "transformer"),
+for _key, _claim, _rule_text, _rule in (
+    (
+        "bn-helps-recurrent",
+        CLAIM_BN_RNN,
+        RULE_BN.replace("the network", "the GRU"),
+        lambda results: decide_bn_helps(results, "gru"),
+    ),
+    (
+        "bn-helps-transformer",
+        CLAIM_BN_TRANSFORMER,
+        RULE_BN.replace("the network", "the Transformer"),
+        lambda results: decide_bn_helps(results, "transformer"),
+    ),
+    ("layernorm-suits-sequences-online", CLAIM_LN, RULE_LN, decide_ln_suits_sequences),
 ):
     register_claim(
         Claim(
@@ -627,17 +450,7 @@ for _key, _claim, _arch in (
             claim=_claim,
             source=SOURCE,
             experiment="sequence",
-            rule_text=RULE_BN.replace("the network", f"the {ARCHS[_arch]}"),
-            rule=lambda results, a=_arch: decide_bn_helps(results, a),
+            rule_text=_rule_text,
+            rule=_rule,
         )
     )
-register_claim(
-    Claim(
-        key="layernorm-suits-sequences-online",
-        claim=CLAIM_LN,
-        source=SOURCE,
-        experiment="sequence",
-        rule_text=RULE_LN,
-        rule=decide_ln_suits_sequences,
-    )
-)
