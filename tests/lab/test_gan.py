@@ -1,4 +1,5 @@
-"""``gan``: the Fréchet distance against closed forms, networks, verdict rule, a tiny run."""
+"""``gan``: the Fréchet distance against closed forms, the verdict rule on synthetic
+numbers and the null, a tiny run. The networks: tests/models/test_gan_models.py."""
 
 from __future__ import annotations
 
@@ -10,29 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnlab.data.synthetic import fake_images_labels
 from bnlab.lab import gan
-from bnlab.lab.claims import VERDICTS
 from bnlab.lab.experiment import get_lab, run_lab
-from bnlab.lab.gan import (
-    Discriminator,
-    Generator,
-    feature_stats,
-    frechet_distance,
-    frechet_distance_of,
-    sqrtm_psd,
-)
-
-
-def fake_data(train: int = 96, test: int = 64) -> dict[str, torch.Tensor]:
-    x, y = fake_images_labels(train, seed=0)
-    tx, ty = fake_images_labels(test, seed=1)
-    return {
-        "train_images": x,
-        "train_labels": y.long(),
-        "test_images": tx,
-        "test_labels": ty.long(),
-    }
+from bnlab.lab.gan import feature_stats, frechet_distance, frechet_distance_of, sqrtm_psd
 
 
 def spd(d: int, seed: int) -> torch.Tensor:
@@ -97,17 +78,8 @@ def test_errors_show_the_shapes() -> None:
         feature_stats(torch.zeros(1, 3))
     with pytest.raises(ValueError, match=r"cov2 must have shape \(2, 2\), got \(3, 3\)"):
         frechet_distance(torch.zeros(2), torch.eye(2), torch.zeros(2), torch.eye(3))
-    with pytest.raises(ValueError, match="unknown discriminator norm 'gn'; choose one of"):
-        Discriminator("gn")
-
-
-def test_networks_shapes() -> None:
-    g = Generator(latent=8, hidden=16)
-    images = g(torch.randn(5, 8))
-    assert images.shape == (5, 1, 28, 28)
-    assert images.abs().max() <= 1
-    for norm in ("none", "bn", "ln"):
-        assert Discriminator(norm, hidden=(16, 8))(images).shape == (5,)
+    with pytest.raises(ValueError, match="unknown gan variant 'bn'; choose one of: none"):
+        gan.grid(dataclasses.replace(gan.GanConfig.quick(), variants=("bn",)))
 
 
 def test_verdict_rule_on_synthetic_numbers() -> None:
@@ -127,9 +99,31 @@ def test_verdict_rule_on_synthetic_numbers() -> None:
     assert gan.decide_bn_unsuited({"raw": {"fd": fd}})[1] == "mixed"
     fd["bn-joint"] = [None, None, None]  # every BN run diverged: BN is worse
     assert gan.decide_bn_unsuited({"raw": {"fd": fd}})[1] == "supported"
+    # The reference is the better non-BN discriminator (here LayerNorm): BN with separate
+    # batches is as good as it, with one joint batch worse: mixed.
+    fd["ln"], fd["none"] = [8.0, 8.5, 7.5], [10.0, 11.0, 10.5]
+    fd["bn-separate"], fd["bn-joint"] = [8.2, 8.0, 8.4], [20.0, 21.0, 19.0]
+    evidence, verdict = gan.decide_bn_unsuited({"raw": {"fd": fd}})
+    assert evidence["reference"] == "ln"
+    assert evidence["bn-separate"]["direction"] == "unclear"
+    assert evidence["bn-joint"]["direction"] == "greater"
+    assert verdict == "mixed"
+    # No non-BN reference: nothing to compare with.
+    assert gan.decide_bn_unsuited({"raw": {"fd": {"bn-joint": [1.0]}}})[1] == "mixed"
 
 
-def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path) -> None:
+def test_verdict_rule_on_the_null() -> None:
+    """Every discriminator equally good: BN is neither worse nor better."""
+    same = [10.0, 11.0, 10.5]
+    fd = dict.fromkeys(("none", "ln", "bn-separate", "bn-joint"), same)
+    evidence, verdict = gan.decide_bn_unsuited({"raw": {"fd": fd}})
+    assert verdict == "mixed"
+    for v in ("bn-separate", "bn-joint", "joint_vs_separate"):
+        assert evidence[v]["diff"] == pytest.approx(0.0, abs=1e-12)
+        assert evidence[v]["direction"] == "unclear"
+
+
+def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) -> None:
     spec = get_lab("gan")
     config = dataclasses.replace(
         gan.GanConfig.quick(),
@@ -141,16 +135,18 @@ def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path) -> None:
         log_every=2,
     )
     out = tmp_path / "run"
-    results = run_lab(spec, config, out, data=fake_data(), quick=True)
+    results = run_lab(spec, config, out, data=fake_data(96, 64), quick=True)
     raw = results["raw"]
     assert set(raw["fd"]) == set(gan.VARIANTS)
     assert all(len(v) == config.seeds for v in raw["fd"].values())
     assert all(v is None or (math.isfinite(v) and v >= 0) for vs in raw["fd"].values() for v in vs)
     for figure in ("gan_fd.png", "gan_samples.png"):
         assert (out / figure).is_file()
-    assert gan.decide_bn_unsuited(results)[1] in VERDICTS
+    shown = gan.decide_bn_unsuited(results)[1]
+    assert results["verdicts"][0]["measured"].startswith(shown + ": mean FD ")
+    assert results["verdicts"][0]["holds"] == {"supported": True, "not supported": False}.get(shown)
     (out / "units" / "bn-joint-seed1.json").unlink()
     (out / "units" / "feature-net.json").unlink()  # the feature network is retrained the same
-    again = run_lab(spec, config, out, data=fake_data(), resume=True, quick=True)
+    again = run_lab(spec, config, out, data=fake_data(96, 64), resume=True, quick=True)
     assert again["units_reused"] == 1 + len(gan.VARIANTS) * config.seeds - 2
     assert again["raw"] == json.loads(json.dumps(raw))

@@ -7,7 +7,8 @@ each hidden linear layer; with BN, the real and fake examples go through the
 discriminator either in *separate* batches (each batch normalized by its own statistics,
 so a batch's statistics alone say whether it is fake) or in one *joint* batch (real and
 fake share the statistics, and each example's output depends on the other kind). The
-generator has no norm layer, so only the discriminator changes.
+generator has no norm layer, so only the discriminator changes (the networks:
+``bnlab.models.gan``).
 
 Score: the Fréchet distance (FD) between generated and real test images in the feature
 space of a classifier bnlab trains once per run: d2l's LeNet with BN, whose 84
@@ -34,39 +35,41 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlab.lab.claims import Claim, holds_of, register_claim
+from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
     LabOutcome,
     LabSpec,
     Table,
-    Verdict,
     compare,
     describe,
     register_lab,
     seeded,
 )
-from bnlab.lab.kit import capture, take, train_variant
+from bnlab.lab.kit import apply_rules, capture, float_images, take, train_variant
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
 from bnlab.models import create
+from bnlab.models.gan import Discriminator, Generator
 from bnlab.plots.gan import plot_fd_bars, plot_samples
 from bnlab.train import TrainConfig
 
 __all__ = [
     "VARIANTS",
-    "Discriminator",
+    "FeatureSpace",
     "GanConfig",
-    "Generator",
     "decide_bn_unsuited",
     "feature_stats",
     "frechet_distance",
     "frechet_distance_of",
+    "grid",
+    "measure",
     "run",
     "sqrtm_psd",
 ]
@@ -157,55 +160,6 @@ def frechet_distance_of(a: Tensor, b: Tensor) -> float:
     return frechet_distance(*feature_stats(a), *feature_stats(b))
 
 
-class Generator(nn.Module):
-    """An MLP generator: ``z (N, latent)`` -> images ``(N, 1, 28, 28)`` in [-1, 1]; no norm."""
-
-    def __init__(self, latent: int = 32, hidden: int = 128) -> None:
-        super().__init__()
-        self.latent = latent
-        self.net = nn.Sequential(
-            nn.Linear(latent, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, 784),
-            nn.Tanh(),
-        )
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z).reshape(-1, 1, 28, 28)
-
-
-class Discriminator(nn.Module):
-    """An MLP discriminator ``(N, 1, 28, 28)`` -> logits ``(N,)``, a norm after each hidden layer.
-
-    Args:
-        norm: ``"none"``, ``"bn"`` (``BatchNorm1d``) or ``"ln"`` (``LayerNorm``).
-        hidden: widths of the two hidden layers.
-
-    Raises:
-        ValueError: an unknown norm.
-    """
-
-    def __init__(self, norm: str, hidden: tuple[int, int] = (128, 64)) -> None:
-        super().__init__()
-        makers = {"none": lambda c: nn.Identity(), "bn": nn.BatchNorm1d, "ln": nn.LayerNorm}
-        if norm not in makers:
-            raise ValueError(f"unknown discriminator norm {norm!r}; choose one of: none, bn, ln")
-        h1, h2 = hidden
-        self.net = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(784, h1),
-            makers[norm](h1),
-            nn.LeakyReLU(0.2),
-            nn.Linear(h1, h2),
-            makers[norm](h2),
-            nn.LeakyReLU(0.2),
-            nn.Linear(h2, 1),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x).squeeze(1)
-
-
 @dataclass(frozen=True)
 class GanConfig:
     """Settings of ``gan`` (defaults: the full run).
@@ -249,11 +203,6 @@ class GanConfig:
         )
 
 
-def _to_unit(images: Tensor) -> Tensor:
-    """Generated images in [-1, 1] -> [0, 1], the feature network's input range."""
-    return (images + 1) / 2
-
-
 def _features(model: nn.Module, images: Tensor) -> Tensor:
     """The 84 penultimate features (input of ``fc3``) of ``(N, 1, 28, 28)`` images in [0, 1]."""
     model.eval()
@@ -288,109 +237,148 @@ def _load_feature_net(unit: Mapping[str, Any]) -> nn.Module:
     return model.eval()
 
 
-def _images01(images: Tensor) -> Tensor:
-    return images.to(torch.float32).div(255.0).unsqueeze(1)
+@dataclass(frozen=True)
+class FeatureSpace:
+    """The score's yardstick: the feature network and its Gaussian of real test images.
+
+    Attributes:
+        net: the trained LeNet-BN (eval mode).
+        real_stats: mean and covariance of its features of the real test images.
+    """
+
+    net: nn.Module
+    real_stats: tuple[Tensor, Tensor]
+
+    def distance(self, images: Tensor) -> float:
+        """The Fréchet distance of ``images`` (``(N, 1, 28, 28)`` in [0, 1]) to the real ones."""
+        return frechet_distance(*feature_stats(_features(self.net, images)), *self.real_stats)
 
 
-def _train_gan(
-    config: GanConfig,
-    data: Mapping[str, Tensor],
-    variant: str,
-    seed: int,
-    features: nn.Module,
-    real_stats: tuple[Tensor, Tensor],
-) -> dict[str, Any]:
-    norm, batching = VARIANTS[variant]
-    real_x, _ = take(data, "train", config.train_size, seed=seed)
-    real = _images01(real_x) * 2 - 1  # (N, 1, 28, 28) in [-1, 1]
-    with seeded(seed) as gen:
+class GanData(NamedTuple):
+    """``bench.data`` of the GAN grid: Fashion-MNIST and the feature space."""
+
+    images: Mapping[str, Tensor]
+    space: FeatureSpace
+
+
+def grid(config: GanConfig) -> Grid:
+    """Discriminator variant x seed (units ``VARIANT-seedN``, variants outermost).
+
+    Raises:
+        ValueError: an unknown variant.
+    """
+    for v in config.variants:
+        if v not in VARIANTS:
+            raise ValueError(f"unknown gan variant {v!r}; choose one of: {', '.join(VARIANTS)}")
+    return Grid(variants=config.variants, seeds=config.seeds, order=("variant", "seed", "setting"))
+
+
+def measure(config: GanConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train one GAN (the two-optimizer step below), then score its samples."""
+    data: GanData = bench.data
+    norm, batching = VARIANTS[cell.variant]
+    real_x, _ = take(data.images, "train", config.train_size, seed=cell.seed)
+    real = float_images(real_x) * 2 - 1  # (N, 1, 28, 28) in [-1, 1]
+    with seeded(cell.seed) as gen:
         g = Generator(config.latent, config.g_hidden)
         d = Discriminator(norm)
-        opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(0.5, 0.999))
-        opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(0.5, 0.999))
-        b = config.batch_size
-        ones, zeros = torch.ones(b), torch.zeros(b)
-        history: list[dict[str, float]] = []
-
-        def logits(x_real: Tensor, x_fake: Tensor) -> tuple[Tensor, Tensor]:
-            if batching == "joint":  # one batch: real and fake share BN's statistics
-                out = d(torch.cat([x_real, x_fake]))
-                return out[:b], out[b:]
-            return d(x_real), d(x_fake)
-
-        nonfinite = False
-        for step in range(config.steps):
-            x_real = real[torch.randint(real.shape[0], (b,), generator=gen)]
-            fake = g(torch.randn(b, config.latent, generator=gen))
-            opt_d.zero_grad(set_to_none=True)
-            out_real, out_fake = logits(x_real, fake.detach())
-            loss_d = F.binary_cross_entropy_with_logits(
-                out_real, ones
-            ) + F.binary_cross_entropy_with_logits(out_fake, zeros)
-            loss_d.backward()
-            opt_d.step()
-            opt_g.zero_grad(set_to_none=True)
-            # the generator's step sees the discriminator as its step did: in the joint
-            # variant the fakes are normalized together with a real batch
-            out_fake = d(torch.cat([x_real, fake]))[b:] if batching == "joint" else d(fake)
-            # the non-saturating generator loss of Goodfellow et al.
-            loss_g = F.binary_cross_entropy_with_logits(out_fake, ones)
-            loss_g.backward()
-            opt_g.step()
-            if not (math.isfinite(loss_d.item()) and math.isfinite(loss_g.item())):
-                nonfinite = True
-                break
-            if step % config.log_every == 0 or step == config.steps - 1:
-                history.append({"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item()})
+        history, nonfinite = _train_gan(config, g, d, real, joint=batching == "joint", gen=gen)
         g.eval()
         with torch.no_grad():
-            samples = _to_unit(g(torch.randn(config.fd_samples, config.latent, generator=gen)))
-    fd = frechet_distance(*feature_stats(_features(features, samples)), *real_stats)
-    grid = (samples[:16, 0] * 255).round().to(torch.uint8)
+            samples = (g(torch.randn(config.fd_samples, config.latent, generator=gen)) + 1) / 2
+    fd = data.space.distance(samples)  # samples in [0, 1], the feature network's range
+    thumbnails = (samples[:16, 0] * 255).round().to(torch.uint8)
     return {
         "fd": fd if math.isfinite(fd) and not nonfinite else None,
         "nonfinite": nonfinite,
         "history": history,
-        "samples": grid.reshape(16, -1).tolist(),
+        "samples": thumbnails.reshape(16, -1).tolist(),
     }
 
 
+def _train_gan(
+    config: GanConfig,
+    g: nn.Module,
+    d: nn.Module,
+    real: Tensor,
+    *,
+    joint: bool,
+    gen: torch.Generator,
+) -> tuple[list[dict[str, float]], bool]:
+    """``config.steps`` alternating steps, discriminator then generator (Adam, betas 0.5,
+    0.999, as DCGAN). Returns the logged losses and whether a loss became non-finite (the
+    run stops there)."""
+    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(0.5, 0.999))
+    b = config.batch_size
+    ones, zeros = torch.ones(b), torch.zeros(b)
+    history: list[dict[str, float]] = []
+
+    def logits(x_real: Tensor, x_fake: Tensor) -> tuple[Tensor, Tensor]:
+        if joint:  # one batch: real and fake share BN's statistics
+            out = d(torch.cat([x_real, x_fake]))
+            return out[:b], out[b:]
+        return d(x_real), d(x_fake)
+
+    for step in range(config.steps):
+        x_real = real[torch.randint(real.shape[0], (b,), generator=gen)]
+        fake = g(torch.randn(b, config.latent, generator=gen))
+        opt_d.zero_grad(set_to_none=True)
+        out_real, out_fake = logits(x_real, fake.detach())
+        loss_d = F.binary_cross_entropy_with_logits(
+            out_real, ones
+        ) + F.binary_cross_entropy_with_logits(out_fake, zeros)
+        loss_d.backward()
+        opt_d.step()
+        opt_g.zero_grad(set_to_none=True)
+        # the generator's step sees the discriminator as its step did: in the joint
+        # variant the fakes are normalized together with a real batch
+        out_fake = d(torch.cat([x_real, fake]))[b:] if joint else d(fake)
+        # the non-saturating generator loss of Goodfellow et al.
+        loss_g = F.binary_cross_entropy_with_logits(out_fake, ones)
+        loss_g.backward()
+        opt_g.step()
+        if not (math.isfinite(loss_d.item()) and math.isfinite(loss_g.item())):
+            return history, True
+        if step % config.log_every == 0 or step == config.steps - 1:
+            history.append({"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item()})
+    return history, False
+
+
 def run(config: GanConfig, ctx: LabContext) -> LabOutcome:
+    """Train the feature network (unit ``feature-net``), then the grid of GANs."""
     if ctx.data is None:
         raise ValueError("gan needs Fashion-MNIST in ctx.data")
-    for v in config.variants:
-        if v not in VARIANTS:
-            raise ValueError(f"unknown gan variant {v!r}; choose one of: {', '.join(VARIANTS)}")
-    data = ctx.data
-    ctx.progress.start(1 + len(config.variants) * config.seeds, "gan")
-    net_unit = ctx.unit("feature-net", lambda: _feature_net(config, data, str(ctx.device)))
+    cells = grid(config)
+    ctx.progress.start(1 + len(cells.cells()), "gan")
+    net_unit = ctx.unit("feature-net", lambda: _feature_net(config, ctx.data, str(ctx.device)))
     ctx.progress.advance()
     features = _load_feature_net(net_unit)
-    test_x, _ = take(data, "test", config.fd_samples, seed=0)
-    real_stats = feature_stats(_features(features, _images01(test_x)))
-    floor_x, _ = take(data, "train", config.fd_samples, seed=99)
-    floor = frechet_distance(*feature_stats(_features(features, _images01(floor_x))), *real_stats)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for variant in config.variants:
-        for seed in range(config.seeds):
-            got = ctx.unit(
-                f"{variant}-seed{seed}",
-                lambda v=variant, s=seed: _train_gan(config, data, v, s, features, real_stats),
-            )
-            runs.setdefault(variant, []).append(got)
-            ctx.progress.advance()
+    test_x, _ = take(ctx.data, "test", config.fd_samples, seed=0)
+    space = FeatureSpace(features, feature_stats(_features(features, float_images(test_x))))
+    floor_x, _ = take(ctx.data, "train", config.fd_samples, seed=99)
+    floor = space.distance(float_images(floor_x))
+    run = run_grid(ctx, cells, lambda c, b: measure(config, c, b), data=GanData(ctx.data, space))
+    return summarize(config, ctx, run, floor=floor, feature_acc=net_unit["test_acc"])
+
+
+def summarize(
+    config: GanConfig, ctx: LabContext, run: GridRun, *, floor: float, feature_acc: float
+) -> LabOutcome:
+    """The FD table (the real-image floor last), two figures, the verdict."""
+    runs = {v: run.select(variant=v) for v in config.variants}
     raw = {
         "fd": {v: [r["fd"] for r in rs] for v, rs in runs.items()},
         "nonfinite": {v: sum(r["nonfinite"] for r in rs) for v, rs in runs.items()},
         "history": {v: [r["history"] for r in rs] for v, rs in runs.items()},
         "fd_real_floor": floor,
-        "feature_net_test_acc": net_unit["test_acc"],
+        "feature_net_test_acc": feature_acc,
         "metric": (
             "Fréchet distance of LeNet-BN penultimate features (84, eval mode), "
             f"{config.fd_samples} generated vs {config.fd_samples} real test images"
         ),
     }
-    evidence, verdict = decide_bn_unsuited({"raw": raw})
+    verdicts, evidences = apply_rules({"raw": raw}, [(CLAIM, decide_bn_unsuited, _measured)])
     rows = []
     for v in config.variants:
         stats = describe([math.nan if x is None else x for x in raw["fd"][v]])
@@ -420,19 +408,18 @@ def run(config: GanConfig, ctx: LabContext) -> LabOutcome:
         {LABELS[v]: runs[v][0]["samples"] for v in config.variants},
         ctx.out_dir / "gan_samples.png",
     )
-    pitfall = evidence.get("joint_vs_separate")
+    pitfall = evidences[CLAIM].get("joint_vs_separate")
     notes = [
-        raw["metric"] + f"; the feature network's test accuracy: {net_unit['test_acc']:.3f}.",
+        raw["metric"] + f"; the feature network's test accuracy: {feature_acc:.3f}.",
         "The generator has no norm; only the discriminator changes.",
     ]
     if pitfall is not None:
         notes.append(
             f"BN joint minus separate FD: {pitfall['diff']:+.2f} ({pitfall['direction']})."
         )
-    holds = holds_of(verdict)
     return LabOutcome(
         tables=[table],
-        verdicts=[Verdict(CLAIM, holds, _measured(evidence, verdict))],
+        verdicts=verdicts,
         figures=[
             Figure(
                 "gan_fd.png",
@@ -503,11 +490,11 @@ def decide_bn_unsuited(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]
     return evidence, verdict
 
 
-def _measured(evidence: Mapping[str, Any], verdict: str) -> str:
+def _measured(evidence: Mapping[str, Any]) -> str:
     means = evidence["means"]
     parts = [f"{LABELS[v]} {_fmt(m)}" for v, m in means.items() if v in LABELS]
     return (
-        f"{verdict}: mean FD "
+        "mean FD "
         + ", ".join(parts)
         + (f" (reference: {LABELS[evidence['reference']]})" if "reference" in evidence else "")
     )
