@@ -31,6 +31,10 @@ ALLOWED: dict[str, set[str]] = {
     "lab": CORE | {"textbook", "models", "data", "train", "plots", "lab"},
     "report": {"plots", "report"},
     "cli": None,  # the top: may import anything
+    # The Python API for notebooks (bnlab.api, bnlab.d2l): the top too, beside cli (it
+    # finds the data as the CLI does and draws the same kind of progress).
+    "api": None,
+    "d2l": None,
 }
 
 

@@ -134,6 +134,91 @@ def test_train_mlp_options(
     assert _json(out / "results.json")["first_norm"]["type"] == "BatchNorm1d"
 
 
+# The README's best recipe (ReLU LeNet-BN, momentum SGD, cosine schedule, batch 128).
+RECIPE = ["--activation", "relu", "--lr", "0.05", "--momentum", "0.9", "--lr-schedule", "cosine"]
+
+
+def test_train_the_readme_recipe(
+    fake_data: dict[str, Any], fast_plot: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "recipe"
+    assert _train(out, *QUICK, *RECIPE) == 0
+    config = _json(out / "config.json")
+    assert config["model_kwargs"] == {"activation": "relu"}
+    assert config["train"]["lr_schedule"] == "cosine"
+    assert config["train"]["momentum"] == 0.9
+    assert "norm_options" not in config  # none given: the key stays out
+    # The cosine schedule ran: the two epochs were trained at different rates, so the
+    # run differs from the same run at a constant rate.
+    constant = tmp_path / "constant"
+    recipe = [a if a != "cosine" else "constant" for a in RECIPE]
+    assert _train(constant, *QUICK, *recipe) == 0
+    a, b = _json(out / "results.json"), _json(constant / "results.json")
+    assert a["history"][0]["train_loss"] == b["history"][0]["train_loss"]
+    assert a["history"][1]["train_loss"] != b["history"][1]["train_loss"]
+
+
+def test_norm_options_reach_the_layers(
+    fake_data: dict[str, Any],
+    fast_plot: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[torch.nn.Module] = []
+    create = cli_train.models.create
+
+    def spy(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        model = create(*args, **kwargs)
+        built.append(model)
+        return model
+
+    monkeypatch.setattr(cli_train.models, "create", spy)
+    out = tmp_path / "ghost"
+    options = ["--norm", "ghost", "--virtual-batch-size", "4", "--bn-momentum", "0.05"]
+    assert _train(out, *QUICK, *options, "--bn-eps", "0.001") == 0
+    assert _json(out / "config.json")["norm_options"] == {
+        "momentum": 0.05,
+        "eps": 0.001,
+        "virtual_batch_size": 4,
+    }
+    layers = [m for m in built[-1].modules() if type(m).__name__.startswith("GhostBatchNorm")]
+    assert len(layers) == 4
+    assert {(m.momentum, m.eps, m.virtual_batch_size) for m in layers} == {(0.05, 0.001, 4)}
+
+
+def test_renorm_warmup_resumes_exactly(
+    fake_data: dict[str, Any],
+    fast_plot: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The warm-up is planned over the run's --epochs (as the cosine schedule): a resumed
+    # run sets the bounds of the checkpoint's step, not of step 0.
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    options = ["--norm", "batchrenorm", "--renorm-warmup", "0.5", "--r-max", "2", "--lr", "0.5"]
+    assert _train(whole, *QUICK, *options) == 0
+    real_fit = cli_train.fit
+
+    def fit_stopped_in_epoch_2(*args: Any, **kwargs: Any) -> Any:
+        given = kwargs["on_step"]
+
+        def on_step(info: Any) -> None:
+            given(info)
+            if info.epoch == 2:
+                raise KeyboardInterrupt
+
+        return real_fit(*args, **{**kwargs, "on_step": on_step})
+
+    monkeypatch.setattr(cli_train, "fit", fit_stopped_in_epoch_2)
+    assert _train(part, *QUICK, *options) == 130
+    monkeypatch.setattr(cli_train, "fit", real_fit)
+    assert _train(part, *QUICK, *options, "--resume") == 0
+    a, b = _json(whole / "results.json"), _json(part / "results.json")
+    assert b["resumed_from_epoch"] == 1
+    assert _without_timings(a["history"]) == _without_timings(b["history"])
+    assert _json(whole / "config.json")["norm_options"] == {"r_max": 2.0, "renorm_warmup": 0.5}
+
+
 def test_train_without_norm_has_no_gamma(
     fake_data: dict[str, Any], fast_plot: list[Path], tmp_path: Path
 ) -> None:
@@ -250,6 +335,30 @@ USAGE_ERRORS = [
     ),
     (["--limit-train", "0"], "argument --limit-train: expected a whole number >= 1, got 0"),
     (["--resume", "--overwrite"], "--resume and --overwrite exclude each other"),
+    (["--lr-schedule", "step"], "argument --lr-schedule: invalid choice: 'step'"),
+    (
+        ["--model", "resnet20", "--activation", "relu"],
+        "argument --activation: applies to --model lenet or mlp only, not --model resnet20",
+    ),
+    (["--bn-momentum", "1.5"], "argument --bn-momentum: expected a number in [0, 1], got 1.5"),
+    (["--bn-eps", "0"], "argument --bn-eps: expected a finite number > 0, got 0"),
+    (
+        ["--norm", "batchrenorm", "--r-max", "0.5"],
+        "norm layer options: NormOptions: r_max must be >= 1, got 0.5",
+    ),
+    (
+        ["--virtual-batch-size", "8"],
+        "norm layer options: virtual_batch_size: the model has no ghost batch norm layer "
+        "(--norm ghost) (norm 'bnlab'); it would change nothing",
+    ),
+    (
+        ["--renorm-warmup", "0.5"],
+        "norm layer options: renorm_warmup: the model has no batch renorm layer",
+    ),
+    (
+        ["--norm", "none", "--bn-momentum", "0.2"],
+        "norm layer options: momentum: the model has no norm layer with running statistics",
+    ),
 ]
 
 

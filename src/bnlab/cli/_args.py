@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["add_run_arguments", "non_negative_int", "positive_float", "positive_int"]
+__all__ = [
+    "add_run_arguments",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "unit_float",
+]
 
 
 def positive_int(text: str) -> int:
@@ -55,3 +61,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit-test", type=positive_int, default=None, help="use the first N test images"
     )
+
+
+def unit_float(text: str) -> float:
+    """A float in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value

@@ -1,7 +1,8 @@
 """The command line that reproduces a result, rebuilt from what its folder recorded.
 
 ``bnlab d2l`` saves its parsed arguments (``config.json["argv"]``, argparse dest names);
-``bnlab train`` saves its settings (model, norm, ``train``, ``data``); benchmarks save
+``bnlab train`` saves its settings (model, norm, ``model_kwargs``, ``train``, ``data``,
+``norm_options``); benchmarks save
 their script name and argv. Lab experiments record their command themselves.
 """
 
@@ -13,6 +14,8 @@ from typing import Any
 
 __all__ = ["argv_from_options", "bench_command", "d2l_command", "train_command"]
 
+# ``config.json["norm_options"]`` keys whose flag is not the key with dashes.
+_NORM_OPTION_FLAGS = {"momentum": "--bn-momentum", "eps": "--bn-eps"}
 # Arguments that describe the invocation, not a setting to pass again.
 _NOT_OPTIONS = frozenset({"command", "func", "parser", "resume", "overwrite", "no_progress"})
 
@@ -62,7 +65,13 @@ def train_command(config: Mapping[str, Any], out: str) -> str | None:
         argv += ["--hidden", ",".join(str(h) for h in kwargs["hidden"])]
     if config["model"] == "mlp" and "norm_position" in kwargs:
         argv += ["--norm-position", str(kwargs["norm_position"])]
+    if "activation" in kwargs:
+        argv += ["--activation", str(kwargs["activation"])]
     argv += argv_from_options(train)
+    norm_options = config.get("norm_options") or {}
+    for key, value in norm_options.items():
+        if value is not None:
+            argv += [_NORM_OPTION_FLAGS.get(key, "--" + key.replace("_", "-")), str(value)]
     data = config.get("data") or {}
     argv += argv_from_options(
         {key: data.get(key) for key in ("resize", "limit_train", "limit_test")}
