@@ -33,22 +33,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from bnlab.lab.claims import Claim, holds_of, register_claim
+from torch import Tensor
+
+from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
     LabOutcome,
-    LabSpec,
     Table,
-    Verdict,
     compare,
-    describe,
     register_lab,
     seeded,
 )
-from bnlab.lab.kit import DIVERGENCE_RULE, mean_std, pick, take, train_variant
+from bnlab.lab.kit import DIVERGENCE_RULE, apply_rules, mean_std, pick, take, train_variant
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 from bnlab.models import create
 from bnlab.models.resnet import check_cifar_depth, cifar_resnet
 from bnlab.plots.depth import plot_depth_accuracy, plot_depth_curves
@@ -59,8 +59,8 @@ __all__ = [
     "ARCHS",
     "VARIANTS",
     "DepthConfig",
+    "measure",
     "plain_rule",
-    "run",
     "skip_rule",
     "status_of",
 ]
@@ -92,11 +92,11 @@ class DepthConfig:
 
     Args:
         seeds: training seeds per (network, norm, depth).
-        depths: weight layers, each ``6n + 2`` (8, 14, 20, 26, 32, 44, 56, ...).
         norm: the BN variant's norm (``bnlab.models.available_norms()``); "torch" is the
             fastest on the CPU, "bnlab" computes the same function more slowly.
         width: channels of the first stage (16 in He et al.; the stages have
             ``width * (1, 2, 4)``). Smaller widths cost quadratically less.
+        depths: weight layers, each ``6n + 2`` (8, 14, 20, 26, 32, 44, 56, ...).
         steps: SGD steps per run; the run sees ``steps * batch_size`` training images
             once (one epoch of a fixed subset), the same budget for every model.
         batch_size: SGD batch size.
@@ -114,15 +114,15 @@ class DepthConfig:
     """
 
     seeds: int = 2
-    depths: tuple[int, ...] = (8, 20, 44)
     norm: str = "torch"
     width: int = 8
+    depths: tuple[int, ...] = (8, 20, 44)
     steps: int = 60
     batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.9
     test_size: int = 500
-    init: str = "default"
+    init: Literal["default", "xavier_uniform"] = "default"
     smooth: int = 5
     final_window: int = 10
     stuck_loss: float = 2.0
@@ -153,16 +153,8 @@ class DepthConfig:
 
     @classmethod
     def quick(cls) -> DepthConfig:
-        return cls(
-            seeds=1,
-            depths=(8, 14),
-            width=4,
-            steps=12,
-            batch_size=16,
-            test_size=128,
-            smooth=3,
-            final_window=4,
-        )
+        small = {"seeds": 1, "depths": (8, 14), "width": 4, "test_size": 128}
+        return cls(**small, steps=12, batch_size=16, smooth=3, final_window=4)
 
 
 def _build(arch: str, norm: str, depth: int, width: int) -> Any:
@@ -202,93 +194,109 @@ def _select(cells: Sequence[Mapping[str, Any]], **where: Any) -> list[Mapping[st
     return [c for c in cells if all(c.get(k) == v for k, v in where.items())]
 
 
-def run(config: DepthConfig, ctx: LabContext) -> LabOutcome:
-    if ctx.data is None:
-        raise ValueError("depth needs Fashion-MNIST in ctx.data")
+def _sizes(config: DepthConfig, data: Mapping[str, Tensor]) -> tuple[int, int]:
+    """The training images one run sees once, and the test images.
+
+    Raises:
+        ValueError: the data holds fewer training images than ``steps * batch_size``.
+    """
     train_size = config.steps * config.batch_size
-    available = int(ctx.data["train_images"].shape[0])
+    available = int(data["train_images"].shape[0])
     if available < train_size:
         raise ValueError(
             f"depth: steps * batch_size = {train_size} training images needed, the data "
             f"holds {available}; lower steps or batch_size"
         )
-    test_size = min(config.test_size, int(ctx.data["test_images"].shape[0]))
-    # Check the subsets once (a bad split fails before any training).
-    take(ctx.data, "test", test_size)
-    total = len(ARCHS) * len(VARIANTS) * len(config.depths) * config.seeds
-    ctx.progress.start(total, "depth")
-    cells: list[dict[str, Any]] = []
+    return train_size, min(config.test_size, int(data["test_images"].shape[0]))
+
+
+def prepare(config: DepthConfig, data: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    """Check the data once (a bad split fails before any training)."""
+    _, test_size = _sizes(config, data)
+    take(data, "test", test_size)
+    return data
+
+
+def grid(config: DepthConfig) -> Grid:
+    """(depth, network) x variant x seed."""
+    return Grid(
+        variants=tuple(VARIANTS),
+        seeds=config.seeds,
+        settings=[(depth, arch) for depth in config.depths for arch in ARCHS],
+        key=lambda c: _key(c.setting[1], c.variant, c.setting[0], c.seed),
+    )
+
+
+def measure(config: DepthConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Train one (depth, network, variant, seed) for ``steps`` SGD steps: ``train_variant``'s
+    result with the loss of every step (None where not finite) instead of the history."""
+    (depth, arch), seed = cell.setting, cell.seed
+    norm = config.norm if cell.variant == "bn" else "none"
+    with seeded(seed):
+        model = _build(arch, norm, depth, config.width)
+    losses: list[float | None] = []
+
+    def on_step(info: StepInfo) -> None:
+        loss = float(info.loss)
+        losses.append(loss if math.isfinite(loss) else None)
+
+    train = TrainConfig(
+        lr=config.lr,
+        momentum=config.momentum,
+        epochs=1,
+        batch_size=config.batch_size,
+        seed=seed,
+        device=str(bench.device),
+        init=config.init,
+    )
+    train_size, test_size = _sizes(config, bench.data)
+    got = train_variant(
+        model,
+        bench.data,
+        train,
+        train_size=train_size,
+        test_size=test_size,
+        normalize=FASHION_MNIST_STATS,
+        on_step=on_step,
+    )
+    got["losses"] = losses
+    del got["history"]  # one epoch: the same numbers as "final"
+    return got
+
+
+def _record(config: DepthConfig, cell: Cell, got: Mapping[str, Any]) -> dict[str, Any]:
+    """A cell's row of ``raw["cells"]``: the final loss is the mean of the last
+    ``final_window`` steps' losses, None for a run that stopped early or diverged."""
+    losses = got["losses"]
+    tail = [v for v in losses[-config.final_window :] if v is not None]
+    finished = tail and not got["nonfinite"] and len(losses) >= config.steps
+    (depth, arch), final = cell.setting, got["final"]
+    return {
+        "arch": arch,
+        "variant": cell.variant,
+        "depth": depth,
+        "seed": cell.seed,
+        "final_loss": sum(tail) / len(tail) if finished else None,
+        "test_acc": final["test_acc"],
+        "test_loss": final["test_loss"],
+        "initial_loss": got["initial_loss"],
+        "steps_done": len(losses),
+        "diverged": bool(got["diverged"]),
+        "nonfinite": bool(got["nonfinite"]),
+        "wall_time_s": got["wall_time_s"],
+    }
+
+
+def _raw(config: DepthConfig, run: GridRun, sizes: tuple[int, int]) -> dict[str, Any]:
+    """The cells, the loss curves, the rules' settings and the budget's text."""
     curves: dict[str, list[list[float | None]]] = {}
-    for depth in config.depths:
-        for arch in ARCHS:
-            for variant in VARIANTS:
-                for seed in range(config.seeds):
-
-                    def compute(
-                        arch: str = arch,
-                        variant: str = variant,
-                        depth: int = depth,
-                        seed: int = seed,
-                    ) -> Any:
-                        norm = config.norm if variant == "bn" else "none"
-                        with seeded(seed):
-                            model = _build(arch, norm, depth, config.width)
-                        losses: list[float | None] = []
-
-                        def on_step(info: StepInfo) -> None:
-                            loss = float(info.loss)
-                            losses.append(loss if math.isfinite(loss) else None)
-
-                        train = TrainConfig(
-                            lr=config.lr,
-                            momentum=config.momentum,
-                            epochs=1,
-                            batch_size=config.batch_size,
-                            seed=seed,
-                            device=str(ctx.device),
-                            init=config.init,
-                        )
-                        got = train_variant(
-                            model,
-                            ctx.data,
-                            train,
-                            train_size=train_size,
-                            test_size=test_size,
-                            normalize=FASHION_MNIST_STATS,
-                            on_step=on_step,
-                        )
-                        got["losses"] = losses
-                        del got["history"]  # one epoch: the same numbers as "final"
-                        return got
-
-                    got = ctx.unit(_key(arch, variant, depth, seed), compute)
-                    losses = got["losses"]
-                    tail = [v for v in losses[-config.final_window :] if v is not None]
-                    final_loss = (
-                        sum(tail) / len(tail)
-                        if tail and not got["nonfinite"] and len(losses) >= config.steps
-                        else None
-                    )
-                    cells.append(
-                        {
-                            "arch": arch,
-                            "variant": variant,
-                            "depth": depth,
-                            "seed": seed,
-                            "final_loss": final_loss,
-                            "test_acc": got["final"]["test_acc"],
-                            "test_loss": got["final"]["test_loss"],
-                            "initial_loss": got["initial_loss"],
-                            "steps_done": len(losses),
-                            "diverged": bool(got["diverged"]),
-                            "nonfinite": bool(got["nonfinite"]),
-                            "wall_time_s": got["wall_time_s"],
-                        }
-                    )
-                    curves.setdefault(_curve_key(arch, variant, depth), []).append(losses)
-                    ctx.progress.advance()
-    raw: dict[str, Any] = {
-        "cells": cells,
+    for c, got in run:
+        curves.setdefault(_curve_key(c.setting[1], c.variant, c.setting[0]), []).append(
+            got["losses"]
+        )
+    train_size, test_size = sizes
+    return {
+        "cells": [_record(config, c, got) for c, got in run],
         "curves": curves,
         "depths": list(config.depths),
         "stuck_loss": config.stuck_loss,
@@ -309,55 +317,47 @@ def run(config: DepthConfig, ctx: LabContext) -> LabOutcome:
             "chance); a setting is stuck when every seed is, trains when none is"
         ),
     }
-    results = {"raw": raw}
-    plain_evidence, plain_verdict = plain_rule(results)
-    skip_evidence, skip_verdict = skip_rule(results)
 
-    rows = []
-    for depth in config.depths:
-        for arch, arch_label in ARCHS.items():
-            for variant, label in VARIANTS.items():
-                where = {"arch": arch, "variant": variant, "depth": depth}
-                loss_mean, loss_std = mean_std(pick(cells, "final_loss", **where))
-                acc_mean, acc_std = mean_std(pick(cells, "test_acc", **where))
-                div = sum(1 for c in _select(cells, **where) if c["diverged"])
-                status = _setting_status(_select(cells, **where), config.stuck_loss)
-                rows.append(
-                    [
-                        depth,
-                        arch_label,
-                        label,
-                        loss_mean,
-                        loss_std,
-                        acc_mean,
-                        acc_std,
-                        f"{div}/{config.seeds}",
-                        status,
-                    ]
-                )
+
+def _row(config: DepthConfig, cells: list[dict[str, Any]], **where: Any) -> list[Any]:
+    """A table row's numbers: final loss and test accuracy (mean, std), diverged seeds,
+    the setting's status."""
+    div = sum(1 for c in _select(cells, **where) if c["diverged"])
+    return [
+        *mean_std(pick(cells, "final_loss", **where)),
+        *mean_std(pick(cells, "test_acc", **where)),
+        f"{div}/{config.seeds}",
+        _setting_status(_select(cells, **where), config.stuck_loss),
+    ]
+
+
+_COLUMNS = ["final loss", "loss std", "test acc", "acc std", "diverged", "status"]
+
+
+def summarize(config: DepthConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
+    """The table by depth, network and norm, the two verdicts, two figures."""
+    raw = _raw(config, run, _sizes(config, ctx.data))
+    cells, curves = raw["cells"], raw["curves"]
+    rules = [(PLAIN_CLAIM, plain_rule, _plain_measured), (SKIP_CLAIM, skip_rule, _skip_measured)]
+    verdicts, _ = apply_rules({"raw": raw}, rules)
+    rows = [
+        [depth, arch_label, label, *_row(config, cells, arch=arch, variant=variant, depth=depth)]
+        for depth in config.depths
+        for arch, arch_label in ARCHS.items()
+        for variant, label in VARIANTS.items()
+    ]
     tables = [
         Table(
             "Final training loss and test accuracy by depth (mean, std over seeds; "
             "the same budget for every model)",
-            [
-                "depth",
-                "network",
-                "norm",
-                "final loss",
-                "loss std",
-                "test acc",
-                "acc std",
-                "diverged",
-                "status",
-            ],
+            ["depth", "network", "norm", *_COLUMNS],
             rows,
         )
     ]
+    lines = {f"{ARCHS[a]}, {label}": (a, v) for a in ARCHS for v, label in VARIANTS.items()}
     panels = {
         f"depth {depth}": {
-            f"{ARCHS[arch]}, {label}": curves.get(_curve_key(arch, variant, depth), [])
-            for arch in ARCHS
-            for variant, label in VARIANTS.items()
+            name: curves.get(_curve_key(a, v, depth), []) for name, (a, v) in lines.items()
         }
         for depth in config.depths
     }
@@ -368,32 +368,26 @@ def run(config: DepthConfig, ctx: LabContext) -> LabOutcome:
         title="Training loss per step, plain CNN vs ResNet, with and without BN",
     )
     series = {
-        f"{ARCHS[arch]}, {label}": {
+        name: {
             "x": list(config.depths),
             "runs": [
                 [
-                    _first(pick(cells, "test_acc", arch=arch, variant=variant, depth=d, seed=s))
+                    _first(pick(cells, "test_acc", arch=a, variant=v, depth=d, seed=s))
                     for d in config.depths
                 ]
                 for s in range(config.seeds)
             ],
         }
-        for arch in ARCHS
-        for variant, label in VARIANTS.items()
+        for name, (a, v) in lines.items()
     }
     plot_depth_accuracy(
         series,
         ctx.out_dir / "depth_accuracy.png",
         title="Final test accuracy against depth (same budget)",
     )
-    plain_holds = holds_of(plain_verdict)
-    skip_holds = holds_of(skip_verdict)
     return LabOutcome(
         tables=tables,
-        verdicts=[
-            Verdict(PLAIN_CLAIM, plain_holds, _plain_measured(plain_evidence, plain_verdict)),
-            Verdict(SKIP_CLAIM, skip_holds, _skip_measured(skip_evidence, skip_verdict)),
-        ],
+        verdicts=verdicts,
         figures=[
             Figure(
                 "depth_curves.png",
@@ -419,6 +413,11 @@ def _first(values: list[float]) -> float | None:
     return values[0]
 
 
+def _mean(cells: Sequence[Mapping[str, Any]], metric: str, **where: Any) -> float | None:
+    """The mean over seeds of ``metric`` of the matching cells (None without a finite value)."""
+    return mean_std(pick(cells, metric, **where))[0]
+
+
 def _statuses(raw: Mapping[str, Any], arch: str, variant: str) -> dict[int, str]:
     cells = raw["cells"]
     stuck_loss = float(raw["stuck_loss"])
@@ -426,18 +425,6 @@ def _statuses(raw: Mapping[str, Any], arch: str, variant: str) -> dict[int, str]
         int(d): _setting_status(_select(cells, arch=arch, variant=variant, depth=d), stuck_loss)
         for d in raw["depths"]
     }
-
-
-PLAIN_RULE = (
-    "A run is stuck when it diverged (NaN/inf loss, or its mean training loss above its "
-    "first batch's) or its final training loss (mean of its last steps) is above "
-    "stuck_loss (2.0; ln 10 = 2.303 is chance); a (network, norm, depth) is stuck when "
-    "every seed is, trains when no seed is, partly stuck otherwise. supported: the plain CNN without BN "
-    "is stuck at the largest depth and trains at the smallest, and the plain CNN with BN "
-    "trains at the largest depth. not supported: the plain CNN without BN trains at the "
-    "largest depth, or the plain CNN with BN is stuck there too. mixed otherwise (partly "
-    "stuck, or stuck already at the smallest depth)."
-)
 
 
 def plain_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -454,55 +441,33 @@ def plain_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         "plain_bn_status": {str(d): bn[d] for d in depths},
         "first_stuck_depth_none": stuck_from,
         "largest_depth": high,
-        "final_loss_none_at_largest": describe(
-            pick(cells, "final_loss", arch="plain", variant="none", depth=high)
-        )["mean"],
-        "final_loss_bn_at_largest": describe(
-            pick(cells, "final_loss", arch="plain", variant="bn", depth=high)
-        )["mean"],
-        "test_acc_none_at_largest": describe(
-            pick(cells, "test_acc", arch="plain", variant="none", depth=high)
-        )["mean"],
-        "test_acc_bn_at_largest": describe(
-            pick(cells, "test_acc", arch="plain", variant="bn", depth=high)
-        )["mean"],
+        **{
+            f"{metric}_{variant}_at_largest": _mean(
+                cells, metric, arch="plain", variant=variant, depth=high
+            )
+            for metric in ("final_loss", "test_acc")
+            for variant in ("none", "bn")
+        },
         "stuck_loss": raw["stuck_loss"],
     }
     if none[high] == "trains" or bn[high] == "stuck":
-        verdict = "not supported"
-    elif none[high] == "stuck" and none[low] == "trains" and bn[high] == "trains":
-        verdict = "supported"
-    else:
-        verdict = "mixed"
-    return evidence, verdict
+        return evidence, "not supported"
+    supported = none[high] == "stuck" and none[low] == "trains" and bn[high] == "trains"
+    return evidence, "supported" if supported else "mixed"
 
 
-def _plain_measured(evidence: Mapping[str, Any], verdict: str) -> str:
+def _plain_measured(evidence: Mapping[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
     high = evidence["largest_depth"]
     return (
-        f"{verdict}: plain CNN without BN by depth: "
+        "plain CNN without BN by depth: "
         + ", ".join(f"{d} {s}" for d, s in evidence["plain_none_status"].items())
         + f"; at depth {high} final loss {fmt(evidence['final_loss_none_at_largest'])} "
         f"without BN vs {fmt(evidence['final_loss_bn_at_largest'])} with BN, test acc "
         f"{fmt(evidence['test_acc_none_at_largest'])} vs {fmt(evidence['test_acc_bn_at_largest'])}"
     )
-
-
-SKIP_RULE = (
-    "With BN, compare the final training loss (mean of the last steps) of the plain CNN "
-    "and of the ResNet at the largest depth over seeds (Welch difference plain - ResNet; "
-    "it counts when it exceeds twice its standard error and min_effect, 0.05; with one "
-    "seed a side, min_effect alone). The training loss, not the test accuracy, because "
-    "the claim is about training deep networks, and after a short training the test "
-    "accuracy in eval mode also carries the lag of BN's running averages. supported: "
-    "the ResNet's loss is lower. not supported: the plain CNN's is lower, or the "
-    "difference is below min_effect. mixed: a difference above min_effect that the seeds "
-    "do not separate (or no finite loss on a side). The same comparison at the smallest "
-    "depth, and the test accuracies, are reported as context."
-)
 
 
 def skip_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -520,27 +485,19 @@ def skip_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
             entry = {"diff": c.diff, "se": c.se, "direction": c.direction}
         except ValueError:
             entry = {"diff": None, "se": None, "direction": "unclear"}
-        entry["resnet_loss"] = describe(res)["mean"]
-        entry["plain_loss"] = describe(pln)["mean"]
-        entry["resnet_acc"] = describe(
-            pick(cells, "test_acc", arch="resnet", variant="bn", depth=d)
-        )["mean"]
-        entry["plain_acc"] = describe(pick(cells, "test_acc", arch="plain", variant="bn", depth=d))[
-            "mean"
-        ]
+        for arch in ("resnet", "plain"):
+            entry[f"{arch}_loss"] = _mean(cells, "final_loss", arch=arch, variant="bn", depth=d)
+            entry[f"{arch}_acc"] = _mean(cells, "test_acc", arch=arch, variant="bn", depth=d)
         by_depth[str(d)] = entry
     top = by_depth[str(max(depths))]
-    if top["direction"] == "greater":
-        verdict = "supported"
-    elif top["direction"] == "less" or (top["diff"] is not None and abs(top["diff"]) <= min_effect):
-        verdict = "not supported"
-    else:
-        verdict = "mixed"
     evidence = {"largest_depth": max(depths), "by_depth": by_depth, "min_effect": min_effect}
-    return evidence, verdict
+    if top["direction"] == "greater":
+        return evidence, "supported"
+    small = top["diff"] is not None and abs(top["diff"]) <= min_effect
+    return evidence, "not supported" if top["direction"] == "less" or small else "mixed"
 
 
-def _skip_measured(evidence: Mapping[str, Any], verdict: str) -> str:
+def _skip_measured(evidence: Mapping[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
@@ -552,11 +509,11 @@ def _skip_measured(evidence: Mapping[str, Any], verdict: str) -> str:
             f"{fmt(e['resnet_loss'])} (difference {diff}, standard error {fmt(e['se'])}); "
             f"test acc plain {fmt(e['plain_acc'])} vs ResNet {fmt(e['resnet_acc'])}"
         )
-    return f"{verdict}: with BN, " + "; ".join(parts)
+    return "with BN, " + "; ".join(parts)
 
 
 SPEC = register_lab(
-    LabSpec(
+    grid_lab(
         name="depth",
         title="Depth: plain CNN vs ResNet, with and without BN",
         summary=(
@@ -572,8 +529,10 @@ SPEC = register_lab(
             "all, not the accuracy they would reach."
         ),
         config_type=DepthConfig,
-        run=run,
-        needs_data=True,
+        grid=grid,
+        measure=measure,
+        summarize=summarize,
+        prepare=prepare,
         full_time=(
             "16.5 min on the shared 2-core CPU machine under load 8-11 (--threads 1; "
             "4 min 48 s + 11 min 41 s, stopped once and resumed; the 24 runs' own times "
@@ -589,7 +548,16 @@ register_claim(
         claim=PLAIN_CLAIM,
         source=PLAIN_SOURCE,
         experiment="depth",
-        rule_text=PLAIN_RULE,
+        rule_text=(
+            "A run is stuck when it diverged (NaN/inf loss, or its mean training loss above its "
+            "first batch's) or its final training loss (mean of its last steps) is above "
+            "stuck_loss (2.0; ln 10 = 2.303 is chance); a (network, norm, depth) is stuck when "
+            "every seed is, trains when no seed is, partly stuck otherwise. supported: the plain "
+            "CNN without BN is stuck at the largest depth and trains at the smallest, and the "
+            "plain CNN with BN trains at the largest depth. not supported: the plain CNN without "
+            "BN trains at the largest depth, or the plain CNN with BN is stuck there too. mixed "
+            "otherwise (partly stuck, or stuck already at the smallest depth)."
+        ),
         rule=plain_rule,
     )
 )
@@ -599,7 +567,18 @@ register_claim(
         claim=SKIP_CLAIM,
         source=SKIP_SOURCE,
         experiment="depth",
-        rule_text=SKIP_RULE,
+        rule_text=(
+            "With BN, compare the final training loss (mean of the last steps) of the plain CNN "
+            "and of the ResNet at the largest depth over seeds (Welch difference plain - ResNet; "
+            "it counts when it exceeds twice its standard error and min_effect, 0.05; with one "
+            "seed a side, min_effect alone). The training loss, not the test accuracy, because the "
+            "claim is about training deep networks, and after a short training the test accuracy "
+            "in eval mode also carries the lag of BN's running averages. supported: the ResNet's "
+            "loss is lower. not supported: the plain CNN's is lower, or the difference is below "
+            "min_effect. mixed: a difference above min_effect that the seeds do not separate (or "
+            "no finite loss on a side). The same comparison at the smallest depth, and the test "
+            "accuracies, are reported as context."
+        ),
         rule=skip_rule,
     )
 )
