@@ -169,15 +169,6 @@ def _measured(evidence: Mapping[str, Any]) -> str:
     )
 
 
-RULE_TEXT = (
-    "For each variant, a weight factor trains when no seed diverged and the mean final test "
-    "accuracy is at least train_fraction (0.9 in the full run) of the variant's best mean "
-    "over the grid and at least min_acc (0.2, twice chance). supported: more factors train "
-    "with BN than without; not supported: fewer, or as many while some factor fails for both; mixed: both train at every factor "
-    "of the grid (it does not separate them)."
-)
-
-
 def init_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The verdict for "BN reduces the sensitivity to initialization" from init's results."""
     raw = results["raw"]
@@ -192,12 +183,10 @@ def init_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         evidence[f"acc_range_{variant}"] = max(means) - min(means) if means else None
     bn, none = evidence["count_bn"], evidence["count_none"]
     if bn > none:
-        verdict = "supported"
-    elif bn < none or bn < len(grid):
-        verdict = "not supported"
-    else:
-        verdict = "mixed"
-    return evidence, verdict
+        return evidence, "supported"
+    # Fewer, or as many while some factor fails for both; as many at every factor: the
+    # grid does not separate them.
+    return evidence, "not supported" if bn < none or bn < len(grid) else "mixed"
 
 
 SPEC = register_lab(
@@ -228,7 +217,13 @@ register_claim(
         claim=CLAIM,
         source=SOURCE,
         experiment="init",
-        rule_text=RULE_TEXT,
+        rule_text=(
+            "For each variant, a weight factor trains when no seed diverged and the mean final "
+            "test accuracy is at least train_fraction (0.9 in the full run) of the variant's best "
+            "mean over the grid and at least min_acc (0.2, twice chance). supported: more factors "
+            "train with BN than without; not supported: fewer, or as many while some factor fails "
+            "for both; mixed: both train at every factor of the grid (it does not separate them)."
+        ),
         rule=init_rule,
     )
 )

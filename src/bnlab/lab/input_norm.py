@@ -245,15 +245,6 @@ def _measured(evidence: Mapping[str, Any]) -> str:
     )
 
 
-RULE_TEXT = (
-    "Without BN, for each shallow model (softmax regression, one hidden layer) and each "
-    "standardization (global, per-pixel): the last epoch's training loss with raw [0, 1] "
-    "pixels minus with standardized inputs, over seeds (Welch, a difference counts beyond "
-    "2 standard errors). supported: standardizing lowers the loss in every pair; not "
-    "supported: in none; mixed: in some."
-)
-
-
 def input_norm_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The verdict for "standardizing inputs helps shallow models train"."""
     cells = results["raw"]["cells"]
@@ -316,7 +307,13 @@ register_claim(
         claim=CLAIM,
         source=SOURCE,
         experiment="input-norm",
-        rule_text=RULE_TEXT,
+        rule_text=(
+            "Without BN, for each shallow model (softmax regression, one hidden layer) and each "
+            "standardization (global, per-pixel): the last epoch's training loss with raw [0, 1] "
+            "pixels minus with standardized inputs, over seeds (Welch, a difference counts beyond "
+            "2 standard errors). supported: standardizing lowers the loss in every pair; not "
+            "supported: in none; mixed: in some."
+        ),
         rule=input_norm_rule,
     )
 )

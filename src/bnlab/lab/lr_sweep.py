@@ -183,18 +183,6 @@ def _measured(evidence: Mapping[str, Any]) -> str:
     )
 
 
-RULE_TEXT = (
-    "Per network and variant, a learning rate trains when no seed diverged (NaN/inf loss, "
-    "or last-epoch loss above the first batch's by more than the margin), the mean final "
-    "test accuracy is at least train_fraction (0.9) of that variant's best mean over the "
-    "grid and at least min_acc (0.2, twice chance). Per network: BN's highest rate that "
-    "trains above the no-BN one (or no-BN trains at none) -> higher; below it, equal below "
-    "the top of the grid, or BN trains at none -> not higher; equal at the top of the grid "
-    "-> undecided. supported: higher for every network; not supported: for none; mixed "
-    "otherwise (including undecided)."
-)
-
-
 def lr_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The verdict for "BN allows higher learning rates" from lr-sweep's results."""
     raw = results["raw"]
@@ -233,12 +221,8 @@ def lr_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         "min_acc": raw.get("min_acc", 0.0),
     }
     if all(v == "higher" for v in verdicts):
-        verdict = "supported"
-    elif all(v == "not higher" for v in verdicts):
-        verdict = "not supported"
-    else:
-        verdict = "mixed"
-    return evidence, verdict
+        return evidence, "supported"
+    return evidence, "not supported" if all(v == "not higher" for v in verdicts) else "mixed"
 
 
 SPEC = register_lab(
@@ -271,7 +255,16 @@ register_claim(
         claim=CLAIM,
         source=SOURCE,
         experiment="lr-sweep",
-        rule_text=RULE_TEXT,
+        rule_text=(
+            "Per network and variant, a learning rate trains when no seed diverged (NaN/inf loss, "
+            "or last-epoch loss above the first batch's by more than the margin), the mean final "
+            "test accuracy is at least train_fraction (0.9) of that variant's best mean over the "
+            "grid and at least min_acc (0.2, twice chance). Per network: BN's highest rate that "
+            "trains above the no-BN one (or no-BN trains at none) -> higher; below it, equal below "
+            "the top of the grid, or BN trains at none -> not higher; equal at the top of the grid "
+            "-> undecided. supported: higher for every network; not supported: for none; mixed "
+            "otherwise (including undecided)."
+        ),
         rule=lr_rule,
     )
 )

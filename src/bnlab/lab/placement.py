@@ -163,16 +163,6 @@ def _r(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-RULE_TEXT = (
-    "Per activation (sigmoid, ReLU): the last epoch's training loss with BN after the "
-    "activation minus before it, over seeds (Welch; a difference counts beyond 2 standard "
-    "errors); positive = before trains better. supported: before trains better for every "
-    "activation; not supported: for none (after better, or no difference); mixed: for some. "
-    "Final test accuracy is compared the same way and reported, not used: the last "
-    "iterate's test accuracy of these short runs moves by 0.1 from epoch to epoch."
-)
-
-
 def placement_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The verdict for "BN before the activation trains better than after it"."""
     cells = results["raw"]["cells"]
@@ -232,7 +222,14 @@ register_claim(
         claim=CLAIM,
         source=SOURCE,
         experiment="placement",
-        rule_text=RULE_TEXT,
+        rule_text=(
+            "Per activation (sigmoid, ReLU): the last epoch's training loss with BN after the "
+            "activation minus before it, over seeds (Welch; a difference counts beyond 2 standard "
+            "errors); positive = before trains better. supported: before trains better for every "
+            "activation; not supported: for none (after better, or no difference); mixed: for "
+            "some. Final test accuracy is compared the same way and reported, not used: the last "
+            "iterate's test accuracy of these short runs moves by 0.1 from epoch to epoch."
+        ),
         rule=placement_rule,
     )
 )

@@ -244,15 +244,6 @@ def _r(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-RULE_TEXT = (
-    "gap = train accuracy - test accuracy (eval mode, mean over the last average_last = 5 "
-    "epochs of training a small subset to overfit). With BN vs without, over seeds (Welch; "
-    "a difference counts beyond 2 standard errors); test accuracy averaged the same way. "
-    "supported: the gap is smaller with BN and test accuracy is not lower; mixed: the gap is smaller but test accuracy lower, or the gap is not smaller "
-    "but test accuracy higher; not supported: otherwise."
-)
-
-
 def regularization_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The verdict for "BN regularizes (reduces the train/test gap)"."""
     cells = results["raw"]["cells"]
@@ -301,7 +292,14 @@ register_claim(
         claim=CLAIM,
         source=SOURCE,
         experiment="regularization",
-        rule_text=RULE_TEXT,
+        rule_text=(
+            "gap = train accuracy - test accuracy (eval mode, mean over the last average_last = 5 "
+            "epochs of training a small subset to overfit). With BN vs without, over seeds (Welch; "
+            "a difference counts beyond 2 standard errors); test accuracy averaged the same way. "
+            "supported: the gap is smaller with BN and test accuracy is not lower; mixed: the gap "
+            "is smaller but test accuracy lower, or the gap is not smaller but test accuracy "
+            "higher; not supported: otherwise."
+        ),
         rule=regularization_rule,
     )
 )
