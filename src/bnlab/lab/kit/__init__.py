@@ -7,6 +7,9 @@
 - ``train``: one ``fit`` run over data subsets (``train_variant``);
 - ``verdicts``: comparisons of variants per setting, rules into verdicts;
 - ``configs``: config checks and ``ProbingConfig``, the probing experiments' core;
+- ``fits`` (imported as a module, ``kit.fits``): ``FitConfig``, the fit-based
+  experiments' core (one ``train_variant`` run per cell), and ``SweepConfig`` with the
+  tables, series and rule groups of the trainability sweeps (lr-sweep, init);
 - ``threads``: thread settings.
 
 The step loop with hooks is ``bnlab.train.steps.run_steps``; the grid runner is
