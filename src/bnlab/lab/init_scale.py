@@ -121,7 +121,8 @@ def summarize(config: InitConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
         }
         for c, got in run
     ]
-    raw = {"cells": cells, "factors": list(config.factors), **config.rules(_REFERENCE)}
+    reference = "the same variant over the grid"
+    raw = {"cells": cells, "factors": list(config.factors), **config.rules(reference)}
     verdicts, evidences = apply_rules({"raw": raw}, [(CLAIM, init_rule, _measured)])
     evidence = evidences[CLAIM]
     model_text = "LeNet" if config.model == "lenet" else f"MLP {config.hidden} sigmoid"
@@ -157,9 +158,6 @@ def summarize(config: InitConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
         raw=raw,
         notes=[raw["divergence_rule"], raw["trains_rule"]],
     )
-
-
-_REFERENCE = "the same variant over the grid"
 
 
 def _measured(evidence: Mapping[str, Any]) -> str:

@@ -104,7 +104,8 @@ def measure(config: LrSweepConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
 def summarize(config: LrSweepConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
     """Per network, a table of test accuracy against the rate; the rates that train; the
     verdict; the figure."""
-    # raw["cells"] in the order network, variant, rate, seed (as before the runner).
+    # raw["cells"] in the order network, variant, rate, seed (as before the runner);
+    # run.select lists a cell's seeds 0..seeds-1 in order.
     cells = [
         fits.sweep_record(got, arch=a, variant=v, group=_group(a, v), lr=lr, seed=seed)
         for a in config.archs
@@ -112,22 +113,20 @@ def summarize(config: LrSweepConfig, ctx: LabContext, run: GridRun) -> LabOutcom
         for lr in config.lrs
         for seed, got in enumerate(run.select(setting=(a, lr), variant=v))
     ]
-    reference = "the same network and variant"
     raw = {
         "cells": cells,
         "lrs": list(config.lrs),
         "archs": list(config.archs),
-        **config.rules(reference),
+        **config.rules("the same network and variant"),
     }
     verdicts, evidences = apply_rules({"raw": raw}, [(CLAIM, lr_rule, _measured)])
     per_arch = evidences[CLAIM]["archs"]
-    grid_of = ("lr", "lr", config.lrs)
     tables = [
         fits.sweep_table(
             f"{ARCHS[arch][2]}: final test accuracy against the learning rate "
             "(mean, std over seeds)",
             cells,
-            grid_of,
+            ("lr", "lr", config.lrs),
             VARIANTS,
             config.seeds,
             arch=arch,
