@@ -19,6 +19,7 @@ from bnlab.train import TIMING_KEYS, read_jsonl
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "fashion-mnist"
 RUN_FILES = {
+    ".bnlab-run",  # the marker and lock of a bnlab run folder (issue 19)
     "config.json",
     "environment.json",
     "metrics.jsonl",

@@ -139,7 +139,10 @@ def test_a_checkpoint_of_another_format_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("code", "text"),
-    [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")],
+    [
+        (errno.ENOSPC, "No space left on device (disk full)"),
+        (errno.EROFS, "Read-only file system"),
+    ],
 )
 def test_a_full_disk_or_read_only_folder_names_the_file_and_keeps_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, text: str

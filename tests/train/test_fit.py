@@ -326,10 +326,12 @@ def test_checkpoint_holds_plain_data_and_loads_weights_only(tmp_path: Path) -> N
         "scaler",
         "rng",
         "config",
+        "identity",
         "epoch",
         "step",
         "metrics",
     }
+    assert state["identity"] == {"model_class": "bnlab.models.lenet.LeNet"}
     assert state["epoch"] == 1
     assert state["step"] == 4
     assert state["config"] == config.to_dict()
@@ -349,7 +351,7 @@ def test_run_dir_holds_no_temporary_files(tmp_path: Path) -> None:
         run_dir=tmp_path,
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl"]
+        [".bnlab-run", "checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl"]
     )
 
 
@@ -371,7 +373,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     # checkpoint.prev.pt: the epoch-1 checkpoint kept before the failed write (the same).
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl"]
+        [".bnlab-run", "checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl"]
     )
 
 
@@ -379,13 +381,19 @@ def test_atomic_json_writes(tmp_path: Path) -> None:
     path = tmp_path / "results.json"
     train_io.write_json(path, {"a": 1, "path": tmp_path})
     assert json.loads(path.read_text()) == {"a": 1, "path": str(tmp_path)}
-    with pytest.raises(ValueError, match="not JSON compliant"):
-        train_io.write_json(path, {"a": math.nan})
+    # NaN and infinities are not JSON: written as strings, read back as floats (issue 19).
+    other = tmp_path / "other" / "nan.json"
+    other.parent.mkdir()
+    train_io.write_json(other, {"a": math.nan, "b": [math.inf, -math.inf]})
+    assert json.loads(other.read_text()) == {"a": "NaN", "b": ["Infinity", "-Infinity"]}
+    back = train_io.read_json(other)
+    assert math.isnan(back["a"])
+    assert back["b"] == [math.inf, -math.inf]
     with pytest.raises(TypeError, match="cannot write a object to JSON"):
         train_io.write_json(path, {"a": object()})
     # The failed writes left the old file and nothing else.
     assert json.loads(path.read_text())["a"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "results.json"]
 
 
 def test_read_jsonl_skips_a_torn_last_line(tmp_path: Path) -> None:

@@ -94,11 +94,12 @@ def test_run_dir_writes_and_reads_the_layout(tmp_path: Path) -> None:
     assert run.settings_changes({**SAVED, "norm": "torch"}) == [Change("norm", "bnlab", "torch")]
     (run.path / "notes.txt").write_text("mine")
     run.remove()
-    assert sorted(p.name for p in run.path.iterdir()) == ["notes.txt"]  # nothing else
+    # Nothing else (the marker says the folder is bnlab's).
+    assert sorted(p.name for p in run.path.iterdir()) == [".bnlab-run", "notes.txt"]
 
 
 def test_run_dir_metrics_and_checkpoints(tmp_path: Path) -> None:
-    run = RunDir(tmp_path)
+    run = RunDir(tmp_path).claim()  # an earlier run's folder
     run.previous_checkpoint.write_bytes(b"an earlier run's")
     (tmp_path / ".metrics.jsonl.0123456789ab.tmp").write_text("torn")
     run.start_metrics()

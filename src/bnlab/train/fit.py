@@ -33,7 +33,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,9 @@ class FitResult:
             batches as trained, in train mode, as d2l does), ``test_loss``, ``test_acc``
             (eval mode, after the epoch), ``train_samples``, ``train_time_s``,
             ``eval_time_s``, ``epoch_time_s``, ``images_per_s`` and ``time_s`` (run time
-            at its end, the sum of ``epoch_time_s``).
+            at its end, the sum of ``epoch_time_s``); ``skipped_samples`` only in an
+            epoch whose last batch, of one sample, batch norm could not normalize (it is
+            skipped, see ``fit``).
         steps: the records logged every ``config.log_every_steps`` steps:
             ``kind="step"``, ``epoch``, ``step``, ``train_loss`` and ``train_acc`` (means
             over the epoch so far), ``time_s``.
@@ -321,12 +323,67 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+# What a checkpoint of this format must hold, and of which type (``identity`` and
+# ``scaler`` are optional: checkpoints written before them lack them).
+_CHECKPOINT_ENTRIES: dict[str, type | tuple[type, ...]] = {
+    "model": dict,
+    "optimizer": dict,
+    "rng": dict,
+    "config": dict,
+    "epoch": int,
+    "step": int,
+    "metrics": list,
+}
+
+
+def _check_entries(state: dict[str, Any], path: Path) -> None:
+    """One line naming the file and the entry a damaged checkpoint lacks (no KeyError)."""
+    fix = "it is damaged or was not written by bnlab; start a new run in another directory"
+    for key, kind in _CHECKPOINT_ENTRIES.items():
+        if key not in state:
+            raise RuntimeError(f"checkpoint {path} has no {key!r} entry: {fix}")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise RuntimeError(
+                f"checkpoint {path}: {key!r} is a {type(state[key]).__name__}, expected a "
+                f"{getattr(kind, '__name__', kind)}: {fix}"
+            )
+    for key in ("python", "torch"):
+        if key not in state["rng"]:
+            raise RuntimeError(f"checkpoint {path} has no 'rng.{key}' entry: {fix}")
+    if not all(isinstance(r, dict) and "kind" in r for r in state["metrics"]):
+        raise RuntimeError(f"checkpoint {path}: 'metrics' holds a record without 'kind': {fix}")
+
+
+def _identity(model: nn.Module, identity: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the run is, beyond its ``TrainConfig``: the model's class and the caller's
+    identity settings (``bnlab train``: model, norm, model options, data selection)."""
+    kind = type(model)
+    return {"model_class": f"{kind.__module__}.{kind.__qualname__}", **dict(identity or {})}
+
+
+def _check_identity(state: dict[str, Any], identity: dict[str, Any], path: Path) -> None:
+    saved = state.get("identity")
+    if not isinstance(saved, dict):
+        return  # written before checkpoints recorded it
+    changes = settings_changes(saved, identity)
+    if changes:
+        details = "; ".join(str(c) for c in changes)
+        raise ValueError(
+            f"checkpoint {path} belongs to another run ({details}); resume with the settings "
+            "it was trained with, or start a new run in another directory"
+        )
+
+
+def _check_resumable(
+    state: dict[str, Any], config: TrainConfig, path: Path, identity: dict[str, Any]
+) -> None:
     if state.get("format") != CHECKPOINT_FORMAT:
         raise RuntimeError(
             f"checkpoint {path} has format {state.get('format')!r}, this bnlab reads format "
             f"{CHECKPOINT_FORMAT}; start a new run in another directory"
         )
+    _check_entries(state, path)
+    _check_identity(state, identity, path)
     # Settings added since the checkpoint was written count as their defaults.
     changes = settings_changes(
         state["config"],
@@ -348,7 +405,7 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> 
         )
 
 
-def _load_resumable(run: RunDir, config: TrainConfig) -> dict[str, Any]:
+def _load_resumable(run: RunDir, config: TrainConfig, identity: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint to resume from: the last one, or the previous one when it is damaged.
 
     A checkpoint that cannot be read (truncated, corrupted, not a checkpoint, or one that
@@ -364,7 +421,7 @@ def _load_resumable(run: RunDir, config: TrainConfig) -> dict[str, Any]:
             state = run.load_checkpoint(previous=True)
         except RuntimeError:
             raise exc from None
-        _check_resumable(state, config, run.previous_checkpoint)
+        _check_resumable(state, config, run.previous_checkpoint, identity)
         warnings.warn(
             f"{exc}; resuming from the previous checkpoint {run.previous_checkpoint} (epoch "
             f"{state['epoch']}) instead",
@@ -372,7 +429,7 @@ def _load_resumable(run: RunDir, config: TrainConfig) -> dict[str, Any]:
             stacklevel=4,  # fit's caller
         )
         return state
-    _check_resumable(state, config, run.checkpoint)
+    _check_resumable(state, config, run.checkpoint, identity)
     return state
 
 
@@ -447,6 +504,7 @@ class _Session:
     out: RunDir | None
     distributed: DistributedRun | None
     num_batches: int | None
+    identity: dict[str, Any] = field(default_factory=dict)  # saved in every checkpoint
     optimizer: torch.optim.Optimizer = field(init=False)
     net: nn.Module = field(init=False)  # the model the steps run through (DDP-wrapped)
     where: AnomalyWhere | None = None
@@ -471,6 +529,7 @@ class _Totals:
     correct: Tensor  # int64 scalar on the device: no host sync per step
     loss_sum: float = 0.0
     samples: int = 0
+    skipped_samples: int = 0  # a last batch of one sample that BN cannot normalize
     train_time: float = 0.0
 
     def means(self) -> dict[str, float]:
@@ -548,7 +607,7 @@ def _resume(s: _Session, run: RunDir) -> None:
         )
     if s.out is not None:  # of a process killed mid-write; only the writer, or it races its writes
         s.out.remove_stale_temporaries()
-    state = _load_resumable(run, s.config)
+    state = _load_resumable(run, s.config, s.identity)
     s.model.to(s.device)
     _load_model_state(s.model, state, run.checkpoint)
     s.optimizer = _make_optimizer(s.model, s.config)
@@ -574,6 +633,33 @@ def _train_step(s: _Session, x: Tensor, y: Tensor) -> tuple[float, int, Tensor |
     s.optimizer.zero_grad(set_to_none=True)
     s.amp.backward(loss)
     return loss_value, n, correct
+
+
+_SKIP_REASON = "batch norm cannot normalize one value per channel"
+
+
+def _train_step_or_skip(
+    s: _Session, x: Tensor, y: Tensor
+) -> tuple[float, int, Tensor | int] | None:
+    """``_train_step`` for a short last batch of one sample; None when batch norm refuses it.
+
+    Batch norm in training cannot normalize a batch with one value per channel (one
+    sample, no spatial dims: torch's and bnlab's BN raise ``ValueError``). Such a batch
+    only arises as the remainder of a training set that is one more than a multiple of
+    the batch size; like ``drop_last``, it is skipped: no update, and the running
+    statistics the layers before the refusing one had already updated are put back.
+    """
+    buffers = {name: b.detach().clone() for name, b in s.model.named_buffers()}
+    try:
+        return _train_step(s, x, y)
+    except ValueError as exc:
+        if "more than 1 value per channel" not in str(exc).lower():
+            raise
+    with torch.no_grad():
+        for name, b in s.model.named_buffers():
+            if name in buffers:
+                b.copy_(buffers[name])
+    return None
 
 
 def _non_finite(s: _Session, loss: float, epoch: int, batch: int) -> NonFiniteLossError:
@@ -603,7 +689,16 @@ def _train_epoch(
         s.step += 1
         if s.where is not None:
             s.where.epoch, s.where.step = epoch, s.step
-        loss, n, correct = _train_step(s, x, y)
+        if x.shape[0] == 1 < s.config.batch_size and s.distributed is None:
+            stepped = _train_step_or_skip(s, x, y)
+            if stepped is None:
+                s.step -= 1
+                totals.skipped_samples += 1
+                tic = time.perf_counter()
+                continue
+            loss, n, correct = stepped
+        else:
+            loss, n, correct = _train_step(s, x, y)
         if not math.isfinite(loss):
             raise _non_finite(s, loss, epoch, batch)
         s.amp.step(s.optimizer)
@@ -627,7 +722,12 @@ def _train_epoch(
             on_step(StepInfo(epoch, s.step, batch, s.num_batches, n, loss))
         tic = time.perf_counter()
     if totals.samples == 0:
-        raise ValueError(f"fit: the training loader yielded no samples in epoch {epoch}")
+        skipped = (
+            f" (its only batch, of one sample, was skipped: {_SKIP_REASON})"
+            if totals.skipped_samples
+            else ""
+        )
+        raise ValueError(f"fit: the training loader yielded no samples in epoch {epoch}{skipped}")
     return totals
 
 
@@ -670,6 +770,9 @@ def _run_epoch(
         "images_per_s": totals.samples / max(totals.train_time, 1e-12),
         "time_s": s.run_time,
     }
+    if totals.skipped_samples:
+        # Only then, so that the records of every other run keep their keys.
+        record["skipped_samples"] = totals.skipped_samples
     s.log(record)
     return record
 
@@ -688,6 +791,7 @@ def _save_checkpoint(s: _Session, epoch: int) -> None:
             "scaler": s.amp.state_dict(),
             "rng": _rng_state(s.device),
             "config": s.config.to_dict(),
+            "identity": s.identity,
             "epoch": epoch,
             "step": s.step,
             "metrics": s.records,
@@ -717,6 +821,7 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     distributed: DistributedRun | None = None,
     detect_anomaly: bool = False,
+    identity: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model`` with SGD on cross-entropy for ``config.epochs`` epochs.
 
@@ -732,7 +837,11 @@ def fit(
 
     Each epoch: ``train_loader.set_epoch(epoch - 1)`` if the loader has it, then one
     pass in train mode (loss and accuracy measured on the fly), then ``evaluate`` on
-    ``test_loader`` in eval mode. With a ``run_dir``, every record is appended to
+    ``test_loader`` in eval mode. A last training batch of one sample that batch norm
+    cannot normalize (one value per channel) is skipped, as ``drop_last`` would: no
+    update, running statistics untouched, and the epoch's record gets
+    ``skipped_samples`` (not across processes, where such a batch still raises). With a
+    ``run_dir``, every record is appended to
     ``run_dir/metrics.jsonl`` and after every epoch ``run_dir/checkpoint.pt`` is
     replaced atomically (model and optimizer ``state_dict``, Python/torch RNG states,
     config, epoch, global step and the records so far). On resume, ``metrics.jsonl``
@@ -758,6 +867,9 @@ def fit(
         detect_anomaly: check every input batch and every layer's output for NaN/inf
             (``bnlab.train.anomaly``); the first one raises ``NonFiniteActivationError``
             naming the layer, the epoch and the step. Slower (a check per layer).
+        identity: what else defines the run (JSON-ready settings, e.g. model and norm
+            names, data selection); saved in every checkpoint with the model's class, and
+            a resume with other values (or another model class) is refused.
 
     Returns:
         A ``FitResult`` with the per-epoch history, the final metrics and the timings.
@@ -769,12 +881,15 @@ def fit(
             layer output (names the layer, epoch and step).
         ValueError: empty loaders, a loader whose ``batch_size`` differs from
             ``config.batch_size``, ``resume`` without ``run_dir``, or a checkpoint made
-            with another config.
+            with another config or ``identity``.
         FileNotFoundError: ``resume`` but no checkpoint in ``run_dir``.
         FileExistsError: a fresh start in a ``run_dir`` that holds a checkpoint (a run
             stopped before its first checkpoint is started again).
         RuntimeError: ``config.device`` is a CUDA device but CUDA is not available, or
-            the checkpoint cannot be read.
+            the checkpoint cannot be read or lacks an entry (named in one line).
+        ForeignFolderError: ``run_dir`` holds files and is not a bnlab run folder
+            (``bnlab.train.run_dir``); nothing is written there.
+        RunDirBusyError: another process trains in ``run_dir`` (names it).
         TypeError: ``config`` is not a ``TrainConfig`` or ``model`` not an ``nn.Module``.
     """
     device = _check_arguments(
@@ -795,8 +910,12 @@ def fit(
         out=run if writer else None,
         distributed=distributed,
         num_batches=num_batches,
+        identity=_identity(model, identity),
     )
     with _rng_scope(device), contextlib.ExitStack() as scopes:
+        if s.out is not None:
+            # Refuses a folder that is not bnlab's, or one another process trains in.
+            scopes.enter_context(s.out.claimed())
         if resume and run is not None:  # _check_arguments: resume comes with a run_dir
             _resume(s, run)
         else:

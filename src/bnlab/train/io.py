@@ -8,6 +8,14 @@ and Windows), so a reader or a crash sees either the old file or the new one, ne
 torn one; the temporary file is removed if anything fails. The metrics log is the one
 file that grows by appending (a line per record, flushed and fsynced).
 
+JSON has no NaN or infinity: a non-finite float is written as the string ``"NaN"``,
+``"Infinity"`` or ``"-Infinity"`` (``NON_FINITE``), and ``read_json`` and ``read_jsonl``
+turn those strings back into floats (an infinite test loss is a result, not a crash).
+
+A write that fails because the disk is full (or the quota, or the folder is read-only)
+raises ``OSError`` whose message names the file and says "disk full" (or what else it
+was), ``torch.save``'s own error included.
+
 Checkpoints are written with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``: they may hold only tensors and plain containers of
 primitives (dict, list, tuple, str, int, float, bool, None).
@@ -28,10 +36,12 @@ from typing import IO, Any
 import torch
 
 __all__ = [
+    "NON_FINITE",
     "append_jsonl",
     "atomic_write",
     "finite_or_none",
     "load_checkpoint",
+    "read_json",
     "read_jsonl",
     "remove_stale_temporaries",
     "save_checkpoint",
@@ -73,13 +83,26 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         if exc.errno not in _RESOURCE_ERRORS:
             raise
         kept = "is unchanged" if path.exists() else "was not created"
-        raise OSError(
-            exc.errno,
-            f"cannot write {path}: {exc.strerror or exc}; {path.name} {kept}. Free some space "
-            "or make the folder writable, or choose another output folder",
-        ) from exc
+        raise _resource_error(exc, path, f"{path.name} {kept}") from exc
     _fsync_dir(path.parent)
     return path
+
+
+def _resource_error(exc: OSError, path: Path, what_happened: str) -> OSError:
+    """One line: the file, what the medium said ("disk full" for ENOSPC), what is kept."""
+    problem = exc.strerror or str(exc)
+    if exc.errno in _DISK_FULL:
+        problem += " (disk full)"
+    return OSError(
+        exc.errno,
+        f"cannot write {path}: {problem}; {what_happened}. Free some space or make the "
+        "folder writable, or choose another output folder",
+    )
+
+
+_DISK_FULL = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name)
+)
 
 
 # Errors of the medium rather than of the caller: a full disk, a read-only folder.
@@ -105,25 +128,53 @@ def _write_replace(path: Path, tmp_name: Path, write: Callable[[IO[bytes]], None
         raise
 
 
+#: How non-finite floats are written to JSON, and read back.
+NON_FINITE: dict[float, str] = {math.inf: "Infinity", -math.inf: "-Infinity"}
+_NAN = "NaN"
+_FROM_TEXT = {"Infinity": math.inf, "-Infinity": -math.inf, _NAN: math.nan}
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with every NaN/inf float (also inside containers) as its string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NAN if math.isnan(value) else NON_FINITE[value]
+    if isinstance(value, Mapping):
+        return {k: _encodable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable(v) for v in value]
+    return value
+
+
+def _decoded(value: Any) -> Any:
+    """The inverse of ``_encodable`` (the strings of ``NON_FINITE`` and "NaN" as floats)."""
+    if isinstance(value, str):
+        return _FROM_TEXT.get(value, value)
+    if isinstance(value, dict):
+        return {k: _decoded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    return value
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, torch.Tensor):
-        return value.tolist()
+        return _encodable(value.tolist())
     raise TypeError(f"cannot write a {type(value).__name__} to JSON: {value!r}")
 
 
 def _dumps(obj: Any, *, indent: int | None) -> str:
-    # allow_nan=False: NaN and Infinity are not JSON; callers store None instead.
-    return json.dumps(obj, indent=indent, allow_nan=False, default=_json_default)
+    # NaN and Infinity are not JSON: written as strings (allow_nan=False checks that
+    # none is left).
+    return json.dumps(_encodable(obj), indent=indent, allow_nan=False, default=_json_default)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically.
+    """Write ``obj`` as indented JSON, atomically (non-finite floats as strings).
 
     Raises:
         TypeError: ``obj`` holds something JSON cannot represent.
-        ValueError: ``obj`` holds a NaN or an infinity.
     """
     text = _dumps(obj, indent=2) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
@@ -136,16 +187,33 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any
 
 
 def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
-    """Append one JSON object as a line, flushed and fsynced."""
+    """Append one JSON object as a line, flushed and fsynced.
+
+    Raises:
+        OSError: the disk is full or the folder read-only (names the file; a torn last
+            line is what ``read_jsonl`` skips).
+    """
     line = _dumps(dict(record), indent=None) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        if exc.errno not in _RESOURCE_ERRORS:
+            raise
+        raise _resource_error(exc, Path(path), "the record was not added") from exc
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON value in ``path``, with the strings of non-finite floats as floats."""
+    return _decoded(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of a JSON-lines file; a torn last line (a crash mid-append) is skipped.
+
+    Non-finite floats, written as strings, come back as floats.
 
     Raises:
         ValueError: a line other than the last is not valid JSON.
@@ -156,7 +224,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(_decoded(json.loads(line)))
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 break
@@ -202,7 +270,37 @@ def save_checkpoint(
                 os.unlink(link)
             data = path.read_bytes()
             atomic_write(previous, lambda f: f.write(data))
-    return atomic_write(path, lambda f: torch.save(dict(state), f))
+    return atomic_write(path, lambda f: _torch_save(dict(state), f))
+
+
+class _WriteErrors:
+    """A file that remembers the ``OSError`` of its last failed write: ``torch.save``
+    turns it into "[enforce fail at inline_container.cc] unexpected pos"."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _torch_save(state: dict[str, Any], f: IO[bytes]) -> None:
+    """``torch.save``, raising the ``OSError`` of a failed write (a full disk) as such."""
+    recorder = _WriteErrors(f)
+    try:
+        torch.save(state, recorder)  # type: ignore[arg-type]
+    except RuntimeError:
+        if recorder.error is not None:
+            raise recorder.error from None
+        raise
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:

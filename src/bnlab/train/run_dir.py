@@ -24,18 +24,37 @@ and ``fit`` compares its config with the checkpoint's in the same way. An empty 
 means "this folder holds a run of the same settings"; anything else is refused by the
 caller, with its own words for the fix.
 
+Ownership: bnlab writes only into a folder that is missing, empty, or marked as one
+of its runs by the file ``.bnlab-run`` (``MARKER_NAME``). Every write of a ``RunDir``
+claims the folder first (``RunDir.claim``): a folder holding anything else is refused
+with ``ForeignFolderError`` (nothing is written or removed), and the marker is created.
+The marker is also the folder's lock: the claiming process holds an exclusive
+``flock`` on it for its lifetime (the kernel drops it when the process ends, crash
+included), and writes into it its pid, command and start time; a second process that
+claims the folder gets ``RunDirBusyError`` naming that holder. ``RunDir.claimed()``
+holds the claim for a ``with`` block only (``fit`` does, for its ``run_dir``).
+
 All whole-file writes are atomic (``bnlab.train.io``); the metrics log grows by
 appended, fsynced lines.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import errno
 import json
 import os
-from collections.abc import Collection, Iterable, Mapping
+import sys
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:  # POSIX; elsewhere folders are marked but not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 from bnlab.train.io import (
     append_jsonl,
@@ -51,12 +70,15 @@ __all__ = [
     "CONFIG_NAME",
     "ENVIRONMENT_NAME",
     "LEGACY_ENVIRONMENT_NAME",
+    "MARKER_NAME",
     "METRICS_NAME",
     "PREVIOUS_CHECKPOINT_NAME",
     "RESULTS_NAME",
     "RUN_FILES",
     "Change",
+    "ForeignFolderError",
     "RunDir",
+    "RunDirBusyError",
     "settings_changes",
 ]
 
@@ -69,6 +91,8 @@ PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
 RESULTS_NAME = "results.json"
 #: Where lab folders written before this layout keep their environment.
 LEGACY_ENVIRONMENT_NAME = "env.json"
+#: The marker of a folder bnlab owns, and its lock (see the module docstring).
+MARKER_NAME = ".bnlab-run"
 #: Every file of the layout, in the order a run writes them.
 RUN_FILES: tuple[str, ...] = (
     CONFIG_NAME,
@@ -168,11 +192,70 @@ def settings_changes(
     return _changes(_merged(defaults or {}, saved), current, "", may_change)
 
 
+class ForeignFolderError(FileExistsError):
+    """The folder holds files and is not marked as a bnlab run: bnlab writes nothing there."""
+
+
+class RunDirBusyError(RuntimeError):
+    """Another process holds the folder's lock.
+
+    Attributes:
+        holder: what the holder wrote into the marker (``pid``, ``command``,
+            ``started``), empty when it could not be read.
+    """
+
+    def __init__(self, message: str, holder: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.holder = dict(holder)
+
+
+# Folders this process has claimed: real path -> the open, locked marker's descriptor.
+_HELD: dict[str, int] = {}
+
+
+def _this_process() -> dict[str, Any]:
+    """Who holds a lock: pid, the command line (for the message another process shows)
+    and when the claim began."""
+    argv = list(sys.argv) or ["python"]
+    program = os.path.basename(argv[0])
+    if program == "__main__.py":
+        program = "python -m bnlab"
+    return {
+        "pid": os.getpid(),
+        "command": " ".join([program, *argv[1:]]),
+        "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        value = json.loads(os.pread(fd, 65536, 0).decode("utf-8"))
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+def _busy(path: Path, holder: Mapping[str, Any]) -> RunDirBusyError:
+    if holder:
+        who = (
+            f"pid {holder.get('pid', '?')}, {str(holder.get('command', '?'))!r}, "
+            f"started {holder.get('started', '?')}"
+        )
+    else:
+        who = "a process that has not said who it is yet"
+    return RunDirBusyError(
+        f"{path} is in use by another bnlab process ({who}); wait for it to finish, or "
+        "choose another folder",
+        holder,
+    )
+
+
 class RunDir:
     """A run folder: where each file of the layout is, and how it is read and written.
 
     Nothing is created until something is written (``ensure``, the ``write_*``
-    methods and ``start_metrics`` create the folder).
+    methods and ``start_metrics`` create the folder). Every method that writes or
+    removes a file claims the folder first (``claim``).
 
     Args:
         path: the folder.
@@ -208,6 +291,10 @@ class RunDir:
     def results(self) -> Path:
         return self.path / RESULTS_NAME
 
+    @property
+    def marker(self) -> Path:
+        return self.path / MARKER_NAME
+
     def ensure(self) -> RunDir:
         """Create the folder (and its parents) if missing; returns ``self``."""
         self.path.mkdir(parents=True, exist_ok=True)
@@ -218,11 +305,106 @@ class RunDir:
         return [name for name in names if (self.path / name).exists()]
 
     def is_empty(self) -> bool:
-        """Whether the folder is missing or holds nothing."""
-        return not self.path.exists() or not any(self.path.iterdir())
+        """Whether the folder is missing or holds nothing (its marker aside)."""
+        if not self.path.exists():
+            return True
+        return all(entry.name == MARKER_NAME for entry in self.path.iterdir())
+
+    def is_marked(self) -> bool:
+        """Whether the folder carries bnlab's marker (it holds, or held, a bnlab run)."""
+        return self.marker.is_file()
+
+    def _check_ours(self) -> None:
+        """Refuse a folder bnlab must not write into (see ``claim``)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ForeignFolderError(
+                f"{self.path} exists and is not a folder; choose a new or empty folder"
+            )
+        if self.is_empty() or self.is_marked():
+            return
+        names = sorted(entry.name for entry in self.path.iterdir())
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise ForeignFolderError(
+            f"{self.path} is not empty and not a bnlab run folder (it holds {shown}; no "
+            f"{MARKER_NAME}), so bnlab writes nothing there; choose a new or empty folder "
+            f"(a run folder of an earlier bnlab: create an empty {MARKER_NAME} in it)"
+        )
+
+    def claim(self) -> RunDir:
+        """Make the folder this process's run folder, for the rest of the process.
+
+        The folder must be missing, empty or marked as a bnlab run; it is created, its
+        marker written, and the marker locked (held until ``release`` or the end of
+        the process). Claiming a folder this process holds already does nothing.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ForeignFolderError: the folder holds files and no marker (nothing is written),
+                or the path is a file.
+            RunDirBusyError: another process holds the folder (the message names it).
+        """
+        key = os.path.realpath(self.path)
+        fd = _HELD.get(key)
+        if fd is not None:
+            if self.marker.is_file():
+                return self
+            # The folder was removed and made again since: claim the new one.
+            del _HELD[key]
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._check_ours()
+        self.ensure()
+        fd = os.open(self.marker, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        raise
+                    raise _busy(self.path, _read_holder(fd)) from None
+            record = (json.dumps(_this_process()) + "\n").encode("utf-8")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        _HELD[key] = fd
+        return self
+
+    def is_claimed(self) -> bool:
+        """Whether this process holds the folder (``claim``)."""
+        return os.path.realpath(self.path) in _HELD
+
+    def release(self) -> None:
+        """Give up this process's claim (the marker stays: the folder remains bnlab's)."""
+        fd = _HELD.pop(os.path.realpath(self.path), None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def claimed(self) -> Iterator[RunDir]:
+        """``claim`` for a ``with`` block: released at its end unless held before."""
+        held = self.is_claimed()
+        self.claim()
+        try:
+            yield self
+        finally:
+            if not held:
+                self.release()
 
     def remove(self, names: Iterable[str] = RUN_FILES) -> None:
-        """Remove the files ``names`` (the layout's by default) where present; nothing else."""
+        """Remove the files ``names`` (the layout's by default) where present; nothing else.
+
+        Raises:
+            ForeignFolderError, RunDirBusyError: see ``claim`` (nothing is removed).
+        """
+        if not self.path.exists():
+            return
+        self.claim()
         for name in names:
             (self.path / name).unlink(missing_ok=True)
 
@@ -230,7 +412,7 @@ class RunDir:
 
     def write_config(self, record: Mapping[str, Any]) -> Path:
         """Write ``config.json`` (atomically), creating the folder."""
-        return write_json(self.ensure().config, dict(record))
+        return write_json(self.claim().config, dict(record))
 
     def read_config(self) -> dict[str, Any]:
         """The settings in ``config.json``.
@@ -263,11 +445,11 @@ class RunDir:
 
     def write_environment(self, record: Mapping[str, Any]) -> Path:
         """Write ``environment.json`` (atomically), creating the folder."""
-        return write_json(self.ensure().environment, dict(record))
+        return write_json(self.claim().environment, dict(record))
 
     def write_results(self, record: Mapping[str, Any]) -> Path:
         """Write ``results.json`` (atomically), creating the folder."""
-        return write_json(self.ensure().results, dict(record))
+        return write_json(self.claim().results, dict(record))
 
     # metrics.jsonl and the checkpoints
 
@@ -277,7 +459,7 @@ class RunDir:
         A previous checkpoint without a checkpoint belongs to an earlier run (one removed
         by ``--overwrite``): it must never become this run's fallback.
         """
-        self.ensure()
+        self.claim()
         self.previous_checkpoint.unlink(missing_ok=True)
         remove_stale_temporaries(self.path)  # of a process killed mid-write
         write_jsonl(self.metrics, [])
@@ -285,14 +467,15 @@ class RunDir:
     def rewrite_metrics(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Replace the metrics log with ``records`` (a resumed run drops what followed its
         checkpoint, so that no epoch is logged twice)."""
-        write_jsonl(self.metrics, records)
+        write_jsonl(self.claim().metrics, records)
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         """Append one record to the metrics log (flushed and fsynced)."""
-        append_jsonl(self.metrics, record)
+        append_jsonl(self.claim().metrics, record)
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> Path:
         """Replace ``checkpoint.pt`` atomically, keeping the one before as the previous."""
+        self.claim()
         return save_checkpoint(self.checkpoint, state, keep_previous=self.previous_checkpoint)
 
     def load_checkpoint(self, *, previous: bool = False) -> dict[str, Any]:
@@ -306,4 +489,5 @@ class RunDir:
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Remove the temporary files of a process killed mid-write (see ``bnlab.train.io``)."""
+        self.claim()
         return remove_stale_temporaries(self.path)
