@@ -717,6 +717,11 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
                 on_epoch=on_epoch if main_rank else None,
                 distributed=distributed,
                 detect_anomaly=args.detect_anomaly,
+                # What the run is, kept in its checkpoints: a resume that differs is refused.
+                identity={
+                    **{k: run_config[k] for k in ("model", "norm", "model_kwargs")},
+                    "data": {k: v for k, v in run_config["data"].items() if k != "data_dir"},
+                },
             )
     except KeyboardInterrupt:
         if main_rank:
