@@ -229,6 +229,7 @@ def test_claims_are_registered_with_their_seed_files() -> None:
 
 def test_full_config_fits_the_stated_budget() -> None:
     full, quick = depth.DepthConfig(), depth.DepthConfig.quick()
+    # Exact: the config's literal defaults.
     assert full.depths == (8, 20, 44)
     assert full.seeds == 2
     assert full.steps * full.batch_size == 3840

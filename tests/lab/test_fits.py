@@ -64,6 +64,7 @@ def test_records_and_rows() -> None:
         "train_loss": 1.0,
         "diverged": False,
     }
+    # Exact: values are copied, never computed.
     assert fits.sweep_record(got, lr=0.1)["initial_loss"] == 2.3
     cells = [{"v": "a", "x": 1.0}, {"v": "a", "x": 3.0}, {"v": "b", "x": 9.0}]
     mean, std = fits.mean_std_row(cells, ["x"], v="a")
@@ -98,6 +99,7 @@ def test_sweep_groups_table_and_series() -> None:
     groups = fits.sweep_groups(
         {"cells": cells, "train_fraction": 0.9, "min_acc": 0.2}, "variant", "lr"
     )
+    # Exact: grid values are the cells' own, copied.
     assert groups["bn"]["trains"] == [0.1, 1.0]  # 10.0: a seed diverged
     assert groups["none"]["trains"] == [1.0]
     table = fits.sweep_table("t", cells, ("lr", "lr", (0.1, 10.0)), ("none", "bn"), 2)

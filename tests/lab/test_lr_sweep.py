@@ -92,6 +92,7 @@ def test_trainable_values_rule() -> None:
         {"g": "b", "x": 2.0, "acc": 0.38, "diverged": False},
     ]
     common = trainable_values(cells, group_key="g", grid_key="x", fraction=0.9, metric="acc")
+    # Exact: the grid values are the cells' own, copied.
     assert common["groups"]["a"]["trains"] == [1.0]
     assert common["groups"]["b"]["trains"] == []
     own = trainable_values(
