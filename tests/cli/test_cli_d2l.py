@@ -99,3 +99,37 @@ def test_d2l_on_real_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     a = summary["variants"]["textbook"]["metrics"]["train_loss"]["mean"]
     b = summary["variants"]["bnlab"]["metrics"]["train_loss"]["mean"]
     assert abs(a - b) < 1e-3
+
+
+BORDERS = "│┃┓┐┩┤┘┛┫╇┼┴━─"
+
+
+def assert_fits(text: str, width: int = 80) -> None:
+    """No line wider than ``width``, no cell cut ("…"), every table line closed."""
+    lines = text.splitlines()
+    assert lines
+    assert max(len(line) for line in lines) <= width, max(lines, key=len)
+    assert "…" not in text
+    for line in lines:
+        if line[:1] in "┏┃┡│├└":
+            assert line.rstrip()[-1] in BORDERS, line
+
+
+def test_d2l_prints_at_80_columns_and_a_tiny_budget_decides_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # stdout is not a terminal (a pipe, a CI log, `!bnlab` in Jupyter): rich uses 80.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(cli_data, "data_dir_from_env", lambda flag: tmp_path)
+    monkeypatch.setattr(cli_data, "load_fashion_mnist", _fake_load)
+    out = tmp_path / "run"
+    argv = ["d2l", "--out", str(out), "--epochs", "1", "--batch-size", "64", "--seeds", "2"]
+    assert main([*argv, "--recalibrate-batches", "2"]) == 0
+    text = capsys.readouterr().out
+    assert_fits(text)
+    flat = " ".join(text.split())
+    assert "±" in text  # two seeds: the spread is shown, on its own line
+    # 256 training images: every verdict says the budget is too small to decide.
+    assert "the budget is too small to decide (256 training images (fewer than 10,000))" in flat
+    summary = json.loads((out / "summary.json").read_text())
+    assert flat.count("budget too small to decide (rule:") == len(summary["verdicts"])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+import bnlab.cli.lab as cli_lab
 from bnlab.cli.main import main
 from bnlab.lab import experiment as ex
 
@@ -37,7 +40,10 @@ def test_experiment_help_shows_claim_and_settings(capsys: pytest.CaptureFixture[
     assert "full run: instant" in out
 
 
-def test_quick_run_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quick_run_then_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # one verdict per line
     out = tmp_path / "run"
     argv = [
         "lab",
@@ -53,7 +59,9 @@ def test_quick_run_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "a exceeds b: holds" in printed
+    # A --quick run decides nothing: the rule's outcome is shown, the verdict withheld.
+    assert "a exceeds b: budget too small to decide (rule: holds)" in printed
+    assert "the budget is too small to decide (a --quick run" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["seeds"] == 2
     assert results["config"]["shift"] == 1.5
@@ -76,3 +84,95 @@ def test_bad_setting_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         main(["lab", "toy-test", "--out", str(tmp_path), "--set", "novalue"])
     assert "expected KEY=VALUE, got 'novalue'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "decides"),
+    [(["--seeds", "2"], True), (["--seeds", "1"], False), (["--quick"], False)],
+    ids=["2 seeds", "1 seed", "quick"],
+)
+def test_verdicts_of_a_tiny_run_say_so(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    decides: bool,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["lab", "toy-test", "--out", str(tmp_path / "run"), "--no-progress", *argv]) == 0
+    printed = capsys.readouterr().out
+    assert ("a exceeds b: holds" in printed) is decides
+    assert ("budget too small to decide" in printed) is not decides
+    # results.json keeps the rule's verdict either way (printed after "rule:").
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    holds = results["verdicts"][0]["holds"]
+    mark = {True: "holds", False: "does not hold"}.get(holds, "undecided")
+    assert decides or f"(rule: {mark})" in printed
+
+
+BORDERS = "│┃┓┐┩┤┘"
+
+
+def assert_fits(text: str, width: int = 80) -> None:
+    """No line wider than ``width``, no cell cut ("…"), every table line closed."""
+    lines = text.splitlines()
+    assert lines
+    assert max(len(line) for line in lines) <= width, max(lines, key=len)
+    assert "…" not in text
+    for line in lines:
+        if line[:1] in "┏┃┡│├└":
+            assert line.rstrip()[-1] in BORDERS + "┛┫╇┼┴━─", line
+
+
+def _render(*renderables: object) -> str:
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    with console.capture() as capture:
+        for renderable in renderables:
+            console.print(renderable)
+    return capture.get()
+
+
+def test_lab_tables_fit_80_columns() -> None:
+    # A wide experiment table as the lab writes them (the ics one has seven columns of
+    # "0.3669 ± 0.00764" and a network column of "LeNet (sigmoid)").
+    columns = ["network", "variant", "drift per probe (1)", "grad cos (2)", "grad rel. (2)"]
+    columns += ["final train loss", "test acc", "per-layer grad l2 change (2)"]
+    rows = [
+        ["LeNet (sigmoid)", name, *(f"{0.1 * i:.4g} ± {0.001 * i:.3g}" for i in range(1, 7))]
+        for name in ("none", "bn", "bn-noise")
+    ]
+    results = {
+        "tables": [
+            {"title": "Internal covariate shift (mean ± std)", "columns": columns, "rows": rows}
+        ],
+        "verdicts": [{"claim": "BN reduces drift " * 6, "holds": True, "measured": "x=1 " * 30}],
+        "notes": ["a note " * 20],
+        "config": {"seeds": 1},
+    }
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    with console.capture() as capture:
+        cli_lab._print_results(console, results)
+    text = capture.get()
+    assert_fits(text)
+    assert "0.6 ±" in text.replace("\n", " ")  # folded, not cut
+    assert "budget too small to decide" in text.replace("\n", " ")
+
+
+def test_claims_table_fits_80_columns() -> None:
+    rows = [
+        {
+            "claim": "BN reduces internal covariate shift " * 3,
+            "source": "Santurkar et al. 2018, arXiv 1805.11604, 000_3d8114077ba70cad.txt",
+            "experiment": "ics",
+            "verdict": verdict,
+            "evidence": {
+                "quick": True,
+                "mlp-relu": {"rel_change_none_and_a_long_key": 0.765912345, "direction": "less"},
+                "values": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2],
+            },
+        }
+        for verdict in ("supported", "not supported", "mixed", "not measured")
+    ]
+    text = _render(cli_lab.claims_table(rows))
+    assert_fits(text)
+    assert "not supported" in text

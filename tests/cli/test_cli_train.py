@@ -452,3 +452,32 @@ def test_train_on_real_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert 0.0 <= results["final"]["test_acc"] <= 1.0
     assert results["final"]["train_loss"] > 0
     assert "final test accuracy" in capsys.readouterr().out
+
+
+BORDERS = "│┃┓┐┩┤┘┛┫╇┼┴━─"
+
+
+def assert_fits(text: str, width: int = 80) -> None:
+    """No line wider than ``width``, no cell cut ("…"), every table line closed."""
+    lines = text.splitlines()
+    assert lines
+    assert max(len(line) for line in lines) <= width, max(lines, key=len)
+    assert "…" not in text
+    for line in lines:
+        if line[:1] in "┏┃┡│├└":
+            assert line.rstrip()[-1] in BORDERS, line
+
+
+def test_summary_fits_80_columns(
+    fake_data: dict[str, Any],
+    fast_plot: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = tmp_path / ("a-results-folder-with-a-long-name-" * 3)
+    assert _train(out, *QUICK) == 0
+    text = capsys.readouterr().out
+    assert_fits(text)
+    assert out.name[-20:] in "".join(text.split())  # the path wraps, never cut

@@ -33,6 +33,7 @@ from rich.table import Table
 
 import bnlab.lab  # noqa: F401  (registers every experiment)
 from bnlab.cli._args import positive_int
+from bnlab.cli._print import budget_too_small, verdict_lines
 from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import add_data_dir_argument, load_splits
 from bnlab.lab.claims import NOT_MEASURED, evaluate_claims, load_many, write_claims
@@ -158,19 +159,28 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _print_results(console: Console, results: dict[str, Any]) -> None:
+def results_tables(results: dict[str, Any]) -> list[Table]:
+    """The experiment's tables; cells wrap (never cut) to fit the console's width."""
+    tables = []
     for table in results["tables"]:
         t = Table(title=table["title"])
         for column in table["columns"]:
-            t.add_column(str(column))
+            t.add_column(str(column), overflow="fold")
         for row in table["rows"]:
             t.add_row(*(_cell(v) for v in row))
-        console.print(t)
-    for verdict in results["verdicts"]:
-        mark = {True: "[green]holds[/green]", False: "[red]does not hold[/red]"}.get(
-            verdict["holds"], "[yellow]undecided[/yellow]"
-        )
-        console.print(f"- {verdict['claim']}: {mark} ({verdict['measured']})")
+        tables.append(t)
+    return tables
+
+
+def _print_results(console: Console, results: dict[str, Any]) -> None:
+    for table in results_tables(results):
+        console.print(table)
+    seeds = (results.get("config") or {}).get("seeds")
+    too_small = budget_too_small(
+        seeds=seeds if isinstance(seeds, int) else None, quick=bool(results.get("quick"))
+    )
+    for line in verdict_lines(results["verdicts"], too_small):
+        console.print(line)
     for note in results["notes"]:
         console.print(f"note: {note}")
 
@@ -271,6 +281,33 @@ def _evidence_text(evidence: Any, prefix: str = "") -> list[str]:
     return [f"{prefix.rstrip('.')}={text}"]
 
 
+# The claims table's columns: 80 characters with the borders and padding (10).
+_CLAIM_WIDTH, _VERDICT_WIDTH, _EVIDENCE_WIDTH = 24, 13, 33
+
+
+def claims_table(table: list[dict[str, Any]]) -> Table:
+    """The claims table: three columns (source and experiment under the claim), so that
+    it fits 80 columns; long evidence values wrap, never cut."""
+    t = Table(title="Claims of the seeds, decided by the numbers", show_lines=True)
+    # Fixed widths: rich measures a column by its longest word (a file name, a long
+    # key=value) and crops whole lines when those do not fit; fold breaks them instead.
+    t.add_column("claim (source; experiment)", overflow="fold", width=_CLAIM_WIDTH)
+    t.add_column("verdict", overflow="fold", width=_VERDICT_WIDTH)
+    t.add_column("evidence", overflow="fold", width=_EVIDENCE_WIDTH)
+    for row in table:
+        style = _VERDICT_STYLE.get(row["verdict"], "")
+        evidence = row["evidence"]
+        lines = _evidence_text({k: v for k, v in evidence.items() if k != "quick"})
+        if evidence.get("quick"):
+            lines.insert(0, "(quick run)")
+        t.add_row(
+            f"{row['claim']}\n[dim]({row['source']}; {row['experiment']})[/dim]",
+            f"[{style}]{row['verdict']}[/{style}]" if style else row["verdict"],
+            "\n".join(lines),
+        )
+    return t
+
+
 def run_claims(args: argparse.Namespace) -> int:
     """Decide every registered claim from the given results folders; write and print."""
     console = Console()
@@ -285,23 +322,7 @@ def run_claims(args: argparse.Namespace) -> int:
         return 1
     table = evaluate_claims(results)
     path = write_claims(args.out, table)
-    t = Table(title="Claims of the seeds, decided by the numbers", show_lines=True)
-    for column in ("claim", "source", "experiment", "verdict", "evidence"):
-        t.add_column(column, overflow="fold")
-    for row in table:
-        style = _VERDICT_STYLE.get(row["verdict"], "")
-        evidence = row["evidence"]
-        lines = _evidence_text({k: v for k, v in evidence.items() if k != "quick"})
-        if evidence.get("quick"):
-            lines.insert(0, "(quick run)")
-        t.add_row(
-            row["claim"],
-            row["source"],
-            row["experiment"],
-            f"[{style}]{row['verdict']}[/{style}]" if style else row["verdict"],
-            "\n".join(lines),
-        )
-    console.print(t)
+    console.print(claims_table(table))
     counts = {v: sum(r["verdict"] == v for r in table) for v in _VERDICT_STYLE}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     console.print(f"{len(table)} claims ({summary}); written to {path}", highlight=False)

@@ -483,7 +483,8 @@ def _summary_table(run_config: dict[str, Any], result: FitResult, out: Path) -> 
         caption="images/s: training steps only (batch fetch, forward, backward, update)",
     )
     table.add_column("quantity")
-    table.add_column("value", justify="right")
+    # fold: a long results path wraps instead of being cut at 80 columns.
+    table.add_column("value", justify="right", overflow="fold")
     rows = [
         ("epochs", str(len(result.history))),
         ("batch size / lr / seed", f"{train['batch_size']} / {train['lr']:g} / {train['seed']}"),
