@@ -34,7 +34,6 @@ from bnlab.functional.batch_norm import (
     batch_norm_with,
     check_eps,
     check_momentum,
-    check_values_per_channel,
     running_update_factor,
 )
 from bnlab.functional.batch_norm import (
@@ -171,7 +170,7 @@ class FastBatchNormFunction(torch.autograd.Function):
         x, weight, stats = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         fast = not torch.is_grad_enabled() and kernels.batch_norm_eligible(
-            x, grad_y, per_channel=(weight,), wrapped=True
+            x, grad_y, after_forward=True
         )
         if fast and not x.is_cuda:
             # The CPU kernel reads the rows of stats in place (no views to make).
@@ -199,7 +198,14 @@ class FastBatchNormFunction(torch.autograd.Function):
 
 def _cpp_apply(cls: type[torch.autograd.Function]) -> Any:
     """The C++ ``apply`` of autograd Functions bound to ``cls``; None where torch has none
-    (or lacks the functorch checks that decide when it may be called directly)."""
+    (or lacks the functorch checks that decide when it may be called directly).
+
+    ``Function.apply``'s Python wrapper costs about 8 us per call (measured: 256x120,
+    one thread), 4% of a small training step; outside functorch transforms, and for an
+    input that is not a functorch wrapper, it only forwards to the C++ ``apply``, which
+    :func:`batch_norm_inplace` calls directly (``tests/kernels/test_internals.py`` fails
+    if a torch upgrade removes it or changes what it computes).
+    """
     base = getattr(torch._C, "_FunctionBase", None)
     method = None if base is None else base.__dict__.get("apply")
     functorch = getattr(torch._C, "_functorch", None)
@@ -213,32 +219,6 @@ def _cpp_apply(cls: type[torch.autograd.Function]) -> Any:
 
 
 _kernel_apply = _cpp_apply(FastBatchNormFunction)
-
-
-def _kernel_train(
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float,
-    running: tuple[Tensor, Tensor, Tensor | None, float] | None,
-) -> Tensor:
-    """A training forward on the kernels: :class:`FastBatchNormFunction` where autograd
-    records, the kernel alone where it does not.
-
-    ``Function.apply``'s Python wrapper costs about 8 us per call (measured: 256x120,
-    one thread), 4% of a small training step; outside functorch transforms, and for an
-    input that is not a functorch wrapper, it only forwards to the C++ ``apply``, which
-    this calls directly (``tests/kernels/test_internals.py`` checks that it still does).
-    """
-    if not torch.is_grad_enabled():
-        return kernels.train_forward(x, weight, bias, eps, running)[0]
-    if (
-        _kernel_apply is None
-        or torch._C._are_functorch_transforms_active()
-        or torch._C._functorch.is_functorch_wrapped_tensor(x)
-    ):
-        return FastBatchNormFunction.apply(x, weight, bias, eps, running)
-    return _kernel_apply(x, weight, bias, eps, running)
 
 
 def batch_norm_eval_forward(
@@ -342,15 +322,20 @@ def batch_norm_inplace(
     :func:`batch_norm` (the kernel path runs the same argument checks).
     """
     if training:
-        if (running_mean is None) == (running_var is None) and kernels.batch_norm_eligible(
-            x,
-            per_channel=(weight, bias, running_mean, running_var),
-            counter=num_batches_tracked,
-            wrapped=True,
+        # More than one value per channel (else the torch path raises), and the
+        # statistics both given or both None (else it raises too).
+        if (
+            (running_mean is None) == (running_var is None)
+            and kernels.batch_norm_eligible(
+                x,
+                per_channel=(weight, bias, running_mean, running_var),
+                counter=num_batches_tracked,
+                wrapped=True,
+            )
+            and x.numel() > x.shape[1]
         ):
             check_eps(eps, name)
             check_momentum(momentum, name)
-            check_values_per_channel(x, name)
             running = None
             if running_mean is not None:
                 # The counter is read only for momentum=None (this batch included).
@@ -361,7 +346,17 @@ def batch_norm_inplace(
                 )
                 factor = float(running_update_factor(momentum, counted, name))
                 running = (running_mean, running_var, num_batches_tracked, factor)
-            y = _kernel_train(x, weight, bias, eps, running)
+            if not torch.is_grad_enabled():
+                y = kernels.train_forward(x, weight, bias, eps, running)[0]
+            elif (
+                _kernel_apply is None
+                or torch._C._are_functorch_transforms_active()
+                or torch._C._functorch.is_functorch_wrapped_tensor(x)
+            ):
+                y = FastBatchNormFunction.apply(x, weight, bias, eps, running)
+            else:
+                # FastBatchNormFunction.apply without its Python wrapper (see _cpp_apply).
+                y = _kernel_apply(x, weight, bias, eps, running)
             return BatchNormOutput(y, running_mean, running_var, num_batches_tracked)
     elif (
         running_mean is not None

@@ -85,6 +85,8 @@ class BatchNormOutput(NamedTuple):
 
 def check_eps(eps: float, name: str) -> None:
     """Raise ``ValueError`` unless ``eps`` is a finite number > 0."""
+    if type(eps) is float and 0.0 < eps < math.inf:
+        return  # the common case, first (it runs on every call of the modules)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool):
         raise TypeError(
             f"{name}: eps must be a float > 0, got {eps!r} of type {type(eps).__name__}"
@@ -97,8 +99,8 @@ def check_eps(eps: float, name: str) -> None:
 
 def check_momentum(momentum: float | None, name: str) -> None:
     """Raise ``ValueError`` unless ``momentum`` is ``None`` or in ``[0, 1]``."""
-    if momentum is None:
-        return
+    if momentum is None or (type(momentum) is float and 0.0 <= momentum <= 1.0):
+        return  # the common cases, first (it runs on every call of the modules)
     if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):
         raise TypeError(
             f"{name}: momentum must be a float in [0, 1] or None, got {momentum!r} "

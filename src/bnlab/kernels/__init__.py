@@ -318,9 +318,10 @@ def _reset_for_tests() -> None:
 def batch_norm_eligible(
     x: Tensor,
     *others: Tensor | None,
-    per_channel: tuple[Tensor | None, ...],
+    per_channel: tuple[Tensor | None, ...] = (),
     counter: Tensor | None = None,
     wrapped: bool = False,
+    after_forward: bool = False,
 ) -> bool:
     """The batch-norm dispatch: whether a call with full-size ``x`` and ``others``,
     ``per_channel`` tensors (weight, bias, statistics) and the batch ``counter``
@@ -332,19 +333,33 @@ def batch_norm_eligible(
     see :func:`_cuda_eligible`. The counter, when given, an int64 scalar on ``x``'s
     device. ``wrapped``: the caller runs the kernels inside a ``torch.autograd.Function``
     (``bnlab.autograd``); otherwise a call that autograd records does not qualify (the
-    kernels are not differentiable). The switch (:func:`enabled`) on and the library
-    built (builds it on the first yes). Arguments are not validated here: callers check
-    eps and momentum (``bnlab.functional.batch_norm.check_eps``/``check_momentum``).
+    kernels are not differentiable). ``after_forward``: the backward of a call whose
+    forward took the kernels, so ``x`` and the per-channel tensors qualified already and
+    only ``others`` (``grad_y``) are checked against ``x``. The switch (:func:`enabled`)
+    on and the library built (builds it on the first yes). Arguments are not validated
+    here: callers check eps and momentum (``bnlab.functional.batch_norm.check_eps`` and
+    ``check_momentum``).
     """
     # Cheapest checks first: this runs on every call (small inputs are overhead-bound).
-    if not _enabled or not isinstance(x, Tensor):
+    if not _enabled:
         return False
-    if counter is not None and (
-        counter.dtype != torch.int64 or counter.dim() != 0 or counter.device != x.device
-    ):
+    if after_forward:
+        shape, dtype, cuda = x.shape, x.dtype, x.is_cuda
+        for t in others:
+            if (
+                t is None
+                or t.dtype != dtype
+                or t.shape != shape
+                or t.is_cuda != cuda
+                or (cuda and t.device != x.device)
+                or not t.is_contiguous()
+            ):
+                return False
+        return True
+    if not isinstance(x, Tensor):
         return False
     if x.is_cuda:
-        return _cuda_eligible(x, others, per_channel, wrapped)
+        return _cuda_eligible(x, others, per_channel, counter, wrapped)
     if _failed:
         return False
     dtype = x.dtype
@@ -360,12 +375,16 @@ def batch_norm_eligible(
     for t in others:
         if t is None or t.dtype != dtype or t.shape != shape or not t.is_contiguous():
             return False
-    c = shape[1]
+    channels = (shape[1],)
     for t in per_channel:
         if t is not None and (
-            t.dtype != dtype or t.shape != (c,) or not t.is_contiguous() or not t.is_cpu
+            t.dtype != dtype or t.shape != channels or not t.is_contiguous() or not t.is_cpu
         ):
             return False
+    if counter is not None and (
+        counter.dtype != torch.int64 or counter.dim() != 0 or not counter.is_cpu
+    ):
+        return False
     # The kernels are not differentiable: recorded calls take the torch-ops path.
     if not wrapped and torch.is_grad_enabled() and records_grad(x, *others, *per_channel):
         return False
@@ -373,7 +392,11 @@ def batch_norm_eligible(
 
 
 def _cuda_eligible(
-    x: Tensor, others: tuple[Tensor | None, ...], per_channel: tuple, wrapped: bool
+    x: Tensor,
+    others: tuple[Tensor | None, ...],
+    per_channel: tuple,
+    counter: Tensor | None,
+    wrapped: bool,
 ) -> bool:
     """:func:`batch_norm_eligible` for CUDA tensors (the Triton kernels of ``triton_bn``):
     float16/bfloat16/float32 ``x`` contiguous ``(N, C, *)``, per-channel tensors contiguous
@@ -406,6 +429,10 @@ def _cuda_eligible(
             or not t.is_contiguous()
         ):
             return False
+    if counter is not None and (
+        counter.dtype != torch.int64 or counter.dim() != 0 or counter.device != device
+    ):
+        return False
     if not wrapped and torch.is_grad_enabled() and records_grad(x, *others, *per_channel):
         return False
     return _cuda_kernels() is not None

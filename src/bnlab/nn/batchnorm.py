@@ -45,7 +45,8 @@ class _BatchNorm(_NormBase):
     def forward(self, x: Tensor) -> Tensor:
         name = type(self).__name__
         self._check_input_dim(x)
-        check_input(x, self.num_features, name)
+        if x.shape[1] != self.num_features:
+            check_input(x, self.num_features, name)  # raises, with the layer's channel count
         # As torch.nn: the attributes are read at every call, so changing
         # track_running_stats after construction takes effect. Training updates the
         # buffers only while tracking; eval uses them whenever they exist. (The
