@@ -7,7 +7,8 @@ claims table) and ``benchmarks/bench_*.py``; each kind is recognised by its file
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ __all__ = [
     "Table",
     "Verdict",
     "build_report",
+    "check_output",
     "collect_results",
     "write_report",
 ]
@@ -58,8 +60,49 @@ def collect_results(paths: Iterable[str | Path]) -> tuple[list[Result], list[str
                 "bnlab train, d2l, lab, lab claims or a benchmark's bench_*.json)"
             )
             continue
-        results += found
+        results += _renderable(found, path, warnings.append)
     return results, warnings
+
+
+def _renderable(found: list[Result], path: Path, warn: Callable[[str], None]) -> list[Result]:
+    """The results that render; one whose values the page cannot show is left out."""
+    kept = []
+    for result in found:
+        try:
+            render_page([result], [], title="")
+        except Exception as exc:  # malformed values from a damaged folder
+            warn(f"skipped {path} ({result.kind} results): malformed ({type(exc).__name__}: {exc})")
+            continue
+        kept.append(result)
+    return kept
+
+
+# Names inside a results folder the page may take: any other would replace one of the
+# folder's own files.
+_PAGE_SUFFIXES = (".html", ".htm")
+
+
+def check_output(paths: Iterable[str | Path], out: str | Path) -> None:
+    """Refuse a page path that would replace an input of the same report.
+
+    Raises:
+        ValueError: ``out`` is one of ``paths`` (a benchmark file, say), or lies inside
+            an input folder without an ``.html`` name (``RUN/results.json``).
+    """
+    target = Path(os.path.realpath(out))
+    for raw in paths:
+        source = Path(os.path.realpath(raw))
+        if target == source:
+            raise ValueError(
+                f"-o {out} is also an input of this report ({raw}); write the page elsewhere, "
+                "e.g. report.html beside the folders"
+            )
+        inside = source.is_dir() and target.is_relative_to(source)
+        if inside and target.suffix.lower() not in _PAGE_SUFFIXES:
+            raise ValueError(
+                f"-o {out} lies in the input folder {raw} and would replace one of its files; "
+                "write the page elsewhere, or under a name ending in .html"
+            )
 
 
 def build_report(
@@ -81,9 +124,12 @@ def write_report(
     """Read the folders and write the page to ``out`` atomically.
 
     Raises:
-        ValueError: no results could be read from any of the paths (nothing is
-            written; the message lists the warnings).
+        ValueError: ``out`` would replace an input (``check_output``), or no results
+            could be read from any of the paths (nothing is written; the message lists
+            the warnings).
     """
+    paths = list(paths)
+    check_output(paths, out)
     report = build_report(paths, title=title, generated=generated)
     if not report.results:
         details = "; ".join(report.warnings) or "no folders given"

@@ -20,16 +20,31 @@ __all__ = ["READERS", "read_folder", "recognise"]
 READERS: tuple[ModuleType, ...] = (d2l, train, lab, claims, bench)
 
 
+def _recognises(reader: ModuleType, path: Path) -> bool:
+    try:
+        return bool(reader.recognise(path))
+    except (ValueError, OSError):
+        return False  # a file it looks at is not readable: not its folder
+
+
 def recognise(path: Path) -> list[ModuleType]:
     """The readers that recognise ``path`` (a folder, or a benchmark file)."""
-    return [reader for reader in READERS if reader.recognise(path)]
+    return [reader for reader in READERS if _recognises(reader, path)]
+
+
+def _problem(exc: Exception) -> str:
+    """A reader's ``ValueError`` names the file; anything else is a malformed value."""
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return f"malformed results ({type(exc).__name__}: {exc})"
 
 
 def read_folder(path: Path, warn: Warn) -> list[Result] | None:
     """The results in ``path``; None when no reader recognises it.
 
-    A folder that fails to read (a missing or malformed file) gives a warning naming the
-    file and no results, so the rest of the report is still written.
+    A folder that fails to read (a missing, unreadable or malformed file; a value of
+    the wrong type or a missing key anywhere in it) gives one warning naming the folder
+    and no results from that reader, so the rest of the report is still written.
     """
     readers = recognise(path)
     if not readers:
@@ -38,6 +53,6 @@ def read_folder(path: Path, warn: Warn) -> list[Result] | None:
     for reader in readers:
         try:
             results += reader.read(path, warn)
-        except ValueError as exc:
-            warn(f"skipped {path} ({reader.NAME} results): {exc}")
+        except Exception as exc:  # one malformed folder must not cost the whole page
+            warn(f"skipped {path} ({reader.NAME} results): {_problem(exc)}")
     return results
