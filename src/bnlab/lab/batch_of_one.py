@@ -36,29 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab.claims import Claim, register_claim
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    compare,
-    register_lab,
-    seeded,
-)
-from bnlab.lab.kit import (
-    apply_rules,
-    cpu_threads,
-    float_images,
-    hits_verdict,
-    mean_std,
-    mean_std_cell,
-    pick,
-    renorm_warmup,
-    take,
-    train_variant,
-)
+from bnlab.lab import experiment, kit
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, compare, seeded
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
 from bnlab.models import create
 from bnlab.models.small_cnn import SmallReluCNN
@@ -231,7 +210,7 @@ def prediction_facts(
 
 
 def _errors(data: Mapping[str, Tensor]) -> dict[str, Any]:
-    x = float_images(take(data, "test", 1)[0])
+    x = kit.float_images(kit.take(data, "test", 1)[0])
     rows = []
     for model_name, norms in (("lenet", LENET_NORMS), ("cnn", (*CNN_NORMS, "ghost"))):
         for norm in norms:
@@ -269,7 +248,7 @@ def measure(config: BatchOfOneConfig, cell: Cell, bench: Bench) -> dict[str, Any
     batch = 1 if online else 32
     train_size = config.online_steps if online else config.predict_train_size
     model = SmallReluCNN(cell.variant)
-    got = train_variant(
+    got = kit.train_variant(
         model,
         data,
         TrainConfig(
@@ -283,14 +262,14 @@ def measure(config: BatchOfOneConfig, cell: Cell, bench: Bench) -> dict[str, Any
         train_size=train_size,
         test_size=config.test_size,
         subset_seed=cell.seed if online else 0,  # online: each seed its own stream
-        on_step=renorm_warmup(
+        on_step=kit.renorm_warmup(
             model,
             train_size if online else -(-min(train_size, data["train_images"].shape[0]) // batch),
         ),
     )
     if online:
         return {"test_acc": got["final"]["test_acc"], "diverged": got["diverged"]}
-    test_x, test_y = take(data, "test", config.test_size)
+    test_x, test_y = kit.take(data, "test", config.test_size)
     loader = DeviceLoader(test_x, test_y, len(test_y), shuffle=False, device=device)
     x, y = next(iter(loader))
     k = min(config.predict_examples, x.shape[0])
@@ -302,7 +281,7 @@ def run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
     if ctx.data is None:
         raise ValueError("batch-of-one needs Fashion-MNIST in ctx.data")
     cells = grid(config)
-    with cpu_threads(config.threads):
+    with kit.cpu_threads(config.threads):
         ctx.progress.start(1 + len(cells.cells()), "batch-of-one")
         errors = ctx.unit("errors", lambda: _errors(ctx.data))["rows"]
         ctx.progress.advance()
@@ -325,21 +304,14 @@ def summarize(
         "learn_threshold": config.learn_threshold,
         "min_effect": config.min_effect,
     }
-    verdicts, evidences = apply_rules(
-        {"raw": raw},
-        (
-            (CLAIM_TRAIN, cannot_train_rule, _measured_train),
-            (CLAIM_ONLINE, online_rule, _measured_online),
-            (CLAIM_PREDICT, predict_single_rule, _measured_predict),
-        ),
-    )
+    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
     rows = [
         [
             "LeNet (d2l)" if e["model"] == "lenet" else "SmallReluCNN",
             LABELS[e["norm"]],
             "yes" if e["train_ok"] else "no",
             "yes" if e["eval_ok"] else "no",
-            mean_std_cell(pick(online, "test_acc", norm=e["norm"]))
+            kit.mean_std_cell(kit.pick(online, "test_acc", norm=e["norm"]))
             if e["model"] == "cnn" and e["norm"] in config.norms
             else None,
         ]
@@ -375,13 +347,13 @@ def summarize(
         pred_rows.append(
             [
                 LABELS[norm],
-                mean_std_cell(values(norm, "eval_acc_batch")),
-                mean_std_cell(values(norm, "eval_acc_single")),
+                kit.mean_std_cell(values(norm, "eval_acc_batch")),
+                kit.mean_std_cell(values(norm, "eval_acc_single")),
                 max(values(norm, "eval_single_vs_batch")),
                 max(values(norm, "eval_companions")),
                 max((v or 0.0) for v in values(norm, "train_companions")),
-                failed[0] if failed else mean_std_cell(values(norm, "train_acc_single")),
-                mean_std_cell(values(norm, "train_acc_batch")),
+                failed[0] if failed else kit.mean_std_cell(values(norm, "train_acc_single")),
+                kit.mean_std_cell(values(norm, "train_acc_batch")),
             ]
         )
     table_pred = Table(
@@ -402,7 +374,7 @@ def summarize(
     plot_grouped_bars(
         {
             f"online, {config.online_steps} steps of B=1": {
-                LABELS[n]: pick(online, "test_acc", norm=n) for n in config.norms
+                LABELS[n]: kit.pick(online, "test_acc", norm=n) for n in config.norms
             }
         },
         ctx.out_dir / "online.png",
@@ -481,8 +453,8 @@ def cannot_train_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         for e in raw["errors"]
         if e["model"] == "lenet" and e["norm"] in ("bnlab", "torch")
     }
-    conv = pick(raw["online"], "test_acc", norm="bnlab")
-    mean = mean_std(conv)[0]
+    conv = kit.pick(raw["online"], "test_acc", norm="bnlab")
+    mean = kit.mean_std(conv)[0]
     evidence = {
         "lenet_bn_trains_at_b1": fc,
         "cnn_bn_online_acc": mean,
@@ -498,26 +470,26 @@ def cannot_train_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
 def online_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The verdict for "LayerNorm and InstanceNorm suit online learning"."""
     raw = results["raw"]
-    bn = pick(raw["online"], "test_acc", norm="bnlab")
+    bn = kit.pick(raw["online"], "test_acc", norm="bnlab")
     evidence: dict[str, Any] = {
-        "bn": mean_std(bn)[0],
-        "none": mean_std(pick(raw["online"], "test_acc", norm="none"))[0],
+        "bn": kit.mean_std(bn)[0],
+        "none": kit.mean_std(kit.pick(raw["online"], "test_acc", norm="none"))[0],
     }
     wins = 0
     for norm in ("layernorm", "instancenorm"):
-        other = pick(raw["online"], "test_acc", norm=norm)
+        other = kit.pick(raw["online"], "test_acc", norm=norm)
         if not other or not bn:
             evidence[norm] = None
             continue
         c = compare(other, bn, min_effect=float(raw["min_effect"]))
         evidence[norm] = {
-            "acc": mean_std(other)[0],
+            "acc": kit.mean_std(other)[0],
             "minus_bn": c.diff,
             "se": c.se,
             "direction": c.direction,
         }
         wins += c.direction == "greater"
-    return evidence, hits_verdict(wins, 2)
+    return evidence, kit.hits_verdict(wins, 2)
 
 
 def predict_single_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -549,8 +521,8 @@ def _measured_online(e: Mapping[str, Any]) -> str:
         if d is None:
             parts.append(f"{LABELS[norm]}: n/a")
         else:
-            se = "n/a" if d["se"] is None else f"{d['se']:.3f}"
-            parts.append(f"{LABELS[norm]} {d['acc']:.3f}, minus BN {d['minus_bn']:+.3f} (se {se})")
+            difference = kit.difference_text(d, "minus_bn")
+            parts.append(f"{LABELS[norm]} {d['acc']:.3f}, minus BN {difference}")
     bn = "n/a" if e["bn"] is None else f"{e['bn']:.3f}"
     none = "n/a" if e["none"] is None else f"{e['none']:.3f}"
     return f"online accuracy BN {bn}, no norm {none}; " + "; ".join(parts)
@@ -565,8 +537,8 @@ def _measured_predict(e: Mapping[str, Any]) -> str:
     )
 
 
-SPEC = register_lab(
-    LabSpec(
+SPEC = experiment.register_lab(
+    experiment.LabSpec(
         name="batch-of-one",
         title="Training and predicting with a batch of one",
         summary=(
@@ -584,36 +556,30 @@ SPEC = register_lab(
     )
 )
 
-for _key, _claim, _source, _rule_text, _rule in (
-    (
+CLAIMS = kit.register_claims(
+    "batch-of-one",
+    kit.ClaimRule(
         "bn-batch-of-one-learns-nothing",
         CLAIM_TRAIN,
         "004_deb69101c4c8736e.txt",
         RULE_TRAIN,
         cannot_train_rule,
+        _measured_train,
     ),
-    (
+    kit.ClaimRule(
         "layer-instance-norm-online",
         CLAIM_ONLINE,
         "003_8a52002564f5ba9e.txt",
         RULE_ONLINE,
         online_rule,
+        _measured_online,
     ),
-    (
+    kit.ClaimRule(
         "bn-prediction-batch-independent",
         CLAIM_PREDICT,
         "000_3d8114077ba70cad.txt",
         RULE_PREDICT,
         predict_single_rule,
+        _measured_predict,
     ),
-):
-    register_claim(
-        Claim(
-            key=_key,
-            claim=_claim,
-            source=_source,
-            experiment="batch-of-one",
-            rule_text=_rule_text,
-            rule=_rule,
-        )
-    )
+)

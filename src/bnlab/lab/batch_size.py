@@ -40,19 +40,8 @@ from typing import Any
 
 import bnlab.nn
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab import kit
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, compare, register_lab
-from bnlab.lab.kit import (
-    apply_rules,
-    cpu_threads,
-    hits_verdict,
-    mean_std,
-    mean_std_cell,
-    pick,
-    renorm_warmup,
-    take,
-    train_variant,
-)
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 from bnlab.models.small_cnn import NORMS, SmallReluCNN
 from bnlab.plots.batch import plot_vs_batch
@@ -187,19 +176,19 @@ def measure(config: BatchSizeConfig, cell: Cell, bench: Bench) -> dict[str, Any]
         momentum=config.momentum,
         device=str(device),
     )
-    with cpu_threads(config.threads):
-        got = train_variant(
+    with kit.cpu_threads(config.threads):
+        got = kit.train_variant(
             model,
             data,
             train,
             train_size=config.train_size,
             test_size=config.test_size,
-            on_step=renorm_warmup(model, steps, ramp=config.renorm_ramp),
+            on_step=kit.renorm_warmup(model, steps, ramp=config.renorm_ramp),
         )
         recal = None
         if norm in BN_FAMILY:
-            train_x, train_y = take(data, "train", config.train_size)
-            test_x, test_y = take(data, "test", config.test_size)
+            train_x, train_y = kit.take(data, "train", config.train_size)
+            test_x, test_y = kit.take(data, "test", config.test_size)
             probe = copy.deepcopy(model)
             bnlab.nn.recalibrate_batchnorm(
                 probe, DeviceLoader(train_x, train_y, 256, shuffle=False, device=device)
@@ -225,8 +214,12 @@ def _paper_rows(config: BatchSizeConfig, cells: Sequence[Mapping[str, Any]]) -> 
         for k, v in GN_PAPER_ERROR.items()
     ]
     for n in config.norms:
-        e_ref = mean_std([1 - a for a in pick(cells, "test_acc", norm=n, batch_size=ref)])[0]
-        e_small = mean_std([1 - a for a in pick(cells, "test_acc", norm=n, batch_size=small)])[0]
+        e_ref = kit.mean_std([1 - a for a in kit.pick(cells, "test_acc", norm=n, batch_size=ref)])[
+            0
+        ]
+        e_small = kit.mean_std(
+            [1 - a for a in kit.pick(cells, "test_acc", norm=n, batch_size=small)]
+        )[0]
         rows.append(
             [
                 f"ours, Fashion-MNIST subset, SmallReluCNN, {LABELS[n]}",
@@ -251,20 +244,16 @@ def summarize(config: BatchSizeConfig, ctx: LabContext, run: GridRun) -> LabOutc
         "lr_rule": f"lr = {config.base_lr:g} * B / {config.lr_reference} (linear scaling), "
         f"SGD momentum {config.momentum:g}, {config.epochs} epoch(s) at every batch size",
     }
-    verdicts, evidences = apply_rules(
-        {"raw": raw},
-        [
-            (CLAIM_BN, bn_degrades_rule, _measured_bn),
-            (CLAIM_GN, gn_stable_rule, _measured_gn),
-            (CLAIM_RENORM, renorm_ghost_rule, _measured_renorm),
-        ],
-    )
+    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
     family = [n for n in config.norms if n in BN_FAMILY]
 
     def by_batch(metric: str, norms: Sequence[str]) -> list[list[Any]]:
         return [
             [LABELS[n]]
-            + [mean_std_cell(pick(cells, metric, norm=n, batch_size=b)) for b in config.batch_sizes]
+            + [
+                kit.mean_std_cell(kit.pick(cells, metric, norm=n, batch_size=b))
+                for b in config.batch_sizes
+            ]
             for n in norms
         ]
 
@@ -277,7 +266,7 @@ def summarize(config: BatchSizeConfig, ctx: LabContext, run: GridRun) -> LabOutc
                 "x": list(config.batch_sizes),
                 "runs": [
                     [
-                        error(pick(cells, metric, norm=n, batch_size=b, seed=s))
+                        error(kit.pick(cells, metric, norm=n, batch_size=b, seed=s))
                         for b in config.batch_sizes
                     ]
                     for s in range(config.seeds)
@@ -370,7 +359,7 @@ RULE_RENORM = (
 
 
 def _vals(raw: Mapping[str, Any], metric: str, norm: str, batch: int) -> list[float]:
-    return pick(raw["cells"], metric, norm=norm, batch_size=batch)
+    return kit.pick(raw["cells"], metric, norm=norm, batch_size=batch)
 
 
 def _drop(raw: Mapping[str, Any], metric: str, norm: str) -> dict[str, Any]:
@@ -415,8 +404,8 @@ def gn_stable_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         return evidence, "not supported"
 
     def per_seed_drop(norm: str) -> list[float]:
-        ref = pick(raw["cells"], "test_acc", norm=norm, batch_size=raw["reference_batch"])
-        small = pick(raw["cells"], "test_acc", norm=norm, batch_size=raw["small_batch"])
+        ref = kit.pick(raw["cells"], "test_acc", norm=norm, batch_size=raw["reference_batch"])
+        small = kit.pick(raw["cells"], "test_acc", norm=norm, batch_size=raw["small_batch"])
         return [a - b for a, b in zip(ref, small, strict=False)]
 
     bn_drops = per_seed_drop("bnlab")
@@ -443,26 +432,19 @@ def renorm_ghost_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         c = compare(other, bn, min_effect=float(raw["min_effect"]))
         evidence[norm] = {"minus_bn": c.diff, "se": c.se, "direction": c.direction}
         reduces += c.direction == "greater"
-    return evidence, hits_verdict(reduces, 2)
-
-
-def _fmt_drop(d: Mapping[str, Any] | None) -> str:
-    if not d or d.get("drop") is None:
-        return "n/a"
-    se = "n/a" if d["se"] is None else f"{d['se']:.3f}"
-    return f"{d['drop']:+.3f} (se {se})"
+    return evidence, kit.hits_verdict(reduces, 2)
 
 
 def _measured_bn(e: Mapping[str, Any]) -> str:
     return (
         f"BN accuracy drop from batch {e['reference_batch']} to {e['small_batch']}: "
-        f"{_fmt_drop(e['bn_drop'])} with moving averages, "
-        f"{_fmt_drop(e['bn_drop_recalibrated'])} recalibrated; no norm: {_fmt_drop(e['none_drop'])}"
+        f"{kit.difference_text(e['bn_drop'], 'drop')} with moving averages, "
+        f"{kit.difference_text(e['bn_drop_recalibrated'], 'drop')} recalibrated; no norm: {kit.difference_text(e['none_drop'], 'drop')}"
     )
 
 
 def _measured_gn(e: Mapping[str, Any]) -> str:
-    return f"GroupNorm drop {_fmt_drop(e['gn_drop'])}, BN drop {_fmt_drop(e['bn_drop'])}"
+    return f"GroupNorm drop {kit.difference_text(e['gn_drop'], 'drop')}, BN drop {kit.difference_text(e['bn_drop'], 'drop')}"
 
 
 def _measured_renorm(e: Mapping[str, Any]) -> str:
@@ -472,10 +454,8 @@ def _measured_renorm(e: Mapping[str, Any]) -> str:
         if d is None:
             parts.append(f"{label}: n/a")
         else:
-            se = "n/a" if d["se"] is None else f"{d['se']:.3f}"
-            parts.append(
-                f"{label} minus BN at batch {e['small_batch']}: {d['minus_bn']:+.3f} (se {se})"
-            )
+            difference = kit.difference_text(d, "minus_bn")
+            parts.append(f"{label} minus BN at batch {e['small_batch']}: {difference}")
     return "; ".join(parts)
 
 
@@ -501,18 +481,20 @@ SPEC = register_lab(
     )
 )
 
-for _key, _claim, _rule_text, _rule in (
-    ("bn-degrades-small-batch", CLAIM_BN, RULE_BN, bn_degrades_rule),
-    ("groupnorm-stable-batch-size", CLAIM_GN, RULE_GN, gn_stable_rule),
-    ("renorm-ghost-reduce-small-batch", CLAIM_RENORM, RULE_RENORM, renorm_ghost_rule),
-):
-    register_claim(
-        Claim(
-            key=_key,
-            claim=_claim,
-            source=SOURCE,
-            experiment="batch-size",
-            rule_text=_rule_text,
-            rule=_rule,
-        )
-    )
+CLAIMS = kit.register_claims(
+    "batch-size",
+    kit.ClaimRule(
+        "bn-degrades-small-batch", CLAIM_BN, SOURCE, RULE_BN, bn_degrades_rule, _measured_bn
+    ),
+    kit.ClaimRule(
+        "groupnorm-stable-batch-size", CLAIM_GN, SOURCE, RULE_GN, gn_stable_rule, _measured_gn
+    ),
+    kit.ClaimRule(
+        "renorm-ghost-reduce-small-batch",
+        CLAIM_RENORM,
+        SOURCE,
+        RULE_RENORM,
+        renorm_ghost_rule,
+        _measured_renorm,
+    ),
+)

@@ -41,19 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlab.lab.claims import Claim, register_claim
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    compare,
-    describe,
-    register_lab,
-    seeded,
-)
-from bnlab.lab.kit import apply_rules, capture, float_images, take, train_variant
+from bnlab.lab import experiment, kit
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, compare, describe, seeded
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
 from bnlab.models import create
 from bnlab.models.gan import Discriminator, Generator
@@ -206,7 +195,7 @@ class GanConfig:
 def _features(model: nn.Module, images: Tensor) -> Tensor:
     """The 84 penultimate features (input of ``fc3``) of ``(N, 1, 28, 28)`` images in [0, 1]."""
     model.eval()
-    with torch.no_grad(), capture({"fc3": model.fc3}, what="input") as seen:
+    with torch.no_grad(), kit.capture({"fc3": model.fc3}, what="input") as seen:
         for i in range(0, images.shape[0], 500):
             model(images[i : i + 500])
     return torch.cat(seen["fc3"])
@@ -216,7 +205,7 @@ def _feature_net(config: GanConfig, data: Mapping[str, Tensor], device: str) -> 
     """Train the LeNet-BN feature network once; its weights travel in the unit's JSON."""
     with seeded(1234):
         model = create("lenet", norm="torch")
-    got = train_variant(
+    got = kit.train_variant(
         model,
         data,
         TrainConfig(lr=1.0, epochs=config.feature_epochs, batch_size=128, seed=1234, device=device),
@@ -277,8 +266,8 @@ def measure(config: GanConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
     """Train one GAN (the two-optimizer step below), then score its samples."""
     data: GanData = bench.data
     norm, batching = VARIANTS[cell.variant]
-    real_x, _ = take(data.images, "train", config.train_size, seed=cell.seed)
-    real = float_images(real_x) * 2 - 1  # (N, 1, 28, 28) in [-1, 1]
+    real_x, _ = kit.take(data.images, "train", config.train_size, seed=cell.seed)
+    real = kit.float_images(real_x) * 2 - 1  # (N, 1, 28, 28) in [-1, 1]
     with seeded(cell.seed) as gen:
         g = Generator(config.latent, config.g_hidden)
         d = Discriminator(norm)
@@ -354,10 +343,10 @@ def run(config: GanConfig, ctx: LabContext) -> LabOutcome:
     net_unit = ctx.unit("feature-net", lambda: _feature_net(config, ctx.data, str(ctx.device)))
     ctx.progress.advance()
     features = _load_feature_net(net_unit)
-    test_x, _ = take(ctx.data, "test", config.fd_samples, seed=0)
-    space = FeatureSpace(features, feature_stats(_features(features, float_images(test_x))))
-    floor_x, _ = take(ctx.data, "train", config.fd_samples, seed=99)
-    floor = space.distance(float_images(floor_x))
+    test_x, _ = kit.take(ctx.data, "test", config.fd_samples, seed=0)
+    space = FeatureSpace(features, feature_stats(_features(features, kit.float_images(test_x))))
+    floor_x, _ = kit.take(ctx.data, "train", config.fd_samples, seed=99)
+    floor = space.distance(kit.float_images(floor_x))
     run = run_grid(ctx, cells, lambda c, b: measure(config, c, b), data=GanData(ctx.data, space))
     return summarize(config, ctx, run, floor=floor, feature_acc=net_unit["test_acc"])
 
@@ -378,7 +367,7 @@ def summarize(
             f"{config.fd_samples} generated vs {config.fd_samples} real test images"
         ),
     }
-    verdicts, evidences = apply_rules({"raw": raw}, [(CLAIM, decide_bn_unsuited, _measured)])
+    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
     rows = []
     for v in config.variants:
         stats = describe([math.nan if x is None else x for x in raw["fd"][v]])
@@ -500,8 +489,8 @@ def _measured(evidence: Mapping[str, Any]) -> str:
     )
 
 
-SPEC = register_lab(
-    LabSpec(
+SPEC = experiment.register_lab(
+    experiment.LabSpec(
         name="gan",
         title="BN in a GAN's discriminator",
         summary=(
@@ -520,13 +509,7 @@ SPEC = register_lab(
     )
 )
 
-register_claim(
-    Claim(
-        key="bn-unsuited-for-gans",
-        claim=CLAIM,
-        source=SOURCE,
-        experiment="gan",
-        rule_text=RULE,
-        rule=decide_bn_unsuited,
-    )
+CLAIMS = kit.register_claims(
+    "gan",
+    kit.ClaimRule("bn-unsuited-for-gans", CLAIM, SOURCE, RULE, decide_bn_unsuited, _measured),
 )

@@ -33,17 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.lab import kit
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, compare, register_lab
-from bnlab.lab.kit import (
-    apply_rules,
-    batch_stats_accuracy,
-    cpu_threads,
-    hits_verdict,
-    mean_std_cell,
-    pick,
-    take,
-)
+from bnlab.lab.kit.fits import FitConfig
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 from bnlab.models import create
 from bnlab.nn import recalibrate_batchnorm
@@ -144,23 +136,21 @@ def batch_stats_by_size(
     for size in sizes:
         loader = DeviceLoader(x, y, size, shuffle=False, device=device)
         try:
-            out[str(size)] = batch_stats_accuracy(model, loader)
+            out[str(size)] = kit.batch_stats_accuracy(model, loader)
         except (ValueError, RuntimeError) as exc:
             out[str(size)] = f"{type(exc).__name__}: {exc}"
     return out
 
 
 @dataclass(frozen=True)
-class PredictModeConfig:
+class PredictModeConfig(FitConfig):
     """Settings of ``predict-mode`` (defaults: the full run).
 
     Args:
-        seeds: training seeds per variant.
-        train_size, test_size: fixed random subsets of Fashion-MNIST.
-        epochs: epochs of d2l's recipe (lr 1.0, batch 256, plain SGD).
-        lr: learning rate.
-        batch_size: training batch size.
-        norm: the LeNet's BN ("torch" is the fastest on a CPU; "bnlab" is the same maths).
+        seeds, norm, train_size, test_size, epochs, batch_size: see ``FitConfig``;
+            d2l's recipe: LeNet with BN ``norm`` ("torch" is the fastest on a CPU,
+            "bnlab" the same maths), 10000 training images, 3 epochs of batch 256.
+        lr: learning rate (plain SGD).
         test_batches: test batch sizes normalized with their own statistics.
         momenta: moving-average momenta (None: cumulative average).
         default_momentum: the momentum of parts 1 and 3.
@@ -169,13 +159,9 @@ class PredictModeConfig:
         threads: torch CPU threads during the run.
     """
 
-    seeds: int = 3
     train_size: int = 10000
-    test_size: int = 2000
-    epochs: int = 3
-    lr: float = 1.0
     batch_size: int = 256
-    norm: str = "torch"
+    lr: float = 1.0
     test_batches: tuple[int, ...] = (1, 2, 8, 32, 256, 1000)
     momenta: tuple[float | None, ...] = (0.01, 0.1, 0.5, None)
     default_momentum: float = 0.1
@@ -186,13 +172,7 @@ class PredictModeConfig:
     @classmethod
     def quick(cls) -> PredictModeConfig:
         return cls(
-            seeds=2,
-            train_size=512,
-            test_size=256,
-            epochs=1,
-            test_batches=(1, 2, 32, 256),
-            momenta=(0.1, None),
-            sorted_test_batch=64,
+            **cls.QUICK, test_batches=(1, 2, 32, 256), momenta=(0.1, None), sorted_test_batch=64
         )
 
 
@@ -229,9 +209,9 @@ def measure(config: PredictModeConfig, cell: Cell, bench: Bench) -> dict[str, An
     test batches; every test batch size for the default arm)."""
     training, momentum = _arms(config)[cell.variant]
     data, device, seed = bench.data, bench.device, cell.seed
-    train_x, train_y = take(data, "train", config.train_size)
-    test_x, test_y = take(data, "test", config.test_size)
-    with cpu_threads(config.threads):
+    train_x, train_y = kit.take(data, "train", config.train_size)
+    test_x, test_y = kit.take(data, "test", config.test_size)
+    with kit.cpu_threads(config.threads):
         model = create("lenet", norm=config.norm)
         set_bn_momentum(model, momentum)
         if training == "sorted":
@@ -291,14 +271,7 @@ def summarize(config: PredictModeConfig, ctx: LabContext, run: GridRun) -> LabOu
         "sorted_test_batch": config.sorted_test_batch,
         "min_effect": config.min_effect,
     }
-    verdicts, evidences = apply_rules(
-        {"raw": raw},
-        (
-            (CLAIM_MOVING, moving_average_rule, _measured_moving),
-            (CLAIM_RECAL, recalibration_rule, _measured_recal),
-            (CLAIM_IID, iid_rule, _measured_iid),
-        ),
-    )
+    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
 
     base = _arm(raw)
     size_rows = []
@@ -308,22 +281,23 @@ def summarize(config: PredictModeConfig, ctx: LabContext, run: GridRun) -> LabOu
         size_rows.append(
             [
                 size,
-                texts[0] if texts else mean_std_cell(values),
-                mean_std_cell(pick(base, "moving_acc")),
-                mean_std_cell(pick(base, "recal_acc")),
+                texts[0] if texts else kit.mean_std_cell(values),
+                kit.mean_std_cell(kit.pick(base, "moving_acc")),
+                kit.mean_std_cell(kit.pick(base, "recal_acc")),
             ]
         )
     momentum_rows = [
         [
             m,
-            mean_std_cell(pick(_arm(raw, "shuffled", m), "moving_acc")),
-            mean_std_cell(pick(_arm(raw, "shuffled", m), "recal_acc")),
-            mean_std_cell([c["recal_acc"] - c["moving_acc"] for c in _arm(raw, "shuffled", m)]),
+            kit.mean_std_cell(kit.pick(_arm(raw, "shuffled", m), "moving_acc")),
+            kit.mean_std_cell(kit.pick(_arm(raw, "shuffled", m), "recal_acc")),
+            kit.mean_std_cell([c["recal_acc"] - c["moving_acc"] for c in _arm(raw, "shuffled", m)]),
         ]
         for m in raw["momenta"]
     ]
     iid_rows = [
-        [f"{t} training batches"] + [mean_std_cell([c[k] for c in _arm(raw, t)]) for k in _IID_KEYS]
+        [f"{t} training batches"]
+        + [kit.mean_std_cell([c[k] for c in _arm(raw, t)]) for k in _IID_KEYS]
         for t in ("shuffled", "sorted")
     ]
     size = config.sorted_test_batch
@@ -432,7 +406,7 @@ def _plot(config: PredictModeConfig, ctx: LabContext, raw: Mapping[str, Any]) ->
     )
     plot_grouped_bars(
         {
-            label: {m: pick(_arm(raw, "shuffled", m), metric) for m in raw["momenta"]}
+            label: {m: kit.pick(_arm(raw, "shuffled", m), metric) for m in raw["momenta"]}
             for label, metric in (("moving averages", "moving_acc"), ("recalibrated", "recal_acc"))
         },
         ctx.out_dir / "momentum.png",
@@ -509,7 +483,7 @@ def moving_average_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str
     gap = _cmp([c["moving_acc"] for c in base], two, float(raw["min_effect"]))
     evidence = {"batch_of_one_fails": one_fails, "moving_minus_batch2": gap}
     hits = one_fails + (gap is not None and gap["direction"] == "greater")
-    return evidence, hits_verdict(hits, 2)
+    return evidence, kit.hits_verdict(hits, 2)
 
 
 def recalibration_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -524,7 +498,7 @@ def recalibration_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]
         )
         evidence[m] = gap
         ok += gap is not None and gap["direction"] != "less"
-    return evidence, hits_verdict(ok, len(raw["momenta"]))
+    return evidence, kit.hits_verdict(ok, len(raw["momenta"]))
 
 
 def iid_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -540,33 +514,26 @@ def iid_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     )
     evidence = {"training_shuffled_minus_sorted": train, "test_shuffled_minus_sorted": test}
     hits = sum(1 for g in (train, test) if g is not None and g["direction"] == "greater")
-    return evidence, hits_verdict(hits, 2)
-
-
-def _gap_text(g: Mapping[str, Any] | None) -> str:
-    if g is None:
-        return "n/a"
-    se = "n/a" if g["se"] is None else f"{g['se']:.3f}"
-    return f"{g['diff']:+.3f} (se {se})"
+    return evidence, kit.hits_verdict(hits, 2)
 
 
 def _measured_moving(e: Mapping[str, Any]) -> str:
     return (
         f"test batch of one raises: {e['batch_of_one_fails']}; moving averages minus "
-        f"statistics of test batches of 2: {_gap_text(e['moving_minus_batch2'])}"
+        f"statistics of test batches of 2: {kit.difference_text(e['moving_minus_batch2'])}"
     )
 
 
 def _measured_recal(e: Mapping[str, Any]) -> str:
     return "recalibrated minus moving, per momentum: " + ", ".join(
-        f"{m}: {_gap_text(g)}" for m, g in e.items()
+        f"{m}: {kit.difference_text(g)}" for m, g in e.items()
     )
 
 
 def _measured_iid(e: Mapping[str, Any]) -> str:
     return (
-        f"training, shuffled minus sorted: {_gap_text(e['training_shuffled_minus_sorted'])}; "
-        f"test batch statistics, shuffled minus sorted: {_gap_text(e['test_shuffled_minus_sorted'])}"
+        f"training, shuffled minus sorted: {kit.difference_text(e['training_shuffled_minus_sorted'])}; "
+        f"test batch statistics, shuffled minus sorted: {kit.difference_text(e['test_shuffled_minus_sorted'])}"
     )
 
 
@@ -590,30 +557,30 @@ SPEC = register_lab(
     )
 )
 
-for _key, _claim, _source, _rule_text, _rule in (
-    (
+CLAIMS = kit.register_claims(
+    "predict-mode",
+    kit.ClaimRule(
         "bn-predict-with-moving-averages",
         CLAIM_MOVING,
         "000_3d8114077ba70cad.txt",
         RULE_MOVING,
         moving_average_rule,
+        _measured_moving,
     ),
-    (
+    kit.ClaimRule(
         "recalibration-at-least-moving-averages",
         CLAIM_RECAL,
         "003_8a52002564f5ba9e.txt",
         RULE_RECAL,
         recalibration_rule,
+        _measured_recal,
     ),
-    ("non-iid-batches-hurt-bn", CLAIM_IID, "002_adae9b0709a5d84d.txt", RULE_IID, iid_rule),
-):
-    register_claim(
-        Claim(
-            key=_key,
-            claim=_claim,
-            source=_source,
-            experiment="predict-mode",
-            rule_text=_rule_text,
-            rule=_rule,
-        )
-    )
+    kit.ClaimRule(
+        "non-iid-batches-hurt-bn",
+        CLAIM_IID,
+        "002_adae9b0709a5d84d.txt",
+        RULE_IID,
+        iid_rule,
+        _measured_iid,
+    ),
+)

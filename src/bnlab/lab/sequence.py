@@ -31,18 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab.claims import Claim, register_claim
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    Table,
-    compare,
-    describe,
-    register_lab,
-    seeded,
-)
-from bnlab.lab.kit import apply_rules, hits_verdict, mean_std, pick, take
+from bnlab.lab import experiment, kit
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, compare, seeded
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 from bnlab.models.sequence import SEQUENCE_ARCHS as ARCHS
 from bnlab.models.sequence import SEQUENCE_NORMS as NORMS
@@ -164,10 +154,10 @@ def measure(config: SequenceConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
         model = build_sequence_model(
             arch, norm, hidden=config.hidden, d_model=config.d_model, layers=config.layers
         )
-    train_x, train_y = take(
+    train_x, train_y = kit.take(
         bench.data, "train", config.stream_size if stream else config.train_size
     )
-    test_x, test_y = take(bench.data, "test", config.test_size)
+    test_x, test_y = kit.take(bench.data, "test", config.test_size)
     loader = DeviceLoader(
         train_x, train_y, batch, shuffle=True, seed=seed, normalize=PIXEL_NORMALIZE
     )
@@ -222,26 +212,24 @@ def summarize(config: SequenceConfig, ctx: LabContext, run: GridRun) -> LabOutco
         "batch_sizes": list(config.batch_sizes),
         "optimizer": f"Adam, lr {config.lr}, {config.epochs} epochs at every batch size",
     }
-    rules = [
-        (claim, lambda results, a=arch: decide_bn_helps(results, a), _measured_bn)
-        for arch, claim in (("gru", CLAIM_BN_RNN), ("transformer", CLAIM_BN_TRANSFORMER))
-        if arch in config.archs
+    shown = [
+        c for c in CLAIMS if c.claim not in BN_CLAIM_ARCH or BN_CLAIM_ARCH[c.claim] in config.archs
     ]
-    verdicts, _ = apply_rules(
-        {"raw": raw}, [*rules, (CLAIM_LN, decide_ln_suits_sequences, _measured_ln)]
-    )
+    verdicts, _ = kit.apply_rules({"raw": raw}, shown)
     rows = []
     for arch in config.archs:
         for norm in config.norms:
             row: list[Any] = [ARCHS[arch], NORMS[norm]]
             means = []
             for b in config.batch_sizes:
-                m, sd = mean_std(pick(cells, "test_acc", arch=arch, norm=norm, batch_size=b))
+                m, sd = kit.mean_std(
+                    kit.pick(cells, "test_acc", arch=arch, norm=norm, batch_size=b)
+                )
                 row += [m, sd]
                 means.append(m)
             finite = [m for m in means if m is not None]
             row.append(max(finite) - min(finite) if finite else None)
-            m, sd = mean_std(pick(stream, "test_acc", arch=arch, norm=norm))
+            m, sd = kit.mean_std(kit.pick(stream, "test_acc", arch=arch, norm=norm))
             failed = sum(
                 1 for s in stream if s["arch"] == arch and s["norm"] == norm and not s["trained"]
             )
@@ -261,7 +249,7 @@ def summarize(config: SequenceConfig, ctx: LabContext, run: GridRun) -> LabOutco
                 "x": list(config.batch_sizes),
                 "runs": [
                     [
-                        pick(cells, "test_acc", arch=a, norm=n, batch_size=b, seed=s)[0]
+                        kit.pick(cells, "test_acc", arch=a, norm=n, batch_size=b, seed=s)[0]
                         for b in config.batch_sizes
                     ]
                     for s in range(config.seeds)
@@ -274,29 +262,29 @@ def summarize(config: SequenceConfig, ctx: LabContext, run: GridRun) -> LabOutco
     )
     plot_streaming(
         {
-            ARCHS[a]: {NORMS[n]: pick(stream, "test_acc", arch=a, norm=n) for n in config.norms}
+            ARCHS[a]: {NORMS[n]: kit.pick(stream, "test_acc", arch=a, norm=n) for n in config.norms}
             for a in config.archs
         },
         ctx.out_dir / "sequence_streaming.png",
     )
+    notes = [raw["optimizer"] + "."] + [f"At batch size 1: {e}" for e in errors]
     return LabOutcome(
-        tables=[table],
-        verdicts=verdicts,
-        figures=[
-            Figure(
-                "sequence_batch_sizes.png",
-                "Test accuracy against the batch size (same epochs, Adam), GRU and "
-                "Transformer with no norm, BN and LayerNorm: mean over seeds, band = min..max.",
-            ),
-            Figure(
-                "sequence_streaming.png",
-                "Streaming (online) training, batch size 1, one pass: test accuracy per "
-                "norm (bars: mean, whiskers: std; 'failed': the norm cannot train at B=1).",
-            ),
-        ],
-        raw=raw,
-        notes=[raw["optimizer"] + "."] + [f"At batch size 1: {e}" for e in errors],
+        tables=[table], verdicts=verdicts, figures=list(FIGURES), raw=raw, notes=notes
     )
+
+
+FIGURES = [
+    Figure(
+        "sequence_batch_sizes.png",
+        "Test accuracy against the batch size (same epochs, Adam), GRU and "
+        "Transformer with no norm, BN and LayerNorm: mean over seeds, band = min..max.",
+    ),
+    Figure(
+        "sequence_streaming.png",
+        "Streaming (online) training, batch size 1, one pass: test accuracy per "
+        "norm (bars: mean, whiskers: std; 'failed': the norm cannot train at B=1).",
+    ),
+]
 
 
 def _fmt(value: float | None) -> str:
@@ -317,8 +305,8 @@ def decide_bn_helps(results: Mapping[str, Any], arch: str) -> tuple[dict[str, An
     cells = raw["cells"]
     by_batch = {}
     for b in raw["batch_sizes"]:
-        bn = pick(cells, "test_acc", arch=arch, norm="bn", batch_size=b)
-        none = pick(cells, "test_acc", arch=arch, norm="none", batch_size=b)
+        bn = kit.pick(cells, "test_acc", arch=arch, norm="bn", batch_size=b)
+        none = kit.pick(cells, "test_acc", arch=arch, norm="none", batch_size=b)
         try:
             c = compare(bn, none)
         except ValueError:  # no finite value on a side
@@ -326,7 +314,7 @@ def decide_bn_helps(results: Mapping[str, Any], arch: str) -> tuple[dict[str, An
             continue
         by_batch[str(b)] = {"diff": c.diff, "se": c.se, "direction": c.direction}
     better = sum(1 for v in by_batch.values() if v["direction"] == "greater")
-    return {"arch": arch, "by_batch": by_batch}, hits_verdict(better, len(by_batch))
+    return {"arch": arch, "by_batch": by_batch}, kit.hits_verdict(better, len(by_batch))
 
 
 def _measured_bn(evidence: Mapping[str, Any]) -> str:
@@ -355,15 +343,15 @@ def decide_ln_suits_sequences(results: Mapping[str, Any]) -> tuple[dict[str, Any
     wins = losses = tests = 0
     for arch in raw["archs"]:
         bn_stream = [s for s in raw["stream"] if s["arch"] == arch and s["norm"] == "bn"]
-        ln_stream = pick(raw["stream"], "test_acc", arch=arch, norm="ln")
+        ln_stream = kit.pick(raw["stream"], "test_acc", arch=arch, norm="ln")
         bn_failed = bool(bn_stream) and all(not s["trained"] for s in bn_stream)
         outcome: dict[str, Any] = {"bn_failed_at_batch_1": bn_failed}
         for test, bn, ln in (
-            ("stream", pick(raw["stream"], "test_acc", arch=arch, norm="bn"), ln_stream),
+            ("stream", kit.pick(raw["stream"], "test_acc", arch=arch, norm="bn"), ln_stream),
             (
                 f"batch_{small}",
-                pick(raw["cells"], "test_acc", arch=arch, norm="bn", batch_size=small),
-                pick(raw["cells"], "test_acc", arch=arch, norm="ln", batch_size=small),
+                kit.pick(raw["cells"], "test_acc", arch=arch, norm="bn", batch_size=small),
+                kit.pick(raw["cells"], "test_acc", arch=arch, norm="ln", batch_size=small),
             ),
         ):
             tests += 1
@@ -382,8 +370,8 @@ def decide_ln_suits_sequences(results: Mapping[str, Any]) -> tuple[dict[str, Any
                 wins += direction == "greater"
                 losses += direction == "less"
             outcome[test] = result
-            outcome[f"{test}_ln_mean"] = describe(ln)["mean"]
-            outcome[f"{test}_bn_mean"] = describe(bn)["mean"]
+            outcome[f"{test}_ln_mean"] = kit.mean_std(ln)[0]
+            outcome[f"{test}_bn_mean"] = kit.mean_std(bn)[0]
         evidence[arch] = outcome
     if tests and wins == tests:
         verdict = "supported"
@@ -408,7 +396,7 @@ def _measured_ln(evidence: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-SPEC = register_lab(
+SPEC = experiment.register_lab(
     grid_lab(
         name="sequence",
         title="BN against LayerNorm in a GRU and a Transformer reading image rows",
@@ -429,28 +417,30 @@ SPEC = register_lab(
     )
 )
 
-for _key, _claim, _rule_text, _rule in (
-    (
-        "bn-helps-recurrent",
-        CLAIM_BN_RNN,
-        RULE_BN.replace("the network", "the GRU"),
-        lambda results: decide_bn_helps(results, "gru"),
-    ),
-    (
-        "bn-helps-transformer",
-        CLAIM_BN_TRANSFORMER,
-        RULE_BN.replace("the network", "the Transformer"),
-        lambda results: decide_bn_helps(results, "transformer"),
-    ),
-    ("layernorm-suits-sequences-online", CLAIM_LN, RULE_LN, decide_ln_suits_sequences),
-):
-    register_claim(
-        Claim(
-            key=_key,
-            claim=_claim,
-            source=SOURCE,
-            experiment="sequence",
-            rule_text=_rule_text,
-            rule=_rule,
-        )
+
+def _bn_claim(key: str, claim: str, arch: str) -> kit.ClaimRule:
+    return kit.ClaimRule(
+        key,
+        claim,
+        SOURCE,
+        RULE_BN.replace("the network", f"the {ARCHS[arch]}"),
+        lambda results: decide_bn_helps(results, arch),
+        _measured_bn,
     )
+
+
+CLAIMS = kit.register_claims(
+    "sequence",
+    _bn_claim("bn-helps-recurrent", CLAIM_BN_RNN, "gru"),
+    _bn_claim("bn-helps-transformer", CLAIM_BN_TRANSFORMER, "transformer"),
+    kit.ClaimRule(
+        "layernorm-suits-sequences-online",
+        CLAIM_LN,
+        SOURCE,
+        RULE_LN,
+        decide_ln_suits_sequences,
+        _measured_ln,
+    ),
+)
+#: The network each BN claim is about: its verdict is shown when the run trains it.
+BN_CLAIM_ARCH = {CLAIM_BN_RNN: "gru", CLAIM_BN_TRANSFORMER: "transformer"}

@@ -40,9 +40,11 @@ from bnlab.lab.kit.threads import cpu_threads
 from bnlab.lab.kit.train import DIVERGENCE_RULE, json_float, renorm_warmup, train_variant
 from bnlab.lab.kit.verdicts import (
     TRAINS_RULE,
+    ClaimRule,
     apply_rules,
     compare_variants,
     comparison_fields,
+    difference_text,
     directions_verdict,
     evidence_text,
     finite_mean,
@@ -51,6 +53,7 @@ from bnlab.lab.kit.verdicts import (
     mean_std_cell,
     pick,
     plateau_notes,
+    register_claims,
     trainable_values,
     variant_mean,
 )
@@ -60,6 +63,7 @@ __all__ = [
     "BN_NORM",
     "DIVERGENCE_RULE",
     "TRAINS_RULE",
+    "ClaimRule",
     "ProbingConfig",
     "accuracy_on_test",
     "apply_rules",
@@ -74,6 +78,7 @@ __all__ = [
     "comparison_fields",
     "cpu_threads",
     "detached_state",
+    "difference_text",
     "directions_verdict",
     "evidence_text",
     "finite_mean",
@@ -91,6 +96,7 @@ __all__ = [
     "probe_batch",
     "probe_copy",
     "probing_lab",
+    "register_claims",
     "renorm_warmup",
     "split",
     "take",

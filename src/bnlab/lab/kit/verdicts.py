@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from bnlab.lab.claims import holds_of
+from bnlab.lab.claims import Claim, holds_of, register_claim
 from bnlab.lab.experiment import Comparison, Verdict, compare, describe
 from bnlab.lab.kit.models import arch_label
 
 __all__ = [
     "TRAINS_RULE",
+    "ClaimRule",
     "apply_rules",
     "compare_variants",
     "comparison_fields",
+    "difference_text",
     "directions_verdict",
     "evidence_text",
     "finite_mean",
@@ -32,6 +35,7 @@ __all__ = [
     "mean_std_cell",
     "pick",
     "plateau_notes",
+    "register_claims",
     "trainable_values",
     "variant_mean",
 ]
@@ -79,6 +83,15 @@ def hits_verdict(hits: int, total: int) -> str:
 def comparison_fields(c: Comparison) -> dict[str, Any]:
     """``{"difference", "se", "direction"}`` of a comparison, for evidence."""
     return {"difference": c.diff, "se": c.se, "direction": c.direction}
+
+
+def difference_text(entry: Mapping[str, Any] | None, key: str = "diff") -> str:
+    """``"+0.123 (se 0.045)"`` for evidence ``{key: difference, "se": ...}`` (3 decimals);
+    ``"n/a"`` without a difference."""
+    if not entry or entry.get(key) is None:
+        return "n/a"
+    se = "n/a" if entry["se"] is None else f"{entry['se']:.3f}"
+    return f"{entry[key]:+.3f} (se {se})"
 
 
 def compare_variants(
@@ -283,18 +296,53 @@ def trainable_values(
 Rule = Callable[[Mapping[str, Any]], tuple[Any, str]]
 
 
+@dataclass(frozen=True)
+class ClaimRule:
+    """A claim an experiment decides, declared once: its claims-table entry
+    (``bnlab.lab.claims.Claim`` without the experiment) and how its verdict reads.
+
+    Attributes:
+        key, claim, source, rule_text, rule: as in ``Claim``.
+        measured: evidence -> the numbers behind the verdict, as text.
+    """
+
+    key: str
+    claim: str
+    source: str
+    rule_text: str
+    rule: Rule
+    measured: Callable[[Any], str]
+
+
 def apply_rules(
-    results: Mapping[str, Any], rules: Iterable[tuple[str, Rule, Callable[[Any], str]]]
+    results: Mapping[str, Any],
+    rules: Iterable[ClaimRule | tuple[str, Rule, Callable[[Any], str]]],
 ) -> tuple[list[Verdict], dict[str, Any]]:
-    """Each claim's verdict from its claims-table rule: ``(claim, rule, measured)`` gives
-    ``Verdict(claim, holds_of(verdict), "<verdict>: <measured(evidence)>")``.
+    """Each claim's verdict from its claims-table rule: ``(claim, rule, measured)`` (or a
+    ``ClaimRule``) gives ``Verdict(claim, holds_of(verdict), "<verdict>:
+    <measured(evidence)>")``.
 
     Returns:
         ``(verdicts, evidences)``: the verdicts in order, and each claim's evidence.
     """
     verdicts, evidences = [], {}
-    for claim, rule, measured in rules:
+    for item in rules:
+        if isinstance(item, ClaimRule):
+            claim, rule, measured = item.claim, item.rule, item.measured
+        else:
+            claim, rule, measured = item
         evidence, verdict = rule(results)
         evidences[claim] = evidence
         verdicts.append(Verdict(claim, holds_of(verdict), f"{verdict}: {measured(evidence)}"))
     return verdicts, evidences
+
+
+def register_claims(experiment: str, *claims: ClaimRule) -> tuple[ClaimRule, ...]:
+    """Put the claims ``experiment`` decides in the claims table (``bnlab.lab.claims``).
+
+    Returns:
+        ``claims``, for the experiment's ``apply_rules``.
+    """
+    for c in claims:
+        register_claim(Claim(c.key, c.claim, c.source, experiment, c.rule_text, c.rule))
+    return claims
