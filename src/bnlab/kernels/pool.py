@@ -12,7 +12,7 @@ is free. That reads ``sys.getrefcount``, whose value is a CPython detail, and re
 torch keeping the exporting object alive; both are checked on the pool's first use
 (:meth:`OutputPool.reuse_works`, a probe tensor on a probe mapping): where either fails,
 the pool never reuses a mapping (every output is a fresh mapping, correct and slower),
-and ``tests/kernels/test_fast_path.py`` fails loudly so that the change is noticed.
+and ``tests/kernels/test_internals.py`` fails loudly so that the change is noticed.
 """
 
 from __future__ import annotations
