@@ -47,9 +47,10 @@ The ops are not registered with ``torch.library.custom_op``: measured on this
 package's CPU machine (torch 2.13, one thread, 256x120 float32), a custom op costs about
 10-15 us more per forward+backward than an ``autograd.Function`` (7 us more per no-grad
 forward), a fifth of a small training step, against which the fast path saves 5-10 us.
-Under ``torch.compile``, ``vmap`` or ``torch.func`` transforms calls take the torch-ops
-path instead (group and layer norm: the dispatch refuses them; batch norm: its Function
-goes through ``Function.apply``, which refuses transforms, as the torch-ops path's does).
+The group- and layer-norm dispatch refuses calls under ``torch.compile`` and functorch
+transforms (``vmap``, ``torch.func.grad``), which take the torch-ops path; batch norm's
+kernel Function goes through ``Function.apply`` under functorch transforms, which
+refuses them as the torch-ops path's Function does.
 
 Small inputs are bound by per-call overhead, not arithmetic (256x120: about 10 us of
 kernel against 200 us of a training step), so: each kernel takes its arguments packed into
