@@ -5,6 +5,8 @@ Modules:
     fashion_mnist: the four official files, checksums, verification, download,
         ``resolve_data_dir`` and ``load_fashion_mnist``.
     loader: ``DeviceLoader``, the whole split on the device, reproducible by (seed, epoch).
+    iterators: ``load_data_fashion_mnist(batch_size, resize, data_dir=...)``, d2l's
+        one-line loader (``train_iter, test_iter``), and ``load_splits``.
     dataset: ``FashionMNISTDataset``, per-sample access as in the d2l book (baselines).
     synthetic: tiny fake Fashion-MNIST files for tests.
 
@@ -30,6 +32,7 @@ from bnlab.data.fashion_mnist import (
     verify_folder,
 )
 from bnlab.data.idx import IdxFormatError, read_idx, read_idx_images, read_idx_labels
+from bnlab.data.iterators import load_data_fashion_mnist, load_splits
 from bnlab.data.loader import DeviceLoader
 from bnlab.data.synthetic import write_fake_fashion_mnist
 
@@ -48,7 +51,9 @@ __all__ = [
     "IdxFormatError",
     "default_cache_dir",
     "download_fashion_mnist",
+    "load_data_fashion_mnist",
     "load_fashion_mnist",
+    "load_splits",
     "read_idx",
     "read_idx_images",
     "read_idx_labels",
