@@ -7,8 +7,11 @@ names the file, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import math
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from test_cli_train import QUICK, _train, _without_timings, fake_data, fast_plot
 
 import bnlab.cli.data as cli_data
 import bnlab.cli.train as cli_train
+import bnlab.train.io as train_io
 from bnlab.data.fashion_mnist import load_fashion_mnist
 from bnlab.data.synthetic import write_fake_fashion_mnist
 from bnlab.train import read_jsonl
@@ -185,3 +189,141 @@ def test_a_run_saved_before_the_precision_setting_resumes(tmp_path: Path) -> Non
         del state["scaler"]
         torch.save(state, out / name)
     assert _train(out, *QUICK, "--resume") == 0
+
+
+# Issue 19: the last edge cases of a run.
+
+
+@pytest.mark.usefixtures("fake_data", "fast_plot")
+def test_a_last_batch_of_one_sample_is_skipped_not_fatal(tmp_path: Path) -> None:
+    # 17 = 16 + 1: the last batch holds one sample, which LeNet's BatchNorm1d layers
+    # cannot normalize in training (one value per channel).
+    out = tmp_path / "run"
+    argv = ["--epochs", "2", "--batch-size", "16", "--limit-train", "17", "--limit-test", "20"]
+    assert _train(out, *argv, "--epochs", "1") == 0
+    assert _train(out, *argv, "--resume") == 0
+    epochs = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [(r["epoch"], r["train_samples"], r["skipped_samples"]) for r in epochs] == [
+        (1, 16, 1),
+        (2, 16, 1),
+    ]
+    assert [r["step"] for r in epochs] == [1, 2]  # one update per epoch
+    assert _results(out)["history"][-1]["skipped_samples"] == 1
+    # Resumed equals uninterrupted.
+    whole = tmp_path / "whole"
+    assert _train(whole, *argv) == 0
+    assert _without_timings(_results(whole)["history"]) == _without_timings(
+        _results(out)["history"]
+    )
+
+
+@pytest.mark.usefixtures("fake_data", "fast_plot")
+def test_an_infinite_test_loss_is_saved_and_read_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    code = _train(out, "--lr", "1e33", "--epochs", "2", "--batch-size", "16", "--limit-train", "48")
+    err = capsys.readouterr().err
+    assert "Out of range float values" not in err
+    assert "Traceback" not in err
+    records = read_jsonl(out / "metrics.jsonl")
+    first = next(r for r in records if r["kind"] == "epoch")
+    assert first["epoch"] == 1
+    assert math.isfinite(first["train_loss"])
+    # Written as "Infinity" or "NaN", read back as a float.
+    assert not math.isfinite(first["test_loss"])
+    text = (out / "metrics.jsonl").read_text()
+    assert '"test_loss": "Infinity"' in text or '"test_loss": "NaN"' in text
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 1  # the epoch is kept
+    if code == 1:  # a later epoch diverged: the loss check stops it, with one line
+        assert err.splitlines()[-1].startswith("bnlab train: error: training loss is ")
+    else:
+        assert code == 0
+        assert not math.isfinite(train_io.read_json(out / "results.json")["final"]["test_loss"])
+
+
+@pytest.mark.usefixtures("fake_data", "fast_plot")
+@pytest.mark.parametrize("key", ["epoch", "optimizer", "rng", "metrics"])
+def test_a_checkpoint_missing_a_key_is_named_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    out = tmp_path / "run"
+    assert _train(out, *QUICK, "--epochs", "1") == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    del state[key]
+    torch.save(state, out / "checkpoint.pt")
+    capsys.readouterr()
+    assert _train(out, *QUICK, "--resume") == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"bnlab train: error: checkpoint {out / 'checkpoint.pt'} has no {key!r} entry: it is "
+        "damaged or was not written by bnlab; start a new run in another directory\n"
+    )
+
+
+@pytest.mark.usefixtures("fake_data", "fast_plot")
+def test_an_edited_config_cannot_resume_another_runs_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert _train(out, *QUICK, "--epochs", "1") == 0
+    config = json.loads((out / "config.json").read_text())
+    config["norm"] = "torch"  # same parameter names, another layer
+    (out / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert _train(out, *QUICK, "--norm", "torch", "--resume") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"bnlab train: error: checkpoint {out / 'checkpoint.pt'} belongs to another run "
+        "(norm: 'bnlab' -> 'torch')"
+    )
+    assert err.count("\n") == 1
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk once ``room`` bytes are written."""
+
+    def __init__(self, f: Any, room: int) -> None:
+        self._f = f
+        self._room = room
+
+    def write(self, data: Any) -> int:
+        self._room -= len(data)
+        if self._room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._f.close()
+
+
+@pytest.mark.usefixtures("fake_data", "fast_plot")
+def test_a_full_disk_names_the_checkpoint_and_says_disk_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert _train(out, *QUICK, "--epochs", "1") == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    real_fdopen = os.fdopen
+
+    def fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
+        f = real_fdopen(fd, *args, **kwargs)
+        return _FullDisk(f, 1000) if "checkpoint" in os.readlink(f"/proc/self/fd/{fd}") else f
+
+    monkeypatch.setattr(train_io.os, "fdopen", fdopen)
+    capsys.readouterr()
+    assert _train(out, *QUICK, "--resume") == 1  # torch.save itself meets the full disk
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"bnlab train: error: [Errno {errno.ENOSPC}] cannot write {out / 'checkpoint.pt'}: "
+    )
+    assert "(disk full)" in err
+    assert "unexpected pos" not in err
+    assert err.count("\n") == 1
+    assert (out / "checkpoint.pt").read_bytes() == before
