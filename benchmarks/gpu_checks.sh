@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of bnlab in one call, for a lent CUDA machine that has torch and Triton
 # of its own (bnlab is used from src/, without installing its dependencies):
-#   1. the Triton kernel tests on the GPU (tests/functional/test_triton_bn.py),
+#   1. the Triton kernel tests on the GPU (tests/kernels/test_triton_bn.py),
 #   2. benchmarks/bench_gpu.py (ours vs cuDNN/ATen, fraction of the copy bandwidth),
 #   3. the d2l recipe end to end on the GPU, 10 epochs (benchmarks/bench_d2l_recipe.py),
 #   4. time to 90% test accuracy on the GPU over seeds 0-2 (skip: TARGET_LIMIT=0),
@@ -31,7 +31,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --f
 $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 
 step pytest_gpu "${PYTEST_LIMIT:-150}" $PY -m pytest -q -p no:cacheprovider -n 4 \
-  tests/functional/test_triton_bn.py tests/test_textbook.py -k "triton or cuda or Triton"
+  tests/kernels/test_triton_bn.py tests/test_textbook.py -k "triton or cuda or Triton"
 TAIL=40 step bench_gpu "${BENCH_LIMIT:-240}" $PY benchmarks/bench_gpu.py --out "$OUT"
 TAIL=12 step d2l_gpu "${D2L_LIMIT:-240}" $PY benchmarks/bench_d2l_recipe.py --device cuda \
   --epochs 10 --out "$OUT"
