@@ -1,4 +1,5 @@
-// Fused CPU kernels of bnlab's normalization fast path (bnlab.functional._fast).
+// Fused CPU kernels of bnlab's normalization fast path (bnlab.kernels, built and loaded by
+// bnlab/kernels/__init__.py; bnlab.autograd decides which calls take them).
 //
 // Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167.
 //
