@@ -310,3 +310,49 @@ def test_unknown_precision_is_named() -> None:
     with pytest.raises(ValueError, match="unknown precision") as exc:
         TrainConfig(precision="fp8")
     assert str(exc.value) == "TrainConfig: unknown precision 'fp8'; choose one of: 32, bf16, fp16"
+
+
+@pytest.mark.parametrize("norm", ["bnlab", "torch"])
+def test_a_last_batch_of_one_sample_is_skipped_as_if_it_were_not_there(norm: str) -> None:
+    # Issue 19: LeNet's BatchNorm1d cannot normalize one sample in training. The batch
+    # is skipped, and the running statistics of the layers before it are put back: the
+    # run equals one without that sample.
+    x, y = fake_images_labels(33, seed=0)
+    xt, yt = fake_images_labels(16, seed=1)
+    config = TrainConfig(lr=0.1, epochs=2, batch_size=16)
+    test = [(xt.float().unsqueeze(1) / 255, yt.long())]
+
+    def run(n: int) -> tuple[Any, torch.nn.Module]:
+        batches = [
+            (x[i : i + 16].float().unsqueeze(1) / 255, y[i : i + 16].long())
+            for i in range(0, n, 16)
+        ]
+        model = models.create("lenet", norm=norm)
+        return fit(model, batches, test, config), model
+
+    skipped, model = run(33)
+    whole, reference = run(32)
+    assert [r["skipped_samples"] for r in skipped.history] == [1, 1]
+    assert [r["train_samples"] for r in skipped.history] == [32, 32]
+    assert [r["step"] for r in skipped.history] == [2, 4]
+    for record, other in zip(skipped.history, whole.history, strict=True):
+        trimmed = {k: v for k, v in record.items() if k not in TIMING_KEYS}
+        trimmed.pop("skipped_samples")
+        assert trimmed == {k: v for k, v in other.items() if k not in TIMING_KEYS}
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), reference.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_a_batch_size_of_one_with_batch_norm_still_raises() -> None:
+    # Not a short last batch: every batch has one sample, which is the caller's choice.
+    x, y = fake_images_labels(4, seed=0)
+    batches = [(x[i : i + 1].float().unsqueeze(1) / 255, y[i : i + 1].long()) for i in range(4)]
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        fit(
+            models.create("lenet", norm="bnlab"),
+            batches,
+            batches,
+            TrainConfig(lr=0.1, epochs=1, batch_size=1),
+        )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,9 @@ import pytest
 from bnlab.train.run_dir import (
     RUN_FILES,
     Change,
+    ForeignFolderError,
     RunDir,
+    RunDirBusyError,
     settings_changes,
 )
 
@@ -123,3 +128,74 @@ def test_read_config_refuses_what_is_not_an_object(tmp_path: Path) -> None:
     run.config.write_text("[1, 2]")
     with pytest.raises(ValueError, match="expected a JSON object, got list"):
         run.read_config()
+
+
+# Ownership and the lock (issue 19).
+
+
+def test_a_folder_that_is_not_bnlabs_is_refused_and_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"mine": true}')
+    run = RunDir(tmp_path)
+    with pytest.raises(ForeignFolderError, match=r"is not empty and not a bnlab run folder"):
+        run.write_config(SAVED)
+    with pytest.raises(ForeignFolderError):
+        run.remove()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    assert (tmp_path / "config.json").read_text() == '{"mine": true}'
+
+
+def test_a_file_is_not_a_run_folder(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ForeignFolderError, match="exists and is not a folder"):
+        RunDir(tmp_path / "f").claim()
+
+
+def test_claim_marks_and_locks_and_is_reentrant(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    assert not run.is_claimed()
+    with run.claimed():
+        assert run.is_claimed()
+        assert run.is_empty()  # the marker alone is no content
+        holder = json.loads(run.marker.read_text())
+        assert holder["pid"] == os.getpid()
+        assert set(holder) == {"pid", "command", "started"}
+        run.write_config(SAVED)  # claims again: nothing to do
+    assert not run.is_claimed()
+    assert run.is_marked()
+    (run.path / "notes.txt").write_text("added by hand")
+    run.write_config(SAVED)  # a marked folder stays bnlab's
+    run.release()
+
+
+_HOLD = """
+import sys, time
+from bnlab.train.run_dir import RunDir
+RunDir(sys.argv[1]).claim()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_process_is_refused_until_the_holder_ends(tmp_path: Path) -> None:
+    src = Path(__file__).resolve().parents[2] / "src"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path / "run")],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "held"
+        run = RunDir(tmp_path / "run")
+        with pytest.raises(
+            RunDirBusyError, match=rf"in use by another bnlab process \(pid {proc.pid}, "
+        ) as exc:
+            run.claim()
+        assert exc.value.holder["pid"] == proc.pid
+        assert not run.is_claimed()
+    finally:
+        proc.kill()  # the kernel drops the lock of a killed process
+        proc.wait()
+    with run.claimed():
+        assert json.loads(run.marker.read_text())["pid"] == os.getpid()
