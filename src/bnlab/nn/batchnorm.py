@@ -5,12 +5,20 @@ Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167. The maths is
 backward of ``bnlab.autograd``; one forward, through
 ``bnlab.autograd.batch_norm_inplace``, which also decides when a call runs on the fused
 kernels of ``bnlab.kernels``. Subclasses differ only in the input ranks they accept.
+
+Each class is a subclass of its torch twin (``BatchNorm2d`` of ``torch.nn.BatchNorm2d``,
+so of ``torch.nn.modules.batchnorm._BatchNorm`` and ``_NormBase``): torch's constructor,
+buffers, ``reset_*`` methods, ``extra_repr`` and ``state_dict`` loading are inherited,
+and utilities that find batch norms with ``isinstance`` (``swa_utils.update_bn``,
+``convert_sync_batchnorm``, fusion, freezing and weight-decay patterns) find these. Only
+``forward`` and ``_check_input_dim`` (with bnlab's messages) are bnlab's.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 
 from bnlab.autograd.batch_norm import batch_norm_inplace
 from bnlab.functional.batch_norm import BatchNormOutput, check_input
@@ -19,7 +27,7 @@ from bnlab.nn._base import _NormBase
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
-class _BatchNorm(_NormBase):
+class _BatchNorm(_NormBase, _TorchBatchNorm):
     """Batch norm over dim 1; train mode uses batch statistics, eval mode running ones.
 
     Train mode with ``track_running_stats=True`` updates ``running_mean``,
@@ -104,7 +112,7 @@ class _BatchNorm(_NormBase):
         )
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
     """Batch norm of ``(N, C)`` or ``(N, C, L)`` inputs (after Linear or Conv1d).
 
     Shape:
@@ -115,7 +123,7 @@ class BatchNorm1d(_BatchNorm):
     _layout = "(N, C) or (N, C, L)"
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
     """Batch norm of ``(N, C, H, W)`` inputs (after Conv2d); channels_last inputs work.
 
     Shape:
@@ -126,7 +134,7 @@ class BatchNorm2d(_BatchNorm):
     _layout = "(N, C, H, W)"
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
     """Batch norm of ``(N, C, D, H, W)`` inputs (after Conv3d).
 
     Shape:

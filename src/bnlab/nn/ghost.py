@@ -24,7 +24,7 @@ from torch import Tensor
 from bnlab.autograd.batch_norm import BatchNormFunction, batch_norm_eval_forward
 from bnlab.functional.batch_norm import BatchNormOutput
 from bnlab.functional.ghost import check_virtual_batch_size, ghost_batch_norm_with
-from bnlab.nn.batchnorm import _BatchNorm
+from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 
 __all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d"]
 
@@ -92,34 +92,25 @@ class _GhostBatchNorm(_BatchNorm):
         )
 
 
-class GhostBatchNorm1d(_GhostBatchNorm):
+class GhostBatchNorm1d(_GhostBatchNorm, BatchNorm1d):
     """Ghost batch norm of ``(N, C)`` or ``(N, C, L)`` inputs.
 
     Shape:
         input: ``(N, C)`` or ``(N, C, L)``; output: the same.
     """
 
-    _ranks = (2, 3)
-    _layout = "(N, C) or (N, C, L)"
 
-
-class GhostBatchNorm2d(_GhostBatchNorm):
+class GhostBatchNorm2d(_GhostBatchNorm, BatchNorm2d):
     """Ghost batch norm of ``(N, C, H, W)`` inputs; channels_last inputs keep their format.
 
     Shape:
         input: ``(N, C, H, W)``; output: the same.
     """
 
-    _ranks = (4,)
-    _layout = "(N, C, H, W)"
 
-
-class GhostBatchNorm3d(_GhostBatchNorm):
+class GhostBatchNorm3d(_GhostBatchNorm, BatchNorm3d):
     """Ghost batch norm of ``(N, C, D, H, W)`` inputs.
 
     Shape:
         input: ``(N, C, D, H, W)``; output: the same.
     """
-
-    _ranks = (5,)
-    _layout = "(N, C, D, H, W)"

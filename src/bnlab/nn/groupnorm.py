@@ -4,6 +4,9 @@ Paper: Wu & He, "Group Normalization", arXiv 1803.08494. The maths is
 ``bnlab.functional.norms.group_norm`` (conventions documented there), called through
 ``bnlab.autograd.group_norm``, which runs eligible CPU calls on the fused kernels of
 ``bnlab.kernels`` instead, with the same results.
+
+``GroupNorm`` subclasses ``torch.nn.GroupNorm``: torch's constructor (after bnlab's
+checks), ``reset_parameters`` and ``extra_repr``; bnlab's ``forward``.
 """
 
 from __future__ import annotations
@@ -13,12 +16,11 @@ from torch import Tensor, nn
 
 from bnlab.autograd.group_norm import group_norm
 from bnlab.functional.batch_norm import check_eps
-from bnlab.nn._base import register_affine, reset_affine
 
 __all__ = ["GroupNorm"]
 
 
-class GroupNorm(nn.Module):
+class GroupNorm(nn.GroupNorm):
     """Group norm: each sample's group of channels is normalized over it and all spatial dims.
 
     Args:
@@ -39,11 +41,6 @@ class GroupNorm(nn.Module):
         input: ``(N, C, *)``; output: like the input.
     """
 
-    num_groups: int
-    num_channels: int
-    eps: float
-    affine: bool
-
     def __init__(
         self,
         num_groups: int,
@@ -55,7 +52,6 @@ class GroupNorm(nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__()
         name = type(self).__name__
         for value, what in ((num_groups, "num_groups"), (num_channels, "num_channels")):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -66,17 +62,7 @@ class GroupNorm(nn.Module):
                 f"({num_groups}); choose num_groups among the divisors of {num_channels}"
             )
         check_eps(eps, name)
-        factory = {"device": device, "dtype": dtype}
-        self.num_groups = num_groups
-        self.num_channels = num_channels
-        self.eps = eps
-        self.affine = affine
-        register_affine(self, num_channels, affine, bias, factory)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Weight 1 and bias 0."""
-        reset_affine(self)
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         name = type(self).__name__
@@ -93,10 +79,4 @@ class GroupNorm(nn.Module):
             )
         return group_norm(
             x, self.num_groups, self.weight, self.bias, self.eps, name=type(self).__name__
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
-            f"bias={self.bias is not None}"
         )

@@ -13,6 +13,11 @@ normalize with the instance statistics and update no running statistics
 (``track_running_stats=False``, the default) run there, when eligible, on the fused
 group-norm kernels with one group per channel; the others (running statistics updated
 or used) take ``bnlab.functional.norms.instance_norm``.
+
+Each class is a subclass of its torch twin (``InstanceNorm2d`` of
+``torch.nn.InstanceNorm2d``, so of ``torch.nn.modules.instancenorm._InstanceNorm`` and
+``_NormBase``, but not of ``_BatchNorm``, as in torch); ``forward``,
+``_check_input_dim`` and the old-checkpoint message are bnlab's.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import warnings
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.instancenorm import _InstanceNorm as _TorchInstanceNorm
 
 from bnlab.autograd.group_norm import instance_norm
 from bnlab.functional.norms import check_floating_input
@@ -30,7 +36,7 @@ from bnlab.nn._base import _NormBase
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
 
-class _InstanceNorm(_NormBase):
+class _InstanceNorm(_NormBase, _TorchInstanceNorm):
     """Instance norm over the spatial dims of each ``(sample, channel)``.
 
     Args:
@@ -145,7 +151,7 @@ class _InstanceNorm(_NormBase):
         )
 
 
-class InstanceNorm1d(_InstanceNorm):
+class InstanceNorm1d(_InstanceNorm, nn.InstanceNorm1d):
     """Instance norm of ``(N, C, L)`` or unbatched ``(C, L)`` inputs.
 
     Shape:
@@ -156,7 +162,7 @@ class InstanceNorm1d(_InstanceNorm):
     _layout = "(N, C, L) or (C, L)"
 
 
-class InstanceNorm2d(_InstanceNorm):
+class InstanceNorm2d(_InstanceNorm, nn.InstanceNorm2d):
     """Instance norm of ``(N, C, H, W)`` or unbatched ``(C, H, W)`` inputs.
 
     Shape:
@@ -167,7 +173,7 @@ class InstanceNorm2d(_InstanceNorm):
     _layout = "(N, C, H, W) or (C, H, W)"
 
 
-class InstanceNorm3d(_InstanceNorm):
+class InstanceNorm3d(_InstanceNorm, nn.InstanceNorm3d):
     """Instance norm of ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)`` inputs.
 
     Shape:

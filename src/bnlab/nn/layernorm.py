@@ -4,6 +4,9 @@ Paper: Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450. The maths is
 ``bnlab.functional.norms.layer_norm`` (conventions documented there), called through
 ``bnlab.autograd.layer_norm``, which runs eligible CPU calls on the fused kernels of
 ``bnlab.kernels`` instead, with the same results.
+
+``LayerNorm`` subclasses ``torch.nn.LayerNorm``: torch's constructor (after bnlab's
+checks), ``reset_parameters`` and ``extra_repr``; bnlab's ``forward``.
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ from torch import Tensor, nn
 
 from bnlab.autograd.layer_norm import layer_norm
 from bnlab.functional.batch_norm import check_eps
-from bnlab.nn._base import register_affine, reset_affine
 
 __all__ = ["LayerNorm"]
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(nn.LayerNorm):
     """Layer norm over the trailing ``normalized_shape`` dims of each sample.
 
     Args:
@@ -40,10 +42,6 @@ class LayerNorm(nn.Module):
         input: ``(*, *normalized_shape)``; output: like the input.
     """
 
-    normalized_shape: tuple[int, ...]
-    eps: float
-    elementwise_affine: bool
-
     def __init__(
         self,
         normalized_shape: int | Sequence[int] | torch.Size,
@@ -53,7 +51,6 @@ class LayerNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
         name = type(self).__name__
         shape = (
             (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
@@ -64,24 +61,9 @@ class LayerNorm(nn.Module):
                 f"trailing dims to normalize), got {normalized_shape!r}"
             )
         check_eps(eps, name)
-        factory = {"device": device, "dtype": dtype}
-        self.normalized_shape = shape
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        register_affine(self, shape, elementwise_affine, bias, factory)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Weight 1 and bias 0."""
-        reset_affine(self)
+        super().__init__(shape, eps, elementwise_affine, bias, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return layer_norm(
             x, self.normalized_shape, self.weight, self.bias, self.eps, name=type(self).__name__
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, "
-            f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}"
         )

@@ -44,7 +44,7 @@ from bnlab.functional.batch_renorm import (
     check_renorm_clipping,
     renorm_clipping,
 )
-from bnlab.nn.batchnorm import _BatchNorm
+from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 
 __all__ = [
     "BatchRenorm1d",
@@ -135,37 +135,28 @@ class _BatchRenorm(_BatchNorm):
         )
 
 
-class BatchRenorm1d(_BatchRenorm):
+class BatchRenorm1d(_BatchRenorm, BatchNorm1d):
     """Batch renorm of ``(N, C)`` or ``(N, C, L)`` inputs.
 
     Shape:
         input: ``(N, C)`` or ``(N, C, L)``; output: the same.
     """
 
-    _ranks = (2, 3)
-    _layout = "(N, C) or (N, C, L)"
 
-
-class BatchRenorm2d(_BatchRenorm):
+class BatchRenorm2d(_BatchRenorm, BatchNorm2d):
     """Batch renorm of ``(N, C, H, W)`` inputs; channels_last inputs work.
 
     Shape:
         input: ``(N, C, H, W)``; output: the same, in the same memory format.
     """
 
-    _ranks = (4,)
-    _layout = "(N, C, H, W)"
 
-
-class BatchRenorm3d(_BatchRenorm):
+class BatchRenorm3d(_BatchRenorm, BatchNorm3d):
     """Batch renorm of ``(N, C, D, H, W)`` inputs.
 
     Shape:
         input: ``(N, C, D, H, W)``; output: the same.
     """
-
-    _ranks = (5,)
-    _layout = "(N, C, D, H, W)"
 
 
 def set_renorm_clipping(model: nn.Module, r_max: float, d_max: float) -> int:

@@ -31,7 +31,7 @@ __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 _BNLAB_BATCHNORMS = (BatchNorm1d, BatchNorm2d, BatchNorm3d)
 
 
-class SyncBatchNorm(_BatchNorm):
+class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
     """Batch norm whose training statistics are those of the global batch over all ranks.
 
     In training mode, with an initialized process group of more than one rank, each
@@ -44,6 +44,10 @@ class SyncBatchNorm(_BatchNorm):
     and are identical on every rank. ``grad_weight`` and ``grad_bias`` are this rank's
     sums (their sum over ranks is BN's); DistributedDataParallel averages them as for
     any parameter, as with ``torch.nn.SyncBatchNorm``.
+
+    A subclass of ``torch.nn.SyncBatchNorm`` (so of ``_BatchNorm``): torch's
+    constructor and buffers, bnlab's forward, and :func:`convert_sync_batchnorm` as its
+    ``convert_sync_batchnorm``.
 
     Without synchronization (``torch.distributed`` unavailable or not initialized, a
     group of one rank, or eval mode) it is exactly bnlab's BatchNorm. Conventions
@@ -152,9 +156,11 @@ class SyncBatchNorm(_BatchNorm):
 
 
 def _is_convertible(module: nn.Module) -> bool:
-    if isinstance(module, SyncBatchNorm):
+    if isinstance(module, SyncBatchNorm) or not isinstance(module, _TorchBatchNorm):
         return False
-    return isinstance(module, _TorchBatchNorm) or type(module) in _BNLAB_BATCHNORMS
+    # bnlab's batch norms are torch's too; of bnlab's, only the plain ones (exact types)
+    # are converted: subclasses (ghost, renorm) compute other maths.
+    return not isinstance(module, _BatchNorm) or type(module) in _BNLAB_BATCHNORMS
 
 
 def _to_sync(module: nn.Module, process_group: Any) -> SyncBatchNorm:
