@@ -264,7 +264,7 @@ def d2l(
 
     LeNet without BN (lr 0.9), with d2l's textbook BN, bnlab's and torch's (lr 1.0),
     ``epochs`` epochs of batch ``batch_size`` per seed (seeds 0..``seeds``-1). The whole
-    chapter (10 epochs, 4 variants) takes about 6.5 minutes on 2 CPU cores; a small
+    chapter (10 epochs, 4 variants) takes about 7 minutes on 2 CPU cores; a small
     budget (``epochs=1, limit_train=6000``) a few seconds per variant.
 
     Returns:

@@ -29,7 +29,7 @@ from bnlab.plots.d2l import plot_d2l_curves
 from bnlab.train.fit import StepInfo
 
 EXAMPLES = """examples:
-  bnlab d2l --out runs/d2l                      the chapter's experiment, one seed (~6.5 min on 2 cores)
+  bnlab d2l --out runs/d2l                      the chapter's experiment, one seed (~7 min on 2 cores)
   bnlab d2l --out runs/d2l5 --seeds 5           five seeds: mean and spread
   bnlab d2l --out runs/quick --epochs 2 --limit-train 6000 --variants none bnlab
   bnlab d2l --out runs/d2l --resume             continue an interrupted experiment
