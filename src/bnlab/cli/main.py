@@ -109,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``python -m bnlab``), it owns the process and ends it itself (see ``_end_process``);
     with ``argv`` it returns.
     """
-    name = "bnlab"
+    words = list(sys.argv[1:] if argv is None else argv)
+    # The command's name for a Ctrl-C before the parser has run.
+    name = f"bnlab {words[0]}" if words and words[0] in SUBCOMMANDS else "bnlab"
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
