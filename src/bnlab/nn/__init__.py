@@ -1,6 +1,13 @@
 """Normalization layers: drop-in twins of their ``torch.nn`` counterparts."""
 
-from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.nn.batchnorm import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    LazyBatchNorm1d,
+    LazyBatchNorm2d,
+    LazyBatchNorm3d,
+)
 from bnlab.nn.fold import FoldResult, fold_batchnorm
 from bnlab.nn.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, freeze_batchnorm
 from bnlab.nn.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
@@ -44,6 +51,9 @@ __all__ = [
     "InstanceNorm2d",
     "InstanceNorm3d",
     "LayerNorm",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
     "RecalibrationReport",
     "SyncBatchNorm",
     "available_norm_layers",

@@ -12,12 +12,16 @@ the forward passes live in the subclasses. Conventions are documented once, in
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import fx, nn
 from torch.nn.modules.batchnorm import _NormBase as _TorchNormBase
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from bnlab.functional.batch_norm import check_eps, check_momentum
 
-__all__ = ["_NormBase", "check_norm_arguments", "check_num_features"]
+__all__ = ["_NormBase", "check_norm_arguments", "check_num_features", "non_tensor_call"]
 
 
 def check_num_features(num_features: object, name: str) -> int:
@@ -34,11 +38,35 @@ def check_num_features(num_features: object, name: str) -> int:
     return num_features
 
 
-def check_norm_arguments(name: str, num_features: object, eps: object, momentum: object) -> None:
-    """The constructor checks of every ``_NormBase``: channels, ``eps``, ``momentum``."""
-    check_num_features(num_features, name)
+def check_norm_arguments(
+    name: str, num_features: object, eps: object, momentum: object, *, lazy: bool = False
+) -> None:
+    """The constructor checks of every ``_NormBase``: channels (unless ``lazy``: torch's
+    lazy modules pass 0 until their first input), ``eps``, ``momentum``."""
+    if not lazy:
+        check_num_features(num_features, name)
     check_eps(eps, name)
     check_momentum(momentum, name)
+
+
+def non_tensor_call(module: nn.Module, x: object) -> Any:
+    """``module(x)`` for an ``x`` that is not a tensor: a ``torch.fx`` node, or TypeError.
+
+    ``torch.fx.symbolic_trace`` records ``torch.nn``'s layers as single ``call_module``
+    nodes (leaves) but traces into every other module, and a bnlab forward (an
+    ``autograd.Function``, shape checks) cannot be traced. Given an ``fx.Proxy``, this
+    records the layer as one ``call_module`` node, as fx does for the torch twin, so
+    traced graphs, fx-based fusion and quantization see the layer itself.
+
+    Raises:
+        TypeError: ``x`` is neither a tensor nor an ``fx.Proxy``.
+    """
+    if isinstance(x, fx.Proxy):
+        tracer = x.tracer
+        return tracer.create_proxy("call_module", tracer.path_of_module(module), (x,), {})
+    raise TypeError(
+        f"{type(module).__name__}: expected a torch.Tensor input, got {type(x).__name__}"
+    )
 
 
 class _NormBase(_TorchNormBase):
@@ -73,7 +101,8 @@ class _NormBase(_TorchNormBase):
         *,
         bias: bool = True,
     ) -> None:
-        check_norm_arguments(type(self).__name__, num_features, eps, momentum)
+        lazy = isinstance(self, LazyModuleMixin)
+        check_norm_arguments(type(self).__name__, num_features, eps, momentum, lazy=lazy)
         # Keywords from device on: torch.nn.SyncBatchNorm, next in SyncBatchNorm's MRO,
         # takes process_group in that position.
         super().__init__(

@@ -6,6 +6,10 @@ backward of ``bnlab.autograd``; one forward, through
 ``bnlab.autograd.batch_norm_inplace``, which also decides when a call runs on the fused
 kernels of ``bnlab.kernels``. Subclasses differ only in the input ranks they accept.
 
+``LazyBatchNorm1d/2d/3d`` infer ``num_features`` from their first input, as torch's (d2l
+builds its batch-norm LeNet with ``nn.LazyBatchNorm2d``), and then become bnlab's
+``BatchNorm1d/2d/3d``.
+
 Each class is a subclass of its torch twin (``BatchNorm2d`` of ``torch.nn.BatchNorm2d``,
 so of ``torch.nn.modules.batchnorm._BatchNorm`` and ``_NormBase``): torch's constructor,
 buffers, ``reset_*`` methods, ``extra_repr`` and ``state_dict`` loading are inherited,
@@ -17,14 +21,23 @@ and utilities that find batch norms with ``isinstance`` (``swa_utils.update_bn``
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.jit import is_scripting
 from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 
 from bnlab.autograd.batch_norm import batch_norm_inplace
 from bnlab.functional.batch_norm import BatchNormOutput, check_input
-from bnlab.nn._base import _NormBase
+from bnlab.nn._base import _NormBase, non_tensor_call
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
+]
 
 
 class _BatchNorm(_NormBase, _TorchBatchNorm):
@@ -37,12 +50,11 @@ class _BatchNorm(_NormBase, _TorchBatchNorm):
 
     _ranks: tuple[int, ...] = ()
     _layout: str = ""
+    # Whether torch.jit.script may compile this class with torch's batch norm (the same
+    # map); subclasses that compute other maths say False.
+    _scriptable_as_torch: bool = True
 
     def _check_input_dim(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(
-                f"{type(self).__name__}: expected a torch.Tensor input, got {type(x).__name__}"
-            )
         if x.dim() not in self._ranks:
             ranks = " or ".join(f"{r}D" for r in self._ranks)
             raise ValueError(
@@ -51,6 +63,10 @@ class _BatchNorm(_NormBase, _TorchBatchNorm):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        if is_scripting():
+            return self._scripted_forward(x)  # TorchScript compiles this branch only
+        if not isinstance(x, Tensor):
+            return non_tensor_call(self, x)  # torch.fx tracing: one call_module node
         name = type(self).__name__
         self._check_input_dim(x)
         if x.shape[1] != self.num_features:
@@ -83,6 +99,41 @@ class _BatchNorm(_NormBase, _TorchBatchNorm):
                 if num_batches_tracked is not None:
                     num_batches_tracked.copy_(result.num_batches_tracked)
         return result.output
+
+    def __prepare_scriptable__(self) -> _BatchNorm:
+        # torch.jit.script calls this on every submodule before compiling.
+        if not self._scriptable_as_torch:
+            name = type(self).__name__
+            raise TypeError(
+                f"torch.jit.script: {name} cannot be compiled: TorchScript would run "
+                f"torch's batch norm, and {name} computes other maths in training; use "
+                f"torch.export.export, or script the model in eval mode after "
+                f"bnlab.nn.fold_batchnorm"
+            )
+        return self
+
+    def _scripted_forward(self, x: Tensor) -> Tensor:
+        """What TorchScript compiles for ``forward``: torch's ``_BatchNorm.forward``, in
+        short (``torch.nn.functional.batch_norm``; the same map and running-statistics
+        update, without bnlab's closed-form backward and kernels)."""
+        momentum = 0.0 if self.momentum is None else self.momentum
+        counter = self.num_batches_tracked
+        if self.training and self.track_running_stats and counter is not None:
+            counter.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(counter)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep = not self.training or self.track_running_stats
+        return F.batch_norm(
+            x,
+            self.running_mean if keep else None,
+            self.running_var if keep else None,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            momentum,
+            self.eps,
+        )
 
     def _normalize(
         self,
@@ -143,3 +194,36 @@ class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
 
     _ranks = (5,)
     _layout = "(N, C, D, H, W)"
+
+
+class LazyBatchNorm1d(nn.LazyBatchNorm1d, BatchNorm1d):
+    """``BatchNorm1d`` whose ``num_features`` is ``input.shape[1]`` of its first input.
+
+    A subclass of ``torch.nn.LazyBatchNorm1d`` (torch's ``LazyModuleMixin``: parameters
+    and buffers materialize at the first call or when a ``state_dict`` is loaded); it
+    then becomes a bnlab :class:`BatchNorm1d`. Arguments: those of ``BatchNorm1d``
+    without ``num_features``.
+    """
+
+    cls_to_become = BatchNorm1d  # type: ignore[assignment]
+    _check_input_dim = BatchNorm1d._check_input_dim
+
+
+class LazyBatchNorm2d(nn.LazyBatchNorm2d, BatchNorm2d):
+    """``BatchNorm2d`` whose ``num_features`` is ``input.shape[1]`` of its first input.
+
+    As :class:`LazyBatchNorm1d`; becomes a bnlab :class:`BatchNorm2d`.
+    """
+
+    cls_to_become = BatchNorm2d  # type: ignore[assignment]
+    _check_input_dim = BatchNorm2d._check_input_dim
+
+
+class LazyBatchNorm3d(nn.LazyBatchNorm3d, BatchNorm3d):
+    """``BatchNorm3d`` whose ``num_features`` is ``input.shape[1]`` of its first input.
+
+    As :class:`LazyBatchNorm1d`; becomes a bnlab :class:`BatchNorm3d`.
+    """
+
+    cls_to_become = BatchNorm3d  # type: ignore[assignment]
+    _check_input_dim = BatchNorm3d._check_input_dim

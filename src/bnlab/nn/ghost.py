@@ -42,6 +42,9 @@ class _GhostBatchNorm(_BatchNorm):
         TypeError, ValueError: bad configuration, with the received value.
     """
 
+    # TorchScript would compile torch's batch norm, another map in training: refused.
+    _scriptable_as_torch = False
+
     def __init__(
         self,
         num_features: int,

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from bnlab.autograd.group_norm import group_norm
 from bnlab.functional.batch_norm import check_eps
+from bnlab.nn._base import non_tensor_call
 
 __all__ = ["GroupNorm"]
 
@@ -65,18 +66,18 @@ class GroupNorm(nn.GroupNorm):
         super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            return non_tensor_call(self, x)  # torch.fx tracing: one call_module node
         name = type(self).__name__
-        if isinstance(x, Tensor) and x.dim() >= 2 and x.shape[1] != self.num_channels:
+        if x.dim() >= 2 and x.shape[1] != self.num_channels:
             raise ValueError(
                 f"{name}: expected {self.num_channels} channels in dim 1, got {x.shape[1]} "
                 f"(input of shape {tuple(x.shape)}); the layer was built with "
                 f"num_channels={self.num_channels}"
             )
-        if isinstance(x, Tensor) and x.dim() < 2:
+        if x.dim() < 2:
             raise ValueError(
                 f"{name}: expected an input of shape (N, C, *) with at least 2 dims, "
                 f"got {x.dim()}D input of shape {tuple(x.shape)}"
             )
-        return group_norm(
-            x, self.num_groups, self.weight, self.bias, self.eps, name=type(self).__name__
-        )
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, name=name)

@@ -31,7 +31,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm as _TorchInstanceNorm
 
 from bnlab.autograd.group_norm import instance_norm
 from bnlab.functional.norms import check_floating_input
-from bnlab.nn._base import _NormBase
+from bnlab.nn._base import _NormBase, non_tensor_call
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
@@ -87,6 +87,8 @@ class _InstanceNorm(_NormBase, _TorchInstanceNorm):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            return non_tensor_call(self, x)  # torch.fx tracing: one call_module node
         name = type(self).__name__
         self._check_input_dim(x)
         feature_dim = x.dim() - self._no_batch_dim

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from bnlab.autograd.layer_norm import layer_norm
 from bnlab.functional.batch_norm import check_eps
+from bnlab.nn._base import non_tensor_call
 
 __all__ = ["LayerNorm"]
 
@@ -64,6 +65,8 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(shape, eps, elementwise_affine, bias, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            return non_tensor_call(self, x)  # torch.fx tracing: one call_module node
         return layer_norm(
             x, self.normalized_shape, self.weight, self.bias, self.eps, name=type(self).__name__
         )

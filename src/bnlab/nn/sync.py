@@ -23,6 +23,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from bnlab.autograd.sync_batch_norm import ProcessGroupCollectives, sync_batch_norm
 from bnlab.functional.batch_norm import check_input
+from bnlab.nn._base import non_tensor_call
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
@@ -101,11 +102,10 @@ class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
         )
         self.process_group = process_group
 
+    # TorchScript would compile torch's unsynchronized batch norm: refused.
+    _scriptable_as_torch = False
+
     def _check_input_dim(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(
-                f"{type(self).__name__}: expected a torch.Tensor input, got {type(x).__name__}"
-            )
         if x.dim() < 2:
             raise ValueError(
                 f"{type(self).__name__}: expected at least 2D input (N, C, *), "
@@ -119,6 +119,8 @@ class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
         return dist.get_world_size(self.process_group)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            return non_tensor_call(self, x)  # torch.fx tracing: one call_module node
         if self._sync_world_size() <= 1:
             return super().forward(x)
         name = type(self).__name__
