@@ -7,8 +7,10 @@ tables, verdicts and the command that reproduces it, plus the claims table and t
 environments. The page opens offline: CSS inline, figures embedded, nothing loaded.
 
 Folders that are missing, unrecognised or malformed are skipped with a warning; the
-page is written for the rest. Exit status 0 when the page was written, 1 when nothing
-could be read.
+page is written for the rest. Only regular files are read, each kind with a size limit
+(a FIFO or a device is refused, not waited on). A page path that would replace an input
+(``-o RUN/results.json``) is refused. Exit status 0 when the page was written, 1 when
+nothing could be read or the page path was refused.
 """
 
 from __future__ import annotations
