@@ -13,6 +13,7 @@ from bnlab.nn.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, freeze_batchno
 from bnlab.nn.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
 from bnlab.nn.groupnorm import GroupNorm
 from bnlab.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from bnlab.nn.interop import FUSER_METHOD_MAPPING, as_torch_batchnorm
 from bnlab.nn.layernorm import LayerNorm
 from bnlab.nn.precise_bn import RecalibrationReport, recalibrate_batchnorm
 from bnlab.nn.registry import (
@@ -34,6 +35,7 @@ from bnlab.nn.renorm import (
 from bnlab.nn.sync import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
+    "FUSER_METHOD_MAPPING",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
@@ -56,6 +58,7 @@ __all__ = [
     "LazyBatchNorm3d",
     "RecalibrationReport",
     "SyncBatchNorm",
+    "as_torch_batchnorm",
     "available_norm_layers",
     "available_norms",
     "convert_norm",

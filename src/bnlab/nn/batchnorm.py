@@ -196,7 +196,23 @@ class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
     _layout = "(N, C, D, H, W)"
 
 
-class LazyBatchNorm1d(nn.LazyBatchNorm1d, BatchNorm1d):
+class _LazyNumFeatures:
+    """What bnlab's lazy batch norms add to torch's: ``num_features`` after loading."""
+
+    num_features: int
+    weight: Tensor | None
+    running_mean: Tensor | None
+
+    def initialize_parameters(self, x: Tensor) -> None:
+        super().initialize_parameters(x)  # type: ignore[misc]
+        if self.num_features == 0:
+            # Materialized by load_state_dict, which torch's lazy norm leaves at 0: the
+            # loaded tensors' size, so that forward checks the input against it.
+            loaded = self.weight if self.weight is not None else self.running_mean
+            self.num_features = x.shape[1] if loaded is None else loaded.shape[0]
+
+
+class LazyBatchNorm1d(_LazyNumFeatures, nn.LazyBatchNorm1d, BatchNorm1d):
     """``BatchNorm1d`` whose ``num_features`` is ``input.shape[1]`` of its first input.
 
     A subclass of ``torch.nn.LazyBatchNorm1d`` (torch's ``LazyModuleMixin``: parameters
@@ -209,7 +225,7 @@ class LazyBatchNorm1d(nn.LazyBatchNorm1d, BatchNorm1d):
     _check_input_dim = BatchNorm1d._check_input_dim
 
 
-class LazyBatchNorm2d(nn.LazyBatchNorm2d, BatchNorm2d):
+class LazyBatchNorm2d(_LazyNumFeatures, nn.LazyBatchNorm2d, BatchNorm2d):
     """``BatchNorm2d`` whose ``num_features`` is ``input.shape[1]`` of its first input.
 
     As :class:`LazyBatchNorm1d`; becomes a bnlab :class:`BatchNorm2d`.
@@ -219,7 +235,7 @@ class LazyBatchNorm2d(nn.LazyBatchNorm2d, BatchNorm2d):
     _check_input_dim = BatchNorm2d._check_input_dim
 
 
-class LazyBatchNorm3d(nn.LazyBatchNorm3d, BatchNorm3d):
+class LazyBatchNorm3d(_LazyNumFeatures, nn.LazyBatchNorm3d, BatchNorm3d):
     """``BatchNorm3d`` whose ``num_features`` is ``input.shape[1]`` of its first input.
 
     As :class:`LazyBatchNorm1d`; becomes a bnlab :class:`BatchNorm3d`.

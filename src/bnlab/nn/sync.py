@@ -24,12 +24,28 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from bnlab.autograd.sync_batch_norm import ProcessGroupCollectives, sync_batch_norm
 from bnlab.functional.batch_norm import check_input
 from bnlab.nn._base import non_tensor_call
-from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from bnlab.nn.batchnorm import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    LazyBatchNorm1d,
+    LazyBatchNorm2d,
+    LazyBatchNorm3d,
+    _BatchNorm,
+)
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 
-# bnlab's plain batch norms; their subclasses (other maths) are not converted.
-_BNLAB_BATCHNORMS = (BatchNorm1d, BatchNorm2d, BatchNorm3d)
+# bnlab's plain batch norms (a lazy one only after its first input); their subclasses
+# (other maths) are not converted.
+_BNLAB_BATCHNORMS = (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    LazyBatchNorm1d,
+    LazyBatchNorm2d,
+    LazyBatchNorm3d,
+)
 
 
 class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
