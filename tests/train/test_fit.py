@@ -642,3 +642,42 @@ def test_unknown_lr_schedule_names_the_choices() -> None:
     assert str(exc.value) == (
         "TrainConfig: unknown lr_schedule 'step'; choose one of: constant, cosine"
     )
+
+
+def test_on_start_gets_the_steps_done_of_the_checkpoint_resumed_from(tmp_path: Path) -> None:
+    # 64 samples in batches of 16: 4 steps an epoch. A damaged last checkpoint resumes
+    # from the previous one, and on_start must say so (a warm-up starts there).
+    config = TrainConfig(lr=0.3, epochs=2, batch_size=16)
+    train, test = _loaders()
+    starts: list[int] = []
+    fit(
+        models.create("mlp", hidden=(8,)),
+        train,
+        test,
+        config,
+        run_dir=tmp_path,
+        on_start=starts.append,
+    )
+    assert starts == [0]
+    fit(
+        models.create("mlp", hidden=(8,)),
+        train,
+        test,
+        config.replace(epochs=3),
+        run_dir=tmp_path,
+        resume=True,
+        on_start=starts.append,
+    )
+    assert starts == [0, 8]
+    (tmp_path / "checkpoint.pt").write_bytes(b"torn")
+    with pytest.warns(RuntimeWarning, match="previous checkpoint"):
+        fit(
+            models.create("mlp", hidden=(8,)),
+            train,
+            test,
+            config.replace(epochs=3),
+            run_dir=tmp_path,
+            resume=True,
+            on_start=starts.append,
+        )
+    assert starts == [0, 8, 8]

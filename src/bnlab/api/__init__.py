@@ -226,13 +226,15 @@ def train(
 
     def on_step(info: StepInfo) -> None:
         if warmup is not None:
-            warmup(info)
+            warmup(info.step)
         if info.batch == 1:
             bar.start(steps, f"epoch {info.epoch}/{epochs}")
         bar.update(info.batch, info.loss)
 
     try:
-        result = fit(net, train_iter, test_iter, config, run_dir=out_dir, on_step=on_step)
+        result = fit(
+            net, train_iter, test_iter, config, run_dir=out_dir, on_step=on_step, on_start=warmup
+        )
     finally:
         bar.close()
     net.eval()

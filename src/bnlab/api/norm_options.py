@@ -33,7 +33,6 @@ from torch import nn
 import bnlab.nn
 from bnlab.functional.batch_renorm import RENORM_R_MAX_STEPS
 from bnlab.models import is_norm_layer
-from bnlab.train.fit import StepInfo
 
 __all__ = ["NormOptions"]
 
@@ -154,15 +153,13 @@ class NormOptions:
             for m in targets("virtual_batch_size", ghosts, "ghost batch norm layer (--norm ghost)"):
                 m.virtual_batch_size = self.virtual_batch_size
 
-    def warmup(
-        self, model: nn.Module, total_steps: int, *, start_step: int = 0
-    ) -> Callable[[StepInfo], None] | None:
+    def warmup(self, model: nn.Module, total_steps: int) -> Callable[[int], None] | None:
         """Batch Renorm's warm-up over a run of ``total_steps`` optimizer steps.
 
-        Sets the bounds of step ``start_step`` now (0 on a fresh start, the checkpoint's
-        step on resume, so that a resumed run is exact) and returns the ``on_step``
-        callback of ``fit`` that sets those of every following step; None without
-        ``renorm_warmup``.
+        Returns ``at(done)``, which sets the bounds of the step that follows ``done``
+        optimizer steps: pass it to ``fit`` as ``on_start`` (0 on a fresh start, the
+        resumed checkpoint's step on resume, so that a resumed run is exact) and call it
+        with ``info.step`` from ``on_step``. None without ``renorm_warmup``.
         """
         if self.renorm_warmup is None:
             return None
@@ -170,15 +167,10 @@ class NormOptions:
         r_final = self.r_max if self.r_max is not None else _R_MAX_FINAL
         d_final = self.d_max if self.d_max is not None else _D_MAX_FINAL
 
-        def bounds(step: int) -> tuple[float, float]:
-            return bnlab.nn.renorm_clipping(
-                step, step_scale=scale, r_max_final=r_final, d_max_final=d_final
+        def at(done: int) -> None:
+            bounds = bnlab.nn.renorm_clipping(
+                done, step_scale=scale, r_max_final=r_final, d_max_final=d_final
             )
+            bnlab.nn.set_renorm_clipping(model, *bounds)
 
-        bnlab.nn.set_renorm_clipping(model, *bounds(start_step))
-
-        def on_step(info: StepInfo) -> None:
-            # info.step steps are done: set the bounds of the next one.
-            bnlab.nn.set_renorm_clipping(model, *bounds(info.step))
-
-        return on_step
+        return at

@@ -39,6 +39,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,6 @@ from bnlab.train.distributed import (
     shutdown_distributed,
     torchrun_env,
 )
-from bnlab.train.io import load_checkpoint
 from bnlab.train.precision import PRECISIONS
 from bnlab.train.presets import PRESETS, available_presets, get_preset
 from bnlab.train.run_dir import CHECKPOINT_NAME, RESULTS_NAME, RunDir
@@ -112,6 +112,13 @@ _DEFAULTS: dict[str, Any] = {
     "batch_size": 256,
     "resize": None,
 }
+
+
+def _warmup_steps(warmup: Callable[[int], None] | None) -> Callable[[StepInfo], None] | None:
+    """The ``on_step`` of a rank that shows no progress: the warm-up alone."""
+    if warmup is None:
+        return None
+    return lambda info: warmup(info.step)
 
 
 def _epilog() -> str:
@@ -669,8 +676,7 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
     model = models.create(args.model, norm=args.norm, **run_config["model_kwargs"])
     options = norm_options(args)
     options.apply(model, args.norm)
-    start_step = load_checkpoint(run.checkpoint)["step"] if args.resume else 0
-    warmup = options.warmup(model, len(train_loader) * args.epochs, start_step=start_step)
+    warmup = options.warmup(model, len(train_loader) * args.epochs)
     if distributed is not None:
         model = distributed.prepare(model)  # SyncBatchNorm with --sync-bn
 
@@ -688,7 +694,7 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
 
     def on_step(info: StepInfo) -> None:
         if warmup is not None:
-            warmup(info)
+            warmup(info.step)
         progress.update(
             task,
             description=f"epoch {info.epoch}/{args.epochs}",
@@ -714,7 +720,8 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
                 train_config,
                 run_dir=out,
                 resume=args.resume,
-                on_step=on_step if main_rank else warmup,
+                on_step=on_step if main_rank else _warmup_steps(warmup),
+                on_start=warmup,
                 on_epoch=on_epoch if main_rank else None,
                 distributed=distributed,
                 detect_anomaly=args.detect_anomaly,

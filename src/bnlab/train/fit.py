@@ -819,6 +819,7 @@ def fit(
     resume: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
     distributed: DistributedRun | None = None,
     detect_anomaly: bool = False,
     identity: Mapping[str, Any] | None = None,
@@ -858,6 +859,10 @@ def fit(
         resume: continue the run saved in ``run_dir``.
         on_step: called with a ``StepInfo`` after every optimizer step.
         on_epoch: called with the epoch record after every epoch (after its checkpoint).
+        on_start: called once, before the first training step, with the number of
+            optimizer steps already done (0 on a fresh start; on resume, the step of the
+            checkpoint actually resumed from, ``checkpoint.prev.pt`` when the last one
+            is damaged): step-dependent settings such as a warm-up start there.
         distributed: this rank's ``DistributedRun`` to train data-parallel (the loaders
             must then yield this rank's part of every global batch, and every rank must
             call ``fit`` with the same arguments); None trains in this process alone.
@@ -920,6 +925,8 @@ def fit(
             _resume(s, run)
         else:
             _start(s)
+        if on_start is not None:
+            on_start(s.step)
         # DDP averages the gradients over the ranks.
         s.net = distributed.wrap(model) if distributed is not None else model
         if detect_anomaly:
