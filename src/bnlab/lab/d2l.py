@@ -52,7 +52,7 @@ from bnlab.models.norms import first_norm_affine
 from bnlab.nn.precise_bn import recalibrate_batchnorm
 from bnlab.train import TrainConfig, evaluate, fit
 from bnlab.train.fit import StepInfo
-from bnlab.train.io import write_json
+from bnlab.train.io import read_json, write_json
 from bnlab.train.run_dir import RunDir
 
 __all__ = [
@@ -217,7 +217,7 @@ def _run_one(
     extra = _Extra()
     resumable = resume and RunDir(run_dir).checkpoint.exists()
     if resumable and extra_path.exists():
-        raw = json.loads(extra_path.read_text())
+        raw = read_json(extra_path)
         extra.by_epoch = {int(k): v for k, v in raw.items()}
     elif not RunDir(run_dir).is_empty():
         # Leftovers of a run interrupted before its first checkpoint: start it afresh.
@@ -466,7 +466,7 @@ def run_d2l(
             run_dir = runs_dir / name / f"seed{seed}"
             result_path = run_dir / "result.json"
             if resume and result_path.exists():
-                records.append(json.loads(result_path.read_text()))
+                records.append(read_json(result_path))
                 continue
             if on_run_start is not None:
                 on_run_start(name, seed)
