@@ -33,7 +33,6 @@ its ``config.json`` records the settings and the data, and a resume with other s
 from __future__ import annotations
 
 import copy
-import json
 import math
 import shutil
 import statistics
