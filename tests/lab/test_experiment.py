@@ -32,6 +32,7 @@ def test_run_writes_the_results_folder(tmp_path: Path, toy: ex.LabSpec) -> None:
         environment={"torch": "x"},
     )
     assert sorted(p.name for p in out.iterdir()) == [
+        ".bnlab-run",  # the run folder's marker and lock (bnlab.train.run_dir)
         "config.json",
         "environment.json",
         "results.json",
