@@ -8,6 +8,12 @@ Wu & Johnson, "Rethinking 'Batch' in BatchNorm", arXiv 2105.07576, section 5).
 The maths is ``bnlab.functional.batch_norm.batch_norm_eval`` (the mean is subtracted
 before scaling); conventions are documented in ``bnlab.functional.batch_norm``.
 
+They are plain modules, not torch ``_BatchNorm`` subclasses (torch core has no frozen
+batch norm, and torchvision's ``FrozenBatchNorm2d`` is a plain module too): utilities
+that find batch norms with ``isinstance`` (``swa_utils.update_bn``,
+``convert_sync_batchnorm``, freezing or weight-decay patterns) leave their fixed
+statistics alone.
+
 Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167.
 """
 

@@ -10,6 +10,9 @@ Design decisions:
       default 128 (the ghost batch size of the paper's experiments); parameters,
       buffers and ``state_dict`` keys are torch's. ``virtual_batch_size`` is
       configuration (like ``eps``), not state: it is not in the ``state_dict``.
+    * ``GhostBatchNorm2d`` subclasses bnlab's ``BatchNorm2d`` (so torch's): code that
+      finds batch norms with ``isinstance`` finds it (its eval map is batch norm's);
+      ``torch.jit.script`` refuses it (TorchScript would run torch's batch norm).
     * ``momentum`` (default 0.1) is batch norm's: one update per call, whatever the
       number of virtual batches.
     * ``track_running_stats=False``: per-virtual-batch statistics in both modes, as

@@ -9,6 +9,9 @@ Design decisions:
     * Signature: ``torch.nn.BatchNorm*d``'s, plus keyword-only ``r_max`` and ``d_max``;
       parameters, buffers and ``state_dict`` keys are torch's, so a ``state_dict`` loads
       into ``torch.nn.BatchNorm*d`` and back (inference is identical).
+    * ``BatchRenorm2d`` subclasses bnlab's ``BatchNorm2d`` (so torch's): code that finds
+      batch norms with ``isinstance`` finds it (its eval map is batch norm's);
+      ``torch.jit.script`` refuses it (TorchScript would run torch's batch norm).
     * ``momentum`` defaults to 0.01, not batch norm's 0.1. In batch renorm the running
       statistics are used *in training* (``r`` and ``d`` correct towards them), so the
       noise of the average becomes training noise, and renorm is meant for small or
