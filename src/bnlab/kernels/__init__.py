@@ -10,13 +10,11 @@ What lives here (the layer between ``bnlab.functional``, the pure maths, and
 * ``bn_kernels.cpp``: fused kernels with a plain C ABI and no torch headers, for batch
   norm (training forward, training backward, eval forward), group norm and layer norm
   (forward, backward), with the numerics of ``bnlab.functional.moments`` (shifted sums
-  around a per-channel pivot, double accumulators). Built here with the machine's C++
-  compiler (``g++``/``c++``; about 3 s of CPU) on the first call that qualifies, cached
-  under ``~/.cache/bnlab/fast_bn/<key>/`` (the key hashes the source, the flags and the
-  CPU), built under a file lock so that concurrent test workers compile once, and loaded
-  with ``ctypes``. Nothing happens at import time. When no compiler is found, the build
-  fails, or the library does not load, one ``RuntimeWarning`` per process, and every
-  call takes the torch-ops path of ``bnlab.functional``; :func:`status` says why.
+  around a per-channel pivot, double accumulators), built and loaded with ``ctypes`` by
+  ``build.py`` on the first call that qualifies. Nothing happens at import time. When
+  no compiler is found, the build fails, or the library does not load, one
+  ``RuntimeWarning`` per process, and every call takes the torch-ops path of
+  ``bnlab.functional``; :func:`status` says why.
 * ``triton_bn.py``: the batch-norm kernels for CUDA tensors (float16, bfloat16 and
   float32 inputs, float32 statistics), imported on the first CUDA call; where Triton is
   missing or fails to import, one ``RuntimeWarning`` and the torch-ops path
@@ -77,25 +75,21 @@ reuse off).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
 import struct
-import subprocess
-import tempfile
 import threading
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from bnlab.functional.moments import records_grad
+from bnlab.kernels import build
+from bnlab.kernels.build import COMPILERS, FLAGS
 from bnlab.kernels.pool import OutputPool
 
 __all__ = [
+    "COMPILERS",
     "FLAGS",
     "MIN_NUMEL",
     "NORM_POOL_MIN_BYTES",
@@ -121,10 +115,6 @@ __all__ = [
     "train_forward",
 ]
 
-SOURCE = Path(__file__).with_name("bn_kernels.cpp")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
-COMPILERS = ("g++", "c++", "clang++")
-ABI_VERSION = 6
 # Below this many elements the reference path (a few torch ops) is as fast.
 MIN_NUMEL = 4096
 POOL_MIN_BYTES = 8 << 20
@@ -162,10 +152,6 @@ _pack_group_forward = _PACK["group_forward"]
 _pack_group_backward = _PACK["group_backward"]
 _pack_layer_forward = _PACK["layer_forward"]
 _pack_layer_backward = _PACK["layer_backward"]
-
-# Build settings, module attributes so that tests can point them elsewhere.
-cache_dir: Path = Path.home() / ".cache" / "bnlab" / "fast_bn"
-compilers: tuple[str, ...] = COMPILERS
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -218,64 +204,6 @@ def status() -> str:
     return _state
 
 
-def _cpu_id() -> str:
-    # -march=native code must not run on another CPU sharing the same home directory.
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
-        return "\n".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
-def _key() -> str:
-    h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), _cpu_id().encode()):
-        h.update(part)
-        h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
-def _compile(out: Path) -> None:
-    compiler = next((c for c in compilers if shutil.which(c)), None)
-    if compiler is None:
-        raise RuntimeError(f"no C++ compiler found (looked for {', '.join(compilers)})")
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run(
-            [compiler, *FLAGS, "-o", tmp, str(SOURCE)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise RuntimeError(f"{compiler} failed with exit code {proc.returncode}: {last}")
-        os.replace(tmp, out)  # atomic: readers never see a half-written library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _build_and_load() -> ctypes.CDLL:
-    from filelock import FileLock  # a torch dependency
-
-    folder = cache_dir / _key()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "bn_kernels.so"
-    if not path.exists():
-        with FileLock(str(folder / "build.lock"), timeout=600):
-            if not path.exists():  # another process may have built it meanwhile
-                _compile(path)
-    lib = ctypes.CDLL(str(path))
-    if lib.bnlab_fast_abi_version() != ABI_VERSION:
-        raise RuntimeError(f"{path} has ABI {lib.bnlab_fast_abi_version()}, want {ABI_VERSION}")
-    _declare(lib)
-    return lib
-
-
 def _declare(lib: ctypes.CDLL) -> None:
     # One argument each: the packed argument buffer (see _PACK and bn_kernels.cpp).
     for sfx in _DTYPES.values():
@@ -292,7 +220,8 @@ def _library() -> ctypes.CDLL | None:
     with _lock:
         if _lib is None and not _failed:
             try:
-                lib = _build_and_load()
+                lib = build.load()
+                _declare(lib)
                 _fns.clear()
                 for dtype, sfx in _DTYPES.items():
                     for kind in _PACK:
