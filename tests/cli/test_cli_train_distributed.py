@@ -103,6 +103,7 @@ def test_nproc_2_sync_bn_writes_one_run_like_a_single_process(
     assert main(["train", "--out", str(out), "--nproc", "2", "--sync-bn", *TINY]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == [
+        ".bnlab-run",  # the run folder's marker and lock
         "checkpoint.pt",
         "config.json",
         "curves.png",

@@ -23,7 +23,7 @@ TWINS = [
     (B.BatchNorm1d, nn.BatchNorm1d, (_BatchNorm, _NormBase)),
     (B.BatchNorm2d, nn.BatchNorm2d, (_BatchNorm, _NormBase)),
     (B.BatchNorm3d, nn.BatchNorm3d, (_BatchNorm, _NormBase)),
-    (B.SyncBatchNorm, nn.SyncBatchNorm, (_BatchNorm, _NormBase)),
+    (B.SyncBatchNorm, _BatchNorm, (_BatchNorm, _NormBase)),
     (B.BatchRenorm2d, nn.BatchNorm2d, (B.BatchNorm2d, _BatchNorm)),
     (B.GhostBatchNorm1d, nn.BatchNorm1d, (B.BatchNorm1d, _BatchNorm)),
     (B.InstanceNorm2d, nn.InstanceNorm2d, (_InstanceNorm, _NormBase)),
@@ -106,6 +106,12 @@ def test_swa_update_bn_averages_batch_statistics_over_several_batches() -> None:
         per_batch = [conv(x).transpose(0, 1).flatten(1).var(dim=1) for x in batches]
     torch.testing.assert_close(by_torch[1].running_var, torch.stack(per_batch).mean(0))
     assert int(by_torch[1].num_batches_tracked) == 4
+
+
+def test_sync_batchnorm_is_not_torchs_so_that_ddp_takes_it_on_cpu() -> None:
+    # DistributedDataParallel raises for any torch.nn.SyncBatchNorm in a CPU module;
+    # bnlab's SyncBatchNorm runs there (gloo), so it must not be one.
+    assert not isinstance(B.SyncBatchNorm(3), nn.SyncBatchNorm)
 
 
 def test_torch_convert_sync_batchnorm_replaces_ours_by_torchs_own_class() -> None:
@@ -266,7 +272,10 @@ def test_fvcore_style_precise_bn_search_finds_ours() -> None:
     bn_module_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
     model = nn.Sequential(_conv_bn_net(), B.SyncBatchNorm(5))
     found = [m for m in model.modules() if m.training and isinstance(m, bn_module_types)]
-    assert found == [model[0][1], model[0][5], model[1]]
+    # bnlab's SyncBatchNorm is no torch SyncBatchNorm (DDP refuses those on CPU): a
+    # search by torch's four classes misses it; one by _BatchNorm finds it.
+    assert found == [model[0][1], model[0][5]]
+    assert [m for m in model.modules() if isinstance(m, _BatchNorm)] == [*found, model[1]]
 
 
 def _d2l_lenet(bn1d: type[nn.Module], bn2d: type[nn.Module]) -> nn.Sequential:

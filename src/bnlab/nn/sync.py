@@ -48,7 +48,7 @@ _BNLAB_BATCHNORMS = (
 )
 
 
-class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
+class SyncBatchNorm(_BatchNorm):
     """Batch norm whose training statistics are those of the global batch over all ranks.
 
     In training mode, with an initialized process group of more than one rank, each
@@ -62,9 +62,12 @@ class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
     sums (their sum over ranks is BN's); DistributedDataParallel averages them as for
     any parameter, as with ``torch.nn.SyncBatchNorm``.
 
-    A subclass of ``torch.nn.SyncBatchNorm`` (so of ``_BatchNorm``): torch's
-    constructor and buffers, bnlab's forward, and :func:`convert_sync_batchnorm` as its
-    ``convert_sync_batchnorm``.
+    A subclass of torch's ``_BatchNorm`` (what torch's utilities look for: torch's
+    constructor and buffers, bnlab's forward, :func:`convert_sync_batchnorm` as its
+    ``convert_sync_batchnorm``), but deliberately not of ``torch.nn.SyncBatchNorm``:
+    ``DistributedDataParallel`` refuses every ``torch.nn.SyncBatchNorm`` in a CPU
+    module ("SyncBatchNorm layers only work with GPU modules"), and this one runs on
+    CPU (gloo) as well.
 
     Without synchronization (``torch.distributed`` unavailable or not initialized, a
     group of one rank, or eval mode) it is exactly bnlab's BatchNorm. Conventions
