@@ -156,3 +156,74 @@ def test_resume_accepts_a_folder_from_before_the_sample_counts(
     other = D2LConfig(epochs=3, batch_size=64, variants=CONFIG.variants, recalibrate_batches=2)
     with pytest.raises(ValueError, match="other settings"):
         run_d2l(_data(), other, legacy, resume=True)
+
+
+_TIMINGS = ("images_per_s", "wall_time_s", "train_time_s", "time_s", "elapsed_s")
+
+
+def _numbers(summary: dict) -> list[dict]:
+    """Each run's record without its timings (the numbers a layout must not change)."""
+    out = []
+    for run in summary["runs"]:
+        out.append({k: v for k, v in run.items() if k not in _TIMINGS})
+    return out
+
+
+def _histories(out: Path) -> dict[str, list[dict]]:
+    return {
+        str(p.relative_to(out)): [
+            {k: v for k, v in r.items() if not any(t in k for t in ("time", "per_s"))}
+            for r in json.loads(p.read_text())["history"]
+        ]
+        for p in sorted(out.glob("runs/*/seed*/result.json"))
+    }
+
+
+def test_parallel_workers_give_the_digits_of_a_serial_run_at_one_thread(
+    tmp_path: Path,
+) -> None:
+    # Two spawned single-thread workers vs this process at one thread: same numbers.
+    from bnlab.lab.kit import cpu_threads
+
+    config = D2LConfig(
+        epochs=2, batch_size=64, seeds=(0, 1), variants=("none", "bnlab"), recalibrate_batches=2
+    )
+    with cpu_threads(1):
+        serial = run_d2l(_data(), config, tmp_path / "serial")
+    started: list[tuple[str, int]] = []
+    steps: list[tuple[str, int, int]] = []
+    parallel = run_d2l(
+        _data(),
+        config,
+        tmp_path / "parallel",
+        workers=2,
+        threads=1,
+        on_run_start=lambda v, s: started.append((v, s)),
+        on_run_step=lambda v, s, info: steps.append((v, s, info.step)),
+    )
+    assert _numbers(parallel) == _numbers(serial)
+    assert _histories(tmp_path / "parallel") == _histories(tmp_path / "serial")
+    assert (
+        parallel["variants"]["bnlab"]["metrics"]["test_acc_recalibrated"]
+        == (serial["variants"]["bnlab"]["metrics"]["test_acc_recalibrated"])
+    )
+    # Runs listed in the serial order; every run started and reported its 6 steps.
+    assert [(r["variant"], r["seed"]) for r in parallel["runs"]] == [
+        ("none", 0),
+        ("none", 1),
+        ("bnlab", 0),
+        ("bnlab", 1),
+    ]
+    assert sorted(started) == sorted([("none", 0), ("none", 1), ("bnlab", 0), ("bnlab", 1)])
+    for run in started:
+        assert sorted(s for v, k, s in steps if (v, k) == run) == list(range(1, 7))
+    layout = json.loads((tmp_path / "parallel" / "config.json").read_text())["layout"]
+    assert layout == {"workers": 2, "threads_per_worker": 1}
+    # A resume with another layout reuses the finished runs.
+    again = run_d2l(_data(), config, tmp_path / "parallel", resume=True)
+    assert _numbers(again) == _numbers(parallel)
+
+
+def test_layout_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="workers and threads must be >= 1, got 0, None"):
+        run_d2l(_data(), CONFIG, tmp_path, workers=0)

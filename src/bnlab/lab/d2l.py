@@ -33,6 +33,7 @@ its ``config.json`` records the settings and the data, and a resume with other s
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import shutil
 import statistics
@@ -46,6 +47,7 @@ from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab.kit.probes import batch_stats_accuracy
+from bnlab.lab.pool import run_in_pool, worker_report
 from bnlab.models import create
 from bnlab.models.norms import first_norm_affine
 from bnlab.nn.precise_bn import recalibrate_batchnorm
@@ -275,6 +277,74 @@ def _run_one(
     return out
 
 
+def _forward_step(
+    on_run_step: Callable[[str, int, StepInfo], None],
+    on_step: Callable[[StepInfo], None] | None,
+    name: str,
+    seed: int,
+    info: StepInfo,
+) -> None:
+    on_run_step(name, seed, info)
+    if on_step is not None:
+        on_step(info)
+
+
+def _worker_run(
+    data: dict[str, Tensor],
+    name: str,
+    seed: int,
+    config: D2LConfig,
+    run_dir: Path,
+    resume: bool,
+    report_steps: bool,
+) -> dict[str, Any]:
+    """One (variant, seed) run in a worker of ``bnlab.lab.pool``; steps reported back."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    on_step = worker_report if report_steps else None
+    return _run_one(VARIANTS[name], seed, data, config, run_dir, resume=resume, on_step=on_step)
+
+
+def _run_parallel(
+    todo: Sequence[tuple[str, int]],
+    data: dict[str, Tensor],
+    config: D2LConfig,
+    runs_dir: Path,
+    *,
+    resume: bool,
+    workers: int,
+    threads: int,
+    store: Callable[[str, int, dict[str, Any]], None],
+    on_run_start: Callable[[str, int], None] | None,
+    on_step: Callable[[StepInfo], None] | None,
+    on_run_step: Callable[[str, int, StepInfo], None] | None,
+) -> None:
+    report = on_step is not None or on_run_step is not None
+
+    def started(index: int) -> None:
+        if on_run_start is not None:
+            on_run_start(*todo[index])
+
+    def message(index: int, info: StepInfo) -> None:
+        if on_run_step is not None:
+            on_run_step(*todo[index], info)
+        if on_step is not None:
+            on_step(info)
+
+    run_in_pool(
+        _worker_run,
+        [
+            (name, seed, config, runs_dir / name / f"seed{seed}", resume, report)
+            for name, seed in todo
+        ],
+        workers=workers,
+        threads=threads,
+        shared=data,
+        on_result=lambda index, record: store(*todo[index], record),
+        on_start=started,
+        on_message=message,
+    )
+
+
 def _stats(values: Sequence[float]) -> dict[str, float]:
     clean = [v for v in values if v is not None and not math.isnan(v)]
     if not clean:  # JSON has no NaN: missing is None
@@ -377,7 +447,9 @@ def summarize(records: Sequence[dict[str, Any]], config: D2LConfig) -> dict[str,
 
 # What a resume may change: more (or fewer) seeds and variants reuse the finished runs;
 # how the command was typed and the device do not change the numbers.
-_MAY_CHANGE = frozenset({"command", "argv", "d2l.seeds", "d2l.variants", "d2l.device"})
+# The layout (processes x threads) may change too: at one thread per process, the numbers
+# do not depend on it.
+_MAY_CHANGE = frozenset({"command", "argv", "layout", "d2l.seeds", "d2l.variants", "d2l.device"})
 
 
 def _claim_folder(
@@ -420,6 +492,9 @@ def run_d2l(
     environment: Mapping[str, Any] | None = None,
     on_run_start: Callable[[str, int], None] | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    on_run_step: Callable[[str, int, StepInfo], None] | None = None,
+    workers: int = 1,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run every (variant, seed) and write the summary.
 
@@ -437,7 +512,15 @@ def run_d2l(
             command from them).
         environment: saved as ``environment.json``.
         on_run_start: called with (variant, seed) before each run.
-        on_step: forwarded to ``fit`` (progress bars).
+        on_step: forwarded to ``fit`` (progress bars); with ``workers > 1`` it is called
+            in this process for each step of any run (``on_run_step`` says which).
+        on_run_step: called with (variant, seed, step info) after each optimizer step.
+        workers: run the (variant, seed) runs in this many spawned processes
+            (``bnlab.lab.pool``); 1 runs them here, one after the other. A worker's numbers
+            equal those of a serial run at the same thread count.
+        threads: torch threads of each worker (default 1); the serial path leaves
+            torch's setting alone. Workers and threads are recorded in ``config.json``
+            (``layout``); a resume may change them.
 
     Returns:
         The summary (also written to ``out_dir/summary.json``), with the per-run
@@ -458,23 +541,52 @@ def run_d2l(
         "train_samples": len(data["train_labels"]),
         "test_samples": len(data["test_labels"]),
     }
+    if workers < 1 or (threads is not None and threads < 1):
+        raise ValueError(f"run_d2l: workers and threads must be >= 1, got {workers}, {threads}")
+    settings["layout"] = {"workers": workers, "threads_per_worker": threads}
     _claim_folder(RunDir(out), settings, resume=resume, environment=environment)
-    records: list[dict[str, Any]] = []
-    for name in config.variants:
-        for seed in config.seeds:
+    runs = [(name, seed) for name in config.variants for seed in config.seeds]
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    todo: list[tuple[str, int]] = []
+    for name, seed in runs:
+        result_path = runs_dir / name / f"seed{seed}" / "result.json"
+        if resume and result_path.exists():
+            found[(name, seed)] = read_json(result_path)
+        else:
+            todo.append((name, seed))
+
+    def store(name: str, seed: int, record: dict[str, Any]) -> None:
+        write_json(runs_dir / name / f"seed{seed}" / "result.json", record)
+        found[(name, seed)] = record
+
+    if workers > 1 and len(todo) > 1:
+        _run_parallel(
+            todo,
+            data,
+            config,
+            runs_dir,
+            resume=resume,
+            workers=workers,
+            threads=threads or 1,
+            store=store,
+            on_run_start=on_run_start,
+            on_step=on_step,
+            on_run_step=on_run_step,
+        )
+    else:
+        for name, seed in todo:
             run_dir = runs_dir / name / f"seed{seed}"
-            result_path = run_dir / "result.json"
-            if resume and result_path.exists():
-                records.append(read_json(result_path))
-                continue
             if on_run_start is not None:
                 on_run_start(name, seed)
             run_dir.mkdir(parents=True, exist_ok=True)
+            step_callback = on_step
+            if on_run_step is not None:
+                step_callback = functools.partial(_forward_step, on_run_step, on_step, name, seed)
             record = _run_one(
-                VARIANTS[name], seed, data, config, run_dir, resume=resume, on_step=on_step
+                VARIANTS[name], seed, data, config, run_dir, resume=resume, on_step=step_callback
             )
-            write_json(result_path, record)
-            records.append(record)
+            store(name, seed, record)
+    records = [found[run] for run in runs]
     summary = summarize(records, config)
     summary["runs"] = [{k: v for k, v in r.items() if k != "history"} for r in records]
     write_json(out / "summary.json", summary)
