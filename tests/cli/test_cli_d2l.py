@@ -133,3 +133,31 @@ def test_d2l_prints_at_80_columns_and_a_tiny_budget_decides_nothing(
     assert "the budget is too small to decide (256 training images (fewer than 10,000))" in flat
     summary = json.loads((out / "summary.json").read_text())
     assert flat.count("budget too small to decide (rule:") == len(summary["verdicts"])
+
+
+def test_d2l_workers_say_their_layout_and_give_the_serial_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli_data, "data_dir_from_env", lambda flag: tmp_path)
+    monkeypatch.setattr(cli_data, "load_fashion_mnist", _fake_load)
+    argv = ["d2l", "--epochs", "1", "--batch-size", "64", "--variants", "none", "bnlab"]
+    argv += ["--recalibrate-batches", "2", "--threads", "1"]
+    previous = torch.get_num_threads()
+    try:
+        assert main([*argv, "--out", str(tmp_path / "serial"), "--workers", "1"]) == 0
+        assert "1 process x 1 thread (--workers, --threads)" in capsys.readouterr().out
+        assert main([*argv, "--out", str(tmp_path / "parallel"), "--workers", "2"]) == 0
+        assert "2 processes x 1 thread (--workers, --threads)" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(previous)
+    runs = {}
+    for name in ("serial", "parallel"):
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        runs[name] = [
+            {k: v for k, v in r.items() if "time" not in k and "per_s" not in k}
+            for r in summary["runs"]
+        ]
+        environment = json.loads((tmp_path / name / "environment.json").read_text())
+        assert environment["layout"]["threads"] == 1
+        assert environment["layout"]["workers"] == (2 if name == "parallel" else 1)
+    assert runs["parallel"] == runs["serial"]

@@ -17,16 +17,28 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from bnlab.cli._args import add_run_arguments, positive_int
+from bnlab.cli._cores import pick
 from bnlab.cli._print import budget_too_small, verdict_lines
 from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import add_data_dir_argument, load_splits
 from bnlab.lab.d2l import VARIANTS, D2LConfig, run_d2l
 from bnlab.plots.d2l import plot_d2l_curves
 from bnlab.train.fit import StepInfo
+
+#: Below this many training images per run (samples x epochs), starting a process (a few
+#: seconds) costs more than running the runs side by side saves: one process.
+PARALLEL_MIN_IMAGES = 50_000
 
 EXAMPLES = """examples:
   bnlab d2l --out runs/d2l                      the chapter's experiment, one seed (~7 min on 2 cores)
@@ -69,6 +81,13 @@ def add_parser(subparsers: Any) -> None:
         help="training batches used to recalibrate BN statistics after each epoch (default 40)",
     )
     add_run_arguments(p)
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="processes running variants and seeds at once (default: one per free core, "
+        "one thread each, when the runs are long enough to pay for starting them)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the runs already in --out")
     p.set_defaults(func=run, parser=p)
 
@@ -134,8 +153,6 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     if args.device == "cuda" and not torch.cuda.is_available():
         args.parser.error("--device cuda: CUDA is not available on this machine; use --device cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = D2LConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -150,6 +167,19 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
 
     steps_per_run = math.ceil(len(data["train_labels"]) / config.batch_size) * config.epochs
+    layout = pick(
+        runs=len(config.seeds) * len(config.variants),
+        # A spawned process costs a few seconds (importing torch): not for short runs.
+        parallel_pays=config.device == "cpu"
+        and len(data["train_labels"]) * config.epochs >= PARALLEL_MIN_IMAGES,
+        threads=args.threads,
+        workers=args.workers if config.device == "cpu" else 1,
+    )
+    console.print(layout.line())
+    if layout.workers == 1:
+        torch.set_num_threads(layout.threads)
+    environment = run_environment(args.device)
+    environment["layout"] = layout.record()
     started = time.perf_counter()
     with Progress(
         TextColumn("{task.description}"),
@@ -160,15 +190,24 @@ def run(args: argparse.Namespace) -> int:
         console=console,
         transient=False,
     ) as progress:
-        task = progress.add_task("d2l", total=steps_per_run, loss=math.nan)
+        # One bar per run in flight; a finished run's bar is reused by the next.
+        bars: dict[tuple[str, int], TaskID] = {}
+        idle: list[TaskID] = []
 
         def on_run_start(variant: str, seed: int) -> None:
-            progress.reset(
-                task, total=steps_per_run, description=f"{variant:>8} seed {seed}", loss=math.nan
-            )
+            description = f"{variant:>8} seed {seed}"
+            for run_key, task in list(bars.items()):
+                if progress.tasks[task].finished:
+                    idle.append(bars.pop(run_key))
+            if idle:
+                task = idle.pop()
+                progress.reset(task, total=steps_per_run, description=description, loss=math.nan)
+            else:
+                task = progress.add_task(description, total=steps_per_run, loss=math.nan)
+            bars[(variant, seed)] = task
 
-        def on_step(info: StepInfo) -> None:
-            progress.update(task, completed=info.step, loss=info.loss)
+        def on_run_step(variant: str, seed: int, info: StepInfo) -> None:
+            progress.update(bars[(variant, seed)], completed=info.step, loss=info.loss)
 
         summary = run_d2l(
             data,
@@ -176,9 +215,11 @@ def run(args: argparse.Namespace) -> int:
             out,
             resume=args.resume,
             argv=vars_json(args),
-            environment=run_environment(args.device),
+            environment=environment,
             on_run_start=on_run_start,
-            on_step=on_step,
+            on_run_step=on_run_step,
+            workers=layout.workers,
+            threads=layout.threads,
         )
     elapsed = time.perf_counter() - started
     figure = plot_d2l_curves(summary, out / "d2l_curves.png")

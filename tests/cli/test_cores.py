@@ -1,0 +1,101 @@
+"""The choice of processes and threads from the free cores (bnlab.cli._cores), on given
+numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from bnlab.cli._cores import Machine, choose_layout, free_cores, machine, pick
+
+
+@pytest.mark.parametrize(
+    ("cpus", "load", "free"),
+    [
+        (2, 0.0, 2),
+        (2, 0.4, 2),
+        (2, 0.6, 1),
+        (2, 1.4, 1),
+        (2, 4.0, 1),  # a busy machine still has one core to share
+        (8, 2.6, 5),
+        (4, None, 4),  # no load average: every core counts
+    ],
+)
+def test_free_cores(cpus: int, load: float | None, free: int) -> None:
+    assert free_cores(cpus, load) == free
+
+
+def _choose(cpus: int, load: float | None, env: int | None = None, **kwargs) -> tuple[int, int]:
+    layout = choose_layout(Machine(cpus, load, env), **kwargs)
+    return layout.workers, layout.threads
+
+
+def test_quiet_two_cores_four_runs_two_single_thread_processes() -> None:
+    assert _choose(2, 0.1, runs=4) == (2, 1)
+
+
+def test_one_training_takes_a_thread_per_free_core() -> None:
+    assert _choose(2, 0.1) == (1, 2)
+    assert _choose(8, 3.0) == (1, 5)
+
+
+def test_busy_machine_one_process_one_thread() -> None:
+    assert _choose(2, 4.5, runs=4) == (1, 1)
+    assert _choose(2, 4.5) == (1, 1)
+
+
+def test_short_runs_stay_in_one_process() -> None:
+    assert _choose(2, 0.0, runs=4, parallel_pays=False) == (1, 2)
+
+
+def test_more_cores_than_runs() -> None:
+    assert _choose(8, 0.0, runs=2) == (2, 4)
+    assert _choose(8, 0.0, runs=3) == (3, 2)
+
+
+def test_explicit_settings_win() -> None:
+    assert _choose(2, 5.0, runs=4, threads=2) == (1, 2)
+    assert _choose(2, 0.0, runs=4, threads=1) == (2, 1)
+    assert _choose(2, 0.0, runs=4, threads=1, parallel_pays=False) == (1, 1)
+    assert _choose(2, 5.0, runs=4, workers=2) == (2, 1)
+    assert _choose(8, 0.0, runs=4, workers=2) == (2, 4)
+    assert _choose(2, 0.0, runs=4, workers=3, threads=2) == (3, 2)
+    assert _choose(2, 0.0, runs=2, workers=5) == (2, 1)  # no more processes than runs
+
+
+def test_omp_num_threads_counts_as_threads() -> None:
+    assert _choose(2, 0.0, env=1, runs=4) == (2, 1)
+    assert _choose(2, 0.0, env=1) == (1, 1)
+    assert _choose(2, 0.0, env=1, threads=2) == (1, 2)  # --threads over the environment
+    layout = choose_layout(Machine(2, 0.0, 1))
+    assert layout.why == "OMP_NUM_THREADS"
+
+
+def test_line_and_record() -> None:
+    layout = choose_layout(Machine(2, 0.1), runs=4)
+    assert layout.line() == (
+        "cores: 2 free of 2 (load 0.1); 2 processes x 1 thread (parallel runs)"
+    )
+    one = choose_layout(Machine(2, None))
+    assert one.line() == "cores: 2 free of 2 (no load average); 1 process x 2 threads (free cores)"
+    record = layout.record()
+    assert record["workers"] == 2
+    assert record["threads"] == 1
+    assert record["machine_load"] == 0.1
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        choose_layout(Machine(2, 0.0), threads=0)
+    with pytest.raises(ValueError, match="workers must be >= 1, got -1"):
+        choose_layout(Machine(2, 0.0), workers=-1)
+    with pytest.raises(ValueError, match="cpus must be >= 1, got 0"):
+        free_cores(0, 1.0)
+
+
+def test_machine_reads_this_machine() -> None:
+    here = machine({"OMP_NUM_THREADS": "3"})
+    assert here.cpus >= 1
+    assert here.env_threads == 3
+    assert machine({"OMP_NUM_THREADS": "many"}).env_threads is None
+    assert machine({}).env_threads is None
+    assert pick(runs=1, threads=1, environ={}).threads == 1
