@@ -62,14 +62,18 @@ new mapping whose 4 KiB pages fault on first touch, which costs more than the
 arithmetic (measured here: about half of torch's own training step on the large
 shapes). Outputs (``y``, ``grad_x``) of at least :data:`POOL_MIN_BYTES` (group and layer
 norm: :data:`NORM_POOL_MIN_BYTES`) therefore come from a small cache of this package's
-own mappings (:class:`OutputPool`): a mapping is reused, already faulted in, once every
-tensor on it has died, and at most :data:`POOL_MAX_FREE_BYTES` of free mappings are kept
-(the rest is unmapped). In steady training the pool holds the buffers torch's allocator
-would map afresh at every step, so the peak memory of a step is unchanged; between steps
-it keeps up to that cap mapped. New mappings are advised ``MADV_HUGEPAGE`` (2 MiB pages
-where the kernel grants them). Only these tensors are affected; the process-wide
-allocator settings are not changed. :func:`set_pool_limit` changes the cap (0 turns
-reuse off).
+own buffers (:class:`OutputPool`, ordinary torch storages: resizable, copied on write
+by ``fork()``, and a forked child starts with an empty pool): a buffer is reused,
+already faulted in, once every tensor on it has died. The free buffers kept are at most
+:data:`POOL_MAX_FREE_BYTES`, at most twice the bytes in use at once during the recent
+calls (a training step's working set), and none once no buffer was taken for
+:data:`POOL_IDLE_S` seconds; the rest is released and its pages given back to the
+system. In steady training the pool holds the buffers torch's allocator would map
+afresh at every step, so the peak memory of a step is unchanged. New buffers are
+advised ``MADV_HUGEPAGE`` (2 MiB pages where the kernel grants them). Only these
+tensors are affected; the process-wide allocator settings are not changed.
+:func:`set_pool_limit` changes the cap (0 turns reuse off and releases every free
+buffer now).
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ __all__ = [
     "FLAGS",
     "MIN_NUMEL",
     "NORM_POOL_MIN_BYTES",
+    "POOL_IDLE_S",
     "POOL_MAX_FREE_BYTES",
     "POOL_MIN_BYTES",
     "OutputPool",
@@ -108,6 +113,7 @@ __all__ = [
     "layer_backward",
     "layer_forward",
     "layer_norm_eligible",
+    "library_info",
     "set_enabled",
     "set_pool_limit",
     "status",
@@ -122,7 +128,9 @@ POOL_MIN_BYTES = 8 << 20
 # two such tensors per call (y, grad_x) and measured 25% faster on a 2.4 MB input
 # (256x16x12x12 float32) with pooled outputs than with fresh ones (page faults).
 NORM_POOL_MIN_BYTES = 1 << 20
-POOL_MAX_FREE_BYTES = 1 << 30
+POOL_MAX_FREE_BYTES = 256 << 20
+# Free pooled buffers are released when no buffer was taken for this many seconds.
+POOL_IDLE_S = 2.0
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 # The kernels' arguments, packed into one bytes buffer per call (fields of 8 bytes, in
 # the order of the C structs of bn_kernels.cpp; Q: pointer, 0 for null; q: int64; d:
@@ -155,6 +163,7 @@ _pack_layer_backward = _PACK["layer_backward"]
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
+_loaded: build.Loaded | None = None
 _state: str = "not built yet"  # "ready: PATH" | "unavailable: REASON" | "not built yet"
 _UNAVAILABLE = "unavailable"
 _failed: bool = False  # the build or load failed in this process: reference path only
@@ -204,6 +213,22 @@ def status() -> str:
     return _state
 
 
+def library_info() -> dict[str, object]:
+    """Where the loaded library came from: ``{"origin": "prebuilt" | "cached" |
+    "compiled", "level": ..., "path": ..., "compile_s": ..., "skipped": ...}`` (see
+    ``bnlab.kernels.build.Loaded``), or ``{"origin": None, "status": status()}`` before
+    a library loaded or where none does. Builds nothing."""
+    if _loaded is None:
+        return {"origin": None, "status": _state}
+    return {
+        "origin": _loaded.origin,
+        "level": _loaded.level,
+        "path": str(_loaded.path),
+        "compile_s": round(_loaded.seconds, 3),
+        "skipped": _loaded.skipped,
+    }
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     # One argument each: the packed argument buffer (see _PACK and bn_kernels.cpp).
     for sfx in _DTYPES.values():
@@ -214,19 +239,20 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def _library() -> ctypes.CDLL | None:
-    global _lib, _state, _failed
+    global _lib, _loaded, _state, _failed
     if _lib is not None or _failed:
         return _lib
     with _lock:
         if _lib is None and not _failed:
             try:
-                lib = build.load()
+                loaded = build.load()
+                lib = loaded.lib
                 _declare(lib)
                 _fns.clear()
                 for dtype, sfx in _DTYPES.items():
                     for kind in _PACK:
                         _fns[kind, dtype] = getattr(lib, f"bnlab_{kind}_{sfx}")
-                _lib = lib
+                _lib, _loaded = lib, loaded
                 _state = f"ready: {lib._name}"
             except Exception as err:  # any failure means: use the reference path
                 reason = f"{type(err).__name__}: {err}"
@@ -247,8 +273,8 @@ def available() -> bool:
 
 def _reset_for_tests() -> None:
     """Forget the loaded library and the failure state (tests simulate failed builds)."""
-    global _lib, _state, _failed
-    _lib = None
+    global _lib, _loaded, _state, _failed
+    _lib = _loaded = None
     _state = "not built yet"
     _failed = False
 
@@ -407,11 +433,12 @@ def cuda_status() -> str:
     return _cuda_state
 
 
-_pool = OutputPool(POOL_MAX_FREE_BYTES)
+_pool = OutputPool(POOL_MAX_FREE_BYTES, max_idle_s=POOL_IDLE_S)
 
 
 def set_pool_limit(max_free_bytes: int) -> None:
-    """Keep at most ``max_free_bytes`` of free output mappings for reuse (0: none).
+    """Keep at most ``max_free_bytes`` of free output buffers for reuse (0: none);
+    free buffers beyond the new limit are released now.
 
     Raises:
         ValueError: a negative limit.
@@ -421,6 +448,7 @@ def set_pool_limit(max_free_bytes: int) -> None:
             f"set_pool_limit: max_free_bytes must be >= 0 (0 turns reuse off), got {max_free_bytes}"
         )
     _pool.max_free_bytes = max_free_bytes
+    _pool.trim(max_free_bytes)
 
 
 def _empty_like(x: Tensor) -> Tensor:

@@ -1,34 +1,125 @@
 """Building and loading the C++ kernels (``bn_kernels.cpp``) as a ``ctypes`` library.
 
-The library is compiled with the machine's C++ compiler (``g++``/``c++``; about 3 s of
-CPU) on the first call that qualifies, cached under ``~/.cache/bnlab/fast_bn/<key>/``
-(the key hashes the source, the flags and the CPU), built under a file lock so that
-concurrent test workers compile once, and loaded with ``ctypes``. This module imports
-only the standard library (``filelock``, a torch dependency, when it builds); the
-dispatch state (loaded library, failure, warning) lives in ``bnlab.kernels``.
+Two ways to the library, tried in this order by :func:`load`:
+
+1. **Prebuilt** (an installed wheel): ``setup.py`` compiles the source when the wheel is
+   built (:func:`build_prebuilt`), with portable flags, once per instruction-set level
+   of :data:`VARIANTS` (x86-64: ``x86-64-v4`` (AVX-512), ``x86-64-v3`` (AVX2, FMA) and
+   the baseline; other machines: one baseline build), into ``_bn_kernels.<level>.so``
+   beside this file, with a manifest (``_bn_kernels.json``: the source's SHA-256, the ABI,
+   the levels, the compiler and flags). :func:`load` picks the best level the CPU runs
+   (its ``/proc/cpuinfo`` flags). The library uses no torch and no Python headers, so one
+   build serves every torch and Python version. A manifest whose hash differs from
+   ``bn_kernels.cpp`` beside it (a source checkout whose source changed since) is
+   ignored.
+2. **Compiled at first use** (a source checkout, an editable install, or a prebuilt
+   library that does not load here): the machine's C++ compiler (``g++``/``c++``; about
+   3 s of CPU) with :data:`FLAGS` (``-march=native``), after one
+   :class:`KernelBuildWarning` line, into ``$XDG_CACHE_HOME/bnlab/fast_bn/<key>/`` (else
+   ``~/.cache/bnlab/fast_bn/<key>/``). The key hashes the source, the flags and the
+   CPU's model name and feature flags, so a home directory shared by machines of
+   different CPUs keeps one build per CPU. Built under a file lock so that concurrent
+   processes (test workers) compile once.
+
+This module imports only the standard library (``filelock``, a torch dependency, when it
+compiles at first use), so that ``setup.py`` can run it without torch; the dispatch state
+(loaded library, failure, warning) lives in ``bnlab.kernels``. Reading
+``XDG_CACHE_HOME`` is the one environment read below the CLI: where a cache belongs is
+the user's setting, as for torch's own caches.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import ctypes
+import dataclasses
 import hashlib
+import json
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
+import time
+import warnings
 from pathlib import Path
 
-__all__ = ["ABI_VERSION", "COMPILERS", "FLAGS", "SOURCE", "load"]
+__all__ = [
+    "ABI_VERSION",
+    "COMPILERS",
+    "FLAGS",
+    "MANIFEST",
+    "PORTABLE_FLAGS",
+    "SOURCE",
+    "VARIANTS",
+    "KernelBuildWarning",
+    "Loaded",
+    "build_prebuilt",
+    "default_cache_dir",
+    "load",
+    "prebuilt_path",
+]
 
 SOURCE = Path(__file__).with_name("bn_kernels.cpp")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
-COMPILERS = ("g++", "c++", "clang++")
 ABI_VERSION = 6
+COMPILERS = ("g++", "c++", "clang++")
+# Compile at first use: this machine only, so its whole instruction set.
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
+# Prebuilt (wheel) libraries: no -march=native; each level adds its -march below.
+PORTABLE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
+MANIFEST = "_bn_kernels.json"
 
-# Build settings, module attributes so that tests can point them elsewhere.
-cache_dir: Path = Path.home() / ".cache" / "bnlab" / "fast_bn"
+_X86_V3 = frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "abm", "xsave"})
+_X86_V4 = _X86_V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+# The prebuilt levels per machine, best first: (level, its -march flags, the
+# /proc/cpuinfo flags a CPU needs to run it). The last level of each runs everywhere.
+VARIANTS: dict[str, tuple[tuple[str, tuple[str, ...], frozenset[str]], ...]] = {
+    "x86_64": (
+        ("x86-64-v4", ("-march=x86-64-v4", "-mtune=generic"), _X86_V4),
+        ("x86-64-v3", ("-march=x86-64-v3", "-mtune=generic"), _X86_V3),
+        ("x86-64", ("-march=x86-64", "-mtune=generic"), frozenset()),
+    ),
+}
+_GENERIC = (("generic", (), frozenset()),)
+
+# Settings, module attributes so that tests can point them elsewhere. cache_dir None:
+# default_cache_dir(); prebuilt_dir: where the wheel's libraries lie.
+cache_dir: Path | None = None
 compilers: tuple[str, ...] = COMPILERS
+prebuilt_dir: Path = Path(__file__).parent
+
+
+class KernelBuildWarning(UserWarning):
+    """The kernels are being compiled at first use (a source checkout): one line, shown by
+    default (a ``UserWarning``), so that the pause of a few seconds has a reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """A loaded library: ``origin`` is ``"prebuilt"`` (the wheel's, ``level`` its
+    instruction-set level), ``"cached"`` (compiled at first use earlier) or
+    ``"compiled"`` (compiled by this call, in ``seconds``). ``skipped``: why a prebuilt
+    library was not used, or ``""``."""
+
+    lib: ctypes.CDLL
+    path: Path
+    origin: str
+    level: str = "native"
+    seconds: float = 0.0
+    skipped: str = ""
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/bnlab/fast_bn`` (an absolute ``XDG_CACHE_HOME`` only, as the XDG
+    spec says), else ``~/.cache/bnlab/fast_bn``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return root / "bnlab" / "fast_bn"
+
+
+def _source_hash(source: Path) -> str:
+    return hashlib.sha256(source.read_bytes()).hexdigest()
 
 
 def _cpu_id() -> str:
@@ -41,6 +132,18 @@ def _cpu_id() -> str:
         return platform.processor() or platform.machine()
 
 
+def _cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags (``/proc/cpuinfo``), None where unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return None
+
+
 def _key() -> str:
     h = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), _cpu_id().encode()):
@@ -49,15 +152,28 @@ def _key() -> str:
     return h.hexdigest()[:16]
 
 
-def _compile(out: Path) -> None:
-    compiler = next((c for c in compilers if shutil.which(c)), None)
+def _find_compiler(candidates: tuple[str, ...]) -> str:
+    compiler = next((c for c in candidates if shutil.which(c)), None)
     if compiler is None:
-        raise RuntimeError(f"no C++ compiler found (looked for {', '.join(compilers)})")
+        raise RuntimeError(f"no C++ compiler found (looked for {', '.join(candidates)})")
+    return compiler
+
+
+def _compile(
+    out: Path, *, flags: tuple[str, ...] | None = None, compiler: str | None = None
+) -> None:
+    """Compile :data:`SOURCE` into ``out`` (atomically) with ``flags`` (default
+    :data:`FLAGS`).
+
+    Raises:
+        RuntimeError: no compiler, or the compiler failed (its last line of output).
+    """
+    compiler = compiler or _find_compiler(compilers)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
         proc = subprocess.run(
-            [compiler, *FLAGS, "-o", tmp, str(SOURCE)],
+            [compiler, *(FLAGS if flags is None else flags), "-o", tmp, str(SOURCE)],
             capture_output=True,
             text=True,
             timeout=300,
@@ -72,23 +188,121 @@ def _compile(out: Path) -> None:
             os.unlink(tmp)
 
 
-def load() -> ctypes.CDLL:
-    """The kernels' library, built first where the cache lacks it.
+def _open(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    if lib.bnlab_fast_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"{path} has ABI {lib.bnlab_fast_abi_version()}, want {ABI_VERSION}")
+    return lib
+
+
+def _levels(machine: str) -> tuple[tuple[str, tuple[str, ...], frozenset[str]], ...]:
+    return VARIANTS.get(machine, _GENERIC)
+
+
+def prebuilt_path(folder: Path, level: str) -> Path:
+    """The prebuilt library of ``level`` in ``folder``."""
+    return folder / f"_bn_kernels.{level}.so"
+
+
+def build_prebuilt(
+    folder: Path, *, compiler: str | None = None, machine: str | None = None
+) -> dict[str, object]:
+    """Compile the portable libraries of ``machine`` (default: this one) into ``folder``
+    and write the manifest there (``setup.py`` calls this when the wheel is built).
+
+    Returns:
+        The manifest.
+
+    Raises:
+        RuntimeError: no compiler, or a compile failed.
+    """
+    compiler = compiler or _find_compiler(compilers)
+    levels = _levels(machine or platform.machine())
+    folder.mkdir(parents=True, exist_ok=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(levels)) as pool:
+        jobs = [
+            pool.submit(
+                _compile,
+                prebuilt_path(folder, level),
+                flags=(*PORTABLE_FLAGS, *march),
+                compiler=compiler,
+            )
+            for level, march, _ in levels
+        ]
+        for job in jobs:
+            job.result()
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, check=False
+    ).stdout.partition("\n")[0]
+    manifest: dict[str, object] = {
+        "abi": ABI_VERSION,
+        "source_sha256": _source_hash(SOURCE),
+        "levels": [level for level, _, _ in levels],
+        "flags": {level: " ".join((*PORTABLE_FLAGS, *march)) for level, march, _ in levels},
+        "compiler": version or compiler,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _load_prebuilt(folder: Path) -> tuple[Loaded | None, str]:
+    """The best prebuilt library of ``folder`` this CPU runs, or None and why not ("" when
+    there is none at all)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None, ""
+    except (OSError, ValueError) as err:
+        return None, f"unreadable {folder / MANIFEST}: {err}"
+    source = folder / SOURCE.name
+    if source.exists() and manifest.get("source_sha256") != _source_hash(source):
+        return None, f"{source.name} changed since the prebuilt libraries were built"
+    cpu = _cpu_flags()
+    known = {level: needs for level, _, needs in _levels(platform.machine())}
+    for level in manifest.get("levels", []):
+        needs = known.get(level)
+        if needs is None or (needs and (cpu is None or not needs <= cpu)):
+            continue
+        path = prebuilt_path(folder, level)
+        try:
+            return Loaded(_open(path), path, "prebuilt", level), ""
+        except (OSError, RuntimeError, AttributeError) as err:
+            return None, f"{path.name} does not load: {type(err).__name__}: {err}"
+    return None, f"no prebuilt level of {manifest.get('levels')} runs on this CPU"
+
+
+def load() -> Loaded:
+    """The kernels' library: the prebuilt one where it loads, else compiled at first use
+    (or found in the cache).
 
     Raises:
         RuntimeError: no compiler, a failed compile, or a library of another ABI.
         OSError: the library does not load.
     """
+    loaded, skipped = _load_prebuilt(prebuilt_dir)
+    if loaded is not None:
+        return loaded
     from filelock import FileLock  # a torch dependency
 
-    folder = cache_dir / _key()
+    folder = (cache_dir or default_cache_dir()) / _key()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "bn_kernels.so"
+    origin, seconds = "cached", 0.0
     if not path.exists():
         with FileLock(str(folder / "build.lock"), timeout=600):
             if not path.exists():  # another process may have built it meanwhile
-                _compile(path)
-    lib = ctypes.CDLL(str(path))
-    if lib.bnlab_fast_abi_version() != ABI_VERSION:
-        raise RuntimeError(f"{path} has ABI {lib.bnlab_fast_abi_version()}, want {ABI_VERSION}")
-    return lib
+                compiler = _find_compiler(compilers)
+                _announce(f"compiling the C++ kernels for this CPU with {compiler} into {folder}")
+                start = time.perf_counter()
+                _compile(path, compiler=compiler)
+                origin, seconds = "compiled", time.perf_counter() - start
+    return Loaded(_open(path), path, origin, seconds=seconds, skipped=skipped)
+
+
+def _announce(message: str) -> None:
+    """One :class:`KernelBuildWarning` line; never raises (a filter that turns warnings into
+    errors must not cost the fast path)."""
+    with contextlib.suppress(Warning):
+        warnings.warn(
+            f"bnlab: {message} (first use only, a few seconds)", KernelBuildWarning, stacklevel=2
+        )
