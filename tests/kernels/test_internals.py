@@ -1,9 +1,9 @@
 """The CPython and torch internals the fast path leans on, checked so that an upgrade
 that changes them fails here, loudly, instead of slowing down or corrupting quietly.
 
-* The output pool (``bnlab.kernels.pool``) tells a used mapping from a free one by
-  ``sys.getrefcount``: a tensor made by ``torch.frombuffer`` must hold a reference to
-  the ``mmap`` object for as long as any tensor (or view) uses its memory.
+* The output pool (``bnlab.kernels.pool``) tells a used buffer from a free one by
+  ``torch._C._storage_Use_Count`` (every tensor and view on a storage holds a reference
+  to it) and ``sys.getrefcount`` of the storage's Python object.
 * ``bnlab.autograd.batch_norm`` calls the C++ ``apply`` of ``torch._C._FunctionBase``
   directly (it skips about 8 us of Python per call), guarded by
   ``torch._C._are_functorch_transforms_active`` and
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import mmap
 import sys
 
 import pytest
@@ -31,20 +30,25 @@ autograd_bn = importlib.import_module("bnlab.autograd.batch_norm")
 # ------------------------------------------------------------------------- output pool
 
 
-def test_frombuffer_tensors_hold_a_reference_to_their_mapping() -> None:
-    buf = mmap.mmap(-1, mmap.PAGESIZE)
-    before = sys.getrefcount(buf)
-    t = torch.frombuffer(buf, dtype=torch.uint8)
-    storage_holder = torch.empty(0).set_(t.untyped_storage(), 0, (16,))
+def test_tensors_on_a_storage_hold_a_reference_to_it() -> None:
+    storage = torch.UntypedStorage(4096)
+    before = torch._C._storage_Use_Count(storage._cdata)
+    t = torch.empty(0).set_(storage, 0, (16,))
+    view = t[2:4]
     del t
     gc.collect()
-    assert sys.getrefcount(buf) > before, (
-        "torch.frombuffer no longer keeps a reference to the exporting object: the output "
-        "pool (bnlab.kernels.pool) would hand out memory that a tensor still uses"
+    assert torch._C._storage_Use_Count(storage._cdata) > before, (
+        "a view no longer holds a reference to its storage: the output pool "
+        "(bnlab.kernels.pool) would hand out memory that a tensor still uses"
     )
-    del storage_holder
+    holder = view.untyped_storage()
+    del view
     gc.collect()
-    assert sys.getrefcount(buf) == before, "the reference outlives every tensor on the mapping"
+    assert sys.getrefcount(storage) > 2, "the storage object a caller holds is not counted"
+    del holder
+    assert torch._C._storage_Use_Count(storage._cdata) == before, (
+        "the reference outlives every tensor on the storage"
+    )
 
 
 def test_the_pool_can_tell_used_mappings_from_free_ones() -> None:
