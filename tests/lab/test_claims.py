@@ -273,3 +273,115 @@ def test_write_claims_is_json_with_nulls_for_nan(tmp_path: Path) -> None:
     saved = json.loads(path.read_text())
     assert saved[0]["evidence"] == {"x": None, "y": [1.0, None]}
     assert not [p for p in path.parent.iterdir() if p.name != "claims.json"]  # no temp left
+
+
+# --- second edition: attribution, literature, declared rules ----------------------------
+
+SECOND_EDITION = {
+    "bn-degrades-small-batch": "batch-size",
+    "groupnorm-beats-bn-small-batch": "batch-size",
+    "bn-accelerates-convergence": "convergence",
+}
+
+
+def test_second_edition_claims_name_their_sentence_or_paper() -> None:
+    from bnlab.lab.claims import FROM_LITERATURE
+
+    claims = {c.key: c for c in available_claims()}
+    seeds_dir = Path("/work/shared/seeds")
+    for key, experiment in SECOND_EDITION.items():
+        c = claims[key]
+        assert c.experiment == experiment
+        assert c.literature is not None
+        assert c.literature.paper
+        if c.source == FROM_LITERATURE:
+            assert c.sentence == ""
+        else:
+            assert c.sentence
+            assert c.sentence in c.claim
+            if seeds_dir.is_dir():  # the quoted sentence is in the seed file, verbatim
+                assert c.sentence in (seeds_dir / c.source).read_text()
+
+
+def test_literature_entries_are_for_registered_claims() -> None:
+    from bnlab.lab.claims import LITERATURE
+
+    keys = {c.key for c in available_claims()}
+    assert set(LITERATURE) <= keys
+    assert {"bn-regularizes", "bn-helps-transformer", "skip-connections-matter-at-depth"} <= set(
+        LITERATURE
+    )
+
+
+@pytest.mark.parametrize(
+    ("verdict", "finding", "expected"),
+    [
+        ("supported", "supported", "agrees"),
+        ("refuted", "supported", "disagrees"),
+        ("context-dependent", "refuted", "disagrees"),
+        ("context-dependent", "context-dependent", "agrees"),
+        ("inconclusive", "supported", "undecided"),
+        ("no verdict at this budget", "supported", "undecided"),
+        ("not supported", "supported", "undecided"),  # first edition: only "not significant"
+        ("mixed", "refuted", "undecided"),
+        (NOT_MEASURED, "supported", "undecided"),
+    ],
+)
+def test_agreement(verdict: str, finding: str, expected: str) -> None:
+    from bnlab.lab.claims import Literature, agreement
+
+    assert agreement(verdict, Literature("p", "s", "n", finding, "why")) == expected
+    assert agreement(verdict, None) == "no literature"
+
+
+def test_literature_finding_must_be_a_verdict() -> None:
+    from bnlab.lab.claims import Literature
+
+    with pytest.raises(ValueError, match=r"finding must be one of .* got .probably."):
+        Literature("p", "s", "n", "probably")
+
+
+def test_table_rows_carry_the_literature_and_why() -> None:
+    from bnlab.lab.claims import Literature
+
+    lit = Literature("Paper 2020", "ImageNet", "1.0 vs 2.0", "supported", "ours is tiny")
+    agree = Claim("a", "c", "s.txt", "x", "r", lambda r: ({}, "supported"), literature=lit)
+    differ = Claim("b", "c", "s.txt", "x", "r", lambda r: ({}, "refuted"), literature=lit)
+    rows = {r["key"]: r for r in evaluate_claims([{"experiment": "x"}], [agree, differ])}
+    assert rows["a"]["literature"]["numbers"] == "1.0 vs 2.0"
+    assert (rows["a"]["agreement"], rows["a"]["why"]) == ("agrees", "")
+    assert (rows["b"]["agreement"], rows["b"]["why"]) == ("disagrees", "ours is tiny")
+    # a first-edition claim without its own entry takes LITERATURE's
+    reg = next(c for c in available_claims() if c.key == "bn-regularizes")
+    (row,) = evaluate_claims([], [reg])
+    assert row["literature"]["paper"].startswith("Bjorck")
+    assert row["agreement"] == "undecided"
+
+
+def test_spec_record_round_trip() -> None:
+    from bnlab.lab import stats
+    from bnlab.lab.claims import spec_from_record, spec_record
+
+    spec = stats.ClaimSpec(
+        "k", "acc", "lower", "a", "b", 0.5, settings=("s",),
+        chance=stats.ChanceRule("acc", 10.0, 2.0),
+    )  # fmt: skip
+    record = json.loads(json.dumps(spec_record(spec)))
+    assert spec_from_record(record) == spec
+    with pytest.raises(ValueError, match=r"unknown ClaimSpec fields \['extra'\]"):
+        spec_from_record({**record, "extra": 1})
+
+
+def test_stats_rule_decides_from_the_stored_numbers() -> None:
+    from bnlab.lab import stats
+    from bnlab.lab.claims import spec_record, stats_rule
+
+    spec = stats.ClaimSpec("k", "acc", "higher", "bn", "none", 0.01)
+    noise = [0.001, -0.002, 0.0005, 0.0015, -0.001]
+    per_seed = {"": {"bn": {"acc": [0.9 + n for n in noise]}, "none": {"acc": [0.8] * 5}}}
+    results = {"raw": {"specs": [spec_record(spec)], "per_seed": per_seed}}
+    evidence, verdict = stats_rule("k")(results)
+    assert verdict == stats.SUPPORTED
+    assert evidence["settings"][0]["diff"] == pytest.approx(0.1, abs=1e-3)
+    with pytest.raises(KeyError):
+        stats_rule("other")(results)

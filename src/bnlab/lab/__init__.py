@@ -9,7 +9,9 @@ imported; importing this package imports them all.
 """
 
 # ruff: noqa: I001  (registration order is the order of `bnlab lab --list` and of the
-# claims table: the optimization claims first, then batch size and prediction, then the rest)
+# claims table: the seeds' headline claim (convergence), the optimization claims, then
+# batch size and prediction, then the rest)
+from bnlab.lab import convergence as convergence
 from bnlab.lab import ics as ics
 from bnlab.lab import landscape as landscape
 from bnlab.lab import saturation as saturation

@@ -1,10 +1,21 @@
-"""The claims table: each claim of the seed texts, the experiment that tests it, a verdict.
+"""The claims table: each claim, where it comes from, the experiment that tests it, a verdict,
+and what the literature found.
 
-A :class:`Claim` names a statement from the seeds (``../shared/seeds/``), the file it
-comes from, the ``bnlab lab`` experiment that measures it, and a *rule*: a function of
-that experiment's ``results.json`` returning the evidence (numbers) and a verdict, one
-of ``VERDICTS``. The rule's text says in words what it computes, so a reader can check
-the verdict by hand. Verdicts are computed from the numbers, never written by hand.
+A :class:`Claim` names a statement, its origin (a seed file in ``../shared/seeds/`` and
+the sentence quoted from it, or "from the literature" with the paper), the ``bnlab
+lab`` experiment that measures it, and a *rule*: a function of that experiment's
+``results.json`` returning the evidence (numbers) and a verdict, one of ``VERDICTS``.
+The rule's text says in words what it computes, so a reader can check the verdict by
+hand. Verdicts are computed from the numbers, never written by hand.
+
+Beside each claim, :data:`LITERATURE` (or the claim's own ``literature``) says what
+the papers found (paper, setting, numbers) and the verdict that finding gives; the
+table says whether ours agrees and, where it does not, why (budget, scale, setting).
+
+Two generations of rules coexist: the first edition's ("supported", "not supported",
+"mixed": a 2-standard-error rule) and the second edition's, declared as
+``bnlab.lab.stats.ClaimSpec`` before the run (:func:`stats_rule`: "supported",
+"refuted", "context-dependent", "inconclusive", "no verdict at this budget").
 
 Experiment modules register their claims when imported (``register_claim``);
 :func:`evaluate_claims` maps results folders to the table. A claim whose experiment has
@@ -13,6 +24,7 @@ no results among the folders is ``"not measured"``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,40 +33,98 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnlab.lab import stats
 from bnlab.train.io import write_json
 
 __all__ = [
+    "FROM_LITERATURE",
+    "LITERATURE",
     "NOT_MEASURED",
     "VERDICTS",
     "Claim",
+    "Literature",
+    "agreement",
     "available_claims",
     "evaluate_claims",
     "holds_of",
     "load_many",
     "load_results",
     "register_claim",
+    "spec_from_record",
+    "spec_record",
+    "stats_rule",
     "write_claims",
 ]
 
-#: The verdicts a rule may return, and the one for claims without results.
-VERDICTS: tuple[str, ...] = ("supported", "not supported", "mixed")
+#: The verdicts a rule may return: the first edition's three, then the second edition's
+#: (``bnlab.lab.stats``); and the one for claims without results.
+VERDICTS: tuple[str, ...] = (
+    "supported",
+    "not supported",
+    "mixed",
+    stats.REFUTED,
+    stats.CONTEXT_DEPENDENT,
+    stats.INCONCLUSIVE,
+    stats.NO_VERDICT,
+)
 NOT_MEASURED = "not measured"
+#: The ``source`` of a claim that the seeds do not make.
+FROM_LITERATURE = "from the literature"
 
 # ``rule(results) -> (evidence, verdict)``: evidence is a JSON-ready dict of numbers.
 Rule = Callable[[Mapping[str, Any]], tuple[dict[str, Any], str]]
 
 
 @dataclass(frozen=True)
+class Literature:
+    """What the literature found about a claim.
+
+    Args:
+        paper: authors, year, title or arXiv id (and the section or figure).
+        setting: the setting they measured (model, data, scale).
+        numbers: what they found, in numbers where there are some.
+        finding: the verdict their finding gives to our claim: ``"supported"``,
+            ``"refuted"`` or ``"context-dependent"``.
+        differs: how our setting differs from theirs (budget, scale, setting), the
+            reason shown where our verdict disagrees or does not decide.
+    """
+
+    paper: str
+    setting: str
+    numbers: str
+    finding: str
+    differs: str = ""
+
+    def __post_init__(self) -> None:
+        if self.finding not in _FINDINGS:
+            raise ValueError(
+                f"Literature {self.paper!r}: finding must be one of {', '.join(_FINDINGS)}, "
+                f"got {self.finding!r}"
+            )
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+_FINDINGS = ("supported", "refuted", "context-dependent")
+
+
+@dataclass(frozen=True)
 class Claim:
-    """A claim from the seeds and how bnlab decides it.
+    """A claim, where it comes from, and how bnlab decides it.
 
     Args:
         key: a short unique id (``"bn-allows-higher-lr"``).
         claim: the statement, in the seeds' sense.
-        source: the seed file it comes from (a name in ``../shared/seeds/``).
+        source: the seed file it comes from (a name in ``../shared/seeds/``), or
+            ``FROM_LITERATURE`` for a claim the seeds do not make (then ``literature``
+            names the paper).
         experiment: the ``bnlab lab`` experiment whose results decide it.
         rule_text: the rule in words (which numbers, which threshold).
         rule: ``rule(results) -> (evidence, verdict)``.
+        sentence: the sentence of ``source`` the claim quotes (empty for
+            ``FROM_LITERATURE``).
+        literature: what the papers found (None: ``LITERATURE[key]`` if any).
     """
 
     key: str
@@ -63,14 +133,35 @@ class Claim:
     experiment: str
     rule_text: str
     rule: Rule
+    sentence: str = ""
+    literature: Literature | None = None
 
 
 _CLAIMS: dict[str, Claim] = {}
 
 
 def holds_of(verdict: str) -> bool | None:
-    """A claims-table verdict as a lab ``Verdict.holds``: True, False, or None (mixed)."""
-    return {"supported": True, "not supported": False}.get(verdict)
+    """A claims-table verdict as a lab ``Verdict.holds``: True (supported), False (not
+    supported, refuted), or None (mixed, context-dependent, inconclusive, no verdict)."""
+    return {"supported": True, "not supported": False, stats.REFUTED: False}.get(verdict)
+
+
+def agreement(verdict: str, literature: Literature | None) -> str:
+    """Whether our verdict agrees with the literature's finding.
+
+    ``"agrees"`` when they are the same; ``"disagrees"`` when ours is decisive
+    (supported, refuted, context-dependent) and another; ``"undecided"`` when ours does
+    not decide (not supported, mixed, inconclusive, no verdict, not measured: the first
+    edition's "not supported" means only "not significant"); ``"no literature"``
+    without an entry.
+    """
+    if literature is None:
+        return "no literature"
+    if verdict == literature.finding:
+        return "agrees"
+    if verdict in ("supported", stats.REFUTED, stats.CONTEXT_DEPENDENT):
+        return "disagrees"
+    return "undecided"
 
 
 def register_claim(claim: Claim, *, overwrite: bool = False) -> Claim:
@@ -121,8 +212,10 @@ def evaluate_claims(
         claims: the claims to decide (default: all registered).
 
     Returns:
-        One dict per claim: ``claim``, ``key``, ``source``, ``experiment``, ``evidence``,
-        ``rule``, ``verdict``.
+        One dict per claim: ``claim``, ``key``, ``source``, ``sentence``, ``experiment``,
+        ``evidence``, ``rule``, ``verdict``, ``literature`` (the paper, setting, numbers
+        and finding, or None), ``agreement`` (:func:`agreement`) and ``why`` (how our
+        setting differs, where the verdict disagrees or does not decide; else "").
 
         A rule that cannot read its experiment's results (it raises ``KeyError``,
         ``IndexError``, ``TypeError`` or ``ValueError``) gives ``"not measured"`` with the
@@ -153,15 +246,23 @@ def evaluate_claims(
                         f"expected one of {VERDICTS}"
                     )
             evidence = {"quick": bool(found.get("quick")), **evidence}
+        literature = claim.literature or LITERATURE.get(claim.key)
+        agrees = agreement(verdict, literature)
         table.append(
             {
                 "key": claim.key,
                 "claim": claim.claim,
                 "source": claim.source,
+                "sentence": claim.sentence,
                 "experiment": claim.experiment,
                 "evidence": evidence,
                 "rule": claim.rule_text,
                 "verdict": verdict,
+                "literature": None if literature is None else literature.to_dict(),
+                "agreement": agrees,
+                "why": literature.differs
+                if literature is not None and agrees in ("disagrees", "undecided")
+                else "",
             }
         )
     return table
@@ -202,8 +303,8 @@ def _finite(value: Any) -> Any:
 def write_claims(out_dir: str | os.PathLike[str], table: Sequence[Mapping[str, Any]]) -> Path:
     """Write the claims table to ``out_dir/claims.json`` atomically (the folder is made).
 
-    Each entry keeps ``claim``, ``key``, ``source``, ``experiment``, ``evidence``, ``rule``
-    and ``verdict``; NaN and infinite numbers in the evidence are written as null.
+    Each entry keeps its keys (``claim``, ``key``, ``source``, ``experiment``,
+    ``evidence``, ``rule``, ``verdict``, and the literature columns); NaN and infinite numbers in the evidence are written as null.
 
     Returns:
         The path written.
@@ -211,3 +312,243 @@ def write_claims(out_dir: str | os.PathLike[str], table: Sequence[Mapping[str, A
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return write_json(out / "claims.json", [_finite(dict(row)) for row in table])
+
+
+# --- second-edition rules: declared ClaimSpecs over the per-seed numbers ----------------
+
+
+def spec_record(spec: stats.ClaimSpec) -> dict[str, Any]:
+    """A ``ClaimSpec`` as JSON (results.json stores the specs the run declared)."""
+    record = dataclasses.asdict(spec)
+    record["settings"] = None if spec.settings is None else list(spec.settings)
+    return record
+
+
+def spec_from_record(record: Mapping[str, Any]) -> stats.ClaimSpec:
+    """The ``ClaimSpec`` of :func:`spec_record`'s dict.
+
+    Raises:
+        ValueError: a field is missing or not a ClaimSpec field (the message names it).
+    """
+    fields = {f.name for f in dataclasses.fields(stats.ClaimSpec)}
+    unknown = sorted(set(record) - fields)
+    if unknown:
+        raise ValueError(f"spec_from_record: unknown ClaimSpec fields {unknown}")
+    values = dict(record)
+    if values.get("chance") is not None:
+        values["chance"] = stats.ChanceRule(**values["chance"])
+    if values.get("settings") is not None:
+        values["settings"] = tuple(values["settings"])
+    try:
+        return stats.ClaimSpec(**values)
+    except TypeError as exc:
+        raise ValueError(f"spec_from_record: {exc}") from None
+
+
+def stats_rule(name: str) -> Rule:
+    """The rule of a declared claim: ``bnlab.lab.stats.evaluate_experiment`` of the
+    specs stored in ``results["raw"]["specs"]`` (Holm over all of them, as in the run)
+    over ``results["raw"]["per_seed"]``; the evidence is claim ``name``'s evaluation.
+
+    Raises (when the rule runs):
+        KeyError: the results have no specs, per-seed numbers or claim ``name``.
+    """
+
+    def rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        raw = results["raw"]
+        specs = [spec_from_record(r) for r in raw["specs"]]
+        evaluated = {e["claim"]: e for e in stats.evaluate_experiment(specs, raw["per_seed"])}
+        found = evaluated[name]
+        return found, found["verdict"]
+
+    return rule
+
+
+# --- what the literature found, for the claims whose rules predate the literature column --
+
+_ICS = "Santurkar, Tsipras, Ilyas & Madry 2018, 'How Does Batch Normalization Help Optimization?', arXiv 1805.11604"
+_IOFFE = "Ioffe & Szegedy 2015, 'Batch Normalization', arXiv 1502.03167"
+_SMALL_SCALE = (
+    "ours: small networks on Fashion-MNIST, a few hundred to a few thousand steps on a CPU, "
+    "a handful of seeds; theirs: larger networks trained to convergence"
+)
+
+#: What the papers found, by claim key (a claim's own ``literature`` takes precedence).
+#: Only entries whose paper, setting and finding we could state; no entry, no column.
+LITERATURE: dict[str, Literature] = {
+    "bn-reduces-ics": Literature(
+        _IOFFE + ", figure 1(b, c)",
+        "3-layer sigmoid MLP on MNIST, the input of a last-layer sigmoid over training",
+        "the 15th/50th/85th percentiles drift with no BN and stay nearly fixed with BN "
+        "(figure only); Santurkar et al. 2018 (figure 2) show that BN's benefit survives "
+        "injected shift, so less shift is not why BN helps",
+        "supported",
+        _SMALL_SCALE + "; our first-edition no-BN baseline did not train (issue 17)",
+    ),
+    "bn-reduces-gradient-ics": Literature(
+        _ICS + ", section 2.2, figure 3",
+        "VGG on CIFAR-10 and a 25-layer deep linear network",
+        "the gradient-ICS of BN networks is as large as or larger than without BN (l2 "
+        "distance and cosine angle of the gradients before/after the earlier layers' update)",
+        "refuted",
+        _SMALL_SCALE,
+    ),
+    "bn-benefit-survives-covariate-shift": Literature(
+        _ICS + ", section 2.1, figure 2",
+        "VGG on CIFAR-10 with random time-varying means and variances injected after BN",
+        "'noisy BN' trains about as fast and as accurately as BN, and better than no BN",
+        "supported",
+        _SMALL_SCALE,
+    ),
+    "bn-smoother-landscape": Literature(
+        _ICS + ", section 3.1, figure 4",
+        "VGG on CIFAR-10 and a deep linear network, along the gradient direction",
+        "loss variation, gradient change (l2) and effective beta-smoothness all smaller with BN",
+        "supported",
+        _SMALL_SCALE + "; our first-edition no-BN baseline did not train (issue 17)",
+    ),
+    "bn-avoids-saturation": Literature(
+        _IOFFE + ", section 4.2.1",
+        "Inception with sigmoid non-linearities on ImageNet",
+        "with BN it trains (69.8% accuracy); without BN it never does better than chance (1/1000)",
+        "supported",
+        _SMALL_SCALE,
+    ),
+    "bn-alleviates-vanishing-gradients": Literature(
+        "Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz 2019, 'A Mean Field Theory of "
+        "Batch Normalization', arXiv 1902.08129",
+        "deep fully connected networks with BN and no skip connections, at initialization",
+        "BN causes gradient explosion at initialization, growing with depth (theory and "
+        "experiments); in shallow networks and with residual connections it does not",
+        "context-dependent",
+        _SMALL_SCALE + "; the answer depends on depth and architecture",
+    ),
+    "bn-allows-higher-lr": Literature(
+        _IOFFE + ", section 4.2; Bjorck, Gomes, Selman & Weinberger 2018, "
+        "'Understanding Batch Normalization', arXiv 1806.02375",
+        "BN-Inception on ImageNet; ResNet-110 on CIFAR-10",
+        "BN-x5 and BN-x30 train at 5 and 30 times the initial learning rate; without BN "
+        "the ResNet diverges at learning rates BN trains at",
+        "supported",
+        _SMALL_SCALE,
+    ),
+    "input-standardization-helps-shallow": Literature(
+        "LeCun, Bottou, Orr & Mueller 1998, 'Efficient BackProp', section 4.3",
+        "linear and shallow models trained by gradient descent",
+        "zero-mean, equal-variance (and decorrelated) inputs improve the conditioning of "
+        "the Hessian and so the speed of convergence (analysis and examples)",
+        "supported",
+        _SMALL_SCALE + "; the first-edition design used one lr for all inputs (issue 17)",
+    ),
+    "bn-regularizes": Literature(
+        "Bjorck, Gomes, Selman & Weinberger 2018, 'Understanding Batch Normalization', "
+        "arXiv 1806.02375",
+        "ResNet-110 on CIFAR-10, with and without BN, at equal and at each one's best lr",
+        "at the same (small) learning rate BN and no BN reach about the same test accuracy; "
+        "BN's gain in accuracy comes through the larger learning rate it allows",
+        "context-dependent",
+        _SMALL_SCALE + "; the first-edition rule scores the train-test gap (issue 17)",
+    ),
+    "bn-batch-of-one-learns-nothing": Literature(
+        _IOFFE + ", section 3 (the transform); Wu & He 2018, arXiv 1803.08494, section 3",
+        "BN after a linear layer normalizes each unit over the batch; after a convolution, "
+        "over the batch and the H x W positions",
+        "one example per unit gives x_hat = 0 (nothing to learn) after a linear layer; "
+        "after a convolution a batch of one has H x W values per channel and trains",
+        "context-dependent",
+        "",
+    ),
+    "layer-instance-norm-online": Literature(
+        "Ba, Kiros & Hinton 2016, 'Layer Normalization', arXiv 1607.06450; Ulyanov, "
+        "Vedaldi & Lempitsky 2016, 'Instance Normalization', arXiv 1607.08022",
+        "statistics per example (no batch dimension)",
+        "the same computation in training and test, at any batch size including one",
+        "supported",
+        _SMALL_SCALE,
+    ),
+    "bn-prediction-batch-independent": Literature(
+        _IOFFE + ", section 3.1 (algorithm 2)",
+        "inference with the population (moving-average) statistics",
+        "the output depends on the input only (a fixed affine map per unit)",
+        "supported",
+        "",
+    ),
+    "bn-predict-with-moving-averages": Literature(
+        _IOFFE + ", section 3.1; Ioffe 2017, 'Batch Renormalization', arXiv 1702.03275",
+        "inference with population statistics instead of the test batch's",
+        "batch statistics at test make an example's output depend on the batch; moving "
+        "averages make inference deterministic",
+        "supported",
+        _SMALL_SCALE,
+    ),
+    "recalibration-at-least-moving-averages": Literature(
+        "Wu & Johnson 2021, 'Rethinking \"Batch\" in BatchNorm', arXiv 2105.07576, section 3",
+        "ResNet-50 on ImageNet: EMA statistics against 'precise BN' (population statistics "
+        "recomputed with fixed weights)",
+        "precise BN is as good or better, and clearly better when the EMA lags (large "
+        "learning rates, early in training, small momentum)",
+        "supported",
+        _SMALL_SCALE,
+    ),
+    "non-iid-batches-hurt-bn": Literature(
+        "Ioffe 2017, 'Batch Renormalization', arXiv 1702.03275, section 4.3",
+        "Inception on ImageNet with mini-batches of few classes (non-i.i.d.)",
+        "BN's accuracy drops well below its i.i.d. accuracy; Batch Renorm recovers most of it",
+        "supported",
+        _SMALL_SCALE,
+    ),
+    "bn-helps-recurrent": Literature(
+        "Cooijmans, Ballas, Laurent, Gulcehre & Courville 2016, 'Recurrent Batch "
+        "Normalization', arXiv 1603.09025; Laurent, Pereyra, Brakel, Zhang & Bengio 2016, "
+        "'Batch Normalized Recurrent Neural Networks', arXiv 1510.01378",
+        "LSTMs on sequential MNIST, Penn Treebank characters, text8; speech (WSJ)",
+        "BN-LSTM with per-time-step statistics and gamma 0.1 converges faster and "
+        "generalizes at least as well (Cooijmans); BN on the hidden-to-hidden transition "
+        "does not help, only on the input-to-hidden one (Laurent)",
+        "context-dependent",
+        _SMALL_SCALE + "; the first-edition design used gamma 1 and test accuracy (issue 17)",
+    ),
+    "bn-helps-transformer": Literature(
+        "Shen, Yao, Gholami, Mahoney & Keutzer 2020, 'PowerNorm: Rethinking Batch "
+        "Normalization in Transformers', arXiv 2003.07845",
+        "Transformers for machine translation (IWSLT14, WMT14) and language modelling",
+        "naive BN instead of LayerNorm loses BLEU and perplexity (large batch-statistics "
+        "fluctuations in NLP); their PowerNorm closes the gap",
+        "refuted",
+        _SMALL_SCALE + "; the first-edition design compared BN with no norm, not LayerNorm",
+    ),
+    "layernorm-suits-sequences-online": Literature(
+        "Ba, Kiros & Hinton 2016, 'Layer Normalization', arXiv 1607.06450",
+        "RNNs (order embeddings, skip-thoughts, handwriting, permuted MNIST)",
+        "LayerNorm speeds up RNN training and needs no batch statistics (works online)",
+        "supported",
+        _SMALL_SCALE,
+    ),
+    "bn-unsuited-for-gans": Literature(
+        "Radford, Metz & Chintala 2015, DCGAN, arXiv 1511.06434; Gulrajani et al. 2017, "
+        "WGAN-GP, arXiv 1704.00028; Miyato et al. 2018, SNGAN, arXiv 1802.05957",
+        "image GANs",
+        "DCGAN uses BN in both nets (it stabilizes training); WGAN-GP forbids BN in the "
+        "critic (the gradient penalty is per example); SNGAN and BigGAN keep BN in the "
+        "generator",
+        "context-dependent",
+        _SMALL_SCALE + "; the first-edition design had BN only in a small discriminator",
+    ),
+    "no-bn-plain-stops-training-with-depth": Literature(
+        "He, Zhang, Ren & Sun 2016, 'Deep Residual Learning', arXiv 1512.03385, section "
+        "4.1; Glorot & Bengio 2010",
+        "plain networks of 18-34 (ImageNet) and 20-56 (CIFAR-10) layers",
+        "with BN, plain networks train but degrade with depth (plain-34 worse than "
+        "plain-18); without normalization and careful init deep plain networks stall",
+        "supported",
+        _SMALL_SCALE + "; the first-edition design decided in 60 steps (issue 17)",
+    ),
+    "skip-connections-matter-at-depth": Literature(
+        "He, Zhang, Ren & Sun 2016, 'Deep Residual Learning', arXiv 1512.03385, section "
+        "4.2, figure 6",
+        "CIFAR-10, plain-20/32/44/56 against ResNet-20/32/44/56/110, all with BN",
+        "plain networks' error grows with depth; ResNets' falls (ResNet-110: 6.43% test error)",
+        "supported",
+        _SMALL_SCALE,
+    ),
+}

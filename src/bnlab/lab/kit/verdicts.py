@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bnlab.lab.claims import Claim, holds_of, register_claim
+from bnlab.lab.claims import Claim, Literature, holds_of, register_claim
 from bnlab.lab.experiment import Comparison, Verdict, compare, describe
 from bnlab.lab.kit.models import arch_label
 
@@ -304,6 +304,7 @@ class ClaimRule:
     Attributes:
         key, claim, source, rule_text, rule: as in ``Claim``.
         measured: evidence -> the numbers behind the verdict, as text.
+        sentence, literature: as in ``Claim`` (the quoted seed sentence; the papers).
     """
 
     key: str
@@ -312,6 +313,8 @@ class ClaimRule:
     rule_text: str
     rule: Rule
     measured: Callable[[Any], str]
+    sentence: str = ""
+    literature: Literature | None = None
 
 
 def apply_rules(
@@ -344,5 +347,16 @@ def register_claims(experiment: str, *claims: ClaimRule) -> tuple[ClaimRule, ...
         ``claims``, for the experiment's ``apply_rules``.
     """
     for c in claims:
-        register_claim(Claim(c.key, c.claim, c.source, experiment, c.rule_text, c.rule))
+        register_claim(
+            Claim(
+                c.key,
+                c.claim,
+                c.source,
+                experiment,
+                c.rule_text,
+                c.rule,
+                sentence=c.sentence,
+                literature=c.literature,
+            )
+        )
     return claims
