@@ -31,6 +31,7 @@ __all__ = [
     "batch_moments",
     "centered_moments",
     "channel_shape",
+    "checked_variance",
     "per_channel_dot",
     "per_channel_sum",
     "per_channel_sum_sq",
@@ -72,6 +73,18 @@ def _rows(x: Tensor) -> Tensor | None:
     if moved.is_contiguous():
         return moved.view(-1, c)
     return None
+
+
+def checked_variance(var: Tensor) -> Tensor:
+    """``var`` clamped at 0 (rounding), NaN kept, and +inf made NaN.
+
+    The variance of finite data is +inf only when ``sum(d**2)`` overflowed the
+    accumulation dtype (float32 data spread beyond about 1e19): ``rsqrt(inf + eps) = 0``
+    would give the finite, wrong ``y = bias`` with zero gradients, so the statistics are
+    NaN instead, as torch's are on most paths (data holding inf or NaN give a NaN
+    variance already: ``inf - inf``).
+    """
+    return var.clamp_min(0.0).nan_to_num(nan=float("nan"), posinf=float("nan"))
 
 
 def records_grad(*tensors: Tensor | None) -> bool:
@@ -151,7 +164,7 @@ def centered_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     # var = sum(d**2) / n - offset**2, as one fused op (small per-channel ops cost a
     # dispatch each, which dominates small inputs).
     var = torch.addcmul(per_channel_sum_sq(d) / count, offset, offset, value=-1.0)
-    return d, pivot, offset, var.clamp_min(0.0)
+    return d, pivot, offset, checked_variance(var)
 
 
 def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,7 @@ from bnlab.functional.batch_norm import (
     check_momentum,
     check_per_channel,
 )
-from bnlab.functional.moments import accumulation_dtype, channel_shape
+from bnlab.functional.moments import accumulation_dtype, channel_shape, checked_variance
 
 __all__ = [
     "InstanceNormOutput",
@@ -121,7 +121,7 @@ def moments_over(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor, Tensor
     d = x - pivot  # fresh tensor in acc dtype
     offset = d.sum(dims, keepdim=True) / count
     var = (d * d).sum(dims, keepdim=True) / count - offset * offset
-    return d, pivot, offset, var.clamp_min(0.0)
+    return d, pivot, offset, checked_variance(var)
 
 
 def normalize_over(x: Tensor, dims: Sequence[int], eps: float) -> tuple[Tensor, Tensor, Tensor]:

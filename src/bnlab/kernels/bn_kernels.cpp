@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 #include <omp.h>
 
@@ -66,6 +67,25 @@ inline void merge_partials(const std::vector<double>& acc, i64 C, int nt, double
     first[c] = u1;
     second[c] = u2;
   }
+}
+
+// The biased variance from the shifted sums, clamped at 0 against rounding; NaN stays
+// NaN (data holding NaN, or inf: inf - inf), as in bnlab.functional.moments.
+inline double shifted_variance(double s1, double s2, double count) {
+  const double off = s1 / count;
+  const double v = s2 / count - off * off;
+  return v < 0.0 ? 0.0 : v;
+}
+
+// inv_std = 1 / sqrt(var + eps), var rounded to T first (as the reference path computes
+// rsqrt in T). A var that overflows T (float32 data spread beyond about 1e19) gives NaN,
+// as bnlab.functional.moments.checked_variance does: inv_std = 0 would be the finite,
+// wrong y = bias with zero gradients.
+template <typename T>
+inline T inv_std_of(double v, double eps) {
+  const T vt = static_cast<T>(v);
+  if (std::isinf(vt)) return std::numeric_limits<T>::quiet_NaN();
+  return static_cast<T>(1.0 / std::sqrt(static_cast<double>(vt) + eps));
 }
 
 // Per-channel sums of d = x - pivot and d * d over (N, S): s1[c], s2[c] (double).
@@ -226,10 +246,8 @@ void train_forward(const T* x, T* y, i64 N, i64 C, i64 S, const T* weight, const
   std::vector<T> a(C), b(C);
   for (i64 c = 0; c < C; ++c) {
     const double off = s1[c] / count;
-    double v = s2[c] / count - off * off;
-    v = v > 0.0 ? v : 0.0;
-    // inv_std is rounded to T first, as the reference path computes rsqrt in T.
-    const T is = static_cast<T>(1.0 / std::sqrt(static_cast<double>(static_cast<T>(v)) + eps));
+    const double v = shifted_variance(s1[c], s2[c], count);
+    const T is = inv_std_of<T>(v, eps);
     const T o = static_cast<T>(off);
     offset[c] = o;
     var[c] = static_cast<T>(v);
@@ -325,10 +343,7 @@ inline RowStats<T> row_stats(const T* xr, i64 M, T pv, double eps) {
     u2 += d * d;
   }
   const double count = static_cast<double>(M);
-  const double off = u1 / count;
-  double v = u2 / count - off * off;
-  v = v > 0.0 ? v : 0.0;
-  return {off, static_cast<T>(1.0 / std::sqrt(static_cast<double>(static_cast<T>(v)) + eps))};
+  return {u1 / count, inv_std_of<T>(shifted_variance(u1, u2, count), eps)};
 }
 
 template <typename T>
