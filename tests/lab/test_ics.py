@@ -256,7 +256,7 @@ def test_noisy_outputs_applies_one_affine_map_per_channel_and_removeshook_count(
 
 
 def test_no_hooks_left_after_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
-    built = spy_build_model(monkeypatch, ics)
+    built = spy_build_model(monkeypatch, ics.kit)
     config = dataclasses.replace(TINY, steps=2)
     ics.measure(config, Cell("mlp-relu", "bn-noise", 0), Bench(small_data(), torch.device("cpu")))
     assert len(built) == 1

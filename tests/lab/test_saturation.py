@@ -167,7 +167,7 @@ def test_gradient_rms() -> None:
 
 
 def test_no_hooks_left_after_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
-    built = spy_build_model(monkeypatch, saturation)
+    built = spy_build_model(monkeypatch, saturation.kit)
     config = dataclasses.replace(TINY, steps=2)
     saturation.measure(
         config, Cell("mlp-sigmoid", "bn", 0), Bench(small_data(), torch.device("cpu"))

@@ -82,7 +82,7 @@ PARTS = ("online", "predict")
 
 
 @dataclass(frozen=True)
-class BatchOfOneConfig:
+class BatchOfOneConfig(kit.LabConfig):
     """Settings of ``batch-of-one`` (defaults: the full run).
 
     Args:
@@ -100,7 +100,6 @@ class BatchOfOneConfig:
         threads: torch CPU threads during the run.
     """
 
-    seeds: int = 3
     norms: tuple[str, ...] = CNN_NORMS
     online_steps: int = 400
     online_lr: float = 0.01
@@ -113,15 +112,9 @@ class BatchOfOneConfig:
     min_effect: float = 0.01
     threads: int = 1
 
-    @classmethod
-    def quick(cls) -> BatchOfOneConfig:
-        return cls(
-            seeds=2,
-            online_steps=32,
-            predict_train_size=64,
-            predict_examples=16,
-            test_size=128,
-        )
+    QUICK = kit.LabConfig.quick_settings(
+        online_steps=32, predict_train_size=64, predict_examples=16, test_size=128
+    )
 
 
 def try_batch_of_one(model: nn.Module, x: Tensor) -> dict[str, Any]:

@@ -47,7 +47,15 @@ from bnlab.lab.experiment import (
     register_lab,
     seeded,
 )
-from bnlab.lab.kit import DIVERGENCE_RULE, apply_rules, mean_std, pick, take, train_variant
+from bnlab.lab.kit import (
+    DIVERGENCE_RULE,
+    LabConfig,
+    apply_rules,
+    mean_std,
+    pick,
+    take,
+    train_variant,
+)
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 from bnlab.models import create
 from bnlab.models.resnet import check_cifar_depth, cifar_resnet
@@ -87,7 +95,7 @@ CHANCE_LOSS = math.log(10)
 
 
 @dataclass(frozen=True)
-class DepthConfig:
+class DepthConfig(LabConfig):
     """Settings of ``depth`` (defaults: the full run).
 
     Args:
@@ -128,6 +136,17 @@ class DepthConfig:
     stuck_loss: float = 2.0
     min_effect: float = 0.05
 
+    QUICK = LabConfig.quick_settings(
+        seeds=1,
+        depths=(8, 14),
+        width=4,
+        test_size=128,
+        steps=12,
+        batch_size=16,
+        smooth=3,
+        final_window=4,
+    )
+
     def __post_init__(self) -> None:
         if not self.depths:
             raise ValueError("depth: depths must name at least one depth, got ()")
@@ -150,11 +169,6 @@ class DepthConfig:
             raise ValueError(
                 f"depth: final_window must be in 1..steps ({self.steps}), got {self.final_window}"
             )
-
-    @classmethod
-    def quick(cls) -> DepthConfig:
-        small = {"seeds": 1, "depths": (8, 14), "width": 4, "test_size": 128}
-        return cls(**small, steps=12, batch_size=16, smooth=3, final_window=4)
 
 
 def _build(arch: str, norm: str, depth: int, width: int) -> Any:

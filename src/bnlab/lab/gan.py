@@ -150,7 +150,7 @@ def frechet_distance_of(a: Tensor, b: Tensor) -> float:
 
 
 @dataclass(frozen=True)
-class GanConfig:
+class GanConfig(kit.LabConfig):
     """Settings of ``gan`` (defaults: the full run).
 
     Args:
@@ -166,7 +166,6 @@ class GanConfig:
         log_every: steps between recorded losses.
     """
 
-    seeds: int = 3
     variants: tuple[str, ...] = ("none", "bn-separate", "bn-joint", "ln")
     steps: int = 1500
     batch_size: int = 64
@@ -179,17 +178,14 @@ class GanConfig:
     feature_epochs: int = 2
     log_every: int = 50
 
-    @classmethod
-    def quick(cls) -> GanConfig:
-        return cls(
-            seeds=2,
-            steps=20,
-            train_size=256,
-            fd_samples=128,
-            feature_train_size=256,
-            feature_epochs=1,
-            log_every=10,
-        )
+    QUICK = kit.LabConfig.quick_settings(
+        steps=20,
+        train_size=256,
+        fd_samples=128,
+        feature_train_size=256,
+        feature_epochs=1,
+        log_every=10,
+    )
 
 
 def _features(model: nn.Module, images: Tensor) -> Tensor:

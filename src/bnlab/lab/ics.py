@@ -47,33 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnlab.lab import kit
 from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, register_lab, seeded
-from bnlab.lab.kit import (
-    BN_NORM,
-    ProbingConfig,
-    apply_rules,
-    arch_label,
-    batches,
-    build_model,
-    check_positive,
-    compare_variants,
-    comparison_fields,
-    detached_state,
-    directions_verdict,
-    evidence_text,
-    finite_mean,
-    loss_and_grad,
-    loss_at,
-    norm_layers,
-    plateau_notes,
-    probe_batch,
-    probe_copy,
-    probing_lab,
-    variant_mean,
-    weight_layers,
-)
-from bnlab.lab.kit.data import accuracy_on_test
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, layer_table, summary_table
 from bnlab.plots.ics import plot_grad_ics, plot_ics_trajectories
 from bnlab.train.steps import StepState, every, run_steps
@@ -172,11 +148,13 @@ def gradient_shift(
     Returns:
         layer name -> ``{"l2": ||G - G'||, "rel": ||G - G'|| / ||G||, "cos": cos(G, G')}``.
     """
-    wl = weight_layers(model)
+    wl = kit.weight_layers(model)
     names = list(wl)[1:] if layers is None else list(layers)
-    params, buffers = detached_state(model)
+    params, buffers = kit.detached_state(model)
     order = list(params)
-    grads = dict(zip(order, loss_and_grad(model, params, buffers, x, y, loss_fn)[1], strict=True))
+    grads = dict(
+        zip(order, kit.loss_and_grad(model, params, buffers, x, y, loss_fn)[1], strict=True)
+    )
     out: dict[str, dict[str, float]] = {}
     for name in names:
         key = f"{name}.weight"
@@ -186,7 +164,7 @@ def gradient_shift(
         shifted = {n: (p - lr * grads[n] if n in earlier else p) for n, p in params.items()}
         w = shifted[key].clone().requires_grad_(True)
         shifted[key] = w
-        (g_after,) = torch.autograd.grad(loss_at(model, shifted, buffers, x, y, loss_fn), [w])
+        (g_after,) = torch.autograd.grad(kit.loss_at(model, shifted, buffers, x, y, loss_fn), [w])
         g = grads[key]
         diff = float((g - g_after).norm())
         gn, an = float(g.norm()), float(g_after.norm())
@@ -251,7 +229,7 @@ def noisy_outputs(
 
 
 @dataclass(frozen=True)
-class ICSConfig(ProbingConfig):
+class ICSConfig(kit.ProbingConfig):
     """Settings of ``bnlab lab ics`` (defaults: the full run).
 
     Args:
@@ -273,6 +251,17 @@ class ICSConfig(ProbingConfig):
     noise_shift: float = 1.0
     noise_scale: float = 2.0
 
+    QUICK = kit.ProbingConfig.quick_settings(probe_every=10, probe_size=64, grad_ics_every=15)
+    POSITIVE = (
+        *kit.ProbingConfig.POSITIVE,
+        "lr_lenet",
+        "lr_mlp",
+        "probe_every",
+        "probe_size",
+        "grad_ics_every",
+        "noise_scale",
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         for arch in self.noise_archs:
@@ -280,20 +269,11 @@ class ICSConfig(ProbingConfig):
                 raise ValueError(
                     f"ICSConfig: noise arch {arch!r} is not in archs {self.archs!r}; add it there"
                 )
-        check_positive(
-            "ICSConfig",
-            self,
-            ("lr_lenet", "lr_mlp", "probe_every", "probe_size", "grad_ics_every", "noise_scale"),
-        )
         if self.noise_scale < 1 or self.noise_shift < 0:
             raise ValueError(
                 f"ICSConfig: need noise_scale >= 1 and noise_shift >= 0, got "
                 f"{self.noise_scale} and {self.noise_shift}"
             )
-
-    @classmethod
-    def quick(cls) -> ICSConfig:
-        return cls(**cls.QUICK, probe_every=10, probe_size=64, grad_ics_every=15)
 
     def lr(self, arch: str) -> float:
         return self.lr_lenet if arch == "lenet" else self.lr_mlp
@@ -313,15 +293,17 @@ def measure(config: ICSConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
     """Train one (arch, variant, seed) with the three measures as step hooks."""
     arch, variant, seed = cell.setting, cell.variant, cell.seed
     data, device = bench.data, bench.device
-    norm = "none" if variant == "none" else BN_NORM
+    norm = "none" if variant == "none" else kit.BN_NORM
     lr = config.lr(arch)
     with seeded(seed) as gen:
-        model = build_model(arch, norm, seed).to(device)
+        model = kit.build_model(arch, norm, seed).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        train = batches(data["train_images"], data["train_labels"], config.batch_size, seed, device)
-        probe_x = probe_batch(data, config.probe_size, device)
-        watched = list(weight_layers(model))[1:]
-        norms = norm_layers(model)
+        train = kit.batches(
+            data["train_images"], data["train_labels"], config.batch_size, seed, device
+        )
+        probe_x = kit.probe_batch(data, config.probe_size, device)
+        watched = list(kit.weight_layers(model))[1:]
+        norms = kit.norm_layers(model)
         trajectory: dict[str, list[dict[str, Any]]] = {n: [] for n in watched}
         drifts: dict[str, list[float]] = {n: [] for n in watched}
         previous: dict[str, tuple[Tensor, Tensor, float]] = {}
@@ -329,7 +311,7 @@ def measure(config: ICSConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
         grad_steps: list[int] = []
 
         def probe(step: int) -> None:  # measure 1
-            for name, x in probe_copy(model, probe_x, watched).items():
+            for name, x in kit.probe_copy(model, probe_x, watched).items():
                 trajectory[name].append({"step": step, **_layer_stats(x)})
                 moments = _channel_moments(x)
                 if name in previous:
@@ -363,21 +345,21 @@ def measure(config: ICSConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
     tail = [v for v in losses[-max(1, config.steps // 10) :]]
     final_loss = sum(tail) / len(tail)
     layer_drift = {n: (sum(v) / len(v) if v else 0.0) for n, v in drifts.items()}
-    layer_cos = {n: finite_mean([m["cos"] for m in v]) for n, v in grad_ics.items()}
-    layer_rel = {n: finite_mean([m["rel"] for m in v]) for n, v in grad_ics.items()}
-    layer_l2 = {n: finite_mean([m["l2"] for m in v]) for n, v in grad_ics.items()}
+    layer_cos = {n: kit.finite_mean([m["cos"] for m in v]) for n, v in grad_ics.items()}
+    layer_rel = {n: kit.finite_mean([m["rel"] for m in v]) for n, v in grad_ics.items()}
+    layer_l2 = {n: kit.finite_mean([m["l2"] for m in v]) for n, v in grad_ics.items()}
     return {
         "arch": arch,
         "variant": variant,
         "seed": seed,
         "lr": lr,
         "metrics": {
-            "drift": finite_mean(list(layer_drift.values())),
-            "grad_cos": finite_mean(list(layer_cos.values())),
-            "grad_rel": finite_mean(list(layer_rel.values())),
-            "grad_l2": finite_mean(list(layer_l2.values())),
+            "drift": kit.finite_mean(list(layer_drift.values())),
+            "grad_cos": kit.finite_mean(list(layer_cos.values())),
+            "grad_rel": kit.finite_mean(list(layer_rel.values())),
+            "grad_l2": kit.finite_mean(list(layer_l2.values())),
             "train_loss": final_loss if math.isfinite(final_loss) else None,
-            "test_acc": accuracy_on_test(model, data, device),
+            "test_acc": kit.accuracy_on_test(model, data, device),
         },
         "layers": {
             "drift": layer_drift,
@@ -397,44 +379,44 @@ def measure(config: ICSConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
 def decide_ics(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """Rule of claim ``bn-reduces-ics`` (measure 1): per architecture, the drift with BN
     is less than without (``compare``, 2 standard errors)."""
-    evidence, directions = compare_variants(results["raw"]["per_seed"], "drift")
-    return evidence, directions_verdict(directions, "less")
+    evidence, directions = kit.compare_variants(results["raw"]["per_seed"], "drift")
+    return evidence, kit.directions_verdict(directions, "less")
 
 
 def decide_grad_ics(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """Rule of claim ``bn-reduces-gradient-ics`` (measure 2): per architecture, the mean
     cosine between a layer's gradient before and after the earlier layers' step is
     higher with BN (``compare``, 2 standard errors)."""
-    evidence, directions = compare_variants(
+    evidence, directions = kit.compare_variants(
         results["raw"]["per_seed"],
         "grad_cos",
         entry=lambda v, c: {
-            "cos_bn": variant_mean(v, "bn", "grad_cos"),
-            "cos_none": variant_mean(v, "none", "grad_cos"),
-            "rel_change_bn": variant_mean(v, "bn", "grad_rel"),
-            "rel_change_none": variant_mean(v, "none", "grad_rel"),
-            **comparison_fields(c),
+            "cos_bn": kit.variant_mean(v, "bn", "grad_cos"),
+            "cos_none": kit.variant_mean(v, "none", "grad_cos"),
+            "rel_change_bn": kit.variant_mean(v, "bn", "grad_rel"),
+            "rel_change_none": kit.variant_mean(v, "none", "grad_rel"),
+            **kit.comparison_fields(c),
         },
     )
-    return evidence, directions_verdict(directions, "greater")
+    return evidence, kit.directions_verdict(directions, "greater")
 
 
 def decide_noise(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """Rule of claim ``bn-benefit-survives-covariate-shift`` (measure 3): per
     architecture with a noisy run, test accuracy of BN + noise exceeds that without BN
     (``compare``, 2 standard errors)."""
-    evidence, directions = compare_variants(
+    evidence, directions = kit.compare_variants(
         results["raw"]["per_seed"],
         "test_acc",
         variant="bn-noise",
         entry=lambda v, c: {
-            "test_acc_none": variant_mean(v, "none", "test_acc"),
-            "test_acc_bn": variant_mean(v, "bn", "test_acc"),
-            "test_acc_bn_noise": variant_mean(v, "bn-noise", "test_acc"),
-            **comparison_fields(c),
+            "test_acc_none": kit.variant_mean(v, "none", "test_acc"),
+            "test_acc_bn": kit.variant_mean(v, "bn", "test_acc"),
+            "test_acc_bn_noise": kit.variant_mean(v, "bn-noise", "test_acc"),
+            **kit.comparison_fields(c),
         },
     )
-    return evidence, directions_verdict(directions, "greater")
+    return evidence, kit.directions_verdict(directions, "greater")
 
 
 CLAIMS = (
@@ -467,7 +449,7 @@ def summarize(config: ICSConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
             ("final train loss", "train_loss"),
             ("test acc", "test_acc"),
         ],
-        label=arch_label,
+        label=kit.arch_label,
     )
     layer = layer_table(
         "Per layer (input of the layer; mean ± std over seeds)",
@@ -479,13 +461,13 @@ def summarize(config: ICSConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
         ],
         layers=lambda r: list(r["layers"]["drift"]),
         variants=("none", "bn"),
-        label=arch_label,
+        label=kit.arch_label,
     )
-    verdicts, _ = apply_rules(
+    verdicts, _ = kit.apply_rules(
         {"raw": {"per_seed": per_seed}},
-        [(claim, rule, evidence_text) for claim, rule in CLAIMS],
+        [(claim, rule, kit.evidence_text) for claim, rule in CLAIMS],
     )
-    labels = {arch: arch_label(arch) for arch in config.archs}
+    labels = {arch: kit.arch_label(arch) for arch in config.archs}
     plot_ics_trajectories(
         run.curves("trajectory", settings=config.archs, variants=VARIANTS),
         labels,
@@ -520,12 +502,12 @@ def summarize(config: ICSConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
         verdicts=verdicts,
         figures=figures,
         raw={"per_seed": per_seed, "units": run.results},
-        notes=notes + plateau_notes(per_seed),
+        notes=notes + kit.plateau_notes(per_seed),
     )
 
 
 SPEC = register_lab(
-    probing_lab(
+    kit.probing_lab(
         name="ics",
         title="Internal covariate shift, with and without BN",
         summary=(

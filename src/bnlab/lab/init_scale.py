@@ -61,9 +61,7 @@ class InitConfig(fits.SweepConfig):
     hidden: tuple[int, ...] = (256, 256, 256)
     lr: float = 0.5
 
-    @classmethod
-    def quick(cls) -> InitConfig:
-        return cls(**cls.QUICK, factors=(0.01, 1.0, 30.0), hidden=(64, 64))
+    QUICK = fits.SweepConfig.quick_settings(factors=(0.01, 1.0, 30.0), hidden=(64, 64))
 
 
 def scale_weights(model: nn.Module, factor: float) -> None:

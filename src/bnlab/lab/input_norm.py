@@ -89,9 +89,7 @@ class InputNormConfig(fits.FitConfig):
     lr: float = 0.1
     min_std: float = 0.05
 
-    @classmethod
-    def quick(cls) -> InputNormConfig:
-        return cls(**cls.QUICK, hidden=32)
+    QUICK = fits.FitConfig.quick_settings(hidden=32)
 
 
 def standardizer(images: Tensor, inputs: str, min_std: float) -> Standardize | None:

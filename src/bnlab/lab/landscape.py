@@ -29,26 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnlab.lab import kit
 from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, register_lab, seeded
-from bnlab.lab.kit import (
-    BN_NORM,
-    ProbingConfig,
-    accuracy_on_test,
-    apply_rules,
-    arch_label,
-    batches,
-    build_model,
-    check_positive,
-    compare_variants,
-    detached_state,
-    directions_verdict,
-    finite_mean,
-    loss_and_grad,
-    plateau_notes,
-    probing_lab,
-    variant_mean,
-)
 from bnlab.lab.runner import Bench, Cell, GridRun, summary_table
 from bnlab.plots.landscape import plot_landscape
 from bnlab.train.steps import every, run_steps
@@ -97,13 +80,13 @@ def landscape_point(
     """
     if not step_sizes or any(not eta > 0 for eta in step_sizes):
         raise ValueError(f"landscape_point: step sizes must be > 0, got {list(step_sizes)!r}")
-    params, buffers = detached_state(model)
-    loss0, grad0 = loss_and_grad(model, params, buffers, x, y, loss_fn)
+    params, buffers = kit.detached_state(model)
+    loss0, grad0 = kit.loss_and_grad(model, params, buffers, x, y, loss_fn)
     gnorm = _norm(grad0)
     losses, changes, betas = [], [], []
     for eta in step_sizes:
         moved = {n: p - eta * g for (n, p), g in zip(params.items(), grad0, strict=True)}
-        loss, grad = loss_and_grad(model, moved, buffers, x, y, loss_fn)
+        loss, grad = kit.loss_and_grad(model, moved, buffers, x, y, loss_fn)
         change = _norm([a - b for a, b in zip(grad, grad0, strict=True)])
         losses.append(loss)
         changes.append(change)
@@ -123,7 +106,7 @@ def landscape_point(
 
 
 @dataclass(frozen=True)
-class LandscapeConfig(ProbingConfig):
+class LandscapeConfig(kit.ProbingConfig):
     """Settings of ``bnlab lab landscape`` (defaults: the full run).
 
     Args:
@@ -138,17 +121,15 @@ class LandscapeConfig(ProbingConfig):
     check_every: int = 25
     step_multipliers: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 
+    QUICK = kit.ProbingConfig.quick_settings(check_every=10, step_multipliers=(0.5, 1.0, 2.0))
+    POSITIVE = (*kit.ProbingConfig.POSITIVE, "lr_lenet", "lr_mlp", "check_every")
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive("LandscapeConfig", self, ("lr_lenet", "lr_mlp", "check_every"))
         if not self.step_multipliers or any(not m > 0 for m in self.step_multipliers):
             raise ValueError(
                 f"LandscapeConfig: step_multipliers must be > 0, got {self.step_multipliers!r}"
             )
-
-    @classmethod
-    def quick(cls) -> LandscapeConfig:
-        return cls(**cls.QUICK, check_every=10, step_multipliers=(0.5, 1.0, 2.0))
 
     def lr(self, arch: str) -> float:
         return self.lr_lenet if arch == "lenet" else self.lr_mlp
@@ -165,9 +146,11 @@ def measure(config: LandscapeConfig, cell: Cell, bench: Bench) -> dict[str, Any]
     lr = config.lr(arch)
     etas = [m * lr for m in config.step_multipliers]
     with seeded(seed):
-        model = build_model(arch, "none" if variant == "none" else BN_NORM, seed).to(device)
+        model = kit.build_model(arch, "none" if variant == "none" else kit.BN_NORM, seed).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        train = batches(data["train_images"], data["train_labels"], config.batch_size, seed, device)
+        train = kit.batches(
+            data["train_images"], data["train_labels"], config.batch_size, seed, device
+        )
         points: list[dict[str, Any]] = []
 
         def checkpoint(step: int, x: Tensor, y: Tensor) -> None:
@@ -186,7 +169,7 @@ def measure(config: LandscapeConfig, cell: Cell, bench: Bench) -> dict[str, Any]
     metrics = point_means(points)
     final = sum(tail) / len(tail)
     metrics["train_loss"] = final if math.isfinite(final) else None
-    metrics["test_acc"] = accuracy_on_test(model, data, device)
+    metrics["test_acc"] = kit.accuracy_on_test(model, data, device)
     return {
         "arch": arch,
         "variant": variant,
@@ -201,7 +184,7 @@ def measure(config: LandscapeConfig, cell: Cell, bench: Bench) -> dict[str, Any]
 def point_means(points: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     """Means over checkpoints of ``METRICS``, ``grad_change_rel`` and ``grad_norm``."""
     keys = (*METRICS, "grad_change_rel", "grad_norm")
-    return {key: finite_mean([p.get(key) for p in points]) for key in keys}
+    return {key: kit.finite_mean([p.get(key) for p in points]) for key in keys}
 
 
 def decide_landscape(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -213,24 +196,24 @@ def decide_landscape(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     evidence: dict[str, Any] = {}
     directions = []
     for key in METRICS:
-        by_arch, found = compare_variants(
+        by_arch, found = kit.compare_variants(
             per_seed,
             key,
             entry=lambda v, c, key=key: {
-                "bn": variant_mean(v, "bn", key),
-                "none": variant_mean(v, "none", key),
+                "bn": kit.variant_mean(v, "bn", key),
+                "none": kit.variant_mean(v, "none", key),
                 "direction": c.direction,
             },
         )
         for arch, entry in by_arch.items():
             evidence.setdefault(arch, {})[key] = entry
         directions += found
-    return evidence, directions_verdict(directions, "less")
+    return evidence, kit.directions_verdict(directions, "less")
 
 
 def _measured(evidence: Mapping[str, Any]) -> str:
     return "; ".join(
-        f"{arch_label(a)}: "
+        f"{kit.arch_label(a)}: "
         + ", ".join(
             f"{k} {e['bn']:.3g} (BN) vs {e['none']:.3g} ({e['direction']})"
             for k, e in by.items()
@@ -263,14 +246,14 @@ def summarize(config: LandscapeConfig, ctx: LabContext, run: GridRun) -> LabOutc
             ("final train loss", "train_loss"),
             ("test acc", "test_acc"),
         ],
-        label=arch_label,
+        label=kit.arch_label,
     )
-    verdicts, _ = apply_rules(
+    verdicts, _ = kit.apply_rules(
         {"raw": {"per_seed": per_seed}}, [(CLAIM, decide_landscape, _measured)]
     )
     plot_landscape(
         run.curves("points", settings=config.archs, variants=VARIANTS),
-        {arch: arch_label(arch) for arch in config.archs},
+        {arch: kit.arch_label(arch) for arch in config.archs},
         ctx.out_dir / "landscape.png",
     )
     return LabOutcome(
@@ -289,13 +272,13 @@ def summarize(config: LandscapeConfig, ctx: LabContext, run: GridRun) -> LabOutc
             f"{config.train_size} training images, {config.steps} SGD steps of batch "
             f"{config.batch_size}; lr {config.lr_lenet} (LeNet), {config.lr_mlp} (MLP); "
             f"step sizes {list(config.step_multipliers)} x lr, every {config.check_every} steps",
-            *plateau_notes(per_seed),
+            *kit.plateau_notes(per_seed),
         ],
     )
 
 
 SPEC = register_lab(
-    probing_lab(
+    kit.probing_lab(
         name="landscape",
         title="Loss landscape smoothness, with and without BN",
         summary=(

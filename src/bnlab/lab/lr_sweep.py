@@ -62,9 +62,7 @@ class LrSweepConfig(fits.SweepConfig):
                 f"lr-sweep: archs must name some of {', '.join(ARCHS)}, got {self.archs!r}"
             )
 
-    @classmethod
-    def quick(cls) -> LrSweepConfig:
-        return cls(**{**cls.QUICK, "train_size": 256}, lrs=(0.1, 1.0, 10.0))
+    QUICK = fits.SweepConfig.quick_settings(train_size=256, lrs=(0.1, 1.0, 10.0))
 
 
 #: Networks: model name, keyword arguments and a label.

@@ -57,9 +57,7 @@ class PlacementConfig(fits.FitConfig):
     lr: float = 0.1
     reference: bool = True
 
-    @classmethod
-    def quick(cls) -> PlacementConfig:
-        return cls(**cls.QUICK, hidden=(32, 32))
+    QUICK = fits.FitConfig.quick_settings(hidden=(32, 32))
 
     def placements(self) -> list[str]:
         """Before, after, and without BN when ``reference``."""

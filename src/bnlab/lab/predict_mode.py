@@ -169,11 +169,9 @@ class PredictModeConfig(FitConfig):
     min_effect: float = 0.01
     threads: int = 1
 
-    @classmethod
-    def quick(cls) -> PredictModeConfig:
-        return cls(
-            **cls.QUICK, test_batches=(1, 2, 32, 256), momenta=(0.1, None), sorted_test_batch=64
-        )
+    QUICK = FitConfig.quick_settings(
+        test_batches=(1, 2, 32, 256), momenta=(0.1, None), sorted_test_batch=64
+    )
 
 
 def _momentum_key(momentum: float | None) -> str:

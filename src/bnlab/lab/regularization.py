@@ -72,9 +72,7 @@ class RegularizationConfig(fits.FitConfig):
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"regularization: dropout must be in [0, 1), got {self.dropout!r}")
 
-    @classmethod
-    def quick(cls) -> RegularizationConfig:
-        return cls(**{**cls.QUICK, "train_size": 256, "epochs": 3}, hidden=(64, 64), average_last=2)
+    QUICK = fits.FitConfig.quick_settings(train_size=256, epochs=3, hidden=(64, 64), average_last=2)
 
 
 def with_dropout(mlp: nn.Sequential, p: float) -> nn.Sequential:

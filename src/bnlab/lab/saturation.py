@@ -33,27 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bnlab.lab import kit
 from bnlab.lab.claims import Claim, register_claim
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, register_lab, seeded
-from bnlab.lab.kit import (
-    BN_NORM,
-    ProbingConfig,
-    accuracy_on_test,
-    apply_rules,
-    arch_label,
-    batches,
-    build_model,
-    check_positive,
-    compare_variants,
-    directions_verdict,
-    evidence_text,
-    finite_mean,
-    plateau_notes,
-    probe_batch,
-    probe_copy,
-    probing_lab,
-    weight_layers,
-)
 from bnlab.lab.runner import Bench, Cell, GridRun, layer_table, summary_table
 from bnlab.plots.saturation import plot_saturation
 from bnlab.train.steps import StepState, every, run_steps
@@ -104,7 +86,7 @@ def gradient_rms(model: nn.Module) -> dict[str, float]:
     Layers without a gradient are left out.
     """
     out = {}
-    for name, layer in weight_layers(model).items():
+    for name, layer in kit.weight_layers(model).items():
         g = layer.weight.grad
         if g is not None:
             out[name] = float(g.norm()) / math.sqrt(g.numel())
@@ -112,7 +94,7 @@ def gradient_rms(model: nn.Module) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class SaturationConfig(ProbingConfig):
+class SaturationConfig(kit.ProbingConfig):
     """Settings of ``bnlab lab saturation`` (defaults: the full run).
 
     Args:
@@ -131,24 +113,16 @@ class SaturationConfig(ProbingConfig):
     probe_every: int = 25
     probe_size: int = 256
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_positive(
-            "SaturationConfig",
-            self,
-            (
-                "lr_lenet",
-                "lr_mlp_relu",
-                "lr_mlp_sigmoid",
-                "hard_init_scale",
-                "probe_every",
-                "probe_size",
-            ),
-        )
-
-    @classmethod
-    def quick(cls) -> SaturationConfig:
-        return cls(**cls.QUICK, probe_every=10, probe_size=64)
+    QUICK = kit.ProbingConfig.quick_settings(probe_every=10, probe_size=64)
+    POSITIVE = (
+        *kit.ProbingConfig.POSITIVE,
+        "lr_lenet",
+        "lr_mlp_relu",
+        "lr_mlp_sigmoid",
+        "hard_init_scale",
+        "probe_every",
+        "probe_size",
+    )
 
     def lr(self, arch: str) -> float:
         return {"lenet": self.lr_lenet, "mlp-relu": self.lr_mlp_relu}.get(arch, self.lr_mlp_sigmoid)
@@ -163,9 +137,9 @@ def _probe(model: nn.Module, x: Tensor) -> dict[str, dict[str, float]]:
     relus = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
     out: dict[str, dict[str, float]] = {"saturated": {}, "zeros": {}}
     if sigmoids:
-        out["saturated"] = probe_copy(model, x, sigmoids, what="input", reduce=saturated_share)
+        out["saturated"] = kit.probe_copy(model, x, sigmoids, what="input", reduce=saturated_share)
     if relus:
-        out["zeros"] = probe_copy(model, x, relus, what="output", reduce=zero_share)
+        out["zeros"] = kit.probe_copy(model, x, relus, what="output", reduce=zero_share)
     return out
 
 
@@ -178,12 +152,14 @@ def measure(config: SaturationConfig, cell: Cell, bench: Bench) -> dict[str, Any
     arch, variant, seed = cell.setting, cell.variant, cell.seed
     data, device = bench.data, bench.device
     lr = config.lr(arch)
-    norm = "none" if variant == "none" else BN_NORM
+    norm = "none" if variant == "none" else kit.BN_NORM
     with seeded(seed):
-        model = build_model(arch, norm, seed, init_scale=config.init_scale(arch)).to(device)
+        model = kit.build_model(arch, norm, seed, init_scale=config.init_scale(arch)).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        train = batches(data["train_images"], data["train_labels"], config.batch_size, seed, device)
-        probe_x = probe_batch(data, config.probe_size, device)
+        train = kit.batches(
+            data["train_images"], data["train_labels"], config.batch_size, seed, device
+        )
+        probe_x = kit.probe_batch(data, config.probe_size, device)
         probes: list[dict[str, Any]] = []
 
         def probe(state: StepState) -> None:
@@ -200,7 +176,7 @@ def measure(config: SaturationConfig, cell: Cell, bench: Bench) -> dict[str, Any
             on_backward=every(config.probe_every, probe, last=config.steps - 1),
             on_step=lambda s: bench.advance(1),
         )
-    weights = list(weight_layers(model))
+    weights = list(kit.weight_layers(model))
     first, last = weights[0], weights[-1]
 
     def ratio(p: dict[str, Any]) -> float | None:
@@ -210,13 +186,15 @@ def measure(config: SaturationConfig, cell: Cell, bench: Bench) -> dict[str, Any
     tail = losses[-max(1, config.steps // 10) :]
     final = sum(tail) / len(tail)
     metrics = {
-        "saturated": finite_mean([finite_mean(list(p["saturated"].values())) for p in probes]),
-        "saturated_final": finite_mean(list(probes[-1]["saturated"].values())),
-        "zeros": finite_mean([finite_mean(list(p["zeros"].values())) for p in probes]),
-        "zeros_final": finite_mean(list(probes[-1]["zeros"].values())),
-        "grad_ratio_log10": finite_mean([ratio(p) for p in probes]),
+        "saturated": kit.finite_mean(
+            [kit.finite_mean(list(p["saturated"].values())) for p in probes]
+        ),
+        "saturated_final": kit.finite_mean(list(probes[-1]["saturated"].values())),
+        "zeros": kit.finite_mean([kit.finite_mean(list(p["zeros"].values())) for p in probes]),
+        "zeros_final": kit.finite_mean(list(probes[-1]["zeros"].values())),
+        "grad_ratio_log10": kit.finite_mean([ratio(p) for p in probes]),
         "train_loss": final if math.isfinite(final) else None,
-        "test_acc": accuracy_on_test(model, data, device),
+        "test_acc": kit.accuracy_on_test(model, data, device),
     }
     return {
         "arch": arch,
@@ -232,12 +210,12 @@ def measure(config: SaturationConfig, cell: Cell, bench: Bench) -> dict[str, Any
 def _decide(
     results: Mapping[str, Any], archs: Sequence[str], metric: str, wanted: str
 ) -> tuple[dict[str, Any], str]:
-    evidence, directions = compare_variants(
+    evidence, directions = kit.compare_variants(
         results["raw"]["per_seed"], metric, settings=archs, skip_empty=True
     )
     if not directions:
         return evidence, "mixed"
-    return evidence, directions_verdict(directions, wanted)
+    return evidence, kit.directions_verdict(directions, wanted)
 
 
 def decide_saturation(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -277,7 +255,7 @@ def summarize(config: SaturationConfig, ctx: LabContext, run: GridRun) -> LabOut
 
     def label(arch: str) -> str:
         scale = config.init_scale(arch)
-        return arch_label(arch) + (f", init x{scale:g}" if scale != 1 else "")
+        return kit.arch_label(arch) + (f", init x{scale:g}" if scale != 1 else "")
 
     table = summary_table(
         f"Saturation (|z| > {SATURATION_THRESHOLD:g}), ReLU zeros, gradient ratio "
@@ -298,19 +276,19 @@ def summarize(config: SaturationConfig, ctx: LabContext, run: GridRun) -> LabOut
     layer = layer_table(
         "Gradient RMS per weight layer (mean over probes; mean ± std over seeds)",
         run,
-        [("grad rms", lambda r, n: finite_mean([p["grad_rms"].get(n) for p in r["probes"]]))],
+        [("grad rms", lambda r, n: kit.finite_mean([p["grad_rms"].get(n) for p in r["probes"]]))],
         layers=lambda r: list(r["probes"][0]["grad_rms"]),
         variants=VARIANTS,
-        label=arch_label,
+        label=kit.arch_label,
         missing="-",
     )
-    verdicts, _ = apply_rules(
+    verdicts, _ = kit.apply_rules(
         {"raw": {"per_seed": per_seed}},
-        [(claim, rule, lambda e: evidence_text(e) or "no data") for claim, rule in CLAIMS],
+        [(claim, rule, lambda e: kit.evidence_text(e) or "no data") for claim, rule in CLAIMS],
     )
     plot_saturation(
         run.curves("probes", settings=config.archs, variants=VARIANTS),
-        {arch: arch_label(arch) for arch in config.archs},
+        {arch: kit.arch_label(arch) for arch in config.archs},
         SATURATION_THRESHOLD,
         ctx.out_dir / "saturation.png",
     )
@@ -333,13 +311,13 @@ def summarize(config: SaturationConfig, ctx: LabContext, run: GridRun) -> LabOut
             f"{config.batch_size}; mlp-sigmoid weights x{config.hard_init_scale:g} at init",
             "BN sits before the activation (the paper's placement): with beta near 0 a BN'd "
             "ReLU pre-activation is centred, so about half the ReLU outputs are zero by design",
-            *plateau_notes(per_seed),
+            *kit.plateau_notes(per_seed),
         ],
     )
 
 
 SPEC = register_lab(
-    probing_lab(
+    kit.probing_lab(
         name="saturation",
         title="Saturated sigmoids, dead ReLUs and vanishing gradients, with and without BN",
         summary=(

@@ -65,7 +65,7 @@ STREAM = "stream"
 
 
 @dataclass(frozen=True)
-class SequenceConfig:
+class SequenceConfig(kit.LabConfig):
     """Settings of ``sequence`` (defaults: the full run).
 
     Args:
@@ -81,7 +81,6 @@ class SequenceConfig:
         hidden: the GRU's hidden size; d_model, layers: the Transformer's.
     """
 
-    seeds: int = 3
     archs: tuple[str, ...] = ("gru", "transformer")
     norms: tuple[str, ...] = ("none", "bn", "ln")
     batch_sizes: tuple[int, ...] = (8, 32, 128)
@@ -94,19 +93,16 @@ class SequenceConfig:
     d_model: int = 64
     layers: int = 2
 
-    @classmethod
-    def quick(cls) -> SequenceConfig:
-        return cls(
-            seeds=2,
-            batch_sizes=(8, 32),
-            train_size=128,
-            test_size=128,
-            epochs=1,
-            stream_size=32,
-            hidden=16,
-            d_model=16,
-            layers=1,
-        )
+    QUICK = kit.LabConfig.quick_settings(
+        batch_sizes=(8, 32),
+        train_size=128,
+        test_size=128,
+        epochs=1,
+        stream_size=32,
+        hidden=16,
+        d_model=16,
+        layers=1,
+    )
 
 
 def _evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:

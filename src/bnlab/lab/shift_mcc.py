@@ -64,7 +64,7 @@ from bnlab.lab.experiment import (
     register_lab,
     seeded,
 )
-from bnlab.lab.kit import float_images, mean_std, probe_copy, take
+from bnlab.lab.kit import LabConfig, float_images, mean_std, probe_copy, take
 from bnlab.lab.runner import Bench, Cell, Grid, run_grid
 from bnlab.models import create
 from bnlab.plots.shift import plot_dose_response, plot_internal_mcc
@@ -248,7 +248,7 @@ def null_threshold(scores: Sequence[float], sigmas: float) -> float | None:
 
 
 @dataclass(frozen=True)
-class ShiftMccConfig:
+class ShiftMccConfig(LabConfig):
     """Settings of ``shift-mcc`` (defaults: the full run).
 
     Args:
@@ -267,7 +267,6 @@ class ShiftMccConfig:
         null_probes: probes (evenly spread) at which the same-step null is scored.
     """
 
-    seeds: int = 3
     sample_size: int = 1500
     calibration_seeds: int = 10
     null_sigmas: float = 3.0
@@ -288,22 +287,19 @@ class ShiftMccConfig:
     probe_size: int = 800
     null_probes: int = 3
 
-    @classmethod
-    def quick(cls) -> ShiftMccConfig:
-        return cls(
-            seeds=2,
-            sample_size=200,
-            calibration_seeds=3,
-            classifier_steps=30,
-            brightness=(0.0, 0.3),
-            contrast=(0.0, 0.5),
-            noise=(0.0, 0.3),
-            ics_train_size=256,
-            ics_steps=10,
-            probe_every=10,
-            probe_size=128,
-            null_probes=1,
-        )
+    QUICK = LabConfig.quick_settings(
+        sample_size=200,
+        calibration_seeds=3,
+        classifier_steps=30,
+        brightness=(0.0, 0.3),
+        contrast=(0.0, 0.5),
+        noise=(0.0, 0.3),
+        ics_train_size=256,
+        ics_steps=10,
+        probe_every=10,
+        probe_size=128,
+        null_probes=1,
+    )
 
     def levels(self, kind: str) -> tuple[float, ...]:
         return {"brightness": self.brightness, "contrast": self.contrast, "noise": self.noise}[kind]

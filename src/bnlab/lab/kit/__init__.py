@@ -6,7 +6,8 @@
   (``probe_copy``), functional evaluation at other weights (``loss_at``);
 - ``train``: one ``fit`` run over data subsets (``train_variant``);
 - ``verdicts``: comparisons of variants per setting, rules into verdicts;
-- ``configs``: config checks and ``ProbingConfig``, the probing experiments' core;
+- ``configs``: config checks, ``LabConfig`` (every config's seeds and quick run) and
+  ``ProbingConfig``, the probing experiments' core;
 - ``fits`` (imported as a module, ``kit.fits``): ``FitConfig``, the fit-based
   experiments' core (one ``train_variant`` run per cell), and ``SweepConfig`` with the
   tables, series and rule groups of the trainability sweeps (lr-sweep, init);
@@ -16,7 +17,7 @@ The step loop with hooks is ``bnlab.train.steps.run_steps``; the grid runner is
 ``bnlab.lab.runner``.
 """
 
-from bnlab.lab.kit.configs import ProbingConfig, check_positive, probing_lab
+from bnlab.lab.kit.configs import LabConfig, ProbingConfig, check_positive, probing_lab
 from bnlab.lab.kit.data import accuracy_on_test, batches, float_images, probe_batch, split, take
 from bnlab.lab.kit.models import (
     ARCHS,
@@ -64,6 +65,7 @@ __all__ = [
     "DIVERGENCE_RULE",
     "TRAINS_RULE",
     "ClaimRule",
+    "LabConfig",
     "ProbingConfig",
     "accuracy_on_test",
     "apply_rules",

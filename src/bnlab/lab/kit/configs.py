@@ -1,11 +1,12 @@
-"""Config pieces the experiments share: value checks and the probing experiments' core."""
+"""Config pieces the experiments share: value checks, the base of every experiment's
+config (``LabConfig``: seeds and the quick run) and the probing experiments' core."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from torch import Tensor
 
@@ -14,7 +15,7 @@ from bnlab.lab.kit.data import split
 from bnlab.lab.kit.models import check_archs
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 
-__all__ = ["ProbingConfig", "check_positive", "probing_lab"]
+__all__ = ["LabConfig", "ProbingConfig", "check_positive", "probing_lab"]
 
 
 def check_positive(owner: str, config: Any, names: Sequence[str]) -> None:
@@ -32,12 +33,41 @@ def check_positive(owner: str, config: Any, names: Sequence[str]) -> None:
 
 
 @dataclass(frozen=True)
-class ProbingConfig:
+class LabConfig:
+    """The base of an experiment's config: its seeds, and the quick run (``--quick`` and
+    the tests) as the settings it changes, ``QUICK``.
+
+    A subclass adds its fields, may give ``seeds`` another default, and states its quick
+    run as ``QUICK = Parent.quick_settings(name=value, ...)`` (the parent's quick settings
+    and its own); ``quick()`` builds the config from them.
+
+    Args:
+        seeds: runs per cell of the experiment's grid, seeds 0..seeds-1.
+    """
+
+    seeds: int = 3
+
+    #: The quick run's share of the settings.
+    QUICK: ClassVar[Mapping[str, Any]] = MappingProxyType({"seeds": 2})
+
+    @classmethod
+    def quick_settings(cls, **settings: Any) -> Mapping[str, Any]:
+        """``QUICK`` for a subclass: this class's quick settings updated with ``settings``."""
+        return MappingProxyType({**cls.QUICK, **settings})
+
+    @classmethod
+    def quick(cls) -> Self:
+        """The quick run's config: the defaults updated with ``QUICK``."""
+        return cls(**cls.QUICK)
+
+
+@dataclass(frozen=True)
+class ProbingConfig(LabConfig):
     """What the probing experiments (ics, landscape, saturation) share: which networks,
     how many seeds, how much data, how many SGD steps of which batch.
 
-    A subclass adds its own fields (learning rates, probe intervals) and builds its
-    ``quick()`` from ``QUICK``.
+    A subclass adds its own fields (learning rates, probe intervals), its quick
+    settings (``LabConfig``) and the fields that must be > 0 (``POSITIVE``).
 
     Args:
         seeds: runs per (architecture, variant), seeds 0..seeds-1.
@@ -49,22 +79,27 @@ class ProbingConfig:
         ValueError: an unknown architecture or a setting that is not > 0.
     """
 
-    seeds: int = 3
     archs: tuple[str, ...] = ("lenet", "mlp-relu")
     train_size: int = 12000
     test_size: int = 2000
     batch_size: int = 128
     steps: int = 300
 
-    #: The quick run's share of the settings (``--quick`` and the tests).
-    QUICK: ClassVar[Mapping[str, Any]] = MappingProxyType(
-        {"seeds": 2, "train_size": 1024, "test_size": 256, "batch_size": 64, "steps": 30}
+    QUICK = LabConfig.quick_settings(train_size=1024, test_size=256, batch_size=64, steps=30)
+
+    #: The numeric settings that must be > 0; a subclass adds its own.
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "seeds",
+        "train_size",
+        "test_size",
+        "batch_size",
+        "steps",
     )
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         check_archs(owner, self.archs)
-        check_positive(owner, self, ("seeds", "train_size", "test_size", "batch_size", "steps"))
+        check_positive(owner, self, self.POSITIVE)
 
     def arch_grid(
         self, variants: Sequence[str], include: Callable[[Cell], bool] | None = None

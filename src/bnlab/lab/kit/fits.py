@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import nn
 
 from bnlab.lab.experiment import Table
+from bnlab.lab.kit.configs import LabConfig
 from bnlab.lab.kit.train import DIVERGENCE_RULE, train_variant
 from bnlab.lab.kit.verdicts import TRAINS_RULE, mean_std, pick, trainable_values
 from bnlab.lab.runner import Bench
@@ -47,9 +47,9 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class FitConfig:
+class FitConfig(LabConfig):
     """What the fit-based experiments share. A subclass adds its own fields (grid,
-    learning rate, model) and builds its ``quick()`` from ``QUICK``.
+    learning rate, model) and its quick settings (``LabConfig``).
 
     Args:
         seeds: training seeds per cell, seeds 0..seeds-1.
@@ -59,17 +59,13 @@ class FitConfig:
         epochs, batch_size: training length and SGD batch.
     """
 
-    seeds: int = 3
     norm: str = "torch"
     train_size: int = 5000
     test_size: int = 2000
     epochs: int = 3
     batch_size: int = 64
 
-    #: The quick run's share of the settings (``--quick`` and the tests).
-    QUICK: ClassVar[Mapping[str, Any]] = MappingProxyType(
-        {"seeds": 2, "train_size": 512, "test_size": 256, "epochs": 1}
-    )
+    QUICK = LabConfig.quick_settings(train_size=512, test_size=256, epochs=1)
 
     def fit(
         self,
