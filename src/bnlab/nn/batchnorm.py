@@ -20,13 +20,20 @@ and utilities that find batch norms with ``isinstance`` (``swa_utils.update_bn``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.jit import is_scripting
 from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 
-from bnlab.autograd.batch_norm import batch_norm_inplace
+from bnlab.autograd.batch_norm import (
+    BatchNormFunction,
+    batch_norm_eval_forward,
+    batch_norm_inplace,
+)
 from bnlab.functional.batch_norm import BatchNormOutput, check_input
 from bnlab.nn._base import _NormBase, non_tensor_call
 
@@ -135,6 +142,14 @@ class _BatchNorm(_NormBase, _TorchBatchNorm):
             self.eps,
         )
 
+    def _variant(
+        self, *, training: bool, name: str
+    ) -> tuple[Callable[..., BatchNormOutput], dict[str, Any]] | None:
+        """A variant of batch norm (ghost, renorm) overrides only this: the
+        ``bnlab.functional`` ``*_with`` function that computes it around the batch norm
+        Function, and its own keyword options; None for batch norm itself."""
+        return None
+
     def _normalize(
         self,
         x: Tensor,
@@ -145,9 +160,27 @@ class _BatchNorm(_NormBase, _TorchBatchNorm):
         training: bool,
         name: str,
     ) -> BatchNormOutput:
-        """The call on the buffers ``forward`` chose; variants of batch norm (ghost,
-        renorm) override only this (returning new statistics, which ``forward`` copies
-        into the buffers). Batch norm's own updates the buffers in place."""
+        """The call on the buffers ``forward`` chose. Batch norm's own updates the buffers
+        in place; a variant's (``_variant``) returns new statistics, which ``forward``
+        copies into the buffers."""
+        variant = self._variant(training=training, name=name)
+        if variant is not None:
+            norm_with, options = variant
+            return norm_with(
+                BatchNormFunction.apply,
+                x,
+                running_mean,
+                running_var,
+                self.weight,
+                self.bias,
+                training=training,
+                momentum=self.momentum,
+                eps=self.eps,
+                num_batches_tracked=num_batches_tracked,
+                eval_forward=batch_norm_eval_forward,
+                name=name,
+                **options,
+            )
         params = self._parameters
         return batch_norm_inplace(
             x,

@@ -21,10 +21,11 @@ Design decisions:
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from collections.abc import Callable
+from typing import Any
 
-from bnlab.autograd.batch_norm import BatchNormFunction, batch_norm_eval_forward
+import torch
+
 from bnlab.functional.batch_norm import BatchNormOutput
 from bnlab.functional.ghost import check_virtual_batch_size, ghost_batch_norm_with
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
@@ -70,32 +71,11 @@ class _GhostBatchNorm(_BatchNorm):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, virtual_batch_size={self.virtual_batch_size}"
 
-    def _normalize(
-        self,
-        x: Tensor,
-        running_mean: Tensor | None,
-        running_var: Tensor | None,
-        num_batches_tracked: Tensor | None,
-        *,
-        training: bool,
-        name: str,
-    ) -> BatchNormOutput:
+    def _variant(
+        self, *, training: bool, name: str
+    ) -> tuple[Callable[..., BatchNormOutput], dict[str, Any]]:
         # Batch norm's buffer handling (bnlab.nn.BatchNorm.forward), ghost statistics.
-        return ghost_batch_norm_with(
-            BatchNormFunction.apply,
-            x,
-            running_mean,
-            running_var,
-            self.weight,
-            self.bias,
-            training=training,
-            momentum=self.momentum,
-            eps=self.eps,
-            num_batches_tracked=num_batches_tracked,
-            eval_forward=batch_norm_eval_forward,
-            virtual_batch_size=self.virtual_batch_size,
-            name=name,
-        )
+        return ghost_batch_norm_with, {"virtual_batch_size": self.virtual_batch_size}
 
 
 class GhostBatchNorm1d(_GhostBatchNorm, BatchNorm1d):

@@ -37,10 +37,12 @@ Design decisions:
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from collections.abc import Callable
+from typing import Any
 
-from bnlab.autograd.batch_norm import BatchNormFunction, batch_norm_eval_forward
+import torch
+from torch import nn
+
 from bnlab.functional.batch_norm import BatchNormOutput
 from bnlab.functional.batch_renorm import (
     batch_renorm_with,
@@ -107,38 +109,16 @@ class _BatchRenorm(_BatchNorm):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, r_max={self.r_max}, d_max={self.d_max}"
 
-    def _normalize(
-        self,
-        x: Tensor,
-        running_mean: Tensor | None,
-        running_var: Tensor | None,
-        num_batches_tracked: Tensor | None,
-        *,
-        training: bool,
-        name: str,
-    ) -> BatchNormOutput:
+    def _variant(
+        self, *, training: bool, name: str
+    ) -> tuple[Callable[..., BatchNormOutput], dict[str, Any]]:
         # Batch norm's buffer handling (bnlab.nn.BatchNorm.forward), renorm's correction.
         if training and not self.track_running_stats:
             raise RuntimeError(
                 f"{name}: training needs running statistics, but track_running_stats was "
                 f"set to False; set it back to True, or call .eval()"
             )
-        return batch_renorm_with(
-            BatchNormFunction.apply,
-            x,
-            running_mean,
-            running_var,
-            self.weight,
-            self.bias,
-            training=training,
-            momentum=self.momentum,
-            eps=self.eps,
-            num_batches_tracked=num_batches_tracked,
-            eval_forward=batch_norm_eval_forward,
-            r_max=self.r_max,
-            d_max=self.d_max,
-            name=name,
-        )
+        return batch_renorm_with, {"r_max": self.r_max, "d_max": self.d_max}
 
 
 class BatchRenorm1d(_BatchRenorm, BatchNorm1d):
