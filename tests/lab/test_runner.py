@@ -223,3 +223,64 @@ def test_grid_lab_needs_data_when_it_says_so(tmp_path: Path) -> None:
     assert not spec.needs_data
     with pytest.raises(ValueError, match="lab needy needs Fashion-MNIST data"):
         needy.run(GridConfig(), ex.LabContext(tmp_path))
+
+
+def toy_cell(cell: Cell, bench: Bench) -> dict:
+    """A module-level measurement (a spawned worker imports it by name): a tiny training
+    run whose numbers depend on torch's arithmetic, not only on the seed."""
+    with ex.seeded(cell.seed):
+        model = torch.nn.Sequential(
+            torch.nn.Linear(8, 16),
+            torch.nn.BatchNorm1d(16),
+            torch.nn.ReLU(),
+            torch.nn.Linear(16, 1),
+        )
+        x = torch.randn(64, 8) * (1.0 + {"none": 0.0, "bn": 1.0}[cell.variant])
+        y = x.sum(1, keepdim=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(5):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bench.advance(1)
+    return {
+        "metrics": {"loss": loss.item(), "n": len(bench.data)},
+        "weights": model[0].weight.detach().flatten()[:4].tolist(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def test_cells_in_two_processes_give_the_serial_digits_at_one_thread(tmp_path: Path) -> None:
+    from bnlab.lab.kit import cpu_threads
+
+    data = [1, 2, 3]
+    with cpu_threads(1):
+        serial = run_grid(ex.LabContext(tmp_path / "serial"), GRID, toy_cell, data=data)
+    bar = Bar()
+    ctx = ex.LabContext(tmp_path / "parallel", progress=bar, workers=2, threads=1)
+    parallel = run_grid(ctx, GRID, toy_cell, data=data, steps=7, description="grid")
+    assert parallel.cells == serial.cells
+    assert parallel.results == serial.results
+    assert {r["threads"] for r in parallel.results} == {1}
+    assert (bar.total, bar.done) == (84, 84)  # 5 steps reported from workers, 2 made up
+    assert ctx.units_reused == 0
+    for cell, result in parallel:
+        stored = json.loads(
+            (tmp_path / "parallel" / "units" / f"{cell_key(cell)}.json").read_text()
+        )
+        assert stored == {"key": cell_key(cell), "value": result}
+    # A resume in parallel computes only the missing cells.
+    (tmp_path / "parallel" / "units" / "b-bn-seed1.json").unlink()
+    (tmp_path / "parallel" / "units" / "a-none-seed0.json").unlink()
+    ctx = ex.LabContext(tmp_path / "parallel", workers=2, threads=1)
+    again = run_grid(ctx, GRID, toy_cell, data=data)
+    assert again.results == serial.results
+    assert ctx.units_reused == 10
+
+
+def test_a_closure_measurement_runs_in_this_process(tmp_path: Path) -> None:
+    calls: list[str] = []
+    run = run_grid(ex.LabContext(tmp_path, workers=2), GRID, _measure(calls), data=[0])
+    assert calls == [cell_key(c) for c in GRID.cells()]
+    assert len(run) == 12

@@ -33,6 +33,7 @@ from rich.table import Table
 
 import bnlab.lab  # noqa: F401  (registers every experiment)
 from bnlab.cli._args import positive_int
+from bnlab.cli._cores import pick
 from bnlab.cli._print import budget_too_small, verdict_lines
 from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import add_data_dir_argument, load_splits
@@ -110,7 +111,19 @@ def add_parser(subparsers: Any) -> None:
             default="cpu",
             help="where to compute (default cpu)",
         )
-        q.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+        q.add_argument(
+            "--threads",
+            type=positive_int,
+            default=None,
+            help="torch CPU threads (default: from the free cores)",
+        )
+        q.add_argument(
+            "--workers",
+            type=positive_int,
+            default=None,
+            help="processes computing grid cells at once (default: one per free core, one "
+            "thread each, except with --quick)",
+        )
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
         q.set_defaults(func=run, parser=q)
     c = labs.add_parser(
@@ -212,8 +225,16 @@ def run(args: argparse.Namespace) -> int:
     spec = get_lab(args.lab)
     if args.device == "cuda" and not torch.cuda.is_available():
         args.parser.error("--device cuda: CUDA is not available on this machine; use --device cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    layout = pick(
+        # The grid's size is the experiment's: the runner starts no more processes than
+        # cells. Quick runs take seconds, less than starting a process.
+        runs=1_000,
+        parallel_pays=not args.quick and args.device == "cpu",
+        threads=args.threads,
+        workers=args.workers if args.device == "cpu" else 1,
+    )
+    console.print(layout.line())
+    torch.set_num_threads(layout.threads)
     overrides = dict(args.set)
     if args.seeds is not None:
         overrides["seeds"] = str(args.seeds)
@@ -242,8 +263,10 @@ def run(args: argparse.Namespace) -> int:
             progress=_RichProgress(bar),
             resume=args.resume,
             command=command,
-            environment=run_environment(args.device),
+            environment={**run_environment(args.device), "layout": layout.record()},
             quick=args.quick,
+            workers=layout.workers,
+            threads=layout.threads,
         )
     _print_results(console, results)
     elapsed = time.perf_counter() - started

@@ -276,6 +276,8 @@ class LabContext:
             "test_labels"}`` (uint8 images ``(N, 28, 28)``, int64 labels), or None.
         device: where to compute.
         progress: the progress reporter (``start``/``advance``).
+        workers: processes that grid cells may run in at once (``bnlab.lab.runner``).
+        threads: torch threads of each such process (None: 1).
     """
 
     def __init__(
@@ -285,11 +287,15 @@ class LabContext:
         data: Mapping[str, torch.Tensor] | None = None,
         device: torch.device | str = "cpu",
         progress: Progress | None = None,
+        workers: int = 1,
+        threads: int | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.data = data
         self.device = torch.device(device)
         self.progress: Progress = progress or _NoProgress()
+        self.workers = workers
+        self.threads = threads
         self.units_dir = self.out_dir / "units"
         self.units_reused = 0
 
@@ -427,6 +433,8 @@ def run_lab(
     command: str = "",
     environment: Mapping[str, Any] | None = None,
     quick: bool = False,
+    workers: int = 1,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run one experiment into ``out_dir`` and return what it wrote to results.json.
 
@@ -442,6 +450,8 @@ def run_lab(
         command: the command line that reproduces the run (saved in the results).
         environment: saved as environment.json.
         quick: whether ``config`` is the quick one (recorded).
+        workers, threads: grid cells in that many processes of that many threads (see
+            ``LabContext``).
 
     Raises:
         ValueError: wrong config type, missing data, a non-empty ``out_dir`` without
@@ -482,7 +492,9 @@ def run_lab(
     run.write_config(config_record)
     if environment is not None:
         run.write_environment(environment)
-    ctx = LabContext(out_dir, data=data, device=device, progress=progress)
+    ctx = LabContext(
+        out_dir, data=data, device=device, progress=progress, workers=workers, threads=threads
+    )
     started = time.perf_counter()
     outcome = spec.run(config, ctx)
     elapsed = time.perf_counter() - started

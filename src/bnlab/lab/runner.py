@@ -20,10 +20,18 @@ and :func:`grid_lab` makes the ``LabSpec``. Each cell is one resumable unit
 ``--resume``, computes only the cells it had not stored and ends with the numbers of an
 uninterrupted run. An experiment with several grids (or units that are not training
 runs) calls :func:`run_grid` itself, once per grid.
+
+With ``ctx.workers > 1`` (``bnlab lab --workers``) the cells still to compute run in that
+many spawned processes of ``ctx.threads`` threads each (``bnlab.lab.pool``); this process
+stores each result as its unit as it arrives, and the run ends with the numbers of a
+serial run at that thread count. A measurement that cannot be sent to another process
+(a lambda or a closure; :func:`grid_lab` sends a ``functools.partial`` of the
+experiment's module-level ``measure``) runs here, one cell after the other.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +41,7 @@ import torch
 from torch import Tensor
 
 from bnlab.lab.experiment import LabContext, LabOutcome, LabSpec, Table, mean_std_text
+from bnlab.lab.pool import is_picklable, run_in_pool, worker_report
 
 __all__ = [
     "Bench",
@@ -215,6 +224,8 @@ def run_grid(
         description: start the progress bar for this grid with this text (None: the
             caller started it, e.g. for several grids).
 
+    ``ctx.workers`` and ``ctx.threads`` choose serial or parallel cells (see the module).
+
     Returns:
         The cells and their results.
     """
@@ -222,11 +233,73 @@ def run_grid(
     if description is not None:
         ctx.progress.start(len(cells) * steps, description)
     data = ctx.data if data is None else data
+    pooled: dict[str, Any] = {}
+    workers = getattr(ctx, "workers", 1)
+    if workers > 1:
+        todo = [c for c in cells if not (ctx.units_dir / f"{grid.key(c)}.json").exists()]
+        # Lambdas and closures cannot reach a spawned process: those grids run here.
+        if len(todo) > 1 and is_picklable(measure) and is_picklable(data):
+            pooled = _run_cells_in_pool(ctx, grid, measure, todo, data, steps, workers)
     results = [
-        ctx.unit(grid.key(cell), _cell_work(ctx, measure, cell, data, steps), progress_steps=steps)
+        pooled[grid.key(cell)]
+        if grid.key(cell) in pooled
+        else ctx.unit(
+            grid.key(cell), _cell_work(ctx, measure, cell, data, steps), progress_steps=steps
+        )
         for cell in cells
     ]
     return GridRun(cells, results)
+
+
+def _measure_in_worker(
+    data: Any, measure: Callable[[Cell, Bench], Any], cell: Cell, device: str
+) -> Any:
+    """A cell's measurement in a worker of ``bnlab.lab.pool``; progress sent back."""
+    return measure(cell, Bench(data, torch.device(device), _advance_in_worker))
+
+
+def _advance_in_worker(steps: int = 1) -> None:
+    worker_report(steps)
+
+
+def _run_cells_in_pool(
+    ctx: LabContext,
+    grid: Grid,
+    measure: Callable[[Cell, Bench], Any],
+    todo: Sequence[Cell],
+    data: Any,
+    steps: int,
+    workers: int,
+) -> dict[str, Any]:
+    """Measure ``todo`` in ``workers`` spawned processes; store each result as its unit
+    as it arrives (in the order cells end), moving the progress bar as the serial path.
+
+    Returns:
+        unit key -> result, for the cells measured.
+    """
+    moved = [0] * len(todo)
+    results: dict[str, Any] = {}
+
+    def advance(index: int, n: int) -> None:
+        moved[index] += n
+        ctx.progress.advance(n)
+
+    def store(index: int, result: Any) -> None:
+        if moved[index] < steps:
+            ctx.progress.advance(steps - moved[index])
+        key = grid.key(todo[index])
+        results[key] = ctx.unit(key, lambda: result)
+
+    run_in_pool(
+        _measure_in_worker,
+        [(measure, cell, str(ctx.device)) for cell in todo],
+        workers=workers,
+        threads=getattr(ctx, "threads", None) or 1,
+        shared=data,
+        on_result=store,
+        on_message=advance,
+    )
+    return results
 
 
 def _cell_work(
@@ -352,7 +425,7 @@ def grid_lab(
         result = run_grid(
             ctx,
             grid(config),
-            lambda cell, bench: measure(config, cell, bench),
+            functools.partial(measure, config),
             data=data,
             steps=steps(config),
             description=description or name,
