@@ -39,7 +39,7 @@ from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import data_dir_from_env
 from bnlab.data import DeviceLoader
 from bnlab.data.iterators import load_data_fashion_mnist as _load_data
-from bnlab.data.iterators import load_splits
+from bnlab.data.iterators import load_splits, split_loaders
 from bnlab.lab.d2l import VARIANTS, D2LConfig, run_d2l
 from bnlab.lab.experiment import config_from, get_lab, run_lab
 from bnlab.plots.d2l import plot_d2l_curves
@@ -168,22 +168,8 @@ def train(
     )
     folder = find_data_dir(data_dir)
     tensors = load_splits(folder, limit_train=limit_train, limit_test=limit_test)
-    train_iter = DeviceLoader(
-        tensors["train_images"],
-        tensors["train_labels"],
-        batch_size,
-        shuffle=True,
-        seed=seed,
-        device=device,
-        resize=resize,
-    )
-    test_iter = DeviceLoader(
-        tensors["test_images"],
-        tensors["test_labels"],
-        batch_size,
-        shuffle=False,
-        device=device,
-        resize=resize,
+    train_iter, test_iter = split_loaders(
+        tensors, batch_size, seed=seed, device=device, resize=resize
     )
     torch.manual_seed(seed)  # construction-time init, as bnlab train
     net = models.create(model, norm=norm, **kwargs)

@@ -66,7 +66,7 @@ from bnlab.cli._args import (
 from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import add_data_dir_argument, load_splits
 from bnlab.cli.launch import LOST_CONTACT_STATUS, launch, threads_per_worker, worker_argv
-from bnlab.data.loader import DeviceLoader
+from bnlab.data.iterators import split_loaders
 from bnlab.models.mlp import ACTIVATIONS, NORM_POSITIONS
 from bnlab.plots.training import plot_training_curves
 from bnlab.train import FitResult, StepInfo, TrainConfig, fit
@@ -651,22 +651,10 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
     if distributed is not None:
         distributed.barrier()  # --overwrite's removals are done before any rank reads
 
-    train_loader = DeviceLoader(
-        tensors["train_images"],
-        tensors["train_labels"],
+    train_loader, test_loader = split_loaders(
+        tensors,
         args.batch_size,
-        shuffle=True,
         seed=args.seed,
-        device=device,
-        resize=args.resize,
-        rank=distributed.rank if distributed is not None else 0,
-        world_size=distributed.world_size if distributed is not None else 1,
-    )
-    test_loader = DeviceLoader(
-        tensors["test_images"],
-        tensors["test_labels"],
-        args.batch_size,
-        shuffle=False,
         device=device,
         resize=args.resize,
         rank=distributed.rank if distributed is not None else 0,

@@ -10,13 +10,15 @@ finds the folder itself, as the command line does.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from bnlab.data.fashion_mnist import load_fashion_mnist
 from bnlab.data.loader import DeviceLoader
 
-__all__ = ["load_data_fashion_mnist", "load_splits"]
+__all__ = ["load_data_fashion_mnist", "load_splits", "split_loaders"]
 
 
 def _limit(name: str, value: int | None) -> int | None:
@@ -57,6 +59,30 @@ def load_splits(
     return tensors
 
 
+def split_loaders(
+    data: Mapping[str, torch.Tensor], batch_size: int, *, seed: int = 0, **options: Any
+) -> tuple[DeviceLoader, DeviceLoader]:
+    """The two loaders of a training run over ``load_splits``' tensors.
+
+    Args:
+        data: ``train_images``, ``train_labels``, ``test_images``, ``test_labels``.
+        batch_size: samples per batch, both splits.
+        seed: the training order of every epoch follows from ``(seed, epoch)``.
+        options: more ``DeviceLoader`` arguments for both (``device``, ``resize``,
+            ``rank``, ``world_size``).
+
+    Returns:
+        ``(train, test)``: the training split shuffled each epoch, the test split in order.
+    """
+    train = DeviceLoader(
+        data["train_images"], data["train_labels"], batch_size, shuffle=True, seed=seed, **options
+    )
+    test = DeviceLoader(
+        data["test_images"], data["test_labels"], batch_size, shuffle=False, **options
+    )
+    return train, test
+
+
 def load_data_fashion_mnist(
     batch_size: int,
     resize: int | None = None,
@@ -87,21 +113,4 @@ def load_data_fashion_mnist(
             files are missing or damaged.
     """
     data = load_splits(data_dir, limit_train=limit_train, limit_test=limit_test)
-    train_iter = DeviceLoader(
-        data["train_images"],
-        data["train_labels"],
-        batch_size,
-        shuffle=True,
-        seed=seed,
-        device=device,
-        resize=resize,
-    )
-    test_iter = DeviceLoader(
-        data["test_images"],
-        data["test_labels"],
-        batch_size,
-        shuffle=False,
-        device=device,
-        resize=resize,
-    )
-    return train_iter, test_iter
+    return split_loaders(data, batch_size, seed=seed, device=device, resize=resize)
