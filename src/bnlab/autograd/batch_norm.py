@@ -241,7 +241,20 @@ def batch_norm_eval_forward(
 def _train_forward(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
+    if _functorch(x, weight, bias):
+        # torch.func transforms (vmap, grad, vjp, jvp, jacrev) need a Function with
+        # setup_context and vmap/jvp rules; the torch-ops forward is differentiable op by
+        # op (torch's own batch norm decomposes the same way under them).
+        y, stats = batch_norm_forward(x, weight, bias, eps)
+        return y, stats.mean.detach(), stats.var.detach()
     return BatchNormFunction.apply(x, weight, bias, eps)
+
+
+def _functorch(*tensors: Tensor | None) -> bool:
+    """Whether a torch.func transform is active or any tensor is one of its wrappers."""
+    return torch._C._are_functorch_transforms_active() or any(
+        t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors
+    )
 
 
 def batch_norm(

@@ -46,9 +46,10 @@ package's CPU machine (torch 2.13, one thread, 256x120 float32), a custom op cos
 10-15 us more per forward+backward than an ``autograd.Function`` (7 us more per no-grad
 forward), a fifth of a small training step, against which the fast path saves 5-10 us.
 The group- and layer-norm dispatch refuses calls under ``torch.compile`` and functorch
-transforms (``vmap``, ``torch.func.grad``), which take the torch-ops path; batch norm's
-kernel Function goes through ``Function.apply`` under functorch transforms, which
-refuses them as the torch-ops path's Function does.
+transforms (``vmap``, ``torch.func.grad``), which take the torch-ops path; so does the
+batch-norm dispatch under functorch transforms, and ``bnlab.autograd`` then runs the
+torch-ops forward without its ``autograd.Function`` (differentiable op by op, as
+torch's own batch norm under ``torch.func``).
 
 Small inputs are bound by per-call overhead, not arithmetic (256x120: about 10 us of
 kernel against 200 us of a training step), so: each kernel takes its arguments packed into
@@ -352,6 +353,9 @@ def batch_norm_eligible(
     # The kernels are not differentiable: recorded calls take the torch-ops path.
     if not wrapped and torch.is_grad_enabled() and records_grad(x, *others, *per_channel):
         return False
+    # torch.func transforms (vmap, grad, jvp): the kernels read raw memory.
+    if torch._C._are_functorch_transforms_active():
+        return False
     return _lib is not None or _library() is not None
 
 
@@ -398,6 +402,8 @@ def _cuda_eligible(
     ):
         return False
     if not wrapped and torch.is_grad_enabled() and records_grad(x, *others, *per_channel):
+        return False
+    if torch._C._are_functorch_transforms_active():
         return False
     return _cuda_kernels() is not None
 
