@@ -63,6 +63,7 @@ from bnlab.cli._args import (
     positive_int,
     unit_float,
 )
+from bnlab.cli._cores import pick
 from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import add_data_dir_argument, load_splits
 from bnlab.cli.launch import LOST_CONTACT_STATUS, launch, threads_per_worker, worker_argv
@@ -554,10 +555,14 @@ def run(args: argparse.Namespace) -> int:
                 f"{env.world_size}); drop --nproc, or run bnlab train --nproc without torchrun"
             )
         return _launch(args)
+    if env is None or env.world_size == 1:
+        # One process: a thread per free core unless --threads (or OMP_NUM_THREADS) says.
+        layout = pick(threads=args.threads)
+        Console(stderr=True).print(layout.line())
+        torch.set_num_threads(layout.threads)
+        return _train(args, None)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if env is None or env.world_size == 1:
-        return _train(args, None)
     distributed = init_distributed(
         env, device=args.device, sync_bn=args.sync_bn, timeout_s=args.dist_timeout
     )
