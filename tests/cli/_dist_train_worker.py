@@ -23,6 +23,7 @@ import torch
 
 import bnlab.cli.data as cli_data
 import bnlab.cli.train as cli_train
+import bnlab.data.iterators as data_iterators
 from bnlab.cli.launch import adopt, worker_main
 from bnlab.data.loader import DeviceLoader
 from bnlab.data.synthetic import fake_images_labels
@@ -69,7 +70,7 @@ def main(argv: list[str], environ: dict[str, str], cwd: str) -> None:
     cli_data.load_fashion_mnist = _fake_load
     cli_train.plot_training_curves = _stub_plot
     if os.environ.get("BNLAB_TEST_FAIL_RANK") == str(rank):
-        cli_train.DeviceLoader = _failing_loader(log_dir)
+        data_iterators.DeviceLoader = _failing_loader(log_dir)  # bnlab train's split_loaders
     with (
         open(log_dir / f"rank{rank}.err", "w", encoding="utf-8") as err,
         contextlib.redirect_stderr(err),
