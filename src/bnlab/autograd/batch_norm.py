@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from bnlab import kernels
+from bnlab.autograd._layout import torch_layout
 from bnlab.functional.batch_norm import (
     BatchNormOutput,
     BatchStats,
@@ -275,7 +276,7 @@ def batch_norm(
     Same arguments, result and errors; ``name`` prefixes error messages (modules pass
     their class name).
     """
-    return batch_norm_with(
+    result = batch_norm_with(
         _train_forward,
         x,
         running_mean,
@@ -289,6 +290,7 @@ def batch_norm(
         name=name,
         eval_forward=batch_norm_eval_forward,
     )
+    return result._replace(output=torch_layout(result.output, x, keep_channels_last=True))
 
 
 def batch_norm_eval(
@@ -308,7 +310,8 @@ def batch_norm_eval(
     ):
         check_eps(eps, "batch_norm_eval")
         return kernels.eval_forward(x, running_mean, running_var, weight, bias, eps)
-    return _checked_eval(x, running_mean, running_var, weight, bias, eps)
+    y = _checked_eval(x, running_mean, running_var, weight, bias, eps)
+    return torch_layout(y, x, keep_channels_last=True)
 
 
 def batch_norm_inplace(
@@ -397,4 +400,5 @@ def batch_norm_inplace(
             running_var.copy_(result.running_var)
             if num_batches_tracked is not None:
                 num_batches_tracked.copy_(result.num_batches_tracked)
-    return BatchNormOutput(result.output, running_mean, running_var, num_batches_tracked)
+    y = torch_layout(result.output, x, keep_channels_last=True)
+    return BatchNormOutput(y, running_mean, running_var, num_batches_tracked)

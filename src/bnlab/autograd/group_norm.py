@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from bnlab import kernels
+from bnlab.autograd._layout import torch_layout
 from bnlab.autograd._reference import reference_backward
 from bnlab.functional import norms
 from bnlab.functional.batch_norm import check_eps, check_momentum
@@ -114,7 +115,8 @@ def group_norm(
     if kernels.group_norm_eligible(x, num_groups, weight, bias):
         check_eps(eps, name)
         return fast_group_norm(x, num_groups, weight, bias, eps)
-    return norms.group_norm(x, num_groups, weight, bias, eps, name=name)
+    y = norms.group_norm(x, num_groups, weight, bias, eps, name=name)
+    return torch_layout(y, x, keep_channels_last=True)
 
 
 def instance_norm(
@@ -163,6 +165,7 @@ def instance_norm(
         check_momentum(momentum, name)
         y = kernels.eval_forward(x, running_mean, running_var, weight, bias, eps)
         return InstanceNormOutput(y, running_mean, running_var)
-    return norms.instance_norm(
+    result = norms.instance_norm(
         x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, name=name
     )
+    return result._replace(output=torch_layout(result.output, x, keep_channels_last=False))

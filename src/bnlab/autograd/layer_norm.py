@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from bnlab import kernels
+from bnlab.autograd._layout import torch_layout
 from bnlab.autograd._reference import reference_backward
 from bnlab.functional import norms
 from bnlab.functional.batch_norm import check_eps
@@ -119,4 +120,5 @@ def layer_norm(
     if isinstance(shape, tuple) and kernels.layer_norm_eligible(x, shape, weight, bias):
         check_eps(eps, name)
         return fast_layer_norm(x, shape, weight, bias, eps)
-    return norms.layer_norm(x, normalized_shape, weight, bias, eps, name=name)
+    y = norms.layer_norm(x, normalized_shape, weight, bias, eps, name=name)
+    return torch_layout(y, x, keep_channels_last=False)
