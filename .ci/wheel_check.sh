@@ -2,7 +2,7 @@
 # The installed package, as a user gets it: builds the sdist and, from it, the wheel
 # (python -m build), installs the wheel (not editable) into a fresh venv with torch
 # pinned by constraints.txt, and checks there that the wheel's prebuilt kernels load
-# (no compile: an empty XDG_CACHE_HOME stays empty, no warning) and that `bnlab check`
+# (no compile: nothing lands in a fresh XDG_CACHE_HOME/bnlab, no warning) and that `bnlab check`
 # passes. Run by .ci/run before the test suite; usable alone: .ci/wheel_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
