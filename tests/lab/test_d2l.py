@@ -227,3 +227,50 @@ def test_parallel_workers_give_the_digits_of_a_serial_run_at_one_thread(
 def test_layout_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="workers and threads must be >= 1, got 0, None"):
         run_d2l(_data(), CONFIG, tmp_path, workers=0)
+
+
+def test_a_run_stopped_before_its_extra_evaluations_resumes_with_them(
+    finished: tuple[Path, dict], tmp_path: Path
+) -> None:
+    # Killed after the last epoch's checkpoint, before extra_eval.json had that epoch.
+    import shutil
+
+    out, summary = finished
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    run = cut / "runs" / "bnlab" / "seed0"
+    (run / "result.json").unlink()
+    extra = json.loads((run / "extra_eval.json").read_text())
+    del extra[str(CONFIG.epochs)]
+    (run / "extra_eval.json").write_text(json.dumps(extra))
+    again = run_d2l(_data(), CONFIG, cut, resume=True)
+    _assert_same_numbers(again["variants"]["bnlab"], summary["variants"]["bnlab"])
+
+
+@pytest.mark.parametrize("variant", ["none", "bnlab"])
+def test_a_run_stopped_after_its_first_checkpoint_resumes(
+    finished: tuple[Path, dict], tmp_path: Path, variant: str
+) -> None:
+    # Stopped in epoch 2: the checkpoint of epoch 1 is there; "none" never writes
+    # extra_eval.json, and a BN run stopped before its first extras has none either.
+    _, summary = finished
+    config = D2LConfig(epochs=2, batch_size=64, variants=(variant,), recalibrate_batches=2)
+
+    def stop_in_epoch_two(info) -> None:
+        if info.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_d2l(_data(), config, tmp_path, on_step=stop_in_epoch_two)
+    (tmp_path / "runs" / variant / "seed0" / "extra_eval.json").unlink(missing_ok=True)
+    resumed = run_d2l(_data(), config, tmp_path, resume=True)
+    _assert_same_numbers(resumed["variants"][variant], summary["variants"][variant])
+
+
+def _assert_same_numbers(got: dict, want: dict) -> None:
+    """Same metrics (timings aside) and curves."""
+    timings = ("images_per_s", "wall_time_s")
+    assert {k: v for k, v in got["metrics"].items() if k not in timings} == {
+        k: v for k, v in want["metrics"].items() if k not in timings
+    }
+    assert got["curves"] == want["curves"]

@@ -45,6 +45,9 @@ EXAMPLES = """examples:
   bnlab d2l --out runs/d2l5 --seeds 5           five seeds: mean and spread
   bnlab d2l --out runs/quick --epochs 2 --limit-train 6000 --variants none bnlab
   bnlab d2l --out runs/d2l --resume             continue an interrupted experiment
+  bnlab d2l --out runs/d2l --workers 2 --threads 1
+                                                two runs at a time, one thread each (same digits
+                                                as --workers 1 --threads 1)
 """
 
 

@@ -217,9 +217,11 @@ def _run_one(
     extra_path = run_dir / "extra_eval.json"
     extra = _Extra()
     resumable = resume and RunDir(run_dir).checkpoint.exists()
-    if resumable and extra_path.exists():
-        raw = read_json(extra_path)
-        extra.by_epoch = {int(k): v for k, v in raw.items()}
+    if resumable:
+        # No extra_eval.json: a run without BN, or one stopped before its first extras.
+        if extra_path.exists():
+            raw = read_json(extra_path)
+            extra.by_epoch = {int(k): v for k, v in raw.items()}
     elif not RunDir(run_dir).is_empty():
         # Leftovers of a run interrupted before its first checkpoint: start it afresh.
         shutil.rmtree(run_dir)
@@ -238,6 +240,14 @@ def _run_one(
         }
         write_json(extra_path, {str(k): v for k, v in sorted(extra.by_epoch.items())})
 
+    def on_start(steps_done: int) -> None:
+        # fit checkpoints an epoch before on_epoch evaluates it: a run stopped in between
+        # resumes from that checkpoint without the epoch's extra evaluations. The model
+        # is that epoch's now, and the evaluations draw no random numbers: make them up.
+        epoch = steps_done // len(train_loader)
+        if has_bn and epoch >= 1 and epoch not in extra.by_epoch:
+            on_epoch({"epoch": epoch})
+
     result = fit(
         model,
         train_loader,
@@ -247,6 +257,7 @@ def _run_one(
         resume=resumable,
         on_step=on_step,
         on_epoch=on_epoch,
+        on_start=on_start,
     )
     history = [dict(r) for r in result.history]
     for record in history:

@@ -139,12 +139,23 @@ def run_in_pool(
         _drain(messages, on_message)
     except BaseException:
         # A failed task or a Ctrl-C: stop the others now (each task is a resumable unit,
-        # so the work lost is at most the tasks in flight).
+        # so the work lost is at most the tasks in flight). A worker hit by the same
+        # Ctrl-C may hang sending its error back: terminate, then kill. The processes are
+        # read before shutdown, which forgets them.
+        processes = list((getattr(executor, "_processes", None) or {}).values())
         executor.shutdown(wait=False, cancel_futures=True)
-        processes = getattr(executor, "_processes", None) or {}
-        for process in list(processes.values()):
-            process.terminate()
+        _stop(processes)
         raise
     finally:
         executor.shutdown(wait=True)
         messages.close()
+
+
+def _stop(processes: Sequence[Any], grace_s: float = 2.0) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(grace_s)
+        if process.is_alive():
+            process.kill()
+            process.join(grace_s)
