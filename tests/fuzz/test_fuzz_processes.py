@@ -25,7 +25,7 @@ import time
 import _fuzz
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -92,14 +92,18 @@ def big_inputs(draw: st.DrawFn) -> torch.Tensor:
     return x
 
 
+# Twice the profile's examples: the kernels' own sizes are where the fast path runs.
 @pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=2 * settings().max_examples)
 @given(x=big_inputs(), training=st.booleans())
 def test_kernel_sized_fuzz(kind: str, x: torch.Tensor, training: bool) -> None:
     ours, twin = _pair(kind, tuple(x.shape), training)
     ours.to(x.dtype)  # float64 inputs take the float64 kernels
     with torch.no_grad():
         y = ours(x)
-        want = twin(x.double())
+        # torch on a contiguous copy: its channels_last group norm is less accurate
+        # (6e-7 off in float64 at offset -100, scale 1e-3; bnlab's is exact).
+        want = twin(x.double().contiguous())
     # Batch statistics of float32 data spread beyond ~1e19 overflow (eval batch norm
     # uses the running statistics: finite and right).
     batch_stats = training or kind != "batch"
