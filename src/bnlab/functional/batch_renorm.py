@@ -34,6 +34,7 @@ Conventions (otherwise those of ``bnlab.functional.batch_norm``):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -134,8 +135,7 @@ def renorm_correction(
         return r.clamp(1.0 / r_max, r_max), d.clamp(-d_max, d_max)
 
 
-def batch_renorm_with(
-    train_forward: TrainForward,
+def batch_renorm(
     x: Tensor,
     running_mean: Tensor | None,
     running_var: Tensor | None,
@@ -149,13 +149,12 @@ def batch_renorm_with(
     r_max: float = 3.0,
     d_max: float = 5.0,
     name: str = "batch_renorm",
+    train_forward: TrainForward = _train_forward_autograd,
     eval_forward: EvalForward = _batch_norm_eval,
 ) -> BatchNormOutput:
-    """:func:`batch_renorm` with the batch-norm training forward passed in.
+    """Batch renormalization, pure: returns the output and the new running statistics.
 
-    ``train_forward(x, weight, bias, eps) -> (y, mean, var)`` is batch norm's training
-    forward (``bnlab.nn`` passes the closed-form-backward Function); ``eval_forward`` its
-    eval normalization (see ``batch_norm_with``).
+    Differentiable through torch's autograd; ``r`` and ``d`` carry no gradient.
 
     Why no new backward: ``y = weight * (x_hat * r + d) + bias = (weight * r) * x_hat +
     (weight * d + bias)``, and ``r``, ``d`` are constants of the derivative. Batch renorm
@@ -166,6 +165,36 @@ def batch_renorm_with(
     the backward pass costs what batch norm's does. Everything else (checks, eval,
     empty batches, the running-statistics update, ``momentum=None``) is batch norm's
     :func:`~bnlab.functional.batch_norm.batch_norm_with`.
+
+    Args:
+        x: input ``(N, C, *)``, floating point.
+        running_mean, running_var: running statistics ``(C,)``; required in training.
+        weight, bias: affine parameters ``(C,)``, or None.
+        training: batch statistics corrected by ``r``, ``d`` (and updated running
+            statistics), or inference with the running statistics (as batch norm).
+        momentum: weight of the new batch in the running average, or None for a
+            cumulative average (then ``num_batches_tracked`` is required). The default
+            0.01 is the module's; see ``bnlab.nn.renorm``.
+        eps: added to the variances, > 0.
+        num_batches_tracked: batch counter, returned incremented after an update.
+        r_max: bound of ``r`` to ``[1/r_max, r_max]``, >= 1 (``math.inf``: unclipped).
+        d_max: bound of ``d`` to ``[-d_max, d_max]``, >= 0 (``math.inf``: unclipped).
+        name: prefixes error messages (modules pass their class name).
+        train_forward: batch norm's training forward ``(x, weight, bias, eps) -> (y,
+            mean, var)`` (default: the torch ops; ``bnlab.nn`` passes the
+            closed-form-backward Function).
+        eval_forward: the eval normalization (see ``batch_norm_with``).
+
+    Returns:
+        :class:`~bnlab.functional.batch_norm.BatchNormOutput`.
+
+    Raises:
+        TypeError: non-floating input, non-tensor arguments, non-numeric bounds.
+        ValueError: everything batch norm rejects; ``r_max < 1``; ``d_max < 0``;
+            training without running statistics.
+
+    Shape:
+        x: ``(N, C, *)``; output: like x; per-channel tensors ``(C,)``.
     """
     check_renorm_clipping(r_max, d_max, name)
     if training and (running_mean is None or running_var is None):
@@ -207,63 +236,10 @@ def batch_renorm_with(
     )
 
 
-def batch_renorm(
-    x: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    training: bool = False,
-    momentum: float | None = 0.01,
-    eps: float = 1e-5,
-    num_batches_tracked: Tensor | None = None,
-    *,
-    r_max: float = 3.0,
-    d_max: float = 5.0,
-) -> BatchNormOutput:
-    """Batch renormalization, pure: returns the output and the new running statistics.
-
-    Differentiable through torch's autograd; ``r`` and ``d`` carry no gradient.
-
-    Args:
-        x: input ``(N, C, *)``, floating point.
-        running_mean, running_var: running statistics ``(C,)``; required in training.
-        weight, bias: affine parameters ``(C,)``, or None.
-        training: batch statistics corrected by ``r``, ``d`` (and updated running
-            statistics), or inference with the running statistics (as batch norm).
-        momentum: weight of the new batch in the running average, or None for a
-            cumulative average (then ``num_batches_tracked`` is required). The default
-            0.01 is the module's; see ``bnlab.nn.renorm``.
-        eps: added to the variances, > 0.
-        num_batches_tracked: batch counter, returned incremented after an update.
-        r_max: bound of ``r`` to ``[1/r_max, r_max]``, >= 1 (``math.inf``: unclipped).
-        d_max: bound of ``d`` to ``[-d_max, d_max]``, >= 0 (``math.inf``: unclipped).
-
-    Returns:
-        :class:`~bnlab.functional.batch_norm.BatchNormOutput`.
-
-    Raises:
-        TypeError: non-floating input, non-tensor arguments, non-numeric bounds.
-        ValueError: everything batch norm rejects; ``r_max < 1``; ``d_max < 0``;
-            training without running statistics.
-
-    Shape:
-        x: ``(N, C, *)``; output: like x; per-channel tensors ``(C,)``.
-    """
-    return batch_renorm_with(
-        _train_forward_autograd,
-        x,
-        running_mean,
-        running_var,
-        weight,
-        bias,
-        training,
-        momentum,
-        eps,
-        num_batches_tracked,
-        r_max=r_max,
-        d_max=d_max,
-    )
+def batch_renorm_with(train_forward: TrainForward, *args: Any, **kwargs: Any) -> BatchNormOutput:
+    """:func:`batch_renorm` with the batch-norm training forward passed first (the
+    ``norm_with(train_forward, x, ...)`` form that ``bnlab.nn``'s batch norms call)."""
+    return batch_renorm(*args, train_forward=train_forward, **kwargs)
 
 
 def renorm_clipping(

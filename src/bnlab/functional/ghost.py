@@ -37,6 +37,8 @@ the gradients of the repeated weight), at the price of two copies (in and out).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -124,8 +126,7 @@ def _folded_forward(
     return y, mean.view(k, c), var.view(k, c)
 
 
-def ghost_batch_norm_with(
-    train_forward: TrainForward,
+def ghost_batch_norm(
     x: Tensor,
     running_mean: Tensor | None,
     running_var: Tensor | None,
@@ -138,14 +139,42 @@ def ghost_batch_norm_with(
     *,
     virtual_batch_size: int,
     name: str = "ghost_batch_norm",
+    train_forward: TrainForward = _train_forward_autograd,
     eval_forward: EvalForward = _batch_norm_eval,
 ) -> BatchNormOutput:
-    """:func:`ghost_batch_norm` with the batch-norm training forward passed in
-    (``eval_forward``: the eval normalization, see ``batch_norm_with``).
+    """Ghost batch normalization, pure: returns the output and the new running statistics.
 
-    ``train_forward(x, weight, bias, eps) -> (y, mean, var)`` is batch norm's training
-    forward (``bnlab.nn`` passes the closed-form-backward Function); checks, eval, empty
-    batches and the running-statistics update are batch norm's ``batch_norm_with``.
+    Differentiable through torch's autograd. Checks, eval, empty batches and the
+    running-statistics update are batch norm's ``batch_norm_with``.
+
+    Args:
+        x: input ``(N, C, *)``, floating point.
+        running_mean, running_var: running statistics ``(C,)``, or None to not track.
+        weight, bias: affine parameters ``(C,)``, or None.
+        training: per-virtual-batch statistics (and updated running statistics), or
+            the running statistics.
+        momentum: weight of the new batch (one step per call), or None for a cumulative
+            average (then ``num_batches_tracked`` is required).
+        eps: added to the variance, > 0.
+        num_batches_tracked: batch counter, returned incremented (once per call).
+        virtual_batch_size: samples per virtual batch, an int >= 1.
+        name: prefixes error messages (modules pass their class name).
+        train_forward: batch norm's training forward ``(x, weight, bias, eps) -> (y,
+            mean, var)`` (default: the torch ops; ``bnlab.nn`` passes the
+            closed-form-backward Function).
+        eval_forward: the eval normalization (see ``batch_norm_with``).
+
+    Returns:
+        :class:`~bnlab.functional.batch_norm.BatchNormOutput`.
+
+    Raises:
+        TypeError: non-floating input, non-tensor arguments, a non-int
+            ``virtual_batch_size``.
+        ValueError: everything batch norm rejects; ``virtual_batch_size < 1``; virtual
+            batches of a single value per channel in training.
+
+    Shape:
+        x: ``(N, C, *)``; output: like x; per-channel tensors ``(C,)``.
     """
     vbs = check_virtual_batch_size(virtual_batch_size, name)
 
@@ -206,57 +235,9 @@ def ghost_batch_norm_with(
     )
 
 
-def ghost_batch_norm(
-    x: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    training: bool = False,
-    momentum: float | None = 0.1,
-    eps: float = 1e-5,
-    num_batches_tracked: Tensor | None = None,
-    *,
-    virtual_batch_size: int,
+def ghost_batch_norm_with(
+    train_forward: TrainForward, *args: Any, **kwargs: Any
 ) -> BatchNormOutput:
-    """Ghost batch normalization, pure: returns the output and the new running statistics.
-
-    Differentiable through torch's autograd.
-
-    Args:
-        x: input ``(N, C, *)``, floating point.
-        running_mean, running_var: running statistics ``(C,)``, or None to not track.
-        weight, bias: affine parameters ``(C,)``, or None.
-        training: per-virtual-batch statistics (and updated running statistics), or
-            the running statistics.
-        momentum: weight of the new batch (one step per call), or None for a cumulative
-            average (then ``num_batches_tracked`` is required).
-        eps: added to the variance, > 0.
-        num_batches_tracked: batch counter, returned incremented (once per call).
-        virtual_batch_size: samples per virtual batch, an int >= 1.
-
-    Returns:
-        :class:`~bnlab.functional.batch_norm.BatchNormOutput`.
-
-    Raises:
-        TypeError: non-floating input, non-tensor arguments, a non-int
-            ``virtual_batch_size``.
-        ValueError: everything batch norm rejects; ``virtual_batch_size < 1``; virtual
-            batches of a single value per channel in training.
-
-    Shape:
-        x: ``(N, C, *)``; output: like x; per-channel tensors ``(C,)``.
-    """
-    return ghost_batch_norm_with(
-        _train_forward_autograd,
-        x,
-        running_mean,
-        running_var,
-        weight,
-        bias,
-        training,
-        momentum,
-        eps,
-        num_batches_tracked,
-        virtual_batch_size=virtual_batch_size,
-    )
+    """:func:`ghost_batch_norm` with the batch-norm training forward passed first (the
+    ``norm_with(train_forward, x, ...)`` form that ``bnlab.nn``'s batch norms call)."""
+    return ghost_batch_norm(*args, train_forward=train_forward, **kwargs)
