@@ -62,14 +62,16 @@ def main() -> None:
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
+    # Ratios to the first layout named, round by round.
+    reference = args.layouts[0]
     ratios = {}
     for name in args.layouts:
         per_round = [
             next(x["wall_s"] for x in rows if x["round"] == r and x["layout"] == name)
-            / next(x["wall_s"] for x in rows if x["round"] == r and x["layout"] == "1x2")
+            / next(x["wall_s"] for x in rows if x["round"] == r and x["layout"] == reference)
             for r in range(args.rounds)
         ]
-        ratios[f"{name}/1x2"] = per_round
+        ratios[f"{name}/{reference}"] = per_round
     result = {
         "recipe": {
             "epochs": args.epochs,
@@ -79,7 +81,7 @@ def main() -> None:
         },
         "cpus": len(os.sched_getaffinity(0)),
         "runs": rows,
-        "ratio_to_1x2_by_round": ratios,
+        "ratio_by_round": ratios,
         "median_ratio": {k: statistics.median(v) for k, v in ratios.items()},
         "note": "shared machine: ratios within a round; loads beside each run",
     }
