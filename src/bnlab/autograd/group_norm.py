@@ -18,14 +18,12 @@ the statistics on ``x`` is part of the second-order graph.
 from __future__ import annotations
 
 import math
-from typing import Any
 
-import torch
 from torch import Tensor
 
 from bnlab import kernels
 from bnlab.autograd._layout import torch_layout
-from bnlab.autograd._reference import reference_backward
+from bnlab.autograd._reference import fused_norm, fused_norm_function
 from bnlab.functional import norms
 from bnlab.functional.batch_norm import check_eps, check_momentum
 from bnlab.functional.norms import InstanceNormOutput
@@ -33,56 +31,37 @@ from bnlab.functional.norms import InstanceNormOutput
 __all__ = ["FastGroupNormFunction", "fast_group_norm", "group_norm", "instance_norm"]
 
 
-class FastGroupNormFunction(torch.autograd.Function):
+def _kernel_forward(
+    x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    return kernels.group_forward(x, num_groups, weight, bias, eps)
+
+
+def _kernel_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    stats: Tensor,
+    needs: tuple[bool, ...],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    return kernels.group_backward(grad_y, x, num_groups, weight, stats, needs)
+
+
+FastGroupNormFunction = fused_norm_function(
+    "FastGroupNormFunction",
     """Group norm on the fused kernels: ``(x, weight, bias, num_groups, eps) -> y``.
 
     The caller has checked ``bnlab.kernels.group_norm_eligible``.
 
     Shape:
         x: ``(N, C, *)``; weight, bias: ``(C,)`` or None; y: like x.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor | None,
-        bias: Tensor | None,
-        num_groups: int,
-        eps: float,
-    ) -> Tensor:
-        y, stats = kernels.group_forward(x, num_groups, weight, bias, eps)
-        ctx.save_for_backward(x, weight, bias, stats)
-        ctx.num_groups = num_groups
-        ctx.eps = eps
-        return y
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, grad_y: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
-        x, weight, bias, stats = ctx.saved_tensors
-        needs = tuple(ctx.needs_input_grad[:3])
-        if (
-            kernels.is_enabled()
-            and not torch.is_grad_enabled()
-            and grad_y.dtype == x.dtype
-            and grad_y.shape == x.shape
-            and grad_y.is_cpu
-            and grad_y.is_contiguous()
-        ):
-            grads = kernels.group_backward(grad_y, x, ctx.num_groups, weight, stats, needs)
-        else:
-            groups, eps = ctx.num_groups, ctx.eps
-            grads = reference_backward(
-                lambda xs, ws, bs: norms.group_norm(xs, groups, ws, bs, eps),
-                grad_y,
-                x,
-                weight,
-                bias,
-                needs,
-            )
-        return grads[0], grads[1], grads[2], None, None
+    """,
+    _kernel_forward,
+    _kernel_backward,
+    norms.group_norm,
+)
 
 
 def fast_group_norm(
@@ -90,13 +69,7 @@ def fast_group_norm(
 ) -> Tensor:
     """Group norm of an eligible call (``kernels.group_norm_eligible``): the kernel alone
     when autograd records nothing, else :class:`FastGroupNormFunction`."""
-    if torch.is_grad_enabled() and (
-        x.requires_grad
-        or (weight is not None and weight.requires_grad)
-        or (bias is not None and bias.requires_grad)
-    ):
-        return FastGroupNormFunction.apply(x, weight, bias, num_groups, eps)
-    return kernels.group_forward(x, num_groups, weight, bias, eps)[0]
+    return fused_norm(FastGroupNormFunction, x, num_groups, weight, bias, eps)
 
 
 def group_norm(

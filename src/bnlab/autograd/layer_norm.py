@@ -14,74 +14,55 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
-import torch
 from torch import Tensor
 
 from bnlab import kernels
 from bnlab.autograd._layout import torch_layout
-from bnlab.autograd._reference import reference_backward
+from bnlab.autograd._reference import fused_norm, fused_norm_function
 from bnlab.functional import norms
 from bnlab.functional.batch_norm import check_eps
 
 __all__ = ["FastLayerNormFunction", "fast_layer_norm", "layer_norm"]
 
 
-class FastLayerNormFunction(torch.autograd.Function):
+def _kernel_forward(
+    x: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    return kernels.layer_forward(x, math.prod(shape), weight, bias, eps)
+
+
+def _kernel_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    normalized_shape: tuple[int, ...],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    stats: Tensor,
+    needs: tuple[bool, ...],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    gx, gw, gb = kernels.layer_backward(
+        grad_y, x, math.prod(normalized_shape), weight, stats, needs
+    )
+    # The kernel's parameter gradients are flat; the parameters have normalized_shape.
+    gw = None if gw is None else gw.view(weight.shape)
+    gb = None if gb is None else gb.view(bias.shape)
+    return gx, gw, gb
+
+
+FastLayerNormFunction = fused_norm_function(
+    "FastLayerNormFunction",
     """Layer norm on the fused kernels: ``(x, weight, bias, normalized_shape, eps) -> y``.
 
     The caller has checked ``bnlab.kernels.layer_norm_eligible``.
 
     Shape:
         x: ``(*, *normalized_shape)``; weight, bias: ``normalized_shape`` or None; y: like x.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor | None,
-        bias: Tensor | None,
-        normalized_shape: tuple[int, ...],
-        eps: float,
-    ) -> Tensor:
-        numel = math.prod(normalized_shape)
-        y, stats = kernels.layer_forward(x, numel, weight, bias, eps)
-        ctx.save_for_backward(x, weight, bias, stats)
-        ctx.normalized_shape = normalized_shape
-        ctx.eps = eps
-        return y
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, grad_y: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
-        x, weight, bias, stats = ctx.saved_tensors
-        needs = tuple(ctx.needs_input_grad[:3])
-        shape = ctx.normalized_shape
-        if (
-            kernels.is_enabled()
-            and not torch.is_grad_enabled()
-            and grad_y.dtype == x.dtype
-            and grad_y.shape == x.shape
-            and grad_y.is_cpu
-            and grad_y.is_contiguous()
-        ):
-            gx, gw, gb = kernels.layer_backward(grad_y, x, math.prod(shape), weight, stats, needs)
-            gw = None if gw is None else gw.view(weight.shape)
-            gb = None if gb is None else gb.view(bias.shape)
-        else:
-            eps = ctx.eps
-            gx, gw, gb = reference_backward(
-                lambda xs, ws, bs: norms.layer_norm(xs, shape, ws, bs, eps),
-                grad_y,
-                x,
-                weight,
-                bias,
-                needs,
-            )
-        return gx, gw, gb, None, None
+    """,
+    _kernel_forward,
+    _kernel_backward,
+    norms.layer_norm,
+)
 
 
 def fast_layer_norm(
@@ -93,13 +74,7 @@ def fast_layer_norm(
 ) -> Tensor:
     """Layer norm of an eligible call (``kernels.layer_norm_eligible``): the kernel alone
     when autograd records nothing, else :class:`FastLayerNormFunction`."""
-    if torch.is_grad_enabled() and (
-        x.requires_grad
-        or (weight is not None and weight.requires_grad)
-        or (bias is not None and bias.requires_grad)
-    ):
-        return FastLayerNormFunction.apply(x, weight, bias, normalized_shape, eps)
-    return kernels.layer_forward(x, math.prod(normalized_shape), weight, bias, eps)[0]
+    return fused_norm(FastLayerNormFunction, x, normalized_shape, weight, bias, eps)
 
 
 def layer_norm(
