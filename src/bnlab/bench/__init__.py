@@ -4,22 +4,7 @@ Nothing here prints, reads argv or the environment: scripts in ``benchmarks/`` d
 and pass in what they read.
 """
 
-from bnlab.bench.timing import (
-    Timing,
-    calibrate_number,
-    environment_record,
-    interleaved_schedule,
-    load_average,
-    quantile,
-    time_interleaved,
-)
+from bnlab.bench import timing as _timing
+from bnlab.bench.timing import *  # noqa: F403 (the public names of timing, once: its __all__)
 
-__all__ = [
-    "Timing",
-    "calibrate_number",
-    "environment_record",
-    "interleaved_schedule",
-    "load_average",
-    "quantile",
-    "time_interleaved",
-]
+__all__ = list(_timing.__all__)

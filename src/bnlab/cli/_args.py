@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 __all__ = [
     "add_run_arguments",
@@ -13,38 +15,51 @@ __all__ = [
     "unit_float",
 ]
 
-
-def positive_int(text: str) -> int:
-    """An int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
+T = TypeVar("T", int, float)
 
 
-def non_negative_int(text: str) -> int:
-    """An int >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
-    return value
+def _checked(
+    name: str,
+    convert: Callable[[str], T],
+    accept: Callable[[T], bool],
+    expected: str,
+    out_of_range: str | None = None,
+) -> Callable[[str], T]:
+    """An argparse ``type``: ``convert(text)``, kept when ``accept`` says so.
+
+    The message says what was ``expected`` and shows the received text (``repr`` when
+    it does not convert; a whole number as parsed, a float as typed, when out of range;
+    ``out_of_range`` replaces ``expected`` there when given).
+    """
+
+    def parse(text: str) -> T:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            shown = value if convert is int else text
+            raise argparse.ArgumentTypeError(f"expected {out_of_range or expected}, got {shown}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """A finite float > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
+positive_int = _checked("positive_int", int, lambda v: v >= 1, "a whole number >= 1")
+"""An int >= 1."""
+non_negative_int = _checked("non_negative_int", int, lambda v: v >= 0, "a whole number >= 0")
+"""An int >= 0."""
+positive_float = _checked(
+    "positive_float",
+    float,
+    lambda v: v > 0 and math.isfinite(v),
+    "a number > 0",
+    "a finite number > 0",
+)
+"""A finite float > 0."""
+unit_float = _checked("unit_float", float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+"""A float in [0, 1]."""
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,14 +76,3 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit-test", type=positive_int, default=None, help="use the first N test images"
     )
-
-
-def unit_float(text: str) -> float:
-    """A float in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
