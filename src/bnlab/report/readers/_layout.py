@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bnlab.report.files import read_json
+from bnlab.report.files import Warn, image_data_uri, read_json
+from bnlab.report.model import Figure, Result
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -21,6 +22,8 @@ __all__ = [
     "LEGACY_ENVIRONMENT_NAME",
     "METRICS_NAME",
     "RESULTS_NAME",
+    "add_environment",
+    "add_figure",
     "read_environment",
 ]
 
@@ -44,3 +47,22 @@ def read_environment(folder: Path) -> dict[str, Any]:
     if not path.exists() and legacy.exists():
         path = legacy
     return read_json(path)
+
+
+def add_figure(result: Result, folder: Path, file: str, caption: str, warn: Warn) -> None:
+    """Append the image ``folder / file`` to ``result.figures``; ``warn`` instead when it
+    cannot be read (missing, not a PNG)."""
+    try:
+        uri = image_data_uri(folder / file)
+    except ValueError as exc:
+        warn(str(exc))
+        return
+    result.figures.append(Figure(file, caption, uri))
+
+
+def add_environment(result: Result, folder: Path, warn: Warn) -> None:
+    """Set ``result.environment`` from :func:`read_environment`; ``warn`` when unreadable."""
+    try:
+        result.environment = read_environment(folder)
+    except ValueError as exc:
+        warn(str(exc))

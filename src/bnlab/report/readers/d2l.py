@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from bnlab.report.commands import d2l_command
-from bnlab.report.files import Warn, image_data_uri, read_json
-from bnlab.report.model import Figure, Result, Table, Verdict
-from bnlab.report.readers._layout import CONFIG_NAME, read_environment
+from bnlab.report.files import Warn, read_json
+from bnlab.report.model import Result, Table, Verdict
+from bnlab.report.readers._layout import CONFIG_NAME, add_environment, add_figure
 
 __all__ = ["read", "recognise"]
 
@@ -128,18 +128,6 @@ def read(folder: Path, warn: Warn) -> list[Result]:
             gamma = ", ".join(f"{v:.3f}" for v in entry["first_bn_gamma"])
             beta = ", ".join(f"{v:.3f}" for v in entry.get("first_bn_beta") or [])
             result.notes.append(f"{name}: first BN layer gamma = [{gamma}], beta = [{beta}]")
-    try:
-        result.figures.append(
-            Figure(
-                "d2l_curves.png",
-                "training curves of every variant",
-                image_data_uri(folder / "d2l_curves.png"),
-            )
-        )
-    except ValueError as exc:
-        warn(str(exc))
-    try:
-        result.environment = read_environment(folder)
-    except ValueError as exc:
-        warn(str(exc))
+    add_figure(result, folder, "d2l_curves.png", "training curves of every variant", warn)
+    add_environment(result, folder, warn)
     return [result]

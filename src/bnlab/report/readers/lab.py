@@ -12,13 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bnlab.report.files import Warn, image_data_uri, read_json
-from bnlab.report.model import Figure, Result, Table, Verdict
+from bnlab.report.files import Warn, read_json
+from bnlab.report.model import Result, Table, Verdict
 from bnlab.report.readers._layout import (
     CONFIG_NAME,
     LEGACY_ENVIRONMENT_NAME,
     RESULTS_NAME,
-    read_environment,
+    add_environment,
+    add_figure,
 )
 
 __all__ = ["read", "recognise"]
@@ -91,15 +92,7 @@ def read(folder: Path, warn: Warn) -> list[Result]:
         if not isinstance(raw, dict) or not raw.get("file"):
             continue
         file = Path(str(raw["file"])).name  # a name in the folder, never a path out of it
-        try:
-            uri = image_data_uri(folder / file)
-        except ValueError as exc:
-            warn(str(exc))
-            continue
-        result.figures.append(Figure(file, str(raw.get("caption", "")), uri))
+        add_figure(result, folder, file, str(raw.get("caption", "")), warn)
     result.notes = [str(n) for n in results.get("notes") or []]
-    try:
-        result.environment = read_environment(folder)
-    except ValueError as exc:
-        warn(str(exc))
+    add_environment(result, folder, warn)
     return [result]

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from bnlab.report.commands import train_command
-from bnlab.report.files import Warn, image_data_uri, read_json
-from bnlab.report.model import Figure, Result, Table
+from bnlab.report.files import Warn, read_json
+from bnlab.report.model import Result, Table
 from bnlab.report.readers._layout import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     METRICS_NAME,
     RESULTS_NAME,
-    read_environment,
+    add_environment,
+    add_figure,
 )
 
 __all__ = ["read", "recognise"]
@@ -87,16 +88,6 @@ def read(folder: Path, warn: Warn) -> list[Result]:
     history = results.get("history")
     if isinstance(history, list) and history:
         result.tables.append(_history_table([h for h in history if isinstance(h, dict)]))
-    try:
-        result.figures.append(
-            Figure(
-                "curves.png", "loss and accuracy per epoch", image_data_uri(folder / "curves.png")
-            )
-        )
-    except ValueError as exc:
-        warn(str(exc))
-    try:
-        result.environment = read_environment(folder)
-    except ValueError as exc:
-        warn(str(exc))
+    add_figure(result, folder, "curves.png", "loss and accuracy per epoch", warn)
+    add_environment(result, folder, warn)
     return [result]
