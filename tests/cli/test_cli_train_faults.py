@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib
 import json
 import math
 import os
@@ -219,27 +220,32 @@ def test_a_last_batch_of_one_sample_is_skipped_not_fatal(tmp_path: Path) -> None
 
 @pytest.mark.usefixtures("fake_data", "fast_plot")
 def test_an_infinite_test_loss_is_saved_and_read_back(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A finite training loss with an infinite test loss (what --lr 1e33 gives on some
+    # machines and thread counts: whether it does depends on rounding, so the test loss
+    # is made infinite here instead).
+    train_fit = importlib.import_module("bnlab.train.fit")  # the module; bnlab.train.fit is fit
+    real_evaluate = train_fit.evaluate
+
+    def infinite_test_loss(*args: Any, **kwargs: Any) -> dict[str, float]:
+        return {**real_evaluate(*args, **kwargs), "loss": math.inf}
+
+    monkeypatch.setattr(train_fit, "evaluate", infinite_test_loss)
     out = tmp_path / "run"
-    code = _train(out, "--lr", "1e33", "--epochs", "2", "--batch-size", "16", "--limit-train", "48")
+    code = _train(out, "--epochs", "2", "--batch-size", "16", "--limit-train", "48")
     err = capsys.readouterr().err
+    assert code == 0, err
     assert "Out of range float values" not in err
     assert "Traceback" not in err
-    records = read_jsonl(out / "metrics.jsonl")
-    first = next(r for r in records if r["kind"] == "epoch")
-    assert first["epoch"] == 1
-    assert math.isfinite(first["train_loss"])
-    # Written as "Infinity" or "NaN", read back as a float.
-    assert not math.isfinite(first["test_loss"])
-    text = (out / "metrics.jsonl").read_text()
-    assert '"test_loss": "Infinity"' in text or '"test_loss": "NaN"' in text
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 1  # the epoch is kept
-    if code == 1:  # a later epoch diverged: the loss check stops it, with one line
-        assert err.splitlines()[-1].startswith("bnlab train: error: training loss is ")
-    else:
-        assert code == 0
-        assert not math.isfinite(train_io.read_json(out / "results.json")["final"]["test_loss"])
+    epochs = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]  # every epoch is kept
+    assert all(math.isfinite(r["train_loss"]) for r in epochs)
+    # Written as "Infinity", read back as a float.
+    assert all(r["test_loss"] == math.inf for r in epochs)
+    assert '"test_loss": "Infinity"' in (out / "metrics.jsonl").read_text()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert train_io.read_json(out / "results.json")["final"]["test_loss"] == math.inf
 
 
 @pytest.mark.usefixtures("fake_data", "fast_plot")

@@ -558,7 +558,7 @@ def run(args: argparse.Namespace) -> int:
     if env is None or env.world_size == 1:
         # One process: a thread per free core unless --threads (or OMP_NUM_THREADS) says.
         layout = pick(threads=args.threads)
-        Console(stderr=True).print(layout.line())
+        Console().print(layout.line())  # beside the summary, on stdout (stderr: errors)
         torch.set_num_threads(layout.threads)
         return _train(args, None)
     if args.threads:
