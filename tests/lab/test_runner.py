@@ -284,3 +284,25 @@ def test_a_closure_measurement_runs_in_this_process(tmp_path: Path) -> None:
     run = run_grid(ex.LabContext(tmp_path, workers=2), GRID, _measure(calls), data=[0])
     assert calls == [cell_key(c) for c in GRID.cells()]
     assert len(run) == 12
+
+
+def test_progress_messages_after_their_result_do_not_overrun_the_bar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pool delivers results and progress messages on separate channels: a cell's
+    # last messages may arrive after its result. Each cell still moves the bar by
+    # exactly its steps.
+    import bnlab.lab.runner as runner
+
+    def results_first(fn, calls, *, on_result, on_message, **kwargs) -> None:
+        for index, (measure, cell, device) in enumerate(calls):
+            on_result(index, {"cell": GRID.key(cell)})
+            on_message(index, 5)  # late: already made up when the result came
+        for index in range(len(calls)):
+            on_message(index, 3)
+
+    monkeypatch.setattr(runner, "run_in_pool", results_first)
+    bar = Bar()
+    ctx = ex.LabContext(tmp_path, progress=bar, workers=2, threads=1)
+    run_grid(ctx, GRID, toy_cell, data=[1], steps=7, description="grid")
+    assert (bar.total, bar.done) == (84, 84)

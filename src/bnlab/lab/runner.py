@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -279,14 +280,22 @@ def _run_cells_in_pool(
     """
     moved = [0] * len(todo)
     results: dict[str, Any] = {}
+    # Progress messages come through their own queue and thread: a cell's result may
+    # arrive before its last messages. Each cell moves the bar by ``steps`` in all.
+    lock = threading.Lock()
+
+    def move(index: int, n: int) -> None:
+        with lock:
+            n = max(0, min(n, steps - moved[index]))
+            moved[index] += n
+        if n:
+            ctx.progress.advance(n)
 
     def advance(index: int, n: int) -> None:
-        moved[index] += n
-        ctx.progress.advance(n)
+        move(index, n)
 
     def store(index: int, result: Any) -> None:
-        if moved[index] < steps:
-            ctx.progress.advance(steps - moved[index])
+        move(index, steps)  # what the cell did not report (yet): late messages are dropped
         key = grid.key(todo[index])
         results[key] = ctx.unit(key, lambda: result)
 
