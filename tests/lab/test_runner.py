@@ -295,7 +295,7 @@ def test_progress_messages_after_their_result_do_not_overrun_the_bar(
     import bnlab.lab.runner as runner
 
     def results_first(fn, calls, *, on_result, on_message, **kwargs) -> None:
-        for index, (measure, cell, device) in enumerate(calls):
+        for index, (_measure, cell, _device) in enumerate(calls):
             on_result(index, {"cell": GRID.key(cell)})
             on_message(index, 5)  # late: already made up when the result came
         for index in range(len(calls)):
