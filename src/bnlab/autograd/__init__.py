@@ -8,6 +8,7 @@ ops of ``bnlab.functional``, with the same results and errors. ``bnlab.nn`` call
 entry points and never ``bnlab.kernels``.
 """
 
+from bnlab import kernels as _kernels
 from bnlab.autograd.batch_norm import (
     BatchNormFunction,
     batch_norm,
@@ -31,8 +32,21 @@ __all__ = [
     "batch_norm",
     "batch_norm_eval",
     "batch_norm_inplace",
+    "fast_path_enabled",
     "group_norm",
     "instance_norm",
     "layer_norm",
+    "set_fast_path",
     "sync_batch_norm",
 ]
+
+
+def fast_path_enabled() -> bool:
+    """Whether the fused kernels are switched on in this process (``bnlab.kernels``)."""
+    return _kernels.is_enabled()
+
+
+def set_fast_path(flag: bool) -> None:
+    """Switch the fused kernels on or off in this process (results are the same either
+    way, up to rounding; worker processes of ``bnlab.lab.pool`` take the parent's switch)."""
+    _kernels.set_enabled(flag)

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from bnlab.autograd import fast_path_enabled, set_fast_path
+
 __all__ = ["is_picklable", "run_in_pool", "worker_report"]
 
 # The worker's state, set once by ``_init``: the shared data and the message queue.
@@ -35,9 +37,11 @@ _queue: Any = None
 _task_index: int = -1
 
 
-def _init(threads: int, messages: Any, shared: Any) -> None:
+def _init(threads: int, messages: Any, shared: Any, fast_path: bool) -> None:
     global _shared, _queue
     torch.set_num_threads(threads)
+    # The parent's kernels switch: a worker computes as the parent would (same digits).
+    set_fast_path(fast_path)
     _shared, _queue = shared, messages
 
 
@@ -114,7 +118,7 @@ def run_in_pool(
         max_workers=min(workers, len(tasks)),
         mp_context=context,
         initializer=_init,
-        initargs=(threads, messages, shared),
+        initargs=(threads, messages, shared, fast_path_enabled()),
     )
     # Hand out at most one task per worker at a time, so on_start is when it begins.
     queue = list(enumerate(tasks))
