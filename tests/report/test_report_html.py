@@ -153,3 +153,42 @@ def test_claims_evidence_is_readable_text(tmp_path: Path) -> None:
     page = build_report([folder]).html
     assert "<td>quick = yes, lenet: (drift_bn = 0.1388, direction = less), n = [1, 2]</td>" in page
     assert '<span class="badge v-mixed">± mixed</span>' in page
+
+
+@pytest.mark.parametrize(
+    ("verdict", "badge"),
+    [
+        ("supported", 'v-supported">✓'),
+        ("refuted", 'v-not-supported">✗'),
+        ("context-dependent", 'v-mixed">±'),
+        ("inconclusive", 'v-undecided">?'),
+        ("no verdict at this budget", 'v-not-measured">\u2013'),
+    ],
+)
+def test_second_edition_verdicts_have_their_badges_and_the_literature_beside(
+    tmp_path: Path, verdict: str, badge: str
+) -> None:
+    folder = tmp_path / "claims"
+    folder.mkdir()
+    row = {
+        "claim": "BN degrades at small batch",
+        "source": "seed.txt",
+        "experiment": "batch-size",
+        "rule": "paired t, Holm",
+        "verdict": verdict,
+        "literature": {
+            "paper": "Wu & He 2018",
+            "setting": "ImageNet ResNet-50",
+            "numbers": "23.6 % at 32, 34.7 % at 2",
+            "finding": "supported",
+        },
+        "agreement": "disagrees",
+        "why": "800 steps",
+    }
+    (folder / "claims.json").write_text(json.dumps([row]))
+    page = build_report([folder]).html
+    assert f'<span class="badge {badge} {verdict}</span>' in page
+    assert (
+        "<td>Wu &amp; He 2018: 23.6 % at 32, 34.7 % at 2 (ImageNet ResNet-50); "
+        "ours disagrees (800 steps)</td>"
+    ) in page

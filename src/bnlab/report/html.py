@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bnlab.report.environment import environment_key, environment_rows
@@ -59,6 +59,11 @@ _CLAIM_VERDICTS = {
     "supported": ("v-supported", "✓"),
     "not supported": ("v-not-supported", "✗"),
     "mixed": ("v-mixed", "±"),
+    # The second edition's verdicts (bnlab.lab.stats).
+    "refuted": ("v-not-supported", "✗"),
+    "context-dependent": ("v-mixed", "±"),
+    "inconclusive": ("v-undecided", "?"),
+    "no verdict at this budget": ("v-not-measured", _DASH),
     "not measured": ("v-not-measured", _DASH),
 }
 
@@ -122,9 +127,24 @@ def _evidence(value: Any) -> str:
     return _cell(value)[0]
 
 
+def _literature(row: Mapping[str, Any]) -> str:
+    """What the literature found, and whether our verdict agrees (why, where it does not)."""
+    found = row.get("literature")
+    if not isinstance(found, Mapping):
+        return _DASH
+    text = f"{found.get('paper', '?')}: {found.get('numbers', '')} ({found.get('setting', '')})"
+    agreement = row.get("agreement")
+    if agreement:
+        text += f"; ours {agreement}"
+        if agreement != "agrees" and row.get("why"):
+            text += f" ({row['why']})"
+    return text
+
+
 def _claims(rows: Sequence[dict[str, Any]]) -> str:
     head = "".join(
-        f"<th>{c}</th>" for c in ("claim", "source", "experiment", "evidence", "rule", "verdict")
+        f"<th>{c}</th>"
+        for c in ("claim", "source", "experiment", "evidence", "rule", "literature", "verdict")
     )
     body = []
     for row in rows:
@@ -138,10 +158,11 @@ def _claims(rows: Sequence[dict[str, Any]]) -> str:
                 for k in ("claim", "source", "experiment")
             )
             + f"<td>{_e(evidence or _DASH)}</td><td>{_e(row.get('rule', _DASH))}</td>"
+            + f"<td>{_e(_literature(row))}</td>"
             + f'<td><span class="badge {css}">{mark} {_e(verdict)}</span></td></tr>'
         )
     # Widths in percent: claim and rule carry the most text, the verdict a badge.
-    widths = "".join(f'<col style="width:{w}%">' for w in (20, 12, 10, 22, 22, 14))
+    widths = "".join(f'<col style="width:{w}%">' for w in (17, 10, 8, 19, 18, 16, 12))
     return (
         f'<table class="claims"><colgroup>{widths}</colgroup><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table>"
