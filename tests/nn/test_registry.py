@@ -3,6 +3,7 @@ get_norm_layer and convert_norm; options, errors, state carry-over."""
 
 from __future__ import annotations
 
+import copy
 import pickle
 import re
 
@@ -545,3 +546,35 @@ def test_register_adds_a_kind_with_its_aliases(monkeypatch: pytest.MonkeyPatch) 
     assert available_norm_layers()[-1] == "rmsish"
     assert available_norms()[-1] == "rmsish"
     assert type(get_norm_layer("RMS", eps=1e-3)(4)) is nn.GroupNorm
+
+
+def test_add_a_norm_in_one_line_reaches_every_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CONTRIBUTING's "add a norm": one class, one register_norm_class line; the models,
+    # create_norm, get_norm_layer and the model registry's norm names then know it.
+    from torch import nn
+
+    from bnlab import models
+    from bnlab.nn import registry
+
+    class ScaleOnly(nn.Module):
+        def __init__(self, num_features: int, *, init: float = 1.0) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.full((num_features,), init))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.weight.view(1, -1, *([1] * (x.dim() - 2)))
+
+    # The registration is undone afterwards: the registry's tables are copies here.
+    for table in ("_BUILDERS", "_TARGETS", "_ALIASES"):
+        monkeypatch.setattr(registry, table, copy.deepcopy(getattr(registry, table)))
+    registry.register_norm_class("scaleonly", lambda dim: ScaleOnly, aliases=("so",))
+    layer = registry.create_norm("SO", 4, init=2.0)
+    assert isinstance(layer, ScaleOnly)
+    torch.testing.assert_close(layer.weight, torch.full((4,), 2.0))
+    assert isinstance(registry.get_norm_layer("scaleonly")(3), ScaleOnly)
+    with pytest.raises(TypeError, match="init"):
+        registry.create_norm("scaleonly", 4, momentum=0.1)
+    assert "scaleonly" in models.available_norms()
+    net = models.create("lenet", norm="scaleonly")
+    assert any(isinstance(m, ScaleOnly) for m in net.modules())
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)

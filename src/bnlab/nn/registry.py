@@ -104,6 +104,7 @@ __all__ = [
     "get_norm_layer",
     "norm_implementations",
     "register_batchnorm_class",
+    "register_norm_class",
     "register_norm_layer",
     "resolve_norm",
 ]
@@ -624,6 +625,26 @@ def _by_dim(classes: tuple[Callable[..., nn.Module], ...]) -> Callable[[int], An
         return classes[max(dim - 1, 0)]
 
     return target
+
+
+def register_norm_class(
+    name: str,
+    by_dim: Callable[[int], Callable[..., nn.Module]],
+    *,
+    impl: str = DEFAULT_IMPL,
+    aliases: Sequence[str] = (),
+    overwrite: bool = False,
+) -> None:
+    """Register a norm whose layer is a class called as ``cls(num_features, **options)``.
+
+    "Add a norm" in one line: ``register_norm_class("rmsnorm", lambda dim: RMSNorm)``.
+    ``by_dim(dim)`` returns the class for a spatial dim (see ``DIMS``); its keyword
+    arguments are the options ``create_norm`` accepts. Otherwise as
+    :func:`register_norm_layer` (same errors).
+    """
+    register_norm_layer(
+        name, _builder(by_dim), by_dim, impl=impl, aliases=aliases, overwrite=overwrite
+    )
 
 
 def _builder(target: Callable[[int], Callable[..., nn.Module]]) -> NormBuilder:
