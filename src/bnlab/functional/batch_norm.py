@@ -211,7 +211,9 @@ def _affine(t: Tensor, scale: Tensor | None, shift: Tensor | None, *, inplace: b
         return t if b is None else t.add_(b)
     if b is None:
         return t.mul_(s)
-    if t.dim() == 2 and t.numel() <= _FUSED_AFFINE_MAX_NUMEL:
+    # Not while torch.compile/export traces: a graph holding an out= op cannot run
+    # under autograd (the exported training graph would fail).
+    if t.dim() == 2 and t.numel() <= _FUSED_AFFINE_MAX_NUMEL and not torch.compiler.is_compiling():
         return torch.addcmul(b, t, s, out=t)
     return t.mul_(s).add_(b)
 
