@@ -322,3 +322,33 @@ def test_lazy_batch_norm_checks_its_arguments_and_refuses_sync_conversion_before
         B.LazyBatchNorm2d(eps=0.0)
     with pytest.raises(ValueError, match="has uninitialized parameters"):
         B.convert_sync_batchnorm(nn.Sequential(B.LazyBatchNorm2d()))
+
+
+@pytest.mark.parametrize(
+    ("layer", "twin", "shape"),
+    [
+        (lambda: B.LayerNorm(6), lambda: nn.LayerNorm(6), (4, 6)),
+        (lambda: B.GroupNorm(2, 6), lambda: nn.GroupNorm(2, 6), (4, 6, 5)),
+        (
+            lambda: B.InstanceNorm2d(6, affine=True, track_running_stats=True),
+            lambda: nn.InstanceNorm2d(6, affine=True, track_running_stats=True),
+            (4, 6, 5, 5),
+        ),
+    ],
+    ids=["LayerNorm", "GroupNorm", "InstanceNorm2d"],
+)
+def test_torch_jit_script_compiles_layer_group_instance_norm_as_torchs(layer, twin, shape) -> None:
+    # TorchScript compiles torch's layer in bnlab's place: the same parameters and map.
+    torch.manual_seed(0)
+    ours, ref = layer(), twin()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.uniform_(0.5, 1.5)
+    ref.load_state_dict(ours.state_dict())
+    scripted = torch.jit.script(nn.Sequential(ours))
+    assert type(ours).__module__.startswith("bnlab")  # the eager layer stays bnlab's
+    x = torch.randn(shape)
+    out = scripted(x)
+    torch.testing.assert_close(out, ref(x), rtol=1e-5, atol=1e-5)
+    out.sum().backward()  # the scripted graph trains the eager layer's parameters
+    assert all(p.grad is not None for p in ours.parameters())

@@ -49,6 +49,21 @@ def check_norm_arguments(
     check_momentum(momentum, name)
 
 
+def torch_twin(module: nn.Module) -> nn.Module:
+    """The same layer as an instance of its ``torch.nn`` class, sharing every parameter,
+    buffer and setting (for ``torch.jit.script``, which cannot compile bnlab's forward:
+    it compiles torch's, the same map without bnlab's kernels)."""
+    name = type(module).__name__
+    twin_class = next(
+        c
+        for c in type(module).__mro__
+        if c.__module__.startswith("torch.nn") and c.__name__ == name
+    )
+    twin = twin_class.__new__(twin_class)
+    twin.__dict__.update(module.__dict__)  # the same parameter and buffer dicts
+    return twin
+
+
 def non_tensor_call(module: nn.Module, x: object) -> Any:
     """``module(x)`` for an ``x`` that is not a tensor: a ``torch.fx`` node, or TypeError.
 

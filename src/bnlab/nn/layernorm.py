@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from bnlab.autograd.layer_norm import layer_norm
 from bnlab.functional.batch_norm import check_eps
-from bnlab.nn._base import non_tensor_call
+from bnlab.nn._base import non_tensor_call, torch_twin
 
 __all__ = ["LayerNorm"]
 
@@ -63,6 +63,10 @@ class LayerNorm(nn.LayerNorm):
             )
         check_eps(eps, name)
         super().__init__(shape, eps, elementwise_affine, bias, device, dtype)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script compiles torch's layer in its place (same parameters, same map).
+        return torch_twin(self)
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
