@@ -155,12 +155,7 @@ _PACK = {
     "layer_backward": struct.Struct("=QQqqQQQQQq").pack,
 }
 _pack_train_forward = _PACK["train_forward"]
-_pack_train_backward = _PACK["train_backward"]
 _pack_eval_forward = _PACK["eval_forward"]
-_pack_group_forward = _PACK["group_forward"]
-_pack_group_backward = _PACK["group_backward"]
-_pack_layer_forward = _PACK["layer_forward"]
-_pack_layer_backward = _PACK["layer_backward"]
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -473,6 +468,64 @@ def _norm_empty_like(x: Tensor) -> Tensor:
     return _pool.empty(x.shape, x.dtype)
 
 
+def _norm_forward(
+    name: str,
+    x: Tensor,
+    dims: tuple[int, ...],
+    rows: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """The call of the group/layer-norm forward kernel ``name``: ``(y, stats)``, ``stats``
+    a ``(3, rows)`` tensor; ``dims`` the kernel's size arguments after ``x`` and ``y``."""
+    dtype = x.dtype
+    y = _norm_empty_like(x)
+    stats = torch.empty((3, rows), dtype=dtype)
+    _fns[name, dtype](
+        _PACK[name](
+            x.data_ptr(),
+            y.data_ptr(),
+            *dims,
+            0 if weight is None else weight.data_ptr(),
+            0 if bias is None else bias.data_ptr(),
+            float(eps),
+            stats.data_ptr(),
+            torch.get_num_threads(),
+        )
+    )
+    return y, stats
+
+
+def _backward(
+    name: str,
+    x: Tensor,
+    args: tuple[int, ...],
+    param_numel: int,
+    needs_input_grad: tuple[bool, bool, bool],
+    empty_like: Any,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The call of the backward kernel ``name``: allocates the requested gradients
+    (``grad_x`` by ``empty_like``, the parameter ones ``(param_numel,)``), packs ``args``
+    (the kernel's arguments before ``grad_x``) with their pointers and the thread count,
+    and returns ``(grad_x, grad_weight, grad_bias)``, None where not requested."""
+    need_x, need_w, need_b = needs_input_grad
+    dtype = x.dtype
+    grad_x = empty_like(x) if need_x else None
+    grad_weight = torch.empty(param_numel, dtype=dtype) if need_w else None
+    grad_bias = torch.empty(param_numel, dtype=dtype) if need_b else None
+    _fns[name, dtype](
+        _PACK[name](
+            *args,
+            0 if grad_x is None else grad_x.data_ptr(),
+            0 if grad_weight is None else grad_weight.data_ptr(),
+            0 if grad_bias is None else grad_bias.data_ptr(),
+            torch.get_num_threads(),
+        )
+    )
+    return grad_x, grad_weight, grad_bias
+
+
 def train_forward(
     x: Tensor,
     weight: Tensor | None,
@@ -558,37 +611,26 @@ def train_backward(
         return _triton_bn.train_backward(
             grad_y, x, weight, inv_std, pivot, offset, needs_input_grad
         )
-    need_x, need_w, need_b = needs_input_grad
     shape = x.shape
     n, c = shape[0], shape[1]
-    dtype = x.dtype
-    grad_x = _empty_like(x) if need_x else None
-    grad_weight = torch.empty(c, dtype=dtype) if need_w else None
-    grad_bias = torch.empty(c, dtype=dtype) if need_b else None
     if stats is None:
         inv_std_ptr, pivot_ptr, offset_ptr = inv_std.data_ptr(), pivot.data_ptr(), offset.data_ptr()
     else:
         row = c * stats.element_size()
         inv_std_ptr = stats.data_ptr() + 2 * row
         pivot_ptr, offset_ptr = inv_std_ptr + row, inv_std_ptr + 2 * row
-    _fns["train_backward", dtype](
-        _pack_train_backward(
-            grad_y.data_ptr(),
-            x.data_ptr(),
-            n,
-            c,
-            x.numel() // (n * c),
-            0 if weight is None else weight.data_ptr(),
-            inv_std_ptr,
-            pivot_ptr,
-            offset_ptr,
-            0 if grad_x is None else grad_x.data_ptr(),
-            0 if grad_weight is None else grad_weight.data_ptr(),
-            0 if grad_bias is None else grad_bias.data_ptr(),
-            torch.get_num_threads(),
-        )
+    args = (
+        grad_y.data_ptr(),
+        x.data_ptr(),
+        n,
+        c,
+        x.numel() // (n * c),
+        0 if weight is None else weight.data_ptr(),
+        inv_std_ptr,
+        pivot_ptr,
+        offset_ptr,
     )
-    return grad_x, grad_weight, grad_bias
+    return _backward("train_backward", x, args, c, needs_input_grad, _empty_like)
 
 
 def eval_forward(
@@ -676,27 +718,9 @@ def group_forward(
         ``(y, stats)``: ``stats`` a ``(3, N * num_groups)`` tensor of rows inv_std, pivot
         (the group's first element), offset (mean - pivot), for :func:`group_backward`.
     """
-    dtype = x.dtype
-    y = _norm_empty_like(x)
-    shape = x.shape
-    n, c = shape[0], shape[1]
-    stats = torch.empty((3, n * num_groups), dtype=dtype)
-    _fns["group_forward", dtype](
-        _pack_group_forward(
-            x.data_ptr(),
-            y.data_ptr(),
-            n,
-            c,
-            x.numel() // (n * c),
-            num_groups,
-            0 if weight is None else weight.data_ptr(),
-            0 if bias is None else bias.data_ptr(),
-            float(eps),
-            stats.data_ptr(),
-            torch.get_num_threads(),
-        )
-    )
-    return y, stats
+    n, c = x.shape[0], x.shape[1]
+    dims = (n, c, x.numel() // (n * c), num_groups)
+    return _norm_forward("group_forward", x, dims, n * num_groups, weight, bias, eps)
 
 
 def group_backward(
@@ -709,30 +733,18 @@ def group_backward(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Fused group-norm backward: ``(grad_x, grad_weight, grad_bias)``, None where not
     requested. ``grad_y`` contiguous like ``x``; ``stats`` from :func:`group_forward`."""
-    need_x, need_w, need_b = needs_input_grad
-    shape = x.shape
-    n, c = shape[0], shape[1]
-    dtype = x.dtype
-    grad_x = _norm_empty_like(x) if need_x else None
-    grad_weight = torch.empty(c, dtype=dtype) if need_w else None
-    grad_bias = torch.empty(c, dtype=dtype) if need_b else None
-    _fns["group_backward", dtype](
-        _pack_group_backward(
-            grad_y.data_ptr(),
-            x.data_ptr(),
-            n,
-            c,
-            x.numel() // (n * c),
-            num_groups,
-            0 if weight is None else weight.data_ptr(),
-            stats.data_ptr(),
-            0 if grad_x is None else grad_x.data_ptr(),
-            0 if grad_weight is None else grad_weight.data_ptr(),
-            0 if grad_bias is None else grad_bias.data_ptr(),
-            torch.get_num_threads(),
-        )
+    n, c = x.shape[0], x.shape[1]
+    args = (
+        grad_y.data_ptr(),
+        x.data_ptr(),
+        n,
+        c,
+        x.numel() // (n * c),
+        num_groups,
+        0 if weight is None else weight.data_ptr(),
+        stats.data_ptr(),
     )
-    return grad_x, grad_weight, grad_bias
+    return _backward("group_backward", x, args, c, needs_input_grad, _norm_empty_like)
 
 
 def layer_norm_eligible(
@@ -770,24 +782,9 @@ def layer_forward(
         ``(y, stats)``: ``stats`` a ``(3, R)`` tensor (``R = x.numel() /
         normalized_numel`` rows) of rows inv_std, pivot, offset, for :func:`layer_backward`.
     """
-    dtype = x.dtype
-    y = _norm_empty_like(x)
     rows = x.numel() // normalized_numel
-    stats = torch.empty((3, rows), dtype=dtype)
-    _fns["layer_forward", dtype](
-        _pack_layer_forward(
-            x.data_ptr(),
-            y.data_ptr(),
-            rows,
-            normalized_numel,
-            0 if weight is None else weight.data_ptr(),
-            0 if bias is None else bias.data_ptr(),
-            float(eps),
-            stats.data_ptr(),
-            torch.get_num_threads(),
-        )
-    )
-    return y, stats
+    dims = (rows, normalized_numel)
+    return _norm_forward("layer_forward", x, dims, rows, weight, bias, eps)
 
 
 def layer_backward(
@@ -800,23 +797,14 @@ def layer_backward(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Fused layer-norm backward: ``(grad_x, grad_weight, grad_bias)``, None where not
     requested; the parameter gradients are flat ``(normalized_numel,)``."""
-    need_x, need_w, need_b = needs_input_grad
-    dtype = x.dtype
-    grad_x = _norm_empty_like(x) if need_x else None
-    grad_weight = torch.empty(normalized_numel, dtype=dtype) if need_w else None
-    grad_bias = torch.empty(normalized_numel, dtype=dtype) if need_b else None
-    _fns["layer_backward", dtype](
-        _pack_layer_backward(
-            grad_y.data_ptr(),
-            x.data_ptr(),
-            x.numel() // normalized_numel,
-            normalized_numel,
-            0 if weight is None else weight.data_ptr(),
-            stats.data_ptr(),
-            0 if grad_x is None else grad_x.data_ptr(),
-            0 if grad_weight is None else grad_weight.data_ptr(),
-            0 if grad_bias is None else grad_bias.data_ptr(),
-            torch.get_num_threads(),
-        )
+    args = (
+        grad_y.data_ptr(),
+        x.data_ptr(),
+        x.numel() // normalized_numel,
+        normalized_numel,
+        0 if weight is None else weight.data_ptr(),
+        stats.data_ptr(),
     )
-    return grad_x, grad_weight, grad_bias
+    return _backward(
+        "layer_backward", x, args, normalized_numel, needs_input_grad, _norm_empty_like
+    )
