@@ -100,11 +100,12 @@ EQUAL = "equal-epochs"
 
 
 @dataclass(frozen=True)
-class BatchSizeConfig:
+class BatchSizeConfig(kit.PairedConfig):
     """Settings of ``batch-size`` (defaults: the full run, about 12 min on 2 quiet CPU cores).
 
     Args:
-        seeds: paired seeds (init and data order shared by every arm).
+        seeds, train_size, test_size, min_seeds, threads: as in ``kit.PairedConfig``
+            (5 seeds, all 60,000 training and 10,000 test images, 1 thread).
         batch: the SGD batch of the primary arms.
         virtual_batches: BN's statistics batches (ghost virtual batch sizes); each
             divides ``batch``; ``small_batch`` and ``batch`` among them.
@@ -113,19 +114,14 @@ class BatchSizeConfig:
         momentum: SGD momentum.
         widths: channels of the five convolutions (strides 1, 2, 1, 2, 1).
         group_size: channels per GroupNorm group.
-        train_size: training images (None: all 60,000).
-        test_size: test images (None: all 10,000).
         small_batch: the statistics batch of the claims.
         margin: equivalence margin of the claims, in accuracy points.
-        min_seeds: the fewest seeds that decide a claim.
         equal_epochs: also run the secondary arms (SGD batch ``small_batch``, lr scaled
             linearly, ``batch / small_batch`` times the steps).
         lr_schedule: ``"linear"`` (decayed to 0 over each arm's steps) or ``"constant"``.
         first_seed: the seeds are ``first_seed .. first_seed + seeds - 1``.
-        threads: torch CPU threads while a cell trains.
     """
 
-    seeds: int = 5
     batch: int = 32
     virtual_batches: tuple[int, ...] = (2, 4, 8, 32)
     steps: int = 800
@@ -133,20 +129,14 @@ class BatchSizeConfig:
     momentum: float = 0.9
     widths: tuple[int, ...] = (16, 32, 32, 64, 64)
     group_size: int = 4
-    train_size: int | None = None
-    test_size: int | None = None
     small_batch: int = 2
     margin: float = 0.5
-    min_seeds: int = 5
     equal_epochs: bool = True
     lr_schedule: str = "linear"
     first_seed: int = 0
-    threads: int = 1
 
-    @classmethod
-    def quick(cls) -> BatchSizeConfig:
-        """A smoke test: 2 seeds (below min_seeds: no verdict), 20 steps, small subsets."""
-        return cls(seeds=2, steps=20, train_size=1024, test_size=500)
+    #: A smoke test: 2 seeds (below min_seeds: no verdict), 20 steps, small subsets.
+    QUICK = kit.PairedConfig.quick_settings(steps=20, train_size=1024, test_size=500)
 
     @property
     def equal_steps(self) -> int:
@@ -299,11 +289,7 @@ def _model(config: BatchSizeConfig, arm: str) -> SmallBatchCNN:
 
 def prepare(config: BatchSizeConfig, data: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
     """The training and test subsets (the full sets by default)."""
-    if data is None:
-        raise ValueError("batch-size needs Fashion-MNIST data")
-    n_train = data["train_images"].shape[0] if config.train_size is None else config.train_size
-    n_test = data["test_images"].shape[0] if config.test_size is None else config.test_size
-    return kit.split(data, n_train, n_test)
+    return config.subsets(data, "batch-size")
 
 
 def measure(config: BatchSizeConfig, cell: Cell, bench: Bench) -> dict[str, Any]:

@@ -91,11 +91,12 @@ TUNE_RULE = (
 
 
 @dataclass(frozen=True)
-class ConvergenceConfig:
+class ConvergenceConfig(kit.PairedConfig):
     """Settings of ``convergence`` (defaults: the full run, about 11 min on 2 quiet CPU cores).
 
     Args:
-        seeds: paired measured seeds (init and data order shared by the arms).
+        seeds, train_size, test_size, min_seeds, threads: as in ``kit.PairedConfig``
+            (5 measured seeds, all images, 1 thread).
         tune_seed: the separate seed of the lr tuning runs.
         lrs: the learning-rate grid (each arm picks one by ``TUNE_RULE``).
         batch: SGD batch.
@@ -107,12 +108,8 @@ class ConvergenceConfig:
         window: mini-batch losses in the training-loss moving average.
         eval_every: steps between test evaluations.
         margin: the claim's equivalence margin, in steps.
-        min_seeds: the fewest seeds that decide the claim.
-        train_size, test_size: images used (None: all).
-        threads: torch CPU threads while a run trains.
     """
 
-    seeds: int = 5
     tune_seed: int = 1000
     lrs: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
     batch: int = 256
@@ -124,24 +121,17 @@ class ConvergenceConfig:
     window: int = 50
     eval_every: int = 78
     margin: float = 234.0
-    min_seeds: int = 5
-    train_size: int | None = None
-    test_size: int | None = None
-    threads: int = 1
 
-    @classmethod
-    def quick(cls) -> ConvergenceConfig:
-        """A smoke test: 2 seeds (below min_seeds: no verdict), two lrs, 60 steps."""
-        return cls(
-            seeds=2,
-            lrs=(0.3, 1.0),
-            steps=60,
-            window=10,
-            eval_every=20,
-            train_size=2048,
-            test_size=500,
-            margin=6.0,
-        )
+    #: A smoke test: 2 seeds (below min_seeds: no verdict), two lrs, 60 steps.
+    QUICK = kit.PairedConfig.quick_settings(
+        lrs=(0.3, 1.0),
+        steps=60,
+        window=10,
+        eval_every=20,
+        train_size=2048,
+        test_size=500,
+        margin=6.0,
+    )
 
 
 def specs(config: ConvergenceConfig) -> list[stats.ClaimSpec]:
@@ -217,11 +207,7 @@ def first_reach(
 
 
 def _data(config: ConvergenceConfig, data: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-    if data is None:
-        raise ValueError("convergence needs Fashion-MNIST data")
-    n_train = data["train_images"].shape[0] if config.train_size is None else config.train_size
-    n_test = data["test_images"].shape[0] if config.test_size is None else config.test_size
-    return kit.split(data, n_train, n_test)
+    return config.subsets(data, "convergence")
 
 
 def train_run(

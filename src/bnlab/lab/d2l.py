@@ -180,30 +180,22 @@ def _run_one(
     on_step: Callable[[StepInfo], None] | None,
 ) -> dict[str, Any]:
     device = torch.device(config.device)
-    train_loader = DeviceLoader(
-        data["train_images"],
-        data["train_labels"],
-        config.batch_size,
-        shuffle=True,
-        seed=seed,
-        device=device,
-    )
-    test_loader = DeviceLoader(
-        data["test_images"],
-        data["test_labels"],
-        config.eval_batch_size,
-        shuffle=False,
-        device=device,
-    )
+
+    def loader(split: str, batch_size: int, order_seed: int | None) -> DeviceLoader:
+        """``split``'s loader: shuffled in ``order_seed``'s order, in order when None."""
+        return DeviceLoader(
+            data[f"{split}_images"],
+            data[f"{split}_labels"],
+            batch_size,
+            shuffle=order_seed is not None,
+            seed=0 if order_seed is None else order_seed,
+            device=device,
+        )
+
+    train_loader = loader("train", config.batch_size, seed)
+    test_loader = loader("test", config.eval_batch_size, None)
     # Recalibration reads its own, differently seeded order of the training set.
-    recal_loader = DeviceLoader(
-        data["train_images"],
-        data["train_labels"],
-        config.batch_size,
-        shuffle=True,
-        seed=seed + 10_000,
-        device=device,
-    )
+    recal_loader = loader("train", config.batch_size, seed + 10_000)
     torch.manual_seed(seed)
     model = create("lenet", norm=variant.norm)
     has_bn = variant.norm != "none"

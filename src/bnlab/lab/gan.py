@@ -418,10 +418,6 @@ def summarize(
     )
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
-
-
 RULE = (
     "Per-seed Fréchet distances (lower is better). The reference is the non-BN "
     "discriminator (no norm, LayerNorm) with the lower mean FD. For each BN batching "
@@ -477,7 +473,7 @@ def decide_bn_unsuited(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]
 
 def _measured(evidence: Mapping[str, Any]) -> str:
     means = evidence["means"]
-    parts = [f"{LABELS[v]} {_fmt(m)}" for v, m in means.items() if v in LABELS]
+    parts = [f"{LABELS[v]} {kit.number_or_na(m, '.3g')}" for v, m in means.items() if v in LABELS]
     return (
         "mean FD "
         + ", ".join(parts)

@@ -283,10 +283,6 @@ FIGURES = [
 ]
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 RULE_BN = (
     "For the network, at each batch size (8, 32, 128), compare the per-seed test "
     "accuracy with BN against no norm (Welch difference, counts when above twice its "
@@ -381,13 +377,14 @@ def decide_ln_suits_sequences(results: Mapping[str, Any]) -> tuple[dict[str, Any
 def _measured_ln(evidence: Mapping[str, Any]) -> str:
     small = evidence["smallest_batch"]
     parts = []
+    na = kit.number_or_na
     for arch in ARCHS:
         if arch in evidence:
             e = evidence[arch]
             parts.append(
-                f"{ARCHS[arch]}: stream {e['stream']} (LN {_fmt(e['stream_ln_mean'])}, BN "
-                f"{_fmt(e['stream_bn_mean'])}), B={small} {e[f'batch_{small}']} (LN "
-                f"{_fmt(e[f'batch_{small}_ln_mean'])}, BN {_fmt(e[f'batch_{small}_bn_mean'])})"
+                f"{ARCHS[arch]}: stream {e['stream']} (LN {na(e['stream_ln_mean'])}, BN "
+                f"{na(e['stream_bn_mean'])}), B={small} {e[f'batch_{small}']} (LN "
+                f"{na(e[f'batch_{small}_ln_mean'])}, BN {na(e[f'batch_{small}_bn_mean'])})"
             )
     return "; ".join(parts)
 

@@ -64,7 +64,7 @@ from bnlab.lab.experiment import (
     register_lab,
     seeded,
 )
-from bnlab.lab.kit import LabConfig, float_images, mean_std, probe_copy, take
+from bnlab.lab.kit import LabConfig, float_images, mean_std, number_or_na, probe_copy, take
 from bnlab.lab.runner import Bench, Cell, Grid, run_grid
 from bnlab.models import create
 from bnlab.plots.shift import plot_dose_response, plot_internal_mcc
@@ -566,9 +566,9 @@ def run(config: ShiftMccConfig, ctx: LabContext) -> LabOutcome:
             Verdict(
                 CLAIM_SPLITS,
                 holds_of(v_split),
-                f"{v_split}: train-vs-test MCC {_fmt(ev_split['train_test_mean'])} "
-                f"(max {_fmt(ev_split['train_test_max'])}) against the threshold "
-                f"{_fmt(ev_split['threshold'])}",
+                f"{v_split}: train-vs-test MCC {number_or_na(ev_split['train_test_mean'])} "
+                f"(max {number_or_na(ev_split['train_test_max'])}) against the threshold "
+                f"{number_or_na(ev_split['threshold'])}",
             ),
         ],
         figures=[
@@ -599,10 +599,6 @@ def run(config: ShiftMccConfig, ctx: LabContext) -> LabOutcome:
 
 def _mean(values: Sequence[float | None]) -> float | None:
     return describe([math.nan if v is None else v for v in values])["mean"]
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 RULE_DETECTS = (
@@ -638,12 +634,12 @@ def decide_detects_shift(results: Mapping[str, Any]) -> tuple[dict[str, Any], st
 
 def _measured_detect(evidence: Mapping[str, Any], verdict: str) -> str:
     parts = [
-        f"{k}: MCC {_fmt(evidence[k]['means'][0])} -> {_fmt(evidence[k]['means'][-1])}"
+        f"{k}: MCC {number_or_na(evidence[k]['means'][0])} -> {number_or_na(evidence[k]['means'][-1])}"
         f"{'' if evidence[k]['monotone'] else ' (not monotone)'}"
         for k in SHIFT_KINDS
         if k in evidence
     ]
-    return f"{verdict}: " + "; ".join(parts) + f"; threshold {_fmt(evidence['threshold'])}"
+    return f"{verdict}: " + "; ".join(parts) + f"; threshold {number_or_na(evidence['threshold'])}"
 
 
 RULE_ICS = (
@@ -697,8 +693,8 @@ def decide_bn_reduces_ics(results: Mapping[str, Any]) -> tuple[dict[str, Any], s
 def _measured_ics(evidence: Mapping[str, Any], verdict: str) -> str:
     se = "n/a" if evidence["se"] is None else f"{evidence['se']:.3f}"
     return (
-        f"{verdict}: mean MCC(t, t+k) {_fmt(evidence['mean_mcc_bn'])} with BN, "
-        f"{_fmt(evidence['mean_mcc_none'])} without (difference {evidence['diff']:+.3f}, "
+        f"{verdict}: mean MCC(t, t+k) {number_or_na(evidence['mean_mcc_bn'])} with BN, "
+        f"{number_or_na(evidence['mean_mcc_none'])} without (difference {evidence['diff']:+.3f}, "
         f"standard error {se})"
     )
 

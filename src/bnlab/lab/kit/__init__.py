@@ -7,7 +7,8 @@
 - ``train``: one ``fit`` run over data subsets (``train_variant``);
 - ``verdicts``: comparisons of variants per setting, rules into verdicts;
 - ``configs``: config checks, ``LabConfig`` (every config's seeds and quick run) and
-  ``ProbingConfig``, the probing experiments' core;
+  ``ProbingConfig``, the probing experiments' core, ``PairedConfig``, the stats-decided
+  experiments' core;
 - ``fits`` (imported as a module, ``kit.fits``): ``FitConfig``, the fit-based
   experiments' core (one ``train_variant`` run per cell), and ``SweepConfig`` with the
   tables, series and rule groups of the trainability sweeps (lr-sweep, init);
@@ -17,7 +18,13 @@ The step loop with hooks is ``bnlab.train.steps.run_steps``; the grid runner is
 ``bnlab.lab.runner``.
 """
 
-from bnlab.lab.kit.configs import LabConfig, ProbingConfig, check_positive, probing_lab
+from bnlab.lab.kit.configs import (
+    LabConfig,
+    PairedConfig,
+    ProbingConfig,
+    check_positive,
+    probing_lab,
+)
 from bnlab.lab.kit.data import accuracy_on_test, batches, float_images, probe_batch, split, take
 from bnlab.lab.kit.models import (
     ARCHS,
@@ -52,6 +59,7 @@ from bnlab.lab.kit.verdicts import (
     hits_verdict,
     mean_std,
     mean_std_cell,
+    number_or_na,
     pick,
     plateau_notes,
     register_claims,
@@ -66,6 +74,7 @@ __all__ = [
     "TRAINS_RULE",
     "ClaimRule",
     "LabConfig",
+    "PairedConfig",
     "ProbingConfig",
     "accuracy_on_test",
     "apply_rules",
@@ -93,6 +102,7 @@ __all__ = [
     "mean_std",
     "mean_std_cell",
     "norm_layers",
+    "number_or_na",
     "pick",
     "plateau_notes",
     "probe_batch",

@@ -15,7 +15,7 @@ from bnlab.lab.kit.data import split
 from bnlab.lab.kit.models import check_archs
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 
-__all__ = ["LabConfig", "ProbingConfig", "check_positive", "probing_lab"]
+__all__ = ["LabConfig", "PairedConfig", "ProbingConfig", "check_positive", "probing_lab"]
 
 
 def check_positive(owner: str, config: Any, names: Sequence[str]) -> None:
@@ -59,6 +59,40 @@ class LabConfig:
     def quick(cls) -> Self:
         """The quick run's config: the defaults updated with ``QUICK``."""
         return cls(**cls.QUICK)
+
+
+@dataclass(frozen=True)
+class PairedConfig(LabConfig):
+    """What the experiments decided by ``bnlab.lab.stats`` (batch-size, convergence) share:
+    paired seeds, the data subsets, the fewest seeds that decide a claim and the CPU
+    threads of a cell. A subclass adds its fields (among them its claims' ``margin``) and
+    its quick settings.
+
+    Args:
+        seeds: paired seeds (init and data order shared by every arm).
+        train_size, test_size: training and test images (None: the whole split).
+        min_seeds: the fewest seeds that decide a claim (the quick run's 2 decide none).
+        threads: torch CPU threads while a cell trains.
+    """
+
+    seeds: int = 5
+    train_size: int | None = None
+    test_size: int | None = None
+    min_seeds: int = 5
+    threads: int = 1
+
+    def subsets(self, data: Mapping[str, Tensor] | None, lab: str) -> dict[str, Tensor]:
+        """The first ``train_size`` training and ``test_size`` test images of ``data``
+        (None: the whole split).
+
+        Raises:
+            ValueError: no data (``lab`` names the experiment in the message).
+        """
+        if data is None:
+            raise ValueError(f"{lab} needs Fashion-MNIST data")
+        n_train = data["train_images"].shape[0] if self.train_size is None else self.train_size
+        n_test = data["test_images"].shape[0] if self.test_size is None else self.test_size
+        return split(data, n_train, n_test)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ __all__ = [
     "hits_verdict",
     "mean_std",
     "mean_std_cell",
+    "number_or_na",
     "pick",
     "plateau_notes",
     "register_claims",
@@ -53,6 +54,11 @@ def finite_mean(values: Iterable[float | None]) -> float | None:
     """The plain mean of the finite values (None and NaN left out); None if there are none."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else None
+
+
+def number_or_na(value: float | None, spec: str = ".3f") -> str:
+    """``value`` formatted with ``spec``, or ``"n/a"`` when it is None."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def directions_verdict(directions: Sequence[str], wanted: str) -> str:
