@@ -462,13 +462,8 @@ def decide_bn_unsuited(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]
             evidence["joint_vs_separate"] = {"diff": c.diff, "se": c.se, "direction": c.direction}
         except ValueError:
             pass
-    if directions and all(d == "greater" for d in directions):
-        verdict = "supported"
-    elif "less" in directions:
-        verdict = "not supported"
-    else:
-        verdict = "mixed"
-    return evidence, verdict
+    supported = bool(directions) and all(d == "greater" for d in directions)
+    return evidence, kit.ladder_verdict(supported, "less" in directions)
 
 
 def _measured(evidence: Mapping[str, Any]) -> str:

@@ -365,13 +365,7 @@ def decide_ln_suits_sequences(results: Mapping[str, Any]) -> tuple[dict[str, Any
             outcome[f"{test}_ln_mean"] = kit.mean_std(ln)[0]
             outcome[f"{test}_bn_mean"] = kit.mean_std(bn)[0]
         evidence[arch] = outcome
-    if tests and wins == tests:
-        verdict = "supported"
-    elif wins == 0 and losses > 0:
-        verdict = "not supported"
-    else:
-        verdict = "mixed"
-    return evidence, verdict
+    return evidence, kit.ladder_verdict(bool(tests) and wins == tests, wins == 0 and losses > 0)
 
 
 def _measured_ln(evidence: Mapping[str, Any]) -> str:

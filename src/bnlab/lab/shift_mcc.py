@@ -64,7 +64,15 @@ from bnlab.lab.experiment import (
     register_lab,
     seeded,
 )
-from bnlab.lab.kit import LabConfig, float_images, mean_std, number_or_na, probe_copy, take
+from bnlab.lab.kit import (
+    LabConfig,
+    float_images,
+    ladder_verdict,
+    mean_std,
+    number_or_na,
+    probe_copy,
+    take,
+)
 from bnlab.lab.runner import Bench, Cell, Grid, run_grid
 from bnlab.models import create
 from bnlab.plots.shift import plot_dose_response, plot_internal_mcc
@@ -628,8 +636,7 @@ def decide_detects_shift(results: Mapping[str, Any]) -> tuple[dict[str, Any], st
         evidence[kind] = {"means": means, "monotone": monotone, "detected": detected}
         good += monotone and detected
     n = len(raw["dose"])
-    verdict = "supported" if good == n else "not supported" if good == 0 else "mixed"
-    return evidence, verdict
+    return evidence, ladder_verdict(good == n, good == 0)
 
 
 def _measured_detect(evidence: Mapping[str, Any], verdict: str) -> str:
@@ -681,21 +688,15 @@ def decide_bn_reduces_ics(results: Mapping[str, Any]) -> tuple[dict[str, Any], s
     }
     lower = [n for n, c in by_layer.items() if c.direction == "less"]
     higher = [n for n, c in by_layer.items() if c.direction == "greater"]
-    if overall.direction == "less" and not higher:
-        verdict = "supported"
-    elif overall.direction != "less" and not lower:
-        verdict = "not supported"
-    else:
-        verdict = "mixed"
-    return evidence, verdict
+    less = overall.direction == "less"
+    return evidence, ladder_verdict(less and not higher, not less and not lower)
 
 
 def _measured_ics(evidence: Mapping[str, Any], verdict: str) -> str:
-    se = "n/a" if evidence["se"] is None else f"{evidence['se']:.3f}"
     return (
         f"{verdict}: mean MCC(t, t+k) {number_or_na(evidence['mean_mcc_bn'])} with BN, "
         f"{number_or_na(evidence['mean_mcc_none'])} without (difference {evidence['diff']:+.3f}, "
-        f"standard error {se})"
+        f"standard error {number_or_na(evidence['se'])})"
     )
 
 

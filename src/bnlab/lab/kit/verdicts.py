@@ -31,6 +31,7 @@ __all__ = [
     "evidence_text",
     "finite_mean",
     "hits_verdict",
+    "ladder_verdict",
     "mean_std",
     "mean_std_cell",
     "number_or_na",
@@ -84,6 +85,14 @@ def hits_verdict(hits: int, total: int) -> str:
     if hits == total:
         return "supported"
     return "mixed" if hits else "not supported"
+
+
+def ladder_verdict(supported: bool, not_supported: bool) -> str:
+    """``supported`` when ``supported`` holds, else ``not supported`` when
+    ``not_supported`` holds, else ``mixed``."""
+    if supported:
+        return "supported"
+    return "not supported" if not_supported else "mixed"
 
 
 def comparison_fields(c: Comparison) -> dict[str, Any]:
