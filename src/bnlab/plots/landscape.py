@@ -6,13 +6,11 @@ Paper: Santurkar et al., "How Does Batch Normalization Help Optimization?", arXi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-
+from bnlab.plots._rows import network_rows, seed_mean, variant_runs
 from bnlab.plots._save import save_png
 
 __all__ = ["plot_landscape"]
@@ -23,11 +21,6 @@ _PANELS = (
     ("grad_changes", "gradient predictiveness: ||grad(w - eta g) - g||"),
     ("betas", "effective beta: change / distance"),
 )
-
-
-def _avg(values: Sequence[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
 
 
 def plot_landscape(
@@ -48,19 +41,14 @@ def plot_landscape(
     Returns:
         The path written.
     """
-    archs = list(curves)
-    fig = Figure(figsize=(14, 3.4 * max(len(archs), 1)))
-    axes = fig.subplots(max(len(archs), 1), 3, squeeze=False)
-    for r, arch in enumerate(archs):
-        for variant, runs in curves[arch].items():
-            if not runs:
-                continue
+    fig, axes = network_rows(len(curves), 3, width=14, row_height=3.4)
+    for r, arch in enumerate(curves):
+        for variant, runs, steps in variant_runs(curves[arch]):
             color = _COLORS.get(variant, "tab:red")
-            steps = [p["step"] for p in runs[0]]
             for c, (key, title) in enumerate(_PANELS):
                 ax = axes[r][c]
-                low = [_avg([min(run[i][key]) for run in runs]) for i in range(len(steps))]
-                high = [_avg([max(run[i][key]) for run in runs]) for i in range(len(steps))]
+                low = [seed_mean([min(run[i][key]) for run in runs]) for i in range(len(steps))]
+                high = [seed_mean([max(run[i][key]) for run in runs]) for i in range(len(steps))]
                 ax.fill_between(steps, low, high, color=color, alpha=0.3, label=variant)
                 ax.plot(steps, high, color=color, linewidth=0.8)
                 ax.plot(steps, low, color=color, linewidth=0.8)

@@ -5,23 +5,16 @@ Paper: Ioffe & Szegedy, "Batch Normalization", arXiv 1502.03167, section 3.3.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-
+from bnlab.plots._rows import network_rows, seed_mean, variant_runs
 from bnlab.plots._save import save_png
 
 __all__ = ["plot_saturation"]
 
 _STYLE = {"none": "-", "bn": "--"}
-
-
-def _avg(values: Sequence[float | None]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
 
 
 def plot_saturation(
@@ -43,21 +36,17 @@ def plot_saturation(
     Returns:
         The path written.
     """
-    archs = list(curves)
-    fig = Figure(figsize=(11, 3.3 * max(len(archs), 1)))
-    axes = fig.subplots(max(len(archs), 1), 2, squeeze=False)
-    for r, arch in enumerate(archs):
-        for variant, runs in curves[arch].items():
-            if not runs:
-                continue
+    fig, axes = network_rows(len(curves), 2, width=11, row_height=3.3)
+    for r, arch in enumerate(curves):
+        for variant, runs, steps in variant_runs(curves[arch]):
             style = _STYLE.get(variant, ":")
-            steps = [p["step"] for p in runs[0]]
             kind = "saturated" if runs[0][0]["saturated"] else "zeros"
             for panel, key in ((0, kind), (1, "grad_rms")):
                 ax = axes[r][panel]
                 for k, layer in enumerate(runs[0][0][key]):
                     values = [
-                        _avg([run[i][key].get(layer) for run in runs]) for i in range(len(steps))
+                        seed_mean([run[i][key].get(layer) for run in runs])
+                        for i in range(len(steps))
                     ]
                     ax.plot(
                         steps,
