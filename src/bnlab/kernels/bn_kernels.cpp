@@ -96,10 +96,17 @@ inline T inv_std_of(double v, double eps) {
   return static_cast<T>(1.0 / std::sqrt(static_cast<double>(vt) + eps));
 }
 
-// Per-channel sums of d = x - pivot and d * d over (N, S): s1[c], s2[c] (double).
-template <typename T>
-void shifted_sums(const T* x, i64 N, i64 C, i64 S, const T* pivot, double* s1, double* s2,
-                  int nthreads) {
+// Two double terms of one element, summed per channel by channel_sums.
+struct TermPair {
+  double first, second;
+};
+
+// Per-channel sums over (N, S) of the two terms term(i, pv) of each element (i its flat
+// index, pv its channel's pivot), in double: s1[c], s2[c]. Per thread, the terms of a
+// (n, c) plane are summed first, then added to the channel's accumulator.
+template <typename T, typename Term>
+void channel_sums(i64 N, i64 C, i64 S, const T* pivot, double* s1, double* s2, int nthreads,
+                  const Term& term) {
   const int nt = threads_for(N * C * S, nthreads);
   std::vector<double> acc(static_cast<size_t>(2 * C * nt), 0.0);
   parallel(nt, [&](int t, int team) {
@@ -107,25 +114,25 @@ void shifted_sums(const T* x, i64 N, i64 C, i64 S, const T* pivot, double* s1, d
     double* a2 = a1 + C;
     if (S == 1) {
       for (i64 n = split(N, t, team), end = split(N, t + 1, team); n < end; ++n) {
-        const T* row = x + n * C;
+        const i64 row = n * C;
 #pragma omp simd
         for (i64 c = 0; c < C; ++c) {
-          const double d = static_cast<double>(row[c] - pivot[c]);
-          a1[c] += d;
-          a2[c] += d * d;
+          const TermPair u = term(row + c, pivot[c]);
+          a1[c] += u.first;
+          a2[c] += u.second;
         }
       }
     } else {
       for (i64 p = split(N * C, t, team), end = split(N * C, t + 1, team); p < end; ++p) {
         const i64 c = p % C;
-        const T* plane = x + p * S;
+        const i64 plane = p * S;
         const T pv = pivot[c];
         double u1 = 0.0, u2 = 0.0;
 #pragma omp simd reduction(+ : u1, u2)
         for (i64 s = 0; s < S; ++s) {
-          const double d = static_cast<double>(plane[s] - pv);
-          u1 += d;
-          u2 += d * d;
+          const TermPair u = term(plane + s, pv);
+          u1 += u.first;
+          u2 += u.second;
         }
         a1[c] += u1;
         a2[c] += u2;
@@ -135,45 +142,24 @@ void shifted_sums(const T* x, i64 N, i64 C, i64 S, const T* pivot, double* s1, d
   merge_partials(acc, C, nt, s1, s2);
 }
 
+// Per-channel sums of d = x - pivot and d * d over (N, S): s1[c], s2[c] (double).
+template <typename T>
+void shifted_sums(const T* x, i64 N, i64 C, i64 S, const T* pivot, double* s1, double* s2,
+                  int nthreads) {
+  channel_sums(N, C, S, pivot, s1, s2, nthreads, [x](i64 i, T pv) {
+    const double d = static_cast<double>(x[i] - pv);
+    return TermPair{d, d * d};
+  });
+}
+
 // Per-channel sum(g) and sum(g * (x - pivot)) over (N, S) (double).
 template <typename T>
 void grad_sums(const T* g, const T* x, i64 N, i64 C, i64 S, const T* pivot, double* sg,
                double* sgd, int nthreads) {
-  const int nt = threads_for(N * C * S, nthreads);
-  std::vector<double> acc(static_cast<size_t>(2 * C * nt), 0.0);
-  parallel(nt, [&](int t, int team) {
-    double* a1 = acc.data() + 2 * C * t;
-    double* a2 = a1 + C;
-    if (S == 1) {
-      for (i64 n = split(N, t, team), end = split(N, t + 1, team); n < end; ++n) {
-        const T* xr = x + n * C;
-        const T* gr = g + n * C;
-#pragma omp simd
-        for (i64 c = 0; c < C; ++c) {
-          const double gv = static_cast<double>(gr[c]);
-          a1[c] += gv;
-          a2[c] += gv * static_cast<double>(xr[c] - pivot[c]);
-        }
-      }
-    } else {
-      for (i64 p = split(N * C, t, team), end = split(N * C, t + 1, team); p < end; ++p) {
-        const i64 c = p % C;
-        const T* xp = x + p * S;
-        const T* gp = g + p * S;
-        const T pv = pivot[c];
-        double u1 = 0.0, u2 = 0.0;
-#pragma omp simd reduction(+ : u1, u2)
-        for (i64 s = 0; s < S; ++s) {
-          const double gv = static_cast<double>(gp[s]);
-          u1 += gv;
-          u2 += gv * static_cast<double>(xp[s] - pv);
-        }
-        a1[c] += u1;
-        a2[c] += u2;
-      }
-    }
+  channel_sums(N, C, S, pivot, sg, sgd, nthreads, [g, x](i64 i, T pv) {
+    const double gv = static_cast<double>(g[i]);
+    return TermPair{gv, gv * static_cast<double>(x[i] - pv)};
   });
-  merge_partials(acc, C, nt, sg, sgd);
 }
 
 // out = (x - pivot) * a + b per channel (a, b in T); out may not alias x.
@@ -339,10 +325,14 @@ template <typename T>
 struct RowStats {
   double offset;
   T inv_std;
+  T pivot;
 };
 
+// row_stats of row r (xr, its first value the pivot), stored in the (3, R) stats rows
+// inv_std, pivot, offset of group_forward and layer_forward.
 template <typename T>
-inline RowStats<T> row_stats(const T* xr, i64 M, T pv, double eps) {
+inline RowStats<T> row_stats(const T* xr, i64 M, double eps, T* stats, i64 R, i64 r) {
+  const T pv = xr[0];
   double u1 = 0.0, u2 = 0.0;
 #pragma omp simd reduction(+ : u1, u2)
   for (i64 i = 0; i < M; ++i) {
@@ -351,28 +341,26 @@ inline RowStats<T> row_stats(const T* xr, i64 M, T pv, double eps) {
     u2 += d * d;
   }
   const double count = static_cast<double>(M);
-  return {u1 / count, inv_std_of<T>(shifted_variance(u1, u2, count), eps)};
+  const RowStats<T> st{u1 / count, inv_std_of<T>(shifted_variance(u1, u2, count), eps), pv};
+  stats[r] = st.inv_std;
+  stats[R + r] = pv;
+  stats[2 * R + r] = static_cast<T>(st.offset);
+  return st;
 }
 
 template <typename T>
 void group_forward(const T* x, T* y, i64 N, i64 C, i64 S, i64 G, const T* weight,
                    const T* bias, double eps, T* stats, int nthreads) {
   const i64 R = N * G, Cg = C / G, M = Cg * S;
-  T* inv_std = stats;
-  T* pivot = stats + R;
-  T* offset = stats + 2 * R;
   const int nt = threads_for(N * C * S, nthreads);
   parallel(nt, [&](int t, int team) {
     for (i64 r = split(R, t, team), end = split(R, t + 1, team); r < end; ++r) {
       const T* xr = x + r * M;
       T* yr = y + r * M;
-      const T pv = xr[0];
-      const RowStats<T> st = row_stats(xr, M, pv, eps);
+      const RowStats<T> st = row_stats(xr, M, eps, stats, R, r);
+      const T pv = st.pivot;
       const double off = st.offset;
       const T is = st.inv_std;
-      inv_std[r] = is;
-      pivot[r] = pv;
-      offset[r] = static_cast<T>(off);
       const i64 c0 = (r % G) * Cg;
       for (i64 k = 0; k < Cg; ++k) {
         const i64 c = c0 + k;
@@ -478,21 +466,15 @@ constexpr i64 kLayerBlocks = 16;
 template <typename T>
 void layer_forward(const T* x, T* y, i64 R, i64 M, const T* weight, const T* bias, double eps,
                    T* stats, int nthreads) {
-  T* inv_std = stats;
-  T* pivot = stats + R;
-  T* offset = stats + 2 * R;
   const int nt = threads_for(R * M, nthreads);
   parallel(nt, [&](int t, int team) {
     for (i64 r = split(R, t, team), end = split(R, t + 1, team); r < end; ++r) {
       const T* xr = x + r * M;
       T* yr = y + r * M;
-      const T pv = xr[0];
-      const RowStats<T> st = row_stats(xr, M, pv, eps);
+      const RowStats<T> st = row_stats(xr, M, eps, stats, R, r);
+      const T pv = st.pivot;
       const double off = st.offset;
       const T is = st.inv_std;
-      inv_std[r] = is;
-      pivot[r] = pv;
-      offset[r] = static_cast<T>(off);
       const T c = static_cast<T>(-off * static_cast<double>(is));
       if (weight && bias) {
 #pragma omp simd
