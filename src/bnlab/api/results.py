@@ -18,7 +18,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch import nn
 
-from bnlab.cli._print import budget_too_small
+from bnlab.cli._print import budget_too_small, d2l_rows, stats_cell
 from bnlab.train.fit import FitResult
 
 __all__ = ["D2LResult", "LabResult", "TrainResult"]
@@ -168,29 +168,7 @@ class D2LResult(_Result):
     def table(self) -> list[tuple[str, ...]]:
         """One row per variant: lr, final train loss/acc, test accuracy (moving
         averages, recalibrated, test-batch statistics), images/s; means over seeds."""
-
-        def mean(stats: dict[str, Any], digits: int = 3) -> str:
-            if stats.get("n", 0) == 0:
-                return "-"
-            text = f"{stats['mean']:.{digits}f}"
-            return text + (f" ± {stats['std']:.{digits}f}" if stats["n"] > 1 else "")
-
-        rows = []
-        for name, entry in self.summary["variants"].items():
-            m = entry["metrics"]
-            rows.append(
-                (
-                    name,
-                    f"{entry['lr']:g}",
-                    mean(m["train_loss"]),
-                    mean(m["train_acc"]),
-                    mean(m["test_acc"]),
-                    mean(m["test_acc_recalibrated"]),
-                    mean(m["test_acc_batch_stats"]),
-                    mean(m["images_per_s"], 0),
-                )
-            )
-        return rows
+        return d2l_rows(self.summary, stats_cell)
 
     def _repr_html_(self) -> str:
         title = "LeNet on Fashion-MNIST, d2l recipe (test: moving averages; recal: recalibrated; batch: test-batch statistics)"

@@ -9,10 +9,18 @@ says that the budget is too small to decide instead of "holds" or "does not hold
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["MIN_SEEDS", "MIN_TRAIN_IMAGES", "budget_too_small", "verdict_lines"]
+__all__ = [
+    "D2L_METRICS",
+    "MIN_SEEDS",
+    "MIN_TRAIN_IMAGES",
+    "budget_too_small",
+    "d2l_rows",
+    "stats_cell",
+    "verdict_lines",
+]
 
 #: Lab runs with fewer seeds than this decide nothing: the rule compares a difference
 #: with its standard error over seeds.
@@ -63,3 +71,36 @@ def verdict_lines(verdicts: Iterable[Mapping[str, Any]], too_small: str = "") ->
             mark = f"[yellow]budget too small to decide[/yellow] (rule: {mark})"
         lines.append(f"- {verdict['claim']}: {mark} ({verdict['measured']})")
     return lines
+
+
+#: A d2l summary's per-variant metrics in the tables' column order, with their digits.
+D2L_METRICS: tuple[tuple[str, int], ...] = (
+    ("train_loss", 3),
+    ("train_acc", 3),
+    ("test_acc", 3),
+    ("test_acc_recalibrated", 3),
+    ("test_acc_batch_stats", 3),
+    ("images_per_s", 0),
+)
+
+
+def stats_cell(stats: Mapping[str, Any], digits: int = 3, *, sep: str = " ± ") -> str:
+    """``mean`` (and ``sep`` then ``std`` over more than one seed) of a summary's
+    ``{"n", "mean", "std"}``; ``"-"`` when there is no value."""
+    if stats.get("n", 0) == 0:
+        return "-"
+    text = f"{stats['mean']:.{digits}f}"
+    return text + (f"{sep}{stats['std']:.{digits}f}" if stats["n"] > 1 else "")
+
+
+def d2l_rows(
+    summary: Mapping[str, Any],
+    cell: Callable[[Any, int], str],
+    metrics: Sequence[tuple[str, int]] = D2L_METRICS,
+) -> list[tuple[str, ...]]:
+    """One row per variant of a d2l summary: its name, its lr and ``cell(stats, digits)``
+    of each of ``metrics`` (the mean and std over seeds, as the summary holds them)."""
+    return [
+        (name, f"{entry['lr']:g}", *(cell(entry["metrics"][key], d) for key, d in metrics))
+        for name, entry in summary["variants"].items()
+    ]

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from bnlab.cli._args import add_run_arguments, positive_int
 from bnlab.cli._cores import pick
-from bnlab.cli._print import budget_too_small, verdict_lines
+from bnlab.cli._print import D2L_METRICS, budget_too_small, d2l_rows, stats_cell, verdict_lines
 from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import add_data_dir_argument, load_splits
 from bnlab.lab.d2l import VARIANTS, D2LConfig, run_d2l
@@ -98,11 +98,7 @@ def add_parser(subparsers: Any) -> None:
 def _fmt(stats: dict[str, float], digits: int = 3) -> str:
     # The spread goes on a line of its own: nine columns of "0.902 ± 0.003" would not
     # fit 80 columns (pipes, CI logs, notebooks).
-    if stats.get("n", 0) == 0:
-        return "-"
-    if stats["n"] > 1:
-        return f"{stats['mean']:.{digits}f}\n±{stats['std']:.{digits}f}"
-    return f"{stats['mean']:.{digits}f}"
+    return stats_cell(stats, digits, sep="\n±")
 
 
 def _table(summary: dict[str, Any]) -> Table:
@@ -116,19 +112,8 @@ def _table(summary: dict[str, Any]) -> Table:
     )
     for col in ("variant", "lr", "train loss", "train acc", "test", "recal", "batch", "img/s", "s"):
         table.add_column(col, justify="left" if col == "variant" else "right")
-    for name, entry in summary["variants"].items():
-        m = entry["metrics"]
-        table.add_row(
-            name,
-            f"{entry['lr']:g}",
-            _fmt(m["train_loss"]),
-            _fmt(m["train_acc"]),
-            _fmt(m["test_acc"]),
-            _fmt(m["test_acc_recalibrated"]),
-            _fmt(m["test_acc_batch_stats"]),
-            _fmt(m["images_per_s"], 0),
-            _fmt(m["wall_time_s"], 0),
-        )
+    for row in d2l_rows(summary, _fmt, (*D2L_METRICS, ("wall_time_s", 0))):
+        table.add_row(*row)
     return table
 
 
