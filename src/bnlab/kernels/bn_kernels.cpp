@@ -162,58 +162,58 @@ void grad_sums(const T* g, const T* x, i64 N, i64 C, i64 S, const T* pivot, doub
   });
 }
 
-// out = (x - pivot) * a + b per channel (a, b in T); out may not alias x.
+// The per-channel values of an elementwise map (channel_map): the pivot and up to three
+// coefficients.
 template <typename T>
-void affine_shifted(const T* x, T* out, i64 N, i64 C, i64 S, const T* pivot, const T* a,
-                    const T* b, int nthreads) {
+struct ChannelCoef {
+  T pivot, k1, k2, k3;
+};
+
+// out[i] = apply(coef(c), i) for each element i of (N, C, S) (c its channel). With S > 1
+// the channel's values are read once per (n, c) plane. apply takes the ChannelCoef by
+// value: by reference, the (N, C) loop stops vectorizing (measured 3x slower).
+template <typename T, typename Coef, typename Apply>
+void channel_map(T* out, i64 N, i64 C, i64 S, int nthreads, const Coef& coef,
+                 const Apply& apply) {
   const int nt = threads_for(N * C * S, nthreads);
   parallel(nt, [&](int t, int team) {
     if (S == 1) {
       for (i64 n = split(N, t, team), end = split(N, t + 1, team); n < end; ++n) {
-        const T* xr = x + n * C;
-        T* yr = out + n * C;
+        const i64 row = n * C;
+        T* o = out + row;
 #pragma omp simd
-        for (i64 c = 0; c < C; ++c) yr[c] = (xr[c] - pivot[c]) * a[c] + b[c];
+        for (i64 c = 0; c < C; ++c) o[c] = apply(coef(c), row + c);
       }
     } else {
       for (i64 p = split(N * C, t, team), end = split(N * C, t + 1, team); p < end; ++p) {
-        const i64 c = p % C;
-        const T* xp = x + p * S;
-        T* yp = out + p * S;
-        const T pv = pivot[c], av = a[c], bv = b[c];
+        const i64 plane = p * S;
+        const ChannelCoef<T> k = coef(p % C);
 #pragma omp simd
-        for (i64 s = 0; s < S; ++s) yp[s] = (xp[s] - pv) * av + bv;
+        for (i64 s = 0; s < S; ++s) out[plane + s] = apply(k, plane + s);
       }
     }
   });
+}
+
+// out = (x - pivot) * a + b per channel (a, b in T); out may not alias x.
+template <typename T>
+void affine_shifted(const T* x, T* out, i64 N, i64 C, i64 S, const T* pivot, const T* a,
+                    const T* b, int nthreads) {
+  channel_map(
+      out, N, C, S, nthreads, [=](i64 c) { return ChannelCoef<T>{pivot[c], a[c], b[c], T(0)}; },
+      [x](ChannelCoef<T> k, i64 i) { return (x[i] - k.pivot) * k.k1 + k.k2; });
 }
 
 // out = k1 * g + k2 * (x - pivot) + k3 per channel.
 template <typename T>
 void grad_input(const T* g, const T* x, T* out, i64 N, i64 C, i64 S, const T* pivot,
                 const T* k1, const T* k2, const T* k3, int nthreads) {
-  const int nt = threads_for(N * C * S, nthreads);
-  parallel(nt, [&](int t, int team) {
-    if (S == 1) {
-      for (i64 n = split(N, t, team), end = split(N, t + 1, team); n < end; ++n) {
-        const T* xr = x + n * C;
-        const T* gr = g + n * C;
-        T* o = out + n * C;
-#pragma omp simd
-        for (i64 c = 0; c < C; ++c) o[c] = k1[c] * gr[c] + (k2[c] * (xr[c] - pivot[c]) + k3[c]);
-      }
-    } else {
-      for (i64 p = split(N * C, t, team), end = split(N * C, t + 1, team); p < end; ++p) {
-        const i64 c = p % C;
-        const T* xp = x + p * S;
-        const T* gp = g + p * S;
-        T* o = out + p * S;
-        const T pv = pivot[c], a = k1[c], b = k2[c], d = k3[c];
-#pragma omp simd
-        for (i64 s = 0; s < S; ++s) o[s] = a * gp[s] + (b * (xp[s] - pv) + d);
-      }
-    }
-  });
+  channel_map(
+      out, N, C, S, nthreads,
+      [=](i64 c) { return ChannelCoef<T>{pivot[c], k1[c], k2[c], k3[c]}; },
+      [g, x](ChannelCoef<T> k, i64 i) {
+        return k.k1 * g[i] + (k.k2 * (x[i] - k.pivot) + k.k3);
+      });
 }
 
 // Training forward. stats: (5, C) rows mean, var (biased), inv_std, pivot, offset.
