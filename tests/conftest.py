@@ -13,6 +13,10 @@ from hypothesis import HealthCheck, settings
 # Two xdist workers share two cores: one intra-op thread each avoids oversubscription.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+# The commands pick their thread count from the free cores (bnlab.cli._cores) unless
+# OMP_NUM_THREADS says: pinned here, so that a command run in a test computes with the
+# same threads whatever the machine's load (and two runs give the same digits).
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 # Without a GPU, Triton kernels can only run under Triton's interpreter (on CPU
 # tensors; tests/functional/test_triton_bn.py). Triton reads this when it is imported,

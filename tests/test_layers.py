@@ -31,8 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     "lab": CORE | {"textbook", "models", "data", "train", "plots", "lab"},
     "report": {"plots", "report"},
     "cli": None,  # the top: may import anything
-    # The Python API for notebooks (bnlab.api, bnlab.d2l): the top too, beside cli (it
-    # finds the data as the CLI does and draws the same kind of progress).
+    # The Python API for notebooks (bnlab.api, bnlab.d2l): the top, above cli (it finds
+    # the data as the CLI does and draws the same kind of progress); cli never imports it.
     "api": None,
     "d2l": None,
 }
@@ -83,4 +83,13 @@ def test_only_autograd_calls_the_kernels(path: Path) -> None:
     if layer not in KERNEL_CALLERS:
         assert "kernels" not in _bnlab_imports(path), (
             f"{path.relative_to(SRC)} ({layer}) imports bnlab.kernels; only autograd calls it"
+        )
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))
+def test_the_cli_does_not_import_the_python_api(path: Path) -> None:
+    # One way between the two tops: bnlab.api may use cli helpers, never the reverse.
+    if _layer(path) == "cli":
+        assert not {"api", "d2l"} & _bnlab_imports(path), (
+            f"{path.relative_to(SRC)} imports bnlab.api or bnlab.d2l"
         )

@@ -81,6 +81,9 @@ def test_train_gives_the_numbers_of_bnlab_train(fake_data: list[Any], tmp_path: 
     result = bnlab.api.train("lenet", "bnlab", out=tmp_path / "api", progress=False, **recipe)
     argv = ["--activation", "relu", "--lr", "0.05", "--momentum", "0.9"]
     argv += ["--lr-schedule", "cosine", "--batch-size", "32", "--epochs", "2"]
+    # Same digits need the same thread count: without --threads the CLI picks it from
+    # the free cores, which depends on the machine's load.
+    argv += ["--threads", str(torch.get_num_threads())]
     assert main(["train", "--out", str(tmp_path / "cli"), "--no-progress", *argv]) == 0
     cli = json.loads((tmp_path / "cli" / "results.json").read_text())
     assert _numbers(result.history) == _numbers(cli["history"])

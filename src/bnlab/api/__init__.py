@@ -33,7 +33,6 @@ import torch
 
 from bnlab import models
 from bnlab.api._progress import Bar, in_notebook
-from bnlab.api.norm_options import NormOptions
 from bnlab.api.results import D2LResult, LabResult, TrainResult
 from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import data_dir_from_env
@@ -42,6 +41,7 @@ from bnlab.data.iterators import load_data_fashion_mnist as _load_data
 from bnlab.data.iterators import load_splits, split_loaders
 from bnlab.lab.d2l import VARIANTS, D2LConfig, run_d2l
 from bnlab.lab.experiment import config_from, get_lab, run_lab
+from bnlab.models.norm_options import NormOptions
 from bnlab.plots.d2l import plot_d2l_curves
 from bnlab.plots.training import plot_training_curves
 from bnlab.train import StepInfo, TrainConfig, fit

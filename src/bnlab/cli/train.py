@@ -55,7 +55,6 @@ from rich.progress import (
 from rich.table import Table
 
 from bnlab import models
-from bnlab.api.norm_options import NormOptions
 from bnlab.cli._args import (
     add_run_arguments,
     non_negative_int,
@@ -69,6 +68,7 @@ from bnlab.cli.data import add_data_dir_argument, load_splits
 from bnlab.cli.launch import LOST_CONTACT_STATUS, launch, threads_per_worker, worker_argv
 from bnlab.data.iterators import split_loaders
 from bnlab.models.mlp import ACTIVATIONS, NORM_POSITIONS
+from bnlab.models.norm_options import NormOptions
 from bnlab.plots.training import plot_training_curves
 from bnlab.train import FitResult, StepInfo, TrainConfig, fit
 from bnlab.train.config import INITS, LR_SCHEDULES
