@@ -176,3 +176,32 @@ def test_claims_table_fits_80_columns() -> None:
     text = _render(cli_lab.claims_table(rows))
     assert_fits(text)
     assert "not supported" in text
+
+
+def test_claims_table_shows_the_summary_and_the_literature_verdict() -> None:
+    literature = {"paper": "Wu & He 2018", "finding": "supported", "numbers": "", "setting": ""}
+    rows = [
+        {
+            "claim": "BN degrades at small batch",
+            "source": "seed.txt",
+            "experiment": "batch-size",
+            "verdict": verdict,
+            "evidence": {"quick": False, "metric": "acc", "settings": []},
+            "summary": ["acc: bn-vb2 - bn-vb32", "-5.11 [-5.61, -4.62] p_Holm=2e-05"],
+            "literature": literature,
+            "agreement": agreement,
+            "why": "800 steps on a CPU",
+        }
+        for verdict, agreement in (("inconclusive", "undecided"), ("not measured", "undecided"))
+    ]
+    rendered = _render(cli_lab.claims_table(rows))
+    assert_fits(rendered)
+    assert "-5.11 [-5.61, -4.62]" in rendered
+    assert rendered.count("ours undecided") == 2
+    measured, unmeasured = (cli_lab._literature_lines(row) for row in rows)
+    assert measured == [
+        "[dim]literature (Wu & He 2018): supported; ours undecided[/dim]",
+        "[dim]why: 800 steps on a CPU[/dim]",
+    ]
+    # Why it differs is said only where our verdict was measured.
+    assert unmeasured == measured[:1]

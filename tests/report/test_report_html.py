@@ -192,3 +192,39 @@ def test_second_edition_verdicts_have_their_badges_and_the_literature_beside(
         "<td>Wu &amp; He 2018: 23.6 % at 32, 34.7 % at 2 (ImageNet ResNet-50); "
         "ours disagrees (800 steps)</td>"
     ) in page
+
+
+def test_claims_show_the_interval_summary_and_the_experiments_figure(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "toy"
+    run.mkdir(parents=True)
+    png = (
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00"
+        b"\x00\x00\x1f\x15\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05"
+        b"\x18\xd8N\x00\x00\x00\x00IEND\xaeB`\x82"
+    )
+    (run / "toy.png").write_bytes(png)
+    folder = tmp_path / "claims"
+    folder.mkdir()
+    row = {
+        "claim": "BN helps",
+        "source": "seed.txt",
+        "experiment": "toy",
+        "evidence": {"metric": "acc", "settings": []},
+        "summary": [
+            "acc: bn - none (paired by seed, margin ±0.5)",
+            "+1.2 [+0.8, +1.6] p_Holm=0.01",
+        ],
+        "figure": {"path": "../runs/toy/toy.png", "caption": "the curve"},
+        "rule": "paired t",
+        "verdict": "supported",
+    }
+    missing = dict(row, claim="BN helps too", figure={"path": "../runs/gone.png", "caption": ""})
+    (folder / "claims.json").write_text(json.dumps([row, missing]))
+    report = build_report([folder])
+    page = report.html
+    assert (
+        "<td>acc: bn - none (paired by seed, margin ±0.5); +1.2 [+0.8, +1.6] p_Holm=0.01</td>"
+    ) in page
+    assert page.count('<img class="thumb" src="data:image/png;base64,') == 1
+    assert 'alt="the curve"' in page
+    assert any("BN helps too" in w and "gone.png" in w for w in report.warnings)

@@ -304,6 +304,20 @@ def _evidence_text(evidence: Any, prefix: str = "") -> list[str]:
     return [f"{prefix.rstrip('.')}={text}"]
 
 
+def _literature_lines(row: dict[str, Any]) -> list[str]:
+    """What the papers found and whether ours agrees (and why not), under the evidence."""
+    found = row.get("literature")
+    if not isinstance(found, dict):
+        return []
+    lines = [
+        f"[dim]literature ({found.get('paper', '?')}): {found.get('finding')}; ours "
+        f"{row.get('agreement', '?')}[/dim]"
+    ]
+    if row.get("why") and row.get("verdict") != NOT_MEASURED:
+        lines.append(f"[dim]why: {row['why']}[/dim]")
+    return lines
+
+
 # The claims table's columns: 80 characters with the borders and padding (10).
 _CLAIM_WIDTH, _VERDICT_WIDTH, _EVIDENCE_WIDTH = 24, 13, 33
 
@@ -320,9 +334,12 @@ def claims_table(table: list[dict[str, Any]]) -> Table:
     for row in table:
         style = _VERDICT_STYLE.get(row["verdict"], "")
         evidence = row["evidence"]
-        lines = _evidence_text({k: v for k, v in evidence.items() if k != "quick"})
+        lines = list(row.get("summary") or []) or _evidence_text(
+            {k: v for k, v in evidence.items() if k != "quick"}
+        )
         if evidence.get("quick"):
             lines.insert(0, "(quick run)")
+        lines += _literature_lines(row)
         t.add_row(
             f"{row['claim']}\n[dim]({row['source']}; {row['experiment']})[/dim]",
             f"[{style}]{row['verdict']}[/{style}]" if style else row["verdict"],

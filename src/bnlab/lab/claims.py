@@ -45,6 +45,7 @@ __all__ = [
     "Literature",
     "agreement",
     "available_claims",
+    "claim_summary",
     "evaluate_claims",
     "holds_of",
     "load_many",
@@ -198,7 +199,67 @@ def load_results(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable results ({exc})") from exc
     if not isinstance(results, dict) or "experiment" not in results:
         raise ValueError(f"{path}: not a 'bnlab lab' results file (no 'experiment' key)")
+    # Where it was read from, for the claims table's figure (not part of the file).
+    results[RUN_DIR_KEY] = str(run_dir)
     return results
+
+
+#: The key :func:`load_results` adds: the folder the results were read from.
+RUN_DIR_KEY = "_run_dir"
+
+
+def _sig(x: Any) -> str:
+    return "n/a" if not isinstance(x, int | float) or not math.isfinite(x) else f"{x:.4g}"
+
+
+def _p(x: Any) -> str:
+    return "n/a" if not isinstance(x, int | float) or not math.isfinite(x) else f"{x:.2g}"
+
+
+def claim_summary(evidence: Mapping[str, Any]) -> list[str]:
+    """The numbers behind a declared claim's verdict, one short line each: the metric and
+    comparison, then per setting the difference with its 95% interval and Holm p-value;
+    excluded seeds and the seeds that would decide where there are any.
+
+    Returns:
+        The lines; empty for evidence that is not a ``bnlab.lab.stats`` evaluation (the
+        first edition's rules), which the tables show key by key instead.
+    """
+    settings = evidence.get("settings")
+    if not isinstance(settings, list) or "metric" not in evidence:
+        return []
+    lines = [
+        f"{evidence['metric']}: {evidence.get('arm')} - {evidence.get('reference')} "
+        f"({evidence.get('pairing', '')}, margin ±{_sig(evidence.get('margin'))})"
+    ]
+    for row in settings:
+        if not isinstance(row, Mapping):
+            continue
+        where = f"{row['setting']}: " if row.get("setting") not in (None, "") else ""
+        if row.get("diff") is None:
+            lines.append(f"{where}{row.get('status', 'n/a')} (n={row.get('n', 0)})")
+            continue
+        lines.append(
+            f"{where}{row['diff']:+.4g} [{_sig(row.get('ci_low'))}, {_sig(row.get('ci_high'))}]"
+            f" p_Holm={_p(row.get('p_holm'))} n={row.get('n')} ({row.get('status')})"
+        )
+    if evidence.get("excluded"):
+        lines.append(f"excluded: {evidence['excluded']}")
+    if evidence.get("seeds_needed"):
+        lines.append(f"seeds that would decide: {evidence['seeds_needed']}")
+    return lines
+
+
+def _figure(found: Mapping[str, Any]) -> dict[str, str] | None:
+    """The experiment's first figure, as a path beside the claims table (None: none)."""
+    figures = found.get("figures") or []
+    folder = found.get(RUN_DIR_KEY)
+    if not figures or folder is None or not isinstance(figures[0], Mapping):
+        return None
+    name = str(figures[0].get("file", ""))
+    if not name:
+        return None
+    return {"path": str(Path(folder) / name), "caption": str(figures[0].get("caption", ""))}
 
 
 def evaluate_claims(
@@ -213,9 +274,11 @@ def evaluate_claims(
 
     Returns:
         One dict per claim: ``claim``, ``key``, ``source``, ``sentence``, ``experiment``,
-        ``evidence``, ``rule``, ``verdict``, ``literature`` (the paper, setting, numbers
-        and finding, or None), ``agreement`` (:func:`agreement`) and ``why`` (how our
-        setting differs, where the verdict disagrees or does not decide; else "").
+        ``evidence``, ``summary`` (:func:`claim_summary`), ``figure`` (the experiment's
+        first figure, ``{path, caption}``, when the results came from a folder; else
+        None), ``rule``, ``verdict``, ``literature`` (the paper, setting, numbers and
+        finding, or None), ``agreement`` (:func:`agreement`) and ``why`` (how our setting
+        differs, where the verdict disagrees or does not decide; else "").
 
         A rule that cannot read its experiment's results (it raises ``KeyError``,
         ``IndexError``, ``TypeError`` or ``ValueError``) gives ``"not measured"`` with the
@@ -228,10 +291,12 @@ def evaluate_claims(
     table: list[dict[str, Any]] = []
     for claim in available_claims() if claims is None else claims:
         found = by_experiment.get(claim.experiment)
+        figure = None
         if found is None:
             evidence: dict[str, Any] = {}
             verdict = NOT_MEASURED
         else:
+            figure = _figure(found)
             try:
                 evidence, verdict = claim.rule(found)
             except (KeyError, IndexError, TypeError, ValueError) as exc:
@@ -256,6 +321,8 @@ def evaluate_claims(
                 "sentence": claim.sentence,
                 "experiment": claim.experiment,
                 "evidence": evidence,
+                "summary": claim_summary(evidence),
+                "figure": figure,
                 "rule": claim.rule_text,
                 "verdict": verdict,
                 "literature": None if literature is None else literature.to_dict(),
@@ -304,14 +371,23 @@ def write_claims(out_dir: str | os.PathLike[str], table: Sequence[Mapping[str, A
     """Write the claims table to ``out_dir/claims.json`` atomically (the folder is made).
 
     Each entry keeps its keys (``claim``, ``key``, ``source``, ``experiment``,
-    ``evidence``, ``rule``, ``verdict``, and the literature columns); NaN and infinite numbers in the evidence are written as null.
+    ``evidence``, ``rule``, ``verdict``, and the literature columns); NaN and infinite numbers in the evidence are written as null. A figure's path is written relative to
+    ``out_dir``.
 
     Returns:
         The path written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return write_json(out / "claims.json", [_finite(dict(row)) for row in table])
+    rows = []
+    for row in table:
+        row = dict(row)
+        if row.get("figure"):
+            # Relative to the table's folder, so the folders can move together.
+            path = os.path.relpath(Path(row["figure"]["path"]).resolve(), out.resolve())
+            row["figure"] = {**row["figure"], "path": path}
+        rows.append(_finite(row))
+    return write_json(out / "claims.json", rows)
 
 
 # --- second-edition rules: declared ClaimSpecs over the per-seed numbers ----------------

@@ -31,7 +31,7 @@ th,td{border:1px solid #d8dce3;padding:.25rem .55rem;text-align:left;vertical-al
 th{background:#eef1f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .tablenote{color:#5b6474;font-size:.82rem;margin-top:-.5rem}
 pre.cmd{background:#1d2330;color:#e8ecf2;padding:.55rem .8rem;border-radius:6px;white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85rem}
-figure{margin:.6rem 0}figure img{max-width:100%;height:auto;border:1px solid #e3e6eb}
+figure{margin:.6rem 0}img.thumb{width:100%;height:auto;border:1px solid #e3e6eb}figure img{max-width:100%;height:auto;border:1px solid #e3e6eb}
 figcaption{color:#5b6474;font-size:.85rem}
 .badge{display:inline-block;padding:.05rem .45rem;border-radius:4px;font-weight:600;font-size:.85rem;white-space:nowrap}
 .v-holds,.v-supported{background:#dff3e4;color:#145c2a;border:1px solid #8fcf9f}
@@ -141,16 +141,39 @@ def _literature(row: Mapping[str, Any]) -> str:
     return text
 
 
+def _claim_figure(row: Mapping[str, Any]) -> str:
+    """The experiment's figure of the claim (inlined by the claims reader), or a dash."""
+    uri = row.get("figure_uri")
+    if not isinstance(uri, str) or not uri.startswith("data:image/"):
+        return _DASH
+    figure = row.get("figure") if isinstance(row.get("figure"), Mapping) else {}
+    caption = str(figure.get("caption", "")) or "the experiment's figure"
+    return f'<img class="thumb" src="{_e(uri)}" alt="{_e(caption)}" title="{_e(caption)}">'
+
+
 def _claims(rows: Sequence[dict[str, Any]]) -> str:
     head = "".join(
         f"<th>{c}</th>"
-        for c in ("claim", "source", "experiment", "evidence", "rule", "literature", "verdict")
+        for c in (
+            "claim",
+            "source",
+            "experiment",
+            "evidence",
+            "rule",
+            "literature",
+            "figure",
+            "verdict",
+        )
     )
     body = []
     for row in rows:
         verdict = str(row.get("verdict", "not measured"))
         css, mark = _CLAIM_VERDICTS.get(verdict, ("v-undecided", "?"))
-        evidence = _evidence(row.get("evidence")) if row.get("evidence") else None
+        summary = row.get("summary")
+        if isinstance(summary, list) and summary:
+            evidence = "; ".join(str(line) for line in summary)
+        else:
+            evidence = _evidence(row.get("evidence")) if row.get("evidence") else None
         body.append(
             "<tr>"
             + "".join(
@@ -158,11 +181,11 @@ def _claims(rows: Sequence[dict[str, Any]]) -> str:
                 for k in ("claim", "source", "experiment")
             )
             + f"<td>{_e(evidence or _DASH)}</td><td>{_e(row.get('rule', _DASH))}</td>"
-            + f"<td>{_e(_literature(row))}</td>"
+            + f"<td>{_e(_literature(row))}</td><td>{_claim_figure(row)}</td>"
             + f'<td><span class="badge {css}">{mark} {_e(verdict)}</span></td></tr>'
         )
     # Widths in percent: claim and rule carry the most text, the verdict a badge.
-    widths = "".join(f'<col style="width:{w}%">' for w in (17, 10, 8, 19, 18, 16, 12))
+    widths = "".join(f'<col style="width:{w}%">' for w in (15, 8, 7, 17, 16, 14, 14, 9))
     return (
         f'<table class="claims"><colgroup>{widths}</colgroup><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table>"

@@ -6,13 +6,27 @@ too). Recognised by ``claims.json``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from bnlab.report.files import Warn, read_json
+from bnlab.report.files import Warn, image_data_uri, read_json
 from bnlab.report.model import Result
 
 __all__ = ["read", "recognise"]
 
 NAME = "claims"
+
+
+def _with_figure(row: dict[str, Any], folder: Path, warn: Warn) -> dict[str, Any]:
+    """``row`` with its experiment's figure (a path relative to ``folder``) inlined as
+    ``figure_uri``; ``warn`` when the figure cannot be read."""
+    figure = row.get("figure")
+    if not isinstance(figure, dict) or not isinstance(figure.get("path"), str):
+        return row
+    try:
+        return {**row, "figure_uri": image_data_uri(folder / figure["path"])}
+    except ValueError as exc:
+        warn(f"claim {row.get('key', row['claim'])!r}: {exc}")
+        return row
 
 
 def recognise(folder: Path) -> bool:
@@ -33,7 +47,7 @@ def read(folder: Path, warn: Warn) -> list[Result]:
     rows = []
     for i, row in enumerate(value):
         if isinstance(row, dict) and "claim" in row:
-            rows.append(row)
+            rows.append(_with_figure(row, folder, warn))
         else:
             warn(f"{path}: entry {i} is not a claim (no 'claim' key) and is left out")
     return [
