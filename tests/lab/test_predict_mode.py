@@ -1,160 +1,193 @@
-"""``predict-mode``: tiny run (results, figures, resume), the class-sorted loader, the
-batch-of-one text, momentum setting, and the verdict rules on synthetic numbers."""
+"""``predict-mode``: the quick run end to end (no verdict, figures, resume), the replayed
+moving averages against BN's own, the declared rules on synthetic per-seed numbers whose
+answer is known (including the null and too few seeds), config errors."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from bnlab.data.synthetic import fake_images_labels
-from bnlab.lab import predict_mode
+from bnlab.lab import predict_mode, stats
+from bnlab.lab.claims import spec_record, stats_rule
 from bnlab.lab.experiment import get_lab, run_lab
-from bnlab.models import create
+from bnlab.models.lenet import LeNet
 
 
-def tiny_config() -> predict_mode.PredictModeConfig:
-    return dataclasses.replace(
-        predict_mode.PredictModeConfig.quick(),
-        train_size=64,
-        test_size=48,
-        batch_size=16,
-        test_batches=(1, 2, 8),
-        sorted_test_batch=16,
-    )
+def tiny_config(**kw) -> predict_mode.PredictModeConfig:
+    tiny = {
+        "train_size": 64,
+        "test_size": 48,
+        "batch": 16,
+        "test_batches": (2, 8),
+        "sorted_test_batch": 16,
+    }
+    return dataclasses.replace(predict_mode.PredictModeConfig.quick(), **(tiny | kw))
 
 
-def test_quick_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) -> None:
+def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> None:
     spec = get_lab("predict-mode")
     config = tiny_config()
     out = tmp_path / "run"
     results = run_lab(spec, config, out, data=fake_data(96, 48), quick=True)
-    cells = results["raw"]["cells"]
-    assert len(cells) == (len(config.momenta) + 1) * config.seeds
-    for name in ("test_batch.png", "momentum.png", "non_iid.png"):
+    raw = results["raw"]
+    for name in ("test_batch.png", "statistics.png"):
         assert (out / name).is_file()
-    base = [c for c in cells if c["training"] == "shuffled" and c["momentum"] == "0.1"]
-    assert all(c["batch_stats"]["1"].startswith("ValueError: Expected more than 1") for c in base)
-    assert all(isinstance(c["batch_stats"]["2"], float) for c in base)
-    assert {c["momentum"] for c in cells} == {"0.1", "cumulative"}
-    for verdict, rule in zip(
-        results["verdicts"],
-        (predict_mode.moving_average_rule, predict_mode.recalibration_rule, predict_mode.iid_rule),
-        strict=True,
-    ):
-        assert verdict["holds"] == {"supported": True, "not supported": False}.get(rule(results)[1])
-    (out / "units" / "sorted-m0.1-seed0.json").unlink()
+    cells = raw["cells"]
+    assert len(cells) == config.seeds
+    assert all(c["batch_of_one"].startswith("ValueError: Expected more than 1") for c in cells)
+    assert all(c["hook_vs_layer_max_diff"] < 1e-4 for c in cells)
+    assert all(c["moving"]["0.1"] == c["model_acc"] for c in cells)
+    assert set(raw["per_seed"]) == {
+        "test batch 2",
+        "test batch 8",
+        "momentum 0.01",
+        "momentum 0.1",
+        "momentum 0.5",
+        "momentum cumulative",
+        "test batch 16, class-sorted",
+    }
+    for verdict, rule in zip(results["verdicts"], predict_mode.CLAIMS, strict=True):
+        assert verdict["holds"] is None
+        assert verdict["measured"].startswith("no verdict at this budget: ")
+        assert verdict["measured"].startswith(rule.rule(results)[1] + ":")
+    (out / "units" / "lenet-bn-seed1.json").unlink()
     (out / "results.json").unlink()
     again = run_lab(spec, config, out, data=fake_data(96, 48), resume=True, quick=True)
-    assert again["units_reused"] == len(cells) - 1
-    assert again["raw"]["cells"] == json.loads(json.dumps(cells))
-    keys = [f"{c.variant}-seed{c.seed}" for c in predict_mode.grid(config).cells()]
-    assert keys == [  # the old unit order: per seed, each momentum shuffled, then sorted
-        f"{arm}-seed{s}"
-        for s in (0, 1)
-        for arm in ("shuffled-m0.1", "shuffled-mcumulative", "sorted-m0.1")
-    ]
-    with pytest.raises(ValueError, match=r"default_momentum 0.5 is not in momenta \(0.1, None\)"):
-        predict_mode.grid(dataclasses.replace(config, default_momentum=0.5))
+    assert again["units_reused"] == config.seeds - 1
+    assert again["raw"]["per_seed"]["momentum 0.5"] == raw["per_seed"]["momentum 0.5"]
 
 
-def test_class_sorted_loader_batches_hold_one_or_two_classes() -> None:
-    x, y = fake_images_labels(100, seed=0)
-    loader = predict_mode.ClassSortedLoader(x, y.long(), 10, seed=1)
-    seen = []
-    for bx, by in loader:
-        assert bx.shape[1:] == (1, 28, 28)
-        assert bx.dtype == torch.float32
-        assert len(set(by.tolist())) <= 2
-        seen += by.tolist()
-    assert sorted(seen) == sorted(y.tolist())
-    assert len(loader) == 10
-    assert loader.batch_size == 10
-    first = [b.tolist() for _, b in loader]
-    loader.set_epoch(1)
-    assert [b.tolist() for _, b in loader] != first  # another batch order per epoch
-    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
-        predict_mode.ClassSortedLoader(x, y, 0)
-    with pytest.raises(ValueError, match="100 images but 99 labels"):
-        predict_mode.ClassSortedLoader(x, y[:99], 4)
-
-
-def test_batch_stats_by_size_keeps_the_batch_of_one_error() -> None:
-    model = create("lenet", norm="bnlab")
-    x, y = fake_images_labels(8, seed=0)
-    got = predict_mode.batch_stats_by_size(model, x, y.long(), [1, 4], device="cpu")
-    assert got["1"].startswith(
-        "ValueError: BatchNorm1d: expected more than 1 value per channel when training"
+@pytest.mark.parametrize("layer_momentum", [0.1, None])
+def test_replayed_moving_averages_equal_bn_own(layer_momentum) -> None:
+    torch.manual_seed(0)
+    model = LeNet("torch")
+    for m in model.modules():
+        if isinstance(getattr(m, "running_mean", None), torch.Tensor):
+            m.momentum = layer_momentum
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with predict_mode.MovingAverages(model, (0.01, layer_momentum)) as averages:
+        for _ in range(4):
+            x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        model.eval()
+        model(torch.rand(2, 1, 28, 28))  # eval forwards do not count
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    mine = averages.stats[predict_mode.momentum_key(layer_momentum)]
+    for name, layer in averages.layers.items():
+        torch.testing.assert_close(mine[name][0], layer.running_mean)
+        torch.testing.assert_close(mine[name][1], layer.running_var)
+    other = predict_mode.with_statistics(model, averages.stats["0.01"])
+    name = next(iter(averages.layers))
+    torch.testing.assert_close(
+        dict(other.named_modules())[name].running_mean, averages.stats["0.01"][name][0]
     )
-    assert 0.0 <= got["4"] <= 1.0
-    assert predict_mode.set_bn_momentum(model, None) == 4
-    assert model.norm1.momentum is None
+    assert not torch.equal(
+        dict(other.named_modules())[name].running_mean, averages.layers[name].running_mean
+    )
 
 
-def _results(moving, batch2, recal, sorted_moving, shuffled_bs, sorted_bs) -> dict:
-    cells = []
-    for s in range(3):
-        cells.append(
-            {
-                "training": "shuffled",
-                "momentum": "0.1",
-                "seed": s,
-                "moving_acc": moving[s],
-                "recal_acc": recal[s],
-                "batch_stats": {"1": "ValueError: ...", "2": batch2[s]},
-                "batch_stats_shuffled": shuffled_bs[s],
-                "batch_stats_sorted": sorted_bs[s],
-            }
-        )
-        cells.append(
-            {
-                "training": "sorted",
-                "momentum": "0.1",
-                "seed": s,
-                "moving_acc": sorted_moving[s],
-                "recal_acc": sorted_moving[s],
-                "batch_stats_shuffled": shuffled_bs[s],
-                "batch_stats_sorted": sorted_bs[s],
-            }
-        )
-    return {
-        "raw": {
-            "cells": cells,
-            "momenta": ["0.1"],
-            "default_momentum": "0.1",
-            "min_effect": 0.01,
+NOISE = np.array([0.1, -0.2, 0.05, 0.15, -0.1])
+
+
+def synthetic(moving: float, batch2: float, recal: float, sorted_: float, *, noise=NOISE, seeds=5):
+    """Per-cell results with ``seeds`` seeds: every readout at its value plus ``noise``."""
+    config = predict_mode.PredictModeConfig(
+        test_batches=(2,), momenta=(0.1,), sorted_test_batch=256
+    )
+    results = [
+        {
+            "model_acc": moving + noise[s],
+            "moving": {"0.1": moving + noise[s]},
+            "recalibrated": recal + noise[s] * 0.5,
+            "batch_stats": {"2": batch2 - noise[s]},
+            "class_sorted": sorted_ - noise[s],
+            "shuffled": 85.0 + noise[s] * 0.3,
         }
+        for s in range(seeds)
+    ]
+    raw = {
+        "per_seed": predict_mode.per_seed_of(config, results),
+        "specs": [spec_record(s) for s in predict_mode.specs(config)],
+    }
+    return {"raw": raw}
+
+
+def verdicts(results) -> dict[str, str]:
+    return {c.key: c.rule(results)[1] for c in predict_mode.CLAIMS}
+
+
+def test_rules_on_known_numbers() -> None:
+    assert verdicts(synthetic(85.0, 60.0, 86.5, 25.0)) == {
+        "bn-predict-with-moving-averages": stats.SUPPORTED,
+        "precise-bn-beats-moving-averages": stats.SUPPORTED,
+        "non-iid-batches-hurt-bn": stats.SUPPORTED,
+    }
+    # the null: every readout equal within the margin -> refuted (equivalence shown)
+    assert set(verdicts(synthetic(85.0, 85.0, 85.0, 85.0)).values()) == {stats.REFUTED}
+    # noise larger than the margin: inconclusive, with a budget
+    wide = np.array([3.0, -2.0, 2.5, -3.5, 0.0])
+    evidence, verdict = stats_rule("non-iid-batches-hurt-bn")(
+        synthetic(85.0, 85.0, 85.0, 85.0, noise=wide)
+    )
+    assert verdict == stats.INCONCLUSIVE
+    assert evidence["seeds_needed"] > 5
+    # fewer seeds than the declared minimum: no verdict
+    assert set(verdicts(synthetic(85.0, 60.0, 86.5, 25.0, seeds=3)).values()) == {stats.NO_VERDICT}
+
+
+def test_context_dependent_across_test_batches() -> None:
+    config = predict_mode.PredictModeConfig(test_batches=(2, 256), momenta=(0.1,))
+    results = [
+        {
+            "model_acc": 85.0 + n,
+            "moving": {"0.1": 85.0 + n},
+            "recalibrated": 85.0 + n,
+            "batch_stats": {"2": 60.0 + n, "256": 85.0 + n * 1.1},
+            "class_sorted": 25.0,
+            "shuffled": 85.0,
+        }
+        for n in NOISE
+    ]
+    raw = {
+        "per_seed": predict_mode.per_seed_of(config, results),
+        "specs": [spec_record(s) for s in predict_mode.specs(config)],
+    }
+    evidence, verdict = stats_rule("bn-predict-with-moving-averages")({"raw": raw})
+    assert verdict == stats.CONTEXT_DEPENDENT
+    assert [r["status"] for r in evidence["settings"]] == ["better", "equivalent"]
+
+
+def test_a_model_at_chance_is_excluded() -> None:
+    results = synthetic(85.0, 60.0, 86.5, 25.0)
+    for arms in results["raw"]["per_seed"].values():
+        for arm in arms.values():
+            arm["model_acc"][2] = 10.5
+    evidence, verdict = stats_rule("non-iid-batches-hurt-bn")(results)
+    assert verdict == stats.NO_VERDICT  # 4 pairs left < 5
+    assert {e["reason"] for e in evidence["excluded"]} == {
+        "never left chance (model_acc within 2.0 of 10.0)"
     }
 
 
-def test_rules_on_synthetic_numbers() -> None:
-    hi, lo, same = [0.80, 0.81, 0.79], [0.50, 0.52, 0.51], [0.80, 0.80, 0.81]
-    r = _results(hi, lo, same, lo, hi, lo)
-    assert predict_mode.moving_average_rule(r)[1] == "supported"
-    assert predict_mode.recalibration_rule(r)[1] == "supported"
-    assert predict_mode.iid_rule(r)[1] == "supported"
-    r = _results(hi, same, lo, hi, hi, same)
-    assert predict_mode.moving_average_rule(r)[1] == "mixed"  # only B=1 fails
-    assert predict_mode.recalibration_rule(r)[1] == "not supported"
-    assert predict_mode.iid_rule(r)[1] == "not supported"
-    r = _results(hi, lo, hi, lo, hi, same)
-    assert predict_mode.iid_rule(r)[1] == "mixed"
-
-
-def test_rules_on_the_null() -> None:
-    """Equal accuracies everywhere: only the batch of one's error speaks for the claim."""
-    same = [0.70, 0.72, 0.71]
-    r = _results(same, same, same, same, same, same)
-    evidence, verdict = predict_mode.moving_average_rule(r)
-    assert verdict == "mixed"  # a test batch of one raises; batches of 2 are no worse
-    assert evidence["batch_of_one_fails"] is True
-    assert evidence["moving_minus_batch2"]["direction"] == "unclear"
-    evidence, verdict = predict_mode.recalibration_rule(r)
-    assert verdict == "supported"  # "at least as good": equal is good enough
-    assert evidence["0.1"]["diff"] == pytest.approx(0.0, abs=1e-12)
-    evidence, verdict = predict_mode.iid_rule(r)
-    assert verdict == "not supported"
-    assert {g["direction"] for g in evidence.values()} == {"unclear"}
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (
+            {"default_momentum": 0.5, "momenta": (0.1, None)},
+            r"default_momentum 0.5 is not in momenta \(0.1, None\)",
+        ),
+        ({"test_batches": (1, 8)}, r"test_batches must be sizes >= 2 .*got \(1, 8\)"),
+        ({"lr": 0.0}, "lr must be > 0, got 0.0"),
+        ({"margin": -1.0}, "margin must be > 0, got -1.0"),
+    ],
+)
+def test_config_errors(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        predict_mode.grid(tiny_config(**kw))

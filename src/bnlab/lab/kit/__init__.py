@@ -12,12 +12,15 @@
 - ``fits`` (imported as a module, ``kit.fits``): ``FitConfig``, the fit-based
   experiments' core (one ``train_variant`` run per cell), and ``SweepConfig`` with the
   tables, series and rule groups of the trainability sweeps (lr-sweep, init);
-- ``threads``: thread settings.
+- ``threads``: thread settings;
+- ``paired`` (imported as a module, ``kit.paired``): each arm's lr tuned on a separate
+  seed before the measured runs, the claims table of ``bnlab.lab.stats``' evaluations.
 
 The step loop with hooks is ``bnlab.train.steps.run_steps``; the grid runner is
 ``bnlab.lab.runner``.
 """
 
+from bnlab.lab.kit import paired
 from bnlab.lab.kit.configs import (
     LabConfig,
     PairedConfig,
@@ -105,6 +108,7 @@ __all__ = [
     "mean_std_cell",
     "norm_layers",
     "number_or_na",
+    "paired",
     "pick",
     "plateau_notes",
     "probe_batch",

@@ -1,0 +1,188 @@
+"""What the paired, stats-decided experiments with tuned arms share (input-norm,
+placement, batch-of-one, predict-mode): each arm's learning rate chosen on a separate
+tuning seed before the measured runs, the claims table of ``bnlab.lab.stats``'
+evaluations, and a claim's measured text.
+
+The tuning rule (:data:`TUNE_RULE`): per (setting, arm), the grid value with the lowest
+tuning criterion (a final training loss) on the tuning seed; a non-finite value (a
+diverged run) is never chosen; a choice at either end of the grid is flagged
+(:func:`at_edge`), since the best lr may lie beyond it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from bnlab.lab.experiment import LabContext, Table
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
+
+__all__ = [
+    "TUNE_RULE",
+    "at_edge",
+    "choose_lrs",
+    "claims_table",
+    "lr_schedule",
+    "measured_text",
+    "tune_grid",
+    "tuned_runs",
+]
+
+TUNE_RULE = (
+    "each arm's lr (per setting): the grid value {grid} with the lowest {criterion} on the "
+    "separate tuning seed {seed}, same budget as the measured runs; a non-finite value is "
+    "never chosen; a choice at the grid's edge is flagged"
+)
+
+
+def tune_grid(
+    settings: Sequence[Any], arms: Sequence[str], lrs: Sequence[float], seed: int
+) -> Grid:
+    """(setting, lr) x arm on the tuning seed; units ``tune-SETTING-lrLR-ARM`` (no
+    ``SETTING-`` for the setting ``""``)."""
+    return Grid(
+        variants=tuple(arms),
+        seeds=(seed,),
+        settings=[(s, float(lr)) for s in settings for lr in lrs],
+        key=lambda c: "-".join(
+            [p for p in ("tune", str(c.setting[0]), f"lr{c.setting[1]:g}", c.variant) if p]
+        ),
+        order=("setting", "variant", "seed"),
+    )
+
+
+def choose_lrs(tuning: Mapping[str, Mapping[str, Mapping[float, float | None]]]) -> dict:
+    """``{setting: {arm: lr or None}}`` from ``{setting: {arm: {lr: criterion}}}``: the
+    lowest finite criterion (ties: the smaller lr); None when every lr diverged."""
+    chosen: dict[str, dict[str, float | None]] = {}
+    for setting, arms in tuning.items():
+        chosen[setting] = {}
+        for arm, by_lr in arms.items():
+            finite = {
+                float(lr): float(v)
+                for lr, v in by_lr.items()
+                if v is not None and math.isfinite(float(v))
+            }
+            chosen[setting][arm] = min(finite, key=lambda lr: (finite[lr], lr)) if finite else None
+    return chosen
+
+
+def at_edge(lrs: Sequence[float], chosen: Mapping[str, Mapping[str, float | None]]) -> list[str]:
+    """``"SETTING/ARM"`` for every choice at the smallest or largest grid value."""
+    edges = {min(lrs), max(lrs)} if len(lrs) > 1 else set()
+    return [
+        f"{s}/{a}" if s else a
+        for s, arms in chosen.items()
+        for a, lr in arms.items()
+        if lr is not None and lr in edges
+    ]
+
+
+def tuned_runs(
+    ctx: LabContext,
+    *,
+    tune: Grid,
+    main: Grid,
+    tune_cell: Callable[[Cell, Bench], Mapping[str, Any]],
+    main_cell: Callable[[dict, Cell, Bench], Any],
+    criterion: str,
+    data: Any,
+    steps: int,
+    label: str,
+) -> tuple[dict, dict, GridRun]:
+    """Run the tuning grid, choose each arm's lr, then the measured grid.
+
+    Args:
+        ctx: the experiment's context.
+        tune: :func:`tune_grid`'s grid (settings ``(setting, lr)``).
+        main: the measured grid (settings as the tuning grid's first elements).
+        tune_cell: ``(cell, bench) -> {criterion: value, ...}`` (module-level or a
+            ``functools.partial`` of one, so that ``--workers`` can run it in a pool).
+        main_cell: ``(lrs, cell, bench) -> result``, ``lrs`` the chosen ``{setting: {arm:
+            lr}}`` (the same rules for pickling).
+        criterion: the key of ``tune_cell``'s result that the rule minimizes.
+        data: ``bench.data``.
+        steps: progress per cell.
+        label: the progress bar's text.
+
+    Returns:
+        ``(tuning, lrs, measured)``: ``{setting: {arm: {lr: criterion}}}``, the chosen lrs
+        and the measured grid's run.
+    """
+    ctx.progress.start((len(tune.cells()) + len(main.cells())) * steps, label)
+    tuned = run_grid(ctx, tune, tune_cell, data=data, steps=steps)
+    tuning: dict[str, dict[str, dict[float, Any]]] = {}
+    for cell, result in tuned:
+        setting, lr = cell.setting
+        tuning.setdefault(str(setting), {}).setdefault(cell.variant, {})[lr] = result[criterion]
+    lrs = choose_lrs(tuning)
+    measured = run_grid(ctx, main, _Bound(main_cell, lrs), data=data, steps=steps)
+    return tuning, lrs, measured
+
+
+class _Bound:
+    """``main_cell`` with the chosen lrs bound (picklable when ``main_cell`` is)."""
+
+    def __init__(self, main_cell: Callable[[dict, Cell, Bench], Any], lrs: dict) -> None:
+        self.main_cell, self.lrs = main_cell, lrs
+
+    def __call__(self, cell: Cell, bench: Bench) -> Any:
+        return self.main_cell(self.lrs, cell, bench)
+
+
+def lr_schedule(steps: int) -> Callable[[int], float]:
+    """The linear decay to 0 over ``steps`` (a ``LambdaLR`` factor): every measured
+    metric is read at a settled point."""
+    return lambda k: max(0.0, 1.0 - k / steps)
+
+
+def _fmt(x: Any, digits: int) -> str | None:
+    return None if x is None else f"{x:+.{digits}f}"
+
+
+def claims_table(evaluated: Sequence[Mapping[str, Any]], unit: str, digits: int = 2) -> Table:
+    """One row per claim and setting of ``stats.evaluate_experiment``'s output: the
+    difference with its 95% t interval, Holm's p, the TOST p, the seeds and the status."""
+    rows = []
+    for e in evaluated:
+        for row in e["settings"]:
+            low, high = row.get("ci_low"), row.get("ci_high")
+            rows.append(
+                [
+                    e["claim"],
+                    row["setting"] or "-",
+                    f"{e['arm']} - {e['reference']}",
+                    _fmt(row.get("diff"), digits),
+                    None if low is None else f"[{low:+.{digits}f}, {high:+.{digits}f}]",
+                    None if row.get("p_holm") is None else f"{row['p_holm']:.3g}",
+                    None if row.get("tost_p_holm") is None else f"{row['tost_p_holm']:.3g}",
+                    row["n"],
+                    row["status"],
+                    e["verdict"],
+                ]
+            )
+    margins = ", ".join(sorted({f"±{e['margin']:g}" for e in evaluated}))
+    return Table(
+        f"Claims (declared before the run; paired t by seed, Holm over the experiment, TOST "
+        f"margin {margins} {unit})",
+        [
+            "claim",
+            "setting",
+            "arm - reference",
+            "diff",
+            "95% CI",
+            "p (Holm)",
+            "TOST p (Holm)",
+            "n",
+            "status",
+            "verdict",
+        ],
+        rows,
+    )
+
+
+def measured_text(evidence: Mapping[str, Any]) -> str:
+    """A ``stats`` evaluation's one-line text without its leading verdict (``apply_rules``
+    puts the verdict in front)."""
+    return evidence["text"].removeprefix(f"{evidence['verdict']}: ")
