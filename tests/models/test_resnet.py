@@ -103,6 +103,30 @@ def test_zero_init_residual_on_resnet18_and_not_by_default() -> None:
     assert all(torch.count_nonzero(b.norm2.weight) > 0 for b in _blocks(default))
 
 
+def test_fixup_init_zeroes_the_branch_ends_and_scales_the_branch_starts() -> None:
+    torch.manual_seed(0)
+    reference = cifar_resnet("none", depth=20)
+    torch.manual_seed(0)
+    model = cifar_resnet("none", depth=20, fixup_init=True)
+    blocks, ref_blocks = _blocks(model), _blocks(reference)
+    assert len(blocks) == 9  # L = 3n residual branches
+    for block, ref in zip(blocks, ref_blocks, strict=True):
+        assert torch.count_nonzero(block.conv2.weight) == 0
+        assert torch.count_nonzero(block.conv2.bias) == 0
+        torch.testing.assert_close(block.conv1.weight, ref.conv1.weight * 9**-0.5)
+    assert torch.count_nonzero(model.fc.weight) == 0
+    torch.testing.assert_close(model.stem[0].weight, reference.stem[0].weight)
+    # Every block starts as relu(shortcut(x)); the logits start at zero.
+    x = model.stem(torch.rand(2, 1, 28, 28))
+    for block in blocks:
+        y = block(x)
+        torch.testing.assert_close(y, torch.relu(block.shortcut(x)))
+        x = y
+    assert torch.count_nonzero(model(torch.rand(2, 1, 28, 28))) == 0
+    with pytest.raises(ValueError, match="fixup_init=True is the initialisation of a ResNet"):
+        cifar_resnet("bnlab", depth=20, fixup_init=True)
+
+
 def test_zero_init_survives_fit_initialisation() -> None:
     from bnlab.train.fit import init_weights  # test-only: train sits above models
 

@@ -1,598 +1,909 @@
-"""``bnlab lab depth``: where deep networks stop training without BN, and where skips matter.
+"""``bnlab lab depth``: does BN make deep plain networks trainable, and do skips matter?
 
 The seeds say that BN, together with residual blocks, lets practitioners routinely
 train networks of more than 100 layers (d2l's chapter, ``004_deb69101c4c8736e.txt``:
 批量归一化使从业者可以例行地训练超过 100 层的网络), and that skip connections let the
 gradient pass straight through deep networks (``000_3d8114077ba70cad.txt``: 残差网络引入了
-"跳跃连接" ... 解决了深度网络中的梯度消失问题). Measured here: the plain CNN of
-``bnlab.models.plain`` (He et al.'s CIFAR layout without shortcuts) and the CIFAR ResNet
-of ``bnlab.models.resnet.cifar_resnet`` at the same depths (``6n + 2`` weight layers),
-each with and without BN, all trained with the same budget: the same fixed subset of
-Fashion-MNIST seen once (``steps`` SGD steps of ``batch_size`` images), SGD with
-momentum 0.9 and one fixed learning rate for every model (0.05: He et al.'s 0.1 at
-batch 128 scaled linearly to batch 64; no per-model tuning), the models' own
-Kaiming-normal initialisation (He et al.), inputs standardized with the training
-split's mean and standard deviation. Recorded per run: the training loss at every step
-(a NaN/inf loss stops the run and is recorded as diverged), the final training loss
-(mean of the last ``final_window`` steps) and the final test accuracy.
+"跳跃连接" ... 解决了深度网络中的梯度消失问题).
 
-Per (network, norm, depth) a seed is *stuck* when its run diverged or its final
-training loss is above ``stuck_loss`` (ln 10 = 2.303 is the loss of a uniform guess);
-the setting is stuck when every seed is, trains when none is, and is partly stuck
-otherwise. The training loss decides, not the test accuracy: after so short a training
-the accuracy in eval mode also carries the lag of BN's running averages. The verdicts
-(see ``PLAIN_RULE`` and ``SKIP_RULE``) are computed from these numbers.
+Design (second edition, issue 17), after He et al. 2016 (arXiv 1512.03385, section 4.2,
+figure 6): the CIFAR layout with ``6n + 2`` weight layers (a 3x3 stem convolution,
+three stages of ``n`` two-convolution blocks with ``width * (1, 2, 4)`` channels, global
+average pooling, a linear layer), as four arms at each depth:
 
-Papers: He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition", arXiv
-1512.03385 (section 4.2, figure 6); Ioffe & Szegedy, "Batch Normalization", arXiv
-1502.03167.
+* ``plain-bn``: the plain network (``bnlab.models.plain``, no shortcuts) with BN;
+* ``plain-none``: the same without BN (convolution biases, Kaiming-normal init);
+* ``resnet-bn``: the ResNet (``bnlab.models.resnet.cifar_resnet``, option-A shortcuts)
+  with BN;
+* ``resnet-fixup``: the ResNet without BN, started as Fixup's rules 1 and 2 do (Zhang,
+  Dauphin & Ma 2019, arXiv 1901.09321: each residual branch's last convolution and the
+  linear layer at zero, the branch's first convolution scaled by ``L ** -0.5``), the
+  known trainable no-norm residual case. Fixup's scalar multipliers and biases are not
+  added.
+
+The CPU budget (the full run: 5 paired seeds and the lr tuning on 2 cores in about
+10 minutes) sets the scale: depths 20 and 56 (He et al.'s plain-20 and plain-56),
+width 8 (channels 8/16/32; the paper's 16 costs twice as much), Fashion-MNIST
+averaged over 2x2 pixels to 14x14 (stages at 14, 7 and 4 pixels; 28x28 costs 3 to 4
+times as much), 600 SGD steps of 64 images (38,400 images, 0.64 epoch of the 60,000),
+momentum 0.9, no weight decay, the lr decayed linearly to 0 over the run so that the
+final loss is read at a settled point. Inputs are standardized with the training split's
+mean and SD. The ``--set profile=cuda`` preset (``CUDA_PROFILE``) runs the paper's
+scale on a GPU: 28x28 inputs, width 16, depths 20, 56 and 110, 10 seeds, 3,000 steps.
+
+Learning rates: each (arm, depth) trains at its own lr, the value of the grid
+0.01, 0.03, 0.1, 0.3 with the lowest final training loss on a separate tuning seed
+(1000), same steps (``TUNE_RULE``); a diverged run is never chosen; the table flags a
+choice at the edge of the grid.
+
+Measured per run: the final training loss (**primary**: the mean mini-batch loss of
+the last 50 steps, where the lr is near 0), the test accuracy and loss on the full
+10,000-image test set (eval mode, once at the end; shown), the loss curve.
+
+Claims (``specs``), declared before the run, each on the final training loss, paired by
+seed (the arms of a seed share the data order; the init differs by architecture), Holm
+over the five, TOST margin ``margin`` (0.05 nats: below it two runs are as trained as
+one another at this budget; the tuning seed's loss moves by more between neighbouring
+grid values), at least 5 seeds:
+
+1. ``bn-trains-deep-plain`` (seed 004): at the deepest depth, the plain network with BN
+   reaches a lower training loss than without BN (each at its best lr).
+2. ``skip-connections-matter-at-depth`` (seed 000): at the deepest depth, with BN, the
+   ResNet reaches a lower training loss than the plain network.
+3. ``no-bn-plain-stops-training-with-depth`` (seed 004): without BN, the deepest plain
+   network reaches a higher training loss than the shallowest.
+4. ``deeper-plain-degrades-with-bn`` (from the literature, He et al.'s figure 6): with
+   BN, the deepest plain network reaches a higher training loss than the shallowest.
+5. ``residual-needs-bn-at-depth`` (from the literature, the belief Zhang et al. test): at
+   the deepest depth the ResNet without BN (Fixup-like init) reaches a higher training
+   loss than with BN.
+
+Chance: a run whose final training loss is within 0.05 of ln 10 (2.303, the loss of a
+uniform guess), or that diverged, never left chance and is excluded, as
+``bnlab.lab.stats`` does. A *whole arm* at chance (every seed, at its best lr of the
+grid) is not a broken baseline here but the outcome the claim is about (the network
+does not train at this budget): when one arm of a claim is at chance in every seed and
+the other left chance in at least ``min_seeds`` seeds, that claim is tested on the
+values as measured (the arm at chance at its chance loss), declared in ``rule_of``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from torch import Tensor
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from bnlab.lab.claims import Claim, register_claim
+from bnlab.data.loader import DeviceLoader
+from bnlab.lab import kit, stats
+from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_from_record, spec_record
 from bnlab.lab.experiment import (
     Figure,
     LabContext,
     LabOutcome,
+    LabSpec,
     Table,
-    compare,
     register_lab,
     seeded,
 )
-from bnlab.lab.kit import (
-    DIVERGENCE_RULE,
-    LabConfig,
-    apply_rules,
-    mean_std,
-    pick,
-    take,
-    train_variant,
-)
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
-from bnlab.models import create
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
+from bnlab.models.plain import plain
 from bnlab.models.resnet import check_cifar_depth, cifar_resnet
-from bnlab.plots.depth import plot_depth_accuracy, plot_depth_curves
-from bnlab.train import TrainConfig
-from bnlab.train.fit import StepInfo
+from bnlab.plots.depth import plot_depth_curves
+from bnlab.plots.sweeps import plot_sweep
+from bnlab.train import evaluate
+from bnlab.train.steps import run_steps
 
 __all__ = [
-    "ARCHS",
-    "VARIANTS",
+    "ARMS",
+    "CLAIMS",
+    "CUDA_PROFILE",
     "DepthConfig",
-    "measure",
-    "plain_rule",
-    "skip_rule",
-    "status_of",
+    "build_model",
+    "choose_lr",
+    "evaluate_claims",
+    "main_grid",
+    "prepare",
+    "rule_of",
+    "specs",
+    "summarize",
+    "train_run",
+    "tune_grid",
 ]
 
 PLAIN_SOURCE = "004_deb69101c4c8736e.txt"
-PLAIN_CLAIM = (
-    "Without BN, the plain network stops training as depth grows "
-    "(批量归一化使从业者可以例行地训练超过 100 层的网络)"
-)
+PLAIN_SENTENCE = "批量归一化使从业者可以例行地训练超过 100 层的网络"
 SKIP_SOURCE = "000_3d8114077ba70cad.txt"
-SKIP_CLAIM = (
-    "Skip connections matter at depth: a deep ResNet trains better than the plain "
-    "network of the same depth, both with BN (跳跃连接 ... 解决了深度网络中的梯度消失问题)"
-)
+SKIP_SENTENCE = "残差网络引入了“跳跃连接”(skip connections),使得网络的梯度可以直接从输入传递到输出,解决了深度网络中的梯度消失问题"
 
-#: Networks: label of each.
-ARCHS: dict[str, str] = {"plain": "plain CNN", "resnet": "ResNet"}
-#: Variants: "bn" uses ``DepthConfig.norm``, "none" no normalization.
-VARIANTS: dict[str, str] = {"bn": "BN", "none": "no BN"}
-#: Fashion-MNIST training split: mean and standard deviation of the pixels in [0, 1].
-FASHION_MNIST_STATS = (0.2860, 0.3530)
+#: arm -> (network, norm slot): "bn" is ``DepthConfig.norm``, "none" no norm, "fixup"
+#: no norm with Fixup's zero init.
+ARMS: dict[str, tuple[str, str]] = {
+    "plain-bn": ("plain", "bn"),
+    "plain-none": ("plain", "none"),
+    "resnet-bn": ("resnet", "bn"),
+    "resnet-fixup": ("resnet", "fixup"),
+}
+ARM_LABELS: dict[str, str] = {
+    "plain-bn": "plain, BN",
+    "plain-none": "plain, no BN",
+    "resnet-bn": "ResNet, BN",
+    "resnet-fixup": "ResNet, no BN (Fixup-like init)",
+}
 #: The loss of a uniform guess over 10 classes.
 CHANCE_LOSS = math.log(10)
+PRIMARY = "final_train_loss"
+TUNE_RULE = (
+    "each (arm, depth): the lr of the grid {lrs} with the lowest final training loss (mean "
+    "of the last {window} mini-batch losses) on tuning seed {seed}, same steps as the "
+    "measured runs; a run with a non-finite loss is never chosen; ties go to the smaller lr"
+)
+CHANCE_RULE = (
+    "a run never left chance when its final training loss is within {tol} of ln 10 = 2.303 "
+    "(a uniform guess) or it diverged; such seeds are excluded (stats). A whole arm at "
+    "chance (every seed) while the other arm of the claim left chance in at least "
+    "{min_seeds} seeds is the claim's outcome, not a broken baseline: that claim is then "
+    "tested on the values as measured, the chance arm at its chance loss"
+)
+
+#: The GPU preset (``--device cuda --set profile=cuda``): the paper's scale.
+CUDA_PROFILE: dict[str, Any] = {
+    "depths": (20, 56, 110),
+    "seeds": 10,
+    "width": 16,
+    "image_size": 28,
+    "steps": 3000,
+    "batch": 128,
+}
 
 
 @dataclass(frozen=True)
-class DepthConfig(LabConfig):
-    """Settings of ``depth`` (defaults: the full run).
+class DepthConfig(kit.PairedConfig):
+    """Settings of ``depth`` (defaults: the full CPU run, about 10 min on 2 quiet cores).
 
     Args:
-        seeds: training seeds per (network, norm, depth).
-        norm: the BN variant's norm (``bnlab.models.available_norms()``); "torch" is the
-            fastest on the CPU, "bnlab" computes the same function more slowly.
-        width: channels of the first stage (16 in He et al.; the stages have
-            ``width * (1, 2, 4)``). Smaller widths cost quadratically less.
-        depths: weight layers, each ``6n + 2`` (8, 14, 20, 26, 32, 44, 56, ...).
-        steps: SGD steps per run; the run sees ``steps * batch_size`` training images
-            once (one epoch of a fixed subset), the same budget for every model.
-        batch_size: SGD batch size.
-        lr: the learning rate of every run (no per-model tuning).
+        seeds, train_size, test_size, min_seeds, threads: as in ``kit.PairedConfig``
+            (5 paired seeds, all 60,000 training and 10,000 test images, 1 thread).
+        profile: ``"cpu"`` (the defaults) or ``"cuda"``: every setting of
+            ``CUDA_PROFILE`` still at its CPU default takes the preset's value (run it
+            with ``--device cuda``).
+        depths: weight layers, each ``6n + 2`` (20, 32, 44, 56, 110, ...); the claims
+            compare the deepest with the shallowest.
+        norm: the BN arms' norm (``bnlab.models.available_norms()``; "torch" is the
+            fastest on the CPU).
+        width: channels of the first stage (16 in He et al.).
+        image_size: 28 (Fashion-MNIST as it is) or 14 (2x2 average pooled).
+        batch: SGD batch.
+        steps: SGD steps of every run (the lr decays linearly to 0 over them).
+        lrs: the learning-rate grid of the tuning runs.
+        tune_seed: the seed of the tuning runs (not among the measured seeds).
         momentum: SGD momentum.
-        test_size: test images (a fixed random subset of the test split).
-        init: "default" (the models' Kaiming-normal weights, drawn from the seed) or
-            "xavier_uniform" (d2l's trainer).
-        smooth: moving-average window (steps) of the loss curves in the figure.
-        final_window: the final training loss is the mean loss of this many last steps.
-        stuck_loss: a seed is stuck when its final training loss is above this (ln 10 =
-            2.303 is chance).
-        min_effect: the plain-minus-ResNet difference in final training loss (with BN,
-            at the largest depth) must also exceed this.
+        window: mini-batch losses in the final training loss.
+        margin: the claims' equivalence margin, in nats of training loss.
+        chance_tolerance: a final training loss within this of ln 10 is at chance.
+        curve_every: the stored loss curve is the mean of every this many steps.
     """
 
-    seeds: int = 2
+    profile: Literal["cpu", "cuda"] = "cpu"
+    depths: tuple[int, ...] = (20, 56)
     norm: str = "torch"
     width: int = 8
-    depths: tuple[int, ...] = (8, 20, 44)
-    steps: int = 60
-    batch_size: int = 64
-    lr: float = 0.05
+    image_size: int = 14
+    batch: int = 64
+    steps: int = 600
+    lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
+    tune_seed: int = 1000
     momentum: float = 0.9
-    test_size: int = 500
-    init: Literal["default", "xavier_uniform"] = "default"
-    smooth: int = 5
-    final_window: int = 10
-    stuck_loss: float = 2.0
-    min_effect: float = 0.05
+    window: int = 50
+    margin: float = 0.05
+    chance_tolerance: float = 0.05
+    curve_every: int = 10
 
-    QUICK = LabConfig.quick_settings(
-        seeds=1,
+    #: A smoke test: 2 seeds (below min_seeds: no verdict), tiny nets, 16 steps.
+    QUICK = kit.PairedConfig.quick_settings(
         depths=(8, 14),
         width=4,
-        test_size=128,
-        steps=12,
-        batch_size=16,
-        smooth=3,
-        final_window=4,
+        steps=16,
+        batch=32,
+        lrs=(0.03, 0.1),
+        window=4,
+        curve_every=4,
+        train_size=1024,
+        test_size=500,
     )
 
     def __post_init__(self) -> None:
+        if self.profile not in ("cpu", "cuda"):
+            raise ValueError(f"depth: profile must be 'cpu' or 'cuda', got {self.profile!r}")
+        if self.profile == "cuda":
+            cpu = {f.name: f.default for f in dataclasses.fields(self)}
+            for name, value in CUDA_PROFILE.items():
+                if getattr(self, name) == cpu[name]:
+                    object.__setattr__(self, name, value)
         if not self.depths:
             raise ValueError("depth: depths must name at least one depth, got ()")
         for depth in self.depths:
             check_cifar_depth("depth", depth)
-        if list(self.depths) != sorted(set(self.depths)):
+        if list(self.depths) != sorted(set(self.depths)) or len(self.depths) < 2:
             raise ValueError(
-                f"depth: depths must be increasing without repeats, got {self.depths!r}; "
-                f"use {tuple(sorted(set(self.depths)))!r}"
+                f"depth: depths must be at least two increasing depths without repeats, got "
+                f"{self.depths!r}"
             )
         if self.norm == "none":
             raise ValueError(
-                "depth: norm is the BN variant's norm and cannot be 'none' (the no-BN "
-                "variant is always run); use 'torch' or 'bnlab'"
+                "depth: norm is the BN arms' norm and cannot be 'none' (the no-BN arms are "
+                "always run); use 'torch' or 'bnlab'"
             )
-        for name in ("seeds", "width", "steps", "batch_size", "test_size", "smooth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"depth: {name} must be >= 1, got {getattr(self, name)}")
-        if not 1 <= self.final_window <= self.steps:
-            raise ValueError(
-                f"depth: final_window must be in 1..steps ({self.steps}), got {self.final_window}"
-            )
-
-
-def _build(arch: str, norm: str, depth: int, width: int) -> Any:
-    if arch == "plain":
-        return create("plain", norm=norm, depth=depth, width=width)
-    return cifar_resnet(norm, depth=depth, width=width)
-
-
-def _key(arch: str, variant: str, depth: int, seed: int) -> str:
-    return f"{arch}-{variant}-d{depth}-seed{seed}"
-
-
-def _curve_key(arch: str, variant: str, depth: int) -> str:
-    return f"{arch}-{variant}-d{depth}"
-
-
-def status_of(cell: Mapping[str, Any], stuck_loss: float) -> bool:
-    """Whether one run is stuck: diverged, or its final loss missing or above ``stuck_loss``."""
-    loss = cell.get("final_loss")
-    return bool(
-        cell.get("diverged") or loss is None or not math.isfinite(loss) or loss > stuck_loss
-    )
-
-
-def _setting_status(cells: Sequence[Mapping[str, Any]], stuck_loss: float) -> str:
-    flags = [status_of(c, stuck_loss) for c in cells]
-    if not flags:
-        return "missing"
-    if all(flags):
-        return "stuck"
-    if not any(flags):
-        return "trains"
-    return "partly stuck"
-
-
-def _select(cells: Sequence[Mapping[str, Any]], **where: Any) -> list[Mapping[str, Any]]:
-    return [c for c in cells if all(c.get(k) == v for k, v in where.items())]
-
-
-def _sizes(config: DepthConfig, data: Mapping[str, Tensor]) -> tuple[int, int]:
-    """The training images one run sees once, and the test images.
-
-    Raises:
-        ValueError: the data holds fewer training images than ``steps * batch_size``.
-    """
-    train_size = config.steps * config.batch_size
-    available = int(data["train_images"].shape[0])
-    if available < train_size:
-        raise ValueError(
-            f"depth: steps * batch_size = {train_size} training images needed, the data "
-            f"holds {available}; lower steps or batch_size"
+        if self.image_size not in (14, 28):
+            raise ValueError(f"depth: image_size must be 14 or 28, got {self.image_size}")
+        kit.check_positive(
+            "depth",
+            self,
+            ("seeds", "width", "batch", "steps", "window", "margin", "curve_every"),
         )
-    return train_size, min(config.test_size, int(data["test_images"].shape[0]))
+        if not self.lrs or any(not lr > 0 for lr in self.lrs):
+            raise ValueError(f"depth: lrs must be positive values, got {self.lrs!r}")
+        if self.window > self.steps:
+            raise ValueError(f"depth: window must be in 1..steps ({self.steps}), got {self.window}")
+        if not 0 <= self.chance_tolerance < CHANCE_LOSS:
+            raise ValueError(
+                f"depth: chance_tolerance must be in [0, ln 10), got {self.chance_tolerance!r}"
+            )
+        if self.tune_seed in range(self.seeds):
+            raise ValueError(
+                f"depth: tune_seed {self.tune_seed} is one of the measured seeds 0.."
+                f"{self.seeds - 1}; tune on a separate seed"
+            )
+
+    @property
+    def deep(self) -> int:
+        """The deepest depth (the claims' deep network)."""
+        return max(self.depths)
+
+    @property
+    def shallow(self) -> int:
+        """The shallowest depth (the degradation claims' reference)."""
+        return min(self.depths)
 
 
-def prepare(config: DepthConfig, data: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-    """Check the data once (a bad split fails before any training)."""
-    _, test_size = _sizes(config, data)
-    take(data, "test", test_size)
-    return data
+def specs(config: DepthConfig) -> list[stats.ClaimSpec]:
+    """The five claims, declared before the run (see the module docstring)."""
+    chance = stats.ChanceRule(PRIMARY, level=CHANCE_LOSS, tolerance=config.chance_tolerance)
+    common = {"metric": PRIMARY, "margin": config.margin, "min_seeds": config.min_seeds}
+    deep, shallow = f"d{config.deep}", f"d{config.shallow}"
+    return [
+        stats.ClaimSpec(
+            name="bn-trains-deep-plain",
+            direction="lower",
+            arm="plain-bn",
+            reference="plain-none",
+            settings=(deep,),
+            chance=chance,
+            **common,
+        ),
+        stats.ClaimSpec(
+            name="skip-connections-matter-at-depth",
+            direction="lower",
+            arm="resnet-bn",
+            reference="plain-bn",
+            settings=(deep,),
+            chance=chance,
+            **common,
+        ),
+        stats.ClaimSpec(
+            name="no-bn-plain-stops-training-with-depth",
+            direction="higher",
+            arm=deep,
+            reference=shallow,
+            settings=("plain-none",),
+            chance=chance,
+            **common,
+        ),
+        stats.ClaimSpec(
+            name="deeper-plain-degrades-with-bn",
+            direction="higher",
+            arm=deep,
+            reference=shallow,
+            settings=("plain-bn",),
+            chance=chance,
+            **common,
+        ),
+        stats.ClaimSpec(
+            name="residual-needs-bn-at-depth",
+            direction="higher",
+            arm="resnet-fixup",
+            reference="resnet-bn",
+            settings=(deep,),
+            chance=chance,
+            **common,
+        ),
+    ]
 
 
-def grid(config: DepthConfig) -> Grid:
-    """(depth, network) x variant x seed."""
-    return Grid(
-        variants=tuple(VARIANTS),
-        seeds=config.seeds,
-        settings=[(depth, arch) for depth in config.depths for arch in ARCHS],
-        key=lambda c: _key(c.setting[1], c.variant, c.setting[0], c.seed),
-    )
+# --- data and models -----------------------------------------------------------------
 
 
-def measure(config: DepthConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
-    """Train one (depth, network, variant, seed) for ``steps`` SGD steps: ``train_variant``'s
-    result with the loss of every step (None where not finite) instead of the history."""
-    (depth, arch), seed = cell.setting, cell.seed
-    norm = config.norm if cell.variant == "bn" else "none"
-    with seeded(seed):
-        model = _build(arch, norm, depth, config.width)
-    losses: list[float | None] = []
+def prepare(config: DepthConfig, data: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+    """The training and test images as standardized floats ``(N, 1, S, S)``.
 
-    def on_step(info: StepInfo) -> None:
-        loss = float(info.loss)
-        losses.append(loss if math.isfinite(loss) else None)
+    ``S`` is ``image_size`` (14: 2x2 average pooling); mean and SD are the training
+    split's (after pooling), applied to both splits.
+    """
+    subsets = config.subsets(data, "depth")
+    out: dict[str, Tensor] = {}
+    for split in ("train", "test"):
+        x = kit.float_images(subsets[f"{split}_images"])
+        if config.image_size == 14:
+            x = F.avg_pool2d(x, 2)
+        out[f"{split}_images"] = x
+        out[f"{split}_labels"] = subsets[f"{split}_labels"]
+    mean, std = out["train_images"].mean(), out["train_images"].std()
+    for split in ("train", "test"):
+        out[f"{split}_images"] = ((out[f"{split}_images"] - mean) / std).contiguous()
+    return out
 
-    train = TrainConfig(
-        lr=config.lr,
-        momentum=config.momentum,
-        epochs=1,
-        batch_size=config.batch_size,
-        seed=seed,
-        device=str(bench.device),
-        init=config.init,
-    )
-    train_size, test_size = _sizes(config, bench.data)
-    got = train_variant(
-        model,
-        bench.data,
-        train,
-        train_size=train_size,
-        test_size=test_size,
-        normalize=FASHION_MNIST_STATS,
-        on_step=on_step,
-    )
-    got["losses"] = losses
-    del got["history"]  # one epoch: the same numbers as "final"
+
+def build_model(config: DepthConfig, arm: str, depth: int) -> nn.Module:
+    """The network of ``arm`` at ``depth`` (Kaiming-normal weights from torch's RNG)."""
+    network, slot = ARMS[arm]
+    norm = config.norm if slot == "bn" else "none"
+    if network == "plain":
+        return plain(norm, depth=depth, width=config.width)
+    return cifar_resnet(norm, depth=depth, width=config.width, fixup_init=slot == "fixup")
+
+
+def _thin(values: Sequence[float], every: int) -> list[float | None]:
+    """Means of consecutive chunks of ``every`` values (None where not finite)."""
+    out = []
+    for i in range(0, len(values), every):
+        chunk = values[i : i + every]
+        out.append(kit.json_float(sum(chunk) / len(chunk)))
+    return out
+
+
+class _Diverged(Exception):
+    pass
+
+
+def train_run(
+    config: DepthConfig,
+    arm: str,
+    depth: int,
+    lr: float,
+    seed: int,
+    bench: Bench,
+    *,
+    test: bool,
+) -> dict[str, Any]:
+    """One run: ``steps`` SGD steps at ``lr`` decayed linearly to 0; a non-finite loss
+    stops it (diverged). With ``test``, the test accuracy and loss at the end."""
+    data, device = bench.data, bench.device
+    with kit.cpu_threads(config.threads):
+        with seeded(seed):
+            model = build_model(config, arm, depth).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: max(0.0, 1.0 - k / config.steps)
+        )
+        losses: list[float] = []
+
+        def on_step(s: Any) -> None:
+            v = s.loss_value
+            losses.append(v)
+            bench.advance(1)
+            if not math.isfinite(v):
+                raise _Diverged
+            schedule.step()
+
+        model.train()
+        start = time.perf_counter()
+        try:
+            run_steps(
+                model,
+                kit.batches(data["train_images"], data["train_labels"], config.batch, seed, device),
+                opt,
+                steps=config.steps,
+                loss_fn=F.cross_entropy,
+                on_step=on_step,
+            )
+            diverged = False
+        except _Diverged:
+            bench.advance(config.steps - len(losses))
+            diverged = True
+        train_s = time.perf_counter() - start
+        tail = losses[-config.window :]
+        final = math.nan if diverged else sum(tail) / len(tail)
+        got: dict[str, Any] = {
+            "lr": lr,
+            "final_train_loss": kit.json_float(final),
+            "diverged": diverged,
+            "steps_done": len(losses),
+            "train_s": train_s,
+        }
+        if test:
+            loader = DeviceLoader(
+                data["test_images"], data["test_labels"], 500, shuffle=False, device=device
+            )
+            result = (
+                evaluate(model, loader) if not diverged else {"acc": math.nan, "loss": math.nan}
+            )
+            got["test_acc"] = kit.json_float(100.0 * result["acc"])
+            got["test_loss"] = kit.json_float(float(result["loss"]))
+            got["curve"] = _thin(losses, config.curve_every)
     return got
 
 
-def _record(config: DepthConfig, cell: Cell, got: Mapping[str, Any]) -> dict[str, Any]:
-    """A cell's row of ``raw["cells"]``: the final loss is the mean of the last
-    ``final_window`` steps' losses, None for a run that stopped early or diverged."""
-    losses = got["losses"]
-    tail = [v for v in losses[-config.final_window :] if v is not None]
-    finished = tail and not got["nonfinite"] and len(losses) >= config.steps
-    (depth, arch), final = cell.setting, got["final"]
-    return {
-        "arch": arch,
-        "variant": cell.variant,
-        "depth": depth,
-        "seed": cell.seed,
-        "final_loss": sum(tail) / len(tail) if finished else None,
-        "test_acc": final["test_acc"],
-        "test_loss": final["test_loss"],
-        "initial_loss": got["initial_loss"],
-        "steps_done": len(losses),
-        "diverged": bool(got["diverged"]),
-        "nonfinite": bool(got["nonfinite"]),
-        "wall_time_s": got["wall_time_s"],
-    }
+# --- grids ---------------------------------------------------------------------------
 
 
-def _raw(config: DepthConfig, run: GridRun, sizes: tuple[int, int]) -> dict[str, Any]:
-    """The cells, the loss curves, the rules' settings and the budget's text."""
-    curves: dict[str, list[list[float | None]]] = {}
-    for c, got in run:
-        curves.setdefault(_curve_key(c.setting[1], c.variant, c.setting[0]), []).append(
-            got["losses"]
-        )
-    train_size, test_size = sizes
-    return {
-        "cells": [_record(config, c, got) for c, got in run],
-        "curves": curves,
-        "depths": list(config.depths),
-        "stuck_loss": config.stuck_loss,
-        "min_effect": config.min_effect,
-        "chance_loss": CHANCE_LOSS,
-        "train_images": train_size,
-        "test_images": test_size,
-        "budget": (
-            f"{config.steps} SGD steps of {config.batch_size} images ({train_size} images "
-            f"seen once), lr {config.lr:g}, momentum {config.momentum:g}, the same for "
-            f"every model; BN = norm {config.norm!r}; width {config.width}; init "
-            f"{config.init!r}"
-        ),
-        "divergence_rule": DIVERGENCE_RULE.format(margin=0.01),
-        "stuck_rule": (
-            f"a run is stuck when it diverged or its final training loss (mean of the last "
-            f"{config.final_window} steps) is above {config.stuck_loss:g} (ln 10 = 2.303 is "
-            "chance); a setting is stuck when every seed is, trains when none is"
-        ),
-    }
+def tune_grid(config: DepthConfig) -> Grid:
+    """The tuning runs: (depth, lr) x arm on the tuning seed (units
+    ``tune-dD-lrLR-ARM-seedS``)."""
+    return Grid(
+        variants=tuple(ARMS),
+        seeds=(config.tune_seed,),
+        settings=[(d, lr) for d in config.depths for lr in config.lrs],
+        key=lambda c: f"tune-d{c.setting[0]}-lr{c.setting[1]:g}-{c.variant}-seed{c.seed}",
+        order=("setting", "variant", "seed"),
+    )
 
 
-def _row(config: DepthConfig, cells: list[dict[str, Any]], **where: Any) -> list[Any]:
-    """A table row's numbers: final loss and test accuracy (mean, std), diverged seeds,
-    the setting's status."""
-    div = sum(1 for c in _select(cells, **where) if c["diverged"])
+def main_grid(config: DepthConfig) -> Grid:
+    """The measured runs: depth x arm x seed (units ``dD-ARM-seedN``), seeds outermost."""
+    return Grid(
+        variants=tuple(ARMS),
+        seeds=config.seeds,
+        settings=tuple(config.depths),
+        key=lambda c: f"d{c.setting}-{c.variant}-seed{c.seed}",
+        order=("seed", "setting", "variant"),
+    )
+
+
+def choose_lr(tuning: Mapping[float, float | None]) -> float | None:
+    """The lr of ``{lr: final training loss}`` by ``TUNE_RULE`` (None: every lr diverged)."""
+    finite = {float(lr): float(v) for lr, v in tuning.items() if v is not None and math.isfinite(v)}
+    return min(finite, key=lambda lr: (finite[lr], lr)) if finite else None
+
+
+def run(config: DepthConfig, ctx: LabContext) -> LabOutcome:
+    """Tune each (arm, depth)'s lr on the tuning seed, then the measured runs."""
+    data = prepare(config, ctx.data)
+    tune, main = tune_grid(config), main_grid(config)
+    ctx.progress.start((len(tune.cells()) + len(main.cells())) * config.steps, "depth")
+
+    def tune_cell(cell: Cell, bench: Bench) -> dict[str, Any]:
+        depth, lr = cell.setting
+        return train_run(config, cell.variant, depth, lr, cell.seed, bench, test=False)
+
+    tuned = run_grid(ctx, tune, tune_cell, data=data, steps=config.steps)
+    tuning: dict[str, dict[str, dict[float, Any]]] = {}
+    for cell, got in tuned:
+        depth, lr = cell.setting
+        tuning.setdefault(f"d{depth}", {}).setdefault(cell.variant, {})[float(lr)] = got[
+            "final_train_loss"
+        ]
+    lrs = {d: {arm: choose_lr(by) for arm, by in arms.items()} for d, arms in tuning.items()}
+
+    def main_cell(cell: Cell, bench: Bench) -> dict[str, Any]:
+        lr = lrs[f"d{cell.setting}"][cell.variant]
+        if lr is None:
+            bench.advance(config.steps)
+            return {"lr": None, "final_train_loss": None, "diverged": True, "steps_done": 0}
+        return train_run(config, cell.variant, cell.setting, lr, cell.seed, bench, test=True)
+
+    measured = run_grid(ctx, main, main_cell, data=data, steps=config.steps)
+    return summarize(config, ctx, measured, tuning, lrs)
+
+
+# --- the claims ----------------------------------------------------------------------
+
+_METRICS = ("final_train_loss", "test_acc", "test_loss")
+
+
+def per_seed_views(config: DepthConfig, run: GridRun) -> dict[str, Any]:
+    """``per_seed[setting][arm][metric]`` in the two views the claims use: setting
+    ``dD`` with the four arms, and setting ARM with the arm's depths ``dD`` as arms."""
+    out: dict[str, Any] = {}
+    for depth in config.depths:
+        for arm in ARMS:
+            results = run.select(setting=depth, variant=arm)
+            values = {m: [r.get(m) for r in results] for m in _METRICS}
+            out.setdefault(f"d{depth}", {})[arm] = values
+    for arm in ARMS:
+        out[arm] = {f"d{depth}": out[f"d{depth}"][arm] for depth in config.depths}
+    return out
+
+
+def _at_chance(values: Sequence[Any], rule: stats.ChanceRule) -> list[bool]:
     return [
-        *mean_std(pick(cells, "final_loss", **where)),
-        *mean_std(pick(cells, "test_acc", **where)),
-        f"{div}/{config.seeds}",
-        _setting_status(_select(cells, **where), config.stuck_loss),
+        not left
+        for left in stats.left_chance([math.nan if v is None else float(v) for v in values], rule)
     ]
 
 
-_COLUMNS = ["final loss", "loss std", "test acc", "acc std", "diverged", "status"]
+def evaluate_claims(
+    declared: Sequence[stats.ClaimSpec], per_seed: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """``bnlab.lab.stats.evaluate_experiment`` with the declared whole-arm rule
+    (``CHANCE_RULE``): a claim one of whose arms is at chance in every seed, while the
+    other left chance in at least ``min_seeds``, is tested without the chance rule.
+    Each result gains ``whole_arm_at_chance`` (the arm, or None)."""
+    used, whole = [], []
+    for spec in declared:
+        arm_at = ref_at = None
+        if spec.chance is not None and spec.settings:
+            arms = per_seed[spec.settings[0]]
+            arm_at = _at_chance(arms[spec.arm][spec.chance.metric], spec.chance)
+            ref_at = _at_chance(arms[spec.reference][spec.chance.metric], spec.chance)
+        found = None
+        if arm_at is not None and ref_at is not None:
+            if all(ref_at) and ref_at and arm_at.count(False) >= spec.min_seeds:
+                found = spec.reference
+            elif all(arm_at) and arm_at and ref_at.count(False) >= spec.min_seeds:
+                found = spec.arm
+        whole.append(found)
+        used.append(dataclasses.replace(spec, chance=None) if found else spec)
+    evaluated = stats.evaluate_experiment(used, per_seed)
+    for e, found in zip(evaluated, whole, strict=True):
+        e["whole_arm_at_chance"] = found
+        if found:
+            e["text"] += (
+                f"; {found} never left chance in any seed (at its best lr of the grid): "
+                "tested on the values as measured"
+            )
+    return evaluated
 
 
-def summarize(config: DepthConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
-    """The table by depth, network and norm, the two verdicts, two figures."""
-    raw = _raw(config, run, _sizes(config, ctx.data))
-    cells, curves = raw["cells"], raw["curves"]
-    rules = [(PLAIN_CLAIM, plain_rule, _plain_measured), (SKIP_CLAIM, skip_rule, _skip_measured)]
-    verdicts, _ = apply_rules({"raw": raw}, rules)
-    rows = [
-        [depth, arch_label, label, *_row(config, cells, arch=arch, variant=variant, depth=depth)]
-        for depth in config.depths
-        for arch, arch_label in ARCHS.items()
-        for variant, label in VARIANTS.items()
-    ]
+def rule_of(name: str) -> Any:
+    """The claims-table rule of claim ``name``: :func:`evaluate_claims` over the specs
+    and per-seed numbers stored in ``results["raw"]``."""
+
+    def rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        raw = results["raw"]
+        declared = [spec_from_record(r) for r in raw["specs"]]
+        found = {e["claim"]: e for e in evaluate_claims(declared, raw["per_seed"])}[name]
+        return found, found["verdict"]
+
+    return rule
+
+
+# --- the summary ---------------------------------------------------------------------
+
+
+def _fmt(x: Any, spec: str = "+.3f") -> str | None:
+    return None if x is None else format(x, spec)
+
+
+def summarize(
+    config: DepthConfig,
+    ctx: LabContext,
+    run: GridRun,
+    tuning: Mapping[str, Mapping[str, Mapping[float, Any]]],
+    lrs: Mapping[str, Mapping[str, float | None]],
+) -> LabOutcome:
+    """Tuning, per-arm numbers by depth, the claims with intervals, two figures."""
+    per_seed = per_seed_views(config, run)
+    declared = specs(config)
+    evaluated = evaluate_claims(declared, per_seed)
+    chance = declared[0].chance
+    assert chance is not None
+    at_chance = {
+        f"d{d}": {arm: _at_chance(per_seed[f"d{d}"][arm][PRIMARY], chance) for arm in ARMS}
+        for d in config.depths
+    }
+    raw = {
+        "per_seed": per_seed,
+        "specs": [spec_record(s) for s in declared],
+        "claims": evaluated,
+        "tuning": {
+            d: {arm: {repr(lr): v for lr, v in by.items()} for arm, by in arms.items()}
+            for d, arms in tuning.items()
+        },
+        "tune_rule": TUNE_RULE.format(
+            lrs="/".join(f"{lr:g}" for lr in config.lrs),
+            window=config.window,
+            seed=config.tune_seed,
+        ),
+        "chance_rule": CHANCE_RULE.format(tol=config.chance_tolerance, min_seeds=config.min_seeds),
+        "lr": {d: dict(by) for d, by in lrs.items()},
+        "at_chance": at_chance,
+        "curves": {
+            f"d{d}": {
+                arm: [r.get("curve") or [] for r in run.select(setting=d, variant=arm)]
+                for arm in ARMS
+            }
+            for d in config.depths
+        },
+        "curve_every": config.curve_every,
+    }
+    verdicts, _ = kit.apply_rules({"raw": raw}, CLAIMS)
+    edge = {min(config.lrs), max(config.lrs)}
     tables = [
         Table(
-            "Final training loss and test accuracy by depth (mean, std over seeds; "
-            "the same budget for every model)",
-            ["depth", "network", "norm", *_COLUMNS],
-            rows,
-        )
-    ]
-    lines = {f"{ARCHS[a]}, {label}": (a, v) for a in ARCHS for v, label in VARIANTS.items()}
-    panels = {
-        f"depth {depth}": {
-            name: curves.get(_curve_key(a, v, depth), []) for name, (a, v) in lines.items()
-        }
-        for depth in config.depths
-    }
-    plot_depth_curves(
-        panels,
-        ctx.out_dir / "depth_curves.png",
-        smooth=config.smooth,
-        title="Training loss per step, plain CNN vs ResNet, with and without BN",
-    )
-    series = {
-        name: {
-            "x": list(config.depths),
-            "runs": [
+            f"Learning-rate tuning: final training loss on tuning seed {config.tune_seed} "
+            "(the lowest is chosen; '*' marks a choice at the edge of the grid)",
+            ["depth", "arm", *(f"lr={lr:g}" for lr in config.lrs), "chosen lr"],
+            [
                 [
-                    _first(pick(cells, "test_acc", arch=a, variant=v, depth=d, seed=s))
-                    for d in config.depths
+                    d,
+                    arm,
+                    *(kit.json_float(tuning[d][arm].get(float(lr))) for lr in config.lrs),
+                    None
+                    if lrs[d][arm] is None
+                    else f"{lrs[d][arm]:g}" + ("*" if lrs[d][arm] in edge else ""),
                 ]
-                for s in range(config.seeds)
+                for d in tuning
+                for arm in ARMS
             ],
-        }
-        for name, (a, v) in lines.items()
-    }
-    plot_depth_accuracy(
-        series,
-        ctx.out_dir / "depth_accuracy.png",
-        title="Final test accuracy against depth (same budget)",
-    )
+        ),
+        Table(
+            f"Per arm and depth, mean ± std over {config.seeds} seeds at the tuned lr: final "
+            f"training loss (primary; mean of the last {config.window} mini-batch losses, lr "
+            "near 0), test accuracy (%) and loss on the full test set (shown)",
+            ["depth", "arm", "lr", "final train loss", "test acc %", "test loss", "at chance"],
+            [
+                [
+                    f"d{d}",
+                    arm,
+                    lrs[f"d{d}"][arm],
+                    kit.mean_std_cell(m[PRIMARY]),
+                    kit.mean_std_cell(m["test_acc"]),
+                    kit.mean_std_cell(m["test_loss"]),
+                    f"{sum(at_chance[f'd{d}'][arm])}/{len(m[PRIMARY])}",
+                ]
+                for d in config.depths
+                for arm, m in per_seed[f"d{d}"].items()
+            ],
+        ),
+        Table(
+            "Claims (declared before the run; final training loss, paired t, Holm over the "
+            f"five, TOST at ±{config.margin:g} nats)",
+            ["claim", "setting", "arm - reference", "diff", "95% CI", "p (Holm)", "n", "verdict"],
+            [
+                [
+                    e["claim"],
+                    row["setting"],
+                    f"{e['arm']} - {e['reference']}",
+                    _fmt(row.get("diff")),
+                    None
+                    if row.get("ci_low") is None
+                    else f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]",
+                    None if row.get("p_holm") is None else f"{row['p_holm']:.3g}",
+                    row["n"],
+                    e["verdict"] + (" (whole arm at chance)" if e["whole_arm_at_chance"] else ""),
+                ]
+                for e in evaluated
+                for row in e["settings"]
+            ],
+        ),
+    ]
+    _figures(config, ctx, per_seed, raw["curves"])
     return LabOutcome(
         tables=tables,
         verdicts=verdicts,
         figures=[
             Figure(
-                "depth_curves.png",
-                f"Training loss per step (moving mean of {config.smooth} steps, mean over "
-                "seeds), one panel per depth: plain CNN and ResNet, with and without BN; "
-                "dashed: ln 10, the loss of a uniform guess; a diverging run leaves the top of "
-                "its panel (y axis cut at 3.5).",
+                "depth_loss.png",
+                "Final training loss (the primary metric) against depth, per arm at its tuned "
+                "lr: mean over seeds, band = min..max; dashed: ln 10, a uniform guess.",
             ),
             Figure(
-                "depth_accuracy.png",
-                "Final test accuracy against depth: mean over seeds, band = min..max; "
-                "dashed: chance.",
+                "depth_curves.png",
+                f"Training loss (mean of every {config.curve_every} steps, mean over seeds) "
+                "against the step, one panel per depth, each arm at its tuned lr; the lr "
+                "decays linearly to 0; dashed: ln 10.",
             ),
         ],
         raw=raw,
-        notes=[raw["budget"], raw["stuck_rule"], raw["divergence_rule"]],
+        notes=[
+            _design_note(config),
+            raw["tune_rule"],
+            raw["chance_rule"],
+        ],
     )
 
 
-def _first(values: list[float]) -> float | None:
-    if not values or not math.isfinite(values[0]):
-        return None
-    return values[0]
-
-
-def _mean(cells: Sequence[Mapping[str, Any]], metric: str, **where: Any) -> float | None:
-    """The mean over seeds of ``metric`` of the matching cells (None without a finite value)."""
-    return mean_std(pick(cells, metric, **where))[0]
-
-
-def _statuses(raw: Mapping[str, Any], arch: str, variant: str) -> dict[int, str]:
-    cells = raw["cells"]
-    stuck_loss = float(raw["stuck_loss"])
-    return {
-        int(d): _setting_status(_select(cells, arch=arch, variant=variant, depth=d), stuck_loss)
-        for d in raw["depths"]
-    }
-
-
-def plain_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """The verdict for "without BN, the plain network stops training as depth grows"."""
-    raw = results["raw"]
-    depths = [int(d) for d in raw["depths"]]
-    none = _statuses(raw, "plain", "none")
-    bn = _statuses(raw, "plain", "bn")
-    low, high = min(depths), max(depths)
-    stuck_from = next((d for d in depths if none[d] == "stuck"), None)
-    cells = raw["cells"]
-    evidence = {
-        "plain_none_status": {str(d): none[d] for d in depths},
-        "plain_bn_status": {str(d): bn[d] for d in depths},
-        "first_stuck_depth_none": stuck_from,
-        "largest_depth": high,
-        **{
-            f"{metric}_{variant}_at_largest": _mean(
-                cells, metric, arch="plain", variant=variant, depth=high
-            )
-            for metric in ("final_loss", "test_acc")
-            for variant in ("none", "bn")
-        },
-        "stuck_loss": raw["stuck_loss"],
-    }
-    if none[high] == "trains" or bn[high] == "stuck":
-        return evidence, "not supported"
-    supported = none[high] == "stuck" and none[low] == "trains" and bn[high] == "trains"
-    return evidence, "supported" if supported else "mixed"
-
-
-def _plain_measured(evidence: Mapping[str, Any]) -> str:
-    def fmt(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
-    high = evidence["largest_depth"]
+def _design_note(config: DepthConfig) -> str:
     return (
-        "plain CNN without BN by depth: "
-        + ", ".join(f"{d} {s}" for d, s in evidence["plain_none_status"].items())
-        + f"; at depth {high} final loss {fmt(evidence['final_loss_none_at_largest'])} "
-        f"without BN vs {fmt(evidence['final_loss_bn_at_largest'])} with BN, test acc "
-        f"{fmt(evidence['test_acc_none_at_largest'])} vs {fmt(evidence['test_acc_bn_at_largest'])}"
+        f"Design: He et al.'s CIFAR layout (6n + 2 weight layers), width {config.width} "
+        f"(channels {config.width}/{2 * config.width}/{4 * config.width}), Fashion-MNIST at "
+        f"{config.image_size}x{config.image_size}, standardized; SGD batch {config.batch}, "
+        f"momentum {config.momentum:g}, {config.steps} steps, lr decayed linearly to 0, no "
+        f"weight decay; BN = norm {config.norm!r}; seeds 0..{config.seeds - 1} paired (same "
+        "data order in every arm)."
     )
 
 
-def skip_rule(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """The verdict for "skip connections matter at depth (with BN)"."""
-    raw = results["raw"]
-    cells = raw["cells"]
-    depths = [int(d) for d in raw["depths"]]
-    min_effect = float(raw["min_effect"])
-    by_depth: dict[str, Any] = {}
-    for d in (min(depths), max(depths)):
-        res = pick(cells, "final_loss", arch="resnet", variant="bn", depth=d)
-        pln = pick(cells, "final_loss", arch="plain", variant="bn", depth=d)
-        try:
-            c = compare(pln, res, min_effect=min_effect)
-            entry = {"diff": c.diff, "se": c.se, "direction": c.direction}
-        except ValueError:
-            entry = {"diff": None, "se": None, "direction": "unclear"}
-        for arch in ("resnet", "plain"):
-            entry[f"{arch}_loss"] = _mean(cells, "final_loss", arch=arch, variant="bn", depth=d)
-            entry[f"{arch}_acc"] = _mean(cells, "test_acc", arch=arch, variant="bn", depth=d)
-        by_depth[str(d)] = entry
-    top = by_depth[str(max(depths))]
-    evidence = {"largest_depth": max(depths), "by_depth": by_depth, "min_effect": min_effect}
-    if top["direction"] == "greater":
-        return evidence, "supported"
-    small = top["diff"] is not None and abs(top["diff"]) <= min_effect
-    return evidence, "not supported" if top["direction"] == "less" or small else "mixed"
+def _figures(
+    config: DepthConfig,
+    ctx: LabContext,
+    per_seed: Mapping[str, Any],
+    curves: Mapping[str, Mapping[str, list[list[Any]]]],
+) -> None:
+    series = {
+        ARM_LABELS[arm]: {
+            "x": list(config.depths),
+            "runs": [
+                [per_seed[f"d{d}"][arm][PRIMARY][s] for d in config.depths]
+                for s in range(config.seeds)
+            ],
+        }
+        for arm in ARMS
+    }
+    plot_sweep(
+        series,
+        ctx.out_dir / "depth_loss.png",
+        xlabel="depth (weight layers)",
+        ylabel="final training loss",
+        title="Final training loss against depth, each arm at its tuned lr",
+        log_x=False,
+        hline=CHANCE_LOSS,
+        hline_label="ln 10 (chance)",
+    )
+    plot_depth_curves(
+        {
+            f"depth {d[1:]}": {ARM_LABELS[arm]: runs for arm, runs in by_arm.items()}
+            for d, by_arm in curves.items()
+        },
+        ctx.out_dir / "depth_curves.png",
+        smooth=1,
+        every=config.curve_every,
+        title="Training loss per step, plain vs ResNet, with and without BN (tuned lrs)",
+    )
 
 
-def _skip_measured(evidence: Mapping[str, Any]) -> str:
-    def fmt(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
+def _measured(e: Mapping[str, Any]) -> str:
+    return e["text"].removeprefix(f"{e['verdict']}: ")
 
-    parts = []
-    for d, e in evidence["by_depth"].items():
-        diff = "n/a" if e["diff"] is None else f"{e['diff']:+.3f}"
-        parts.append(
-            f"depth {d}: final loss plain {fmt(e['plain_loss'])} vs ResNet "
-            f"{fmt(e['resnet_loss'])} (difference {diff}, standard error {fmt(e['se'])}); "
-            f"test acc plain {fmt(e['plain_acc'])} vs ResNet {fmt(e['resnet_acc'])}"
-        )
-    return "with BN, " + "; ".join(parts)
 
+RULE_TEXT = (
+    "declared ClaimSpec (bnlab.lab.stats): primary metric the final training loss (mean of the "
+    "last 50 mini-batch losses, lr decayed linearly to 0 over 600 steps), each (arm, depth) at "
+    "its lr from the grid 0.01/0.03/0.1/0.3 chosen on tuning seed 1000, paired by seed, Holm "
+    "over the experiment's five claims, TOST margin ±0.05 nats, at least 5 seeds; runs within "
+    "0.05 of ln 10 (or diverged) excluded, except that an arm at chance in every seed while "
+    "the other left chance is the outcome, tested on the values as measured. "
+)
+
+_HE = (
+    "He, Zhang, Ren & Sun 2016, 'Deep Residual Learning for Image Recognition', arXiv "
+    "1512.03385, section 4.2, figure 6"
+)
+_HE_SETTING = (
+    "CIFAR-10, plain and residual nets of 20/32/44/56 layers (and ResNet-110) with BN, SGD "
+    "batch 128, lr 0.1 divided by 10 at 32k and 48k of 64k iterations, weight decay 1e-4"
+)
+_OURS = (
+    "ours: width 8 (a half of the paper's), 14x14 Fashion-MNIST, 0.64 epoch (600 steps of "
+    "64) with the lr decayed to 0, no weight decay, depths 20 and 56 on the CPU (110 only in "
+    "the cuda profile)"
+)
+
+CLAIMS = kit.register_claims(
+    "depth",
+    kit.ClaimRule(
+        "bn-trains-deep-plain",
+        "BN makes deep plain networks trainable: at 56 layers the plain network with BN "
+        f"reaches a lower training loss than without BN, each at its best lr ({PLAIN_SENTENCE})",
+        PLAIN_SOURCE,
+        RULE_TEXT + "Setting d56, arm plain-bn against plain-none, direction lower.",
+        rule_of("bn-trains-deep-plain"),
+        _measured,
+        sentence=PLAIN_SENTENCE,
+        literature=Literature(
+            "He, Zhang, Ren & Sun 2015, 'Delving Deep into Rectifiers', arXiv 1502.01852, "
+            "section 2.2 and figure 3; " + _HE,
+            "plain ReLU nets on ImageNet without BN (22 and 30 layers); plain CIFAR nets "
+            "with BN up to 56 layers",
+            "without BN a 30-layer plain net trains only with their Kaiming init (Xavier "
+            "stalls), and a deeper one was not better; with BN, plain-56 trains (higher "
+            "training error than plain-20, but far below chance); unverified: exact errors",
+            "supported",
+            _OURS + "; no paper reports plain-56 without BN at each one's best lr",
+        ),
+    ),
+    kit.ClaimRule(
+        "skip-connections-matter-at-depth",
+        "Skip connections matter at depth: with BN, the 56-layer ResNet reaches a lower "
+        f"training loss than the 56-layer plain network ({SKIP_SENTENCE})",
+        SKIP_SOURCE,
+        RULE_TEXT + "Setting d56, arm resnet-bn against plain-bn, direction lower.",
+        rule_of("skip-connections-matter-at-depth"),
+        _measured,
+        sentence=SKIP_SENTENCE,
+        literature=Literature(
+            _HE,
+            _HE_SETTING,
+            "ResNet-56 trains to a lower training error than plain-56 over the whole run "
+            "(figure 6); test error ResNet-56 6.97 %, ResNet-110 6.43 % (table 6)",
+            "supported",
+            _OURS,
+        ),
+    ),
+    kit.ClaimRule(
+        "no-bn-plain-stops-training-with-depth",
+        "Without BN, the plain network trains worse as depth grows: plain-56 without BN "
+        f"reaches a higher training loss than plain-20 without BN ({PLAIN_SENTENCE})",
+        PLAIN_SOURCE,
+        RULE_TEXT + "Setting plain-none, arm d56 against d20, direction higher.",
+        rule_of("no-bn-plain-stops-training-with-depth"),
+        _measured,
+        sentence=PLAIN_SENTENCE,
+        literature=Literature(
+            "He, Zhang, Ren & Sun 2015, 'Delving Deep into Rectifiers', arXiv 1502.01852, "
+            "section 2.2 and figure 3",
+            "plain ReLU nets on ImageNet without BN, Kaiming or Xavier init",
+            "a 30-layer plain net converges with the Kaiming init and stalls with Xavier's; "
+            "deeper plain nets were not more accurate (unverified: exact numbers)",
+            "supported",
+            _OURS,
+        ),
+    ),
+    kit.ClaimRule(
+        "deeper-plain-degrades-with-bn",
+        "The degradation problem: even with BN, the 56-layer plain network reaches a higher "
+        "training loss than the 20-layer one",
+        FROM_LITERATURE,
+        RULE_TEXT + "Setting plain-bn, arm d56 against d20, direction higher.",
+        rule_of("deeper-plain-degrades-with-bn"),
+        _measured,
+        literature=Literature(
+            _HE,
+            _HE_SETTING,
+            "plain-56 has a higher training error than plain-20 throughout training, with BN "
+            "(figure 6, left); the gap is not vanishing gradients, BN keeps the signals' "
+            "variance non-zero (section 4.1)",
+            "supported",
+            _OURS,
+        ),
+    ),
+    kit.ClaimRule(
+        "residual-needs-bn-at-depth",
+        "Deep residual networks need BN: at 56 layers the ResNet without BN (Fixup-like zero "
+        "init) reaches a higher training loss than with BN, each at its best lr",
+        FROM_LITERATURE,
+        RULE_TEXT + "Setting d56, arm resnet-fixup against resnet-bn, direction higher.",
+        rule_of("residual-needs-bn-at-depth"),
+        _measured,
+        literature=Literature(
+            "Zhang, Dauphin & Ma 2019, 'Fixup Initialization: Residual Learning Without "
+            "Normalization', arXiv 1901.09321",
+            "ResNets on CIFAR-10 and ImageNet (and up to 10,000 layers) without normalization, "
+            "Fixup init with scalar multipliers and biases",
+            "Fixup trains as stably as BN at the same lr, even at 10,000 layers, and with "
+            "regularization matches BN's test accuracy (unverified: the CIFAR-10 numbers)",
+            "refuted",
+            _OURS + "; our Fixup-like init has rules 1 and 2 only (no scalar multipliers or "
+            "biases, which Zhang et al. need to match BN's training speed)",
+        ),
+    ),
+)
 
 SPEC = register_lab(
-    grid_lab(
+    LabSpec(
         name="depth",
-        title="Depth: plain CNN vs ResNet, with and without BN",
+        title="Depth: plain vs ResNet, with and without BN, each at its tuned lr",
         summary=(
-            "Tests 'without BN, the plain network stops training as depth grows' and "
-            "'skip connections matter at depth': He et al.'s CIFAR layout (6n + 2 weight "
-            "layers) as a plain CNN and as a ResNet, at depths 8, 20 and 44, with BN "
-            "(norm 'torch') and without, 2 seeds (the CPU budget allows no more), all with "
-            "the same budget: 60 SGD steps of 64 images (3840 training images seen once), "
-            "momentum 0.9, lr 0.05 for every model (no tuning), Kaiming-normal "
-            "initialisation, width 8 (channels 8/16/32) on 28x28 inputs; per-step training "
-            "loss curves, final loss (mean of the last 10 steps) and test accuracy on 500 "
-            "test images. A short-training view: it shows which networks start to train at "
-            "all, not the accuracy they would reach."
+            "Tests 'BN makes deep plain nets trainable' and 'skip connections matter at depth' "
+            "(the seeds), 'without BN, deeper plain nets train worse', the degradation problem "
+            "with BN (He et al.) and 'deep ResNets need BN' (Fixup's question): He et al.'s "
+            "CIFAR layout at 20 and 56 layers, plain and residual, with BN and without (the "
+            "ResNet without BN with a Fixup-like zero init), width 8, Fashion-MNIST at 14x14, "
+            "600 SGD steps of 64 with the lr decayed to 0, each (arm, depth) at its best lr of "
+            "0.01/0.03/0.1/0.3 on a separate tuning seed; 5 paired seeds; primary metric the "
+            "final training loss, test accuracy on the full test set shown; paired t, Holm, "
+            "TOST margin 0.05 nats. --device cuda --set profile=cuda: depths 20/56/110, "
+            "width 16, 28x28, 10 seeds."
         ),
         config_type=DepthConfig,
-        grid=grid,
-        measure=measure,
-        summarize=summarize,
-        prepare=prepare,
-        full_time=(
-            "16.5 min on the shared 2-core CPU machine under load 8-11 (--threads 1; "
-            "4 min 48 s + 11 min 41 s, stopped once and resumed; the 24 runs' own times "
-            "sum to 939 s: about 20 s per depth-8 run, 50 s per depth-20, 65-75 s per "
-            "depth-44)"
-        ),
-    )
-)
-
-register_claim(
-    Claim(
-        key="no-bn-plain-stops-training-with-depth",
-        claim=PLAIN_CLAIM,
-        source=PLAIN_SOURCE,
-        experiment="depth",
-        rule_text=(
-            "A run is stuck when it diverged (NaN/inf loss, or its mean training loss above its "
-            "first batch's) or its final training loss (mean of its last steps) is above "
-            "stuck_loss (2.0; ln 10 = 2.303 is chance); a (network, norm, depth) is stuck when "
-            "every seed is, trains when no seed is, partly stuck otherwise. supported: the plain "
-            "CNN without BN is stuck at the largest depth and trains at the smallest, and the "
-            "plain CNN with BN trains at the largest depth. not supported: the plain CNN without "
-            "BN trains at the largest depth, or the plain CNN with BN is stuck there too. mixed "
-            "otherwise (partly stuck, or stuck already at the smallest depth)."
-        ),
-        rule=plain_rule,
-    )
-)
-register_claim(
-    Claim(
-        key="skip-connections-matter-at-depth",
-        claim=SKIP_CLAIM,
-        source=SKIP_SOURCE,
-        experiment="depth",
-        rule_text=(
-            "With BN, compare the final training loss (mean of the last steps) of the plain CNN "
-            "and of the ResNet at the largest depth over seeds (Welch difference plain - ResNet; "
-            "it counts when it exceeds twice its standard error and min_effect, 0.05; with one "
-            "seed a side, min_effect alone). The training loss, not the test accuracy, because the "
-            "claim is about training deep networks, and after a short training the test accuracy "
-            "in eval mode also carries the lag of BN's running averages. supported: the ResNet's "
-            "loss is lower. not supported: the plain CNN's is lower, or the difference is below "
-            "min_effect. mixed: a difference above min_effect that the seeds do not separate (or "
-            "no finite loss on a side). The same comparison at the smallest depth, and the test "
-            "accuracies, are reported as context."
-        ),
-        rule=skip_rule,
+        run=run,
+        needs_data=True,
+        full_time="(to be measured)",
     )
 )

@@ -30,15 +30,24 @@ Weights are drawn Kaiming-normal (fan-out, ReLU) for convolutions at constructio
 convolution and linear weight and leaves the norms alone, so ``zero_init_residual``
 survives it.
 
+Without a norm, ``cifar_resnet(..., fixup_init=True)`` starts the network as Fixup's
+first two rules do (Zhang, Dauphin & Ma 2019): the last convolution of every residual
+branch and the linear layer start at zero, and the branch's other convolution is scaled
+by ``L ** -0.5`` (``L`` residual branches of two layers each), so every block starts as
+``relu(shortcut(x))`` and the output's variance does not grow with depth. Fixup's scalar
+multipliers and scalar biases are not added (the convolutions keep their own biases).
+
 Papers: He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition", arXiv
 1512.03385; Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour",
-arXiv 1706.02677 (zero-initialised last norm of each residual block).
+arXiv 1706.02677 (zero-initialised last norm of each residual block); Zhang, Dauphin &
+Ma, "Fixup Initialization: Residual Learning Without Normalization", arXiv 1901.09321.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -49,6 +58,7 @@ __all__ = [
     "SHORTCUTS",
     "BasicBlock",
     "ResNet",
+    "apply_fixup_init",
     "cifar_resnet",
     "resnet18",
     "resnet20",
@@ -281,6 +291,35 @@ def _zero_init(owner: str, norm: str, model: nn.Module) -> None:
         )
 
 
+def apply_fixup_init(model: ResNet) -> int:
+    """Fixup's initialisation rules 1 and 2 (Zhang et al. 2019) on a ResNet of ``BasicBlock``.
+
+    The linear layer and the last convolution of every residual branch (weights and
+    biases) are set to zero; the branch's first convolution is multiplied by
+    ``L ** (-1 / (2m - 2)) = L ** -0.5`` (``m = 2`` layers per branch, ``L`` branches).
+    Other layers keep their (Kaiming) weights.
+
+    Returns:
+        ``L``, the number of residual branches.
+
+    Raises:
+        ValueError: the model has no ``BasicBlock``.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    if not blocks:
+        raise ValueError("apply_fixup_init: the model has no BasicBlock (residual branch)")
+    scale = len(blocks) ** -0.5
+    with torch.no_grad():
+        for block in blocks:
+            block.conv1.weight.mul_(scale)
+            nn.init.zeros_(block.conv2.weight)
+            if block.conv2.bias is not None:
+                nn.init.zeros_(block.conv2.bias)
+        nn.init.zeros_(model.fc.weight)
+        nn.init.zeros_(model.fc.bias)
+    return len(blocks)
+
+
 def resnet18(
     norm: str = "none",
     *,
@@ -381,6 +420,7 @@ def cifar_resnet(
     shortcut: str = "pad",
     zero_init_residual: bool = False,
     conv_bias: bool | None = None,
+    fixup_init: bool = False,
 ) -> ResNet:
     """The CIFAR ResNet of He et al. (section 4.2) with ``depth = 6n + 2`` weight layers.
 
@@ -399,6 +439,8 @@ def cifar_resnet(
             ``"conv"`` (1x1 convolution) where the shape changes.
         zero_init_residual: start each block's last norm with scale 0.
         conv_bias: convolution biases; None (default) means only with ``norm="none"``.
+        fixup_init: with ``norm="none"`` only, Fixup's zero initialisation
+            (:func:`apply_fixup_init`): the no-norm ResNet that trains at depth.
 
     Shape:
         input ``(N, in_channels, H, W)``, e.g. ``(N, 1, 28, 28)``; output
@@ -407,7 +449,7 @@ def cifar_resnet(
     Raises:
         ValueError: unknown norm or shortcut, depth not ``6n + 2`` or below 8, a size
             that is not positive, ``zero_init_residual=True`` with a norm without a
-            trainable scale.
+            trainable scale, ``fixup_init=True`` with a norm.
         TypeError: a size that is not an int, a flag that is not a bool.
     """
     owner = f"resnet{depth}" if isinstance(depth, int) else "cifar_resnet"
@@ -424,6 +466,11 @@ def cifar_resnet(
             f"{owner}: unknown shortcut {shortcut!r}; choose one of: {', '.join(SHORTCUTS)}"
         )
     _check_bool(owner, "zero_init_residual", zero_init_residual)
+    if _check_bool(owner, "fixup_init", fixup_init) and norm != NONE:
+        raise ValueError(
+            f"{owner}: fixup_init=True is the initialisation of a ResNet without a norm, "
+            f"got norm {norm!r}; use norm='none', or zero_init_residual=True with a norm"
+        )
     bias = resolve_conv_bias(owner, norm, conv_bias)
 
     def block(cin: int, cout: int, stride: int) -> nn.Module:
@@ -435,6 +482,8 @@ def cifar_resnet(
     kaiming_init(model)
     if zero_init_residual:
         _zero_init(owner, norm, model)
+    if fixup_init:
+        apply_fixup_init(model)
     return model
 
 

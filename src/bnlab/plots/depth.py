@@ -1,4 +1,6 @@
-"""Figures of the depth experiment: loss curves per depth, final accuracy against depth.
+"""Figures of the depth experiment: training-loss curves, one panel per depth.
+
+The primary metric against depth is drawn by ``bnlab.plots.sweeps.plot_sweep``.
 
 Every function takes plain numbers read from a results file (lists and dicts), never
 models, and writes a PNG atomically.
@@ -13,9 +15,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from bnlab.plots._save import save_png
-from bnlab.plots.sweeps import plot_sweep
 
-__all__ = ["moving_average", "plot_depth_accuracy", "plot_depth_curves"]
+__all__ = ["moving_average", "plot_depth_curves"]
 
 
 def moving_average(values: Sequence[float | None], window: int) -> list[float]:
@@ -54,6 +55,7 @@ def plot_depth_curves(
     path: str | Path,
     *,
     smooth: int = 10,
+    every: int = 1,
     reference: float | None = math.log(10),
     reference_label: str = "ln 10 (chance)",
     ymax: float | None = 3.5,
@@ -66,7 +68,9 @@ def plot_depth_curves(
             seed's curve is smoothed with ``moving_average(smooth)`` and the line is
             their mean.
         path: the PNG to write.
-        smooth: the moving-average window in steps.
+        smooth: the moving-average window, in points of the curves.
+        every: steps per point of the curves (a curve thinned to the mean of every
+            ``every`` steps); the x axis shows steps.
         reference: a horizontal line (the loss of a uniform guess over 10 classes), or None.
         ymax: the top of the y axis (a diverging run's loss leaves the panel there, so
             that it does not squash the other curves); None: matplotlib's choice.
@@ -89,7 +93,7 @@ def plot_depth_curves(
         ax = axes[k // cols][k % cols]
         for label, runs in lines.items():
             curve = _mean_curve([moving_average(r, smooth) for r in runs])
-            ax.plot(range(1, len(curve) + 1), curve, label=label, linewidth=1.3)
+            ax.plot([every * (i + 1) for i in range(len(curve))], curve, label=label, linewidth=1.3)
         if reference is not None:
             ax.axhline(reference, color="gray", linestyle="--", linewidth=1, label=reference_label)
         if ymax is not None:
@@ -97,7 +101,7 @@ def plot_depth_curves(
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("step")
         if k % cols == 0:
-            ax.set_ylabel(f"training loss (mean of {smooth} steps)")
+            ax.set_ylabel(f"training loss (mean of {smooth * every} steps)")
         ax.grid(True, alpha=0.3)
     for k in range(n, rows * cols):
         axes[k // cols][k % cols].set_visible(False)
@@ -106,32 +110,3 @@ def plot_depth_curves(
         fig.suptitle(title)
     fig.tight_layout()
     return save_png(fig, path)
-
-
-def plot_depth_accuracy(
-    series: Mapping[str, Mapping[str, Sequence[float | None]]],
-    path: str | Path,
-    *,
-    chance: float = 0.1,
-    title: str = "",
-) -> Path:
-    """Final test accuracy against depth, one line per variant (mean, band = min..max).
-
-    Args:
-        series: ``{label: {"x": depths, "runs": [[accuracy per depth] per seed]}}``.
-        path: the PNG to write.
-        chance: drawn as a dashed line.
-
-    Returns:
-        The path written.
-    """
-    return plot_sweep(
-        series,
-        path,
-        xlabel="depth (weight layers)",
-        ylabel="final test accuracy",
-        title=title,
-        log_x=False,
-        hline=chance,
-        hline_label=f"chance {chance:g}",
-    )
