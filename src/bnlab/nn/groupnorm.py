@@ -16,12 +16,13 @@ from torch import Tensor, nn
 
 from bnlab.autograd.group_norm import group_norm
 from bnlab.functional.batch_norm import check_eps
-from bnlab.nn._base import non_tensor_call, torch_twin
+from bnlab.nn._base import non_tensor_call
+from bnlab.nn._twin import ScriptedAsTorchTwin
 
 __all__ = ["GroupNorm"]
 
 
-class GroupNorm(nn.GroupNorm):
+class GroupNorm(ScriptedAsTorchTwin, nn.GroupNorm):
     """Group norm: each sample's group of channels is normalized over it and all spatial dims.
 
     Args:
@@ -64,10 +65,6 @@ class GroupNorm(nn.GroupNorm):
             )
         check_eps(eps, name)
         super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
-
-    def __prepare_scriptable__(self) -> nn.Module:
-        # torch.jit.script compiles torch's layer in its place (same parameters, same map).
-        return torch_twin(self)
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):

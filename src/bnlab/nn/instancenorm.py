@@ -31,12 +31,13 @@ from torch.nn.modules.instancenorm import _InstanceNorm as _TorchInstanceNorm
 
 from bnlab.autograd.group_norm import instance_norm
 from bnlab.functional.norms import check_floating_input
-from bnlab.nn._base import _NormBase, non_tensor_call, torch_twin
+from bnlab.nn._base import _NormBase, non_tensor_call
+from bnlab.nn._twin import ScriptedAsTorchTwin
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
 
-class _InstanceNorm(_NormBase, _TorchInstanceNorm):
+class _InstanceNorm(ScriptedAsTorchTwin, _NormBase, _TorchInstanceNorm):
     """Instance norm over the spatial dims of each ``(sample, channel)``.
 
     Args:
@@ -85,10 +86,6 @@ class _InstanceNorm(_NormBase, _TorchInstanceNorm):
                 f"{self._no_batch_dim + 1}D input {self._layout}, "
                 f"got {x.dim()}D input of shape {tuple(x.shape)}"
             )
-
-    def __prepare_scriptable__(self) -> nn.Module:
-        # torch.jit.script compiles torch's layer in its place (same parameters, same map).
-        return torch_twin(self)
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):

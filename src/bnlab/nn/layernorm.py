@@ -18,12 +18,13 @@ from torch import Tensor, nn
 
 from bnlab.autograd.layer_norm import layer_norm
 from bnlab.functional.batch_norm import check_eps
-from bnlab.nn._base import non_tensor_call, torch_twin
+from bnlab.nn._base import non_tensor_call
+from bnlab.nn._twin import ScriptedAsTorchTwin
 
 __all__ = ["LayerNorm"]
 
 
-class LayerNorm(nn.LayerNorm):
+class LayerNorm(ScriptedAsTorchTwin, nn.LayerNorm):
     """Layer norm over the trailing ``normalized_shape`` dims of each sample.
 
     Args:
@@ -63,10 +64,6 @@ class LayerNorm(nn.LayerNorm):
             )
         check_eps(eps, name)
         super().__init__(shape, eps, elementwise_affine, bias, device, dtype)
-
-    def __prepare_scriptable__(self) -> nn.Module:
-        # torch.jit.script compiles torch's layer in its place (same parameters, same map).
-        return torch_twin(self)
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):

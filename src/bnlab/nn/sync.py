@@ -13,6 +13,7 @@ all-gather of ``2 * C + 1`` float64 values per rank in forward, one all-reduce o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,30 +23,15 @@ from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from bnlab.autograd.sync_batch_norm import ProcessGroupCollectives, sync_batch_norm
-from bnlab.functional.batch_norm import check_input
-from bnlab.nn._base import non_tensor_call
-from bnlab.nn.batchnorm import (
-    BatchNorm1d,
-    BatchNorm2d,
-    BatchNorm3d,
-    LazyBatchNorm1d,
-    LazyBatchNorm2d,
-    LazyBatchNorm3d,
-    _BatchNorm,
-)
+from bnlab.functional.batch_norm import BatchNormOutput
+from bnlab.nn import batchnorm
+from bnlab.nn.batchnorm import _BatchNorm
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 
-# bnlab's plain batch norms (a lazy one only after its first input); their subclasses
-# (other maths) are not converted.
-_BNLAB_BATCHNORMS = (
-    BatchNorm1d,
-    BatchNorm2d,
-    BatchNorm3d,
-    LazyBatchNorm1d,
-    LazyBatchNorm2d,
-    LazyBatchNorm3d,
-)
+# bnlab's plain batch norms, the classes bnlab.nn.batchnorm exports (a lazy one only
+# after its first input); their subclasses (other maths) are not converted.
+_BNLAB_BATCHNORMS = tuple(getattr(batchnorm, name) for name in batchnorm.__all__)
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -137,43 +123,28 @@ class SyncBatchNorm(_BatchNorm):
             return 1
         return dist.get_world_size(self.process_group)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            return non_tensor_call(self, x)  # torch.fx tracing: one call_module node
+    def _variant(
+        self, *, training: bool, name: str
+    ) -> tuple[Callable[..., BatchNormOutput], dict[str, Any]] | None:
+        # BatchNorm's forward (checks, buffers, copying the new statistics back); with
+        # more than one rank, the statistics of the global batch.
         if self._sync_world_size() <= 1:
-            return super().forward(x)
-        name = type(self).__name__
-        self._check_input_dim(x)
-        check_input(x, self.num_features, name)
-        # As BatchNorm: the buffers are updated only while tracking (read at every call).
-        track = self.track_running_stats and self.running_mean is not None
-        running_mean = self.running_mean if track else None
-        running_var = self.running_var if track else None
-        num_batches_tracked = self.num_batches_tracked if track else None
-        result = sync_batch_norm(
-            x,
-            running_mean,
-            running_var,
-            self.weight,
-            self.bias,
-            momentum=self.momentum,
-            eps=self.eps,
-            num_batches_tracked=num_batches_tracked,
-            collectives=ProcessGroupCollectives(self.process_group),
-            name=name,
-        )
-        if running_mean is not None and result.running_mean is not running_mean:
-            with torch.no_grad():
-                running_mean.copy_(result.running_mean)
-                running_var.copy_(result.running_var)
-                if num_batches_tracked is not None:
-                    num_batches_tracked.copy_(result.num_batches_tracked)
-        return result.output
+            return None
+        return _sync_batch_norm_with, {"collectives": ProcessGroupCollectives(self.process_group)}
 
     @classmethod
     def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any = None) -> nn.Module:
         """:func:`convert_sync_batchnorm` (as ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``)."""
         return convert_sync_batchnorm(module, process_group)
+
+
+def _sync_batch_norm_with(
+    _train_forward: Any, x: Tensor, *args: Any, training: bool, eval_forward: Any, **kwargs: Any
+) -> BatchNormOutput:
+    """``sync_batch_norm`` in the ``norm_with(train_forward, x, ...)`` form that
+    ``_BatchNorm._variant`` returns: SyncBN has its own training forward, and it is called
+    in training only (``_sync_world_size``)."""
+    return sync_batch_norm(x, *args, **kwargs)
 
 
 def _is_convertible(module: nn.Module) -> bool:
