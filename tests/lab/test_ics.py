@@ -1,5 +1,8 @@
-"""``bnlab lab ics`` on tiny synthetic data: results, verdict rules, resume, figures, the
-measures against direct computations, hooks removed."""
+"""``bnlab lab ics`` (second edition): a tiny run end to end ("no verdict at this budget",
+figures, resume), each declared claim's rule on synthetic per-seed numbers whose verdict
+is known (clear effect, equivalence, noise, too few seeds, runs at chance), the
+matched-loss read-out, the lr choice, the measures against direct computations, hooks
+removed, config errors."""
 
 from __future__ import annotations
 
@@ -9,64 +12,75 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from _shared import hook_count, one_thread, small_data, spy_build_model  # noqa: F401 (fixture)
+from _shared import hook_count, one_thread  # noqa: F401 (fixture)
 from torch import nn
 
-from bnlab.lab import ics
-from bnlab.lab.claims import available_claims
+from bnlab.lab import ics, stats
+from bnlab.lab.claims import available_claims, spec_record
 from bnlab.lab.experiment import run_lab
-from bnlab.lab.kit import build_model, directions_verdict, plateau_notes
+from bnlab.lab.kit import build_model, directions_verdict, matched, plateau_notes
 from bnlab.lab.runner import Bench, Cell
 
 TINY = dataclasses.replace(
     ics.ICSConfig.quick(),
-    seeds=2,
-    train_size=96,
+    steps=(("relu", 6), ("sigmoid", 6)),
+    lrs=(0.3, 1.0),
+    batch=16,
+    train_size=64,
     test_size=32,
-    batch_size=16,
-    steps=4,
+    window=2,
+    loss_level=5.0,
+    read_steps=4,
     probe_every=2,
     probe_size=16,
-    grad_ics_every=2,
-    archs=("mlp-relu",),
-    noise_archs=("mlp-relu",),
+    grad_every=3,
 )
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    from conftest import make_fake_data
+
     out = tmp_path_factory.mktemp("ics") / "run"
-    return out, run_lab(ics.SPEC, TINY, out, data=small_data(), quick=True)
+    return out, run_lab(ics.SPEC, TINY, out, data=make_fake_data(64, 32), quick=True)
 
 
-def test_results_structure_and_figures(finished: tuple[Path, dict]) -> None:
+def test_quick_run_says_no_verdict(finished: tuple[Path, dict]) -> None:
     out, _ = finished
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["experiment"] == "ics"
-    per_seed = on_disk["raw"]["per_seed"]
-    assert set(per_seed) == {"mlp-relu"}
-    for variants in per_seed.values():
-        assert set(variants) == {"none", "bn", "bn-noise"}
-        for metrics in variants.values():
-            for key in ("drift", "grad_cos", "grad_rel", "grad_l2", "test_acc"):
-                assert len(metrics[key]) == TINY.seeds
-                assert all(v is not None and math.isfinite(v) for v in metrics[key])
+    raw = on_disk["raw"]
+    assert set(raw["per_seed"]) == {"relu", "sigmoid"}
+    for arms in raw["per_seed"].values():
+        assert set(arms) == set(ics.ARMS)
+        for metrics in arms.values():
+            assert len(metrics["final_test_acc"]) == TINY.seeds
+            assert all(0 <= v <= 100 for v in metrics["final_test_acc"])
+            # the loss level 5 is reached at the first step: every run has a read-out
+            assert metrics["steps_to_level"] == [1, 1]
+            assert all(v is not None for v in metrics["log_drift_at_loss"])
+    assert set(raw["lr"]["sigmoid"].values()) <= set(TINY.lrs)
+    assert set(raw["lr"]["relu"].values()) == {TINY.common_lr}
+    assert [s["name"] for s in raw["specs"]] == [c.key for c in ics.CLAIMS]
     assert len(on_disk["verdicts"]) == 3
-    # Each verdict is its rule's verdict on these numbers, and holds says the same.
-    for verdict, (_, rule) in zip(on_disk["verdicts"], ics.CLAIMS, strict=True):
-        expected = rule(on_disk)[1]
-        assert verdict["measured"].split(":")[0] == expected
-        assert verdict["holds"] == {"supported": True, "not supported": False}.get(expected)
-    assert [f["file"] for f in on_disk["figures"]] == ["ics_trajectories.png", "ics_gradient.png"]
+    for verdict, claim in zip(on_disk["verdicts"], ics.CLAIMS, strict=True):
+        expected = claim.rule(on_disk)[1]
+        assert expected == stats.NO_VERDICT
+        assert verdict["measured"].startswith(expected + ":")
+        assert verdict["holds"] is None
+    assert [f["file"] for f in on_disk["figures"]] == [
+        "ics_matched.png",
+        "ics_drift_vs_loss.png",
+        "ics_gradient.png",
+    ]
     for figure in on_disk["figures"]:
         assert (out / figure["file"]).stat().st_size > 1000
-    # Trajectories: one record per probe (steps 0, 2 and the end) for every watched layer.
-    unit = on_disk["raw"]["units"][0]
-    assert list(unit["trajectory"]) == ["fc2", "fc3", "out"]
-    assert [r["step"] for r in unit["trajectory"]["fc2"]] == [0, 2, 4]
-    assert set(unit["trajectory"]["fc2"][0]) >= {"mean", "var", "q05", "q50", "q95"}
+    units = sorted(p.name for p in (out / "units").iterdir())
+    assert len(units) == 2 * 3 + 2 * 3 * 2  # tuning (lr x arm) + measured
+    assert "tune-sigmoid-lr0.3-bn-noise.json" in units
+    assert "relu-bn-seed1.json" in units
 
 
 def test_claims_decide_the_results(finished: tuple[Path, dict]) -> None:
@@ -77,95 +91,182 @@ def test_claims_decide_the_results(finished: tuple[Path, dict]) -> None:
         "bn-reduces-gradient-ics",
         "bn-benefit-survives-covariate-shift",
     }
-    rules = dict(ics.CLAIMS)
-    for claim, (text, _) in zip(mine.values(), ics.CLAIMS, strict=True):
-        evidence, verdict = claim.rule(results)
-        assert claim.rule is rules[text]
-        assert set(evidence) == {"mlp-relu"}
-        assert results["verdicts"][list(rules).index(text)]["measured"].startswith(verdict + ":")
+    for claim in ics.CLAIMS:
+        evidence, _ = mine[claim.key].rule(results)
+        assert evidence["claim"] == claim.key
+        assert [r["setting"] for r in evidence["settings"]] == ["relu", "sigmoid"]
+        assert mine[claim.key].literature is not None
 
 
 def test_resume_after_deleting_a_unit_ends_equal(
     finished: tuple[Path, dict], tmp_path: Path
 ) -> None:
+    from conftest import make_fake_data
+
     out, whole = finished
     cut = tmp_path / "cut"
     shutil.copytree(out, cut)
-    (cut / "units" / "mlp-relu-bn-seed1.json").unlink()  # as if killed during that unit
+    (cut / "units" / "sigmoid-bn-seed1.json").unlink()  # as if killed during that unit
     (cut / "results.json").unlink()
-    resumed = run_lab(ics.SPEC, TINY, cut, data=small_data(), resume=True, quick=True)
+    resumed = run_lab(ics.SPEC, TINY, cut, data=make_fake_data(64, 32), resume=True, quick=True)
     assert resumed["units_reused"] == len(list((out / "units").iterdir())) - 1
     assert resumed["raw"]["per_seed"] == json.loads(json.dumps(whole["raw"]["per_seed"]))
 
 
-def _synthetic(bn: list[float], none: list[float], bn2: list[float], none2: list[float], key):
-    return {
-        "raw": {
-            "per_seed": {
-                "lenet": {"bn": {key: bn}, "none": {key: none}, "bn-noise": {key: bn}},
-                "mlp-relu": {"bn": {key: bn2}, "none": {key: none2}, "bn-noise": {key: bn2}},
-            }
-        }
+# --- the declared rules on synthetic numbers -------------------------------------------
+
+NOISE = np.array([0.01, -0.02, 0.005, 0.015, -0.01])
+
+
+def synthetic(metric: str, arm: str, reference: str, a: float, r: float, *, noise=NOISE, acc=None):
+    """Per-seed numbers where ``arm`` has ``a + noise`` and ``reference`` ``r`` in both
+    settings; every other metric is filled so that the three claims can be evaluated."""
+    config = ics.ICSConfig()
+    base = {
+        "log_drift_at_loss": [-2.0] * 5,
+        "grad_cos_at_loss": [0.8] * 5,
+        "final_test_acc": [85.0] * 5,
     }
+    per_seed = {}
+    for setting in config.settings:
+        arms = {name: {k: list(v) for k, v in base.items()} for name in ics.ARMS}
+        arms[arm][metric] = list(a + noise)
+        arms[reference][metric] = [r] * 5
+        if acc is not None:
+            arms[reference]["final_test_acc"] = list(acc)
+        per_seed[setting] = arms
+    return {"raw": {"per_seed": per_seed, "specs": [spec_record(s) for s in ics.specs(config)]}}
 
 
-@pytest.mark.parametrize(
-    ("rule", "key", "low", "high"),
-    [
-        (ics.decide_ics, "drift", "supported", "not supported"),
-        (ics.decide_grad_ics, "grad_cos", "not supported", "supported"),
-        (ics.decide_noise, "test_acc", "not supported", "supported"),
-    ],
-)
-def test_rules_on_synthetic_numbers(rule, key: str, low: str, high: str) -> None:
-    small, big, noisy = [0.1, 0.11, 0.12], [0.5, 0.52, 0.51], [0.1, 0.6, 0.3]
-    extra = {"grad_rel": [0.1, 0.1, 0.1]}
-
-    def results(bn, none, bn2, none2):
-        r = _synthetic(bn, none, bn2, none2, key)
-        for arch in r["raw"]["per_seed"].values():
-            for variant in arch.values():
-                variant.update(extra)
-        return r
-
-    # BN lower on both networks, higher on both, then one clear and one unclear.
-    assert rule(results(small, big, small, big))[1] == low
-    assert rule(results(big, small, big, small))[1] == high
-    assert rule(results(small, big, noisy, big))[1] == ("mixed" if low == "supported" else low)
-    assert rule(results(big, small, noisy, small))[1] == ("mixed" if high == "supported" else high)
+CASES = [
+    # (claim, metric, arm, reference, the claimed direction's sign, a unit effect)
+    ("bn-reduces-ics", "log_drift_at_loss", "bn", "none", -1, 1.0),
+    ("bn-reduces-gradient-ics", "grad_cos_at_loss", "bn", "none", +1, 0.3),
+    ("bn-benefit-survives-covariate-shift", "final_test_acc", "bn-noise", "none", +1, 10.0),
+]
 
 
-def test_rules_on_equal_numbers_decide_nothing() -> None:
-    """The null: the same numbers with and without BN are no evidence either way."""
-    same = [0.3, 0.32, 0.31]
-    for rule, key in (
-        (ics.decide_ics, "drift"),
-        (ics.decide_grad_ics, "grad_cos"),
-        (ics.decide_noise, "test_acc"),
-    ):
-        per_seed = {"lenet": {v: {key: same, "grad_rel": same} for v in ("none", "bn", "bn-noise")}}
-        evidence, verdict = rule({"raw": {"per_seed": per_seed}})
-        assert verdict == "not supported"
-        assert evidence["lenet"]["direction"] == "unclear"
-        assert evidence["lenet"]["difference"] == 0.0
+@pytest.mark.parametrize(("key", "metric", "arm", "reference", "sign", "effect"), CASES)
+def test_rules_on_known_numbers(key, metric, arm, reference, sign, effect) -> None:
+    rule = next(c.rule for c in ics.CLAIMS if c.key == key)
+    r = 0.5 if metric == "grad_cos_at_loss" else 80.0 if metric == "final_test_acc" else -2.0
+    # a clear effect in the claimed direction, in both settings: supported
+    assert rule(synthetic(metric, arm, reference, r + sign * effect, r))[1] == stats.SUPPORTED
+    # equal within the margin: refuted (equivalence shown)
+    assert rule(synthetic(metric, arm, reference, r, r))[1] == stats.REFUTED
+    # the opposite direction: refuted
+    assert rule(synthetic(metric, arm, reference, r - sign * effect, r))[1] == stats.REFUTED
+    # the null with noise larger than the margin: inconclusive, with a budget
+    wide = NOISE * 30 * effect
+    evidence, verdict = rule(synthetic(metric, arm, reference, r, r, noise=wide))
+    assert verdict == stats.INCONCLUSIVE
+    assert evidence["seeds_needed"] > 5
 
 
-def test_rule_evidence_names_the_means() -> None:
-    per_seed = {
-        "lenet": {
-            "none": {"drift": [0.5, 0.52, 0.51], "test_acc": [0.1, 0.1, 0.1]},
-            "bn": {"drift": [0.1, 0.11, 0.12], "test_acc": [0.8, 0.81, 0.82]},
-            "bn-noise": {"test_acc": [0.7, 0.71, 0.72]},
-        }
+def test_fewer_than_five_seeds_give_no_verdict() -> None:
+    results = synthetic("log_drift_at_loss", "bn", "none", -3.0, -2.0)
+    for arms in results["raw"]["per_seed"].values():
+        for metrics in arms.values():
+            for k in metrics:
+                metrics[k] = metrics[k][:4]
+    for claim in ics.CLAIMS:
+        assert claim.rule(results)[1] == stats.NO_VERDICT
+
+
+def test_runs_at_chance_or_never_at_the_loss_level_are_excluded() -> None:
+    acc = [85.0, 85.0, 10.5, 85.0, 85.0]  # seed 2 of no BN never left chance
+    results = synthetic("log_drift_at_loss", "bn", "none", -3.0, -2.0, acc=acc)
+    evidence, verdict = ics.CLAIMS[0].rule(results)
+    assert verdict == stats.NO_VERDICT  # 4 pairs left < 5 in every setting
+    assert {(e["arm"], e["seed"]) for e in evidence["excluded"]} == {("none", 2)}
+    assert "never left chance" in evidence["excluded"][0]["reason"]
+    results = synthetic("log_drift_at_loss", "bn", "none", -3.0, -2.0)
+    results["raw"]["per_seed"]["relu"]["none"]["log_drift_at_loss"][1] = None  # never reached
+    evidence, _ = ics.CLAIMS[0].rule(results)
+    assert evidence["excluded"] == [
+        {"arm": "none", "seed": 1, "reason": "non-finite value", "setting": "relu"}
+    ]
+    relu = evidence["settings"][0]
+    assert (relu["n_run"], relu["n"], relu["status"]) == (5, 4, "excluded")
+
+
+# --- the matched-loss read-out, the lr choice -----------------------------------------
+
+
+def test_matched_helpers() -> None:
+    avg = matched.LossAverage(2)
+    for loss in (3.0, 1.0, 0.0, 2.0):
+        avg.add(loss)
+    assert avg.values == [3.0, 2.0, 0.5, 1.0]
+    assert matched.first_reach(avg.values, 2.0) == 2
+    assert matched.first_reach([math.nan, 1.0], 1.5) == 2
+    assert matched.first_reach(avg.values, 0.1) is None
+    assert matched.window_mean([0, 10, 20, 30], [1.0, 2.0, None, 4.0], 10, 25) == 3.0
+    assert matched.window_mean([0, 10], [1.0, 2.0], None, 25) is None
+    assert matched.window_mean([0, 10], [1.0, 2.0], 50, 25) is None
+    factor = matched.hold_then_decay(100, 0.75)
+    assert [factor(k) for k in (0, 74, 75, 90, 100)] == [1.0, 1.0, 1.0, 0.4, 0.0]
+    with pytest.raises(ValueError, match="window must be >= 1, got 0"):
+        matched.LossAverage(0)
+
+
+def test_read_metrics_at_matched_loss_and_step() -> None:
+    config = dataclasses.replace(TINY, loss_level=1.0, read_steps=4)
+    run = {
+        "loss_ma": [2.0, 1.5, 1.0, 0.9, 0.8, 0.7],
+        "drift": {"steps": [0, 2, 4], "values": [0.4, 0.2, 0.1]},
+        "grad": {
+            "steps": [0, 3],
+            "layers": {
+                "a": [{"cos": 0.2, "rel": 1.0, "l2": 1.0}, {"cos": 0.8, "rel": 0.5, "l2": 1.0}],
+                "b": [{"cos": 0.4, "rel": 1.0, "l2": 1.0}, {"cos": 1.0, "rel": 0.3, "l2": 1.0}],
+            },
+        },
+        "final_test_acc": 50.0,
     }
-    evidence, _ = ics.decide_ics({"raw": {"per_seed": per_seed}})
-    assert evidence["lenet"]["drift_bn"] == pytest.approx(0.11)
-    assert evidence["lenet"]["drift_none"] == pytest.approx(0.51)
-    assert evidence["lenet"]["difference"] == pytest.approx(-0.4)
-    evidence, verdict = ics.decide_noise({"raw": {"per_seed": per_seed}})
-    assert verdict == "supported"
-    assert evidence["lenet"]["test_acc_bn"] == pytest.approx(0.81)
-    assert evidence["lenet"]["test_acc_bn_noise"] == pytest.approx(0.71)
+    got = ics.read_metrics(config, run)
+    assert got["steps_to_level"] == 3  # the moving average reaches 1.0 after step 3
+    assert got["drift_at_loss"] == pytest.approx(0.1)  # intervals starting in [3, 7)
+    assert got["log_drift_at_loss"] == pytest.approx(math.log(0.1))
+    assert got["drift_run"] == pytest.approx(0.7 / 3)
+    assert got["grad_cos_at_loss"] == pytest.approx(0.9)
+    assert got["grad_cos_run"] == pytest.approx(0.6)
+    assert got["grad_rel_at_loss"] == pytest.approx(0.4)
+    assert got["final_train_loss"] == pytest.approx(sum(run["loss_ma"]) / 6)
+    never = dict(run, loss_ma=[2.3] * 6)
+    got = ics.read_metrics(config, never)
+    assert got["steps_to_level"] is None
+    assert got["log_drift_at_loss"] is None
+    assert got["grad_cos_at_loss"] is None
+    assert got["drift_run"] == pytest.approx(0.7 / 3)
+
+
+def test_choose_lrs_takes_the_lowest_finite_final_loss() -> None:
+    tuning = {"sigmoid": {"none": {0.3: 2.3, 1.0: 0.7, 3.0: None}, "bn": {0.3: math.nan}}}
+    assert ics.choose_lrs(tuning) == {"sigmoid": {"none": 1.0, "bn": None}}
+
+
+def test_one_measured_unit_and_no_hooks_left(monkeypatch: pytest.MonkeyPatch, fake_data) -> None:
+    built: list[nn.Module] = []
+    original = ics.LeNet
+
+    def keep(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(ics, "LeNet", keep)
+    config = dataclasses.replace(TINY, steps=(("relu", 4), ("sigmoid", 4)))
+    bench = Bench(ics._data(config, fake_data(64, 32)), torch.device("cpu"))
+    got = ics.measure(config, {"sigmoid": {"bn-noise": 0.3}}, Cell("sigmoid", "bn-noise", 0), bench)
+    assert got["lr"] == 0.3
+    assert got["drift"]["steps"] == [0, 2]  # intervals 0-2 and 2-4 (the last probe at 4)
+    assert list(got["grad"]["layers"]) == ["conv2", "fc1", "fc2", "fc3"]
+    assert got["grad"]["steps"] == [0, 3]
+    assert len(built) == 1
+    assert hook_count(built[0]) == 0
+
+
+# --- the measures ----------------------------------------------------------------------
 
 
 def test_directions_verdict() -> None:
@@ -255,21 +356,23 @@ def test_noisy_outputs_applies_one_affine_map_per_channel_and_removeshook_count(
         pass
 
 
-def test_no_hooks_left_after_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
-    built = spy_build_model(monkeypatch, ics.kit)
-    config = dataclasses.replace(TINY, steps=2)
-    ics.measure(config, Cell("mlp-relu", "bn-noise", 0), Bench(small_data(), torch.device("cpu")))
-    assert len(built) == 1
-    assert hook_count(built[0]) == 0
-
-
-def test_config_errors_show_the_value() -> None:
-    with pytest.raises(ValueError, match="unknown arch 'vgg'; choose from: lenet, mlp-relu"):
-        ics.ICSConfig(archs=("vgg",))
-    with pytest.raises(ValueError, match="noise arch 'lenet' is not in archs"):
-        ics.ICSConfig(archs=("mlp-relu",), noise_archs=("lenet",))
-    with pytest.raises(ValueError, match="steps must be > 0, got 0"):
-        ics.ICSConfig(steps=0)
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"steps": ()}, "steps is empty"),
+        ({"steps": (("gelu", 10),)}, "unknown activation 'gelu' in steps"),
+        ({"steps": (("relu", 0),)}, "steps of 'relu' must be an integer >= 1, got 0"),
+        ({"tuned": ("tanh",)}, r"tuned setting 'tanh' is not in steps' settings \('relu', "),
+        ({"lrs": (0.1, -1.0)}, r"lrs must be positive values, got \(0.1, -1.0\)"),
+        ({"hold": 1.5}, "hold must be in \\[0, 1\\], got 1.5"),
+        ({"noise_scale": 0.5}, "need noise_scale >= 1 and noise_shift >= 0, got 0.5 and 1.0"),
+        ({"loss_level": 0}, "loss_level must be > 0, got 0"),
+        ({"seeds": 0}, "seeds must be > 0, got 0"),
+    ],
+)
+def test_config_errors_show_the_value(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ics.ICSConfig(**kw)
 
 
 def test_plateau_notes_flag_networks_at_chance_level() -> None:
