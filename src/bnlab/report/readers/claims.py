@@ -1,6 +1,7 @@
 """The claims table of ``bnlab lab claims ... --out DIR``: ``DIR/claims.json``, a list
-of {claim, source, experiment, evidence, rule, verdict} (``{"claims": [...]}`` is read
-too). Recognised by ``claims.json``.
+of {claim, source, experiment, evidence, summary, figure, rule, verdict, literature}
+(``{"claims": [...]}`` is read too). Recognised by ``claims.json``. A row's figure (a
+path relative to ``DIR``) is inlined as ``figure_uri``.
 """
 
 from __future__ import annotations
