@@ -1,5 +1,7 @@
-"""``gan``: the Fréchet distance against closed forms, the verdict rule on synthetic
-numbers and the null, a tiny run. The networks: tests/models/test_gan_models.py."""
+"""``gan``: the Fréchet distance against closed forms, the declared rules on synthetic
+per-seed numbers whose answer is known (clear effect, equivalence, the null with noise,
+too few seeds, a run at chance), one GAN cell, a quick run end to end, config errors.
+The networks: tests/models/test_gan_models.py."""
 
 from __future__ import annotations
 
@@ -8,12 +10,34 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from bnlab.lab import gan
-from bnlab.lab.experiment import get_lab, run_lab
+from bnlab.lab import gan, stats
+from bnlab.lab.claims import spec_record
+from bnlab.lab.experiment import get_lab, run_lab, seeded
 from bnlab.lab.gan import feature_stats, frechet_distance, frechet_distance_of, sqrtm_psd
+from bnlab.lab.runner import Bench, Cell
+from bnlab.models.gan import Discriminator, Generator
+
+GBN_DBN, REF, GNONE_DSN = "gbn-dbn", "gbn-dsn", "gnone-dsn"
+
+
+def tiny_config(**kw) -> gan.GanConfig:
+    tiny = {
+        "seeds": 2,
+        "steps": 6,
+        "batch_size": 16,
+        "latent": 8,
+        "g_hidden": (16, 32),
+        "d_hidden": (32, 16),
+        "train_size": 96,
+        "test_size": 64,
+        "fd_samples": 48,
+        "log_every": 2,
+    }
+    return dataclasses.replace(gan.GanConfig.quick(), **(tiny | kw))
 
 
 def spd(d: int, seed: int) -> torch.Tensor:
@@ -78,75 +102,160 @@ def test_errors_show_the_shapes() -> None:
         feature_stats(torch.zeros(1, 3))
     with pytest.raises(ValueError, match=r"cov2 must have shape \(2, 2\), got \(3, 3\)"):
         frechet_distance(torch.zeros(2), torch.eye(2), torch.zeros(2), torch.eye(3))
-    with pytest.raises(ValueError, match="unknown gan variant 'bn'; choose one of: none"):
-        gan.grid(dataclasses.replace(gan.GanConfig.quick(), variants=("bn",)))
 
 
-def test_verdict_rule_on_synthetic_numbers() -> None:
-    fd = {
-        "none": [10.0, 11.0, 10.5],
-        "ln": [12.0, 12.5, 11.5],
-        "bn-separate": [20.0, 21.0, 19.0],
-        "bn-joint": [30.0, 31.0, 29.0],
+def synthetic(means: dict[str, float], noise: dict[str, np.ndarray] | None = None) -> dict:
+    """Results with 5 seeds per arm: ``mean + small per-seed noise`` of log FD, and every
+    run well away from chance."""
+    rng = np.random.default_rng(0)
+    arms = {}
+    for arm, mean in means.items():
+        values = mean + (noise or {}).get(arm, rng.normal(0.0, 0.01, 5))
+        arms[arm] = {"log_fd": [float(v) for v in values], "fd_drop": [0.9] * 5}
+    config = dataclasses.replace(gan.GanConfig(), seeds=5)
+    return {
+        "raw": {
+            "per_seed": {"": arms},
+            "specs": [spec_record(s) for s in gan.specs(config)],
+        }
     }
-    evidence, verdict = gan.decide_bn_unsuited({"raw": {"fd": fd}})
-    assert verdict == "supported"
-    assert evidence["reference"] == "none"
-    assert evidence["joint_vs_separate"]["direction"] == "greater"
-    fd["bn-joint"] = [5.0, 5.5, 4.5]
-    assert gan.decide_bn_unsuited({"raw": {"fd": fd}})[1] == "not supported"
-    fd["bn-joint"] = [10.0, 12.0, 11.0]
-    assert gan.decide_bn_unsuited({"raw": {"fd": fd}})[1] == "mixed"
-    fd["bn-joint"] = [None, None, None]  # every BN run diverged: BN is worse
-    assert gan.decide_bn_unsuited({"raw": {"fd": fd}})[1] == "supported"
-    # The reference is the better non-BN discriminator (here LayerNorm): BN with separate
-    # batches is as good as it, with one joint batch worse: mixed.
-    fd["ln"], fd["none"] = [8.0, 8.5, 7.5], [10.0, 11.0, 10.5]
-    fd["bn-separate"], fd["bn-joint"] = [8.2, 8.0, 8.4], [20.0, 21.0, 19.0]
-    evidence, verdict = gan.decide_bn_unsuited({"raw": {"fd": fd}})
-    assert evidence["reference"] == "ln"
-    assert evidence["bn-separate"]["direction"] == "unclear"
-    assert evidence["bn-joint"]["direction"] == "greater"
-    assert verdict == "mixed"
-    # No non-BN reference: nothing to compare with.
-    assert gan.decide_bn_unsuited({"raw": {"fd": {"bn-joint": [1.0]}}})[1] == "mixed"
 
 
-def test_verdict_rule_on_the_null() -> None:
-    """Every discriminator equally good: BN is neither worse nor better."""
-    same = [10.0, 11.0, 10.5]
-    fd = dict.fromkeys(("none", "ln", "bn-separate", "bn-joint"), same)
-    evidence, verdict = gan.decide_bn_unsuited({"raw": {"fd": fd}})
-    assert verdict == "mixed"
-    for v in ("bn-separate", "bn-joint", "joint_vs_separate"):
-        assert evidence[v]["diff"] == pytest.approx(0.0, abs=1e-12)
-        assert evidence[v]["direction"] == "unclear"
+def verdicts(results: dict) -> list[str]:
+    return [c.rule(results)[1] for c in gan.CLAIMS]
 
 
-def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) -> None:
-    spec = get_lab("gan")
-    config = dataclasses.replace(
-        gan.GanConfig.quick(),
-        steps=5,
-        batch_size=16,
-        train_size=64,
-        fd_samples=32,
-        feature_train_size=64,
-        log_every=2,
+def test_rules_on_known_numbers() -> None:
+    # BN in D 0.5 higher than the reference (FD x1.65), G without BN 0.4 higher: both hold
+    clear = {GBN_DBN: 0.5, REF: 0.0, GNONE_DSN: 0.4}
+    assert verdicts(synthetic(clear)) == [stats.SUPPORTED, stats.SUPPORTED]
+    # every arm equal within 0.01 (margin 0.1): both refuted (equivalence shown)
+    assert verdicts(synthetic(dict.fromkeys(clear, 0.0))) == [stats.REFUTED, stats.REFUTED]
+    # BN in D better by 0.5 and G without BN better by 0.4: refuted (significant, opposite)
+    opposite = {GBN_DBN: -0.5, REF: 0.0, GNONE_DSN: -0.4}
+    assert verdicts(synthetic(opposite)) == [stats.REFUTED, stats.REFUTED]
+
+
+def test_rule_on_the_null_with_noise_is_inconclusive() -> None:
+    """Equal means, seed noise of about 0.3 in log FD: neither a difference nor
+    equivalence within 0.1 is shown; the verdict says how many seeds would decide."""
+    noisy = {GBN_DBN: np.array([0.4, -0.2, 0.3, -0.4, 0.1])}
+    evidence, verdict = gan.CLAIMS[0].rule(
+        synthetic({GBN_DBN: 0.0, REF: 0.0, GNONE_DSN: 0.0}, noisy)
     )
+    assert verdict == stats.INCONCLUSIVE
+    assert evidence["seeds_needed"] > 5
+    assert "would give 80% power" in evidence["budget_advice"]
+
+
+def test_too_few_seeds_and_runs_at_chance_give_no_verdict() -> None:
+    results = synthetic({GBN_DBN: 0.5, REF: 0.0, GNONE_DSN: 0.4})
+    results["raw"]["per_seed"][""][GBN_DBN]["fd_drop"][0] = 0.1  # never left chance
+    evidence, verdict = gan.CLAIMS[0].rule(results)
+    assert verdict == stats.NO_VERDICT  # 4 pairs left < 5
+    assert evidence["excluded"][0]["seed"] == 0
+    assert gan.CLAIMS[1].rule(results)[1] == stats.SUPPORTED  # the other claim's arms are fine
+    short = synthetic({GBN_DBN: 0.5, REF: 0.0, GNONE_DSN: 0.4})
+    for arm in short["raw"]["per_seed"][""].values():
+        for metric in arm:
+            arm[metric] = arm[metric][:3]
+    assert verdicts(short) == [stats.NO_VERDICT, stats.NO_VERDICT]
+
+
+def test_arms_share_initial_weights_and_data() -> None:
+    config = tiny_config()
+
+    def weights(arm: str) -> list[torch.Tensor]:
+        g_norm, d_norm = gan.ARMS[arm]
+        with seeded(3):
+            g = Generator(config.latent, config.g_hidden, g_norm)
+            d = Discriminator(d_norm, config.d_hidden)
+        linears = [m for m in [*g.modules(), *d.modules()] if isinstance(m, torch.nn.Linear)]
+        return [
+            m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            for m in linears
+        ]
+
+    reference = weights("gnone-dnone")
+    for arm in gan.ARMS:
+        for a, b in zip(weights(arm), reference, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_one_cell(fake_data) -> None:
+    config = tiny_config()
+    data = fake_data(96, 64)
+    net = gan._load_feature_net(gan._feature_net(config, data, "cpu"))
+    real = gan._outputs(net, data["test_images"].float().div(255).unsqueeze(1))[0]
+    space = gan.FeatureSpace(net, feature_stats(real))
+    bench = Bench(gan.GanData(data["train_images"], space), torch.device("cpu"))
+    got = gan.measure(config, Cell("", REF, 0), bench)
+    m = got["metrics"]
+    assert math.isclose(m["log_fd"], math.log(m["fd"]))
+    assert m["fd_drop"] == pytest.approx(max(0.0, 1 - m["fd"] / m["fd_init"]))
+    assert m["fd_batch_stats"] is not None
+    assert m["fd_batch_stats"] >= 0
+    assert 0 <= m["class_entropy"] <= math.log(10) + 1e-9
+    assert [h["step"] for h in got["history"]] == [2, 4, 6]
+    assert len(got["samples"]) == 16
+    assert len(got["samples"][0]) == 784
+    # no BN in the generator: no batch-statistics FD
+    assert gan.measure(config, Cell("", GNONE_DSN, 0), bench)["metrics"]["fd_batch_stats"] is None
+    # the same seed gives the same numbers
+    assert gan.measure(config, Cell("", REF, 0), bench)["metrics"] == m
+
+
+def test_sampling_with_batch_statistics_keeps_the_moving_averages() -> None:
+    with seeded(0):
+        g = Generator(8, (16,), "bn")
+    g.train()
+    g(torch.randn(32, 8))
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    images = gan._sample(g, 40, 16, seed=5)
+    assert images.shape == (40, 1, 28, 28)
+    assert images.min() >= 0
+    assert images.max() <= 1
+    for k, v in g.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    assert not torch.equal(images, gan._sample(g, 40, None, seed=5))  # eval mode differs
+
+
+def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> None:
+    spec = get_lab("gan")
+    config = tiny_config()
     out = tmp_path / "run"
     results = run_lab(spec, config, out, data=fake_data(96, 64), quick=True)
     raw = results["raw"]
-    assert set(raw["fd"]) == set(gan.VARIANTS)
-    assert all(len(v) == config.seeds for v in raw["fd"].values())
-    assert all(v is None or (math.isfinite(v) and v >= 0) for vs in raw["fd"].values() for v in vs)
+    arms = raw["per_seed"][""]
+    assert set(arms) == set(gan.ARMS)
+    assert all(len(m["log_fd"]) == config.seeds for m in arms.values())
+    assert all(v is None or math.isfinite(v) for m in arms.values() for v in m["fd"])
+    assert raw["reference"] == REF
     for figure in ("gan_fd.png", "gan_samples.png"):
         assert (out / figure).is_file()
-    shown = gan.decide_bn_unsuited(results)[1]
-    assert results["verdicts"][0]["measured"].startswith(shown + ": mean FD ")
-    assert results["verdicts"][0]["holds"] == {"supported": True, "not supported": False}.get(shown)
-    (out / "units" / "bn-joint-seed1.json").unlink()
+    for verdict, claim in zip(results["verdicts"], gan.CLAIMS, strict=True):
+        shown = claim.rule(results)[1]
+        assert shown == stats.NO_VERDICT
+        assert verdict["measured"].startswith(shown + ":")
+        assert verdict["holds"] is None
+    (out / "units" / "gbn-dbn-seed1.json").unlink()
     (out / "units" / "feature-net.json").unlink()  # the feature network is retrained the same
     again = run_lab(spec, config, out, data=fake_data(96, 64), resume=True, quick=True)
-    assert again["units_reused"] == 1 + len(gan.VARIANTS) * config.seeds - 2
+    assert again["units_reused"] == 1 + len(gan.ARMS) * config.seeds - 2
     assert again["raw"] == json.loads(json.dumps(raw))
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"arms": ("gbn-dsn", "bn")}, "unknown arm 'bn'; choose from: gnone-dnone"),
+        ({"arms": ("gbn-dsn", "gbn-dbn")}, "must include the claims' arms .* missing gnone-dsn"),
+        ({"steps": 0}, "steps must be > 0, got 0"),
+        ({"margin": -0.1}, "margin must be > 0, got -0.1"),
+        ({"fd_samples": 1}, "fd_samples must be >= 2, got 1"),
+        ({"chance_drop": 1.0}, r"chance_drop must be in \[0, 1\), got 1.0"),
+    ],
+)
+def test_config_errors(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**kw)

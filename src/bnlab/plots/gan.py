@@ -1,4 +1,5 @@
-"""Figures of ``bnlab lab gan``: Fréchet distance per discriminator variant, samples.
+"""Figures of ``bnlab lab gan``: generated samples per arm (its Fréchet distances are drawn
+by ``bnlab.plots.effects.plot_arms``).
 
 Every function takes plain numbers read from a results file, never models, and writes a
 PNG atomically.
@@ -9,8 +10,6 @@ Nash Equilibrium" (the Fréchet distance as a GAN score), arXiv 1706.08500.
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,43 +17,7 @@ from matplotlib.figure import Figure
 
 from bnlab.plots._save import save_png
 
-__all__ = ["plot_fd_bars", "plot_samples"]
-
-
-def plot_fd_bars(
-    values: Mapping[str, Sequence[float | None]],
-    path: str | Path,
-    *,
-    floor: float | None = None,
-) -> Path:
-    """Bars of the Fréchet distance per variant: mean, std whiskers, one dot per seed.
-
-    Args:
-        values: ``{variant label: [FD per seed, None for a diverged run]}``.
-        path: the PNG to write.
-        floor: the FD of real images (a dashed line), or None.
-
-    Returns:
-        The path written.
-    """
-    fig = Figure(figsize=(6.4, 3.8))
-    ax = fig.subplots()
-    for i, runs in enumerate(values.values()):
-        vals = [float(v) for v in runs if v is not None and math.isfinite(float(v))]
-        if not vals:
-            ax.text(i, 0, "diverged", rotation=90, ha="center", va="bottom", fontsize=8)
-            continue
-        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        ax.bar(i, statistics.fmean(vals), 0.6, yerr=std, color=f"C{i}", alpha=0.7)
-        ax.plot([i] * len(vals), vals, "k.", markersize=5)
-    if floor is not None and math.isfinite(floor):
-        ax.axhline(floor, color="gray", linestyle="--", linewidth=1, label="real images")
-        ax.legend(fontsize=8)
-    ax.set_xticks(range(len(values)), [label.replace(", ", ",\n") for label in values], fontsize=8)
-    ax.set_ylabel("Fréchet distance (lower is better)")
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    return save_png(fig, path)
+__all__ = ["plot_samples"]
 
 
 def plot_samples(samples: Mapping[str, Sequence[Sequence[int]]], path: str | Path) -> Path:
