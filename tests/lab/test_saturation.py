@@ -1,5 +1,7 @@
-"""``bnlab lab saturation`` on tiny synthetic data: results, verdict rules, resume,
-figure, the measures on known tensors, no hooks left."""
+"""``bnlab lab saturation`` (second edition): a tiny run end to end ("no verdict at this
+budget", per-network tuning, figures, resume), the declared rules on synthetic per-seed
+numbers whose answer is known (clear effect, equivalence, noise, too few seeds, a run at
+chance), the matched-loss readout, the measures on known tensors, no hooks left."""
 
 from __future__ import annotations
 
@@ -11,63 +13,73 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shared import hook_count, one_thread, small_data, spy_build_model  # noqa: F401 (fixture)
+from _shared import hook_count, one_thread  # noqa: F401 (fixture)
 from torch import nn
 
-from bnlab.lab import saturation
-from bnlab.lab.claims import available_claims
+from bnlab.lab import saturation, stats
+from bnlab.lab.claims import available_claims, spec_record
 from bnlab.lab.experiment import run_lab
 from bnlab.lab.runner import Bench, Cell
 
 TINY = dataclasses.replace(
     saturation.SaturationConfig.quick(),
     seeds=2,
-    archs=("mlp-sigmoid", "mlp-relu"),
-    train_size=96,
-    test_size=32,
-    batch_size=16,
-    steps=4,
-    probe_every=2,
-    probe_size=16,
+    batch=16,
+    steps_sigmoid=8,
+    steps_relu=6,
+    window=3,
+    level_sigmoid=2.5,
+    level_relu=2.5,
+    probe_every_sigmoid=4,
+    probe_every_relu=3,
+    probe_size=32,
 )
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    from conftest import make_fake_data
+
     out = tmp_path_factory.mktemp("saturation") / "run"
-    return out, run_lab(saturation.SPEC, TINY, out, data=small_data(), quick=True)
+    return out, run_lab(saturation.SPEC, TINY, out, data=make_fake_data(96, 64), quick=True)
 
 
-def test_results_structure_and_figure(finished: tuple[Path, dict]) -> None:
-    out, _ = finished
+def test_quick_run_says_no_verdict_with_tables_and_figures(finished: tuple[Path, dict]) -> None:
+    out, results = finished
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["experiment"] == "saturation"
-    assert on_disk["raw"]["threshold"] == saturation.SATURATION_THRESHOLD
-    per_seed = on_disk["raw"]["per_seed"]
-    assert set(per_seed) == {"mlp-sigmoid", "mlp-relu"}
-    sig, relu = per_seed["mlp-sigmoid"]["none"], per_seed["mlp-relu"]["bn"]
-    assert all(0 <= v <= 1 for v in sig["saturated"])
-    assert sig["zeros"] == [None, None]  # no ReLU in the sigmoid MLP
-    assert all(0 <= v <= 1 for v in relu["zeros"])
-    assert relu["saturated"] == [None, None]
-    for variants in per_seed.values():
-        for metrics in variants.values():
-            assert all(math.isfinite(v) for v in metrics["grad_ratio_log10"])
-    unit = next(u for u in on_disk["raw"]["units"] if u["arch"] == "mlp-sigmoid")
-    assert unit["init_scale"] == TINY.hard_init_scale
-    assert [p["step"] for p in unit["probes"]] == [0, 2, 3]
-    assert list(unit["probes"][0]["saturated"]) == [f"act{k}" for k in range(1, 7)]
-    assert list(unit["probes"][0]["grad_rms"]) == [f"fc{k}" for k in range(1, 7)] + ["out"]
+    raw = on_disk["raw"]
+    assert raw["threshold"] == saturation.SATURATION_THRESHOLD
+    assert set(raw["per_seed"]) == {"sigmoid", "relu"}
+    assert set(raw["lr"]["sigmoid"].values()) <= set(TINY.lrs_sigmoid)
+    assert set(raw["lr"]["relu"].values()) <= set(TINY.lrs_relu)
+    sig, relu = raw["per_seed"]["sigmoid"]["none"], raw["per_seed"]["relu"]["bn"]
+    assert all(0 <= v <= 1 for v in sig["saturated_at_step"])
+    assert sig["zeros_at_step"] == [None, None]  # no ReLU in the sigmoid LeNet
+    assert all(0 <= v <= 1 for v in relu["zeros_at_step"])
+    assert relu["saturated_at_step"] == [None, None]
+    for arms in raw["per_seed"].values():
+        for metrics in arms.values():
+            assert all(math.isfinite(v) for v in metrics["grad_ratio_at_step"])
+    unit = json.loads((out / "units" / "sigmoid-none-seed0.json").read_text())["value"]
+    assert [p["step"] for p in unit["points"]] == [0, 4, 8]
+    assert list(unit["points"][0]["saturated"]) == [f"act{k}" for k in range(1, 5)]
+    assert list(unit["points"][0]["grad_rms"]) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert unit["at_level"]["train_loss"] <= TINY.level_sigmoid
     assert len(on_disk["verdicts"]) == 3
-    for verdict, (_, rule) in zip(on_disk["verdicts"], saturation.CLAIMS, strict=True):
-        expected = rule(on_disk)[1]
-        assert verdict["measured"].split(":")[0] == expected
-        assert verdict["holds"] == {"supported": True, "not supported": False}.get(expected)
-    assert [f["file"] for f in on_disk["figures"]] == ["saturation.png"]
-    assert (out / "saturation.png").stat().st_size > 1000
+    for verdict, claim in zip(on_disk["verdicts"], saturation.CLAIMS, strict=True):
+        _, rule_verdict = claim.rule(results)
+        assert rule_verdict == stats.NO_VERDICT
+        assert verdict["measured"].startswith(rule_verdict + ":")
+        assert verdict["holds"] is None
+    assert [f["file"] for f in on_disk["figures"]] == ["saturation_matched.png", "saturation.png"]
+    for f in on_disk["figures"]:
+        assert (out / f["file"]).stat().st_size > 1000
+    # tuning: 2 networks x 2 lrs x 2 arms; measured: 2 networks x 2 arms x 2 seeds
+    assert len(list((out / "units").glob("*.json"))) == 8 + 8
 
 
-def test_claims_decide_the_results(finished: tuple[Path, dict]) -> None:
+def test_claims_name_their_seed_sentence(finished: tuple[Path, dict]) -> None:
     _, results = finished
     mine = {c.key: c for c in available_claims() if c.experiment == "saturation"}
     assert set(mine) == {
@@ -75,70 +87,127 @@ def test_claims_decide_the_results(finished: tuple[Path, dict]) -> None:
         "bn-fewer-relu-zeros",
         "bn-alleviates-vanishing-gradients",
     }
-    for claim, (_, rule), shown in zip(
-        mine.values(), saturation.CLAIMS, results["verdicts"], strict=True
-    ):
+    seeds = Path("/work/shared/seeds")
+    for claim in mine.values():
         assert claim.source.endswith(".txt")
-        assert claim.rule is rule
-        evidence, verdict = claim.rule(results)
-        assert shown["measured"].startswith(verdict + ":")
-        assert evidence
+        assert claim.sentence
+        if seeds.is_dir():
+            assert claim.sentence in (seeds / claim.source).read_text()
+        assert claim.rule(results)[1] == stats.NO_VERDICT
 
 
 def test_resume_after_deleting_a_unit_ends_equal(
     finished: tuple[Path, dict], tmp_path: Path
 ) -> None:
+    from conftest import make_fake_data
+
     out, whole = finished
     cut = tmp_path / "cut"
     shutil.copytree(out, cut)
-    (cut / "units" / "mlp-relu-bn-seed0.json").unlink()
+    (cut / "units" / "relu-bn-seed0.json").unlink()
     (cut / "results.json").unlink()
-    resumed = run_lab(saturation.SPEC, TINY, cut, data=small_data(), resume=True, quick=True)
-    assert resumed["units_reused"] == 7
+    resumed = run_lab(
+        saturation.SPEC, TINY, cut, data=make_fake_data(96, 64), resume=True, quick=True
+    )
+    assert resumed["units_reused"] == 15
     assert resumed["raw"]["per_seed"] == json.loads(json.dumps(whole["raw"]["per_seed"]))
 
 
-def _results(metric: str, bn: dict[str, list], none: dict[str, list]) -> dict:
-    return {
-        "raw": {
-            "per_seed": {
-                arch: {"bn": {metric: bn[arch]}, "none": {metric: none[arch]}} for arch in bn
+def _results(metric: str, setting: str, bn: list, none: list, acc=None) -> dict:
+    acc = acc or {"bn": [85.0] * len(bn), "none": [80.0] * len(none)}
+    per_seed = {
+        s: {
+            arm: {
+                m: values if (s, m) == (setting, metric) else [0.0] * len(values)
+                for m in ("saturated_at_loss", "grad_ratio_at_loss", "zeros_at_loss")
             }
+            | {"final_test_acc": acc[arm]}
+            for arm, values in (("bn", bn), ("none", none))
         }
+        for s in ("sigmoid", "relu")
     }
+    specs = [spec_record(s) for s in saturation.specs(saturation.SaturationConfig())]
+    return {"raw": {"per_seed": per_seed, "specs": specs}}
 
 
 @pytest.mark.parametrize(
-    ("rule", "metric", "archs", "wanted"),
+    ("key", "metric", "setting", "sign", "margin"),
     [
-        (saturation.decide_saturation, "saturated", ("lenet", "mlp-sigmoid"), "less"),
-        (saturation.decide_relu_zeros, "zeros", ("mlp-relu",), "less"),
-        (saturation.decide_vanishing, "grad_ratio_log10", ("lenet", "mlp-sigmoid"), "greater"),
+        ("bn-avoids-saturation", "saturated_at_loss", "sigmoid", -1, 0.02),
+        ("bn-alleviates-vanishing-gradients", "grad_ratio_at_loss", "sigmoid", +1, 0.3),
+        ("bn-fewer-relu-zeros", "zeros_at_loss", "relu", -1, 0.05),
     ],
 )
-def test_rules_on_synthetic_numbers(rule, metric: str, archs: tuple, wanted: str) -> None:
-    small, big, noisy = [0.1, 0.11, 0.12], [0.5, 0.52, 0.51], [0.1, 0.9, 0.4]
-    good, bad = (small, big) if wanted == "less" else (big, small)
-    assert rule(_results(metric, dict.fromkeys(archs, good), dict.fromkeys(archs, bad)))[1] == (
-        "supported"
+def test_rules_on_synthetic_numbers(key, metric, setting, sign, margin) -> None:
+    (claim,) = [c for c in saturation.CLAIMS if c.key == key]
+    base = [0.50, 0.52, 0.47, 0.55, 0.49]
+
+    def shifted(by: float, wiggle: float = 0.0) -> list[float]:
+        return [v + by + wiggle * (-1) ** i for i, v in enumerate(base)]
+
+    def verdict(bn, none=base, acc=None):
+        return claim.rule(_results(metric, setting, bn, none, acc))
+
+    assert verdict(shifted(sign * 5 * margin, margin / 20))[1] == stats.SUPPORTED
+    assert verdict(shifted(0.0, margin / 100))[1] == stats.REFUTED  # the null: equivalent
+    assert verdict(shifted(-sign * 5 * margin, margin / 20))[1] == stats.REFUTED  # opposite
+    noisy = [v + d * 4 * margin for v, d in zip(base, (-1, 1, -0.8, 0.9, -0.6), strict=True)]
+    evidence, got = verdict(noisy)
+    assert got == stats.INCONCLUSIVE
+    assert evidence["seeds_needed"] > 5
+    assert verdict(shifted(sign * 5 * margin)[:3], base[:3])[1] == stats.NO_VERDICT
+    # A seed that never left chance is excluded (4 pairs left: no verdict).
+    acc = {"bn": [85.0] * 5, "none": [80.0, 80.0, 9.0, 80.0, 80.0]}
+    evidence, got = verdict(shifted(sign * 5 * margin, margin / 20), base, acc)
+    assert got == stats.NO_VERDICT
+    assert evidence["excluded"][0]["seed"] == 2
+    # A run that never reached the loss level has no value there: excluded.
+    evidence, got = verdict([None, *shifted(sign * 5 * margin)[1:]])
+    assert got == stats.NO_VERDICT
+    assert evidence["excluded"][0]["reason"] == "non-finite value"
+
+
+def test_specs_follow_the_networks_run() -> None:
+    only = saturation.SaturationConfig(networks=("sigmoid",))
+    assert [s.name for s in saturation.specs(only)] == [
+        "bn-avoids-saturation",
+        "bn-alleviates-vanishing-gradients",
+    ]
+    assert [s.settings for s in saturation.specs(saturation.SaturationConfig())] == [
+        ("sigmoid",),
+        ("sigmoid",),
+        ("relu",),
+    ]
+
+
+def test_read_metrics_at_matched_loss_and_step() -> None:
+    def point(step, sat, rms_first):
+        return {
+            "step": step,
+            "train_loss": 0.7,
+            "saturated": {"act1": sat, "act2": 3 * sat},
+            "zeros": {},
+            "grad_rms": {"conv1": rms_first, "fc2": 0.5, "fc3": 0.1},
+        }
+
+    run = {
+        "at_level": point(300, 0.01, 0.001),
+        "points": [point(0, 0.0, 0.1), point(1500, 0.1, 0.01)],
+        "final_train_loss": 0.5,
+        "final_test_acc": 80.0,
+    }
+    got = saturation.read_metrics(saturation.SaturationConfig(), "sigmoid", run)
+    assert got["saturated_at_loss"] == pytest.approx(0.02)
+    assert got["saturated_at_step"] == pytest.approx(0.2)
+    assert got["grad_ratio_at_loss"] == pytest.approx(-2.0)
+    assert got["grad_ratio_at_step"] == pytest.approx(-1.0)
+    assert got["zeros_at_loss"] is None
+    assert got["steps_to_level"] == 300
+    never = saturation.read_metrics(
+        saturation.SaturationConfig(), "sigmoid", dict(run, at_level=None)
     )
-    assert rule(_results(metric, dict.fromkeys(archs, bad), dict.fromkeys(archs, good)))[1] == (
-        "not supported"
-    )
-    if len(archs) == 2:
-        bn = {archs[0]: good, archs[1]: noisy}
-        assert rule(_results(metric, bn, dict.fromkeys(archs, bad)))[1] == "mixed"
-    # Networks without the quantity (None everywhere) are left out of the decision.
-    empty = {arch: [None] for arch in archs}
-    evidence, verdict = rule(_results(metric, empty, empty))
-    assert evidence == {}
-    assert verdict == "mixed"  # nothing to decide from
-    # The null: equal numbers on every network decide nothing.
-    evidence, verdict = rule(
-        _results(metric, dict.fromkeys(archs, good), dict.fromkeys(archs, good))
-    )
-    assert verdict == "not supported"
-    assert {e["direction"] for e in evidence.values()} == {"unclear"}
+    assert never["saturated_at_loss"] is None
+    assert never["steps_to_level"] is None
 
 
 def test_saturated_and_zero_share_of_known_tensors() -> None:
@@ -166,18 +235,51 @@ def test_gradient_rms() -> None:
     assert got["2"] == pytest.approx(5.0 / math.sqrt(3))
 
 
-def test_no_hooks_left_after_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
-    built = spy_build_model(monkeypatch, saturation.kit)
-    config = dataclasses.replace(TINY, steps=2)
-    saturation.measure(
-        config, Cell("mlp-sigmoid", "bn", 0), Bench(small_data(), torch.device("cpu"))
+def test_probe_gradient_rms_matches_backward_and_leaves_the_model_alone() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 3))
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    got = saturation.saturation_probe(net, x, y)
+    assert net[0].weight.grad is None
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    assert got["grad_rms"] == pytest.approx(saturation.gradient_rms(net))
+    assert list(got["saturated"]) == ["1"]
+    assert got["zeros"] == {}
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert hook_count(net) == 0
+
+
+def test_no_hooks_left_after_a_unit(fake_data, monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[nn.Module] = []
+    original = saturation.probed.lenet
+
+    def keep(*args):
+        built.append(original(*args))
+        return built[-1]
+
+    monkeypatch.setattr(saturation.probed, "lenet", keep)
+    config = dataclasses.replace(TINY, steps_sigmoid=2, probe_every_sigmoid=2)
+    got = saturation.main_cell(
+        config,
+        {"sigmoid": {"none": 1.0, "bn": 1.0}},
+        Cell("sigmoid", "bn", 0),
+        Bench(fake_data(64, 32), torch.device("cpu")),
     )
+    assert got["lr"] == 1.0
+    assert [p["step"] for p in got["points"]] == [0, 2]
+    assert got["metrics"]["final_test_acc"] is not None
     assert len(built) == 1
     assert hook_count(built[0]) == 0
 
 
 def test_config_errors_show_the_value() -> None:
-    with pytest.raises(ValueError, match="unknown arch 'vgg'; choose from: lenet"):
-        saturation.SaturationConfig(archs=("vgg",))
-    with pytest.raises(ValueError, match=r"hard_init_scale must be > 0, got -1\.0"):
-        saturation.SaturationConfig(hard_init_scale=-1.0)
+    with pytest.raises(ValueError, match="networks must be among sigmoid, relu, got \\('elu',\\)"):
+        saturation.SaturationConfig(networks=("elu",))
+    with pytest.raises(ValueError, match=r"steps_sigmoid must be > 0, got -1"):
+        saturation.SaturationConfig(steps_sigmoid=-1)
+    with pytest.raises(ValueError, match=r"lrs_relu must be > 0, got \(\)"):
+        saturation.SaturationConfig(lrs_relu=())
+    with pytest.raises(ValueError, match=r"saturation_margin must be > 0, got 0"):
+        saturation.SaturationConfig(saturation_margin=0)

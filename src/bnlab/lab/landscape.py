@@ -1,25 +1,50 @@
 """``bnlab lab landscape``: is the loss landscape smoother with batch normalization?
 
-Paper: Santurkar, Tsipras, Ilyas & Madry, "How Does Batch Normalization Help
-Optimization?", arXiv 1805.11604, section 3.1 and figure 4. At checkpoints along
-training (every ``check_every`` steps, on that step's batch, before its update) the
-network is moved along its gradient ``g`` with several step sizes ``eta`` (multiples of
-the learning rate), ``w' = w - eta * g``, and three things are recorded:
+From the literature (the seeds do not make this claim): Santurkar, Tsipras, Ilyas &
+Madry, "How Does Batch Normalization Help Optimization?", arXiv 1805.11604, section 3.1,
+figures 4 (VGG) and 5 (a deep linear network): along the gradient direction, BN makes
+the loss change less (better Lipschitzness of the loss) and the gradient change less
+per unit of distance (better "effective" beta-smoothness).
 
-- *loss variation*: the losses ``L(w')`` over the step sizes (their range, max - min);
-- *gradient predictiveness*: ``||grad L(w') - g||_2`` over the step sizes;
-- *effective beta-smoothness*: ``max_eta ||grad L(w') - g|| / ||eta * g||``, the largest
-  change of the gradient per unit of distance moved.
+The measures (:func:`landscape_point`): from weights ``w`` with gradient ``g`` on a
+batch, the network is moved to ``w' = w - eta * g`` for each step size ``eta`` and
 
-Smaller values mean a smoother, more predictable landscape. The model is evaluated
-functionally in train mode (BN with the batch's statistics, as in training); its
-parameters and BN running statistics are left unchanged. Verdicts compare, per network,
-the mean over checkpoints of each quantity with BN against without, over seeds
-(:func:`bnlab.lab.experiment.compare`, 2 standard errors).
+- *loss variation*: the range (max - min) over the step sizes of ``L(w')``;
+- *gradient predictiveness*: ``||grad L(w') - g||_2``, its largest value over eta;
+- *effective beta-smoothness*: ``max_eta ||grad L(w') - g|| / ||eta * g||``.
+
+They are taken in train mode (BN with the batch's statistics, as in training) on
+``probe_batches`` fixed training batches and averaged over them; the model's weights and
+running statistics are left unchanged. The step sizes are the same absolute values for
+both arms (0.05-0.4, up to about the tuned lrs).
+
+Design (second edition, issue 17; the first edition compared a sigmoid LeNet at lr 0.9
+that never left chance without BN): the d2l LeNet with ReLU activations (it trains with
+and without BN), plain SGD at batch 128 for 600 steps on all 60,000 training images,
+d2l's Xavier init and the data order shared by both arms (5 paired seeds). Each arm at
+its own lr from the grid 0.03, 0.1, 0.3, 1 chosen on a separate tuning seed (1000) by
+``kit.paired.TUNE_RULE`` (lowest final training loss).
+
+Reading (declared): **at matched training loss (primary)**: the measures taken right
+after the first step at which the moving average of the last 50 mini-batch losses
+reaches 0.6; a run that never reaches it has no value (excluded, listed). **At matched
+step (secondary, shown)**: the measures after the last step. Runs whose final test
+accuracy (full 10,000-image test set) is within 2 points of chance are excluded.
+
+Claims (``specs``; Holm over both, paired t by seed, at least 5 seeds):
+
+- ``bn-smoother-landscape``: log10 effective beta at matched loss, BN lower than none;
+- ``bn-lipschitz-loss``: log10 loss variation at matched loss, BN lower than none;
+
+TOST margin 0.3 in log10 (a factor of 2) for both: the largest stable gradient step is
+about 2/beta, so a change of beta within a factor 2 moves the usable lr by less than
+one step of a factor-2 lr grid; and a loss change within a factor 2 along the same
+steps is within the seed-to-seed spread of these measures.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,24 +54,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlab.lab import kit
-from bnlab.lab.claims import Claim, register_claim
-from bnlab.lab.experiment import Figure, LabContext, LabOutcome, register_lab, seeded
-from bnlab.lab.runner import Bench, Cell, GridRun, summary_table
+from bnlab.lab import kit, stats
+from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_record, stats_rule
+from bnlab.lab.experiment import (
+    Figure,
+    LabContext,
+    LabOutcome,
+    LabSpec,
+    Table,
+    register_lab,
+    seeded,
+)
+from bnlab.lab.kit import paired, probed
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.plots.landscape import plot_landscape
-from bnlab.train.steps import every, run_steps
+from bnlab.plots.matched import plot_matched
 
 __all__ = [
-    "METRICS",
+    "ARMS",
+    "CLAIMS",
     "LandscapeConfig",
-    "decide_landscape",
     "landscape_point",
-    "measure",
-    "point_means",
+    "landscape_probe",
+    "main_cell",
+    "read_metrics",
+    "specs",
+    "tune_cell",
 ]
 
-#: Per-checkpoint quantities summarized over training (mean over checkpoints).
-METRICS = ("loss_range", "grad_change_max", "beta")
+#: arm -> the model registry's norm.
+ARMS: dict[str, str] = {"none": "none", "bn": kit.BN_NORM}
+#: The measures at each probe and the claims' metrics.
+MEASURES = ("loss_range", "grad_change_max", "beta", "grad_change_rel", "grad_norm")
 
 
 def _norm(tensors: Sequence[Tensor]) -> float:
@@ -72,8 +111,9 @@ def landscape_point(
     Returns:
         ``{"loss0", "grad_norm", "losses": [...], "grad_changes": [...], "betas": [...],
         "loss_range", "grad_change_max", "grad_change_rel", "beta"}`` (``grad_change_rel``
-        is ``grad_change_max / grad_norm``, the change free of the gradient's scale), lists in the order of ``step_sizes``;
-        ``betas[k] = grad_changes[k] / (step_sizes[k] * grad_norm)``.
+        is ``grad_change_max / grad_norm``, the change free of the gradient's scale), lists
+        in the order of ``step_sizes``; ``betas[k] = grad_changes[k] / (step_sizes[k] *
+        grad_norm)``.
 
     Raises:
         ValueError: no step size, or one that is not > 0.
@@ -105,214 +145,458 @@ def landscape_point(
     }
 
 
+def landscape_probe(
+    model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], step_sizes: Sequence[float]
+) -> dict[str, Any]:
+    """:func:`landscape_point` on each batch, averaged over the batches (each number and
+    each step size's entry); JSON-ready (non-finite values as None)."""
+    points = [landscape_point(model, x, y, step_sizes) for x, y in batches]
+
+    def mean(values: Sequence[float]) -> float | None:
+        return kit.json_float(sum(values) / len(values))
+
+    out: dict[str, Any] = {key: mean([p[key] for p in points]) for key in ("loss0", *MEASURES)}
+    for key in ("losses", "grad_changes", "betas"):
+        out[key] = [mean([p[key][k] for p in points]) for k in range(len(step_sizes))]
+    return out
+
+
 @dataclass(frozen=True)
-class LandscapeConfig(kit.ProbingConfig):
+class LandscapeConfig(kit.PairedConfig):
     """Settings of ``bnlab lab landscape`` (defaults: the full run).
 
     Args:
-        seeds, archs, train_size, test_size, batch_size, steps: see ``ProbingConfig``.
-        lr_lenet, lr_mlp: learning rates (the same with and without BN).
-        check_every: steps between landscape checkpoints.
-        step_multipliers: the step sizes, as multiples of the learning rate.
+        seeds, train_size, test_size, min_seeds, threads: as in ``kit.PairedConfig``
+            (5 paired seeds, all images, 1 thread per cell).
+        tune_seed: the separate seed of the lr tuning runs.
+        lrs: the lr grid (each arm picks one by ``kit.paired.TUNE_RULE``).
+        activation: LeNet's activation.
+        batch, steps: SGD batch and steps of every run.
+        window: mini-batch losses in the training-loss moving average.
+        loss_level: the matched training loss (moving average) of the primary readout.
+        probe_every: steps between the probes along training (matched step: the last).
+        probe_batches: fixed training batches (of ``batch`` images) each probe averages.
+        step_sizes: the ``eta`` of ``w - eta * g`` (absolute, the same for both arms).
+        margin: the claims' TOST margin, in log10 units.
     """
 
-    lr_lenet: float = 0.9
-    lr_mlp: float = 0.1
-    check_every: int = 25
-    step_multipliers: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    tune_seed: int = 1000
+    lrs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
+    activation: str = "relu"
+    batch: int = 128
+    steps: int = 600
+    window: int = 50
+    loss_level: float = 0.6
+    probe_every: int = 60
+    probe_batches: int = 4
+    step_sizes: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+    margin: float = 0.3
 
-    QUICK = kit.ProbingConfig.quick_settings(check_every=10, step_multipliers=(0.5, 1.0, 2.0))
-    POSITIVE = (*kit.ProbingConfig.POSITIVE, "lr_lenet", "lr_mlp", "check_every")
+    #: A smoke test: 2 seeds (below min_seeds: no verdict), two lrs, 40 steps.
+    QUICK = kit.PairedConfig.quick_settings(
+        lrs=(0.1, 0.3),
+        batch=64,
+        steps=40,
+        window=10,
+        loss_level=2.2,
+        probe_every=20,
+        probe_batches=1,
+        step_sizes=(0.1, 0.4),
+        train_size=1024,
+        test_size=256,
+    )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.step_multipliers or any(not m > 0 for m in self.step_multipliers):
+        kit.check_positive(
+            "LandscapeConfig",
+            self,
+            ("seeds", "batch", "steps", "window", "loss_level", "probe_every", "probe_batches"),
+        )
+        kit.check_positive("LandscapeConfig", self, ("margin",))
+        for name in ("lrs", "step_sizes"):
+            values = getattr(self, name)
+            if not values or any(not v > 0 for v in values):
+                raise ValueError(f"LandscapeConfig: {name} must be > 0, got {values!r}")
+        if self.activation not in ("relu", "sigmoid", "tanh"):
             raise ValueError(
-                f"LandscapeConfig: step_multipliers must be > 0, got {self.step_multipliers!r}"
+                f"LandscapeConfig: activation must be relu, sigmoid or tanh, got "
+                f"{self.activation!r}"
             )
 
-    def lr(self, arch: str) -> float:
-        return self.lr_lenet if arch == "lenet" else self.lr_mlp
 
-
-VARIANTS = ("none", "bn")
-
-
-def measure(config: LandscapeConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
-    """Train one (arch, variant, seed) with a landscape checkpoint every ``check_every``
-    steps and after the last (on the next batch)."""
-    arch, variant, seed = cell.setting, cell.variant, cell.seed
-    data, device = bench.data, bench.device
-    lr = config.lr(arch)
-    etas = [m * lr for m in config.step_multipliers]
-    with seeded(seed):
-        model = kit.build_model(arch, "none" if variant == "none" else kit.BN_NORM, seed).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
-        train = kit.batches(
-            data["train_images"], data["train_labels"], config.batch_size, seed, device
+def specs(config: LandscapeConfig) -> list[stats.ClaimSpec]:
+    """The claims, declared before the run (see the module docstring)."""
+    chance = stats.ChanceRule("final_test_acc", level=10.0, tolerance=2.0)
+    return [
+        stats.ClaimSpec(
+            name=name,
+            metric=metric,
+            direction="lower",
+            arm="bn",
+            reference="none",
+            margin=config.margin,
+            min_seeds=config.min_seeds,
+            chance=chance,
         )
-        points: list[dict[str, Any]] = []
+        for name, metric in (
+            ("bn-smoother-landscape", "log10_beta_at_loss"),
+            ("bn-lipschitz-loss", "log10_loss_range_at_loss"),
+        )
+    ]
 
-        def checkpoint(step: int, x: Tensor, y: Tensor) -> None:
-            points.append({"step": step, **landscape_point(model, x, y, etas)})
 
-        losses = run_steps(
+def _probe_batches(
+    config: LandscapeConfig, data: Mapping[str, Tensor], device: torch.device
+) -> list[tuple[Tensor, Tensor]]:
+    n = min(config.probe_batches * config.batch, data["train_images"].shape[0])
+    x = kit.float_images(data["train_images"][:n]).to(device)
+    y = data["train_labels"][:n].to(device)
+    return [(x[i : i + config.batch], y[i : i + config.batch]) for i in range(0, n, config.batch)]
+
+
+def _train(
+    config: LandscapeConfig, arm: str, lr: float, seed: int, bench: Bench, *, probes: bool
+) -> dict[str, Any]:
+    """One LeNet run at ``lr``; with ``probes``, landscape probes along training and at
+    the matched loss, and the final test accuracy (%)."""
+    data, device = bench.data, bench.device
+    with kit.cpu_threads(config.threads):
+        with seeded(seed):
+            model = probed.lenet(config.activation, ARMS[arm], seed).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        batches = kit.batches(
+            data["train_images"], data["train_labels"], config.batch, seed, device
+        )
+        fixed = _probe_batches(config, data, device) if probes else []
+        run = probed.train_probed(
             model,
-            train,
+            batches,
             opt,
             steps=config.steps,
-            on_batch=every(config.check_every, lambda s: checkpoint(s.step, s.x, s.y)),
+            window=config.window,
+            level=config.loss_level if probes else None,
+            probe=(lambda: landscape_probe(model, fixed, config.step_sizes)) if probes else None,
+            probe_every=config.probe_every if probes else None,
             on_step=lambda s: bench.advance(1),
         )
-        checkpoint(config.steps, *next(train))
-    tail = losses[-max(1, config.steps // 10) :]
-    metrics = point_means(points)
-    final = sum(tail) / len(tail)
-    metrics["train_loss"] = final if math.isfinite(final) else None
-    metrics["test_acc"] = kit.accuracy_on_test(model, data, device)
+        if probes:
+            run["final_test_acc"] = 100.0 * kit.accuracy_on_test(model, data, device)
+    return run
+
+
+def tune_cell(config: LandscapeConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """A tuning run (no probes): its final training loss."""
+    _, lr = cell.setting
+    run = _train(config, cell.variant, lr, cell.seed, bench, probes=False)
+    return {"lr": lr, "final_train_loss": kit.json_float(run["final_train_loss"])}
+
+
+def read_metrics(config: LandscapeConfig, run: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-run numbers: each measure at matched loss and at matched step (after the
+    last step), the step of the matched loss, final training loss and test accuracy."""
+    at = run["at_level"]
+    ends = [p for p in run["points"] if p["step"] == config.steps]
+    out: dict[str, Any] = {}
+    for where, point in (("loss", at), ("step", ends[0] if ends else None)):
+        for key in MEASURES:
+            out[f"{key}_at_{where}"] = None if point is None else point.get(key)
+        for key in ("beta", "loss_range", "grad_change_max"):
+            out[f"log10_{key}_at_{where}"] = probed.log10_or_none(out[f"{key}_at_{where}"])
+    out["steps_to_level"] = None if at is None else at["step"]
+    out["final_train_loss"] = kit.json_float(run["final_train_loss"])
+    out["final_test_acc"] = run.get("final_test_acc")
+    return out
+
+
+def main_cell(
+    config: LandscapeConfig, lrs: Mapping[str, Mapping[str, float | None]], cell: Cell, bench: Bench
+) -> dict[str, Any]:
+    """A measured run at the arm's tuned lr: probes, metrics."""
+    lr = lrs[str(cell.setting)][cell.variant]
+    if lr is None:
+        return {"lr": None, "metrics": None, "points": [], "at_level": None}
+    run = _train(config, cell.variant, lr, cell.seed, bench, probes=True)
     return {
-        "arch": arch,
-        "variant": variant,
-        "seed": seed,
         "lr": lr,
-        "step_sizes": etas,
-        "metrics": metrics,
-        "points": points,
+        "metrics": read_metrics(config, run),
+        "points": run["points"],
+        "at_level": run["at_level"],
+        "diverged": run["diverged"],
     }
 
 
-def point_means(points: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
-    """Means over checkpoints of ``METRICS``, ``grad_change_rel`` and ``grad_norm``."""
-    keys = (*METRICS, "grad_change_rel", "grad_norm")
-    return {key: kit.finite_mean([p.get(key) for p in points]) for key in keys}
-
-
-def decide_landscape(results: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """Rule of claim ``bn-smoother-landscape``: per network and per quantity (loss range,
-    largest gradient change, effective beta), mean over checkpoints with BN vs without
-    over seeds; ``supported`` if every comparison is lower with BN beyond 2 standard
-    errors, ``not supported`` if none is, ``mixed`` otherwise."""
-    per_seed = results["raw"]["per_seed"]
-    evidence: dict[str, Any] = {}
-    directions = []
-    for key in METRICS:
-        by_arch, found = kit.compare_variants(
-            per_seed,
-            key,
-            entry=lambda v, c, key=key: {
-                "bn": kit.variant_mean(v, "bn", key),
-                "none": kit.variant_mean(v, "none", key),
-                "direction": c.direction,
-            },
-        )
-        for arch, entry in by_arch.items():
-            evidence.setdefault(arch, {})[key] = entry
-        directions += found
-    return evidence, kit.directions_verdict(directions, "less")
-
-
-def _measured(evidence: Mapping[str, Any]) -> str:
-    return "; ".join(
-        f"{kit.arch_label(a)}: "
-        + ", ".join(
-            f"{k} {e['bn']:.3g} (BN) vs {e['none']:.3g} ({e['direction']})"
-            for k, e in by.items()
-            if e["bn"] is not None and e["none"] is not None
-        )
-        for a, by in evidence.items()
-    )
-
-
-CLAIM = (
-    "BN makes the loss landscape smoother (smaller loss variation, gradient change "
-    "and effective beta along the gradient)"
+_EMPTY_KEYS = (
+    *(f"{k}_at_{w}" for w in ("loss", "step") for k in MEASURES),
+    *(
+        f"log10_{k}_at_{w}"
+        for w in ("loss", "step")
+        for k in ("beta", "loss_range", "grad_change_max")
+    ),
+    "steps_to_level",
+    "final_train_loss",
+    "final_test_acc",
 )
 
 
-def summarize(config: LandscapeConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
-    """Table, verdict and figure of the finished grid."""
-    # The checkpoint means are recomputed from the stored points, so a summary
-    # quantity added later needs no rerun.
-    per_seed = run.per_seed(lambda u: {**u["metrics"], **point_means(u["points"])})
-    table = summary_table(
-        "Loss landscape along the gradient (mean over checkpoints; mean ± std over seeds)",
-        per_seed,
+def run(config: LandscapeConfig, ctx: LabContext) -> LabOutcome:
+    """Tune each arm's lr on the tuning seed, then the measured runs with probes."""
+    data = config.subsets(ctx.data, "landscape")
+    setting = config.activation
+    tuning, lrs, measured = paired.tuned_runs(
+        ctx,
+        tune=paired.tune_grid([setting], tuple(ARMS), config.lrs, config.tune_seed),
+        main=Grid(
+            variants=tuple(ARMS),
+            seeds=config.seeds,
+            settings=(setting,),
+            order=("seed", "variant", "setting"),
+        ),
+        tune_cell=functools.partial(tune_cell, config),
+        main_cell=functools.partial(main_cell, config),
+        criterion="final_train_loss",
+        data=data,
+        steps=config.steps,
+        label="landscape",
+    )
+    return summarize(config, ctx, measured, tuning, lrs)
+
+
+_LABEL = {"relu": "LeNet (ReLU)", "sigmoid": "LeNet (sigmoid)", "tanh": "LeNet (tanh)"}
+
+
+def summarize(
+    config: LandscapeConfig,
+    ctx: LabContext,
+    measured: GridRun,
+    tuning: Mapping[str, Mapping[str, Mapping[float, Any]]],
+    lrs: Mapping[str, Mapping[str, float | None]],
+) -> LabOutcome:
+    """Tables, verdicts and figures of the finished runs."""
+    setting = config.activation
+    empty = dict.fromkeys(_EMPTY_KEYS)
+    per_seed = measured.per_seed(lambda r: r["metrics"] if r["metrics"] is not None else empty)
+    declared = specs(config)
+    edges = paired.at_edge(config.lrs, lrs)
+    raw: dict[str, Any] = {
+        "per_seed": per_seed,
+        "specs": [spec_record(s) for s in declared],
+        "tuning": {
+            s: {a: {repr(lr): v for lr, v in by.items()} for a, by in arms.items()}
+            for s, arms in tuning.items()
+        },
+        "tune_rule": paired.TUNE_RULE.format(
+            grid=list(config.lrs), criterion="final training loss", seed=config.tune_seed
+        ),
+        "lr": {s: dict(arms) for s, arms in lrs.items()},
+        "lr_at_edge": edges,
+        "loss_level": config.loss_level,
+        "step_sizes": list(config.step_sizes),
+    }
+    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
+    raw["claims"] = list(evidences.values())
+    arms = per_seed.get(setting, {})
+    columns = [
+        ("lr", None),
+        ("log10 beta @loss", "log10_beta_at_loss"),
+        ("log10 loss var. @loss", "log10_loss_range_at_loss"),
+        ("log10 grad change @loss", "log10_grad_change_max_at_loss"),
+        ("grad change / |g| @loss", "grad_change_rel_at_loss"),
+        ("|g| @loss", "grad_norm_at_loss"),
+        ("log10 beta @step", "log10_beta_at_step"),
+        ("log10 loss var. @step", "log10_loss_range_at_step"),
+        ("steps to level", "steps_to_level"),
+        ("final train loss", "final_train_loss"),
+        ("test acc %", "final_test_acc"),
+    ]
+    tables = [
+        Table(
+            f"Learning-rate tuning (final training loss on tuning seed {config.tune_seed}; the "
+            "lowest is chosen)",
+            ["arm", *(f"lr={lr:g}" for lr in config.lrs), "chosen lr"],
+            [
+                [
+                    arm,
+                    *(tuning.get(setting, {}).get(arm, {}).get(float(lr)) for lr in config.lrs),
+                    lrs.get(setting, {}).get(arm),
+                ]
+                for arm in ARMS
+            ],
+        ),
+        Table(
+            f"{_LABEL.get(setting, setting)}: the measures at matched training loss "
+            f"({config.loss_level:g}) and at matched step ({config.steps}), mean ± std over "
+            "seeds",
+            ["arm", *(h for h, _ in columns)],
+            [
+                [
+                    arm,
+                    lrs.get(setting, {}).get(arm),
+                    *(kit.mean_std_cell(m.get(k, [])) for _, k in columns[1:]),
+                ]
+                for arm, m in arms.items()
+            ],
+        ),
+        paired.claims_table(raw["claims"], "log10", digits=3),
+        Table(
+            "Shown, not voted: paired differences BN - no BN (unadjusted 95% t intervals)",
+            ["metric", "n", "diff", "95% CI"],
+            probed.shown_differences(
+                per_seed,
+                [(f"{h}", setting, k) for h, k in columns[3:] if k not in ("final_train_loss",)],
+            ),
+        ),
+    ]
+    curves = measured.curves("points", settings=[setting], variants=tuple(ARMS))
+    at_level = {arm: [r.get("at_level") for r in measured.select(variant=arm)] for arm in ARMS}
+    runs = curves.get(setting, {})
+    plot_matched(
         [
-            ("loss range", "loss_range"),
-            ("max grad change", "grad_change_max"),
-            ("effective beta", "beta"),
-            ("max grad change / grad norm", "grad_change_rel"),
-            ("grad norm", "grad_norm"),
-            ("final train loss", "train_loss"),
-            ("test acc", "test_acc"),
+            {
+                "title": "effective beta",
+                "key": "beta",
+                "log": True,
+                "runs": runs,
+                "at_level": at_level,
+            },
+            {
+                "title": "loss variation",
+                "key": "loss_range",
+                "log": True,
+                "runs": runs,
+                "at_level": at_level,
+            },
         ],
-        label=kit.arch_label,
+        ctx.out_dir / "landscape_matched.png",
+        level=config.loss_level,
+        title=f"{_LABEL.get(setting, setting)}, each arm at its tuned lr: the claims' measures "
+        "(gray: no BN, blue: BN)",
     )
-    verdicts, _ = kit.apply_rules(
-        {"raw": {"per_seed": per_seed}}, [(CLAIM, decide_landscape, _measured)]
-    )
+    full = {
+        arm: [run for run in by if len(run) == len(max(by, key=len))]
+        for arm, by in runs.items()
+        if by
+    }
     plot_landscape(
-        run.curves("points", settings=config.archs, variants=VARIANTS),
-        {arch: kit.arch_label(arch) for arch in config.archs},
+        full and {setting: full},
+        {setting: _LABEL.get(setting, setting)},
         ctx.out_dir / "landscape.png",
     )
+    never = [
+        f"{arm} seed {seed}"
+        for arm, m in arms.items()
+        for seed, v in enumerate(m.get("steps_to_level", []))
+        if v is None
+    ]
+    notes = [
+        raw["tune_rule"],
+        f"matched training loss: the probe right after the first step at which the mean of "
+        f"the last {config.window} mini-batch losses reaches {config.loss_level:g} (primary); "
+        f"matched step: after step {config.steps} (shown). Each probe averages "
+        f"{config.probe_batches} fixed training batches of {config.batch}; step sizes "
+        f"{list(config.step_sizes)} for both arms.",
+        "runs that never reached the loss level (no primary value, excluded): "
+        + (", ".join(never) if never else "none"),
+    ]
+    if edges:
+        notes.append(f"lr chosen at the grid's edge (the best may lie beyond): {', '.join(edges)}")
     return LabOutcome(
-        tables=[table],
+        tables=tables,
         verdicts=verdicts,
         figures=[
             Figure(
+                "landscape_matched.png",
+                "Effective beta-smoothness and loss variation along the gradient against the "
+                "step (left; thick: seed mean) and against the moving-average training loss "
+                "(right; dots: the readout at matched loss, dashed the level), without BN "
+                "(gray) and with BN (blue), one line per seed.",
+            ),
+            Figure(
                 "landscape.png",
-                "Loss (left), gradient change (middle) and effective beta (right) along the "
-                "gradient over training: band = min-max over step sizes (edges averaged over "
-                "seeds), without BN (gray) and with BN (blue)",
-            )
+                "Loss, gradient change and effective beta along the gradient over training: "
+                "band = min-max over step sizes (edges averaged over seeds), without BN "
+                "(gray) and with BN (blue).",
+            ),
         ],
-        raw={"per_seed": per_seed, "units": run.results},
-        notes=[
-            f"{config.train_size} training images, {config.steps} SGD steps of batch "
-            f"{config.batch_size}; lr {config.lr_lenet} (LeNet), {config.lr_mlp} (MLP); "
-            f"step sizes {list(config.step_multipliers)} x lr, every {config.check_every} steps",
-            *kit.plateau_notes(per_seed),
-        ],
+        raw=raw,
+        notes=notes,
     )
 
 
-SPEC = register_lab(
-    kit.probing_lab(
-        name="landscape",
-        title="Loss landscape smoothness, with and without BN",
-        summary=(
-            "Santurkar et al. (arXiv 1805.11604, figure 4): along training, step along the "
-            "gradient with several step sizes and record the loss range, the change of the "
-            "gradient and the effective beta-smoothness, with and without BN (d2l LeNet "
-            "sigmoid and a 3x100 ReLU MLP, 3 seeds). Full run: 12000 training images, 300 "
-            "steps of batch 128, a checkpoint every 25 steps, step sizes 0.25-4 x lr."
-        ),
-        config_type=LandscapeConfig,
-        variants=VARIANTS,
-        measure=measure,
-        summarize=summarize,
-        description="landscape: training with checkpoints",
-        full_time=(
-            "about 7 min (395 s wall + 23 s to summarize, 73 s CPU; --threads 1, 2-core CPU machine shared and loaded by other jobs, 2026-11-26)"
-        ),
-    )
+_RULE = (
+    "declared ClaimSpec (bnlab.lab.stats): d2l LeNet with ReLU, each arm at the lr of the "
+    "grid 0.03/0.1/0.3/1 with the lowest final training loss on tuning seed 1000; SGD batch "
+    "128, 600 steps; primary metric {metric} right after the first step at which the "
+    "50-step moving-average training loss reaches 0.6 (matched loss; the value after the "
+    "last step, matched step, is shown, not voted), averaged over 4 fixed training batches, "
+    "step sizes 0.05/0.1/0.2/0.4; BN against no BN, direction lower, paired by seed, Holm "
+    "over the experiment's 2 claims, TOST margin ±0.3 log10 (a factor of 2), at least 5 "
+    "seeds; runs within 2 points of chance or that never reach the level excluded."
+)
+_OURS = (
+    "ours: a 5-layer ReLU LeNet on Fashion-MNIST, 600 SGD steps, each arm at its tuned lr, "
+    "read at matched training loss; theirs: VGG on CIFAR-10 at one step of training, a "
+    "figure, not a test"
 )
 
-register_claim(
-    Claim(
-        key="bn-smoother-landscape",
-        claim="BN makes the loss landscape smoother (the loss and its gradient change less "
-        "along the gradient direction)",
-        source="Santurkar et al. 2018, arXiv 1805.11604, section 3.1 (not in the seeds)",
-        experiment="landscape",
-        rule_text=(
-            "per network (LeNet sigmoid, ReLU MLP) and per quantity (loss range over step "
-            "sizes, largest l2 change of the gradient, effective beta = max change / distance), "
-            "mean over checkpoints with BN vs without over seeds; a difference counts beyond 2 "
-            "Welch standard errors. supported: every comparison lower with BN; not supported: "
-            "none; mixed otherwise"
+CLAIMS = kit.register_claims(
+    "landscape",
+    kit.ClaimRule(
+        "bn-smoother-landscape",
+        "BN makes the loss landscape smoother: the gradient changes less per unit of "
+        "distance along the gradient (lower effective beta-smoothness)",
+        FROM_LITERATURE,
+        _RULE.format(
+            metric="log10 effective beta (max over eta of ||grad(w - eta g) - g|| / ||eta g||)"
         ),
-        rule=decide_landscape,
+        stats_rule("bn-smoother-landscape"),
+        paired.measured_text,
+        literature=Literature(
+            "Santurkar, Tsipras, Ilyas & Madry 2018, 'How Does Batch Normalization Help "
+            "Optimization?', arXiv 1805.11604, section 3.1, figures 4(b, c) and 5",
+            "VGG on CIFAR-10 and a 25-layer deep linear network, standard vs BN, measured "
+            "along the gradient direction during training",
+            "gradient predictiveness and effective beta-smoothness clearly better (lower) "
+            "with BN throughout training (figures only; values not checked here: unverified)",
+            "supported",
+            _OURS,
+        ),
+    ),
+    kit.ClaimRule(
+        "bn-lipschitz-loss",
+        "BN makes the loss more Lipschitz: the loss changes less along the gradient "
+        "(smaller loss variation)",
+        FROM_LITERATURE,
+        _RULE.format(metric="log10 loss variation (max - min over eta of L(w - eta g))"),
+        stats_rule("bn-lipschitz-loss"),
+        paired.measured_text,
+        literature=Literature(
+            "Santurkar, Tsipras, Ilyas & Madry 2018, arXiv 1805.11604, section 3.1, "
+            "figures 4(a) and 5",
+            "VGG on CIFAR-10 and a 25-layer deep linear network, along the gradient direction",
+            "the range of the loss along the gradient is smaller with BN (figures only; "
+            "values not checked here: unverified)",
+            "supported",
+            _OURS,
+        ),
+    ),
+)
+
+SPEC = register_lab(
+    LabSpec(
+        name="landscape",
+        title="Loss landscape smoothness at matched training loss, LeNet with and without BN",
+        summary=(
+            "Santurkar et al. (arXiv 1805.11604, figures 4-5): from the weights during "
+            "training, step along the gradient with step sizes 0.05-0.4 and record the loss "
+            "variation, the gradient change and the effective beta-smoothness. d2l's LeNet "
+            "with ReLU, with and without BN, each arm at its lr tuned on a separate seed "
+            "(0.03/0.1/0.3/1), SGD batch 128, 600 steps, 5 paired seeds; primary readout at "
+            "matched training loss 0.6, matched step shown; paired t, Holm, TOST margin a "
+            "factor of 2."
+        ),
+        config_type=LandscapeConfig,
+        run=run,
+        needs_data=True,
+        full_time="about 4 min on 2 quiet CPU cores (estimate; see the report)",
     )
 )
