@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from bnlab.models._checks import check_positive_int
 from bnlab.models.norms import check_norm, make_norm
 from bnlab.models.resnet import (
+    BasicBlock,
     ResNet,
     check_cifar_depth,
     cifar_stem,
@@ -62,14 +63,11 @@ class PlainBlock(nn.Module):
         self.norm2 = make_norm(norm, out_channels, "2d")
         self.act2 = nn.ReLU()
 
+    # BasicBlock's residual branch: the same layers, called in the same order.
+    residual = BasicBlock.residual
+
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv1(x)
-        if self.norm1 is not None:
-            y = self.norm1(y)
-        y = self.conv2(self.act1(y))
-        if self.norm2 is not None:
-            y = self.norm2(y)
-        return self.act2(y)
+        return self.act2(self.residual(x))
 
 
 def plain(

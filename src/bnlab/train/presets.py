@@ -27,7 +27,7 @@ Szegedy, "Batch Normalization", arXiv 1502.03167.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = ["PRESETS", "Preset", "available_presets", "get_preset"]
@@ -60,17 +60,8 @@ class Preset:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as a JSON-ready dict."""
-        return {
-            "name": self.name,
-            "model": self.model,
-            "norm": self.norm,
-            "lr": self.lr,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "resize": self.resize,
-            "model_kwargs": dict(self.model_kwargs),
-        }
+        """The recipe as a JSON-ready dict: every field but the ``--help`` line."""
+        return {k: v for k, v in asdict(self).items() if k != "description"}
 
 
 PRESETS: dict[str, Preset] = {

@@ -24,6 +24,7 @@ __all__ = [
     "RESULTS_NAME",
     "add_environment",
     "add_figure",
+    "read_command_config",
     "read_environment",
 ]
 
@@ -47,6 +48,18 @@ def read_environment(folder: Path) -> dict[str, Any]:
     if not path.exists() and legacy.exists():
         path = legacy
     return read_json(path)
+
+
+def read_command_config(
+    folder: Path, warn: Warn, fallback: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The run's ``config.json``, which its command line is rebuilt from; when it cannot
+    be read, ``warn`` that the command is left out and return ``fallback`` (or ``{}``)."""
+    try:
+        return read_json(folder / CONFIG_NAME)
+    except ValueError as exc:
+        warn(f"{exc}; the command is left out")
+        return {} if fallback is None else fallback
 
 
 def add_figure(result: Result, folder: Path, file: str, caption: str, warn: Warn) -> None:

@@ -13,7 +13,12 @@ from typing import Any
 from bnlab.report.commands import d2l_command
 from bnlab.report.files import Warn, read_json
 from bnlab.report.model import Result, Table, Verdict
-from bnlab.report.readers._layout import CONFIG_NAME, add_environment, add_figure
+from bnlab.report.readers._layout import (
+    CONFIG_NAME,
+    add_environment,
+    add_figure,
+    read_command_config,
+)
 
 __all__ = ["read", "recognise"]
 
@@ -96,11 +101,7 @@ def read(folder: Path, warn: Warn) -> list[Result]:
     variants = summary.get("variants")
     if not isinstance(variants, dict):
         raise ValueError(f"{folder / 'summary.json'}: no 'variants' object")
-    try:
-        config = read_json(folder / CONFIG_NAME)
-    except ValueError as exc:
-        warn(f"{exc}; the command is left out")
-        config = {}
+    config = read_command_config(folder, warn)
     d2l = summary.get("config") or {}
     result = Result(
         kind=NAME,

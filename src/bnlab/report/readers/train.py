@@ -20,6 +20,7 @@ from bnlab.report.readers._layout import (
     RESULTS_NAME,
     add_environment,
     add_figure,
+    read_command_config,
 )
 
 __all__ = ["read", "recognise"]
@@ -45,11 +46,8 @@ def _history_table(history: list[dict[str, Any]]) -> Table:
 def read(folder: Path, warn: Warn) -> list[Result]:
     """The run as a result: final numbers, per-epoch table, curves, command."""
     results = read_json(folder / RESULTS_NAME)
-    try:
-        config = read_json(folder / CONFIG_NAME)
-    except ValueError as exc:
-        warn(f"{exc}; the command is left out")
-        config = results.get("config") if isinstance(results.get("config"), dict) else {}
+    stored = results.get("config")
+    config = read_command_config(folder, warn, stored if isinstance(stored, dict) else None)
     final = results.get("final") or {}
     model = config.get("model", "?")
     norm = config.get("norm", "?")
