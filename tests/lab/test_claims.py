@@ -7,20 +7,20 @@ its experiment is "not measured"; the table is written atomically as JSON.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import bnlab.lab  # noqa: F401  (registers every experiment and claim)
-from bnlab.lab import init_scale, input_norm, lr_sweep, placement, regularization
+from bnlab.lab import placement
 from bnlab.lab.claims import (
     NOT_MEASURED,
     Claim,
     available_claims,
     evaluate_claims,
     load_many,
+    spec_record,
     write_claims,
 )
 
@@ -42,170 +42,32 @@ def results(experiment: str, cells: list[dict[str, Any]], **raw: Any) -> dict[st
     return {"experiment": experiment, "quick": False, "raw": {"cells": cells, **raw}}
 
 
-# --- lr-sweep ---------------------------------------------------------------------------
+# --- lr-sweep, init, regularization ---------------------------------------------------
+# Their second-edition rules (declared ClaimSpecs) are tested on synthetic numbers in
+# tests/lab/test_lr_sweep.py, tests/lab/test_init_scale.py and tests/lab/test_regularization.py.
 
 
-def lr_results(max_lr: dict[tuple[str, str], float | None]) -> dict[str, Any]:
-    """Accuracy 0.8 up to the variant's max lr, diverged above it (None: chance everywhere)."""
-    cells = []
-    for (arch, variant), top in max_lr.items():
-        for lr in (0.1, 1.0, 10.0):
-            trains = top is not None and lr <= top
-            for seed, acc in enumerate(seeds(0.8 if trains else 0.1)):
-                cells.append(
-                    {
-                        "arch": arch,
-                        "variant": variant,
-                        "group": f"{arch}/{variant}",
-                        "lr": lr,
-                        "seed": seed,
-                        "test_acc": acc,
-                        "diverged": top is not None and lr > top,
-                    }
-                )
-    return results("lr-sweep", cells, train_fraction=0.9, min_acc=0.2)
+# --- input-norm, placement -------------------------------------------------------------
+# Their second-edition rules (declared ClaimSpecs) are tested on synthetic numbers in
+# tests/lab/test_input_norm.py and tests/lab/test_placement.py.
 
 
-@pytest.mark.parametrize(
-    ("max_lr", "expected"),
-    [
-        (
-            {("a", "bn"): 10.0, ("a", "none"): 1.0, ("b", "bn"): 1.0, ("b", "none"): None},
-            "supported",
-        ),
-        (
-            {("a", "bn"): 1.0, ("a", "none"): 10.0, ("b", "bn"): 0.1, ("b", "none"): 0.1},
-            "not supported",
-        ),
-        ({("a", "bn"): 10.0, ("a", "none"): 1.0, ("b", "bn"): 1.0, ("b", "none"): 10.0}, "mixed"),
-        ({("a", "bn"): 10.0, ("a", "none"): 10.0}, "mixed"),  # the grid does not separate
-        ({("a", "bn"): None, ("a", "none"): 1.0}, "not supported"),
-    ],
-)
-def test_lr_rule(max_lr: dict[tuple[str, str], float | None], expected: str) -> None:
-    evidence, verdict = lr_sweep.lr_rule(lr_results(max_lr))
-    assert verdict == expected
-    assert evidence["archs"]["a"]["max_lr_bn"] == max_lr[("a", "bn")]
-
-
-# --- init -------------------------------------------------------------------------------
-
-
-def init_results(trains: dict[str, set[float]]) -> dict[str, Any]:
-    cells = []
-    for variant, good in trains.items():
-        for factor in (0.01, 1.0, 100.0):
-            for seed, acc in enumerate(seeds(0.8 if factor in good else 0.1)):
-                cells.append(
-                    {"variant": variant, "factor": factor, "seed": seed, "test_acc": acc,
-                     "diverged": False}
-                )  # fmt: skip
-    return results("init", cells, train_fraction=0.9, min_acc=0.2)
-
-
-@pytest.mark.parametrize(
-    ("trains", "expected"),
-    [
-        ({"bn": {0.01, 1.0, 100.0}, "none": {1.0}}, "supported"),
-        ({"bn": {1.0}, "none": {0.01, 1.0}}, "not supported"),
-        ({"bn": {1.0}, "none": {100.0}}, "not supported"),  # as many, and some fail for both
-        ({"bn": {0.01, 1.0, 100.0}, "none": {0.01, 1.0, 100.0}}, "mixed"),
-        ({"bn": {1.0}, "none": set()}, "supported"),  # chance everywhere trains nowhere
-    ],
-)
-def test_init_rule(trains: dict[str, set[float]], expected: str) -> None:
-    evidence, verdict = init_scale.init_rule(init_results(trains))
-    assert verdict == expected
-    assert evidence["count_bn"] == len(trains["bn"])
-
-
-# --- input-norm -------------------------------------------------------------------------
-
-
-def input_results(loss: Callable[[str, str], float]) -> dict[str, Any]:
-    cells = []
-    for model in ("softmax", "mlp"):
-        for inputs in ("raw", "global", "per_pixel"):
-            for bn in (False, True):
-                for seed, value in enumerate(seeds(loss(model, inputs), 0.01)):
-                    cells.append(
-                        {"model": model, "inputs": inputs, "bn": bn, "seed": seed,
-                         "train_loss": value, "test_acc": 0.8}
-                    )  # fmt: skip
-    return results("input-norm", cells)
-
-
-@pytest.mark.parametrize(
-    ("loss", "expected"),
-    [
-        (lambda model, inputs: 1.0 if inputs == "raw" else 0.5, "supported"),
-        (lambda model, inputs: 0.5, "not supported"),
-        (lambda model, inputs: 0.4 if inputs == "raw" else 0.5, "not supported"),
-        (lambda model, inputs: 1.0 if inputs == "raw" and model == "softmax" else 0.5, "mixed"),
-    ],
-)
-def test_input_norm_rule(loss: Callable[[str, str], float], expected: str) -> None:
-    evidence, verdict = input_norm.input_norm_rule(input_results(loss))
-    assert verdict == expected
-    assert len(evidence["comparisons"]) == 4
-
-
-# --- placement --------------------------------------------------------------------------
-
-
-def placement_results(loss: dict[tuple[str, str], float]) -> dict[str, Any]:
-    cells = [
-        {"activation": a, "placement": p, "seed": seed, "train_loss": value, "test_acc": 0.8}
-        for (a, p), mean in loss.items()
-        for seed, value in enumerate(seeds(mean))
-    ]
-    return results("placement", cells)
-
-
-@pytest.mark.parametrize(
-    ("loss", "expected", "better"),
-    [
-        ({("sigmoid", "before"): 0.40, ("sigmoid", "after"): 0.50,
-          ("relu", "before"): 0.30, ("relu", "after"): 0.35}, "supported", "before"),
-        ({("sigmoid", "before"): 0.50, ("sigmoid", "after"): 0.40,
-          ("relu", "before"): 0.35, ("relu", "after"): 0.35}, "not supported", "after"),
-        ({("sigmoid", "before"): 0.40, ("sigmoid", "after"): 0.50,
-          ("relu", "before"): 0.35, ("relu", "after"): 0.35}, "mixed", "before"),
-    ],
-)  # fmt: skip
-def test_placement_rule(loss: dict[tuple[str, str], float], expected: str, better: str) -> None:
-    evidence, verdict = placement.placement_rule(placement_results(loss))
-    assert verdict == expected
-    assert evidence["activations"]["sigmoid"]["better"] == better
-    assert evidence["activations"]["relu"]["test_acc_better"] == "no difference"
-
-
-# --- regularization ---------------------------------------------------------------------
-
-
-def regularization_results(gap: dict[str, float], acc: dict[str, float]) -> dict[str, Any]:
-    cells = []
-    for variant in gap:
-        for seed, (g, a) in enumerate(zip(seeds(gap[variant]), seeds(acc[variant]), strict=True)):
-            cells.append({"variant": variant, "seed": seed, "gap_acc": g, "test_acc": a})
-    return results("regularization", cells)
-
-
-@pytest.mark.parametrize(
-    ("gap", "acc", "expected"),
-    [
-        ({"bn": 0.05, "none": 0.15}, {"bn": 0.85, "none": 0.80}, "supported"),
-        ({"bn": 0.05, "none": 0.15}, {"bn": 0.80, "none": 0.80}, "supported"),
-        ({"bn": 0.05, "none": 0.15}, {"bn": 0.70, "none": 0.80}, "mixed"),
-        ({"bn": 0.15, "none": 0.15}, {"bn": 0.85, "none": 0.80}, "mixed"),
-        ({"bn": 0.20, "none": 0.15}, {"bn": 0.80, "none": 0.80}, "not supported"),
-        ({"bn": 0.15, "none": 0.15}, {"bn": 0.80, "none": 0.80}, "not supported"),
-    ],
-)
-def test_regularization_rule(gap: dict[str, float], acc: dict[str, float], expected: str) -> None:
-    evidence, verdict = regularization.regularization_rule(regularization_results(gap, acc))
-    assert verdict == expected
-    assert evidence["gap_diff"] == pytest.approx(gap["bn"] - gap["none"])
+def placement_results(before: float, after: float) -> dict[str, Any]:
+    """Second-edition placement results: five paired seeds per activation."""
+    spread = [-0.02, 0.01, 0.0, 0.02, -0.01]
+    per_seed = {
+        a: {
+            "before": {"test_acc": [before + d for d in spread]},
+            "after": {"test_acc": [after] * 5},
+        }
+        for a in ("relu", "sigmoid")
+    }
+    specs = [spec_record(s) for s in placement.specs(placement.PlacementConfig())]
+    return {
+        "experiment": "placement",
+        "quick": False,
+        "raw": {"per_seed": per_seed, "specs": specs},
+    }
 
 
 # --- the table --------------------------------------------------------------------------
@@ -223,9 +85,7 @@ def test_my_claims_are_registered_with_their_seed_source() -> None:
 
 def test_missing_experiments_are_not_measured() -> None:
     mine = [c for c in available_claims() if c.key in MINE]
-    table = evaluate_claims(
-        [placement_results({("relu", "before"): 0.3, ("relu", "after"): 0.4})], mine
-    )
+    table = evaluate_claims([placement_results(89.0, 88.0)], mine)
     verdicts = {row["key"]: row["verdict"] for row in table}
     assert verdicts["bn-before-activation"] == "supported"
     for key in MINE.keys() - {"bn-before-activation"}:
@@ -237,7 +97,7 @@ def test_results_the_rule_cannot_read_are_not_measured() -> None:
     claim = next(c for c in available_claims() if c.key == "bn-regularizes")
     (row,) = evaluate_claims([{"experiment": "regularization", "raw": {}}], [claim])
     assert row["verdict"] == NOT_MEASURED
-    assert row["evidence"]["error"] == "KeyError: 'cells'"
+    assert row["evidence"]["error"] == "KeyError: 'specs'"
 
 
 def test_a_rule_with_a_bad_verdict_is_an_error() -> None:

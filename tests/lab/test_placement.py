@@ -1,85 +1,132 @@
-"""``placement``: the models get the norm where asked; a tiny run end to end; the rule on
-synthetic numbers."""
+"""``placement``: the models get BN where asked, the tuning runs hold out a validation
+split, a tiny run end to end (no verdict, figure, resume), the declared rule on synthetic
+per-seed numbers whose answer is known (including the null and too few seeds), config
+errors."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from torch import nn
 
-from bnlab.lab import placement
+from bnlab.lab import placement, stats
+from bnlab.lab.claims import spec_record
 from bnlab.lab.experiment import get_lab, run_lab
+from bnlab.lab.runner import Bench
 
 
-def test_quick_run(tmp_path: Path, fake_data) -> None:
-    config = dataclasses.replace(
-        placement.PlacementConfig.quick(), train_size=64, test_size=64, hidden=(16,)
+def tiny_config(**kw) -> placement.PlacementConfig:
+    tiny = {"train_size": 64, "test_size": 32, "validation": 16, "batch": 16, "hidden": (8,)}
+    return dataclasses.replace(placement.PlacementConfig.quick(), **(tiny | kw))
+
+
+def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> None:
+    spec = get_lab("placement")
+    config = tiny_config()
+    out = tmp_path / "run"
+    results = run_lab(spec, config, out, data=fake_data(64, 32), quick=True)
+    raw = results["raw"]
+    assert (out / "placement.png").is_file()
+    assert set(raw["per_seed"]) == {"relu", "sigmoid"}
+    assert all(set(arms) == {"before", "after"} for arms in raw["per_seed"].values())
+    assert all(lr in config.lrs for arms in raw["lr"].values() for lr in arms.values())
+    (verdict,) = results["verdicts"]
+    assert verdict["holds"] is None
+    assert verdict["measured"].startswith("no verdict at this budget: ")
+    assert verdict["measured"].startswith(placement.CLAIMS[0].rule(results)[1] + ":")
+    units = sorted((out / "units").glob("*.json"))
+    assert len(units) == 2 * 2 * 2 + 2 * 2 * 2  # tuning (activation x lr x placement) + measured
+    assert (out / "units" / "tune-relu-lr0.03-before.json").is_file()
+    (out / "units" / "sigmoid-after-seed1.json").unlink()
+    (out / "results.json").unlink()
+    again = run_lab(spec, config, out, data=fake_data(64, 32), resume=True, quick=True)
+    assert again["units_reused"] == len(units) - 1
+    assert again["raw"]["per_seed"] == raw["per_seed"]
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_bn_sits_where_asked_and_tuning_holds_out_validation(where: str, fake_data) -> None:
+    config = tiny_config(epochs=1)
+    data = placement.prepare(config, fake_data(64, 32))
+    got = placement.train_run(
+        config, "relu", where, 0.1, 0, Bench(data, torch.device("cpu")), validate=True
     )
-    results = run_lab(get_lab("placement"), config, tmp_path / "run", data=fake_data(), quick=True)
-    cells = results["raw"]["cells"]
-    assert len(cells) == 2 * 3 * config.seeds
-    assert {c["placement"] for c in cells} == {"before", "after", "none"}
-    for figure in results["figures"]:
-        assert (tmp_path / "run" / figure["file"]).is_file()
-    evidence, verdict = placement.placement_rule(results)
-    assert set(evidence["activations"]) == {"sigmoid", "relu"}
-    # The shown verdict is the rule's on the run's own numbers.
-    assert results["verdicts"][0]["measured"].startswith(verdict + ":")
-    assert results["verdicts"][0]["holds"] == {"supported": True, "not supported": False}.get(
-        verdict
+    assert set(got["metrics"]) == {"val_error", "train_loss_last50"}
+    assert 0.0 <= got["metrics"]["val_error"] <= 100.0
+    model = placement.create(
+        "mlp", norm="torch", hidden=(8,), activation="relu", norm_position=where
     )
+    kinds = [type(m) for m in model if not isinstance(m, nn.Flatten)]
+    norm_at, act_at = kinds.index(nn.BatchNorm1d), kinds.index(nn.ReLU)
+    assert (norm_at < act_at) == (where == "before")
 
 
-def test_no_reference_leaves_out_the_network_without_bn(tmp_path: Path, fake_data) -> None:
-    config = dataclasses.replace(
-        placement.PlacementConfig.quick(),
-        seeds=1,
-        activations=("relu",),
-        train_size=32,
-        test_size=32,
-        hidden=(8,),
-        reference=False,
-    )
-    results = run_lab(get_lab("placement"), config, tmp_path / "run", data=fake_data(), quick=True)
-    assert {c["placement"] for c in results["raw"]["cells"]} == {"before", "after"}
+NOISE = np.array([0.05, -0.1, 0.08, -0.03, 0.0])
 
 
-def _cells(after: dict[str, float]) -> dict:
-    """Three seeds (spread 0.01) per activation: training loss 0.5 with BN before the
-    activation, ``after[activation]`` with BN after it, 9.0 without BN (must not matter)."""
-    loss = {"before": lambda a: 0.5, "after": lambda a: after[a], "none": lambda a: 9.0}
-    cells = [
-        {
-            "activation": a,
-            "placement": p,
-            "seed": seed,
-            "train_loss": loss[p](a) + 0.01 * seed,
-            "test_acc": 0.8,
+def synthetic(before: dict[str, float], after: float = 88.0, *, noise=NOISE) -> dict:
+    config = placement.PlacementConfig()
+    per_seed = {
+        a: {
+            "before": {
+                "test_acc": list(before[a] + noise),
+                "train_loss_last50": [0.3] * len(noise),
+            },
+            "after": {"test_acc": [after] * len(noise), "train_loss_last50": [0.3] * len(noise)},
         }
-        for a in after
-        for p in placement.PLACEMENTS
-        for seed in range(3)
-    ]
-    return {"raw": {"cells": cells}}
+        for a in before
+    }
+    return {
+        "raw": {"per_seed": per_seed, "specs": [spec_record(s) for s in placement.specs(config)]}
+    }
 
 
 @pytest.mark.parametrize(
-    ("after", "verdict", "better"),
+    ("before", "verdict", "statuses"),
     [
-        ({"sigmoid": 0.7, "relu": 0.6}, "supported", {"sigmoid": "before", "relu": "before"}),
-        ({"sigmoid": 0.3, "relu": 0.4}, "not supported", {"sigmoid": "after", "relu": "after"}),
-        ({"sigmoid": 0.7, "relu": 0.4}, "mixed", {"sigmoid": "before", "relu": "after"}),
-        # The null: equal numbers, no difference for either activation.
-        (
-            {"sigmoid": 0.5, "relu": 0.5},
-            "not supported",
-            {"sigmoid": "no difference", "relu": "no difference"},
-        ),
+        ({"relu": 89.0, "sigmoid": 88.8}, stats.SUPPORTED, ["better", "better"]),
+        # the null: equal within the margin for both activations
+        ({"relu": 88.0, "sigmoid": 88.0}, stats.REFUTED, ["equivalent", "equivalent"]),
+        ({"relu": 87.0, "sigmoid": 87.2}, stats.REFUTED, ["opposite", "opposite"]),
+        ({"relu": 89.0, "sigmoid": 88.0}, stats.CONTEXT_DEPENDENT, ["better", "equivalent"]),
     ],
 )
-def test_rule_on_synthetic_numbers(after: dict[str, float], verdict: str, better: dict) -> None:
-    evidence, got = placement.placement_rule(_cells(after))
+def test_rule_on_known_numbers(before: dict, verdict: str, statuses: list) -> None:
+    evidence, got = placement.CLAIMS[0].rule(synthetic(before))
     assert got == verdict
-    assert {a: e["better"] for a, e in evidence["activations"].items()} == better
-    assert evidence["activations"]["relu"]["test_acc_better"] == "no difference"
+    assert [r["status"] for r in evidence["settings"]] == statuses
+
+
+def test_rule_on_noise_chance_and_too_few_seeds() -> None:
+    wide = np.array([1.0, -0.8, 0.6, -1.2, 0.3])
+    evidence, verdict = placement.CLAIMS[0].rule(
+        synthetic({"relu": 88.0, "sigmoid": 88.0}, noise=wide)
+    )
+    assert verdict == stats.INCONCLUSIVE
+    assert evidence["seeds_needed"] > 5
+    few = synthetic({"relu": 89.0, "sigmoid": 89.0}, noise=NOISE[:4])
+    assert placement.CLAIMS[0].rule(few)[1] == stats.NO_VERDICT
+    at_chance = synthetic({"relu": 89.0, "sigmoid": 89.0})
+    at_chance["raw"]["per_seed"]["relu"]["after"]["test_acc"][0] = 10.3
+    evidence, verdict = placement.CLAIMS[0].rule(at_chance)
+    assert verdict == stats.SUPPORTED  # relu keeps 4 seeds: excluded; sigmoid decides
+    assert evidence["settings"][0]["status"] == "excluded"
+    assert evidence["excluded"][0]["reason"] == "never left chance (test_acc within 2.0 of 10.0)"
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"lrs": ()}, r"lrs must be positive values, got \(\)"),
+        ({"activations": ()}, "activations must name at least one activation"),
+        ({"epochs": 0}, "epochs must be > 0, got 0"),
+        ({"margin": 0.0}, "margin must be > 0, got 0.0"),
+    ],
+)
+def test_config_errors(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        placement.main_grid(tiny_config(**kw))

@@ -557,15 +557,6 @@ LITERATURE: dict[str, Literature] = {
         "supported",
         _SMALL_SCALE,
     ),
-    "recalibration-at-least-moving-averages": Literature(
-        "Wu & Johnson 2021, 'Rethinking \"Batch\" in BatchNorm', arXiv 2105.07576, section 3",
-        "ResNet-50 on ImageNet: EMA statistics against 'precise BN' (population statistics "
-        "recomputed with fixed weights)",
-        "precise BN is as good or better, and clearly better when the EMA lags (large "
-        "learning rates, early in training, small momentum)",
-        "supported",
-        _SMALL_SCALE,
-    ),
     "non-iid-batches-hurt-bn": Literature(
         "Ioffe 2017, 'Batch Renormalization', arXiv 1702.03275, section 4.3",
         "Inception on ImageNet with mini-batches of few classes (non-i.i.d.)",

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
@@ -56,7 +55,6 @@ from bnlab.models import create
 from bnlab.plots.effects import plot_arms
 from bnlab.plots.sweeps import plot_sweep
 from bnlab.train import evaluate
-from bnlab.train.steps import run_steps
 
 __all__ = [
     "CLAIMS",
@@ -244,16 +242,8 @@ def train_run(
         pre = standardizer(images, inputs, config.min_std)
         with experiment.seeded(seed):
             net = build_model(config, model, pre).to(device)
-        opt = torch.optim.SGD(net.parameters(), lr=lr)
-        schedule = torch.optim.lr_scheduler.LambdaLR(opt, kit.paired.lr_schedule(steps))
-        net.train()
-        losses = run_steps(
-            net,
-            kit.batches(images, labels, config.batch, seed, device),
-            opt,
-            steps=steps,
-            loss_fn=F.cross_entropy,
-            on_step=[lambda s: schedule.step(), lambda s: bench.advance(1)],
+        losses = kit.paired.train_decayed(
+            net, images, labels, bench, lr=lr, batch=config.batch, steps=steps, seed=seed
         )
         train = evaluate(net, DeviceLoader(images, labels, 1000, shuffle=False, device=device))
         test_acc = 100.0 * kit.accuracy_on_test(net, data, device)

@@ -15,8 +15,14 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
 from bnlab.lab.experiment import LabContext, Table
+from bnlab.lab.kit.data import batches
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
+from bnlab.train.steps import run_steps
 
 __all__ = [
     "TUNE_RULE",
@@ -25,6 +31,7 @@ __all__ = [
     "claims_table",
     "lr_schedule",
     "measured_text",
+    "train_decayed",
     "tune_grid",
     "tuned_runs",
 ]
@@ -135,6 +142,37 @@ def lr_schedule(steps: int) -> Callable[[int], float]:
     """The linear decay to 0 over ``steps`` (a ``LambdaLR`` factor): every measured
     metric is read at a settled point."""
     return lambda k: max(0.0, 1.0 - k / steps)
+
+
+def train_decayed(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    bench: Bench,
+    *,
+    lr: float,
+    batch: int,
+    steps: int,
+    seed: int,
+    momentum: float = 0.0,
+) -> list[float]:
+    """``steps`` SGD steps (``momentum``) in train mode at ``lr`` decayed linearly to 0,
+    on endless batches of ``images`` drawn with ``seed``; one progress step per step.
+
+    Returns:
+        The mini-batch losses.
+    """
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(steps))
+    model.train()
+    return run_steps(
+        model,
+        batches(images, labels, batch, seed, bench.device),
+        opt,
+        steps=steps,
+        loss_fn=F.cross_entropy,
+        on_step=[lambda s: schedule.step(), lambda s: bench.advance(1)],
+    )
 
 
 def _fmt(x: Any, digits: int) -> str | None:
