@@ -1,64 +1,184 @@
-"""``lr-sweep``: a tiny run end to end (results, figure, verdict from the rule), resume; the
-rule on synthetic numbers."""
+"""``lr-sweep`` (and the sweep it shares with ``init``, ``bnlab.lab.kit.sweeps``): a tiny
+run end to end ("no verdict at this budget", figure, resume), the trainability summary
+and its censoring, the declared rule on synthetic per-seed numbers whose verdict is
+known (clear effect, the null, noise, too few seeds, a censored seed), config errors;
+and the kit pieces the first edition tested here (``train_variant``, ``take``,
+``trainable_values``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from bnlab.lab import lr_sweep
+from bnlab.lab import lr_sweep, stats
+from bnlab.lab.claims import spec_record
 from bnlab.lab.experiment import get_lab, run_lab
-from bnlab.lab.kit import take, train_variant, trainable_values
+from bnlab.lab.kit import sweeps, take, train_variant, trainable_values
+from bnlab.lab.runner import Bench, Cell, GridRun
 from bnlab.models import create
 from bnlab.train import TrainConfig
 
 
-def test_quick_run_writes_results_and_resumes(tmp_path: Path, fake_data) -> None:
+def tiny_config(**kw) -> lr_sweep.LrSweepConfig:
+    tiny = {
+        "lrs": (0.1, 1e30),
+        "activations": ("relu",),
+        "hidden": (16,),
+        "steps": 6,
+        "batch": 16,
+        "window": 3,
+        "train_size": 64,
+        "test_size": 64,
+        "target_acc": 5.0,
+    }
+    return dataclasses.replace(lr_sweep.LrSweepConfig.quick(), **(tiny | kw))  # fmt: skip
+
+
+def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> None:
     spec = get_lab("lr-sweep")
-    config = dataclasses.replace(
-        lr_sweep.LrSweepConfig.quick(),
-        lrs=(0.1, 1000.0),
-        archs=("mlp-relu",),
-        train_size=64,
-        test_size=64,
-    )
+    config = tiny_config()
     out = tmp_path / "run"
     results = run_lab(spec, config, out, data=fake_data(), quick=True)
-    cells = results["raw"]["cells"]
-    assert len(cells) == 2 * 2 * config.seeds
     assert (out / "lr_sweep.png").is_file()
-    # The shown verdict is the rule's on the run's own numbers.
-    _evidence, verdict = lr_sweep.lr_rule(results)
-    assert results["verdicts"][0]["measured"].startswith(verdict + ":")
-    holds = results["verdicts"][0]["holds"]
-    assert holds == {"supported": True, "not supported": False}.get(verdict)
-    assert all(isinstance(c["diverged"], bool) for c in cells)
-    saved = json.loads((out / "results.json").read_text())
-    assert saved["experiment"] == "lr-sweep"
+    units = sorted((out / "units").glob("*.json"))
+    assert len(units) == 2 * 2 * config.seeds  # lr x arm x seed
+    # lr 1e30 diverges: the run stops early and is recorded as such
+    blown = json.loads((out / "units" / "relu-lr1e+30-none-seed0.json").read_text())["value"]
+    assert blown["diverged"]
+    assert blown["steps_done"] < config.steps
+    (verdict,) = results["verdicts"]
+    assert verdict["holds"] is None
+    assert verdict["measured"].startswith("no verdict at this budget: ")
+    assert verdict["measured"].startswith(lr_sweep.CLAIMS[0].rule(results)[1] + ":")
+    per_seed = results["raw"]["per_seed"]["relu"]
+    assert per_seed["none"]["max_log10"] == [-1.0, -1.0]  # trains at 0.1 only
     again = run_lab(spec, config, out, data=fake_data(), resume=True, quick=True)
-    assert again["units_reused"] == len(cells)
-    # Exact: every cell is read back from the JSON the first run stored.
-    assert again["raw"]["cells"] == json.loads(json.dumps(cells))
+    assert again["units_reused"] == len(units)
+    assert again["raw"]["per_seed"] == json.loads(json.dumps(results["raw"]["per_seed"]))
 
 
-def test_unknown_arch_is_named() -> None:
-    with pytest.raises(
-        ValueError, match=r"archs must name some of lenet, mlp-relu, got \('vgg',\)"
-    ):
-        lr_sweep.LrSweepConfig(archs=("vgg",))
+def test_config_errors_name_the_value() -> None:
+    with pytest.raises(ValueError, match=r"lrs must be at least two increasing positive"):
+        lr_sweep.LrSweepConfig(lrs=(1.0, 0.1))
+    with pytest.raises(ValueError, match=r"activations must name some of relu, sigmoid, tanh"):
+        lr_sweep.LrSweepConfig(activations=("gelu",))
+    with pytest.raises(ValueError, match=r"LrSweepConfig: steps must be > 0, got 0"):
+        lr_sweep.LrSweepConfig(steps=0)
 
 
-def test_quick_config_is_small() -> None:
-    quick, full = lr_sweep.LrSweepConfig.quick(), lr_sweep.LrSweepConfig()
-    assert quick.train_size * quick.epochs * len(quick.lrs) < full.train_size * full.epochs
-    assert full.seeds == 3
-    # Exact: the grid's literal values.
-    assert min(full.lrs) == 0.01
-    assert max(full.lrs) == 10.0
+def test_full_config_is_the_declared_design() -> None:
+    full, quick = lr_sweep.LrSweepConfig(), lr_sweep.LrSweepConfig.quick()
+    assert full.seeds == full.min_seeds == 5
+    assert full.train_size is None
+    assert full.test_size is None
+    assert full.lrs[0] == 0.01
+    assert full.lrs[-1] == 100.0
+    steps = [math.log10(b / a) for a, b in zip(full.lrs, full.lrs[1:], strict=False)]
+    assert all(abs(s - 0.5) < 0.03 for s in steps)  # half decades (the metric's grid)
+    assert full.margin < min(steps)  # the margin is below what the grid resolves
+    assert quick.seeds < quick.min_seeds
+    assert quick.steps * len(quick.lrs) < full.steps * len(full.lrs)
+
+
+def _run(accs: dict[tuple[str, int], list[float | None]], grid=(0.1, 1.0, 10.0)) -> GridRun:
+    """A GridRun of one activation: ``accs[(arm, seed)]`` per grid value (None: diverged)."""
+    cells, results = [], []
+    for (arm, seed), values in accs.items():
+        for lr, acc in zip(grid, values, strict=True):
+            cells.append(Cell(("relu", lr), arm, seed))
+            results.append({"diverged": acc is None, "test_acc": acc})
+    return GridRun(cells, results)
+
+
+def test_trainability_and_its_censoring() -> None:
+    config = dataclasses.replace(tiny_config(), target_acc=50.0)
+    run = _run(
+        {
+            ("none", 0): [80.0, 40.0, None],  # trains at 0.1 only
+            ("none", 1): [10.0, 10.0, 10.0],  # nowhere: one step below the grid
+            ("bn", 0): [80.0, 85.0, 82.0],  # up to the top: censored
+            ("bn", 1): [30.0, 85.0, 40.0],  # at 1 only
+        }
+    )
+    got = sweeps.trainability(config, run, (0.1, 1.0, 10.0))["relu"]
+    assert got["none"]["max_log10"] == [-1.0, -2.0]
+    assert got["bn"]["max_log10"] == [1.0, 0.0]
+    assert got["bn"]["width_decades"] == [3.0, 1.0]
+    assert got["none"]["width_decades"] == [1.0, 0.0]
+    assert got["bn"]["censored_high"] == [True, False]
+    assert got["none"]["censored_low"] == [False, True]
+    assert got["bn"]["width_censored"] == [True, False]
+    assert got["none"]["best_acc"] == [80.0, 10.0]
+    assert got["bn"]["trains"] == [[0.1, 1.0, 10.0], [1.0]]
+
+
+def results_of(bn: list[float], none: list[float], **flags: list[bool]) -> dict:
+    """lr-sweep results with per-seed ``max_log10`` for BN and no BN (one activation)."""
+    config = dataclasses.replace(lr_sweep.LrSweepConfig(), activations=("relu",))
+    n = len(bn)
+    arms = {
+        arm: {
+            "max_log10": values,
+            "censored_high": flags.get(f"{arm}_high", [False] * n),
+            "censored_low": flags.get(f"{arm}_low", [False] * n),
+        }
+        for arm, values in (("bn", bn), ("none", none))
+    }
+    specs = [spec_record(s) for s in lr_sweep.specs(config)]
+    return {"raw": {"per_seed": {"relu": arms}, "specs": specs}}
+
+
+RULE = lr_sweep.CLAIMS[0].rule
+
+
+@pytest.mark.parametrize(
+    ("bn", "none", "verdict"),
+    [
+        ([1.0, 1.0, 1.0, 0.5, 1.0], [-1.0, -1.0, -0.5, -1.0, -1.0], stats.SUPPORTED),
+        ([0.0] * 5, [0.0] * 5, stats.REFUTED),  # the null: the same largest lr
+        ([-1.0, -1.0, -1.0, -0.5, -1.0], [0.0] * 5, stats.REFUTED),  # lower with BN
+        ([1.0, -1.0, 0.5, -0.5, 0.0], [0.0, 0.5, -0.5, 0.5, 0.0], stats.INCONCLUSIVE),
+        ([1.0] * 3, [-1.0] * 3, stats.NO_VERDICT),  # under min_seeds
+    ],
+)
+def test_rule_on_synthetic_numbers(bn: list[float], none: list[float], verdict: str) -> None:
+    evidence, got = RULE(results_of(bn, none))
+    assert got == verdict
+    assert evidence["metric"] == "max_log10"
+    assert "censoring" not in evidence
+
+
+def test_censored_seeds_withdraw_a_verdict_they_could_flip() -> None:
+    clear = ([1.0, 1.0, 1.0, 0.5, 1.0], [-1.0, -1.0, -0.5, -1.0, -1.0])
+    top = [False, False, True, False, False]
+    # no BN trains at the top of the grid: its largest lr may be higher -> not supported
+    evidence, verdict = RULE(results_of(*clear, none_high=top))
+    assert verdict == stats.INCONCLUSIVE
+    assert "relu/seed2" in evidence["censoring"]
+    # BN censored at the top cannot undo a 'supported' (its true value is higher still)
+    assert RULE(results_of(*clear, bn_high=top))[1] == stats.SUPPORTED
+    # the null with BN at the top of the grid: not refuted
+    assert RULE(results_of([2.0] * 5, [2.0] * 5, bn_high=[True] * 5))[1] == stats.INCONCLUSIVE
+
+
+def test_a_sweep_cell_stops_a_diverged_run(fake_data) -> None:
+    config = tiny_config()
+    bench = Bench(lr_sweep.prepare(config, fake_data()), torch.device("cpu"))
+    got = lr_sweep.measure(config, Cell(("relu", 1e30), "none", 0), bench)
+    assert got["diverged"]
+    assert got["test_acc"] is None
+    ok = lr_sweep.measure(config, Cell(("relu", 0.1), "bn", 0), bench)
+    assert not ok["diverged"]
+    assert 0.0 <= ok["test_acc"] <= 100.0
+    assert ok["steps_done"] == config.steps
+
+
+# --- the kit pieces the first edition's lr-sweep tests covered ---------------------------
 
 
 def test_train_variant_records_a_nan_loss_as_diverged(fake_data) -> None:
@@ -99,61 +219,3 @@ def test_trainable_values_rule() -> None:
         cells, group_key="g", grid_key="x", fraction=0.9, metric="acc", per_group=True
     )
     assert own["groups"]["b"]["trains"] == [1.0, 2.0]
-
-
-LRS = (0.1, 1.0, 10.0)
-
-
-def _sweep(max_lr: dict[tuple[str, str], float | None], acc: float = 0.8) -> dict:
-    """Per-seed test accuracy ``acc`` (spread 0.01) up to a variant's highest rate, chance
-    above it (None: chance everywhere)."""
-    cells = [
-        {
-            "arch": arch,
-            "variant": variant,
-            "group": f"{arch}/{variant}",
-            "lr": lr,
-            "seed": seed,
-            "test_acc": (acc if top is not None and lr <= top else 0.1) + 0.01 * seed,
-            "diverged": False,
-        }
-        for (arch, variant), top in max_lr.items()
-        for lr in LRS
-        for seed in range(3)
-    ]
-    return {"raw": {"cells": cells, "train_fraction": 0.9, "min_acc": 0.2}}
-
-
-@pytest.mark.parametrize(
-    ("max_lr", "verdict", "per_arch"),
-    [
-        # BN trains at a higher rate on both networks.
-        ({("a", "bn"): 10.0, ("a", "none"): 0.1, ("b", "bn"): 1.0, ("b", "none"): 0.1},
-         "supported", {"a": "higher", "b": "higher"}),
-        # BN's highest rate is lower on both.
-        ({("a", "bn"): 0.1, ("a", "none"): 1.0, ("b", "bn"): None, ("b", "none"): 10.0},
-         "not supported", {"a": "not higher", "b": "not higher"}),
-        # Higher on one network, lower on the other.
-        ({("a", "bn"): 10.0, ("a", "none"): 1.0, ("b", "bn"): 0.1, ("b", "none"): 1.0},
-         "mixed", {"a": "higher", "b": "not higher"}),
-        # The null, inside the grid: equal numbers, the same highest rate below its top.
-        ({("a", "bn"): 1.0, ("a", "none"): 1.0}, "not supported", {"a": "not higher"}),
-        # The null at the top of the grid: it cannot separate the variants.
-        ({("a", "bn"): 10.0, ("a", "none"): 10.0}, "mixed", {"a": "undecided"}),
-    ],
-)  # fmt: skip
-def test_rule_on_synthetic_numbers(max_lr: dict, verdict: str, per_arch: dict) -> None:
-    evidence, got = lr_sweep.lr_rule(_sweep(max_lr))
-    assert got == verdict
-    assert {a: e["verdict"] for a, e in evidence["archs"].items()} == per_arch
-    assert evidence["archs"]["a"]["max_lr_bn"] == max_lr[("a", "bn")]
-
-
-def test_rule_ignores_a_rate_where_a_seed_diverged() -> None:
-    results = _sweep({("a", "bn"): 10.0, ("a", "none"): 1.0})
-    for cell in results["raw"]["cells"]:
-        if cell["variant"] == "bn" and cell["lr"] == 10.0 and cell["seed"] == 2:
-            cell["diverged"] = True
-    evidence, verdict = lr_sweep.lr_rule(results)
-    assert evidence["archs"]["a"]["lrs_that_train_bn"] == [0.1, 1.0]
-    assert verdict == "not supported"  # both now train up to 1.0, below the grid's top
