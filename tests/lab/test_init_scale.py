@@ -1,16 +1,21 @@
-"""``init``: weight scaling, a tiny run end to end (results, figure, verdict from the rule),
-the rule on synthetic numbers."""
+"""``init``: weight scaling, BN's scale invariance, a tiny run end to end ("no verdict
+at this budget", the tuning table, the figure, resume), the lr choice, the declared rule
+on synthetic per-seed numbers whose verdict is known (clear effect, the null, noise,
+too few seeds, a width censored at the grid's ends), config errors."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from bnlab.lab import init_scale
+from bnlab.lab import init_scale, stats
+from bnlab.lab.claims import spec_record
 from bnlab.lab.experiment import get_lab, run_lab
+from bnlab.lab.runner import Cell, GridRun
 from bnlab.models import create
 
 
@@ -43,54 +48,120 @@ def test_bn_output_ignores_the_scale_of_the_weights_before_it() -> None:
     torch.testing.assert_close(a(x), b(x), rtol=1e-3, atol=1e-4)
 
 
-def test_quick_run(tmp_path: Path, fake_data) -> None:
-    config = dataclasses.replace(
-        init_scale.InitConfig.quick(), factors=(0.1, 1.0), train_size=64, test_size=64
-    )
-    results = run_lab(get_lab("init"), config, tmp_path / "run", data=fake_data(), quick=True)
-    assert len(results["raw"]["cells"]) == 2 * 2 * config.seeds
-    assert (tmp_path / "run" / "init_scale.png").is_file()
-    # The shown verdict is the rule's on the run's own numbers.
-    _, verdict = init_scale.init_rule(results)
-    assert results["verdicts"][0]["measured"].startswith(verdict + ":")
-    assert results["verdicts"][0]["holds"] == {"supported": True, "not supported": False}.get(
-        verdict
-    )
+def tiny_config(**kw) -> init_scale.InitConfig:
+    tiny = {
+        "factors": (0.1, 1.0),
+        "lrs": (0.1, 1.0),
+        "activations": ("relu",),
+        "hidden": (16,),
+        "steps": 6,
+        "batch": 16,
+        "window": 3,
+        "train_size": 48,
+        "val_size": 32,
+        "test_size": 64,
+        "target_acc": 5.0,
+    }
+    return dataclasses.replace(init_scale.InitConfig.quick(), **(tiny | kw))  # fmt: skip
 
 
-def _sweep(trains: dict[str, set[float]]) -> dict:
-    """Per-seed test accuracy 0.8 (spread 0.01) at the factors that train, chance elsewhere."""
-    cells = [
-        {
-            "variant": variant,
-            "factor": factor,
-            "seed": seed,
-            "test_acc": (0.8 if factor in good else 0.1) + 0.01 * seed,
-            "diverged": False,
-        }
-        for variant, good in trains.items()
-        for factor in (0.01, 1.0, 100.0)
-        for seed in range(3)
+def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> None:
+    spec = get_lab("init")
+    config = tiny_config()
+    out = tmp_path / "run"
+    results = run_lab(spec, config, out, data=fake_data(), quick=True)
+    raw = results["raw"]
+    assert (out / "init_scale.png").is_file()
+    assert set(raw["lr"]) == {"relu/none", "relu/bn"}
+    assert all(lr in config.lrs for lr in raw["lr"].values())
+    units = sorted((out / "units").glob("*.json"))
+    assert len(units) == 2 * 2 + 2 * 2 * config.seeds  # tuning (lr x arm) + factor x arm x seed
+    assert sum(u.name.startswith("tune-") for u in units) == 4
+    (verdict,) = results["verdicts"]
+    assert verdict["holds"] is None
+    assert verdict["measured"].startswith("no verdict at this budget: ")
+    assert verdict["measured"].startswith(init_scale.CLAIMS[0].rule(results)[1] + ":")
+    again = run_lab(spec, config, out, data=fake_data(), resume=True, quick=True)
+    assert again["units_reused"] == len(units)
+    assert again["raw"]["per_seed"] == raw["per_seed"]
+
+
+def test_choose_lrs_takes_the_best_validation_accuracy() -> None:
+    cells = [Cell(("relu", lr), arm, 1000) for arm in ("none", "bn") for lr in (0.1, 1.0, 10.0)]
+    results = [
+        {"lr": 0.1, "diverged": False, "val_acc": 80.0},
+        {"lr": 1.0, "diverged": False, "val_acc": 85.0},
+        {"lr": 10.0, "diverged": True, "val_acc": None},
+        {"lr": 0.1, "diverged": False, "val_acc": 70.0},
+        {"lr": 1.0, "diverged": False, "val_acc": 70.0},  # a tie: the smaller lr
+        {"lr": 10.0, "diverged": False, "val_acc": math.nan},
     ]
-    return {"raw": {"cells": cells, "train_fraction": 0.9, "min_acc": 0.2}}
+    assert init_scale.choose_lrs(GridRun(cells, results)) == {"relu/none": 1.0, "relu/bn": 0.1}
+    diverged = [{"lr": 0.1, "diverged": True, "val_acc": None}]
+    assert init_scale.choose_lrs(GridRun(cells[:1], diverged)) == {"relu/none": None}
+
+
+def test_config_errors_name_the_value() -> None:
+    with pytest.raises(ValueError, match=r"factors must be at least two increasing positive"):
+        init_scale.InitConfig(factors=(1.0,))
+    with pytest.raises(ValueError, match=r"lrs must be at least two increasing positive"):
+        init_scale.InitConfig(lrs=(-1.0, 1.0))
+    with pytest.raises(ValueError, match=r"InitConfig: margin must be > 0, got 0"):
+        init_scale.InitConfig(margin=0)
+
+
+def test_full_config_is_the_declared_design() -> None:
+    full = init_scale.InitConfig()
+    assert full.seeds == full.min_seeds == 5
+    assert full.test_size is None  # the full test set
+    assert full.train_size + full.val_size <= 60000  # validation disjoint from training
+    assert full.factors[0] == 0.001
+    assert full.factors[-1] == 1000.0
+    assert full.margin == 0.5  # half a grid step (decades)
+
+
+def results_of(bn: list[float], none: list[float], **censored: list[bool]) -> dict:
+    """init results with per-seed ``width_decades`` (one activation)."""
+    config = dataclasses.replace(init_scale.InitConfig(), activations=("relu",))
+    n = len(bn)
+    arms = {
+        arm: {
+            "width_decades": values,
+            "width_censored": censored.get(f"{arm}_censored", [False] * n),
+        }
+        for arm, values in (("bn", bn), ("none", none))
+    }
+    specs = [spec_record(s) for s in init_scale.specs(config)]
+    return {"raw": {"per_seed": {"relu": arms}, "specs": specs}}
+
+
+RULE = init_scale.CLAIMS[0].rule
 
 
 @pytest.mark.parametrize(
-    ("trains", "verdict"),
+    ("bn", "none", "verdict"),
     [
-        ({"bn": {0.01, 1.0, 100.0}, "none": {1.0}}, "supported"),  # more factors train
-        ({"bn": {1.0}, "none": {0.01, 1.0}}, "not supported"),  # fewer
-        # The null: equal numbers, some factor failing for both.
-        ({"bn": {1.0}, "none": {1.0}}, "not supported"),
-        # The null where every factor trains: the grid does not separate them.
-        ({"bn": {0.01, 1.0, 100.0}, "none": {0.01, 1.0, 100.0}}, "mixed"),
+        ([5.0, 5.0, 4.0, 5.0, 5.0], [1.0, 2.0, 1.0, 1.0, 1.0], stats.SUPPORTED),
+        ([2.0] * 5, [2.0] * 5, stats.REFUTED),  # the null: the same width
+        ([1.0] * 5, [3.0, 3.0, 2.0, 3.0, 3.0], stats.REFUTED),  # narrower with BN
+        ([5.0, 1.0, 3.0, 2.0, 4.0], [3.0, 3.0, 3.0, 3.0, 3.0], stats.INCONCLUSIVE),
+        ([5.0] * 4, [1.0] * 4, stats.NO_VERDICT),  # under min_seeds
     ],
 )
-def test_rule_on_synthetic_numbers(trains: dict[str, set[float]], verdict: str) -> None:
-    evidence, got = init_scale.init_rule(_sweep(trains))
+def test_rule_on_synthetic_numbers(bn: list[float], none: list[float], verdict: str) -> None:
+    evidence, got = RULE(results_of(bn, none))
     assert got == verdict
-    assert evidence["factors_that_train_bn"] == sorted(trains["bn"])
-    assert (evidence["count_bn"], evidence["count_none"]) == (
-        len(trains["bn"]),
-        len(trains["none"]),
-    )
+    assert evidence["metric"] == "width_decades"
+
+
+def test_a_censored_width_withdraws_a_verdict_it_could_flip() -> None:
+    clear = ([5.0, 5.0, 4.0, 5.0, 5.0], [1.0, 2.0, 1.0, 1.0, 1.0])
+    one = [True, False, False, False, False]
+    # BN training at an end of the grid: its width is a lower bound, 'supported' stands
+    assert RULE(results_of(*clear, bn_censored=[True] * 5))[1] == stats.SUPPORTED
+    # a no-BN width censored: it could be wider still, 'supported' is withdrawn
+    evidence, verdict = RULE(results_of(*clear, none_censored=one))
+    assert verdict == stats.INCONCLUSIVE
+    assert "relu/seed0" in evidence["censoring"]
+    # the null with BN censored: not refuted
+    assert RULE(results_of([7.0] * 5, [7.0] * 5, bn_censored=[True] * 5))[1] == stats.INCONCLUSIVE
