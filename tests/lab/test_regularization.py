@@ -1,95 +1,191 @@
-"""``regularization``: dropout placement, a tiny run end to end, the rule on synthetic
-numbers."""
+"""``regularization``: the arms' layers (BN with population statistics has no batch
+noise), a tiny run end to end ("no verdict at this budget", tuning, figures, resume),
+the lr choice, the declared rules on synthetic per-seed numbers whose verdict is known
+(clear effect, the null, noise, too few seeds, runs at chance excluded), config errors."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
-from bnlab.lab import regularization
+import bnlab.nn
+from bnlab.lab import regularization, stats
+from bnlab.lab.claims import spec_record
 from bnlab.lab.experiment import get_lab, run_lab
 
 
-def test_dropout_follows_every_hidden_layer() -> None:
-    config = regularization.RegularizationConfig.quick()
-    model = regularization.build_model(config, "bn+dropout")
-    names = [name for name, _ in model.named_children()]
-    assert names == [
-        "flatten", "fc1", "norm1", "act1", "drop1", "fc2", "norm2", "act2", "drop2", "out"
-    ]  # fmt: skip
-    plain = regularization.build_model(config, "none")
-    assert not any(isinstance(m, nn.Dropout | nn.BatchNorm1d) for m in plain.modules())
+def tiny_config(**kw) -> regularization.RegularizationConfig:
+    tiny = {
+        "lrs": (0.1, 1.0),
+        "hidden": (16, 16),
+        "steps": 8,
+        "batch": 16,
+        "window": 3,
+        "train_size": 48,
+        "val_size": 32,
+        "test_size": 64,
+        "fit_target": 2.5,
+    }
+    return dataclasses.replace(regularization.RegularizationConfig.quick(), **(tiny | kw))  # fmt: skip
 
 
-def test_errors_name_the_value() -> None:
-    with pytest.raises(ValueError, match="unknown variant 'l2'; choose one of: none, bn, dropout"):
-        regularization.build_model(regularization.RegularizationConfig.quick(), "l2")
-    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1\.5"):
-        regularization.RegularizationConfig(dropout=1.5)
-    with pytest.raises(ValueError, match="average_last must be an int >= 1, got 0"):
-        regularization.RegularizationConfig(average_last=0)
+def norms(model: nn.Module) -> list[type]:
+    return [type(m) for name, m in model.named_children() if name.startswith("norm")]
 
 
-def test_quick_run(tmp_path: Path, fake_data) -> None:
-    config = dataclasses.replace(
-        regularization.RegularizationConfig.quick(), train_size=64, test_size=64, hidden=(16, 16)
-    )
-    results = run_lab(
-        get_lab("regularization"), config, tmp_path / "run", data=fake_data(), quick=True
-    )
-    cells = results["raw"]["cells"]
-    assert len(cells) == 4 * config.seeds
-    for cell in cells:
-        assert cell["gap_acc"] == pytest.approx(cell["train_eval_acc"] - cell["test_acc"])
-    # every epoch is evaluated on the training subset too (eval mode)
-    curve = results["raw"]["curves"]["train accuracy (eval mode)"]["BN"][0]
-    assert len(curve) == config.epochs
-    assert all(0.0 <= v <= 1.0 for v in curve)
+def test_each_arm_has_its_norm_and_the_same_weights() -> None:
+    config = tiny_config()
+    models = {arm: regularization.build_model(config, arm, seed=3) for arm in regularization.ARMS}
+    assert norms(models["none"]) == []
+    assert norms(models["bn"]) == [bnlab.nn.BatchNorm1d] * 2
+    assert norms(models["bn-pop"]) == [bnlab.nn.BatchRenorm1d] * 2
+    assert norms(models["bn-vb8"]) == [bnlab.nn.GhostBatchNorm1d] * 2
+    assert models["bn-vb8"].norm1.virtual_batch_size == 8
+    assert models["bn-pop"].norm2.r_max == math.inf
+    for model in models.values():  # paired: the same initial weights in every arm
+        torch.testing.assert_close(model.fc1.weight, models["none"].fc1.weight)
+        torch.testing.assert_close(model.out.weight, models["none"].out.weight)
+    with pytest.raises(ValueError, match="unknown arm 'dropout'; choose one of: none, bn"):
+        regularization.build_model(config, "dropout", 0)
+
+
+def test_population_statistics_bn_has_no_batch_noise() -> None:
+    # bn-pop's training output of an example does not depend on the rest of its batch;
+    # BN's does (the noise that d2l's chapter calls regularizing).
+    torch.manual_seed(0)
+    x = torch.randn(8, 16) * 3 + 1
+    other = torch.cat([x[:1], torch.randn(7, 16) * 5 - 2])
+    config = tiny_config()
+    for arm, same in (("bn-pop", True), ("bn", False)):
+        layer = regularization.build_model(config, arm, 0).norm1
+        layer.running_mean.fill_(0.5)
+        layer.running_var.fill_(4.0)
+        first = layer.train()(x)[0]
+        layer.running_mean.fill_(0.5)
+        layer.running_var.fill_(4.0)
+        second = layer(other)[0]
+        assert torch.allclose(first, second, atol=1e-5) == same
+    pop = regularization.build_model(config, "bn-pop", 0).norm1.train()
+    pop.running_mean.fill_(0.5)
+    pop.running_var.fill_(4.0)
+    torch.testing.assert_close(pop(x), (x - 0.5) / torch.sqrt(torch.tensor(4.0 + pop.eps)))
+
+
+def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> None:
+    spec = get_lab("regularization")
+    config = tiny_config()
+    out = tmp_path / "run"
+    results = run_lab(spec, config, out, data=fake_data(), quick=True)
+    raw = results["raw"]
+    assert raw["lr"]["bn-pop"] == raw["lr"]["bn-vb8"] == raw["lr"]["bn"]
+    assert raw["lr"]["bn-at-none-lr"] == raw["lr"]["none"]
+    assert raw["lr"]["none"] in config.lrs
     for figure in results["figures"]:
-        assert (tmp_path / "run" / figure["file"]).is_file()
-    # The shown verdict is the rule's on the run's own numbers.
-    _, verdict = regularization.regularization_rule(results)
-    assert results["verdicts"][0]["measured"].startswith(verdict + ":")
-    assert results["verdicts"][0]["holds"] == {"supported": True, "not supported": False}.get(
-        verdict
-    )
+        assert (out / figure["file"]).is_file()
+    units = sorted((out / "units").glob("*.json"))
+    assert len(units) == 2 * 2 + len(regularization.ARMS) * config.seeds
+    per_seed = raw["per_seed"][""]
+    assert set(per_seed) == set(regularization.ARMS)
+    for step in per_seed["bn"]["steps_to_fit"]:
+        assert step is None or config.window <= step <= config.steps
+    assert len(results["verdicts"]) == 3
+    for verdict, rule in zip(results["verdicts"], regularization.CLAIMS, strict=True):
+        assert verdict["holds"] is None
+        assert verdict["measured"].startswith("no verdict at this budget: ")
+        assert verdict["measured"].startswith(rule.rule(results)[1] + ":")
+    (out / "results.json").unlink()
+    again = run_lab(spec, config, out, data=fake_data(), resume=True, quick=True)
+    assert again["units_reused"] == len(units)
+    assert again["raw"]["per_seed"] == raw["per_seed"]
 
 
-def _cells(gap_bn: float, acc_bn: float) -> dict:
-    """Three seeds (spread 0.01) per variant: without BN a gap of 0.15 and test accuracy
-    0.80, with BN ``gap_bn`` and ``acc_bn``; the dropout variants must not matter."""
-    means = {"none": (0.15, 0.80), "bn": (gap_bn, acc_bn)}
-    cells = [
-        {
-            "variant": v,
-            "seed": seed,
-            "gap_acc": means.get(v, (0.9, 0.1))[0] + 0.01 * seed,
-            "test_acc": means.get(v, (0.9, 0.1))[1] + 0.01 * seed,
-        }
-        for v in regularization.VARIANTS
-        for seed in range(3)
+def test_choose_lr_takes_the_best_validation_accuracy() -> None:
+    tuning = {"none": {0.1: 80.0, 0.3: 85.0, 1.0: None}, "bn": {0.1: 84.0, 0.3: 84.0}}
+    assert regularization.choose_lr(tuning) == {"none": 0.3, "bn": 0.1}  # a tie: the smaller
+    assert regularization.choose_lr({"none": {0.1: None}}) == {"none": None}
+
+
+def test_config_errors_name_the_value() -> None:
+    with pytest.raises(ValueError, match="virtual_batch 6 must divide the batch 64"):
+        regularization.RegularizationConfig(virtual_batch=6)
+    with pytest.raises(ValueError, match=r"lrs must be positive values, got \(\)"):
+        regularization.RegularizationConfig(lrs=())
+    with pytest.raises(ValueError, match=r"fit_target must be > 0, got -0\.1"):
+        regularization.RegularizationConfig(fit_target=-0.1)
+
+
+def test_full_config_is_the_declared_design() -> None:
+    full = regularization.RegularizationConfig()
+    assert full.seeds == full.min_seeds == 5
+    assert full.test_size is None  # the full test set
+    assert full.train_size + full.val_size <= 60000  # validation disjoint from training
+    assert [s.metric for s in regularization.specs(full)] == [
+        "test_nll_at_fit",
+        "test_acc",
+        "test_nll_at_fit",
     ]
-    return {"raw": {"cells": cells}}
 
 
-@pytest.mark.parametrize(
-    ("gap_bn", "acc_bn", "verdict", "gap", "acc"),
-    [
-        (0.05, 0.85, "supported", "smaller", "higher"),
-        (0.05, 0.80, "supported", "smaller", "unclear"),  # test accuracy not lower
-        (0.05, 0.70, "mixed", "smaller", "lower"),
-        (0.15, 0.85, "mixed", "unclear", "higher"),
-        (0.25, 0.80, "not supported", "larger", "unclear"),
-        (0.15, 0.80, "not supported", "unclear", "unclear"),  # the null: equal numbers
-    ],
-)
-def test_rule_on_synthetic_numbers(
-    gap_bn: float, acc_bn: float, verdict: str, gap: str, acc: str
-) -> None:
-    evidence, got = regularization.regularization_rule(_cells(gap_bn, acc_bn))
-    assert got == verdict
-    assert (evidence["gap_direction"], evidence["test_acc_direction"]) == (gap, acc)
-    assert evidence["gap_diff"] == pytest.approx(gap_bn - 0.15)
+SPREAD = [-0.01, 0.005, 0.0, 0.01, -0.005]
+
+
+def results_of(nll: dict[str, float], acc: dict[str, float], n: int = 5) -> dict:
+    """Per-seed matched-fit test NLL and final test accuracy per arm (spread per seed)."""
+    arms = {
+        arm: {
+            "test_nll_at_fit": [nll[arm] + d for d in SPREAD[:n]],
+            "test_acc": [acc[arm] + 10 * d for d in SPREAD[:n]],
+        }
+        for arm in ("none", "bn", "bn-pop")
+    }
+    specs = [spec_record(s) for s in regularization.specs(regularization.RegularizationConfig())]
+    return {"raw": {"per_seed": {"": arms}, "specs": specs}}
+
+
+def verdicts(results: dict) -> dict[str, str]:
+    return {c.key: c.rule(results)[1] for c in regularization.CLAIMS}
+
+
+def test_rules_on_synthetic_numbers() -> None:
+    clear = results_of(
+        {"none": 0.50, "bn": 0.40, "bn-pop": 0.48}, {"none": 84.0, "bn": 86.0, "bn-pop": 85.0}
+    )
+    assert verdicts(clear) == dict.fromkeys(
+        ("bn-regularizes", "bn-improves-generalization", "bn-noise-regularizes"), stats.SUPPORTED
+    )
+    # the null: equal numbers -> refuted (equivalence within the margins)
+    null = results_of(
+        {"none": 0.45, "bn": 0.45, "bn-pop": 0.45}, {"none": 85.0, "bn": 85.0, "bn-pop": 85.0}
+    )
+    assert set(verdicts(null).values()) == {stats.REFUTED}
+    # BN overfits more (higher NLL at matched fit): refuted, not merely "not significant"
+    worse = results_of(
+        {"none": 0.45, "bn": 0.55, "bn-pop": 0.55}, {"none": 85.0, "bn": 85.0, "bn-pop": 85.0}
+    )
+    assert verdicts(worse)["bn-regularizes"] == stats.REFUTED
+    # too few seeds: no verdict
+    few = results_of(
+        {"none": 0.5, "bn": 0.4, "bn-pop": 0.5}, {"none": 84.0, "bn": 86.0, "bn-pop": 85.0}, n=3
+    )
+    assert set(verdicts(few).values()) == {stats.NO_VERDICT}
+
+
+def test_noise_is_inconclusive_and_chance_runs_are_excluded() -> None:
+    noisy = results_of(
+        {"none": 0.45, "bn": 0.45, "bn-pop": 0.45}, {"none": 85.0, "bn": 85.0, "bn-pop": 85.0}
+    )
+    arms = noisy["raw"]["per_seed"][""]
+    arms["bn"]["test_nll_at_fit"] = [0.35, 0.55, 0.40, 0.56, 0.38]
+    evidence, verdict = regularization.CLAIMS[0].rule(noisy)
+    assert verdict == stats.INCONCLUSIVE
+    assert evidence["seeds_needed"] > 5
+    # a BN seed at chance is excluded: 4 seeds left, fewer than min_seeds
+    arms["bn"]["test_acc"][2] = 10.5
+    evidence, verdict = regularization.CLAIMS[0].rule(noisy)
+    assert evidence["excluded"][0]["seed"] == 2
+    assert verdict == stats.NO_VERDICT
