@@ -675,6 +675,26 @@ def _transformed(x: Tensor) -> bool:
     )
 
 
+def _norm_input_fits(x: object) -> bool:
+    """The first question of the group- and layer-norm dispatch: the fast path switched
+    on, and ``x`` a CPU tensor of a dtype the library has."""
+    return _enabled and not _failed and isinstance(x, Tensor) and x.dtype in _DTYPES and x.is_cpu
+
+
+def _norm_params_fit(
+    dtype: torch.dtype, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None
+) -> bool:
+    """The last question of the group- and layer-norm dispatch: ``weight`` and ``bias``
+    None or contiguous CPU tensors of ``shape`` and ``dtype``; then the library (built on
+    the first yes)."""
+    for t in (weight, bias):
+        if t is not None and (
+            t.dtype != dtype or not t.is_cpu or t.shape != shape or not t.is_contiguous()
+        ):
+            return False
+    return _lib is not None or _library() is not None
+
+
 def group_norm_eligible(
     x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None
 ) -> bool:
@@ -691,22 +711,14 @@ def group_norm_eligible(
     (``bnlab.autograd.group_norm``) when autograd records. Arguments are not validated
     here (the caller checks eps).
     """
-    if not _enabled or _failed or not isinstance(x, Tensor):
-        return False
-    if x.dtype not in _DTYPES or not x.is_cpu:
+    if not _norm_input_fits(x):
         return False
     if x.dim() < 2 or x.numel() == 0 or not x.is_contiguous() or _transformed(x):
         return False
-    dtype = x.dtype
     c = x.shape[1]
     if type(num_groups) is not int or num_groups <= 0 or c % num_groups != 0:
         return False
-    for t in (weight, bias):
-        if t is not None and (
-            t.dtype != dtype or not t.is_cpu or t.shape != (c,) or not t.is_contiguous()
-        ):
-            return False
-    return _lib is not None or _library() is not None
+    return _norm_params_fit(x.dtype, (c,), weight, bias)
 
 
 def group_forward(
@@ -755,22 +767,14 @@ def layer_norm_eligible(
     trailing dims of ``x`` equal to ``normalized_shape`` (a tuple of ints) and
     ``weight``/``bias`` contiguous tensors of shape ``normalized_shape`` of ``x``'s dtype
     or None. Arguments are not validated here (the caller checks eps)."""
-    if not _enabled or _failed or not isinstance(x, Tensor):
-        return False
-    if x.dtype not in _DTYPES or not x.is_cpu:
+    if not _norm_input_fits(x):
         return False
     k = len(normalized_shape)
     if x.dim() < k or k == 0 or x.numel() == 0 or not x.is_contiguous():
         return False
     if x.shape[x.dim() - k :] != normalized_shape or _transformed(x):
         return False
-    dtype = x.dtype
-    for t in (weight, bias):
-        if t is not None and (
-            t.dtype != dtype or not t.is_cpu or t.shape != normalized_shape or not t.is_contiguous()
-        ):
-            return False
-    return _lib is not None or _library() is not None
+    return _norm_params_fit(x.dtype, normalized_shape, weight, bias)
 
 
 def layer_forward(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-__all__ = ["save_png"]
+__all__ = ["save_panels", "save_png"]
 
 
 def save_png(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
@@ -21,3 +21,12 @@ def save_png(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Pa
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_panels(fig: Figure, path: str | os.PathLike[str], title: str = "") -> Path:
+    """Finish a figure of panels and write it: the ``title`` (when given) above them all,
+    a tight layout, then :func:`save_png`."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_png(fig, path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from bnlab.plots._save import save_png
+from bnlab.plots._save import save_panels
 from bnlab.plots.sweeps import plot_grouped_bars
 
 __all__ = ["plot_grouped_bars", "plot_vs_batch"]
@@ -81,7 +81,4 @@ def plot_vs_batch(
         ax.set_title(panel, fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_png(fig, path)
+    return save_panels(fig, path, title)

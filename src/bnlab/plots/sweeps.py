@@ -12,7 +12,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from bnlab.plots._save import save_png
+from bnlab.plots._save import save_panels, save_png
 
 __all__ = ["plot_grouped_bars", "plot_metric_curves", "plot_sweep"]
 
@@ -161,7 +161,4 @@ def plot_metric_curves(
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_png(fig, path)
+    return save_panels(fig, path, title)
