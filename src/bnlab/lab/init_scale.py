@@ -38,11 +38,10 @@ from torch import Tensor
 
 from bnlab.lab import kit, stats
 from bnlab.lab.claims import Literature, spec_record
-from bnlab.lab.experiment import Figure, LabContext, LabOutcome, LabSpec, Table, register_lab
+from bnlab.lab.experiment import LabContext, LabOutcome, LabSpec, Table, register_lab
 from bnlab.lab.kit import sweeps
 from bnlab.lab.kit.sweeps import scale_weights
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
-from bnlab.plots.sweeps import plot_sweep
 
 __all__ = [
     "CLAIMS",
@@ -257,38 +256,19 @@ def summarize(
             ],
         ),
     ]
-    plot_sweep(
-        sweeps.sweep_series(run, config.factors),
-        ctx.out_dir / "init_scale.png",
+    return sweeps.sweep_outcome(
+        config,
+        ctx,
+        run,
+        config.factors,
+        name="init_scale",
         xlabel="factor on the Xavier-uniform weights",
-        ylabel="final test accuracy (%)",
         title="Initial weight scale, MLP with and without BN (each at its tuned lr)",
-        hline=config.target_acc,
-        hline_label=f"trains: {config.target_acc:g} %",
-    )
-    return LabOutcome(
         tables=tables,
         verdicts=verdicts,
-        figures=[
-            Figure(
-                "init_scale.png",
-                "Final test accuracy against the initial weight scale, per activation and arm "
-                "(each at its tuned lr): mean over seeds, band = min..max; a diverged run "
-                "counts as 10 %; dashed: the accuracy that counts as training.",
-            )
-        ],
         raw=raw,
-        notes=[
-            raw["tune_rule"],
-            f"A run trains at a factor when its loss stayed finite and its final test "
-            f"accuracy is at least {config.target_acc:g} %; {sweeps.CENSORING_RULE}.",
-        ],
+        notes=[raw["tune_rule"]],
     )
-
-
-def _measured(e: Mapping[str, Any]) -> str:
-    text = e["text"].removeprefix(f"{e['verdict']}: ")
-    return text + (f"; {e['censoring']}" if e.get("censoring") else "")
 
 
 CLAIMS = kit.register_claims(
@@ -306,7 +286,7 @@ CLAIMS = kit.register_claims(
         "seed that trains at an end of the grid has a censored width and withdraws a verdict "
         "it could flip ('inconclusive').",
         sweeps.censored_rule("bn-eases-initialization", high="width_censored", low=None),
-        _measured,
+        sweeps.censored_text,
         sentence=SENTENCE,
         literature=Literature(
             "Ioffe & Szegedy 2015, 'Batch Normalization', arXiv 1502.03167, section 3.3",

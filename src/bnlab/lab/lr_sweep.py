@@ -35,10 +35,9 @@ from torch import Tensor
 
 from bnlab.lab import kit, stats
 from bnlab.lab.claims import Literature, spec_record
-from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
+from bnlab.lab.experiment import LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.kit import sweeps
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
-from bnlab.plots.sweeps import plot_sweep
 
 __all__ = ["CLAIMS", "LrSweepConfig", "grid", "measure", "specs", "summarize"]
 
@@ -147,37 +146,18 @@ def summarize(config: LrSweepConfig, ctx: LabContext, run: GridRun) -> LabOutcom
             ],
         ),
     ]
-    plot_sweep(
-        sweeps.sweep_series(run, config.lrs),
-        ctx.out_dir / "lr_sweep.png",
+    return sweeps.sweep_outcome(
+        config,
+        ctx,
+        run,
+        config.lrs,
+        name="lr_sweep",
         xlabel="learning rate (SGD, decayed linearly to 0)",
-        ylabel="final test accuracy (%)",
         title="Learning-rate sweep, MLP with and without BN",
-        hline=config.target_acc,
-        hline_label=f"trains: {config.target_acc:g} %",
-    )
-    return LabOutcome(
         tables=tables,
         verdicts=verdicts,
-        figures=[
-            Figure(
-                "lr_sweep.png",
-                "Final test accuracy against the learning rate, per activation and arm: mean "
-                "over seeds, band = min..max; a diverged run counts as 10 %; dashed: the "
-                "accuracy that counts as training.",
-            )
-        ],
         raw=raw,
-        notes=[
-            f"A run trains at an lr when its loss stayed finite and its final test accuracy "
-            f"is at least {config.target_acc:g} %; {sweeps.CENSORING_RULE}."
-        ],
     )
-
-
-def _measured(e: Mapping[str, Any]) -> str:
-    text = e["text"].removeprefix(f"{e['verdict']}: ")
-    return text + (f"; {e['censoring']}" if e.get("censoring") else "")
 
 
 CLAIMS = kit.register_claims(
@@ -194,7 +174,7 @@ CLAIMS = kit.register_claims(
         "decades (half a grid step). Censored seeds (training at the top lr 100, or at none) "
         "withdraw a verdict they could flip ('inconclusive').",
         sweeps.censored_rule("bn-allows-higher-lr"),
-        _measured,
+        sweeps.censored_text,
         sentence=SENTENCE,
         literature=Literature(
             "Ioffe & Szegedy 2015, 'Batch Normalization', arXiv 1502.03167, section 4.2.1; "

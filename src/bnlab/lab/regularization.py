@@ -66,6 +66,7 @@ from bnlab.lab import kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, LabSpec, Table, register_lab
 from bnlab.lab.kit import sweeps
+from bnlab.lab.kit.paired import claims_table, measured_text
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
 from bnlab.plots.effects import plot_arms
 
@@ -454,26 +455,7 @@ def summarize(
                 for arm, m in arms.items()
             ],
         ),
-        Table(
-            "Claims (declared before the run; paired t, Holm over the three, TOST)",
-            ["claim", "metric", "arm - reference", "diff", "95% CI", "p (Holm)", "n", "verdict"],
-            [
-                [
-                    e["claim"],
-                    e["metric"],
-                    f"{e['arm']} - {e['reference']}",
-                    None if row.get("diff") is None else f"{row['diff']:+.4g}",
-                    None
-                    if row.get("ci_low") is None
-                    else f"[{row['ci_low']:+.4g}, {row['ci_high']:+.4g}]",
-                    None if row.get("p_holm") is None else f"{row['p_holm']:.3g}",
-                    row["n"],
-                    e["verdict"],
-                ]
-                for e in evaluated
-                for row in e["settings"]
-            ],
-        ),
+        claims_table(evaluated, "nats (NLL) / points (accuracy)", digits=3),
         Table(
             "Shown, not voted: paired differences (unadjusted 95% t intervals)",
             ["arms", "metric", "n", "diff", "95% CI"],
@@ -521,10 +503,6 @@ def summarize(
     )
 
 
-def _measured(e: Mapping[str, Any]) -> str:
-    return e["text"].removeprefix(f"{e['verdict']}: ")
-
-
 _RULE = (
     "declared ClaimSpec (bnlab.lab.stats): paired by seed (5 seeds, same init and data "
     "order), Holm over the experiment's three claims, runs within 2 points of chance "
@@ -548,7 +526,7 @@ CLAIMS = kit.register_claims(
         "none, direction lower, TOST margin ±0.02 nats (about 5% of a typical test NLL of "
         "0.35-0.45).",
         stats_rule("bn-regularizes"),
-        _measured,
+        measured_text,
         sentence=SENTENCE,
         literature=Literature(
             _BJORCK,
@@ -571,7 +549,7 @@ CLAIMS = kit.register_claims(
         "direction higher, TOST margin ±0.5 points (test-set sampling noise of a paired "
         "difference is about 0.3).",
         stats_rule("bn-improves-generalization"),
-        _measured,
+        measured_text,
         sentence=SENTENCE,
         literature=Literature(
             _BJORCK,
@@ -593,7 +571,7 @@ CLAIMS = kit.register_claims(
         "(BN normalizing with its running statistics in training: batch renorm with r, d "
         "unclipped; same lr), direction lower, TOST margin ±0.02 nats.",
         stats_rule("bn-noise-regularizes"),
-        _measured,
+        measured_text,
         sentence=NOISE_SENTENCE,
         literature=Literature(
             "Luo, Wang, Shao & Peng 2019, 'Towards Understanding Regularization in Batch "

@@ -38,13 +38,15 @@ from torch import Tensor, nn
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab import stats
 from bnlab.lab.claims import stats_rule
-from bnlab.lab.experiment import Table, seeded
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, seeded
 from bnlab.lab.kit.configs import PairedConfig, check_positive
 from bnlab.lab.kit.data import batches
+from bnlab.lab.kit.paired import claims_table
 from bnlab.lab.kit.threads import cpu_threads
 from bnlab.lab.kit.train import json_float
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.models import create
+from bnlab.plots.sweeps import plot_sweep
 from bnlab.train import evaluate, init_weights
 from bnlab.train.steps import run_steps
 
@@ -54,9 +56,11 @@ __all__ = [
     "SweepConfig",
     "build_mlp",
     "censored_rule",
+    "censored_text",
     "evaluate_split",
     "scale_weights",
     "sweep_grid",
+    "sweep_outcome",
     "sweep_series",
     "sweep_table",
     "train_run",
@@ -412,10 +416,63 @@ def censored_rule(
             evidence["censoring"] = (
                 f"'{verdict}' withdrawn: censored seeds {', '.join(flip)} could flip it"
             )
-            verdict = stats.INCONCLUSIVE
+            evidence["stats_verdict"] = verdict
+            evidence["verdict"] = verdict = stats.INCONCLUSIVE
         return evidence, verdict
 
     return rule
+
+
+def censored_text(evidence: Mapping[str, Any]) -> str:
+    """A :func:`censored_rule` evidence's one-line text without its leading verdict, with
+    the censoring note when it withdrew one."""
+    before = evidence.get("stats_verdict", evidence["verdict"])
+    text = evidence["text"].removeprefix(f"{before}: ")
+    return text + (f"; {evidence['censoring']}" if evidence.get("censoring") else "")
+
+
+def sweep_outcome(
+    config: SweepConfig,
+    ctx: LabContext,
+    run: GridRun,
+    values: Sequence[float],
+    *,
+    name: str,
+    xlabel: str,
+    title: str,
+    tables: Sequence[Table],
+    verdicts: Sequence[Any],
+    raw: Mapping[str, Any],
+    notes: Sequence[str] = (),
+) -> LabOutcome:
+    """A sweep's outcome: ``tables``, the claims table (``raw["claims"]``, in decades),
+    the figure of the final test accuracy against ``values`` (``NAME.png``) and the
+    notes, ending with the rule of what trains."""
+    plot_sweep(
+        sweep_series(run, values),
+        ctx.out_dir / f"{name}.png",
+        xlabel=xlabel,
+        ylabel="final test accuracy (%)",
+        title=title,
+        hline=config.target_acc,
+        hline_label=f"trains: {config.target_acc:g} %",
+    )
+    caption = (
+        f"Final test accuracy against the {xlabel}, per activation and arm: mean over seeds, "
+        "band = min..max; a diverged run counts as 10 %; dashed: the accuracy that counts "
+        "as training."
+    )
+    trains_note = (
+        f"A run trains when its loss stayed finite and its final test accuracy is at least "
+        f"{config.target_acc:g} %; {CENSORING_RULE}."
+    )
+    return LabOutcome(
+        tables=[*tables, claims_table(raw["claims"], "decades")],
+        verdicts=list(verdicts),
+        figures=[Figure(f"{name}.png", caption)],
+        raw=dict(raw),
+        notes=[*notes, trains_note],
+    )
 
 
 def sweep_table(
