@@ -1,4 +1,7 @@
-"""``shift-mcc``: the MCC against its formula, the shift score, verdict rules, a tiny run."""
+"""``shift-mcc`` (second edition): the MCC against its formula, the shift score, the
+planted shifts, each declared claim's rule on synthetic per-seed numbers whose verdict is
+known, a tiny run end to end ("no verdict at this budget", figures, resume), config
+errors."""
 
 from __future__ import annotations
 
@@ -12,24 +15,27 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnlab.lab import shift_mcc
+from bnlab.lab import shift_mcc, stats
+from bnlab.lab.claims import spec_record
 from bnlab.lab.experiment import get_lab, run_lab
-from bnlab.lab.shift_mcc import (
-    adversarial_mcc,
-    matthews_corrcoef,
-    null_threshold,
-    shift_images,
-)
+from bnlab.lab.shift_mcc import adversarial_mcc, matthews_corrcoef, shift_images
 
 
 def tiny() -> shift_mcc.ShiftMccConfig:
     return dataclasses.replace(
         shift_mcc.ShiftMccConfig.quick(),
         sample_size=40,
-        calibration_seeds=2,
         hidden=8,
         classifier_steps=10,
-        ics_train_size=64,
+        steps=(("relu", 8), ("sigmoid", 8)),
+        batch=16,
+        train_size=64,
+        test_size=96,
+        window=2,
+        loss_level=5.0,
+        read_steps=4,
+        step_reads=(4,),
+        probe_every=2,
         probe_size=32,
     )
 
@@ -116,51 +122,113 @@ def test_shift_images_and_unknown_kind() -> None:
         shift_images(x, "blur", 0.1, generator=gen)
 
 
-def test_null_threshold() -> None:
-    assert null_threshold([0.0, 0.1, -0.1], 3.0) == pytest.approx(0.3)
-    assert null_threshold([], 3.0) is None
+def test_class_mix_draws_the_declared_share() -> None:
+    labels = torch.arange(100) % 10
+    pool = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    got = shift_mcc.class_mix(labels, pool, 20, 0.7)
+    assert got.numel() == 20
+    assert int((labels[got] < 5).sum()) == 14
+    assert len(set(got.tolist())) == 20
+    assert set(got.tolist()) <= set(pool.tolist())
+    # more of classes 0-4 than the pool holds: all of them, the rest from 5-9
+    got = shift_mcc.class_mix(labels, pool, 80, 1.0)
+    assert int((labels[got] < 5).sum()) == 50
 
 
-def _ics_units(bn: list[float], none: list[float]) -> dict[str, list]:
-    def unit(v: float) -> dict:
-        scores = {n: [{"step": 0, "step_to": 1, "mcc": v}] for n in ("fc1", "fc2")}
-        return {"scores": scores, "null": {"fc1": [0.0], "fc2": [0.0]}}
+# --- the declared rules on synthetic numbers -------------------------------------------
 
-    return {"bn": [unit(v) for v in bn], "none": [unit(v) for v in none]}
+NOISE = [0.01, -0.02, 0.005, 0.015, -0.01]
 
 
-def test_verdict_rules_on_synthetic_numbers() -> None:
-    raw = {
-        "threshold": 0.1,
-        "monotone_tolerance": 0.03,
-        "dose": {
-            "brightness": {
-                "levels": [0.0, 0.1, 0.2],
-                "mcc": {"0.0": [0.0, 0.0], "0.1": [0.5, 0.5], "0.2": [0.9, 0.9]},
-            },
-            "noise": {
-                "levels": [0.0, 0.1, 0.2],
-                "mcc": {"0.0": [0.0, 0.0], "0.1": [0.5, 0.5], "0.2": [0.3, 0.3]},
-            },
-        },
-        "train_test": [0.01, 0.05],
-        "internal": _ics_units([0.2, 0.21, 0.19], [0.8, 0.82, 0.79]),
-        "layers": ["fc1", "fc2"],
+def synthetic(**overrides: list[float]) -> dict:
+    """Per-seed numbers of every claim: by default a clean detector (null 0, planted
+    shifts 0.9, splits 0) and BN lower inside LeNet (0.3 against 0.8)."""
+    config = shift_mcc.ShiftMccConfig()
+    null = [0.0 + e for e in NOISE]
+    values = {
+        "null": null,
+        "shifted": [0.9 + e for e in NOISE],
+        "train-test": [0.0 - e for e in NOISE],
+        "bn": [0.3 + e for e in NOISE],
+        "none": [0.8] * 5,
+    } | overrides
+    per_seed = {
+        kind: {"shifted": {"mcc": values["shifted"]}, "null": {"mcc": values["null"]}}
+        for kind, _ in config.planted
     }
-    evidence, verdict = shift_mcc.decide_detects_shift({"raw": raw})
-    assert verdict == "mixed"  # noise drops from 0.5 to 0.3: not monotone
-    assert evidence["brightness"]["monotone"]
-    assert evidence["brightness"]["detected"]
-    raw["dose"]["noise"]["mcc"]["0.2"] = [0.6, 0.6]
-    assert shift_mcc.decide_detects_shift({"raw": raw})[1] == "supported"
-    raw["threshold"] = 0.95
-    assert shift_mcc.decide_detects_shift({"raw": raw})[1] == "not supported"
-    assert shift_mcc.decide_bn_reduces_ics({"raw": raw})[1] == "supported"
-    raw["internal"] = _ics_units([0.8, 0.82, 0.79], [0.2, 0.21, 0.19])
-    assert shift_mcc.decide_bn_reduces_ics({"raw": raw})[1] == "not supported"
-    assert shift_mcc.decide_train_test({"raw": raw})[1] == "supported"
-    raw["train_test"] = [0.99, 0.98]
-    assert shift_mcc.decide_train_test({"raw": raw})[1] == "not supported"
+    per_seed["null"] = {"null": {"mcc": values["null"]}, "zero": {"mcc": [0.0] * 5}}
+    per_seed["splits"] = {"train-test": {"mcc": values["train-test"]}, "null": {"mcc": null}}
+    for setting in config.settings:
+        per_seed[setting] = {
+            arm: {"mcc_at_loss": values[arm], "final_test_acc": [85.0] * 5}
+            for arm in ("bn", "none")
+        }
+    return {
+        "raw": {"per_seed": per_seed, "specs": [spec_record(s) for s in shift_mcc.specs(config)]}
+    }
+
+
+def verdicts(results: dict) -> dict[str, str]:
+    return {c.key: c.rule(results)[1] for c in shift_mcc.CLAIMS}
+
+
+def test_rules_on_known_numbers() -> None:
+    assert verdicts(synthetic()) == {
+        "mcc-detects-covariate-shift": stats.SUPPORTED,
+        "mcc-false-positive-on-null": stats.REFUTED,  # the null is 0 within 0.05
+        "fashion-mnist-splits-shifted": stats.REFUTED,
+        "bn-reduces-ics-mcc": stats.SUPPORTED,
+    }
+    # a detector that flags everything: the null is far from 0, the splits "differ"
+    flags = synthetic(null=[0.5 + e for e in NOISE], **{"train-test": [0.9] * 5})
+    got = verdicts(flags)
+    assert got["mcc-false-positive-on-null"] == stats.SUPPORTED
+    assert got["fashion-mnist-splits-shifted"] == stats.SUPPORTED
+    # planted shifts at the null's level: not detected (equivalent): refuted
+    blind = synthetic(shifted=[0.0 + e for e in NOISE])
+    assert verdicts(blind)["mcc-detects-covariate-shift"] == stats.REFUTED
+    # BN equal to no BN within the margin: refuted; higher: refuted
+    assert verdicts(synthetic(bn=[0.8 + e for e in NOISE]))["bn-reduces-ics-mcc"] == stats.REFUTED
+    assert verdicts(synthetic(bn=[0.95 + e for e in NOISE]))["bn-reduces-ics-mcc"] == stats.REFUTED
+    # noise wider than the margin: inconclusive, with a budget
+    wide = [0.8 + 20 * e for e in NOISE]
+    evidence, verdict = next(c for c in shift_mcc.CLAIMS if c.key == "bn-reduces-ics-mcc").rule(
+        synthetic(bn=wide)
+    )
+    assert verdict == stats.INCONCLUSIVE
+    assert evidence["seeds_needed"] > 5
+
+
+def test_one_planted_shift_missed_is_context_dependent() -> None:
+    results = synthetic()
+    results["raw"]["per_seed"]["class-mix"]["shifted"]["mcc"] = [0.0 - e for e in NOISE]
+    evidence, verdict = shift_mcc.CLAIMS[0].rule(results)
+    assert verdict == stats.CONTEXT_DEPENDENT
+    assert [r["status"] for r in evidence["settings"]] == [
+        "better",
+        "better",
+        "better",
+        "equivalent",
+    ]
+
+
+def test_too_few_seeds_and_runs_at_chance() -> None:
+    results = synthetic()
+    for arms in results["raw"]["per_seed"].values():
+        for metrics in arms.values():
+            for k in metrics:
+                metrics[k] = metrics[k][:4]
+    assert set(verdicts(results).values()) == {stats.NO_VERDICT}
+    results = synthetic()
+    results["raw"]["per_seed"]["relu"]["none"]["final_test_acc"][3] = 9.0
+    evidence, verdict = shift_mcc.CLAIMS[3].rule(results)
+    assert verdict == stats.SUPPORTED  # the sigmoid setting still votes; relu is excluded
+    relu = evidence["settings"][0]
+    assert (relu["setting"], relu["n"], relu["status"]) == ("relu", 4, "excluded")
+    assert evidence["excluded"][0]["reason"].startswith("never left chance")
+
+
+# --- a tiny run ------------------------------------------------------------------------
 
 
 def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) -> None:
@@ -168,54 +236,60 @@ def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) 
     config = tiny()
     out = tmp_path / "run"
     results = run_lab(spec, config, out, data=fake_data(96, 96), quick=True)
-    for figure in ("shift_dose_response.png", "shift_internal.png"):
-        assert (out / figure).is_file()
+    for figure in ("shift_detector.png", "shift_internal.png"):
+        assert (out / figure).stat().st_size > 1000
     raw = results["raw"]
-    assert len(raw["calibration"]) == 2
-    assert set(raw["dose"]) == set(shift_mcc.SHIFT_KINDS)
-    assert len(raw["internal"]["bn"]) == config.seeds
-    assert len(results["verdicts"]) == 3
-    rules = (
-        shift_mcc.decide_detects_shift,
-        shift_mcc.decide_bn_reduces_ics,
-        shift_mcc.decide_train_test,
-    )
-    for verdict, rule in zip(results["verdicts"], rules, strict=True):
-        expected = rule(results)[1]
+    per_seed = raw["per_seed"]
+    assert set(per_seed) == {
+        "brightness",
+        "contrast",
+        "noise",
+        "class-mix",
+        "null",
+        "splits",
+        "relu",
+        "sigmoid",
+    }
+    for setting in ("relu", "sigmoid"):
+        for arm in ("none", "bn"):
+            assert per_seed[setting][arm]["steps_to_level"] == [1, 1]
+            assert all(-1 <= v <= 1 for v in per_seed[setting][arm]["mcc_at_loss"])
+            assert all(-1 <= v <= 1 for v in per_seed[setting][arm]["mcc_step"])
+    unit = raw["units"]["relu"][0]
+    # matched loss: the intervals starting in [1, 5) (probes at 2 and 4); matched step: 4
+    assert sorted({(s["start"], s["why"]) for s in unit["scores"]}) == [
+        (2, "loss"),
+        (4, "loss+step"),
+    ]
+    assert set(unit["null"]) == set(shift_mcc.PROBED)
+    assert len(results["verdicts"]) == 4
+    for verdict, claim in zip(results["verdicts"], shift_mcc.CLAIMS, strict=True):
+        expected = claim.rule(results)[1]
+        assert expected == stats.NO_VERDICT
         assert verdict["measured"].startswith(expected + ":")
-        assert verdict["holds"] == {"supported": True, "not supported": False}.get(expected)
+        assert verdict["holds"] is None
     units = sorted((out / "units").glob("*.json"))
+    assert len(units) == 2 + 2 * 2 * 2  # detector per seed + (setting x arm x seed)
     units[-1].unlink()  # a lost unit is recomputed, the rest reused
+    (out / "results.json").unlink()
     again = run_lab(spec, config, out, data=fake_data(96, 96), resume=True, quick=True)
     assert again["units_reused"] == len(units) - 1
-    assert again["raw"] == json.loads(json.dumps(raw))
+    assert again["raw"]["per_seed"] == json.loads(json.dumps(per_seed))
 
 
-def test_verdict_rules_on_the_null_and_on_split_layers() -> None:
-    flat = {"levels": [0.0, 0.1], "mcc": {"0.0": [0.0, 0.01], "0.1": [0.01, -0.01]}}
-    raw = {
-        "threshold": 0.1,
-        "monotone_tolerance": 0.03,
-        "dose": {"brightness": flat, "noise": flat},
-        "train_test": [0.0, 0.02],
-        "internal": _ics_units([0.5, 0.51, 0.49], [0.5, 0.49, 0.51]),
-        "layers": ["fc1", "fc2"],
-    }
-    # The null: no shift scores above the threshold, BN and no BN score alike.
-    evidence, verdict = shift_mcc.decide_detects_shift({"raw": raw})
-    assert verdict == "not supported"
-    assert evidence["noise"] == {"means": [0.005, 0.0], "monotone": True, "detected": False}
-    evidence, verdict = shift_mcc.decide_bn_reduces_ics({"raw": raw})
-    assert verdict == "not supported"
-    assert evidence["direction"] == "unclear"
-    # Lower with BN overall, but one layer clearly higher: mixed.
-    raw["internal"] = _ics_units([0.2, 0.21, 0.19], [0.8, 0.82, 0.79])
-    for u in raw["internal"]["bn"]:
-        u["scores"]["fc2"][0]["mcc"] = 0.95
-    evidence, verdict = shift_mcc.decide_bn_reduces_ics({"raw": raw})
-    assert evidence["by_layer"]["fc2"]["direction"] == "greater"
-    assert evidence["by_layer"]["fc1"]["direction"] == "less"
-    assert verdict == "mixed"
-    # No threshold (no calibration draw): the splits' rule cannot decide.
-    raw["threshold"] = None
-    assert shift_mcc.decide_train_test({"raw": raw})[1] == "mixed"
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"planted": (("blur", 0.1),)}, "unknown planted shift 'blur'; choose from brightness"),
+        ({"planted": (("class-mix", 1.5),)}, r"class-mix must be a fraction in \[0, 1\], got 1.5"),
+        ({"steps": ()}, "steps is empty"),
+        ({"steps": (("tanh", 10),)}, r"lrs has no lr for \('tanh', 'none'\)"),
+        ({"steps": (("relu", 0),)}, "steps of 'relu' must be an integer >= 1, got 0"),
+        ({"step_reads": (15,)}, r"step_reads must be multiples of probe_every \(20\), got 15"),
+        ({"hold": -0.1}, r"hold must be in \[0, 1\], got -0.1"),
+        ({"sample_size": 0}, "sample_size must be > 0, got 0"),
+    ],
+)
+def test_config_errors_show_the_value(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        shift_mcc.ShiftMccConfig(**kw)
