@@ -1,155 +1,160 @@
-"""``batch-of-one``: tiny run (results, figures, resume), the B=1 error texts, eval
-predictions independent of the batch, and the verdict rules on synthetic numbers."""
+"""``batch-of-one``: claim 1's exact checks and error texts, BN at a batch of one is
+InstanceNorm in training, a tiny run end to end (no verdict, figure, resume), the rules on
+synthetic numbers whose answer is known (including the null and too few seeds), config
+errors."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from bnlab.lab import batch_of_one
+from bnlab.lab import batch_of_one, stats
+from bnlab.lab.claims import spec_record
 from bnlab.lab.experiment import get_lab, run_lab
-from bnlab.models import create
+from bnlab.lab.runner import Bench
 from bnlab.models.small_cnn import SmallReluCNN
 
 
-def test_quick_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) -> None:
+def tiny_config(**kw) -> batch_of_one.BatchOfOneConfig:
+    tiny = {"online_steps": 8, "window": 4, "train_size": 64, "test_size": 32, "predict_batch": 16}
+    return dataclasses.replace(batch_of_one.BatchOfOneConfig.quick(), **(tiny | kw))
+
+
+def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> None:
     spec = get_lab("batch-of-one")
-    config = dataclasses.replace(
-        batch_of_one.BatchOfOneConfig.quick(),
-        norms=("none", "bnlab", "layernorm", "instancenorm"),
-        online_steps=8,
-        predict_train_size=32,
-        predict_examples=4,
-        test_size=32,
-    )
+    config = tiny_config()
     out = tmp_path / "run"
-    results = run_lab(spec, config, out, data=fake_data(48, 32), quick=True)
+    results = run_lab(spec, config, out, data=fake_data(64, 32), quick=True)
     raw = results["raw"]
-    assert len(raw["online"]) == len(raw["predict"]) == 4 * config.seeds
     assert (out / "online.png").is_file()
-    assert (out / "predict_single.png").is_file()
-    failed = {(e["model"], e["norm"]) for e in raw["errors"] if not e["train_ok"]}
-    assert failed == {("lenet", n) for n in ("bnlab", "torch", "batchrenorm", "ghost")}
-    assert all(e["eval_ok"] for e in raw["errors"])
-    for verdict, rule in zip(
-        results["verdicts"],
-        (
-            batch_of_one.cannot_train_rule,
-            batch_of_one.online_rule,
-            batch_of_one.predict_single_rule,
-        ),
-        strict=True,
-    ):
-        assert verdict["holds"] == {"supported": True, "not supported": False}.get(rule(results)[1])
-    assert results["verdicts"][2]["holds"] is True  # eval BN: batch-independent
-    unit = out / "units" / "online-bnlab-seed1.json"
-    unit.unlink()
+    assert set(raw["per_seed"]) == {"instancenorm", "layernorm", "eval mode"}
+    assert raw["lr"]["bn"] == raw["lr"]["instancenorm"]  # BN takes InstanceNorm's lr
+    for p in raw["predict"]:
+        assert p["one at a time"] == pytest.approx(p["batch of 500"])
+        assert p["max_logit_change"] < 1e-4
+    fc, online, predict = results["verdicts"]
+    assert fc["measured"].startswith("supported: ")  # exact checks: decided at any budget
+    for verdict, rule in ((online, batch_of_one.CLAIMS[1]), (predict, batch_of_one.CLAIMS[2])):
+        assert verdict["holds"] is None
+        assert verdict["measured"].startswith("no verdict at this budget: ")
+        assert verdict["measured"].startswith(rule.rule(results)[1] + ":")
+    units = sorted((out / "units").glob("*.json"))
+    assert len(units) == 3 * 2 + 5 * 2 + 1  # tuning + (4 online + 1 predict) x seeds + fc-check
+    (out / "units" / "online-layernorm-seed1.json").unlink()
     (out / "results.json").unlink()
-    again = run_lab(spec, config, out, data=fake_data(48, 32), resume=True, quick=True)
-    assert again["units_reused"] == 1 + 2 * 4 * config.seeds - 1
-    assert again["raw"]["online"] == json.loads(json.dumps(raw["online"]))
-    keys = [c.setting + "-" + c.variant for c in batch_of_one.grid(config).cells()]
-    assert keys[:3] == ["online-none", "predict-none", "online-bnlab"]  # the old unit order
+    again = run_lab(spec, config, out, data=fake_data(64, 32), resume=True, quick=True)
+    assert again["units_reused"] == len(units) - 1
+    assert again["raw"]["per_seed"] == raw["per_seed"]
 
 
-def test_batch_of_one_error_texts_are_kept() -> None:
-    x = torch.rand(1, 1, 28, 28)
-    torch_bn = batch_of_one.try_batch_of_one(create("lenet", norm="torch"), x)
-    assert torch_bn["train"] == (
+def test_fc_check_and_the_error_texts() -> None:
+    facts = batch_of_one.fc_check()
+    assert facts["torch_error"] == (
         "ValueError: Expected more than 1 value per channel when training, got input size "
         "torch.Size([1, 120])"
     )
-    assert torch_bn["eval_ok"]
-    ours = batch_of_one.try_batch_of_one(create("lenet", norm="bnlab"), x)
-    assert ours["train"].startswith(
+    assert facts["bnlab_error"].startswith(
         "ValueError: BatchNorm1d: expected more than 1 value per channel when training, got "
         "input of shape (1, 120)"
     )
-    assert batch_of_one.try_batch_of_one(SmallReluCNN("bnlab"), x)["train_ok"]
+    assert facts["max_x_hat"] == facts["max_weight_grad"] == facts["max_logit_difference"] == 0.0
+    evidence, verdict = batch_of_one.fc_rule({"raw": {"fc_check": facts}})
+    assert verdict == stats.SUPPORTED
+    assert evidence["raises"]
+    assert evidence["exactly_zero"]
+    trains = dict(facts, torch_error="ok")
+    assert batch_of_one.fc_rule({"raw": {"fc_check": trains}})[1] == stats.REFUTED
+    learns = dict(facts, max_weight_grad=1e-3)
+    assert batch_of_one.fc_rule({"raw": {"fc_check": learns}})[1] == stats.REFUTED
 
 
-def test_eval_prediction_does_not_depend_on_the_batch() -> None:
-    torch.manual_seed(0)
-    model = SmallReluCNN("bnlab")
-    with torch.no_grad():  # running statistics unlike any batch's
-        model.norm1.running_mean.uniform_(-1, 1)
-        model.norm1.running_var.uniform_(0.5, 2)
-    x, y = torch.randn(6, 1, 28, 28), torch.arange(6)
-    facts = batch_of_one.prediction_facts(model, x, y, torch.randn(20, 1, 28, 28))
-    assert facts["eval_single_vs_batch"] < 1e-5
-    assert facts["eval_companions"] < 1e-5
-    assert facts["train_companions"] > 1e-3  # batch statistics depend on the companions
-    assert not model.training
-    lenet = create("lenet", norm="bnlab")
-    facts = batch_of_one.prediction_facts(lenet, x, y, torch.randn(20, 1, 28, 28))
-    assert facts["train_acc_single"].startswith("ValueError: BatchNorm1d: expected more than 1")
+def test_conv_bn_at_a_batch_of_one_trains_as_instance_norm(fake_data) -> None:
+    """Same weights, same losses: BN over (N=1, H, W) is InstanceNorm in training."""
+    config = tiny_config(online_steps=6, window=3)
+    bench = Bench(config.subsets(fake_data(64, 32), "batch-of-one"), torch.device("cpu"))
+    bn = batch_of_one._online(config, "bn", 0.05, 0, bench)["metrics"]
+    inn = batch_of_one._online(config, "instancenorm", 0.05, 0, bench)["metrics"]
+    assert bn["online_loss"] == pytest.approx(inn["online_loss"], rel=1e-5)
+    assert bn["online_acc"] == inn["online_acc"]
+    # BN in train mode, one test image at a time, predicts as InstanceNorm does
+    assert bn["train_mode_test_acc"] == pytest.approx(inn["test_acc"])
+    assert SmallReluCNN("bnlab")(torch.rand(1, 1, 28, 28)).shape == (1, 10)
 
 
-def _results(
-    errors_ok: bool,
-    online: dict[str, list[float]],
-    eval_change: float,
-    train_change: float | None = 0.5,
-) -> dict:
-    errors = [
-        {"model": "lenet", "norm": n, "train_ok": errors_ok, "eval_ok": True}
-        for n in ("bnlab", "torch")
-    ]
-    cells = [
-        {"norm": n, "seed": s, "test_acc": v} for n, vs in online.items() for s, v in enumerate(vs)
-    ]
-    predict = [
-        {
-            "norm": "bnlab",
-            "eval_single_vs_batch": eval_change,
-            "eval_companions": 0.0,
-            "train_companions": train_change,
-        }
-    ]
+NOISE = np.array([0.4, -0.6, 0.2, 0.5, -0.3])
+
+
+def synthetic(inn: float, ln: float, bn: float, *, noise=NOISE, same: bool = True) -> dict:
+    """Five seeds: online test accuracies, online accuracy 70 %, and claim 3's eval
+    accuracies (equal one at a time and in a batch when ``same``)."""
+    config = batch_of_one.BatchOfOneConfig()
+    n = len(noise)
+
+    def arm(value: float, spread) -> dict:
+        return {"test_acc": list(value + spread), "online_acc": [70.0] * n}
+
+    single = [88.0 + d for d in noise * 0.1]
+    per_seed = {
+        "instancenorm": {"per-example norm": arm(inn, noise), "bn": arm(bn, noise * 0.5)},
+        "layernorm": {"per-example norm": arm(ln, -noise), "bn": arm(bn, noise * 0.5)},
+        "eval mode": {
+            "one at a time": {"test_acc": single if same else [s - 2.0 for s in single]},
+            "batch of 500": {"test_acc": single},
+        },
+    }
     return {
-        "raw": {
-            "errors": errors,
-            "online": cells,
-            "predict": predict,
-            "learn_threshold": 0.5,
-            "min_effect": 0.01,
-        }
+        "raw": {"per_seed": per_seed, "specs": [spec_record(s) for s in batch_of_one.specs(config)]}
     }
 
 
-def test_rules_on_synthetic_numbers() -> None:
-    low, high = [0.2, 0.21, 0.19], [0.7, 0.72, 0.71]
-    r = _results(False, {"bnlab": low, "layernorm": high, "instancenorm": high}, 1e-7)
-    assert batch_of_one.cannot_train_rule(r)[1] == "supported"
-    assert batch_of_one.online_rule(r)[1] == "supported"
-    assert batch_of_one.predict_single_rule(r)[1] == "supported"
-    r = _results(False, {"bnlab": high, "layernorm": high, "instancenorm": low}, 1e-2)
-    assert batch_of_one.cannot_train_rule(r)[1] == "mixed"
-    assert batch_of_one.online_rule(r)[1] == "not supported"
-    assert batch_of_one.predict_single_rule(r)[1] == "not supported"
-    r = _results(True, {"bnlab": low, "layernorm": high, "instancenorm": low}, 0.0)
-    assert batch_of_one.cannot_train_rule(r)[1] == "not supported"
-    assert batch_of_one.online_rule(r)[1] == "mixed"
-    # Eval is batch-independent, but train mode is too (or raises: None): no contrast.
-    assert batch_of_one.predict_single_rule(_results(False, {}, 0.0, 1e-5))[1] == "mixed"
-    assert batch_of_one.predict_single_rule(_results(False, {}, 0.0, None))[1] == "mixed"
-    assert batch_of_one.predict_single_rule({"raw": {"predict": []}})[1] == "not supported"
+def verdicts(results: dict) -> list[str]:
+    return [c.rule(results)[1] for c in batch_of_one.CLAIMS[1:]]
 
 
-def test_rules_on_the_null() -> None:
-    """Every norm equally good online: no advantage for LayerNorm or InstanceNorm."""
-    same = [0.6, 0.62, 0.61]
-    r = _results(False, {"bnlab": same, "layernorm": same, "instancenorm": same}, 0.0)
-    evidence, verdict = batch_of_one.online_rule(r)
-    assert verdict == "not supported"
-    for norm in ("layernorm", "instancenorm"):
-        assert evidence[norm]["minus_bn"] == pytest.approx(0.0, abs=1e-12)
-        assert evidence[norm]["direction"] == "unclear"
-    # BN at chance-level online accuracy and LeNet's BN raising: the claim as stated.
-    assert batch_of_one.cannot_train_rule(r)[1] == "mixed"  # 0.61 >= learn_threshold 0.5
-    at_chance = _results(False, {"bnlab": [0.1, 0.1, 0.1]}, 0.0)
-    assert batch_of_one.cannot_train_rule(at_chance)[1] == "supported"
+def test_rules_on_known_numbers() -> None:
+    assert verdicts(synthetic(80.0, 78.0, 70.0)) == [stats.SUPPORTED, stats.SUPPORTED]
+    # the null for claim 2: equal accuracies; claim 3 with a 2-point gap: refuted
+    assert verdicts(synthetic(75.0, 75.0, 75.0, same=False)) == [stats.REFUTED, stats.REFUTED]
+    assert verdicts(synthetic(80.0, 75.0, 75.0))[0] == stats.CONTEXT_DEPENDENT
+    wide = np.array([4.0, -6.0, 3.0, 5.0, -2.0])
+    evidence, verdict = batch_of_one.CLAIMS[1].rule(synthetic(75.0, 75.0, 75.0, noise=wide))
+    assert verdict == stats.INCONCLUSIVE
+    assert evidence["seeds_needed"] > 5
+    assert verdicts(synthetic(80.0, 78.0, 70.0, noise=NOISE[:3])) == [stats.NO_VERDICT] * 2
+
+
+def test_equivalence_rule_reads_the_two_sided_test() -> None:
+    evidence, verdict = batch_of_one.equivalence_rule(synthetic(80.0, 78.0, 70.0))
+    assert verdict == stats.SUPPORTED
+    assert evidence["difference_verdict"] == stats.REFUTED
+    assert evidence["text"].startswith("supported: ")
+    assert evidence["settings"][0]["status"] == "equivalent"
+
+
+def test_runs_at_chance_are_excluded() -> None:
+    results = synthetic(80.0, 78.0, 70.0)
+    results["raw"]["per_seed"]["layernorm"]["per-example norm"]["online_acc"][1] = 11.0
+    evidence, verdict = batch_of_one.CLAIMS[1].rule(results)
+    assert verdict == stats.SUPPORTED  # InstanceNorm decides; LayerNorm keeps 4 seeds
+    assert [r["status"] for r in evidence["settings"]] == ["better", "excluded"]
+    assert evidence["excluded"][0]["reason"] == (
+        "never left chance (online_acc within 2.0 of 10.0)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"lrs": ()}, r"lrs must be positive values, got \(\)"),
+        ({"online_steps": 0}, "online_steps must be > 0, got 0"),
+        ({"window": 9}, "window 9 exceeds online_steps 8"),
+        ({"equivalence_margin": 0.0}, "equivalence_margin must be > 0, got 0.0"),
+    ],
+)
+def test_config_errors(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        batch_of_one.main_grid(tiny_config(**kw))

@@ -51,7 +51,7 @@ def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> Non
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_bn_sits_where_asked_and_tuning_holds_out_validation(where: str, fake_data) -> None:
     config = tiny_config(epochs=1)
-    data = placement.prepare(config, fake_data(64, 32))
+    data = config.subsets(fake_data(64, 32), "placement")
     got = placement.train_run(
         config, "relu", where, 0.1, 0, Bench(data, torch.device("cpu")), validate=True
     )

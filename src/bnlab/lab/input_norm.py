@@ -37,7 +37,6 @@ loss of these models; a smaller gap does not move their accuracy visibly); a see
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -142,16 +141,15 @@ class InputNormConfig(kit.PairedConfig):
 def specs(config: InputNormConfig) -> list[stats.ClaimSpec]:
     """The claim, declared before the run (see the module docstring)."""
     return [
-        stats.ClaimSpec(
-            name="input-standardization-helps-shallow",
-            metric=METRIC,
-            direction="lower",
-            arm="standardized",
-            reference="raw",
-            margin=config.margin,
-            min_seeds=config.min_seeds,
-            settings=tuple(_setting(m, i) for m in MODELS for i in ("global", "per_pixel")),
-            chance=stats.ChanceRule("test_acc", level=10.0, tolerance=2.0),
+        kit.paired.claim_spec(
+            config,
+            "input-standardization-helps-shallow",
+            METRIC,
+            "lower",
+            "standardized",
+            "raw",
+            [_setting(m, i) for m in MODELS for i in ("global", "per_pixel")],
+            chance_metric="test_acc",
         )
     ]
 
@@ -285,23 +283,17 @@ def main_grid(config: InputNormConfig) -> Grid:
     )
 
 
-def prepare(config: InputNormConfig, data: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-    """The training and test sets (all images by default)."""
-    return config.subsets(data, "input-norm")
-
-
 def run(config: InputNormConfig, ctx: LabContext) -> LabOutcome:
     """The conditioning unit, the lr tuning, the measured runs, the summary."""
-    data = prepare(config, ctx.data)
-    main = main_grid(config)
+    data = config.subsets(ctx.data, "input-norm")
     tuning, lrs, measured = kit.paired.tuned_runs(
         ctx,
+        config,
+        data,
         tune=kit.paired.tune_grid(MODELS, INPUTS, config.lrs, config.tune_seed),
-        main=main,
-        tune_cell=functools.partial(_tune_cell, config),
-        main_cell=functools.partial(_main_cell, config),
+        main=main_grid(config),
+        cells=(_tune_cell, _main_cell),
         criterion="final_train_loss",
-        data=data,
         steps=config.steps_for(data["train_images"].shape[0]),
         label="input-norm",
     )

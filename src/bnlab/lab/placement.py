@@ -31,13 +31,10 @@ about 0.35 points); a seed within 2 points of chance is excluded.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from torch import Tensor
 
 from bnlab.lab import experiment, kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
@@ -101,16 +98,15 @@ class PlacementConfig(kit.PairedConfig):
 def specs(config: PlacementConfig) -> list[stats.ClaimSpec]:
     """The claim, declared before the run (see the module docstring)."""
     return [
-        stats.ClaimSpec(
-            name="bn-before-activation",
-            metric=METRIC,
-            direction="higher",
-            arm="before",
-            reference="after",
-            margin=config.margin,
-            min_seeds=config.min_seeds,
-            settings=tuple(config.activations),
-            chance=stats.ChanceRule(METRIC, level=10.0, tolerance=2.0),
+        kit.paired.claim_spec(
+            config,
+            "bn-before-activation",
+            METRIC,
+            "higher",
+            "before",
+            "after",
+            config.activations,
+            chance_metric=METRIC,
         )
     ]
 
@@ -208,23 +204,17 @@ def _main_cell(config: PlacementConfig, lrs: dict, cell: Cell, bench: Bench) -> 
     return train_run(config, cell.setting, cell.variant, lr, cell.seed, bench, validate=False)
 
 
-def prepare(config: PlacementConfig, data: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-    """The training and test sets (all images by default)."""
-    return config.subsets(data, "placement")
-
-
 def run(config: PlacementConfig, ctx: LabContext) -> LabOutcome:
     """Tune each arm's lr on the tuning seed (validation split), then the measured runs."""
-    data = prepare(config, ctx.data)
-    main = main_grid(config)
+    data = config.subsets(ctx.data, "placement")
     tuning, lrs, measured = kit.paired.tuned_runs(
         ctx,
+        config,
+        data,
         tune=kit.paired.tune_grid(config.activations, PLACEMENTS, config.lrs, config.tune_seed),
-        main=main,
-        tune_cell=functools.partial(_tune_cell, config),
-        main_cell=functools.partial(_main_cell, config),
+        main=main_grid(config),
+        cells=(_tune_cell, _main_cell),
         criterion="val_error",
-        data=data,
         steps=config.steps_for(data["train_images"].shape[0]),
         label="placement",
     )

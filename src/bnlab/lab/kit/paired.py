@@ -11,6 +11,7 @@ diverged run) is never chosen; a choice at either end of the grid is flagged
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -19,15 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnlab.lab import stats
 from bnlab.lab.experiment import LabContext, Table
 from bnlab.lab.kit.data import batches
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
+from bnlab.lab.runner import Bench, Grid, GridRun, run_grid
 from bnlab.train.steps import run_steps
 
 __all__ = [
     "TUNE_RULE",
     "at_edge",
     "choose_lrs",
+    "claim_spec",
     "claims_table",
     "lr_schedule",
     "measured_text",
@@ -41,6 +44,34 @@ TUNE_RULE = (
     "separate tuning seed {seed}, same budget as the measured runs; a non-finite value is "
     "never chosen; a choice at the grid's edge is flagged"
 )
+
+
+def claim_spec(
+    config: Any,
+    name: str,
+    metric: str,
+    direction: stats.Direction,
+    arm: str,
+    reference: str,
+    settings: Sequence[str],
+    *,
+    chance_metric: str,
+    margin: float | None = None,
+) -> stats.ClaimSpec:
+    """A claim of a ten-class experiment: ``config``'s margin (or ``margin``) and
+    min_seeds, and the chance rule "``chance_metric`` (a percentage) within 2 points of
+    10"."""
+    return stats.ClaimSpec(
+        name=name,
+        metric=metric,
+        direction=direction,
+        arm=arm,
+        reference=reference,
+        margin=config.margin if margin is None else margin,
+        min_seeds=config.min_seeds,
+        settings=tuple(settings),
+        chance=stats.ChanceRule(chance_metric, level=10.0, tolerance=2.0),
+    )
 
 
 def tune_grid(
@@ -88,13 +119,13 @@ def at_edge(lrs: Sequence[float], chosen: Mapping[str, Mapping[str, float | None
 
 def tuned_runs(
     ctx: LabContext,
+    config: Any,
+    data: Any,
     *,
     tune: Grid,
     main: Grid,
-    tune_cell: Callable[[Cell, Bench], Mapping[str, Any]],
-    main_cell: Callable[[dict, Cell, Bench], Any],
+    cells: tuple[Callable[..., Mapping[str, Any]], Callable[..., Any]],
     criterion: str,
-    data: Any,
     steps: int,
     label: str,
 ) -> tuple[dict, dict, GridRun]:
@@ -102,14 +133,15 @@ def tuned_runs(
 
     Args:
         ctx: the experiment's context.
+        config: the experiment's config, bound as the cells' first argument.
+        data: ``bench.data``.
         tune: :func:`tune_grid`'s grid (settings ``(setting, lr)``).
         main: the measured grid (settings as the tuning grid's first elements).
-        tune_cell: ``(cell, bench) -> {criterion: value, ...}`` (module-level or a
-            ``functools.partial`` of one, so that ``--workers`` can run it in a pool).
-        main_cell: ``(lrs, cell, bench) -> result``, ``lrs`` the chosen ``{setting: {arm:
-            lr}}`` (the same rules for pickling).
+        cells: ``(tune_cell, main_cell)``, module-level functions (so that ``--workers``
+            can run them in a pool): ``tune_cell(config, cell, bench) -> {criterion:
+            value, ...}`` and ``main_cell(config, lrs, cell, bench) -> result``, ``lrs`` the
+            chosen ``{setting: {arm: lr}}``.
         criterion: the key of ``tune_cell``'s result that the rule minimizes.
-        data: ``bench.data``.
         steps: progress per cell.
         label: the progress bar's text.
 
@@ -117,25 +149,18 @@ def tuned_runs(
         ``(tuning, lrs, measured)``: ``{setting: {arm: {lr: criterion}}}``, the chosen lrs
         and the measured grid's run.
     """
+    tune_cell, main_cell = cells
     ctx.progress.start((len(tune.cells()) + len(main.cells())) * steps, label)
-    tuned = run_grid(ctx, tune, tune_cell, data=data, steps=steps)
+    tuned = run_grid(ctx, tune, functools.partial(tune_cell, config), data=data, steps=steps)
     tuning: dict[str, dict[str, dict[float, Any]]] = {}
     for cell, result in tuned:
         setting, lr = cell.setting
         tuning.setdefault(str(setting), {}).setdefault(cell.variant, {})[lr] = result[criterion]
     lrs = choose_lrs(tuning)
-    measured = run_grid(ctx, main, _Bound(main_cell, lrs), data=data, steps=steps)
+    measured = run_grid(
+        ctx, main, functools.partial(main_cell, config, lrs), data=data, steps=steps
+    )
     return tuning, lrs, measured
-
-
-class _Bound:
-    """``main_cell`` with the chosen lrs bound (picklable when ``main_cell`` is)."""
-
-    def __init__(self, main_cell: Callable[[dict, Cell, Bench], Any], lrs: dict) -> None:
-        self.main_cell, self.lrs = main_cell, lrs
-
-    def __call__(self, cell: Cell, bench: Bench) -> Any:
-        return self.main_cell(self.lrs, cell, bench)
 
 
 def lr_schedule(steps: int) -> Callable[[int], float]:
@@ -155,9 +180,11 @@ def train_decayed(
     steps: int,
     seed: int,
     momentum: float = 0.0,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
 ) -> list[float]:
     """``steps`` SGD steps (``momentum``) in train mode at ``lr`` decayed linearly to 0,
-    on endless batches of ``images`` drawn with ``seed``; one progress step per step.
+    on endless batches of ``images`` drawn with ``seed``; one progress step per step;
+    ``loss_fn(logits, labels)`` (cross-entropy by default; a wrapper may also record).
 
     Returns:
         The mini-batch losses.
@@ -170,7 +197,7 @@ def train_decayed(
         batches(images, labels, batch, seed, bench.device),
         opt,
         steps=steps,
-        loss_fn=F.cross_entropy,
+        loss_fn=loss_fn,
         on_step=[lambda s: schedule.step(), lambda s: bench.advance(1)],
     )
 
