@@ -11,16 +11,20 @@
   experiments' core;
 - ``fits`` (imported as a module, ``kit.fits``): ``FitConfig``, the fit-based
   experiments' core (one ``train_variant`` run per cell), and ``SweepConfig`` with the
-  tables, series and rule groups of the trainability sweeps (lr-sweep, init);
+  tables, series and rule groups of the first edition's trainability sweeps;
 - ``threads``: thread settings;
 - ``paired`` (imported as a module, ``kit.paired``): each arm's lr tuned on a separate
-  seed before the measured runs, the claims table of ``bnlab.lab.stats``' evaluations.
+  seed before the measured runs, the claims table of ``bnlab.lab.stats``' evaluations;
+- ``sweeps`` (imported as a module, ``kit.sweeps``): one SGD run with the lr decayed to 0
+  and readouts at matched fit (``train_run``), and the second edition's trainability
+  sweeps (lr-sweep, init; ``SweepConfig``, per-seed largest value and width that
+  train, censoring) that regularization's runs also use.
 
 The step loop with hooks is ``bnlab.train.steps.run_steps``; the grid runner is
 ``bnlab.lab.runner``.
 """
 
-from bnlab.lab.kit import paired
+from bnlab.lab.kit import paired, sweeps
 from bnlab.lab.kit.configs import (
     LabConfig,
     PairedConfig,
@@ -117,6 +121,7 @@ __all__ = [
     "register_claims",
     "renorm_warmup",
     "split",
+    "sweeps",
     "take",
     "train_variant",
     "trainable_values",
