@@ -18,7 +18,7 @@ import torch
 from _shared import hook_count, one_thread  # noqa: F401 (fixture)
 from torch import nn
 
-from bnlab.lab import ics, stats
+from bnlab.lab import ics, kit, stats
 from bnlab.lab.claims import available_claims, spec_record
 from bnlab.lab.experiment import run_lab
 from bnlab.lab.kit import build_model, directions_verdict, matched, plateau_notes
@@ -243,7 +243,7 @@ def test_read_metrics_at_matched_loss_and_step() -> None:
 
 def test_choose_lrs_takes_the_lowest_finite_final_loss() -> None:
     tuning = {"sigmoid": {"none": {0.3: 2.3, 1.0: 0.7, 3.0: None}, "bn": {0.3: math.nan}}}
-    assert ics.choose_lrs(tuning) == {"sigmoid": {"none": 1.0, "bn": None}}
+    assert kit.paired.choose_lrs(tuning) == {"sigmoid": {"none": 1.0, "bn": None}}
 
 
 def test_one_measured_unit_and_no_hooks_left(monkeypatch: pytest.MonkeyPatch, fake_data) -> None:

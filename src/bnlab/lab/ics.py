@@ -100,7 +100,6 @@ __all__ = [
     "ARMS",
     "CLAIMS",
     "ICSConfig",
-    "choose_lrs",
     "distribution_drift",
     "gradient_shift",
     "main_grid",
@@ -481,22 +480,6 @@ def main_grid(config: ICSConfig, setting: str) -> Grid:
     )
 
 
-def choose_lrs(tuning: Mapping[str, Mapping[str, Mapping[float, Any]]]) -> dict:
-    """``{setting: {arm: lr or None}}`` from ``{setting: {arm: {lr: final loss}}}``: the
-    lowest finite final loss (ties: the smaller lr); None when every lr diverged."""
-    chosen: dict[str, dict[str, float | None]] = {}
-    for setting, arms in tuning.items():
-        chosen[setting] = {}
-        for arm, by_lr in arms.items():
-            finite = {
-                float(lr): float(v)
-                for lr, v in by_lr.items()
-                if v is not None and math.isfinite(float(v))
-            }
-            chosen[setting][arm] = min(finite, key=lambda lr: (finite[lr], lr)) if finite else None
-    return chosen
-
-
 def _data(config: ICSConfig, data: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
     return config.subsets(data, "ics")
 
@@ -686,7 +669,7 @@ def run(config: ICSConfig, ctx: LabContext) -> LabOutcome:
         for cell, result in done:
             by_lr = tuning.setdefault(setting, {}).setdefault(cell.variant, {})
             by_lr[result["lr"]] = result["final_train_loss"]
-    lrs = choose_lrs(tuning)
+    lrs = kit.paired.choose_lrs(tuning)
     runs = [
         run_grid(
             ctx,
@@ -717,51 +700,6 @@ _EMPTY = dict.fromkeys(
         "final_test_acc",
     )
 )
-
-
-def claims_rows(evaluated: Sequence[Mapping[str, Any]], digits: int = 3) -> list[list[Any]]:
-    """One row per claim and setting of ``stats.evaluate_experiment``'s output."""
-
-    def f(x: Any) -> str | None:
-        return None if x is None else f"{x:+.{digits}f}"
-
-    rows = []
-    for e in evaluated:
-        for row in e["settings"]:
-            low, high = row.get("ci_low"), row.get("ci_high")
-            rows.append(
-                [
-                    e["claim"],
-                    row["setting"],
-                    f"{e['metric']}: {e['arm']} - {e['reference']}",
-                    f(row.get("mean_arm")),
-                    f(row.get("mean_reference")),
-                    f(row.get("diff")),
-                    None if low is None else f"[{f(low)}, {f(high)}]",
-                    None if row.get("p_holm") is None else f"{row['p_holm']:.3g}",
-                    None if row.get("tost_p_holm") is None else f"{row['tost_p_holm']:.3g}",
-                    f"{row['n']}/{row['n_run']}",
-                    row["status"],
-                    e["verdict"],
-                ]
-            )
-    return rows
-
-
-CLAIM_COLUMNS = [
-    "claim",
-    "setting",
-    "metric: arm - reference",
-    "arm mean",
-    "reference mean",
-    "diff",
-    "95% CI",
-    "p (Holm)",
-    "TOST p (Holm)",
-    "seeds in/run",
-    "status",
-    "verdict",
-]
 
 
 def summarize(
@@ -845,22 +783,17 @@ def summarize(
             ],
         )
     )
-    tables.append(
-        Table(
-            "Claims (declared before the run; paired t by seed, Holm over the three claims' "
-            "settings, TOST margins ln 1.25 in log drift, 0.05 in cosine, 1 point in accuracy)",
-            CLAIM_COLUMNS,
-            claims_rows(raw["claims"]),
-        )
-    )
-    tables.append(
+    declared_table = kit.paired.claims_table(raw["claims"], "(ln drift, cosine, points)", 3)
+    shown_table = kit.paired.claims_table(shown, "(ln drift, cosine, points)", 3)
+    tables += [
+        declared_table,
         Table(
             "Shown, not voted (their own Holm family): the measures at matched step, noisy "
             "BN against BN",
-            CLAIM_COLUMNS,
-            claims_rows(shown),
-        )
-    )
+            shown_table.columns,
+            shown_table.rows,
+        ),
+    ]
     excluded = []
     for s, arms in per_seed.items():
         for a, m in arms.items():
@@ -946,10 +879,6 @@ def summarize(
     return LabOutcome(tables=tables, verdicts=verdicts, figures=figures, raw=raw, notes=notes)
 
 
-def _measured(evidence: Mapping[str, Any]) -> str:
-    return evidence["text"].removeprefix(f"{evidence['verdict']}: ")
-
-
 _SANTURKAR = (
     "Santurkar, Tsipras, Ilyas & Madry 2018, 'How Does Batch Normalization Help "
     "Optimization?', arXiv 1805.11604"
@@ -977,7 +906,7 @@ CLAIMS = kit.register_claims(
         "claims, TOST margin ±ln 1.25, at least 5 seeds; runs within 2 points of chance "
         "or never at the loss level excluded",
         stats_rule("bn-reduces-ics"),
-        _measured,
+        kit.paired.measured_text,
         sentence="在深度模型中,批量归一化被应用到每一层的激活函数之前,以稳定网络的中间输出。"
         "这种做法可以减少内部协变量位移(Internal Covariate Shift),即随着网络深度增加,每一层"
         "输入分布的变化。",
@@ -1008,7 +937,7 @@ CLAIMS = kit.register_claims(
         "reaches 0.8, BN against no BN, direction higher, per setting as bn-reduces-ics, "
         "paired by seed, Holm over the 3 claims, TOST margin ±0.05, at least 5 seeds",
         stats_rule("bn-reduces-gradient-ics"),
-        _measured,
+        kit.paired.measured_text,
         literature=Literature(
             _SANTURKAR + ", section 2.2, figure 3",
             "VGG on CIFAR-10 and a 25-layer deep linear network, trained with and without "
@@ -1031,7 +960,7 @@ CLAIMS = kit.register_claims(
         "paired by seed, Holm over the 3 claims, TOST margin ±1 point, at least 5 seeds; "
         "noisy BN against BN is shown, not voted",
         stats_rule("bn-benefit-survives-covariate-shift"),
-        _measured,
+        kit.paired.measured_text,
         literature=Literature(
             _SANTURKAR + ", section 2.1, figure 2",
             "VGG on CIFAR-10 with random time-varying means and variances injected after "

@@ -733,24 +733,16 @@ def summarize(
             layer_rows,
         )
     )
-    tables.append(
+    declared_table = kit.paired.claims_table(raw["claims"], "MCC", 3)
+    shown_table = kit.paired.claims_table(shown, "MCC", 3)
+    tables += [
+        declared_table,
         Table(
-            "Claims (declared before the run; Holm over the four claims' settings, TOST)",
-            [
-                "claim",
-                "setting",
-                "metric: arm - reference",
-                "diff",
-                "95% CI",
-                "p (Holm)",
-                "TOST p (Holm)",
-                "seeds in/run",
-                "status",
-                "verdict",
-            ],
-            _claim_rows(raw["claims"]) + _claim_rows(shown, shown_only=True),
-        )
-    )
+            "Shown, not voted: the internal MCC at matched step",
+            shown_table.columns,
+            shown_table.rows,
+        ),
+    ]
     excluded = [
         [s, a, seed, reach if reach is not None else "never", acc]
         for s in config.settings
@@ -813,32 +805,6 @@ def summarize(
     )
 
 
-def _claim_rows(evaluated: Sequence[Mapping[str, Any]], *, shown_only: bool = False) -> list:
-    rows = []
-    for e in evaluated:
-        for row in e["settings"]:
-            low, high = row.get("ci_low"), row.get("ci_high")
-            rows.append(
-                [
-                    e["claim"] + (" (shown, not voted)" if shown_only else ""),
-                    row["setting"],
-                    f"{e['metric']}: {e['arm']} - {e['reference']}",
-                    None if row.get("diff") is None else f"{row['diff']:+.3f}",
-                    None if low is None else f"[{low:+.3f}, {high:+.3f}]",
-                    None if row.get("p_holm") is None else f"{row['p_holm']:.3g}",
-                    None if row.get("tost_p_holm") is None else f"{row['tost_p_holm']:.3g}",
-                    f"{row['n']}/{row['n_run']}",
-                    row["status"],
-                    e["verdict"],
-                ]
-            )
-    return rows
-
-
-def _measured(evidence: Mapping[str, Any]) -> str:
-    return evidence["text"].removeprefix(f"{evidence['verdict']}: ")
-
-
 _OURS = "ours: 1,500 Fashion-MNIST test images per side, a 32-unit MLP classifier, 5 seeds"
 _SANTURKAR = (
     "Santurkar, Tsipras, Ilyas & Madry 2018, 'How Does Batch Normalization Help "
@@ -858,7 +824,7 @@ CLAIMS = kit.register_claims(
         "the experiment's 4 claims, TOST margin ±0.1 MCC, at least 5 seeds; supported "
         "only if every planted shift is detected",
         stats_rule("mcc-detects-covariate-shift"),
-        _measured,
+        kit.paired.measured_text,
         sentence=SENTENCE,
         literature=Literature(
             "Rabanser, Günnemann & Lipton 2019, 'Failing Loudly: An Empirical Study of "
@@ -882,7 +848,7 @@ CLAIMS = kit.register_claims(
         "claims, TOST margin ±0.05 MCC, at least 5 seeds; refuted = the null is within "
         "±0.05 of 0 (the detector is calibrated)",
         stats_rule("mcc-false-positive-on-null"),
-        _measured,
+        kit.paired.measured_text,
         sentence=SENTENCE,
         literature=Literature(
             "Matthews 1975; Chicco & Jurman 2020, BMC Genomics 21:6",
@@ -901,7 +867,7 @@ CLAIMS = kit.register_claims(
         "null, Welch (different samples), direction higher, Holm over the 4 claims, TOST "
         "margin ±0.05 MCC, at least 5 seeds",
         stats_rule("fashion-mnist-splits-shifted"),
-        _measured,
+        kit.paired.measured_text,
         sentence=SENTENCE_SPLITS,
         literature=Literature(
             "Xiao, Rasul & Vollgraf 2017, 'Fashion-MNIST', arXiv 1708.07747",
@@ -925,7 +891,7 @@ CLAIMS = kit.register_claims(
         "by seed, Holm over the 4 claims, TOST margin ±0.1, at least 5 seeds; runs within "
         "2 points of chance or never at the loss level excluded",
         stats_rule("bn-reduces-ics-mcc"),
-        _measured,
+        kit.paired.measured_text,
         sentence=SENTENCE_ICS,
         literature=Literature(
             "Ioffe & Szegedy 2015, arXiv 1502.03167, figure 1; " + _SANTURKAR + ", section 2",
