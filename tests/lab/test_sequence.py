@@ -1,119 +1,271 @@
-"""``sequence``: verdict rules on synthetic numbers and the null, a tiny run and resume.
-The networks: tests/models/test_sequence.py."""
+"""``sequence``: GRU and Transformer with BN, LayerNorm or no norm, each arm at its tuned lr.
+
+A tiny run end to end ("no verdict at this budget", tables, figures, resume), the lr
+rule, the primary metric and the schedule, the declared rules on synthetic per-seed
+numbers whose answer is known (a clear effect, the null within the margin, noise, too
+few seeds, a run at chance), the pairing of the arms, the config's errors. The networks:
+tests/models/test_sequence_models.py.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import itertools
+import math
 from pathlib import Path
 
-from bnlab.lab import sequence
-from bnlab.lab.claims import available_claims
+import numpy as np
+import pytest
+import torch
+
+from bnlab.lab import sequence, stats
+from bnlab.lab.claims import available_claims, spec_record
 from bnlab.lab.experiment import get_lab, run_lab
+from bnlab.lab.runner import Bench, Cell
+
+SEEDS = Path("/work/shared/seeds")
 
 
-def tiny() -> sequence.SequenceConfig:
-    return dataclasses.replace(
-        sequence.SequenceConfig.quick(),
-        batch_sizes=(8, 16),
-        train_size=32,
-        test_size=32,
-        stream_size=4,
-        hidden=8,
-        d_model=8,
-    )
+def tiny_config(**kw) -> sequence.SequenceConfig:
+    tiny = {
+        "seeds": 2,
+        "gru_lrs": (1e-2, 3e-2),
+        "transformer_lrs": (3e-3,),
+        "steps": 6,
+        "warmup": 1,
+        "batch": 16,
+        "window": 3,
+        "curve_every": 2,
+        "train_size": 64,
+        "test_size": 32,
+        "hidden": 8,
+        "d_model": 8,
+    }
+    return dataclasses.replace(sequence.SequenceConfig.quick(), **(tiny | kw))
 
 
-def _cells(bn: list[float], none: list[float], ln: list[float], b: int) -> list[dict]:
-    out = []
-    for norm, vals in (("bn", bn), ("none", none), ("ln", ln)):
-        out += [
-            {"arch": "gru", "norm": norm, "batch_size": b, "seed": i, "test_acc": v}
-            for i, v in enumerate(vals)
-        ]
-    return out
-
-
-def test_verdict_rules_on_synthetic_numbers() -> None:
-    cells = _cells([0.8, 0.81, 0.79], [0.5, 0.52, 0.51], [0.7, 0.71, 0.69], 8)
-    cells += _cells([0.8, 0.81, 0.79], [0.5, 0.52, 0.51], [0.7, 0.71, 0.69], 32)
-    stream = [
-        {"arch": "gru", "norm": "bn", "seed": i, "test_acc": None, "trained": False}
-        for i in range(3)
-    ] + [
-        {"arch": "gru", "norm": "ln", "seed": i, "test_acc": 0.6, "trained": True} for i in range(3)
-    ]
-    raw = {"cells": cells, "stream": stream, "archs": ["gru"], "batch_sizes": [8, 32]}
-    assert sequence.decide_bn_helps({"raw": raw}, "gru")[1] == "supported"
-    evidence, verdict = sequence.decide_ln_suits_sequences({"raw": raw})
-    assert verdict == "mixed"  # LN wins streaming (BN failed) but loses at B=8
-    assert evidence["gru"]["bn_failed_at_batch_1"]
-    raw["cells"] = _cells([0.5, 0.51, 0.49], [0.8, 0.82, 0.81], [0.9, 0.91, 0.89], 8)
-    raw["batch_sizes"] = [8]
-    assert sequence.decide_bn_helps({"raw": raw}, "gru")[1] == "not supported"
-    assert sequence.decide_ln_suits_sequences({"raw": raw})[1] == "supported"
-    # BN better at one batch size, unclear at the other: mixed.
-    raw["cells"] = _cells([0.8, 0.81, 0.79], [0.5, 0.52, 0.51], [0.7, 0.71, 0.69], 8)
-    raw["cells"] += _cells([0.5, 0.9, 0.1], [0.5, 0.52, 0.51], [0.7, 0.71, 0.69], 32)
-    raw["batch_sizes"] = [8, 32]
-    assert sequence.decide_bn_helps({"raw": raw}, "gru")[1] == "mixed"
-
-
-def test_verdict_rules_on_the_null() -> None:
-    """Every norm equally good everywhere, BN trains at batch 1: nothing decides."""
-    same = [0.7, 0.72, 0.71]
-    cells = _cells(same, same, same, 8) + _cells(same, same, same, 32)
-    stream = [
-        {"arch": "gru", "norm": n, "seed": i, "test_acc": v, "trained": True}
-        for n in ("bn", "ln")
-        for i, v in enumerate(same)
-    ]
-    raw = {"cells": cells, "stream": stream, "archs": ["gru"], "batch_sizes": [8, 32]}
-    evidence, verdict = sequence.decide_bn_helps({"raw": raw}, "gru")
-    assert verdict == "not supported"
-    assert {v["direction"] for v in evidence["by_batch"].values()} == {"unclear"}
-    evidence, verdict = sequence.decide_ln_suits_sequences({"raw": raw})
-    assert verdict == "mixed"  # LayerNorm wins nothing, loses nothing
-    assert evidence["gru"]["stream"] == evidence["gru"]["batch_8"] == "unclear"
-    assert evidence["gru"]["bn_failed_at_batch_1"] is False
-
-
-def test_claims_are_registered_with_their_seed() -> None:
-    keys = {c.key: c for c in available_claims()}
-    for key in ("bn-helps-recurrent", "bn-helps-transformer", "layernorm-suits-sequences-online"):
-        assert keys[key].experiment == "sequence"
-        assert keys[key].source == "003_8a52002564f5ba9e.txt"
-
-
-def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) -> None:
+def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> None:
     spec = get_lab("sequence")
-    config = tiny()
+    config = tiny_config()
     out = tmp_path / "run"
     results = run_lab(spec, config, out, data=fake_data(64, 32), quick=True)
     raw = results["raw"]
-    assert len(raw["cells"]) == 2 * 3 * 2 * config.seeds
-    assert len(raw["stream"]) == 2 * 3 * config.seeds
-    gru_bn = [s for s in raw["stream"] if s["arch"] == "gru" and s["norm"] == "bn"]
-    assert all(not s["trained"] and "per channel" in s["error"] for s in gru_bn)
-    assert any("At batch size 1" in n for n in results["notes"])
-    for figure in ("sequence_batch_sizes.png", "sequence_streaming.png"):
+    assert {a: set(arms) for a, arms in raw["lr"].items()} == {
+        "gru": {"none", "bn", "ln", "bn-gamma1"},
+        "transformer": {"none", "bn", "ln"},
+    }
+    for arch, arms in raw["lr"].items():
+        assert all(lr in sequence.lr_grid(config, arch) for lr in arms.values())
+    # two GRU lrs: any choice is at the edge; one Transformer lr: no grid, no edge
+    assert sorted(raw["lr_at_grid_edge"]) == [
+        "gru/bn",
+        "gru/bn-gamma1",
+        "gru/ln",
+        "gru/none",
+    ]
+    per_seed = raw["per_seed"]
+    assert set(per_seed) == {"gru", "transformer"}
+    assert set(per_seed["gru"]) == {"none", "bn", "ln", "bn-gamma1"}
+    assert set(per_seed["transformer"]) == {"none", "bn", "ln"}
+    for arms in per_seed.values():
+        for m in arms.values():
+            assert len(m[sequence.PRIMARY]) == 2
+            assert all(0 < v <= sequence.CHANCE_LOSS + 1e-9 for v in m[sequence.PRIMARY])
+            assert all(0 <= v <= 100 for v in m["test_acc"])
+    for figure in ("sequence_loss.png", "sequence_auc_gru.png", "sequence_auc_transformer.png"):
         assert (out / figure).is_file()
     assert len(results["verdicts"]) == 3
-    for verdict, rule in zip(
-        results["verdicts"],
-        (
-            lambda r: sequence.decide_bn_helps(r, "gru"),
-            lambda r: sequence.decide_bn_helps(r, "transformer"),
-            sequence.decide_ln_suits_sequences,
-        ),
-        strict=True,
-    ):
-        shown = rule(results)[1]
-        assert verdict["measured"].startswith(shown + ":")
-        assert verdict["holds"] == {"supported": True, "not supported": False}.get(shown)
+    for verdict, claim in zip(results["verdicts"], sequence.CLAIMS, strict=True):
+        assert verdict["holds"] is None
+        assert verdict["measured"].startswith("no verdict at this budget: ")
+        assert verdict["measured"].startswith(claim.rule(results)[1] + ":")
     units = sorted((out / "units").glob("*.json"))
-    units[0].unlink()
+    assert len(units) == (2 * 4 + 1 * 3) + 2 * (4 + 3)  # tuning (lr x arm) + measured
+    next(u for u in units if u.name == "gru-bn-seed1.json").unlink()
+    (out / "results.json").unlink()
     again = run_lab(spec, config, out, data=fake_data(64, 32), resume=True, quick=True)
     assert again["units_reused"] == len(units) - 1
-    strip = lambda cells: [{k: v for k, v in c.items() if k != "wall_time_s"} for c in cells]  # noqa: E731
-    assert strip(again["raw"]["cells"]) == strip(json.loads(json.dumps(raw["cells"])))
+    assert again["raw"]["per_seed"] == per_seed
+
+
+def test_tuning_grids_are_per_network() -> None:
+    config = tiny_config(gru_lrs=(0.01, 0.1), transformer_lrs=(0.001,))
+    cells = sequence.tune_grid(config).cells()
+    assert {(c.setting, c.variant) for c in cells} == {
+        *((("gru", lr), arm) for lr in (0.01, 0.1) for arm in ("none", "bn", "ln", "bn-gamma1")),
+        *((("transformer", 0.001), arm) for arm in ("none", "bn", "ln")),
+    }
+    assert {c.seed for c in cells} == {config.tune_seed}
+    main = sequence.main_grid(config).cells()
+    assert len(main) == config.seeds * (4 + 3)
+    assert sequence.main_grid(tiny_config(gamma_one_arm=False)).cells()[0].variant == "none"
+    assert sequence.arms(tiny_config(gamma_one_arm=False)) == ("none", "bn", "ln")
+
+
+def test_loss_area_caps_at_chance_and_counts_divergence() -> None:
+    ln10 = math.log(10.0)
+    assert sequence.loss_area([1.0, 0.5]) == pytest.approx(0.75)
+    assert sequence.loss_area([1.0, 50.0]) == pytest.approx((1.0 + ln10) / 2)
+    assert sequence.loss_area([1.0, math.nan, math.inf]) == pytest.approx((1.0 + 2 * ln10) / 3)
+    assert math.isnan(sequence.loss_area([]))
+
+
+def test_schedule_warms_up_then_decays_towards_zero() -> None:
+    config = tiny_config(steps=10, warmup=4)
+    factors = [sequence._schedule(config, k) for k in range(10)]
+    assert factors[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert factors[4] == 1.0
+    assert factors[-1] == pytest.approx(1 / 6)
+    assert all(a > b for a, b in itertools.pairwise(factors[4:]))
+
+
+@pytest.mark.parametrize("arch", ["gru", "transformer"])
+def test_arms_share_their_initial_weights(arch: str) -> None:
+    """Paired seeds: every norm of a network draws the same shared weights (the norms
+    draw nothing), so arms differ only in their norm."""
+    config = tiny_config()
+    weights = {}
+    for arm in sequence._arm_names(config, arch):
+        with sequence.seeded(3):
+            model = sequence._model(config, arch, arm)
+        weights[arm] = {
+            k: v for k, v in model.state_dict().items() if "norm" not in k and "final" not in k
+        }
+    reference = weights.pop("none")
+    for other in weights.values():
+        assert other.keys() == reference.keys()
+        assert all(torch.equal(other[k], reference[k]) for k in reference)
+
+
+def test_gru_bn_arms_start_at_their_gamma() -> None:
+    config = tiny_config()
+    bn = sequence._model(config, "gru", "bn")
+    assert torch.all(bn.norm_h.layer.weight == 0.1)
+    assert torch.all(bn.norm_x.layer.weight == 0.1)
+    one = sequence._model(config, "gru", sequence.GAMMA_ONE)
+    assert torch.all(one.norm_h.layer.weight == 1.0)
+
+
+def test_measure_without_a_tuned_lr_gives_no_numbers(fake_data) -> None:
+    config = tiny_config()
+    data = sequence.prepare(config, fake_data(64, 32))
+    bench = Bench(data, torch.device("cpu"))
+    got = sequence.measure(config, {"gru": {"bn": None}}, Cell("gru", "bn", 0), bench)
+    assert got["lr"] is None
+    assert set(got["metrics"].values()) == {None}
+    got = sequence.measure(config, {"gru": {"ln": 0.01}}, Cell("gru", "ln", 0), bench)
+    assert got["lr"] == 0.01
+    assert len(got["curve"]["loss_ma"]) == config.steps // config.curve_every
+
+
+NOISE = np.array([0.004, -0.006, 0.002, 0.005, -0.005])
+WIDE = np.array([0.15, -0.12, 0.08, -0.16, 0.05])
+
+
+def synthetic(
+    area: dict[tuple[str, str], float],
+    noise: dict[tuple[str, str], np.ndarray] | None = None,
+    seeds: int = 5,
+) -> dict:
+    """Per-seed numbers with the given mean area per (network, arm) plus noise."""
+    config = sequence.SequenceConfig()
+    noise = noise or {}
+    per_seed: dict = {}
+    for (arch, arm), mean in area.items():
+        values = mean + noise.get((arch, arm), NOISE)[:seeds]
+        per_seed.setdefault(arch, {})[arm] = {
+            sequence.PRIMARY: list(values),
+            "best_train_loss": list(values - 0.2),
+        }
+    return {
+        "raw": {"per_seed": per_seed, "specs": [spec_record(s) for s in sequence.specs(config)]}
+    }
+
+
+def _rules() -> dict:
+    return {c.key: c.rule for c in sequence.CLAIMS}
+
+
+def _areas(gru: tuple[float, float, float], transformer: tuple[float, float, float]) -> dict:
+    out = {}
+    for arch, values in (("gru", gru), ("transformer", transformer)):
+        for arm, v in zip(("none", "bn", "ln"), values, strict=True):
+            out[(arch, arm)] = v
+    return out
+
+
+def test_rules_on_known_numbers() -> None:
+    rules = _rules()
+    # BN clearly lowest in both networks: BN claims supported; LayerNorm's refuted
+    # (opposite in both).
+    clear = synthetic(_areas((0.80, 0.60, 0.70), (0.80, 0.55, 0.70)))
+    assert rules["bn-helps-recurrent"](clear)[1] == stats.SUPPORTED
+    assert rules["bn-helps-transformer"](clear)[1] == stats.SUPPORTED
+    assert rules["layernorm-suits-sequences-online"](clear)[1] == stats.REFUTED
+    # LayerNorm lowest in both: supported; BN no better than none in the GRU (equal within
+    # the margin, same per-seed noise): refuted.
+    ln = synthetic(_areas((0.70, 0.70, 0.60), (0.70, 0.70, 0.60)))
+    assert rules["layernorm-suits-sequences-online"](ln)[1] == stats.SUPPORTED
+    assert rules["bn-helps-recurrent"](ln)[1] == stats.REFUTED
+    assert rules["bn-helps-transformer"](ln)[1] == stats.REFUTED
+    # LayerNorm better in the GRU, worse in the Transformer: context-dependent.
+    mixed = synthetic(_areas((0.70, 0.70, 0.60), (0.70, 0.60, 0.70)))
+    evidence, verdict = rules["layernorm-suits-sequences-online"](mixed)
+    assert verdict == stats.CONTEXT_DEPENDENT
+    assert {r["setting"]: r["status"] for r in evidence["settings"]} == {
+        "gru": "better",
+        "transformer": "opposite",
+    }
+
+
+def test_rules_on_the_null_with_wide_noise_and_too_few_seeds() -> None:
+    rules = _rules()
+    noisy = synthetic(_areas((0.70, 0.70, 0.70), (0.70, 0.70, 0.70)), noise={("gru", "bn"): WIDE})
+    evidence, verdict = rules["bn-helps-recurrent"](noisy)
+    assert verdict == stats.INCONCLUSIVE
+    assert evidence["seeds_needed"] > 5
+    few = synthetic(_areas((0.80, 0.60, 0.70), (0.80, 0.55, 0.70)), seeds=4)
+    for rule in rules.values():
+        assert rule(few)[1] == stats.NO_VERDICT
+
+
+def test_a_run_that_never_left_chance_is_excluded() -> None:
+    results = synthetic(_areas((0.80, 0.60, 0.70), (0.80, 0.55, 0.70)))
+    results["raw"]["per_seed"]["gru"]["none"]["best_train_loss"][2] = 2.2  # within 0.3 of ln 10
+    evidence, verdict = _rules()["bn-helps-recurrent"](results)
+    assert verdict == stats.NO_VERDICT  # 4 pairs left < 5
+    assert evidence["excluded"][0]["arm"] == "none"
+    assert evidence["excluded"][0]["seed"] == 2
+    assert "never left chance" in evidence["excluded"][0]["reason"]
+
+
+def test_claims_are_registered_with_their_seed_sentence() -> None:
+    keys = {c.key: c for c in available_claims()}
+    for key in ("bn-helps-recurrent", "bn-helps-transformer", "layernorm-suits-sequences-online"):
+        claim = keys[key]
+        assert claim.experiment == "sequence"
+        assert claim.source == "003_8a52002564f5ba9e.txt"
+        assert claim.literature is not None
+        if SEEDS.is_dir():
+            assert claim.sentence in (SEEDS / claim.source).read_text()
+    specs = {s.name: s for s in sequence.specs(sequence.SequenceConfig())}
+    assert specs["bn-helps-transformer"].reference == "ln"
+    assert specs["layernorm-suits-sequences-online"].settings == ("gru", "transformer")
+    assert all(s.metric == sequence.PRIMARY and s.margin == 0.03 for s in specs.values())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"archs": ("lstm",)}, "unknown sequence network 'lstm'; choose one of: gru, transformer"),
+        ({"norms": ("none", "gn")}, "unknown norm 'gn'; choose one of: none, bn, ln"),
+        ({"gru_lrs": (0.01, -1.0)}, r"gru_lrs must be positive values, got \(0.01, -1.0\)"),
+        ({"transformer_lrs": ()}, r"transformer_lrs must be positive values, got \(\)"),
+        ({"warmup": 6}, r"warmup must be in \[0, steps=6\), got 6"),
+        ({"batch": 1}, r"batch must be >= 2 \(per-step BN\), got 1"),
+        ({"margin": 0.0}, "margin must be > 0, got 0.0"),
+    ],
+)
+def test_config_errors_name_the_value(change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        sequence.main_grid(tiny_config(**change))
