@@ -254,6 +254,15 @@ def test_claims_are_registered_with_their_seed_sentence() -> None:
     assert all(s.metric == sequence.PRIMARY and s.margin == 0.03 for s in specs.values())
 
 
+def test_a_run_of_one_network_declares_only_its_claims(tmp_path: Path, fake_data) -> None:
+    config = tiny_config(archs=("gru",), gamma_one_arm=False, gru_lrs=(0.01,))
+    assert [s.name for s in sequence.specs(config)] == ["bn-helps-recurrent"]
+    assert sequence.specs(tiny_config(norms=("none", "ln"))) == []
+    results = run_lab(get_lab("sequence"), config, tmp_path, data=fake_data(64, 32), quick=True)
+    assert [v["claim"] for v in results["verdicts"]] == [sequence.CLAIMS[0].claim]
+    assert set(results["raw"]["per_seed"]) == {"gru"}
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
