@@ -61,7 +61,7 @@ def _per_seed(values: dict[tuple[str, str], list[float | None]]) -> dict[str, An
     out: dict[str, Any] = {}
     for (d, arm), losses in values.items():
         out.setdefault(d, {})[arm] = {
-            "final_train_loss": list(losses),
+            depth.PRIMARY: list(losses),
             "test_acc": [50.0] * len(losses),
             "test_loss": [1.0] * len(losses),
         }
@@ -130,7 +130,7 @@ def test_rules_on_synthetic_numbers() -> None:
     assert e["seeds_needed"] > 5
     # Fewer than min_seeds seeds: no verdict at this budget.
     few = {
-        k: _around(v["final_train_loss"][0], n=3)
+        k: _around(v[depth.PRIMARY][0], n=3)
         for k, v in (((d, arm), _base()[d][arm]) for d in ("d20", "d56") for arm in depth.ARMS)
     }
     short = _verdicts(_per_seed(few))
@@ -210,9 +210,11 @@ def test_quick_run_writes_results_and_resumes(
     assert set(raw["per_seed"]) == {"d8", "d14", *depth.ARMS}
     for arm in depth.ARMS:
         m = raw["per_seed"]["d14"][arm]
-        assert len(m["final_train_loss"]) == TINY.seeds
+        assert len(m[depth.PRIMARY]) == TINY.seeds
         assert all(0.0 <= a <= 100.0 for a in m["test_acc"] if a is not None)
         assert raw["lr"]["d14"][arm] in TINY.lrs
+        assert len(m[depth.BATCH_LOSS]) == TINY.seeds
+        assert all(0.0 <= a <= 100.0 for a in m["train_acc"] if a is not None)
     assert all(len(c) == TINY.steps // TINY.curve_every for c in raw["curves"]["d8"]["plain-bn"])
     # The quick run has 2 seeds: no verdict, and the shown verdicts are the rules'.
     saved = json.loads((out / "results.json").read_text())
@@ -257,7 +259,8 @@ def test_a_diverging_run_stops_and_says_so(fake_data) -> None:
         TINY, "plain-none", 8, 1e30, 0, Bench(data, torch.device("cpu")), test=True
     )
     assert got["diverged"] is True
-    assert got["final_train_loss"] is None
+    assert got[depth.PRIMARY] is None
+    assert got[depth.BATCH_LOSS] is None
     assert got["steps_done"] < TINY.steps  # stopped at the first non-finite loss
     assert got["test_acc"] is None
 
@@ -294,6 +297,7 @@ def test_full_config_is_the_declared_design() -> None:
     assert full.train_size is None
     assert full.test_size is None
     assert (full.steps, full.batch, full.width, full.image_size) == (500, 64, 8, 14)
+    assert full.train_eval_size == 10000
     assert full.lrs == (0.01, 0.03, 0.1, 0.3)
     assert full.tune_seed not in range(full.seeds)
     assert quick.seeds < quick.min_seeds  # the quick run decides nothing
