@@ -29,7 +29,9 @@ times as much), 500 SGD steps of 64 images (32,000 images, 0.53 epoch of the 60,
 momentum 0.9, no weight decay, the lr decayed linearly to 0 over the run so that the
 final loss is read at a settled point. Inputs are standardized with the training split's
 mean and SD. The ``--set profile=cuda`` preset (``CUDA_PROFILE``) runs the paper's
-scale on a GPU: 28x28 inputs, width 16, depths 20, 56 and 110, 10 seeds, 3,000 steps.
+scale on a GPU: 28x28 inputs, width 16, depths 20, 56 and 110 (the claims then compare
+110 with 20), 10 seeds, 1,500 steps of 128 (3.2 epochs); 168 runs, not yet timed (no GPU
+was lent): at a launch-bound 2-7 ms per step, about 15-25 min on one GPU.
 
 Learning rates: each (arm, depth) trains at its own lr, the value of the grid
 0.01, 0.03, 0.1, 0.3 with the lowest final mini-batch loss on a separate tuning seed
@@ -147,13 +149,15 @@ CHANCE_RULE = (
     "tested on the values as measured, the chance arm at its chance loss"
 )
 
-#: The GPU preset (``--device cuda --set profile=cuda``): the paper's scale.
+#: The GPU preset (``bnlab lab depth --device cuda --set profile=cuda``): the paper's
+#: width and depths up to 110 (the claims' deep network), 28x28 inputs, 10 seeds, 1,500
+#: steps of 128. Not yet run (no GPU lent); the claims' texts name the CPU depths.
 CUDA_PROFILE: dict[str, Any] = {
     "depths": (20, 56, 110),
     "seeds": 10,
     "width": 16,
     "image_size": 28,
-    "steps": 3000,
+    "steps": 1500,
     "batch": 128,
 }
 
