@@ -21,8 +21,8 @@ average pooling, a linear layer), as four arms at each depth:
   known trainable no-norm residual case. Fixup's scalar multipliers and biases are not
   added.
 
-The CPU budget (the full run: 5 paired seeds and the lr tuning on 2 cores in about
-10 minutes) sets the scale: depths 20 and 56 (He et al.'s plain-20 and plain-56),
+The CPU budget (the full run: 5 paired seeds and the lr tuning, 72 runs, on 2 cores in
+about 8-9 minutes) sets the scale, traded for seeds, tuning and a settled lr: depths 20 and 56 (He et al.'s plain-20 and plain-56),
 width 8 (channels 8/16/32; the paper's 16 costs twice as much), Fashion-MNIST
 averaged over 2x2 pixels to 14x14 (stages at 14, 7 and 4 pixels; 28x28 costs 3 to 4
 times as much), 500 SGD steps of 64 images (32,000 images, 0.53 epoch of the 60,000),
@@ -36,8 +36,8 @@ was lent): at a launch-bound 2-7 ms per step, about 15-25 min on one GPU.
 Learning rates: each (arm, depth) trains at its own lr, the value of the grid
 0.01, 0.03, 0.1, 0.3 with the lowest final mini-batch loss on a separate tuning seed
 (1000), same steps (``kit.paired.TUNE_RULE``); a diverged run is never chosen; the table
-flags a choice at the edge of the grid. The grid comes from a pilot on the tuning seed (400 steps,
-lrs 0.003 to 1): every arm's best lr lay inside it (plain-BN-56 and ResNet-BN-56 0.1,
+flags a choice at the edge of the grid. The grid comes from a pilot on the tuning seed
+(400 steps, lrs 0.003 to 1): every arm's best lr lay inside it (plain-BN-56 and ResNet-BN-56 0.1,
 Fixup-56 0.1 with 0.3 blowing up, plain-no-BN-20 0.03 with 0.1 at chance), and the
 no-BN plain-56 stayed at chance at every lr from 0.003 to 0.3.
 
