@@ -32,13 +32,12 @@ about 0.35 points); a seed within 2 points of chance is excluded.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bnlab.lab import experiment, kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
-from bnlab.lab.experiment import Figure, LabContext, LabOutcome, LabSpec, Table, register_lab
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.models import create
 from bnlab.plots.effects import plot_arms
@@ -51,6 +50,7 @@ __all__ = [
     "specs",
     "summarize",
     "train_run",
+    "tune_grid",
 ]
 
 SOURCE = "000_3d8114077ba70cad.txt"
@@ -60,39 +60,39 @@ METRIC = "test_acc"
 
 
 @dataclass(frozen=True)
-class PlacementConfig(kit.PairedConfig):
+class PlacementConfig(kit.paired.EpochsConfig):
     """Settings of ``placement`` (defaults: the full run).
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads: as in ``kit.PairedConfig``.
-        tune_seed: the separate seed of the lr tuning runs.
+        seeds, train_size, test_size, min_seeds, threads, tune_seed, batch, epochs: as in
+            ``kit.paired.EpochsConfig`` (5 paired seeds, all images, batch 128, 2 epochs).
         lrs: the lr grid (each arm picks one by ``kit.paired.TUNE_RULE``).
+        margin: the claim's equivalence margin, in accuracy points.
         validation: training images held out to score the tuning runs.
         activations: hidden activations (the claim's settings).
         hidden: the MLP's hidden sizes.
         norm: the BN implementation (a model-registry norm).
-        batch, epochs, momentum: SGD batch, passes over the training images, momentum.
-        margin: the claim's equivalence margin, in accuracy points.
+        momentum: SGD momentum.
+
+    Raises:
+        ValueError: a setting that is not > 0, an empty lr grid or activation list.
     """
 
-    tune_seed: int = 1000
     lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+    margin: float = 0.3
     validation: int = 5000
     activations: tuple[str, ...] = ("relu", "sigmoid")
     hidden: tuple[int, ...] = (256, 256)
     norm: str = "torch"
-    batch: int = 128
-    epochs: int = 2
     momentum: float = 0.9
-    margin: float = 0.3
 
-    QUICK = kit.PairedConfig.quick_settings(
-        lrs=(0.03, 0.3), validation=256, train_size=1024, test_size=500, epochs=1, hidden=(32, 32)
-    )
+    QUICK = kit.paired.EpochsConfig.quick_settings(lrs=(0.03, 0.3), validation=256, hidden=(32, 32))
+    POSITIVE = ("seeds", "validation", "batch", "epochs", "margin")
 
-    def steps_for(self, n_train: int) -> int:
-        """SGD steps: ``epochs`` passes of full batches over ``n_train`` images."""
-        return self.epochs * max(1, n_train // self.batch)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.activations:
+            raise ValueError("PlacementConfig: activations must name at least one activation")
 
 
 def specs(config: PlacementConfig) -> list[stats.ClaimSpec]:
@@ -111,29 +111,9 @@ def specs(config: PlacementConfig) -> list[stats.ClaimSpec]:
     ]
 
 
-def _check(config: PlacementConfig) -> None:
-    kit.check_positive(
-        "PlacementConfig", config, ("seeds", "validation", "batch", "epochs", "margin")
-    )
-    if not config.lrs or any(not lr > 0 for lr in config.lrs):
-        raise ValueError(f"PlacementConfig: lrs must be positive values, got {config.lrs!r}")
-    if not config.activations:
-        raise ValueError("PlacementConfig: activations must name at least one activation")
-
-
 def main_grid(config: PlacementConfig) -> Grid:
-    """Activation x placement x seed (units ``ACTIVATION-PLACEMENT-seedN``), seeds outermost.
-
-    Raises:
-        ValueError: an empty lr grid or activation list, or a setting that is not > 0.
-    """
-    _check(config)
-    return Grid(
-        variants=tuple(PLACEMENTS),
-        seeds=config.seeds,
-        settings=config.activations,
-        order=("seed", "setting", "variant"),
-    )
+    """Activation x placement x seed (units ``ACTIVATION-PLACEMENT-seedN``), seeds outermost."""
+    return kit.paired.measured_grid(PLACEMENTS, config.seeds, config.activations)
 
 
 def train_run(
@@ -204,32 +184,16 @@ def _main_cell(config: PlacementConfig, lrs: dict, cell: Cell, bench: Bench) -> 
     return train_run(config, cell.setting, cell.variant, lr, cell.seed, bench, validate=False)
 
 
-def run(config: PlacementConfig, ctx: LabContext) -> LabOutcome:
-    """Tune each arm's lr on the tuning seed (validation split), then the measured runs."""
-    data = config.subsets(ctx.data, "placement")
-    tuning, lrs, measured = kit.paired.tuned_runs(
-        ctx,
-        config,
-        data,
-        tune=kit.paired.tune_grid(config.activations, PLACEMENTS, config.lrs, config.tune_seed),
-        main=main_grid(config),
-        cells=(_tune_cell, _main_cell),
-        criterion="val_error",
-        steps=config.steps_for(data["train_images"].shape[0]),
-        label="placement",
-    )
-    return summarize(config, ctx, measured, tuning, lrs)
+def tune_grid(config: PlacementConfig) -> Grid:
+    """(activation, lr) x placement on the tuning seed (units ``tune-ACTIVATION-lrLR-PLACEMENT``)."""
+    return kit.paired.tune_grid(config.activations, PLACEMENTS, config.lrs, config.tune_seed)
 
 
 _EMPTY = {METRIC: math.nan, "train_loss_last50": math.nan}
 
 
 def summarize(
-    config: PlacementConfig,
-    ctx: LabContext,
-    run: GridRun,
-    tuning: Mapping[str, Mapping[str, Mapping[float, Any]]],
-    lrs: Mapping[str, Mapping[str, float | None]],
+    config: PlacementConfig, ctx: LabContext, run: GridRun, tuned: kit.paired.Tuned
 ) -> LabOutcome:
     """The tuning table, accuracy per arm, the claim with its interval, the figure."""
     declared = specs(config)
@@ -237,33 +201,21 @@ def summarize(
     raw = {
         "per_seed": per_seed,
         "specs": [spec_record(s) for s in declared],
-        "tuning": {
-            s: {a: {repr(lr): v for lr, v in by.items()} for a, by in arms.items()}
-            for s, arms in tuning.items()
-        },
-        "lr": lrs,
-        "lr_at_grid_edge": kit.paired.at_edge(config.lrs, lrs),
-        "tune_rule": kit.paired.TUNE_RULE.format(
-            grid="/".join(f"{lr:g}" for lr in config.lrs),
-            criterion=f"validation error (%, the last {config.validation} training images "
-            "held out)",
-            seed=config.tune_seed,
+        **tuned.record(
+            config,
+            f"validation error (%, the last {config.validation} training images held out)",
         ),
     }
     verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
     raw["claims"] = list(evidences.values())
     cell = kit.mean_std_cell
     tables = [
-        Table(
+        tuned.table(
             "Learning-rate tuning: validation error (%) on the tuning seed (the lowest is chosen)",
-            ["activation", "placement", *(f"lr={lr:g}" for lr in config.lrs), "chosen lr"],
+            ["activation", "placement"],
+            config.lrs,
             [
-                [
-                    a,
-                    p,
-                    *(tuning.get(a, {}).get(p, {}).get(float(lr)) for lr in config.lrs),
-                    lrs.get(a, {}).get(p),
-                ]
+                ((a, p), tuned.values.get(a, {}).get(p, {}), tuned.lr(a, p))
                 for a in config.activations
                 for p in PLACEMENTS
             ],
@@ -276,7 +228,7 @@ def summarize(
                 [
                     a,
                     PLACEMENTS[p],
-                    lrs.get(a, {}).get(p),
+                    tuned.lr(a, p),
                     cell(v[METRIC]),
                     cell(v["train_loss_last50"]),
                 ]
@@ -308,8 +260,7 @@ def summarize(
         ],
         raw=raw,
         notes=[
-            raw["tune_rule"],
-            "lr at the grid's edge: " + (", ".join(raw["lr_at_grid_edge"]) or "none"),
+            *tuned.notes(raw),
             f"SGD momentum {config.momentum:g}, batch {config.batch}, {config.epochs} epochs, "
             f"lr decayed linearly to 0; BN: {config.norm}.",
         ],
@@ -346,7 +297,7 @@ CLAIMS = kit.register_claims(
 )
 
 SPEC = register_lab(
-    LabSpec(
+    kit.paired.tuned_lab(
         name="placement",
         title="BN before or after the activation, each at its tuned lr",
         summary=(
@@ -358,8 +309,12 @@ SPEC = register_lab(
             "margin 0.3 points."
         ),
         config_type=PlacementConfig,
-        run=run,
-        needs_data=True,
+        tune=tune_grid,
+        main=main_grid,
+        cells=(_tune_cell, _main_cell),
+        criterion="val_error",
+        steps=lambda config, data: config.steps_for(data["train_images"].shape[0]),
+        summarize=summarize,
         full_time="about 3 min on 2 quiet CPU cores (40 runs of about 7 s of CPU each)",
     )
 )

@@ -1,7 +1,22 @@
-"""What the paired, stats-decided experiments with tuned arms share (input-norm,
-placement, batch-of-one, predict-mode): each arm's learning rate chosen on a separate
-tuning seed before the measured runs, the claims table of ``bnlab.lab.stats``'
-evaluations, and a claim's measured text.
+"""What the paired, stats-decided experiments with tuned arms share (convergence, depth,
+input-norm, placement, batch-of-one; batch-size and predict-mode use the claims part):
+each arm's learning rate chosen on a separate tuning seed before the measured runs, the
+claims declared compactly, the claims table of ``bnlab.lab.stats``' evaluations, and a
+claim's measured text.
+
+The tuned-lr experiment's skeleton, so that an experiment file states only its claim,
+grid, measurement and rule:
+
+- ``TunedConfig``: the config base (``PairedConfig`` + ``tune_seed``, ``lrs``,
+  ``margin``; the checks of ``POSITIVE`` and of the lr grid at construction);
+- ``tuned_lab``: the spec: the tuning grid (:func:`tune_grid`) on ``tune_seed``, the lr
+  choice (:func:`choose_lrs`), the measured grid (:func:`measured_grid`), extra units,
+  then ``summarize(config, ctx, run, tuned, **extras)`` with ``tuned`` a :class:`Tuned`;
+- :class:`Tuned`: the tuning criterion and the chosen lrs, with the results.json keys
+  (``record``: ``tuning``, ``lr``, ``lr_at_grid_edge``, ``tune_rule``), the tuning table
+  (``table``) and the notes (``notes``);
+- :func:`claim_specs` (several claims on one metric) and :func:`claim_spec` (one),
+  :func:`claims_table`, :func:`measured_text`.
 
 The tuning rule (:data:`TUNE_RULE`): per (setting, arm), the grid value with the lowest
 tuning criterion (a final training loss) on the tuning seed; a non-finite value (a
@@ -14,28 +29,39 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab import stats
-from bnlab.lab.experiment import LabContext, Table
+from bnlab.lab.experiment import LabContext, LabOutcome, LabSpec, Table
+from bnlab.lab.kit.configs import PairedConfig, check_positive
 from bnlab.lab.kit.data import batches
-from bnlab.lab.runner import Bench, Grid, GridRun, run_grid
+from bnlab.lab.kit.train import json_float
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
 from bnlab.train.steps import run_steps
 
 __all__ = [
     "TUNE_RULE",
+    "EpochsConfig",
+    "Tuned",
+    "TunedConfig",
     "at_edge",
+    "chance_near",
     "choose_lrs",
     "claim_spec",
+    "claim_specs",
     "claims_table",
     "lr_schedule",
+    "measured_grid",
     "measured_text",
+    "run_tuned",
     "train_decayed",
     "tune_grid",
+    "tuned_lab",
     "tuned_runs",
 ]
 
@@ -74,19 +100,43 @@ def claim_spec(
     )
 
 
+def _tune_key(c: Cell) -> str:
+    return "-".join([p for p in ("tune", str(c.setting[0]), f"lr{c.setting[1]:g}", c.variant) if p])
+
+
 def tune_grid(
-    settings: Sequence[Any], arms: Sequence[str], lrs: Sequence[float], seed: int
+    settings: Sequence[Any],
+    arms: Sequence[str],
+    lrs: Sequence[float],
+    seed: int,
+    *,
+    key: Callable[[Cell], str] | None = None,
+    order: tuple[str, str, str] = ("setting", "variant", "seed"),
 ) -> Grid:
     """(setting, lr) x arm on the tuning seed; units ``tune-SETTING-lrLR-ARM`` (no
-    ``SETTING-`` for the setting ``""``)."""
+    ``SETTING-`` for the setting ``""``), or ``key(cell)``; loops in ``order``."""
     return Grid(
         variants=tuple(arms),
         seeds=(seed,),
         settings=[(s, float(lr)) for s in settings for lr in lrs],
-        key=lambda c: "-".join(
-            [p for p in ("tune", str(c.setting[0]), f"lr{c.setting[1]:g}", c.variant) if p]
-        ),
-        order=("setting", "variant", "seed"),
+        key=key or _tune_key,
+        order=order,
+    )
+
+
+def measured_grid(
+    arms: Sequence[str],
+    seeds: int | Sequence[int],
+    settings: Sequence[Any] = ("",),
+    *,
+    include: Callable[[Cell], bool] | None = None,
+    order: tuple[str, str, str] = ("seed", "setting", "variant"),
+) -> Grid:
+    """The measured runs: setting x arm x seed, seeds outermost (units
+    ``SETTING-ARM-seedN``, ``ARM-seedN`` for the setting ``""``): a seed's arms run
+    together (paired)."""
+    return Grid(
+        variants=tuple(arms), seeds=seeds, settings=tuple(settings), include=include, order=order
     )
 
 
@@ -115,6 +165,226 @@ def at_edge(lrs: Sequence[float], chosen: Mapping[str, Mapping[str, float | None
         for a, lr in arms.items()
         if lr is not None and lr in edges
     ]
+
+
+def chance_near(metric: str, level: float = 10.0, tolerance: float = 2.0) -> stats.ChanceRule:
+    """The chance rule "``metric`` within ``tolerance`` of ``level``" (default: a
+    percentage within 2 points of 10, chance over ten classes)."""
+    return stats.ChanceRule(metric, level=level, tolerance=tolerance)
+
+
+#: One claim of :func:`claim_specs`: name, direction, arm, reference, settings (None:
+#: every setting of the per-seed numbers).
+ClaimShape = tuple[str, stats.Direction, str, str, "Sequence[str] | None"]
+
+
+def claim_specs(
+    config: Any,
+    metric: str,
+    shapes: Sequence[ClaimShape],
+    *,
+    chance: stats.ChanceRule | None,
+    margin: float | None = None,
+) -> list[stats.ClaimSpec]:
+    """The claims of an experiment on one primary ``metric``, declared compactly: one
+    ``(name, direction, arm, reference, settings)`` per claim, ``config``'s margin (or
+    ``margin``) and min_seeds, the same ``chance`` rule."""
+    return [
+        stats.ClaimSpec(
+            name=name,
+            metric=metric,
+            direction=direction,
+            arm=arm,
+            reference=reference,
+            margin=config.margin if margin is None else margin,
+            min_seeds=config.min_seeds,
+            settings=None if settings is None else tuple(settings),
+            chance=chance,
+        )
+        for name, direction, arm, reference, settings in shapes
+    ]
+
+
+@dataclass(frozen=True)
+class TunedConfig(PairedConfig):
+    """The config of a tuned-lr paired experiment: ``PairedConfig`` and the lr tuning.
+
+    A subclass adds its fields, gives ``lrs`` and ``margin`` its defaults, names the
+    numeric fields that must be > 0 (``POSITIVE``) and states its quick run (``QUICK``,
+    which already takes 1,024 training and 500 test images). The checks run at
+    construction; messages start with ``OWNER`` (default: the class name).
+
+    Args:
+        seeds, train_size, test_size, min_seeds, threads: as in ``PairedConfig``.
+        tune_seed: the separate seed of the lr tuning runs.
+        lrs: the lr grid (each arm picks one by its tuning rule).
+        margin: the claims' equivalence margin, in the primary metric's units.
+
+    Raises:
+        ValueError: a ``POSITIVE`` setting that is not > 0, or an empty or non-positive
+            lr grid.
+    """
+
+    tune_seed: int = 1000
+    lrs: tuple[float, ...] = (0.01, 0.1, 1.0)
+    margin: float = 1.0
+
+    QUICK = PairedConfig.quick_settings(train_size=1024, test_size=500)
+
+    #: The numeric settings that must be > 0; a subclass names its own.
+    POSITIVE: ClassVar[tuple[str, ...]] = ("seeds", "margin")
+    #: The name that starts the error messages ("" : the class name).
+    OWNER: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        owner = self.OWNER or type(self).__name__
+        check_positive(owner, self, self.POSITIVE)
+        if not self.lrs or any(not lr > 0 for lr in self.lrs):
+            raise ValueError(f"{owner}: lrs must be positive values, got {self.lrs!r}")
+
+
+@dataclass(frozen=True)
+class EpochsConfig(TunedConfig):
+    """A ``TunedConfig`` whose runs are ``epochs`` passes of SGD batches of ``batch``.
+
+    Args:
+        batch: SGD batch.
+        epochs: passes over the training images (the quick run: 1).
+    """
+
+    batch: int = 128
+    epochs: int = 2
+
+    QUICK = TunedConfig.quick_settings(epochs=1)
+    POSITIVE = ("seeds", "batch", "epochs", "margin")
+
+    def steps_for(self, n_train: int) -> int:
+        """SGD steps: ``epochs`` passes of full batches over ``n_train`` images."""
+        return self.epochs * max(1, n_train // self.batch)
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """The tuning runs' outcome: ``values[setting][arm][lr]`` (the tuning criterion) and
+    the chosen ``lrs[setting][arm]`` (None: every lr diverged)."""
+
+    values: Mapping[str, Mapping[str, Mapping[float, Any]]]
+    lrs: Mapping[str, Mapping[str, float | None]]
+
+    def criterion(self, setting: str, arm: str, lr: float) -> Any:
+        """The tuning criterion of ``(setting, arm)`` at ``lr`` (None if not run)."""
+        return self.values.get(setting, {}).get(arm, {}).get(float(lr))
+
+    def lr(self, setting: str, arm: str) -> float | None:
+        """The chosen lr of ``(setting, arm)``."""
+        return self.lrs.get(setting, {}).get(arm)
+
+    def stored(self, setting: str | None = None) -> dict[str, Any]:
+        """``values`` as JSON (lrs as ``repr`` keys); only ``setting``'s arms if given."""
+
+        def arms(by_arm: Mapping[str, Mapping[float, Any]]) -> dict[str, Any]:
+            return {a: {repr(lr): v for lr, v in by.items()} for a, by in by_arm.items()}
+
+        if setting is not None:
+            return arms(self.values.get(setting, {}))
+        return {s: arms(by_arm) for s, by_arm in self.values.items()}
+
+    def record(self, config: Any, criterion: str, **extra: Any) -> dict[str, Any]:
+        """The results.json keys of the tuning: ``tuning``, ``lr``, ``lr_at_grid_edge``
+        and ``tune_rule`` (:data:`TUNE_RULE` with ``criterion``); ``extra`` replaces any
+        of them (e.g. a flattened ``lr``)."""
+        return {
+            "tuning": self.stored(),
+            "lr": self.lrs,
+            "lr_at_grid_edge": at_edge(config.lrs, self.lrs),
+            "tune_rule": TUNE_RULE.format(
+                grid="/".join(f"{lr:g}" for lr in config.lrs),
+                criterion=criterion,
+                seed=config.tune_seed,
+            ),
+        } | extra
+
+    def table(
+        self,
+        title: str,
+        columns: Sequence[str],
+        grid: Sequence[float],
+        rows: Sequence[tuple[Sequence[Any], Mapping[float, Any], Any]],
+        *,
+        value: Callable[[Any], Any] = json_float,
+    ) -> Table:
+        """The tuning table: per row ``(labels, {lr: criterion}, chosen)``, the labels
+        under ``columns``, ``value(criterion)`` per lr of ``grid``, the chosen lr."""
+        return Table(
+            title,
+            [*columns, *(f"lr={lr:g}" for lr in grid), "chosen lr"],
+            [
+                [*labels, *(value(by_lr.get(float(lr))) for lr in grid), chosen]
+                for labels, by_lr, chosen in rows
+            ],
+        )
+
+    @staticmethod
+    def notes(raw: Mapping[str, Any]) -> list[str]:
+        """The tuning rule and the choices at the grid's edge, from :meth:`record`'s keys."""
+        return [
+            raw["tune_rule"],
+            "lr at the grid's edge: " + (", ".join(raw["lr_at_grid_edge"]) or "none"),
+        ]
+
+
+def run_tuned(ctx: LabContext, config: Any, data: Any, **kwargs: Any) -> tuple[Tuned, GridRun]:
+    """:func:`tuned_runs` with the tuning as a :class:`Tuned`."""
+    tuning, lrs, measured = tuned_runs(ctx, config, data, **kwargs)
+    return Tuned(tuning, lrs), measured
+
+
+def tuned_lab(
+    *,
+    tune: Callable[[Any], Grid],
+    main: Callable[[Any], Grid],
+    cells: tuple[Callable[..., Mapping[str, Any]], Callable[..., Any]],
+    criterion: str,
+    steps: Callable[[Any, Any], int],
+    summarize: Callable[..., LabOutcome],
+    prepare: Callable[[Any, Any], Any] | None = None,
+    extras: Callable[[Any, LabContext, Any], Mapping[str, Any]] | None = None,
+    **spec: Any,
+) -> LabSpec:
+    """The spec of a tuned-lr paired experiment: tune each arm's lr on the tuning seed,
+    run the measured grid at the chosen lrs (:func:`tuned_runs`), then any extra units,
+    then the summary.
+
+    Args:
+        tune, main: config -> the tuning grid (:func:`tune_grid`) and the measured grid.
+        cells, criterion: as for :func:`tuned_runs`.
+        steps: ``(config, data) -> progress per cell``.
+        summarize: ``(config, ctx, run, tuned, **extras) -> LabOutcome``.
+        prepare: ``(config, ctx.data) -> data`` (default: ``config.subsets``).
+        extras: ``(config, ctx, data) -> {name: value}`` after the runs (e.g. units of
+            ``ctx.unit``), passed to ``summarize`` by name.
+        spec: ``LabSpec``'s ``name``, ``title``, ``summary``, ``config_type``,
+            ``full_time``...
+    """
+    name = spec["name"]
+
+    def run(config: Any, ctx: LabContext) -> LabOutcome:
+        data = prepare(config, ctx.data) if prepare else config.subsets(ctx.data, name)
+        tuned, measured = run_tuned(
+            ctx,
+            config,
+            data,
+            tune=tune(config),
+            main=main(config),
+            cells=cells,
+            criterion=criterion,
+            steps=steps(config, data),
+            label=name,
+        )
+        more = extras(config, ctx, data) if extras else {}
+        return summarize(config, ctx, measured, tuned, **more)
+
+    return LabSpec(run=run, needs_data=True, **spec)
 
 
 def tuned_runs(
