@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab import experiment, kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
-from bnlab.lab.experiment import Figure, LabContext, LabOutcome, LabSpec, Table, register_lab
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.models import create
 from bnlab.plots.effects import plot_arms
@@ -69,6 +69,7 @@ __all__ = [
     "standardizer",
     "summarize",
     "train_run",
+    "tune_grid",
 ]
 
 SOURCE = "000_3d8114077ba70cad.txt"
@@ -102,37 +103,30 @@ class Standardize(nn.Module):
 
 
 @dataclass(frozen=True)
-class InputNormConfig(kit.PairedConfig):
+class InputNormConfig(kit.paired.EpochsConfig):
     """Settings of ``input-norm`` (defaults: the full run).
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads: as in ``kit.PairedConfig``.
-        tune_seed: the separate seed of the lr tuning runs.
+        seeds, train_size, test_size, min_seeds, threads, tune_seed, batch, epochs: as in
+            ``kit.paired.EpochsConfig`` (5 paired seeds, all images, batch 128, 2 epochs).
         lrs: the lr grid (each arm picks one by ``kit.paired.TUNE_RULE``).
-        batch: SGD batch.
-        epochs: passes over the training images.
+        margin: the claim's equivalence margin, in nats of training loss.
         hidden: the MLP's hidden width.
         activation: the MLP's hidden activation.
         min_std: lower clamp of the per-pixel std (pixel units, [0, 1] scale).
-        margin: the claim's equivalence margin, in nats of training loss.
+
+    Raises:
+        ValueError: a setting that is not > 0, or an empty or non-positive lr grid.
     """
 
-    tune_seed: int = 1000
     lrs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-    batch: int = 128
-    epochs: int = 2
+    margin: float = 0.01
     hidden: int = 128
     activation: str = "sigmoid"
     min_std: float = 0.05
-    margin: float = 0.01
 
-    QUICK = kit.PairedConfig.quick_settings(
-        lrs=(0.01, 0.1), train_size=1024, test_size=500, epochs=1, hidden=32
-    )
-
-    def steps_for(self, n_train: int) -> int:
-        """SGD steps: ``epochs`` passes of full batches over ``n_train`` images."""
-        return self.epochs * max(1, n_train // self.batch)
+    QUICK = kit.paired.EpochsConfig.quick_settings(lrs=(0.01, 0.1), hidden=32)
+    POSITIVE = ("seeds", "batch", "epochs", "hidden", "min_std", "margin")
 
     @property
     def steps(self) -> int:
@@ -157,14 +151,6 @@ def specs(config: InputNormConfig) -> list[stats.ClaimSpec]:
 
 def _setting(model: str, inputs: str) -> str:
     return f"{model}, {inputs}"
-
-
-def _check(config: InputNormConfig) -> None:
-    kit.check_positive(
-        "InputNormConfig", config, ("seeds", "batch", "epochs", "hidden", "min_std", "margin")
-    )
-    if not config.lrs or any(not lr > 0 for lr in config.lrs):
-        raise ValueError(f"InputNormConfig: lrs must be positive values, got {config.lrs!r}")
 
 
 def standardizer(images: Tensor, inputs: str, min_std: float) -> Standardize | None:
@@ -270,44 +256,28 @@ def _main_cell(config: InputNormConfig, lrs: dict, cell: Cell, bench: Bench) -> 
 
 
 def main_grid(config: InputNormConfig) -> Grid:
-    """The measured runs: model x input x seed (units ``MODEL-INPUT-seedN``), seeds outermost.
-
-    Raises:
-        ValueError: an empty or non-positive lr grid, or a setting that is not > 0.
-    """
-    _check(config)
-    return Grid(
-        variants=tuple(INPUTS),
-        seeds=config.seeds,
-        settings=tuple(MODELS),
-        order=("seed", "setting", "variant"),
-    )
+    """The measured runs: model x input x seed (units ``MODEL-INPUT-seedN``), seeds outermost."""
+    return kit.paired.measured_grid(INPUTS, config.seeds, MODELS)
 
 
-def run(config: InputNormConfig, ctx: LabContext) -> LabOutcome:
-    """The conditioning unit, the lr tuning, the measured runs, the summary."""
-    data = config.subsets(ctx.data, "input-norm")
-    tuning, lrs, measured = kit.paired.tuned_runs(
-        ctx,
-        config,
-        data,
-        tune=kit.paired.tune_grid(MODELS, INPUTS, config.lrs, config.tune_seed),
-        main=main_grid(config),
-        cells=(_tune_cell, _main_cell),
-        criterion="final_train_loss",
-        steps=config.steps_for(data["train_images"].shape[0]),
-        label="input-norm",
-    )
-    cond = ctx.unit(
-        "conditioning",
-        lambda: {
-            i: conditioning(
-                data["train_images"], standardizer(data["train_images"], i, config.min_std)
-            )
-            for i in INPUTS
-        },
-    )
-    return summarize(config, ctx, measured, tuning, lrs, cond)
+def tune_grid(config: InputNormConfig) -> Grid:
+    """(model, lr) x input on the tuning seed (units ``tune-MODEL-lrLR-INPUT``)."""
+    return kit.paired.tune_grid(MODELS, INPUTS, config.lrs, config.tune_seed)
+
+
+def _conditioning_unit(
+    config: InputNormConfig, ctx: LabContext, data: Mapping[str, Tensor]
+) -> dict[str, Any]:
+    """The unit ``conditioning``: each input's :func:`conditioning` (after the runs)."""
+    images = data["train_images"]
+    return {
+        "cond": ctx.unit(
+            "conditioning",
+            lambda: {
+                i: conditioning(images, standardizer(images, i, config.min_std)) for i in INPUTS
+            },
+        )
+    }
 
 
 _EMPTY = {METRIC: math.nan, "test_acc": math.nan, "train_loss_first100": math.nan}
@@ -328,8 +298,7 @@ def summarize(
     config: InputNormConfig,
     ctx: LabContext,
     run: GridRun,
-    tuning: Mapping[str, Mapping[str, Mapping[float, Any]]],
-    lrs: Mapping[str, Mapping[str, float | None]],
+    tuned: kit.paired.Tuned,
     cond: Mapping[str, Mapping[str, float]],
 ) -> LabOutcome:
     """Per-arm losses and accuracies, the tuning and conditioning tables, the claim, figures."""
@@ -339,33 +308,19 @@ def summarize(
         "per_seed": per_seed_of(run),
         "per_arm": per_arm,
         "specs": [spec_record(s) for s in declared],
-        "tuning": {
-            s: {a: {repr(lr): v for lr, v in by.items()} for a, by in arms.items()}
-            for s, arms in tuning.items()
-        },
-        "lr": lrs,
-        "lr_at_grid_edge": kit.paired.at_edge(config.lrs, lrs),
-        "tune_rule": kit.paired.TUNE_RULE.format(
-            grid="/".join(f"{lr:g}" for lr in config.lrs),
-            criterion="final training loss (whole training set)",
-            seed=config.tune_seed,
-        ),
+        **tuned.record(config, "final training loss (whole training set)"),
         "conditioning": cond,
     }
     verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
     raw["claims"] = list(evidences.values())
     cell = kit.mean_std_cell
     tables = [
-        Table(
+        tuned.table(
             "Learning-rate tuning: final training loss on the tuning seed (the lowest is chosen)",
-            ["model", "inputs", *(f"lr={lr:g}" for lr in config.lrs), "chosen lr"],
+            ["model", "inputs"],
+            config.lrs,
             [
-                [
-                    MODELS[m],
-                    INPUTS[i],
-                    *(tuning.get(m, {}).get(i, {}).get(float(lr)) for lr in config.lrs),
-                    lrs.get(m, {}).get(i),
-                ]
+                ((MODELS[m], INPUTS[i]), tuned.values.get(m, {}).get(i, {}), tuned.lr(m, i))
                 for m in MODELS
                 for i in INPUTS
             ],
@@ -384,7 +339,7 @@ def summarize(
                 [
                     MODELS[m],
                     INPUTS[i],
-                    lrs.get(m, {}).get(i),
+                    tuned.lr(m, i),
                     cell(v[METRIC]),
                     cell(v["test_acc"]),
                     cell(v["train_loss_first100"]),
@@ -434,7 +389,7 @@ def summarize(
         {
             f"{m}, {i}": {
                 "x": list(config.lrs),
-                "runs": [[tuning.get(m, {}).get(i, {}).get(float(lr)) for lr in config.lrs]],
+                "runs": [[tuned.criterion(m, i, lr) for lr in config.lrs]],
             }
             for m in MODELS
             for i in INPUTS
@@ -461,8 +416,7 @@ def summarize(
         ],
         raw=raw,
         notes=[
-            raw["tune_rule"],
-            "lr at the grid's edge: " + (", ".join(raw["lr_at_grid_edge"]) or "none"),
+            *tuned.notes(raw),
             f"SGD batch {config.batch}, {config.epochs} epochs, lr decayed linearly to 0; "
             f"per-pixel std clamped below at {config.min_std}.",
         ],
@@ -505,7 +459,7 @@ CLAIMS = kit.register_claims(
 )
 
 SPEC = register_lab(
-    LabSpec(
+    kit.paired.tuned_lab(
         name="input-norm",
         title="Input standardization of shallow models, each input at its tuned lr",
         summary=(
@@ -518,8 +472,13 @@ SPEC = register_lab(
             "second-moment matrix and covariance beside."
         ),
         config_type=InputNormConfig,
-        run=run,
-        needs_data=True,
+        tune=tune_grid,
+        main=main_grid,
+        cells=(_tune_cell, _main_cell),
+        criterion="final_train_loss",
+        steps=lambda config, data: config.steps_for(data["train_images"].shape[0]),
+        summarize=summarize,
+        extras=_conditioning_unit,
         full_time=(
             "about 2 min on 2 quiet CPU cores (72 runs of 1-2 s of CPU each, measured at load 6-9; "
             "the conditioning unit 18 s of CPU)"
