@@ -55,7 +55,7 @@ def window_mean(
 def hold_then_decay(steps: int, hold: float) -> Callable[[int], float]:
     """The lr factor of ``torch.optim.lr_scheduler.LambdaLR``: 1 for the first ``hold``
     fraction of ``steps``, then linear to 0 at ``steps``."""
-    held = int(round(hold * steps))
+    held = round(hold * steps)
 
     def factor(step: int) -> float:
         if step < held:
