@@ -61,7 +61,7 @@ from bnlab.data.loader import DeviceLoader
 from bnlab.functional.batch_norm import batch_norm_forward
 from bnlab.lab import experiment, kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
-from bnlab.lab.experiment import Figure, LabContext, LabOutcome, LabSpec, Table, register_lab
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.models.small_cnn import SmallReluCNN
 from bnlab.plots.effects import plot_arms
@@ -76,6 +76,7 @@ __all__ = [
     "main_grid",
     "specs",
     "summarize",
+    "tune_grid",
 ]
 
 #: Online arm -> SmallReluCNN norm.
@@ -86,35 +87,56 @@ METRIC = "test_acc"
 
 
 @dataclass(frozen=True)
-class BatchOfOneConfig(kit.PairedConfig):
+class BatchOfOneConfig(kit.paired.TunedConfig):
     """Settings of ``batch-of-one`` (defaults: the full run).
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads: as in ``kit.PairedConfig``.
-        tune_seed: the separate seed of the lr tuning runs.
+        seeds, train_size, test_size, min_seeds, threads, tune_seed: as in
+            ``kit.paired.TunedConfig``.
         lrs: the online lr grid (plain SGD, decayed to 0).
+        margin: claim 2's equivalence margin (accuracy points).
         online_steps: steps of batch one (distinct training examples per seed).
         window: the last stream examples of the online loss and accuracy.
         predict_batch, predict_epochs, predict_lr, predict_momentum: the usual training
             of claim 3's BN model.
-        margin: claim 2's equivalence margin (accuracy points).
         equivalence_margin: claim 3's margin (accuracy points).
+
+    Raises:
+        ValueError: a setting that is not > 0, a bad lr grid, or a window longer than
+            the stream.
     """
 
-    tune_seed: int = 1000
     lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
+    margin: float = 1.0
     online_steps: int = 3000
     window: int = 1000
     predict_batch: int = 64
     predict_epochs: int = 1
     predict_lr: float = 0.05
     predict_momentum: float = 0.9
-    margin: float = 1.0
     equivalence_margin: float = 0.1
 
-    QUICK = kit.PairedConfig.quick_settings(
+    QUICK = kit.paired.TunedConfig.quick_settings(
         lrs=(0.01, 0.1), online_steps=64, window=32, train_size=512, test_size=256
     )
+    POSITIVE = (
+        "seeds",
+        "online_steps",
+        "window",
+        "predict_batch",
+        "predict_epochs",
+        "predict_lr",
+        "margin",
+        "equivalence_margin",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.window > self.online_steps:
+            raise ValueError(
+                f"BatchOfOneConfig: window {self.window} exceeds online_steps "
+                f"{self.online_steps}; the online measures need that many steps"
+            )
 
 
 def specs(config: BatchOfOneConfig) -> list[stats.ClaimSpec]:
@@ -144,37 +166,20 @@ def specs(config: BatchOfOneConfig) -> list[stats.ClaimSpec]:
     ]
 
 
-def _check(config: BatchOfOneConfig) -> None:
-    kit.check_positive(
-        "BatchOfOneConfig",
-        config,
-        ("seeds", "online_steps", "window", "predict_batch", "predict_epochs", "predict_lr"),
-    )
-    kit.check_positive("BatchOfOneConfig", config, ("margin", "equivalence_margin"))
-    if not config.lrs or any(not lr > 0 for lr in config.lrs):
-        raise ValueError(f"BatchOfOneConfig: lrs must be positive values, got {config.lrs!r}")
-    if config.window > config.online_steps:
-        raise ValueError(
-            f"BatchOfOneConfig: window {config.window} exceeds online_steps "
-            f"{config.online_steps}; the online measures need that many steps"
-        )
-
-
 def main_grid(config: BatchOfOneConfig) -> Grid:
     """Online runs of every arm and claim 3's BN model, per seed (units
-    ``online-ARM-seedN``, ``predict-bn-seedN``), seeds outermost.
-
-    Raises:
-        ValueError: a setting that is not > 0, or a window longer than the stream.
-    """
-    _check(config)
-    return Grid(
-        variants=tuple(ARMS),
-        seeds=config.seeds,
-        settings=("online", "predict"),
+    ``online-ARM-seedN``, ``predict-bn-seedN``), seeds outermost."""
+    return kit.paired.measured_grid(
+        ARMS,
+        config.seeds,
+        ("online", "predict"),
         include=lambda c: c.setting == "online" or c.variant == "bn",
-        order=("seed", "setting", "variant"),
     )
+
+
+def tune_grid(config: BatchOfOneConfig) -> Grid:
+    """lr x tuned arm on the tuning seed (units ``tune-lrLR-ARM``)."""
+    return kit.paired.tune_grid(("",), TUNED, config.lrs, config.tune_seed)
 
 
 # --- claim 1: the fully connected layer -----------------------------------------------------
@@ -342,22 +347,9 @@ def _main_cell(config: BatchOfOneConfig, lrs: dict, cell: Cell, bench: Bench) ->
     return _online(config, cell.variant, lr, cell.seed, bench)
 
 
-def run(config: BatchOfOneConfig, ctx: LabContext) -> LabOutcome:
-    """Claim 1's checks (unit ``fc-check``), the lr tuning, the runs, the summary."""
-    data = config.subsets(ctx.data, "batch-of-one")
-    tuning, lrs, measured = kit.paired.tuned_runs(
-        ctx,
-        config,
-        data,
-        tune=kit.paired.tune_grid(("",), TUNED, config.lrs, config.tune_seed),
-        main=main_grid(config),
-        cells=(_tune_cell, _main_cell),
-        criterion="online_loss",
-        steps=config.online_steps,
-        label="batch-of-one",
-    )
-    facts = ctx.unit("fc-check", fc_check)
-    return summarize(config, ctx, measured, tuning, lrs, facts)
+def _fc_unit(config: BatchOfOneConfig, ctx: LabContext, data: Any) -> dict[str, Any]:
+    """Claim 1's checks, the unit ``fc-check`` (after the runs)."""
+    return {"facts": ctx.unit("fc-check", fc_check)}
 
 
 def per_seed_of(run: GridRun) -> dict[str, dict[str, Any]]:
@@ -396,27 +388,25 @@ def summarize(
     config: BatchOfOneConfig,
     ctx: LabContext,
     run: GridRun,
-    tuning: Mapping[str, Mapping[str, Mapping[float, Any]]],
-    lrs: Mapping[str, Mapping[str, float | None]],
+    tuned: kit.paired.Tuned,
     facts: Mapping[str, Any],
 ) -> LabOutcome:
     """Claim 1's facts, the tuning and online tables, claim 3's table, the claims, a figure."""
     declared = specs(config)
+    tuning = tuned.record(
+        config,
+        f"online loss (mean over the last {config.window} stream examples)",
+        tuning=tuned.stored(""),
+        lr={arm: tuned.lr("", "instancenorm" if arm == "bn" else arm) for arm in ARMS},
+    )
+    tuning["tune_rule"] += (
+        "; BN takes InstanceNorm's lr (the same training computation at a batch of one)"
+    )
     raw = {
         "per_seed": per_seed_of(run),
         "specs": [spec_record(s) for s in declared],
         "fc_check": dict(facts),
-        "tuning": {
-            a: {repr(lr): v for lr, v in by.items()} for a, by in tuning.get("", {}).items()
-        },
-        "lr": {arm: lrs.get("", {}).get("instancenorm" if arm == "bn" else arm) for arm in ARMS},
-        "lr_at_grid_edge": kit.paired.at_edge(config.lrs, lrs),
-        "tune_rule": kit.paired.TUNE_RULE.format(
-            grid="/".join(f"{lr:g}" for lr in config.lrs),
-            criterion=f"online loss (mean over the last {config.window} stream examples)",
-            seed=config.tune_seed,
-        )
-        + "; BN takes InstanceNorm's lr (the same training computation at a batch of one)",
+        **tuning,
         "predict": [dict(r["metrics"], seed=c.seed) for c, r in run if c.setting == "predict"],
     }
     verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
@@ -432,17 +422,11 @@ def summarize(
             ["check", "value"],
             [[k, facts[k]] for k in facts],
         ),
-        Table(
+        tuned.table(
             "Online lr tuning: online loss on the tuning seed (the lowest is chosen)",
-            ["arm", *(f"lr={lr:g}" for lr in config.lrs), "chosen lr"],
-            [
-                [
-                    a,
-                    *(tuning.get("", {}).get(a, {}).get(float(lr)) for lr in config.lrs),
-                    raw["lr"][a],
-                ]
-                for a in TUNED
-            ],
+            ["arm"],
+            config.lrs,
+            [((a,), tuned.values.get("", {}).get(a, {}), raw["lr"][a]) for a in TUNED],
         ),
         Table(
             f"Online training, {config.online_steps} steps of one example (mean ± std over seeds)",
@@ -507,8 +491,7 @@ def summarize(
         ],
         raw=raw,
         notes=[
-            raw["tune_rule"],
-            "lr at the grid's edge: " + (", ".join(raw["lr_at_grid_edge"]) or "none"),
+            *tuned.notes(raw),
             "SmallReluCNN's norms follow convolutions: at a batch of one BN normalizes each "
             "image by its own H x W statistics in training (InstanceNorm's computation) and "
             "by running averages in eval mode.",
@@ -594,7 +577,7 @@ CLAIMS = kit.register_claims(
 )
 
 SPEC = register_lab(
-    LabSpec(
+    kit.paired.tuned_lab(
         name="batch-of-one",
         title="Training and predicting with a batch of one",
         summary=(
@@ -605,8 +588,13 @@ SPEC = register_lab(
             "example as well as a batch' (eval mode, equivalence within 0.1 points)."
         ),
         config_type=BatchOfOneConfig,
-        run=run,
-        needs_data=True,
+        tune=tune_grid,
+        main=main_grid,
+        cells=(_tune_cell, _main_cell),
+        criterion="online_loss",
+        steps=lambda config, data: config.online_steps,
+        summarize=summarize,
+        extras=_fc_unit,
         full_time="about 3 min on 2 quiet CPU cores (35 online runs of ~5 s and 5 batch-64 "
         "models with 20,000 single predictions each)",
     )
