@@ -90,7 +90,7 @@ from torch import Tensor, nn
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab import experiment, kit, stats
 from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_from_record, spec_record
-from bnlab.lab.experiment import Figure, LabContext, LabOutcome, LabSpec, Table, register_lab
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.models.plain import plain
 from bnlab.models.resnet import check_cifar_depth, cifar_resnet
@@ -163,12 +163,14 @@ CUDA_PROFILE: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class DepthConfig(kit.PairedConfig):
+class DepthConfig(kit.paired.TunedConfig):
     """Settings of ``depth`` (defaults: the full CPU run, about 10 min on 2 quiet cores).
 
     Args:
         seeds, train_size, test_size, min_seeds, threads: as in ``kit.PairedConfig``
             (5 paired seeds, all 60,000 training and 10,000 test images, 1 thread).
+        tune_seed: the seed of the tuning runs (not among the measured seeds;
+            ``kit.paired.TunedConfig``).
         profile: ``"cpu"`` (the defaults) or ``"cuda"``: every setting of
             ``CUDA_PROFILE`` still at its CPU default takes the preset's value (run it
             with ``--device cuda``).
@@ -181,7 +183,6 @@ class DepthConfig(kit.PairedConfig):
         batch: SGD batch.
         steps: SGD steps of every run (the lr decays linearly to 0 over them).
         lrs: the learning-rate grid of the tuning runs.
-        tune_seed: the seed of the tuning runs (not among the measured seeds).
         momentum: SGD momentum.
         window: mini-batch losses in the tuning criterion (their mean at the end).
         train_eval_size: training images (the first ones) of the primary metric, the
@@ -199,7 +200,6 @@ class DepthConfig(kit.PairedConfig):
     batch: int = 64
     steps: int = 500
     lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
-    tune_seed: int = 1000
     momentum: float = 0.9
     window: int = 50
     train_eval_size: int = 10000
@@ -208,7 +208,7 @@ class DepthConfig(kit.PairedConfig):
     curve_every: int = 10
 
     #: A smoke test: 2 seeds (below min_seeds: no verdict), tiny nets, 16 steps.
-    QUICK = kit.PairedConfig.quick_settings(
+    QUICK = kit.paired.TunedConfig.quick_settings(
         depths=(8, 14),
         width=4,
         steps=16,
@@ -217,8 +217,17 @@ class DepthConfig(kit.PairedConfig):
         window=4,
         train_eval_size=256,
         curve_every=4,
-        train_size=1024,
-        test_size=500,
+    )
+    OWNER = "depth"
+    POSITIVE = (
+        "seeds",
+        "width",
+        "batch",
+        "steps",
+        "window",
+        "train_eval_size",
+        "margin",
+        "curve_every",
     )
 
     def __post_init__(self) -> None:
@@ -245,22 +254,7 @@ class DepthConfig(kit.PairedConfig):
             )
         if self.image_size not in (14, 28):
             raise ValueError(f"depth: image_size must be 14 or 28, got {self.image_size}")
-        kit.check_positive(
-            "depth",
-            self,
-            (
-                "seeds",
-                "width",
-                "batch",
-                "steps",
-                "window",
-                "train_eval_size",
-                "margin",
-                "curve_every",
-            ),
-        )
-        if not self.lrs or any(not lr > 0 for lr in self.lrs):
-            raise ValueError(f"depth: lrs must be positive values, got {self.lrs!r}")
+        super().__post_init__()  # POSITIVE and the lr grid
         if self.window > self.steps:
             raise ValueError(f"depth: window must be in 1..steps ({self.steps}), got {self.window}")
         if not 0 <= self.chance_tolerance < CHANCE_LOSS:
@@ -299,21 +293,15 @@ CLAIM_SHAPES: tuple[tuple[str, str, str, str, stats.Direction], ...] = (
 def specs(config: DepthConfig) -> list[stats.ClaimSpec]:
     """The five claims, declared before the run (see the module docstring)."""
     names = {"DEEP": f"d{config.deep}", "SHALLOW": f"d{config.shallow}"}
-    chance = stats.ChanceRule(PRIMARY, level=CHANCE_LOSS, tolerance=config.chance_tolerance)
-    return [
-        stats.ClaimSpec(
-            name=name,
-            metric=PRIMARY,
-            direction=direction,
-            arm=names.get(arm, arm),
-            reference=names.get(reference, reference),
-            margin=config.margin,
-            min_seeds=config.min_seeds,
-            settings=(names.get(setting, setting),),
-            chance=chance,
-        )
-        for name, setting, arm, reference, direction in CLAIM_SHAPES
-    ]
+    return kit.paired.claim_specs(
+        config,
+        PRIMARY,
+        [
+            (name, direction, names.get(arm, arm), names.get(ref, ref), [names.get(at, at)])
+            for name, at, arm, ref, direction in CLAIM_SHAPES
+        ],
+        chance=kit.paired.chance_near(PRIMARY, CHANCE_LOSS, config.chance_tolerance),
+    )
 
 
 # --- data and models -----------------------------------------------------------------
@@ -446,12 +434,7 @@ def tune_grid(config: DepthConfig) -> Grid:
 
 def main_grid(config: DepthConfig) -> Grid:
     """The measured runs: depth x arm x seed (units ``dD-ARM-seedN``), seeds outermost."""
-    return Grid(
-        variants=tuple(ARMS),
-        seeds=config.seeds,
-        settings=tuple(f"d{d}" for d in config.depths),
-        order=("seed", "setting", "variant"),
-    )
+    return kit.paired.measured_grid(ARMS, config.seeds, [f"d{d}" for d in config.depths])
 
 
 def _tune_cell(config: DepthConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
@@ -467,23 +450,6 @@ def _main_cell(
         bench.advance(config.steps)
         return {"lr": None, PRIMARY: None, BATCH_LOSS: None, "diverged": True, "steps_done": 0}
     return train_run(config, cell.variant, _depth_of(cell.setting), lr, cell.seed, bench, test=True)
-
-
-def run(config: DepthConfig, ctx: LabContext) -> LabOutcome:
-    """Tune each (arm, depth)'s lr on the tuning seed, then the measured runs."""
-    data = prepare(config, ctx.data)
-    tuning, lrs, measured = kit.paired.tuned_runs(
-        ctx,
-        config,
-        data,
-        tune=tune_grid(config),
-        main=main_grid(config),
-        cells=(_tune_cell, _main_cell),
-        criterion=BATCH_LOSS,
-        steps=config.steps,
-        label="depth",
-    )
-    return summarize(config, ctx, measured, tuning, lrs)
 
 
 # --- the claims ----------------------------------------------------------------------
@@ -562,11 +528,7 @@ def rule_of(name: str) -> Any:
 
 
 def summarize(
-    config: DepthConfig,
-    ctx: LabContext,
-    run: GridRun,
-    tuning: Mapping[str, Mapping[str, Mapping[float, Any]]],
-    lrs: Mapping[str, Mapping[str, float | None]],
+    config: DepthConfig, ctx: LabContext, run: GridRun, tuned: kit.paired.Tuned
 ) -> LabOutcome:
     """Tuning, per-arm numbers by depth, the claims with intervals, two figures."""
     per_seed = per_seed_views(config, run)
@@ -582,17 +544,7 @@ def summarize(
         "per_seed": per_seed,
         "specs": [spec_record(s) for s in declared],
         "claims": evaluated,
-        "tuning": {
-            d: {arm: {repr(lr): v for lr, v in by.items()} for arm, by in arms.items()}
-            for d, arms in tuning.items()
-        },
-        "tune_rule": kit.paired.TUNE_RULE.format(
-            grid="/".join(f"{lr:g}" for lr in config.lrs),
-            criterion=f"final mini-batch loss (mean of the last {config.window} steps)",
-            seed=config.tune_seed,
-        ),
-        "lr": {d: dict(by) for d, by in lrs.items()},
-        "lr_at_grid_edge": kit.paired.at_edge(config.lrs, lrs),
+        **tuned.record(config, f"final mini-batch loss (mean of the last {config.window} steps)"),
         "chance_rule": CHANCE_RULE.format(tol=config.chance_tolerance, min_seeds=config.min_seeds),
         "at_chance": at_chance,
         "curves": {
@@ -610,21 +562,14 @@ def summarize(
         if e["whole_arm_at_chance"]:
             row[-1] += f" ({e['whole_arm_at_chance']} at chance in every seed)"
     tables = [
-        Table(
+        tuned.table(
             f"Learning-rate tuning: final mini-batch loss on tuning seed {config.tune_seed} "
             "(the lowest is chosen; '*' marks a choice at the edge of the grid)",
-            ["depth", "arm", *(f"lr={lr:g}" for lr in config.lrs), "chosen lr"],
+            ["depth", "arm"],
+            config.lrs,
             [
-                [
-                    d,
-                    arm,
-                    *(kit.json_float(tuning[d][arm].get(float(lr))) for lr in config.lrs),
-                    None
-                    if lrs[d][arm] is None
-                    else f"{lrs[d][arm]:g}"
-                    + ("*" if f"{d}/{arm}" in raw["lr_at_grid_edge"] else ""),
-                ]
-                for d in tuning
+                ((d, arm), tuned.values[d][arm], _marked(tuned.lrs[d][arm], f"{d}/{arm}", raw))
+                for d in tuned.values
                 for arm in ARMS
             ],
         ),
@@ -647,7 +592,7 @@ def summarize(
                 [
                     d,
                     arm,
-                    lrs[d][arm],
+                    tuned.lrs[d][arm],
                     kit.mean_std_cell(m[PRIMARY]),
                     kit.mean_std_cell(m[BATCH_LOSS]),
                     kit.mean_std_cell(m["test_acc"]),
@@ -681,6 +626,13 @@ def summarize(
         raw=raw,
         notes=[_design_note(config), raw["tune_rule"], raw["chance_rule"]],
     )
+
+
+def _marked(lr: float | None, key: str, raw: Mapping[str, Any]) -> str | None:
+    """A chosen lr as text, ``*`` when at the grid's edge."""
+    if lr is None:
+        return None
+    return f"{lr:g}" + ("*" if key in raw["lr_at_grid_edge"] else "")
 
 
 def _design_note(config: DepthConfig) -> str:
@@ -875,7 +827,7 @@ CLAIMS = kit.register_claims(
 )
 
 SPEC = register_lab(
-    LabSpec(
+    kit.paired.tuned_lab(
         name="depth",
         title="Depth: plain vs ResNet, with and without BN, each at its tuned lr",
         summary=(
@@ -891,8 +843,13 @@ SPEC = register_lab(
             "width 16, 28x28, 10 seeds."
         ),
         config_type=DepthConfig,
-        run=run,
-        needs_data=True,
+        tune=tune_grid,
+        main=main_grid,
+        cells=(_tune_cell, _main_cell),
+        criterion=BATCH_LOSS,
+        steps=lambda config, data: config.steps,
+        summarize=summarize,
+        prepare=prepare,
         full_time=(
             "about 8-9 min on 2 quiet cores with --workers 2 (72 runs of 500 steps: 32 tuning, "
             "40 measured; measured CPU time of one thread per step: 11-19 ms at depth 20, 30-48 "
