@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnlab.lab import convergence, stats
+from bnlab.lab import convergence, kit, stats
 from bnlab.lab.claims import spec_record
 from bnlab.lab.experiment import get_lab, run_lab
 from bnlab.lab.runner import Bench, Cell
@@ -67,10 +67,13 @@ def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> Non
 
 
 def test_choose_lr_takes_the_lowest_finite_final_loss() -> None:
-    config = tiny_config()
+    # the tuning runs sit in the setting "" (kit.paired.tune_grid); the rule is the kit's
     tuning = {"none": {0.1: 2.3, 0.3: 1.1, 1.0: None}, "bn": {0.1: 0.5, 0.3: math.nan}}
-    assert convergence.choose_lr(config, tuning) == {"none": 0.3, "bn": 0.1}
-    assert convergence.choose_lr(config, {"none": {0.1: None}}) == {"none": None}
+    assert kit.paired.choose_lrs({"": tuning}) == {"": {"none": 0.3, "bn": 0.1}}
+    assert kit.paired.choose_lrs({"": {"none": {0.1: None}}}) == {"": {"none": None}}
+    grid = convergence.tune_grid(tiny_config())
+    keys = [grid.key(c) for c in grid.cells()]  # the first edition's unit names and order
+    assert keys[:2] == ["tune-lr0.3-none-seed1000", "tune-lr1-none-seed1000"]
 
 
 def test_first_reach_and_censoring() -> None:
@@ -151,7 +154,7 @@ def test_runs_at_chance_are_excluded() -> None:
 
 def test_one_measured_run(fake_data) -> None:
     config = tiny_config()
-    bench = Bench(convergence._data(config, fake_data(64, 32)), torch.device("cpu"))
+    bench = Bench(config.subsets(fake_data(64, 32), "convergence"), torch.device("cpu"))
     got = convergence.measure(config, Cell("", "bn", 0), bench, 0.3)
     assert 1 <= got["steps_to_loss"] <= config.steps
     assert got["final_test_acc"] is not None

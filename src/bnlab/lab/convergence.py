@@ -44,20 +44,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from bnlab.lab import kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    register_lab,
-    seeded,
-)
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab, seeded
+from bnlab.lab.kit.probed import shown_differences
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.models.lenet import LeNet
 from bnlab.plots.effects import plot_to_target
 from bnlab.train import init_weights
@@ -67,7 +59,6 @@ __all__ = [
     "ARMS",
     "CLAIMS",
     "ConvergenceConfig",
-    "choose_lr",
     "convergence_rule",
     "first_reach",
     "main_grid",
@@ -91,14 +82,14 @@ TUNE_RULE = (
 
 
 @dataclass(frozen=True)
-class ConvergenceConfig(kit.PairedConfig):
+class ConvergenceConfig(kit.paired.TunedConfig):
     """Settings of ``convergence`` (defaults: the full run, about 11 min on 2 quiet CPU cores).
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads: as in ``kit.PairedConfig``
-            (5 measured seeds, all images, 1 thread).
-        tune_seed: the separate seed of the lr tuning runs.
+        seeds, train_size, test_size, min_seeds, threads, tune_seed: as in
+            ``kit.paired.TunedConfig`` (5 measured seeds, all images, 1 thread).
         lrs: the learning-rate grid (each arm picks one by ``TUNE_RULE``).
+        margin: the claim's equivalence margin, in steps.
         batch: SGD batch.
         steps: the step budget of every run (censoring point).
         momentum: SGD momentum (0: d2l's plain SGD).
@@ -107,11 +98,13 @@ class ConvergenceConfig(kit.PairedConfig):
         acc_target: the test-accuracy target, in percent (secondary).
         window: mini-batch losses in the training-loss moving average.
         eval_every: steps between test evaluations.
-        margin: the claim's equivalence margin, in steps.
+
+    Raises:
+        ValueError: a setting that is not > 0, or an empty or non-positive lr grid.
     """
 
-    tune_seed: int = 1000
     lrs: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
+    margin: float = 234.0
     batch: int = 256
     steps: int = 2340
     momentum: float = 0.0
@@ -120,79 +113,50 @@ class ConvergenceConfig(kit.PairedConfig):
     acc_target: float = 75.0
     window: int = 50
     eval_every: int = 78
-    margin: float = 234.0
 
     #: A smoke test: 2 seeds (below min_seeds: no verdict), two lrs, 60 steps.
-    QUICK = kit.PairedConfig.quick_settings(
-        lrs=(0.3, 1.0),
-        steps=60,
-        window=10,
-        eval_every=20,
-        train_size=2048,
-        test_size=500,
-        margin=6.0,
+    QUICK = kit.paired.TunedConfig.quick_settings(
+        lrs=(0.3, 1.0), steps=60, window=10, eval_every=20, train_size=2048, margin=6.0
+    )
+    POSITIVE = (
+        "seeds",
+        "batch",
+        "steps",
+        "loss_target",
+        "acc_target",
+        "window",
+        "eval_every",
+        "margin",
     )
 
 
 def specs(config: ConvergenceConfig) -> list[stats.ClaimSpec]:
     """The claim, declared before the run (see the module docstring)."""
-    return [
-        stats.ClaimSpec(
-            name="bn-accelerates-convergence",
-            metric=PRIMARY,
-            direction="lower",
-            arm="bn",
-            reference="none",
-            margin=config.margin,
-            min_seeds=config.min_seeds,
-            chance=stats.ChanceRule("final_test_acc", level=10.0, tolerance=2.0),
-        )
-    ]
-
-
-def _check(config: ConvergenceConfig) -> None:
-    kit.check_positive(
-        "ConvergenceConfig",
+    return kit.paired.claim_specs(
         config,
-        ("seeds", "batch", "steps", "loss_target", "acc_target", "window", "eval_every", "margin"),
+        PRIMARY,
+        [("bn-accelerates-convergence", "lower", "bn", "none", None)],
+        chance=kit.paired.chance_near("final_test_acc"),
     )
-    if not config.lrs or any(not lr > 0 for lr in config.lrs):
-        raise ValueError(f"ConvergenceConfig: lrs must be positive values, got {config.lrs!r}")
 
 
 def tune_grid(config: ConvergenceConfig) -> Grid:
-    """The tuning runs: arm x lr on the tuning seed (units ``tune-lrLR-ARM-seedS``)."""
-    _check(config)
-    return Grid(
-        variants=tuple(ARMS),
-        seeds=(config.tune_seed,),
-        settings=tuple(config.lrs),
-        key=lambda c: f"tune-lr{c.setting:g}-{c.variant}-seed{c.seed}",
+    """The tuning runs: arm x lr on the tuning seed (units ``tune-lrLR-ARM-seedS``); each
+    arm's lr is then the one with the lowest final training loss (``TUNE_RULE``,
+    ``kit.paired.choose_lrs``)."""
+    return kit.paired.tune_grid(
+        ("",),
+        ARMS,
+        config.lrs,
+        config.tune_seed,
+        key=lambda c: f"tune-lr{c.setting[1]:g}-{c.variant}-seed{c.seed}",
         order=("variant", "setting", "seed"),
     )
 
 
 def main_grid(config: ConvergenceConfig) -> Grid:
     """The measured runs: arm x seed (units ``ARM-seedN``), seeds outermost."""
-    _check(config)
-    return Grid(variants=tuple(ARMS), seeds=config.seeds, order=("seed", "variant", "setting"))
-
-
-def choose_lr(config: ConvergenceConfig, tuning: Mapping[str, Mapping[float, Any]]) -> dict:
-    """Each arm's lr by ``TUNE_RULE`` from ``{arm: {lr: final training loss}}``.
-
-    Returns:
-        ``{arm: lr or None}`` (None: every lr diverged).
-    """
-    chosen: dict[str, float | None] = {}
-    for arm, by_lr in tuning.items():
-        finite = {
-            float(lr): float(v)
-            for lr, v in by_lr.items()
-            if v is not None and math.isfinite(float(v))
-        }
-        chosen[arm] = min(finite, key=lambda lr: (finite[lr], lr)) if finite else None
-    return chosen
+    return kit.paired.measured_grid(ARMS, config.seeds, order=("seed", "variant", "setting"))
 
 
 def first_reach(
@@ -204,10 +168,6 @@ def first_reach(
         if v is not None and math.isfinite(v) and (v <= target if below else v >= target):
             return s
     return None
-
-
-def _data(config: ConvergenceConfig, data: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-    return config.subsets(data, "convergence")
 
 
 def train_run(
@@ -288,44 +248,33 @@ def _thin(values: Sequence[float], every: int) -> list[Any]:
     return [kit.json_float(v) for v in values[every - 1 :: every]]
 
 
-def run(config: ConvergenceConfig, ctx: LabContext) -> LabOutcome:
-    """Tune each arm's lr on the tuning seed, then the measured runs at the chosen lrs."""
-    data = _data(config, ctx.data)
-    tune, main = tune_grid(config), main_grid(config)
-    total = (len(tune.cells()) + len(main.cells())) * config.steps
-    ctx.progress.start(total, "convergence")
+def _tune_cell(config: ConvergenceConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    lr = cell.setting[1]
+    got = train_run(config, cell.variant, lr, cell.seed, bench, evaluate_test=False)
+    final = got["loss_ma"][-1] if got["loss_ma"] else math.nan
+    return {"lr": lr, "final_train_loss": kit.json_float(final)}
 
-    def tune_cell(cell: Cell, bench: Bench) -> dict[str, Any]:
-        got = train_run(
-            config, cell.variant, float(cell.setting), cell.seed, bench, evaluate_test=False
-        )
-        final = got["loss_ma"][-1] if got["loss_ma"] else math.nan
-        return {"lr": float(cell.setting), "final_train_loss": kit.json_float(final)}
 
-    tuned = run_grid(ctx, tune, tune_cell, data=data, steps=config.steps)
-    tuning = {
-        arm: {r["lr"]: r["final_train_loss"] for r in tuned.select(variant=arm)} for arm in ARMS
+def _main_cell(
+    config: ConvergenceConfig,
+    lrs: Mapping[str, Mapping[str, float | None]],
+    cell: Cell,
+    bench: Bench,
+) -> dict[str, Any]:
+    lr = lrs[""][cell.variant]
+    if lr is None:
+        return {"lr": None, "metrics": None}
+    got = train_run(config, cell.variant, lr, cell.seed, bench, evaluate_test=True)
+    return {
+        "lr": lr,
+        "metrics": _to_target(config, got),
+        "curves": {
+            "every": config.eval_every,
+            "loss_ma": _thin(got["loss_ma"], config.eval_every),
+            "test_steps": got["evals"]["steps"],
+            "test_acc": got["evals"]["test_acc"],
+        },
     }
-    lrs = choose_lr(config, tuning)
-
-    def main_cell(cell: Cell, bench: Bench) -> dict[str, Any]:
-        lr = lrs[cell.variant]
-        if lr is None:
-            return {"lr": None, "metrics": None}
-        got = train_run(config, cell.variant, lr, cell.seed, bench, evaluate_test=True)
-        return {
-            "lr": lr,
-            "metrics": _to_target(config, got),
-            "curves": {
-                "every": config.eval_every,
-                "loss_ma": _thin(got["loss_ma"], config.eval_every),
-                "test_steps": got["evals"]["steps"],
-                "test_acc": got["evals"]["test_acc"],
-            },
-        }
-
-    measured = run_grid(ctx, main, main_cell, data=data, steps=config.steps)
-    return summarize(config, ctx, measured, tuning, lrs)
 
 
 def measure(config: ConvergenceConfig, cell: Cell, bench: Bench, lr: float) -> dict[str, Any]:
@@ -366,13 +315,10 @@ _stats_rule = stats_rule("bn-accelerates-convergence")
 
 
 def summarize(
-    config: ConvergenceConfig,
-    ctx: LabContext,
-    run: GridRun,
-    tuning: Mapping[str, Mapping[float, Any]],
-    lrs: Mapping[str, float | None],
+    config: ConvergenceConfig, ctx: LabContext, run: GridRun, tuned: kit.paired.Tuned
 ) -> LabOutcome:
     """Steps and seconds to the targets per arm, the verdict, the curves."""
+    tuning, lrs = tuned.values[""], tuned.lrs[""]
     per_seed = run.per_seed(lambda r: r["metrics"] if r["metrics"] is not None else _EMPTY)
     declared = specs(config)
     censored = {
@@ -382,7 +328,7 @@ def summarize(
     raw = {
         "per_seed": per_seed,
         "specs": [spec_record(s) for s in declared],
-        "tuning": {arm: {repr(lr): v for lr, v in by.items()} for arm, by in tuning.items()},
+        "tuning": tuned.stored(""),
         "tune_rule": TUNE_RULE.format(window=config.window, seed=config.tune_seed),
         "lr": dict(lrs),
         "targets": {"train_loss": config.loss_target, "test_acc": config.acc_target},
@@ -398,28 +344,21 @@ def summarize(
     verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
     raw["claims"] = list(evidences.values())
     variants = per_seed.get("", {})
-    shown = []
-    for metric in ("steps_to_acc", "seconds_to_loss", "seconds_to_acc", "final_test_acc"):
-        a, r = variants.get("bn", {}).get(metric, []), variants.get("none", {}).get(metric, [])
-        ok = [
-            (float(x), float(y))
-            for x, y in zip(a, r, strict=False)
-            if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
-        ]
-        row = [metric, len(ok), None, None]
-        if len(ok) >= 2:
-            d = stats.paired_difference([x for x, _ in ok], [y for _, y in ok], margin=1.0)
-            row[2:] = [f"{d.diff:+.4g}", f"[{d.ci_low:.4g}, {d.ci_high:.4g}]"]
-        shown.append(row)
+    shown = shown_differences(
+        per_seed,
+        [
+            (metric, "", metric)
+            for metric in ("steps_to_acc", "seconds_to_loss", "seconds_to_acc", "final_test_acc")
+        ],
+        digits=4,
+    )
     raw["shown"] = shown
     tables = [
-        Table(
+        tuned.table(
             "Learning-rate tuning (final training loss on the tuning seed; the lowest is chosen)",
-            ["arm", *(f"lr={lr:g}" for lr in config.lrs), "chosen lr"],
-            [
-                [arm, *(kit.json_float(tuning[arm].get(float(lr))) for lr in config.lrs), lrs[arm]]
-                for arm in ARMS
-            ],
+            ["arm"],
+            config.lrs,
+            [((arm,), tuning[arm], lrs[arm]) for arm in ARMS],
         ),
         Table(
             f"To the targets (training loss {config.loss_target:g}, test accuracy "
@@ -540,7 +479,7 @@ CLAIMS = kit.register_claims(
 )
 
 SPEC = register_lab(
-    LabSpec(
+    kit.paired.tuned_lab(
         name="convergence",
         title="Steps to a training loss and a test accuracy, LeNet with and without BN",
         summary=(
@@ -553,8 +492,12 @@ SPEC = register_lab(
             "one epoch."
         ),
         config_type=ConvergenceConfig,
-        run=run,
-        needs_data=True,
+        tune=tune_grid,
+        main=main_grid,
+        cells=(_tune_cell, _main_cell),
+        criterion="final_train_loss",
+        steps=lambda config, data: config.steps,
+        summarize=summarize,
         full_time=(
             "about 11 min on 2 quiet CPU cores (18 runs of 2,340 steps; a timed sub-run of 4 "
             "runs x 780 steps: 48 s of CPU, 1:53 wall at load ~7)"
