@@ -588,9 +588,8 @@ SPEC = register_lab(
             "example as well as a batch' (eval mode, equivalence within 0.1 points)."
         ),
         config_type=BatchOfOneConfig,
-        tune=tune_grid,
-        main=main_grid,
-        cells=(_tune_cell, _main_cell),
+        tune=(tune_grid, _tune_cell),
+        measure=(main_grid, _main_cell),
         criterion="online_loss",
         steps=lambda config, data: config.online_steps,
         summarize=summarize,

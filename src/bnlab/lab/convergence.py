@@ -492,11 +492,9 @@ SPEC = register_lab(
             "one epoch."
         ),
         config_type=ConvergenceConfig,
-        tune=tune_grid,
-        main=main_grid,
-        cells=(_tune_cell, _main_cell),
+        tune=(tune_grid, _tune_cell),
+        measure=(main_grid, _main_cell),
         criterion="final_train_loss",
-        steps=lambda config, data: config.steps,
         summarize=summarize,
         full_time=(
             "about 11 min on 2 quiet CPU cores (18 runs of 2,340 steps; a timed sub-run of 4 "

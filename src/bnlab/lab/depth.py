@@ -843,11 +843,9 @@ SPEC = register_lab(
             "width 16, 28x28, 10 seeds."
         ),
         config_type=DepthConfig,
-        tune=tune_grid,
-        main=main_grid,
-        cells=(_tune_cell, _main_cell),
+        tune=(tune_grid, _tune_cell),
+        measure=(main_grid, _main_cell),
         criterion=BATCH_LOSS,
-        steps=lambda config, data: config.steps,
         summarize=summarize,
         prepare=prepare,
         full_time=(

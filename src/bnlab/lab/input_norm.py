@@ -128,25 +128,16 @@ class InputNormConfig(kit.paired.EpochsConfig):
     QUICK = kit.paired.EpochsConfig.quick_settings(lrs=(0.01, 0.1), hidden=32)
     POSITIVE = ("seeds", "batch", "epochs", "hidden", "min_std", "margin")
 
-    @property
-    def steps(self) -> int:
-        return self.steps_for(60_000 if self.train_size is None else self.train_size)
-
 
 def specs(config: InputNormConfig) -> list[stats.ClaimSpec]:
     """The claim, declared before the run (see the module docstring)."""
-    return [
-        kit.paired.claim_spec(
-            config,
-            "input-standardization-helps-shallow",
-            METRIC,
-            "lower",
-            "standardized",
-            "raw",
-            [_setting(m, i) for m in MODELS for i in ("global", "per_pixel")],
-            chance_metric="test_acc",
-        )
-    ]
+    standardized = [_setting(m, i) for m in MODELS for i in ("global", "per_pixel")]
+    return kit.paired.claim_specs(
+        config,
+        METRIC,
+        [("input-standardization-helps-shallow", "lower", "standardized", "raw", standardized)],
+        chance=kit.paired.chance_near("test_acc"),
+    )
 
 
 def _setting(model: str, inputs: str) -> str:
@@ -472,11 +463,9 @@ SPEC = register_lab(
             "second-moment matrix and covariance beside."
         ),
         config_type=InputNormConfig,
-        tune=tune_grid,
-        main=main_grid,
-        cells=(_tune_cell, _main_cell),
+        tune=(tune_grid, _tune_cell),
+        measure=(main_grid, _main_cell),
         criterion="final_train_loss",
-        steps=lambda config, data: config.steps_for(data["train_images"].shape[0]),
         summarize=summarize,
         extras=_conditioning_unit,
         full_time=(

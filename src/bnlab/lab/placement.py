@@ -97,18 +97,12 @@ class PlacementConfig(kit.paired.EpochsConfig):
 
 def specs(config: PlacementConfig) -> list[stats.ClaimSpec]:
     """The claim, declared before the run (see the module docstring)."""
-    return [
-        kit.paired.claim_spec(
-            config,
-            "bn-before-activation",
-            METRIC,
-            "higher",
-            "before",
-            "after",
-            config.activations,
-            chance_metric=METRIC,
-        )
-    ]
+    return kit.paired.claim_specs(
+        config,
+        METRIC,
+        [("bn-before-activation", "higher", "before", "after", config.activations)],
+        chance=kit.paired.chance_near(METRIC),
+    )
 
 
 def main_grid(config: PlacementConfig) -> Grid:
@@ -309,11 +303,9 @@ SPEC = register_lab(
             "margin 0.3 points."
         ),
         config_type=PlacementConfig,
-        tune=tune_grid,
-        main=main_grid,
-        cells=(_tune_cell, _main_cell),
+        tune=(tune_grid, _tune_cell),
+        measure=(main_grid, _main_cell),
         criterion="val_error",
-        steps=lambda config, data: config.steps_for(data["train_images"].shape[0]),
         summarize=summarize,
         full_time="about 3 min on 2 quiet CPU cores (40 runs of about 7 s of CPU each)",
     )

@@ -86,18 +86,9 @@ def claim_spec(
 ) -> stats.ClaimSpec:
     """A claim of a ten-class experiment: ``config``'s margin (or ``margin``) and
     min_seeds, and the chance rule "``chance_metric`` (a percentage) within 2 points of
-    10"."""
-    return stats.ClaimSpec(
-        name=name,
-        metric=metric,
-        direction=direction,
-        arm=arm,
-        reference=reference,
-        margin=config.margin if margin is None else margin,
-        min_seeds=config.min_seeds,
-        settings=tuple(settings),
-        chance=stats.ChanceRule(chance_metric, level=10.0, tolerance=2.0),
-    )
+    10" (:func:`claim_specs` of one claim)."""
+    shape = (name, direction, arm, reference, settings)
+    return claim_specs(config, metric, [shape], chance=chance_near(chance_metric), margin=margin)[0]
 
 
 def _tune_key(c: Cell) -> str:
@@ -262,6 +253,11 @@ class EpochsConfig(TunedConfig):
         """SGD steps: ``epochs`` passes of full batches over ``n_train`` images."""
         return self.epochs * max(1, n_train // self.batch)
 
+    @property
+    def steps(self) -> int:
+        """SGD steps of a run on ``train_size`` images (60,000 when None)."""
+        return self.steps_for(60_000 if self.train_size is None else self.train_size)
+
 
 @dataclass(frozen=True)
 class Tuned:
@@ -341,12 +337,11 @@ def run_tuned(ctx: LabContext, config: Any, data: Any, **kwargs: Any) -> tuple[T
 
 def tuned_lab(
     *,
-    tune: Callable[[Any], Grid],
-    main: Callable[[Any], Grid],
-    cells: tuple[Callable[..., Mapping[str, Any]], Callable[..., Any]],
+    tune: tuple[Callable[[Any], Grid], Callable[..., Mapping[str, Any]]],
+    measure: tuple[Callable[[Any], Grid], Callable[..., Any]],
     criterion: str,
-    steps: Callable[[Any, Any], int],
     summarize: Callable[..., LabOutcome],
+    steps: Callable[[Any, Any], int] | None = None,
     prepare: Callable[[Any, Any], Any] | None = None,
     extras: Callable[[Any, LabContext, Any], Mapping[str, Any]] | None = None,
     **spec: Any,
@@ -356,9 +351,12 @@ def tuned_lab(
     then the summary.
 
     Args:
-        tune, main: config -> the tuning grid (:func:`tune_grid`) and the measured grid.
-        cells, criterion: as for :func:`tuned_runs`.
-        steps: ``(config, data) -> progress per cell``.
+        tune: ``(grid, cell)``: config -> the tuning grid (:func:`tune_grid`), and the
+            tuning cell of :func:`tuned_runs`.
+        measure: ``(grid, cell)``: config -> the measured grid (:func:`measured_grid`),
+            and the measured cell of :func:`tuned_runs`.
+        criterion: as for :func:`tuned_runs`.
+        steps: ``(config, data) -> progress per cell`` (default: ``config.steps``).
         summarize: ``(config, ctx, run, tuned, **extras) -> LabOutcome``.
         prepare: ``(config, ctx.data) -> data`` (default: ``config.subsets``).
         extras: ``(config, ctx, data) -> {name: value}`` after the runs (e.g. units of
@@ -374,11 +372,11 @@ def tuned_lab(
             ctx,
             config,
             data,
-            tune=tune(config),
-            main=main(config),
-            cells=cells,
+            tune=tune[0](config),
+            main=measure[0](config),
+            cells=(tune[1], measure[1]),
             criterion=criterion,
-            steps=steps(config, data),
+            steps=steps(config, data) if steps else config.steps,
             label=name,
         )
         more = extras(config, ctx, data) if extras else {}
