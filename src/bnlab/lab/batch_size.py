@@ -155,30 +155,16 @@ def arm_names(config: BatchSizeConfig) -> tuple[str, ...]:
 
 def specs(config: BatchSizeConfig) -> list[stats.ClaimSpec]:
     """The claims, declared before the run (see the module docstring)."""
-    chance = stats.ChanceRule(METRIC, level=10.0, tolerance=2.0)
-    common = {
-        "metric": METRIC,
-        "margin": config.margin,
-        "min_seeds": config.min_seeds,
-        "settings": (FIXED,),
-        "chance": chance,
-    }
-    return [
-        stats.ClaimSpec(
-            name="bn-degrades-small-batch",
-            direction="lower",
-            arm=f"bn-vb{config.small_batch}",
-            reference=f"bn-vb{config.batch}",
-            **common,
-        ),
-        stats.ClaimSpec(
-            name="groupnorm-beats-bn-small-batch",
-            direction="higher",
-            arm="groupnorm",
-            reference=f"bn-vb{config.small_batch}",
-            **common,
-        ),
-    ]
+    small, ref = f"bn-vb{config.small_batch}", f"bn-vb{config.batch}"
+    return kit.paired.claim_specs(
+        config,
+        METRIC,
+        [
+            ("bn-degrades-small-batch", "lower", small, ref, (FIXED,)),
+            ("groupnorm-beats-bn-small-batch", "higher", "groupnorm", small, (FIXED,)),
+        ],
+        chance=kit.paired.chance_near(METRIC),
+    )
 
 
 def _check(config: BatchSizeConfig) -> None:
@@ -216,13 +202,11 @@ def grid(config: BatchSizeConfig) -> Grid:
     """
     _check(config)
     small = f"bn-vb{config.small_batch}"
-    settings = (FIXED, EQUAL) if config.equal_epochs else (FIXED,)
-    return Grid(
-        variants=arm_names(config),
-        seeds=tuple(range(config.first_seed, config.first_seed + config.seeds)),
-        settings=settings,
+    return kit.paired.measured_grid(
+        arm_names(config),
+        tuple(range(config.first_seed, config.first_seed + config.seeds)),
+        (FIXED, EQUAL) if config.equal_epochs else (FIXED,),
         include=lambda c: c.setting == FIXED or c.variant in (small, "groupnorm"),
-        order=("seed", "setting", "variant"),
     )
 
 
@@ -544,11 +528,6 @@ def _paper_rows(
     return rows
 
 
-def _measured(e: Mapping[str, Any]) -> str:
-    """The claim's one-line text without its leading verdict (``apply_rules`` adds it)."""
-    return e["text"].removeprefix(f"{e['verdict']}: ")
-
-
 RULE_TEXT = (
     "declared ClaimSpec (bnlab.lab.stats): primary metric test accuracy (%) on the full test "
     "set, setting fixed-batch, paired by seed, Holm over the experiment's claims, TOST margin "
@@ -565,7 +544,7 @@ CLAIMS = kit.register_claims(
         SOURCE,
         RULE_TEXT + "Arm bn-vb2 against bn-vb32, direction lower.",
         stats_rule("bn-degrades-small-batch"),
-        _measured,
+        kit.paired.measured_text,
         sentence=SENTENCE,
         literature=Literature(
             "Wu & He 2018, 'Group Normalization', arXiv 1803.08494, table 2 / figure 1",
@@ -585,7 +564,7 @@ CLAIMS = kit.register_claims(
         FROM_LITERATURE,
         RULE_TEXT + "Arm groupnorm against bn-vb2, direction higher.",
         stats_rule("groupnorm-beats-bn-small-batch"),
-        _measured,
+        kit.paired.measured_text,
         literature=Literature(
             "Wu & He 2018, 'Group Normalization', arXiv 1803.08494, table 2 / figure 1",
             "ResNet-50 on ImageNet, 32 groups, 2 to 32 images per GPU",

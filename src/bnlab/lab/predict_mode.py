@@ -134,13 +134,7 @@ class PredictModeConfig(kit.PairedConfig):
 
 def specs(config: PredictModeConfig) -> list[stats.ClaimSpec]:
     """The claims, declared before the run (see the module docstring)."""
-    common = {
-        "metric": METRIC,
-        "margin": config.margin,
-        "min_seeds": config.min_seeds,
-        "chance": stats.ChanceRule(MODEL_ACC, level=10.0, tolerance=2.0),
-    }
-    declared = (  # name, direction, arm, reference, settings
+    declared: list[kit.paired.ClaimShape] = [  # name, direction, arm, reference, settings
         (
             "bn-predict-with-moving-averages",
             "higher",
@@ -162,11 +156,10 @@ def specs(config: PredictModeConfig) -> list[stats.ClaimSpec]:
             "shuffled",
             (f"test batch {config.sorted_test_batch}, class-sorted",),
         ),
-    )
-    return [
-        stats.ClaimSpec(name=n, direction=d, arm=a, reference=r, settings=s, **common)
-        for n, d, a, r, s in declared
     ]
+    return kit.paired.claim_specs(
+        config, METRIC, declared, chance=kit.paired.chance_near(MODEL_ACC)
+    )
 
 
 def _check(config: PredictModeConfig) -> None:

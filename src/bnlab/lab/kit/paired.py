@@ -46,6 +46,7 @@ from bnlab.train.steps import run_steps
 
 __all__ = [
     "TUNE_RULE",
+    "ClaimShape",
     "EpochsConfig",
     "Tuned",
     "TunedConfig",
@@ -166,7 +167,7 @@ def chance_near(metric: str, level: float = 10.0, tolerance: float = 2.0) -> sta
 
 #: One claim of :func:`claim_specs`: name, direction, arm, reference, settings (None:
 #: every setting of the per-seed numbers).
-ClaimShape = tuple[str, stats.Direction, str, str, "Sequence[str] | None"]
+ClaimShape = tuple[str, stats.Direction, str, str, Sequence[str] | None]
 
 
 def claim_specs(
