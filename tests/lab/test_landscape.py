@@ -158,7 +158,10 @@ def test_read_metrics_at_matched_loss_and_step() -> None:
     }
     run = {
         "at_level": {"step": 37, "train_loss": 0.59, **point},
-        "points": [{"step": 0}, {"step": 600, **dict(point, beta=10.0)}],
+        "points": [
+            {"step": 0},
+            {"step": landscape.LandscapeConfig().steps, **dict(point, beta=10.0)},
+        ],
         "final_train_loss": 0.4,
         "final_test_acc": 85.0,
     }
@@ -283,5 +286,7 @@ def test_errors_show_the_value() -> None:
         landscape.LandscapeConfig(lrs=(0.1, -1.0))
     with pytest.raises(ValueError, match="loss_level must be > 0, got 0"):
         landscape.LandscapeConfig(loss_level=0)
+    with pytest.raises(ValueError, match="first_seed must be >= 0, got -1"):
+        landscape.LandscapeConfig(first_seed=-1)
     with pytest.raises(ValueError, match="activation must be relu, sigmoid or tanh, got 'elu'"):
         landscape.LandscapeConfig(activation="elu")

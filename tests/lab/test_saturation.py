@@ -279,6 +279,8 @@ def test_config_errors_show_the_value() -> None:
         saturation.SaturationConfig(networks=("elu",))
     with pytest.raises(ValueError, match=r"steps_sigmoid must be > 0, got -1"):
         saturation.SaturationConfig(steps_sigmoid=-1)
+    with pytest.raises(ValueError, match="first_seed must be >= 0, got -1"):
+        saturation.SaturationConfig(first_seed=-1)
     with pytest.raises(ValueError, match=r"lrs_relu must be > 0, got \(\)"):
         saturation.SaturationConfig(lrs_relu=())
     with pytest.raises(ValueError, match=r"saturation_margin must be > 0, got 0"):
