@@ -168,3 +168,78 @@ def test_probing_config_core(fake_data) -> None:
         _Probing(batch_size=0)
     with pytest.raises(ValueError, match="_Probing: archs is empty"):
         _Probing(archs=())
+
+
+# --- kit.paired: the tuned-lr paired skeleton ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tuned(kit.paired.EpochsConfig):
+    width: int = 4
+
+    POSITIVE = ("seeds", "batch", "epochs", "margin", "width")
+
+
+def test_tuned_config_checks_at_construction_and_counts_steps() -> None:
+    config = _Tuned.quick()
+    assert (config.seeds, config.train_size, config.test_size, config.epochs) == (2, 1024, 500, 1)
+    assert config.tune_seed == 1000
+    assert config.steps == 1024 // 128
+    assert config.steps_for(300) == 2
+    assert _Tuned().steps == 2 * (60_000 // 128)
+    with pytest.raises(ValueError, match=r"_Tuned: lrs must be positive values, got \(\)"):
+        _Tuned(lrs=())
+    with pytest.raises(ValueError, match="_Tuned: width must be > 0, got 0"):
+        _Tuned(width=0)
+
+
+def test_tuned_record_table_and_notes() -> None:
+    config = _Tuned(lrs=(0.1, 1.0))
+    tuned = kit.paired.Tuned(
+        {"s": {"a": {0.1: 0.5, 1.0: None}, "b": {0.1: 0.7, 1.0: 0.4}}},
+        {"s": {"a": 0.1, "b": 1.0}},
+    )
+    raw = tuned.record(config, "final loss")
+    assert raw["tuning"] == {"s": {"a": {"0.1": 0.5, "1.0": None}, "b": {"0.1": 0.7, "1.0": 0.4}}}
+    assert raw["lr"] == {"s": {"a": 0.1, "b": 1.0}}
+    assert raw["lr_at_grid_edge"] == ["s/a", "s/b"]
+    assert "0.1/1" in raw["tune_rule"]
+    assert "final loss" in raw["tune_rule"]
+    assert tuned.record(config, "x", lr={"a": 0.1})["lr"] == {"a": 0.1}
+    assert tuned.stored("s") == raw["tuning"]["s"]
+    assert (tuned.lr("s", "b"), tuned.lr("t", "b"), tuned.criterion("s", "b", 1)) == (
+        1.0,
+        None,
+        0.4,
+    )
+    table = tuned.table("T", ["arm"], config.lrs, [(("a",), tuned.values["s"]["a"], 0.1)])
+    assert table.columns == ["arm", "lr=0.1", "lr=1", "chosen lr"]
+    assert table.rows == [["a", 0.5, None, 0.1]]
+    assert kit.paired.Tuned.notes(raw)[1] == "lr at the grid's edge: s/a, s/b"
+
+
+def test_claim_specs_and_grids() -> None:
+    config = _Tuned()
+    one, two = kit.paired.claim_specs(
+        config,
+        "acc",
+        [("c1", "higher", "x", "y", ["s"]), ("c2", "lower", "y", "x", None)],
+        chance=kit.paired.chance_near("acc"),
+        margin=0.5,
+    )
+    assert (one.settings, two.settings, one.margin, one.min_seeds) == (("s",), None, 0.5, 5)
+    assert one.chance == two.chance == kit.paired.chance_near("acc", 10.0, 2.0)
+    assert kit.paired.claim_spec(
+        config, "c1", "acc", "higher", "x", "y", ["s"], chance_metric="acc"
+    ) == dataclasses.replace(one, margin=config.margin)
+    grid = kit.paired.measured_grid(("a", "b"), 2, ("s",))
+    assert [grid.key(c) for c in grid.cells()] == [
+        "s-a-seed0",
+        "s-b-seed0",
+        "s-a-seed1",
+        "s-b-seed1",
+    ]
+    tune = kit.paired.tune_grid(("",), ("a",), (0.1, 1.0), 7)
+    assert [tune.key(c) for c in tune.cells()] == ["tune-lr0.1-a", "tune-lr1-a"]
+    keyed = kit.paired.tune_grid(("",), ("a",), (0.1,), 7, key=lambda c: f"k{c.seed}")
+    assert [keyed.key(c) for c in keyed.cells()] == ["k7"]

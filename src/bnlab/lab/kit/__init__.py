@@ -13,8 +13,11 @@
   experiments' core (one ``train_variant`` run per cell), and ``SweepConfig`` with the
   tables, series and rule groups of the first edition's trainability sweeps;
 - ``threads``: thread settings;
-- ``paired`` (imported as a module, ``kit.paired``): each arm's lr tuned on a separate
-  seed before the measured runs, the claims table of ``bnlab.lab.stats``' evaluations;
+- ``paired`` (imported as a module, ``kit.paired``): the tuned-lr paired experiment's
+  skeleton: ``TunedConfig``/``EpochsConfig`` (config bases), ``tuned_lab`` (the spec:
+  tuning grid on a separate seed, lr choice, measured grid, summary), ``Tuned`` (the
+  tuning's results.json keys, table and notes), ``claim_specs`` (claims declared
+  compactly), the claims table of ``bnlab.lab.stats``' evaluations;
 - ``sweeps`` (imported as a module, ``kit.sweeps``): one SGD run with the lr decayed to 0
   and readouts at matched fit (``train_run``), and the second edition's trainability
   sweeps (lr-sweep, init; ``SweepConfig``, per-seed largest value and width that
