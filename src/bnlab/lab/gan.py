@@ -762,8 +762,8 @@ SPEC = experiment.register_lab(
         run=run,
         needs_data=True,
         full_time=(
-            "about 7 min on 2 quiet CPU cores with --workers 2 (40 cells of 15-22 s of CPU "
-            "each, timed one by one at load 6-11; the feature network about 15 s first)"
+            "about 8 min with --workers 2 on the shared 2-core machine (469 s measured for "
+            "the full run at load 4-5; 40 cells of 15-22 s of CPU each and the feature network)"
         ),
     )
 )
