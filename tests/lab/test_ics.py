@@ -21,7 +21,7 @@ from torch import nn
 from bnlab.lab import ics, kit, stats
 from bnlab.lab.claims import available_claims, spec_record
 from bnlab.lab.experiment import run_lab
-from bnlab.lab.kit import build_model, directions_verdict, matched, plateau_notes
+from bnlab.lab.kit import build_model, directions_verdict, matched, plateau_notes, probed
 from bnlab.lab.runner import Bench, Cell
 
 TINY = dataclasses.replace(
@@ -248,15 +248,15 @@ def test_choose_lrs_takes_the_lowest_finite_final_loss() -> None:
 
 def test_one_measured_unit_and_no_hooks_left(monkeypatch: pytest.MonkeyPatch, fake_data) -> None:
     built: list[nn.Module] = []
-    original = ics.LeNet
+    original = probed.LeNet
 
     def keep(*args, **kwargs):
         built.append(original(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(ics, "LeNet", keep)
+    monkeypatch.setattr(probed, "LeNet", keep)  # kit.matched.lenet_run builds it
     config = dataclasses.replace(TINY, steps=(("relu", 4), ("sigmoid", 4)))
-    bench = Bench(ics._data(config, fake_data(64, 32)), torch.device("cpu"))
+    bench = Bench(config.subsets(fake_data(64, 32), "ics"), torch.device("cpu"))
     got = ics.measure(config, {"sigmoid": {"bn-noise": 0.3}}, Cell("sigmoid", "bn-noise", 0), bench)
     assert got["lr"] == 0.3
     assert got["drift"]["steps"] == [0, 2]  # intervals 0-2 and 2-4 (the last probe at 4)

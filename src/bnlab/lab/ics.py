@@ -71,7 +71,6 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -80,21 +79,11 @@ from torch import Tensor, nn
 
 from bnlab.lab import kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    register_lab,
-    seeded,
-)
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.kit import matched
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
-from bnlab.models.lenet import LeNet
-from bnlab.plots.ics import plot_drift_vs_loss, plot_grad_ics, plot_matched
-from bnlab.train import init_weights
-from bnlab.train.steps import StepState, every, run_steps
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun
+from bnlab.plots.ics import plot_drift_vs_loss, plot_grad_ics
+from bnlab.train.steps import StepState, every
 
 __all__ = [
     "ARMS",
@@ -113,7 +102,8 @@ __all__ = [
 
 #: arm -> the model registry's norm.
 ARMS: dict[str, str] = {"none": "none", "bn": kit.BN_NORM, "bn-noise": kit.BN_NORM}
-CHANCE = stats.ChanceRule("final_test_acc", level=10.0, tolerance=2.0)
+ACC = "final_test_acc"
+CHANCE = kit.paired.chance_near(ACC)
 TUNE_RULE = (
     "settings {tuned}: each arm's lr is the grid value of {grid} with the lowest final "
     "training loss (mean of the last {window} steps' moving averages) on the separate tuning "
@@ -269,43 +259,28 @@ def noisy_outputs(
 
 
 @dataclass(frozen=True)
-class ICSConfig(kit.PairedConfig):
+class ICSConfig(matched.MatchedConfig):
     """Settings of ``bnlab lab ics`` (defaults: the full run).
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads: ``kit.PairedConfig`` (5 paired
-            seeds, all images, 1 thread per cell).
-        steps: ``((activation, SGD steps), ...)``: the settings (LeNet's activation) and
-            each one's step budget.
+        seeds, train_size, test_size, min_seeds, threads, steps, batch, hold, window,
+            loss_level, read_steps, probe_every, probe_size: ``kit.matched.MatchedConfig``
+            (5 paired seeds, all images, ReLU 800 and sigmoid 2,000 steps of batch 128,
+            loss level 0.8 read over 100 steps, probes of 256 images every 10 steps).
         tuned: settings whose arms each take their own lr from ``lrs`` (``TUNE_RULE``).
         lrs: the tuning grid.
         tune_seed: the separate seed of the tuning runs.
         common_lr: the lr of every arm in the settings not tuned.
-        hold: the fraction of the steps at constant lr before the linear decay to 0.
-        batch: SGD batch.
-        window: mini-batch losses in the training-loss moving average.
-        loss_level: the matched training loss (moving average) where measures are read.
-        read_steps: the steps from the first reach of ``loss_level`` whose measurements
-            are averaged.
-        probe_every, probe_size: steps between distribution probes; probe images.
         grad_every: steps between gradient-ICS measurements.
         noise_shift, noise_scale: the noisy-BN ranges.
         drift_margin, cos_margin, acc_margin: the claims' equivalence margins (log drift
             ratio, cosine, test-accuracy points).
     """
 
-    steps: tuple[tuple[str, int], ...] = (("relu", 800), ("sigmoid", 2000))
     tuned: tuple[str, ...] = ("sigmoid",)
     lrs: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
     tune_seed: int = 1000
     common_lr: float = 0.1
-    hold: float = 0.75
-    batch: int = 128
-    window: int = 25
-    loss_level: float = 0.8
-    read_steps: int = 100
-    probe_every: int = 10
-    probe_size: int = 256
     grad_every: int = 25
     noise_shift: float = 1.0
     noise_scale: float = 2.0
@@ -314,48 +289,17 @@ class ICSConfig(kit.PairedConfig):
     acc_margin: float = 1.0
 
     #: A smoke test: 2 seeds (below min_seeds: no verdict), 30 steps, two lrs.
-    QUICK = kit.PairedConfig.quick_settings(
-        steps=(("relu", 30), ("sigmoid", 30)),
-        lrs=(0.3, 1.0),
-        train_size=2048,
-        test_size=500,
-        window=5,
-        loss_level=2.2,
-        read_steps=15,
-        probe_every=5,
-        probe_size=64,
-        grad_every=10,
+    QUICK = matched.MatchedConfig.quick_settings(
+        lrs=(0.3, 1.0), test_size=500, read_steps=15, probe_size=64, grad_every=10
+    )
+    POSITIVE = (
+        *matched.MatchedConfig.POSITIVE,
+        *("common_lr", "grad_every", "drift_margin", "cos_margin", "acc_margin"),
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         owner = type(self).__name__
-        kit.check_positive(
-            owner,
-            self,
-            (
-                "seeds",
-                "common_lr",
-                "batch",
-                "window",
-                "loss_level",
-                "read_steps",
-                "probe_every",
-                "probe_size",
-                "grad_every",
-                "drift_margin",
-                "cos_margin",
-                "acc_margin",
-            ),
-        )
-        if not self.steps:
-            raise ValueError(f"{owner}: steps is empty; give ((activation, steps), ...)")
-        for act, n in self.steps:
-            if act not in ("relu", "sigmoid", "tanh"):
-                raise ValueError(
-                    f"{owner}: unknown activation {act!r} in steps; choose relu, sigmoid, tanh"
-                )
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{owner}: steps of {act!r} must be an integer >= 1, got {n!r}")
         for act in self.tuned:
             if act not in self.settings:
                 raise ValueError(
@@ -363,125 +307,85 @@ class ICSConfig(kit.PairedConfig):
                 )
         if self.tuned and (not self.lrs or any(not lr > 0 for lr in self.lrs)):
             raise ValueError(f"{owner}: lrs must be positive values, got {self.lrs!r}")
-        if not 0.0 <= self.hold <= 1.0:
-            raise ValueError(f"{owner}: hold must be in [0, 1], got {self.hold!r}")
         if self.noise_scale < 1 or self.noise_shift < 0:
             raise ValueError(
                 f"{owner}: need noise_scale >= 1 and noise_shift >= 0, got "
                 f"{self.noise_scale} and {self.noise_shift}"
             )
 
-    @property
-    def settings(self) -> tuple[str, ...]:
-        """The settings (LeNet activations), in order."""
-        return tuple(act for act, _ in self.steps)
 
-    def steps_of(self, setting: str) -> int:
-        return dict(self.steps)[setting]
+def _declare(config: ICSConfig, rows: Sequence[tuple[str, str, Any, str, str, float]]) -> list:
+    """``(name, metric, direction, arm, reference, margin)`` rows as ClaimSpecs over every
+    setting, with the chance rule."""
+    return [
+        kit.paired.claim_spec(
+            config, name, metric, direction, arm, ref, config.settings, chance_metric=ACC, margin=m
+        )
+        for name, metric, direction, arm, ref, m in rows
+    ]
 
 
 def specs(config: ICSConfig) -> list[stats.ClaimSpec]:
     """The three claims, declared before the run (see the module docstring)."""
-    common = {"min_seeds": config.min_seeds, "chance": CHANCE, "settings": config.settings}
-    return [
-        stats.ClaimSpec(
-            name="bn-reduces-ics",
-            metric="log_drift_at_loss",
-            direction="lower",
-            arm="bn",
-            reference="none",
-            margin=config.drift_margin,
-            **common,
-        ),
-        stats.ClaimSpec(
-            name="bn-reduces-gradient-ics",
-            metric="grad_cos_at_loss",
-            direction="higher",
-            arm="bn",
-            reference="none",
-            margin=config.cos_margin,
-            **common,
-        ),
-        stats.ClaimSpec(
-            name="bn-benefit-survives-covariate-shift",
-            metric="final_test_acc",
-            direction="higher",
-            arm="bn-noise",
-            reference="none",
-            margin=config.acc_margin,
-            **common,
-        ),
-    ]
+    return _declare(
+        config,
+        [
+            ("bn-reduces-ics", "log_drift_at_loss", "lower", "bn", "none", config.drift_margin),
+            (
+                "bn-reduces-gradient-ics",
+                "grad_cos_at_loss",
+                "higher",
+                "bn",
+                "none",
+                config.cos_margin,
+            ),
+            (
+                "bn-benefit-survives-covariate-shift",
+                ACC,
+                "higher",
+                "bn-noise",
+                "none",
+                config.acc_margin,
+            ),
+        ],
+    )
 
 
 def shown_specs(config: ICSConfig) -> list[stats.ClaimSpec]:
     """Secondary comparisons: shown with their intervals, not voted (their own Holm
     family): the claims' measures at matched step, and noisy BN against BN."""
-    common = {"min_seeds": config.min_seeds, "chance": CHANCE, "settings": config.settings}
-    return [
-        stats.ClaimSpec(
-            "drift at matched step",
-            "log_drift_run",
-            "lower",
-            "bn",
-            "none",
-            config.drift_margin,
-            **common,
-        ),
-        stats.ClaimSpec(
-            "grad cos at matched step",
-            "grad_cos_run",
-            "higher",
-            "bn",
-            "none",
-            config.cos_margin,
-            **common,
-        ),
-        stats.ClaimSpec(
-            "noisy BN drifts more (matched loss)",
-            "log_drift_at_loss",
-            "higher",
-            "bn-noise",
-            "bn",
-            config.drift_margin,
-            **common,
-        ),
-        stats.ClaimSpec(
-            "noisy BN vs BN, test accuracy",
-            "final_test_acc",
-            "differs",
-            "bn-noise",
-            "bn",
-            config.acc_margin,
-            **common,
-        ),
-    ]
-
-
-def tune_grid(config: ICSConfig, setting: str) -> Grid:
-    """The tuning runs of a tuned setting: lr x arm on the tuning seed (units
-    ``tune-SETTING-lrLR-ARM``)."""
-    return Grid(
-        variants=tuple(ARMS),
-        seeds=(config.tune_seed,),
-        settings=[(setting, float(lr)) for lr in config.lrs],
-        key=lambda c: f"tune-{c.setting[0]}-lr{c.setting[1]:g}-{c.variant}",
-        order=("setting", "variant", "seed"),
+    drift, cos, acc = config.drift_margin, config.cos_margin, config.acc_margin
+    return _declare(
+        config,
+        [
+            ("drift at matched step", "log_drift_run", "lower", "bn", "none", drift),
+            ("grad cos at matched step", "grad_cos_run", "higher", "bn", "none", cos),
+            (
+                "noisy BN drifts more (matched loss)",
+                "log_drift_at_loss",
+                "higher",
+                "bn-noise",
+                "bn",
+                drift,
+            ),
+            ("noisy BN vs BN, test accuracy", ACC, "differs", "bn-noise", "bn", acc),
+        ],
     )
 
 
-def main_grid(config: ICSConfig, setting: str) -> Grid:
-    """The measured runs of one setting: arm x seed (units ``SETTING-ARM-seedN``)."""
-    return Grid(
-        variants=tuple(ARMS),
-        seeds=config.seeds,
-        settings=(setting,),
-        order=("seed", "variant", "setting"),
+def tune_grid(config: ICSConfig) -> Grid | None:
+    """The tuning runs of the tuned settings: (setting, lr) x arm on the tuning seed
+    (units ``tune-SETTING-lrLR-ARM``); None when no setting is tuned."""
+    if not config.tuned:
+        return None
+    return kit.paired.tune_grid(config.tuned, ARMS, config.lrs, config.tune_seed)
+
+
+def main_grid(config: ICSConfig) -> Grid:
+    """The measured runs: setting by setting, seed x arm (units ``SETTING-ARM-seedN``)."""
+    return kit.paired.measured_grid(
+        ARMS, config.seeds, config.settings, order=("setting", "seed", "variant")
     )
-
-
-def _data(config: ICSConfig, data: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-    return config.subsets(data, "ics")
 
 
 def train_run(
@@ -502,18 +406,9 @@ def train_run(
         per probe interval, by its start step), ``grad`` (``{"steps", "layers": {name:
         [{"l2", "rel", "cos"}]}}``), ``final_test_acc`` (%).
     """
-    data, device = bench.data, bench.device
-    steps = config.steps_of(setting)
-    with kit.cpu_threads(config.threads), seeded(seed) as gen:
-        model = LeNet(ARMS[arm], activation=setting)
-        init_weights(model, seed)
-        model.to(device).train()
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, matched.hold_then_decay(steps, config.hold)
-        )
-        loss_ma = matched.LossAverage(config.window)
-        probe_x = kit.probe_batch(data, config.probe_size, device)
+    with matched.lenet_run(config, setting, ARMS[arm], lr, seed, bench) as run:
+        model = run.model
+        probe_x = kit.probe_batch(bench.data, config.probe_size, bench.device)
         watched = list(kit.weight_layers(model))[1:]
         norms = kit.norm_layers(model)
         previous: dict[str, tuple[Tensor, Tensor, float]] = {}
@@ -533,49 +428,27 @@ def train_run(
                 drift["values"].append(kit.json_float(sum(moved) / len(moved)))
 
         def grad_shift(state: StepState) -> None:  # measure 2
-            got = gradient_shift(model, state.x, state.y, opt.param_groups[0]["lr"])
+            got = gradient_shift(model, state.x, state.y, run.opt.param_groups[0]["lr"])
             for name, m in got.items():
                 grad["layers"][name].append({k: kit.json_float(v) for k, v in m.items()})
             grad["steps"].append(state.step)
 
         def noisy(model: nn.Module, x: Tensor) -> Tensor:
             with noisy_outputs(
-                norms, shift=config.noise_shift, scale=config.noise_scale, generator=gen
+                norms, shift=config.noise_shift, scale=config.noise_scale, generator=run.generator
             ):
                 return model(x)
 
-        def on_step(s: StepState) -> None:
-            loss_ma.add(s.loss_value)
-            schedule.step()
-            bench.advance(1)
-
-        hooks = (
-            [
-                every(config.probe_every, lambda s: probe(s.step)),
-                every(config.grad_every, grad_shift),
-            ]
-            if probes
-            else []
-        )
-        run_steps(
-            model,
-            kit.batches(data["train_images"], data["train_labels"], config.batch, seed, device),
-            opt,
-            steps=steps,
-            loss_fn=F.cross_entropy,
-            forward=noisy if arm == "bn-noise" else None,
-            on_batch=hooks,
-            on_step=on_step,
-        )
-        out: dict[str, Any] = {"loss_ma": [kit.json_float(v) for v in loss_ma.values]}
+        hooks = [
+            every(config.probe_every, lambda s: probe(s.step)),
+            every(config.grad_every, grad_shift),
+        ]
+        run.train(on_batch=hooks if probes else [], forward=noisy if arm == "bn-noise" else None)
+        out: dict[str, Any] = {"loss_ma": [kit.json_float(v) for v in run.loss_ma.values]}
         if probes:
-            if steps % config.probe_every == 0:
-                probe(steps)
-            out.update(
-                drift=drift,
-                grad=grad,
-                final_test_acc=100.0 * kit.accuracy_on_test(model, data, device),
-            )
+            if run.steps % config.probe_every == 0:
+                probe(run.steps)
+            out.update(drift=drift, grad=grad, final_test_acc=run.test_accuracy())
     return out
 
 
@@ -593,21 +466,24 @@ def read_metrics(config: ICSConfig, run: Mapping[str, Any]) -> dict[str, Any]:
     per_step = list(zip(*grad["layers"].values(), strict=True))  # layers -> steps
     cos = [kit.finite_mean(m["cos"] for m in ms) for ms in per_step]
     rel = [kit.finite_mean(m["rel"] for m in ms) for ms in per_step]
-    drift_steps, drift = run["drift"]["steps"], run["drift"]["values"]
-    at_loss = matched.window_mean(drift_steps, drift, reach, config.read_steps)
-    whole = kit.finite_mean(drift)
+
+    def at_loss(steps: Sequence[int], values: Sequence[Any]) -> float | None:
+        return matched.window_mean(steps, values, reach, config.read_steps)
+
+    drift_at_loss = at_loss(run["drift"]["steps"], run["drift"]["values"])
+    whole = kit.finite_mean(run["drift"]["values"])
     return {
         "steps_to_level": reach,
-        "drift_at_loss": at_loss,
-        "log_drift_at_loss": _log(at_loss),
+        "drift_at_loss": drift_at_loss,
+        "log_drift_at_loss": _log(drift_at_loss),
         "drift_run": whole,
         "log_drift_run": _log(whole),
-        "grad_cos_at_loss": matched.window_mean(grad["steps"], cos, reach, config.read_steps),
+        "grad_cos_at_loss": at_loss(grad["steps"], cos),
         "grad_cos_run": kit.finite_mean(cos),
-        "grad_rel_at_loss": matched.window_mean(grad["steps"], rel, reach, config.read_steps),
+        "grad_rel_at_loss": at_loss(grad["steps"], rel),
         "grad_rel_run": kit.finite_mean(rel),
         "final_train_loss": _final_loss(run["loss_ma"]),
-        "final_test_acc": run["final_test_acc"],
+        ACC: run[ACC],
     }
 
 
@@ -651,38 +527,6 @@ def measure(
     }
 
 
-def run(config: ICSConfig, ctx: LabContext) -> LabOutcome:
-    """Tune the tuned settings' lrs, then the measured runs, setting by setting."""
-    data = _data(config, ctx.data)
-    total = sum(config.steps_of(s) * len(config.lrs) * len(ARMS) for s in config.tuned)
-    total += sum(config.steps_of(s) * config.seeds * len(ARMS) for s in config.settings)
-    ctx.progress.start(total, "ics")
-    tuning: dict[str, dict[str, dict[float, Any]]] = {}
-    for setting in config.tuned:
-        done = run_grid(
-            ctx,
-            tune_grid(config, setting),
-            partial(_tune_cell, config),
-            data=data,
-            steps=config.steps_of(setting),
-        )
-        for cell, result in done:
-            by_lr = tuning.setdefault(setting, {}).setdefault(cell.variant, {})
-            by_lr[result["lr"]] = result["final_train_loss"]
-    lrs = kit.paired.choose_lrs(tuning)
-    runs = [
-        run_grid(
-            ctx,
-            main_grid(config, s),
-            partial(measure, config, lrs),
-            data=data,
-            steps=config.steps_of(s),
-        )
-        for s in config.settings
-    ]
-    return summarize(config, ctx, runs, tuning, lrs)
-
-
 # --- summary --------------------------------------------------------------------------
 
 _EMPTY = dict.fromkeys(
@@ -697,155 +541,154 @@ _EMPTY = dict.fromkeys(
         "grad_rel_at_loss",
         "grad_rel_run",
         "final_train_loss",
-        "final_test_acc",
+        ACC,
     )
 )
+_COLUMNS = [
+    ("steps to loss level", "steps_to_level"),
+    ("drift at loss (1)", "drift_at_loss"),
+    ("drift, whole run (1)", "drift_run"),
+    ("grad cos at loss (2)", "grad_cos_at_loss"),
+    ("grad cos, whole run (2)", "grad_cos_run"),
+    ("grad rel. change at loss (2)", "grad_rel_at_loss"),
+    ("final train loss", "final_train_loss"),
+    ("final test acc %", ACC),
+]
+_UNIT = "(ln drift, cosine, points)"
 
 
 def summarize(
-    config: ICSConfig,
-    ctx: LabContext,
-    runs: Sequence[GridRun],
-    tuning: Mapping[str, Mapping[str, Mapping[float, Any]]],
-    lrs: Mapping[str, Mapping[str, float | None]],
+    config: ICSConfig, ctx: LabContext, run: GridRun, tuned: kit.paired.Tuned
 ) -> LabOutcome:
     """Tables, verdicts and figures of the finished runs."""
-    per_seed: dict[str, Any] = {}
-    results: dict[str, dict[str, list[Any]]] = {}
-    for grid_run in runs:
-        per_seed.update(grid_run.per_seed(lambda r: r["metrics"] or _EMPTY))
-        for cell, r in grid_run:
-            results.setdefault(str(cell.setting), {}).setdefault(cell.variant, []).append(r)
-    declared = specs(config)
-    edges = [
-        f"{s}/{a}"
-        for s, arms in lrs.items()
-        for a, lr in arms.items()
-        if lr is not None and len(config.lrs) > 1 and lr in (min(config.lrs), max(config.lrs))
-    ]
+    per_seed = run.per_seed(lambda r: r["metrics"] or _EMPTY)
     raw: dict[str, Any] = {
         "per_seed": per_seed,
-        "specs": [spec_record(s) for s in declared],
-        "tuning": {
-            s: {a: {repr(lr): v for lr, v in by.items()} for a, by in arms.items()}
-            for s, arms in tuning.items()
-        },
-        "tune_rule": TUNE_RULE.format(
-            tuned=", ".join(config.tuned) or "none",
-            grid="/".join(f"{lr:g}" for lr in config.lrs),
-            window=50,
-            seed=config.tune_seed,
-            common=config.common_lr,
+        "specs": [spec_record(s) for s in specs(config)],
+        **tuned.record(
+            config,
+            "final training loss",
+            tune_rule=TUNE_RULE.format(
+                tuned=", ".join(config.tuned) or "none",
+                grid="/".join(f"{lr:g}" for lr in config.lrs),
+                window=50,
+                seed=config.tune_seed,
+                common=config.common_lr,
+            ),
+            lr={s: {a: _lr(config, tuned.lrs, s, a) for a in ARMS} for s in config.settings},
         ),
-        "lr": {s: {a: _lr(config, lrs, s, a) for a in ARMS} for s in config.settings},
-        "lr_at_grid_edge": edges,
         "loss_level": config.loss_level,
         "read_steps": config.read_steps,
     }
     verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
     raw["claims"] = list(evidences.values())
-    shown = stats.evaluate_experiment(shown_specs(config), per_seed)
-    raw["shown"] = shown
+    raw["shown"] = stats.evaluate_experiment(shown_specs(config), per_seed)
     tables = []
-    if tuning:
+    if tuned.values:
         tables.append(
-            Table(
+            tuned.table(
                 "Learning-rate tuning (final training loss on the tuning seed; the lowest "
                 "is chosen)",
-                ["setting", "arm", *(f"lr={lr:g}" for lr in config.lrs), "chosen lr"],
+                ["setting", "arm"],
+                config.lrs,
                 [
-                    [s, a, *(kit.json_float(by.get(float(lr))) for lr in config.lrs), lrs[s][a]]
-                    for s, arms in tuning.items()
+                    ((s, a), by, tuned.lr(s, a))
+                    for s, arms in tuned.values.items()
                     for a, by in arms.items()
                 ],
             )
         )
-    columns = [
-        ("steps to loss level", "steps_to_level"),
-        ("drift at loss (1)", "drift_at_loss"),
-        ("drift, whole run (1)", "drift_run"),
-        ("grad cos at loss (2)", "grad_cos_at_loss"),
-        ("grad cos, whole run (2)", "grad_cos_run"),
-        ("grad rel. change at loss (2)", "grad_rel_at_loss"),
-        ("final train loss", "final_train_loss"),
-        ("final test acc %", "final_test_acc"),
+    excluded = [
+        [
+            s,
+            a,
+            seed,
+            "never left chance" if at_chance else "trained",
+            _NEVER if reach is None else reach,
+            acc,
+        ]
+        for s, a, seed, reach, acc, at_chance in matched.excluded_runs(
+            per_seed, config.settings, ARMS, CHANCE
+        )
     ]
-    tables.append(
-        Table(
+    raw["excluded_runs"] = excluded
+    tables += [
+        matched.arm_table(
             f"Per arm (mean ± std over seeds; 'at loss': the {config.read_steps} steps from "
             f"the first step the {config.window}-step moving-average training loss reaches "
             f"{config.loss_level:g})",
-            ["setting", "arm", "lr", *(h for h, _ in columns)],
-            [
-                [s, a, raw["lr"][s][a], *(kit.mean_std_cell(m.get(k, [])) for _, k in columns)]
-                for s, arms in per_seed.items()
-                for a, m in arms.items()
-            ],
-        )
-    )
-    declared_table = kit.paired.claims_table(raw["claims"], "(ln drift, cosine, points)", 3)
-    shown_table = kit.paired.claims_table(shown, "(ln drift, cosine, points)", 3)
-    tables += [
-        declared_table,
-        Table(
+            per_seed,
+            raw["lr"],
+            _COLUMNS,
+            config.settings,
+            ARMS,
+        ),
+        kit.paired.claims_table(raw["claims"], _UNIT, 3),
+        matched.shown_table(
             "Shown, not voted (their own Holm family): the measures at matched step, noisy "
             "BN against BN",
-            shown_table.columns,
-            shown_table.rows,
+            raw["shown"],
+            _UNIT,
         ),
-    ]
-    excluded = []
-    for s, arms in per_seed.items():
-        for a, m in arms.items():
-            for seed, (reach, acc) in enumerate(
-                zip(m["steps_to_level"], m["final_test_acc"], strict=True)
-            ):
-                at_chance = acc is None or abs(acc - CHANCE.level) <= CHANCE.tolerance
-                if reach is None or at_chance:
-                    excluded.append(
-                        [
-                            s,
-                            a,
-                            seed,
-                            "never left chance" if at_chance else "trained",
-                            "never reached the loss level" if reach is None else reach,
-                            acc,
-                        ]
-                    )
-    raw["excluded_runs"] = excluded
-    tables.append(
         Table(
             "Runs excluded from a claim (at chance: from every claim; never at the loss "
             "level: from the matched-loss claims)",
             ["setting", "arm", "seed", "status", "steps to loss level", "final test acc %"],
             excluded or [["-", "-", "-", "none excluded", "-", "-"]],
-        )
+        ),
+    ]
+    _figures(config, ctx, run, per_seed)
+    notes = [
+        raw["tune_rule"],
+        f"SGD batch {config.batch}, "
+        + ", ".join(f"{s}: {n} steps" for s, n in config.steps)
+        + f"; lr held for {config.hold:.0%} of the steps, then linear to 0",
+        f"noisy BN: per step and channel s log-uniform in [1/{config.noise_scale:g}, "
+        f"{config.noise_scale:g}], b uniform in [-{config.noise_shift:g}, "
+        f"{config.noise_shift:g}]; probes and evaluation without noise",
+    ]
+    if raw["lr_at_grid_edge"]:
+        edges = ", ".join(raw["lr_at_grid_edge"])
+        notes.append(f"lr chosen at the grid's edge (the best may lie beyond): {edges}")
+    return LabOutcome(
+        tables=tables, verdicts=verdicts, figures=_captions(config), raw=raw, notes=notes
     )
+
+
+_NEVER = "never reached the loss level"
+
+
+def _figures(config: ICSConfig, ctx: LabContext, run: GridRun, per_seed: Mapping[str, Any]) -> None:
+    """The three figures (captions: :func:`_captions`)."""
     out = ctx.out_dir
-    plot_matched(
-        {s: {a: m["log_drift_at_loss"] for a, m in arms.items()} for s, arms in per_seed.items()},
+    matched.plot_primary(
+        per_seed,
+        "log_drift_at_loss",
+        config.settings,
+        ARMS,
         out / "ics_matched.png",
         ylabel="ln drift per probe interval, at matched loss",
-        title=f"Primary: layer-input drift at training loss {config.loss_level:g} "
-        "(points: seeds, joined; squares: mean ± 95% t interval)",
-    )
-    plot_drift_vs_loss(
-        {
-            s: {a: [r["drift"] for r in rs if r.get("drift")] for a, rs in arms.items()}
-            for s, arms in results.items()
-        },
-        out / "ics_drift_vs_loss.png",
+        what="layer-input drift",
         level=config.loss_level,
     )
+    curves = {
+        field: {
+            s: {
+                a: [r[field] for r in run.select(setting=s, variant=a) if r.get(field)]
+                for a in ARMS
+            }
+            for s in config.settings
+        }
+        for field in ("drift", "grad")
+    }
+    plot_drift_vs_loss(curves["drift"], out / "ics_drift_vs_loss.png", level=config.loss_level)
     plot_grad_ics(
-        {
-            s: {a: [r["grad"] for r in rs if r.get("grad")] for a, rs in arms.items()}
-            for s, arms in results.items()
-        },
-        {s: f"LeNet ({s})" for s in results},
-        out / "ics_gradient.png",
+        curves["grad"], {s: f"LeNet ({s})" for s in config.settings}, out / "ics_gradient.png"
     )
-    figures = [
+
+
+def _captions(config: ICSConfig) -> list[Figure]:
+    return [
         Figure(
             "ics_matched.png",
             "Primary metric: ln of the mean drift of the weight layers' input distributions "
@@ -865,18 +708,6 @@ def summarize(
             "layers' SGD step, per layer over training (mean over seeds)",
         ),
     ]
-    notes = [
-        raw["tune_rule"],
-        f"SGD batch {config.batch}, "
-        + ", ".join(f"{s}: {n} steps" for s, n in config.steps)
-        + f"; lr held for {config.hold:.0%} of the steps, then linear to 0",
-        f"noisy BN: per step and channel s log-uniform in [1/{config.noise_scale:g}, "
-        f"{config.noise_scale:g}], b uniform in [-{config.noise_shift:g}, "
-        f"{config.noise_shift:g}]; probes and evaluation without noise",
-    ]
-    if edges:
-        notes.append(f"lr chosen at the grid's edge (the best may lie beyond): {', '.join(edges)}")
-    return LabOutcome(tables=tables, verdicts=verdicts, figures=figures, raw=raw, notes=notes)
 
 
 _SANTURKAR = (
@@ -974,7 +805,7 @@ CLAIMS = kit.register_claims(
 )
 
 SPEC = register_lab(
-    LabSpec(
+    kit.paired.tuned_lab(
         name="ics",
         title="Internal covariate shift, with and without BN, at matched training loss",
         summary=(
@@ -989,8 +820,11 @@ SPEC = register_lab(
             "the whole run. Three declared claims, paired t, Holm, TOST."
         ),
         config_type=ICSConfig,
-        run=run,
-        needs_data=True,
+        tune=(tune_grid, _tune_cell),
+        measure=(main_grid, measure),
+        criterion="final_train_loss",
+        steps=lambda config, data: config.steps_of,
+        summarize=summarize,
         full_time=(
             "about 6 min on 2 quiet CPU cores with --workers 2 (42 runs, ~690 CPU-s: 800 "
             "ReLU steps with probes ~9 s of CPU, 2,000 sigmoid steps ~25 s, tuning runs "

@@ -26,7 +26,9 @@ diverged run) is never chosen; a choice at either end of the grid is flagged
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ __all__ = [
     "Tuned",
     "TunedConfig",
     "at_edge",
+    "by_setting",
     "chance_near",
     "choose_lrs",
     "claim_spec",
@@ -59,6 +62,7 @@ __all__ = [
     "lr_schedule",
     "measured_grid",
     "measured_text",
+    "run_by_setting",
     "run_tuned",
     "train_decayed",
     "tune_grid",
@@ -177,10 +181,12 @@ def claim_specs(
     *,
     chance: stats.ChanceRule | None,
     margin: float | None = None,
+    paired: bool = True,
 ) -> list[stats.ClaimSpec]:
     """The claims of an experiment on one primary ``metric``, declared compactly: one
     ``(name, direction, arm, reference, settings)`` per claim, ``config``'s margin (or
-    ``margin``) and min_seeds, the same ``chance`` rule."""
+    ``margin``) and min_seeds, the same ``chance`` rule; ``paired=False``: Welch's t
+    (arms not paired by seed)."""
     return [
         stats.ClaimSpec(
             name=name,
@@ -190,6 +196,7 @@ def claim_specs(
             reference=reference,
             margin=config.margin if margin is None else margin,
             min_seeds=config.min_seeds,
+            paired=paired,
             settings=None if settings is None else tuple(settings),
             chance=chance,
         )
@@ -338,11 +345,11 @@ def run_tuned(ctx: LabContext, config: Any, data: Any, **kwargs: Any) -> tuple[T
 
 def tuned_lab(
     *,
-    tune: tuple[Callable[[Any], Grid], Callable[..., Mapping[str, Any]]],
+    tune: tuple[Callable[[Any], Grid | None], Callable[..., Mapping[str, Any]]],
     measure: tuple[Callable[[Any], Grid], Callable[..., Any]],
     criterion: str,
     summarize: Callable[..., LabOutcome],
-    steps: Callable[[Any, Any], int] | None = None,
+    steps: Callable[[Any, Any], int | Callable[[Any], int]] | None = None,
     prepare: Callable[[Any, Any], Any] | None = None,
     extras: Callable[[Any, LabContext, Any], Mapping[str, Any]] | None = None,
     **spec: Any,
@@ -352,12 +359,14 @@ def tuned_lab(
     then the summary.
 
     Args:
-        tune: ``(grid, cell)``: config -> the tuning grid (:func:`tune_grid`), and the
-            tuning cell of :func:`tuned_runs`.
+        tune: ``(grid, cell)``: config -> the tuning grid (:func:`tune_grid`; None: no
+            setting is tuned), and the tuning cell of :func:`tuned_runs`.
         measure: ``(grid, cell)``: config -> the measured grid (:func:`measured_grid`),
             and the measured cell of :func:`tuned_runs`.
         criterion: as for :func:`tuned_runs`.
-        steps: ``(config, data) -> progress per cell`` (default: ``config.steps``).
+        steps: ``(config, data) -> progress per cell`` (default: ``config.steps``), or
+            ``-> setting -> progress`` where the settings' budgets differ
+            (:func:`run_by_setting`).
         summarize: ``(config, ctx, run, tuned, **extras) -> LabOutcome``.
         prepare: ``(config, ctx.data) -> data`` (default: ``config.subsets``).
         extras: ``(config, ctx, data) -> {name: value}`` after the runs (e.g. units of
@@ -391,11 +400,11 @@ def tuned_runs(
     config: Any,
     data: Any,
     *,
-    tune: Grid,
+    tune: Grid | None,
     main: Grid,
     cells: tuple[Callable[..., Mapping[str, Any]], Callable[..., Any]],
     criterion: str,
-    steps: int,
+    steps: int | Callable[[Any], int],
     label: str,
 ) -> tuple[dict, dict, GridRun]:
     """Run the tuning grid, choose each arm's lr, then the measured grid.
@@ -404,14 +413,17 @@ def tuned_runs(
         ctx: the experiment's context.
         config: the experiment's config, bound as the cells' first argument.
         data: ``bench.data``.
-        tune: :func:`tune_grid`'s grid (settings ``(setting, lr)``).
+        tune: :func:`tune_grid`'s grid (settings ``(setting, lr)``); None: no tuning
+            runs (no lr is chosen).
         main: the measured grid (settings as the tuning grid's first elements).
         cells: ``(tune_cell, main_cell)``, module-level functions (so that ``--workers``
             can run them in a pool): ``tune_cell(config, cell, bench) -> {criterion:
             value, ...}`` and ``main_cell(config, lrs, cell, bench) -> result``, ``lrs`` the
             chosen ``{setting: {arm: lr}}``.
         criterion: the key of ``tune_cell``'s result that the rule minimizes.
-        steps: progress per cell.
+        steps: progress per cell, or ``setting -> progress per cell`` (the grids then run
+            setting by setting, :func:`run_by_setting`; a tuning cell's setting is the
+            first element of its ``(setting, lr)``).
         label: the progress bar's text.
 
     Returns:
@@ -419,17 +431,60 @@ def tuned_runs(
         and the measured grid's run.
     """
     tune_cell, main_cell = cells
-    ctx.progress.start((len(tune.cells()) + len(main.cells())) * steps, label)
-    tuned = run_grid(ctx, tune, functools.partial(tune_cell, config), data=data, steps=steps)
+    tune_steps = (lambda key: steps(key[0])) if callable(steps) else steps
+    grids = [(tune, tune_steps)] if tune is not None else []
+    ctx.progress.start(sum(by_setting(g, n) for g, n in [*grids, (main, steps)]), label)
     tuning: dict[str, dict[str, dict[float, Any]]] = {}
-    for cell, result in tuned:
-        setting, lr = cell.setting
-        tuning.setdefault(str(setting), {}).setdefault(cell.variant, {})[lr] = result[criterion]
+    if tune is not None:
+        measure = functools.partial(tune_cell, config)
+        for cell, result in run_by_setting(ctx, tune, measure, data=data, steps=tune_steps):
+            setting, lr = cell.setting
+            by_lr = tuning.setdefault(str(setting), {}).setdefault(cell.variant, {})
+            by_lr[lr] = result[criterion]
     lrs = choose_lrs(tuning)
-    measured = run_grid(
+    measured = run_by_setting(
         ctx, main, functools.partial(main_cell, config, lrs), data=data, steps=steps
     )
     return tuning, lrs, measured
+
+
+def by_setting(grid: Grid, steps: int | Callable[[Any], int]) -> int:
+    """The progress of all of ``grid``'s cells: ``steps`` each, or ``steps(setting)``."""
+    if not callable(steps):
+        return len(grid.cells()) * steps
+    return sum(steps(cell.setting) for cell in grid.cells())
+
+
+def run_by_setting(
+    ctx: LabContext,
+    grid: Grid,
+    measure: Callable[[Cell, Bench], Any],
+    *,
+    data: Any,
+    steps: int | Callable[[Any], int],
+) -> GridRun:
+    """``run_grid`` with ``steps`` progress per cell, or, with ``steps(setting)``, one
+    ``run_grid`` per run of consecutive settings with the same steps (each at its own
+    progress per cell), joined in the grid's order: ``grid.order`` must then start with
+    ``"setting"``.
+
+    Raises:
+        ValueError: per-setting steps and a grid whose outer loop is not the setting.
+    """
+    if not callable(steps):
+        return run_grid(ctx, grid, measure, data=data, steps=steps)
+    if grid.order[0] != "setting":
+        raise ValueError(
+            f"run_by_setting: per-setting steps need the setting outermost, got {grid.order!r}"
+        )
+    cells: list[Cell] = []
+    results: list[Any] = []
+    for n, settings in itertools.groupby(grid.settings, key=steps):
+        part = dataclasses.replace(grid, settings=tuple(settings))
+        done = run_grid(ctx, part, measure, data=data, steps=n)
+        cells += done.cells
+        results += done.results
+    return GridRun(cells, results)
 
 
 def lr_schedule(steps: int) -> Callable[[int], float]:
