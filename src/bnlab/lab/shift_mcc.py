@@ -76,12 +76,9 @@ from bnlab.lab.experiment import (
     seeded,
 )
 from bnlab.lab.kit import matched
-from bnlab.lab.runner import Bench, Cell, Grid, run_grid
-from bnlab.models.lenet import LeNet
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
 from bnlab.plots.effects import plot_arms
-from bnlab.plots.ics import plot_matched
-from bnlab.train import init_weights
-from bnlab.train.steps import StepState, every, run_steps
+from bnlab.train.steps import every, run_steps
 
 __all__ = [
     "ARMS",
@@ -106,7 +103,8 @@ PLANTED_KINDS: tuple[str, ...] = (*SHIFT_KINDS, "class-mix")
 PROBED = ("conv2", "fc1", "fc2", "fc3")
 #: arm -> the model registry's norm.
 ARMS: dict[str, str] = {"none": "none", "bn": kit.BN_NORM}
-CHANCE = stats.ChanceRule("final_test_acc", level=10.0, tolerance=2.0)
+ACC = "final_test_acc"
+CHANCE = kit.paired.chance_near(ACC)
 
 
 def matthews_corrcoef(pred: Tensor, target: Tensor) -> float:
@@ -256,22 +254,21 @@ def shift_images(x: Tensor, kind: str, strength: float, *, generator: torch.Gene
 
 
 @dataclass(frozen=True)
-class ShiftMccConfig(kit.PairedConfig):
+class ShiftMccConfig(matched.MatchedConfig):
     """Settings of ``shift-mcc`` (defaults: the full run).
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads: ``kit.PairedConfig`` (5 paired
-            seeds, all images, 1 thread per cell).
+        seeds, train_size, test_size, min_seeds, threads, steps, batch, hold, window,
+            loss_level: ``kit.matched.MatchedConfig`` (5 paired seeds, all images, ReLU
+            800 and sigmoid 2,000 steps of batch 128, loss level 0.8).
         sample_size: images per side of a detector comparison (half trains the classifier).
         hidden, classifier_steps, classifier_lr, weight_decay: the adversarial classifier.
         planted: ``((kind, strength), ...)``: the planted shifts of the detection claim
             (``SHIFT_KINDS`` and ``"class-mix"``, whose strength is the fraction of
             classes 0-4 in B).
-        steps: ``((activation, SGD steps), ...)``: the LeNet settings and their budgets.
         lrs: ``((activation, arm, lr), ...)``: every LeNet run's lr.
-        batch, hold: SGD batch; the fraction of steps at constant lr before the decay.
-        window, loss_level, read_steps: the matched-loss read-out (moving-average window,
-            level, and the steps from its first reach whose intervals are read).
+        read_steps: the steps from the first reach of ``loss_level`` whose intervals are
+            read.
         step_reads: the interval starts read at matched step.
         probe_every: ``k``, the steps between probes (shift of step t against t + k).
         probe_size: probe images (two halves of ``probe_size / 2``).
@@ -289,17 +286,12 @@ class ShiftMccConfig(kit.PairedConfig):
         ("noise", 0.01),
         ("class-mix", 0.9),
     )
-    steps: tuple[tuple[str, int], ...] = (("relu", 800), ("sigmoid", 2000))
     lrs: tuple[tuple[str, str, float], ...] = (
         ("relu", "none", 0.1),
         ("relu", "bn", 0.1),
         ("sigmoid", "none", 1.0),
         ("sigmoid", "bn", 3.0),
     )
-    batch: int = 128
-    hold: float = 0.75
-    window: int = 25
-    loss_level: float = 0.8
     read_steps: int = 40
     step_reads: tuple[int, ...] = (100, 300, 500)
     probe_every: int = 20
@@ -309,41 +301,23 @@ class ShiftMccConfig(kit.PairedConfig):
     ics_margin: float = 0.1
 
     #: A smoke test: 2 seeds (below min_seeds: no verdict), tiny samples and runs.
-    QUICK = kit.PairedConfig.quick_settings(
+    QUICK = matched.MatchedConfig.quick_settings(
         sample_size=200,
         classifier_steps=30,
-        steps=(("relu", 30), ("sigmoid", 30)),
-        train_size=2048,
         test_size=1000,
-        window=5,
-        loss_level=2.2,
         read_steps=10,
         step_reads=(5, 10),
-        probe_every=5,
         probe_size=128,
+    )
+    POSITIVE = (
+        *matched.MatchedConfig.POSITIVE,
+        *("sample_size", "classifier_steps", "classifier_lr"),
+        *("detect_margin", "null_margin", "ics_margin"),
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         owner = type(self).__name__
-        kit.check_positive(
-            owner,
-            self,
-            (
-                "seeds",
-                "sample_size",
-                "classifier_steps",
-                "classifier_lr",
-                "batch",
-                "window",
-                "loss_level",
-                "read_steps",
-                "probe_every",
-                "probe_size",
-                "detect_margin",
-                "null_margin",
-                "ics_margin",
-            ),
-        )
         for kind, strength in self.planted:
             if kind not in PLANTED_KINDS:
                 raise ValueError(
@@ -352,19 +326,11 @@ class ShiftMccConfig(kit.PairedConfig):
                 )
             if kind == "class-mix" and not 0.0 <= strength <= 1.0:
                 raise ValueError(f"{owner}: class-mix must be a fraction in [0, 1], got {strength}")
-        if not self.steps:
-            raise ValueError(f"{owner}: steps is empty; give ((activation, steps), ...)")
         known = {(s, a) for s, a, _ in self.lrs}
-        for setting, n in self.steps:
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(
-                    f"{owner}: steps of {setting!r} must be an integer >= 1, got {n!r}"
-                )
+        for setting in self.settings:
             for arm in ARMS:
                 if (setting, arm) not in known:
                     raise ValueError(f"{owner}: lrs has no lr for ({setting!r}, {arm!r})")
-        if not 0.0 <= self.hold <= 1.0:
-            raise ValueError(f"{owner}: hold must be in [0, 1], got {self.hold!r}")
         for start in self.step_reads:
             if start % self.probe_every:
                 raise ValueError(
@@ -372,81 +338,45 @@ class ShiftMccConfig(kit.PairedConfig):
                     f"({self.probe_every}), got {start}"
                 )
 
-    @property
-    def settings(self) -> tuple[str, ...]:
-        return tuple(s for s, _ in self.steps)
-
-    def steps_of(self, setting: str) -> int:
-        return dict(self.steps)[setting]
-
     def lr_of(self, setting: str, arm: str) -> float:
         return {(s, a): lr for s, a, lr in self.lrs}[(setting, arm)]
 
 
 def specs(config: ShiftMccConfig) -> list[stats.ClaimSpec]:
     """The four claims, declared before the run (see the module docstring)."""
-    n = config.min_seeds
+    kinds = tuple(kind for kind, _ in config.planted)
+    null, detect = config.null_margin, config.detect_margin
+    declare = partial(kit.paired.claim_specs, config, "mcc", chance=None)
     return [
-        stats.ClaimSpec(
-            name="mcc-detects-covariate-shift",
-            metric="mcc",
-            direction="higher",
-            arm="shifted",
-            reference="null",
-            margin=config.detect_margin,
-            min_seeds=n,
-            settings=tuple(kind for kind, _ in config.planted),
+        *declare(
+            [("mcc-detects-covariate-shift", "higher", "shifted", "null", kinds)], margin=detect
         ),
-        stats.ClaimSpec(
-            name="mcc-false-positive-on-null",
-            metric="mcc",
-            direction="higher",
-            arm="null",
-            reference="zero",
-            margin=config.null_margin,
-            min_seeds=n,
-            settings=("null",),
+        *declare(
+            [("mcc-false-positive-on-null", "higher", "null", "zero", ("null",))], margin=null
         ),
-        stats.ClaimSpec(
-            name="fashion-mnist-splits-shifted",
-            metric="mcc",
-            direction="higher",
-            arm="train-test",
-            reference="null",
-            margin=config.null_margin,
-            min_seeds=n,
+        *declare(
+            [("fashion-mnist-splits-shifted", "higher", "train-test", "null", ("splits",))],
+            margin=null,
             paired=False,
-            settings=("splits",),
         ),
-        stats.ClaimSpec(
-            name="bn-reduces-ics-mcc",
-            metric="mcc_at_loss",
-            direction="lower",
-            arm="bn",
-            reference="none",
-            margin=config.ics_margin,
-            min_seeds=n,
-            chance=CHANCE,
-            settings=config.settings,
-        ),
+        *_internal(config, "mcc_at_loss", "bn-reduces-ics-mcc"),
     ]
 
 
 def shown_specs(config: ShiftMccConfig) -> list[stats.ClaimSpec]:
     """Shown, not voted: the internal MCC at matched step."""
-    return [
-        stats.ClaimSpec(
-            "internal MCC at matched step",
-            "mcc_step",
-            "lower",
-            "bn",
-            "none",
-            config.ics_margin,
-            min_seeds=config.min_seeds,
-            chance=CHANCE,
-            settings=config.settings,
-        )
-    ]
+    return _internal(config, "mcc_step", "internal MCC at matched step")
+
+
+def _internal(config: ShiftMccConfig, metric: str, name: str) -> list[stats.ClaimSpec]:
+    """BN lowers the internal MCC (``metric``), per setting, runs at chance excluded."""
+    return kit.paired.claim_specs(
+        config,
+        metric,
+        [(name, "lower", "bn", "none", config.settings)],
+        chance=CHANCE,
+        margin=config.ics_margin,
+    )
 
 
 def _flat(images: Tensor) -> Tensor:
@@ -505,8 +435,8 @@ def detector_scores(config: ShiftMccConfig, data: Mapping[str, Tensor], seed: in
     return out
 
 
-def _detector_cell(config: ShiftMccConfig, data: Mapping[str, Tensor], cell: Cell, bench: Bench):
-    return detector_scores(config, data, cell.seed)
+def _detector_cell(config: ShiftMccConfig, cell: Cell, bench: Bench) -> dict:
+    return detector_scores(config, bench.data, cell.seed)
 
 
 def internal_run(
@@ -515,29 +445,24 @@ def internal_run(
     """Train LeNet (``setting``: its activation) at its lr; score each probed layer's
     shift over the intervals read at matched loss and at matched step, and the same-step
     null at the first matched-loss probe."""
-    data, device = bench.data, bench.device
-    steps, k = config.steps_of(setting), config.probe_every
-    lr = config.lr_of(setting, arm)
-    probe = kit.probe_batch(data, config.probe_size, device)
+    k, lr = config.probe_every, config.lr_of(setting, arm)
+    probe = kit.probe_batch(bench.data, config.probe_size, bench.device)
     half = probe.shape[0] // 2
-    loss_ma = matched.LossAverage(config.window)
     scores: list[dict[str, Any]] = []
     nulls: dict[str, float] = {}
     previous: list[Any] = []  # [(step, {layer: (P, features)})] of the last needed probe
 
-    with kit.cpu_threads(config.threads), seeded(seed):
-        model = LeNet(ARMS[arm], activation=setting)
-        init_weights(model, seed)
-        model.to(device).train()
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, matched.hold_then_decay(steps, config.hold)
-        )
+    def score(x0: Tensor, x1: Tensor, seed: int) -> float:
+        """The MCC of ``x0``'s first half of the probe images against ``x1``'s second."""
+        n = probe.shape[0]
+        return _score(config, x0.reshape(n, -1)[:half], x1.reshape(n, -1)[half : 2 * half], seed)
+
+    with matched.lenet_run(config, setting, ARMS[arm], lr, seed, bench) as run:
 
         def needed(step: int) -> str | None:
             """Why the interval starting at ``step`` is read: "loss", "step", both
             ("loss+step") or None."""
-            reach = matched.first_reach(loss_ma.values, config.loss_level)
+            reach = matched.first_reach(run.loss_ma.values, config.loss_level)
             why = []
             if reach is not None and reach <= step < reach + config.read_steps:
                 why.append("loss")
@@ -549,51 +474,35 @@ def internal_run(
             seen = None
             if previous:
                 t0, before, why = previous.pop()
-                seen = kit.probe_copy(model, probe, PROBED)
+                seen = kit.probe_copy(run.model, probe, PROBED)
                 for n in PROBED:
-                    x0 = before[n].reshape(probe.shape[0], -1)
-                    x1 = seen[n].reshape(probe.shape[0], -1)
-                    got = _score(config, x0[:half], x1[half : 2 * half], seed * 1000 + t0)
+                    got = score(before[n], seen[n], seed * 1000 + t0)
                     scores.append({"start": t0, "why": why, "layer": n, "mcc": got})
             why = needed(step)
-            if why is not None and step + k <= steps:
-                seen = seen if seen is not None else kit.probe_copy(model, probe, PROBED)
+            if why is not None and step + k <= run.steps:
+                seen = seen if seen is not None else kit.probe_copy(run.model, probe, PROBED)
                 previous.append((step, seen, why))
                 if "loss" in why and not nulls:
                     for n in PROBED:
-                        x = seen[n].reshape(probe.shape[0], -1)
-                        nulls[n] = _score(config, x[:half], x[half : 2 * half], seed * 1000 + 7)
+                        nulls[n] = score(seen[n], seen[n], seed * 1000 + 7)
 
-        def on_step(s: StepState) -> None:
-            loss_ma.add(s.loss_value)
-            schedule.step()
-            bench.advance(1)
-
-        run_steps(
-            model,
-            kit.batches(data["train_images"], data["train_labels"], config.batch, seed, device),
-            opt,
-            steps=steps,
-            loss_fn=F.cross_entropy,
-            on_batch=every(k, lambda s: record(s.step)),
-            on_step=on_step,
-        )
-        if previous and steps % k == 0:
-            record(steps)
-        acc = 100.0 * kit.accuracy_on_test(model, data, device)
-    reach = matched.first_reach(loss_ma.values, config.loss_level)
-    tail = [v for v in loss_ma.values[-50:] if math.isfinite(v)]
+        run.train(on_batch=every(k, lambda s: record(s.step)))
+        if previous and run.steps % k == 0:
+            record(run.steps)
+        acc = run.test_accuracy()
+    values = run.loss_ma.values
+    tail = [v for v in values[-50:] if math.isfinite(v)]
     return {
         "lr": lr,
         "scores": scores,
         "null": nulls,
         "metrics": {
-            "steps_to_level": reach,
+            "steps_to_level": matched.first_reach(values, config.loss_level),
             "mcc_at_loss": kit.finite_mean(s["mcc"] for s in scores if "loss" in s["why"]),
             "mcc_step": kit.finite_mean(s["mcc"] for s in scores if "step" in s["why"]),
             "null_at_loss": kit.finite_mean(nulls.values()),
             "final_train_loss": sum(tail) / len(tail) if tail else None,
-            "final_test_acc": acc,
+            ACC: acc,
         },
     }
 
@@ -602,34 +511,32 @@ def _internal_cell(config: ShiftMccConfig, cell: Cell, bench: Bench) -> dict[str
     return internal_run(config, cell.setting, cell.variant, cell.seed, bench)
 
 
+def internal_grid(config: ShiftMccConfig) -> Grid:
+    """The LeNet runs: setting by setting, seed x arm (units ``SETTING-ARM-seedN``)."""
+    return kit.paired.measured_grid(
+        ARMS, config.seeds, config.settings, order=("setting", "seed", "variant")
+    )
+
+
 def run(config: ShiftMccConfig, ctx: LabContext) -> LabOutcome:
     """The detector's units (one per seed), then the LeNet runs, setting by setting."""
     data = config.subsets(ctx.data, "shift-mcc")
-    total = config.seeds + sum(
-        config.steps_of(s) * len(ARMS) * config.seeds for s in config.settings
-    )
-    ctx.progress.start(total, "shift-mcc")
+    grid = internal_grid(config)
+    ctx.progress.start(config.seeds + kit.paired.by_setting(grid, config.steps_of), "shift-mcc")
     detector = run_grid(
         ctx,
         Grid(("detector",), config.seeds, key=lambda c: f"detector-seed{c.seed}"),
-        partial(_detector_cell, config, data),
+        partial(_detector_cell, config),
         data=data,
     )
-    internal = {
-        s: run_grid(
-            ctx,
-            Grid(tuple(ARMS), config.seeds, settings=(s,), order=("seed", "variant", "setting")),
-            partial(_internal_cell, config),
-            data=data,
-            steps=config.steps_of(s),
-        )
-        for s in config.settings
-    }
+    internal = kit.paired.run_by_setting(
+        ctx, grid, partial(_internal_cell, config), data=data, steps=config.steps_of
+    )
     return summarize(config, ctx, detector.results, internal)
 
 
 def per_seed_numbers(
-    config: ShiftMccConfig, detector: Sequence[Mapping[str, float]], internal: Mapping[str, Any]
+    config: ShiftMccConfig, detector: Sequence[Mapping[str, float]], internal: GridRun
 ) -> dict[str, Any]:
     """``setting -> arm -> metric -> [per seed]`` for every claim."""
     null = [d["null"] for d in detector]
@@ -642,16 +549,25 @@ def per_seed_numbers(
         "train-test": {"mcc": [d["train-test"] for d in detector]},
         "null": {"mcc": null},
     }
-    for grid_run in internal.values():
-        per_seed.update(grid_run.per_seed(lambda r: r["metrics"]))
+    per_seed.update(internal.per_seed(lambda r: r["metrics"]))
     return per_seed
+
+
+_COLUMNS = [
+    ("steps to loss level", "steps_to_level"),
+    ("MCC at loss", "mcc_at_loss"),
+    ("MCC at step", "mcc_step"),
+    ("same-step null", "null_at_loss"),
+    ("final train loss", "final_train_loss"),
+    ("final test acc %", ACC),
+]
 
 
 def summarize(
     config: ShiftMccConfig,
     ctx: LabContext,
     detector: Sequence[Mapping[str, float]],
-    internal: Mapping[str, Any],
+    internal: GridRun,
 ) -> LabOutcome:
     """Tables, verdicts and figures."""
     per_seed = per_seed_numbers(config, detector, internal)
@@ -660,7 +576,7 @@ def summarize(
         "specs": [spec_record(s) for s in specs(config)],
         "planted": [list(p) for p in config.planted],
         "lr": {s: {a: config.lr_of(s, a) for a in ARMS} for s in config.settings},
-        "units": {s: r.results for s, r in internal.items()},
+        "units": {s: internal.select(setting=s) for s in config.settings},
         "classifier": (
             f"MLP {config.hidden} ReLU units" if config.hidden else "logistic regression"
         )
@@ -669,12 +585,8 @@ def summarize(
     }
     verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
     raw["claims"] = list(evidences.values())
-    shown = stats.evaluate_experiment(shown_specs(config), per_seed)
-    raw["shown"] = shown
-
-    def cell(values: Sequence[Any]) -> str | None:
-        return kit.mean_std_cell(values)
-
+    raw["shown"] = stats.evaluate_experiment(shown_specs(config), per_seed)
+    cell = kit.mean_std_cell
     det_rows = [["null: A vs B (one distribution)", "-", cell(per_seed["null"]["null"]["mcc"])]]
     det_rows += [
         [f"planted: {kind}", strength, cell(per_seed[kind]["shifted"]["mcc"])]
@@ -683,100 +595,60 @@ def summarize(
     det_rows.append(
         ["train sample vs test sample", "-", cell(per_seed["splits"]["train-test"]["mcc"])]
     )
+    layer_rows = []
+    for s in config.settings:
+        for a in ARMS:
+            units = internal.select(setting=s, variant=a)
+            for n in PROBED:
+                values = [
+                    kit.finite_mean(
+                        x["mcc"] for x in r["scores"] if x["layer"] == n and "loss" in x["why"]
+                    )
+                    for r in units
+                ]
+                nulls = [r["null"].get(n) for r in units]
+                layer_rows.append([s, a, n, cell(values), cell(nulls)])
+    raw["excluded_runs"] = [
+        [s, a, seed, reach if reach is not None else "never", acc]
+        for s, a, seed, reach, acc, _ in matched.excluded_runs(
+            per_seed, config.settings, ARMS, CHANCE
+        )
+    ]
     tables = [
         Table(
             f"Detector (held-out MCC, mean ± std over {len(detector)} seeds; "
             f"{config.sample_size} images per side)",
             ["comparison", "strength", "MCC"],
             det_rows,
-        )
-    ]
-    columns = [
-        ("steps to loss level", "steps_to_level"),
-        ("MCC at loss", "mcc_at_loss"),
-        ("MCC at step", "mcc_step"),
-        ("same-step null", "null_at_loss"),
-        ("final train loss", "final_train_loss"),
-        ("final test acc %", "final_test_acc"),
-    ]
-    tables.append(
-        Table(
+        ),
+        matched.arm_table(
             f"Inside LeNet: MCC of a layer's inputs at step t vs t + {config.probe_every} "
             f"(mean over conv2/fc1/fc2/fc3 inputs; mean ± std over seeds); 'at loss': the "
             f"intervals starting in the {config.read_steps} steps after the training loss "
             f"reaches {config.loss_level:g}; 'at step': those starting at "
             f"{', '.join(map(str, config.step_reads))}",
-            ["setting", "arm", "lr", *(h for h, _ in columns)],
-            [
-                [s, a, raw["lr"][s][a], *(cell(per_seed[s][a].get(k, [])) for _, k in columns)]
-                for s in config.settings
-                for a in ARMS
-            ],
-        )
-    )
-    layer_rows = []
-    for s, grid_run in internal.items():
-        for a in ARMS:
-            for n in PROBED:
-                values = [
-                    kit.finite_mean(
-                        x["mcc"] for x in r["scores"] if x["layer"] == n and "loss" in x["why"]
-                    )
-                    for r in grid_run.select(variant=a)
-                ]
-                nulls = [r["null"].get(n) for r in grid_run.select(variant=a)]
-                layer_rows.append([s, a, n, cell(values), cell(nulls)])
-    tables.append(
+            per_seed,
+            raw["lr"],
+            _COLUMNS,
+            config.settings,
+            ARMS,
+        ),
         Table(
             "Per layer at matched loss (mean ± std over seeds) and the same-step null",
             ["setting", "arm", "layer input", "MCC at loss", "null"],
             layer_rows,
-        )
-    )
-    declared_table = kit.paired.claims_table(raw["claims"], "MCC", 3)
-    shown_table = kit.paired.claims_table(shown, "MCC", 3)
-    tables += [
-        declared_table,
-        Table(
-            "Shown, not voted: the internal MCC at matched step",
-            shown_table.columns,
-            shown_table.rows,
         ),
-    ]
-    excluded = [
-        [s, a, seed, reach if reach is not None else "never", acc]
-        for s in config.settings
-        for a in ARMS
-        for seed, (reach, acc) in enumerate(
-            zip(per_seed[s][a]["steps_to_level"], per_seed[s][a]["final_test_acc"], strict=True)
-        )
-        if reach is None or abs(acc - CHANCE.level) <= CHANCE.tolerance
-    ]
-    raw["excluded_runs"] = excluded
-    tables.append(
+        kit.paired.claims_table(raw["claims"], "MCC", 3),
+        matched.shown_table(
+            "Shown, not voted: the internal MCC at matched step", raw["shown"], "MCC"
+        ),
         Table(
             "LeNet runs excluded (never left chance, or never at the loss level)",
             ["setting", "arm", "seed", "steps to loss level", "final test acc %"],
-            excluded or [["-", "-", "-", "none excluded", "-"]],
-        )
-    )
-    plot_arms(
-        {
-            "null": per_seed["null"]["null"]["mcc"],
-            **{kind: per_seed[kind]["shifted"]["mcc"] for kind, _ in config.planted},
-            "train-test": per_seed["splits"]["train-test"]["mcc"],
-        },
-        ctx.out_dir / "shift_detector.png",
-        ylabel="held-out MCC (shift score)",
-        title="Adversarial validation: the null, planted shifts, the splits",
-    )
-    plot_matched(
-        {s: {a: per_seed[s][a]["mcc_at_loss"] for a in ARMS} for s in config.settings},
-        ctx.out_dir / "shift_internal.png",
-        ylabel=f"MCC(t, t + {config.probe_every}) at matched loss",
-        title=f"Primary: internal shift at training loss {config.loss_level:g} "
-        "(points: seeds, joined; squares: mean ± 95% t interval)",
-    )
+            raw["excluded_runs"] or [["-", "-", "-", "none excluded", "-"]],
+        ),
+    ]
+    _figures(config, ctx, per_seed)
     return LabOutcome(
         tables=tables,
         verdicts=verdicts,
@@ -802,6 +674,29 @@ def summarize(
             "Brightness, contrast and noise shifts move the black background off 0, which a "
             "classifier sees easily; the class mix changes only which images B holds.",
         ],
+    )
+
+
+def _figures(config: ShiftMccConfig, ctx: LabContext, per_seed: Mapping[str, Any]) -> None:
+    plot_arms(
+        {
+            "null": per_seed["null"]["null"]["mcc"],
+            **{kind: per_seed[kind]["shifted"]["mcc"] for kind, _ in config.planted},
+            "train-test": per_seed["splits"]["train-test"]["mcc"],
+        },
+        ctx.out_dir / "shift_detector.png",
+        ylabel="held-out MCC (shift score)",
+        title="Adversarial validation: the null, planted shifts, the splits",
+    )
+    matched.plot_primary(
+        per_seed,
+        "mcc_at_loss",
+        config.settings,
+        ARMS,
+        ctx.out_dir / "shift_internal.png",
+        ylabel=f"MCC(t, t + {config.probe_every}) at matched loss",
+        what="internal shift",
+        level=config.loss_level,
     )
 
 
