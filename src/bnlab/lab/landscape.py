@@ -54,21 +54,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab import kit, stats
 from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_record, stats_rule
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    register_lab,
-    seeded,
-)
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.kit import paired, probed
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.plots.landscape import plot_landscape
@@ -90,6 +81,7 @@ __all__ = [
 ARMS: dict[str, str] = {"none": "none", "bn": kit.BN_NORM}
 #: The measures at each probe and the claims' metrics.
 MEASURES = ("loss_range", "grad_change_max", "beta", "grad_change_rel", "grad_norm")
+_LABEL = {"relu": "LeNet (ReLU)", "sigmoid": "LeNet (sigmoid)", "tanh": "LeNet (tanh)"}
 
 
 def _norm(tensors: Sequence[Tensor]) -> float:
@@ -166,19 +158,17 @@ def landscape_probe(
 
 
 @dataclass(frozen=True)
-class LandscapeConfig(kit.PairedConfig):
+class LandscapeConfig(probed.ProbedConfig):
     """Settings of ``bnlab lab landscape`` (defaults: the full run).
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads: as in ``kit.PairedConfig``
-            (all images, 1 thread per cell); 8 paired seeds here.
-        first_seed: the seeds are ``first_seed .. first_seed + seeds - 1`` (fresh seeds
-            100-107: seeds 0-4 ran the first, too short, design).
-        tune_seed: the separate seed of the lr tuning runs.
+        seeds, train_size, test_size, min_seeds, threads, first_seed, tune_seed, batch,
+            window: as in ``kit.probed.ProbedConfig`` (all images, 1 thread per cell,
+            batch 128, a 50-step window); 8 paired seeds here, fresh seeds 100-107
+            (seeds 0-4 ran the first, too short, design).
         lrs: the lr grid (each arm picks one by ``kit.paired.TUNE_RULE``).
         activation: LeNet's activation.
-        batch, steps: SGD batch and steps of every run.
-        window: mini-batch losses in the training-loss moving average.
+        steps: SGD steps of every run.
         loss_level: the matched training loss (moving average) of the primary readout.
         probe_every: steps between the probes along training (matched step: the last).
         probe_batches: fixed training batches (of ``batch`` images) each probe averages.
@@ -187,13 +177,9 @@ class LandscapeConfig(kit.PairedConfig):
     """
 
     seeds: int = 8
-    first_seed: int = 100
-    tune_seed: int = 1000
     lrs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
     activation: str = "relu"
-    batch: int = 128
     steps: int = 1200
-    window: int = 50
     loss_level: float = 0.6
     probe_every: int = 120
     probe_batches: int = 4
@@ -201,35 +187,29 @@ class LandscapeConfig(kit.PairedConfig):
     margin: float = 0.3
 
     #: A smoke test: 2 seeds (below min_seeds: no verdict), two lrs, 40 steps.
-    QUICK = kit.PairedConfig.quick_settings(
-        seeds=2,
-        first_seed=0,
+    QUICK = probed.ProbedConfig.quick_settings(
         lrs=(0.1, 0.3),
-        batch=64,
         steps=40,
-        window=10,
         loss_level=2.2,
         probe_every=20,
         probe_batches=1,
         step_sizes=(0.1, 0.4),
-        train_size=1024,
-        test_size=256,
     )
+    POSITIVE = (
+        "seeds",
+        "batch",
+        "steps",
+        "window",
+        "loss_level",
+        "probe_every",
+        "probe_batches",
+        "margin",
+    )
+    GRIDS = ("lrs", "step_sizes")
 
     def __post_init__(self) -> None:
-        kit.check_positive(
-            "LandscapeConfig",
-            self,
-            ("seeds", "batch", "steps", "window", "loss_level", "probe_every", "probe_batches"),
-        )
-        kit.check_positive("LandscapeConfig", self, ("margin",))
-        if self.first_seed < 0:
-            raise ValueError(f"LandscapeConfig: first_seed must be >= 0, got {self.first_seed!r}")
-        for name in ("lrs", "step_sizes"):
-            values = getattr(self, name)
-            if not values or any(not v > 0 for v in values):
-                raise ValueError(f"LandscapeConfig: {name} must be > 0, got {values!r}")
-        if self.activation not in ("relu", "sigmoid", "tanh"):
+        super().__post_init__()
+        if self.activation not in _LABEL:
             raise ValueError(
                 f"LandscapeConfig: activation must be relu, sigmoid or tanh, got "
                 f"{self.activation!r}"
@@ -238,32 +218,17 @@ class LandscapeConfig(kit.PairedConfig):
 
 def specs(config: LandscapeConfig) -> list[stats.ClaimSpec]:
     """The claims, declared before the run (see the module docstring)."""
-    chance = stats.ChanceRule("final_test_acc", level=10.0, tolerance=2.0)
+    chance = paired.chance_near("final_test_acc")
     return [
-        stats.ClaimSpec(
-            name=name,
-            metric=metric,
-            direction="lower",
-            arm="bn",
-            reference="none",
-            margin=config.margin,
-            min_seeds=config.min_seeds,
-            chance=chance,
-        )
+        spec
         for name, metric in (
             ("bn-smoother-landscape", "log10_beta_at_loss"),
             ("bn-lipschitz-loss", "log10_loss_range_at_loss"),
         )
+        for spec in paired.claim_specs(
+            config, metric, [(name, "lower", "bn", "none", None)], chance=chance
+        )
     ]
-
-
-def _probe_batches(
-    config: LandscapeConfig, data: Mapping[str, Tensor], device: torch.device
-) -> list[tuple[Tensor, Tensor]]:
-    n = min(config.probe_batches * config.batch, data["train_images"].shape[0])
-    x = kit.float_images(data["train_images"][:n]).to(device)
-    y = data["train_labels"][:n].to(device)
-    return [(x[i : i + config.batch], y[i : i + config.batch]) for i in range(0, n, config.batch)]
 
 
 def _train(
@@ -271,29 +236,27 @@ def _train(
 ) -> dict[str, Any]:
     """One LeNet run at ``lr``; with ``probes``, landscape probes along training and at
     the matched loss, and the final test accuracy (%)."""
-    data, device = bench.data, bench.device
-    with kit.cpu_threads(config.threads):
-        with seeded(seed):
-            model = probed.lenet(config.activation, ARMS[arm], seed).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
-        batches = kit.batches(
-            data["train_images"], data["train_labels"], config.batch, seed, device
-        )
-        fixed = _probe_batches(config, data, device) if probes else []
-        run = probed.train_probed(
-            model,
-            batches,
-            opt,
-            steps=config.steps,
-            window=config.window,
-            level=config.loss_level if probes else None,
-            probe=(lambda: landscape_probe(model, fixed, config.step_sizes)) if probes else None,
-            probe_every=config.probe_every if probes else None,
-            on_step=lambda s: bench.advance(1),
-        )
-        if probes:
-            run["final_test_acc"] = 100.0 * kit.accuracy_on_test(model, data, device)
-    return run
+
+    def probe(model: nn.Module) -> Callable[[], dict[str, Any]]:
+        x, y = probed.probe_images(bench.data, config.probe_batches * config.batch, bench.device)
+        fixed = [
+            (x[i : i + config.batch], y[i : i + config.batch])
+            for i in range(0, len(x), config.batch)
+        ]
+        return lambda: landscape_probe(model, fixed, config.step_sizes)
+
+    return probed.probed_lenet(
+        config,
+        config.activation,
+        ARMS[arm],
+        lr,
+        seed,
+        bench,
+        steps=config.steps,
+        level=config.loss_level,
+        probe_every=config.probe_every,
+        probe=probe if probes else None,
+    )
 
 
 def tune_cell(config: LandscapeConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
@@ -350,57 +313,28 @@ _EMPTY_KEYS = (
 )
 
 
-def run(config: LandscapeConfig, ctx: LabContext) -> LabOutcome:
-    """Tune each arm's lr on the tuning seed, then the measured runs with probes."""
-    data = config.subsets(ctx.data, "landscape")
-    setting = config.activation
-    tuning, lrs, measured = paired.tuned_runs(
-        ctx,
-        config,
-        data,
-        tune=paired.tune_grid([setting], tuple(ARMS), config.lrs, config.tune_seed),
-        main=Grid(
-            variants=tuple(ARMS),
-            seeds=tuple(range(config.first_seed, config.first_seed + config.seeds)),
-            settings=(setting,),
-            order=("seed", "variant", "setting"),
-        ),
-        cells=(tune_cell, main_cell),
-        criterion="final_train_loss",
-        steps=config.steps,
-        label="landscape",
-    )
-    return summarize(config, ctx, measured, tuning, lrs)
+def tune_grid(config: LandscapeConfig) -> Grid:
+    """Lr x arm on the tuning seed (units ``tune-ACTIVATION-lrLR-ARM``)."""
+    return paired.tune_grid([config.activation], ARMS, config.lrs, config.tune_seed)
 
 
-_LABEL = {"relu": "LeNet (ReLU)", "sigmoid": "LeNet (sigmoid)", "tanh": "LeNet (tanh)"}
+def main_grid(config: LandscapeConfig) -> Grid:
+    """Arm x seed (units ``ACTIVATION-ARM-seedN``), seeds outermost."""
+    return paired.measured_grid(ARMS, config.seed_list, (config.activation,))
 
 
 def summarize(
-    config: LandscapeConfig,
-    ctx: LabContext,
-    measured: GridRun,
-    tuning: Mapping[str, Mapping[str, Mapping[float, Any]]],
-    lrs: Mapping[str, Mapping[str, float | None]],
+    config: LandscapeConfig, ctx: LabContext, measured: GridRun, tuned: paired.Tuned
 ) -> LabOutcome:
     """Tables, verdicts and figures of the finished runs."""
     setting = config.activation
     empty = dict.fromkeys(_EMPTY_KEYS)
     per_seed = measured.per_seed(lambda r: r["metrics"] if r["metrics"] is not None else empty)
-    declared = specs(config)
-    edges = paired.at_edge(config.lrs, lrs)
+    edges = paired.at_edge(config.lrs, tuned.lrs)
     raw: dict[str, Any] = {
         "per_seed": per_seed,
-        "specs": [spec_record(s) for s in declared],
-        "tuning": {
-            s: {a: {repr(lr): v for lr, v in by.items()} for a, by in arms.items()}
-            for s, arms in tuning.items()
-        },
-        "tune_rule": paired.TUNE_RULE.format(
-            grid=list(config.lrs), criterion="final training loss", seed=config.tune_seed
-        ),
-        "lr": {s: dict(arms) for s, arms in lrs.items()},
-        "lr_at_edge": edges,
+        "specs": [spec_record(s) for s in specs(config)],
+        **probed.tuning_record(tuned, list(config.lrs), edges, config.tune_seed),
         "loss_level": config.loss_level,
         "step_sizes": list(config.step_sizes),
     }
@@ -421,16 +355,13 @@ def summarize(
         ("test acc %", "final_test_acc"),
     ]
     tables = [
-        Table(
+        tuned.table(
             f"Learning-rate tuning (final training loss on tuning seed {config.tune_seed}; the "
             "lowest is chosen)",
-            ["arm", *(f"lr={lr:g}" for lr in config.lrs), "chosen lr"],
+            ["arm"],
+            config.lrs,
             [
-                [
-                    arm,
-                    *(tuning.get(setting, {}).get(arm, {}).get(float(lr)) for lr in config.lrs),
-                    lrs.get(setting, {}).get(arm),
-                ]
+                ((arm,), tuned.values.get(setting, {}).get(arm, {}), tuned.lr(setting, arm))
                 for arm in ARMS
             ],
         ),
@@ -442,7 +373,7 @@ def summarize(
             [
                 [
                     arm,
-                    lrs.get(setting, {}).get(arm),
+                    tuned.lr(setting, arm),
                     *(kit.mean_std_cell(m.get(k, [])) for _, k in columns[1:]),
                 ]
                 for arm, m in arms.items()
@@ -493,12 +424,6 @@ def summarize(
         {setting: _LABEL.get(setting, setting)},
         ctx.out_dir / "landscape.png",
     )
-    never = [
-        f"{arm} seed {config.first_seed + k}"
-        for arm, m in arms.items()
-        for k, v in enumerate(m.get("steps_to_level", []))
-        if v is None
-    ]
     notes = [
         raw["tune_rule"],
         f"matched training loss: the probe right after the first step at which the mean of "
@@ -506,11 +431,9 @@ def summarize(
         f"matched step: after step {config.steps} (shown). Each probe averages "
         f"{config.probe_batches} fixed training batches of {config.batch}; step sizes "
         f"{list(config.step_sizes)} for both arms.",
-        "runs that never reached the loss level (no primary value, excluded): "
-        + (", ".join(never) if never else "none"),
+        probed.never_reached(per_seed, [setting], config.first_seed, named=False),
+        *probed.edge_notes(edges),
     ]
-    if edges:
-        notes.append(f"lr chosen at the grid's edge (the best may lie beyond): {', '.join(edges)}")
     return LabOutcome(
         tables=tables,
         verdicts=verdicts,
@@ -594,7 +517,7 @@ CLAIMS = kit.register_claims(
 )
 
 SPEC = register_lab(
-    LabSpec(
+    paired.tuned_lab(
         name="landscape",
         title="Loss landscape smoothness at matched training loss, LeNet with and without BN",
         summary=(
@@ -607,8 +530,10 @@ SPEC = register_lab(
             "factor of 2."
         ),
         config_type=LandscapeConfig,
-        run=run,
-        needs_data=True,
+        tune=(tune_grid, tune_cell),
+        measure=(main_grid, main_cell),
+        criterion="final_train_loss",
+        summarize=summarize,
         full_time=(
             "about 3.5 min on 2 cores with --workers 2 (the first design, 5 seeds x 600 steps, "
             "took 79 s at load 3-4; this one runs 2.7 times the steps)"
