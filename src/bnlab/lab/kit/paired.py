@@ -103,18 +103,21 @@ def _tune_key(c: Cell) -> str:
 def tune_grid(
     settings: Sequence[Any],
     arms: Sequence[str],
-    lrs: Sequence[float],
+    lrs: Sequence[float] | Mapping[Any, Sequence[float]],
     seed: int,
     *,
     key: Callable[[Cell], str] | None = None,
     order: tuple[str, str, str] = ("setting", "variant", "seed"),
 ) -> Grid:
     """(setting, lr) x arm on the tuning seed; units ``tune-SETTING-lrLR-ARM`` (no
-    ``SETTING-`` for the setting ``""``), or ``key(cell)``; loops in ``order``."""
+    ``SETTING-`` for the setting ``""``), or ``key(cell)``; loops in ``order``. ``lrs``:
+    one grid, or ``{setting: grid}``."""
     return Grid(
         variants=tuple(arms),
         seeds=(seed,),
-        settings=[(s, float(lr)) for s in settings for lr in lrs],
+        settings=[
+            (s, float(lr)) for s in settings for lr in (lrs[s] if isinstance(lrs, Mapping) else lrs)
+        ],
         key=key or _tune_key,
         order=order,
     )
