@@ -56,25 +56,16 @@ Claims (``specs``; Holm over the three, paired t by seed, at least 5 seeds):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab import kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    register_lab,
-    seeded,
-)
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.kit import paired, probed
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.plots.matched import plot_matched
@@ -163,32 +154,27 @@ def saturation_probe(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class SaturationConfig(kit.PairedConfig):
+class SaturationConfig(probed.ProbedConfig):
     """Settings of ``bnlab lab saturation`` (defaults: the full run).
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads: as in ``kit.PairedConfig``
-            (all images, 1 thread per cell); 10 paired seeds here.
-        first_seed: the seeds are ``first_seed .. first_seed + seeds - 1`` (fresh seeds
-            100-109: seeds 0-4 ran the first, too short, design).
+        seeds, train_size, test_size, min_seeds, threads, first_seed, tune_seed, batch,
+            window: as in ``kit.probed.ProbedConfig`` (all images, 1 thread per cell,
+            batch 128, a 50-step window); 10 paired seeds here, fresh seeds 100-109
+            (seeds 0-4 ran the first, too short, design).
         networks: the LeNet activations run (sigmoid: saturation and vanishing-gradient
             claims; relu: the zeros claim).
-        tune_seed: the separate seed of the lr tuning runs.
         lrs_sigmoid, lrs_relu: each network's lr grid (``kit.paired.TUNE_RULE``).
         steps_sigmoid, steps_relu: SGD steps of every run of each network.
         level_sigmoid, level_relu: each network's matched training loss.
         probe_every_sigmoid, probe_every_relu: steps between probes along training.
-        batch: SGD batch.
-        window: mini-batch losses in the training-loss moving average.
         probe_size: images in the fixed probe batch.
         saturation_margin, ratio_margin, zeros_margin: the claims' TOST margins (share,
             log10, share).
     """
 
     seeds: int = 10
-    first_seed: int = 100
     networks: tuple[str, ...] = ("sigmoid", "relu")
-    tune_seed: int = 1000
     lrs_sigmoid: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
     lrs_relu: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
     steps_sigmoid: int = 1500
@@ -197,17 +183,13 @@ class SaturationConfig(kit.PairedConfig):
     level_relu: float = 0.6
     probe_every_sigmoid: int = 150
     probe_every_relu: int = 120
-    batch: int = 128
-    window: int = 50
     probe_size: int = 512
     saturation_margin: float = 0.02
     ratio_margin: float = 0.3
     zeros_margin: float = 0.05
 
     #: A smoke test: 2 seeds (below min_seeds: no verdict), two lrs, 40 steps.
-    QUICK = kit.PairedConfig.quick_settings(
-        seeds=2,
-        first_seed=0,
+    QUICK = probed.ProbedConfig.quick_settings(
         lrs_sigmoid=(1.0, 3.0),
         lrs_relu=(0.1, 0.3),
         steps_sigmoid=40,
@@ -216,44 +198,32 @@ class SaturationConfig(kit.PairedConfig):
         level_relu=2.2,
         probe_every_sigmoid=20,
         probe_every_relu=20,
-        batch=64,
-        window=10,
         probe_size=64,
-        train_size=1024,
-        test_size=256,
     )
+    POSITIVE = (
+        "seeds",
+        "steps_sigmoid",
+        "steps_relu",
+        "level_sigmoid",
+        "level_relu",
+        "probe_every_sigmoid",
+        "probe_every_relu",
+        "batch",
+        "window",
+        "probe_size",
+        "saturation_margin",
+        "ratio_margin",
+        "zeros_margin",
+    )
+    GRIDS = ("lrs_sigmoid", "lrs_relu")
 
     def __post_init__(self) -> None:
-        kit.check_positive(
-            "SaturationConfig",
-            self,
-            (
-                "seeds",
-                "steps_sigmoid",
-                "steps_relu",
-                "level_sigmoid",
-                "level_relu",
-                "probe_every_sigmoid",
-                "probe_every_relu",
-                "batch",
-                "window",
-                "probe_size",
-                "saturation_margin",
-                "ratio_margin",
-                "zeros_margin",
-            ),
-        )
-        if self.first_seed < 0:
-            raise ValueError(f"SaturationConfig: first_seed must be >= 0, got {self.first_seed!r}")
+        super().__post_init__()
         if not self.networks or any(n not in _LABEL for n in self.networks):
             raise ValueError(
                 f"SaturationConfig: networks must be among {', '.join(_LABEL)}, got "
                 f"{self.networks!r}"
             )
-        for name in ("lrs_sigmoid", "lrs_relu"):
-            values = getattr(self, name)
-            if not values or any(not v > 0 for v in values):
-                raise ValueError(f"SaturationConfig: {name} must be > 0, got {values!r}")
 
     def of(self, network: str, what: str) -> Any:
         """The setting ``what`` (``lrs``, ``steps``, ``level``, ``probe_every``) of
@@ -261,42 +231,36 @@ class SaturationConfig(kit.PairedConfig):
         return getattr(self, f"{what}_{network}")
 
 
+#: The claims: name, metric, direction, margin field, network.
+_CLAIM_SHAPES = (
+    ("bn-avoids-saturation", "saturated_at_loss", "lower", "saturation_margin", "sigmoid"),
+    (
+        "bn-alleviates-vanishing-gradients",
+        "grad_ratio_at_loss",
+        "higher",
+        "ratio_margin",
+        "sigmoid",
+    ),
+    ("bn-fewer-relu-zeros", "zeros_at_loss", "lower", "zeros_margin", "relu"),
+)
+
+
 def specs(config: SaturationConfig) -> list[stats.ClaimSpec]:
-    """The claims, declared before the run (see the module docstring)."""
-    chance = stats.ChanceRule("final_test_acc", level=10.0, tolerance=2.0)
-    common = {"arm": "bn", "reference": "none", "min_seeds": config.min_seeds, "chance": chance}
-    declared = []
-    if "sigmoid" in config.networks:
-        declared += [
-            stats.ClaimSpec(
-                name="bn-avoids-saturation",
-                metric="saturated_at_loss",
-                direction="lower",
-                margin=config.saturation_margin,
-                settings=("sigmoid",),
-                **common,
-            ),
-            stats.ClaimSpec(
-                name="bn-alleviates-vanishing-gradients",
-                metric="grad_ratio_at_loss",
-                direction="higher",
-                margin=config.ratio_margin,
-                settings=("sigmoid",),
-                **common,
-            ),
-        ]
-    if "relu" in config.networks:
-        declared.append(
-            stats.ClaimSpec(
-                name="bn-fewer-relu-zeros",
-                metric="zeros_at_loss",
-                direction="lower",
-                margin=config.zeros_margin,
-                settings=("relu",),
-                **common,
-            )
+    """The claims of the networks ``config`` runs, declared before the run (see the
+    module docstring)."""
+    chance = paired.chance_near("final_test_acc")
+    return [
+        spec
+        for name, metric, direction, margin, network in _CLAIM_SHAPES
+        if network in config.networks
+        for spec in paired.claim_specs(
+            config,
+            metric,
+            [(name, direction, "bn", "none", (network,))],
+            chance=chance,
+            margin=getattr(config, margin),
         )
-    return declared
+    ]
 
 
 def _train(
@@ -311,31 +275,23 @@ def _train(
 ) -> dict[str, Any]:
     """One LeNet run at ``lr``; with ``probes``, probes along training and at the matched
     loss, and the final test accuracy (%)."""
-    data, device = bench.data, bench.device
-    with kit.cpu_threads(config.threads):
-        with seeded(seed):
-            model = probed.lenet(network, ARMS[arm], seed).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
-        batches = kit.batches(
-            data["train_images"], data["train_labels"], config.batch, seed, device
-        )
-        n = min(config.probe_size, data["train_images"].shape[0])
-        x = kit.float_images(data["train_images"][:n]).to(device)
-        y = data["train_labels"][:n].to(device)
-        run = probed.train_probed(
-            model,
-            batches,
-            opt,
-            steps=config.of(network, "steps"),
-            window=config.window,
-            level=config.of(network, "level") if probes else None,
-            probe=(lambda: saturation_probe(model, x, y)) if probes else None,
-            probe_every=config.of(network, "probe_every") if probes else None,
-            on_step=lambda s: bench.advance(1),
-        )
-        if probes:
-            run["final_test_acc"] = 100.0 * kit.accuracy_on_test(model, data, device)
-    return run
+
+    def probe(model: nn.Module) -> Callable[[], dict[str, Any]]:
+        x, y = probed.probe_images(bench.data, config.probe_size, bench.device)
+        return lambda: saturation_probe(model, x, y)
+
+    return probed.probed_lenet(
+        config,
+        network,
+        ARMS[arm],
+        lr,
+        seed,
+        bench,
+        steps=config.of(network, "steps"),
+        level=config.of(network, "level"),
+        probe_every=config.of(network, "probe_every"),
+        probe=probe if probes else None,
+    )
 
 
 def tune_cell(config: SaturationConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
@@ -406,66 +362,34 @@ _METRICS = (
 
 def tune_grid(config: SaturationConfig) -> Grid:
     """(network, lr) x arm on the tuning seed, each network with its own grid (units
-    ``tune-NETWORK-lrLR-ARM``, as ``kit.paired.tune_grid``)."""
-    return Grid(
-        variants=tuple(ARMS),
-        seeds=(config.tune_seed,),
-        settings=[(n, float(lr)) for n in config.networks for lr in config.of(n, "lrs")],
-        key=lambda c: f"tune-{c.setting[0]}-lr{c.setting[1]:g}-{c.variant}",
-        order=("setting", "variant", "seed"),
-    )
+    ``tune-NETWORK-lrLR-ARM``)."""
+    lrs = {n: config.of(n, "lrs") for n in config.networks}
+    return paired.tune_grid(config.networks, ARMS, lrs, config.tune_seed)
 
 
-def run(config: SaturationConfig, ctx: LabContext) -> LabOutcome:
-    """Tune each arm's lr per network on the tuning seed, then the measured runs."""
-    data = config.subsets(ctx.data, "saturation")
-    tuning, lrs, measured = paired.tuned_runs(
-        ctx,
-        config,
-        data,
-        tune=tune_grid(config),
-        main=Grid(
-            variants=tuple(ARMS),
-            seeds=tuple(range(config.first_seed, config.first_seed + config.seeds)),
-            settings=config.networks,
-            order=("setting", "seed", "variant"),
-        ),
-        cells=(tune_cell, main_cell),
-        criterion="final_train_loss",
-        steps=max(config.of(n, "steps") for n in config.networks),
-        label="saturation",
+def main_grid(config: SaturationConfig) -> Grid:
+    """Network x arm x seed (units ``NETWORK-ARM-seedN``), networks outermost."""
+    return paired.measured_grid(
+        ARMS, config.seed_list, config.networks, order=("setting", "seed", "variant")
     )
-    return summarize(config, ctx, measured, tuning, lrs)
 
 
 def summarize(
-    config: SaturationConfig,
-    ctx: LabContext,
-    measured: GridRun,
-    tuning: Mapping[str, Mapping[str, Mapping[float, Any]]],
-    lrs: Mapping[str, Mapping[str, float | None]],
+    config: SaturationConfig, ctx: LabContext, measured: GridRun, tuned: paired.Tuned
 ) -> LabOutcome:
     """Tables, verdicts and figures of the finished runs."""
     empty = dict.fromkeys(_METRICS)
     per_seed = measured.per_seed(lambda r: r["metrics"] if r["metrics"] is not None else empty)
-    declared = specs(config)
     edges = [
-        e for n in config.networks for e in paired.at_edge(config.of(n, "lrs"), {n: lrs.get(n, {})})
+        e
+        for n in config.networks
+        for e in paired.at_edge(config.of(n, "lrs"), {n: tuned.lrs.get(n, {})})
     ]
+    grid = {n: list(config.of(n, "lrs")) for n in config.networks}
     raw: dict[str, Any] = {
         "per_seed": per_seed,
-        "specs": [spec_record(s) for s in declared],
-        "tuning": {
-            s: {a: {repr(lr): v for lr, v in by.items()} for a, by in arms.items()}
-            for s, arms in tuning.items()
-        },
-        "tune_rule": paired.TUNE_RULE.format(
-            grid={n: list(config.of(n, "lrs")) for n in config.networks},
-            criterion="final training loss",
-            seed=config.tune_seed,
-        ),
-        "lr": {s: dict(arms) for s, arms in lrs.items()},
-        "lr_at_edge": edges,
+        "specs": [spec_record(s) for s in specs(config)],
+        **probed.tuning_record(tuned, grid, edges, config.tune_seed),
         "threshold": SATURATION_THRESHOLD,
         "levels": {n: config.of(n, "level") for n in config.networks},
     }
@@ -492,10 +416,10 @@ def summarize(
                     _LABEL[n],
                     arm,
                     ", ".join(
-                        f"{lr:g}: {kit.number_or_na(tuning.get(n, {}).get(arm, {}).get(float(lr)))}"
+                        f"{lr:g}: {kit.number_or_na(tuned.criterion(n, arm, lr))}"
                         for lr in config.of(n, "lrs")
                     ),
-                    lrs.get(n, {}).get(arm),
+                    tuned.lr(n, arm),
                 ]
                 for n in config.networks
                 for arm in ARMS
@@ -510,7 +434,7 @@ def summarize(
                 [
                     _LABEL[n],
                     arm,
-                    lrs.get(n, {}).get(arm),
+                    tuned.lr(n, arm),
                     *(kit.mean_std_cell(m.get(k, [])) for _, k in columns),
                 ]
                 for n in config.networks
@@ -573,13 +497,6 @@ def summarize(
         SATURATION_THRESHOLD,
         ctx.out_dir / "saturation.png",
     )
-    never = [
-        f"{n}/{arm} seed {config.first_seed + k}"
-        for n in config.networks
-        for arm, m in per_seed.get(n, {}).items()
-        for k, v in enumerate(m.get("steps_to_level", []))
-        if v is None
-    ]
     notes = [
         raw["tune_rule"],
         f"saturated: |pre-activation| > {SATURATION_THRESHOLD:g} (sigmoid' < 0.0177), on the "
@@ -588,13 +505,11 @@ def summarize(
         f"matched training loss: the probe right after the first step at which the mean of "
         f"the last {config.window} mini-batch losses reaches the level (primary); matched "
         "step: after the last step (shown)",
-        "runs that never reached the loss level (no primary value, excluded): "
-        + (", ".join(never) if never else "none"),
+        probed.never_reached(per_seed, config.networks, config.first_seed),
         "BN sits before the activation (the paper's placement): with beta near 0 a BN'd "
         "ReLU pre-activation is centred, so about half the ReLU outputs are zero by design",
     ]
-    if edges:
-        notes.append(f"lr chosen at the grid's edge (the best may lie beyond): {', '.join(edges)}")
+    notes += probed.edge_notes(edges)
     return LabOutcome(
         tables=tables,
         verdicts=verdicts,
@@ -759,7 +674,7 @@ CLAIMS = kit.register_claims(
 )
 
 SPEC = register_lab(
-    LabSpec(
+    paired.tuned_lab(
         name="saturation",
         title="Saturated sigmoids, vanishing gradients and ReLU zeros at matched training loss",
         summary=(
@@ -771,8 +686,11 @@ SPEC = register_lab(
             "paired t, Holm, TOST."
         ),
         config_type=SaturationConfig,
-        run=run,
-        needs_data=True,
+        tune=(tune_grid, tune_cell),
+        measure=(main_grid, main_cell),
+        criterion="final_train_loss",
+        summarize=summarize,
+        steps=lambda config, data: max(config.of(n, "steps") for n in config.networks),
         full_time=(
             "about 7 min on 2 cores with --workers 2 (the first design, 5 seeds, ReLU 600 "
             "steps, took 254 s at load 4-5; this one runs 2 times the steps)"
