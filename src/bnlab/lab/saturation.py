@@ -55,6 +55,7 @@ Claims (``specs``; Holm over the three, paired t by seed, at least 5 seeds):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab import kit, stats
-from bnlab.lab.claims import Literature, spec_record, stats_rule
+from bnlab.lab.claims import LITERATURE, Literature, spec_record, stats_rule
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.kit import paired, probed
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
@@ -591,6 +592,11 @@ _OURS = (
     "lr, read at matched training loss"
 )
 _IOFFE = "Ioffe & Szegedy 2015, 'Batch Normalization', arXiv 1502.03167"
+#: Each network's design in the rule texts: name, lr grid, steps, loss level.
+_DESIGN = {
+    "sigmoid": ("sigmoid", "0.3/1/3/10", "1,500", "0.8"),
+    "relu": ("ReLU", "0.03/0.1/0.3/1", "1,200", "0.6"),
+}
 
 
 def _claims(config: SaturationConfig) -> list[kit.ClaimRule]:
@@ -599,26 +605,51 @@ def _claims(config: SaturationConfig) -> list[kit.ClaimRule]:
     return [c for c in CLAIMS if c.key in keys]
 
 
+def _claim(
+    key: str,
+    text: str,
+    source: str,
+    sentence: str,
+    metric: str,
+    margin: str,
+    literature: Literature | None = None,
+) -> kit.ClaimRule:
+    """The ClaimRule of ``key`` (its network and direction from ``_CLAIM_SHAPES``), the
+    rule text of the ``metric`` described and the ``margin`` stated."""
+    _, _, direction, _, network = next(c for c in _CLAIM_SHAPES if c[0] == key)
+    name, grid, steps, level = _DESIGN[network]
+    rule = _RULE.format(
+        network=name,
+        grid=grid,
+        steps=steps,
+        metric=metric,
+        level=level,
+        direction=direction,
+        margin=margin,
+    )
+    return kit.ClaimRule(
+        key,
+        text,
+        source,
+        rule,
+        stats_rule(key),
+        paired.measured_text,
+        sentence=sentence,
+        literature=literature,
+    )
+
+
 CLAIMS = kit.register_claims(
     "saturation",
-    kit.ClaimRule(
+    _claim(
         "bn-avoids-saturation",
         "BN keeps activations away from the saturated region of the sigmoid "
         f"({SENTENCE_SATURATION})",
         SOURCE,
-        _RULE.format(
-            network="sigmoid",
-            grid="0.3/1/3/10",
-            steps="1,500",
-            metric="the share of sigmoid pre-activations with |z| > 4 (mean over the 4 layers)",
-            level="0.8",
-            direction="lower",
-            margin="0.02 (share)",
-        ),
-        stats_rule("bn-avoids-saturation"),
-        paired.measured_text,
-        sentence=SENTENCE_SATURATION,
-        literature=Literature(
+        SENTENCE_SATURATION,
+        "the share of sigmoid pre-activations with |z| > 4 (mean over the 4 layers)",
+        "0.02 (share)",
+        Literature(
             _IOFFE + ", sections 3.3 and 4.2.1",
             "Inception with sigmoid nonlinearities on ImageNet",
             "with BN the sigmoid Inception trains (69.8% accuracy reported); without BN it "
@@ -628,48 +659,25 @@ CLAIMS = kit.register_claims(
             _OURS.format(steps="1,500"),
         ),
     ),
-    kit.ClaimRule(
+    _claim(
         "bn-alleviates-vanishing-gradients",
         f"BN alleviates vanishing gradients ({SENTENCE_VANISHING})",
         SOURCE_VANISHING,
-        _RULE.format(
-            network="sigmoid",
-            grid="0.3/1/3/10",
-            steps="1,500",
-            metric="log10(gradient RMS of the first weight layer / of the last)",
-            level="0.8",
-            direction="higher",
-            margin="0.3 (log10, a factor of 2)",
-        ),
-        stats_rule("bn-alleviates-vanishing-gradients"),
-        paired.measured_text,
-        sentence=SENTENCE_VANISHING,
-        literature=Literature(
-            "Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz 2019, 'A Mean Field Theory of "
-            "Batch Normalization', arXiv 1902.08129",
-            "deep fully connected networks with BN and no skip connections, at initialization",
-            "BN causes gradient explosion at initialization, growing with depth (theory and "
-            "experiments); in shallow networks and with residual connections it does not",
-            "context-dependent",
-            _OURS.format(steps="1,500") + "; a 5-layer network, shallow by their standard",
+        SENTENCE_VANISHING,
+        "log10(gradient RMS of the first weight layer / of the last)",
+        "0.3 (log10, a factor of 2)",
+        dataclasses.replace(
+            LITERATURE["bn-alleviates-vanishing-gradients"],
+            differs=_OURS.format(steps="1,500") + "; a 5-layer network, shallow by their standard",
         ),
     ),
-    kit.ClaimRule(
+    _claim(
         "bn-fewer-relu-zeros",
         f"BN leaves fewer values set to zero by ReLU ({SENTENCE_ZEROS})",
         SOURCE,
-        _RULE.format(
-            network="ReLU",
-            grid="0.03/0.1/0.3/1",
-            steps="1,200",
-            metric="the share of ReLU outputs that are exactly 0 (mean over the 4 layers)",
-            level="0.6",
-            direction="lower",
-            margin="0.05 (share)",
-        ),
-        stats_rule("bn-fewer-relu-zeros"),
-        paired.measured_text,
-        sentence=SENTENCE_ZEROS,
+        SENTENCE_ZEROS,
+        "the share of ReLU outputs that are exactly 0 (mean over the 4 layers)",
+        "0.05 (share)",
     ),
 )
 
