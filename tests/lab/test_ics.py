@@ -382,3 +382,55 @@ def test_plateau_notes_flag_networks_at_chance_level() -> None:
     }
     (note,) = plateau_notes(per_seed)
     assert note.startswith("LeNet (sigmoid), none: final train loss 2.305 is at chance level")
+
+
+def test_no_tuned_setting_runs_no_tuning_units(tmp_path: Path, fake_data) -> None:
+    config = dataclasses.replace(TINY, tuned=(), steps=(("relu", 4),), seeds=1)
+    assert ics.tune_grid(config) is None
+    results = run_lab(ics.SPEC, config, tmp_path / "run", data=fake_data(64, 32), quick=True)
+    units = sorted(p.name for p in (tmp_path / "run" / "units").iterdir())
+    assert units == ["relu-bn-noise-seed0.json", "relu-bn-seed0.json", "relu-none-seed0.json"]
+    assert results["raw"]["lr"] == {"relu": dict.fromkeys(ics.ARMS, TINY.common_lr)}
+    assert results["raw"]["tuning"] == {}
+    assert results["raw"]["lr_at_grid_edge"] == []
+
+
+def test_per_setting_steps_run_the_grid_setting_by_setting() -> None:
+    """kit.paired.run_by_setting (ics's two step budgets): the cells in the grid's order,
+    one progress share per setting; the setting must be the outer loop."""
+    config = dataclasses.replace(TINY, steps=(("relu", 3), ("sigmoid", 5)), seeds=2)
+    grid = ics.main_grid(config)
+    assert kit.paired.by_setting(grid, config.steps_of) == 2 * 3 * (3 + 5)
+    assert kit.paired.by_setting(grid, 7) == 12 * 7
+
+    class Progress:
+        def __init__(self) -> None:
+            self.moved = 0
+
+        def advance(self, n: int) -> None:
+            self.moved += n
+
+    class Ctx:
+        progress = Progress()
+        units_dir = Path("/nonexistent")
+        device = torch.device("cpu")
+        data = None
+
+        def unit(self, key, work, progress_steps=0):
+            return {"key": key, **work()}
+
+    ctx = Ctx()
+    done = kit.paired.run_by_setting(
+        ctx, grid, lambda cell, bench: {"setting": cell.setting}, data=None, steps=config.steps_of
+    )
+    assert done.cells == grid.cells()
+    assert [r["key"] for r in done.results] == [grid.key(c) for c in grid.cells()]
+    assert ctx.progress.moved == 2 * 3 * (3 + 5)
+    with pytest.raises(ValueError, match="per-setting steps need the setting outermost"):
+        kit.paired.run_by_setting(
+            ctx,
+            dataclasses.replace(grid, order=("seed", "setting", "variant")),
+            None,
+            data=None,
+            steps=config.steps_of,
+        )

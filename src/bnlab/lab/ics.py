@@ -67,6 +67,7 @@ and is excluded from every claim (``stats.ChanceRule``), and shown as such.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -277,13 +278,16 @@ class ICSConfig(matched.MatchedConfig):
             ratio, cosine, test-accuracy points).
     """
 
+    # The lrs: tuned settings from the grid on the tuning seed, the others at common_lr.
     tuned: tuple[str, ...] = ("sigmoid",)
     lrs: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
     tune_seed: int = 1000
     common_lr: float = 0.1
+    # The measures and the noisy BN arm.
     grad_every: int = 25
     noise_shift: float = 1.0
     noise_scale: float = 2.0
+    # The claims' margins.
     drift_margin: float = math.log(1.25)
     cos_margin: float = 0.05
     acc_margin: float = 1.0
@@ -388,25 +392,18 @@ def main_grid(config: ICSConfig) -> Grid:
     )
 
 
-def train_run(
-    config: ICSConfig,
-    setting: str,
-    arm: str,
-    lr: float,
-    seed: int,
-    bench: Bench,
-    *,
-    probes: bool,
-) -> dict[str, Any]:
-    """One LeNet run of ``config.steps_of(setting)`` SGD steps at ``lr`` (held, then
-    decayed to 0), with the drift and gradient-ICS measures as hooks when ``probes``.
+def train_run(config: ICSConfig, cell: Cell, lr: float, bench: Bench, *, probes: bool) -> dict:
+    """One LeNet run of ``cell`` (setting: LeNet's activation; arm; seed) for
+    ``config.steps_of(setting)`` SGD steps at ``lr`` (held, then decayed to 0), with the
+    drift and gradient-ICS measures as hooks when ``probes``.
 
     Returns:
         ``loss_ma`` (per step), and with ``probes``: ``drift`` (``{"steps", "values"}``
         per probe interval, by its start step), ``grad`` (``{"steps", "layers": {name:
         [{"l2", "rel", "cos"}]}}``), ``final_test_acc`` (%).
     """
-    with matched.lenet_run(config, setting, ARMS[arm], lr, seed, bench) as run:
+    arm = cell.variant
+    with matched.lenet_run(config, cell.setting, ARMS[arm], lr, cell.seed, bench) as run:
         model = run.model
         probe_x = kit.probe_batch(bench.data, config.probe_size, bench.device)
         watched = list(kit.weight_layers(model))[1:]
@@ -497,7 +494,7 @@ def _final_loss(loss_ma: Sequence[float | None]) -> float | None:
 
 def _tune_cell(config: ICSConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
     setting, lr = cell.setting
-    got = train_run(config, setting, cell.variant, lr, cell.seed, bench, probes=False)
+    got = train_run(config, dataclasses.replace(cell, setting=setting), lr, bench, probes=False)
     return {"lr": lr, "final_train_loss": _final_loss(got["loss_ma"])}
 
 
@@ -513,7 +510,7 @@ def measure(
     lr = _lr(config, lrs, cell.setting, cell.variant)
     if lr is None:  # every tuning lr diverged
         return {"lr": None, "metrics": None}
-    got = train_run(config, cell.setting, cell.variant, lr, cell.seed, bench, probes=True)
+    got = train_run(config, cell, lr, bench, probes=True)
     thin = max(1, config.steps_of(cell.setting) // 200)
     return {
         "lr": lr,
@@ -821,14 +818,14 @@ SPEC = register_lab(
         ),
         config_type=ICSConfig,
         tune=(tune_grid, _tune_cell),
-        measure=(main_grid, measure),
-        criterion="final_train_loss",
-        steps=lambda config, data: config.steps_of,
-        summarize=summarize,
         full_time=(
             "about 6 min on 2 quiet CPU cores with --workers 2 (42 runs, ~690 CPU-s: 800 "
             "ReLU steps with probes ~9 s of CPU, 2,000 sigmoid steps ~25 s, tuning runs "
             "without probes ~15 s; timed on single runs under load, 2026-11-27)"
         ),
+        measure=(main_grid, measure),
+        criterion="final_train_loss",
+        steps=lambda config, data: config.steps_of,
+        summarize=summarize,
     )
 )

@@ -64,17 +64,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlab.lab import kit, stats
+from bnlab.lab import experiment, kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
-from bnlab.lab.experiment import (
-    Figure,
-    LabContext,
-    LabOutcome,
-    LabSpec,
-    Table,
-    register_lab,
-    seeded,
-)
+from bnlab.lab.experiment import Figure, LabContext, LabOutcome, LabSpec, Table, register_lab
 from bnlab.lab.kit import matched
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
 from bnlab.plots.effects import plot_arms
@@ -193,7 +185,7 @@ def adversarial_mcc(
             f"adversarial_mcc: need at least 2 examples per sample, got {a.shape[0]} and "
             f"{b.shape[0]}"
         )
-    with seeded(seed) as gen:
+    with experiment.seeded(seed) as gen:
         ia = torch.randperm(a.shape[0], generator=gen)[:n]
         ib = torch.randperm(b.shape[0], generator=gen)[:n]
         xa = a[ia].reshape(n, -1).to(torch.float32)
@@ -275,6 +267,7 @@ class ShiftMccConfig(matched.MatchedConfig):
         detect_margin, null_margin, ics_margin: the claims' TOST margins (MCC units).
     """
 
+    # The detector.
     sample_size: int = 1500
     hidden: int = 32
     classifier_steps: int = 100
@@ -286,6 +279,7 @@ class ShiftMccConfig(matched.MatchedConfig):
         ("noise", 0.01),
         ("class-mix", 0.9),
     )
+    # The LeNet runs: lrs, and the read-out of the shift inside.
     lrs: tuple[tuple[str, str, float], ...] = (
         ("relu", "none", 0.1),
         ("relu", "bn", 0.1),
@@ -296,6 +290,7 @@ class ShiftMccConfig(matched.MatchedConfig):
     step_reads: tuple[int, ...] = (100, 300, 500)
     probe_every: int = 20
     probe_size: int = 800
+    # The claims' margins.
     detect_margin: float = 0.1
     null_margin: float = 0.05
     ics_margin: float = 0.1

@@ -152,13 +152,8 @@ class MatchedConfig(PairedConfig):
     )
     #: The numeric settings that must be > 0; a subclass adds its own.
     POSITIVE: ClassVar[tuple[str, ...]] = (
-        "seeds",
-        "batch",
-        "window",
-        "loss_level",
-        "read_steps",
-        "probe_every",
-        "probe_size",
+        *("seeds", "batch", "window", "loss_level"),
+        *("read_steps", "probe_every", "probe_size"),
     )
 
     def __post_init__(self) -> None:
