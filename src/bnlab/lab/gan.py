@@ -284,35 +284,22 @@ _CLAIM_ARMS = (arm_name("bn", "bn"), REFERENCE, arm_name("none", "sn"))
 
 
 def specs(config: GanConfig) -> list[stats.ClaimSpec]:
-    """The claims, declared before the run (see the module docstring)."""
-    common = {
-        "metric": METRIC,
-        "margin": config.margin,
-        "min_seeds": config.min_seeds,
-        # at chance: the run removed at most chance_drop of its untrained generator's FD
-        "chance": stats.ChanceRule("fd_drop", level=0.0, tolerance=config.chance_drop),
-    }
-    return [
-        stats.ClaimSpec(
-            name="bn-unsuited-for-gans",
-            direction="higher",
-            arm=arm_name("bn", "bn"),
-            reference=REFERENCE,
-            **common,
-        ),
-        stats.ClaimSpec(
-            name="gan-generator-bn-helps",
-            direction="lower",
-            arm=REFERENCE,
-            reference=arm_name("none", "sn"),
-            **common,
-        ),
-    ]
+    """The claims, declared before the run (see the module docstring); at chance: the
+    run removed at most ``chance_drop`` of its untrained generator's FD."""
+    return kit.paired.claim_specs(
+        config,
+        METRIC,
+        [
+            ("bn-unsuited-for-gans", "higher", arm_name("bn", "bn"), REFERENCE, None),
+            ("gan-generator-bn-helps", "lower", REFERENCE, arm_name("none", "sn"), None),
+        ],
+        chance=kit.paired.chance_near("fd_drop", 0.0, config.chance_drop),
+    )
 
 
 def grid(config: GanConfig) -> Grid:
     """Arm x seed (units ``ARM-seedN``, seeds outermost)."""
-    return Grid(variants=config.arms, seeds=config.seeds, order=("seed", "variant", "setting"))
+    return kit.paired.measured_grid(config.arms, config.seeds)
 
 
 def _outputs(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -677,11 +664,6 @@ def summarize(
     )
 
 
-def _measured(e: Mapping[str, Any]) -> str:
-    """The claim's one-line text without its leading verdict (``apply_rules`` adds it)."""
-    return e["text"].removeprefix(f"{e['verdict']}: ")
-
-
 RULE_TEXT = (
     "declared ClaimSpec (bnlab.lab.stats): primary metric ln of the Fréchet distance of "
     "10,000 generated images to the 10,000 test images (LeNet-BN penultimate features), "
@@ -705,7 +687,7 @@ CLAIMS = kit.register_claims(
         SOURCE,
         RULE_TEXT + "Arm G BN / D BN against the reference G BN / D SN, direction higher.",
         stats_rule("bn-unsuited-for-gans"),
-        _measured,
+        kit.paired.measured_text,
         sentence=SENTENCE,
         literature=Literature(
             "Miyato, Kataoka, Koyama & Yoshida 2018, SNGAN, arXiv 1802.05957, section 4.1 "
@@ -729,7 +711,7 @@ CLAIMS = kit.register_claims(
         FROM_LITERATURE,
         RULE_TEXT + "Arm G BN / D SN against G no norm / D SN, direction lower.",
         stats_rule("gan-generator-bn-helps"),
-        _measured,
+        kit.paired.measured_text,
         literature=Literature(
             "Radford, Metz & Chintala 2015, DCGAN, arXiv 1511.06434, section 3; Miyato et "
             "al. 2018, SNGAN, arXiv 1802.05957, appendix B (BN in every generator); Brock, "
