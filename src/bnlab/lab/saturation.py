@@ -617,16 +617,8 @@ def _claim(
     """The ClaimRule of ``key`` (its network and direction from ``_CLAIM_SHAPES``), the
     rule text of the ``metric`` described and the ``margin`` stated."""
     _, _, direction, _, network = next(c for c in _CLAIM_SHAPES if c[0] == key)
-    name, grid, steps, level = _DESIGN[network]
-    rule = _RULE.format(
-        network=name,
-        grid=grid,
-        steps=steps,
-        metric=metric,
-        level=level,
-        direction=direction,
-        margin=margin,
-    )
+    design = dict(zip(("network", "grid", "steps", "level"), _DESIGN[network], strict=True))
+    rule = _RULE.format(metric=metric, direction=direction, margin=margin, **design)
     return kit.ClaimRule(
         key,
         text,
