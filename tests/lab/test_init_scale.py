@@ -117,16 +117,17 @@ def test_full_config_is_the_declared_design() -> None:
     assert full.train_size + full.val_size <= 60000  # validation disjoint from training
     assert full.factors[0] == 0.001
     assert full.factors[-1] == 1000.0
-    assert full.margin == 0.5  # half a grid step (decades)
+    assert full.margin == 1.0  # one grid step (a factor of 10)
+    assert full.first_seed == 100  # fresh seeds for the second run
 
 
 def results_of(bn: list[float], none: list[float], **censored: list[bool]) -> dict:
-    """init results with per-seed ``width_decades`` (one activation)."""
+    """init results with per-seed ``n_train`` (one activation)."""
     config = dataclasses.replace(init_scale.InitConfig(), activations=("relu",))
     n = len(bn)
     arms = {
         arm: {
-            "width_decades": values,
+            "n_train": values,
             "width_censored": censored.get(f"{arm}_censored", [False] * n),
         }
         for arm, values in (("bn", bn), ("none", none))
@@ -151,7 +152,7 @@ RULE = init_scale.CLAIMS[0].rule
 def test_rule_on_synthetic_numbers(bn: list[float], none: list[float], verdict: str) -> None:
     evidence, got = RULE(results_of(bn, none))
     assert got == verdict
-    assert evidence["metric"] == "width_decades"
+    assert evidence["metric"] == "n_train"
 
 
 def test_a_censored_width_withdraws_a_verdict_it_could_flip() -> None:
@@ -162,6 +163,6 @@ def test_a_censored_width_withdraws_a_verdict_it_could_flip() -> None:
     # a no-BN width censored: it could be wider still, 'supported' is withdrawn
     evidence, verdict = RULE(results_of(*clear, none_censored=one))
     assert verdict == stats.INCONCLUSIVE
-    assert "relu/seed0" in evidence["censoring"]
+    assert "relu/seed#0" in evidence["censoring"]
     # the null with BN censored: not refuted
     assert RULE(results_of([7.0] * 5, [7.0] * 5, bn_censored=[True] * 5))[1] == stats.INCONCLUSIVE

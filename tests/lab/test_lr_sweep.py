@@ -48,7 +48,7 @@ def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> Non
     units = sorted((out / "units").glob("*.json"))
     assert len(units) == 2 * 2 * config.seeds  # lr x arm x seed
     # lr 1e30 diverges: the run stops early and is recorded as such
-    blown = json.loads((out / "units" / "relu-lr1e+30-none-seed0.json").read_text())["value"]
+    blown = json.loads((out / "units" / "relu-lr1e+30-none-seed100.json").read_text())["value"]
     assert blown["diverged"]
     assert blown["steps_done"] < config.steps
     (verdict,) = results["verdicts"]
@@ -80,7 +80,9 @@ def test_full_config_is_the_declared_design() -> None:
     assert full.lrs[-1] == 100.0
     steps = [math.log10(b / a) for a, b in zip(full.lrs, full.lrs[1:], strict=False)]
     assert all(abs(s - 0.5) < 0.03 for s in steps)  # half decades (the metric's grid)
-    assert full.margin < min(steps)  # the margin is below what the grid resolves
+    assert full.margin == 0.5  # one grid step: the metric's resolution
+    assert full.first_seed == 100  # fresh seeds for the second run
+    assert (full.drop, full.target_acc) == (3.0, 50.0)
     assert quick.seeds < quick.min_seeds
     assert quick.steps * len(quick.lrs) < full.steps * len(full.lrs)
 
@@ -96,25 +98,29 @@ def _run(accs: dict[tuple[str, int], list[float | None]], grid=(0.1, 1.0, 10.0))
 
 
 def test_trainability_and_its_censoring() -> None:
-    config = dataclasses.replace(tiny_config(), target_acc=50.0)
+    config = dataclasses.replace(tiny_config(), target_acc=50.0, drop=3.0)
     run = _run(
         {
-            ("none", 0): [80.0, 40.0, None],  # trains at 0.1 only
-            ("none", 1): [10.0, 10.0, 10.0],  # nowhere: one step below the grid
-            ("bn", 0): [80.0, 85.0, 82.0],  # up to the top: censored
+            ("none", 0): [80.0, 76.0, None],  # 76 is more than 3 below the best 80: 0.1 only
+            ("none", 1): [10.0, 10.0, 10.0],  # nowhere (below the 50 % floor)
+            ("bn", 0): [84.0, 85.0, 82.0],  # within 3 of 85 everywhere: censored at the top
             ("bn", 1): [30.0, 85.0, 40.0],  # at 1 only
         }
     )
     got = sweeps.trainability(config, run, (0.1, 1.0, 10.0))["relu"]
     assert got["none"]["max_log10"] == [-1.0, -2.0]
     assert got["bn"]["max_log10"] == [1.0, 0.0]
+    assert got["none"]["threshold"] == [77.0, 50.0]
     assert got["bn"]["width_decades"] == [3.0, 1.0]
     assert got["none"]["width_decades"] == [1.0, 0.0]
+    assert got["bn"]["n_train"] == [3, 1]
     assert got["bn"]["censored_high"] == [True, False]
     assert got["none"]["censored_low"] == [False, True]
     assert got["bn"]["width_censored"] == [True, False]
     assert got["none"]["best_acc"] == [80.0, 10.0]
     assert got["bn"]["trains"] == [[0.1, 1.0, 10.0], [1.0]]
+    gap = _run({("bn", 0): [84.0, 20.0, 85.0]})  # trains at 0.1 and 10, not between
+    assert sweeps.trainability(config, gap, (0.1, 1.0, 10.0))["relu"]["bn"]["contiguous"] == [False]
 
 
 def results_of(bn: list[float], none: list[float], **flags: list[bool]) -> dict:
@@ -159,7 +165,7 @@ def test_censored_seeds_withdraw_a_verdict_they_could_flip() -> None:
     # no BN trains at the top of the grid: its largest lr may be higher -> not supported
     evidence, verdict = RULE(results_of(*clear, none_high=top))
     assert verdict == stats.INCONCLUSIVE
-    assert "relu/seed2" in evidence["censoring"]
+    assert "relu/seed#2" in evidence["censoring"]
     # BN censored at the top cannot undo a 'supported' (its true value is higher still)
     assert RULE(results_of(*clear, bn_high=top))[1] == stats.SUPPORTED
     # the null with BN at the top of the grid: not refuted

@@ -82,17 +82,21 @@ def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> Non
     out = tmp_path / "run"
     results = run_lab(spec, config, out, data=fake_data(), quick=True)
     raw = results["raw"]
-    assert raw["lr"]["bn-pop"] == raw["lr"]["bn-vb8"] == raw["lr"]["bn"]
+    assert raw["lr"]["bn-vb8"] == raw["lr"]["bn"]
     assert raw["lr"]["bn-at-none-lr"] == raw["lr"]["none"]
-    assert raw["lr"]["none"] in config.lrs
+    assert {raw["lr"][arm] for arm in regularization.TUNED} <= set(config.lrs)
+    assert set(raw["tuning"]) == {"none", "bn", "bn-pop"}  # bn-pop has its own lr
     for figure in results["figures"]:
         assert (out / figure["file"]).is_file()
     units = sorted((out / "units").glob("*.json"))
-    assert len(units) == 2 * 2 + len(regularization.ARMS) * config.seeds
+    assert len(units) == 3 * 2 + len(regularization.ARMS) * config.seeds
+    assert (out / "units" / "bn-pop-seed100.json").is_file()  # fresh seeds 100, 101
     per_seed = raw["per_seed"][""]
     assert set(per_seed) == set(regularization.ARMS)
     for step in per_seed["bn"]["steps_to_fit"]:
-        assert step is None or config.window <= step <= config.steps
+        # the fit is read every fit_every steps and at the last step
+        assert step is None or step == config.steps or step % config.fit_every == 0
+    assert "test_nll_at_2.2" in per_seed["none"]  # a shown fit level
     assert len(results["verdicts"]) == 3
     for verdict, rule in zip(results["verdicts"], regularization.CLAIMS, strict=True):
         assert verdict["holds"] is None
@@ -189,3 +193,30 @@ def test_noise_is_inconclusive_and_chance_runs_are_excluded() -> None:
     evidence, verdict = regularization.CLAIMS[0].rule(noisy)
     assert evidence["excluded"][0]["seed"] == 2
     assert verdict == stats.NO_VERDICT
+
+
+def test_matched_fit_reads_the_clock_every_few_steps(fake_data) -> None:
+    # The fit is a clock read every `clock_every` steps (and at the last): the readout is
+    # taken at the first reading at or below each target, not at the mini-batch loss.
+    from bnlab.lab.kit import sweeps
+    from bnlab.lab.runner import Bench
+
+    readings = iter([3.0, 1.5, 0.9, 0.4])
+    got = sweeps.train_run(
+        regularization.build_model(tiny_config(), "none", 0),
+        fake_data(),
+        lr=0.1,
+        steps=8,
+        batch=16,
+        seed=0,
+        bench=Bench(None, torch.device("cpu")),
+        window=3,
+        readout=lambda m: {"acc": 50.0},
+        fit_targets=(1.0, 0.5, 0.1),
+        clock=lambda m: next(readings),
+        clock_every=2,
+    )
+    assert got["clock"] == {"steps": [2, 4, 6, 8], "values": [3.0, 1.5, 0.9, 0.4]}
+    assert got["at_fit"]["1.0"] == {"step": 6, "fit": 0.9, "acc": 50.0}
+    assert got["at_fit"]["0.5"]["step"] == 8
+    assert got["at_fit"]["0.1"] is None  # never reached: no value (excluded)

@@ -16,14 +16,26 @@ lr decayed linearly to 0, 5 paired seeds (same init and data order in both arms)
 final accuracy on 10,000 validation images (the last of the training split; the runs
 train on the first 50,000) at factor 1, on the separate tuning seed 1000. A run *trains*
 at a factor when its loss stayed finite and its final test accuracy on the full
-10,000-image test set is at least 75 %.
+10,000-image test set is within 3 points of that seed's best in that arm over the grid
+(and at least 50 %): above what the last layer reaches on frozen random features
+(75-82 %, the referee's probe, docs/lab_referee_2.md), since with BN a factor ``a``
+divides the hidden layers' relative update by ``a**2`` and at large factors only the
+last layer would learn. The lr is fixed across factors (tuned at factor 1), and the
+last layer is not normalized in either arm: BN's invariance covers the hidden layers
+only.
 
-Primary metric, per seed: ``width_decades``, the decades spanned by the factors at which
-the run trains (log10 of the largest over the smallest, plus one grid step; 0 when
-none). Claim: wider with BN, per activation (both settings vote), paired t, Holm, TOST
-margin 0.5 decades (half a grid step). Censoring: a seed that trains at either end of
-the grid has a width that is a lower bound (``kit.sweeps.CENSORING_RULE``): it can only
-withdraw a "refuted" for BN, or a "supported" when it is a no-BN seed.
+Primary metric, per seed: ``n_train``, the number of grid factors (decades) at which the
+run trains (the set need not be contiguous; contiguity is shown). Claim: more with BN,
+per activation (both settings vote), paired t, Holm, TOST margin 1 factor (one grid
+step, the metric's resolution). Censoring: a seed that trains at either end of the grid
+has a count that is a lower bound (``kit.sweeps.CENSORING_RULE``): it can only withdraw
+a "refuted" for BN, or a "supported" when it is a no-BN seed.
+
+Second run of this design: the first full run (3840ff2) used a fixed 75 % threshold,
+the decades spanned as the metric and a 0.5-decade margin; the referee's report
+(docs/lab_referee_2.md, section 10) asked for a threshold above frozen-feature
+accuracy, the count of trainable factors and a margin of one grid step, declared here
+before the rerun.
 """
 
 from __future__ import annotations
@@ -56,7 +68,22 @@ __all__ = [
 
 SOURCE = "003_8a52002564f5ba9e.txt"
 SENTENCE = "对初始化权重的要求降低"
-METRIC = "width_decades"
+METRIC = "n_train"
+FIGURE = sweeps.SweepFigure(
+    "init_scale",
+    "factor on the Xavier-uniform weights",
+    "Initial weight scale, MLP with and without BN (each at its tuned lr)",
+)
+#: The per-seed table's columns: header, metrics -> cell.
+PER_SEED_COLUMNS = (
+    ("factors that train", lambda m: kit.mean_std_cell(m[METRIC])),
+    (
+        "factors that train (per seed)",
+        lambda m: "; ".join(",".join(f"{v:g}" for v in t) or "none" for t in m["trains"]),
+    ),
+    ("contiguous", lambda m: f"{sum(m['contiguous'])} of {len(m[METRIC])}"),
+    ("censored (at an end)", lambda m: f"{sum(m['width_censored'])} of {len(m[METRIC])}"),
+)
 TUNE_RULE = (
     "each (activation, arm) takes the lr of the grid {lrs} with the highest final accuracy "
     "on {val} validation images (the last of the training split) at factor 1 on tuning "
@@ -66,17 +93,17 @@ TUNE_RULE = (
 
 @dataclass(frozen=True)
 class InitConfig(sweeps.SweepConfig):
-    """Settings of ``init`` (defaults: the full run, about 7 min on 2 quiet CPU cores).
+    """Settings of ``init`` (defaults: the full run, about 2-3 min with --workers 2).
 
     Args:
         seeds, test_size, min_seeds, threads, activations, hidden, batch, steps,
-            momentum, target_acc, window: as in ``kit.sweeps.SweepConfig``.
+            momentum, target_acc, drop, window: as in ``kit.sweeps.SweepConfig``.
         train_size: training images (the first of the split).
         val_size: validation images for the lr tuning (the last of the split).
         factors: multipliers of the Xavier-uniform weights (increasing, equal log steps).
         lrs: the tuning grid of learning rates.
         tune_seed: the seed of the tuning runs.
-        margin: the claim's equivalence margin, in decades.
+        margin: the claim's equivalence margin, in grid factors (one grid step).
     """
 
     train_size: int | None = 50000
@@ -84,8 +111,7 @@ class InitConfig(sweeps.SweepConfig):
     factors: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
     lrs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
     tune_seed: int = 1000
-    target_acc: float = 75.0
-    margin: float = 0.5
+    margin: float = 1.0
 
     #: A smoke test: 2 seeds (below min_seeds: no verdict), three factors, 30 steps.
     QUICK = sweeps.SweepConfig.quick_settings(
@@ -106,18 +132,7 @@ class InitConfig(sweeps.SweepConfig):
 
 def specs(config: InitConfig) -> list[stats.ClaimSpec]:
     """The claim, declared before the run (see the module docstring)."""
-    return [
-        stats.ClaimSpec(
-            name="bn-eases-initialization",
-            metric=METRIC,
-            direction="higher",
-            arm="bn",
-            reference="none",
-            margin=config.margin,
-            min_seeds=config.min_seeds,
-            settings=tuple(config.activations),
-        )
-    ]
+    return [config.claim_spec("bn-eases-initialization", METRIC)]
 
 
 def prepare(config: InitConfig, data: Mapping[str, Tensor] | None) -> dict[str, Any]:
@@ -192,7 +207,7 @@ def summarize(
     tuned: GridRun,
     lrs: Mapping[str, float | None],
 ) -> LabOutcome:
-    """Accuracy against the weight factor, the trainable width per seed, the verdict."""
+    """Accuracy against the weight factor, the factors that train per seed, the verdict."""
     per_seed = sweeps.trainability(config, run, config.factors)
     raw = {
         "per_seed": per_seed,
@@ -206,6 +221,7 @@ def summarize(
             lrs="/".join(f"{lr:g}" for lr in config.lrs), val=config.val_size, seed=config.tune_seed
         ),
         "target_acc": config.target_acc,
+        "drop": config.drop,
         "censoring_rule": sweeps.CENSORING_RULE,
     }
     verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
@@ -227,47 +243,19 @@ def summarize(
             ],
         ),
         sweeps.sweep_table(
-            f"Final test accuracy (%, full test set; mean ± std over seeds, seeds that reach "
-            f"{config.target_acc:g} %) against the weight factor",
+            "Final test accuracy (%, full test set; mean ± std over seeds, seeds that train) "
+            "against the weight factor",
             run,
             config.factors,
-            config.target_acc,
+            per_seed,
             "x",
         ),
-        Table(
-            "Per seed: the decades of weight scale that train",
-            [
-                "activation",
-                "arm",
-                "width (decades)",
-                "factors that train (per seed)",
-                "censored (at an end)",
-            ],
-            [
-                [
-                    act,
-                    arm,
-                    kit.mean_std_cell(m[METRIC]),
-                    "; ".join(",".join(f"{v:g}" for v in t) or "none" for t in m["trains"]),
-                    f"{sum(m['width_censored'])} of {len(m[METRIC])}",
-                ]
-                for act, arms in per_seed.items()
-                for arm, m in arms.items()
-            ],
+        sweeps.per_seed_table(
+            "Per seed: the weight factors (decades) that train", per_seed, PER_SEED_COLUMNS
         ),
     ]
     return sweeps.sweep_outcome(
-        config,
-        ctx,
-        run,
-        config.factors,
-        name="init_scale",
-        xlabel="factor on the Xavier-uniform weights",
-        title="Initial weight scale, MLP with and without BN (each at its tuned lr)",
-        tables=tables,
-        verdicts=verdicts,
-        raw=raw,
-        notes=[raw["tune_rule"]],
+        config, ctx, run, config.factors, FIGURE, tables, verdicts, raw, [raw["tune_rule"]]
     )
 
 
@@ -278,13 +266,14 @@ CLAIMS = kit.register_claims(
         "BN reduces the sensitivity to the initial weights: an MLP trains over a wider "
         f"range of initial weight scales with BN ({SENTENCE})",
         SOURCE,
-        "declared ClaimSpec (bnlab.lab.stats): per seed, the decades of weight factors "
+        "declared ClaimSpec (bnlab.lab.stats): per seed, the number of weight factors "
         "(Xavier-uniform times 0.001..1000, decade steps) at which the run's loss stays "
-        "finite and its final test accuracy reaches 75 %, each (activation, arm) at its lr "
-        "tuned at factor 1 on seed 1000; BN against no BN, direction higher, per activation "
-        "(relu, sigmoid; both vote), paired by seed (5), Holm, TOST margin ±0.5 decades. A "
-        "seed that trains at an end of the grid has a censored width and withdraws a verdict "
-        "it could flip ('inconclusive').",
+        "finite and its final test accuracy is within 3 points of the seed's best in that "
+        "arm (and >= 50 %), each (activation, arm) at its lr tuned at factor 1 on seed 1000 "
+        "and kept across factors; BN against no BN, direction higher, per activation (relu, "
+        "sigmoid; both vote), paired by seed (5), Holm, TOST margin ±1 factor (one grid "
+        "step). A seed that trains at an end of the grid has a censored count and withdraws "
+        "a verdict it could flip ('inconclusive').",
         sweeps.censored_rule("bn-eases-initialization", high="width_censored", low=None),
         sweeps.censored_text,
         sentence=SENTENCE,
@@ -311,16 +300,16 @@ SPEC = register_lab(
             "MLP 784-256-256-10, with and without BN, Xavier-uniform weights times 0.001.."
             "1000 (decades), each (activation, arm) at its lr tuned at factor 1 on a "
             "separate seed, plain SGD batch 128, 600 steps (lr decayed to 0), 5 paired "
-            "seeds; per seed the decades of weight scale at which the run trains (final "
-            "test accuracy >= 75 % on the full test set); paired t per activation, Holm, "
-            "TOST margin 0.5 decades."
+            "seeds; per seed the number of factors at which the run trains (final test "
+            "accuracy on the full test set within 3 points of the seed's best in that arm); "
+            "paired t per activation, Holm, TOST margin one factor."
         ),
         config_type=InitConfig,
         run=run,
         needs_data=True,
         full_time=(
-            "about 6 min on 2 quiet CPU cores (estimate: 24 tuning + 140 runs of 600 steps, "
-            "3-7 s each on one core at load 6 in a pilot on seed 1000; ~650 CPU-s)"
+            "131 s with --workers 2 at load 2.5-4 (the first full run, 3840ff2: 24 tuning "
+            "+ 140 runs of 600 steps)"
         ),
     )
 )

@@ -11,18 +11,29 @@ activation), plain SGD at batch 128 for 600 steps with the lr decayed linearly t
 at every lr of the log grid 0.01, 0.03, ..., 100 (half-decade steps), on the full
 training set; d2l's Xavier init and the data order from the seed, the same in both arms
 (5 paired seeds). A run *trains* at an lr when its loss stayed finite and its final test
-accuracy on the full 10,000-image test set is at least 75 %.
+accuracy on the full 10,000-image test set is within 3 points of that seed's best in
+that arm over the grid (and at least 50 %): a threshold above what the last layer
+reaches on frozen random features (75-82 %, the referee's probe, docs/lab_referee_2.md).
+What is measured is "trains at peak lr X with the lr decayed linearly to 0", plain SGD
+without momentum.
 
 Primary metric, per seed: ``max_log10``, log10 of the largest lr of the grid at which
 the run trains (one grid step below the grid if none). Claim: higher with BN than
 without, per activation (two settings, both must agree for "supported"), paired t,
-Holm, TOST margin 0.25 decades (half a grid step: the grid cannot resolve less).
+Holm, TOST margin 0.5 decades: one grid step, since a difference of two grid-read
+frontiers is resolved to about one step (a smaller margin would let a grid artefact
+read as equivalence).
 Censoring: the grid's top (100) is where both arms fail in a pilot on seed 1000; a seed
 that still trains there, or trains nowhere, is censored and can only withdraw a
 verdict it could flip (``kit.sweeps.CENSORING_RULE``).
 
 Shown, not voted: the accuracy at each arm's best lr and at every lr (table, figure),
 the width of the trainable range.
+
+Second run of this design: the first full run (87fce99; +1 decade in every seed and
+both activations, supported) used a fixed 75 % threshold and a 0.25-decade margin;
+the referee's report (docs/lab_referee_2.md, section 9) asked for the threshold tied
+to the arm's own accuracy and a margin of one grid step, declared here before the rerun.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from torch import Tensor
 
 from bnlab.lab import kit, stats
 from bnlab.lab.claims import Literature, spec_record
-from bnlab.lab.experiment import LabContext, LabOutcome, Table, register_lab
+from bnlab.lab.experiment import LabContext, LabOutcome, register_lab
 from bnlab.lab.kit import sweeps
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 
@@ -44,20 +55,34 @@ __all__ = ["CLAIMS", "LrSweepConfig", "grid", "measure", "specs", "summarize"]
 SOURCE = "003_8a52002564f5ba9e.txt"
 SENTENCE = "可以使用更大的学习率"
 METRIC = "max_log10"
+FIGURE = sweeps.SweepFigure(
+    "lr_sweep",
+    "learning rate (SGD, decayed linearly to 0)",
+    "Learning-rate sweep, MLP with and without BN",
+)
+#: The per-seed table's columns: header, metrics -> cell.
+PER_SEED_COLUMNS = (
+    ("largest lr per seed", lambda m: ", ".join(f"{10**v:g}" for v in m[METRIC])),
+    ("max log10 lr", lambda m: kit.mean_std_cell(m[METRIC])),
+    ("width (decades)", lambda m: kit.mean_std_cell(m["width_decades"])),
+    ("best acc %", lambda m: kit.mean_std_cell(m["best_acc"])),
+    ("censored (top/none)", lambda m: f"{sum(m['censored_high'])}/{sum(m['censored_low'])}"),
+)
 
 
 @dataclass(frozen=True)
 class LrSweepConfig(sweeps.SweepConfig):
-    """Settings of ``lr-sweep`` (defaults: the full run, about 6 min on 2 quiet CPU cores).
+    """Settings of ``lr-sweep`` (defaults: the full run, about 2 min with --workers 2).
 
     Args:
         seeds, train_size, test_size, min_seeds, threads, activations, hidden, batch,
-            steps, momentum, target_acc, window, margin: as in ``kit.sweeps.SweepConfig``.
+            steps, momentum, target_acc, drop, window: as in ``kit.sweeps.SweepConfig``.
+        margin: the claim's equivalence margin in decades (one grid step).
         lrs: the swept learning rates (increasing, equal steps in log10).
     """
 
     lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
-    target_acc: float = 75.0
+    margin: float = 0.5
 
     #: A smoke test: 2 seeds (below min_seeds: no verdict), three lrs, 30 steps.
     QUICK = sweeps.SweepConfig.quick_settings(
@@ -70,18 +95,7 @@ class LrSweepConfig(sweeps.SweepConfig):
 
 def specs(config: LrSweepConfig) -> list[stats.ClaimSpec]:
     """The claim, declared before the run (see the module docstring)."""
-    return [
-        stats.ClaimSpec(
-            name="bn-allows-higher-lr",
-            metric=METRIC,
-            direction="higher",
-            arm="bn",
-            reference="none",
-            margin=config.margin,
-            min_seeds=config.min_seeds,
-            settings=tuple(config.activations),
-        )
-    ]
+    return [config.claim_spec("bn-allows-higher-lr", METRIC)]
 
 
 def grid(config: LrSweepConfig) -> Grid:
@@ -107,57 +121,27 @@ def summarize(config: LrSweepConfig, ctx: LabContext, run: GridRun) -> LabOutcom
         "specs": [spec_record(s) for s in specs(config)],
         "lrs": list(config.lrs),
         "target_acc": config.target_acc,
+        "drop": config.drop,
         "censoring_rule": sweeps.CENSORING_RULE,
     }
     verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
     raw["claims"] = list(evidences.values())
     tables = [
         sweeps.sweep_table(
-            f"Final test accuracy (%, full test set; mean ± std over seeds, seeds that reach "
-            f"{config.target_acc:g} %) against the lr",
+            "Final test accuracy (%, full test set; mean ± std over seeds, seeds that train) "
+            "against the lr",
             run,
             config.lrs,
-            config.target_acc,
+            per_seed,
             "lr",
         ),
-        Table(
+        sweeps.per_seed_table(
             "Per seed: the largest lr that trains, the trainable width and the best accuracy",
-            [
-                "activation",
-                "arm",
-                "largest lr per seed",
-                "max log10 lr",
-                "width (decades)",
-                "best acc %",
-                "censored (top/none)",
-            ],
-            [
-                [
-                    act,
-                    arm,
-                    ", ".join(f"{10**v:g}" for v in m[METRIC]),
-                    kit.mean_std_cell(m[METRIC]),
-                    kit.mean_std_cell(m["width_decades"]),
-                    kit.mean_std_cell(m["best_acc"]),
-                    f"{sum(m['censored_high'])}/{sum(m['censored_low'])}",
-                ]
-                for act, arms in per_seed.items()
-                for arm, m in arms.items()
-            ],
+            per_seed,
+            PER_SEED_COLUMNS,
         ),
     ]
-    return sweeps.sweep_outcome(
-        config,
-        ctx,
-        run,
-        config.lrs,
-        name="lr_sweep",
-        xlabel="learning rate (SGD, decayed linearly to 0)",
-        title="Learning-rate sweep, MLP with and without BN",
-        tables=tables,
-        verdicts=verdicts,
-        raw=raw,
-    )
+    return sweeps.sweep_outcome(config, ctx, run, config.lrs, FIGURE, tables, verdicts, raw)
 
 
 CLAIMS = kit.register_claims(
@@ -168,10 +152,11 @@ CLAIMS = kit.register_claims(
         f"higher with BN ({SENTENCE})",
         SOURCE,
         "declared ClaimSpec (bnlab.lab.stats): per seed, log10 of the largest lr of the grid "
-        "0.01..100 (half-decade steps) at which the run's loss stays finite and its final "
-        "test accuracy reaches 75 %; BN against no BN, direction higher, per activation "
-        "(relu, sigmoid; both settings vote), paired by seed (5), Holm, TOST margin ±0.25 "
-        "decades (half a grid step). Censored seeds (training at the top lr 100, or at none) "
+        "0.01..100 (half-decade steps, lr decayed linearly to 0, plain SGD) at which the "
+        "run's loss stays finite and its final test accuracy is within 3 points of the "
+        "seed's best in that arm (and >= 50 %); BN against no BN, direction higher, per "
+        "activation (relu, sigmoid; both settings vote), paired by seed (5), Holm, TOST "
+        "margin ±0.5 decades (one grid step: the resolution of the metric). Censored seeds (training at the top lr 100, or at none) "
         "withdraw a verdict they could flip ('inconclusive').",
         sweeps.censored_rule("bn-allows-higher-lr"),
         sweeps.censored_text,
@@ -199,8 +184,9 @@ SPEC = register_lab(
             "Tests 'BN allows higher learning rates': a ReLU and a sigmoid MLP 784-256-256-"
             "10, with and without BN, plain SGD batch 128, 600 steps (lr decayed to 0) at "
             "every lr 0.01..100 (half decades), 5 paired seeds; per seed the largest lr at "
-            "which the run trains (finite loss, final test accuracy >= 75 % on the full "
-            "test set); paired t per activation, Holm, TOST margin 0.25 decades."
+            "which the run trains (finite loss, final test accuracy on the full test set "
+            "within 3 points of the seed's best in that arm); paired t per activation, "
+            "Holm, TOST margin 0.5 decades (one grid step)."
         ),
         config_type=LrSweepConfig,
         grid=grid,
@@ -209,8 +195,8 @@ SPEC = register_lab(
         steps=lambda config: config.steps,
         prepare=prepare,
         full_time=(
-            "about 5 min on 2 quiet CPU cores (estimate: 180 runs of at most 600 steps, "
-            "2-5 s each on one core at load 6 in a pilot on seed 1000; ~600 CPU-s)"
+            "118 s with --workers 2 at load 2.5-4.5 (the first full run, 87fce99: 180 runs "
+            "of at most 600 steps)"
         ),
     )
 )
