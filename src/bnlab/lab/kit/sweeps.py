@@ -7,8 +7,9 @@ Shared by the second-edition designs of ``lr-sweep``, ``init`` and ``regularizat
   0 over the run, so that every readout is taken at a settled point (the referee's
   lesson, ``docs/lab_referee.md``); the moving average of the mini-batch losses at
   every step; readouts (``readout(model)``, e.g. test accuracy and NLL) the first time
-  that average reaches each of ``fit_targets`` (matched fit) and at the end; a
-  non-finite loss stops the run and marks it diverged.
+  the fit reaches each of ``fit_targets`` (matched fit: that average, or a ``clock``
+  such as the eval-mode NLL of the training set read every few steps) and at the end;
+  a non-finite loss stops the run and marks it diverged.
 - :class:`SweepConfig`: the trainability sweeps' core (``lr-sweep`` sweeps the learning
   rate, ``init`` the scale of the initial weights): a ReLU and a sigmoid MLP, with and
   without BN (before the activation, the paper's placement), paired seeds.
