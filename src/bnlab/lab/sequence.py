@@ -718,8 +718,12 @@ CLAIMS = kit.register_claims(
             "Laurent et al.: BN on the hidden-to-hidden transition did not help; on the "
             "input-to-hidden one it sped up training but did not improve generalization",
             "supported",
-            _PAPERS_SCALE + "LSTMs of 100-1000 units trained to convergence, 784-step pixel "
-            "sequences (longer sequences, where vanishing gradients bite harder)",
+            _PAPERS_SCALE + "LSTMs of 100-1000 units trained to convergence on 784-step "
+            "pixel sequences, where the gradient through time vanishes. Suspect the design, "
+            "not the budget: in the full run the same per-step BN with gamma 1 (the arm shown "
+            "beside, declared before the run, not voted) trained faster than no norm by 0.065 "
+            "nats [0.059, 0.070] and than gamma 0.1 by 0.075; over 28 steps gamma 1 does not "
+            "saturate the gates and gamma 0.1 only slows the start",
         ),
     ),
     kit.ClaimRule(
@@ -744,7 +748,9 @@ CLAIMS = kit.register_claims(
             "BN-vs-LN gap in numbers is unverified here",
             "refuted",
             _PAPERS_SCALE + "text Transformers; image rows are not text and their batch "
-            "statistics may fluctuate less (in vision BN is common), so the result may differ",
+            "statistics may fluctuate less (in vision BN is common), so the result may differ: "
+            "ours finds BN equivalent to LayerNorm (and both 0.03 nats better than no norm), "
+            "not worse",
         ),
     ),
     kit.ClaimRule(
@@ -771,7 +777,11 @@ CLAIMS = kit.register_claims(
             "the attentive reader is curves only (no number; unverified here); in NLP "
             "Transformers LN beats naive BN (Shen et al.)",
             "supported",
-            _PAPERS_SCALE + "language and handwriting RNNs trained to convergence",
+            _PAPERS_SCALE + "language and handwriting RNNs trained to convergence. In the "
+            "Transformer on image rows BN equals LayerNorm (no text-like fluctuation of the "
+            "batch statistics); in the GRU LayerNorm beats BN with gamma 0.1, but BN with gamma "
+            "1 (shown) beats LayerNorm by 0.029 nats [0.024, 0.035]: the GRU result is about "
+            "the initialisation",
         ),
     ),
 )
