@@ -86,19 +86,51 @@ def synthetic(before: dict[str, float], after: float = 88.0, *, noise=NOISE) -> 
 
 
 @pytest.mark.parametrize(
-    ("before", "verdict", "statuses"),
+    ("before", "verdict", "statuses", "superiority"),
     [
-        ({"relu": 89.0, "sigmoid": 88.8}, stats.SUPPORTED, ["better", "better"]),
-        # the null: equal within the margin for both activations
-        ({"relu": 88.0, "sigmoid": 88.0}, stats.REFUTED, ["equivalent", "equivalent"]),
-        ({"relu": 87.0, "sigmoid": 87.2}, stats.REFUTED, ["opposite", "opposite"]),
-        ({"relu": 89.0, "sigmoid": 88.0}, stats.CONTEXT_DEPENDENT, ["better", "equivalent"]),
+        (
+            {"relu": 89.0, "sigmoid": 88.8},
+            stats.SUPPORTED,
+            ["non-inferior", "non-inferior"],
+            ["better", "better"],
+        ),
+        # the null of superiority: equal within the margin is non-inferior
+        (
+            {"relu": 88.0, "sigmoid": 88.0},
+            stats.SUPPORTED,
+            ["non-inferior", "non-inferior"],
+            ["equivalent", "equivalent"],
+        ),
+        # before worse by more than the margin in both settings
+        (
+            {"relu": 87.0, "sigmoid": 87.2},
+            stats.REFUTED,
+            ["inferior", "inferior"],
+            ["opposite", "opposite"],
+        ),
+        (
+            {"relu": 89.0, "sigmoid": 87.0},
+            stats.CONTEXT_DEPENDENT,
+            ["non-inferior", "inferior"],
+            ["better", "opposite"],
+        ),
+        # worse, but not by more than the margin: neither non-inferior nor inferior
+        (
+            {"relu": 87.7, "sigmoid": 87.7},
+            stats.INCONCLUSIVE,
+            ["undecided", "undecided"],
+            ["opposite", "opposite"],
+        ),
     ],
 )
-def test_rule_on_known_numbers(before: dict, verdict: str, statuses: list) -> None:
+def test_rule_on_known_numbers(
+    before: dict, verdict: str, statuses: list, superiority: list
+) -> None:
     evidence, got = placement.CLAIMS[0].rule(synthetic(before))
     assert got == verdict
     assert [r["status"] for r in evidence["settings"]] == statuses
+    assert [r["superiority_status"] for r in evidence["settings"]] == superiority
+    assert evidence["text"].startswith(verdict + ": test_acc: before - after, non-inferiority")
 
 
 def test_rule_on_noise_chance_and_too_few_seeds() -> None:
@@ -114,6 +146,7 @@ def test_rule_on_noise_chance_and_too_few_seeds() -> None:
     at_chance["raw"]["per_seed"]["relu"]["after"]["test_acc"][0] = 10.3
     evidence, verdict = placement.CLAIMS[0].rule(at_chance)
     assert verdict == stats.SUPPORTED  # relu keeps 4 seeds: excluded; sigmoid decides
+    assert evidence["settings"][1]["status"] == "non-inferior"
     assert evidence["settings"][0]["status"] == "excluded"
     assert evidence["excluded"][0]["reason"] == "never left chance (test_acc within 2.0 of 10.0)"
 
@@ -125,8 +158,16 @@ def test_rule_on_noise_chance_and_too_few_seeds() -> None:
         ({"activations": ()}, "activations must name at least one activation"),
         ({"epochs": 0}, "epochs must be > 0, got 0"),
         ({"margin": 0.0}, "margin must be > 0, got 0.0"),
+        ({"first_seed": -1}, "first_seed must be an int >= 0, got -1"),
     ],
 )
 def test_config_errors(kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         placement.main_grid(tiny_config(**kw))
+
+
+def test_default_grid_reaches_past_one_and_seeds_are_fresh() -> None:
+    config = placement.PlacementConfig()
+    assert max(config.lrs) == 10.0
+    assert 3.0 in config.lrs
+    assert {c.seed for c in placement.main_grid(config).cells()} == set(range(200, 205))
