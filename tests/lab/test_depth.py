@@ -108,7 +108,7 @@ def test_rules_on_synthetic_numbers() -> None:
         "skip-connections-matter-at-depth": stats.SUPPORTED,
         "no-bn-plain-stops-training-with-depth": stats.SUPPORTED,
         "deeper-plain-degrades-with-bn": stats.SUPPORTED,
-        "residual-needs-bn-at-depth": stats.SUPPORTED,
+        "zero-init-resnet-slower-without-bn": stats.SUPPORTED,
     }
     assert all(e["holm_family"] == 5 for e in got.values())
     assert all(e["whole_arm_at_chance"] is None for e in got.values())
@@ -118,7 +118,7 @@ def test_rules_on_synthetic_numbers() -> None:
 
     # Equal within the margin (0.05): refuted (TOST shows equivalence).
     same = _verdicts(_base(d56_resnet_fixup=[0.26, 0.27, 0.25, 0.28, 0.26]))
-    assert same["residual-needs-bn-at-depth"]["verdict"] == stats.REFUTED
+    assert same["zero-init-resnet-slower-without-bn"]["verdict"] == stats.REFUTED
     # The opposite direction, beyond the margin: refuted.
     worse = _verdicts(_base(d56_resnet_bn=[0.62, 0.61, 0.65, 0.60, 0.63]))
     assert worse["skip-connections-matter-at-depth"]["verdict"] == stats.REFUTED
@@ -178,7 +178,7 @@ def test_claims_are_registered_with_their_sources() -> None:
     assert claims["bn-trains-deep-plain"].source == "004_deb69101c4c8736e.txt"
     assert claims["skip-connections-matter-at-depth"].source == "000_3d8114077ba70cad.txt"
     assert claims["deeper-plain-degrades-with-bn"].source == FROM_LITERATURE
-    assert claims["residual-needs-bn-at-depth"].source == FROM_LITERATURE
+    assert claims["zero-init-resnet-slower-without-bn"].source == FROM_LITERATURE
     seeds = Path(__file__).parents[3] / "shared" / "seeds"
     for c in claims.values():
         assert c.literature is not None
@@ -388,6 +388,6 @@ def test_cli_quick_run_writes_results_and_figures(
     for f in results["figures"]:
         assert (out / f["file"]).read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
-    assert "BN makes deep plain networks trainable" in printed
+    assert "BN lets a deep plain network train" in printed
     assert "no verdict at this budget" in printed
     assert "(results.json and 2 figures)" in printed

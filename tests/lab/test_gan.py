@@ -1,6 +1,6 @@
 """``gan``: the Fréchet distance against closed forms, the declared rules on synthetic
 per-seed numbers whose answer is known (clear effect, equivalence, the null with noise,
-too few seeds, a run at chance), one GAN cell, a quick run end to end, config errors.
+too few seeds, collapsed and non-finite runs), one GAN cell, a quick run end to end, config errors.
 The networks: tests/models/test_gan_models.py."""
 
 from __future__ import annotations
@@ -148,11 +148,19 @@ def test_rule_on_the_null_with_noise_is_inconclusive() -> None:
     assert "would give 80% power" in evidence["budget_advice"]
 
 
-def test_too_few_seeds_and_runs_at_chance_give_no_verdict() -> None:
+def test_too_few_seeds_give_no_verdict_and_collapsed_runs_count() -> None:
     results = synthetic({GBN_DBN: 0.5, REF: 0.0, GNONE_DSN: 0.4})
-    results["raw"]["per_seed"][""][GBN_DBN]["fd_drop"][0] = 0.1  # never left chance
+    # a collapsed run (FD hardly dropped) counts at its log FD: not excluded (the rule
+    # changed after the b8b3f9c run: it used to be excluded as "at chance")
+    results["raw"]["per_seed"][""][GBN_DBN]["fd_drop"][0] = 0.1
     evidence, verdict = gan.CLAIMS[0].rule(results)
-    assert verdict == stats.NO_VERDICT  # 4 pairs left < 5
+    assert verdict == stats.SUPPORTED
+    assert not evidence.get("excluded")
+    assert evidence["settings"][0]["n"] == 5
+    # a non-finite seed (no value) is excluded: 4 pairs left < 5
+    results["raw"]["per_seed"][""][GBN_DBN]["log_fd"][0] = None
+    evidence, verdict = gan.CLAIMS[0].rule(results)
+    assert verdict == stats.NO_VERDICT
     assert evidence["excluded"][0]["seed"] == 0
     assert gan.CLAIMS[1].rule(results)[1] == stats.SUPPORTED  # the other claim's arms are fine
     short = synthetic({GBN_DBN: 0.5, REF: 0.0, GNONE_DSN: 0.4})
@@ -160,6 +168,39 @@ def test_too_few_seeds_and_runs_at_chance_give_no_verdict() -> None:
         for metric in arm:
             arm[metric] = arm[metric][:3]
     assert verdicts(short) == [stats.NO_VERDICT, stats.NO_VERDICT]
+
+
+def test_a_non_finite_run_counts_at_the_worst_log_fd() -> None:
+    arms = {
+        GBN_DBN: {"log_fd": [0.5, None, 0.4]},
+        REF: {"log_fd": [0.0, 0.1, 2.0]},
+        GNONE_DSN: {"log_fd": [None, None, None]},
+    }
+    nonfinite = {GBN_DBN: [False, True, False], REF: [False] * 3, GNONE_DSN: [True] * 3}
+    gan.count_failures(arms, nonfinite)
+    assert arms[GBN_DBN]["log_fd"] == [0.5, 2.0, 0.4]
+    assert arms[GNONE_DSN]["log_fd"] == [2.0, 2.0, 2.0]
+    assert arms[REF]["log_fd"] == [0.0, 0.1, 2.0]
+    assert arms[GBN_DBN]["nonfinite"] == [False, True, False]
+    # no finite value anywhere: nothing to count them at
+    empty = {REF: {"log_fd": [None]}}
+    gan.count_failures(empty, {REF: [True]})
+    assert empty[REF]["log_fd"] == [None]
+
+
+def test_bn_against_no_norm_in_d_under_each_generator() -> None:
+    per_seed = {
+        "gbn-dbn": {"log_fd": [0.3, 0.5, 0.4]},
+        "gbn-dnone": {"log_fd": [0.0, 0.3, 0.1]},
+        "gnone-dbn": {"log_fd": [2.3, 2.3, 2.3]},
+        "gnone-dnone": {"log_fd": [1.0, 1.4, 1.2]},
+    }
+    rows = {r["arm"]: r for r in gan.bn_against_no_norm_in_d(per_seed)}
+    assert rows["gbn-dbn"]["reference"] == "gbn-dnone"
+    assert rows["gbn-dbn"]["diff"] == pytest.approx(0.8 / 3)
+    assert rows["gbn-dbn"]["ratio"] == pytest.approx(math.exp(0.8 / 3))
+    assert rows["gnone-dbn"]["diff"] == pytest.approx(1.1)
+    assert rows["gnone-dbn"]["n"] == 3
 
 
 def test_arms_share_initial_weights_and_data() -> None:
@@ -231,6 +272,8 @@ def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> Non
     assert all(len(m["log_fd"]) == config.seeds for m in arms.values())
     assert all(v is None or math.isfinite(v) for m in arms.values() for v in m["fd"])
     assert raw["reference"] == REF
+    assert [r["arm"] for r in raw["shown_bn_vs_no_norm_in_d"]] == ["gnone-dbn", "gbn-dbn"]
+    assert set(raw["collapsed"]) == set(gan.ARMS)
     for figure in ("gan_fd.png", "gan_samples.png"):
         assert (out / figure).is_file()
     for verdict, claim in zip(results["verdicts"], gan.CLAIMS, strict=True):

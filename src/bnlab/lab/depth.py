@@ -54,17 +54,34 @@ over the five, TOST margin ``margin`` (0.05 nats: below it two runs are as train
 one another at this budget; the tuning seed's loss moves by more between neighbouring
 grid values), at least 5 seeds:
 
-1. ``bn-trains-deep-plain`` (seed 004): at the deepest depth, the plain network with BN
-   reaches a lower training loss than without BN (each at its best lr).
+1. ``bn-trains-deep-plain`` (seed 004): within the 500-step budget, at the deepest depth,
+   the plain network with BN reaches a lower training loss than without BN (each at its
+   best lr).
 2. ``skip-connections-matter-at-depth`` (seed 000): at the deepest depth, with BN, the
    ResNet reaches a lower training loss than the plain network.
-3. ``no-bn-plain-stops-training-with-depth`` (seed 004): without BN, the deepest plain
-   network reaches a higher training loss than the shallowest.
-4. ``deeper-plain-degrades-with-bn`` (from the literature, He et al.'s figure 6): with
-   BN, the deepest plain network reaches a higher training loss than the shallowest.
-5. ``residual-needs-bn-at-depth`` (from the literature, the belief Zhang et al. test): at
-   the deepest depth the ResNet without BN (Fixup-like init) reaches a higher training
-   loss than with BN.
+3. ``no-bn-plain-stops-training-with-depth`` (seed 004): within the 500-step budget,
+   without BN, the deepest plain network reaches a higher training loss than the
+   shallowest.
+4. ``deeper-plain-degrades-with-bn`` (from the literature, He et al.'s figure 6): after
+   the 500 steps, with BN, the deepest plain network reaches a higher training loss than
+   the shallowest.
+5. ``zero-init-resnet-slower-without-bn`` (from the literature, the question Zhang et
+   al. test, on a weaker variant): within the 500-step budget, at the deepest depth the
+   ResNet without BN, started with a Fixup-like init *without* Fixup's scalar
+   multipliers and biases, reaches a higher training loss than with BN.
+
+The seed's "more than 100 layers" is tested only by the cuda profile (depth 110); the
+CPU verdicts are about 56 layers.
+
+Changes after review (text only, after the full run at 92618ca; the measured code is
+unchanged, so the verdicts are that run's, re-evaluated from its stored units): the
+referee (docs/lab_referee_2.md, section 7) measured that the no-BN plain-56 does train
+at 2,500 steps (seed 0, lr 0.01: training loss 0.644, 75.8 % test), so claims 1 and 3
+measure whether BN leaves the initial plateau within 500 steps, not trainability as
+such; they now say "within the 500-step budget" (5x the steps does not fit the 8-minute
+CPU budget). Claim 5 was ``residual-needs-bn-at-depth``; its init lacks Fixup's scalars,
+which Zhang et al. add to match BN's speed, so it is renamed to what it tests. Claims 1
+and 3 credit the seed's sentence at 56 layers, not "more than 100".
 
 Chance: a run whose training loss is within 0.05 of ln 10 (2.303, the loss of a
 uniform guess), or that diverged, never left chance and is excluded, as
@@ -286,7 +303,7 @@ CLAIM_SHAPES: tuple[tuple[str, str, str, str, stats.Direction], ...] = (
     ("skip-connections-matter-at-depth", "DEEP", "resnet-bn", "plain-bn", "lower"),
     ("no-bn-plain-stops-training-with-depth", "plain-none", "DEEP", "SHALLOW", "higher"),
     ("deeper-plain-degrades-with-bn", "plain-bn", "DEEP", "SHALLOW", "higher"),
-    ("residual-needs-bn-at-depth", "DEEP", "resnet-fixup", "resnet-bn", "higher"),
+    ("zero-init-resnet-slower-without-bn", "DEEP", "resnet-fixup", "resnet-bn", "higher"),
 )
 
 
@@ -711,7 +728,10 @@ _INIT = (
     "; our no-BN plain nets start from the models' Kaiming fan-out init at width 8, and "
     "Hanin & Rolnick 2018 (arXiv 1803.01719) show that a fan-out variance and narrow layers "
     "both keep deep ReLU nets from starting to train: another init (fan-in, data-dependent) "
-    "might train them, so the claim is about BN against this standard init"
+    "might train them, so the claim is about BN against this standard init; and the "
+    "referee's probe (docs/lab_referee_2.md, section 7) trained the no-BN plain-56 at "
+    "2,500 steps, lr 0.01 (training loss 0.644, 75.8 % test, seed 0), so at 500 steps the "
+    "claim measures leaving the initial plateau, not trainability as such"
 )
 
 
@@ -745,8 +765,10 @@ CLAIMS = kit.register_claims(
     "depth",
     _claim(
         "bn-trains-deep-plain",
-        "BN makes deep plain networks trainable: at 56 layers the plain network with BN "
-        f"reaches a lower training loss than without BN, each at its best lr ({PLAIN_SENTENCE})",
+        "Within a 500-step budget (0.53 epoch), BN lets a deep plain network train: at 56 "
+        "layers the plain network with BN reaches a lower training loss than without BN, "
+        "each at its best lr (tests the seed's sentence at 56 layers, not at more than 100: "
+        f"{PLAIN_SENTENCE})",
         PLAIN_SOURCE,
         Literature(
             _RECTIFIERS + "; " + _HE,
@@ -778,8 +800,9 @@ CLAIMS = kit.register_claims(
     ),
     _claim(
         "no-bn-plain-stops-training-with-depth",
-        "Without BN, the plain network trains worse as depth grows: plain-56 without BN "
-        f"reaches a higher training loss than plain-20 without BN ({PLAIN_SENTENCE})",
+        "Within a 500-step budget (0.53 epoch), without BN the plain network trains worse "
+        "as depth grows: plain-56 without BN reaches a higher training loss than plain-20 "
+        f"without BN (the seed's sentence at 56 layers, not at more than 100: {PLAIN_SENTENCE})",
         PLAIN_SOURCE,
         Literature(
             _RECTIFIERS,
@@ -794,7 +817,8 @@ CLAIMS = kit.register_claims(
     _claim(
         "deeper-plain-degrades-with-bn",
         "The degradation problem: even with BN, the 56-layer plain network reaches a higher "
-        "training loss than the 20-layer one",
+        "training loss than the 20-layer one (after 500 steps, 0.53 epoch: a deeper net that "
+        "is merely slower also loses here)",
         FROM_LITERATURE,
         Literature(
             _HE,
@@ -807,21 +831,25 @@ CLAIMS = kit.register_claims(
         ),
     ),
     _claim(
-        "residual-needs-bn-at-depth",
-        "Deep residual networks need BN: at 56 layers the ResNet without BN (Fixup-like zero "
-        "init) reaches a higher training loss than with BN, each at its best lr",
+        "zero-init-resnet-slower-without-bn",
+        "Within a 500-step budget, a 56-layer ResNet without BN, started with a Fixup-like "
+        "init without Fixup's scalar multipliers and biases (rules 1-2 only), reaches a "
+        "higher training loss than with BN, each at its best lr",
         FROM_LITERATURE,
         Literature(
             "Zhang, Dauphin & Ma 2019, 'Fixup Initialization: Residual Learning Without "
             "Normalization', arXiv 1901.09321",
             "ResNets on CIFAR-10 and ImageNet (and up to 10,000 layers) without normalization, "
             "Fixup init with scalar multipliers and biases",
-            "without normalization a deep ResNet trains with the same lr, converges at the same "
-            "speed and, with regularization, generalizes as well (their introduction); stable "
-            "even at 10,000 layers (unverified: the CIFAR-10 error rates)",
-            "refuted",
+            "with its scalar multipliers and biases, Fixup trains a deep ResNet without "
+            "normalization at the same lr and as fast as with BN, stable even at 10,000 "
+            "layers; the scalars are what they add to match BN's training speed, so the "
+            "rules-1-2 init alone is expected to be slower (unverified: the ablation numbers "
+            "and CIFAR-10 error rates)",
+            "supported",
             _OURS + "; our Fixup-like init has rules 1 and 2 only (no scalar multipliers or "
-            "biases, which Zhang et al. add to match BN's training speed)",
+            "biases): this tests that variant, not Fixup, and says nothing against Zhang et "
+            "al.'s 'normalization is not needed'",
         ),
     ),
 )
@@ -831,9 +859,10 @@ SPEC = register_lab(
         name="depth",
         title="Depth: plain vs ResNet, with and without BN, each at its tuned lr",
         summary=(
-            "Tests 'BN makes deep plain nets trainable' and 'skip connections matter at depth' "
+            "Tests 'BN makes deep plain nets trainable' (within 500 steps, at 56 layers) and "
+            "'skip connections matter at depth' "
             "(the seeds), 'without BN, deeper plain nets train worse', the degradation problem "
-            "with BN (He et al.) and 'deep ResNets need BN' (Fixup's question): He et al.'s "
+            "with BN (He et al.) and 'a ResNet with a Fixup-like init without its scalars trains slower without BN': He et al.'s "
             "CIFAR layout at 20 and 56 layers, plain and residual, with BN and without (the "
             "ResNet without BN with a Fixup-like zero init), width 8, Fashion-MNIST at 14x14, "
             "500 SGD steps of 64 with the lr decayed to 0, each (arm, depth) at its best lr of "
