@@ -1,7 +1,8 @@
 """``sequence``: GRU and Transformer with BN, LayerNorm or no norm, each arm at its tuned lr.
 
 A tiny run end to end ("no verdict at this budget", tables, figures, resume), the lr
-rule, the primary metric and the schedule, the declared rules on synthetic per-seed
+rule, the GRU's BN gamma chosen on the tuning seed, the fresh measured seeds, the primary
+metric and the schedule, the declared rules on synthetic per-seed
 numbers whose answer is known (a clear effect, the null within the margin, noise, too
 few seeds, a run at chance), the pairing of the arms, the config's errors. The networks:
 tests/models/test_sequence_models.py.
@@ -74,6 +75,16 @@ def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> Non
             assert all(0 <= v <= 100 for v in m["test_acc"])
     for figure in ("sequence_loss.png", "sequence_auc_gru.png", "sequence_auc_transformer.png"):
         assert (out / figure).is_file()
+    # the voted GRU BN arm is the rule's choice on the tuning seed, and the claims use it
+    tuning = {
+        a: {n: {float(lr): v for lr, v in by.items()} for n, by in arms.items()}
+        for a, arms in raw["tuning"].items()
+    }
+    assert raw["gru_bn_arm"] == sequence.gru_bn_arm(tuning, raw["lr"])
+    stored = {s["name"]: s for s in raw["specs"]}
+    assert stored["bn-helps-recurrent"]["arm"] == raw["gru_bn_arm"]
+    assert stored["layernorm-suits-sequences-online"]["reference"] == raw["gru_bn_arm"]
+    assert raw["seeds"] == [0, 1]  # the quick run keeps seeds 0, 1
     assert len(results["verdicts"]) == 3
     for verdict, claim in zip(results["verdicts"], sequence.CLAIMS, strict=True):
         assert verdict["holds"] is None
@@ -98,6 +109,10 @@ def test_tuning_grids_are_per_network() -> None:
     assert {c.seed for c in cells} == {config.tune_seed}
     main = sequence.main_grid(config).cells()
     assert len(main) == config.seeds * (4 + 3)
+    # the full run's measured seeds are fresh (200-204), not the first run's 0-4
+    full = sequence.SequenceConfig()
+    assert sequence.main_grid(full).seed_list == (200, 201, 202, 203, 204)
+    assert full.tune_seed not in sequence.main_grid(full).seed_list
     assert sequence.main_grid(tiny_config(gamma_one_arm=False)).cells()[0].variant == "none"
     assert sequence.arms(tiny_config(gamma_one_arm=False)) == ("none", "bn", "ln")
 
@@ -166,8 +181,10 @@ def synthetic(
     area: dict[tuple[str, str], float],
     noise: dict[tuple[str, str], np.ndarray] | None = None,
     seeds: int = 5,
+    gru_bn: str = "bn",
 ) -> dict:
-    """Per-seed numbers with the given mean area per (network, arm) plus noise."""
+    """Per-seed numbers with the given mean area per (network, arm) plus noise, the
+    claims declared with ``gru_bn`` as the GRU's voted BN arm."""
     config = sequence.SequenceConfig()
     noise = noise or {}
     per_seed: dict = {}
@@ -178,7 +195,10 @@ def synthetic(
             "best_train_loss": list(values - 0.2),
         }
     return {
-        "raw": {"per_seed": per_seed, "specs": [spec_record(s) for s in sequence.specs(config)]}
+        "raw": {
+            "per_seed": per_seed,
+            "specs": [spec_record(s) for s in sequence.specs(config, gru_bn)],
+        }
     }
 
 
@@ -208,14 +228,53 @@ def test_rules_on_known_numbers() -> None:
     assert rules["layernorm-suits-sequences-online"](ln)[1] == stats.SUPPORTED
     assert rules["bn-helps-recurrent"](ln)[1] == stats.REFUTED
     assert rules["bn-helps-transformer"](ln)[1] == stats.REFUTED
-    # LayerNorm better in the GRU, worse in the Transformer: context-dependent.
+    # LayerNorm better in the GRU, worse in the Transformer: the LayerNorm claim is the
+    # GRU's only (the Transformer's comparison is voted once, in bn-helps-transformer).
     mixed = synthetic(_areas((0.70, 0.70, 0.60), (0.70, 0.60, 0.70)))
     evidence, verdict = rules["layernorm-suits-sequences-online"](mixed)
-    assert verdict == stats.CONTEXT_DEPENDENT
-    assert {r["setting"]: r["status"] for r in evidence["settings"]} == {
-        "gru": "better",
-        "transformer": "opposite",
-    }
+    assert verdict == stats.SUPPORTED
+    assert {r["setting"]: r["status"] for r in evidence["settings"]} == {"gru": "better"}
+    assert rules["bn-helps-transformer"](mixed)[1] == stats.SUPPORTED
+
+
+def test_the_transformer_comparison_is_voted_once() -> None:
+    declared = sequence.specs(sequence.SequenceConfig())
+    assert len(declared) == 3  # Holm over three tests
+    transformer = [(s.arm, s.reference) for s in declared if "transformer" in (s.settings or ())]
+    assert transformer == [("bn", "ln")]
+
+
+def test_gru_bn_gamma_is_chosen_on_the_tuning_seed() -> None:
+    tuning = {"gru": {"bn": {0.01: 0.64, 0.03: 0.57}, "bn-gamma1": {0.01: 0.53, 0.03: 0.50}}}
+    lrs = {"gru": {"bn": 0.03, "bn-gamma1": 0.03}}
+    assert sequence.gru_bn_arm(tuning, lrs) == sequence.GAMMA_ONE
+    tuning["gru"]["bn-gamma1"][0.03] = 0.60
+    lrs["gru"]["bn-gamma1"] = 0.01
+    tuning["gru"]["bn-gamma1"][0.01] = 0.58
+    assert sequence.gru_bn_arm(tuning, lrs) == "bn"
+    # a tie goes to gamma 0.1, Cooijmans et al.'s value; so does a diverged gamma-1 arm
+    tuning["gru"]["bn-gamma1"][0.01] = 0.57
+    assert sequence.gru_bn_arm(tuning, lrs) == "bn"
+    assert sequence.gru_bn_arm(tuning, {"gru": {"bn": 0.03, "bn-gamma1": None}}) == "bn"
+    # without the gamma-1 arm the GRU's BN is gamma 0.1
+    assert sequence.gru_bn_arm({"gru": {"bn": {0.03: 0.6}}}, {"gru": {"bn": 0.03}}) == "bn"
+
+
+def test_rules_vote_the_chosen_gamma() -> None:
+    """The first run's pattern: BN with gamma 0.1 equal to no norm, gamma 1 clearly lower,
+    LayerNorm between. With gamma 1 chosen, BN helps the GRU and LayerNorm does not beat
+    BN; with gamma 0.1 chosen, the opposite."""
+    area = _areas((0.56, 0.57, 0.52), (0.62, 0.59, 0.59)) | {("gru", "bn-gamma1"): 0.49}
+    rules = _rules()
+    one = synthetic(area, gru_bn=sequence.GAMMA_ONE)
+    evidence, verdict = rules["bn-helps-recurrent"](one)
+    assert verdict == stats.SUPPORTED
+    assert evidence["arm"] == sequence.GAMMA_ONE
+    assert evidence["holm_family"] == 3
+    assert rules["layernorm-suits-sequences-online"](one)[1] == stats.REFUTED
+    tenth = synthetic(area, gru_bn="bn")
+    assert rules["bn-helps-recurrent"](tenth)[1] == stats.REFUTED
+    assert rules["layernorm-suits-sequences-online"](tenth)[1] == stats.SUPPORTED
 
 
 def test_rules_on_the_null_with_wide_noise_and_too_few_seeds() -> None:
@@ -250,16 +309,31 @@ def test_claims_are_registered_with_their_seed_sentence() -> None:
             assert claim.sentence in (SEEDS / claim.source).read_text()
     specs = {s.name: s for s in sequence.specs(sequence.SequenceConfig())}
     assert specs["bn-helps-transformer"].reference == "ln"
-    assert specs["layernorm-suits-sequences-online"].settings == ("gru", "transformer")
+    assert specs["layernorm-suits-sequences-online"].settings == ("gru",)
+    assert specs["layernorm-suits-sequences-online"].reference == "bn"
+    chosen = {s.name: s for s in sequence.specs(sequence.SequenceConfig(), sequence.GAMMA_ONE)}
+    assert chosen["bn-helps-recurrent"].arm == sequence.GAMMA_ONE
+    assert chosen["layernorm-suits-sequences-online"].reference == sequence.GAMMA_ONE
+    assert chosen["bn-helps-transformer"].arm == "bn"
     assert all(s.metric == sequence.PRIMARY and s.margin == 0.03 for s in specs.values())
 
 
 def test_a_run_of_one_network_declares_only_its_claims(tmp_path: Path, fake_data) -> None:
     config = tiny_config(archs=("gru",), gamma_one_arm=False, gru_lrs=(0.01,))
-    assert [s.name for s in sequence.specs(config)] == ["bn-helps-recurrent"]
+    assert [s.name for s in sequence.specs(config)] == [
+        "bn-helps-recurrent",
+        "layernorm-suits-sequences-online",
+    ]
     assert sequence.specs(tiny_config(norms=("none", "ln"))) == []
+    assert [s.name for s in sequence.specs(tiny_config(archs=("transformer",)))] == [
+        "bn-helps-transformer"
+    ]
     results = run_lab(get_lab("sequence"), config, tmp_path, data=fake_data(64, 32), quick=True)
-    assert [v["claim"] for v in results["verdicts"]] == [sequence.CLAIMS[0].claim]
+    assert [v["claim"] for v in results["verdicts"]] == [
+        sequence.CLAIMS[0].claim,
+        sequence.CLAIMS[2].claim,
+    ]
+    assert results["raw"]["gru_bn_arm"] == "bn"  # no gamma-1 arm: gamma 0.1
     assert set(results["raw"]["per_seed"]) == {"gru"}
 
 
@@ -273,6 +347,7 @@ def test_a_run_of_one_network_declares_only_its_claims(tmp_path: Path, fake_data
         ({"warmup": 6}, r"warmup must be in \[0, steps=6\), got 6"),
         ({"batch": 1}, r"batch must be >= 2 \(per-step BN\), got 1"),
         ({"margin": 0.0}, "margin must be > 0, got 0.0"),
+        ({"first_seed": -1}, "first_seed must be an int >= 0, got -1"),
     ],
 )
 def test_config_errors_name_the_value(change: dict, message: str) -> None:

@@ -13,8 +13,10 @@ std), classified by the networks of ``bnlab.models.sequence``:
 * a GRU (64 units) with the norm on both summed inputs, ``W_x x_t`` and ``W_h h_{t-1}``,
   normalized separately: ``bn`` is the recurrent BN of Cooijmans et al. (arXiv
   1603.09025): separate statistics and affine parameters per time step, gamma
-  initialised to 0.1 (gamma 1 saturates the gates and the gradient through time
-  vanishes); ``ln`` is LayerNorm (Ba et al., arXiv 1607.06450; gain 1); ``none`` nothing;
+  initialised to 0.1 (their value: over long sequences gamma 1 saturates the gates and
+  the gradient through time vanishes); ``bn-gamma1`` the same BN with gamma initialised
+  to 1 (the usual initialisation); ``ln`` is LayerNorm (Ba et al., arXiv 1607.06450;
+  gain 1); ``none`` nothing;
 * a 2-layer pre-norm Transformer (d_model 64, 4 heads) with BN over (batch, time)
   (the "naive BN" of Shen et al., arXiv 2003.07845), LayerNorm (its standard norm) or
   none.
@@ -25,36 +27,61 @@ towards 0 at the last (the same schedule for every arm), no gradient clipping (i
 the instability the seed speaks of). Each (network, arm) runs at its own learning rate from
 its network's grid (``gru_lrs``, ``transformer_lrs``: five values a factor ~3 apart, chosen
 after a pilot on the tuning seed showed the first grid's edge chosen), picked before the
-measured runs on a separate tuning seed by
+measured runs on a separate tuning seed (1000) by
 ``kit.paired.TUNE_RULE`` (the lowest primary metric; a run with a non-finite loss is never
-chosen; ties go to the smaller lr); a choice at the edge of the grid is flagged. The measured runs use seeds 0-4, paired:
-within a network every norm starts from the same draw of the shared weights and sees the
-same batches.
+chosen; ties go to the smaller lr); a choice at the edge of the grid is flagged. The GRU's
+BN gamma is a hyperparameter chosen the same way, together with the lr: of the two BN
+arms (gamma 0.1 and gamma 1, each at its best lr) the one with the lower tuning area is
+the GRU's BN of the claims (ties go to gamma 0.1); the other is measured and shown, not
+voted (``gru_bn_arm``). The measured runs use seeds ``first_seed`` .. ``first_seed`` + 4
+(200-204), paired: within a network every norm starts from the same draw of the shared
+weights and sees the same batches.
 
 Primary metric, declared: the **training-loss area under the curve**, the mean over all
 steps of the mini-batch training loss (nats), each step's loss capped at ln 10 (chance)
 and a non-finite loss counted as ln 10, so that a run that diverges stays in the
 comparison as a bad one. Lower is better: it rewards fast and stable training together,
-the seed's "stabilises" and "converges faster". Secondary (shown, not voted): the GRU with
-per-step BN whose gamma starts at 1 (the usual initialisation, and the first edition's;
-arm ``bn-gamma1``), BN against no norm in the Transformer, and for every arm the test
+the seed's "stabilises" and "converges faster". Secondary (shown, not voted): the GRU's BN arm
+whose gamma was not chosen (in particular Cooijmans' gamma 0.1 when gamma 1 is chosen),
+BN against no norm in the Transformer, and for every arm the test
 accuracy and loss on the full 10,000-image test set after the last step (evaluation mode,
 running statistics), the final training loss.
 
 A seed whose smoothed training loss (moving average over ``window`` steps) never fell
 more than 0.3 nats below ln 10 never left chance and is excluded (``ChanceRule``).
 
-Claims (``specs``), paired t, Holm over the experiment's four tests, TOST margin
+Claims (``specs``), paired t, Holm over the experiment's three tests, TOST margin
 ``margin`` = 0.03 nats (5% of the best arms' area, about 0.6 nats, in the pilot on the
 tuning seed; a smaller difference in mean training loss is not one to choose a norm for;
 the measured seeds 0-4 were not run before the design was fixed):
 
-* ``bn-helps-recurrent``: GRU, BN below no norm;
-* ``bn-helps-transformer``: Transformer, BN below LayerNorm, the Transformer's norm
-  (BN against no norm is shown, not voted);
-* ``layernorm-suits-sequences-online``: LayerNorm below BN in the GRU and in the
-  Transformer (in the Transformer the mirror of the previous claim). Its online half
-  holds by construction and is not measured: per-step BN cannot train at batch size 1.
+* ``bn-helps-recurrent``: GRU over 28 steps, BN (the tuned gamma) below no norm;
+* ``bn-helps-transformer``: Transformer on image rows, BN below LayerNorm, the
+  Transformer's norm (BN against no norm is shown, not voted);
+* ``layernorm-suits-sequences-online``: GRU, LayerNorm below BN (the tuned gamma). The
+  Transformer's LayerNorm-vs-BN difference is the previous claim's with the sign flipped
+  and is voted there only. Its online half holds by construction and is not measured:
+  per-step BN cannot train at batch size 1.
+
+Changes after the first full run (commit 6e654d7, seeds 0-4, tuning seed 1000; kept as
+``results/sequence-v1``), declared as such; the confirmatory run uses fresh seeds 200-204:
+
+* the GRU's BN gamma was fixed at 0.1 (Cooijmans et al.'s value, which issue 17
+  prescribed) and ``bn-helps-recurrent`` came out refuted; BN with gamma 1 (shown) beat
+  no norm by 0.065 nats in every seed, and the tuning seed had shown it before the
+  measured runs (best area 0.495 for gamma 1, 0.571 for gamma 0.1). Cooijmans' reason
+  for 0.1, gates saturating over hundreds of steps, does not arise over 28 steps. The
+  referee (docs/lab_referee_2.md, section 14) asked to choose gamma like the lr: now
+  gamma is chosen from {0.1, 1} on the tuning seed and the chosen arm is voted; the
+  gamma-0.1 arm stays measured and shown;
+* the Transformer's BN-vs-LayerNorm difference was voted twice (in
+  ``bn-helps-transformer`` and, sign flipped, in ``layernorm-suits-sequences-online``);
+  the LayerNorm claim is now about the GRU only, so Holm counts three tests, not four;
+* not changed, for the budget: the sequences stay 28 steps (the first run took 461 s of
+  the ~8 min allowed; a shown GRU setting of 56 steps of 14 pixels would add about 15
+  runs at twice a GRU run's cost, ~150 s). The claims say "over 28 steps"; the
+  vanishing gradient through hundreds of steps that Cooijmans et al. address is not
+  tested here.
 """
 
 from __future__ import annotations
@@ -130,8 +157,11 @@ class SequenceConfig(kit.PairedConfig):
         archs, norms: which networks and norms (``ARCHS``, ``NORMS``); the claims need
             every norm.
         gamma_one_arm: also run the GRU with per-step BN whose gamma starts at 1
-            (arm ``bn-gamma1``, shown, not voted: the first edition's initialisation).
-        tune_seed: the separate seed of the lr tuning runs.
+            (arm ``bn-gamma1``); the GRU's voted BN is then the one of ``bn`` (gamma
+            ``bn_weight``) and ``bn-gamma1`` with the lower tuning area.
+        first_seed: the measured seeds are ``first_seed .. first_seed + seeds - 1``
+            (200: fresh seeds for the confirmatory run; the first run used 0-4).
+        tune_seed: the separate seed of the lr (and GRU BN gamma) tuning runs.
         gru_lrs, transformer_lrs: Adam's learning-rate grid of each network (each arm
             picks one by ``kit.paired.TUNE_RULE``).
         batch: the mini-batch size.
@@ -148,6 +178,7 @@ class SequenceConfig(kit.PairedConfig):
     archs: tuple[str, ...] = ("gru", "transformer")
     norms: tuple[str, ...] = ("none", "bn", "ln")
     gamma_one_arm: bool = True
+    first_seed: int = 200
     tune_seed: int = 1000
     gru_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
     transformer_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -176,11 +207,13 @@ class SequenceConfig(kit.PairedConfig):
         hidden=16,
         d_model=16,
         layers=1,
+        first_seed=0,
     )
 
 
-def specs(config: SequenceConfig) -> list[stats.ClaimSpec]:
-    """The claims, declared before the run (see the module docstring); a claim whose
+def specs(config: SequenceConfig, gru_bn: str = "bn") -> list[stats.ClaimSpec]:
+    """The claims, declared before the measured runs (see the module docstring), with
+    ``gru_bn`` the GRU's BN arm chosen on the tuning seed (``gru_bn_arm``); a claim whose
     networks or norms the config leaves out is not declared."""
     common = {
         "metric": PRIMARY,
@@ -191,7 +224,7 @@ def specs(config: SequenceConfig) -> list[stats.ClaimSpec]:
     }
     declared = [
         stats.ClaimSpec(
-            name="bn-helps-recurrent", arm="bn", reference="none", settings=("gru",), **common
+            name="bn-helps-recurrent", arm=gru_bn, reference="none", settings=("gru",), **common
         ),
         stats.ClaimSpec(
             name="bn-helps-transformer",
@@ -203,15 +236,16 @@ def specs(config: SequenceConfig) -> list[stats.ClaimSpec]:
         stats.ClaimSpec(
             name="layernorm-suits-sequences-online",
             arm="ln",
-            reference="bn",
-            settings=("gru", "transformer"),
+            reference=gru_bn,
+            settings=("gru",),
             **common,
         ),
     ]
     return [
         s
         for s in declared
-        if set(s.settings or ()) <= set(config.archs) and {s.arm, s.reference} <= set(config.norms)
+        if set(s.settings or ()) <= set(config.archs)
+        and {"bn" if n == GAMMA_ONE else n for n in (s.arm, s.reference)} <= set(config.norms)
     ]
 
 
@@ -251,6 +285,14 @@ def _check(config: SequenceConfig) -> None:
             raise ValueError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
     if config.batch < 2:
         raise ValueError(f"SequenceConfig: batch must be >= 2 (per-step BN), got {config.batch}")
+    if isinstance(config.first_seed, bool) or not isinstance(config.first_seed, int):
+        raise ValueError(
+            f"SequenceConfig: first_seed must be an int >= 0, got {config.first_seed!r}"
+        )
+    if config.first_seed < 0:
+        raise ValueError(
+            f"SequenceConfig: first_seed must be an int >= 0, got {config.first_seed!r}"
+        )
 
 
 #: The GRU's secondary arm: per-step BN with gamma initialised to 1 (shown, not voted).
@@ -292,7 +334,7 @@ def main_grid(config: SequenceConfig) -> Grid:
     _check(config)
     return Grid(
         variants=arms(config),
-        seeds=config.seeds,
+        seeds=tuple(range(config.first_seed, config.first_seed + config.seeds)),
         settings=config.archs,
         include=_included,
         order=("seed", "setting", "variant"),
@@ -451,6 +493,22 @@ def run(config: SequenceConfig, ctx: LabContext) -> LabOutcome:
     return summarize(config, ctx, measured, tuning, lrs)
 
 
+def gru_bn_arm(
+    tuning: Mapping[str, Mapping[str, Mapping[float, Any]]],
+    lrs: Mapping[str, Mapping[str, float | None]],
+) -> str:
+    """The GRU's BN arm of the claims, chosen on the tuning seed with the lr: of ``bn``
+    (gamma 0.1) and ``GAMMA_ONE`` (gamma 1), each at its chosen lr, the one with the lower
+    finite tuning area; ties, or no finite ``GAMMA_ONE`` area, give ``bn``."""
+
+    def best(arm: str) -> float:
+        lr = lrs.get("gru", {}).get(arm)
+        v = None if lr is None else tuning.get("gru", {}).get(arm, {}).get(lr)
+        return float(v) if v is not None and math.isfinite(float(v)) else math.inf
+
+    return GAMMA_ONE if best(GAMMA_ONE) < best("bn") else "bn"
+
+
 def _edges(config: SequenceConfig, lrs: Mapping[str, Mapping[str, float | None]]) -> list[str]:
     """``"ARCH/ARM"`` for every lr chosen at the edge of its network's grid."""
     return [
@@ -467,6 +525,8 @@ def _pairs(config: SequenceConfig) -> list[tuple[str, str, str]]:
     pairs = [(a, x, y) for a in config.archs for i, x in enumerate(order) for y in order[i + 1 :]]
     if GAMMA_ONE in arms(config) and "gru" in config.archs:
         pairs += [("gru", "bn", GAMMA_ONE), ("gru", GAMMA_ONE, "none")]
+        if "ln" in config.norms:
+            pairs.append(("gru", GAMMA_ONE, "ln"))
     return pairs
 
 
@@ -513,12 +573,16 @@ def summarize(
     """The tuning table, the arms, the claims with their intervals, the shown
     differences, the figures."""
     per_seed = run.per_seed()
-    declared = specs(config)
+    chosen_bn = gru_bn_arm(tuning, lrs)
+    declared = specs(config, chosen_bn)
     evaluated = stats.evaluate_experiment(declared, per_seed)
     raw = {
         "per_seed": per_seed,
         "specs": [spec_record(s) for s in declared],
         "claims": evaluated,
+        "gru_bn_arm": chosen_bn,
+        "gru_bn_gamma": 1.0 if chosen_bn == GAMMA_ONE else config.bn_weight,
+        "seeds": list(main_grid(config).seed_list),
         "tuning": {
             a: {arm: {repr(lr): v for lr, v in by.items()} for arm, by in arms.items()}
             for a, arms in tuning.items()
@@ -536,6 +600,11 @@ def summarize(
             for a in config.archs
             for n in _arm_names(config, a)
         },
+        "gamma_rule": (
+            f"the GRU's BN gamma is chosen from {{{config.bn_weight:g}, 1}} on tuning seed "
+            f"{config.tune_seed} with the lr: the BN arm with the lower area at its chosen lr "
+            f"is voted (ties: gamma {config.bn_weight:g}); the other is shown"
+        ),
         "design": {
             "optimizer": "Adam",
             "batch": config.batch,
@@ -543,6 +612,7 @@ def summarize(
             "warmup": config.warmup,
             "schedule": "linear warm-up, then linear decay to 0",
             "bn_weight_gru": config.bn_weight,
+            "bn_weight_gru_voted": 1.0 if chosen_bn == GAMMA_ONE else config.bn_weight,
         },
     }
     names = {s.name for s in declared}
@@ -553,11 +623,12 @@ def summarize(
         *(
             Table(
                 f"{ARCHS[a]}: learning-rate tuning (training-loss area under the curve, nats, "
-                f"tuning seed {config.tune_seed}; the lowest is chosen, * at the grid's edge)",
+                f"tuning seed {config.tune_seed}; the lowest is chosen, * at the grid's edge"
+                + ("; the GRU's BN gamma too: the voted BN arm is marked)" if a == "gru" else ")"),
                 ["arm", *(f"lr={lr:g}" for lr in lr_grid(config, a)), "chosen lr"],
                 [
                     [
-                        _label(n),
+                        _label(n) + (" (voted)" if a == "gru" and n == chosen_bn else ""),
                         *(kit.json_float(tuning[a][n].get(float(lr))) for lr in lr_grid(config, a)),
                         _chosen(lrs[a][n], f"{a}/{n}" in raw["lr_at_grid_edge"]),
                     ]
@@ -582,7 +653,7 @@ def summarize(
             [
                 [
                     ARCHS[a],
-                    _label(n),
+                    _label(n) + (" (voted)" if a == "gru" and n == chosen_bn else ""),
                     lrs[a][n],
                     kit.mean_std_cell(m.get(PRIMARY, [])),
                     kit.mean_std_cell(m.get("final_train_loss", [])),
@@ -607,7 +678,16 @@ def summarize(
         raw["tune_rule"] + ".",
         f"Adam, batch {config.batch}, {config.steps} steps, lr warmed up over "
         f"{config.warmup} steps then decayed linearly to 0; no gradient clipping. GRU BN: "
-        f"per-step statistics, gamma {config.bn_weight:g}; LayerNorm gain 1.",
+        f"per-step statistics, gamma {config.bn_weight:g} (BatchNorm) or 1 (BatchNorm, "
+        f"gamma 1); LayerNorm gain 1. Measured seeds "
+        f"{config.first_seed}-{config.first_seed + config.seeds - 1}.",
+        "Voted GRU BN arm: "
+        + _label(chosen_bn)
+        + f" (gamma {raw['gru_bn_gamma']:g}); "
+        + raw["gamma_rule"]
+        + ".",
+        "Sequences of 28 steps: the vanishing gradient through hundreds of steps that "
+        "Cooijmans et al.'s gamma 0.1 addresses is not tested.",
         "Online learning (batch size 1) is not measured: per-step BN has one value per "
         "channel there and cannot train (torch raises), so LayerNorm's advantage in that "
         "setting holds by construction.",
@@ -679,27 +759,33 @@ def _figures(
 RULE_TEXT = (
     "declared ClaimSpec (bnlab.lab.stats): primary metric the training-loss area under the "
     "curve (mean over the run's steps of the mini-batch loss capped at ln 10, non-finite = "
-    "ln 10; nats), direction lower, paired by seed (same init and batches), Holm over the "
-    "experiment's 4 tests, TOST margin ±{margin} nats, at least 5 seeds; a seed whose "
-    "moving-average training loss never fell 0.3 below ln 10 is excluded; each arm at the lr "
-    "with the lowest area on tuning seed 1000 from its network's grid (GRU 3e-3/1e-2/3e-2/"
-    "1e-1/3e-1, Transformer 3e-4/1e-3/3e-3/1e-2/3e-2; Adam, batch 64, 600 steps, warm-up 30 "
-    "then linear decay to 0). "
+    "ln 10; nats), direction lower, paired by seed (same init and batches; seeds 200-204, "
+    "fresh after the first run), Holm over the experiment's 3 tests, TOST margin ±{margin} "
+    "nats, at least 5 seeds; a seed whose moving-average training loss never fell 0.3 below "
+    "ln 10 is excluded; each arm at the lr with the lowest area on tuning seed 1000 from its "
+    "network's grid (GRU 3e-3/1e-2/3e-2/1e-1/3e-1, Transformer 3e-4/1e-3/3e-3/1e-2/3e-2; "
+    "Adam, batch 64, 600 steps, warm-up 30 then linear decay to 0); the GRU's BN gamma "
+    "chosen with the lr on the tuning seed from {{0.1, 1}} (the lower area; ties: 0.1), the "
+    "other gamma shown, not voted. "
 )
 _RULE = RULE_TEXT.format(margin=SequenceConfig.margin)
 _PAPERS_SCALE = (
-    "ours: a 64-unit GRU and a 2-layer d_model-64 Transformer reading Fashion-MNIST rows "
-    "(28 steps), 600 Adam steps of 64 images (0.64 epoch), 5 seeds on a CPU; theirs: "
+    "ours: a 64-unit GRU and a 2-layer d_model-64 Transformer reading Fashion-MNIST image "
+    "rows (28 steps of 28 pixels), 600 Adam steps of 64 images (0.64 epoch), 5 seeds on a "
+    "CPU; theirs: "
 )
 
 CLAIMS = kit.register_claims(
     "sequence",
     kit.ClaimRule(
         "bn-helps-recurrent",
-        "BN in the hidden layers of a recurrent network stabilises its training: a GRU with "
-        f"per-step BN (gamma 0.1) trains faster and more stably than without ({SENTENCE_RNN})",
+        "BN in the hidden layers of a recurrent network stabilises its training: a GRU "
+        "reading 28-step sequences (image rows) with per-step BN (gamma chosen from {0.1, 1} "
+        "on the tuning seed) trains faster and more stably than without "
+        f"({SENTENCE_RNN})",
         SOURCE,
-        _RULE + "GRU: arm bn (per-step BN on both summed inputs) against none.",
+        _RULE + "GRU: the chosen BN arm (per-step BN on both summed inputs; bn for gamma "
+        "0.1, bn-gamma1 for gamma 1) against none.",
         stats_rule("bn-helps-recurrent"),
         kit.paired.measured_text,
         sentence=SENTENCE_RNN,
@@ -719,17 +805,20 @@ CLAIMS = kit.register_claims(
             "input-to-hidden one it sped up training but did not improve generalization",
             "supported",
             _PAPERS_SCALE + "LSTMs of 100-1000 units trained to convergence on 784-step "
-            "pixel sequences, where the gradient through time vanishes. Suspect the design, "
-            "not the budget: in the full run the same per-step BN with gamma 1 (the arm shown "
-            "beside, declared before the run, not voted) trained faster than no norm by 0.065 "
-            "nats [0.059, 0.070] and than gamma 0.1 by 0.075; over 28 steps gamma 1 does not "
-            "saturate the gates and gamma 0.1 only slows the start",
+            "pixel sequences, where the gradient through time vanishes; ours has 28 steps, "
+            "where that problem hardly arises (a longer setting did not fit the budget). The "
+            "gamma is therefore tuned, not fixed at their 0.1: in the first run (seeds 0-4, "
+            "gamma 0.1 voted; results/sequence-v1) gamma 0.1 was equivalent to no norm "
+            "(+0.010 nats [0.000, 0.020]) while gamma 1 beat no norm by 0.065 nats [0.059, "
+            "0.070]: over 28 steps gamma 1 does not saturate the gates and gamma 0.1 only "
+            "slows the start",
         ),
     ),
     kit.ClaimRule(
         "bn-helps-transformer",
-        "BN helps Transformers train: a Transformer with BN converges faster than with "
-        f"LayerNorm, the Transformer's standard norm ({SENTENCE_TRANSFORMER})",
+        "BN helps Transformers train: a 2-layer Transformer reading image rows converges "
+        "faster with BN than with LayerNorm, the Transformer's standard norm "
+        f"({SENTENCE_TRANSFORMER})",
         SOURCE,
         _RULE + "Transformer: arm bn (BN over batch and time) against ln (pre-norm "
         "LayerNorm); BN against no norm is shown, not voted.",
@@ -747,21 +836,23 @@ CLAIMS = kit.register_claims(
             "by 0.4/0.6 BLEU (IWSLT14/WMT14) and 5.6/3.0 perplexity (PTB/WikiText-103); the "
             "BN-vs-LN gap in numbers is unverified here",
             "refuted",
-            _PAPERS_SCALE + "text Transformers; image rows are not text and their batch "
-            "statistics may fluctuate less (in vision BN is common), so the result may differ: "
-            "ours finds BN equivalent to LayerNorm (and both 0.03 nats better than no norm), "
-            "not worse",
+            _PAPERS_SCALE + "deep text Transformers. The domain differs: image rows are "
+            "not text, and their batch statistics may fluctuate less (in vision BN is the "
+            "common norm), so BN's failure in NLP may not carry over; a 2-layer network is "
+            "also not the deep one of the seed. In the first run (seeds 0-4) BN equalled "
+            "LayerNorm (+0.001 nats [-0.013, 0.015]) and both beat no norm by 0.03",
         ),
     ),
     kit.ClaimRule(
         "layernorm-suits-sequences-online",
-        "LayerNorm suits sequence data better than BN: with LayerNorm a GRU and a "
-        "Transformer train faster than with BN (the online half, batch size 1, holds by "
-        "construction: per-step BN cannot train there; not measured) "
-        f"({SENTENCE_LN})",
+        "LayerNorm suits sequence data better than BN: with LayerNorm a GRU reading "
+        "28-step sequences (image rows) trains faster than with per-step BN (gamma chosen "
+        "on the tuning seed); the Transformer's LayerNorm-vs-BN comparison is voted once, in "
+        "bn-helps-transformer (the online half, batch size 1, holds by construction: "
+        f"per-step BN cannot train there; not measured) ({SENTENCE_LN})",
         SOURCE,
-        _RULE + "GRU and Transformer: arm ln against bn (in the Transformer the mirror of "
-        "bn-helps-transformer); supported needs both networks.",
+        _RULE + "GRU: arm ln against the chosen BN arm (the Transformer's comparison is "
+        "bn-helps-transformer's, not voted twice).",
         stats_rule("layernorm-suits-sequences-online"),
         kit.paired.measured_text,
         sentence=SENTENCE_LN,
@@ -777,11 +868,11 @@ CLAIMS = kit.register_claims(
             "the attentive reader is curves only (no number; unverified here); in NLP "
             "Transformers LN beats naive BN (Shen et al.)",
             "supported",
-            _PAPERS_SCALE + "language and handwriting RNNs trained to convergence. In the "
-            "Transformer on image rows BN equals LayerNorm (no text-like fluctuation of the "
-            "batch statistics); in the GRU LayerNorm beats BN with gamma 0.1, but BN with gamma "
-            "1 (shown) beats LayerNorm by 0.029 nats [0.024, 0.035]: the GRU result is about "
-            "the initialisation",
+            _PAPERS_SCALE + "language and handwriting RNNs trained to convergence, over "
+            "far longer sequences than our 28 steps. In the first run (seeds 0-4) LayerNorm "
+            "beat BN with gamma 0.1 by 0.046 nats but lost to BN with gamma 1 by 0.029 nats "
+            "[0.024, 0.035]: the GRU comparison hangs on BN's initialisation, hence the tuned "
+            "gamma",
         ),
     ),
 )
@@ -793,12 +884,14 @@ SPEC = experiment.register_lab(
         summary=(
             "Tests 'BN stabilises recurrent networks', 'BN helps Transformers converge' and "
             "'LayerNorm suits sequence data': Fashion-MNIST read as 28 rows of 28 pixels by a "
-            "64-unit GRU (per-step BN with gamma 0.1 on both summed inputs, as Cooijmans et "
-            "al. 2016; LayerNorm; none) and a 2-layer pre-norm Transformer (BN over batch and "
+            "64-unit GRU (per-step BN on both summed inputs, as Cooijmans et al. 2016, with "
+            "gamma 0.1 or 1; LayerNorm; none) and a 2-layer pre-norm Transformer (BN over batch and "
             "time; LayerNorm; none); Adam, batch 64, 600 steps with warm-up and linear decay, "
-            "each arm at its best lr from a 5-value grid per network on a separate tuning seed; "
-            "5 paired seeds; the GRU with BN gamma 1 shown beside; primary metric the training-loss area under the curve, test "
-            "accuracy on the full test set shown; paired t, Holm, TOST margin 0.03 nats."
+            "each arm at its best lr from a 5-value grid per network on a separate tuning seed, "
+            "the GRU's BN gamma chosen there too from {0.1, 1} (the other shown); 5 fresh "
+            "paired seeds (200-204); primary metric the training-loss area under the curve, "
+            "test accuracy on the full test set shown; paired t, Holm over 3 tests, TOST "
+            "margin 0.03 nats."
         ),
         config_type=SequenceConfig,
         run=run,
