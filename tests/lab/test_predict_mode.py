@@ -49,8 +49,21 @@ def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> Non
         "momentum 0.1",
         "momentum 0.5",
         "momentum cumulative",
+        "epoch 1, momentum 0.01",
+        "epoch 1, momentum 0.1",
+        "epoch 1, momentum 0.5",
+        "epoch 1, momentum cumulative",
         "test batch 16, class-sorted",
     }
+    assert all(c["mid"]["step"] == config.checkpoint_step > 0 for c in cells)
+    (shown,) = raw["shown"]
+    assert [r["setting"] for r in shown["settings"]] == [
+        "momentum cumulative",
+        "epoch 1, momentum cumulative",
+    ]
+    voted = raw["claims"][1]["settings"]
+    assert "momentum cumulative" not in [r["setting"] for r in voted]
+    assert len(voted) == 6
     for verdict, rule in zip(results["verdicts"], predict_mode.CLAIMS, strict=True):
         assert verdict["holds"] is None
         assert verdict["measured"].startswith("no verdict at this budget: ")
@@ -106,6 +119,7 @@ def synthetic(moving: float, batch2: float, recal: float, sorted_: float, *, noi
             "model_acc": moving + noise[s],
             "moving": {"0.1": moving + noise[s]},
             "recalibrated": recal + noise[s] * 0.5,
+            "mid": {"moving": {"0.1": moving - 1 + noise[s]}, "recalibrated": recal - 1 + noise[s]},
             "batch_stats": {"2": batch2 - noise[s]},
             "class_sorted": sorted_ - noise[s],
             "shuffled": 85.0 + noise[s] * 0.3,
@@ -149,6 +163,7 @@ def test_context_dependent_across_test_batches() -> None:
             "model_acc": 85.0 + n,
             "moving": {"0.1": 85.0 + n},
             "recalibrated": 85.0 + n,
+            "mid": {"moving": {"0.1": 83.0 + n}, "recalibrated": 84.0 + n * 1.1},
             "batch_stats": {"2": 60.0 + n, "256": 85.0 + n * 1.1},
             "class_sorted": 25.0,
             "shuffled": 85.0,
@@ -162,6 +177,13 @@ def test_context_dependent_across_test_batches() -> None:
     evidence, verdict = stats_rule("bn-predict-with-moving-averages")({"raw": raw})
     assert verdict == stats.CONTEXT_DEPENDENT
     assert [r["status"] for r in evidence["settings"]] == ["better", "equivalent"]
+    # precise BN: better mid-training (the EMA lags), equivalent at the end
+    evidence, verdict = stats_rule("precise-bn-beats-moving-averages")({"raw": raw})
+    assert verdict == stats.CONTEXT_DEPENDENT
+    assert [(r["setting"], r["status"]) for r in evidence["settings"]] == [
+        ("momentum 0.1", "equivalent"),
+        ("epoch 1, momentum 0.1", "better"),
+    ]
 
 
 def test_a_model_at_chance_is_excluded() -> None:
@@ -186,8 +208,22 @@ def test_a_model_at_chance_is_excluded() -> None:
         ({"test_batches": (1, 8)}, r"test_batches must be sizes >= 2 .*got \(1, 8\)"),
         ({"lr": 0.0}, "lr must be > 0, got 0.0"),
         ({"margin": -1.0}, "margin must be > 0, got -1.0"),
+        ({"momenta": (None,)}, r"momenta must hold a momentum other than None"),
+        ({"checkpoint_epoch": 2}, r"checkpoint_epoch must be in \[0, epochs\) = \[0, 2\), got 2"),
+        ({"first_seed": -1}, "first_seed must be >= 0, got -1"),
     ],
 )
 def test_config_errors(kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         predict_mode.grid(tiny_config(**kw))
+
+
+def test_without_checkpoint_and_cumulative_is_not_voted() -> None:
+    config = predict_mode.PredictModeConfig(checkpoint_epoch=0)
+    (_, precise, _) = predict_mode.specs(config)
+    assert precise.settings == ("momentum 0.01", "momentum 0.1", "momentum 0.5")
+    assert predict_mode.shown_specs(config)[0].settings == ("momentum cumulative",)
+    assert predict_mode.shown_specs(dataclasses.replace(config, momenta=(0.1,))) == []
+    full = predict_mode.PredictModeConfig()
+    assert full.checkpoint_step == 234
+    assert predict_mode.grid(full).cells()[0].seed == 200
