@@ -38,10 +38,15 @@ def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> Non
         assert p["max_logit_change"] < 1e-4
     fc, online, predict = results["verdicts"]
     assert fc["measured"].startswith("supported: ")  # exact checks: decided at any budget
-    for verdict, rule in ((online, batch_of_one.CLAIMS[1]), (predict, batch_of_one.CLAIMS[2])):
-        assert verdict["holds"] is None
-        assert verdict["measured"].startswith("no verdict at this budget: ")
-        assert verdict["measured"].startswith(rule.rule(results)[1] + ":")
+    assert predict["measured"].startswith("supported: eval mode, 2 seeds: ")
+    assert predict["measured"].startswith(batch_of_one.CLAIMS[2].rule(results)[1] + ":")
+    assert online["holds"] is None
+    assert online["measured"].startswith("no verdict at this budget: ")
+    assert online["measured"].startswith(batch_of_one.CLAIMS[1].rule(results)[1] + ":")
+    assert [s["name"] for s in raw["specs"]] == ["layer-instance-norm-online"]
+    (lost, rest) = raw["bn_modes"]
+    assert lost[0].startswith("BN train mode - BN eval mode")
+    assert rest[0].startswith("InstanceNorm - BN train mode")
     units = sorted((out / "units").glob("*.json"))
     assert len(units) == 3 * 2 + 5 * 2 + 1  # tuning + (4 online + 1 predict) x seeds + fc-check
     (out / "units" / "online-layernorm-seed1.json").unlink()
@@ -106,8 +111,20 @@ def synthetic(inn: float, ln: float, bn: float, *, noise=NOISE, same: bool = Tru
             "batch of 500": {"test_acc": single},
         },
     }
+    predict = [
+        {
+            "one at a time": b if same else b - 2.0,
+            "batch of 500": b,
+            "max_logit_change": 2e-6 if same else 0.5,
+        }
+        for b in single
+    ]
     return {
-        "raw": {"per_seed": per_seed, "specs": [spec_record(s) for s in batch_of_one.specs(config)]}
+        "raw": {
+            "per_seed": per_seed,
+            "specs": [spec_record(s) for s in batch_of_one.specs(config)],
+            "predict": predict,
+        }
     }
 
 
@@ -124,15 +141,36 @@ def test_rules_on_known_numbers() -> None:
     evidence, verdict = batch_of_one.CLAIMS[1].rule(synthetic(75.0, 75.0, 75.0, noise=wide))
     assert verdict == stats.INCONCLUSIVE
     assert evidence["seeds_needed"] > 5
-    assert verdicts(synthetic(80.0, 78.0, 70.0, noise=NOISE[:3])) == [stats.NO_VERDICT] * 2
+    # claim 3 is an exact check: decided at any number of seeds
+    assert verdicts(synthetic(80.0, 78.0, 70.0, noise=NOISE[:3])) == [
+        stats.NO_VERDICT,
+        stats.SUPPORTED,
+    ]
 
 
-def test_equivalence_rule_reads_the_two_sided_test() -> None:
-    evidence, verdict = batch_of_one.equivalence_rule(synthetic(80.0, 78.0, 70.0))
+def test_prediction_rule_is_an_exact_check() -> None:
+    results = synthetic(80.0, 78.0, 70.0)
+    evidence, verdict = batch_of_one.prediction_rule(results)
     assert verdict == stats.SUPPORTED
-    assert evidence["difference_verdict"] == stats.REFUTED
-    assert evidence["text"].startswith("supported: ")
-    assert evidence["settings"][0]["status"] == "equivalent"
+    assert evidence["accuracies_equal"]
+    assert evidence["max_logit_change"] == 2e-6
+    # logits beyond the tolerance, accuracies equal: refuted
+    results["raw"]["predict"][0]["max_logit_change"] = 2 * batch_of_one.LOGIT_TOLERANCE
+    assert batch_of_one.prediction_rule(results)[1] == stats.REFUTED
+    # one prediction flipped in one seed (0.01 points of 10,000 images): refuted
+    flipped = synthetic(80.0, 78.0, 70.0)
+    flipped["raw"]["predict"][3]["one at a time"] -= 0.01
+    assert batch_of_one.prediction_rule(flipped)[1] == stats.REFUTED
+    assert batch_of_one.prediction_rule({"raw": {"predict": []}})[1] == stats.NO_VERDICT
+
+
+def test_bn_modes_pair_by_seed() -> None:
+    bn = [{"test_acc": 70.0 + d, "train_mode_test_acc": 80.0 + d} for d in NOISE]
+    inn = [{"test_acc": 80.0 + d} for d in NOISE]
+    (cost, rest) = batch_of_one.bn_modes({"bn": bn, "instancenorm": inn}, 1.0)
+    assert cost[1:] == ["+10.00", "[+10.00, +10.00]", 5]
+    assert rest[1:] == ["+0.00", "[+0.00, +0.00]", 5]
+    assert batch_of_one.bn_modes({"bn": bn, "instancenorm": inn[:4]}, 1.0) == []
 
 
 def test_runs_at_chance_are_excluded() -> None:
