@@ -445,8 +445,8 @@ SPEC = register_lab(
         name="placement",
         title="BN before or after the activation, each at its tuned lr",
         summary=(
-            "Tests whether the seeds' placement of BN before the activation is at least as good as after it: an MLP "
-            "784-256-256-10 with ReLU and with sigmoid activations, BN before or after each "
+            "Tests whether the seeds' placement of BN before the activation is at least as "
+            "good as after it: an MLP 784-256-256-10 with ReLU and with sigmoid activations, BN before or after each "
             "activation, SGD momentum 0.9, batch 128, 2 epochs, lr decayed to 0, each arm at "
             "its own lr (grid 0.01-10, tuned on a separate seed's validation split), 5 paired "
             "seeds; primary metric test accuracy on the full test set; non-inferiority of "

@@ -746,7 +746,8 @@ SPEC = register_lab(
         summary=(
             "Tests 'prediction must use the moving averages', 'recalibrated (precise BN) "
             "statistics are more accurate than the moving averages' (per momentum) and "
-            "'non-i.i.d. batches hurt BN': d2l's LeNet-BN trained once per seed (seeds 200-204) (lr 0.9 "
+            "'non-i.i.d. batches hurt BN': d2l's LeNet-BN trained once per seed "
+            "(seeds 200-204; lr 0.9 "
             "decayed to 0, batch 256, 5 epochs, 5 paired seeds), read out on the full "
             "10,000-image test set with moving averages (momentum 0.01/0.1/0.5/cumulative, "
             "replayed in the same run), recalibrated statistics (at the end and, with the "
@@ -761,8 +762,9 @@ SPEC = register_lab(
         steps=lambda config: config.steps,
         prepare=prepare,
         full_time=(
-            "about 2.5 min on 2 quiet CPU cores (5 cells of about 45 s of CPU with the epoch-1 readout; the 8433ce2 run: 665 s at load 9-11; a timed 3-epoch "
-            "cell: 25 s of CPU, 110 s wall at load 6-9)"
+            "about 2.5 min on 2 quiet CPU cores (5 cells of about 45 s of CPU; the epoch-1 "
+            "readout adds about 4 s per cell: a recalibration pass 2.7 s, 5 test evaluations "
+            "0.3 s each, timed at load 4; the 8433ce2 run took 665 s at load 9-11)"
         ),
     )
 )
