@@ -37,7 +37,10 @@ TINY = dataclasses.replace(
     probe_every=2,
     probe_size=16,
     grad_every=3,
+    grad_every_at_loss=2,
 )
+#: The per-seed "arms" of claim 3 beside the real arms.
+GAIN_ARMS = {"noisy-gain", "level"}
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +57,21 @@ def test_quick_run_says_no_verdict(finished: tuple[Path, dict]) -> None:
     raw = on_disk["raw"]
     assert set(raw["per_seed"]) == {"relu", "sigmoid"}
     for arms in raw["per_seed"].values():
-        assert set(arms) == set(ics.ARMS)
-        for metrics in arms.values():
+        assert set(arms) == set(ics.ARMS) | GAIN_ARMS
+        assert len(arms["noisy-gain"][ics.GAIN]) == TINY.seeds
+        assert arms["level"][ics.GAIN] == [TINY.gain_level] * TINY.seeds
+        for arm in ics.ARMS:
+            metrics = arms[arm]
             assert len(metrics["final_test_acc"]) == TINY.seeds
             assert all(0 <= v <= 100 for v in metrics["final_test_acc"])
             # the loss level 5 is reached at the first step: every run has a read-out
             assert metrics["steps_to_level"] == [1, 1]
             assert all(v is not None for v in metrics["log_drift_at_loss"])
+            assert all(v is not None for v in metrics["log_w1_at_loss"])
+            assert all(v is not None for v in metrics["log_w1_seen_at_loss"])
     assert set(raw["lr"]["sigmoid"].values()) <= set(TINY.lrs)
-    assert set(raw["lr"]["relu"].values()) == {TINY.common_lr}
+    assert [raw["lr"]["relu"][a] for a in ("none", "bn")] == [TINY.common_lr] * 2
+    assert raw["lr"]["relu"]["bn-noise"] in TINY.noise_lrs
     assert [s["name"] for s in raw["specs"]] == [c.key for c in ics.CLAIMS]
     assert len(on_disk["verdicts"]) == 3
     for verdict, claim in zip(on_disk["verdicts"], ics.CLAIMS, strict=True):
@@ -78,8 +87,11 @@ def test_quick_run_says_no_verdict(finished: tuple[Path, dict]) -> None:
     for figure in on_disk["figures"]:
         assert (out / figure["file"]).stat().st_size > 1000
     units = sorted(p.name for p in (out / "units").iterdir())
-    assert len(units) == 2 * 3 + 2 * 3 * 2  # tuning (lr x arm) + measured
+    # tuning: sigmoid lr x arm, ReLU noisy BN's lrs; measured
+    assert len(units) == 2 * 3 + 2 + 2 * 3 * 2
     assert "tune-sigmoid-lr0.3-bn-noise.json" in units
+    assert "tune-relu-lr0.3-bn-noise.json" in units
+    assert "tune-relu-lr0.3-bn.json" not in units
     assert "relu-bn-seed1.json" in units
 
 
@@ -89,7 +101,7 @@ def test_claims_decide_the_results(finished: tuple[Path, dict]) -> None:
     assert set(mine) == {
         "bn-reduces-ics",
         "bn-reduces-gradient-ics",
-        "bn-benefit-survives-covariate-shift",
+        "noisy-bn-keeps-bn-benefit",
     }
     for claim in ics.CLAIMS:
         evidence, _ = mine[claim.key].rule(results)
@@ -123,13 +135,14 @@ def synthetic(metric: str, arm: str, reference: str, a: float, r: float, *, nois
     settings; every other metric is filled so that the three claims can be evaluated."""
     config = ics.ICSConfig()
     base = {
-        "log_drift_at_loss": [-2.0] * 5,
+        "log_w1_at_loss": [-2.0] * 5,
         "grad_cos_at_loss": [0.8] * 5,
+        ics.GAIN: [0.8] * 5,
         "final_test_acc": [85.0] * 5,
     }
     per_seed = {}
     for setting in config.settings:
-        arms = {name: {k: list(v) for k, v in base.items()} for name in ics.ARMS}
+        arms = {name: {k: list(v) for k, v in base.items()} for name in (*ics.ARMS, *GAIN_ARMS)}
         arms[arm][metric] = list(a + noise)
         arms[reference][metric] = [r] * 5
         if acc is not None:
@@ -140,16 +153,17 @@ def synthetic(metric: str, arm: str, reference: str, a: float, r: float, *, nois
 
 CASES = [
     # (claim, metric, arm, reference, the claimed direction's sign, a unit effect)
-    ("bn-reduces-ics", "log_drift_at_loss", "bn", "none", -1, 1.0),
+    ("bn-reduces-ics", "log_w1_at_loss", "bn", "none", -1, 1.0),
     ("bn-reduces-gradient-ics", "grad_cos_at_loss", "bn", "none", +1, 0.3),
-    ("bn-benefit-survives-covariate-shift", "final_test_acc", "bn-noise", "none", +1, 10.0),
+    # noisy BN's share of BN's gain 1.5 against the level 0.5 (-0.5 in the opposite case)
+    ("noisy-bn-keeps-bn-benefit", ics.GAIN, "noisy-gain", "level", +1, 1.0),
 ]
 
 
 @pytest.mark.parametrize(("key", "metric", "arm", "reference", "sign", "effect"), CASES)
 def test_rules_on_known_numbers(key, metric, arm, reference, sign, effect) -> None:
     rule = next(c.rule for c in ics.CLAIMS if c.key == key)
-    r = 0.5 if metric == "grad_cos_at_loss" else 80.0 if metric == "final_test_acc" else -2.0
+    r = 0.5 if metric in ("grad_cos_at_loss", ics.GAIN) else -2.0
     # a clear effect in the claimed direction, in both settings: supported
     assert rule(synthetic(metric, arm, reference, r + sign * effect, r))[1] == stats.SUPPORTED
     # equal within the margin: refuted (equivalence shown)
@@ -164,7 +178,7 @@ def test_rules_on_known_numbers(key, metric, arm, reference, sign, effect) -> No
 
 
 def test_fewer_than_five_seeds_give_no_verdict() -> None:
-    results = synthetic("log_drift_at_loss", "bn", "none", -3.0, -2.0)
+    results = synthetic("log_w1_at_loss", "bn", "none", -3.0, -2.0)
     for arms in results["raw"]["per_seed"].values():
         for metrics in arms.values():
             for k in metrics:
@@ -175,13 +189,13 @@ def test_fewer_than_five_seeds_give_no_verdict() -> None:
 
 def test_runs_at_chance_or_never_at_the_loss_level_are_excluded() -> None:
     acc = [85.0, 85.0, 10.5, 85.0, 85.0]  # seed 2 of no BN never left chance
-    results = synthetic("log_drift_at_loss", "bn", "none", -3.0, -2.0, acc=acc)
+    results = synthetic("log_w1_at_loss", "bn", "none", -3.0, -2.0, acc=acc)
     evidence, verdict = ics.CLAIMS[0].rule(results)
     assert verdict == stats.NO_VERDICT  # 4 pairs left < 5 in every setting
     assert {(e["arm"], e["seed"]) for e in evidence["excluded"]} == {("none", 2)}
     assert "never left chance" in evidence["excluded"][0]["reason"]
-    results = synthetic("log_drift_at_loss", "bn", "none", -3.0, -2.0)
-    results["raw"]["per_seed"]["relu"]["none"]["log_drift_at_loss"][1] = None  # never reached
+    results = synthetic("log_w1_at_loss", "bn", "none", -3.0, -2.0)
+    results["raw"]["per_seed"]["relu"]["none"]["log_w1_at_loss"][1] = None  # never reached
     evidence, _ = ics.CLAIMS[0].rule(results)
     assert evidence["excluded"] == [
         {"arm": "none", "seed": 1, "reason": "non-finite value", "setting": "relu"}
@@ -214,7 +228,12 @@ def test_read_metrics_at_matched_loss_and_step() -> None:
     config = dataclasses.replace(TINY, loss_level=1.0, read_steps=4)
     run = {
         "loss_ma": [2.0, 1.5, 1.0, 0.9, 0.8, 0.7],
-        "drift": {"steps": [0, 2, 4], "values": [0.4, 0.2, 0.1]},
+        "drift": {
+            "steps": [0, 2, 4],
+            "values": [0.4, 0.2, 0.1],
+            "w1": [0.3, 0.2, 0.05],
+            "w1_seen": [0.6, 0.5, 0.4],
+        },
         "grad": {
             "steps": [0, 3],
             "layers": {
@@ -229,6 +248,10 @@ def test_read_metrics_at_matched_loss_and_step() -> None:
     assert got["drift_at_loss"] == pytest.approx(0.1)  # intervals starting in [3, 7)
     assert got["log_drift_at_loss"] == pytest.approx(math.log(0.1))
     assert got["drift_run"] == pytest.approx(0.7 / 3)
+    assert got["log_w1_at_loss"] == pytest.approx(math.log(0.05))
+    assert got["w1_seen_at_loss"] == pytest.approx(0.4)
+    assert got["w1_run"] == pytest.approx(0.55 / 3)
+    assert got["grad_n_at_loss"] == 1  # the measurement at step 3
     assert got["grad_cos_at_loss"] == pytest.approx(0.9)
     assert got["grad_cos_run"] == pytest.approx(0.6)
     assert got["grad_rel_at_loss"] == pytest.approx(0.4)
@@ -237,6 +260,8 @@ def test_read_metrics_at_matched_loss_and_step() -> None:
     got = ics.read_metrics(config, never)
     assert got["steps_to_level"] is None
     assert got["log_drift_at_loss"] is None
+    assert got["log_w1_at_loss"] is None
+    assert got["grad_n_at_loss"] is None
     assert got["grad_cos_at_loss"] is None
     assert got["drift_run"] == pytest.approx(0.7 / 3)
 
@@ -260,10 +285,16 @@ def test_one_measured_unit_and_no_hooks_left(monkeypatch: pytest.MonkeyPatch, fa
     got = ics.measure(config, {"sigmoid": {"bn-noise": 0.3}}, Cell("sigmoid", "bn-noise", 0), bench)
     assert got["lr"] == 0.3
     assert got["drift"]["steps"] == [0, 2]  # intervals 0-2 and 2-4 (the last probe at 4)
+    # noisy BN probed with a fresh noise draw per probe drifts more than without noise
+    assert all(s > w for s, w in zip(got["drift"]["w1_seen"], got["drift"]["w1"], strict=True))
     assert list(got["grad"]["layers"]) == ["conv2", "fc1", "fc2", "fc3"]
-    assert got["grad"]["steps"] == [0, 3]
+    # every 3 steps, every 2 from the first reach of the loss level (after step 1)
+    assert got["grad"]["steps"] == [0, 2]
     assert len(built) == 1
     assert hook_count(built[0]) == 0
+    plain = ics.measure(config, {"sigmoid": {"bn": 0.3}}, Cell("sigmoid", "bn", 0), bench)
+    assert plain["drift"]["w1_seen"] == plain["drift"]["w1"]
+    assert hook_count(built[1]) == 0
 
 
 # --- the measures ----------------------------------------------------------------------
@@ -320,6 +351,46 @@ def test_gradient_shift_leaves_bn_statistics_alone() -> None:
         assert torch.equal(v, state[k]), k
 
 
+def test_w1_drift_on_known_samples() -> None:
+    x = torch.tensor([[0.0, 1.0], [1.0, 3.0], [2.0, 5.0], [3.0, 7.0]])  # (N=4, C=2)
+    before = ics._channel_sorted(x)
+    assert torch.equal(before[0], torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, 3.0, 5.0, 7.0]]))
+    assert before[1] == pytest.approx(float(x.std(unbiased=False)))
+    assert ics.w1_drift(before, before) == 0.0
+    # The same values in another order: no drift (W1 sees distributions, not examples).
+    assert ics.w1_drift(before, ics._channel_sorted(x.flip(0))) == 0.0
+    # Channel 0 moves by +1 everywhere; channel 1 spreads (3 -> 1 and 5 -> 7 swap
+    # nothing; 1 -> 0, 7 -> 8): W1 per channel 1 and 0.5, mean 0.75, over S.
+    moved = torch.tensor([[1.0, 0.0], [2.0, 3.0], [3.0, 5.0], [4.0, 8.0]])
+    got = ics.w1_drift(before, ics._channel_sorted(moved))
+    assert got == pytest.approx(0.75 / before[1])
+    # A shape change with the same mean and std per channel: two moments see nothing.
+    a = torch.tensor([[-1.0], [-1.0], [1.0], [1.0]])
+    b = torch.tensor([[-(2**0.5)], [0.0], [0.0], [2**0.5]])
+    assert ics.distribution_drift(ics._channel_moments(a), ics._channel_moments(b)) == 0.0
+    assert ics.w1_drift(ics._channel_sorted(a), ics._channel_sorted(b)) > 0.1
+    assert ics.w1_drift((before[0], 0.0), ics._channel_sorted(moved)) == math.inf
+    with pytest.raises(ValueError, match="probes of different shapes"):
+        ics.w1_drift(before, ics._channel_sorted(x[:2]))
+
+
+def test_gain_ratios() -> None:
+    arms = {
+        "none": {"final_test_acc": [80.0, 80.0, 10.5, 80.0, 80.0, None]},
+        "bn": {"final_test_acc": [90.0, 90.0, 90.0, 79.0, 90.0, 90.0]},
+        "bn-noise": {"final_test_acc": [89.0, 75.0, 90.0, 85.0, 85.0, 90.0]},
+    }
+    # seed 2: no BN at chance; seed 3: BN gained nothing; seed 5: a run missing
+    assert ics.gain_ratios(arms) == [
+        pytest.approx(0.9),
+        pytest.approx(-0.5),
+        None,
+        None,
+        pytest.approx(0.5),
+        None,
+    ]
+
+
 def test_distribution_drift_on_known_moments() -> None:
     mu, sd = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 2.0])
     assert ics.distribution_drift((mu, sd, 2.0), (mu, sd, 2.0)) == 0.0
@@ -368,6 +439,10 @@ def test_noisy_outputs_applies_one_affine_map_per_channel_and_removeshook_count(
         ({"noise_scale": 0.5}, "need noise_scale >= 1 and noise_shift >= 0, got 0.5 and 1.0"),
         ({"loss_level": 0}, "loss_level must be > 0, got 0"),
         ({"seeds": 0}, "seeds must be > 0, got 0"),
+        ({"noise_lrs": (0.1, 0.0)}, r"noise_lrs must be positive values, got \(0.1, 0.0\)"),
+        ({"grad_every_at_loss": 0}, "grad_every_at_loss must be > 0, got 0"),
+        ({"gain_margin": 0}, "gain_margin must be > 0, got 0"),
+        ({"first_seed": -1}, "first_seed must be an int >= 0, got -1"),
     ],
 )
 def test_config_errors_show_the_value(kw: dict, match: str) -> None:
@@ -385,7 +460,7 @@ def test_plateau_notes_flag_networks_at_chance_level() -> None:
 
 
 def test_no_tuned_setting_runs_no_tuning_units(tmp_path: Path, fake_data) -> None:
-    config = dataclasses.replace(TINY, tuned=(), steps=(("relu", 4),), seeds=1)
+    config = dataclasses.replace(TINY, tuned=(), noise_lrs=(), steps=(("relu", 4),), seeds=1)
     assert ics.tune_grid(config) is None
     results = run_lab(ics.SPEC, config, tmp_path / "run", data=fake_data(64, 32), quick=True)
     units = sorted(p.name for p in (tmp_path / "run" / "units").iterdir())
@@ -393,6 +468,18 @@ def test_no_tuned_setting_runs_no_tuning_units(tmp_path: Path, fake_data) -> Non
     assert results["raw"]["lr"] == {"relu": dict.fromkeys(ics.ARMS, TINY.common_lr)}
     assert results["raw"]["tuning"] == {}
     assert results["raw"]["lr_at_grid_edge"] == []
+
+
+def test_tuning_grid_noisy_bn_alone_in_the_common_lr_setting() -> None:
+    config = dataclasses.replace(TINY, noise_lrs=(0.1, 0.3, 1.0))
+    cells = ics.tune_grid(config).cells()
+    relu = [(c.setting[1], c.variant) for c in cells if c.setting[0] == "relu"]
+    assert relu == [(0.1, "bn-noise"), (0.3, "bn-noise"), (1.0, "bn-noise")]
+    sigmoid = [(c.setting[1], c.variant) for c in cells if c.setting[0] == "sigmoid"]
+    assert len(sigmoid) == len(TINY.lrs) * 3
+    assert {c.seed for c in cells} == {TINY.tune_seed}
+    assert ics.ICSConfig().seed_list == (200, 201, 202, 203, 204)
+    assert ics.main_grid(ics.ICSConfig()).seed_list == (200, 201, 202, 203, 204)
 
 
 def test_per_setting_steps_run_the_grid_setting_by_setting() -> None:

@@ -127,11 +127,13 @@ class MatchedConfig(PairedConfig):
         read_steps: the steps from the first reach of ``loss_level`` whose measurements
             are read.
         probe_every, probe_size: steps between probes; probe images.
+        first_seed: the measured seeds are ``first_seed .. first_seed + seeds - 1``
+            (:attr:`seed_list`; a confirmatory rerun takes fresh ones).
 
     Raises:
         ValueError: a ``POSITIVE`` setting that is not > 0, no settings, an unknown
             activation, a step budget that is not an integer >= 1, ``hold`` outside
-            [0, 1].
+            [0, 1], a negative ``first_seed``.
     """
 
     steps: tuple[tuple[str, int], ...] = (("relu", 800), ("sigmoid", 2000))
@@ -142,6 +144,7 @@ class MatchedConfig(PairedConfig):
     read_steps: int = 100
     probe_every: int = 10
     probe_size: int = 256
+    first_seed: int = 0
 
     QUICK = PairedConfig.quick_settings(
         steps=(("relu", 30), ("sigmoid", 30)),
@@ -170,6 +173,15 @@ class MatchedConfig(PairedConfig):
                 raise ValueError(f"{owner}: steps of {act!r} must be an integer >= 1, got {n!r}")
         if not 0.0 <= self.hold <= 1.0:
             raise ValueError(f"{owner}: hold must be in [0, 1], got {self.hold!r}")
+        if isinstance(self.first_seed, bool) or not isinstance(self.first_seed, int):
+            raise ValueError(f"{owner}: first_seed must be an int >= 0, got {self.first_seed!r}")
+        if self.first_seed < 0:
+            raise ValueError(f"{owner}: first_seed must be an int >= 0, got {self.first_seed!r}")
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The measured seeds, ``first_seed`` onwards."""
+        return tuple(range(self.first_seed, self.first_seed + self.seeds))
 
     @property
     def settings(self) -> tuple[str, ...]:
@@ -280,17 +292,18 @@ def excluded_runs(
     settings: Sequence[str],
     arms: Sequence[str],
     chance: stats.ChanceRule,
+    first_seed: int = 0,
 ) -> list[tuple[str, str, int, Any, Any, bool]]:
     """The runs a claim excludes: ``(setting, arm, seed, steps to the loss level, final
     test accuracy, at chance)`` for each run that never reached the loss level
     (``steps_to_level`` None) or ended within ``chance``'s tolerance of its level
-    (``final_test_acc``; None counts as at chance)."""
+    (``final_test_acc``; None counts as at chance); seeds counted from ``first_seed``."""
     out = []
     for s in settings:
         for a in arms:
             m = per_seed[s][a]
             pairs = zip(m["steps_to_level"], m["final_test_acc"], strict=True)
-            for seed, (reach, acc) in enumerate(pairs):
+            for seed, (reach, acc) in enumerate(pairs, start=first_seed):
                 at_chance = acc is None or abs(acc - chance.level) <= chance.tolerance
                 if reach is None or at_chance:
                     out.append((s, a, seed, reach, acc, at_chance))
