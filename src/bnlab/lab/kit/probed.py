@@ -134,6 +134,8 @@ def probed_lenet(
     level: float,
     probe_every: int,
     probe: Callable[[nn.Module], Callable[[], dict[str, Any]]] | None,
+    level_probes: int = 1,
+    level_gap: int = 10,
 ) -> dict[str, Any]:
     """One run of d2l's LeNet (:func:`lenet`, ``activation``, ``norm``) by plain SGD at
     ``lr`` for ``steps`` steps on endless batches of ``config.batch`` training images
@@ -142,6 +144,7 @@ def probed_lenet(
     With ``probe`` (``probe(model)`` -> the probe of :func:`train_probed`): probes every
     ``probe_every`` steps and at the training loss ``level``, and the final test
     accuracy (%, ``"final_test_acc"``); without (a tuning run): only the losses.
+    ``level_probes``, ``level_gap``: as for :func:`train_probed`.
 
     Returns:
         :func:`train_probed`'s record.
@@ -161,6 +164,8 @@ def probed_lenet(
             level=level if probe else None,
             probe=probe(model) if probe else None,
             probe_every=probe_every if probe else None,
+            level_probes=level_probes,
+            level_gap=level_gap,
             on_step=lambda s: bench.advance(1),
         )
         if probe:
@@ -183,6 +188,8 @@ def train_probed(
     probe: Callable[[], dict[str, Any]] | None = None,
     probe_every: int | None = None,
     on_step: Callable[[StepState], None] | None = None,
+    level_probes: int = 1,
+    level_gap: int = 10,
 ) -> dict[str, Any]:
     """Train ``model`` (train mode, cross-entropy) for ``steps`` steps, probing it.
 
@@ -191,13 +198,17 @@ def train_probed(
     ``probe_every`` finished steps and after the last (matched step), and after the
     first step at which ``train_loss``, the mean of the last ``window`` mini-batch
     losses (fewer at the start), is ``<= level`` (matched training loss). A
-    non-finite loss stops the run (diverged).
+    non-finite loss stops the run (diverged). With ``level_probes`` > 1, the probe is
+    called again every ``level_gap`` steps after that one, ``level_probes`` probes in
+    all (fewer if the run ends first): the matched-loss window, whose readout a caller
+    may average.
 
     Returns:
         ``{"points": [{"step", "train_loss", **probe()}], "at_level": {"step",
         "train_loss", **probe()} or None (never reached), "final_train_loss" (the last
         moving average, None if diverged), "diverged", "steps_done", "loss_ma": the moving
-        average after every step}``.
+        average after every step, "level_window": the matched-loss probes, the first
+        being ``at_level`` (empty if never reached)}``.
     """
     recent: deque[float] = deque(maxlen=window)
     loss_ma: list[float] = []
@@ -216,6 +227,13 @@ def train_probed(
         if probe is not None:
             if level is not None and "at" not in found and loss_ma[-1] <= level:
                 found["at"] = record(s.done, loss_ma[-1])
+                found["window"] = [found["at"]]
+            elif (
+                "at" in found
+                and len(found["window"]) < level_probes
+                and s.done - found["at"]["step"] == level_gap * len(found["window"])
+            ):
+                found["window"].append(record(s.done, loss_ma[-1]))
             if probe_every and (s.done % probe_every == 0 or s.done == steps):
                 points.append(record(s.done, loss_ma[-1]))
         if on_step is not None:
@@ -236,6 +254,7 @@ def train_probed(
         "diverged": diverged,
         "steps_done": len(loss_ma),
         "loss_ma": loss_ma,
+        "level_window": found.get("window", []),
     }
 
 
