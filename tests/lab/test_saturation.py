@@ -19,7 +19,7 @@ from torch import nn
 from bnlab.lab import saturation, stats
 from bnlab.lab.claims import available_claims, spec_record
 from bnlab.lab.experiment import run_lab
-from bnlab.lab.runner import Bench, Cell
+from bnlab.lab.runner import Bench, Cell, GridRun
 
 TINY = dataclasses.replace(
     saturation.SaturationConfig.quick(),
@@ -33,6 +33,8 @@ TINY = dataclasses.replace(
     probe_every_sigmoid=4,
     probe_every_relu=3,
     probe_size=32,
+    level_probes=2,
+    level_gap=2,
 )
 
 
@@ -50,7 +52,8 @@ def test_quick_run_says_no_verdict_with_tables_and_figures(finished: tuple[Path,
     assert on_disk["experiment"] == "saturation"
     raw = on_disk["raw"]
     assert raw["threshold"] == saturation.SATURATION_THRESHOLD
-    assert set(raw["per_seed"]) == {"sigmoid", "relu"}
+    assert set(raw["per_seed"]) == {"sigmoid", "relu", "sigmoid-common"}
+    assert raw["common_lr"] == TINY.common_lr
     assert set(raw["lr"]["sigmoid"].values()) <= set(TINY.lrs_sigmoid)
     assert set(raw["lr"]["relu"].values()) <= set(TINY.lrs_relu)
     sig, relu = raw["per_seed"]["sigmoid"]["none"], raw["per_seed"]["relu"]["bn"]
@@ -61,11 +64,24 @@ def test_quick_run_says_no_verdict_with_tables_and_figures(finished: tuple[Path,
     for arms in raw["per_seed"].values():
         for metrics in arms.values():
             assert all(math.isfinite(v) for v in metrics["grad_ratio_at_step"])
+            assert all(math.isfinite(v) for v in metrics["grad_rel_ratio_at_step"])
     unit = json.loads((out / "units" / "sigmoid-none-seed0.json").read_text())["value"]
     assert [p["step"] for p in unit["points"]] == [0, 4, 8]
     assert list(unit["points"][0]["saturated"]) == [f"act{k}" for k in range(1, 5)]
     assert list(unit["points"][0]["grad_rms"]) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert list(unit["points"][0]["grad_rel"]) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
     assert unit["at_level"]["train_loss"] <= TINY.level_sigmoid
+    window = unit["level_window"]
+    assert window[0] == unit["at_level"]
+    assert [p["step"] for p in window] == [window[0]["step"] + 2 * k for k in range(len(window))]
+    # The common-lr setting: at common_lr, or the tuned run itself when that is the lr.
+    for arm in ("none", "bn"):
+        common = json.loads((out / "units" / f"sigmoid-common-{arm}-seed0.json").read_text())
+        assert common["value"]["lr"] == TINY.common_lr
+        if raw["lr"]["sigmoid"][arm] == TINY.common_lr:
+            assert common["value"] == {"lr": TINY.common_lr, "same_as": "sigmoid"}
+            tuned = raw["per_seed"]["sigmoid"][arm]
+            assert raw["per_seed"]["sigmoid-common"][arm] == tuned
     assert len(on_disk["verdicts"]) == 3
     for verdict, claim in zip(on_disk["verdicts"], saturation.CLAIMS, strict=True):
         _, rule_verdict = claim.rule(results)
@@ -75,8 +91,9 @@ def test_quick_run_says_no_verdict_with_tables_and_figures(finished: tuple[Path,
     assert [f["file"] for f in on_disk["figures"]] == ["saturation_matched.png", "saturation.png"]
     for f in on_disk["figures"]:
         assert (out / f["file"]).stat().st_size > 1000
-    # tuning: 2 networks x 2 lrs x 2 arms; measured: 2 networks x 2 arms x 2 seeds
-    assert len(list((out / "units").glob("*.json"))) == 8 + 8
+    # tuning: 2 networks x 2 lrs x 2 arms; measured: 2 networks x 2 arms x 2 seeds; the
+    # common lr: 2 arms x 2 seeds
+    assert len(list((out / "units").glob("*.json"))) == 8 + 8 + 4
 
 
 def test_claims_name_their_seed_sentence(finished: tuple[Path, dict]) -> None:
@@ -109,7 +126,7 @@ def test_resume_after_deleting_a_unit_ends_equal(
     resumed = run_lab(
         saturation.SPEC, TINY, cut, data=make_fake_data(96, 64), resume=True, quick=True
     )
-    assert resumed["units_reused"] == 15
+    assert resumed["units_reused"] == 19
     assert resumed["raw"]["per_seed"] == json.loads(json.dumps(whole["raw"]["per_seed"]))
 
 
@@ -119,13 +136,27 @@ def _results(metric: str, setting: str, bn: list, none: list, acc=None) -> dict:
         s: {
             arm: {
                 m: values if (s, m) == (setting, metric) else [0.0] * len(values)
-                for m in ("saturated_at_loss", "grad_ratio_at_loss", "zeros_at_loss")
+                for m in (
+                    "saturated_at_loss",
+                    "grad_rel_ratio_at_loss",
+                    "grad_ratio_at_loss",
+                    "zeros_at_loss",
+                )
             }
             | {"final_test_acc": acc[arm]}
             for arm, values in (("bn", bn), ("none", none))
         }
         for s in ("sigmoid", "relu")
     }
+    # Shown, not voted: a huge effect at the common lr or in the raw ratio changes nothing.
+    per_seed["sigmoid-common"] = {
+        arm: {m: [5.0 * (arm == "bn")] * len(none) for m in per_seed["sigmoid"]["none"]}
+        | {"final_test_acc": [85.0] * len(none)}
+        for arm in ("bn", "none")
+    }
+    if metric != "grad_ratio_at_loss":
+        for arm in ("bn", "none"):
+            per_seed["sigmoid"][arm]["grad_ratio_at_loss"] = [5.0 * (arm == "bn")] * len(none)
     specs = [spec_record(s) for s in saturation.specs(saturation.SaturationConfig())]
     return {"raw": {"per_seed": per_seed, "specs": specs}}
 
@@ -134,7 +165,7 @@ def _results(metric: str, setting: str, bn: list, none: list, acc=None) -> dict:
     ("key", "metric", "setting", "sign", "margin"),
     [
         ("bn-avoids-saturation", "saturated_at_loss", "sigmoid", -1, 0.02),
-        ("bn-alleviates-vanishing-gradients", "grad_ratio_at_loss", "sigmoid", +1, 0.3),
+        ("bn-alleviates-vanishing-gradients", "grad_rel_ratio_at_loss", "sigmoid", +1, 0.3),
         ("bn-fewer-relu-zeros", "zeros_at_loss", "relu", -1, 0.05),
     ],
 )
@@ -181,13 +212,14 @@ def test_specs_follow_the_networks_run() -> None:
 
 
 def test_read_metrics_at_matched_loss_and_step() -> None:
-    def point(step, sat, rms_first):
+    def point(step, sat, rms_first, rel_first=0.01):
         return {
             "step": step,
             "train_loss": 0.7,
             "saturated": {"act1": sat, "act2": 3 * sat},
             "zeros": {},
             "grad_rms": {"conv1": rms_first, "fc2": 0.5, "fc3": 0.1},
+            "grad_rel": {"conv1": rel_first, "fc2": 0.5, "fc3": 0.1},
         }
 
     run = {
@@ -207,7 +239,22 @@ def test_read_metrics_at_matched_loss_and_step() -> None:
         saturation.SaturationConfig(), "sigmoid", dict(run, at_level=None)
     )
     assert never["saturated_at_loss"] is None
+    assert never["grad_rel_ratio_at_loss"] is None
     assert never["steps_to_level"] is None
+    assert got["grad_rel_ratio_at_loss"] == pytest.approx(-1.0)
+    assert got["level_probes"] == 1
+    # The matched-loss readout: each layer's value the mean over the window, then the ratio.
+    window = [point(300, 0.01, 0.001, 0.01), point(310, 0.03, 0.003, 0.03)]
+    averaged = saturation.read_metrics(
+        saturation.SaturationConfig(),
+        "sigmoid",
+        dict(run, at_level=window[0], level_window=window),
+    )
+    assert averaged["saturated_at_loss"] == pytest.approx(0.04)
+    assert averaged["grad_rel_ratio_at_loss"] == pytest.approx(math.log10(0.02 / 0.1))
+    assert averaged["grad_ratio_at_loss"] == pytest.approx(math.log10(0.002 / 0.1))
+    assert averaged["level_probes"] == 2
+    assert averaged["steps_to_level"] == 300
 
 
 def test_saturated_and_zero_share_of_known_tensors() -> None:
@@ -244,6 +291,12 @@ def test_probe_gradient_rms_matches_backward_and_leaves_the_model_alone() -> Non
     assert net[0].weight.grad is None
     torch.nn.functional.cross_entropy(net(x), y).backward()
     assert got["grad_rms"] == pytest.approx(saturation.gradient_rms(net))
+    assert got["grad_rel"]["0"] == pytest.approx(
+        float(net[0].weight.grad.norm() / net[0].weight.detach().norm())
+    )
+    assert got["grad_rel"]["2"] == pytest.approx(
+        float(net[2].weight.grad.norm() / net[2].weight.detach().norm())
+    )
     assert list(got["saturated"]) == ["1"]
     assert got["zeros"] == {}
     for k, v in net.state_dict().items():
@@ -272,6 +325,14 @@ def test_no_hooks_left_after_a_unit(fake_data, monkeypatch: pytest.MonkeyPatch) 
     assert got["metrics"]["final_test_acc"] is not None
     assert len(built) == 1
     assert hook_count(built[0]) == 0
+    # The common-lr setting reuses the tuned run when that is at the common lr.
+    bench = Bench(fake_data(64, 32), torch.device("cpu"))
+    lrs = {"sigmoid": {"none": 1.0, "bn": 3.0}}
+    same = saturation.main_cell(config, lrs, Cell("sigmoid-common", "none", 0), bench)
+    assert same == {"lr": 1.0, "same_as": "sigmoid"}
+    other = saturation.main_cell(config, lrs, Cell("sigmoid-common", "bn", 0), bench)
+    assert other["lr"] == config.common_lr
+    assert other["metrics"]["final_test_acc"] is not None
 
 
 def test_config_errors_show_the_value() -> None:
@@ -285,3 +346,24 @@ def test_config_errors_show_the_value() -> None:
         saturation.SaturationConfig(lrs_relu=())
     with pytest.raises(ValueError, match=r"saturation_margin must be > 0, got 0"):
         saturation.SaturationConfig(saturation_margin=0)
+    with pytest.raises(ValueError, match=r"common_seeds must be > 0, got 0"):
+        saturation.SaturationConfig(common_seeds=0)
+    with pytest.raises(ValueError, match=r"level_probes must be > 0, got 0"):
+        saturation.SaturationConfig(level_probes=0)
+
+
+def test_common_setting_runs_on_the_first_seeds_and_shares_tuned_runs() -> None:
+    config = saturation.SaturationConfig()
+    assert config.settings == ("sigmoid", "relu", "sigmoid-common")
+    assert saturation.SaturationConfig(networks=("relu",)).settings == ("relu",)
+    cells = saturation.main_grid(config).cells()
+    common = sorted({c.seed for c in cells if c.setting == "sigmoid-common"})
+    assert common == list(range(config.first_seed, config.first_seed + config.common_seeds))
+    assert len(cells) == 2 * 2 * config.seeds + 2 * config.common_seeds
+    got = saturation.shared_runs(
+        GridRun(
+            [Cell("sigmoid", "none", 0), Cell("sigmoid-common", "none", 0)],
+            [{"lr": 1.0, "metrics": {"x": 1}}, {"lr": 1.0, "same_as": "sigmoid"}],
+        )
+    )
+    assert got.results[1] == {"lr": 1.0, "metrics": {"x": 1}}
