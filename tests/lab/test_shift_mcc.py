@@ -37,6 +37,7 @@ def tiny() -> shift_mcc.ShiftMccConfig:
         step_reads=(4,),
         probe_every=2,
         probe_size=32,
+        long_interval=4,
     )
 
 
@@ -122,6 +123,17 @@ def test_shift_images_and_unknown_kind() -> None:
         shift_images(x, "blur", 0.1, generator=gen)
 
 
+def test_plant_shift_moves_every_feature_by_delta_sd() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, 2, 2, generator=gen) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1)
+    moved = shift_mcc.plant_shift(x, 0.1)
+    assert moved.shape == x.shape
+    sd = x.reshape(50, -1).std(dim=0, unbiased=False)
+    assert torch.allclose((moved - x).reshape(50, -1), (0.1 * sd).expand(50, -1))
+    assert torch.equal(shift_mcc.plant_shift(x, 0.0), x)
+    assert shift_mcc.ShiftMccConfig().seed_list == (200, 201, 202, 203, 204)
+
+
 def test_class_mix_draws_the_declared_share() -> None:
     labels = torch.arange(100) % 10
     pool = torch.randperm(100, generator=torch.Generator().manual_seed(0))
@@ -152,9 +164,11 @@ def synthetic(**overrides: list[float]) -> dict:
         "bn": [0.3 + e for e in NOISE],
         "none": [0.8] * 5,
     } | overrides
+    kinds = [kind for kind, _ in config.planted]
+    kinds.append(shift_mcc.internal_key(config.internal_voted))  # inside LeNet
     per_seed = {
         kind: {"shifted": {"mcc": values["shifted"]}, "null": {"mcc": values["null"]}}
-        for kind, _ in config.planted
+        for kind in kinds
     }
     per_seed["null"] = {"null": {"mcc": values["null"]}, "zero": {"mcc": [0.0] * 5}}
     per_seed["splits"] = {"train-test": {"mcc": values["train-test"]}, "null": {"mcc": null}}
@@ -209,7 +223,14 @@ def test_one_planted_shift_missed_is_context_dependent() -> None:
         "better",
         "better",
         "equivalent",
+        "better",  # the planted shift inside LeNet
     ]
+    # the detector blind at the internal size and dimension: not supported either
+    results = synthetic()
+    inside = shift_mcc.internal_key(shift_mcc.ShiftMccConfig().internal_voted)
+    assert inside == "inside LeNet: +0.1 sd"
+    results["raw"]["per_seed"][inside]["shifted"]["mcc"] = [0.0 - e for e in NOISE]
+    assert shift_mcc.CLAIMS[0].rule(results)[1] == stats.CONTEXT_DEPENDENT
 
 
 def test_too_few_seeds_and_runs_at_chance() -> None:
@@ -247,9 +268,20 @@ def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) 
         "class-mix",
         "null",
         "splits",
+        "inside LeNet: +0.05 sd",
+        "inside LeNet: +0.1 sd",
+        "control relu/none",
+        "control relu/bn",
+        "control sigmoid/none",
+        "control sigmoid/bn",
         "relu",
         "sigmoid",
     }
+    for delta in config.internal_planted:
+        inside = per_seed[shift_mcc.internal_key(delta)]
+        assert all(-1 <= v <= 1 for v in inside["shifted"]["mcc"] + inside["null"]["mcc"])
+    for key in shift_mcc.control_keys(config):
+        assert all(-1 <= v <= 1 for v in per_seed[key]["long"]["mcc"])
     for setting in ("relu", "sigmoid"):
         for arm in ("none", "bn"):
             assert per_seed[setting][arm]["steps_to_level"] == [1, 1]
@@ -262,6 +294,13 @@ def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) 
         (4, "loss+step"),
     ]
     assert set(unit["null"]) == set(shift_mcc.PROBED)
+    # the calibration at the first matched-loss probe (2); the long interval 2 vs 6
+    assert set(unit["planted"]) == {"0.05", "0.1"}
+    assert all(set(v) == set(shift_mcc.PROBED) for v in unit["planted"].values())
+    assert set(unit["long"]) == set(shift_mcc.PROBED)
+    shown = {c["claim"] for c in raw["shown"]}
+    assert "positive control: t0 vs t0 + 4 above the null" in shown
+    assert "internal planted shift detected" in shown
     assert len(results["verdicts"]) == 4
     for verdict, claim in zip(results["verdicts"], shift_mcc.CLAIMS, strict=True):
         expected = claim.rule(results)[1]
@@ -288,6 +327,12 @@ def test_tiny_run_writes_results_figures_and_resumes(tmp_path: Path, fake_data) 
         ({"step_reads": (15,)}, r"step_reads must be multiples of probe_every \(20\), got 15"),
         ({"hold": -0.1}, r"hold must be in \[0, 1\], got -0.1"),
         ({"sample_size": 0}, "sample_size must be > 0, got 0"),
+        ({"internal_voted": 0.2}, r"internal_voted 0.2 is not in internal_planted \(0.05, 0.1\)"),
+        (
+            {"long_interval": 30},
+            r"long_interval must be a positive multiple of probe_every \(20\), got 30",
+        ),
+        ({"first_seed": -1}, "first_seed must be an int >= 0, got -1"),
     ],
 )
 def test_config_errors_show_the_value(kw: dict, match: str) -> None:
