@@ -386,14 +386,8 @@ class ICSConfig(matched.MatchedConfig):
 
     #: A smoke test: 2 seeds (below min_seeds: no verdict), 30 steps, two lrs.
     QUICK = matched.MatchedConfig.quick_settings(
-        lrs=(0.3, 1.0),
-        noise_lrs=(0.1, 0.3),
-        test_size=500,
-        read_steps=15,
-        probe_size=64,
-        grad_every=10,
-        grad_every_at_loss=5,
-        first_seed=0,
+        **{"lrs": (0.3, 1.0), "noise_lrs": (0.1, 0.3), "first_seed": 0, "test_size": 500},
+        **{"read_steps": 15, "probe_size": 64, "grad_every": 10, "grad_every_at_loss": 5},
     )
     POSITIVE = (
         *matched.MatchedConfig.POSITIVE,
