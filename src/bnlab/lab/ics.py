@@ -909,9 +909,9 @@ def _captions(config: ICSConfig) -> list[Figure]:
         ),
         Figure(
             "ics_drift_vs_loss.png",
-            "Drift per probe interval against the moving-average training loss at its start "
-            "(one line per seed; dashed: the matched loss level): the arms compared at equal "
-            "progress",
+            "Two-moment drift (the shown measure; noisy BN probed without noise) per probe "
+            "interval against the moving-average training loss at its start (one line per "
+            "seed; dashed: the matched loss level): the arms compared at equal progress",
         ),
         Figure(
             "ics_gradient.png",
