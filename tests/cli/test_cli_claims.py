@@ -59,6 +59,18 @@ def test_claims_table_written_and_printed(
     assert {r["verdict"] for r in table} <= {"supported", "not supported", "mixed", "not measured"}
 
 
+def test_claims_markdown_written_beside(tmp_path: Path) -> None:
+    good = placement_run(tmp_path / "placement")
+    out, md = tmp_path / "claims", tmp_path / "docs" / "claims.md"
+    md.parent.mkdir()
+    assert main(["lab", "claims", str(good), "--out", str(out), "--markdown", str(md)]) == 0
+    table = json.loads((out / "claims.json").read_text())
+    lines = md.read_text().splitlines()
+    assert len(lines) == 2 + len(table)
+    row = next(line for line in lines if "`placement`" in line)
+    assert "**supported**" in row and "[" in row  # the verdict and its interval
+
+
 def test_no_readable_folder_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["lab", "claims", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 1
     printed = capsys.readouterr().out

@@ -82,3 +82,45 @@ def test_the_table_points_at_the_experiments_figure_relative_to_itself(tmp_path:
     # No figure: no entry.
     no_fig = dict(results, figures=[])
     assert evaluate_claims([no_fig], [claim])[0]["figure"] is None
+
+
+def test_markdown_table_has_one_row_per_claim_with_its_interval_and_literature(
+    tmp_path: Path,
+) -> None:
+    from bnlab.lab.claims import claims_markdown, write_claims_markdown
+
+    rows = [
+        {
+            "claim": "BN helps | a lot",
+            "experiment": "toy",
+            "evidence": {"quick": False},
+            "summary": ["acc: bn - none", "+1.2 [+0.8, +1.6] p_Holm=0.01"],
+            "verdict": "supported",
+            "literature": {
+                "paper": "Ioffe & Szegedy 2015, 'Batch Normalization'",
+                "finding": "supported",
+            },
+            "agreement": "agrees",
+            "why": "",
+        },
+        {
+            "claim": "BN hurts\nsometimes",
+            "experiment": "toy",
+            "evidence": {},
+            "summary": [],
+            "verdict": "not measured",
+            "literature": None,
+        },
+    ]
+    text = claims_markdown(rows)
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(rows)
+    # Every row has the header's five cells (escaped pipes do not split a cell).
+    assert all(line.replace("\\|", "").count("|") == 6 for line in lines)
+    assert lines[2] == (
+        "| BN helps \\| a lot | `toy` | acc: bn - none; +1.2 [+0.8, +1.6] p_Holm=0.01 | "
+        "**supported** | Ioffe & Szegedy 2015: supported; ours agrees |"
+    )
+    assert lines[3] == "| BN hurts sometimes | `toy` | - | **not measured** | - |"
+    path = write_claims_markdown(tmp_path / "claims.md", rows)
+    assert path.read_text() == text

@@ -37,7 +37,13 @@ from bnlab.cli._cores import pick
 from bnlab.cli._print import budget_too_small, verdict_lines
 from bnlab.cli._run_files import run_environment
 from bnlab.cli.data import add_data_dir_argument, load_splits
-from bnlab.lab.claims import NOT_MEASURED, evaluate_claims, load_many, write_claims
+from bnlab.lab.claims import (
+    NOT_MEASURED,
+    evaluate_claims,
+    load_many,
+    write_claims,
+    write_claims_markdown,
+)
 from bnlab.lab.experiment import LabSpec, available_labs, config_from, get_lab, run_lab
 
 __all__ = ["add_parser", "run", "run_claims"]
@@ -139,6 +145,14 @@ def add_parser(subparsers: Any) -> None:
     )
     c.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="results folders")
     c.add_argument("--out", type=Path, required=True, metavar="DIR", help="where claims.json goes")
+    c.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the table as Markdown (claim, experiment, the difference with its "
+        "95%% interval, verdict, literature), e.g. for a README",
+    )
     c.set_defaults(func=run_claims, parser=c)
 
 
@@ -362,6 +376,8 @@ def run_claims(args: argparse.Namespace) -> int:
         return 1
     table = evaluate_claims(results)
     path = write_claims(args.out, table)
+    if args.markdown is not None:
+        write_claims_markdown(args.markdown, table)
     console.print(claims_table(table))
     counts = {v: sum(r["verdict"] == v for r in table) for v in _VERDICT_STYLE}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bnlab.lab import stats
-from bnlab.train.io import write_json
+from bnlab.train.io import atomic_write, write_json
 
 __all__ = [
     "FROM_LITERATURE",
@@ -46,6 +46,7 @@ __all__ = [
     "agreement",
     "available_claims",
     "claim_summary",
+    "claims_markdown",
     "evaluate_claims",
     "holds_of",
     "load_many",
@@ -55,6 +56,7 @@ __all__ = [
     "spec_record",
     "stats_rule",
     "write_claims",
+    "write_claims_markdown",
 ]
 
 #: The verdicts a rule may return: the first edition's three, then the second edition's
@@ -619,3 +621,54 @@ LITERATURE: dict[str, Literature] = {
         _SMALL_SCALE,
     ),
 }
+
+
+def _md(text: Any) -> str:
+    """``text`` for one Markdown table cell: no line breaks, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _short_paper(literature: Mapping[str, Any]) -> str:
+    """The paper's authors and year: the text before its first quoted title or comma."""
+    paper = str(literature.get("paper", "?"))
+    for stop in (", '", ' "', ", arXiv"):
+        if stop in paper:
+            paper = paper.split(stop, 1)[0]
+    return paper
+
+
+def claims_markdown(table: Sequence[Mapping[str, Any]]) -> str:
+    """The claims table as Markdown: one row per claim with its experiment, the numbers
+    behind the verdict (:func:`claim_summary`; the first edition's evidence is not
+    shown), the verdict, and what the literature found with our agreement.
+
+    Returns:
+        The table, header included, ending in a newline.
+    """
+    lines = [
+        "| claim | experiment | result (difference [95% CI], Holm p) | verdict | literature |",
+        "|---|---|---|---|---|",
+    ]
+    for row in table:
+        summary = list(row.get("summary") or [])
+        result = "; ".join(summary) if summary else "-"
+        if row.get("evidence", {}).get("quick"):
+            result = "(quick run) " + result
+        found = row.get("literature")
+        if isinstance(found, Mapping):
+            lit = f"{_short_paper(found)}: {found.get('finding')}; ours {row.get('agreement')}"
+            if row.get("why") and row.get("verdict") != NOT_MEASURED:
+                lit += f" ({row['why']})"
+        else:
+            lit = "-"
+        lines.append(
+            f"| {_md(row['claim'])} | `{_md(row['experiment'])}` | {_md(result)} | "
+            f"**{_md(row['verdict'])}** | {_md(lit)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_claims_markdown(path: str | os.PathLike[str], table: Sequence[Mapping[str, Any]]) -> Path:
+    """Write :func:`claims_markdown` to ``path`` atomically."""
+    text = claims_markdown(table).encode()
+    return atomic_write(path, lambda f: f.write(text))
