@@ -45,6 +45,8 @@ def test_each_arm_has_its_norm_and_the_same_weights() -> None:
     assert norms(models["bn"]) == [bnlab.nn.BatchNorm1d] * 2
     assert norms(models["bn-pop"]) == [bnlab.nn.BatchRenorm1d] * 2
     assert norms(models["bn-vb8"]) == [bnlab.nn.GhostBatchNorm1d] * 2
+    assert norms(models["bn-at-common-lr"]) == [bnlab.nn.BatchNorm1d] * 2
+    assert norms(models["bn-pop-at-common-lr"]) == [bnlab.nn.BatchRenorm1d] * 2
     assert models["bn-vb8"].norm1.virtual_batch_size == 8
     assert models["bn-pop"].norm2.r_max == math.inf
     for model in models.values():  # paired: the same initial weights in every arm
@@ -88,11 +90,20 @@ def test_quick_run_says_no_verdict_and_resumes(tmp_path: Path, fake_data) -> Non
     assert set(raw["tuning"]) == {"none", "bn", "bn-pop"}  # bn-pop has its own lr
     for figure in results["figures"]:
         assert (out / figure["file"]).is_file()
+    common = min(raw["lr"]["bn"], raw["lr"]["bn-pop"])
+    assert raw["lr"]["bn-at-common-lr"] == raw["lr"]["bn-pop-at-common-lr"] == common
     units = sorted((out / "units").glob("*.json"))
-    assert len(units) == 3 * 2 + len(regularization.ARMS) * config.seeds
-    assert (out / "units" / "bn-pop-seed100.json").is_file()  # fresh seeds 100, 101
+    same = raw["same_as"]
+    assert same == regularization.same_as(raw["lr"])
+    assert len(same) >= 1  # one of the common-lr arms is its tuned arm
+    assert len(units) == 3 * 2 + (len(regularization.ARMS) - len(same)) * config.seeds
+    assert (out / "units" / "bn-pop-seed200.json").is_file()  # fresh seeds 200, 201
+    for arm in same:  # a duplicate is not rerun
+        assert not (out / "units" / f"{arm}-seed200.json").exists()
     per_seed = raw["per_seed"][""]
     assert set(per_seed) == set(regularization.ARMS)
+    for arm, base in same.items():  # shown and voted with its base arm's values
+        assert per_seed[arm] == per_seed[base]
     for step in per_seed["bn"]["steps_to_fit"]:
         # the fit is read every fit_every steps and at the last step
         assert step is None or step == config.steps or step % config.fit_every == 0
@@ -114,6 +125,31 @@ def test_choose_lr_takes_the_best_validation_accuracy() -> None:
     assert regularization.choose_lr({"none": {0.1: None}}) == {"none": None}
 
 
+def test_common_lr_and_duplicate_arms() -> None:
+    # the run at 60f72f8: none 0.3, bn 0.3, bn-pop 0.1
+    lrs = regularization.arm_lrs({"none": 0.3, "bn": 0.3, "bn-pop": 0.1})
+    assert lrs["bn-at-common-lr"] == lrs["bn-pop-at-common-lr"] == 0.1
+    assert regularization.same_as(lrs) == {"bn-at-none-lr": "bn", "bn-pop-at-common-lr": "bn-pop"}
+    grid = regularization.main_grid(regularization.RegularizationConfig(), lrs)
+    assert {c.variant for c in grid.cells()} == {
+        "none",
+        "bn",
+        "bn-pop",
+        "bn-vb8",
+        "bn-at-common-lr",
+    }
+    assert len(grid.cells()) == 5 * 5
+    # bn tuned lower than bn-pop: bn runs at the common lr, bn-pop is rerun there
+    lrs = regularization.arm_lrs({"none": 0.1, "bn": 0.3, "bn-pop": 1.0})
+    assert regularization.same_as(lrs) == {"bn-at-common-lr": "bn"}
+    # bn-pop diverged everywhere: no common lr, nothing duplicated there
+    lrs = regularization.arm_lrs({"none": 0.3, "bn": 0.3, "bn-pop": None})
+    assert lrs["bn-at-common-lr"] is None
+    assert regularization.same_as(lrs) == {"bn-at-none-lr": "bn", "bn-pop-at-common-lr": "bn-pop"}
+    arms = regularization.with_duplicates({"bn": {"x": [1]}}, {"bn-at-none-lr": "bn"})
+    assert arms["bn-at-none-lr"] == {"x": [1]}
+
+
 def test_config_errors_name_the_value() -> None:
     with pytest.raises(ValueError, match="virtual_batch 6 must divide the batch 64"):
         regularization.RegularizationConfig(virtual_batch=6)
@@ -128,11 +164,14 @@ def test_full_config_is_the_declared_design() -> None:
     assert full.seeds == full.min_seeds == 5
     assert full.test_size is None  # the full test set
     assert full.train_size + full.val_size <= 60000  # validation disjoint from training
+    assert full.first_seed == 200  # fresh seeds for the confirmatory run
     assert [s.metric for s in regularization.specs(full)] == [
         "test_nll_at_fit",
         "test_acc",
         "test_nll_at_fit",
     ]
+    noise = regularization.specs(full)[2]  # voted at the common lr
+    assert (noise.arm, noise.reference) == ("bn-at-common-lr", "bn-pop-at-common-lr")
 
 
 SPREAD = [-0.01, 0.005, 0.0, 0.01, -0.005]
@@ -147,6 +186,8 @@ def results_of(nll: dict[str, float], acc: dict[str, float], n: int = 5) -> dict
         }
         for arm in ("none", "bn", "bn-pop")
     }
+    # the noise claim's arms at the common lr (here the same numbers as bn, bn-pop)
+    arms["bn-at-common-lr"], arms["bn-pop-at-common-lr"] = arms["bn"], arms["bn-pop"]
     specs = [spec_record(s) for s in regularization.specs(regularization.RegularizationConfig())]
     return {"raw": {"per_seed": {"": arms}, "specs": specs}}
 
