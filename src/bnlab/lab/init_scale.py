@@ -46,10 +46,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
-
 from bnlab.lab import kit, stats
-from bnlab.lab.claims import Literature, spec_record
+from bnlab.lab.claims import Literature
 from bnlab.lab.experiment import LabContext, LabOutcome, LabSpec, Table, register_lab
 from bnlab.lab.kit import sweeps
 from bnlab.lab.kit.sweeps import scale_weights
@@ -135,13 +133,6 @@ def specs(config: InitConfig) -> list[stats.ClaimSpec]:
     return [config.claim_spec("bn-eases-initialization", METRIC)]
 
 
-def prepare(config: InitConfig, data: Mapping[str, Tensor] | None) -> dict[str, Any]:
-    """The measured runs' data (training images, full test set) and the tuning runs'
-    (the same training images, the validation images as their test split)."""
-    main = config.subsets(data, "init")  # raises without data
-    return {"main": main, "tune": sweeps.validation_split(data, config.train_size, config.val_size)}
-
-
 def tune_grid(config: InitConfig) -> Grid:
     """(activation, lr) x arm on the tuning seed; units ``tune-ACT-lrLR-ARM-seedS``."""
     return Grid(
@@ -189,7 +180,7 @@ def measure(
 
 def run(config: InitConfig, ctx: LabContext) -> LabOutcome:
     """Tune each (activation, arm)'s lr at factor 1, then sweep the weight factor."""
-    data = prepare(config, ctx.data)
+    data = sweeps.tuning_data(config, ctx.data, "init")
     tune, main = tune_grid(config), main_grid(config)
     ctx.progress.start((len(tune.cells()) + len(main.cells())) * config.steps, "init")
     tuned = run_grid(ctx, tune, functools.partial(tune_cell, config), data=data, steps=config.steps)
@@ -209,23 +200,18 @@ def summarize(
 ) -> LabOutcome:
     """Accuracy against the weight factor, the factors that train per seed, the verdict."""
     per_seed = sweeps.trainability(config, run, config.factors)
-    raw = {
-        "per_seed": per_seed,
-        "specs": [spec_record(s) for s in specs(config)],
-        "factors": list(config.factors),
-        "lr": dict(lrs),
-        "tuning": {
-            f"{c.setting[0]}/{c.variant}/lr{c.setting[1]:g}": r["val_acc"] for c, r in tuned
-        },
-        "tune_rule": TUNE_RULE.format(
+    verdicts, raw = sweeps.sweep_verdicts(
+        config,
+        per_seed,
+        specs(config),
+        CLAIMS,
+        factors=list(config.factors),
+        lr=dict(lrs),
+        tuning={f"{c.setting[0]}/{c.variant}/lr{c.setting[1]:g}": r["val_acc"] for c, r in tuned},
+        tune_rule=TUNE_RULE.format(
             lrs="/".join(f"{lr:g}" for lr in config.lrs), val=config.val_size, seed=config.tune_seed
         ),
-        "target_acc": config.target_acc,
-        "drop": config.drop,
-        "censoring_rule": sweeps.CENSORING_RULE,
-    }
-    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
-    raw["claims"] = list(evidences.values())
+    )
     tables = [
         Table(
             f"Learning-rate tuning at factor 1 (validation accuracy %, tuning seed "
@@ -242,16 +228,14 @@ def summarize(
                 for arm in sweeps.ARMS
             ],
         ),
-        sweeps.sweep_table(
-            "Final test accuracy (%, full test set; mean ± std over seeds, seeds that train) "
-            "against the weight factor",
+        *sweeps.sweep_tables(
             run,
             config.factors,
             per_seed,
             "x",
-        ),
-        sweeps.per_seed_table(
-            "Per seed: the weight factors (decades) that train", per_seed, PER_SEED_COLUMNS
+            "weight factor",
+            "Per seed: the weight factors (decades) that train",
+            PER_SEED_COLUMNS,
         ),
     ]
     return sweeps.sweep_outcome(

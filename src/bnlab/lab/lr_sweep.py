@@ -45,7 +45,7 @@ from typing import Any
 from torch import Tensor
 
 from bnlab.lab import kit, stats
-from bnlab.lab.claims import Literature, spec_record
+from bnlab.lab.claims import Literature
 from bnlab.lab.experiment import LabContext, LabOutcome, register_lab
 from bnlab.lab.kit import sweeps
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
@@ -116,31 +116,18 @@ def prepare(config: LrSweepConfig, data: Mapping[str, Tensor] | None) -> dict[st
 def summarize(config: LrSweepConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
     """Accuracy against the lr, the largest lr that trains per seed, the verdict."""
     per_seed = sweeps.trainability(config, run, config.lrs)
-    raw = {
-        "per_seed": per_seed,
-        "specs": [spec_record(s) for s in specs(config)],
-        "lrs": list(config.lrs),
-        "target_acc": config.target_acc,
-        "drop": config.drop,
-        "censoring_rule": sweeps.CENSORING_RULE,
-    }
-    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
-    raw["claims"] = list(evidences.values())
-    tables = [
-        sweeps.sweep_table(
-            "Final test accuracy (%, full test set; mean ± std over seeds, seeds that train) "
-            "against the lr",
-            run,
-            config.lrs,
-            per_seed,
-            "lr",
-        ),
-        sweeps.per_seed_table(
-            "Per seed: the largest lr that trains, the trainable width and the best accuracy",
-            per_seed,
-            PER_SEED_COLUMNS,
-        ),
-    ]
+    verdicts, raw = sweeps.sweep_verdicts(
+        config, per_seed, specs(config), CLAIMS, lrs=list(config.lrs)
+    )
+    tables = sweeps.sweep_tables(
+        run,
+        config.lrs,
+        per_seed,
+        "lr",
+        "lr",
+        "Per seed: the largest lr that trains, the trainable width and the best accuracy",
+        PER_SEED_COLUMNS,
+    )
     return sweeps.sweep_outcome(config, ctx, run, config.lrs, FIGURE, tables, verdicts, raw)
 
 

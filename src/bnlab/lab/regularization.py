@@ -286,13 +286,6 @@ def build_model(config: RegularizationConfig, arm: str, seed: int) -> nn.Module:
     return model
 
 
-def prepare(config: RegularizationConfig, data: Mapping[str, Tensor] | None) -> dict[str, Any]:
-    """The measured runs' data (training subset, full test set) and the tuning runs'
-    (the same training subset, the validation images as their test split)."""
-    main = config.subsets(data, "regularization")  # raises without data
-    return {"main": main, "tune": sweeps.validation_split(data, config.train_size, config.val_size)}
-
-
 def tune_grid(config: RegularizationConfig) -> Grid:
     """The tuning runs: tuned arm x lr on the tuning seed (units ``tune-lrLR-ARM-seedS``)."""
     return Grid(
@@ -465,7 +458,7 @@ _METRICS = (
 
 def run(config: RegularizationConfig, ctx: LabContext) -> LabOutcome:
     """Tune none's, bn's and bn-pop's lr on the tuning seed, then the measured runs."""
-    data = prepare(config, ctx.data)
+    data = sweeps.tuning_data(config, ctx.data, "regularization")
     tune, every = tune_grid(config), main_grid(config)
     ctx.progress.start((len(tune.cells()) + len(every.cells())) * config.steps, "regularization")
     tuned = run_grid(ctx, tune, functools.partial(tune_cell, config), data=data, steps=config.steps)

@@ -10,8 +10,7 @@
   ``ProbingConfig``, the probing experiments' core, ``PairedConfig``, the stats-decided
   experiments' core;
 - ``fits`` (imported as a module, ``kit.fits``): ``FitConfig``, the fit-based
-  experiments' core (one ``train_variant`` run per cell), and ``SweepConfig`` with the
-  tables, series and rule groups of the first edition's trainability sweeps;
+  experiments' core (one ``train_variant`` run per cell);
 - ``threads``: thread settings;
 - ``paired`` (imported as a module, ``kit.paired``): the tuned-lr paired experiment's
   skeleton: ``TunedConfig``/``EpochsConfig`` (config bases), ``tuned_lab`` (the spec:

@@ -39,13 +39,14 @@ from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab import stats
-from bnlab.lab.claims import stats_rule
+from bnlab.lab.claims import spec_record, stats_rule
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, seeded
 from bnlab.lab.kit.configs import PairedConfig, check_positive
 from bnlab.lab.kit.data import batches
 from bnlab.lab.kit.paired import claims_table
 from bnlab.lab.kit.threads import cpu_threads
 from bnlab.lab.kit.train import json_float
+from bnlab.lab.kit.verdicts import apply_rules
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.models import create
 from bnlab.plots.sweeps import plot_sweep
@@ -67,8 +68,11 @@ __all__ = [
     "sweep_outcome",
     "sweep_series",
     "sweep_table",
+    "sweep_tables",
+    "sweep_verdicts",
     "train_run",
     "trainability",
+    "tuning_data",
     "validation_split",
 ]
 
@@ -234,6 +238,18 @@ def validation_split(
         "test_images": data["train_images"][n - val_size :],
         "test_labels": data["train_labels"][n - val_size :].to(torch.int64),
     }
+
+
+def tuning_data(config: Any, data: Mapping[str, Tensor] | None, name: str) -> dict[str, Any]:
+    """A tuned experiment's data: ``main``, the measured runs' (``config.subsets``: the
+    training subset, the full test set), and ``tune``, the tuning runs' (the same
+    training images, the last ``config.val_size`` of the split as their test split).
+
+    Raises:
+        ValueError: no data (named ``name``), or the two splits would overlap.
+    """
+    main = config.subsets(data, name)  # raises without data
+    return {"main": main, "tune": validation_split(data, config.train_size, config.val_size)}
 
 
 @dataclass(frozen=True)
@@ -443,6 +459,33 @@ def trainability(
     return out
 
 
+def sweep_verdicts(
+    config: SweepConfig,
+    per_seed: Mapping[str, Any],
+    declared: Sequence[stats.ClaimSpec],
+    claims: Sequence[Any],
+    **extra: Any,
+) -> tuple[list[Any], dict[str, Any]]:
+    """A sweep's ``raw`` (``per_seed`` from :func:`trainability`, the ``declared`` specs,
+    ``extra``, the rule of what trains, the claims' evidences) and the verdicts of its
+    ``claims`` (``kit.ClaimRule``s).
+
+    Returns:
+        ``(verdicts, raw)``.
+    """
+    raw = {
+        "per_seed": per_seed,
+        "specs": [spec_record(s) for s in declared],
+        **extra,
+        "target_acc": config.target_acc,
+        "drop": config.drop,
+        "censoring_rule": CENSORING_RULE,
+    }
+    verdicts, evidences = apply_rules({"raw": raw}, claims)
+    raw["claims"] = list(evidences.values())
+    return verdicts, raw
+
+
 def censored_rule(
     name: str, *, high: str = "censored_high", low: str | None = "censored_low"
 ) -> Callable[[Mapping[str, Any]], tuple[dict[str, Any], str]]:
@@ -591,6 +634,31 @@ def sweep_table(
                     row.append(f"diverged ({ok}/{len(got)})")
             rows.append(row)
     return Table(title, ["activation", "arm", *(f"{label}={v:g}" for v in values)], rows)
+
+
+def sweep_tables(
+    run: GridRun,
+    values: Sequence[float],
+    per_seed: Mapping[str, Mapping[str, Mapping[str, Sequence[Any]]]],
+    label: str,
+    against: str,
+    per_seed_title: str,
+    columns: Sequence[tuple[str, Callable[[Mapping[str, Sequence[Any]]], Any]]],
+) -> list[Table]:
+    """A sweep's two tables: the final test accuracy ``against`` the grid
+    (:func:`sweep_table`, columns ``label=value``) and the per-seed summary
+    (:func:`per_seed_table`)."""
+    return [
+        sweep_table(
+            "Final test accuracy (%, full test set; mean ± std over seeds, seeds that train) "
+            f"against the {against}",
+            run,
+            values,
+            per_seed,
+            label,
+        ),
+        per_seed_table(per_seed_title, per_seed, columns),
+    ]
 
 
 def sweep_series(run: GridRun, values: Sequence[float]) -> dict[str, dict[str, Any]]:
