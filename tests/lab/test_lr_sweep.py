@@ -225,3 +225,17 @@ def test_trainable_values_rule() -> None:
         cells, group_key="g", grid_key="x", fraction=0.9, metric="acc", per_group=True
     )
     assert own["groups"]["b"]["trains"] == [1.0, 2.0]
+
+
+def test_differences_are_printed_with_the_grid_resolution() -> None:
+    # every seed +1 decade: a zero-width t interval, printed with the grid's ±0.5
+    results = results_of([1.0] * 5, [0.0] * 5)
+    evidence, verdict = RULE(results)
+    assert verdict == stats.SUPPORTED
+    assert (evidence["settings"][0]["ci_low"], evidence["settings"][0]["ci_high"]) == (1.0, 1.0)
+    table = sweeps.resolution_table([evidence], lr_sweep.RESOLUTION, "decades")
+    assert table.rows == [
+        ["bn-allows-higher-lr", "relu", "+1.00", "[+1.00, +1.00]", "yes", "+1.00 ± 0.5 decades"]
+    ]
+    assert "resolution ±0.5 decades" in table.title
+    assert lr_sweep.CLAIMS[0].measured(evidence).endswith("resolved to ±0.5 decades")

@@ -28,7 +28,10 @@ that still trains there, or trains nowhere, is censored and can only withdraw a
 verdict it could flip (``kit.sweeps.CENSORING_RULE``).
 
 Shown, not voted: the accuracy at each arm's best lr and at every lr (table, figure),
-the width of the trainable range.
+the width of the trainable range, and each claim's difference as read on the grid,
+±0.5 decades, beside its t interval (zero-width with p = 0 when every seed gives the
+same grid difference; added after the run at 60f72f8 at the referee's request, a
+change of the summary only).
 
 Second run of this design: the first full run (87fce99; +1 decade in every seed and
 both activations, supported) used a fixed 75 % threshold and a 0.25-decade margin;
@@ -55,6 +58,10 @@ __all__ = ["CLAIMS", "LrSweepConfig", "grid", "measure", "specs", "summarize"]
 SOURCE = "003_8a52002564f5ba9e.txt"
 SENTENCE = "可以使用更大的学习率"
 METRIC = "max_log10"
+#: The grid's resolution of a difference of two frontiers, in decades (one half-decade
+#: step of the grid): printed beside the t interval, which is zero-width when every seed
+#: gives the same grid difference (the referee, docs/lab_referee_2.md, section 9).
+RESOLUTION = 0.5
 FIGURE = sweeps.SweepFigure(
     "lr_sweep",
     "learning rate (SGD, decayed linearly to 0)",
@@ -128,7 +135,10 @@ def summarize(config: LrSweepConfig, ctx: LabContext, run: GridRun) -> LabOutcom
         "Per seed: the largest lr that trains, the trainable width and the best accuracy",
         PER_SEED_COLUMNS,
     )
-    return sweeps.sweep_outcome(config, ctx, run, config.lrs, FIGURE, tables, verdicts, raw)
+    resolution = sweeps.resolution_table(raw["claims"], RESOLUTION, "decades")
+    return sweeps.sweep_outcome(
+        config, ctx, run, config.lrs, FIGURE, tables, verdicts, raw, after_claims=[resolution]
+    )
 
 
 CLAIMS = kit.register_claims(
@@ -146,7 +156,10 @@ CLAIMS = kit.register_claims(
         "margin ±0.5 decades (one grid step: the resolution of the metric). Censored seeds (training at the top lr 100, or at none) "
         "withdraw a verdict they could flip ('inconclusive').",
         sweeps.censored_rule("bn-allows-higher-lr"),
-        sweeps.censored_text,
+        lambda evidence: (
+            sweeps.censored_text(evidence)
+            + f"; read on the half-decade grid: resolved to ±{RESOLUTION:g} decades"
+        ),
         sentence=SENTENCE,
         literature=Literature(
             "Ioffe & Szegedy 2015, 'Batch Normalization', arXiv 1502.03167, section 4.2.1; "

@@ -63,6 +63,7 @@ __all__ = [
     "censored_text",
     "evaluate_split",
     "per_seed_table",
+    "resolution_table",
     "scale_weights",
     "sweep_grid",
     "sweep_outcome",
@@ -560,6 +561,33 @@ def per_seed_table(
     )
 
 
+def resolution_table(evaluated: Sequence[Mapping[str, Any]], resolution: float, unit: str) -> Table:
+    """The claims' differences as read on the grid: each per-seed value is a grid value,
+    so a difference is resolved to ``±resolution`` (``unit``) whatever its t interval,
+    which is zero-width (and p = 0) when every seed gives the same grid difference."""
+    rows = []
+    for e in evaluated:
+        for row in e["settings"]:
+            diff, low, high = row.get("diff"), row.get("ci_low"), row.get("ci_high")
+            rows.append(
+                [
+                    e["claim"],
+                    row["setting"] or "-",
+                    None if diff is None else f"{diff:+.2f}",
+                    None if low is None else f"[{low:+.2f}, {high:+.2f}]",
+                    "yes" if low is not None and low == high else "no",
+                    None if diff is None else f"{diff:+.2f} ± {resolution:g} {unit}",
+                ]
+            )
+    return Table(
+        f"The differences as read on the grid (resolution ±{resolution:g} {unit}: a seed's "
+        "value is a grid value; a zero-width t interval means every seed gave the same "
+        "grid difference, not an exact effect)",
+        ["claim", "setting", "diff", "95% t CI", "zero-width CI", "as read on the grid"],
+        rows,
+    )
+
+
 def sweep_outcome(
     config: SweepConfig,
     ctx: LabContext,
@@ -570,10 +598,11 @@ def sweep_outcome(
     verdicts: Sequence[Any],
     raw: Mapping[str, Any],
     notes: Sequence[str] = (),
+    after_claims: Sequence[Table] = (),
 ) -> LabOutcome:
     """A sweep's outcome: ``tables``, the claims table (``raw["claims"]``, in decades),
-    the figure of the final test accuracy against ``values`` and the notes, ending with
-    the rule of what trains."""
+    ``after_claims``, the figure of the final test accuracy against ``values`` and the
+    notes, ending with the rule of what trains."""
     name, xlabel, title = figure.name, figure.xlabel, figure.title
     plot_sweep(
         sweep_series(run, values),
@@ -597,7 +626,7 @@ def sweep_outcome(
         f"margin); {CENSORING_RULE}."
     )
     return LabOutcome(
-        tables=[*tables, claims_table(raw["claims"], "decades")],
+        tables=[*tables, claims_table(raw["claims"], "decades"), *after_claims],
         verdicts=list(verdicts),
         figures=[Figure(f"{name}.png", caption)],
         raw=dict(raw),
