@@ -227,4 +227,8 @@ def test_claims_show_the_interval_summary_and_the_experiments_figure(tmp_path: P
     ) in page
     assert page.count('<img class="thumb" src="data:image/png;base64,') == 1
     assert 'alt="the curve"' in page
+    # The verdict comes before the numbers; the declared rule is folded.
+    row_html = page[page.index("<td>BN helps</td>") :]
+    assert row_html.index("✓ supported") < row_html.index("acc: bn - none")
+    assert "<td><details><summary>the rule</summary>paired t</details></td>" in row_html
     assert any("BN helps too" in w and "gone.png" in w for w in report.warnings)

@@ -43,7 +43,7 @@ ul.verdicts{list-style:none;padding-left:0}ul.verdicts li{margin:.3rem 0}
 section.result,section.block{overflow-x:auto}
 table.claims{width:100%;table-layout:fixed;font-size:.8rem}
 table.claims td{overflow-wrap:anywhere}
-table.claims td:nth-child(4),table.claims td:nth-child(5){color:#3c4452;font-size:.76rem}
+table.claims td:nth-child(5),table.claims td:nth-child(8){color:#3c4452;font-size:.76rem}table.claims summary{cursor:pointer;color:#3c4452}
 table.claims .badge{white-space:normal;overflow-wrap:normal}
 """
 
@@ -158,11 +158,11 @@ def _claims(rows: Sequence[dict[str, Any]]) -> str:
             "claim",
             "source",
             "experiment",
-            "evidence",
-            "rule",
-            "literature",
-            "figure",
             "verdict",
+            "evidence",
+            "figure",
+            "literature",
+            "rule",
         )
     )
     body = []
@@ -174,18 +174,21 @@ def _claims(rows: Sequence[dict[str, Any]]) -> str:
             evidence = "; ".join(str(line) for line in summary)
         else:
             evidence = _evidence(row.get("evidence")) if row.get("evidence") else None
+        rule = row.get("rule")
+        # The declared rules run to a paragraph: folded, so the rows stay readable.
+        rule_cell = f"<details><summary>the rule</summary>{_e(rule)}</details>" if rule else _DASH
         body.append(
             "<tr>"
             + "".join(
                 f"<td>{_e(row.get(k) if row.get(k) is not None else _DASH)}</td>"
                 for k in ("claim", "source", "experiment")
             )
-            + f"<td>{_e(evidence or _DASH)}</td><td>{_e(row.get('rule', _DASH))}</td>"
-            + f"<td>{_e(_literature(row))}</td><td>{_claim_figure(row)}</td>"
-            + f'<td><span class="badge {css}">{mark} {_e(verdict)}</span></td></tr>'
+            + f'<td><span class="badge {css}">{mark} {_e(verdict)}</span></td>'
+            + f"<td>{_e(evidence or _DASH)}</td><td>{_claim_figure(row)}</td>"
+            + f"<td>{_e(_literature(row))}</td><td>{rule_cell}</td></tr>"
         )
-    # Widths in percent: claim and rule carry the most text, the verdict a badge.
-    widths = "".join(f'<col style="width:{w}%">' for w in (15, 8, 7, 17, 16, 14, 14, 9))
+    # Widths in percent: claim, evidence and literature carry the most text.
+    widths = "".join(f'<col style="width:{w}%">' for w in (16, 8, 7, 11, 17, 14, 17, 10))
     return (
         f'<table class="claims"><colgroup>{widths}</colgroup><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table>"
