@@ -142,8 +142,8 @@ TUNE_RULE = (
 
 @dataclass(frozen=True)
 class RegularizationConfig(kit.PairedConfig):
-    """Settings of ``regularization`` (defaults: the full run, about 6 min on 2 quiet
-    CPU cores).
+    """Settings of ``regularization`` (defaults: the full run, about 2 min with
+    --workers 2).
 
     Args:
         seeds, test_size, min_seeds, threads: as in ``kit.PairedConfig``.
@@ -726,8 +726,8 @@ SPEC = register_lab(
         run=run,
         needs_data=True,
         full_time=(
-            "about 6 min on 2 quiet CPU cores (estimate: 35 runs of 2,340 steps, 15-35 s "
-            "each on one core at load 6 in a pilot on the tuning seed; ~700 CPU-s)"
+            "107 s with --workers 2 at load 1.9-2.5 (the run at 58dfe5e: 15 tuning + 25 "
+            "measured runs of 2,340 steps; derived arms at their base arm's lr are not rerun)"
         ),
     )
 )
