@@ -124,3 +124,19 @@ def test_markdown_table_has_one_row_per_claim_with_its_interval_and_literature(
     assert lines[3] == "| BN hurts sometimes | `toy` | - | **not measured** | - |"
     path = write_claims_markdown(tmp_path / "claims.md", rows)
     assert path.read_text() == text
+
+
+def test_excluded_runs_and_exact_checks_read_as_short_text() -> None:
+    from bnlab.lab.claims import claims_markdown
+
+    evidence = {
+        "metric": "loss",
+        "arm": "a",
+        "reference": "b",
+        "settings": [{"setting": "d56", "status": "excluded", "n": 3}],
+        "excluded": [{"arm": "a", "seed": 4, "setting": "d56", "reason": "at chance (loss 2.3)"}],
+    }
+    assert claim_summary(evidence)[-1] == "excluded: a seed 4 (d56): at chance"
+    exact = {"quick": False, "raises": True, "max_change": 3.8e-06, "note": "x" * 41}
+    row = {"claim": "c", "experiment": "e", "evidence": exact, "verdict": "supported"}
+    assert "| raises=True; max_change=3.8e-06 |" in claims_markdown([row])

@@ -218,6 +218,15 @@ def _p(x: Any) -> str:
     return "n/a" if not isinstance(x, int | float) or not math.isfinite(x) else f"{x:.2g}"
 
 
+def _excluded(entry: Any) -> str:
+    """One excluded run as ``arm seed S (setting): reason``."""
+    if not isinstance(entry, Mapping):
+        return str(entry)
+    where = f" ({entry['setting']})" if entry.get("setting") not in (None, "") else ""
+    reason = str(entry.get("reason", "")).split(" (", 1)[0]
+    return f"{entry.get('arm', '?')} seed {entry.get('seed', '?')}{where}: {reason}"
+
+
 def claim_summary(evidence: Mapping[str, Any]) -> list[str]:
     """The numbers behind a declared claim's verdict, one short line each: the metric and
     comparison, then per setting the difference with its 95% interval and Holm p-value;
@@ -246,7 +255,7 @@ def claim_summary(evidence: Mapping[str, Any]) -> list[str]:
             f" p_Holm={_p(row.get('p_holm'))} n={row.get('n')} ({row.get('status')})"
         )
     if evidence.get("excluded"):
-        lines.append(f"excluded: {evidence['excluded']}")
+        lines.append("excluded: " + "; ".join(_excluded(e) for e in evidence["excluded"]))
     if evidence.get("seeds_needed"):
         lines.append(f"seeds that would decide: {evidence['seeds_needed']}")
     return lines
@@ -480,6 +489,19 @@ def _short_paper(literature: Mapping[str, Any]) -> str:
     return paper
 
 
+def _scalar_evidence(evidence: Mapping[str, Any]) -> list[str]:
+    """``key=value`` for the short scalar entries of a rule's evidence that is not a
+    ``bnlab.lab.stats`` evaluation (exact checks, the first edition's rules)."""
+    out = []
+    for key, value in evidence.items():
+        if key == "quick" or isinstance(value, Mapping | list | tuple):
+            continue
+        text = _sig(value) if isinstance(value, float) else str(value)
+        if len(text) <= 40:
+            out.append(f"{key}={text}")
+    return out
+
+
 def claims_markdown(table: Sequence[Mapping[str, Any]]) -> str:
     """The claims table as Markdown: one row per claim with its experiment, the numbers
     behind the verdict (:func:`claim_summary`; the first edition's evidence is not
@@ -493,7 +515,7 @@ def claims_markdown(table: Sequence[Mapping[str, Any]]) -> str:
         "|---|---|---|---|---|",
     ]
     for row in table:
-        summary = list(row.get("summary") or [])
+        summary = list(row.get("summary") or []) or _scalar_evidence(row.get("evidence") or {})
         result = "; ".join(summary) if summary else "-"
         if row.get("evidence", {}).get("quick"):
             result = "(quick run) " + result
