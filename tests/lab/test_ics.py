@@ -26,7 +26,7 @@ from bnlab.lab.runner import Bench, Cell
 
 TINY = dataclasses.replace(
     ics.ICSConfig.quick(),
-    steps=(("relu", 6), ("sigmoid", 6)),
+    steps=(("relu", 6), ("sigmoid", 6), ("sigmoid-common", 6)),
     lrs=(0.3, 1.0),
     batch=16,
     train_size=64,
@@ -39,6 +39,17 @@ TINY = dataclasses.replace(
     grad_every=3,
     grad_every_at_loss=2,
 )
+
+
+#: A config of the given steps' settings alone, every claim voted in each of them.
+def only(config: ics.ICSConfig, steps: tuple, **kw) -> ics.ICSConfig:
+    names = tuple(s for s, _ in steps)
+    common = tuple((s, lr) for s, lr in config.common_lrs if s in names)
+    return dataclasses.replace(
+        config, steps=steps, ics_settings=names, gain_settings=names, common_lrs=common, **kw
+    )
+
+
 #: The per-seed "arms" of claim 3 beside the real arms.
 GAIN_ARMS = {"noisy-gain", "level"}
 
@@ -55,7 +66,7 @@ def test_quick_run_says_no_verdict(finished: tuple[Path, dict]) -> None:
     out, _ = finished
     on_disk = json.loads((out / "results.json").read_text())
     raw = on_disk["raw"]
-    assert set(raw["per_seed"]) == {"relu", "sigmoid"}
+    assert set(raw["per_seed"]) == {"relu", "sigmoid", "sigmoid-common"}
     for arms in raw["per_seed"].values():
         assert set(arms) == set(ics.ARMS) | GAIN_ARMS
         assert len(arms["noisy-gain"][ics.GAIN]) == TINY.seeds
@@ -72,6 +83,8 @@ def test_quick_run_says_no_verdict(finished: tuple[Path, dict]) -> None:
     assert set(raw["lr"]["sigmoid"].values()) <= set(TINY.lrs)
     assert [raw["lr"]["relu"][a] for a in ("none", "bn")] == [TINY.common_lr] * 2
     assert raw["lr"]["relu"]["bn-noise"] in TINY.noise_lrs
+    # the common-lr sigmoid setting: every arm, noisy BN too, at one lr, not tuned
+    assert raw["lr"]["sigmoid-common"] == dict.fromkeys(ics.ARMS, 1.0)
     assert [s["name"] for s in raw["specs"]] == [c.key for c in ics.CLAIMS]
     assert len(on_disk["verdicts"]) == 3
     for verdict, claim in zip(on_disk["verdicts"], ics.CLAIMS, strict=True):
@@ -87,8 +100,10 @@ def test_quick_run_says_no_verdict(finished: tuple[Path, dict]) -> None:
     for figure in on_disk["figures"]:
         assert (out / figure["file"]).stat().st_size > 1000
     units = sorted(p.name for p in (out / "units").iterdir())
-    # tuning: sigmoid lr x arm, ReLU noisy BN's lrs; measured
-    assert len(units) == 2 * 3 + 2 + 2 * 3 * 2
+    # tuning: sigmoid lr x arm, ReLU noisy BN's lrs; measured: 3 settings x 3 arms x 2 seeds
+    assert len(units) == 2 * 3 + 2 + 3 * 3 * 2
+    assert not any(u.startswith("tune-sigmoid-common") for u in units)
+    assert "sigmoid-common-bn-noise-seed1.json" in units
     assert "tune-sigmoid-lr0.3-bn-noise.json" in units
     assert "tune-relu-lr0.3-bn-noise.json" in units
     assert "tune-relu-lr0.3-bn.json" not in units
@@ -103,11 +118,20 @@ def test_claims_decide_the_results(finished: tuple[Path, dict]) -> None:
         "bn-reduces-gradient-ics",
         "noisy-bn-keeps-bn-benefit",
     }
+    voted = {
+        "bn-reduces-ics": ["relu", "sigmoid-common"],
+        "bn-reduces-gradient-ics": ["relu", "sigmoid-common"],
+        "noisy-bn-keeps-bn-benefit": ["relu", "sigmoid"],
+    }
     for claim in ics.CLAIMS:
         evidence, _ = mine[claim.key].rule(results)
         assert evidence["claim"] == claim.key
-        assert [r["setting"] for r in evidence["settings"]] == ["relu", "sigmoid"]
+        assert [r["setting"] for r in evidence["settings"]] == voted[claim.key]
         assert mine[claim.key].literature is not None
+    # the settings a claim is not voted in are shown
+    shown = {r["claim"] for r in results["raw"]["shown"]}
+    assert "W1 drift at matched loss, not voted here" in shown
+    assert "noisy BN's gain ratio, not voted here" in shown
 
 
 def test_resume_after_deleting_a_unit_ends_equal(
@@ -130,9 +154,20 @@ def test_resume_after_deleting_a_unit_ends_equal(
 NOISE = np.array([0.01, -0.02, 0.005, 0.015, -0.01])
 
 
-def synthetic(metric: str, arm: str, reference: str, a: float, r: float, *, noise=NOISE, acc=None):
-    """Per-seed numbers where ``arm`` has ``a + noise`` and ``reference`` ``r`` in both
-    settings; every other metric is filled so that the three claims can be evaluated."""
+def synthetic(
+    metric: str,
+    arm: str,
+    reference: str,
+    a: float,
+    r: float,
+    *,
+    noise=NOISE,
+    acc=None,
+    other: dict | None = None,
+):
+    """Per-seed numbers where ``arm`` has ``a + noise`` and ``reference`` ``r`` in every
+    setting (``other``: setting -> ``a`` there instead); every other metric is filled so
+    that the three claims can be evaluated."""
     config = ics.ICSConfig()
     base = {
         "log_w1_at_loss": [-2.0] * 5,
@@ -143,7 +178,7 @@ def synthetic(metric: str, arm: str, reference: str, a: float, r: float, *, nois
     per_seed = {}
     for setting in config.settings:
         arms = {name: {k: list(v) for k, v in base.items()} for name in (*ics.ARMS, *GAIN_ARMS)}
-        arms[arm][metric] = list(a + noise)
+        arms[arm][metric] = list((other or {}).get(setting, a) + noise)
         arms[reference][metric] = [r] * 5
         if acc is not None:
             arms[reference]["final_test_acc"] = list(acc)
@@ -175,6 +210,24 @@ def test_rules_on_known_numbers(key, metric, arm, reference, sign, effect) -> No
     evidence, verdict = rule(synthetic(metric, arm, reference, r, r, noise=wide))
     assert verdict == stats.INCONCLUSIVE
     assert evidence["seeds_needed"] > 5
+
+
+@pytest.mark.parametrize(("key", "metric", "arm", "reference", "sign", "effect"), CASES)
+def test_only_the_voted_settings_decide(key, metric, arm, reference, sign, effect) -> None:
+    """The ICS claims are voted in relu and sigmoid-common (one lr for both arms), not in
+    sigmoid (per-arm lrs); claim 3 in relu and sigmoid, not in sigmoid-common."""
+    rule = next(c.rule for c in ics.CLAIMS if c.key == key)
+    r = 0.5 if metric in ("grad_cos_at_loss", ics.GAIN) else -2.0
+    off = "sigmoid" if key != "noisy-bn-keeps-bn-benefit" else "sigmoid-common"
+    voted = [s for s in ics.ICSConfig().settings if s != off]
+    good, bad = r + sign * effect, r - sign * effect
+    # the setting not voted goes the other way: still supported
+    evidence, verdict = rule(synthetic(metric, arm, reference, good, r, other={off: bad}))
+    assert verdict == stats.SUPPORTED
+    assert [e["setting"] for e in evidence["settings"]] == voted
+    # a voted setting goes the other way: context-dependent
+    flip = synthetic(metric, arm, reference, good, r, other={voted[1]: bad})
+    assert rule(flip)[1] == stats.CONTEXT_DEPENDENT
 
 
 def test_fewer_than_five_seeds_give_no_verdict() -> None:
@@ -280,7 +333,7 @@ def test_one_measured_unit_and_no_hooks_left(monkeypatch: pytest.MonkeyPatch, fa
         return built[-1]
 
     monkeypatch.setattr(probed, "LeNet", keep)  # kit.matched.lenet_run builds it
-    config = dataclasses.replace(TINY, steps=(("relu", 4), ("sigmoid", 4)))
+    config = only(TINY, (("relu", 4), ("sigmoid", 4)))
     bench = Bench(config.subsets(fake_data(64, 32), "ics"), torch.device("cpu"))
     got = ics.measure(config, {"sigmoid": {"bn-noise": 0.3}}, Cell("sigmoid", "bn-noise", 0), bench)
     assert got["lr"] == 0.3
@@ -434,7 +487,10 @@ def test_noisy_outputs_applies_one_affine_map_per_channel_and_removeshook_count(
         ({"steps": (("gelu", 10),)}, "unknown activation 'gelu' in steps"),
         ({"steps": (("relu", 0),)}, "steps of 'relu' must be an integer >= 1, got 0"),
         ({"tuned": ("tanh",)}, r"tuned setting 'tanh' is not in steps' settings \('relu', "),
-        ({"lrs": (0.1, -1.0)}, r"lrs must be positive values, got \(0.1, -1.0\)"),
+        (
+            {"tuned": ("sigmoid",), "lrs": (0.1, -1.0)},
+            r"lrs must be positive values, got \(0.1, -1.0\)",
+        ),
         ({"hold": 1.5}, "hold must be in \\[0, 1\\], got 1.5"),
         ({"noise_scale": 0.5}, "need noise_scale >= 1 and noise_shift >= 0, got 0.5 and 1.0"),
         ({"loss_level": 0}, "loss_level must be > 0, got 0"),
@@ -443,6 +499,13 @@ def test_noisy_outputs_applies_one_affine_map_per_channel_and_removeshook_count(
         ({"grad_every_at_loss": 0}, "grad_every_at_loss must be > 0, got 0"),
         ({"gain_margin": 0}, "gain_margin must be > 0, got 0"),
         ({"first_seed": -1}, "first_seed must be an int >= 0, got -1"),
+        (
+            {"ics_settings": ("relu", "tanh")},
+            r"ics_settings names setting 'tanh', not in steps' settings",
+        ),
+        ({"arm_lrs": (("sigmoid", "ln", 1.0),)}, "arm_lrs and common_lrs need known arms"),
+        ({"common_lrs": (("sigmoid-common", 0.0),)}, "arm_lrs and common_lrs need known"),
+        ({"steps": (("gelu-x", 10),)}, "unknown activation 'gelu-x' in steps"),
     ],
 )
 def test_config_errors_show_the_value(kw: dict, match: str) -> None:
@@ -460,7 +523,7 @@ def test_plateau_notes_flag_networks_at_chance_level() -> None:
 
 
 def test_no_tuned_setting_runs_no_tuning_units(tmp_path: Path, fake_data) -> None:
-    config = dataclasses.replace(TINY, tuned=(), noise_lrs=(), steps=(("relu", 4),), seeds=1)
+    config = only(TINY, (("relu", 4),), tuned=(), noise_lrs=(), seeds=1)
     assert ics.tune_grid(config) is None
     results = run_lab(ics.SPEC, config, tmp_path / "run", data=fake_data(64, 32), quick=True)
     units = sorted(p.name for p in (tmp_path / "run" / "units").iterdir())
@@ -477,15 +540,37 @@ def test_tuning_grid_noisy_bn_alone_in_the_common_lr_setting() -> None:
     assert relu == [(0.1, "bn-noise"), (0.3, "bn-noise"), (1.0, "bn-noise")]
     sigmoid = [(c.setting[1], c.variant) for c in cells if c.setting[0] == "sigmoid"]
     assert len(sigmoid) == len(TINY.lrs) * 3
+    assert {c.setting[0] for c in cells} == {"relu", "sigmoid"}  # not the common-lr one
     assert {c.seed for c in cells} == {TINY.tune_seed}
-    assert ics.ICSConfig().seed_list == (200, 201, 202, 203, 204)
-    assert ics.main_grid(ics.ICSConfig()).seed_list == (200, 201, 202, 203, 204)
+    assert ics.ICSConfig().seed_list == (300, 301, 302, 303, 304)
+    assert ics.main_grid(ics.ICSConfig()).seed_list == (300, 301, 302, 303, 304)
+
+
+def test_full_run_lrs_fixed_common_and_tuned() -> None:
+    """The full run: the sigmoid lrs fixed from the earlier tuning (none 1, BN 3, noisy BN
+    3), every arm at 1 in sigmoid-common, ReLU no BN and BN at 0.1 and noisy BN tuned (the
+    only tuning runs)."""
+    config = ics.ICSConfig()
+    assert config.settings == ("relu", "sigmoid", "sigmoid-common")
+    lrs = {
+        s: {a: ics._lr(config, {"relu": {"bn-noise": 0.3}}, s, a) for a in ics.ARMS}
+        for s in config.settings
+    }
+    assert lrs == {
+        "relu": {"none": 0.1, "bn": 0.1, "bn-noise": 0.3},
+        "sigmoid": {"none": 1.0, "bn": 3.0, "bn-noise": 3.0},
+        "sigmoid-common": dict.fromkeys(ics.ARMS, 1.0),
+    }
+    cells = ics.tune_grid(config).cells()
+    assert {(c.setting[0], c.variant) for c in cells} == {("relu", "bn-noise")}
+    assert matched.activation_of("sigmoid-common") == "sigmoid"
+    assert matched.activation_of("relu") == "relu"
 
 
 def test_per_setting_steps_run_the_grid_setting_by_setting() -> None:
     """kit.paired.run_by_setting (ics's two step budgets): the cells in the grid's order,
     one progress share per setting; the setting must be the outer loop."""
-    config = dataclasses.replace(TINY, steps=(("relu", 3), ("sigmoid", 5)), seeds=2)
+    config = only(TINY, (("relu", 3), ("sigmoid", 5)), seeds=2)
     grid = ics.main_grid(config)
     assert kit.paired.by_setting(grid, config.steps_of) == 2 * 3 * (3 + 5)
     assert kit.paired.by_setting(grid, 7) == 12 * 7

@@ -41,6 +41,7 @@ __all__ = [
     "LeNetRun",
     "LossAverage",
     "MatchedConfig",
+    "activation_of",
     "arm_table",
     "excluded_runs",
     "first_reach",
@@ -53,6 +54,12 @@ __all__ = [
 
 #: LeNet's activations, the settings of a :class:`MatchedConfig`.
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
+
+
+def activation_of(setting: str) -> str:
+    """LeNet's activation in ``setting``: the setting's name, or its part before the first
+    ``-`` (``sigmoid-common``: a second sigmoid setting with a label of its own)."""
+    return setting.split("-", 1)[0]
 
 
 class LossAverage:
@@ -119,7 +126,8 @@ class MatchedConfig(PairedConfig):
     Args:
         seeds, train_size, test_size, min_seeds, threads: as in ``PairedConfig``.
         steps: ``((activation, SGD steps), ...)``: the settings (LeNet's activation,
-            one of :data:`ACTIVATIONS`) and each one's step budget.
+            one of :data:`ACTIVATIONS`, optionally with a ``-label``: see
+            :func:`activation_of`) and each one's step budget.
         batch: SGD batch.
         hold: the fraction of the steps at constant lr before the linear decay to 0.
         window: mini-batch losses in the training-loss moving average.
@@ -165,7 +173,7 @@ class MatchedConfig(PairedConfig):
         if not self.steps:
             raise ValueError(f"{owner}: steps is empty; give ((activation, steps), ...)")
         for act, n in self.steps:
-            if act not in ACTIVATIONS:
+            if activation_of(act) not in ACTIVATIONS:
                 raise ValueError(
                     f"{owner}: unknown activation {act!r} in steps; choose relu, sigmoid, tanh"
                 )
@@ -259,7 +267,7 @@ def lenet_run(
     global generator seeded with ``seed`` (restored on exit)."""
     steps = config.steps_of(setting)
     with cpu_threads(config.threads), seeded(seed) as gen:
-        model = lenet(setting, norm, seed)
+        model = lenet(activation_of(setting), norm, seed)
         model.to(bench.device).train()
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, hold_then_decay(steps, config.hold))
