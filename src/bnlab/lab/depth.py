@@ -317,8 +317,13 @@ def specs(config: DepthConfig) -> list[stats.ClaimSpec]:
             (name, direction, names.get(arm, arm), names.get(ref, ref), [names.get(at, at)])
             for name, at, arm, ref, direction in CLAIM_SHAPES
         ],
-        chance=kit.paired.chance_near(PRIMARY, CHANCE_LOSS, config.chance_tolerance),
+        chance=chance_rule(config),
     )
+
+
+def chance_rule(config: DepthConfig) -> stats.ChanceRule:
+    """A run never left chance when its training loss is within the tolerance of ln 10."""
+    return kit.paired.chance_near(PRIMARY, CHANCE_LOSS, config.chance_tolerance)
 
 
 # --- data and models -----------------------------------------------------------------
@@ -551,8 +556,7 @@ def summarize(
     per_seed = per_seed_views(config, run)
     declared = specs(config)
     evaluated = evaluate_claims(declared, per_seed)
-    chance = declared[0].chance
-    assert chance is not None
+    chance = chance_rule(config)
     depths = [f"d{d}" for d in config.depths]
     at_chance = {
         d: {arm: _at_chance(per_seed[d][arm][PRIMARY], chance) for arm in ARMS} for d in depths
