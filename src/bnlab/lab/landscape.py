@@ -574,18 +574,14 @@ def summarize(
             ],
         ),
         paired.claims_table(raw["claims"], "log10", digits=3),
-        Table(
-            "Shown, not voted: paired differences BN - no BN (unadjusted 95% t intervals)",
-            ["metric", "n", "diff", "95% CI"],
-            probed.shown_differences(
-                per_seed,
-                [
-                    (f"{setting}: {h}", setting, k)
-                    for setting in SETTINGS
-                    for h, k in columns
-                    if k not in ("final_train_loss",)
-                ],
-            ),
+        probed.shown_table(
+            per_seed,
+            [
+                (f"{setting}: {h}", setting, k)
+                for setting in SETTINGS
+                for h, k in columns
+                if k not in ("final_train_loss",)
+            ],
         ),
     ]
     curves = measured.curves("points", settings=["common"], variants=tuple(ARMS))

@@ -575,18 +575,14 @@ def summarize(
             ],
         ),
         paired.claims_table(raw["claims"], "(share; log10)", digits=3),
-        Table(
-            "Shown, not voted: paired differences BN - no BN (unadjusted 95% t intervals)",
-            ["metric", "n", "diff", "95% CI"],
-            probed.shown_differences(
-                per_seed,
-                [
-                    (f"{_setting_label(n)}: {h}", n, k)
-                    for n in config.settings
-                    for h, k in columns
-                    if not k.startswith("zeros" if network_of(n) == "sigmoid" else "saturated")
-                ],
-            ),
+        probed.shown_table(
+            per_seed,
+            [
+                (f"{_setting_label(n)}: {h}", n, k)
+                for n in config.settings
+                for h, k in columns
+                if not k.startswith("zeros" if network_of(n) == "sigmoid" else "saturated")
+            ],
         ),
         _layer_table(config, measured),
     ]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab import stats
-from bnlab.lab.experiment import seeded
+from bnlab.lab.experiment import Table, seeded
 from bnlab.lab.kit.configs import PairedConfig, check_positive
 from bnlab.lab.kit.data import accuracy_on_test, batches, float_images
 from bnlab.lab.kit.paired import TUNE_RULE, Tuned
@@ -284,6 +284,18 @@ def shown_differences(
             row[2:] = [f"{d.diff:+.{digits}g}", f"[{d.ci_low:.{digits}g}, {d.ci_high:.{digits}g}]"]
         out.append(row)
     return out
+
+
+def shown_table(
+    per_seed: Mapping[str, Mapping[str, Mapping[str, Sequence[Any]]]],
+    rows: Sequence[tuple[str, str, str]],
+) -> Table:
+    """The "shown, not voted" table of BN - no BN differences (:func:`shown_differences`)."""
+    return Table(
+        "Shown, not voted: paired differences BN - no BN (unadjusted 95% t intervals)",
+        ["metric", "n", "diff", "95% CI"],
+        shown_differences(per_seed, rows),
+    )
 
 
 def tuning_record(tuned: Tuned, grid: Any, edges: Sequence[str], seed: int) -> dict[str, Any]:
