@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnlab.bench.timing import environment_record, quantile
+from bnlab.bench.timing import environment_record, spread
 from bnlab.models import create
 from bnlab.nn import BatchNorm1d, BatchNorm2d
 
@@ -98,14 +97,6 @@ def _work(steps: int) -> dict[str, dict[str, Callable[[], None]]]:
     return work
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {
-        "p10": quantile(values, 0.1),
-        "median": statistics.median(values),
-        "p90": quantile(values, 0.9),
-    }
-
-
 def _time_block(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, Any]:
     for fn in fns.values():  # warm-up
         fn()
@@ -121,9 +112,9 @@ def _time_block(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, An
             this[name] = (time.perf_counter() - start) * 1e3
             times[name].append(this[name])
         ratios.append(this["bnlab"] / this["torch"])
-    out: dict[str, Any] = {k: _spread(v) for k, v in times.items()}
+    out: dict[str, Any] = {k: spread(v) for k, v in times.items()}
     out["ratio_of_medians"] = out["bnlab"]["median"] / out["torch"]["median"]
-    out["ratio_per_round"] = _spread(ratios)
+    out["ratio_per_round"] = spread(ratios)
     return out
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bnlab.bench.timing import quantile
+from bnlab.bench.timing import spread
 from bnlab.nn import BatchNorm1d, BatchNorm2d
 
 SHAPES = (
@@ -66,11 +66,7 @@ def main() -> None:
             "shape": list(shape),
             "numel": x.numel(),
             "median_ms": {str(t): statistics.median(v) for t, v in times.items()},
-            "ratio_2_over_1": {
-                "p10": quantile(ratios, 0.1),
-                "median": statistics.median(ratios),
-                "p90": quantile(ratios, 0.9),
-            },
+            "ratio_2_over_1": spread(ratios),
             "load_before": load,
             "load_after": os.getloadavg()[0],
         }

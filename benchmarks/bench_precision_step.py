@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bnlab.bench.timing import quantile
+from bnlab.bench.timing import spread
 from bnlab.models import create
 from bnlab.train.precision import Precision
 
@@ -73,11 +73,7 @@ def main() -> None:
         row = {
             "threads": threads,
             "median_ms": {k: statistics.median(v) for k, v in times.items()},
-            "ratio_bf16_over_fp32": {
-                "p10": quantile(ratios, 0.1),
-                "median": statistics.median(ratios),
-                "p90": quantile(ratios, 0.9),
-            },
+            "ratio_bf16_over_fp32": spread(ratios),
             "load_before": load,
             "load_after": os.getloadavg()[0],
         }

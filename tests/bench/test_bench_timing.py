@@ -192,3 +192,15 @@ def test_environment_record_in_this_checkout() -> None:
         pytest.skip("not a git checkout, or git is missing")
     assert len(record["git_revision"]) == 40
     assert isinstance(record["git_dirty"], bool)
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=50))
+def test_spread_is_ordered_and_its_median_is_the_median(values: list[float]) -> None:
+    import statistics
+
+    from bnlab.bench.timing import spread
+
+    s = spread(values)
+    assert min(values) <= s["p10"] <= s["median"] <= s["p90"] <= max(values)
+    # Both interpolate linearly between the two middle values: equal up to rounding.
+    assert s["median"] == pytest.approx(statistics.median(values), rel=1e-12, abs=1e-9)

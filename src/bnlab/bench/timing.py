@@ -32,6 +32,7 @@ __all__ = [
     "interleaved_schedule",
     "load_average",
     "quantile",
+    "spread",
     "time_interleaved",
 ]
 
@@ -103,6 +104,16 @@ class Timing:
             "calls_per_sample": self.number,
             "repeats": len(self.samples_ms),
         }
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """The 10th percentile, median and 90th percentile of ``values`` (a benchmark's
+    spread, not only its median)."""
+    return {
+        "p10": quantile(values, 0.1),
+        "median": quantile(values, 0.5),
+        "p90": quantile(values, 0.9),
+    }
 
 
 def interleaved_schedule(names: Sequence[str], rounds: int, *, rotate: bool = True) -> list[str]:
