@@ -3,9 +3,19 @@ numbers."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from bnlab.cli._cores import Machine, choose_layout, free_cores, machine, pick
+from bnlab.cli._cores import (
+    Machine,
+    busy_cores,
+    choose_layout,
+    cpu_ticks,
+    free_cores,
+    machine,
+    pick,
+)
 
 
 @pytest.mark.parametrize(
@@ -99,3 +109,37 @@ def test_machine_reads_this_machine() -> None:
     assert machine({"OMP_NUM_THREADS": "many"}).env_threads is None
     assert machine({}).env_threads is None
     assert pick(runs=1, threads=1, environ={}).threads == 1
+
+
+def test_busy_cores_decide_over_the_load_average() -> None:
+    # A job that just ended leaves the 1-minute load high; the cores are free now.
+    assert choose_layout(Machine(2, 1.9, None, busy=0.1), runs=4).workers == 2
+    assert choose_layout(Machine(2, 0.0, None, busy=1.2), runs=4).workers == 1
+    layout = choose_layout(Machine(2, 1.9, None, busy=0.1), runs=4)
+    assert layout.line() == "cores: 2 free of 2 (busy 0.1); 2 processes x 1 thread (parallel runs)"
+    assert layout.record()["machine_busy"] == 0.1
+
+
+_STAT = """cpu  300 50 100 1000 40 0 10 0 0 0
+cpu0 100 0 50 500 20 0 5 0 0 0
+cpu1 200 50 50 500 20 0 5 0 0 0
+intr 12345 0 0
+ctxt 999
+"""
+
+
+def test_cpu_ticks_counts_busy_time_of_the_cores_asked() -> None:
+    # cpu0: busy user+system+softirq = 155 of 675; cpu1: 255 (+50 nice) of 825.
+    assert cpu_ticks(_STAT, {0}, count_nice=False) == (155, 675)
+    assert cpu_ticks(_STAT, {1}, count_nice=False) == (255, 825)
+    assert cpu_ticks(_STAT, {1}, count_nice=True) == (305, 825)
+    assert cpu_ticks(_STAT, None, count_nice=False) == (410, 1500)
+    assert cpu_ticks(_STAT, {7}, count_nice=False) is None
+    assert cpu_ticks("", None, count_nice=False) is None
+
+
+def test_busy_cores_reads_this_machine() -> None:
+    busy = busy_cores(seconds=0.05)
+    if busy is None:  # not Linux: no /proc/stat
+        pytest.skip("no /proc/stat here")
+    assert 0.0 <= busy <= (os.cpu_count() or 1) + 1e-9
