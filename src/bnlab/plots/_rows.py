@@ -1,24 +1,31 @@
-"""The layout of the per-network figures (one row of panels per network) and the mean
-over seeds of their checkpoint curves."""
+"""The layout of the figures: one row of panels, or one row of panels per network, and
+the variants' runs of a per-network figure."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
 
-__all__ = ["network_rows", "seed_mean", "variant_runs"]
+__all__ = ["network_rows", "panel_row", "variant_runs"]
 
 #: Per-seed lists of checkpoint records, each with its ``"step"``.
 Runs = Sequence[Sequence[Mapping[str, Any]]]
 
 
-def seed_mean(values: Sequence[float | None]) -> float:
-    """The mean of the finite values (None and NaN left out); NaN if there are none."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
+def panel_row(count: int, *, width: float, height: float, **subplots: Any) -> tuple[Figure, Any]:
+    """A figure of one row of ``count`` panels (at least one), each ``width`` wide.
+
+    Args:
+        subplots: more keywords of ``Figure.subplots`` (``sharey=True``).
+
+    Returns:
+        ``(figure, axes)``, ``axes[panel]``.
+    """
+    panels = max(count, 1)
+    fig = Figure(figsize=(width * panels, height))
+    return fig, fig.subplots(1, panels, squeeze=False, **subplots)[0]
 
 
 def network_rows(

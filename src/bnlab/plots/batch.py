@@ -13,9 +13,9 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
+from bnlab.plots._rows import panel_row
 from bnlab.plots._save import save_panels
+from bnlab.plots._stats import finite, mean_std
 from bnlab.plots.sweeps import plot_grouped_bars
 
 __all__ = ["plot_grouped_bars", "plot_vs_batch"]
@@ -26,15 +26,13 @@ def _stats(runs: Sequence[Sequence[float | None]]) -> tuple[list[float], list[fl
     length = max((len(r) for r in runs), default=0)
     mean, low, high = [], [], []
     for i in range(length):
-        vals = [float(r[i]) for r in runs if i < len(r) and r[i] is not None]
-        vals = [v for v in vals if math.isfinite(v)]
+        vals = finite([r[i] for r in runs if i < len(r)])
         if not vals:
             mean.append(math.nan)
             low.append(math.nan)
             high.append(math.nan)
             continue
-        m = sum(vals) / len(vals)
-        s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        m, s = mean_std(vals)
         mean.append(m)
         low.append(m - s)
         high.append(m + s)
@@ -61,9 +59,7 @@ def plot_vs_batch(
     Returns:
         The path written.
     """
-    count = max(len(panels), 1)
-    fig = Figure(figsize=(5.2 * count, 4.2))
-    axes = fig.subplots(1, count, squeeze=False)[0]
+    fig, axes = panel_row(len(panels), width=5.2, height=4.2)
     # One colour per label across panels, so a norm looks the same everywhere.
     labels: list[str] = []
     for series in panels.values():

@@ -15,6 +15,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from bnlab.plots._save import save_png
+from bnlab.plots._stats import band
 
 __all__ = ["moving_average", "plot_depth_curves"]
 
@@ -39,15 +40,6 @@ def moving_average(values: Sequence[float | None], window: int) -> list[float]:
         ]
         out.append(sum(chunk) / len(chunk) if chunk else math.nan)
     return out
-
-
-def _mean_curve(runs: Sequence[Sequence[float]]) -> list[float]:
-    length = max((len(r) for r in runs), default=0)
-    mean = []
-    for i in range(length):
-        vals = [r[i] for r in runs if i < len(r) and math.isfinite(r[i])]
-        mean.append(sum(vals) / len(vals) if vals else math.nan)
-    return mean
 
 
 def plot_depth_curves(
@@ -92,7 +84,7 @@ def plot_depth_curves(
     for k, (panel, lines) in enumerate(panels.items()):
         ax = axes[k // cols][k % cols]
         for label, runs in lines.items():
-            curve = _mean_curve([moving_average(r, smooth) for r in runs])
+            curve, _, _ = band([moving_average(r, smooth) for r in runs])
             ax.plot([every * (i + 1) for i in range(len(curve))], curve, label=label, linewidth=1.3)
         if reference is not None:
             ax.axhline(reference, color="gray", linestyle="--", linewidth=1, label=reference_label)

@@ -9,30 +9,17 @@ horizontal line (the ``convergence`` figure).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from scipy import stats as st
 
+from bnlab.plots._arms import draw_arms
+from bnlab.plots._rows import panel_row
 from bnlab.plots._save import save_png
+from bnlab.plots._stats import seed_mean
 
 __all__ = ["plot_arms", "plot_to_target"]
-
-
-def _finite(values: Sequence[float | None]) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
-
-
-def _mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t interval (0 for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(st.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
 def plot_arms(
@@ -52,22 +39,8 @@ def plot_arms(
     """
     fig = Figure(figsize=(7.0, 4.2))
     ax = fig.subplots()
-    names = list(arms)
-    n_seeds = max((len(v) for v in arms.values()), default=0)
-    for seed in range(n_seeds):
-        ys = [
-            float(arms[a][seed]) if seed < len(arms[a]) and arms[a][seed] is not None else math.nan
-            for a in names
-        ]
-        ax.plot(range(len(names)), ys, color="0.75", linewidth=0.8, marker="o", markersize=3)
-    for i, a in enumerate(names):
-        vals = _finite(arms[a])
-        if vals:
-            mean, half = _mean_ci(vals)
-            ax.errorbar(i, mean, yerr=half, fmt="s", color="C0", capsize=4, markersize=6)
-    ax.set_xticks(range(len(names)), names)
+    draw_arms(ax, arms)
     ax.set_ylabel(ylabel)
-    ax.grid(True, axis="y", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -91,18 +64,14 @@ def plot_to_target(
         targets: ``{metric: target}``, drawn as a dashed horizontal line.
         xlabel, title: the x-axis label and the title.
     """
-    fig = Figure(figsize=(5.0 * max(1, len(panels)), 4.0))
-    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    fig, axes = panel_row(len(panels), width=5.0, height=4.0)
     for ax, (metric, arms) in zip(axes, panels.items(), strict=False):
         for k, (arm, series) in enumerate(arms.items()):
             steps = list(series["steps"])
             runs = [list(r) for r in series["runs"]]
             for r in runs:
                 ax.plot(steps[: len(r)], r, color=f"C{k}", alpha=0.25, linewidth=0.7)
-            mean = []
-            for i in range(len(steps)):
-                vals = _finite([r[i] for r in runs if i < len(r)])
-                mean.append(sum(vals) / len(vals) if vals else math.nan)
+            mean = [seed_mean([r[i] for r in runs if i < len(r)]) for i in range(len(steps))]
             ax.plot(steps, mean, color=f"C{k}", linewidth=1.8, label=arm)
         if metric in targets:
             ax.axhline(targets[metric], color="k", linestyle="--", linewidth=1, label="target")

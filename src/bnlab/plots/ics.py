@@ -12,34 +12,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-from scipy import stats as st
-
+from bnlab.plots._arms import draw_arms
+from bnlab.plots._rows import panel_row
 from bnlab.plots._save import save_png
+from bnlab.plots._stats import seed_mean
 
 __all__ = ["plot_drift_vs_loss", "plot_grad_ics", "plot_matched"]
 
 _VARIANT_STYLE = {"none": ("tab:gray", "-"), "bn": ("tab:blue", "--"), "bn-noise": ("tab:red", ":")}
-
-
-def _value(values: Sequence[float | None], seed: int) -> float:
-    v = values[seed] if seed < len(values) else None
-    return math.nan if v is None else float(v)
-
-
-def _mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t interval (0 for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(st.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-
-
-def _mean_or_nan(values: Sequence[float | None]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
+_VARIANT_COLOR = {variant: color for variant, (color, _) in _VARIANT_STYLE.items()}
 
 
 def plot_matched(
@@ -60,29 +41,11 @@ def plot_matched(
     Returns:
         The path written.
     """
-    settings = list(values)
-    fig = Figure(figsize=(4.2 * max(len(settings), 1), 3.8))
-    axes = fig.subplots(1, max(len(settings), 1), squeeze=False)[0]
-    for ax, setting in zip(axes, settings, strict=False):
-        arms = list(values[setting])
-        n_seeds = max((len(v) for v in values[setting].values()), default=0)
-        for seed in range(n_seeds):
-            ys = [_value(values[setting][a], seed) for a in arms]
-            ax.plot(range(len(arms)), ys, color="0.75", linewidth=0.8, marker="o", markersize=3)
-        for i, a in enumerate(arms):
-            finite = [
-                v
-                for v in (_value(values[setting][a], k) for k in range(n_seeds))
-                if math.isfinite(v)
-            ]
-            if finite:
-                mean, half = _mean_ci(finite)
-                color, _ = _VARIANT_STYLE.get(a, ("C0", "-"))
-                ax.errorbar(i, mean, yerr=half, fmt="s", color=color, capsize=4, markersize=6)
-        ax.set_xticks(range(len(arms)), arms)
+    fig, axes = panel_row(len(values), width=4.2, height=3.8)
+    for ax, setting in zip(axes, values, strict=False):
+        draw_arms(ax, values[setting], colors=_VARIANT_COLOR)
         ax.set_title(setting, fontsize=9)
         ax.set_ylabel(ylabel, fontsize=8)
-        ax.grid(True, axis="y", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -107,10 +70,8 @@ def plot_drift_vs_loss(
     Returns:
         The path written.
     """
-    settings = list(curves)
-    fig = Figure(figsize=(4.8 * max(len(settings), 1), 3.8))
-    axes = fig.subplots(1, max(len(settings), 1), squeeze=False)[0]
-    for ax, setting in zip(axes, settings, strict=False):
+    fig, axes = panel_row(len(curves), width=4.8, height=3.8)
+    for ax, setting in zip(axes, curves, strict=False):
         for arm, runs in curves[setting].items():
             color, style = _VARIANT_STYLE.get(arm, ("C0", "-"))
             for k, run in enumerate(runs):
@@ -158,10 +119,8 @@ def plot_grad_ics(
     Returns:
         The path written.
     """
-    archs = list(grads)
-    fig = Figure(figsize=(5 * max(len(archs), 1), 3.6))
-    axes = fig.subplots(1, max(len(archs), 1), squeeze=False)[0]
-    for ax, arch in zip(axes, archs, strict=False):
+    fig, axes = panel_row(len(grads), width=5, height=3.6)
+    for ax, arch in zip(axes, grads, strict=False):
         for variant, runs in grads[arch].items():
             if not runs:
                 continue
@@ -169,7 +128,7 @@ def plot_grad_ics(
             steps = runs[0]["steps"]
             for k, layer in enumerate(runs[0]["layers"]):
                 values = [
-                    _mean_or_nan([run["layers"][layer][i]["cos"] for run in runs])
+                    seed_mean([run["layers"][layer][i]["cos"] for run in runs])
                     for i in range(len(steps))
                 ]
                 ax.plot(

@@ -9,8 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bnlab.plots._rows import network_rows, seed_mean
+from bnlab.plots._rows import network_rows
 from bnlab.plots._save import save_png
+from bnlab.plots._stats import seed_mean
 
 __all__ = ["plot_matched"]
 
@@ -46,24 +47,20 @@ def plot_matched(
         for arm, runs in panel["runs"].items():
             color = _COLORS.get(arm, "tab:red")
             for k, run in enumerate(runs):
-                pts = [p for p in run if p.get(key) is not None]
-                label = arm if k == 0 else None
-                by_step.plot(
-                    [p["step"] for p in pts],
-                    [p[key] for p in pts],
-                    color=color,
-                    alpha=0.35,
-                    lw=0.8,
-                )
-                trained = [p for p in pts if p.get("train_loss") is not None]
-                by_loss.plot(
-                    [p["train_loss"] for p in trained],
-                    [p[key] for p in trained],
-                    color=color,
-                    alpha=0.5,
-                    lw=0.8,
-                    label=label,
-                )
+                # Each seed thin on both sides, named once (on the right) for the legend.
+                for ax, x, alpha, label in (
+                    (by_step, "step", 0.35, None),
+                    (by_loss, "train_loss", 0.5, arm if k == 0 else None),
+                ):
+                    pts = [p for p in run if p.get(key) is not None and p.get(x) is not None]
+                    ax.plot(
+                        [p[x] for p in pts],
+                        [p[key] for p in pts],
+                        color=color,
+                        alpha=alpha,
+                        lw=0.8,
+                        label=label,
+                    )
             if runs:
                 steps = [p["step"] for p in runs[0]]
                 mean = [

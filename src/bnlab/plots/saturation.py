@@ -9,8 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bnlab.plots._rows import network_rows, seed_mean, variant_runs
+from bnlab.plots._rows import network_rows, variant_runs
 from bnlab.plots._save import save_png
+from bnlab.plots._stats import seed_mean
 
 __all__ = ["plot_saturation"]
 

@@ -12,18 +12,11 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
+from bnlab.plots._rows import panel_row
 from bnlab.plots._save import save_png
+from bnlab.plots._stats import mean_min_max, seed_mean
 
 __all__ = ["plot_dose_response", "plot_internal_mcc"]
-
-
-def _stats(runs: Sequence[float | None]) -> tuple[float, float, float]:
-    vals = [float(v) for v in runs if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return math.nan, math.nan, math.nan
-    return sum(vals) / len(vals), min(vals), max(vals)
 
 
 def plot_dose_response(
@@ -42,11 +35,10 @@ def plot_dose_response(
     Returns:
         The path written.
     """
-    fig = Figure(figsize=(3.4 * max(len(shifts), 1), 3.4))
-    axes = fig.subplots(1, max(len(shifts), 1), squeeze=False)[0]
+    fig, axes = panel_row(len(shifts), width=3.4, height=3.4)
     for ax, (kind, entry) in zip(axes, shifts.items(), strict=True):
         x = [float(v) for v in entry["levels"]]
-        stats = [_stats(r) for r in entry["mcc"]]
+        stats = [mean_min_max(r) for r in entry["mcc"]]
         ax.plot(x, [s[0] for s in stats], marker="o", markersize=4, label="mean MCC")
         ax.fill_between(x, [s[1] for s in stats], [s[2] for s in stats], alpha=0.2)
         if threshold is not None and math.isfinite(threshold):
@@ -80,13 +72,12 @@ def plot_internal_mcc(
     Returns:
         The path written.
     """
-    fig = Figure(figsize=(4.2 * max(len(curves), 1), 3.6))
-    axes = fig.subplots(1, max(len(curves), 1), squeeze=False, sharey=True)[0]
+    fig, axes = panel_row(len(curves), width=4.2, height=3.6, sharey=True)
     for ax, (network, layers) in zip(axes, curves.items(), strict=True):
         for layer, entry in layers.items():
             runs = entry["runs"]
             length = min((len(r) for r in runs), default=0)
-            means = [_stats([r[i] for r in runs])[0] for i in range(length)]
+            means = [seed_mean([r[i] for r in runs]) for i in range(length)]
             ax.plot(list(entry["steps"])[:length], means, marker="o", markersize=3, label=layer)
         ax.set_title(network)
         ax.set_xlabel("training step t")

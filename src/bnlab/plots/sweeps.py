@@ -12,25 +12,11 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from bnlab.plots._rows import panel_row
 from bnlab.plots._save import save_panels, save_png
+from bnlab.plots._stats import band, finite, mean_std
 
 __all__ = ["plot_grouped_bars", "plot_metric_curves", "plot_sweep"]
-
-
-def _finite(values: Sequence[float | None]) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
-
-
-def _band(runs: Sequence[Sequence[float | None]]) -> tuple[list[float], list[float], list[float]]:
-    """Mean, min and max over runs at each position (None/NaN left out)."""
-    length = max((len(r) for r in runs), default=0)
-    mean, low, high = [], [], []
-    for i in range(length):
-        vals = _finite([r[i] for r in runs if i < len(r)])
-        mean.append(sum(vals) / len(vals) if vals else math.nan)
-        low.append(min(vals) if vals else math.nan)
-        high.append(max(vals) if vals else math.nan)
-    return mean, low, high
 
 
 def plot_sweep(
@@ -60,7 +46,7 @@ def plot_sweep(
     ax = fig.subplots()
     for label, entry in series.items():
         x = [float(v) for v in entry["x"]]
-        mean, low, high = _band(entry["runs"])
+        mean, low, high = band(entry["runs"])
         ax.plot(x, mean, marker="o", markersize=4, label=label)
         if len(entry["runs"]) > 1:
             ax.fill_between(x, low, high, alpha=0.2)
@@ -107,15 +93,10 @@ def plot_grouped_bars(
     for i, (label, per_category) in enumerate(groups.items()):
         xs, heights, errors = [], [], []
         for j, category in enumerate(categories):
-            vals = _finite(per_category.get(category, []))
+            vals = finite(per_category.get(category, []))
             if not vals:
                 continue
-            mean = sum(vals) / len(vals)
-            std = (
-                math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-                if len(vals) > 1
-                else 0.0
-            )
+            mean, std = mean_std(vals)
             xs.append(j - 0.4 + width * (i + 0.5))
             heights.append(mean)
             errors.append(std)
@@ -147,12 +128,10 @@ def plot_metric_curves(
     Returns:
         The path written.
     """
-    count = max(len(panels), 1)
-    fig = Figure(figsize=(4.6 * count, 4.0))
-    axes = fig.subplots(1, count, squeeze=False)[0]
+    fig, axes = panel_row(len(panels), width=4.6, height=4.0)
     for ax, (ylabel, series) in zip(axes, panels.items(), strict=False):
         for label, runs in series.items():
-            mean, low, high = _band(runs)
+            mean, low, high = band(runs)
             x = range(1, len(mean) + 1)
             ax.plot(x, mean, marker="o", markersize=3, label=label)
             if len(runs) > 1:
