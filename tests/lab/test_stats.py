@@ -18,8 +18,10 @@ from bnlab.lab.stats import (
     ChanceRule,
     ClaimSpec,
     bootstrap_interval,
+    claim_rows,
     evaluate_claim,
     evaluate_experiment,
+    finite_paired_difference,
     holm,
     left_chance,
     paired_difference,
@@ -450,3 +452,35 @@ def test_evaluate_errors(claim, per_seed, match):
 def test_function_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_finite_paired_difference_leaves_out_non_finite_seeds():
+    n, d = finite_paired_difference([1.0, None, 3.0, math.nan, 6.0], [0.0, 1.0, 1.0, 2.0, math.inf])
+    assert n == 2
+    want = paired_difference([1.0, 3.0], [0.0, 1.0], margin=1.0)
+    assert (d.diff, d.ci_low, d.ci_high, d.p) == (want.diff, want.ci_low, want.ci_high, want.p)
+    assert finite_paired_difference([1.0, None], [0.0, 1.0]) == (1, None)
+
+
+def test_claim_rows_text():
+    evaluated = [
+        {
+            "claim": "c",
+            "arm": "a",
+            "reference": "r",
+            "verdict": "supported",
+            "settings": [
+                {"diff": 0.5, "ci_low": 0.25, "ci_high": 0.75, "p_holm": 0.01234, "n": 5},
+                {"diff": None, "n": 1},
+            ],
+        }
+    ]
+    assert claim_rows(evaluated) == [
+        ["c", "a - r", "+0.50", "[+0.25, +0.75]", "0.0123", 5, "supported"],
+        ["c", "a - r", None, None, None, 1, "supported"],
+    ]
+    assert claim_rows(evaluated, digits=3, ratio=True)[0] == [
+        *["c", "a - r", "+0.500", "[+0.250, +0.750]", f"{math.exp(0.5):.2f}"],
+        *["0.0123", 5, "supported"],
+    ]
+    assert claim_rows(evaluated, ratio=True)[1][4] is None

@@ -346,24 +346,17 @@ def shown_differences(
             r = per_seed[ref_setting][ref][metric]
         except KeyError:
             continue
-        pairs_ok = [
-            (float(x), float(y))
-            for x, y in zip(a, r, strict=False)
-            if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
-        ]
+        n, d = stats.finite_paired_difference(a, r, alpha=alpha)
         row: dict[str, Any] = {
             "arm": f"{setting}/{arm}",
             "reference": f"{ref_setting}/{ref}",
-            "n": len(pairs_ok),
+            "n": n,
             "diff": None,
             "ci_low": None,
             "ci_high": None,
             "p": None,
         }
-        if len(pairs_ok) >= 2:
-            d = stats.paired_difference(
-                [x for x, _ in pairs_ok], [y for _, y in pairs_ok], margin=1.0, alpha=alpha
-            )
+        if d is not None:
             row.update(diff=d.diff, ci_low=d.ci_low, ci_high=d.ci_high, p=d.p)
         rows.append(row)
     return rows
@@ -431,21 +424,7 @@ def summarize(config: BatchSizeConfig, ctx: LabContext, run: GridRun) -> LabOutc
         Table(
             f"Claims (declared before the run; paired t, Holm, TOST at ±{config.margin} points)",
             ["claim", "arm - reference", "diff", "95% CI", "p (Holm)", "n", "verdict"],
-            [
-                [
-                    e["claim"],
-                    f"{e['arm']} - {e['reference']}",
-                    _fmt(row.get("diff")),
-                    None
-                    if row.get("ci_low") is None
-                    else f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]",
-                    None if row.get("p_holm") is None else f"{row['p_holm']:.3g}",
-                    row["n"],
-                    e["verdict"],
-                ]
-                for e in evaluated
-                for row in e["settings"]
-            ],
+            stats.claim_rows(evaluated, digits=2),
         ),
         Table(
             f"Shown, not voted: paired differences (points) against BN at batch {ref} "

@@ -521,6 +521,13 @@ def _fmt(x: float | None, spec: str = "+.3f") -> str | None:
     return None if x is None else format(x, spec)
 
 
+def _shown_cells(row: Mapping[str, Any]) -> list[Any]:
+    """A shown comparison's table cells: diff, 95% CI, FD ratio, n."""
+    low, high = row["ci_low"], row["ci_high"]
+    ci = None if low is None else f"[{low:+.3f}, {high:+.3f}]"
+    return [_fmt(row["diff"]), ci, _fmt(row["ratio"], ".2f"), row["n"]]
+
+
 def shown_differences(
     per_seed: Mapping[str, Mapping[str, Sequence[Any]]], arms: Sequence[str]
 ) -> list[dict[str, Any]]:
@@ -553,15 +560,10 @@ def _shown_row(
 ) -> dict[str, Any]:
     """The paired difference of log FD, arm - reference, with its unadjusted 95% t
     interval (seeds without a finite value on either side left out) and the FD ratio."""
-    pairs = [
-        (float(x), float(y))
-        for x, y in zip(per_seed[arm][METRIC], per_seed[reference][METRIC], strict=False)
-        if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
-    ]
-    row: dict[str, Any] = {"arm": arm, "n": len(pairs), "diff": None, "ci_low": None}
+    n, dd = stats.finite_paired_difference(per_seed[arm][METRIC], per_seed[reference][METRIC])
+    row: dict[str, Any] = {"arm": arm, "n": n, "diff": None, "ci_low": None}
     row.update(ci_high=None, p=None, ratio=None)
-    if len(pairs) >= 2:
-        dd = stats.paired_difference([x for x, _ in pairs], [y for _, y in pairs], margin=1.0)
+    if dd is not None:
         row.update(
             diff=dd.diff, ci_low=dd.ci_low, ci_high=dd.ci_high, p=dd.p, ratio=math.exp(dd.diff)
         )
@@ -653,50 +655,20 @@ def summarize(
         Table(
             f"Claims (declared before the run; paired t on log FD, Holm, TOST at ±{config.margin})",
             ["claim", "arm - reference", "diff", "95% CI", "FD ratio", "p (Holm)", "n", "verdict"],
-            [
-                [
-                    e["claim"],
-                    f"{e['arm']} - {e['reference']}",
-                    _fmt(row.get("diff")),
-                    None
-                    if row.get("ci_low") is None
-                    else f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]",
-                    None if row.get("diff") is None else f"{math.exp(row['diff']):.2f}",
-                    None if row.get("p_holm") is None else f"{row['p_holm']:.3g}",
-                    row["n"],
-                    e["verdict"],
-                ]
-                for e in raw["claims"]
-                for row in e["settings"]
-            ],
+            stats.claim_rows(raw["claims"], digits=3, ratio=True),
         ),
         Table(
             f"Shown, not voted: log FD of each arm minus the reference {arm_label(REFERENCE)} "
             "(paired, unadjusted 95% t intervals; FD ratio = exp(diff))",
             ["arm", "diff", "95% CI", "FD ratio", "n"],
-            [
-                [
-                    arm_label(r["arm"]),
-                    _fmt(r["diff"]),
-                    None if r["ci_low"] is None else f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
-                    _fmt(r["ratio"], ".2f"),
-                    r["n"],
-                ]
-                for r in shown
-            ],
+            [[arm_label(r["arm"]), *_shown_cells(r)] for r in shown],
         ),
         Table(
             "Shown, not voted: BN in the discriminator against no norm in it, under each "
             "generator (log FD, paired, unadjusted 95% t intervals; FD ratio = exp(diff))",
             ["arm - reference", "diff", "95% CI", "FD ratio", "n"],
             [
-                [
-                    f"{arm_label(r['arm'])} - {arm_label(r['reference'])}",
-                    _fmt(r["diff"]),
-                    None if r["ci_low"] is None else f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
-                    _fmt(r["ratio"], ".2f"),
-                    r["n"],
-                ]
+                [f"{arm_label(r['arm'])} - {arm_label(r['reference'])}", *_shown_cells(r)]
                 for r in d_bn_vs_none
             ],
         ),

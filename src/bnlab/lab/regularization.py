@@ -496,14 +496,9 @@ def shown_rows(per_seed: Mapping[str, Mapping[str, Sequence[Any]]]) -> list[list
     rows = []
     for arm, ref, metric in SHOWN:
         a, r = per_seed.get(arm, {}).get(metric, []), per_seed.get(ref, {}).get(metric, [])
-        ok = [
-            (float(x), float(y))
-            for x, y in zip(a, r, strict=False)
-            if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
-        ]
-        row: list[Any] = [f"{arm} - {ref}", metric, len(ok), None, None]
-        if len(ok) >= 2:
-            d = stats.paired_difference([x for x, _ in ok], [y for _, y in ok], margin=1.0)
+        n, d = stats.finite_paired_difference(a, r)
+        row: list[Any] = [f"{arm} - {ref}", metric, n, None, None]
+        if d is not None:
             row[3:] = [f"{d.diff:+.4g}", f"[{d.ci_low:+.4g}, {d.ci_high:+.4g}]"]
         rows.append(row)
     return rows

@@ -86,7 +86,6 @@ Changes after the first full run (commit 6e654d7, seeds 0-4, tuning seed 1000; k
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections import deque
@@ -94,7 +93,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -103,7 +101,7 @@ from bnlab.data.loader import DeviceLoader
 from bnlab.lab import experiment, kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, LabSpec, Table, seeded
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.models.sequence import SEQUENCE_ARCHS as ARCHS
 from bnlab.models.sequence import SEQUENCE_NORMS as NORMS
 from bnlab.models.sequence import build_sequence_model
@@ -475,20 +473,16 @@ def measure(
 
 def run(config: SequenceConfig, ctx: LabContext) -> LabOutcome:
     """Tune each arm's lr on the tuning seed, then the measured runs at the chosen lrs."""
-    data, tune, main = prepare(config, ctx.data), tune_grid(config), main_grid(config)
-    ctx.progress.start((len(tune.cells()) + len(main.cells())) * config.steps, "sequence")
-    # module-level functions bound by partial: picklable, so --workers runs them in a pool
-    tuned = run_grid(
-        ctx, tune, functools.partial(_tune_cell, config), data=data, steps=config.steps
-    )
-    tuning: dict[str, dict[str, dict[float, Any]]] = {}
-    for cell, result in tuned:
-        tuning.setdefault(cell.setting[0], {}).setdefault(cell.variant, {})[result["lr"]] = result[
-            PRIMARY
-        ]
-    lrs = kit.paired.choose_lrs(tuning)
-    measured = run_grid(
-        ctx, main, functools.partial(measure, config, lrs), data=data, steps=config.steps
+    tuning, lrs, measured = kit.paired.tuned_runs(
+        ctx,
+        config,
+        prepare(config, ctx.data),
+        tune=tune_grid(config),
+        main=main_grid(config),
+        cells=(_tune_cell, measure),
+        criterion=PRIMARY,
+        steps=config.steps,
+        label="sequence",
     )
     return summarize(config, ctx, measured, tuning, lrs)
 
@@ -538,10 +532,6 @@ def _arm_names(config: SequenceConfig, arch: str) -> list[str]:
     return [n for n in arms(config) if _included(Cell(arch, n, 0))]
 
 
-def _values(values: Sequence[Any]) -> np.ndarray:
-    return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
-
-
 def shown_differences(
     per_seed: Mapping[str, Mapping[str, Mapping[str, Sequence[Any]]]],
     pairs: Sequence[tuple[str, str, str]],
@@ -553,13 +543,11 @@ def shown_differences(
     for arch, arm, ref in pairs:
         by_arm = per_seed.get(arch, {})
         for metric in metrics if arm in by_arm and ref in by_arm else ():
-            a, r = _values(by_arm[arm][metric]), _values(by_arm[ref][metric])
-            both = np.isfinite(a) & np.isfinite(r)
+            n, d = stats.finite_paired_difference(by_arm[arm][metric], by_arm[ref][metric])
             shown: list[Any] = [None, None]
-            if both.sum() >= 2:
-                d = stats.paired_difference(a[both], r[both], margin=1.0)
+            if d is not None:
                 shown = [f"{d.diff:+.4g}", f"[{d.ci_low:+.4g}, {d.ci_high:+.4g}]"]
-            rows.append([ARCHS[arch], f"{arm} - {ref}", metric, int(both.sum()), *shown])
+            rows.append([ARCHS[arch], f"{arm} - {ref}", metric, n, *shown])
     return rows
 
 
@@ -775,21 +763,36 @@ _PAPERS_SCALE = (
     "CPU; theirs: "
 )
 
+
+def _claim(
+    name: str, claim: str, rule: str, sentence: str, literature: Literature
+) -> kit.ClaimRule:
+    """The claims-table entry of claim ``name`` (``stats_rule``-decided; its rule text is
+    ``RULE_TEXT`` and ``rule``, what the claim compares)."""
+    return kit.ClaimRule(
+        name,
+        claim,
+        SOURCE,
+        _RULE + rule,
+        stats_rule(name),
+        kit.paired.measured_text,
+        sentence=sentence,
+        literature=literature,
+    )
+
+
 CLAIMS = kit.register_claims(
     "sequence",
-    kit.ClaimRule(
+    _claim(
         "bn-helps-recurrent",
         "BN in the hidden layers of a recurrent network stabilises its training: a GRU "
         "reading 28-step sequences (image rows) with per-step BN (gamma chosen from {0.1, 1} "
         "on the tuning seed) trains faster and more stably than without "
         f"({SENTENCE_RNN})",
-        SOURCE,
-        _RULE + "GRU: the chosen BN arm (per-step BN on both summed inputs; bn for gamma "
+        "GRU: the chosen BN arm (per-step BN on both summed inputs; bn for gamma "
         "0.1, bn-gamma1 for gamma 1) against none.",
-        stats_rule("bn-helps-recurrent"),
-        kit.paired.measured_text,
-        sentence=SENTENCE_RNN,
-        literature=Literature(
+        SENTENCE_RNN,
+        Literature(
             "Cooijmans, Ballas, Laurent, Gulcehre & Courville 2016, 'Recurrent Batch "
             "Normalization', arXiv 1603.09025, abstract, section 4 and table 1; Laurent, "
             "Pereyra, Brakel, Zhang & Bengio 2016, 'Batch Normalized Recurrent Neural "
@@ -814,18 +817,15 @@ CLAIMS = kit.register_claims(
             "slows the start",
         ),
     ),
-    kit.ClaimRule(
+    _claim(
         "bn-helps-transformer",
         "BN helps Transformers train: a 2-layer Transformer reading image rows converges "
         "faster with BN than with LayerNorm, the Transformer's standard norm "
         f"({SENTENCE_TRANSFORMER})",
-        SOURCE,
-        _RULE + "Transformer: arm bn (BN over batch and time) against ln (pre-norm "
+        "Transformer: arm bn (BN over batch and time) against ln (pre-norm "
         "LayerNorm); BN against no norm is shown, not voted.",
-        stats_rule("bn-helps-transformer"),
-        kit.paired.measured_text,
-        sentence=SENTENCE_TRANSFORMER,
-        literature=Literature(
+        SENTENCE_TRANSFORMER,
+        Literature(
             "Shen, Yao, Gholami, Mahoney & Keutzer 2020, 'PowerNorm: Rethinking Batch "
             "Normalization in Transformers', arXiv 2003.07845 (ICML 2020), abstract and "
             "section 3",
@@ -843,20 +843,17 @@ CLAIMS = kit.register_claims(
             "LayerNorm (+0.001 nats [-0.013, 0.015]) and both beat no norm by 0.03",
         ),
     ),
-    kit.ClaimRule(
+    _claim(
         "layernorm-suits-sequences-online",
         "LayerNorm suits sequence data better than BN: with LayerNorm a GRU reading "
         "28-step sequences (image rows) trains faster than with per-step BN (gamma chosen "
         "on the tuning seed); the Transformer's LayerNorm-vs-BN comparison is voted once, in "
         "bn-helps-transformer (the online half, batch size 1, holds by construction: "
         f"per-step BN cannot train there; not measured) ({SENTENCE_LN})",
-        SOURCE,
-        _RULE + "GRU: arm ln against the chosen BN arm (the Transformer's comparison is "
+        "GRU: arm ln against the chosen BN arm (the Transformer's comparison is "
         "bn-helps-transformer's, not voted twice).",
-        stats_rule("layernorm-suits-sequences-online"),
-        kit.paired.measured_text,
-        sentence=SENTENCE_LN,
-        literature=Literature(
+        SENTENCE_LN,
+        Literature(
             "Ba, Kiros & Hinton 2016, 'Layer Normalization', arXiv 1607.06450, sections 6.1-6.2, "
             "figure 2; Shen et al. 2020 (above)",
             "LSTMs/GRUs on order embeddings, the attentive reader (against recurrent BN), "

@@ -54,9 +54,11 @@ __all__ = [
     "ClaimSpec",
     "Difference",
     "bootstrap_interval",
+    "claim_rows",
     "compare_arms",
     "evaluate_claim",
     "evaluate_experiment",
+    "finite_paired_difference",
     "holm",
     "left_chance",
     "paired_difference",
@@ -387,6 +389,27 @@ def welch_difference(
     return _difference(
         "Welch t", min(a.size, r.size), a, r, diff, se, df, pooled, "d", alpha, margin
     )
+
+
+def finite_paired_difference(
+    arm: Sequence[Any], reference: Sequence[Any], *, alpha: float = 0.05
+) -> tuple[int, Difference | None]:
+    """A difference shown beside the claims, not voted: :func:`paired_difference` of
+    ``arm - reference`` over the seeds where both values are finite (None, NaN and inf
+    left out), with its unadjusted ``1 - alpha`` t interval (its TOST is not used).
+
+    Returns:
+        ``(pairs, difference)``: the seeds that entered, and None for fewer than 2.
+    """
+    pairs = [
+        (float(x), float(y))
+        for x, y in zip(arm, reference, strict=False)
+        if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
+    ]
+    if len(pairs) < 2:
+        return len(pairs), None
+    d = paired_difference([x for x, _ in pairs], [y for _, y in pairs], margin=1.0, alpha=alpha)
+    return len(pairs), d
 
 
 def compare_arms(
@@ -736,6 +759,32 @@ _ROW_ORDER = {
 
 def _fmt(x: float) -> str:
     return f"{x:+.4g}"
+
+
+def claim_rows(
+    evaluated: Sequence[Mapping[str, Any]], *, digits: int = 2, ratio: bool = False
+) -> list[list[Any]]:
+    """One table row per claim and setting of :func:`evaluate_experiment`'s output:
+    claim, ``arm - reference``, the difference and its 95% t interval (``digits``
+    decimals), with ``ratio`` its exponential (a metric in logs: the ratio it means),
+    Holm's p, the seeds and the claim's verdict (None where a number is missing)."""
+    rows = []
+    for e in evaluated:
+        for row in e["settings"]:
+            diff, low, high = row.get("diff"), row.get("ci_low"), row.get("ci_high")
+            rows.append(
+                [
+                    e["claim"],
+                    f"{e['arm']} - {e['reference']}",
+                    None if diff is None else f"{diff:+.{digits}f}",
+                    None if low is None else f"[{low:+.{digits}f}, {high:+.{digits}f}]",
+                    *([None if diff is None else f"{math.exp(diff):.2f}"] if ratio else []),
+                    None if row.get("p_holm") is None else f"{row['p_holm']:.3g}",
+                    row["n"],
+                    e["verdict"],
+                ]
+            )
+    return rows
 
 
 def _row_text(row: Mapping[str, Any]) -> str:
