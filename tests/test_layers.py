@@ -1,7 +1,8 @@
 """The architecture stays one-way: each subpackage imports only the layers below it.
 
 functional <- kernels <- autograd <- nn <- models <- train <- lab <- cli; ``data``,
-``plots``, ``bench`` and ``textbook`` sit beside that chain with the imports listed here.
+``plots``, ``bench``, ``textbook`` and ``nonfinite`` sit beside that chain with the imports
+listed here.
 ``kernels`` (the fused C++/Triton fast path) is called by ``autograd`` only: ``nn`` and
 everything above reach it through ``autograd``, never directly (``bench`` may, to switch
 it and report its state).
@@ -23,13 +24,14 @@ ALLOWED: dict[str, set[str]] = {
     "autograd": {"functional", "kernels", "autograd"},
     "nn": CORE,
     "textbook": {"textbook"},
+    "nonfinite": set(),  # JSON's NaN/inf codec, shared by train.io and the report
     "data": {"data"},
     "plots": {"plots"},
     "bench": CORE | {"kernels", "textbook", "bench"},
     "models": CORE | {"textbook", "models"},
-    "train": CORE | {"textbook", "models", "data", "train"},
+    "train": CORE | {"textbook", "models", "data", "nonfinite", "train"},
     "lab": CORE | {"textbook", "models", "data", "train", "plots", "lab"},
-    "report": {"plots", "report"},
+    "report": {"plots", "nonfinite", "report"},
     "cli": None,  # the top: may import anything
     # The Python API for notebooks (bnlab.api, bnlab.d2l): the top, above cli (it finds
     # the data as the CLI does and draws the same kind of progress); cli never imports it.

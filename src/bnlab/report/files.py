@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bnlab.nonfinite import decoded
 
 __all__ = [
     "MAX_BYTES",
@@ -43,7 +44,6 @@ MAX_BYTES: dict[str, int] = {
     "JSON-lines file": 256 * 1024 * 1024,
 }
 _MAX_IMAGE_BYTES = MAX_BYTES["figure"]
-_FROM_TEXT = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 def _kind(mode: int) -> str:
@@ -110,16 +110,6 @@ def read_bytes(path: Path, kind: str) -> bytes:
     return b"".join(chunks)
 
 
-def _decoded(value: Any) -> Any:
-    if isinstance(value, str):
-        return _FROM_TEXT.get(value, value)
-    if isinstance(value, dict):
-        return {k: _decoded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decoded(v) for v in value]
-    return value
-
-
 def _text(path: Path, kind: str) -> str:
     try:
         return read_bytes(path, kind).decode("utf-8")
@@ -144,7 +134,7 @@ def read_json(path: Path, *, expect: type = dict) -> Any:
             f"{path}: expected a JSON {'object' if expect is dict else 'array'}, "
             f"got {type(value).__name__}"
         )
-    return _decoded(value)
+    return decoded(value)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -165,7 +155,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}: line {number} is not valid JSON ({exc})") from exc
         if not isinstance(record, dict):
             raise ValueError(f"{path}: line {number} is not a JSON object")
-        records.append(_decoded(record))
+        records.append(decoded(record))
     return records
 
 

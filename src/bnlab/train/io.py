@@ -10,7 +10,8 @@ file that grows by appending (a line per record, flushed and fsynced).
 
 JSON has no NaN or infinity: a non-finite float is written as the string ``"NaN"``,
 ``"Infinity"`` or ``"-Infinity"`` (``NON_FINITE``), and ``read_json`` and ``read_jsonl``
-turn those strings back into floats (an infinite test loss is a result, not a crash).
+turn those strings back into floats (an infinite test loss is a result, not a crash);
+the codec is ``bnlab.nonfinite``, which the report's readers use too.
 
 A write that fails because the disk is full (or the quota, or the folder is read-only)
 raises ``OSError`` whose message names the file and says "disk full" (or what else it
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+from bnlab.nonfinite import NON_FINITE, decoded, encodable
 
 __all__ = [
     "NON_FINITE",
@@ -128,46 +131,18 @@ def _write_replace(path: Path, tmp_name: Path, write: Callable[[IO[bytes]], None
         raise
 
 
-#: How non-finite floats are written to JSON, and read back.
-NON_FINITE: dict[float, str] = {math.inf: "Infinity", -math.inf: "-Infinity"}
-_NAN = "NaN"
-_FROM_TEXT = {"Infinity": math.inf, "-Infinity": -math.inf, _NAN: math.nan}
-
-
-def _encodable(value: Any) -> Any:
-    """``value`` with every NaN/inf float (also inside containers) as its string."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return _NAN if math.isnan(value) else NON_FINITE[value]
-    if isinstance(value, Mapping):
-        return {k: _encodable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_encodable(v) for v in value]
-    return value
-
-
-def _decoded(value: Any) -> Any:
-    """The inverse of ``_encodable`` (the strings of ``NON_FINITE`` and "NaN" as floats)."""
-    if isinstance(value, str):
-        return _FROM_TEXT.get(value, value)
-    if isinstance(value, dict):
-        return {k: _decoded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decoded(v) for v in value]
-    return value
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, torch.Tensor):
-        return _encodable(value.tolist())
+        return encodable(value.tolist())
     raise TypeError(f"cannot write a {type(value).__name__} to JSON: {value!r}")
 
 
 def _dumps(obj: Any, *, indent: int | None) -> str:
     # NaN and Infinity are not JSON: written as strings (allow_nan=False checks that
     # none is left).
-    return json.dumps(_encodable(obj), indent=indent, allow_nan=False, default=_json_default)
+    return json.dumps(encodable(obj), indent=indent, allow_nan=False, default=_json_default)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
@@ -207,7 +182,7 @@ def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> Non
 
 def read_json(path: str | os.PathLike[str]) -> Any:
     """The JSON value in ``path``, with the strings of non-finite floats as floats."""
-    return _decoded(json.loads(Path(path).read_text(encoding="utf-8")))
+    return decoded(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -224,7 +199,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(_decoded(json.loads(line)))
+            records.append(decoded(json.loads(line)))
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 break
