@@ -8,6 +8,7 @@ it and its environment. Nothing here reads files or renders HTML.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["Figure", "Result", "Table", "Verdict"]
@@ -70,3 +71,9 @@ class Result:
     notes: list[str] = field(default_factory=list)
     environment: dict[str, Any] | None = None
     claims: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def from_path(cls, kind: str, heading: str, path: Path, **fields: Any) -> Result:
+        """The result of a reader ``kind`` read from ``path`` (a folder or a file): titled
+        ``"heading (path's name)"``, its source the path; ``fields`` are the others."""
+        return cls(kind=kind, title=f"{heading} ({path.name})", source=str(path), **fields)

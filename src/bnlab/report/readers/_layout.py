@@ -24,6 +24,7 @@ __all__ = [
     "RESULTS_NAME",
     "add_environment",
     "add_figure",
+    "json_or_empty",
     "read_command_config",
     "read_environment",
 ]
@@ -34,6 +35,15 @@ METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_NAME = "checkpoint.pt"
 RESULTS_NAME = "results.json"
 LEGACY_ENVIRONMENT_NAME = "env.json"
+
+
+def json_or_empty(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or ``{}`` when it cannot be read (what a reader's
+    ``recognise`` looks at: a folder whose file is unreadable is not its folder)."""
+    try:
+        return read_json(path)
+    except ValueError:
+        return {}
 
 
 def read_environment(folder: Path) -> dict[str, Any]:

@@ -135,11 +135,8 @@ def _result(path: Path, record: dict[str, Any], older: int) -> Result:
     name = str(record["benchmark"])
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     script = re.sub(r"_\d{8}T\d{6}Z(?=\.json$)", "", path.name).removesuffix(".json") + ".py"
-    result = Result(
-        kind=NAME,
-        title=f"Benchmark: {name} ({path.name})",
-        source=str(path),
-        command=bench_command(config, script),
+    result = Result.from_path(
+        NAME, f"Benchmark: {name}", path, command=bench_command(config, script)
     )
     for key in _CONFIG_FACTS:
         if config.get(key) is not None:

@@ -51,6 +51,4 @@ def read(folder: Path, warn: Warn) -> list[Result]:
             rows.append(_with_figure(row, folder, warn))
         else:
             warn(f"{path}: entry {i} is not a claim (no 'claim' key) and is left out")
-    return [
-        Result(kind=NAME, title=f"Claims table ({folder.name})", source=str(folder), claims=rows)
-    ]
+    return [Result.from_path(NAME, "Claims table", folder, claims=rows)]

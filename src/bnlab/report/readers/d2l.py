@@ -17,6 +17,7 @@ from bnlab.report.readers._layout import (
     CONFIG_NAME,
     add_environment,
     add_figure,
+    json_or_empty,
     read_command_config,
 )
 
@@ -35,12 +36,9 @@ _METRICS = (
 
 
 def recognise(folder: Path) -> bool:
-    if (folder / "summary.json").is_file():
-        return True
-    try:
-        return read_json(folder / CONFIG_NAME).get("command") == "d2l"
-    except ValueError:
-        return False
+    return (folder / "summary.json").is_file() or json_or_empty(folder / CONFIG_NAME).get(
+        "command"
+    ) == "d2l"
 
 
 def _stat(stats: Any, digits: int = 3) -> str | None:
@@ -103,10 +101,10 @@ def read(folder: Path, warn: Warn) -> list[Result]:
         raise ValueError(f"{folder / 'summary.json'}: no 'variants' object")
     config = read_command_config(folder, warn)
     d2l = summary.get("config") or {}
-    result = Result(
-        kind=NAME,
-        title=f"The d2l batch-norm chapter, reproduced ({folder.name})",
-        source=str(folder),
+    result = Result.from_path(
+        NAME,
+        "The d2l batch-norm chapter, reproduced",
+        folder,
         summary=(
             "d2l's LeNet on Fashion-MNIST without BN, with the textbook's scratch BN, with "
             f"bnlab's and with torch's BN; {d2l.get('epochs', '?')} epochs, batch "

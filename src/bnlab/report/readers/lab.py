@@ -20,6 +20,7 @@ from bnlab.report.readers._layout import (
     RESULTS_NAME,
     add_environment,
     add_figure,
+    json_or_empty,
 )
 
 __all__ = ["read", "recognise"]
@@ -28,15 +29,11 @@ NAME = "lab"
 
 
 def recognise(folder: Path) -> bool:
-    if (folder / LEGACY_ENVIRONMENT_NAME).is_file() or (folder / "units").is_dir():
-        return True
-    for name in (RESULTS_NAME, CONFIG_NAME):
-        try:
-            if "experiment" in read_json(folder / name):
-                return True
-        except ValueError:
-            continue
-    return False
+    return (
+        (folder / LEGACY_ENVIRONMENT_NAME).is_file()
+        or (folder / "units").is_dir()
+        or any("experiment" in json_or_empty(folder / name) for name in (RESULTS_NAME, CONFIG_NAME))
+    )
 
 
 def _table(raw: Any, path: Path, warn: Warn) -> Table | None:
@@ -62,10 +59,10 @@ def read(folder: Path, warn: Warn) -> list[Result]:
     if "experiment" not in results:
         raise ValueError(f"{path}: not a 'bnlab lab' results file (no 'experiment' key)")
     name = str(results["experiment"])
-    result = Result(
-        kind=NAME,
-        title=f"{results.get('title') or name} ({folder.name})",
-        source=str(folder),
+    result = Result.from_path(
+        NAME,
+        str(results.get("title") or name),
+        folder,
         summary=str(results.get("summary") or ""),
         command=str(results["command"]) if results.get("command") else None,
     )

@@ -20,6 +20,7 @@ from bnlab.report.readers._layout import (
     RESULTS_NAME,
     add_environment,
     add_figure,
+    json_or_empty,
     read_command_config,
 )
 
@@ -29,12 +30,11 @@ NAME = "train"
 
 
 def recognise(folder: Path) -> bool:
-    if (folder / METRICS_NAME).is_file() or (folder / CHECKPOINT_NAME).is_file():
-        return True
-    try:
-        return read_json(folder / CONFIG_NAME).get("command") == "train"
-    except ValueError:
-        return False
+    return (
+        (folder / METRICS_NAME).is_file()
+        or (folder / CHECKPOINT_NAME).is_file()
+        or json_or_empty(folder / CONFIG_NAME).get("command") == "train"
+    )
 
 
 def _history_table(history: list[dict[str, Any]]) -> Table:
@@ -53,10 +53,10 @@ def read(folder: Path, warn: Warn) -> list[Result]:
     norm = config.get("norm", "?")
     train = config.get("train") or {}
     data = config.get("data") or {}
-    result = Result(
-        kind=NAME,
-        title=f"Training run: {model} + {norm} ({folder.name})",
-        source=str(folder),
+    result = Result.from_path(
+        NAME,
+        f"Training run: {model} + {norm}",
+        folder,
         summary=(
             f"{model} with normalization {norm!s} trained on "
             f"{data.get('dataset', 'Fashion-MNIST')} by SGD."
