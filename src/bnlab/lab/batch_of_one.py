@@ -91,10 +91,12 @@ __all__ = [
     "BatchOfOneConfig",
     "fc_check",
     "fc_rule",
+    "main_cell",
     "main_grid",
     "prediction_rule",
     "specs",
     "summarize",
+    "tune_cell",
     "tune_grid",
 ]
 
@@ -344,13 +346,13 @@ def _predict(config: BatchOfOneConfig, seed: int, bench: Bench) -> dict[str, Any
     return {"lr": config.predict_lr, "metrics": metrics}
 
 
-def _tune_cell(config: BatchOfOneConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+def tune_cell(config: BatchOfOneConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
     (_, lr), arm = cell.setting, cell.variant
     got = _online(config, arm, lr, cell.seed, bench)
     return {"lr": lr, "online_loss": got["metrics"]["online_loss"]}
 
 
-def _main_cell(config: BatchOfOneConfig, lrs: dict, cell: Cell, bench: Bench) -> dict[str, Any]:
+def main_cell(config: BatchOfOneConfig, lrs: dict, cell: Cell, bench: Bench) -> dict[str, Any]:
     if cell.setting == "predict":
         return _predict(config, cell.seed, bench)
     lr = lrs[""]["instancenorm" if cell.variant == "bn" else cell.variant]
@@ -659,11 +661,8 @@ SPEC = register_lab(
             "example exactly as in a batch' (eval mode, an exact check of the logits)."
         ),
         config_type=BatchOfOneConfig,
-        tune=(tune_grid, _tune_cell),
-        measure=(main_grid, _main_cell),
         criterion="online_loss",
         steps=lambda config, data: config.online_steps,
-        summarize=summarize,
         extras=_fc_unit,
         full_time="about 3 min on 2 quiet CPU cores (35 online runs of ~5 s and 5 batch-64 "
         "models with 20,000 single predictions each)",

@@ -61,11 +61,13 @@ __all__ = [
     "ConvergenceConfig",
     "convergence_rule",
     "first_reach",
+    "main_cell",
     "main_grid",
     "measure",
     "specs",
     "summarize",
     "train_run",
+    "tune_cell",
     "tune_grid",
 ]
 
@@ -248,14 +250,14 @@ def _thin(values: Sequence[float], every: int) -> list[Any]:
     return [kit.json_float(v) for v in values[every - 1 :: every]]
 
 
-def _tune_cell(config: ConvergenceConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+def tune_cell(config: ConvergenceConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
     lr = cell.setting[1]
     got = train_run(config, cell.variant, lr, cell.seed, bench, evaluate_test=False)
     final = got["loss_ma"][-1] if got["loss_ma"] else math.nan
     return {"lr": lr, "final_train_loss": kit.json_float(final)}
 
 
-def _main_cell(
+def main_cell(
     config: ConvergenceConfig,
     lrs: Mapping[str, Mapping[str, float | None]],
     cell: Cell,
@@ -492,10 +494,6 @@ SPEC = register_lab(
             "one epoch."
         ),
         config_type=ConvergenceConfig,
-        tune=(tune_grid, _tune_cell),
-        measure=(main_grid, _main_cell),
-        criterion="final_train_loss",
-        summarize=summarize,
         full_time=(
             "about 11 min on 2 quiet CPU cores (18 runs of 2,340 steps; a timed sub-run of 4 "
             "runs x 780 steps: 48 s of CPU, 1:53 wall at load ~7)"

@@ -64,11 +64,13 @@ __all__ = [
     "Standardize",
     "build_model",
     "conditioning",
+    "main_cell",
     "main_grid",
     "specs",
     "standardizer",
     "summarize",
     "train_run",
+    "tune_cell",
     "tune_grid",
 ]
 
@@ -233,13 +235,13 @@ def train_run(
     }
 
 
-def _tune_cell(config: InputNormConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+def tune_cell(config: InputNormConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
     (model, lr), inputs = cell.setting, cell.variant
     got = train_run(config, model, inputs, lr, cell.seed, bench)
     return {"lr": lr, "final_train_loss": got["metrics"][METRIC]}
 
 
-def _main_cell(config: InputNormConfig, lrs: dict, cell: Cell, bench: Bench) -> dict[str, Any]:
+def main_cell(config: InputNormConfig, lrs: dict, cell: Cell, bench: Bench) -> dict[str, Any]:
     lr = lrs[cell.setting][cell.variant]
     if lr is None:
         return {"lr": None, "metrics": None}
@@ -463,10 +465,6 @@ SPEC = register_lab(
             "second-moment matrix and covariance beside."
         ),
         config_type=InputNormConfig,
-        tune=(tune_grid, _tune_cell),
-        measure=(main_grid, _main_cell),
-        criterion="final_train_loss",
-        summarize=summarize,
         extras=_conditioning_unit,
         full_time=(
             "about 2 min on 2 quiet CPU cores (72 runs of 1-2 s of CPU each, measured at load 6-9; "

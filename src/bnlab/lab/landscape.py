@@ -736,10 +736,6 @@ SPEC = register_lab(
             "factor of 2."
         ),
         config_type=LandscapeConfig,
-        tune=(tune_grid, tune_cell),
-        measure=(main_grid, main_cell),
-        criterion="final_train_loss",
-        summarize=summarize,
         full_time=(
             "about 4.5 min on 2 cores with --workers 2 (10 tuning runs of 1,500 steps, 16 common "
             "runs with probes, about 45 s each at load 4 and 25 s quiet; up to 7.5 min if "

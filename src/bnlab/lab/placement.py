@@ -66,11 +66,13 @@ __all__ = [
     "CLAIMS",
     "PLACEMENTS",
     "PlacementConfig",
+    "main_cell",
     "main_grid",
     "noninferiority_rule",
     "specs",
     "summarize",
     "train_run",
+    "tune_cell",
     "tune_grid",
 ]
 
@@ -202,14 +204,14 @@ def train_run(
     }
 
 
-def _tune_cell(config: PlacementConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+def tune_cell(config: PlacementConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
     (activation, lr), placement = cell.setting, cell.variant
     got = train_run(config, activation, placement, lr, cell.seed, bench, validate=True)
     error = got["metrics"]["val_error"]
     return {"lr": lr, "val_error": None if got["diverged"] else error}
 
 
-def _main_cell(config: PlacementConfig, lrs: dict, cell: Cell, bench: Bench) -> dict[str, Any]:
+def main_cell(config: PlacementConfig, lrs: dict, cell: Cell, bench: Bench) -> dict[str, Any]:
     lr = lrs[cell.setting][cell.variant]
     if lr is None:
         return {"lr": None, "metrics": None}
@@ -453,10 +455,7 @@ SPEC = register_lab(
             "before within 0.3 points, one-sided paired t, Holm."
         ),
         config_type=PlacementConfig,
-        tune=(tune_grid, _tune_cell),
-        measure=(main_grid, _main_cell),
         criterion="val_error",
-        summarize=summarize,
         full_time="about 2 min on 2 quiet CPU cores (56 tuning and 20 measured runs; the "
         "40-run grid to lr 1 took 53 s)",
     )

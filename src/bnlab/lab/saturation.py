@@ -824,10 +824,6 @@ SPEC = register_lab(
             "arms at lr 1 shown; paired t, Holm, TOST."
         ),
         config_type=SaturationConfig,
-        tune=(tune_grid, tune_cell),
-        measure=(main_grid, main_cell),
-        criterion="final_train_loss",
-        summarize=summarize,
         steps=lambda config, data: max(config.of(n, "steps") for n in config.networks),
         full_time=(
             "about 8 min on 2 cores with --workers 2 (the first design, 5 seeds, ReLU 600 "

@@ -12,6 +12,8 @@ grid, measurement and rule:
 - ``tuned_lab``: the spec: the tuning grid (:func:`tune_grid`) on ``tune_seed``, the lr
   choice (:func:`choose_lrs`), the measured grid (:func:`measured_grid`), extra units,
   then ``summarize(config, ctx, run, tuned, **extras)`` with ``tuned`` a :class:`Tuned`;
+  the experiment's functions (``tune_grid``, ``tune_cell``, ``main_grid``,
+  ``main_cell``, ``summarize``) are found by name in its config's module;
 - :class:`Tuned`: the tuning criterion and the chosen lrs, with the results.json keys
   (``record``: ``tuning``, ``lr``, ``lr_at_grid_edge``, ``tune_rule``), the tuning table
   (``table``) and the notes (``notes``);
@@ -30,6 +32,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -47,6 +50,7 @@ from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
 from bnlab.train.steps import run_steps
 
 __all__ = [
+    "MODULE_PARTS",
     "TUNE_RULE",
     "ClaimShape",
     "EpochsConfig",
@@ -346,12 +350,28 @@ def run_tuned(ctx: LabContext, config: Any, data: Any, **kwargs: Any) -> tuple[T
     return Tuned(tuning, lrs), measured
 
 
+#: The functions :func:`tuned_lab` takes from the config's module when not given.
+MODULE_PARTS = ("tune_grid", "tune_cell", "main_grid", "main_cell", "summarize")
+
+
+def _module_part(config_type: type, name: str) -> Callable[..., Any]:
+    module = sys.modules[config_type.__module__]
+    part = getattr(module, name, None)
+    if not callable(part):
+        raise TypeError(
+            f"tuned_lab: {config_type.__name__}'s module {module.__name__} defines no "
+            f"function {name}(); define one or pass it to tuned_lab"
+        )
+    return part
+
+
 def tuned_lab(
     *,
-    tune: tuple[Callable[[Any], Grid | None], Callable[..., Mapping[str, Any]]],
-    measure: tuple[Callable[[Any], Grid], Callable[..., Any]],
-    criterion: str,
-    summarize: Callable[..., LabOutcome],
+    config_type: type,
+    tune: tuple[Callable[[Any], Grid | None], Callable[..., Mapping[str, Any]]] | None = None,
+    measure: tuple[Callable[[Any], Grid], Callable[..., Any]] | None = None,
+    criterion: str = "final_train_loss",
+    summarize: Callable[..., LabOutcome] | None = None,
     steps: Callable[[Any, Any], int | Callable[[Any], int]] | None = None,
     prepare: Callable[[Any, Any], Any] | None = None,
     extras: Callable[[Any, LabContext, Any], Mapping[str, Any]] | None = None,
@@ -361,12 +381,18 @@ def tuned_lab(
     run the measured grid at the chosen lrs (:func:`tuned_runs`), then any extra units,
     then the summary.
 
+    An experiment module states only its texts and config; its parts are its functions
+    of :data:`MODULE_PARTS`, found by name in ``config_type``'s module: ``tune_grid``
+    and ``tune_cell`` (``tune``), ``main_grid`` and ``main_cell`` (``measure``),
+    ``summarize``. A part passed here is used instead.
+
     Args:
+        config_type: the config dataclass (``LabSpec``'s); its module holds the parts.
         tune: ``(grid, cell)``: config -> the tuning grid (:func:`tune_grid`; None: no
             setting is tuned), and the tuning cell of :func:`tuned_runs`.
         measure: ``(grid, cell)``: config -> the measured grid (:func:`measured_grid`),
             and the measured cell of :func:`tuned_runs`.
-        criterion: as for :func:`tuned_runs`.
+        criterion: as for :func:`tuned_runs` (default: the final training loss).
         steps: ``(config, data) -> progress per cell`` (default: ``config.steps``), or
             ``-> setting -> progress`` where the settings' budgets differ
             (:func:`run_by_setting`).
@@ -374,10 +400,16 @@ def tuned_lab(
         prepare: ``(config, ctx.data) -> data`` (default: ``config.subsets``).
         extras: ``(config, ctx, data) -> {name: value}`` after the runs (e.g. units of
             ``ctx.unit``), passed to ``summarize`` by name.
-        spec: ``LabSpec``'s ``name``, ``title``, ``summary``, ``config_type``,
-            ``full_time``...
+        spec: ``LabSpec``'s ``name``, ``title``, ``summary``, ``full_time``...
+
+    Raises:
+        TypeError: a part neither passed nor defined in ``config_type``'s module.
     """
     name = spec["name"]
+    part = functools.partial(_module_part, config_type)
+    tune = tune or (part("tune_grid"), part("tune_cell"))
+    measure = measure or (part("main_grid"), part("main_cell"))
+    summarize = summarize or part("summarize")
 
     def run(config: Any, ctx: LabContext) -> LabOutcome:
         data = prepare(config, ctx.data) if prepare else config.subsets(ctx.data, name)
@@ -395,7 +427,7 @@ def tuned_lab(
         more = extras(config, ctx, data) if extras else {}
         return summarize(config, ctx, measured, tuned, **more)
 
-    return LabSpec(run=run, needs_data=True, **spec)
+    return LabSpec(run=run, needs_data=True, config_type=config_type, **spec)
 
 
 def tuned_runs(
