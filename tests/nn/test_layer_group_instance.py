@@ -13,6 +13,7 @@ inputs, and one test per error message.
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -197,6 +198,27 @@ def test_extra_repr_and_state_dict_keys_match_torch(case: Case) -> None:
     assert repr(ours) == repr(theirs)
     assert list(ours.state_dict()) == list(theirs.state_dict())
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+
+
+@pytest.mark.parametrize(
+    "cls", ["LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
+)
+def test_constructor_signature_matches_torch(cls: str) -> None:
+    ours = inspect.signature(getattr(bnlab.nn, cls).__init__).parameters
+    theirs = inspect.signature(getattr(nn, cls).__init__).parameters
+    assert [(p.name, p.kind, p.default) for p in ours.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.values()
+    ]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"affine": True, "track_running_stats": True}])
+def test_instancenorm_defaults_and_checks(kwargs: dict[str, Any]) -> None:
+    """torch's constructor (its defaults), then bnlab's _NormBase checks."""
+    ours, theirs = bnlab.nn.InstanceNorm2d(3, **kwargs), nn.InstanceNorm2d(3, **kwargs)
+    for name in ["eps", "momentum", "affine", "track_running_stats"]:
+        assert getattr(ours, name) == getattr(theirs, name), name
+    with pytest.raises(ValueError, match=r"^InstanceNorm2d: eps must be > 0"):
+        bnlab.nn.InstanceNorm2d(3, eps=0.0, **kwargs)
 
 
 GRADCHECK = [(c, "train") for c in CASES] + [

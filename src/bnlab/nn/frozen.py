@@ -29,12 +29,13 @@ from torch import Tensor, nn
 from bnlab.autograd.batch_norm import batch_norm_eval
 from bnlab.functional.batch_norm import check_eps, check_input
 from bnlab.nn._base import check_num_features
+from bnlab.nn._loading import DropsStateKeys
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __all__ = ["FrozenBatchNorm1d", "FrozenBatchNorm2d", "freeze_batchnorm"]
 
 
-class _FrozenBatchNorm(nn.Module):
+class _FrozenBatchNorm(DropsStateKeys, nn.Module):
     """Batch norm with fixed statistics and affine parameters, all of them buffers.
 
     ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` per channel, in
@@ -123,21 +124,11 @@ class _FrozenBatchNorm(nn.Module):
                 frozen.bias.copy_(bn.bias.detach())
         return frozen
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
+    def _drop_state_keys(
+        self, state_dict: dict[str, Any], prefix: str, version: int | None, errors: list[str]
     ) -> None:
         # A BatchNorm's state_dict loads as is: its batch counter has no use here.
         state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     def forward(self, x: Tensor) -> Tensor:
         name = type(self).__name__

@@ -32,13 +32,17 @@ from torch.nn.modules.instancenorm import _InstanceNorm as _TorchInstanceNorm
 from bnlab.autograd.group_norm import instance_norm
 from bnlab.functional.norms import check_floating_input
 from bnlab.nn._base import _NormBase, non_tensor_call
+from bnlab.nn._loading import DropsStateKeys
 from bnlab.nn._twin import ScriptedAsTorchTwin
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
 
-class _InstanceNorm(ScriptedAsTorchTwin, _NormBase, _TorchInstanceNorm):
+class _InstanceNorm(DropsStateKeys, ScriptedAsTorchTwin, _TorchInstanceNorm, _NormBase):
     """Instance norm over the spatial dims of each ``(sample, channel)``.
+
+    The constructor is torch's (its defaults), whose ``super().__init__`` reaches
+    bnlab's ``_NormBase`` next in the MRO: bnlab's checks, then torch's ``_NormBase``.
 
     Args:
         num_features: number of channels ``C``.
@@ -53,29 +57,6 @@ class _InstanceNorm(ScriptedAsTorchTwin, _NormBase, _TorchInstanceNorm):
 
     _no_batch_dim: int = 0
     _layout: str = ""
-
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = False,
-        track_running_stats: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
-        bias: bool = True,
-    ) -> None:
-        super().__init__(
-            num_features,
-            eps,
-            momentum,
-            affine,
-            track_running_stats,
-            device=device,
-            dtype=dtype,
-            bias=bias,
-        )
 
     def _check_input_dim(self, x: Tensor) -> None:
         name = type(self).__name__
@@ -126,32 +107,21 @@ class _InstanceNorm(ScriptedAsTorchTwin, _NormBase, _TorchInstanceNorm):
                 self.running_var.copy_(result.running_var)
         return result.output.squeeze(0) if unbatched else result.output
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
+    def _drop_state_keys(
+        self, state_dict: dict[str, Any], prefix: str, version: int | None, errors: list[str]
     ) -> None:
-        version = local_metadata.get("version")
         if version is None and not self.track_running_stats:
             # Checkpoints before torch 0.4 carried running stats even when untracked.
             keys = [prefix + k for k in ("running_mean", "running_var") if prefix + k in state_dict]
             if keys:
                 names = " and ".join(f'"{k}"' for k in keys)
-                error_msgs.append(
+                errors.append(
                     f"Unexpected running stats buffer(s) {names} for {type(self).__name__} "
                     f"with track_running_stats=False; remove these keys from the state_dict, "
                     f"or build the layer with track_running_stats=True"
                 )
                 for key in keys:
                     state_dict.pop(key)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
 
 class InstanceNorm1d(_InstanceNorm, nn.InstanceNorm1d):
