@@ -9,8 +9,6 @@
 - ``configs``: config checks, ``LabConfig`` (every config's seeds and quick run) and
   ``ProbingConfig``, the probing experiments' core, ``PairedConfig``, the stats-decided
   experiments' core;
-- ``fits`` (imported as a module, ``kit.fits``): ``FitConfig``, the fit-based
-  experiments' core (one ``train_variant`` run per cell);
 - ``threads``: thread settings;
 - ``paired`` (imported as a module, ``kit.paired``): the tuned-lr paired experiment's
   skeleton: ``TunedConfig``/``EpochsConfig`` (config bases), ``tuned_lab`` (the spec:
