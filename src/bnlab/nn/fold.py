@@ -105,6 +105,32 @@ def _pair_problem(bn_name: str, bn: nn.Module, prod_name: str, prod: nn.Module) 
     return None
 
 
+def _fx_problem(node: fx.Node, calls: Counter[str], modules: dict[str, nn.Module]) -> str | None:
+    """Why the batch norm called at ``node`` cannot be folded into the call that feeds
+    it (graph properties only), or None: then ``node.args[0]`` calls its producer."""
+    name = str(node.target)
+    if calls[name] != 1:
+        return f"called {calls[name]} times in forward; folding would change every call"
+    source = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+    if not (
+        isinstance(source, fx.Node)
+        and source.op == "call_module"
+        and _is_producer(modules[str(source.target)])
+    ):
+        what = "several inputs" if source is None else f"{source.op} {source.target}"
+        return f"not fed directly by a Conv1d/2d/3d or Linear (input: {what})"
+    prod_name = str(source.target)
+    if calls[prod_name] != 1:
+        return f"fed by {prod_name!r}, which is called {calls[prod_name]} times in forward"
+    users = [str(u.name) for u in source.users if u is not node]
+    if users:
+        return (
+            f"the output of {prod_name!r} is also used by {', '.join(users)}; "
+            f"folding would change what they see"
+        )
+    return None
+
+
 def _pairs_fx(model: nn.Module, bns: dict[str, nn.Module]) -> tuple[dict[str, str], dict[str, str]]:
     """Trace ``model``; return (bn name -> producer name, bn name -> reason skipped)."""
     graph = _LeafTracer().trace(model)
@@ -115,35 +141,11 @@ def _pairs_fx(model: nn.Module, bns: dict[str, nn.Module]) -> tuple[dict[str, st
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in bns:
             continue
-        name = str(node.target)
-        if calls[name] != 1:
-            skipped[name] = (
-                f"called {calls[name]} times in forward; folding would change every call"
-            )
-            continue
-        source = node.args[0] if len(node.args) == 1 and not node.kwargs else None
-        if not (
-            isinstance(source, fx.Node)
-            and source.op == "call_module"
-            and _is_producer(modules[str(source.target)])
-        ):
-            what = "several inputs" if source is None else f"{source.op} {source.target}"
-            skipped[name] = f"not fed directly by a Conv1d/2d/3d or Linear (input: {what})"
-            continue
-        prod_name = str(source.target)
-        if calls[prod_name] != 1:
-            skipped[name] = (
-                f"fed by {prod_name!r}, which is called {calls[prod_name]} times in forward"
-            )
-            continue
-        users = [str(u.name) for u in source.users if u is not node]
-        if users:
-            skipped[name] = (
-                f"the output of {prod_name!r} is also used by {', '.join(users)}; "
-                f"folding would change what they see"
-            )
-            continue
-        pairs[name] = prod_name
+        problem = _fx_problem(node, calls, modules)
+        if problem is None:
+            pairs[str(node.target)] = str(node.args[0].target)
+        else:
+            skipped[str(node.target)] = problem
     for name in bns:
         if name not in pairs and name not in skipped:
             skipped[name] = "not called in the traced forward"
