@@ -68,9 +68,10 @@ from torch import Tensor, nn
 
 import bnlab.nn
 from bnlab.lab import kit, stats
-from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_record, stats_rule
+from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab, seeded
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.plots.effects import plot_arms
 from bnlab.train.steps import run_steps
 
@@ -515,15 +516,13 @@ RULE_TEXT = (
 
 CLAIMS = kit.register_claims(
     "batch-size",
-    kit.ClaimRule(
+    stats_claim(
         "bn-degrades-small-batch",
         "BN loses accuracy when its statistics come from few examples: BN at statistics "
         "batch 2 is less accurate than at 32, at the same SGD batch, steps and lr "
         f"({SENTENCE})",
         SOURCE,
         RULE_TEXT + "Arm bn-vb2 against bn-vb32, direction lower.",
-        stats_rule("bn-degrades-small-batch"),
-        kit.paired.measured_text,
         sentence=SENTENCE,
         literature=Literature(
             "Wu & He 2018, 'Group Normalization', arXiv 1803.08494, table 2 / figure 1",
@@ -536,14 +535,12 @@ CLAIMS = kit.register_claims(
             "statistics over H x W positions too, so batch 2 still has 98 to 1568 values",
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "groupnorm-beats-bn-small-batch",
         "GroupNorm does not degrade at small batch where BN does: at statistics batch 2, "
         "GroupNorm is more accurate than BN",
         FROM_LITERATURE,
         RULE_TEXT + "Arm groupnorm against bn-vb2, direction higher.",
-        stats_rule("groupnorm-beats-bn-small-batch"),
-        kit.paired.measured_text,
         literature=Literature(
             "Wu & He 2018, 'Group Normalization', arXiv 1803.08494, table 2 / figure 1",
             "ResNet-50 on ImageNet, 32 groups, 2 to 32 images per GPU",

@@ -109,6 +109,7 @@ from bnlab.lab import experiment, kit, stats
 from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_from_record, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.models.plain import plain
 from bnlab.models.resnet import check_cifar_depth, cifar_resnet
 from bnlab.plots.depth import plot_depth_curves
@@ -748,13 +749,12 @@ def _claim(
     names = {"DEEP": "d56", "SHALLOW": "d20"}
     setting, arm, reference = (names.get(x, x) for x in (setting, arm, reference))
     tail = f"Setting {setting}, arm {arm} against {reference}, direction {direction}."
-    return kit.ClaimRule(
+    return stats_claim(
         name,
         claim,
         source,
         RULE_TEXT + tail,
-        rule_of(name),
-        kit.paired.measured_text,
+        rule=rule_of(name),
         sentence=sentence,
         literature=literature,
     )

@@ -95,9 +95,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab import experiment, kit, stats
-from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_record, stats_rule
+from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, seeded
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.models import create
 from bnlab.models.gan import DISCRIMINATOR_NORMS, GENERATOR_NORMS, Discriminator, Generator
 from bnlab.plots.effects import plot_arms
@@ -727,14 +728,12 @@ _SMALL = (
 
 CLAIMS = kit.register_claims(
     "gan",
-    kit.ClaimRule(
+    stats_claim(
         "bn-unsuited-for-gans",
         "BN may not suit GANs: BN in the discriminator gives worse samples (higher FD) than "
         f"the standard spectral norm, the generator with BN in both ({SENTENCE})",
         SOURCE,
         RULE_TEXT + "Arm G BN / D BN against the reference G BN / D SN, direction higher.",
-        stats_rule("bn-unsuited-for-gans"),
-        kit.paired.measured_text,
         sentence=SENTENCE,
         literature=Literature(
             "Miyato, Kataoka, Koyama & Yoshida 2018, SNGAN, arXiv 1802.05957, section 4.1 "
@@ -751,14 +750,12 @@ CLAIMS = kit.register_claims(
             _SMALL,
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "gan-generator-bn-helps",
         "BN in the generator gives better samples (lower FD) than no norm in the generator, "
         "the discriminator spectrally normalized in both",
         FROM_LITERATURE,
         RULE_TEXT + "Arm G BN / D SN against G no norm / D SN, direction lower.",
-        stats_rule("gan-generator-bn-helps"),
-        kit.paired.measured_text,
         literature=Literature(
             "Radford, Metz & Chintala 2015, DCGAN, arXiv 1511.06434, section 3; Miyato et "
             "al. 2018, SNGAN, arXiv 1802.05957, appendix B (BN in every generator); Brock, "

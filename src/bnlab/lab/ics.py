@@ -135,10 +135,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab import kit, stats
-from bnlab.lab.claims import Literature, spec_record, stats_rule
+from bnlab.lab.claims import Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.kit import matched
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.plots.ics import plot_drift_vs_loss, plot_grad_ics
 from bnlab.train.steps import StepState, every
 
@@ -1063,7 +1064,7 @@ _OURS = (
 
 CLAIMS = kit.register_claims(
     "ics",
-    kit.ClaimRule(
+    stats_claim(
         "bn-reduces-ics",
         "BN reduces internal covariate shift: each layer's input distribution drifts less "
         "during training with BN (在深度模型中,批量归一化被应用到每一层的激活函数之前,以稳定网络"
@@ -1084,8 +1085,6 @@ CLAIMS = kit.register_claims(
         "the drift by itself), paired by seed, Holm over the experiment's 3 "
         "claims, TOST margin ±ln 1.25, at least 5 seeds; runs within 2 points of chance "
         "or never at the loss level excluded",
-        stats_rule("bn-reduces-ics"),
-        kit.paired.measured_text,
         sentence="在深度模型中,批量归一化被应用到每一层的激活函数之前,以稳定网络的中间输出。"
         "这种做法可以减少内部协变量位移(Internal Covariate Shift),即随着网络深度增加,每一层"
         "输入分布的变化。",
@@ -1103,7 +1102,7 @@ CLAIMS = kit.register_claims(
             _OURS + "; theirs a figure at matched step, not a test",
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "bn-reduces-gradient-ics",
         "BN reduces internal covariate shift in the gradient sense: a layer's gradient "
         "changes less when the earlier layers take their update (Santurkar et al.'s "
@@ -1119,8 +1118,6 @@ CLAIMS = kit.register_claims(
         "at 0.1, sigmoid at 1); the sigmoid setting at tuned lrs (BN's earlier layers "
         "step at 3 against no BN's 1, which by itself moves G' further) is shown, not "
         "voted",
-        stats_rule("bn-reduces-gradient-ics"),
-        kit.paired.measured_text,
         literature=Literature(
             _SANTURKAR + ", section 2.2, figure 3",
             "VGG on CIFAR-10 and a 25-layer deep linear network, trained with and without "
@@ -1132,7 +1129,7 @@ CLAIMS = kit.register_claims(
             _OURS,
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "noisy-bn-keeps-bn-benefit",
         "BN's benefit does not come from less covariate shift: BN with random time-varying "
         "shifts and scales after each BN (more shift, on purpose) keeps most of BN's "
@@ -1148,8 +1145,6 @@ CLAIMS = kit.register_claims(
         "least 5 seeds; a seed with a run at chance or no BN gain has no ratio; noisy BN "
         "against no BN and against BN (test accuracy), and the drift its layers see "
         "(probed with noise) against BN's, are shown, not voted",
-        stats_rule("noisy-bn-keeps-bn-benefit"),
-        kit.paired.measured_text,
         literature=Literature(
             _SANTURKAR + ", section 2.1, figure 2",
             "VGG on CIFAR-10 with random time-varying means and variances injected after "

@@ -83,9 +83,10 @@ from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab import kit, stats
-from bnlab.lab.claims import Literature, spec_record, stats_rule
+from bnlab.lab.claims import Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab, seeded
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.models.lenet import LeNet
 from bnlab.nn import recalibrate_batchnorm
 from bnlab.plots.batch import plot_vs_batch
@@ -676,7 +677,7 @@ _SETTING = "LeNet-BN (d2l recipe, sigmoid), lr 0.9 decayed to 0 over 5 epochs, b
 
 CLAIMS = kit.register_claims(
     "predict-mode",
-    kit.ClaimRule(
+    stats_claim(
         "bn-predict-with-moving-averages",
         "At prediction BN must use the moving averages: they are more accurate than the "
         "test batch's own statistics (在预测阶段,由于没有小批量,需要使用在训练过程中积累的移动平均)",
@@ -684,8 +685,6 @@ CLAIMS = kit.register_claims(
         _RULE + "Arm moving (momentum 0.1) against batch-stats, direction higher, settings "
         "test batches of 2, 8, 32 and 256 (shuffled); context-dependent if better at some "
         "sizes and equivalent or worse at others.",
-        stats_rule("bn-predict-with-moving-averages"),
-        kit.paired.measured_text,
         sentence="但在预测阶段,由于没有小批量,需要使用在训练过程中积累的移动平均来估计整个数据集的样本均值和方差",
         literature=Literature(
             "Ioffe & Szegedy 2015, arXiv 1502.03167, section 3.1; Ioffe 2017, 'Batch "
@@ -700,7 +699,7 @@ CLAIMS = kit.register_claims(
             "shuffled examples may estimate the statistics as well as the averages do",
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "precise-bn-beats-moving-averages",
         "The moving averages are an approximation: recalibrated (population, 'precise BN') "
         "statistics of the same weights (at the end, and after epoch 1) are more accurate (需要采用移动平均等方法进行近似)",
@@ -711,8 +710,6 @@ CLAIMS = kit.register_claims(
         "averages at that step); the cumulative average (momentum None) is shown, not voted "
         "(the momentum is the seeds' '调整超参数(如动量momentum...)'). Changed after the run "
         "of 8433ce2: the cumulative average was voted and the readout was at the end only.",
-        stats_rule("precise-bn-beats-moving-averages"),
-        kit.paired.measured_text,
         sentence="在推理阶段,由于没有足够的数据来进行精确的均值和方差估计,需要采用移动平均等方法进行近似",
         literature=Literature(
             "Wu & Johnson 2021, 'Rethinking \"Batch\" in BatchNorm', arXiv 2105.07576, section 3",
@@ -727,7 +724,7 @@ CLAIMS = kit.register_claims(
             "100 epochs; the cumulative average (shown) keeps early-training statistics",
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "non-iid-batches-hurt-bn",
         "BN assumes i.i.d. mini-batches: class-sorted (non-i.i.d.) test batches normalized "
         "with their own statistics are less accurate than shuffled ones "
@@ -735,8 +732,6 @@ CLAIMS = kit.register_claims(
         "002_adae9b0709a5d84d.txt",
         _RULE + "Arm class-sorted against shuffled test batches of 256 with batch "
         "statistics, direction lower.",
-        stats_rule("non-iid-batches-hurt-bn"),
-        kit.paired.measured_text,
         sentence="2)神经网络每一次输入的mini-batch的样本都服从同一个分布",
         literature=Literature(
             "Ioffe 2017, 'Batch Renormalization', arXiv 1702.03275, section 4.3",

@@ -92,11 +92,12 @@ from torch import Tensor, nn
 
 import bnlab.nn
 from bnlab.lab import kit, stats
-from bnlab.lab.claims import Literature, spec_record, stats_rule
+from bnlab.lab.claims import Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, LabSpec, Table, register_lab
 from bnlab.lab.kit import sweeps
-from bnlab.lab.kit.paired import claims_table, measured_text
+from bnlab.lab.kit.paired import claims_table
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.plots.effects import plot_arms
 
 __all__ = [
@@ -625,7 +626,7 @@ _BJORCK = (
 
 CLAIMS = kit.register_claims(
     "regularization",
-    kit.ClaimRule(
+    stats_claim(
         "bn-regularizes",
         "BN reduces overfitting: at the same training loss, the test NLL is lower with BN "
         f"than without, each at its tuned lr ({SENTENCE})",
@@ -634,8 +635,6 @@ CLAIMS = kit.register_claims(
         "reading (every 40 steps) of the eval-mode NLL of the 5,000 training images at or "
         "below 0.2; bn against none, direction lower, TOST margin ±0.02 nats (about 5% of a "
         "typical test NLL of 0.4-0.5).",
-        stats_rule("bn-regularizes"),
-        measured_text,
         sentence=SENTENCE,
         literature=Literature(
             _BJORCK,
@@ -649,7 +648,7 @@ CLAIMS = kit.register_claims(
             "decaying lr), not only at the end",
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "bn-improves-generalization",
         "BN improves generalization: with BN the final test accuracy is higher, each arm at "
         f"its tuned lr ({SENTENCE})",
@@ -657,8 +656,6 @@ CLAIMS = kit.register_claims(
         _RULE + "Primary metric: final test accuracy (%, lr decayed to 0); bn against none, "
         "direction higher, TOST margin ±0.5 points (test-set sampling noise of a paired "
         "difference is about 0.3).",
-        stats_rule("bn-improves-generalization"),
-        measured_text,
         sentence=SENTENCE,
         literature=Literature(
             _BJORCK,
@@ -670,7 +667,7 @@ CLAIMS = kit.register_claims(
             "ours: a 2-hidden-layer MLP, 30 epochs of 5,000 images, a 6-value lr grid",
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "bn-noise-regularizes",
         "BN's batch noise is what regularizes: at the same training loss and the same lr, "
         "the test NLL with batch statistics is lower than with population statistics in "
@@ -683,8 +680,6 @@ CLAIMS = kit.register_claims(
         "tuned lrs (declared after the run at 60f72f8, where the tuned lrs differed: 0.3 "
         "against 0.1; bn against bn-pop at their tuned lrs is shown), fresh seeds 200-204, "
         "direction lower, TOST margin ±0.02 nats.",
-        stats_rule("bn-noise-regularizes"),
-        measured_text,
         sentence=NOISE_SENTENCE,
         literature=Literature(
             "Luo, Wang, Shao & Peng 2019, 'Towards Understanding Regularization in Batch "

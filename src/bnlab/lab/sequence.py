@@ -99,9 +99,10 @@ from torch import Tensor
 
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab import experiment, kit, stats
-from bnlab.lab.claims import Literature, spec_record, stats_rule
+from bnlab.lab.claims import Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, LabSpec, Table, seeded
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.models.sequence import SEQUENCE_ARCHS as ARCHS
 from bnlab.models.sequence import SEQUENCE_NORMS as NORMS
 from bnlab.models.sequence import build_sequence_model
@@ -767,18 +768,9 @@ _PAPERS_SCALE = (
 def _claim(
     name: str, claim: str, rule: str, sentence: str, literature: Literature
 ) -> kit.ClaimRule:
-    """The claims-table entry of claim ``name`` (``stats_rule``-decided; its rule text is
-    ``RULE_TEXT`` and ``rule``, what the claim compares)."""
-    return kit.ClaimRule(
-        name,
-        claim,
-        SOURCE,
-        _RULE + rule,
-        stats_rule(name),
-        kit.paired.measured_text,
-        sentence=sentence,
-        literature=literature,
-    )
+    """The claims-table entry of claim ``name`` (its rule text is ``RULE_TEXT`` and
+    ``rule``, what the claim compares)."""
+    return stats_claim(name, claim, SOURCE, _RULE + rule, sentence=sentence, literature=literature)
 
 
 CLAIMS = kit.register_claims(

@@ -86,10 +86,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab import experiment, kit, stats
-from bnlab.lab.claims import Literature, spec_record, stats_rule
+from bnlab.lab.claims import Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, LabSpec, Table, register_lab
 from bnlab.lab.kit import matched
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.plots.effects import plot_arms
 from bnlab.train.steps import every, run_steps
 
@@ -877,7 +878,7 @@ _SANTURKAR = (
 
 CLAIMS = kit.register_claims(
     "shift-mcc",
-    kit.ClaimRule(
+    stats_claim(
         "mcc-detects-covariate-shift",
         "MCC (adversarial validation) detects covariate shift: a planted shift scores "
         "above the null",
@@ -891,8 +892,6 @@ CLAIMS = kit.register_claims(
         "direction higher, paired by seed, Holm over the experiment's 4 claims, TOST "
         "margin ±0.1 MCC, at least 5 seeds; supported only if every planted shift is "
         "detected",
-        stats_rule("mcc-detects-covariate-shift"),
-        kit.paired.measured_text,
         sentence=SENTENCE,
         literature=Literature(
             "Rabanser, Günnemann & Lipton 2019, 'Failing Loudly: An Empirical Study of "
@@ -906,7 +905,7 @@ CLAIMS = kit.register_claims(
             _OURS + "; theirs: many shift types, sample sizes and detectors",
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "mcc-false-positive-on-null",
         "Adversarial validation reports a shift between two samples of one distribution "
         "(a false positive); expected not to",
@@ -915,8 +914,6 @@ CLAIMS = kit.register_claims(
         "test split, against 0 (what no shift gives), direction higher, Holm over the 4 "
         "claims, TOST margin ±0.05 MCC, at least 5 seeds; refuted = the null is within "
         "±0.05 of 0 (the detector is calibrated)",
-        stats_rule("mcc-false-positive-on-null"),
-        kit.paired.measured_text,
         sentence=SENTENCE,
         literature=Literature(
             "Matthews 1975; Chicco & Jurman 2020, BMC Genomics 21:6",
@@ -926,7 +923,7 @@ CLAIMS = kit.register_claims(
             "a property of the MCC, not an experiment; ours checks the trained detector",
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "fashion-mnist-splits-shifted",
         "Fashion-MNIST's training and test splits differ in distribution (covariate shift "
         "between training and test data); expected not to",
@@ -934,8 +931,6 @@ CLAIMS = kit.register_claims(
         "declared ClaimSpec: held-out MCC of a training sample vs a test sample minus the "
         "null, Welch (different samples), direction higher, Holm over the 4 claims, TOST "
         "margin ±0.05 MCC, at least 5 seeds",
-        stats_rule("fashion-mnist-splits-shifted"),
-        kit.paired.measured_text,
         sentence=SENTENCE_SPLITS,
         literature=Literature(
             "Xiao, Rasul & Vollgraf 2017, 'Fashion-MNIST', arXiv 1708.07747",
@@ -945,7 +940,7 @@ CLAIMS = kit.register_claims(
             _OURS,
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "bn-reduces-ics-mcc",
         "BN reduces internal covariate shift, as measured by MCC: a layer's inputs at "
         "step t and t + k are harder to tell apart with BN",
@@ -960,8 +955,6 @@ CLAIMS = kit.register_claims(
         "2 points of chance or never at the loss level excluded; the ReLU setting (one lr) "
         "is the clean test: in the sigmoid setting BN's layers step 3x further per "
         "interval; shown: t0 vs t0 + 200 (positive control) against the same-step null",
-        stats_rule("bn-reduces-ics-mcc"),
-        kit.paired.measured_text,
         sentence=SENTENCE_ICS,
         literature=Literature(
             "Ioffe & Szegedy 2015, arXiv 1502.03167, figure 1; " + _SANTURKAR + ", section 2",
