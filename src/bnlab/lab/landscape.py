@@ -91,6 +91,7 @@ from bnlab.lab import kit, stats
 from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_record, stats_rule
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.kit import paired, probed
+from bnlab.lab.kit.probed import shared_runs
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.plots.landscape import plot_landscape
 from bnlab.plots.matched import plot_matched
@@ -287,9 +288,9 @@ class LandscapeConfig(probed.ProbedConfig):
 
     Args:
         seeds, train_size, test_size, min_seeds, threads, first_seed, tune_seed, batch,
-            window: as in ``kit.probed.ProbedConfig`` (all images, 1 thread per cell,
-            batch 128, a 50-step window); 8 paired seeds here, fresh seeds 210-217
-            (0-4 and 100-107 ran the earlier designs, 200 chose the radii).
+            window, level_probes, level_gap: as in ``kit.probed.ProbedConfig`` (8 paired
+            seeds 210-217, all images, 1 thread per cell, batch 128, a 50-step window, 5
+            probes 10 steps apart); seed 200 chose the radii.
         lrs: the lr grid (each arm picks one by ``kit.paired.TUNE_RULE``: the tuned
             setting, shown).
         common_lr: the lr of both arms in the common setting (the claims').
@@ -298,16 +299,12 @@ class LandscapeConfig(probed.ProbedConfig):
         loss_level: the matched training loss (moving average) of the primary readout.
         probe_every: steps between the probes along training (matched step: the last).
         probe_batches: fixed training batches (of ``batch`` images) each probe averages.
-        level_probes, level_gap: probes in the matched-loss window (the first at the
-            reach, then every ``level_gap`` steps); the readout is their mean.
         step_sizes: the ``eta`` of ``w - eta * g`` (absolute, the same for both arms;
             the raw measures, shown).
         radii: the relative step lengths of :func:`relative_point` (the claims').
         margin: the claims' TOST margin, in log10 units.
     """
 
-    seeds: int = 8
-    first_seed: int = 210
     lrs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)
     common_lr: float = 0.3
     activation: str = "relu"
@@ -315,8 +312,6 @@ class LandscapeConfig(probed.ProbedConfig):
     loss_level: float = 0.6
     probe_every: int = 300
     probe_batches: int = 4
-    level_probes: int = 5
-    level_gap: int = 10
     step_sizes: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
     radii: tuple[float, ...] = (0.0125, 0.025, 0.05, 0.1)
     margin: float = 0.3
@@ -328,21 +323,15 @@ class LandscapeConfig(probed.ProbedConfig):
         loss_level=2.2,
         probe_every=20,
         probe_batches=1,
-        level_probes=2,
-        level_gap=5,
         step_sizes=(0.1, 0.4),
         radii=(0.025, 0.1),
     )
     POSITIVE = (
-        "seeds",
-        "batch",
+        *probed.ProbedConfig.POSITIVE,
         "steps",
-        "window",
         "loss_level",
         "probe_every",
         "probe_batches",
-        "level_probes",
-        "level_gap",
         "common_lr",
         "margin",
     )
@@ -403,8 +392,6 @@ def _train(
         level=config.loss_level,
         probe_every=config.probe_every,
         probe=probe if probes else None,
-        level_probes=config.level_probes,
-        level_gap=config.level_gap,
     )
 
 
@@ -430,10 +417,7 @@ def read_metrics(config: LandscapeConfig, run: Mapping[str, Any]) -> dict[str, A
     """The per-run numbers: each measure at matched loss (the mean over the matched-loss
     window's probes) and at matched step (after the last step), their log10, the step
     of the matched loss, final training loss and test accuracy."""
-    at = run["at_level"]
-    window = run.get("level_window") or ([at] if at is not None else [])
-    ends = [p for p in run["points"] if p["step"] == config.steps]
-    end = ends[0] if ends else None
+    window, end = probed.readout_points(run, config.steps)
     out: dict[str, Any] = {}
     for key in _READ:
         out[f"{key}_at_loss"] = _window_mean(window, key) if window else None
@@ -441,11 +425,7 @@ def read_metrics(config: LandscapeConfig, run: Mapping[str, Any]) -> dict[str, A
     for where in ("loss", "step"):
         for key in _LOGGED:
             out[f"log10_{key}_at_{where}"] = probed.log10_or_none(out[f"{key}_at_{where}"])
-    out["level_probes"] = len(window)
-    out["steps_to_level"] = None if at is None else at["step"]
-    out["final_train_loss"] = kit.json_float(run["final_train_loss"])
-    out["final_test_acc"] = run.get("final_test_acc")
-    return out
+    return out | probed.run_numbers(run, window)
 
 
 def _lr(
@@ -463,29 +443,11 @@ def main_cell(
     tuned lr (not run again when that is ``common_lr``: marked ``same_as`` common)."""
     lr = _lr(config, lrs, cell)
     if lr is None:
-        return {"lr": None, "metrics": None, "points": [], "at_level": None}
+        return probed.not_run()
     if cell.setting == "tuned" and lr == config.common_lr:
         return {"lr": lr, "same_as": "common"}
     run = _train(config, cell.variant, lr, cell.seed, bench, probes=True)
-    return {
-        "lr": lr,
-        "metrics": read_metrics(config, run),
-        "points": run["points"],
-        "at_level": run["at_level"],
-        "level_window": run["level_window"],
-        "diverged": run["diverged"],
-    }
-
-
-def shared_runs(measured: GridRun) -> GridRun:
-    """``measured`` with each tuned cell marked ``same_as`` common replaced by the common
-    run of its seed and arm (the same lr, seed and data: the same run)."""
-    common = {(c.seed, c.variant): r for c, r in measured if c.setting == "common"}
-    results = [
-        common.get((c.seed, c.variant), r) if r.get("same_as") == "common" else r
-        for c, r in measured
-    ]
-    return GridRun([c for c, _ in measured], results)
+    return probed.measured_record(lr, run, read_metrics(config, run))
 
 
 _EMPTY_KEYS = (

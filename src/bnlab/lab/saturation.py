@@ -86,6 +86,7 @@ from bnlab.lab import kit, stats
 from bnlab.lab.claims import LITERATURE, Literature, spec_record, stats_rule
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.kit import paired, probed
+from bnlab.lab.kit.probed import shared_runs
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.plots.matched import plot_matched
 from bnlab.plots.saturation import plot_saturation
@@ -183,9 +184,9 @@ class SaturationConfig(probed.ProbedConfig):
 
     Args:
         seeds, train_size, test_size, min_seeds, threads, first_seed, tune_seed, batch,
-            window: as in ``kit.probed.ProbedConfig`` (all images, 1 thread per cell,
-            batch 128, a 50-step window); 8 paired seeds here, fresh seeds 210-217
-            (0-4 and 100-109 ran the earlier designs).
+            window, level_probes, level_gap: as in ``kit.probed.ProbedConfig`` (8 paired
+            seeds 210-217, all images, 1 thread per cell, batch 128, a 50-step window, 5
+            probes 10 steps apart).
         networks: the LeNet activations run (sigmoid: saturation and vanishing-gradient
             claims; relu: the zeros claim).
         lrs_sigmoid, lrs_relu: each network's lr grid (``kit.paired.TUNE_RULE``).
@@ -193,16 +194,12 @@ class SaturationConfig(probed.ProbedConfig):
         level_sigmoid, level_relu: each network's matched training loss.
         probe_every_sigmoid, probe_every_relu: steps between probes along training.
         probe_size: images in the fixed probe batch.
-        level_probes, level_gap: probes in the matched-loss window (the first at the
-            reach, then every ``level_gap`` steps); the readout is their mean.
         common_lr, common_seeds: the sigmoid LeNet's common-lr setting (shown): both
             arms at ``common_lr``, the first ``common_seeds`` seeds.
         saturation_margin, ratio_margin, zeros_margin: the claims' TOST margins (share,
             log10, share).
     """
 
-    seeds: int = 8
-    first_seed: int = 210
     networks: tuple[str, ...] = ("sigmoid", "relu")
     lrs_sigmoid: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
     lrs_relu: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)
@@ -213,8 +210,6 @@ class SaturationConfig(probed.ProbedConfig):
     probe_every_sigmoid: int = 150
     probe_every_relu: int = 120
     probe_size: int = 512
-    level_probes: int = 5
-    level_gap: int = 10
     common_lr: float = 1.0
     common_seeds: int = 5
     saturation_margin: float = 0.02
@@ -232,23 +227,17 @@ class SaturationConfig(probed.ProbedConfig):
         probe_every_sigmoid=20,
         probe_every_relu=20,
         probe_size=64,
-        level_probes=2,
-        level_gap=5,
         common_seeds=2,
     )
     POSITIVE = (
-        "seeds",
+        *probed.ProbedConfig.POSITIVE,
         "steps_sigmoid",
         "steps_relu",
         "level_sigmoid",
         "level_relu",
         "probe_every_sigmoid",
         "probe_every_relu",
-        "batch",
-        "window",
         "probe_size",
-        "level_probes",
-        "level_gap",
         "common_lr",
         "common_seeds",
         "saturation_margin",
@@ -346,8 +335,6 @@ def _train(
         level=config.of(network, "level"),
         probe_every=config.of(network, "probe_every"),
         probe=probe if probes else None,
-        level_probes=config.level_probes,
-        level_gap=config.level_gap,
     )
 
 
@@ -405,19 +392,12 @@ def read_metrics(config: SaturationConfig, network: str, run: Mapping[str, Any])
     """The per-run numbers: each measure at matched loss (the mean over the matched-loss
     window's probes) and at matched step (after the last step), the step of the matched
     loss, final training loss and test accuracy."""
-    steps = config.of(network, "steps")
-    at = run["at_level"]
-    window = run.get("level_window") or ([at] if at is not None else [])
-    ends = [p for p in run["points"] if p["step"] == steps]
+    window, end = probed.readout_points(run, config.of(network, "steps"))
     out: dict[str, Any] = {}
-    for where, point in (("loss", _mean_point(window)), ("step", ends[0] if ends else None)):
+    for where, point in (("loss", _mean_point(window)), ("step", end)):
         for key, value in _measures(point).items():
             out[f"{key}_at_{where}"] = value
-    out["level_probes"] = len(window)
-    out["steps_to_level"] = None if at is None else at["step"]
-    out["final_train_loss"] = kit.json_float(run["final_train_loss"])
-    out["final_test_acc"] = run.get("final_test_acc")
-    return out
+    return out | probed.run_numbers(run, window)
 
 
 def _lr(
@@ -440,28 +420,11 @@ def main_cell(
     network = network_of(setting)
     lr = _lr(config, lrs, cell)
     if lr is None:
-        return {"lr": None, "metrics": None, "points": [], "at_level": None}
+        return probed.not_run()
     if setting == COMMON and lr == lrs.get(network, {}).get(cell.variant):
         return {"lr": lr, "same_as": network}
     run = _train(config, network, cell.variant, lr, cell.seed, bench, probes=True)
-    return {
-        "lr": lr,
-        "metrics": read_metrics(config, network, run),
-        "points": run["points"],
-        "at_level": run["at_level"],
-        "level_window": run["level_window"],
-        "diverged": run["diverged"],
-    }
-
-
-def shared_runs(measured: GridRun) -> GridRun:
-    """``measured`` with each cell marked ``same_as`` a setting replaced by that setting's
-    run of its seed and arm (the same lr, seed and data: the same run)."""
-    by = {(str(c.setting), c.seed, c.variant): r for c, r in measured}
-    results = [
-        by.get((r["same_as"], c.seed, c.variant), r) if r.get("same_as") else r for c, r in measured
-    ]
-    return GridRun([c for c, _ in measured], results)
+    return probed.measured_record(lr, run, read_metrics(config, network, run))
 
 
 _METRICS = (

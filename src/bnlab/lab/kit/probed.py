@@ -33,7 +33,8 @@ from bnlab.lab.kit.configs import PairedConfig, check_positive
 from bnlab.lab.kit.data import accuracy_on_test, batches, float_images
 from bnlab.lab.kit.paired import TUNE_RULE, Tuned
 from bnlab.lab.kit.threads import cpu_threads
-from bnlab.lab.runner import Bench
+from bnlab.lab.kit.train import json_float
+from bnlab.lab.runner import Bench, GridRun
 from bnlab.models.lenet import LeNet
 from bnlab.train import init_weights
 from bnlab.train.steps import StepState, run_steps
@@ -43,9 +44,14 @@ __all__ = [
     "edge_notes",
     "lenet",
     "log10_or_none",
+    "measured_record",
     "never_reached",
+    "not_run",
     "probe_images",
     "probed_lenet",
+    "readout_points",
+    "run_numbers",
+    "shared_runs",
     "shown_differences",
     "train_probed",
     "tuning_record",
@@ -67,32 +73,46 @@ class ProbedConfig(PairedConfig):
 
     A subclass adds its fields, names the numeric fields that must be > 0
     (``POSITIVE``) and the value grids that must be non-empty and > 0 (``GRIDS``), and
-    states its quick run (``QUICK``: 2 seeds from 0, batch 64, a 10-step window, 1,024
-    training and 256 test images). The checks run at construction; messages start with
-    ``OWNER`` (default: the class name).
+    states its quick run (``QUICK``: 2 seeds from 0, batch 64, a 10-step window, two
+    matched-loss probes 5 steps apart, 1,024 training and 256 test images). The checks
+    run at construction; messages start with ``OWNER`` (default: the class name).
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads: as in ``PairedConfig``.
-        first_seed: the seeds are ``first_seed .. first_seed + seeds - 1``.
+        seeds, train_size, test_size, min_seeds, threads: as in ``PairedConfig``; 8
+            paired seeds here.
+        first_seed: the seeds are ``first_seed .. first_seed + seeds - 1`` (fresh seeds
+            210-217: 0-4 and 100-109 ran the earlier designs).
         tune_seed: the separate seed of the lr tuning runs.
         batch: SGD batch.
         window: mini-batch losses in the training-loss moving average.
+        level_probes, level_gap: probes in the matched-loss window (the first at the
+            reach, then every ``level_gap`` steps); the readout is their mean.
 
     Raises:
         ValueError: a ``POSITIVE`` setting that is not > 0, a negative ``first_seed``, a
             ``GRIDS`` grid that is empty or has a value that is not > 0.
     """
 
-    first_seed: int = 100
+    seeds: int = 8
+    first_seed: int = 210
     tune_seed: int = 1000
     batch: int = 128
     window: int = 50
+    level_probes: int = 5
+    level_gap: int = 10
 
     QUICK = PairedConfig.quick_settings(
-        seeds=2, first_seed=0, batch=64, window=10, train_size=1024, test_size=256
+        seeds=2,
+        first_seed=0,
+        batch=64,
+        window=10,
+        level_probes=2,
+        level_gap=5,
+        train_size=1024,
+        test_size=256,
     )
-    #: The numeric settings that must be > 0; a subclass names its own.
-    POSITIVE: ClassVar[tuple[str, ...]] = ("seeds", "batch", "window")
+    #: The numeric settings that must be > 0; a subclass adds its own.
+    POSITIVE: ClassVar[tuple[str, ...]] = ("seeds", "batch", "window", "level_probes", "level_gap")
     #: The value grids (tuples) that must be non-empty and > 0.
     GRIDS: ClassVar[tuple[str, ...]] = ()
     #: The name that starts the error messages ("" : the class name).
@@ -134,8 +154,8 @@ def probed_lenet(
     level: float,
     probe_every: int,
     probe: Callable[[nn.Module], Callable[[], dict[str, Any]]] | None,
-    level_probes: int = 1,
-    level_gap: int = 10,
+    level_probes: int | None = None,
+    level_gap: int | None = None,
 ) -> dict[str, Any]:
     """One run of d2l's LeNet (:func:`lenet`, ``activation``, ``norm``) by plain SGD at
     ``lr`` for ``steps`` steps on endless batches of ``config.batch`` training images
@@ -144,7 +164,7 @@ def probed_lenet(
     With ``probe`` (``probe(model)`` -> the probe of :func:`train_probed`): probes every
     ``probe_every`` steps and at the training loss ``level``, and the final test
     accuracy (%, ``"final_test_acc"``); without (a tuning run): only the losses.
-    ``level_probes``, ``level_gap``: as for :func:`train_probed`.
+    ``level_probes``, ``level_gap``: as for :func:`train_probed` (default: ``config``'s).
 
     Returns:
         :func:`train_probed`'s record.
@@ -164,13 +184,65 @@ def probed_lenet(
             level=level if probe else None,
             probe=probe(model) if probe else None,
             probe_every=probe_every if probe else None,
-            level_probes=level_probes,
-            level_gap=level_gap,
+            level_probes=config.level_probes if level_probes is None else level_probes,
+            level_gap=config.level_gap if level_gap is None else level_gap,
             on_step=lambda s: bench.advance(1),
         )
         if probe:
             run["final_test_acc"] = 100.0 * accuracy_on_test(model, data, device)
     return run
+
+
+def readout_points(
+    run: Mapping[str, Any], steps: int
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The probes of a :func:`train_probed` record that a run's numbers are read at:
+    the matched-loss window (the first at the reach; empty if never reached) and the
+    matched step's point (after step ``steps``; None if the run stopped before)."""
+    at = run["at_level"]
+    window = run.get("level_window") or ([at] if at is not None else [])
+    ends = [p for p in run["points"] if p["step"] == steps]
+    return window, ends[0] if ends else None
+
+
+def run_numbers(run: Mapping[str, Any], window: Sequence[Any]) -> dict[str, Any]:
+    """The per-run numbers besides the probes' measures: the probes in the matched-loss
+    ``window``, the step of the matched loss, final training loss and test accuracy."""
+    at = run["at_level"]
+    return {
+        "level_probes": len(window),
+        "steps_to_level": None if at is None else at["step"],
+        "final_train_loss": json_float(run["final_train_loss"]),
+        "final_test_acc": run.get("final_test_acc"),
+    }
+
+
+def measured_record(lr: float, run: Mapping[str, Any], metrics: Any) -> dict[str, Any]:
+    """A measured cell's result: its ``lr``, per-run ``metrics`` and the probes of its
+    :func:`train_probed` record (``points``, ``at_level``, ``level_window``), ``diverged``."""
+    return {
+        "lr": lr,
+        "metrics": metrics,
+        "points": run["points"],
+        "at_level": run["at_level"],
+        "level_window": run["level_window"],
+        "diverged": run["diverged"],
+    }
+
+
+def not_run() -> dict[str, Any]:
+    """A measured cell's result when its arm has no lr (every tuning run diverged)."""
+    return {"lr": None, "metrics": None, "points": [], "at_level": None}
+
+
+def shared_runs(measured: GridRun) -> GridRun:
+    """``measured`` with each cell marked ``same_as`` a setting replaced by that setting's
+    run of its seed and arm (the same lr, seed and data: the same run)."""
+    by = {(str(c.setting), c.seed, c.variant): r for c, r in measured}
+    results = [
+        by.get((r["same_as"], c.seed, c.variant), r) if r.get("same_as") else r for c, r in measured
+    ]
+    return GridRun([c for c, _ in measured], results)
 
 
 class _Diverged(Exception):
