@@ -121,14 +121,7 @@ class PlacementConfig(kit.paired.EpochsConfig):
         super().__post_init__()
         if not self.activations:
             raise ValueError("PlacementConfig: activations must name at least one activation")
-        if isinstance(self.first_seed, bool) or not isinstance(self.first_seed, int):
-            raise ValueError(
-                f"PlacementConfig: first_seed must be an int >= 0, got {self.first_seed!r}"
-            )
-        if self.first_seed < 0:
-            raise ValueError(
-                f"PlacementConfig: first_seed must be an int >= 0, got {self.first_seed!r}"
-            )
+        kit.check_first_seed("PlacementConfig", self.first_seed)
 
     def seed_list(self) -> tuple[int, ...]:
         """The measured runs' seeds, ``first_seed`` onwards."""

@@ -29,6 +29,7 @@ from bnlab.lab.kit.configs import (
     LabConfig,
     PairedConfig,
     ProbingConfig,
+    check_first_seed,
     check_positive,
     probing_lab,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "build_model",
     "capture",
     "check_archs",
+    "check_first_seed",
     "check_positive",
     "compare_variants",
     "comparison_fields",

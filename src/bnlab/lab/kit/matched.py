@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from bnlab.lab import stats
 from bnlab.lab.experiment import Table, seeded
-from bnlab.lab.kit.configs import PairedConfig, check_positive
+from bnlab.lab.kit.configs import PairedConfig, check_first_seed, check_positive
 from bnlab.lab.kit.data import accuracy_on_test, batches
 from bnlab.lab.kit.paired import claims_table
 from bnlab.lab.kit.probed import lenet
@@ -181,10 +181,7 @@ class MatchedConfig(PairedConfig):
                 raise ValueError(f"{owner}: steps of {act!r} must be an integer >= 1, got {n!r}")
         if not 0.0 <= self.hold <= 1.0:
             raise ValueError(f"{owner}: hold must be in [0, 1], got {self.hold!r}")
-        if isinstance(self.first_seed, bool) or not isinstance(self.first_seed, int):
-            raise ValueError(f"{owner}: first_seed must be an int >= 0, got {self.first_seed!r}")
-        if self.first_seed < 0:
-            raise ValueError(f"{owner}: first_seed must be an int >= 0, got {self.first_seed!r}")
+        check_first_seed(owner, self.first_seed)
 
     @property
     def seed_list(self) -> tuple[int, ...]:

@@ -41,7 +41,7 @@ from bnlab.data.loader import DeviceLoader
 from bnlab.lab import stats
 from bnlab.lab.claims import spec_record, stats_rule
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, seeded
-from bnlab.lab.kit.configs import PairedConfig, check_positive
+from bnlab.lab.kit.configs import PairedConfig, check_first_seed, check_positive
 from bnlab.lab.kit.data import batches
 from bnlab.lab.kit.paired import claims_table
 from bnlab.lab.kit.threads import cpu_threads
@@ -310,10 +310,7 @@ class SweepConfig(PairedConfig):
         positive values."""
         owner = type(self).__name__
         check_positive(owner, self, self.POSITIVE)
-        if isinstance(self.first_seed, bool) or not isinstance(self.first_seed, int):
-            raise ValueError(f"{owner}: first_seed must be an int >= 0, got {self.first_seed!r}")
-        if self.first_seed < 0:
-            raise ValueError(f"{owner}: first_seed must be an int >= 0, got {self.first_seed!r}")
+        check_first_seed(owner, self.first_seed)
         bad = [a for a in self.activations if a not in ("relu", "sigmoid", "tanh")]
         if not self.activations or bad:
             raise ValueError(
