@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from bnlab.lab.runner import (
     grid_lab,
     layer_table,
     run_grid,
+    seed_range,
     summary_table,
 )
 
@@ -223,6 +226,36 @@ def test_grid_lab_needs_data_when_it_says_so(tmp_path: Path) -> None:
     assert not spec.needs_data
     with pytest.raises(ValueError, match="lab needy needs Fashion-MNIST data"):
         needy.run(GridConfig(), ex.LabContext(tmp_path))
+
+
+def test_grid_lab_takes_the_parts_it_is_not_given_from_the_config_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = types.ModuleType("toy_grid_lab")
+    config_type = type("ToyConfig", (GridConfig,), {"__module__": module.__name__})
+    module.grid = lambda config: Grid(("none", "bn"), 2)
+    module.measure = lambda config, cell, bench: {
+        "metrics": {"m": cell.seed + (cell.variant == "bn")}
+    }
+    module.summarize = lambda config, ctx, run: ex.LabOutcome([], [], raw=run.per_seed())
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    spec = grid_lab(name="toy", title="t", summary="s", config_type=config_type, needs_data=False)
+    raw = ex.run_lab(spec, config_type(), tmp_path)["raw"]
+    assert raw == {"": {"none": {"m": [0, 1]}, "bn": {"m": [1, 2]}}}
+    del module.summarize
+    message = (
+        "grid_lab: ToyConfig's module toy_grid_lab defines no function summarize\\(\\); "
+        "define one or pass it to grid_lab"
+    )
+    with pytest.raises(TypeError, match=message):
+        grid_lab(name="toy", title="t", summary="s", config_type=config_type)
+
+
+def test_seed_range_checks_the_first_seed() -> None:
+    assert seed_range("C", 200, 3) == (200, 201, 202)
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match=f"C: first_seed must be an int >= 0, got {bad!r}"):
+            seed_range("C", bad, 3)
 
 
 def toy_cell(cell: Cell, bench: Bench) -> dict:

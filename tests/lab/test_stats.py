@@ -23,6 +23,7 @@ from bnlab.lab.stats import (
     evaluate_experiment,
     finite_paired_difference,
     holm,
+    interval_cells,
     left_chance,
     paired_difference,
     power,
@@ -484,3 +485,11 @@ def test_claim_rows_text():
         *["0.0123", 5, "supported"],
     ]
     assert claim_rows(evaluated, ratio=True)[1][4] is None
+
+
+def test_interval_cells_text():
+    assert interval_cells({"diff": -0.5, "ci_low": -0.75, "ci_high": -0.25}, 3) == [
+        "-0.500",
+        "[-0.750, -0.250]",
+    ]
+    assert interval_cells({"diff": None, "ci_low": None}) == [None, None]

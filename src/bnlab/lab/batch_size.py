@@ -371,10 +371,6 @@ def _shown_pairs(config: BatchSizeConfig) -> list[tuple[str, str, str, str]]:
     return pairs
 
 
-def _fmt(x: float | None, digits: int = 2) -> str | None:
-    return None if x is None else f"{x:+.{digits}f}"
-
-
 def summarize(config: BatchSizeConfig, ctx: LabContext, run: GridRun) -> LabOutcome:
     """Per-arm accuracy, the claims' verdicts with intervals, the shown comparisons,
     the paper beside ours, the figure."""
@@ -435,8 +431,7 @@ def summarize(config: BatchSizeConfig, ctx: LabContext, run: GridRun) -> LabOutc
                 [
                     r["arm"],
                     r["reference"],
-                    _fmt(r["diff"]),
-                    None if r["ci_low"] is None else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]",
+                    *stats.interval_cells(r, 2),
                     r["n"],
                 ]
                 for r in shown
@@ -566,9 +561,6 @@ SPEC = register_lab(
             "at SGD batch 2 with linear lr scaling and equal epochs (Wu & He's design)."
         ),
         config_type=BatchSizeConfig,
-        grid=grid,
-        measure=measure,
-        summarize=summarize,
         steps=_steps,
         prepare=prepare,
         full_time=(

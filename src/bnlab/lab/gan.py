@@ -518,15 +518,10 @@ def run(config: GanConfig, ctx: LabContext) -> LabOutcome:
     return summarize(config, ctx, run, floor=floor, feature_acc=net_unit["test_acc"])
 
 
-def _fmt(x: float | None, spec: str = "+.3f") -> str | None:
-    return None if x is None else format(x, spec)
-
-
 def _shown_cells(row: Mapping[str, Any]) -> list[Any]:
     """A shown comparison's table cells: diff, 95% CI, FD ratio, n."""
-    low, high = row["ci_low"], row["ci_high"]
-    ci = None if low is None else f"[{low:+.3f}, {high:+.3f}]"
-    return [_fmt(row["diff"]), ci, _fmt(row["ratio"], ".2f"), row["n"]]
+    ratio = None if row["ratio"] is None else f"{row['ratio']:.2f}"
+    return [*stats.interval_cells(row, 3), ratio, row["n"]]
 
 
 def shown_differences(

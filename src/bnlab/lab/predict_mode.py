@@ -762,9 +762,6 @@ SPEC = register_lab(
             "Holm, TOST margin 0.5 points."
         ),
         config_type=PredictModeConfig,
-        grid=grid,
-        measure=measure,
-        summarize=summarize,
         steps=lambda config: config.steps,
         prepare=prepare,
         full_time=(

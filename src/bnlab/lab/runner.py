@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,9 @@ __all__ = [
     "GridRun",
     "grid_lab",
     "layer_table",
+    "module_part",
     "run_grid",
+    "seed_range",
     "summary_table",
 ]
 
@@ -124,6 +127,19 @@ class Grid:
             if self.include is None or self.include(cell):
                 out.append(cell)
         return out
+
+
+def seed_range(owner: str, first_seed: Any, seeds: int) -> tuple[int, ...]:
+    """The seeds of a config's measured runs, ``first_seed .. first_seed + seeds - 1``
+    (fresh seeds after a design change start above the earlier runs').
+
+    Raises:
+        ValueError: ``first_seed`` is not an int >= 0 (``owner``, the config's name,
+            starts the message).
+    """
+    if isinstance(first_seed, bool) or not isinstance(first_seed, int) or first_seed < 0:
+        raise ValueError(f"{owner}: first_seed must be an int >= 0, got {first_seed!r}")
+    return tuple(range(first_seed, first_seed + seeds))
 
 
 @dataclass(frozen=True)
@@ -399,15 +415,32 @@ def layer_table(
     return Table(title, [*head, *(h for h, _ in columns)], rows)
 
 
+def module_part(config_type: type, name: str, caller: str) -> Callable[..., Any]:
+    """The function ``name`` of the module that defines ``config_type``: an experiment
+    module's part (its ``grid``, ``measure``...) found by its name.
+
+    Raises:
+        TypeError: the module defines no function ``name`` (``caller`` starts the message).
+    """
+    module = sys.modules[config_type.__module__]
+    part = getattr(module, name, None)
+    if not callable(part):
+        raise TypeError(
+            f"{caller}: {config_type.__name__}'s module {module.__name__} defines no "
+            f"function {name}(); define one or pass it to {caller}"
+        )
+    return part
+
+
 def grid_lab(
     *,
     name: str,
     title: str,
     summary: str,
     config_type: type,
-    grid: Callable[[Any], Grid],
-    measure: Callable[[Any, Cell, Bench], Any],
-    summarize: Callable[[Any, LabContext, GridRun], LabOutcome],
+    grid: Callable[[Any], Grid] | None = None,
+    measure: Callable[[Any, Cell, Bench], Any] | None = None,
+    summarize: Callable[[Any, LabContext, GridRun], LabOutcome] | None = None,
     steps: Callable[[Any], int] = lambda config: 1,
     prepare: Callable[[Any, Mapping[str, Tensor] | None], Any] | None = None,
     description: str | None = None,
@@ -415,6 +448,10 @@ def grid_lab(
     full_time: str = "",
 ) -> LabSpec:
     """The ``LabSpec`` of a one-grid experiment: prepare the data, run the grid, summarize.
+
+    ``grid``, ``measure`` and ``summarize``, when not given, are the functions of those
+    names in ``config_type``'s module (:func:`module_part`): an experiment module states
+    its config, its texts and these three functions.
 
     Args:
         name, title, summary, config_type, needs_data, full_time: as for ``LabSpec``.
@@ -425,7 +462,13 @@ def grid_lab(
         steps: config -> progress steps per cell.
         prepare: ``prepare(config, ctx.data)`` -> ``bench.data`` (default ``ctx.data``).
         description: the progress bar's text (default ``name``).
+
+    Raises:
+        TypeError: a part neither given nor defined in ``config_type``'s module.
     """
+    grid_of = grid or module_part(config_type, "grid", "grid_lab")
+    measure_cell = measure or module_part(config_type, "measure", "grid_lab")
+    summarize_run = summarize or module_part(config_type, "summarize", "grid_lab")
 
     def run(config: Any, ctx: LabContext) -> LabOutcome:
         if needs_data and ctx.data is None:
@@ -433,13 +476,13 @@ def grid_lab(
         data = ctx.data if prepare is None else prepare(config, ctx.data)
         result = run_grid(
             ctx,
-            grid(config),
-            functools.partial(measure, config),
+            grid_of(config),
+            functools.partial(measure_cell, config),
             data=data,
             steps=steps(config),
             description=description or name,
         )
-        return summarize(config, ctx, result)
+        return summarize_run(config, ctx, result)
 
     return LabSpec(
         name=name,

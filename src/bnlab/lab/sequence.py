@@ -101,7 +101,7 @@ from bnlab.data.loader import DeviceLoader
 from bnlab.lab import experiment, kit, stats
 from bnlab.lab.claims import Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, LabSpec, Table, seeded
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, seed_range
 from bnlab.lab.stats_claims import stats_claim
 from bnlab.models.sequence import SEQUENCE_ARCHS as ARCHS
 from bnlab.models.sequence import SEQUENCE_NORMS as NORMS
@@ -284,14 +284,6 @@ def _check(config: SequenceConfig) -> None:
             raise ValueError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
     if config.batch < 2:
         raise ValueError(f"SequenceConfig: batch must be >= 2 (per-step BN), got {config.batch}")
-    if isinstance(config.first_seed, bool) or not isinstance(config.first_seed, int):
-        raise ValueError(
-            f"SequenceConfig: first_seed must be an int >= 0, got {config.first_seed!r}"
-        )
-    if config.first_seed < 0:
-        raise ValueError(
-            f"SequenceConfig: first_seed must be an int >= 0, got {config.first_seed!r}"
-        )
 
 
 #: The GRU's secondary arm: per-step BN with gamma initialised to 1 (shown, not voted).
@@ -333,7 +325,7 @@ def main_grid(config: SequenceConfig) -> Grid:
     _check(config)
     return Grid(
         variants=arms(config),
-        seeds=tuple(range(config.first_seed, config.first_seed + config.seeds)),
+        seeds=seed_range("SequenceConfig", config.first_seed, config.seeds),
         settings=config.archs,
         include=_included,
         order=("seed", "setting", "variant"),

@@ -60,6 +60,7 @@ __all__ = [
     "evaluate_experiment",
     "finite_paired_difference",
     "holm",
+    "interval_cells",
     "left_chance",
     "paired_difference",
     "power",
@@ -761,30 +762,41 @@ def _fmt(x: float) -> str:
     return f"{x:+.4g}"
 
 
+def interval_cells(row: Mapping[str, Any], digits: int = 2) -> list[str | None]:
+    """A difference and its 95% t interval as table text, signed, ``digits`` decimals
+    (None where missing): ``["+0.50", "[+0.25, +0.75]"]``, from a row with ``diff``,
+    ``ci_low`` and ``ci_high`` (a setting of :func:`evaluate_experiment`'s output)."""
+    diff, low, high = row.get("diff"), row.get("ci_low"), row.get("ci_high")
+    return [
+        None if diff is None else f"{diff:+.{digits}f}",
+        None if low is None else f"[{low:+.{digits}f}, {high:+.{digits}f}]",
+    ]
+
+
+def _ratio_text(diff: float | None) -> str | None:
+    return None if diff is None else f"{math.exp(diff):.2f}"
+
+
 def claim_rows(
     evaluated: Sequence[Mapping[str, Any]], *, digits: int = 2, ratio: bool = False
 ) -> list[list[Any]]:
     """One table row per claim and setting of :func:`evaluate_experiment`'s output:
-    claim, ``arm - reference``, the difference and its 95% t interval (``digits``
-    decimals), with ``ratio`` its exponential (a metric in logs: the ratio it means),
-    Holm's p, the seeds and the claim's verdict (None where a number is missing)."""
-    rows = []
-    for e in evaluated:
-        for row in e["settings"]:
-            diff, low, high = row.get("diff"), row.get("ci_low"), row.get("ci_high")
-            rows.append(
-                [
-                    e["claim"],
-                    f"{e['arm']} - {e['reference']}",
-                    None if diff is None else f"{diff:+.{digits}f}",
-                    None if low is None else f"[{low:+.{digits}f}, {high:+.{digits}f}]",
-                    *([None if diff is None else f"{math.exp(diff):.2f}"] if ratio else []),
-                    None if row.get("p_holm") is None else f"{row['p_holm']:.3g}",
-                    row["n"],
-                    e["verdict"],
-                ]
-            )
-    return rows
+    claim, ``arm - reference``, the difference and its 95% t interval
+    (:func:`interval_cells`), with ``ratio`` the difference's exponential (a metric in
+    logs: the ratio it means), Holm's p, the seeds and the claim's verdict."""
+    return [
+        [
+            e["claim"],
+            f"{e['arm']} - {e['reference']}",
+            *interval_cells(row, digits),
+            *([_ratio_text(row.get("diff"))] if ratio else []),
+            None if row.get("p_holm") is None else f"{row['p_holm']:.3g}",
+            row["n"],
+            e["verdict"],
+        ]
+        for e in evaluated
+        for row in e["settings"]
+    ]
 
 
 def _row_text(row: Mapping[str, Any]) -> str:
