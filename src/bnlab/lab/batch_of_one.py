@@ -468,8 +468,7 @@ def summarize(
         **tuning,
         "predict": [dict(r["metrics"], seed=c.seed) for c, r in run if c.setting == "predict"],
     }
-    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
-    raw["claims"] = list(evidences.values())
+    verdicts = kit.decide(raw, CLAIMS)
     cell = kit.mean_std_cell
     online = {c.variant: [] for c in run.cells if c.setting == "online"}
     for c, r in run:
@@ -485,7 +484,7 @@ def summarize(
             "Online lr tuning: online loss on the tuning seed (the lowest is chosen)",
             ["arm"],
             config.lrs,
-            [((a,), tuned.values.get("", {}).get(a, {}), raw["lr"][a]) for a in TUNED],
+            [tuned.row("", a, (a,)) for a in TUNED],
         ),
         Table(
             f"Online training, {config.online_steps} steps of one example (mean ± std over seeds)",

@@ -343,8 +343,7 @@ def summarize(
             for arm in ARMS
         },
     }
-    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
-    raw["claims"] = list(evidences.values())
+    verdicts = kit.decide(raw, CLAIMS)
     variants = per_seed.get("", {})
     shown = shown_differences(
         per_seed,

@@ -106,12 +106,10 @@ class Standardize(nn.Module):
 
 @dataclass(frozen=True)
 class InputNormConfig(kit.paired.EpochsConfig):
-    """Settings of ``input-norm`` (defaults: the full run).
+    """Settings of ``input-norm`` (defaults: the full run): ``kit.paired.EpochsConfig``'s
+    (5 paired seeds, all images, batch 128, 2 epochs, the lr grid ``lrs``) and these.
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads, tune_seed, batch, epochs: as in
-            ``kit.paired.EpochsConfig`` (5 paired seeds, all images, batch 128, 2 epochs).
-        lrs: the lr grid (each arm picks one by ``kit.paired.TUNE_RULE``).
         margin: the claim's equivalence margin, in nats of training loss.
         hidden: the MLP's hidden width.
         activation: the MLP's hidden activation.
@@ -304,19 +302,14 @@ def summarize(
         **tuned.record(config, "final training loss (whole training set)"),
         "conditioning": cond,
     }
-    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
-    raw["claims"] = list(evidences.values())
+    verdicts = kit.decide(raw, CLAIMS)
     cell = kit.mean_std_cell
     tables = [
         tuned.table(
             "Learning-rate tuning: final training loss on the tuning seed (the lowest is chosen)",
             ["model", "inputs"],
             config.lrs,
-            [
-                ((MODELS[m], INPUTS[i]), tuned.values.get(m, {}).get(i, {}), tuned.lr(m, i))
-                for m in MODELS
-                for i in INPUTS
-            ],
+            [tuned.row(m, i, (MODELS[m], INPUTS[i])) for m in MODELS for i in INPUTS],
         ),
         Table(
             f"Each arm at its tuned lr, mean ± std over {config.seeds} seeds",

@@ -284,13 +284,11 @@ def landscape_probe(
 
 @dataclass(frozen=True)
 class LandscapeConfig(probed.ProbedConfig):
-    """Settings of ``bnlab lab landscape`` (defaults: the full run).
+    """Settings of ``bnlab lab landscape`` (defaults: the full run): ``kit.probed.ProbedConfig``'s
+    (8 paired seeds 210-217, all images, batch 128, 5 matched-loss probes 10 steps apart)
+    and these; seed 200 chose the radii.
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads, first_seed, tune_seed, batch,
-            window, level_probes, level_gap: as in ``kit.probed.ProbedConfig`` (8 paired
-            seeds 210-217, all images, 1 thread per cell, batch 128, a 50-step window, 5
-            probes 10 steps apart); seed 200 chose the radii.
         lrs: the lr grid (each arm picks one by ``kit.paired.TUNE_RULE``: the tuned
             setting, shown).
         common_lr: the lr of both arms in the common setting (the claims').
@@ -493,8 +491,7 @@ def summarize(
         "step_sizes": list(config.step_sizes),
         "radii": list(config.radii),
     }
-    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
-    raw["claims"] = list(evidences.values())
+    verdicts = kit.decide(raw, CLAIMS)
     columns = [
         ("log10 rel. beta @loss", "log10_rel_beta_at_loss"),
         ("log10 rel. loss var. @loss", "log10_rel_loss_range_at_loss"),
@@ -516,7 +513,7 @@ def summarize(
             "lowest is chosen: the tuned setting, shown)",
             ["arm"],
             config.lrs,
-            [((arm,), tuned.values.get(act, {}).get(arm, {}), tuned.lr(act, arm)) for arm in ARMS],
+            [tuned.row(act, arm, (arm,)) for arm in ARMS],
         ),
         Table(
             f"{_LABEL.get(act, act)}: the measures at matched training loss "

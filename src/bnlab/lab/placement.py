@@ -84,12 +84,10 @@ METRIC = "test_acc"
 
 @dataclass(frozen=True)
 class PlacementConfig(kit.paired.EpochsConfig):
-    """Settings of ``placement`` (defaults: the full run).
+    """Settings of ``placement`` (defaults: the full run): ``kit.paired.EpochsConfig``'s
+    (5 paired seeds, all images, batch 128, 2 epochs, the lr grid ``lrs``) and these.
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads, tune_seed, batch, epochs: as in
-            ``kit.paired.EpochsConfig`` (5 paired seeds, all images, batch 128, 2 epochs).
-        lrs: the lr grid (each arm picks one by ``kit.paired.TUNE_RULE``).
         margin: the claim's non-inferiority margin, in accuracy points.
         first_seed: the measured seeds are ``first_seed .. first_seed + seeds - 1``.
         validation: training images held out to score the tuning runs.
@@ -312,19 +310,14 @@ def summarize(
             f"validation error (%, the last {config.validation} training images held out)",
         ),
     }
-    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
-    raw["claims"] = list(evidences.values())
+    verdicts = kit.decide(raw, CLAIMS)
     cell = kit.mean_std_cell
     tables = [
         tuned.table(
             "Learning-rate tuning: validation error (%) on the tuning seed (the lowest is chosen)",
             ["activation", "placement"],
             config.lrs,
-            [
-                ((a, p), tuned.values.get(a, {}).get(p, {}), tuned.lr(a, p))
-                for a in config.activations
-                for p in PLACEMENTS
-            ],
+            [tuned.row(a, p, (a, p)) for a in config.activations for p in PLACEMENTS],
         ),
         Table(
             f"MLP {'-'.join(map(str, (784, *config.hidden, 10)))}, each arm at its tuned lr, "

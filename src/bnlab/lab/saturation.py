@@ -180,13 +180,11 @@ def saturation_probe(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SaturationConfig(probed.ProbedConfig):
-    """Settings of ``bnlab lab saturation`` (defaults: the full run).
+    """Settings of ``bnlab lab saturation`` (defaults: the full run): those of
+    ``kit.probed.ProbedConfig`` (8 paired seeds 210-217, all images, batch 128, 5
+    matched-loss probes 10 steps apart) and these.
 
     Args:
-        seeds, train_size, test_size, min_seeds, threads, first_seed, tune_seed, batch,
-            window, level_probes, level_gap: as in ``kit.probed.ProbedConfig`` (8 paired
-            seeds 210-217, all images, 1 thread per cell, batch 128, a 50-step window, 5
-            probes 10 steps apart).
         networks: the LeNet activations run (sigmoid: saturation and vanishing-gradient
             claims; relu: the zeros claim).
         lrs_sigmoid, lrs_relu: each network's lr grid (``kit.paired.TUNE_RULE``).
@@ -485,8 +483,7 @@ def summarize(
         "levels": {n: config.of(n, "level") for n in config.networks},
         "common_lr": config.common_lr,
     }
-    verdicts, evidences = kit.apply_rules({"raw": raw}, _claims(config))
-    raw["claims"] = list(evidences.values())
+    verdicts = kit.decide(raw, _claims(config))
     columns = [
         ("saturated @loss", "saturated_at_loss"),
         ("log10 rel. grad first/last @loss", "grad_rel_ratio_at_loss"),

@@ -290,6 +290,13 @@ class Tuned:
         """The chosen lr of ``(setting, arm)``."""
         return self.lrs.get(setting, {}).get(arm)
 
+    def row(
+        self, setting: str, arm: str, labels: Sequence[Any]
+    ) -> tuple[Sequence[Any], Mapping[float, Any], float | None]:
+        """A row of :meth:`table` for ``(setting, arm)``: ``labels``, the criterion per
+        lr, the chosen lr."""
+        return labels, self.values.get(setting, {}).get(arm, {}), self.lr(setting, arm)
+
     def stored(self, setting: str | None = None) -> dict[str, Any]:
         """``values`` as JSON (lrs as ``repr`` keys); only ``setting``'s arms if given."""
 

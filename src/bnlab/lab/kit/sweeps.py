@@ -46,7 +46,7 @@ from bnlab.lab.kit.data import batches
 from bnlab.lab.kit.paired import claims_table
 from bnlab.lab.kit.threads import cpu_threads
 from bnlab.lab.kit.train import json_float
-from bnlab.lab.kit.verdicts import apply_rules
+from bnlab.lab.kit.verdicts import decide
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
 from bnlab.models import create
 from bnlab.plots.sweeps import plot_sweep
@@ -479,9 +479,7 @@ def sweep_verdicts(
         "drop": config.drop,
         "censoring_rule": CENSORING_RULE,
     }
-    verdicts, evidences = apply_rules({"raw": raw}, claims)
-    raw["claims"] = list(evidences.values())
-    return verdicts, raw
+    return decide(raw, claims), raw
 
 
 def censored_rule(

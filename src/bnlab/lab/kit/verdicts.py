@@ -26,6 +26,7 @@ __all__ = [
     "apply_rules",
     "compare_variants",
     "comparison_fields",
+    "decide",
     "difference_text",
     "directions_verdict",
     "evidence_text",
@@ -353,6 +354,17 @@ def apply_rules(
         evidences[claim] = evidence
         verdicts.append(Verdict(claim, holds_of(verdict), f"{verdict}: {measured(evidence)}"))
     return verdicts, evidences
+
+
+def decide(
+    raw: dict[str, Any], rules: Iterable[ClaimRule | tuple[str, Rule, Callable[[Any], str]]]
+) -> list[Verdict]:
+    """The verdicts of ``rules`` on the results ``{"raw": raw}`` (:func:`apply_rules`),
+    each claim's evidence kept, in order, as ``raw["claims"]`` (what the tables and the
+    claims table read)."""
+    verdicts, evidences = apply_rules({"raw": raw}, rules)
+    raw["claims"] = list(evidences.values())
+    return verdicts
 
 
 def register_claims(experiment: str, *claims: ClaimRule) -> tuple[ClaimRule, ...]:
