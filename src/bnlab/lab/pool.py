@@ -90,8 +90,14 @@ def run_in_pool(
     on_result: Callable[[int, Any], None],
     on_start: Callable[[int], None] | None = None,
     on_message: Callable[[int, Any], None] | None = None,
+    cost: Sequence[float] | None = None,
 ) -> None:
     """Run ``fn(shared, *task)`` for every task in ``workers`` spawned processes.
+
+    Tasks are handed out longest first when ``cost`` gives their expected relative
+    durations (the longest-processing-time rule: a long task started last would leave
+    the other workers idle at the end); otherwise in order. Either way each result is
+    reported with its task's index, so the order changes only when tasks run.
 
     Args:
         fn: a module-level function (it is pickled by reference).
@@ -103,13 +109,16 @@ def run_in_pool(
             the order they end).
         on_start: ``on_start(index)`` in the parent when a task is handed to a worker.
         on_message: ``on_message(index, message)`` for each ``worker_report``.
+        cost: one expected relative duration per task (ties keep their order).
 
     Raises:
-        ValueError: ``workers`` or ``threads`` below 1.
+        ValueError: ``workers`` or ``threads`` below 1, or ``cost`` not one per task.
         Whatever a task raised (the other tasks are cancelled).
     """
     if workers < 1 or threads < 1:
         raise ValueError(f"run_in_pool: workers and threads must be >= 1, got {workers}, {threads}")
+    if cost is not None and len(cost) != len(tasks):
+        raise ValueError(f"run_in_pool: {len(cost)} costs for {len(tasks)} tasks")
     if not tasks:
         return
     context = multiprocessing.get_context("spawn")
@@ -122,6 +131,8 @@ def run_in_pool(
     )
     # Hand out at most one task per worker at a time, so on_start is when it begins.
     queue = list(enumerate(tasks))
+    if cost is not None:
+        queue.sort(key=lambda item: -cost[item[0]])  # stable: ties keep their order
     running: dict[Future[Any], int] = {}
 
     def submit() -> None:
