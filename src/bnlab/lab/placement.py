@@ -58,7 +58,7 @@ from scipy import special
 from bnlab.lab import experiment, kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, seed_range
 from bnlab.models import create
 from bnlab.plots.effects import plot_arms
 
@@ -119,11 +119,11 @@ class PlacementConfig(kit.paired.EpochsConfig):
         super().__post_init__()
         if not self.activations:
             raise ValueError("PlacementConfig: activations must name at least one activation")
-        kit.check_first_seed("PlacementConfig", self.first_seed)
+        self.seed_list()  # raises on a first_seed that is not an int >= 0
 
     def seed_list(self) -> tuple[int, ...]:
         """The measured runs' seeds, ``first_seed`` onwards."""
-        return tuple(range(self.first_seed, self.first_seed + self.seeds))
+        return seed_range("PlacementConfig", self.first_seed, self.seeds)
 
 
 def specs(config: PlacementConfig) -> list[stats.ClaimSpec]:

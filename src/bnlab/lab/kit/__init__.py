@@ -29,7 +29,6 @@ from bnlab.lab.kit.configs import (
     LabConfig,
     PairedConfig,
     ProbingConfig,
-    check_first_seed,
     check_positive,
     probing_lab,
 )
@@ -94,7 +93,6 @@ __all__ = [
     "build_model",
     "capture",
     "check_archs",
-    "check_first_seed",
     "check_positive",
     "compare_variants",
     "comparison_fields",

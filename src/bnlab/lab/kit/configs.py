@@ -19,7 +19,6 @@ __all__ = [
     "LabConfig",
     "PairedConfig",
     "ProbingConfig",
-    "check_first_seed",
     "check_positive",
     "probing_lab",
 ]
@@ -37,17 +36,6 @@ def check_positive(owner: str, config: Any, names: Sequence[str]) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ValueError(f"{owner}: {name} must be > 0, got {value!r}")
-
-
-def check_first_seed(owner: str, first_seed: Any) -> None:
-    """Raise ValueError unless ``first_seed`` (the first measured seed) is an int >= 0.
-
-    Args:
-        owner: the config's name, for the message.
-        first_seed: the value (a bool is not an int here).
-    """
-    if isinstance(first_seed, bool) or not isinstance(first_seed, int) or first_seed < 0:
-        raise ValueError(f"{owner}: first_seed must be an int >= 0, got {first_seed!r}")
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,13 @@ from torch import Tensor, nn
 
 from bnlab.lab import stats
 from bnlab.lab.experiment import Table, seeded
-from bnlab.lab.kit.configs import PairedConfig, check_first_seed, check_positive
+from bnlab.lab.kit.configs import PairedConfig, check_positive
 from bnlab.lab.kit.data import accuracy_on_test, batches
 from bnlab.lab.kit.paired import claims_table
 from bnlab.lab.kit.probed import lenet
 from bnlab.lab.kit.threads import cpu_threads
 from bnlab.lab.kit.verdicts import mean_std_cell
-from bnlab.lab.runner import Bench
+from bnlab.lab.runner import Bench, seed_range
 from bnlab.plots.ics import plot_matched
 from bnlab.train.steps import Hook, StepState, run_steps
 
@@ -181,12 +181,12 @@ class MatchedConfig(PairedConfig):
                 raise ValueError(f"{owner}: steps of {act!r} must be an integer >= 1, got {n!r}")
         if not 0.0 <= self.hold <= 1.0:
             raise ValueError(f"{owner}: hold must be in [0, 1], got {self.hold!r}")
-        check_first_seed(owner, self.first_seed)
+        seed_range(owner, self.first_seed, self.seeds)
 
     @property
     def seed_list(self) -> tuple[int, ...]:
         """The measured seeds, ``first_seed`` onwards."""
-        return tuple(range(self.first_seed, self.first_seed + self.seeds))
+        return seed_range(type(self).__name__, self.first_seed, self.seeds)
 
     @property
     def settings(self) -> tuple[str, ...]:

@@ -32,7 +32,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -46,7 +45,7 @@ from bnlab.lab.experiment import LabContext, LabOutcome, LabSpec, Table
 from bnlab.lab.kit.configs import PairedConfig, check_positive
 from bnlab.lab.kit.data import batches
 from bnlab.lab.kit.train import json_float
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun, run_grid
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, module_part, run_grid
 from bnlab.train.steps import run_steps
 
 __all__ = [
@@ -361,17 +360,6 @@ def run_tuned(ctx: LabContext, config: Any, data: Any, **kwargs: Any) -> tuple[T
 MODULE_PARTS = ("tune_grid", "tune_cell", "main_grid", "main_cell", "summarize")
 
 
-def _module_part(config_type: type, name: str) -> Callable[..., Any]:
-    module = sys.modules[config_type.__module__]
-    part = getattr(module, name, None)
-    if not callable(part):
-        raise TypeError(
-            f"tuned_lab: {config_type.__name__}'s module {module.__name__} defines no "
-            f"function {name}(); define one or pass it to tuned_lab"
-        )
-    return part
-
-
 def tuned_lab(
     *,
     config_type: type,
@@ -391,7 +379,7 @@ def tuned_lab(
     An experiment module states only its texts and config; its parts are its functions
     of :data:`MODULE_PARTS`, found by name in ``config_type``'s module: ``tune_grid``
     and ``tune_cell`` (``tune``), ``main_grid`` and ``main_cell`` (``measure``),
-    ``summarize``. A part passed here is used instead.
+    ``summarize`` (``bnlab.lab.runner.module_part``). A part passed here is used instead.
 
     Args:
         config_type: the config dataclass (``LabSpec``'s); its module holds the parts.
@@ -413,7 +401,8 @@ def tuned_lab(
         TypeError: a part neither passed nor defined in ``config_type``'s module.
     """
     name = spec["name"]
-    part = functools.partial(_module_part, config_type)
+
+    part = functools.partial(module_part, config_type, caller="tuned_lab")
     tune = tune or (part("tune_grid"), part("tune_cell"))
     measure = measure or (part("main_grid"), part("main_cell"))
     summarize = summarize or part("summarize")

@@ -41,13 +41,13 @@ from bnlab.data.loader import DeviceLoader
 from bnlab.lab import stats
 from bnlab.lab.claims import spec_record, stats_rule
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, seeded
-from bnlab.lab.kit.configs import PairedConfig, check_first_seed, check_positive
+from bnlab.lab.kit.configs import PairedConfig, check_positive
 from bnlab.lab.kit.data import batches
 from bnlab.lab.kit.paired import claims_table
 from bnlab.lab.kit.threads import cpu_threads
 from bnlab.lab.kit.train import json_float
 from bnlab.lab.kit.verdicts import decide
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun
+from bnlab.lab.runner import Bench, Cell, Grid, GridRun, seed_range
 from bnlab.models import create
 from bnlab.plots.sweeps import plot_sweep
 from bnlab.train import evaluate, init_weights
@@ -310,7 +310,7 @@ class SweepConfig(PairedConfig):
         positive values."""
         owner = type(self).__name__
         check_positive(owner, self, self.POSITIVE)
-        check_first_seed(owner, self.first_seed)
+        seed_range(owner, self.first_seed, self.seeds)
         bad = [a for a in self.activations if a not in ("relu", "sigmoid", "tanh")]
         if not self.activations or bad:
             raise ValueError(
@@ -344,7 +344,7 @@ def sweep_grid(config: SweepConfig, values: Sequence[float], name: str) -> Grid:
     """(activation, value) x arm x seed; units ``ACT-NAMEvalue-ARM-seedN``."""
     return Grid(
         variants=tuple(ARMS),
-        seeds=tuple(range(config.first_seed, config.first_seed + config.seeds)),
+        seeds=seed_range(type(config).__name__, config.first_seed, config.seeds),
         settings=tuple((a, float(v)) for a in config.activations for v in values),
         key=lambda c: f"{c.setting[0]}-{name}{c.setting[1]:g}-{c.variant}-seed{c.seed}",
         order=("seed", "setting", "variant"),
