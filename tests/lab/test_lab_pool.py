@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bnlab.autograd import fast_path_enabled, set_fast_path
@@ -29,3 +30,27 @@ def test_workers_take_the_parents_kernel_switch_and_their_thread_count() -> None
             assert results == {0: (10, 1, flag), 1: (11, 1, flag)}
     finally:
         set_fast_path(before)
+
+
+def test_costs_hand_out_the_longest_tasks_first_and_results_keep_their_index() -> None:
+    started: list[int] = []
+    results: dict[int, tuple[int, int, bool]] = {}
+    run_in_pool(
+        _worker_settings,
+        [(0,), (1,), (2,), (3,)],
+        workers=1,
+        threads=1,
+        shared=10,
+        on_result=results.__setitem__,
+        on_start=started.append,
+        cost=[1.0, 1.5, 1.0, 2.0],
+    )
+    assert started == [3, 1, 0, 2]  # ties (0 and 2) keep their order
+    assert {i: r[0] for i, r in results.items()} == {0: 10, 1: 11, 2: 12, 3: 13}
+
+
+def test_costs_one_per_task() -> None:
+    with pytest.raises(ValueError, match="2 costs for 3 tasks"):
+        run_in_pool(
+            _worker_settings, [(0,), (1,), (2,)], workers=1, threads=1, on_result=print, cost=[1, 2]
+        )

@@ -37,6 +37,7 @@ import functools
 import math
 import shutil
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,19 +70,26 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Variant:
-    """One arm of the experiment: a LeNet norm and its learning rate."""
+    """One arm of the experiment: a LeNet norm and its learning rate.
+
+    ``cost``: a run's expected time relative to the others (one thread, the full recipe,
+    quiet 2-core machine, ``benchmarks/bench_d2l_floor.py``); parallel workers start the
+    longest runs first, so that no core idles at the end while one long run finishes.
+    """
 
     name: str
     norm: str
     lr: float
     label: str
+    cost: float = 1.0
 
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("none", "none", 0.9, "LeNet, no BN (lr 0.9)"),
-        Variant("textbook", "textbook", 1.0, "LeNet + textbook BN"),
+        # The book's BN: several autograd ops per layer, about 1.5 times a run.
+        Variant("textbook", "textbook", 1.0, "LeNet + textbook BN", cost=1.5),
         Variant("bnlab", "bnlab", 1.0, "LeNet + bnlab BN"),
         Variant("torch", "torch", 1.0, "LeNet + torch BN"),
     )
@@ -339,6 +347,7 @@ def _run_parallel(
             (name, seed, config, runs_dir / name / f"seed{seed}", resume, report)
             for name, seed in todo
         ],
+        cost=[VARIANTS[name].cost for name, _ in todo],
         workers=workers,
         threads=threads,
         shared=data,
@@ -558,9 +567,20 @@ def run_d2l(
         else:
             todo.append((name, seed))
 
+    # When each run started and ended, in seconds from here (how the workers were used).
+    clock = time.perf_counter()
+    schedule: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def started(name: str, seed: int) -> None:
+        schedule[(name, seed)] = {"variant": name, "seed": seed}
+        schedule[(name, seed)]["start_s"] = round(time.perf_counter() - clock, 2)
+        if on_run_start is not None:
+            on_run_start(name, seed)
+
     def store(name: str, seed: int, record: dict[str, Any]) -> None:
         write_json(runs_dir / name / f"seed{seed}" / "result.json", record)
         found[(name, seed)] = record
+        schedule[(name, seed)]["end_s"] = round(time.perf_counter() - clock, 2)
 
     if workers > 1 and len(todo) > 1:
         _run_parallel(
@@ -572,15 +592,14 @@ def run_d2l(
             workers=workers,
             threads=threads or 1,
             store=store,
-            on_run_start=on_run_start,
+            on_run_start=started,
             on_step=on_step,
             on_run_step=on_run_step,
         )
     else:
         for name, seed in todo:
             run_dir = runs_dir / name / f"seed{seed}"
-            if on_run_start is not None:
-                on_run_start(name, seed)
+            started(name, seed)
             run_dir.mkdir(parents=True, exist_ok=True)
             step_callback = on_step
             if on_run_step is not None:
@@ -592,5 +611,6 @@ def run_d2l(
     records = [found[run] for run in runs]
     summary = summarize(records, config)
     summary["runs"] = [{k: v for k, v in r.items() if k != "history"} for r in records]
+    summary["schedule"] = list(schedule.values())
     write_json(out / "summary.json", summary)
     return summary
