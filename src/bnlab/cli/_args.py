@@ -1,14 +1,17 @@
-"""argparse value types that validate, so a bad value exits 2 with a clear message."""
+"""argparse value types that validate, so a bad value exits 2 with a clear message; the
+registration of a subcommand and the options several commands share."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
+    "add_command",
     "add_run_arguments",
+    "add_workers_argument",
     "non_negative_int",
     "positive_float",
     "positive_int",
@@ -75,4 +78,42 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--limit-test", type=positive_int, default=None, help="use the first N test images"
+    )
+
+
+def add_command(
+    subparsers: Any,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    help: str,
+    description: str | None,
+    epilog: str | None = None,
+    *,
+    as_written: bool = False,
+) -> argparse.ArgumentParser:
+    """Register the subcommand ``name``: ``args.func`` runs it and ``args.parser`` is its
+    parser (for usage errors). ``as_written``: the description and the epilog are printed
+    with their own line breaks (examples keep their columns), not re-wrapped.
+    """
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=(
+            argparse.RawDescriptionHelpFormatter if as_written else argparse.HelpFormatter
+        ),
+    )
+    parser.set_defaults(func=func, parser=parser)
+    return parser
+
+
+def add_workers_argument(parser: argparse.ArgumentParser, doing: str, unless: str) -> None:
+    """``--workers N``: processes ``doing`` something at once; by default one per free core,
+    one thread each, ``unless`` (when that does not pay)."""
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help=f"processes {doing} at once (default: one per free core, one thread each, {unless})",
     )

@@ -15,6 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 import bnlab.nn
+from bnlab.cli._args import add_command
+
+HELP = "compare bnlab's BatchNorm with torch.nn on random data"
 
 CASES: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("BatchNorm1d", (64, 16)),
@@ -25,11 +28,7 @@ CASES: tuple[tuple[str, tuple[int, ...]], ...] = (
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "check",
-        help="compare bnlab's BatchNorm with torch.nn on random data",
-        description=__doc__,
-    )
+    p = add_command(subparsers, "check", run, HELP, __doc__)
     p.add_argument("--steps", type=int, default=5, help="training steps per case (default 5)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
@@ -38,7 +37,6 @@ def add_parser(subparsers: Any) -> None:
         default=1e-4,
         help="largest allowed relative difference (default 1e-4)",
     )
-    p.set_defaults(func=run)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bnlab.cli._args import add_run_arguments, positive_int
+from bnlab.cli._args import add_command, add_run_arguments, add_workers_argument, positive_int
 from bnlab.cli._cores import pick
 from bnlab.cli._print import D2L_METRICS, budget_too_small, d2l_rows, stats_cell, verdict_lines
 from bnlab.cli._run_files import run_environment
@@ -40,6 +40,7 @@ from bnlab.train.fit import StepInfo
 #: seconds) costs more than running the runs side by side saves: one process.
 PARALLEL_MIN_IMAGES = 50_000
 
+HELP = "reproduce the d2l batch-norm chapter (LeNet, 4 variants) and explain its numbers"
 EXAMPLES = """examples:
   bnlab d2l --out runs/d2l                      the chapter's experiment, one seed (~7 min on 2 cores)
   bnlab d2l --out runs/d2l5 --seeds 5           five seeds: mean and spread
@@ -52,13 +53,7 @@ EXAMPLES = """examples:
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "d2l",
-        help="reproduce the d2l batch-norm chapter (LeNet, 4 variants) and explain its numbers",
-        description=__doc__,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "d2l", run, HELP, __doc__, EXAMPLES, as_written=True)
     p.add_argument("--out", type=Path, required=True, help="results folder (created)")
     add_data_dir_argument(p)
     p.add_argument(
@@ -84,15 +79,12 @@ def add_parser(subparsers: Any) -> None:
         help="training batches used to recalibrate BN statistics after each epoch (default 40)",
     )
     add_run_arguments(p)
-    p.add_argument(
-        "--workers",
-        type=positive_int,
-        default=None,
-        help="processes running variants and seeds at once (default: one per free core, "
-        "one thread each, when the runs are long enough to pay for starting them)",
+    add_workers_argument(
+        p,
+        "running variants and seeds",
+        "when the runs are long enough to pay for starting them",
     )
     p.add_argument("--resume", action="store_true", help="continue the runs already in --out")
-    p.set_defaults(func=run, parser=p)
 
 
 def _fmt(stats: dict[str, float], digits: int = 3) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from bnlab.cli._args import add_command
 from bnlab.data.fashion_mnist import (
     ENV_VAR,
     FILES,
@@ -226,59 +227,52 @@ def _where(args: argparse.Namespace) -> int:
     return 0
 
 
+HELP = "find, fetch and check the Fashion-MNIST files"
+
+#: The actions of ``bnlab data``: name -> (function, help, description).
+_ACTIONS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
+    "verify": (
+        _verify,
+        "check the four files in a folder (checksums, IDX headers)",
+        "Check the four Fashion-MNIST files in DIR: the official md5 of each .gz, or the "
+        "sha256 of a decompressed copy; for a file that fails, say why (missing, "
+        "truncated, wrong magic number, not gzip, ...). Prints one line per file; exit "
+        "status 0 when all four are good, 1 otherwise.",
+    ),
+    "download": (
+        _download,
+        "download the files that are missing or damaged",
+        f"Download the Fashion-MNIST files from Zalando's mirror ({MIRROR_URL}) into "
+        f"DIR (default: ${ENV_VAR} if set, else the user cache). Files that already "
+        "verify are kept; each download is checked against the official md5 and only "
+        "then moved into place; 3 tries per file.",
+    ),
+    "where": (
+        _where,
+        "print the folder the data are taken from (never downloads)",
+        f"Print the folder that holds verified Fashion-MNIST files: --data-dir, else "
+        f"${ENV_VAR}, else the user cache. When none does, say where to put the files "
+        f"({', '.join(spec.name for spec in FILES)}) and exit with status 1.",
+    ),
+}
+
+
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "data",
-        help="find, fetch and check the Fashion-MNIST files",
-        description=(__doc__ or "").split("\n\nOther commands")[0].replace("``", ""),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.set_defaults(func=lambda _args: _usage(p))
+    description = (__doc__ or "").split("\n\nOther commands")[0].replace("``", "")
+    p = add_command(subparsers, "data", _usage, HELP, description, as_written=True)
     commands = p.add_subparsers(dest="data_command", metavar="ACTION")
-
-    verify = commands.add_parser(
-        "verify",
-        help="check the four files in a folder (checksums, IDX headers)",
-        description=(
-            "Check the four Fashion-MNIST files in DIR: the official md5 of each .gz, or the "
-            "sha256 of a decompressed copy; for a file that fails, say why (missing, "
-            "truncated, wrong magic number, not gzip, ...). Prints one line per file; exit "
-            "status 0 when all four are good, 1 otherwise."
-        ),
-    )
-    verify.add_argument("dir", metavar="DIR", help="the folder to check")
-    verify.set_defaults(func=_verify)
-
-    download = commands.add_parser(
-        "download",
-        help="download the files that are missing or damaged",
-        description=(
-            f"Download the Fashion-MNIST files from Zalando's mirror ({MIRROR_URL}) into "
-            f"DIR (default: ${ENV_VAR} if set, else the user cache). Files that already "
-            "verify are kept; each download is checked against the official md5 and only "
-            "then moved into place; 3 tries per file."
-        ),
-    )
+    actions = {name: add_command(commands, name, *entry) for name, entry in _ACTIONS.items()}
+    actions["verify"].add_argument("dir", metavar="DIR", help="the folder to check")
+    download = actions["download"]
     download.add_argument("--dir", metavar="DIR", default=None, help="where to put the files")
     download.add_argument(
         "--base-url", default=MIRROR_URL, help=f"mirror to download from (default {MIRROR_URL})"
     )
     download.add_argument("--tries", type=int, default=3, help="attempts per file (default 3)")
-    download.set_defaults(func=_download)
-
-    where = commands.add_parser(
-        "where",
-        help="print the folder the data are taken from (never downloads)",
-        description=(
-            f"Print the folder that holds verified Fashion-MNIST files: --data-dir, else "
-            f"${ENV_VAR}, else the user cache. When none does, say where to put the files "
-            f"({', '.join(spec.name for spec in FILES)}) and exit with status 1."
-        ),
-    )
-    add_data_dir_argument(where)
-    where.set_defaults(func=_where)
+    add_data_dir_argument(actions["where"])
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
+def _usage(args: argparse.Namespace) -> int:
+    """``bnlab data`` without an action: its help, and the exit status of bad usage."""
+    args.parser.print_help()
     return 2

@@ -32,7 +32,7 @@ from rich.progress import (
 from rich.table import Table
 
 import bnlab.lab  # noqa: F401  (registers every experiment)
-from bnlab.cli._args import positive_int
+from bnlab.cli._args import add_command, add_workers_argument, positive_int
 from bnlab.cli._cores import pick
 from bnlab.cli._print import budget_too_small, verdict_lines
 from bnlab.cli._run_files import run_environment
@@ -47,6 +47,21 @@ from bnlab.lab.claims import (
 from bnlab.lab.experiment import LabSpec, available_labs, config_from, get_lab, run_lab
 
 __all__ = ["add_parser", "run", "run_claims"]
+
+HELP = "run an experiment that measures a claim about BN"
+DESCRIPTION = (
+    "Run one experiment of the lab. Each writes config.json, environment.json, "
+    "results.json (tables, verdicts, per-seed numbers) and its figures into --out, "
+    "prints a summary table and the verdicts, and resumes with --resume."
+)
+CLAIMS_HELP = "the claims table: every claim of the seeds and its verdict from finished runs"
+CLAIMS_DESCRIPTION = (
+    "Read the results.json of finished 'bnlab lab' runs and decide every registered "
+    "claim with its stated rule: supported, not supported or mixed; a claim whose "
+    "experiment is not among the folders is 'not measured'. Writes DIR/claims.json "
+    "(a list of {claim, source, experiment, evidence, rule, verdict}) and prints "
+    "the table. A folder that is not a lab results folder is named and skipped."
+)
 
 
 def _settings_help(spec: LabSpec) -> str:
@@ -69,27 +84,14 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def add_parser(subparsers: Any) -> None:
     """Register ``bnlab lab`` and one sub-subcommand per experiment."""
-    p = subparsers.add_parser(
-        "lab",
-        help="run an experiment that measures a claim about BN",
-        description=(
-            "Run one experiment of the lab. Each writes config.json, environment.json, "
-            "results.json (tables, verdicts, per-seed numbers) and its figures into --out, "
-            "prints a summary table and the verdicts, and resumes with --resume."
-        ),
-    )
+    p = add_command(subparsers, "lab", run, HELP, DESCRIPTION)
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
-    p.set_defaults(func=run, parser=p, lab=None)
+    p.set_defaults(lab=None)
     labs = p.add_subparsers(dest="lab", metavar="EXPERIMENT")
     for name in available_labs():
         spec = get_lab(name)
-        q = labs.add_parser(
-            name,
-            help=spec.title,
-            description=spec.summary,
-            epilog=_settings_help(spec),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        epilog = _settings_help(spec)
+        q = add_command(labs, name, run, spec.title, spec.summary, epilog, as_written=True)
         q.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="results folder")
         q.add_argument(
             "--quick", action="store_true", help="the small configuration (seconds to a minute)"
@@ -123,26 +125,9 @@ def add_parser(subparsers: Any) -> None:
             default=None,
             help="torch CPU threads (default: from the free cores)",
         )
-        q.add_argument(
-            "--workers",
-            type=positive_int,
-            default=None,
-            help="processes computing grid cells at once (default: one per free core, one "
-            "thread each, except with --quick)",
-        )
+        add_workers_argument(q, "computing grid cells", "except with --quick")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
-        q.set_defaults(func=run, parser=q)
-    c = labs.add_parser(
-        "claims",
-        help="the claims table: every claim of the seeds and its verdict from finished runs",
-        description=(
-            "Read the results.json of finished 'bnlab lab' runs and decide every registered "
-            "claim with its stated rule: supported, not supported or mixed; a claim whose "
-            "experiment is not among the folders is 'not measured'. Writes DIR/claims.json "
-            "(a list of {claim, source, experiment, evidence, rule, verdict}) and prints "
-            "the table. A folder that is not a lab results folder is named and skipped."
-        ),
-    )
+    c = add_command(labs, "claims", run_claims, CLAIMS_HELP, CLAIMS_DESCRIPTION)
     c.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="results folders")
     c.add_argument("--out", type=Path, required=True, metavar="DIR", help="where claims.json goes")
     c.add_argument(
@@ -153,7 +138,6 @@ def add_parser(subparsers: Any) -> None:
         help="also write the table as Markdown (claim, experiment, the difference with its "
         "95%% interval, verdict, literature), e.g. for a README",
     )
-    c.set_defaults(func=run_claims, parser=c)
 
 
 class _RichProgress:

@@ -21,10 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bnlab.cli._args import add_command
 from bnlab.report import write_report
 
 __all__ = ["add_parser", "run"]
 
+HELP = "write one offline HTML page from results folders (train, d2l, lab, benchmarks)"
 EXAMPLES = """examples:
   bnlab report runs/d2l runs/bench -o report.html
   bnlab report runs/lenet-bn runs/lab/* runs/claims -o runs/report.html --title "BN, measured"
@@ -32,13 +34,7 @@ EXAMPLES = """examples:
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "report",
-        help="write one offline HTML page from results folders (train, d2l, lab, benchmarks)",
-        description=__doc__,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "report", run, HELP, __doc__, EXAMPLES, as_written=True)
     p.add_argument(
         "run_dirs",
         nargs="+",
@@ -50,7 +46,6 @@ def add_parser(subparsers: Any) -> None:
         "-o", "--out", type=Path, required=True, metavar="REPORT_HTML", help="the page to write"
     )
     p.add_argument("--title", default="bnlab report", help="the page's title")
-    p.set_defaults(func=run, parser=p)
 
 
 def run(args: argparse.Namespace) -> int:

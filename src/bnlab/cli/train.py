@@ -56,6 +56,7 @@ from rich.table import Table
 
 from bnlab import models
 from bnlab.cli._args import (
+    add_command,
     add_run_arguments,
     non_negative_int,
     positive_float,
@@ -86,6 +87,7 @@ from bnlab.train.run_dir import RUN_FILES as _LAYOUT_FILES
 
 __all__ = ["add_parser", "run"]
 
+HELP = "train a model (LeNet, MLP, ResNet, DenseNet, ...) with a chosen normalization"
 EXAMPLES = """examples:
   bnlab train --model lenet --norm bnlab --out runs/lenet-bn      d2l's LeNet-BN, 10 epochs
   bnlab train --norm none --lr 0.9 --out runs/lenet               LeNet without BN (d2l's lr)
@@ -161,13 +163,7 @@ def _hidden_sizes(text: str) -> tuple[int, ...]:
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train a model (LeNet, MLP, ResNet, DenseNet, ...) with a chosen normalization",
-        description=__doc__,
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "train", run, HELP, __doc__, _epilog(), as_written=True)
     p.add_argument(
         "--preset",
         choices=available_presets(),
@@ -332,7 +328,6 @@ def add_parser(subparsers: Any) -> None:
         help="across processes: seconds a process waits for the others before it gives up "
         f"(default {DEFAULT_TIMEOUT_S:g})",
     )
-    p.set_defaults(func=run, parser=p)
 
 
 def _apply_preset(args: argparse.Namespace) -> None:
