@@ -250,6 +250,22 @@ def _busy(path: Path, holder: Mapping[str, Any]) -> RunDirBusyError:
     )
 
 
+class _LayoutFile:
+    """A read-only attribute of a ``RunDir``: the path of one file of the layout in it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __set_name__(self, owner: type, attribute: str) -> None:
+        self.attribute = attribute
+
+    def __get__(self, run: RunDir | None, owner: type | None = None) -> Any:
+        return self if run is None else run.path / self.name
+
+    def __set__(self, run: RunDir, value: Any) -> None:
+        raise AttributeError(f"property {self.attribute!r} of 'RunDir' object has no setter")
+
+
 class RunDir:
     """A run folder: where each file of the layout is, and how it is read and written.
 
@@ -267,33 +283,14 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG_NAME
-
-    @property
-    def environment(self) -> Path:
-        return self.path / ENVIRONMENT_NAME
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS_NAME
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / CHECKPOINT_NAME
-
-    @property
-    def previous_checkpoint(self) -> Path:
-        return self.path / PREVIOUS_CHECKPOINT_NAME
-
-    @property
-    def results(self) -> Path:
-        return self.path / RESULTS_NAME
-
-    @property
-    def marker(self) -> Path:
-        return self.path / MARKER_NAME
+    # The files of the layout: ``run.config`` is ``run.path / CONFIG_NAME``, and so on.
+    config = _LayoutFile(CONFIG_NAME)
+    environment = _LayoutFile(ENVIRONMENT_NAME)
+    metrics = _LayoutFile(METRICS_NAME)
+    checkpoint = _LayoutFile(CHECKPOINT_NAME)
+    previous_checkpoint = _LayoutFile(PREVIOUS_CHECKPOINT_NAME)
+    results = _LayoutFile(RESULTS_NAME)
+    marker = _LayoutFile(MARKER_NAME)
 
     def ensure(self) -> RunDir:
         """Create the folder (and its parents) if missing; returns ``self``."""
