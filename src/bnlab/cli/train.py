@@ -35,6 +35,7 @@ the SGD update); evaluation, logging and checkpoints are excluded.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -603,19 +604,9 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
     console = Console()
     progress_console = Console(stderr=True)
 
-    train_config = TrainConfig(
-        lr=args.lr,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        device=device,
-        log_every_steps=args.log_every_steps,
-        init=args.init,
-        precision=args.precision,
-        lr_schedule=args.lr_schedule,
-    )
+    # Each TrainConfig field is the option of the same name; the device is this rank's.
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    train_config = TrainConfig(**{**options, "device": device})
     splits = load_splits(args)
     tensors = splits.tensors
     data = {
