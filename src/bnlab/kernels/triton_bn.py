@@ -17,10 +17,10 @@ division (it would cost more than the memory traffic on a GPU).
 
 Kernels, with the full-size tensors each reads (r) and writes (w):
 
-* training forward: ``_stats`` (r x) writes per-(split, channel) partial sums; then
+* training forward: ``_partial_sums`` (r x) writes per-(split, channel) partial sums; then
   ``_normalize`` (r x, w y) combines the partials of its channel, writes ``y`` and, in
   split 0, the statistics. 3 passes, the minimum without keeping ``x`` on chip.
-* training backward: ``_grad_sums`` (r grad_y, x) partial ``sum(g)``, ``sum(g * d)``;
+* training backward: ``_partial_sums`` (r grad_y, x) partial ``sum(g)``, ``sum(g * d)``;
   then ``_grad_input`` (r grad_y, x; w grad_x) and, in split 0, ``grad_weight``,
   ``grad_bias``. 5 passes (3 when ``grad_x`` is not needed: the second kernel then
   reads nothing full-size).
@@ -112,8 +112,35 @@ def _lerp_into(ptr, c, C, value, weight):
 
 
 @triton.jit
-def _sum_x(x_ptr, c, pivot, n_start, n_end, C, S, BN: tl.constexpr, BS: tl.constexpr):
-    """``(sum(x - pivot), sum((x - pivot)**2))`` per channel over samples ``[n_start, n_end)``."""
+def _block(x_ptr, pivot_ptr, C, S, BC: tl.constexpr, GRAD: tl.constexpr):
+    """The channels ``c`` of this program, their mask and their pivot: the channel's
+    first element ``x[0, c, 0]`` in the forward, the pivot the forward saved (``GRAD``)."""
+    c = tl.program_id(0) * BC + tl.arange(0, BC)
+    cm = c < C
+    if GRAD:
+        pivot = tl.load(pivot_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    else:
+        pivot = tl.load(x_ptr + c.to(tl.int64) * S, mask=cm, other=0.0).to(tl.float32)
+    return c, cm, pivot
+
+
+@triton.jit
+def _sums(
+    g_ptr,
+    x_ptr,
+    c,
+    pivot,
+    n_start,
+    n_end,
+    C,
+    S,
+    GRAD: tl.constexpr,
+    BN: tl.constexpr,
+    BS: tl.constexpr,
+):
+    """Per channel over samples ``[n_start, n_end)``, with ``d = x - pivot``: the
+    forward's ``(sum(d), sum(d**2))``, or the backward's ``(sum(g), sum(g * d))``
+    (``GRAD``)."""
     acc1 = tl.zeros([BN, c.shape[0], BS], dtype=tl.float32)
     acc2 = tl.zeros([BN, c.shape[0], BS], dtype=tl.float32)
     for n0 in range(n_start, n_end, BN):
@@ -121,46 +148,67 @@ def _sum_x(x_ptr, c, pivot, n_start, n_end, C, S, BN: tl.constexpr, BS: tl.const
             off, mask = _tile(n0, s0, c, n_end, C, S, BN, BS)
             v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
             d = tl.where(mask, v - pivot[None, :, None], 0.0)
-            acc1 += d
-            acc2 += d * d
+            if GRAD:
+                g = tl.load(g_ptr + off, mask=mask, other=0.0).to(tl.float32)
+                acc1 += g
+                acc2 += g * d
+            else:
+                acc1 += d
+                acc2 += d * d
     return tl.sum(tl.sum(acc1, axis=2), axis=0), tl.sum(tl.sum(acc2, axis=2), axis=0)
 
 
 @triton.jit
-def _sum_g(g_ptr, x_ptr, c, pivot, n_start, n_end, C, S, BN: tl.constexpr, BS: tl.constexpr):
-    """``(sum(g), sum(g * (x - pivot)))`` per channel over samples ``[n_start, n_end)``."""
-    acc1 = tl.zeros([BN, c.shape[0], BS], dtype=tl.float32)
-    acc2 = tl.zeros([BN, c.shape[0], BS], dtype=tl.float32)
-    for n0 in range(n_start, n_end, BN):
-        for s0 in range(0, S, BS):
-            off, mask = _tile(n0, s0, c, n_end, C, S, BN, BS)
-            g = tl.load(g_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            acc1 += g
-            acc2 += g * tl.where(mask, v - pivot[None, :, None], 0.0)
-    return tl.sum(tl.sum(acc1, axis=2), axis=0), tl.sum(tl.sum(acc2, axis=2), axis=0)
-
-
-@triton.jit
-def _stats(
+def _channel_sums(
+    g_ptr,
     x_ptr,
+    pivot_ptr,
+    part_ptr,
+    N,
+    C,
+    S,
+    SPLIT,
+    GRAD: tl.constexpr,
+    FUSED: tl.constexpr,
+    BN: tl.constexpr,
+    BC: tl.constexpr,
+    BS: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """``(c, cm, pivot, s1, s2)`` of this program's channel block: ``_block``, and the
+    whole channel's ``_sums``, computed here (``FUSED``, one split) or added up from the
+    partial sums of ``_partial_sums``."""
+    c, cm, pivot = _block(x_ptr, pivot_ptr, C, S, BC, GRAD)
+    if FUSED:
+        s1, s2 = _sums(g_ptr, x_ptr, c, pivot, 0, N, C, S, GRAD, BN, BS)
+    else:
+        s1, s2 = _split_sums(part_ptr, c, C, SPLIT, CHUNK)
+    return c, cm, pivot, s1, s2
+
+
+@triton.jit
+def _partial_sums(
+    g_ptr,
+    x_ptr,
+    pivot_ptr,
     part_ptr,
     N,
     C,
     S,
     rows_per_split,
     SPLIT,
+    GRAD: tl.constexpr,
     BN: tl.constexpr,
     BC: tl.constexpr,
     BS: tl.constexpr,
 ):
-    """part[0, split, c] = sum(x - pivot), part[1, split, c] = sum((x - pivot)**2)."""
-    c = tl.program_id(0) * BC + tl.arange(0, BC)
+    """``part[0 | 1, split, c]``: the two ``_sums`` of this split's samples; the
+    forward's ``sum(x - pivot)``, ``sum((x - pivot)**2)``, or the backward's ``sum(g)``,
+    ``sum(g * (x - pivot))`` (``GRAD``)."""
+    c, cm, pivot = _block(x_ptr, pivot_ptr, C, S, BC, GRAD)
     split = tl.program_id(1)
-    cm = c < C
-    pivot = tl.load(x_ptr + c.to(tl.int64) * S, mask=cm, other=0.0).to(tl.float32)
     n_start, n_end = _rows(split, rows_per_split, N)
-    s1, s2 = _sum_x(x_ptr, c, pivot, n_start, n_end, C, S, BN, BS)
+    s1, s2 = _sums(g_ptr, x_ptr, c, pivot, n_start, n_end, C, S, GRAD, BN, BS)
     tl.store(part_ptr + split * C + c, s1, mask=cm)
     tl.store(part_ptr + (SPLIT + split) * C + c, s2, mask=cm)
 
@@ -199,15 +247,11 @@ def _normalize(
     pivot, offset) and, with ``RUNNING``, updates the running statistics in place:
     ``lerp(running, batch, factor)`` with the unbiased variance (``factor`` computed by
     the caller). ``BUMP``: program (0, 0) adds 1 to the counter (saves a launch).
-    ``FUSED`` (one split): the sums are computed here, not read from ``_stats``."""
-    c = tl.program_id(0) * BC + tl.arange(0, BC)
+    ``FUSED`` (one split): the sums are computed here, not read from ``_partial_sums``."""
+    c, cm, pivot, s1, s2 = _channel_sums(
+        x_ptr, x_ptr, x_ptr, part_ptr, N, C, S, SPLIT, False, FUSED, BN, BC, BS, CHUNK
+    )
     split = tl.program_id(1)
-    cm = c < C
-    pivot = tl.load(x_ptr + c.to(tl.int64) * S, mask=cm, other=0.0).to(tl.float32)
-    if FUSED:
-        s1, s2 = _sum_x(x_ptr, c, pivot, 0, N, C, S, BN, BS)
-    else:
-        s1, s2 = _split_sums(part_ptr, c, C, SPLIT, CHUNK)
     offset = s1 / count
     var = tl.maximum(s2 / count - offset * offset, 0.0)
     inv_std = 1.0 / tl.sqrt_rn(var + eps)
@@ -232,32 +276,6 @@ def _normalize(
             v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
             y = (v - pivot[None, :, None]) * scale[None, :, None] + shift[None, :, None]
             tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _grad_sums(
-    g_ptr,
-    x_ptr,
-    pivot_ptr,
-    part_ptr,
-    N,
-    C,
-    S,
-    rows_per_split,
-    SPLIT,
-    BN: tl.constexpr,
-    BC: tl.constexpr,
-    BS: tl.constexpr,
-):
-    """part[0, split, c] = sum(g), part[1, split, c] = sum(g * (x - pivot))."""
-    c = tl.program_id(0) * BC + tl.arange(0, BC)
-    split = tl.program_id(1)
-    cm = c < C
-    pivot = tl.load(pivot_ptr + c, mask=cm, other=0.0).to(tl.float32)
-    n_start, n_end = _rows(split, rows_per_split, N)
-    s1, s2 = _sum_g(g_ptr, x_ptr, c, pivot, n_start, n_end, C, S, BN, BS)
-    tl.store(part_ptr + split * C + c, s1, mask=cm)
-    tl.store(part_ptr + (SPLIT + split) * C + c, s2, mask=cm)
 
 
 @triton.jit
@@ -290,14 +308,10 @@ def _grad_input(
 ):
     """grad_x = k1 * g + k2 * (x - pivot) + k3 (see ``batch_norm_backward``); split 0
     writes grad_weight and grad_bias. ``FUSED`` (one split): the sums are computed here."""
-    c = tl.program_id(0) * BC + tl.arange(0, BC)
+    c, cm, pivot, g_sum, gd_pivot = _channel_sums(
+        g_ptr, x_ptr, pivot_ptr, part_ptr, N, C, S, SPLIT, True, FUSED, BN, BC, BS, CHUNK
+    )
     split = tl.program_id(1)
-    cm = c < C
-    pivot = tl.load(pivot_ptr + c, mask=cm, other=0.0).to(tl.float32)
-    if FUSED:
-        g_sum, gd_pivot = _sum_g(g_ptr, x_ptr, c, pivot, 0, N, C, S, BN, BS)
-    else:
-        g_sum, gd_pivot = _split_sums(part_ptr, c, C, SPLIT, CHUNK)
     inv_std = tl.load(inv_std_ptr + c, mask=cm, other=0.0).to(tl.float32)
     offset = tl.load(offset_ptr + c, mask=cm, other=0.0).to(tl.float32)
     gd = gd_pivot - offset * g_sum  # sum(g * (x - mean)), without cancellation
@@ -439,7 +453,7 @@ def train_forward(
     )
     grid = (triton.cdiv(c, bc), splits)
     if splits > 1:
-        _stats[grid](x, part, n, c, s, rows, splits, BN=bn, BC=bc, BS=bs)
+        _partial_sums[grid](x, x, x, part, n, c, s, rows, splits, GRAD=False, BN=bn, BC=bc, BS=bs)
     count = n * s
     if running is None:
         running_mean = running_var = counter = stats  # any pointer: never read
@@ -504,7 +518,9 @@ def train_backward(
     grad_b = torch.empty(c, dtype=torch.float32, device=x.device) if need_b else None
     grid = (triton.cdiv(c, bc), splits)
     if splits > 1:
-        _grad_sums[grid](grad_y, x, pivot, part, n, c, s, rows, splits, BN=bn, BC=bc, BS=bs)
+        _partial_sums[grid](
+            grad_y, x, pivot, part, n, c, s, rows, splits, GRAD=True, BN=bn, BC=bc, BS=bs
+        )
     _grad_input[grid if need_x else (grid[0], 1)](
         grad_y,
         x,
