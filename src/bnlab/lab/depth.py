@@ -123,12 +123,14 @@ __all__ = [
     "DepthConfig",
     "build_model",
     "evaluate_claims",
+    "main_cell",
     "main_grid",
     "prepare",
     "rule_of",
     "specs",
     "summarize",
     "train_run",
+    "tune_cell",
     "tune_grid",
 ]
 
@@ -460,14 +462,16 @@ def main_grid(config: DepthConfig) -> Grid:
     return kit.paired.measured_grid(ARMS, config.seeds, [f"d{d}" for d in config.depths])
 
 
-def _tune_cell(config: DepthConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+def tune_cell(config: DepthConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """A tuning run of ``cell`` (setting ``(dD, lr)``, arm, tuning seed), no test set."""
     setting, lr = cell.setting
     return train_run(config, cell.variant, _depth_of(setting), lr, cell.seed, bench, test=False)
 
 
-def _main_cell(
+def main_cell(
     config: DepthConfig, lrs: Mapping[str, Mapping[str, float | None]], cell: Cell, bench: Bench
 ) -> dict[str, Any]:
+    """A measured run of ``cell`` at its arm's chosen lr (None: every tuning lr diverged)."""
     lr = lrs[cell.setting][cell.variant]
     if lr is None:  # every lr of the grid diverged on the tuning seed
         bench.advance(config.steps)
@@ -876,10 +880,7 @@ SPEC = register_lab(
             "width 16, 28x28, 10 seeds."
         ),
         config_type=DepthConfig,
-        tune=(tune_grid, _tune_cell),
-        measure=(main_grid, _main_cell),
         criterion=BATCH_LOSS,
-        summarize=summarize,
         prepare=prepare,
         full_time=(
             "about 8-9 min on 2 quiet cores with --workers 2 (72 runs of 500 steps: 32 tuning, "

@@ -610,8 +610,7 @@ def summarize(
             "every test image"
         ),
     }
-    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
-    raw["claims"] = list(evidences.values())
+    verdicts = kit.decide(raw, CLAIMS)
     collapsed = {
         a: sum(v is not None and v <= config.chance_drop for v in m.get("fd_drop", []))
         for a, m in arms.items()

@@ -155,6 +155,7 @@ __all__ = [
     "read_metrics",
     "specs",
     "train_run",
+    "tune_cell",
     "tune_grid",
 ]
 
@@ -797,7 +798,8 @@ def _final_loss(loss_ma: Sequence[float | None]) -> float | None:
     return sum(tail) / len(tail)
 
 
-def _tune_cell(config: ICSConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+def tune_cell(config: ICSConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
+    """A tuning run of ``cell`` (setting ``(setting, lr)``) without probes: its final loss."""
     setting, lr = cell.setting
     got = train_run(config, dataclasses.replace(cell, setting=setting), lr, bench, probes=False)
     return {"lr": lr, "final_train_loss": _final_loss(got["loss_ma"])}
@@ -914,8 +916,7 @@ def summarize(
         "loss_level": config.loss_level,
         "read_steps": config.read_steps,
     }
-    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
-    raw["claims"] = list(evidences.values())
+    verdicts = kit.decide(raw, CLAIMS)
     raw["shown"] = stats.evaluate_experiment(shown_specs(config), per_seed)
     tables = []
     if tuned.values:
@@ -925,11 +926,7 @@ def summarize(
                 "is chosen; '-': not on this setting's grid)",
                 ["setting", "arm"],
                 sorted(set(config.lrs) | set(config.noise_lrs)),
-                [
-                    ((s, a), by, tuned.lr(s, a))
-                    for s, arms in tuned.values.items()
-                    for a, by in arms.items()
-                ],
+                [tuned.row(s, a, (s, a)) for s, arms in tuned.values.items() for a in arms],
             )
         )
     excluded = [
@@ -1178,7 +1175,6 @@ SPEC = register_lab(
             "Holm, TOST."
         ),
         config_type=ICSConfig,
-        tune=(tune_grid, _tune_cell),
         full_time=(
             "about 6.5 min on 2 quiet CPU cores with --workers 2 (49 runs, ~790 CPU-s: 800 "
             "ReLU steps with probes 7-11 s of CPU, 2,000 sigmoid steps ~21 s, ReLU tuning "
@@ -1186,8 +1182,6 @@ SPEC = register_lab(
             "version took 404 s at load 2.5, 2026-12-07)"
         ),
         measure=(main_grid, measure),
-        criterion="final_train_loss",
         steps=lambda config, data: config.steps_of,
-        summarize=summarize,
     )
 )

@@ -514,8 +514,7 @@ def summarize(config: PredictModeConfig, ctx: LabContext, run: GridRun) -> LabOu
             "checkpoint_step": config.checkpoint_step,
         },
     }
-    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
-    raw["claims"] = list(evidences.values())
+    verdicts = kit.decide(raw, CLAIMS)
     shown = shown_specs(config)
     raw["shown"] = stats.evaluate_experiment(shown, per_seed) if shown else []
     default = momentum_key(config.default_momentum)

@@ -713,8 +713,7 @@ def summarize(
         + f", full-batch Adam lr {config.classifier_lr}, {config.classifier_steps} steps, "
         f"weight decay {config.weight_decay}, half of each sample held out",
     }
-    verdicts, evidences = kit.apply_rules({"raw": raw}, CLAIMS)
-    raw["claims"] = list(evidences.values())
+    verdicts = kit.decide(raw, CLAIMS)
     raw["shown"] = stats.evaluate_experiment(shown_specs(config), per_seed)
     cell = kit.mean_std_cell
     det_rows = [["null: A vs B (one distribution)", "-", cell(per_seed["null"]["null"]["mcc"])]]
