@@ -234,6 +234,11 @@ ERRORS = [
         "choose a divisor of 6",
     ),
     (
+        lambda: group_norm(torch.randn(2, 6, 3), True),
+        ValueError,
+        "group_norm: num_groups must be an int > 0, got True",
+    ),
+    (
         lambda: group_norm(torch.randn(2, 6, 3), 3, bias=torch.zeros(3)),
         ValueError,
         "group_norm: bias must have shape (6,), one value per channel of the input, got shape (3,)",

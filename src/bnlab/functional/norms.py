@@ -40,6 +40,7 @@ from bnlab.functional.moments import accumulation_dtype, channel_shape, checked_
 __all__ = [
     "InstanceNormOutput",
     "check_floating_input",
+    "check_positive_int",
     "group_norm",
     "instance_norm",
     "layer_norm",
@@ -77,6 +78,12 @@ def check_floating_input(x: Tensor, min_dim: int, layout: str, name: str) -> Non
             f"{name}: expected an input of shape {layout} with at least {min_dim} dims, "
             f"got {x.dim()}D input of shape {tuple(x.shape)}"
         )
+
+
+def check_positive_int(value: object, what: str, name: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int > 0 (a bool is not)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name}: {what} must be an int > 0, got {value!r}")
 
 
 def _check_shaped(t: Tensor | None, shape: tuple[int, ...], what: str, name: str) -> None:
@@ -233,8 +240,7 @@ def group_norm(
     check_floating_input(x, 2, "(N, C, *)", name)
     check_eps(eps, name)
     num_channels = x.shape[1]
-    if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups <= 0:
-        raise ValueError(f"{name}: num_groups must be an int > 0, got {num_groups!r}")
+    check_positive_int(num_groups, "num_groups", name)
     if num_channels % num_groups != 0:
         raise ValueError(
             f"{name}: num_groups={num_groups} must divide the {num_channels} channels of the "

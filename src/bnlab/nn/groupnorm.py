@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from bnlab.autograd.group_norm import group_norm
 from bnlab.functional.batch_norm import check_eps
+from bnlab.functional.norms import check_positive_int
 from bnlab.nn._base import non_tensor_call
 from bnlab.nn._twin import ScriptedAsTorchTwin
 
@@ -55,9 +56,8 @@ class GroupNorm(ScriptedAsTorchTwin, nn.GroupNorm):
         bias: bool = True,
     ) -> None:
         name = type(self).__name__
-        for value, what in ((num_groups, "num_groups"), (num_channels, "num_channels")):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}: {what} must be an int > 0, got {value!r}")
+        check_positive_int(num_groups, "num_groups", name)
+        check_positive_int(num_channels, "num_channels", name)
         if num_channels % num_groups != 0:
             raise ValueError(
                 f"{name}: num_channels ({num_channels}) must be divisible by num_groups "
