@@ -418,6 +418,31 @@ def _nc_s(x: Tensor) -> tuple[int, int, int]:
     return n, c, x.numel() // (n * c)
 
 
+def _reduction(
+    g: Tensor, x: Tensor, pivot: Tensor, *, grad: bool, no_part: Tensor
+) -> tuple[Tensor, tuple[int, int], tuple[int, ...], dict[str, int | bool]]:
+    """Plan a training pass over ``x`` and run its first kernel: the partial sums
+    (``_partial_sums``; ``grad``: the backward's, of ``g``), only with several splits.
+
+    Returns:
+        ``(part, grid, sizes, blocks)``: the partial sums (``no_part``, any tensor, where
+        one split computes its sums in the second kernel), the second kernel's grid, and
+        the plan as it takes it: ``sizes`` its arguments ``(N, C, S, rows_per_split,
+        SPLIT, count)``, ``blocks`` its ``FUSED``, ``BN``, ``BC``, ``BS`` and ``CHUNK``.
+    """
+    n, c, s = _nc_s(x)
+    bn, bc, bs, rows, splits = plan(n, c, s, x.device)
+    grid = (triton.cdiv(c, bc), splits)
+    part = no_part
+    if splits > 1:
+        part = torch.empty((2, splits, c), dtype=torch.float32, device=x.device)
+        _partial_sums[grid](
+            g, x, pivot, part, n, c, s, rows, splits, GRAD=grad, BN=bn, BC=bc, BS=bs
+        )
+    blocks = {"FUSED": splits == 1, "BN": bn, "BC": bc, "BS": bs, "CHUNK": SPLIT_CHUNK}
+    return part, grid, (n, c, s, rows, splits, n * s), blocks
+
+
 # ---------------------------------------------------------------------------- entry points
 
 
@@ -443,18 +468,10 @@ def train_forward(
         ``(y, stats)``: ``y`` like ``x``; ``stats`` float32 ``(5, C)``, rows mean, var
         (biased), inv_std, pivot, offset (as the CPU kernels).
     """
-    n, c, s = _nc_s(x)
-    bn, bc, bs, rows, splits = plan(n, c, s, x.device)
     y = torch.empty_like(x)
-    stats = torch.empty((5, c), dtype=torch.float32, device=x.device)
-    # One split: the normalize kernel sums by itself, no partial sums to store.
-    part = (
-        torch.empty((2, splits, c), dtype=torch.float32, device=x.device) if splits > 1 else stats
-    )
-    grid = (triton.cdiv(c, bc), splits)
-    if splits > 1:
-        _partial_sums[grid](x, x, x, part, n, c, s, rows, splits, GRAD=False, BN=bn, BC=bc, BS=bs)
-    count = n * s
+    stats = torch.empty((5, x.shape[1]), dtype=torch.float32, device=x.device)
+    part, grid, sizes, blocks = _reduction(x, x, x, grad=False, no_part=stats)
+    count = sizes[-1]
     if running is None:
         running_mean = running_var = counter = stats  # any pointer: never read
         factor = 0.0
@@ -476,22 +493,13 @@ def train_forward(
         counter,
         float(factor),
         count / (count - 1) if count > 1 else 1.0,
-        n,
-        c,
-        s,
-        rows,
-        splits,
-        count,
+        *sizes,
         float(eps),
         HAS_W=weight is not None,
         HAS_B=bias is not None,
         RUNNING=running is not None,
         BUMP=bump,
-        FUSED=splits == 1,
-        BN=bn,
-        BC=bc,
-        BS=bs,
-        CHUNK=SPLIT_CHUNK,
+        **blocks,
     )
     return y, stats
 
@@ -510,17 +518,11 @@ def train_backward(
     ``grad_x`` is like ``x``; ``grad_weight`` and ``grad_bias`` are float32 ``(C,)``.
     """
     need_x, need_w, need_b = needs_input_grad
-    n, c, s = _nc_s(x)
-    bn, bc, bs, rows, splits = plan(n, c, s, x.device)
-    part = torch.empty((2, splits, c), dtype=torch.float32, device=x.device) if splits > 1 else x
+    c = x.shape[1]
+    part, grid, sizes, blocks = _reduction(grad_y, x, pivot, grad=True, no_part=x)
     grad_x = torch.empty_like(x) if need_x else None
     grad_w = torch.empty(c, dtype=torch.float32, device=x.device) if need_w else None
     grad_b = torch.empty(c, dtype=torch.float32, device=x.device) if need_b else None
-    grid = (triton.cdiv(c, bc), splits)
-    if splits > 1:
-        _partial_sums[grid](
-            grad_y, x, pivot, part, n, c, s, rows, splits, GRAD=True, BN=bn, BC=bc, BS=bs
-        )
     _grad_input[grid if need_x else (grid[0], 1)](
         grad_y,
         x,
@@ -532,21 +534,12 @@ def train_backward(
         offset,
         grad_w if need_w else part,
         grad_b if need_b else part,
-        n,
-        c,
-        s,
-        rows,
-        splits,
-        n * s,
+        *sizes,
         HAS_W=weight is not None,
         NEED_X=need_x,
         NEED_W=need_w,
         NEED_B=need_b,
-        FUSED=splits == 1,
-        BN=bn,
-        BC=bc,
-        BS=bs,
-        CHUNK=SPLIT_CHUNK,
+        **blocks,
     )
     return grad_x, grad_w, grad_b
 
