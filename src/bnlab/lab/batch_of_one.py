@@ -79,9 +79,10 @@ import bnlab.nn
 from bnlab.data.loader import DeviceLoader
 from bnlab.functional.batch_norm import batch_norm_forward
 from bnlab.lab import experiment, kit, stats
-from bnlab.lab.claims import Literature, spec_record, stats_rule
+from bnlab.lab.claims import Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.models.small_cnn import SmallReluCNN
 from bnlab.plots.effects import plot_arms
 
@@ -597,7 +598,7 @@ CLAIMS = kit.register_claims(
             "",
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "layer-instance-norm-online",
         "LayerNorm and InstanceNorm suit online learning: trained one example at a time they "
         "predict better than BN (在线学习场景中展现了各自的优势)",
@@ -608,8 +609,6 @@ CLAIMS = kit.register_claims(
         "higher, paired by seed, Holm, TOST margin ±1 point, at least 5 seeds, seeds whose "
         "online accuracy stays within 2 points of chance excluded; each arm at the lr of the "
         "grid 0.001-0.1 with the lowest online loss on tuning seed 1000, BN at InstanceNorm's.",
-        stats_rule("layer-instance-norm-online"),
-        kit.paired.measured_text,
         sentence="Layer Normalization和Instance Normalization等其他归一化方法,则在处理序列数据或在线学习场景中展现了各自的优势",
         literature=Literature(
             "Ba, Kiros & Hinton 2016, 'Layer Normalization', arXiv 1607.06450; Ulyanov, "

@@ -48,9 +48,10 @@ from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
 from bnlab.lab import experiment, kit, stats
-from bnlab.lab.claims import Literature, spec_record, stats_rule
+from bnlab.lab.claims import Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.models import create
 from bnlab.plots.effects import plot_arms
 from bnlab.plots.sweeps import plot_sweep
@@ -415,7 +416,7 @@ def _big(x: float | None) -> str:
 
 CLAIMS = kit.register_claims(
     "input-norm",
-    kit.ClaimRule(
+    stats_claim(
         "input-standardization-helps-shallow",
         "Standardizing the inputs (mean 0, std 1) helps shallow models train: a lower final "
         f"training loss than raw pixels, each input at its best lr ({SENTENCE})",
@@ -426,8 +427,6 @@ CLAIMS = kit.register_claims(
         "per-pixel standardization, paired by seed, Holm, TOST margin ±0.01 nats, at least 5 "
         "seeds, runs within 2 points of chance (test accuracy) excluded; each arm at the lr "
         "of the grid 0.003-10 with the lowest final training loss on tuning seed 1000.",
-        stats_rule("input-standardization-helps-shallow"),
-        kit.paired.measured_text,
         sentence=SENTENCE,
         literature=Literature(
             "LeCun, Bottou, Orr & Mueller 1998, 'Efficient BackProp', section 4.3 "

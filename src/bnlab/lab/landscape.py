@@ -88,11 +88,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab import kit, stats
-from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_record, stats_rule
+from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.kit import paired, probed
 from bnlab.lab.kit.probed import shared_runs
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.plots.landscape import plot_landscape
 from bnlab.plots.matched import plot_matched
 
@@ -634,7 +635,7 @@ _OURS = (
 
 CLAIMS = kit.register_claims(
     "landscape",
-    kit.ClaimRule(
+    stats_claim(
         "bn-smoother-landscape",
         "BN makes the loss landscape smoother: the gradient changes less per unit of "
         "distance along the gradient (lower effective beta-smoothness)",
@@ -643,8 +644,6 @@ CLAIMS = kit.register_claims(
             metric="log10 effective beta (max over the radii rho of ||g_hat(w') - g_hat(w)|| / "
             "rho, g_hat the gradient scaled by each parameter tensor's norm)"
         ),
-        stats_rule("bn-smoother-landscape"),
-        paired.measured_text,
         literature=Literature(
             "Santurkar, Tsipras, Ilyas & Madry 2018, 'How Does Batch Normalization Help "
             "Optimization?', arXiv 1805.11604, section 3.1, figures 4(b, c) and 5",
@@ -656,7 +655,7 @@ CLAIMS = kit.register_claims(
             _OURS,
         ),
     ),
-    kit.ClaimRule(
+    stats_claim(
         "bn-lipschitz-loss",
         "BN makes the loss more Lipschitz: the loss changes less along the gradient "
         "(smaller loss variation)",
@@ -665,8 +664,6 @@ CLAIMS = kit.register_claims(
             metric="log10 loss variation (max - min over the radii rho of L(w'), w' moved a "
             "relative distance rho down the gradient)"
         ),
-        stats_rule("bn-lipschitz-loss"),
-        paired.measured_text,
         literature=Literature(
             "Santurkar, Tsipras, Ilyas & Madry 2018, arXiv 1805.11604, section 3.1, "
             "figures 4(a) and 5",

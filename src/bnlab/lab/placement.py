@@ -59,6 +59,7 @@ from bnlab.lab import experiment, kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, seed_range
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.models import create
 from bnlab.plots.effects import plot_arms
 
@@ -395,7 +396,7 @@ def summarize(
 
 CLAIMS = kit.register_claims(
     "placement",
-    kit.ClaimRule(
+    stats_claim(
         "bn-before-activation",
         "BN goes before the activation: that placement is at least as good as BN after the "
         "activation (test accuracy no more than 0.3 points lower), each at its best lr; the "
@@ -410,8 +411,7 @@ CLAIMS = kit.register_claims(
         "1000; the superiority test (before higher, TOST ±0.3) shown, not voted. Changed "
         "after the run of 0c671df: the grid ended at 1 (sigmoid/before chose it, still "
         "improving) and the claim was superiority.",
-        noninferiority_rule,
-        kit.paired.measured_text,
+        rule=noninferiority_rule,
         sentence=SENTENCE,
         literature=Literature(
             "Ioffe & Szegedy 2015, arXiv 1502.03167, section 3.2 (before the nonlinearity); "

@@ -83,11 +83,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab import kit, stats
-from bnlab.lab.claims import LITERATURE, Literature, spec_record, stats_rule
+from bnlab.lab.claims import LITERATURE, Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.kit import paired, probed
 from bnlab.lab.kit.probed import shared_runs
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
+from bnlab.lab.stats_claims import stats_claim
 from bnlab.plots.matched import plot_matched
 from bnlab.plots.saturation import plot_saturation
 
@@ -713,16 +714,7 @@ def _claim(
     _, _, direction, _, network = next(c for c in _CLAIM_SHAPES if c[0] == key)
     design = dict(zip(("network", "grid", "steps", "level"), _DESIGN[network], strict=True))
     rule = _RULE.format(metric=metric, direction=direction, margin=margin, **design)
-    return kit.ClaimRule(
-        key,
-        text,
-        source,
-        rule,
-        stats_rule(key),
-        paired.measured_text,
-        sentence=sentence,
-        literature=literature,
-    )
+    return stats_claim(key, text, source, rule, sentence=sentence, literature=literature)
 
 
 CLAIMS = kit.register_claims(

@@ -557,24 +557,18 @@ def train_decayed(
     )
 
 
-def _fmt(x: Any, digits: int) -> str | None:
-    return None if x is None else f"{x:+.{digits}f}"
-
-
 def claims_table(evaluated: Sequence[Mapping[str, Any]], unit: str, digits: int = 2) -> Table:
     """One row per claim and setting of ``stats.evaluate_experiment``'s output: the
-    difference with its 95% t interval, Holm's p, the TOST p, the seeds and the status."""
+    difference with its 95% t interval (``stats.interval_cells``), Holm's p, the TOST p, the seeds and the status."""
     rows = []
     for e in evaluated:
         for row in e["settings"]:
-            low, high = row.get("ci_low"), row.get("ci_high")
             rows.append(
                 [
                     e["claim"],
                     row["setting"] or "-",
                     f"{e['arm']} - {e['reference']}",
-                    _fmt(row.get("diff"), digits),
-                    None if low is None else f"[{low:+.{digits}f}, {high:+.{digits}f}]",
+                    *stats.interval_cells(row, digits),
                     None if row.get("p_holm") is None else f"{row['p_holm']:.3g}",
                     None if row.get("tost_p_holm") is None else f"{row['tost_p_holm']:.3g}",
                     row["n"],

@@ -340,19 +340,15 @@ def shown_differences(
 ) -> list[list[Any]]:
     """Secondary comparisons, shown and not voted: per ``(label, setting, metric)`` the
     paired difference ``arm - reference`` over the seeds where both are finite, with its
-    unadjusted 95% t interval: rows ``[label, n, diff, "[low, high]"]``."""
+    unadjusted 95% t interval (``stats.finite_paired_difference``): rows
+    ``[label, n, diff, "[low, high]"]``."""
     out = []
     for label, setting, metric in rows:
         arms = per_seed.get(setting, {})
         a, r = arms.get(arm, {}).get(metric, []), arms.get(reference, {}).get(metric, [])
-        pairs = [
-            (float(x), float(y))
-            for x, y in zip(a, r, strict=False)
-            if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
-        ]
-        row: list[Any] = [label, len(pairs), None, None]
-        if len(pairs) >= 2:
-            d = stats.paired_difference([x for x, _ in pairs], [y for _, y in pairs], margin=1.0)
+        n, d = stats.finite_paired_difference(a, r)
+        row: list[Any] = [label, n, None, None]
+        if d is not None:
             row[2:] = [f"{d.diff:+.{digits}g}", f"[{d.ci_low:.{digits}g}, {d.ci_high:.{digits}g}]"]
         out.append(row)
     return out

@@ -568,8 +568,7 @@ def resolution_table(evaluated: Sequence[Mapping[str, Any]], resolution: float, 
                 [
                     e["claim"],
                     row["setting"] or "-",
-                    None if diff is None else f"{diff:+.2f}",
-                    None if low is None else f"[{low:+.2f}, {high:+.2f}]",
+                    *stats.interval_cells(row),
                     "yes" if low is not None and low == high else "no",
                     None if diff is None else f"{diff:+.2f} ± {resolution:g} {unit}",
                 ]
