@@ -21,8 +21,10 @@ from torch import nn
 from bnlab.lab import ics, kit, stats
 from bnlab.lab.claims import available_claims, spec_record
 from bnlab.lab.experiment import run_lab
-from bnlab.lab.kit import build_model, directions_verdict, matched, plateau_notes, probed
+from bnlab.lab.kit import matched, probed
 from bnlab.lab.runner import Bench, Cell
+from bnlab.models import create
+from bnlab.train import init_weights
 
 TINY = dataclasses.replace(
     ics.ICSConfig.quick(),
@@ -353,14 +355,6 @@ def test_one_measured_unit_and_no_hooks_left(monkeypatch: pytest.MonkeyPatch, fa
 # --- the measures ----------------------------------------------------------------------
 
 
-def test_directions_verdict() -> None:
-    assert directions_verdict(["less", "less"], "less") == "supported"
-    assert directions_verdict(["unclear", "greater"], "less") == "not supported"
-    assert directions_verdict(["less", "unclear"], "less") == "mixed"
-    with pytest.raises(ValueError, match="no comparisons"):
-        directions_verdict([], "less")
-
-
 def test_gradient_shift_of_a_two_layer_linear_net_by_hand() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2, bias=False)).double()
@@ -395,7 +389,8 @@ def test_gradient_shift_of_a_two_layer_linear_net_by_hand() -> None:
 
 
 def test_gradient_shift_leaves_bn_statistics_alone() -> None:
-    model = build_model("lenet", "bnlab", 0)
+    model = create("lenet", norm="bnlab")
+    init_weights(model, 0)
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     got = ics.gradient_shift(model, x, y, 0.1)
@@ -511,15 +506,6 @@ def test_noisy_outputs_applies_one_affine_map_per_channel_and_removeshook_count(
 def test_config_errors_show_the_value(kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ics.ICSConfig(**kw)
-
-
-def test_plateau_notes_flag_networks_at_chance_level() -> None:
-    per_seed = {
-        "lenet": {"none": {"train_loss": [2.30, 2.31]}, "bn": {"train_loss": [0.5, 0.6]}},
-        "mlp-relu": {"none": {"train_loss": [None]}},
-    }
-    (note,) = plateau_notes(per_seed)
-    assert note.startswith("LeNet (sigmoid), none: final train loss 2.305 is at chance level")
 
 
 def test_no_tuned_setting_runs_no_tuning_units(tmp_path: Path, fake_data) -> None:

@@ -1,5 +1,5 @@
 """The lab kit: data helpers, probes on a copy, functional losses, verdict helpers,
-thread settings and the probing experiments' config core."""
+thread settings and the tuned-lr paired experiments' skeleton."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.lab import kit
-from bnlab.lab.experiment import compare
 
 
 def test_batches_are_endless_full_and_seeded(fake_data) -> None:
@@ -81,49 +80,9 @@ def test_loss_at_and_loss_and_grad_match_autograd_and_keep_buffers() -> None:
     assert float(kit.loss_at(model, moved, buffers, x, y, F.cross_entropy)) != pytest.approx(loss)
 
 
-PER_SEED = {
-    "lenet": {
-        "none": {"m": [0.5, 0.52, 0.51], "e": [None]},
-        "bn": {"m": [0.1, 0.11, 0.12], "e": [None]},
-    },
-    "mlp-relu": {"none": {"m": [0.3, 0.31, 0.29], "e": [1.0]}, "bn": {"m": [0.3, 0.32, 0.28]}},
-    "mlp-sigmoid": {"bn": {"m": [0.0]}},
-}
-
-
-def test_compare_variants_per_setting() -> None:
-    evidence, directions = kit.compare_variants(PER_SEED, "m")
-    assert list(evidence) == ["lenet", "mlp-relu"]  # mlp-sigmoid has no baseline
-    assert directions == ["less", "unclear"]
-    c = compare(PER_SEED["lenet"]["bn"]["m"], PER_SEED["lenet"]["none"]["m"])
-    assert evidence["lenet"] == {
-        "m_bn": pytest.approx(0.11),
-        "m_none": pytest.approx(0.51),
-        "difference": c.diff,
-        "se": c.se,
-        "direction": "less",
-    }
-    assert kit.directions_verdict(directions, "less") == "mixed"
-    only, _ = kit.compare_variants(PER_SEED, "m", settings=["mlp-relu", "gone"])
-    assert list(only) == ["mlp-relu"]
-    custom, _ = kit.compare_variants(
-        PER_SEED,
-        "m",
-        entry=lambda v, c: {"bn": kit.variant_mean(v, "bn", "m"), **kit.comparison_fields(c)},
-    )
-    assert custom["lenet"]["bn"] == pytest.approx(0.11)
-    with pytest.raises(ValueError, match="each group needs a finite value"):
-        kit.compare_variants({"lenet": PER_SEED["lenet"]}, "e")
-    assert kit.compare_variants({"lenet": PER_SEED["lenet"]}, "e", skip_empty=True) == ({}, [])
-
-
-def test_evidence_text_finite_mean_and_variant_mean() -> None:
-    text = kit.evidence_text({"lenet": {"a": 0.123456, "se": 0.1, "direction": "less"}})
-    assert text == "LeNet (sigmoid): a 0.1235, direction less"
-    assert kit.evidence_text({"x": {"n": 3}}, label=str.upper) == "X: n 3"
+def test_finite_mean() -> None:
     assert kit.finite_mean([1.0, None, math.nan, 3.0]) == 2.0
     assert kit.finite_mean([None, math.inf]) is None
-    assert kit.variant_mean(PER_SEED["lenet"], "gone", "m") is None
 
 
 def test_cpu_threads_restores_the_count() -> None:
@@ -133,41 +92,6 @@ def test_cpu_threads_restores_the_count() -> None:
     assert torch.get_num_threads() == before
     with kit.cpu_threads(0):
         assert torch.get_num_threads() == before
-
-
-@dataclasses.dataclass(frozen=True)
-class _Probing(kit.ProbingConfig):
-    extra: int = 1
-
-    @classmethod
-    def quick(cls) -> _Probing:
-        return cls(**cls.QUICK, extra=2)
-
-
-def test_probing_config_core(fake_data) -> None:
-    quick = _Probing.quick()
-    assert (quick.seeds, quick.train_size, quick.test_size, quick.batch_size, quick.steps) == (
-        2,
-        1024,
-        256,
-        64,
-        30,
-    )
-    cells = quick.arch_grid(("none", "bn"), include=lambda c: c.seed == 0).cells()
-    assert [(c.setting, c.variant) for c in cells] == [
-        ("lenet", "none"),
-        ("lenet", "bn"),
-        ("mlp-relu", "none"),
-        ("mlp-relu", "bn"),
-    ]
-    part = _Probing(train_size=5, test_size=3).first_examples(fake_data(10, 10))
-    assert (part["train_images"].shape[0], part["test_images"].shape[0]) == (5, 3)
-    with pytest.raises(ValueError, match="_Probing: unknown arch 'vgg'; choose from: lenet"):
-        _Probing(archs=("vgg",))
-    with pytest.raises(ValueError, match="_Probing: batch_size must be > 0, got 0"):
-        _Probing(batch_size=0)
-    with pytest.raises(ValueError, match="_Probing: archs is empty"):
-        _Probing(archs=())
 
 
 # --- kit.paired: the tuned-lr paired skeleton ------------------------------------------

@@ -21,8 +21,10 @@ from torch import nn
 from bnlab.lab import kit, landscape, stats
 from bnlab.lab.claims import FROM_LITERATURE, available_claims, spec_record
 from bnlab.lab.experiment import run_lab
-from bnlab.lab.kit import build_model, probed
+from bnlab.lab.kit import probed
 from bnlab.lab.runner import Bench, Cell, GridRun
+from bnlab.models import create
+from bnlab.train import init_weights
 
 TINY = dataclasses.replace(
     landscape.LandscapeConfig.quick(),
@@ -401,7 +403,10 @@ def test_landscape_point_of_least_squares_against_the_algebra() -> None:
 
 
 def test_landscape_probe_averages_the_batches_and_leaves_the_model_alone() -> None:
-    model = build_model("mlp-relu", "bnlab", 0)
+    model = create(
+        "mlp", norm="bnlab", hidden=(100, 100, 100), activation="relu", norm_position="before"
+    )
+    init_weights(model, 0)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
     batches = [(x[:8], y[:8]), (x[8:], y[8:])]

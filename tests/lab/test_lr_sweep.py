@@ -2,8 +2,7 @@
 run end to end ("no verdict at this budget", figure, resume), the trainability summary
 and its censoring, the declared rule on synthetic per-seed numbers whose verdict is
 known (clear effect, the null, noise, too few seeds, a censored seed), config errors;
-and the kit pieces the first edition tested here (``train_variant``, ``take``,
-``trainable_values``)."""
+and the kit pieces the first edition tested here (``train_variant``, ``take``)."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ import torch
 from bnlab.lab import lr_sweep, stats
 from bnlab.lab.claims import spec_record
 from bnlab.lab.experiment import get_lab, run_lab
-from bnlab.lab.kit import sweeps, take, train_variant, trainable_values
+from bnlab.lab.kit import sweeps, take, train_variant
 from bnlab.lab.runner import Bench, Cell, GridRun
 from bnlab.models import create
 from bnlab.train import TrainConfig
@@ -207,24 +206,6 @@ def test_take_is_a_fixed_subset_and_names_bad_splits(fake_data) -> None:
     assert take(data, "test", None)[0].shape[0] == 64
     with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'valid'"):
         take(data, "valid", 3)
-
-
-def test_trainable_values_rule() -> None:
-    cells = [
-        {"g": "a", "x": 1.0, "acc": 0.8, "diverged": False},
-        {"g": "a", "x": 2.0, "acc": 0.7, "diverged": False},
-        {"g": "a", "x": 3.0, "acc": 0.8, "diverged": True},
-        {"g": "b", "x": 1.0, "acc": 0.4, "diverged": False},
-        {"g": "b", "x": 2.0, "acc": 0.38, "diverged": False},
-    ]
-    common = trainable_values(cells, group_key="g", grid_key="x", fraction=0.9, metric="acc")
-    # Exact: the grid values are the cells' own, copied.
-    assert common["groups"]["a"]["trains"] == [1.0]
-    assert common["groups"]["b"]["trains"] == []
-    own = trainable_values(
-        cells, group_key="g", grid_key="x", fraction=0.9, metric="acc", per_group=True
-    )
-    assert own["groups"]["b"]["trains"] == [1.0, 2.0]
 
 
 def test_differences_are_printed_with_the_grid_resolution() -> None:

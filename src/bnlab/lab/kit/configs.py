@@ -1,26 +1,22 @@
 """Config pieces the experiments share: value checks, the base of every experiment's
-config (``LabConfig``: seeds and the quick run) and the probing experiments' core."""
+config (``LabConfig``: seeds and the quick run) and the stats-decided experiments' core
+(``PairedConfig``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
 from torch import Tensor
 
-from bnlab.lab.experiment import LabContext, LabOutcome, LabSpec
 from bnlab.lab.kit.data import split
-from bnlab.lab.kit.models import check_archs
-from bnlab.lab.runner import Bench, Cell, Grid, GridRun, grid_lab
 
 __all__ = [
     "LabConfig",
     "PairedConfig",
-    "ProbingConfig",
     "check_positive",
-    "probing_lab",
 ]
 
 
@@ -99,83 +95,3 @@ class PairedConfig(LabConfig):
         n_train = data["train_images"].shape[0] if self.train_size is None else self.train_size
         n_test = data["test_images"].shape[0] if self.test_size is None else self.test_size
         return split(data, n_train, n_test)
-
-
-@dataclass(frozen=True)
-class ProbingConfig(LabConfig):
-    """What the probing experiments (ics, landscape, saturation) share: which networks,
-    how many seeds, how much data, how many SGD steps of which batch.
-
-    A subclass adds its own fields (learning rates, probe intervals), its quick
-    settings (``LabConfig``) and the fields that must be > 0 (``POSITIVE``).
-
-    Args:
-        seeds: runs per (architecture, variant), seeds 0..seeds-1.
-        archs: keys of ``bnlab.lab.kit.ARCHS``.
-        train_size, test_size: examples taken from the start of each split.
-        batch_size, steps: SGD batch and number of steps.
-
-    Raises:
-        ValueError: an unknown architecture or a setting that is not > 0.
-    """
-
-    archs: tuple[str, ...] = ("lenet", "mlp-relu")
-    train_size: int = 12000
-    test_size: int = 2000
-    batch_size: int = 128
-    steps: int = 300
-
-    QUICK = LabConfig.quick_settings(train_size=1024, test_size=256, batch_size=64, steps=30)
-
-    #: The numeric settings that must be > 0; a subclass adds its own.
-    POSITIVE: ClassVar[tuple[str, ...]] = (
-        "seeds",
-        "train_size",
-        "test_size",
-        "batch_size",
-        "steps",
-    )
-
-    def __post_init__(self) -> None:
-        owner = type(self).__name__
-        check_archs(owner, self.archs)
-        check_positive(owner, self, self.POSITIVE)
-
-    def arch_grid(
-        self, variants: Sequence[str], include: Callable[[Cell], bool] | None = None
-    ) -> Grid:
-        """Architecture x ``variants`` x seed (unit keys ``ARCH-VARIANT-seedN``)."""
-        return Grid(settings=self.archs, variants=variants, seeds=self.seeds, include=include)
-
-    def first_examples(self, data: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The first ``train_size`` training and ``test_size`` test examples of ``data``."""
-        return split(data, self.train_size, self.test_size)
-
-
-def probing_lab(
-    *,
-    variants: Sequence[str],
-    measure: Callable[[Any, Cell, Bench], Any],
-    summarize: Callable[[Any, LabContext, GridRun], LabOutcome],
-    grid: Callable[[Any], Grid] | None = None,
-    **spec: Any,
-) -> LabSpec:
-    """``grid_lab`` for a ``ProbingConfig`` experiment: the grid is architecture x
-    ``variants`` x seed (or ``grid(config)``), each cell one ``config.steps``-step run
-    on ``config.first_examples(data)``.
-
-    Args:
-        variants: the variants of the default grid.
-        measure, summarize: as for ``grid_lab``.
-        grid: config -> the grid, instead of ``config.arch_grid(variants)``.
-        spec: ``name``, ``title``, ``summary``, ``config_type``, ``description``,
-            ``full_time`` (``grid_lab``'s).
-    """
-    return grid_lab(
-        grid=grid or (lambda config: config.arch_grid(variants)),
-        measure=measure,
-        summarize=summarize,
-        steps=lambda config: config.steps,
-        prepare=lambda config, data: config.first_examples(data),
-        **spec,
-    )

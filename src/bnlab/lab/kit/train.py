@@ -20,14 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import bnlab.nn
 from bnlab.data.loader import DeviceLoader
-from bnlab.functional.batch_renorm import RENORM_R_MAX_STEPS
 from bnlab.lab.kit.data import take
 from bnlab.train import TrainConfig, evaluate, fit
 from bnlab.train.fit import NonFiniteLossError, StepInfo
 
-__all__ = ["DIVERGENCE_RULE", "json_float", "renorm_warmup", "train_variant"]
+__all__ = ["DIVERGENCE_RULE", "json_float", "train_variant"]
 
 #: When a run counts as diverged (``train_variant``'s ``diverged``).
 DIVERGENCE_RULE = (
@@ -172,27 +170,3 @@ def json_float(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def renorm_warmup(
-    model: nn.Module, total_steps: int, *, ramp: float = 0.5
-) -> Callable[[StepInfo], None] | None:
-    """Batch Renorm's warm-up of ``r_max``/``d_max``, scaled to a run of ``total_steps``.
-
-    The paper's schedule (``bnlab.nn.renorm_clipping``: batch norm for the first 5k
-    steps, ``r_max`` 3 at 40k, ``d_max`` 5 at 25k) with its step counts scaled so that
-    ``r_max`` reaches 3 at ``ramp`` of the run. Sets the bounds for step 0 now.
-
-    Returns:
-        The ``on_step`` callback that sets them before every following step, or None when
-        ``model`` has no batch renorm layer.
-    """
-    scale = max(ramp * total_steps / RENORM_R_MAX_STEPS, 1e-9)
-    if bnlab.nn.set_renorm_clipping(model, *bnlab.nn.renorm_clipping(0, step_scale=scale)) == 0:
-        return None
-
-    def on_step(info: StepInfo) -> None:
-        # info.step steps are done: set the bounds of the next one.
-        bnlab.nn.set_renorm_clipping(model, *bnlab.nn.renorm_clipping(info.step, step_scale=scale))
-
-    return on_step
