@@ -154,6 +154,23 @@ def _affine(t: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     return t
 
 
+def _channel_params(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """Per-channel ``weight`` and ``bias`` ``(C,)`` shaped to broadcast against ``x``."""
+    shape = channel_shape(x.dim(), x.shape[1])
+    return (
+        None if weight is None else weight.view(shape),
+        None if bias is None else bias.view(shape),
+    )
+
+
+def _empty_output(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """The output for an input with no elements: ``x * weight + bias``, which keeps the
+    graph to the parameters (weight and bias shaped to broadcast against ``x``)."""
+    return _cast(_affine(x.to(accumulation_dtype(x.dtype)), weight, bias), x.dtype)
+
+
 def layer_norm(
     x: Tensor,
     normalized_shape: int | Sequence[int],
@@ -199,7 +216,7 @@ def layer_norm(
     _check_shaped(bias, shape, "bias", name)
     dims = tuple(range(x.dim() - len(shape), x.dim()))
     if x.numel() == 0:
-        return _cast(_affine(x.to(accumulation_dtype(x.dtype)), weight, bias), x.dtype)
+        return _empty_output(x, weight, bias)
     x_hat, _, _ = normalize_over(x, dims, eps)
     return _cast(_affine(x_hat, weight, bias), x.dtype)
 
@@ -248,11 +265,9 @@ def group_norm(
         )
     check_per_channel(weight, num_channels, "weight", name)
     check_per_channel(bias, num_channels, "bias", name)
-    shape = channel_shape(x.dim(), num_channels)
-    w = None if weight is None else weight.view(shape)
-    b = None if bias is None else bias.view(shape)
+    w, b = _channel_params(x, weight, bias)
     if x.numel() == 0:
-        return _cast(_affine(x.to(accumulation_dtype(x.dtype)), w, b), x.dtype)
+        return _empty_output(x, w, b)
     # (N, C, *) -> (N, G, C/G * prod(*)): one row per (sample, group).
     grouped = x.reshape(x.shape[0], num_groups, -1)
     x_hat, _, _ = normalize_over(grouped, (2,), eps)
@@ -318,12 +333,9 @@ def instance_norm(
         y = _batch_norm_eval(x, running_mean, running_var, weight, bias, eps)
         return InstanceNormOutput(y, running_mean, running_var)
 
-    shape = channel_shape(x.dim(), num_channels)
-    w = None if weight is None else weight.view(shape)
-    b = None if bias is None else bias.view(shape)
+    w, b = _channel_params(x, weight, bias)
     if x.numel() == 0:
-        y = _cast(_affine(x.to(accumulation_dtype(x.dtype)), w, b), x.dtype)
-        return InstanceNormOutput(y, running_mean, running_var)
+        return InstanceNormOutput(_empty_output(x, w, b), running_mean, running_var)
     count = math.prod(x.shape[2:])
     if count == 1:
         raise ValueError(
