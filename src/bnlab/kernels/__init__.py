@@ -103,6 +103,9 @@ __all__ = [
     "POOL_MIN_BYTES",
     "OutputPool",
     "available",
+    "avg_pool2_backward",
+    "avg_pool2_eligible",
+    "avg_pool2_forward",
     "batch_norm_eligible",
     "cuda_status",
     "enabled",
@@ -111,6 +114,7 @@ __all__ = [
     "group_forward",
     "group_norm_eligible",
     "is_enabled",
+    "is_transformed",
     "layer_backward",
     "layer_forward",
     "layer_norm_eligible",
@@ -153,6 +157,9 @@ _PACK = {
     "layer_forward": struct.Struct("=QQqqQQdQq").pack,
     # grad_y, x, R, M, weight, stats, grad_x, grad_weight, grad_bias, threads
     "layer_backward": struct.Struct("=QQqqQQQQQq").pack,
+    # x, y, planes, H, W, threads (backward: grad_y, grad_x, ...)
+    "avg_pool2_forward": struct.Struct("=QQqqqq").pack,
+    "avg_pool2_backward": struct.Struct("=QQqqqq").pack,
 }
 _pack_train_forward = _PACK["train_forward"]
 _pack_eval_forward = _PACK["eval_forward"]
@@ -812,3 +819,51 @@ def layer_backward(
     return _backward(
         "layer_backward", x, args, normalized_numel, needs_input_grad, _norm_empty_like
     )
+
+
+def avg_pool2_eligible(x: Tensor) -> bool:
+    """The 2x2 average-pooling dispatch (kernel 2, stride 2, no padding, floor mode: the
+    caller checks those): a contiguous float32/float64 CPU ``(N, C, H, W)`` input with
+    even ``H`` and ``W`` and at least :data:`MIN_NUMEL` elements, outside
+    ``torch.compile`` and functorch transforms; the switch on and the library built."""
+    if not _enabled or _failed or not isinstance(x, Tensor):
+        return False
+    if (
+        x.dtype not in _DTYPES
+        or x.dim() != 4
+        or not x.is_cpu
+        or x.shape[2] % 2
+        or x.shape[3] % 2
+        or x.numel() < MIN_NUMEL
+        or not x.is_contiguous()
+        or _transformed(x)
+    ):
+        return False
+    return _lib is not None or _library() is not None
+
+
+def _avg_pool2(name: str, source: Tensor, out: Tensor, shape: torch.Size) -> Tensor:
+    n, c, h, w = shape
+    _fns[name, source.dtype](
+        _PACK[name](source.data_ptr(), out.data_ptr(), n * c, h, w, torch.get_num_threads())
+    )
+    return out
+
+
+def is_transformed(x: Tensor) -> bool:
+    """Whether ``x`` is traced or transformed (torch.compile, vmap, torch.func.grad)."""
+    return _transformed(x)
+
+
+def avg_pool2_forward(x: Tensor) -> Tensor:
+    """2x2 average pooling, stride 2 (call only where :func:`avg_pool2_eligible`):
+    ``(N, C, H, W) -> (N, C, H/2, W/2)``, each output the sum of its window in torch's
+    order, divided by 4."""
+    n, c, h, w = x.shape
+    return _avg_pool2("avg_pool2_forward", x, x.new_empty((n, c, h // 2, w // 2)), x.shape)
+
+
+def avg_pool2_backward(grad_y: Tensor, shape: torch.Size) -> Tensor:
+    """The gradient of :func:`avg_pool2_forward` for an input of ``shape``: ``grad_y / 4``
+    spread over each window (``grad_y`` contiguous, of the input's dtype)."""
+    return _avg_pool2("avg_pool2_backward", grad_y, grad_y.new_empty(shape), shape)

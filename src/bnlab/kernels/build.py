@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 SOURCE = Path(__file__).with_name("bn_kernels.cpp")
-ABI_VERSION = 6
+ABI_VERSION = 7
 COMPILERS = ("g++", "c++", "clang++")
 # Compile at first use: this machine only, so its whole instruction set.
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17")

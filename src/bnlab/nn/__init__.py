@@ -15,6 +15,7 @@ from bnlab.nn.groupnorm import GroupNorm
 from bnlab.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from bnlab.nn.interop import FUSER_METHOD_MAPPING, as_torch_batchnorm
 from bnlab.nn.layernorm import LayerNorm
+from bnlab.nn.pool import AvgPool2d
 from bnlab.nn.precise_bn import RecalibrationReport, recalibrate_batchnorm
 from bnlab.nn.registry import (
     available_norm_layers,
@@ -35,6 +36,7 @@ from bnlab.nn.renorm import (
 from bnlab.nn.sync import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
+    "AvgPool2d",
     "FUSER_METHOD_MAPPING",
     "BatchNorm1d",
     "BatchNorm2d",
