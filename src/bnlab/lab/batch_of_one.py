@@ -283,12 +283,9 @@ def _online(config: BatchOfOneConfig, arm: str, lr: float, seed: int, bench: Ben
         return F.cross_entropy(out, y)
 
     with kit.cpu_threads(config.threads):
-        with experiment.seeded(seed):
-            model = SmallReluCNN(ARMS[arm]).to(device)
-        losses = kit.paired.train_decayed(
-            model,
-            data["train_images"],
-            data["train_labels"],
+        model, losses = kit.paired.train_new(
+            lambda: SmallReluCNN(ARMS[arm]),
+            data,
             bench,
             lr=lr,
             batch=1,
@@ -314,12 +311,9 @@ def _predict(config: BatchOfOneConfig, seed: int, bench: Bench) -> dict[str, Any
     images = data["train_images"]
     steps = config.predict_epochs * max(1, images.shape[0] // config.predict_batch)
     with kit.cpu_threads(config.threads):
-        with experiment.seeded(seed):
-            model = SmallReluCNN("bnlab").to(device)
-        kit.paired.train_decayed(
-            model,
-            images,
-            data["train_labels"],
+        model, _ = kit.paired.train_new(
+            lambda: SmallReluCNN("bnlab"),
+            data,
             bench,
             lr=config.predict_lr,
             batch=config.predict_batch,

@@ -105,7 +105,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab import experiment, kit, stats
+from bnlab.lab import kit, stats
 from bnlab.lab.claims import FROM_LITERATURE, Literature, spec_from_record, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
@@ -398,14 +398,11 @@ def train_run(
         return loss
 
     with kit.cpu_threads(config.threads):
-        with experiment.seeded(seed):
-            model = build_model(config, arm, depth).to(device)
         start = time.perf_counter()
         try:
-            kit.paired.train_decayed(
-                model,
-                data["train_images"],
-                data["train_labels"],
+            model, _ = kit.paired.train_new(
+                lambda: build_model(config, arm, depth),
+                data,
                 bench,
                 lr=lr,
                 batch=config.batch,

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.data.loader import DeviceLoader
-from bnlab.lab import experiment, kit, stats
+from bnlab.lab import kit, stats
 from bnlab.lab.claims import Literature, spec_record
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun
@@ -217,10 +217,14 @@ def train_run(
     steps = config.steps_for(images.shape[0])
     with kit.cpu_threads(config.threads):
         pre = standardizer(images, inputs, config.min_std)
-        with experiment.seeded(seed):
-            net = build_model(config, model, pre).to(device)
-        losses = kit.paired.train_decayed(
-            net, images, labels, bench, lr=lr, batch=config.batch, steps=steps, seed=seed
+        net, losses = kit.paired.train_new(
+            lambda: build_model(config, model, pre),
+            data,
+            bench,
+            lr=lr,
+            batch=config.batch,
+            steps=steps,
+            seed=seed,
         )
         train = evaluate(net, DeviceLoader(images, labels, 1000, shuffle=False, device=device))
         test_acc = 100.0 * kit.accuracy_on_test(net, data, device)

@@ -55,7 +55,7 @@ from typing import Any
 
 from scipy import special
 
-from bnlab.lab import experiment, kit, stats
+from bnlab.lab import kit, stats
 from bnlab.lab.claims import Literature, spec_record, stats_rule
 from bnlab.lab.experiment import Figure, LabContext, LabOutcome, Table, register_lab
 from bnlab.lab.runner import Bench, Cell, Grid, GridRun, seed_range
@@ -164,18 +164,15 @@ def train_run(
             "test_labels": data["train_labels"][n:],
         }
     with kit.cpu_threads(config.threads):
-        with experiment.seeded(seed):
-            model = create(
+        model, losses = kit.paired.train_new(
+            lambda: create(
                 "mlp",
                 norm=config.norm,
                 hidden=config.hidden,
                 activation=activation,
                 norm_position=placement,
-            ).to(bench.device)
-        losses = kit.paired.train_decayed(
-            model,
-            data["train_images"],
-            data["train_labels"],
+            ),
+            data,
             bench,
             lr=lr,
             batch=config.batch,

@@ -17,6 +17,8 @@ grid, measurement and rule:
 - :class:`Tuned`: the tuning criterion and the chosen lrs, with the results.json keys
   (``record``: ``tuning``, ``lr``, ``lr_at_grid_edge``, ``tune_rule``), the tuning table
   (``table``) and the notes (``notes``);
+- :func:`train_new`: a run's model built under its seed and trained by
+  :func:`train_decayed` (SGD, the lr decayed to 0) on the training images;
 - :func:`claim_specs` (several claims on one metric) and :func:`claim_spec` (one),
   :func:`claims_table`, :func:`measured_text`.
 
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.lab import stats
-from bnlab.lab.experiment import LabContext, LabOutcome, LabSpec, Table
+from bnlab.lab.experiment import LabContext, LabOutcome, LabSpec, Table, seeded
 from bnlab.lab.kit.configs import PairedConfig, check_positive
 from bnlab.lab.kit.data import batches
 from bnlab.lab.kit.train import json_float
@@ -68,6 +70,7 @@ __all__ = [
     "run_by_setting",
     "run_tuned",
     "train_decayed",
+    "train_new",
     "tune_grid",
     "tuned_lab",
     "tuned_runs",
@@ -555,6 +558,30 @@ def train_decayed(
         loss_fn=loss_fn,
         on_step=[lambda s: schedule.step(), lambda s: bench.advance(1)],
     )
+
+
+def train_new(
+    build: Callable[[], nn.Module],
+    data: Mapping[str, Tensor],
+    bench: Bench,
+    *,
+    seed: int,
+    **train: Any,
+) -> tuple[nn.Module, list[float]]:
+    """A new model trained: ``build()`` under ``seed`` (its initial weights), on
+    ``bench.device``, then :func:`train_decayed` (``train``: its ``lr``, ``batch``,
+    ``steps``, ``momentum``, ``loss_fn``) on ``data``'s training images and labels, with
+    batches drawn with the same ``seed``.
+
+    Returns:
+        ``(model, losses)``: the trained model (train mode) and the mini-batch losses.
+    """
+    with seeded(seed):
+        model = build().to(bench.device)
+    losses = train_decayed(
+        model, data["train_images"], data["train_labels"], bench, seed=seed, **train
+    )
+    return model, losses
 
 
 def claims_table(evaluated: Sequence[Mapping[str, Any]], unit: str, digits: int = 2) -> Table:
