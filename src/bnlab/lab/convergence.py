@@ -259,7 +259,7 @@ def tune_cell(config: ConvergenceConfig, cell: Cell, bench: Bench) -> dict[str, 
 
 def main_cell(
     config: ConvergenceConfig,
-    lrs: Mapping[str, Mapping[str, float | None]],
+    lrs: kit.paired.ChosenLrs,
     cell: Cell,
     bench: Bench,
 ) -> dict[str, Any]:

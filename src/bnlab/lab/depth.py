@@ -466,7 +466,7 @@ def tune_cell(config: DepthConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
 
 
 def main_cell(
-    config: DepthConfig, lrs: Mapping[str, Mapping[str, float | None]], cell: Cell, bench: Bench
+    config: DepthConfig, lrs: kit.paired.ChosenLrs, cell: Cell, bench: Bench
 ) -> dict[str, Any]:
     """A measured run of ``cell`` at its arm's chosen lr (None: every tuning lr diverged)."""
     lr = lrs[cell.setting][cell.variant]

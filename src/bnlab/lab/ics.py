@@ -805,7 +805,7 @@ def tune_cell(config: ICSConfig, cell: Cell, bench: Bench) -> dict[str, Any]:
     return {"lr": lr, "final_train_loss": _final_loss(got["loss_ma"])}
 
 
-def _lr(config: ICSConfig, lrs: Mapping[str, Mapping[str, float | None]], setting: str, arm: str):
+def _lr(config: ICSConfig, lrs: kit.paired.ChosenLrs, setting: str, arm: str):
     fixed = {(s, a): lr for s, a, lr in config.arm_lrs}
     if (setting, arm) in fixed:
         return fixed[setting, arm]
@@ -817,7 +817,7 @@ def _lr(config: ICSConfig, lrs: Mapping[str, Mapping[str, float | None]], settin
 
 
 def measure(
-    config: ICSConfig, lrs: Mapping[str, Mapping[str, float | None]], cell: Cell, bench: Bench
+    config: ICSConfig, lrs: kit.paired.ChosenLrs, cell: Cell, bench: Bench
 ) -> dict[str, Any]:
     """One measured run of ``cell`` (setting, arm, seed) at its lr: the curves and
     ``read_metrics``."""

@@ -427,16 +427,14 @@ def read_metrics(config: LandscapeConfig, run: Mapping[str, Any]) -> dict[str, A
     return out | probed.run_numbers(run, window)
 
 
-def _lr(
-    config: LandscapeConfig, lrs: Mapping[str, Mapping[str, float | None]], cell: Cell
-) -> float | None:
+def _lr(config: LandscapeConfig, lrs: paired.ChosenLrs, cell: Cell) -> float | None:
     if cell.setting == "common":
         return config.common_lr
     return lrs.get(config.activation, {}).get(cell.variant)
 
 
 def main_cell(
-    config: LandscapeConfig, lrs: Mapping[str, Mapping[str, float | None]], cell: Cell, bench: Bench
+    config: LandscapeConfig, lrs: paired.ChosenLrs, cell: Cell, bench: Bench
 ) -> dict[str, Any]:
     """A measured run: the common setting at ``common_lr``, the tuned one at the arm's
     tuned lr (not run again when that is ``common_lr``: marked ``same_as`` common)."""

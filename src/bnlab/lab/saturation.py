@@ -399,9 +399,7 @@ def read_metrics(config: SaturationConfig, network: str, run: Mapping[str, Any])
     return out | probed.run_numbers(run, window)
 
 
-def _lr(
-    config: SaturationConfig, lrs: Mapping[str, Mapping[str, float | None]], cell: Cell
-) -> float | None:
+def _lr(config: SaturationConfig, lrs: paired.ChosenLrs, cell: Cell) -> float | None:
     if cell.setting == COMMON:
         return config.common_lr
     return lrs.get(str(cell.setting), {}).get(cell.variant)
@@ -409,7 +407,7 @@ def _lr(
 
 def main_cell(
     config: SaturationConfig,
-    lrs: Mapping[str, Mapping[str, float | None]],
+    lrs: paired.ChosenLrs,
     cell: Cell,
     bench: Bench,
 ) -> dict[str, Any]:

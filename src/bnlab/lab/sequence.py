@@ -451,7 +451,7 @@ def _tune_cell(config: SequenceConfig, cell: Cell, bench: Bench) -> dict[str, An
 
 def measure(
     config: SequenceConfig,
-    lrs: Mapping[str, Mapping[str, float | None]],
+    lrs: kit.paired.ChosenLrs,
     cell: Cell,
     bench: Bench,
 ) -> dict[str, Any]:
@@ -482,7 +482,7 @@ def run(config: SequenceConfig, ctx: LabContext) -> LabOutcome:
 
 def gru_bn_arm(
     tuning: Mapping[str, Mapping[str, Mapping[float, Any]]],
-    lrs: Mapping[str, Mapping[str, float | None]],
+    lrs: kit.paired.ChosenLrs,
 ) -> str:
     """The GRU's BN arm of the claims, chosen on the tuning seed with the lr: of ``bn``
     (gamma 0.1) and ``GAMMA_ONE`` (gamma 1), each at its chosen lr, the one with the lower
@@ -496,7 +496,7 @@ def gru_bn_arm(
     return GAMMA_ONE if best(GAMMA_ONE) < best("bn") else "bn"
 
 
-def _edges(config: SequenceConfig, lrs: Mapping[str, Mapping[str, float | None]]) -> list[str]:
+def _edges(config: SequenceConfig, lrs: kit.paired.ChosenLrs) -> list[str]:
     """``"ARCH/ARM"`` for every lr chosen at the edge of its network's grid."""
     return [
         e
@@ -549,7 +549,7 @@ def summarize(
     ctx: LabContext,
     run: GridRun,
     tuning: Mapping[str, Mapping[str, Mapping[float, Any]]],
-    lrs: Mapping[str, Mapping[str, float | None]],
+    lrs: kit.paired.ChosenLrs,
 ) -> LabOutcome:
     """The tuning table, the arms, the claims with their intervals, the shown
     differences, the figures."""

@@ -53,6 +53,7 @@ from bnlab.train.steps import run_steps
 __all__ = [
     "MODULE_PARTS",
     "TUNE_RULE",
+    "ChosenLrs",
     "ClaimShape",
     "EpochsConfig",
     "Tuned",
@@ -81,6 +82,11 @@ TUNE_RULE = (
     "separate tuning seed {seed}, same budget as the measured runs; a non-finite value is "
     "never chosen; a choice at the grid's edge is flagged"
 )
+
+
+#: The chosen lrs, ``{setting: {arm: lr}}`` (None: every lr of the grid diverged), as
+#: :func:`choose_lrs` returns them and a measured cell of :func:`tuned_runs` receives them.
+ChosenLrs = Mapping[str, Mapping[str, float | None]]
 
 
 def claim_spec(
@@ -161,7 +167,7 @@ def choose_lrs(tuning: Mapping[str, Mapping[str, Mapping[float, float | None]]])
     return chosen
 
 
-def at_edge(lrs: Sequence[float], chosen: Mapping[str, Mapping[str, float | None]]) -> list[str]:
+def at_edge(lrs: Sequence[float], chosen: ChosenLrs) -> list[str]:
     """``"SETTING/ARM"`` for every choice at the smallest or largest grid value."""
     edges = {min(lrs), max(lrs)} if len(lrs) > 1 else set()
     return [
@@ -282,7 +288,7 @@ class Tuned:
     the chosen ``lrs[setting][arm]`` (None: every lr diverged)."""
 
     values: Mapping[str, Mapping[str, Mapping[float, Any]]]
-    lrs: Mapping[str, Mapping[str, float | None]]
+    lrs: ChosenLrs
 
     def criterion(self, setting: str, arm: str, lr: float) -> Any:
         """The tuning criterion of ``(setting, arm)`` at ``lr`` (None if not run)."""
