@@ -481,3 +481,38 @@ def test_summary_fits_80_columns(
     text = capsys.readouterr().out
     assert_fits(text)
     assert out.name[-20:] in "".join(text.split())  # the path wraps, never cut
+
+
+def test_target_acc_stops_at_the_first_epoch_that_reaches_it(
+    tmp_path: Path,
+    fake_data: dict[str, Any],
+    fast_plot: list[Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A target of 0 is reached by the first epoch; one above every accuracy never is.
+    assert _train(tmp_path / "zero", *QUICK, "--epochs", "4", "--target-acc", "0") == 0
+    results = _json(tmp_path / "zero" / "results.json")
+    assert [r["epoch"] for r in results["history"]] == [1]
+    assert results["epochs_run"] == 1
+    assert results["target"] == {
+        "test_acc": 0.0,
+        "reached": True,
+        "epoch": 1,
+        "time_s": results["history"][0]["time_s"],
+    }
+    assert "test accuracy >= 0" in capsys.readouterr().out
+    assert _train(tmp_path / "never", *QUICK, "--epochs", "2", "--target-acc", "1") == 0
+    results = _json(tmp_path / "never" / "results.json")
+    if all(r["test_acc"] < 1 for r in results["history"]):
+        assert len(results["history"]) == 2
+        assert results["target"]["reached"] is False
+        assert results["target"]["epoch"] is None
+        assert "not in 2 epochs" in capsys.readouterr().out
+    # The target is not a training setting: a run may resume with another one.
+    assert _train(tmp_path / "zero", *QUICK, "--epochs", "4", "--resume") == 0
+    assert [r["epoch"] for r in _json(tmp_path / "zero" / "results.json")["history"]] == [
+        1,
+        2,
+        3,
+        4,
+    ]

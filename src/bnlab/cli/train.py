@@ -144,7 +144,7 @@ def _epilog() -> str:
 CURVES_NAME = "curves.png"
 RUN_FILES = (*_LAYOUT_FILES, CURVES_NAME)
 # Settings of config.json that may differ when a run is resumed.
-_RESUMABLE = {"train.epochs", "train.device", "data.data_dir"}
+_RESUMABLE = {"train.epochs", "train.device", "data.data_dir", "target_acc"}
 # The number of processes may change on resume (checkpoints hold the plain model; with
 # --sync-bn the run continues the same optimisation).
 _RESUMABLE |= {
@@ -228,6 +228,14 @@ def add_parser(subparsers: Any) -> None:
         default="32",
         help="32: float32; bf16: bfloat16 autocast; fp16: float16 autocast with loss "
         "scaling (default 32)",
+    )
+    p.add_argument(
+        "--target-acc",
+        type=unit_float,
+        default=None,
+        metavar="A",
+        help="stop after the first epoch whose test accuracy is at least A (e.g. 0.9); "
+        "the summary and results.json say when it was reached (default: run every epoch)",
     )
     p.add_argument(
         "--detect-anomaly",
@@ -442,7 +450,23 @@ def _run_config(
     if options:
         # Only when set: a run saved before these options existed resumes unchanged.
         config["norm_options"] = options
+    if args.target_acc is not None:
+        config["target_acc"] = args.target_acc
     return config
+
+
+def _target(target_acc: float | None, history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """When the run first reached ``--target-acc`` (None without one): the epoch and the
+    run time then (``time_s``: training and evaluation of the epochs up to it)."""
+    if target_acc is None:
+        return None
+    reached = next((r for r in history if r["test_acc"] >= target_acc), None)
+    return {
+        "test_acc": target_acc,
+        "reached": reached is not None,
+        "epoch": None if reached is None else reached["epoch"],
+        "time_s": None if reached is None else reached["time_s"],
+    }
 
 
 def _check_resume(args: argparse.Namespace, config: dict[str, Any]) -> None:
@@ -510,6 +534,14 @@ def _summary_table(run_config: dict[str, Any], result: FitResult, out: Path) -> 
         rows.insert(2, ("processes", f"{spread['world_size']} ({spread['backend']}{sync})"))
     if result.resumed_from_epoch is not None:
         rows.insert(1, ("resumed after epoch", str(result.resumed_from_epoch)))
+    target = _target(run_config.get("target_acc"), result.history)
+    if target is not None:
+        reached = (
+            f"epoch {target['epoch']}, {target['time_s']:.1f} s"
+            if target["reached"]
+            else f"not in {len(result.history)} epochs"
+        )
+        rows.insert(-1, (f"test accuracy >= {target['test_acc']:g}", reached))
     for row in rows:
         table.add_row(*row)
     return table
@@ -704,6 +736,9 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
                 on_epoch=on_epoch if main_rank else None,
                 distributed=distributed,
                 detect_anomaly=args.detect_anomaly,
+                stop_when=None
+                if args.target_acc is None
+                else (lambda record: record["test_acc"] >= args.target_acc),
                 # What the run is, kept in its checkpoints: a resume that differs is refused.
                 identity={
                     **{k: run_config[k] for k in ("model", "norm", "model_kwargs")},
@@ -727,6 +762,8 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
         },
         "first_norm": _first_norm(model),
     }
+    if args.target_acc is not None:
+        results["target"] = _target(args.target_acc, result.history)
     run.write_results(results)
     title = f"{args.model} + {args.norm} on Fashion-MNIST (batch {args.batch_size}, lr {args.lr:g})"
     plot_training_curves(result.history, title, out / CURVES_NAME)

@@ -805,7 +805,7 @@ def _result(s: _Session) -> FitResult:
         # Only possible when resuming a checkpoint that has no epochs, which fit never writes.
         raise RuntimeError("fit: no epoch was trained")
     steps = [r for r in s.records if r["kind"] == "step"]
-    epochs_run = s.config.epochs - (s.resumed_from or 0)
+    epochs_run = history[-1]["epoch"] - (s.resumed_from or 0)
     return _summary(history, steps, s.resumed_from, epochs_run)
 
 
@@ -823,6 +823,7 @@ def fit(
     distributed: DistributedRun | None = None,
     detect_anomaly: bool = False,
     identity: Mapping[str, Any] | None = None,
+    stop_when: Callable[[dict[str, Any]], bool] | None = None,
 ) -> FitResult:
     """Train ``model`` with SGD on cross-entropy for ``config.epochs`` epochs.
 
@@ -863,6 +864,11 @@ def fit(
             optimizer steps already done (0 on a fresh start; on resume, the step of the
             checkpoint actually resumed from, ``checkpoint.prev.pt`` when the last one
             is damaged): step-dependent settings such as a warm-up start there.
+        stop_when: called with each epoch record after ``on_epoch``; True ends the run
+            there (e.g. a test accuracy reached), with that epoch's checkpoint. A run
+            resumed past such an epoch is not stopped again by it: only the epochs
+            trained by this call are asked. Every rank must answer the same (give each
+            the same records: ``test_acc`` is over the whole test set on every rank).
         distributed: this rank's ``DistributedRun`` to train data-parallel (the loaders
             must then yield this rank's part of every global batch, and every rank must
             call ``fit`` with the same arguments); None trains in this process alone.
@@ -938,4 +944,6 @@ def fit(
             _save_checkpoint(s, epoch)
             if on_epoch is not None:
                 on_epoch(dict(record))
+            if stop_when is not None and stop_when(dict(record)):
+                break
     return _result(s)
