@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bnlab.bench.timing import environment_record
 from bnlab.cli._cores import busy_cores
+from bnlab.train.io import write_json
 
 RECIPE = (
     "--model lenet --activation relu --norm bnlab --batch-size 128 --lr 0.05 "
@@ -80,9 +81,7 @@ def main() -> None:
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        part = args.out.with_suffix(".tmp")
-        part.write_text(json.dumps(summary, indent=2))
-        os.replace(part, args.out)
+        write_json(args.out, summary)  # atomic: a temporary file, then os.replace
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bnlab.train.io import write_json
+
 
 def lenet_bn() -> nn.Sequential:
     """d2l's LeNet with torch's BN after every convolution and hidden linear layer."""
@@ -164,9 +166,7 @@ def main() -> None:
     print("ratio bnlab d2l / four minimal eager runs, per round:", [f"{x:.2f}" for x in ratios])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = args.out.with_suffix(".tmp")
-        tmp_out.write_text(json.dumps(result, indent=2))
-        os.replace(tmp_out, args.out)
+        write_json(args.out, result)  # atomic: a temporary file, then os.replace
 
 
 if __name__ == "__main__":

@@ -759,48 +759,51 @@ void layer_backward_packed(const void* packed) {
 // divided by 4), so the results equal torch's; the backward spreads grad_y / 4 over the
 // window. Planes of (N*C, H, W) contiguous; H and W even. torch's generic CPU kernel
 // walks the window with per-element index arithmetic: about 5x these on LeNet's shapes.
+//
+// Runs body(r) for each output row r of the P * H/2 rows, split over the threads. Output
+// row r reads input rows 2r and 2r + 1 of the stacked planes (H is even).
+template <typename F>
+void each_output_row(i64 P, i64 H, i64 W, int nthreads, const F& body) {
+  const i64 rows = P * (H / 2);
+  parallel(threads_for(P * H * W, nthreads), [&](int t, int team) {
+    for (i64 r = split(rows, t, team), end = split(rows, t + 1, team); r < end; ++r) body(r);
+  });
+}
+
 template <typename T>
 void avg_pool2_forward(const T* x, T* y, i64 P, i64 H, i64 W, int nthreads) {
-  const i64 Ho = H / 2, Wo = W / 2;
-  auto rows = [&](i64 r0, i64 r1) {  // output rows of all planes, flattened: P * Ho
-    for (i64 r = r0; r < r1; ++r) {
-      const T* top = x + (r / Ho) * H * W + (r % Ho) * 2 * W;
-      const T* bottom = top + W;
-      T* out = y + r * Wo;
+  const i64 Wo = W / 2;
+  each_output_row(P, H, W, nthreads, [&](i64 r) {
+    const T* top = x + 2 * r * W;
+    const T* bottom = top + W;
+    T* out = y + r * Wo;
 #pragma omp simd
-      for (i64 j = 0; j < Wo; ++j) {
-        T sum = top[2 * j];
-        sum += top[2 * j + 1];
-        sum += bottom[2 * j];
-        sum += bottom[2 * j + 1];
-        out[j] = sum / T(4);
-      }
+    for (i64 j = 0; j < Wo; ++j) {
+      T sum = top[2 * j];
+      sum += top[2 * j + 1];
+      sum += bottom[2 * j];
+      sum += bottom[2 * j + 1];
+      out[j] = sum / T(4);
     }
-  };
-  parallel(threads_for(P * H * W, nthreads),
-           [&](int t, int team) { rows(split(P * Ho, t, team), split(P * Ho, t + 1, team)); });
+  });
 }
 
 template <typename T>
 void avg_pool2_backward(const T* gy, T* gx, i64 P, i64 H, i64 W, int nthreads) {
-  const i64 Ho = H / 2, Wo = W / 2;
-  auto rows = [&](i64 r0, i64 r1) {
-    for (i64 r = r0; r < r1; ++r) {
-      T* top = gx + (r / Ho) * H * W + (r % Ho) * 2 * W;
-      T* bottom = top + W;
-      const T* g = gy + r * Wo;
+  const i64 Wo = W / 2;
+  each_output_row(P, H, W, nthreads, [&](i64 r) {
+    T* top = gx + 2 * r * W;
+    T* bottom = top + W;
+    const T* g = gy + r * Wo;
 #pragma omp simd
-      for (i64 j = 0; j < Wo; ++j) {
-        const T v = g[j] / T(4);
-        top[2 * j] = v;
-        top[2 * j + 1] = v;
-        bottom[2 * j] = v;
-        bottom[2 * j + 1] = v;
-      }
+    for (i64 j = 0; j < Wo; ++j) {
+      const T v = g[j] / T(4);
+      top[2 * j] = v;
+      top[2 * j + 1] = v;
+      bottom[2 * j] = v;
+      bottom[2 * j + 1] = v;
     }
-  };
-  parallel(threads_for(P * H * W, nthreads),
-           [&](int t, int team) { rows(split(P * Ho, t, team), split(P * Ho, t + 1, team)); });
+  });
 }
 
 template <typename T>
@@ -812,18 +815,12 @@ struct AvgPoolArgs {
 };
 static_assert(sizeof(AvgPoolArgs<float>) == 6 * 8, "packed as 6 fields of 8 bytes");
 
-template <typename T>
-void avg_pool2_forward_packed(const void* packed) {
+// Either pooling kernel (Op) on its packed arguments.
+template <typename T, void (*Op)(const T*, T*, i64, i64, i64, int)>
+void avg_pool2_packed(const void* packed) {
   AvgPoolArgs<T> a;
   std::memcpy(&a, packed, sizeof(a));
-  avg_pool2_forward<T>(a.in, a.out, a.P, a.H, a.W, static_cast<int>(a.nthreads));
-}
-
-template <typename T>
-void avg_pool2_backward_packed(const void* packed) {
-  AvgPoolArgs<T> a;
-  std::memcpy(&a, packed, sizeof(a));
-  avg_pool2_backward<T>(a.in, a.out, a.P, a.H, a.W, static_cast<int>(a.nthreads));
+  Op(a.in, a.out, a.P, a.H, a.W, static_cast<int>(a.nthreads));
 }
 
 }  // namespace
@@ -846,9 +843,17 @@ void bnlab_layer_forward_f32(const void* args) { layer_forward_packed<float>(arg
 void bnlab_layer_forward_f64(const void* args) { layer_forward_packed<double>(args); }
 void bnlab_layer_backward_f32(const void* args) { layer_backward_packed<float>(args); }
 void bnlab_layer_backward_f64(const void* args) { layer_backward_packed<double>(args); }
-void bnlab_avg_pool2_forward_f32(const void* args) { avg_pool2_forward_packed<float>(args); }
-void bnlab_avg_pool2_forward_f64(const void* args) { avg_pool2_forward_packed<double>(args); }
-void bnlab_avg_pool2_backward_f32(const void* args) { avg_pool2_backward_packed<float>(args); }
-void bnlab_avg_pool2_backward_f64(const void* args) { avg_pool2_backward_packed<double>(args); }
+void bnlab_avg_pool2_forward_f32(const void* args) {
+  avg_pool2_packed<float, avg_pool2_forward<float>>(args);
+}
+void bnlab_avg_pool2_forward_f64(const void* args) {
+  avg_pool2_packed<double, avg_pool2_forward<double>>(args);
+}
+void bnlab_avg_pool2_backward_f32(const void* args) {
+  avg_pool2_packed<float, avg_pool2_backward<float>>(args);
+}
+void bnlab_avg_pool2_backward_f64(const void* args) {
+  avg_pool2_packed<double, avg_pool2_backward<double>>(args);
+}
 
 }  // extern "C"

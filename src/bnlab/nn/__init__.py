@@ -36,8 +36,8 @@ from bnlab.nn.renorm import (
 from bnlab.nn.sync import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
-    "AvgPool2d",
     "FUSER_METHOD_MAPPING",
+    "AvgPool2d",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
