@@ -179,3 +179,26 @@ def test_norm_options_round_trip() -> None:
     assert options.to_dict() == {"momentum": 0.05, "r_max": 2.0, "renorm_warmup": 0.25}
     assert NormOptions.from_dict(options.to_dict()) == options
     assert NormOptions.from_dict(None) == NormOptions()
+
+
+def test_train_stops_at_a_target_accuracy(fake_data: list[Any], tmp_path: Path) -> None:
+    result = bnlab.api.train(
+        "lenet",
+        "bnlab",
+        epochs=3,
+        batch_size=32,
+        target_acc=0.0,
+        progress=False,
+        out=tmp_path / "t",
+    )
+    assert [r["epoch"] for r in result.history] == [1]  # every accuracy is >= 0
+    saved = json.loads((tmp_path / "t" / "results.json").read_text())
+    assert saved["target"] == {
+        "test_acc": 0.0,
+        "reached": True,
+        "epoch": 1,
+        "time_s": result.history[0]["time_s"],
+    }
+    assert result.fit.target(1.01)["reached"] is False
+    with pytest.raises(ValueError, match=r"target_acc must be in \[0, 1\], got 1.5"):
+        bnlab.api.train("lenet", "bnlab", epochs=1, target_acc=1.5, progress=False)

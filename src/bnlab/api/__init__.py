@@ -122,6 +122,7 @@ def train(
     data_dir: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    target_acc: float | None = None,
 ) -> TrainResult:
     """Train one model on Fashion-MNIST, as ``bnlab train`` does, and return the result.
 
@@ -138,6 +139,9 @@ def train(
         data_dir: the data folder (see the module doc).
         out: the run folder (a new temporary one by default); it must not hold a run.
         progress: draw a progress bar.
+        target_acc: stop after the first epoch whose test accuracy is at least this
+            (``bnlab train --target-acc``); ``results.json`` then says when
+            (``target``, also ``result.fit.target(target_acc)``).
 
     Returns:
         A ``TrainResult`` (history, final metrics, the trained model, the curves).
@@ -196,6 +200,10 @@ def train(
     }
     if options.to_dict():
         run_config["norm_options"] = options.to_dict()
+    if target_acc is not None:
+        if not 0.0 <= target_acc <= 1.0:
+            raise ValueError(f"train: target_acc must be in [0, 1], got {target_acc}")
+        run_config["target_acc"] = target_acc
     out_dir = _out(out, "train")
     run = RunDir(out_dir)
     run.ensure()
@@ -219,12 +227,22 @@ def train(
 
     try:
         result = fit(
-            net, train_iter, test_iter, config, run_dir=out_dir, on_step=on_step, on_start=warmup
+            net,
+            train_iter,
+            test_iter,
+            config,
+            run_dir=out_dir,
+            on_step=on_step,
+            on_start=warmup,
+            stop_when=None if target_acc is None else lambda r: r["test_acc"] >= target_acc,
         )
     finally:
         bar.close()
     net.eval()
-    run.write_results({**result.to_dict(), "config": run_config})
+    results = {**result.to_dict(), "config": run_config}
+    if target_acc is not None:
+        results["target"] = result.target(target_acc)
+    run.write_results(results)
     curves = plot_training_curves(
         result.history,
         f"{model} + {norm} on Fashion-MNIST (batch {batch_size}, lr {lr:g})",

@@ -455,20 +455,6 @@ def _run_config(
     return config
 
 
-def _target(target_acc: float | None, history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """When the run first reached ``--target-acc`` (None without one): the epoch and the
-    run time then (``time_s``: training and evaluation of the epochs up to it)."""
-    if target_acc is None:
-        return None
-    reached = next((r for r in history if r["test_acc"] >= target_acc), None)
-    return {
-        "test_acc": target_acc,
-        "reached": reached is not None,
-        "epoch": None if reached is None else reached["epoch"],
-        "time_s": None if reached is None else reached["time_s"],
-    }
-
-
 def _check_resume(args: argparse.Namespace, config: dict[str, Any]) -> None:
     """Refuse to resume with settings other than the saved run's (exit 2)."""
     run = RunDir(args.out)
@@ -534,8 +520,8 @@ def _summary_table(run_config: dict[str, Any], result: FitResult, out: Path) -> 
         rows.insert(2, ("processes", f"{spread['world_size']} ({spread['backend']}{sync})"))
     if result.resumed_from_epoch is not None:
         rows.insert(1, ("resumed after epoch", str(result.resumed_from_epoch)))
-    target = _target(run_config.get("target_acc"), result.history)
-    if target is not None:
+    if run_config.get("target_acc") is not None:
+        target = result.target(run_config["target_acc"])
         reached = (
             f"epoch {target['epoch']}, {target['time_s']:.1f} s"
             if target["reached"]
@@ -763,7 +749,7 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
         "first_norm": _first_norm(model),
     }
     if args.target_acc is not None:
-        results["target"] = _target(args.target_acc, result.history)
+        results["target"] = result.target(args.target_acc)
     run.write_results(results)
     title = f"{args.model} + {args.norm} on Fashion-MNIST (batch {args.batch_size}, lr {args.lr:g})"
     plot_training_curves(result.history, title, out / CURVES_NAME)

@@ -154,6 +154,18 @@ class FitResult:
     epochs_run: int = 0
     images_per_s_definition: str = field(default=IMAGES_PER_S_DEFINITION)
 
+    def target(self, test_acc: float) -> dict[str, Any]:
+        """When the run first reached ``test_acc`` (``fit(stop_when=...)``'s usual rule):
+        ``{"test_acc", "reached", "epoch", "time_s"}``, ``time_s`` the run time then
+        (training and evaluation of the epochs up to it); epoch and time None if never."""
+        first = next((r for r in self.history if r["test_acc"] >= test_acc), None)
+        return {
+            "test_acc": test_acc,
+            "reached": first is not None,
+            "epoch": None if first is None else first["epoch"],
+            "time_s": None if first is None else first["time_s"],
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
         return {
