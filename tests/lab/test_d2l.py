@@ -274,3 +274,34 @@ def _assert_same_numbers(got: dict, want: dict) -> None:
         k: v for k, v in want["metrics"].items() if k not in timings
     }
     assert got["curves"] == want["curves"]
+
+
+def test_deferred_extra_evaluations_equal_the_inline_ones_and_resume(tmp_path: Path) -> None:
+    # What parallel workers do: the run saves each epoch's model, another task evaluates.
+    from bnlab.lab.d2l import _run_extras, _run_one, _with_extras
+    from bnlab.lab.kit import cpu_threads
+
+    config = D2LConfig(epochs=2, batch_size=64, variants=("bnlab",), recalibrate_batches=2)
+    variant, data = VARIANTS["bnlab"], _data()
+    with cpu_threads(1):
+        inline = _run_one(variant, 0, data, config, tmp_path / "a", resume=False, on_step=None)
+        (tmp_path / "b").mkdir()
+        run = _run_one(
+            variant, 0, data, config, tmp_path / "b", resume=False, on_step=None, defer_extras=True
+        )
+        assert run["test_acc_recalibrated"] is None
+        states = sorted(p.name for p in (tmp_path / "b" / "epochs").iterdir())
+        assert states == ["epoch1.pt", "epoch2.pt"]
+        by_epoch = _run_extras(variant, 0, data, config, tmp_path / "b")
+        # Stopped after epoch 1's evaluations: the resumed task computes epoch 2 only.
+        saved = tmp_path / "b" / "extra_eval.json"
+        saved.write_text(json.dumps({"1": by_epoch[1]}))
+        assert _run_extras(variant, 0, data, config, tmp_path / "b") == by_epoch
+    deferred = _with_extras(run, by_epoch, config)
+    keys = ("test_acc_recalibrated", "test_acc_batch_stats", "test_acc_recalibrated_spread_last5")
+    assert [deferred[k] for k in keys] == [inline[k] for k in keys]
+    assert list(deferred) == list(inline)  # the record's fields in the same order
+    extras = ("test_acc_recalibrated", "test_acc_batch_stats")
+    assert [[r[k] for k in extras] for r in deferred["history"]] == [
+        [r[k] for k in extras] for r in inline["history"]
+    ]

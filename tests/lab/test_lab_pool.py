@@ -54,3 +54,26 @@ def test_costs_one_per_task() -> None:
         run_in_pool(
             _worker_settings, [(0,), (1,), (2,)], workers=1, threads=1, on_result=print, cost=[1, 2]
         )
+
+
+def test_after_holds_a_task_until_its_dependency_has_ended() -> None:
+    events: list[tuple[str, int]] = []
+    # Task 2 (the most costly: first by cost) waits for task 0; task 1 needs nothing.
+    run_in_pool(
+        _worker_settings,
+        [(0,), (1,), (2,)],
+        workers=2,
+        threads=1,
+        shared=10,
+        on_result=lambda index, result: events.append(("end", index)),
+        on_start=lambda index: events.append(("start", index)),
+        cost=[1.0, 1.0, 5.0],
+        after=[None, None, 0],
+    )
+    assert events[:2] == [("start", 0), ("start", 1)]
+    assert events.index(("end", 0)) < events.index(("start", 2))
+    assert sorted(events) == sorted([(kind, i) for kind in ("start", "end") for i in range(3)])
+    with pytest.raises(ValueError, match="the index of an earlier task"):
+        run_in_pool(
+            _worker_settings, [(0,), (1,)], workers=1, threads=1, on_result=print, after=[1, None]
+        )

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 import shutil
 import statistics
 import time
@@ -166,6 +167,62 @@ class _Extra:
 
     by_epoch: dict[int, dict[str, float]] = field(default_factory=dict)
 
+    @classmethod
+    def read(cls, path: Path) -> _Extra:
+        """What ``path`` holds (nothing yet: empty)."""
+        if not path.exists():
+            return cls()
+        return cls({int(k): v for k, v in read_json(path).items()})
+
+    def write(self, path: Path) -> None:
+        write_json(path, {str(k): v for k, v in sorted(self.by_epoch.items())})
+
+
+def _loader(
+    data: dict[str, Tensor], split: str, batch_size: int, order_seed: int | None, device: Any
+) -> DeviceLoader:
+    """``split``'s loader: shuffled in ``order_seed``'s order, in order when None."""
+    return DeviceLoader(
+        data[f"{split}_images"],
+        data[f"{split}_labels"],
+        batch_size,
+        shuffle=order_seed is not None,
+        seed=0 if order_seed is None else order_seed,
+        device=device,
+    )
+
+
+def _eval_loaders(
+    data: dict[str, Tensor], seed: int, config: D2LConfig
+) -> tuple[DeviceLoader, DeviceLoader]:
+    """The test loader and the recalibration's (its own, differently seeded order of the
+    training set)."""
+    device = torch.device(config.device)
+    test = _loader(data, "test", config.eval_batch_size, None, device)
+    return test, _loader(data, "train", config.batch_size, seed + 10_000, device)
+
+
+def _extra_evaluations(
+    model: nn.Module,
+    recal_loader: DeviceLoader,
+    test_loader: DeviceLoader,
+    config: D2LConfig,
+    epoch: int,
+) -> dict[str, float]:
+    """Epoch ``epoch``'s evaluations beyond fit's own (they draw no random numbers)."""
+    recal_loader.set_epoch(epoch)
+    return {
+        "test_acc_recalibrated": _recalibrated_accuracy(
+            model, recal_loader, test_loader, config.recalibrate_batches
+        ),
+        "test_acc_batch_stats": batch_stats_accuracy(model, test_loader),
+    }
+
+
+def _epoch_state(run_dir: Path, epoch: int) -> Path:
+    """Where a run whose extra evaluations run apart keeps epoch ``epoch``'s model."""
+    return run_dir / "epochs" / f"epoch{epoch}.pt"
+
 
 def _recalibrated_accuracy(
     model: nn.Module, train_loader: DeviceLoader, test_loader: DeviceLoader, batches: int
@@ -188,24 +245,15 @@ def _run_one(
     *,
     resume: bool,
     on_step: Callable[[StepInfo], None] | None,
+    defer_extras: bool = False,
 ) -> dict[str, Any]:
+    """One (variant, seed) run. ``defer_extras``: a BN run saves each epoch's model
+    (``_epoch_state``) instead of evaluating it; :func:`_run_extras` evaluates them and
+    :func:`_with_extras` completes the record (parallel workers: another worker may
+    evaluate while this one trains). The numbers are the same either way."""
     device = torch.device(config.device)
-
-    def loader(split: str, batch_size: int, order_seed: int | None) -> DeviceLoader:
-        """``split``'s loader: shuffled in ``order_seed``'s order, in order when None."""
-        return DeviceLoader(
-            data[f"{split}_images"],
-            data[f"{split}_labels"],
-            batch_size,
-            shuffle=order_seed is not None,
-            seed=0 if order_seed is None else order_seed,
-            device=device,
-        )
-
-    train_loader = loader("train", config.batch_size, seed)
-    test_loader = loader("test", config.eval_batch_size, None)
-    # Recalibration reads its own, differently seeded order of the training set.
-    recal_loader = loader("train", config.batch_size, seed + 10_000)
+    train_loader = _loader(data, "train", config.batch_size, seed, device)
+    test_loader, recal_loader = _eval_loaders(data, seed, config)
     torch.manual_seed(seed)
     model = create("lenet", norm=variant.norm)
     has_bn = variant.norm != "none"
@@ -221,9 +269,7 @@ def _run_one(
     resumable = resume and RunDir(run_dir).checkpoint.exists()
     if resumable:
         # No extra_eval.json: a run without BN, or one stopped before its first extras.
-        if extra_path.exists():
-            raw = read_json(extra_path)
-            extra.by_epoch = {int(k): v for k, v in raw.items()}
+        extra = _Extra.read(extra_path)
     elif not RunDir(run_dir).is_empty():
         # Leftovers of a run interrupted before its first checkpoint: start it afresh.
         shutil.rmtree(run_dir)
@@ -233,21 +279,26 @@ def _run_one(
         if not has_bn:
             return
         epoch = int(record["epoch"])
-        recal_loader.set_epoch(epoch)
-        extra.by_epoch[epoch] = {
-            "test_acc_recalibrated": _recalibrated_accuracy(
-                model, recal_loader, test_loader, config.recalibrate_batches
-            ),
-            "test_acc_batch_stats": batch_stats_accuracy(model, test_loader),
-        }
-        write_json(extra_path, {str(k): v for k, v in sorted(extra.by_epoch.items())})
+        if defer_extras:
+            path = _epoch_state(run_dir, epoch)
+            path.parent.mkdir(exist_ok=True)
+            part = path.with_suffix(".tmp")
+            torch.save(model.state_dict(), part)
+            os.replace(part, path)  # atomic: a state is whole or absent
+            return
+        extra.by_epoch[epoch] = _extra_evaluations(model, recal_loader, test_loader, config, epoch)
+        extra.write(extra_path)
 
     def on_start(steps_done: int) -> None:
         # fit checkpoints an epoch before on_epoch evaluates it: a run stopped in between
         # resumes from that checkpoint without the epoch's extra evaluations. The model
-        # is that epoch's now, and the evaluations draw no random numbers: make them up.
+        # is that epoch's now, and the evaluations draw no random numbers: make them up
+        # (deferred: save its state, unless saved already).
         epoch = steps_done // len(train_loader)
-        if has_bn and epoch >= 1 and epoch not in extra.by_epoch:
+        missing = epoch not in extra.by_epoch and not (
+            defer_extras and _epoch_state(run_dir, epoch).exists()
+        )
+        if has_bn and epoch >= 1 and missing:
             on_epoch({"epoch": epoch})
 
     result = fit(
@@ -261,10 +312,6 @@ def _run_one(
         on_epoch=on_epoch,
         on_start=on_start,
     )
-    history = [dict(r) for r in result.history]
-    for record in history:
-        record.update(extra.by_epoch.get(int(record["epoch"]), {}))
-    last5 = history[-5:]
     out: dict[str, Any] = {
         "variant": variant.name,
         "seed": seed,
@@ -274,20 +321,63 @@ def _run_one(
         "wall_time_s": result.wall_time_s,
         "train_time_s": result.train_time_s,
         "images_per_s_definition": result.images_per_s_definition,
-        "test_acc_spread_last5": _spread([r["test_acc"] for r in last5]),
-        "history": history,
+        "test_acc_spread_last5": _spread([r["test_acc"] for r in result.history[-5:]]),
+        "history": [dict(r) for r in result.history],
     }
     if has_bn:
-        final_extra = extra.by_epoch.get(config.epochs, {})
-        out["test_acc_recalibrated"] = final_extra.get("test_acc_recalibrated")
-        out["test_acc_batch_stats"] = final_extra.get("test_acc_batch_stats")
-        out["test_acc_recalibrated_spread_last5"] = _spread(
-            [r["test_acc_recalibrated"] for r in last5 if "test_acc_recalibrated" in r]
-        )
+        out |= dict.fromkeys(_EXTRA_KEYS)  # filled by _with_extras, in this order
         gamma, beta = first_norm_affine(model)
         out["first_bn_gamma"] = gamma.tolist()
         out["first_bn_beta"] = beta.tolist()
+        if not defer_extras:
+            _with_extras(out, extra.by_epoch, config)
     return out
+
+
+#: The fields of a BN run's record that its extra evaluations fill.
+_EXTRA_KEYS = (
+    "test_acc_recalibrated",
+    "test_acc_batch_stats",
+    "test_acc_recalibrated_spread_last5",
+)
+
+
+def _with_extras(
+    out: dict[str, Any], by_epoch: Mapping[int, Mapping[str, float]], config: D2LConfig
+) -> dict[str, Any]:
+    """A BN run's record completed with its per-epoch extra evaluations (in place)."""
+    history = out["history"]
+    for record in history:
+        record.update(by_epoch.get(int(record["epoch"]), {}))
+    final_extra = by_epoch.get(config.epochs, {})
+    out["test_acc_recalibrated"] = final_extra.get("test_acc_recalibrated")
+    out["test_acc_batch_stats"] = final_extra.get("test_acc_batch_stats")
+    out["test_acc_recalibrated_spread_last5"] = _spread(
+        [r["test_acc_recalibrated"] for r in history[-5:] if "test_acc_recalibrated" in r]
+    )
+    return out
+
+
+def _run_extras(
+    variant: Variant, seed: int, data: dict[str, Tensor], config: D2LConfig, run_dir: Path
+) -> dict[int, dict[str, float]]:
+    """The extra evaluations of a deferred run (``_run_one(defer_extras=True)``) from its
+    saved epoch states, each epoch once: those in ``extra_eval.json`` already are kept
+    (a resumed run), the others computed and added to it."""
+    test_loader, recal_loader = _eval_loaders(data, seed, config)
+    model = create("lenet", norm=variant.norm)
+    path = run_dir / "extra_eval.json"
+    extra = _Extra.read(path)
+    for epoch in range(1, config.epochs + 1):
+        if epoch in extra.by_epoch:
+            continue
+        state = torch.load(
+            _epoch_state(run_dir, epoch), map_location=config.device, weights_only=True
+        )
+        model.load_state_dict(state)
+        extra.by_epoch[epoch] = _extra_evaluations(model, recal_loader, test_loader, config, epoch)
+        extra.write(path)
+    return extra.by_epoch
 
 
 def _forward_step(
@@ -302,19 +392,36 @@ def _forward_step(
         on_step(info)
 
 
-def _worker_run(
+def _worker_task(
     data: dict[str, Tensor],
+    kind: str,
     name: str,
     seed: int,
     config: D2LConfig,
     run_dir: Path,
     resume: bool,
     report_steps: bool,
-) -> dict[str, Any]:
-    """One (variant, seed) run in a worker of ``bnlab.lab.pool``; steps reported back."""
+) -> Any:
+    """A task of a worker of ``bnlab.lab.pool``: a (variant, seed) run (``"run"``, steps
+    reported back, extra evaluations deferred) or its extra evaluations (``"extras"``)."""
+    if kind == "extras":
+        return _run_extras(VARIANTS[name], seed, data, config, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     on_step = worker_report if report_steps else None
-    return _run_one(VARIANTS[name], seed, data, config, run_dir, resume=resume, on_step=on_step)
+    return _run_one(
+        VARIANTS[name],
+        seed,
+        data,
+        config,
+        run_dir,
+        resume=resume,
+        on_step=on_step,
+        defer_extras=True,
+    )
+
+
+#: The extra evaluations of a BN run, in units of the run's cost (measured: 13-16%).
+_EXTRAS_COST = 0.15
 
 
 def _run_parallel(
@@ -331,29 +438,54 @@ def _run_parallel(
     on_step: Callable[[StepInfo], None] | None,
     on_run_step: Callable[[str, int, StepInfo], None] | None,
 ) -> None:
+    """The runs in ``workers`` processes, longest first; a BN run's extra evaluations are
+    a task of their own (after the run, from its saved epoch states), so a worker that
+    is out of runs evaluates while the other still trains."""
     report = on_step is not None or on_run_step is not None
+    tasks: list[tuple[Any, ...]] = []
+    cost: list[float] = []
+    after: list[int | None] = []
+    for name, seed in todo:
+        run_dir = runs_dir / name / f"seed{seed}"
+        tasks.append(("run", name, seed, config, run_dir, resume, report))
+        cost.append(VARIANTS[name].cost)
+        after.append(None)
+        if VARIANTS[name].norm != "none":
+            tasks.append(("extras", name, seed, config, run_dir, resume, report))
+            cost.append(VARIANTS[name].cost * _EXTRAS_COST)
+            after.append(len(tasks) - 2)
+    pending: dict[tuple[str, int], dict[str, Any]] = {}
 
     def started(index: int) -> None:
-        if on_run_start is not None:
-            on_run_start(*todo[index])
+        kind, name, seed = tasks[index][:3]
+        if kind == "run" and on_run_start is not None:
+            on_run_start(name, seed)
+
+    def finished(index: int, result: Any) -> None:
+        kind, name, seed = tasks[index][:3]
+        if kind == "extras":
+            store(name, seed, _with_extras(pending.pop((name, seed)), result, config))
+        elif VARIANTS[name].norm == "none":
+            store(name, seed, result)
+        else:
+            pending[(name, seed)] = result  # stored once its evaluations are in
 
     def message(index: int, info: StepInfo) -> None:
+        name, seed = tasks[index][1:3]
         if on_run_step is not None:
-            on_run_step(*todo[index], info)
+            on_run_step(name, seed, info)
         if on_step is not None:
             on_step(info)
 
     run_in_pool(
-        _worker_run,
-        [
-            (name, seed, config, runs_dir / name / f"seed{seed}", resume, report)
-            for name, seed in todo
-        ],
-        cost=[VARIANTS[name].cost for name, _ in todo],
+        _worker_task,
+        tasks,
+        cost=cost,
+        after=after,
         workers=workers,
         threads=threads,
         shared=data,
-        on_result=lambda index, record: store(*todo[index], record),
+        on_result=finished,
         on_start=started,
         on_message=message,
     )

@@ -91,6 +91,7 @@ def run_in_pool(
     on_start: Callable[[int], None] | None = None,
     on_message: Callable[[int, Any], None] | None = None,
     cost: Sequence[float] | None = None,
+    after: Sequence[int | None] | None = None,
 ) -> None:
     """Run ``fn(shared, *task)`` for every task in ``workers`` spawned processes.
 
@@ -110,15 +111,26 @@ def run_in_pool(
         on_start: ``on_start(index)`` in the parent when a task is handed to a worker.
         on_message: ``on_message(index, message)`` for each ``worker_report``.
         cost: one expected relative duration per task (ties keep their order).
+        after: per task, the index of a task whose result must have arrived before it
+            is handed out (None: none), e.g. evaluations of a run's saved states.
 
     Raises:
-        ValueError: ``workers`` or ``threads`` below 1, or ``cost`` not one per task.
+        ValueError: ``workers`` or ``threads`` below 1, ``cost`` or ``after`` not one per
+            task, or an ``after`` that is no earlier task's index.
         Whatever a task raised (the other tasks are cancelled).
     """
     if workers < 1 or threads < 1:
         raise ValueError(f"run_in_pool: workers and threads must be >= 1, got {workers}, {threads}")
     if cost is not None and len(cost) != len(tasks):
         raise ValueError(f"run_in_pool: {len(cost)} costs for {len(tasks)} tasks")
+    if after is not None and (
+        len(after) != len(tasks)
+        or any(a is not None and not 0 <= a < i for i, a in enumerate(after))
+    ):
+        raise ValueError(
+            f"run_in_pool: after must give, for each of the {len(tasks)} tasks, None or "
+            f"the index of an earlier task; got {list(after)}"
+        )
     if not tasks:
         return
     context = multiprocessing.get_context("spawn")
@@ -134,10 +146,18 @@ def run_in_pool(
     if cost is not None:
         queue.sort(key=lambda item: -cost[item[0]])  # stable: ties keep their order
     running: dict[Future[Any], int] = {}
+    finished: set[int] = set()
+
+    def ready(item: tuple[int, Any]) -> bool:
+        first = None if after is None else after[item[0]]
+        return first is None or first in finished
 
     def submit() -> None:
-        while queue and len(running) < min(workers, len(tasks)):
-            index, args = queue.pop(0)
+        while len(running) < min(workers, len(tasks)):
+            pick = next((k for k, item in enumerate(queue) if ready(item)), None)
+            if pick is None:
+                return  # the rest wait for a result
+            index, args = queue.pop(pick)
             if on_start is not None:
                 on_start(index)
             running[executor.submit(_call, fn, index, tuple(args))] = index
@@ -150,6 +170,7 @@ def run_in_pool(
             for future in done:
                 index = running.pop(future)
                 on_result(index, future.result())
+                finished.add(index)
             submit()
         _drain(messages, on_message)
     except BaseException:
