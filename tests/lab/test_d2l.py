@@ -305,3 +305,24 @@ def test_deferred_extra_evaluations_equal_the_inline_ones_and_resume(tmp_path: P
     assert [[r[k] for k in extras] for r in deferred["history"]] == [
         [r[k] for k in extras] for r in inline["history"]
     ]
+
+
+def test_a_serial_resume_evaluates_the_epochs_a_parallel_session_saved(tmp_path: Path) -> None:
+    from bnlab.lab.d2l import _run_one
+    from bnlab.lab.kit import cpu_threads
+
+    config = D2LConfig(epochs=2, batch_size=64, variants=("bnlab",), recalibrate_batches=2)
+    variant, data = VARIANTS["bnlab"], _data()
+    with cpu_threads(1):
+        inline = _run_one(variant, 0, data, config, tmp_path / "a", resume=False, on_step=None)
+        (tmp_path / "b").mkdir()
+        _run_one(
+            variant, 0, data, config, tmp_path / "b", resume=False, on_step=None, defer_extras=True
+        )
+        assert not (tmp_path / "b" / "extra_eval.json").exists()  # stopped before evaluating
+        resumed = _run_one(variant, 0, data, config, tmp_path / "b", resume=True, on_step=None)
+    keys = ("test_acc_recalibrated", "test_acc_batch_stats", "test_acc_recalibrated_spread_last5")
+    assert [resumed[k] for k in keys] == [inline[k] for k in keys]
+    assert [r["test_acc_recalibrated"] for r in resumed["history"]] == [
+        r["test_acc_recalibrated"] for r in inline["history"]
+    ]

@@ -330,6 +330,10 @@ def _run_one(
         out["first_bn_gamma"] = gamma.tolist()
         out["first_bn_beta"] = beta.tolist()
         if not defer_extras:
+            # A parallel session stopped before evaluating its saved epochs: do it here.
+            missing = [e for e in range(1, config.epochs + 1) if e not in extra.by_epoch]
+            if missing and all(_epoch_state(run_dir, e).exists() for e in missing):
+                extra.by_epoch = _run_extras(variant, seed, data, config, run_dir)
             _with_extras(out, extra.by_epoch, config)
     return out
 
