@@ -276,30 +276,53 @@ def _assert_same_numbers(got: dict, want: dict) -> None:
     assert got["curves"] == want["curves"]
 
 
+_DEFER_CONFIG = D2LConfig(epochs=2, batch_size=64, variants=("bnlab",), recalibrate_batches=2)
+_EXTRA_KEYS = (
+    "test_acc_recalibrated",
+    "test_acc_batch_stats",
+    "test_acc_recalibrated_spread_last5",
+)
+
+
+def _inline_and_deferred(tmp_path: Path) -> tuple[dict, dict]:
+    """A BN run with its extra evaluations inline (folder a), and the same run deferring
+    them (folder b: each epoch's model saved, nothing evaluated), at one thread."""
+    from bnlab.lab.d2l import _run_one
+
+    variant, data = VARIANTS["bnlab"], _data()
+    inline = _run_one(variant, 0, data, _DEFER_CONFIG, tmp_path / "a", resume=False, on_step=None)
+    (tmp_path / "b").mkdir()
+    deferred = _run_one(
+        variant,
+        0,
+        data,
+        _DEFER_CONFIG,
+        tmp_path / "b",
+        resume=False,
+        on_step=None,
+        defer_extras=True,
+    )
+    return inline, deferred
+
+
 def test_deferred_extra_evaluations_equal_the_inline_ones_and_resume(tmp_path: Path) -> None:
     # What parallel workers do: the run saves each epoch's model, another task evaluates.
-    from bnlab.lab.d2l import _run_extras, _run_one, _with_extras
+    from bnlab.lab.d2l import _run_extras, _with_extras
     from bnlab.lab.kit import cpu_threads
 
-    config = D2LConfig(epochs=2, batch_size=64, variants=("bnlab",), recalibrate_batches=2)
-    variant, data = VARIANTS["bnlab"], _data()
     with cpu_threads(1):
-        inline = _run_one(variant, 0, data, config, tmp_path / "a", resume=False, on_step=None)
-        (tmp_path / "b").mkdir()
-        run = _run_one(
-            variant, 0, data, config, tmp_path / "b", resume=False, on_step=None, defer_extras=True
-        )
+        inline, run = _inline_and_deferred(tmp_path)
         assert run["test_acc_recalibrated"] is None
         states = sorted(p.name for p in (tmp_path / "b" / "epochs").iterdir())
         assert states == ["epoch1.pt", "epoch2.pt"]
-        by_epoch = _run_extras(variant, 0, data, config, tmp_path / "b")
+        variant, data = VARIANTS["bnlab"], _data()
+        by_epoch = _run_extras(variant, 0, data, _DEFER_CONFIG, tmp_path / "b")
         # Stopped after epoch 1's evaluations: the resumed task computes epoch 2 only.
         saved = tmp_path / "b" / "extra_eval.json"
         saved.write_text(json.dumps({"1": by_epoch[1]}))
-        assert _run_extras(variant, 0, data, config, tmp_path / "b") == by_epoch
-    deferred = _with_extras(run, by_epoch, config)
-    keys = ("test_acc_recalibrated", "test_acc_batch_stats", "test_acc_recalibrated_spread_last5")
-    assert [deferred[k] for k in keys] == [inline[k] for k in keys]
+        assert _run_extras(variant, 0, data, _DEFER_CONFIG, tmp_path / "b") == by_epoch
+    deferred = _with_extras(run, by_epoch, _DEFER_CONFIG)
+    assert [deferred[k] for k in _EXTRA_KEYS] == [inline[k] for k in _EXTRA_KEYS]
     assert list(deferred) == list(inline)  # the record's fields in the same order
     extras = ("test_acc_recalibrated", "test_acc_batch_stats")
     assert [[r[k] for k in extras] for r in deferred["history"]] == [
@@ -311,18 +334,13 @@ def test_a_serial_resume_evaluates_the_epochs_a_parallel_session_saved(tmp_path:
     from bnlab.lab.d2l import _run_one
     from bnlab.lab.kit import cpu_threads
 
-    config = D2LConfig(epochs=2, batch_size=64, variants=("bnlab",), recalibrate_batches=2)
-    variant, data = VARIANTS["bnlab"], _data()
     with cpu_threads(1):
-        inline = _run_one(variant, 0, data, config, tmp_path / "a", resume=False, on_step=None)
-        (tmp_path / "b").mkdir()
-        _run_one(
-            variant, 0, data, config, tmp_path / "b", resume=False, on_step=None, defer_extras=True
-        )
+        inline, _ = _inline_and_deferred(tmp_path)
         assert not (tmp_path / "b" / "extra_eval.json").exists()  # stopped before evaluating
-        resumed = _run_one(variant, 0, data, config, tmp_path / "b", resume=True, on_step=None)
-    keys = ("test_acc_recalibrated", "test_acc_batch_stats", "test_acc_recalibrated_spread_last5")
-    assert [resumed[k] for k in keys] == [inline[k] for k in keys]
+        resumed = _run_one(
+            VARIANTS["bnlab"], 0, _data(), _DEFER_CONFIG, tmp_path / "b", resume=True, on_step=None
+        )
+    assert [resumed[k] for k in _EXTRA_KEYS] == [inline[k] for k in _EXTRA_KEYS]
     assert [r["test_acc_recalibrated"] for r in resumed["history"]] == [
         r["test_acc_recalibrated"] for r in inline["history"]
     ]
