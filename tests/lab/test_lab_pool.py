@@ -73,7 +73,20 @@ def test_after_holds_a_task_until_its_dependency_has_ended() -> None:
     assert events[:2] == [("start", 0), ("start", 1)]
     assert events.index(("end", 0)) < events.index(("start", 2))
     assert sorted(events) == sorted([(kind, i) for kind in ("start", "end") for i in range(3)])
-    with pytest.raises(ValueError, match="the index of an earlier task"):
+    with pytest.raises(ValueError, match=r"after\[0\] must name earlier tasks"):
         run_in_pool(
             _worker_settings, [(0,), (1,)], workers=1, threads=1, on_result=print, after=[1, None]
         )
+    events.clear()
+    run_in_pool(
+        _worker_settings,
+        [(0,), (1,), (2,)],
+        workers=2,
+        threads=1,
+        shared=10,
+        on_result=lambda index, result: events.append(("end", index)),
+        on_start=lambda index: events.append(("start", index)),
+        cost=[1.0, 1.0, 5.0],
+        after=[None, None, (0, 1)],  # after both
+    )
+    assert events.index(("start", 2)) > max(events.index(("end", 0)), events.index(("end", 1)))

@@ -246,11 +246,14 @@ def _run_one(
     resume: bool,
     on_step: Callable[[StepInfo], None] | None,
     defer_extras: bool = False,
+    until_epoch: int | None = None,
 ) -> dict[str, Any]:
     """One (variant, seed) run. ``defer_extras``: a BN run saves each epoch's model
     (``_epoch_state``) instead of evaluating it; :func:`_run_extras` evaluates them and
     :func:`_with_extras` completes the record (parallel workers: another worker may
-    evaluate while this one trains). The numbers are the same either way."""
+    evaluate while this one trains). ``until_epoch``: stop after that epoch, with its
+    checkpoint (a later call with ``resume=True`` continues exactly). The numbers are
+    the same either way."""
     device = torch.device(config.device)
     train_loader = _loader(data, "train", config.batch_size, seed, device)
     test_loader, recal_loader = _eval_loaders(data, seed, config)
@@ -311,6 +314,7 @@ def _run_one(
         on_step=on_step,
         on_epoch=on_epoch,
         on_start=on_start,
+        stop_when=None if until_epoch is None else lambda r: r["epoch"] >= until_epoch,
     )
     out: dict[str, Any] = {
         "variant": variant.name,
@@ -363,16 +367,22 @@ def _with_extras(
 
 
 def _run_extras(
-    variant: Variant, seed: int, data: dict[str, Tensor], config: D2LConfig, run_dir: Path
+    variant: Variant,
+    seed: int,
+    data: dict[str, Tensor],
+    config: D2LConfig,
+    run_dir: Path,
+    epochs: Sequence[int] | None = None,
 ) -> dict[int, dict[str, float]]:
     """The extra evaluations of a deferred run (``_run_one(defer_extras=True)``) from its
-    saved epoch states, each epoch once: those in ``extra_eval.json`` already are kept
-    (a resumed run), the others computed and added to it."""
+    saved epoch states (``epochs``, default all), each epoch once: those in
+    ``extra_eval.json`` already are kept (a resumed run), the others computed and added
+    to it (one file per run: tasks of one run that write it must not overlap)."""
     test_loader, recal_loader = _eval_loaders(data, seed, config)
     model = create("lenet", norm=variant.norm)
     path = run_dir / "extra_eval.json"
     extra = _Extra.read(path)
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, config.epochs + 1) if epochs is None else epochs:
         if epoch in extra.by_epoch:
             continue
         state = torch.load(
@@ -405,11 +415,13 @@ def _worker_task(
     run_dir: Path,
     resume: bool,
     report_steps: bool,
+    part: Any,
 ) -> Any:
-    """A task of a worker of ``bnlab.lab.pool``: a (variant, seed) run (``"run"``, steps
-    reported back, extra evaluations deferred) or its extra evaluations (``"extras"``)."""
+    """A task of a worker of ``bnlab.lab.pool``: a (variant, seed) run up to epoch
+    ``part`` (``"run"``; None: to the end; steps reported back, extra evaluations
+    deferred), or the extra evaluations of its epochs ``part`` (``"extras"``)."""
     if kind == "extras":
-        return _run_extras(VARIANTS[name], seed, data, config, run_dir)
+        return _run_extras(VARIANTS[name], seed, data, config, run_dir, part)
     run_dir.mkdir(parents=True, exist_ok=True)
     on_step = worker_report if report_steps else None
     return _run_one(
@@ -421,6 +433,7 @@ def _worker_task(
         resume=resume,
         on_step=on_step,
         defer_extras=True,
+        until_epoch=part,
     )
 
 
@@ -442,37 +455,55 @@ def _run_parallel(
     on_step: Callable[[StepInfo], None] | None,
     on_run_step: Callable[[str, int, StepInfo], None] | None,
 ) -> None:
-    """The runs in ``workers`` processes, longest first; a BN run's extra evaluations are
-    a task of their own (after the run, from its saved epoch states), so a worker that
-    is out of runs evaluates while the other still trains."""
+    """The runs in ``workers`` processes, longest first, in tasks small enough to share
+    the workers out evenly: each run in two halves (the second resumes the first's
+    checkpoint, exactly), and a BN run's extra evaluations of each half a task of its
+    own, from the saved epoch states; a worker out of training evaluates while the
+    other trains. Each run is stored when its last task ends."""
     report = on_step is not None or on_run_step is not None
     tasks: list[tuple[Any, ...]] = []
     cost: list[float] = []
-    after: list[int | None] = []
+    after: list[tuple[int, ...]] = []
+    last: dict[int, tuple[str, int]] = {}  # the task that completes a run
+    half = config.epochs // 2
+    spans = [(1, half), (half + 1, config.epochs)] if half >= 1 else [(1, config.epochs)]
     for name, seed in todo:
         run_dir = runs_dir / name / f"seed{seed}"
-        tasks.append(("run", name, seed, config, run_dir, resume, report))
-        cost.append(VARIANTS[name].cost)
-        after.append(None)
-        if VARIANTS[name].norm != "none":
-            tasks.append(("extras", name, seed, config, run_dir, resume, report))
-            cost.append(VARIANTS[name].cost * _EXTRAS_COST)
-            after.append(len(tasks) - 2)
+        variant = VARIANTS[name]
+        trained: tuple[int, ...] = ()
+        evaluated: tuple[int, ...] = ()
+        for first, end in spans:
+            share = variant.cost * (end - first + 1) / config.epochs
+            final = end == config.epochs
+            run = (resume or bool(trained), report, None if final else end)
+            tasks.append(("run", name, seed, config, run_dir, *run))
+            cost.append(share)
+            after.append(trained)
+            trained = (len(tasks) - 1,)
+            if variant.norm != "none":
+                tasks.append(("extras", name, seed, config, run_dir, resume, report))
+                tasks[-1] += (range(first, end + 1),)
+                cost.append(share * _EXTRAS_COST)
+                after.append(trained + evaluated)  # one writer of extra_eval.json at a time
+                evaluated = (len(tasks) - 1,)
+        last[len(tasks) - 1] = (name, seed)
     pending: dict[tuple[str, int], dict[str, Any]] = {}
+    begun: set[tuple[str, int]] = set()
 
     def started(index: int) -> None:
-        kind, name, seed = tasks[index][:3]
-        if kind == "run" and on_run_start is not None:
-            on_run_start(name, seed)
+        run = tuple(tasks[index][1:3])
+        if run not in begun:
+            begun.add(run)
+            if on_run_start is not None:
+                on_run_start(*run)
 
     def finished(index: int, result: Any) -> None:
-        kind, name, seed = tasks[index][:3]
-        if kind == "extras":
-            store(name, seed, _with_extras(pending.pop((name, seed)), result, config))
-        elif VARIANTS[name].norm == "none":
-            store(name, seed, result)
-        else:
-            pending[(name, seed)] = result  # stored once its evaluations are in
+        kind, name, seed, *_, part = tasks[index]
+        if kind == "run" and part is None:
+            pending[(name, seed)] = result  # the whole run's record
+        if index in last:
+            record = pending.pop((name, seed))
+            store(name, seed, record if kind == "run" else _with_extras(record, result, config))
 
     def message(index: int, info: StepInfo) -> None:
         name, seed = tasks[index][1:3]

@@ -91,7 +91,7 @@ def run_in_pool(
     on_start: Callable[[int], None] | None = None,
     on_message: Callable[[int, Any], None] | None = None,
     cost: Sequence[float] | None = None,
-    after: Sequence[int | None] | None = None,
+    after: Sequence[int | Sequence[int] | None] | None = None,
 ) -> None:
     """Run ``fn(shared, *task)`` for every task in ``workers`` spawned processes.
 
@@ -111,8 +111,9 @@ def run_in_pool(
         on_start: ``on_start(index)`` in the parent when a task is handed to a worker.
         on_message: ``on_message(index, message)`` for each ``worker_report``.
         cost: one expected relative duration per task (ties keep their order).
-        after: per task, the index of a task whose result must have arrived before it
-            is handed out (None: none), e.g. evaluations of a run's saved states.
+        after: per task, the index (or indices) of tasks whose results must have arrived
+            before it is handed out (None: none), e.g. evaluations of a run's saved
+            states.
 
     Raises:
         ValueError: ``workers`` or ``threads`` below 1, ``cost`` or ``after`` not one per
@@ -123,14 +124,17 @@ def run_in_pool(
         raise ValueError(f"run_in_pool: workers and threads must be >= 1, got {workers}, {threads}")
     if cost is not None and len(cost) != len(tasks):
         raise ValueError(f"run_in_pool: {len(cost)} costs for {len(tasks)} tasks")
-    if after is not None and (
-        len(after) != len(tasks)
-        or any(a is not None and not 0 <= a < i for i, a in enumerate(after))
-    ):
-        raise ValueError(
-            f"run_in_pool: after must give, for each of the {len(tasks)} tasks, None or "
-            f"the index of an earlier task; got {list(after)}"
-        )
+    needs: list[tuple[int, ...]] = [()] * len(tasks)
+    if after is not None:
+        if len(after) != len(tasks):
+            raise ValueError(f"run_in_pool: {len(after)} entries of after for {len(tasks)} tasks")
+        needs = [(a,) if isinstance(a, int) else tuple(a or ()) for a in after]
+        for i, firsts in enumerate(needs):
+            if any(not 0 <= a < i for a in firsts):
+                raise ValueError(
+                    f"run_in_pool: after[{i}] must name earlier tasks (indices below {i}), "
+                    f"got {after[i]}"
+                )
     if not tasks:
         return
     context = multiprocessing.get_context("spawn")
@@ -149,8 +153,7 @@ def run_in_pool(
     finished: set[int] = set()
 
     def ready(item: tuple[int, Any]) -> bool:
-        first = None if after is None else after[item[0]]
-        return first is None or first in finished
+        return all(a in finished for a in needs[item[0]])
 
     def submit() -> None:
         while len(running) < min(workers, len(tasks)):
