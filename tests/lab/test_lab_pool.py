@@ -56,9 +56,10 @@ def test_costs_one_per_task() -> None:
         )
 
 
-def test_after_holds_a_task_until_its_dependency_has_ended() -> None:
+def _logged(after: list) -> list[tuple[str, int]]:
+    """Starts and ends of three tasks on two workers, task 2 the most costly (first by
+    cost) and held by ``after``."""
     events: list[tuple[str, int]] = []
-    # Task 2 (the most costly: first by cost) waits for task 0; task 1 needs nothing.
     run_in_pool(
         _worker_settings,
         [(0,), (1,), (2,)],
@@ -68,25 +69,19 @@ def test_after_holds_a_task_until_its_dependency_has_ended() -> None:
         on_result=lambda index, result: events.append(("end", index)),
         on_start=lambda index: events.append(("start", index)),
         cost=[1.0, 1.0, 5.0],
-        after=[None, None, 0],
+        after=after,
     )
+    assert sorted(events) == sorted([(kind, i) for kind in ("start", "end") for i in range(3)])
+    return events
+
+
+def test_after_holds_a_task_until_its_dependencies_have_ended() -> None:
+    events = _logged([None, None, 0])
     assert events[:2] == [("start", 0), ("start", 1)]
     assert events.index(("end", 0)) < events.index(("start", 2))
-    assert sorted(events) == sorted([(kind, i) for kind in ("start", "end") for i in range(3)])
+    events = _logged([None, None, (0, 1)])  # after both
+    assert events.index(("start", 2)) > max(events.index(("end", 0)), events.index(("end", 1)))
     with pytest.raises(ValueError, match=r"after\[0\] must name earlier tasks"):
         run_in_pool(
             _worker_settings, [(0,), (1,)], workers=1, threads=1, on_result=print, after=[1, None]
         )
-    events.clear()
-    run_in_pool(
-        _worker_settings,
-        [(0,), (1,), (2,)],
-        workers=2,
-        threads=1,
-        shared=10,
-        on_result=lambda index, result: events.append(("end", index)),
-        on_start=lambda index: events.append(("start", index)),
-        cost=[1.0, 1.0, 5.0],
-        after=[None, None, (0, 1)],  # after both
-    )
-    assert events.index(("start", 2)) > max(events.index(("end", 0)), events.index(("end", 1)))
