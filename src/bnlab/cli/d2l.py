@@ -42,7 +42,7 @@ PARALLEL_MIN_IMAGES = 50_000
 
 HELP = "reproduce the d2l batch-norm chapter (LeNet, 4 variants) and explain its numbers"
 EXAMPLES = """examples:
-  bnlab d2l --out runs/d2l                      the chapter's experiment, one seed (~7 min on 2 cores)
+  bnlab d2l --out runs/d2l                      the chapter's experiment, one seed (~1.5 min on 2 cores)
   bnlab d2l --out runs/d2l5 --seeds 5           five seeds: mean and spread
   bnlab d2l --out runs/quick --epochs 2 --limit-train 6000 --variants none bnlab
   bnlab d2l --out runs/d2l --resume             continue an interrupted experiment
