@@ -4,7 +4,9 @@ Trains the chapter's LeNet without BN (lr 0.9), with the textbook BN, with bnlab
 BN and with torch's BN (lr 1.0), 10 epochs, batch 256, for each seed; prints one
 table (mean +- std over seeds, the book's numbers beside) and the first BN layer's
 learned gamma and beta; writes summary.json, per-run metrics and checkpoints, the
-training curves (d2l_curves.png), config.json and environment.json.
+training curves (d2l_curves.png), config.json and environment.json. Runs in parallel
+processes also keep each epoch's model (runs/VARIANT/seedS/epochs/), which another
+process evaluates (recalibrated and batch-statistics accuracy) while training goes on.
 """
 
 from __future__ import annotations
