@@ -8,7 +8,7 @@ that changes them fails here, loudly, instead of slowing down or corrupting quie
   directly (it skips about 8 us of Python per call), guarded by
   ``torch._C._are_functorch_transforms_active`` and
   ``torch._C._functorch.is_functorch_wrapped_tensor``; the group and layer norm
-  dispatch uses the same two guards (``bnlab.kernels._transformed``).
+  dispatch uses the same two guards (``bnlab.kernels.is_transformed``).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def test_the_functorch_guards_see_transforms() -> None:
     x = torch.randn(3, 4)
     assert not torch._C._are_functorch_transforms_active()
     assert not torch._C._functorch.is_functorch_wrapped_tensor(x)
-    assert not kernels._transformed(x)
+    assert not kernels.is_transformed(x)
     seen = []
 
     def probe(row):
@@ -134,7 +134,7 @@ def test_the_functorch_guards_see_transforms() -> None:
             (
                 torch._C._are_functorch_transforms_active(),
                 torch._C._functorch.is_functorch_wrapped_tensor(row),
-                kernels._transformed(row),
+                kernels.is_transformed(row),
             )
         )
         return row

@@ -672,7 +672,7 @@ def eval_forward(
     return y
 
 
-def _transformed(x: Tensor) -> bool:
+def is_transformed(x: Tensor) -> bool:
     """Whether ``x`` is traced or transformed (torch.compile, vmap, torch.func.grad): the
     kernels read raw memory, so such calls take the torch-ops path."""
     return (
@@ -683,8 +683,8 @@ def _transformed(x: Tensor) -> bool:
 
 
 def _norm_input_fits(x: object) -> bool:
-    """The first question of the group- and layer-norm dispatch: the fast path switched
-    on, and ``x`` a CPU tensor of a dtype the library has."""
+    """The first question of the group-norm, layer-norm and pooling dispatch: the fast
+    path switched on, and ``x`` a CPU tensor of a dtype the library has."""
     return _enabled and not _failed and isinstance(x, Tensor) and x.dtype in _DTYPES and x.is_cpu
 
 
@@ -720,7 +720,7 @@ def group_norm_eligible(
     """
     if not _norm_input_fits(x):
         return False
-    if x.dim() < 2 or x.numel() == 0 or not x.is_contiguous() or _transformed(x):
+    if x.dim() < 2 or x.numel() == 0 or not x.is_contiguous() or is_transformed(x):
         return False
     c = x.shape[1]
     if type(num_groups) is not int or num_groups <= 0 or c % num_groups != 0:
@@ -779,7 +779,7 @@ def layer_norm_eligible(
     k = len(normalized_shape)
     if x.dim() < k or k == 0 or x.numel() == 0 or not x.is_contiguous():
         return False
-    if x.shape[x.dim() - k :] != normalized_shape or _transformed(x):
+    if x.shape[x.dim() - k :] != normalized_shape or is_transformed(x):
         return False
     return _norm_params_fit(x.dtype, normalized_shape, weight, bias)
 
@@ -826,17 +826,15 @@ def avg_pool2_eligible(x: Tensor) -> bool:
     caller checks those): a contiguous float32/float64 CPU ``(N, C, H, W)`` input with
     even ``H`` and ``W`` and at least :data:`MIN_NUMEL` elements, outside
     ``torch.compile`` and functorch transforms; the switch on and the library built."""
-    if not _enabled or _failed or not isinstance(x, Tensor):
+    if not _norm_input_fits(x):
         return False
     if (
-        x.dtype not in _DTYPES
-        or x.dim() != 4
-        or not x.is_cpu
+        x.dim() != 4
         or x.shape[2] % 2
         or x.shape[3] % 2
         or x.numel() < MIN_NUMEL
         or not x.is_contiguous()
-        or _transformed(x)
+        or is_transformed(x)
     ):
         return False
     return _lib is not None or _library() is not None
@@ -848,11 +846,6 @@ def _avg_pool2(name: str, source: Tensor, out: Tensor, shape: torch.Size) -> Ten
         _PACK[name](source.data_ptr(), out.data_ptr(), n * c, h, w, torch.get_num_threads())
     )
     return out
-
-
-def is_transformed(x: Tensor) -> bool:
-    """Whether ``x`` is traced or transformed (torch.compile, vmap, torch.func.grad)."""
-    return _transformed(x)
 
 
 def avg_pool2_forward(x: Tensor) -> Tensor:
