@@ -44,7 +44,7 @@ from bnlab.lab.experiment import config_from, get_lab, run_lab
 from bnlab.models.norm_options import NormOptions
 from bnlab.plots.d2l import plot_d2l_curves
 from bnlab.plots.training import plot_training_curves
-from bnlab.train import StepInfo, TrainConfig, fit
+from bnlab.train import StepInfo, TrainConfig, fit, reaches
 from bnlab.train.run_dir import RunDir
 
 __all__ = [
@@ -234,7 +234,7 @@ def train(
             run_dir=out_dir,
             on_step=on_step,
             on_start=warmup,
-            stop_when=None if target_acc is None else lambda r: r["test_acc"] >= target_acc,
+            stop_when=None if target_acc is None else reaches(target_acc),
         )
     finally:
         bar.close()

@@ -72,7 +72,7 @@ from bnlab.data.iterators import split_loaders
 from bnlab.models.mlp import ACTIVATIONS, NORM_POSITIONS
 from bnlab.models.norm_options import NormOptions
 from bnlab.plots.training import plot_training_curves
-from bnlab.train import FitResult, StepInfo, TrainConfig, fit
+from bnlab.train import FitResult, StepInfo, TrainConfig, fit, reaches
 from bnlab.train.config import INITS, LR_SCHEDULES
 from bnlab.train.distributed import (
     DEFAULT_TIMEOUT_S,
@@ -722,9 +722,7 @@ def _train(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
                 on_epoch=on_epoch if main_rank else None,
                 distributed=distributed,
                 detect_anomaly=args.detect_anomaly,
-                stop_when=None
-                if args.target_acc is None
-                else (lambda record: record["test_acc"] >= args.target_acc),
+                stop_when=None if args.target_acc is None else reaches(args.target_acc),
                 # What the run is, kept in its checkpoints: a resume that differs is refused.
                 identity={
                     **{k: run_config[k] for k in ("model", "norm", "model_kwargs")},

@@ -17,6 +17,7 @@ from bnlab.train.fit import (
     evaluate,
     fit,
     init_weights,
+    reaches,
 )
 from bnlab.train.io import load_checkpoint, read_jsonl, write_json
 from bnlab.train.run_dir import (
@@ -49,6 +50,7 @@ __all__ = [
     "fit",
     "init_weights",
     "load_checkpoint",
+    "reaches",
     "read_jsonl",
     "settings_changes",
     "write_json",

@@ -155,10 +155,10 @@ class FitResult:
     images_per_s_definition: str = field(default=IMAGES_PER_S_DEFINITION)
 
     def target(self, test_acc: float) -> dict[str, Any]:
-        """When the run first reached ``test_acc`` (``fit(stop_when=...)``'s usual rule):
+        """When the run first reached ``test_acc`` (:func:`reaches`):
         ``{"test_acc", "reached", "epoch", "time_s"}``, ``time_s`` the run time then
         (training and evaluation of the epochs up to it); epoch and time None if never."""
-        first = next((r for r in self.history if r["test_acc"] >= test_acc), None)
+        first = next(filter(reaches(test_acc), self.history), None)
         return {
             "test_acc": test_acc,
             "reached": first is not None,
@@ -179,6 +179,12 @@ class FitResult:
             "history": [dict(r) for r in self.history],
             "steps": [dict(r) for r in self.steps],
         }
+
+
+def reaches(test_acc: float) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether an epoch record's test accuracy is at least ``test_acc``: the rule of a
+    target accuracy (``fit(stop_when=reaches(0.9))``, ``FitResult.target``)."""
+    return lambda record: record["test_acc"] >= test_acc
 
 
 def init_weights(model: nn.Module, seed: int) -> None:
