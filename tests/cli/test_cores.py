@@ -143,3 +143,24 @@ def test_busy_cores_reads_this_machine() -> None:
     if busy is None:  # not Linux: no /proc/stat
         pytest.skip("no /proc/stat here")
     assert 0.0 <= busy <= (os.cpu_count() or 1) + 1e-9
+
+
+def test_pick_samples_the_busy_cores_only_when_the_choice_needs_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bnlab.cli._cores as cores
+
+    samples: list[object] = []
+
+    def counted(*args: object, **kwargs: object) -> float:
+        samples.append(args)
+        return 0.0
+
+    monkeypatch.setattr(cores, "busy_cores", counted)
+    pick(threads=1, environ={})  # one run at a given thread count
+    pick(runs=4, threads=1, workers=2, environ={})
+    pick(runs=4, parallel_pays=False, environ={"OMP_NUM_THREADS": "1"})
+    assert samples == []
+    pick(environ={})  # the threads follow the free cores
+    pick(runs=4, threads=1, environ={})  # the processes do
+    assert len(samples) == 2

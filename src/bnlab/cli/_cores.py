@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 __all__ = [
@@ -215,16 +215,20 @@ def busy_cores(cores: set[int] | None = None, seconds: float = SAMPLE_S) -> floa
     return share * (len(cores) if cores is not None else os.cpu_count() or 1)
 
 
+def _affinity() -> set[int] | None:
+    """The cores this process may run on; None where the system does not say."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return None
+
+
 def machine(environ: Mapping[str, str] | None = None, *, sample: bool = True) -> Machine:
     """Read the cores this process may use, how many are busy (``sample``: over
     :data:`SAMPLE_S`), the 1-minute load and ``OMP_NUM_THREADS``."""
     environ = os.environ if environ is None else environ
-    try:
-        affinity: set[int] | None = set(os.sched_getaffinity(0))
-        cpus = len(affinity)
-    except (AttributeError, OSError):  # not on Linux
-        affinity = None
-        cpus = os.cpu_count() or 1
+    affinity = _affinity()
+    cpus = (os.cpu_count() or 1) if affinity is None else len(affinity)
     try:
         load: float | None = os.getloadavg()[0]
     except (AttributeError, OSError):
@@ -246,9 +250,15 @@ def pick(
     """:func:`choose_layout` on this machine now (the busy cores sampled only when the
     choice depends on them)."""
     environ = os.environ if environ is None else environ
-    decided = workers is not None and (threads is not None or "OMP_NUM_THREADS" in environ)
+    here = machine(environ, sample=False)
+    # The free cores matter unless the threads are given and the process count follows:
+    # given, or one process (one run, or runs too short for processes).
+    threads_given = threads is not None or here.env_threads is not None
+    one_process = runs == 1 or not parallel_pays
+    if not (threads_given and (workers is not None or one_process)):
+        here = replace(here, busy=busy_cores(_affinity()))
     return choose_layout(
-        machine(environ, sample=not decided),
+        here,
         runs=runs,
         parallel_pays=parallel_pays,
         threads=threads,
