@@ -464,7 +464,7 @@ def _run_parallel(
     tasks: list[tuple[Any, ...]] = []
     cost: list[float] = []
     after: list[tuple[int, ...]] = []
-    last: dict[int, tuple[str, int]] = {}  # the task that completes a run
+    last: set[int] = set()  # the tasks that complete a run
     half = config.epochs // 2
     spans = [(1, half), (half + 1, config.epochs)] if half >= 1 else [(1, config.epochs)]
     for name, seed in todo:
@@ -474,19 +474,20 @@ def _run_parallel(
         evaluated: tuple[int, ...] = ()
         for first, end in spans:
             share = variant.cost * (end - first + 1) / config.epochs
-            final = end == config.epochs
-            run = (resume or bool(trained), report, None if final else end)
-            tasks.append(("run", name, seed, config, run_dir, *run))
+            until = None if end == config.epochs else end
+            tasks.append(
+                ("run", name, seed, config, run_dir, resume or bool(trained), report, until)
+            )
             cost.append(share)
             after.append(trained)
             trained = (len(tasks) - 1,)
             if variant.norm != "none":
-                tasks.append(("extras", name, seed, config, run_dir, resume, report))
-                tasks[-1] += (range(first, end + 1),)
+                epochs = range(first, end + 1)
+                tasks.append(("extras", name, seed, config, run_dir, resume, report, epochs))
                 cost.append(share * _EXTRAS_COST)
                 after.append(trained + evaluated)  # one writer of extra_eval.json at a time
                 evaluated = (len(tasks) - 1,)
-        last[len(tasks) - 1] = (name, seed)
+        last.add(len(tasks) - 1)
     pending: dict[tuple[str, int], dict[str, Any]] = {}
     begun: set[tuple[str, int]] = set()
 
