@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +58,11 @@ GAIN_ARMS = {"noisy-gain", "level"}
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    from conftest import make_fake_data
-
+def finished(
+    tmp_path_factory: pytest.TempPathFactory, fake_data: Callable[..., dict]
+) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("ics") / "run"
-    return out, run_lab(ics.SPEC, TINY, out, data=make_fake_data(64, 32), quick=True)
+    return out, run_lab(ics.SPEC, TINY, out, data=fake_data(64, 32), quick=True)
 
 
 def test_quick_run_says_no_verdict(finished: tuple[Path, dict]) -> None:
@@ -137,16 +138,14 @@ def test_claims_decide_the_results(finished: tuple[Path, dict]) -> None:
 
 
 def test_resume_after_deleting_a_unit_ends_equal(
-    finished: tuple[Path, dict], tmp_path: Path
+    finished: tuple[Path, dict], tmp_path: Path, fake_data: Callable[..., dict]
 ) -> None:
-    from conftest import make_fake_data
-
     out, whole = finished
     cut = tmp_path / "cut"
     shutil.copytree(out, cut)
     (cut / "units" / "sigmoid-bn-seed1.json").unlink()  # as if killed during that unit
     (cut / "results.json").unlink()
-    resumed = run_lab(ics.SPEC, TINY, cut, data=make_fake_data(64, 32), resume=True, quick=True)
+    resumed = run_lab(ics.SPEC, TINY, cut, data=fake_data(64, 32), resume=True, quick=True)
     assert resumed["units_reused"] == len(list((out / "units").iterdir())) - 1
     assert resumed["raw"]["per_seed"] == json.loads(json.dumps(whole["raw"]["per_seed"]))
 

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,11 +45,11 @@ TINY = dataclasses.replace(
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    from conftest import make_fake_data
-
+def finished(
+    tmp_path_factory: pytest.TempPathFactory, fake_data: Callable[..., dict]
+) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("landscape") / "run"
-    return out, run_lab(landscape.SPEC, TINY, out, data=make_fake_data(96, 64), quick=True)
+    return out, run_lab(landscape.SPEC, TINY, out, data=fake_data(96, 64), quick=True)
 
 
 def test_quick_run_says_no_verdict_with_tables_and_figures(finished: tuple[Path, dict]) -> None:
@@ -116,18 +117,14 @@ def test_claims_are_registered_from_the_literature(finished: tuple[Path, dict]) 
 
 
 def test_resume_after_deleting_a_unit_ends_equal(
-    finished: tuple[Path, dict], tmp_path: Path
+    finished: tuple[Path, dict], tmp_path: Path, fake_data: Callable[..., dict]
 ) -> None:
-    from conftest import make_fake_data
-
     out, whole = finished
     cut = tmp_path / "cut"
     shutil.copytree(out, cut)
     (cut / "units" / "common-none-seed1.json").unlink()
     (cut / "results.json").unlink()
-    resumed = run_lab(
-        landscape.SPEC, TINY, cut, data=make_fake_data(96, 64), resume=True, quick=True
-    )
+    resumed = run_lab(landscape.SPEC, TINY, cut, data=fake_data(96, 64), resume=True, quick=True)
     assert resumed["units_reused"] == 11
     assert resumed["raw"]["per_seed"] == json.loads(json.dumps(whole["raw"]["per_seed"]))
 
@@ -242,6 +239,24 @@ def test_read_metrics_at_matched_loss_and_step() -> None:
     assert broken["log10_beta_at_loss"] == pytest.approx(math.log10(200.0))
 
 
+def _level_window_run(x: torch.Tensor, y: torch.Tensor, *, steps: int, probe_every: int) -> dict:
+    """A linear model trained to a loss level reached at its first step (10), with a
+    window of 3 probes 4 steps apart."""
+    net = nn.Linear(4, 3)
+    return probed.train_probed(
+        net,
+        iter([(x, y)] * 100),
+        torch.optim.SGD(net.parameters(), lr=0.5),
+        steps=steps,
+        window=2,
+        level=10.0,
+        probe=lambda: {},
+        probe_every=probe_every,
+        level_probes=3,
+        level_gap=4,
+    )
+
+
 def test_train_probed_probes_at_the_level_and_at_fixed_steps() -> None:
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
@@ -276,34 +291,12 @@ def test_train_probed_probes_at_the_level_and_at_fixed_steps() -> None:
     assert stopped["final_train_loss"] is None
     assert stopped["level_window"] == []
     # A matched-loss window: the probe at the reach, then every level_gap steps.
-    windowed = probed.train_probed(
-        nn.Linear(4, 3),
-        iter([(x, y)] * 100),
-        torch.optim.SGD(model.parameters(), lr=0.5),
-        steps=40,
-        window=2,
-        level=10.0,
-        probe=lambda: {},
-        probe_every=20,
-        level_probes=3,
-        level_gap=4,
-    )
+    windowed = _level_window_run(x, y, steps=40, probe_every=20)
     assert [p["step"] for p in windowed["level_window"]] == [1, 5, 9]
     assert windowed["level_window"][0] == windowed["at_level"]
     assert got["level_window"] == [got["at_level"]]  # the default: one probe
     # A run that ends inside the window keeps the probes it took.
-    short = probed.train_probed(
-        nn.Linear(4, 3),
-        iter([(x, y)] * 100),
-        torch.optim.SGD(model.parameters(), lr=0.5),
-        steps=6,
-        window=2,
-        level=10.0,
-        probe=lambda: {},
-        probe_every=3,
-        level_probes=3,
-        level_gap=4,
-    )
+    short = _level_window_run(x, y, steps=6, probe_every=3)
     assert [p["step"] for p in short["level_window"]] == [1, 5]
 
 

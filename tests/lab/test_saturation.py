@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,11 @@ TINY = dataclasses.replace(
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    from conftest import make_fake_data
-
+def finished(
+    tmp_path_factory: pytest.TempPathFactory, fake_data: Callable[..., dict]
+) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("saturation") / "run"
-    return out, run_lab(saturation.SPEC, TINY, out, data=make_fake_data(96, 64), quick=True)
+    return out, run_lab(saturation.SPEC, TINY, out, data=fake_data(96, 64), quick=True)
 
 
 def test_quick_run_says_no_verdict_with_tables_and_figures(finished: tuple[Path, dict]) -> None:
@@ -114,18 +115,14 @@ def test_claims_name_their_seed_sentence(finished: tuple[Path, dict]) -> None:
 
 
 def test_resume_after_deleting_a_unit_ends_equal(
-    finished: tuple[Path, dict], tmp_path: Path
+    finished: tuple[Path, dict], tmp_path: Path, fake_data: Callable[..., dict]
 ) -> None:
-    from conftest import make_fake_data
-
     out, whole = finished
     cut = tmp_path / "cut"
     shutil.copytree(out, cut)
     (cut / "units" / "relu-bn-seed0.json").unlink()
     (cut / "results.json").unlink()
-    resumed = run_lab(
-        saturation.SPEC, TINY, cut, data=make_fake_data(96, 64), resume=True, quick=True
-    )
+    resumed = run_lab(saturation.SPEC, TINY, cut, data=fake_data(96, 64), resume=True, quick=True)
     assert resumed["units_reused"] == 19
     assert resumed["raw"]["per_seed"] == json.loads(json.dumps(whole["raw"]["per_seed"]))
 
