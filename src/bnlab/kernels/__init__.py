@@ -274,14 +274,6 @@ def available() -> bool:
     return _library() is not None
 
 
-def _reset_for_tests() -> None:
-    """Forget the loaded library and the failure state (tests simulate failed builds)."""
-    global _lib, _loaded, _state, _failed
-    _lib = _loaded = None
-    _state = "not built yet"
-    _failed = False
-
-
 def batch_norm_eligible(
     x: Tensor,
     *others: Tensor | None,
