@@ -130,6 +130,54 @@ def _norm(tensors: Sequence[Tensor]) -> float:
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
 
 
+def _walk(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    scale: Callable[[Tensor], float],
+    steps: Callable[[float], Sequence[tuple[float, float]]],
+) -> tuple[float, dict[str, Any]]:
+    """The walk down the gradient of both points, in the metric that measures each
+    parameter tensor ``B`` in units of ``c_B = scale(theta_B)`` (1: the raw walk of
+    :func:`landscape_point`; ``||theta_B||``: the relative one of :func:`relative_point`).
+
+    The gradient in that metric is ``g_hat_B = c_B g_B``. For each ``(coef, distance)``
+    of ``steps(||g_hat||)`` the network moves to ``w'_B = w_B - coef c_B g_hat_B``, and
+    there the loss, ``change = ||g_hat(w') - g_hat(w)||`` (``c_B`` of ``w``) and
+    ``beta = change / distance`` are taken.
+
+    Returns:
+        ``(loss at w, {"grad_norm" (||g_hat||), "losses", "grad_changes", "betas",
+        "loss_range", "grad_change_max", "beta"})``, lists in the order of the steps.
+    """
+    params, buffers = kit.detached_state(model)
+    loss0, grad0 = kit.loss_and_grad(model, params, buffers, x, y, loss_fn)
+    scales = [scale(p) for p in params.values()]
+    hat0 = [c * g for c, g in zip(scales, grad0, strict=True)]
+    hnorm = _norm(hat0)
+    losses, changes, betas = [], [], []
+    for coef, distance in steps(hnorm):
+        moved = {
+            n: p - coef * c * h for (n, p), c, h in zip(params.items(), scales, hat0, strict=True)
+        }
+        loss, grad = kit.loss_and_grad(model, moved, buffers, x, y, loss_fn)
+        change = _norm([c * g - h for c, g, h in zip(scales, grad, hat0, strict=True)])
+        losses.append(loss)
+        changes.append(change)
+        betas.append(change / distance)
+    finite = [v for v in losses if math.isfinite(v)]
+    return loss0, {
+        "grad_norm": hnorm,
+        "losses": losses,
+        "grad_changes": changes,
+        "betas": betas,
+        "loss_range": max(finite) - min(finite) if len(finite) == len(losses) else math.inf,
+        "grad_change_max": max(changes),
+        "beta": max(betas),
+    }
+
+
 def landscape_point(
     model: nn.Module,
     x: Tensor,
@@ -158,29 +206,14 @@ def landscape_point(
     """
     if not step_sizes or any(not eta > 0 for eta in step_sizes):
         raise ValueError(f"landscape_point: step sizes must be > 0, got {list(step_sizes)!r}")
-    params, buffers = kit.detached_state(model)
-    loss0, grad0 = kit.loss_and_grad(model, params, buffers, x, y, loss_fn)
-    gnorm = _norm(grad0)
-    losses, changes, betas = [], [], []
-    for eta in step_sizes:
-        moved = {n: p - eta * g for (n, p), g in zip(params.items(), grad0, strict=True)}
-        loss, grad = kit.loss_and_grad(model, moved, buffers, x, y, loss_fn)
-        change = _norm([a - b for a, b in zip(grad, grad0, strict=True)])
-        losses.append(loss)
-        changes.append(change)
-        betas.append(change / (eta * gnorm) if gnorm > 0 else math.nan)
-    finite = [v for v in losses if math.isfinite(v)]
-    return {
-        "loss0": loss0,
-        "grad_norm": gnorm,
-        "losses": losses,
-        "grad_changes": changes,
-        "betas": betas,
-        "loss_range": max(finite) - min(finite) if len(finite) == len(losses) else math.inf,
-        "grad_change_max": max(changes),
-        "grad_change_rel": max(changes) / gnorm if gnorm > 0 else math.nan,
-        "beta": max(betas),
-    }
+
+    def steps(gnorm: float) -> list[tuple[float, float]]:
+        return [(eta, eta * gnorm if gnorm > 0 else math.nan) for eta in step_sizes]
+
+    loss0, walk = _walk(model, x, y, loss_fn, lambda p: 1.0, steps)
+    gnorm = walk["grad_norm"]
+    rel = walk["grad_change_max"] / gnorm if gnorm > 0 else math.nan
+    return {"loss0": loss0, **walk, "grad_change_rel": rel}
 
 
 def relative_point(
@@ -224,34 +257,13 @@ def relative_point(
     """
     if not radii or any(not r > 0 for r in radii):
         raise ValueError(f"relative_point: radii must be > 0, got {list(radii)!r}")
-    params, buffers = kit.detached_state(model)
-    _, grad0 = kit.loss_and_grad(model, params, buffers, x, y, loss_fn)
-    scale = [_norm([p]) for p in params.values()]
-    hat0 = [c * g for c, g in zip(scale, grad0, strict=True)]
-    hnorm = _norm(hat0)
-    losses, changes, betas = [], [], []
-    for rho in radii:
-        step = rho / hnorm if hnorm > 0 else 0.0
-        moved = {
-            n: p - step * c * h for (n, p), c, h in zip(params.items(), scale, hat0, strict=True)
-        }
-        loss, grad = kit.loss_and_grad(model, moved, buffers, x, y, loss_fn)
-        change = _norm([c * g - h for c, g, h in zip(scale, grad, hat0, strict=True)])
-        losses.append(loss)
-        changes.append(change)
-        betas.append(change / rho)
-    finite = [v for v in losses if math.isfinite(v)]
+
+    def steps(hnorm: float) -> list[tuple[float, float]]:
+        return [(rho / hnorm if hnorm > 0 else 0.0, rho) for rho in radii]
+
+    _, walk = _walk(model, x, y, loss_fn, lambda p: _norm([p]), steps)
     weights = [layer.weight.detach() for layer in kit.weight_layers(model).values()]
-    return {
-        "grad_norm": hnorm,
-        "losses": losses,
-        "grad_changes": changes,
-        "betas": betas,
-        "loss_range": max(finite) - min(finite) if len(finite) == len(losses) else math.inf,
-        "grad_change_max": max(changes),
-        "beta": max(betas),
-        "weight_norm": _norm(weights),
-    }
+    return {**walk, "weight_norm": _norm(weights)}
 
 
 def landscape_probe(
