@@ -245,11 +245,10 @@ def sync_batch_norm(
     check_eps(eps, name)
     check_momentum(momentum, name)
     check_channel_args(num_features, weight, bias, running_mean, running_var, name)
-    if momentum is None and running_mean is not None and num_batches_tracked is None:
-        raise ValueError(
-            f"{name}: momentum=None (cumulative average) needs num_batches_tracked; "
-            f"pass the batch counter, or a momentum in [0, 1]"
-        )
+    if running_mean is not None and num_batches_tracked is None:
+        # Before the collectives, so that every rank raises instead of waiting: the
+        # update's own check (momentum=None needs the counter).
+        running_update_factor(momentum, None, name)
 
     y, mean, var, count_t = SyncBatchNormFunction.apply(x, weight, bias, eps, collectives, name)
     count = int(count_t)

@@ -32,6 +32,7 @@ from bnlab.functional.batch_norm import (
     _batch_norm_eval,
     check_channel_args,
     check_eps,
+    check_input,
     check_momentum,
     check_per_channel,
 )
@@ -65,14 +66,12 @@ class InstanceNormOutput(NamedTuple):
 
 
 def check_floating_input(x: Tensor, min_dim: int, layout: str, name: str) -> None:
-    """Check that ``x`` is a floating tensor with at least ``min_dim`` dims."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor input, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(
-            f"{name}: expected a floating-point input (float16, bfloat16, float32 or float64), "
-            f"got dtype {x.dtype}; convert it first, for example with x.float()"
-        )
+    """Check that ``x`` is a floating tensor with at least ``min_dim`` dims.
+
+    The type errors are batch norm's (``check_input``); the rank error names ``layout``.
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        check_input(x, None, name)  # raises its TypeError for either case
     if x.dim() < min_dim:
         raise ValueError(
             f"{name}: expected an input of shape {layout} with at least {min_dim} dims, "
