@@ -24,6 +24,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 #include <omp.h>
 
@@ -592,168 +594,6 @@ void layer_backward(const T* g, const T* x, i64 R, i64 M, const T* weight, const
   });
 }
 
-// Arguments of the C entry points, packed by the caller into one buffer (Python's
-// struct.pack, every field 8 bytes, no padding): a ctypes call converts each argument
-// separately (about 0.2 us each), one buffer costs one conversion. Read with memcpy, so
-// the buffer needs no alignment. Null pointers are 0.
-template <typename T>
-struct TrainForwardArgs {
-  const T* x;
-  T* y;
-  i64 N, C, S;
-  const T* weight;
-  const T* bias;
-  double eps;
-  T* stats;
-  T* running_mean;
-  T* running_var;
-  int64_t* num_batches_tracked;
-  double factor;
-  i64 nthreads;
-};
-static_assert(sizeof(TrainForwardArgs<float>) == 14 * 8, "packed as 14 fields of 8 bytes");
-
-template <typename T>
-struct TrainBackwardArgs {
-  const T* grad_y;
-  const T* x;
-  i64 N, C, S;
-  const T* weight;
-  const T* inv_std;
-  const T* pivot;
-  const T* offset;
-  T* grad_x;
-  T* grad_weight;
-  T* grad_bias;
-  i64 nthreads;
-};
-static_assert(sizeof(TrainBackwardArgs<float>) == 13 * 8, "packed as 13 fields of 8 bytes");
-
-template <typename T>
-struct EvalForwardArgs {
-  const T* x;
-  T* y;
-  i64 N, C, S;
-  const T* running_mean;
-  const T* running_var;
-  const T* weight;
-  const T* bias;
-  double eps;
-  i64 nthreads;
-};
-static_assert(sizeof(EvalForwardArgs<float>) == 11 * 8, "packed as 11 fields of 8 bytes");
-
-template <typename T>
-void train_forward_packed(const void* packed) {
-  TrainForwardArgs<T> a;
-  std::memcpy(&a, packed, sizeof(a));
-  train_forward<T>(a.x, a.y, a.N, a.C, a.S, a.weight, a.bias, a.eps, a.stats, a.running_mean,
-                   a.running_var, a.num_batches_tracked, a.factor,
-                   static_cast<int>(a.nthreads));
-}
-
-template <typename T>
-void train_backward_packed(const void* packed) {
-  TrainBackwardArgs<T> a;
-  std::memcpy(&a, packed, sizeof(a));
-  train_backward<T>(a.grad_y, a.x, a.N, a.C, a.S, a.weight, a.inv_std, a.pivot, a.offset,
-                    a.grad_x, a.grad_weight, a.grad_bias, static_cast<int>(a.nthreads));
-}
-
-template <typename T>
-void eval_forward_packed(const void* packed) {
-  EvalForwardArgs<T> a;
-  std::memcpy(&a, packed, sizeof(a));
-  eval_forward<T>(a.x, a.y, a.N, a.C, a.S, a.running_mean, a.running_var, a.weight, a.bias,
-                  a.eps, static_cast<int>(a.nthreads));
-}
-
-template <typename T>
-struct GroupForwardArgs {
-  const T* x;
-  T* y;
-  i64 N, C, S, G;
-  const T* weight;
-  const T* bias;
-  double eps;
-  T* stats;
-  i64 nthreads;
-};
-static_assert(sizeof(GroupForwardArgs<float>) == 11 * 8, "packed as 11 fields of 8 bytes");
-
-template <typename T>
-struct GroupBackwardArgs {
-  const T* grad_y;
-  const T* x;
-  i64 N, C, S, G;
-  const T* weight;
-  const T* stats;
-  T* grad_x;
-  T* grad_weight;
-  T* grad_bias;
-  i64 nthreads;
-};
-static_assert(sizeof(GroupBackwardArgs<float>) == 12 * 8, "packed as 12 fields of 8 bytes");
-
-template <typename T>
-void group_forward_packed(const void* packed) {
-  GroupForwardArgs<T> a;
-  std::memcpy(&a, packed, sizeof(a));
-  group_forward<T>(a.x, a.y, a.N, a.C, a.S, a.G, a.weight, a.bias, a.eps, a.stats,
-                   static_cast<int>(a.nthreads));
-}
-
-template <typename T>
-void group_backward_packed(const void* packed) {
-  GroupBackwardArgs<T> a;
-  std::memcpy(&a, packed, sizeof(a));
-  group_backward<T>(a.grad_y, a.x, a.N, a.C, a.S, a.G, a.weight, a.stats, a.grad_x,
-                    a.grad_weight, a.grad_bias, static_cast<int>(a.nthreads));
-}
-
-template <typename T>
-struct LayerForwardArgs {
-  const T* x;
-  T* y;
-  i64 R, M;
-  const T* weight;
-  const T* bias;
-  double eps;
-  T* stats;
-  i64 nthreads;
-};
-static_assert(sizeof(LayerForwardArgs<float>) == 9 * 8, "packed as 9 fields of 8 bytes");
-
-template <typename T>
-struct LayerBackwardArgs {
-  const T* grad_y;
-  const T* x;
-  i64 R, M;
-  const T* weight;
-  const T* stats;
-  T* grad_x;
-  T* grad_weight;
-  T* grad_bias;
-  i64 nthreads;
-};
-static_assert(sizeof(LayerBackwardArgs<float>) == 10 * 8, "packed as 10 fields of 8 bytes");
-
-template <typename T>
-void layer_forward_packed(const void* packed) {
-  LayerForwardArgs<T> a;
-  std::memcpy(&a, packed, sizeof(a));
-  layer_forward<T>(a.x, a.y, a.R, a.M, a.weight, a.bias, a.eps, a.stats,
-                   static_cast<int>(a.nthreads));
-}
-
-template <typename T>
-void layer_backward_packed(const void* packed) {
-  LayerBackwardArgs<T> a;
-  std::memcpy(&a, packed, sizeof(a));
-  layer_backward<T>(a.grad_y, a.x, a.R, a.M, a.weight, a.stats, a.grad_x, a.grad_weight,
-                    a.grad_bias, static_cast<int>(a.nthreads));
-}
-
 // 2x2 average pooling, stride 2, no padding (LeNet's AvgPool2d): each output is the mean
 // of a disjoint 2x2 window, summed in torch's order (row by row, left to right, then
 // divided by 4), so the results equal torch's; the backward spreads grad_y / 4 over the
@@ -806,54 +646,63 @@ void avg_pool2_backward(const T* gy, T* gx, i64 P, i64 H, i64 W, int nthreads) {
   });
 }
 
-template <typename T>
-struct AvgPoolArgs {
-  const T* in;  // x (forward) or grad_y (backward)
-  T* out;       // y (forward) or grad_x (backward)
-  i64 P, H, W;  // planes (N * C) and the input's height and width
-  i64 nthreads;
-};
-static_assert(sizeof(AvgPoolArgs<float>) == 6 * 8, "packed as 6 fields of 8 bytes");
+// Arguments of the C entry points, packed by the caller into one buffer (Python's
+// struct.pack, _PACK in bnlab/kernels/__init__.py): a ctypes call converts each argument
+// separately (about 0.2 us each), one buffer costs one conversion. The buffer holds the
+// kernel's parameters in their order, every field 8 bytes, no padding: pointers (null is
+// 0), int64 and double as they are, the thread count (an int here) as an int64. Read with
+// memcpy, so the buffer needs no alignment.
+template <typename P>
+inline P packed_field(const char* buf, size_t i) {
+  using Stored = std::conditional_t<std::is_same_v<P, int>, i64, P>;
+  static_assert(sizeof(Stored) == 8, "every packed field is 8 bytes");
+  Stored v;
+  std::memcpy(&v, buf + 8 * i, sizeof(v));
+  return static_cast<P>(v);
+}
 
-// Either pooling kernel (Op) on its packed arguments.
-template <typename T, void (*Op)(const T*, T*, i64, i64, i64, int)>
-void avg_pool2_packed(const void* packed) {
-  AvgPoolArgs<T> a;
-  std::memcpy(&a, packed, sizeof(a));
-  Op(a.in, a.out, a.P, a.H, a.W, static_cast<int>(a.nthreads));
+// Unpacked<kernel's type>::call<kernel> reads each parameter P of the kernel from its
+// field of the buffer and calls it.
+template <typename Signature>
+struct Unpacked;
+
+template <typename... P>
+struct Unpacked<void (*)(P...)> {
+  template <auto Kernel, size_t... I>
+  static void call(const char* buf, std::index_sequence<I...>) {
+    Kernel(packed_field<P>(buf, I)...);
+  }
+};
+
+// Calls Kernel with its Fields parameters read from the packed buffer. Fields restates
+// the kernel's arity, so a changed signature fails to compile here (and _PACK needs the
+// same change).
+template <auto Kernel, size_t Fields>
+void call_packed(const void* packed) {
+  Unpacked<decltype(Kernel)>::template call<Kernel>(static_cast<const char*>(packed),
+                                                    std::make_index_sequence<Fields>{});
 }
 
 }  // namespace
+
+// The entry points bnlab_<op>_f32 and bnlab_<op>_f64 of kernel op (float and double),
+// each taking one buffer of `fields` packed arguments (see call_packed).
+#define BNLAB_ENTRY_POINTS(op, fields)                                                \
+  void bnlab_##op##_f32(const void* args) { call_packed<op<float>, fields>(args); } \
+  void bnlab_##op##_f64(const void* args) { call_packed<op<double>, fields>(args); }
 
 extern "C" {
 
 int bnlab_fast_abi_version() { return 7; }
 
-void bnlab_train_forward_f32(const void* args) { train_forward_packed<float>(args); }
-void bnlab_train_forward_f64(const void* args) { train_forward_packed<double>(args); }
-void bnlab_train_backward_f32(const void* args) { train_backward_packed<float>(args); }
-void bnlab_train_backward_f64(const void* args) { train_backward_packed<double>(args); }
-void bnlab_eval_forward_f32(const void* args) { eval_forward_packed<float>(args); }
-void bnlab_eval_forward_f64(const void* args) { eval_forward_packed<double>(args); }
-void bnlab_group_forward_f32(const void* args) { group_forward_packed<float>(args); }
-void bnlab_group_forward_f64(const void* args) { group_forward_packed<double>(args); }
-void bnlab_group_backward_f32(const void* args) { group_backward_packed<float>(args); }
-void bnlab_group_backward_f64(const void* args) { group_backward_packed<double>(args); }
-void bnlab_layer_forward_f32(const void* args) { layer_forward_packed<float>(args); }
-void bnlab_layer_forward_f64(const void* args) { layer_forward_packed<double>(args); }
-void bnlab_layer_backward_f32(const void* args) { layer_backward_packed<float>(args); }
-void bnlab_layer_backward_f64(const void* args) { layer_backward_packed<double>(args); }
-void bnlab_avg_pool2_forward_f32(const void* args) {
-  avg_pool2_packed<float, avg_pool2_forward<float>>(args);
-}
-void bnlab_avg_pool2_forward_f64(const void* args) {
-  avg_pool2_packed<double, avg_pool2_forward<double>>(args);
-}
-void bnlab_avg_pool2_backward_f32(const void* args) {
-  avg_pool2_packed<float, avg_pool2_backward<float>>(args);
-}
-void bnlab_avg_pool2_backward_f64(const void* args) {
-  avg_pool2_packed<double, avg_pool2_backward<double>>(args);
-}
+BNLAB_ENTRY_POINTS(train_forward, 14)
+BNLAB_ENTRY_POINTS(train_backward, 13)
+BNLAB_ENTRY_POINTS(eval_forward, 11)
+BNLAB_ENTRY_POINTS(group_forward, 11)
+BNLAB_ENTRY_POINTS(group_backward, 12)
+BNLAB_ENTRY_POINTS(layer_forward, 9)
+BNLAB_ENTRY_POINTS(layer_backward, 10)
+BNLAB_ENTRY_POINTS(avg_pool2_forward, 6)
+BNLAB_ENTRY_POINTS(avg_pool2_backward, 6)
 
 }  // extern "C"
