@@ -364,9 +364,7 @@ def _fc_unit(config: BatchOfOneConfig, ctx: LabContext, data: Any) -> dict[str, 
 def per_seed_of(run: GridRun) -> dict[str, dict[str, Any]]:
     """The statistical claims' ``{setting: {arm: {metric: [per seed]}}}``."""
     empty = {METRIC: math.nan, "online_acc": math.nan}
-    online = run.per_seed(lambda r: r["metrics"] if r["metrics"] is not None else empty).get(
-        "online", {}
-    )
+    online = run.per_seed(missing=empty).get("online", {})
     per_seed: dict[str, dict[str, Any]] = {
         norm: {"per-example norm": online[norm], "bn": online["bn"]}
         for norm in ("instancenorm", "layernorm")

@@ -321,7 +321,7 @@ def summarize(
 ) -> LabOutcome:
     """Steps and seconds to the targets per arm, the verdict, the curves."""
     tuning, lrs = tuned.values[""], tuned.lrs[""]
-    per_seed = run.per_seed(lambda r: r["metrics"] if r["metrics"] is not None else _EMPTY)
+    per_seed = run.per_seed(missing=_EMPTY)
     declared = specs(config)
     censored = {
         arm: [bool(r["metrics"] and r["metrics"]["censored_loss"]) for r in run.select(variant=arm)]

@@ -878,7 +878,7 @@ def summarize(
     config: ICSConfig, ctx: LabContext, run: GridRun, tuned: kit.paired.Tuned
 ) -> LabOutcome:
     """Tables, verdicts and figures of the finished runs."""
-    per_seed = run.per_seed(lambda r: r["metrics"] or _EMPTY)
+    per_seed = run.per_seed(missing=_EMPTY)
     for s in config.settings:  # claim 3: noisy BN's share of BN's gain, against the level
         ratios = gain_ratios(per_seed[s])
         per_seed[s]["noisy-gain"] = {GAIN: ratios}

@@ -281,7 +281,7 @@ _EMPTY = {METRIC: math.nan, "test_acc": math.nan, "train_loss_first100": math.na
 
 def per_seed_of(run: GridRun) -> dict[str, dict[str, Any]]:
     """The claim's ``{setting: {"standardized" | "raw": {metric: [per seed]}}}``."""
-    by = run.per_seed(lambda r: r["metrics"] if r["metrics"] is not None else _EMPTY)
+    by = run.per_seed(missing=_EMPTY)
     return {
         _setting(m, i): {"standardized": by[m][i], "raw": by[m]["raw"]}
         for m in MODELS
@@ -299,7 +299,7 @@ def summarize(
 ) -> LabOutcome:
     """Per-arm losses and accuracies, the tuning and conditioning tables, the claim, figures."""
     declared = specs(config)
-    per_arm = run.per_seed(lambda r: r["metrics"] if r["metrics"] is not None else _EMPTY)
+    per_arm = run.per_seed(missing=_EMPTY)
     raw = {
         "per_seed": per_seed_of(run),
         "per_arm": per_arm,

@@ -486,7 +486,7 @@ def summarize(
     measured = shared_runs(measured)
     act = config.activation
     empty = dict.fromkeys(_EMPTY_KEYS)
-    per_seed = measured.per_seed(lambda r: r["metrics"] if r.get("metrics") else empty)
+    per_seed = measured.per_seed(missing=empty)
     edges = paired.at_edge(config.lrs, tuned.lrs)
     lr_of = {
         "common": dict.fromkeys(ARMS, config.common_lr),

@@ -299,7 +299,7 @@ def summarize(
 ) -> LabOutcome:
     """The tuning table, accuracy per arm, the claim with its interval, the figure."""
     declared = specs(config)
-    per_seed = run.per_seed(lambda r: r["metrics"] if r["metrics"] is not None else _EMPTY)
+    per_seed = run.per_seed(missing=_EMPTY)
     raw = {
         "per_seed": per_seed,
         "specs": [spec_record(s) for s in declared],

@@ -195,17 +195,25 @@ class GridRun:
         ]
 
     def per_seed(
-        self, metrics: Callable[[Any], Mapping[str, Any]] = lambda r: r["metrics"]
+        self,
+        metrics: Callable[[Any], Mapping[str, Any]] = lambda r: r["metrics"],
+        *,
+        missing: Mapping[str, Any] | None = None,
     ) -> dict[str, dict[str, dict[str, list[Any]]]]:
         """``str(setting) -> variant -> metric -> [value per seed]``, in the grid's order.
 
         Args:
             metrics: a cell's result -> its metrics by name (default ``result["metrics"]``).
+            missing: the metrics of a cell whose result has none (no ``"metrics"``, or
+                None: its arm had no lr, or the run was not read), e.g. NaN or None per
+                metric, so that each list keeps one entry per seed; None: such a cell
+                is an error.
         """
         out: dict[str, dict[str, dict[str, list[Any]]]] = {}
         for cell, result in self:
             bucket = out.setdefault(str(cell.setting), {}).setdefault(cell.variant, {})
-            for key, value in metrics(result).items():
+            absent = missing is not None and not result.get("metrics")
+            for key, value in (missing if absent else metrics(result)).items():
                 bucket.setdefault(key, []).append(value)
         return out
 

@@ -467,7 +467,7 @@ def summarize(
     """Tables, verdicts and figures of the finished runs."""
     measured = shared_runs(measured)
     empty = dict.fromkeys(_METRICS)
-    per_seed = measured.per_seed(lambda r: r["metrics"] if r.get("metrics") else empty)
+    per_seed = measured.per_seed(missing=empty)
     edges = [
         e
         for n in config.networks
