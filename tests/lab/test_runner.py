@@ -125,6 +125,17 @@ def test_a_killed_grid_resumed_ends_with_the_numbers_of_an_uninterrupted_one(
     assert stored == {"key": "a-bn-seed2", "value": whole.results[5]}
 
 
+def test_per_seed_counts_a_cell_without_metrics_as_missing() -> None:
+    cells = [Cell("a", "bn", seed) for seed in range(4)]
+    results = [{"metrics": {"m": 1.0}}, {"metrics": None}, {"lr": None}, {"metrics": {"m": 4.0}}]
+    run = GridRun(cells, results)
+    per_seed = run.per_seed(missing={"m": math.nan})
+    assert per_seed["a"]["bn"]["m"][::3] == [1.0, 4.0]
+    assert all(math.isnan(v) for v in per_seed["a"]["bn"]["m"][1:3])
+    with pytest.raises((TypeError, AttributeError, KeyError)):
+        run.per_seed()  # without ``missing`` a cell with no metrics is an error
+
+
 def test_grid_run_views_and_tables(tmp_path: Path) -> None:
     run = run_grid(ex.LabContext(tmp_path), GRID, _measure([]), data=[0])
     assert len(run) == 12
