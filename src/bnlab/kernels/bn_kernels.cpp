@@ -64,6 +64,22 @@ void parallel(int nt, const F& body) {
 // First item of thread t of a team in a static split of n items into contiguous blocks.
 inline i64 split(i64 n, int t, int team) { return n * t / team; }
 
+// Calls f(a, b) with a and b as std::bool_constant, one instantiation per case, so that a
+// loop in f tests them at compile time (if constexpr): a condition inside a loop (a
+// conditional load) stops vectorization.
+template <typename F>
+inline void with_flags(bool a, bool b, const F& f) {
+  if (a && b) {
+    f(std::true_type{}, std::true_type{});
+  } else if (a) {
+    f(std::true_type{}, std::false_type{});
+  } else if (b) {
+    f(std::false_type{}, std::true_type{});
+  } else {
+    f(std::false_type{}, std::false_type{});
+  }
+}
+
 // Adds the per-thread partial sums acc[t] = (first[C], second[C]) in thread order (a
 // fixed order: the result does not depend on scheduling).
 inline void merge_partials(const std::vector<double>& acc, i64 C, int nt, double* first,
@@ -350,6 +366,39 @@ inline RowStats<T> row_stats(const T* xr, i64 M, double eps, T* stats, i64 R, i6
   return st;
 }
 
+// The coefficients of grad_x = k1 * g + k2 * (x - pivot) + k3 over one row of
+// group_backward and layer_backward, from its inv_std is, offset off, count values and
+// A = sum(gw), B = sum(gw * (x - pivot)) (double), since sum(gw * x_hat) =
+// inv_std * (B - offset * A).
+template <typename T>
+struct RowGradCoef {
+  T k2, k3;
+};
+
+template <typename T>
+inline RowGradCoef<T> row_grad_coef(double is, double off, double count, double A, double B) {
+  const double k2 = -is * is * is * (B - off * A) / count;
+  return {static_cast<T>(k2), static_cast<T>(-is * A / count - k2 * off)};
+}
+
+// The parameter gradients of group_backward and layer_backward from per-slot partial
+// sums: grad_weight[j] and grad_bias[j] (either may be null) for j in [first, end) are the
+// sums over k = 0..rows-1, in this order, of pw[k * cols + j] and pb[k * cols + j]
+// (double), rounded once to T.
+template <typename T>
+inline void column_sums(const double* pw, const double* pb, i64 rows, i64 cols, i64 first,
+                        i64 end, T* grad_weight, T* grad_bias) {
+  for (i64 j = first; j < end; ++j) {
+    double sw = 0.0, sb = 0.0;
+    for (i64 k = 0; k < rows; ++k) {
+      sw += pw[k * cols + j];
+      sb += pb[k * cols + j];
+    }
+    if (grad_weight) grad_weight[j] = static_cast<T>(sw);
+    if (grad_bias) grad_bias[j] = static_cast<T>(sb);
+  }
+}
+
 template <typename T>
 void group_forward(const T* x, T* y, i64 N, i64 C, i64 S, i64 G, const T* weight,
                    const T* bias, double eps, T* stats, int nthreads) {
@@ -424,10 +473,7 @@ void group_backward(const T* g, const T* x, i64 N, i64 C, i64 S, i64 G, const T*
         pgx[r * Cg + k] = (u2 - off * u1) * is;
       }
       if (!grad_x) continue;
-      // sum(gw * x_hat) = inv_std * (B - offset * A).
-      const double k2 = -is * is * is * (B - off * A) / count;
-      const T k2t = static_cast<T>(k2);
-      const T k3t = static_cast<T>(-is * A / count - k2 * off);
+      const RowGradCoef<T> rc = row_grad_coef<T>(is, off, count, A, B);
       T* o = grad_x + r * M;
       for (i64 k = 0; k < Cg; ++k) {
         const i64 c = c0 + k;
@@ -436,20 +482,12 @@ void group_backward(const T* g, const T* x, i64 N, i64 C, i64 S, i64 G, const T*
         const T* gp = gr + k * S;
         T* op = o + k * S;
 #pragma omp simd
-        for (i64 s = 0; s < S; ++s) op[s] = k1t * gp[s] + (k2t * (xp[s] - pv) + k3t);
+        for (i64 s = 0; s < S; ++s) op[s] = k1t * gp[s] + (rc.k2 * (xp[s] - pv) + rc.k3);
       }
     }
   });
   if (grad_weight || grad_bias) {
-    for (i64 c = 0; c < C; ++c) {
-      double sw = 0.0, sb = 0.0;
-      for (i64 n = 0; n < N; ++n) {
-        sw += pgx[n * C + c];
-        sb += psg[n * C + c];
-      }
-      if (grad_weight) grad_weight[c] = static_cast<T>(sw);
-      if (grad_bias) grad_bias[c] = static_cast<T>(sb);
-    }
+    column_sums(pgx.data(), psg.data(), N, C, 0, C, grad_weight, grad_bias);
   }
 }
 
@@ -478,19 +516,15 @@ void layer_forward(const T* x, T* y, i64 R, i64 M, const T* weight, const T* bia
       const double off = st.offset;
       const T is = st.inv_std;
       const T c = static_cast<T>(-off * static_cast<double>(is));
-      if (weight && bias) {
+      with_flags(weight != nullptr, bias != nullptr, [&](auto weighted, auto biased) {
 #pragma omp simd
-        for (i64 i = 0; i < M; ++i) yr[i] = ((xr[i] - pv) * is + c) * weight[i] + bias[i];
-      } else if (weight) {
-#pragma omp simd
-        for (i64 i = 0; i < M; ++i) yr[i] = ((xr[i] - pv) * is + c) * weight[i];
-      } else if (bias) {
-#pragma omp simd
-        for (i64 i = 0; i < M; ++i) yr[i] = ((xr[i] - pv) * is + c) + bias[i];
-      } else {
-#pragma omp simd
-        for (i64 i = 0; i < M; ++i) yr[i] = (xr[i] - pv) * is + c;
-      }
+        for (i64 i = 0; i < M; ++i) {
+          T v = (xr[i] - pv) * is + c;
+          if constexpr (weighted) v = v * weight[i];
+          if constexpr (biased) v = v + bias[i];
+          yr[i] = v;
+        }
+      });
     }
   });
 }
@@ -525,72 +559,44 @@ void layer_backward(const T* g, const T* x, i64 R, i64 M, const T* weight, const
         const double is = static_cast<double>(inv_std[r]);
         const double off = static_cast<double>(offset[r]);
         double A = 0.0, B = 0.0;
-        // Separate loops, not conditions inside one: a conditional load stops
-        // vectorization. The parameter sums ride along the read for A and B.
-        if (params && weight) {
-#pragma omp simd reduction(+ : A, B)
+        // gw = g * w (g without weight); the parameter sums ride along the read for A and B.
+        with_flags(params, weight != nullptr, [&](auto with_params, auto weighted) {
+          double a = 0.0, b = 0.0;
+#pragma omp simd reduction(+ : a, b)
           for (i64 i = 0; i < M; ++i) {
             const double gv = static_cast<double>(gr[i]);
             const double d = static_cast<double>(xr[i] - pv);
-            const double gw = gv * static_cast<double>(weight[i]);
-            A += gw;
-            B += gw * d;
-            bb[i] += gv;
-            bw[i] += gv * ((d - off) * is);
+            double gw = gv;
+            if constexpr (weighted) gw = gv * static_cast<double>(weight[i]);
+            a += gw;
+            b += gw * d;
+            if constexpr (with_params) {
+              bb[i] += gv;
+              bw[i] += gv * ((d - off) * is);
+            }
           }
-        } else if (params) {
-#pragma omp simd reduction(+ : A, B)
-          for (i64 i = 0; i < M; ++i) {
-            const double gv = static_cast<double>(gr[i]);
-            const double d = static_cast<double>(xr[i] - pv);
-            A += gv;
-            B += gv * d;
-            bb[i] += gv;
-            bw[i] += gv * ((d - off) * is);
-          }
-        } else if (weight) {
-#pragma omp simd reduction(+ : A, B)
-          for (i64 i = 0; i < M; ++i) {
-            const double gw = static_cast<double>(gr[i]) * static_cast<double>(weight[i]);
-            A += gw;
-            B += gw * static_cast<double>(xr[i] - pv);
-          }
-        } else {
-#pragma omp simd reduction(+ : A, B)
-          for (i64 i = 0; i < M; ++i) {
-            const double gv = static_cast<double>(gr[i]);
-            A += gv;
-            B += gv * static_cast<double>(xr[i] - pv);
-          }
-        }
+          A = a;
+          B = b;
+        });
         if (!grad_x) continue;
-        const double k2 = -is * is * is * (B - off * A) / count;
+        const RowGradCoef<T> rc = row_grad_coef<T>(is, off, count, A, B);
         const T ist = static_cast<T>(is);
-        const T k2t = static_cast<T>(k2);
-        const T k3t = static_cast<T>(-is * A / count - k2 * off);
         T* o = grad_x + r * M;
         if (weight) {
 #pragma omp simd
-          for (i64 i = 0; i < M; ++i) o[i] = ist * (gr[i] * weight[i]) + (k2t * (xr[i] - pv) + k3t);
+          for (i64 i = 0; i < M; ++i)
+            o[i] = ist * (gr[i] * weight[i]) + (rc.k2 * (xr[i] - pv) + rc.k3);
         } else {
 #pragma omp simd
-          for (i64 i = 0; i < M; ++i) o[i] = ist * gr[i] + (k2t * (xr[i] - pv) + k3t);
+          for (i64 i = 0; i < M; ++i) o[i] = ist * gr[i] + (rc.k2 * (xr[i] - pv) + rc.k3);
         }
       }
     }
   });
   if (!params) return;
-  const int ntm = threads_for(nb * M, nthreads);
-  parallel(ntm, [&](int t, int team) {
-    for (i64 i = split(M, t, team), end = split(M, t + 1, team); i < end; ++i) {
-      double sw = 0.0, sb = 0.0;
-      for (i64 blk = 0; blk < nb; ++blk) {
-        sw += pw[blk * M + i];
-        sb += pb[blk * M + i];
-      }
-      if (grad_weight) grad_weight[i] = static_cast<T>(sw);
-      if (grad_bias) grad_bias[i] = static_cast<T>(sb);
-    }
+  parallel(threads_for(nb * M, nthreads), [&](int t, int team) {
+    column_sums(pw.data(), pb.data(), nb, M, split(M, t, team), split(M, t + 1, team),
+                grad_weight, grad_bias);
   });
 }
 
