@@ -263,6 +263,7 @@ def to_json(
                 "mode": result["mode"],
                 "ours_over_native": ratio(result["timings"], "ours"),
                 "ours_fast_over_native": ratio(result["timings"], "ours-fast"),
+                "ours_function_over_native": ratio(result["timings"], "ours-function"),
                 "textbook_over_native": ratio(result["timings"], "textbook"),
             }
         )
@@ -334,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         "modes": list(args.modes),
         "variants": {
             "ours": "bnlab.nn.BatchNorm1d/2d, fast path off",
-            "ours-fast": "bnlab.nn.BatchNorm1d/2d, fast path on (bnlab.kernels)",
+            "ours-fast": "bnlab.nn.BatchNorm1d/2d, fast path on (bnlab.kernels; C++ "
+            "autograd node for training inputs below kernels.POOL_MIN_BYTES)",
+            "ours-function": "bnlab.nn.BatchNorm1d/2d, fast path on, C++ autograd node off "
+            "(the kernels inside a Python autograd.Function)",
             "native": "torch.nn.BatchNorm1d/2d",
             "textbook": "bnlab.textbook.BatchNorm",
         },

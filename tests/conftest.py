@@ -49,3 +49,21 @@ def pytest_configure(config: pytest.Config) -> None:
         from bnlab import kernels
 
         kernels.set_enabled(False)
+
+
+@pytest.fixture(params=["reference", "fast", "function"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Runs a test three times (``pytestmark = pytest.mark.usefixtures("implementation")``):
+    on the torch-ops path, on the fused kernels of ``bnlab.kernels`` (size threshold
+    lowered so that small inputs use them; a module's training step through batch norm's
+    C++ autograd node) and on the kernels with the node off (the Python
+    ``autograd.Function``)."""
+    from bnlab import kernels
+
+    fast = request.param != "reference"
+    if fast:
+        if not kernels.available():
+            pytest.skip(f"fast path unavailable: {kernels.status()}")
+        monkeypatch.setattr(kernels, "MIN_NUMEL", 0)
+    with kernels.enabled(fast, node=request.param == "fast"):
+        yield request.param

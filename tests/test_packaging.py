@@ -88,6 +88,7 @@ def test_the_wheel_holds_the_kernels_source_types_and_license(dists) -> None:
     for name in (
         "bnlab/kernels/_bn_kernels.json",
         "bnlab/kernels/bn_kernels.cpp",
+        "bnlab/kernels/bn_node.cpp",
         "bnlab/kernels/build.py",
         "bnlab/kernels/triton_bn.py",
         "bnlab/py.typed",
@@ -108,6 +109,7 @@ def test_the_sdist_holds_the_sources_and_no_library(dists) -> None:
     for name in (
         *TOP_FILES,
         "src/bnlab/kernels/bn_kernels.cpp",
+        "src/bnlab/kernels/bn_node.cpp",
         "src/bnlab/kernels/build.py",
         "src/bnlab/kernels/triton_bn.py",
         "src/bnlab/py.typed",

@@ -73,7 +73,7 @@ def test_make_errors() -> None:
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_run_case_variants_agree(mode: str) -> None:
     result = run_case((8, 3, 4, 4), mode, repeats=2, warmup=0, target_ms=0.1, measure_memory=True)
-    variants = {"ours", "ours-fast", "native", "textbook"}
+    variants = {"ours", "ours-fast", "ours-function", "native", "textbook"}
     assert set(result["timings"]) == variants
     assert set(result["minor_faults_per_call"]) == variants
     assert set(result["peak_rss_growth_bytes"]) == variants
@@ -138,7 +138,7 @@ def test_smoke_run_writes_json(tmp_path: Path) -> None:
     assert data["environment"]["torch"] == torch.__version__
     assert "allocator_and_thread_env" in data["environment"]
     rows = {(r["mode"], r["variant"]): r for r in data["results"]}
-    variants = ("ours", "ours-fast", "native", "textbook")
+    variants = ("ours", "ours-fast", "ours-function", "native", "textbook")
     assert set(rows) == {(m, v) for m in ("train", "eval") for v in variants}
     for row in rows.values():
         assert row["repeats"] == 2
@@ -150,5 +150,5 @@ def test_smoke_run_writes_json(tmp_path: Path) -> None:
     assert "compulsory bytes" in data["config"]["byte_model"]
     assert "available" in data["fast_path"]
     assert data["peak_rss_fresh_process"] == []
-    for line in ("ours/native", "ours-fast/native", "textbook/native", "4x3x5x5"):
+    for line in ("ours/native", "ours-fast/native", "ours-function/native", "4x3x5x5"):
         assert line in done.stdout

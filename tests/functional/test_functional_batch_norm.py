@@ -18,21 +18,11 @@ from torch import Tensor
 
 import bnlab.autograd
 import bnlab.functional
-from bnlab import kernels
 from bnlab.functional import BatchNormOutput
 
-
-@pytest.fixture(params=["reference", "fast"], autouse=True)
-def implementation(request, monkeypatch):
-    """Every test here runs twice: on the torch-ops path and on the fused kernels of
-    ``bnlab.kernels`` (size threshold lowered so that small inputs use them)."""
-    fast = request.param == "fast"
-    if fast:
-        if not kernels.available():
-            pytest.skip(f"fast path unavailable: {kernels.status()}")
-        monkeypatch.setattr(kernels, "MIN_NUMEL", 0)
-    with kernels.enabled(fast):
-        yield request.param
+# Each test runs on the torch-ops path, the kernels and the kernels without the C++
+# node (the ``implementation`` fixture of tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("implementation")
 
 
 ENTRIES = {

@@ -222,6 +222,36 @@ def _cpp_apply(cls: type[torch.autograd.Function]) -> Any:
 _kernel_apply = _cpp_apply(FastBatchNormFunction)
 
 
+def _node_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    stats: Tensor,
+    eps: float,
+    needs: list[bool],
+) -> list[Tensor]:
+    """The backward of ``bnlab.kernels.train_node``'s C++ node where the kernel does not
+    take it: autograd records it (``create_graph=True``: torch ops, differentiable) or
+    ``grad_y`` is not a contiguous tensor like ``x``. The same computation as
+    ``FastBatchNormFunction.backward`` there; a gradient not asked for is an empty
+    placeholder (an operator returns tensors)."""
+    _, _, inv_std, pivot, offset = stats.unbind(0)
+    grads = _closed_form_backward(
+        grad_y, x, weight, inv_std, pivot, offset, eps, (needs[0], needs[1], needs[2])
+    )
+    return [x.new_empty(0) if g is None else g for g in grads]
+
+
+# The node's backward calls this operator by name through torch's dispatcher; defined
+# here, with its torch-ops implementation, whether or not the node is ever built.
+_LIBRARY = torch.library.Library("bnlab_kernels", "FRAGMENT")
+_LIBRARY.define(
+    "batch_norm_train_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor stats, "
+    "float eps, bool[3] needs) -> Tensor[]"
+)
+_LIBRARY.impl("batch_norm_train_backward", _node_backward, "CompositeImplicitAutograd")
+
+
 def batch_norm_eval_forward(
     x: Tensor,
     running_mean: Tensor,
@@ -314,6 +344,27 @@ def batch_norm_eval(
     return torch_layout(y, x, keep_channels_last=True)
 
 
+def _running(
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    momentum: float | None,
+    name: str,
+) -> tuple[Tensor, Tensor, Tensor | None, float] | None:
+    """The kernels' ``running`` argument: the module's buffers and the weight of the new
+    batch in their update, or None without running statistics."""
+    if running_mean is None:
+        return None
+    # The counter is read only for momentum=None (this batch included).
+    counted = (
+        None
+        if momentum is not None or num_batches_tracked is None
+        else int(num_batches_tracked) + 1
+    )
+    factor = float(running_update_factor(momentum, counted, name))
+    return (running_mean, running_var, num_batches_tracked, factor)
+
+
 def batch_norm_inplace(
     x: Tensor,
     running_mean: Tensor | None,
@@ -338,10 +389,23 @@ def batch_norm_inplace(
     :func:`batch_norm` (the kernel path runs the same argument checks).
     """
     if training:
-        # More than one value per channel (else the torch path raises), and the
-        # statistics both given or both None (else it raises too).
+        # The statistics both given or both None (else the torch path raises).
+        paired = (running_mean is None) == (running_var is None)
+        if paired and torch.is_grad_enabled():
+            # The C++ autograd node checks the rest of the kernels' conditions itself and
+            # returns None for a call it does not take.
+            node = kernels.train_node(x)
+            # torch.jit.trace records ops, and cannot record one that may return None.
+            if node is not None and not kernels.is_transformed(x) and not torch.jit.is_tracing():
+                check_eps(eps, name)
+                check_momentum(momentum, name)
+                running = _running(running_mean, running_var, num_batches_tracked, momentum, name)
+                y = node(x, weight, bias, eps, *(running or (None, None, None, 0.0)))
+                if y is not None:
+                    return BatchNormOutput(y, running_mean, running_var, num_batches_tracked)
+        # More than one value per channel (else the torch path raises).
         if (
-            (running_mean is None) == (running_var is None)
+            paired
             and kernels.batch_norm_eligible(
                 x,
                 per_channel=(weight, bias, running_mean, running_var),
@@ -352,16 +416,7 @@ def batch_norm_inplace(
         ):
             check_eps(eps, name)
             check_momentum(momentum, name)
-            running = None
-            if running_mean is not None:
-                # The counter is read only for momentum=None (this batch included).
-                counted = (
-                    None
-                    if momentum is not None or num_batches_tracked is None
-                    else int(num_batches_tracked) + 1
-                )
-                factor = float(running_update_factor(momentum, counted, name))
-                running = (running_mean, running_var, num_batches_tracked, factor)
+            running = _running(running_mean, running_var, num_batches_tracked, momentum, name)
             if not torch.is_grad_enabled():
                 y = kernels.train_forward(x, weight, bias, eps, running)[0]
             elif (

@@ -4,7 +4,10 @@ Variants (all float32 on the CPU, default-initialised, so they start in the same
     ``ours``       ``bnlab.nn.BatchNorm1d/2d`` with the fast path off (closed-form
                    backward in Python/torch ops)
     ``ours-fast``  ``bnlab.nn.BatchNorm1d/2d`` with the fast path on (the fused C++
-                   kernels of ``bnlab.kernels``)
+                   kernels of ``bnlab.kernels``; a training step on an input below
+                   ``kernels.POOL_MIN_BYTES`` runs through the C++ autograd node)
+    ``ours-function``  the fast path with the C++ autograd node off: the kernels
+                   inside a Python ``autograd.Function``
     ``native``     ``torch.nn.BatchNorm1d/2d`` (ATen's fused kernels)
     ``textbook``   ``bnlab.textbook.BatchNorm`` (the d2l scratch layer, autograd backward)
 Modes:
@@ -56,6 +59,7 @@ __all__ = [
     "DEFAULT_SHAPES",
     "FAST_SETTING",
     "MODES",
+    "NODE_SETTING",
     "VARIANTS",
     "fraction_of_bound",
     "fresh_output_ms",
@@ -81,9 +85,11 @@ DEFAULT_SHAPES: tuple[tuple[int, ...], ...] = (
     (128, 128, 14, 14),
     (64, 64, 112, 112),
 )
-VARIANTS = ("ours", "ours-fast", "native", "textbook")
-# The fast-path switch each variant runs under (None: not a bnlab.nn module, no switch).
-FAST_SETTING: dict[str, bool | None] = {"ours": False, "ours-fast": True}
+VARIANTS = ("ours", "ours-fast", "ours-function", "native", "textbook")
+# The fast-path switch each variant runs under (None: not a bnlab.nn module, no switch),
+# and the switch of batch norm's C++ autograd node (kernels.enabled's ``node``).
+FAST_SETTING: dict[str, bool | None] = {"ours": False, "ours-fast": True, "ours-function": True}
+NODE_SETTING: dict[str, bool | None] = {"ours-fast": True, "ours-function": False}
 MODES = ("train", "eval")
 
 
@@ -100,22 +106,30 @@ def make_modules(num_features: int, ndim: int) -> dict[str, nn.Module]:
     return {
         "ours": ours_cls(num_features),
         "ours-fast": ours_cls(num_features),
+        "ours-function": ours_cls(num_features),
         "native": native,
         "textbook": BatchNorm(num_features, ndim),
     }
 
 
-def _switch(fast: bool | None) -> contextlib.AbstractContextManager[None]:
-    return contextlib.nullcontext() if fast is None else kernels.enabled(fast)
+def _switch(fast: bool | None, node: bool | None) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext() if fast is None else kernels.enabled(fast, node=node)
 
 
 def make_step(
-    module: nn.Module, x: Tensor, grad_y: Tensor, mode: str, *, fast: bool | None = None
+    module: nn.Module,
+    x: Tensor,
+    grad_y: Tensor,
+    mode: str,
+    *,
+    fast: bool | None = None,
+    node: bool | None = None,
 ) -> Callable[[], None]:
     """One timed step of ``module`` in ``mode`` (``"train"`` or ``"eval"``); sets the mode.
 
     ``fast`` runs the step (forward and backward) with bnlab's fast path switched on or
-    off; None leaves the switch as it is.
+    off, ``node`` (with ``fast``) batch norm's C++ autograd node; None leaves a switch as
+    it is.
 
     Raises:
         ValueError: unknown ``mode``.
@@ -127,7 +141,7 @@ def make_step(
         def train_step() -> None:
             x.grad = None
             module.zero_grad(set_to_none=True)
-            with _switch(fast):
+            with _switch(fast, node):
                 module(x).backward(grad_y)
 
         return train_step
@@ -135,7 +149,7 @@ def make_step(
         module.eval()
 
         def eval_step() -> None:
-            with torch.no_grad(), _switch(fast):
+            with torch.no_grad(), _switch(fast, node):
                 module(x)
 
         return eval_step
@@ -150,7 +164,7 @@ def _max_abs_diff_vs_native(
         outputs = {}
         for name, module in modules.items():
             module.train(mode == "train")
-            with _switch(FAST_SETTING.get(name)):
+            with _switch(FAST_SETTING.get(name), NODE_SETTING.get(name)):
                 outputs[name] = module(x)
     return {
         name: (outputs[name] - outputs["native"]).abs().max().item()
@@ -188,7 +202,9 @@ def run_case(
     modules = {name: modules[name] for name in variants}
     diffs = _max_abs_diff_vs_native(modules, x, mode) if "native" in modules else {}
     steps = {
-        name: make_step(module, x, grad_y, mode, fast=FAST_SETTING.get(name))
+        name: make_step(
+            module, x, grad_y, mode, fast=FAST_SETTING.get(name), node=NODE_SETTING.get(name)
+        )
         for name, module in modules.items()
     }
     for step in steps.values():

@@ -41,10 +41,20 @@ the pure functions never pass it). ``factor``, the weight of the new batch, is c
 once, in Python, by ``bnlab.functional.batch_norm.running_update_factor`` (``momentum``,
 or ``1 / num_batches_tracked`` for ``momentum=None``); the kernels only apply it.
 
+* ``bn_node.cpp``: batch norm's training step as a torch operator whose autograd node is
+  C++ (:func:`train_node`), for module calls below :data:`POOL_MIN_BYTES`: the same
+  kernels, called from C++ in the forward and the backward, so a small step makes one
+  Python call instead of a Python ``autograd.Function`` (measured on this package's CPU
+  machine, 256x120 float32, one thread: 0.83-0.86 of torch's step against 1.06-1.08
+  through the Function). Built with torch's headers at first use (``build.build_node``,
+  about 10 s, once per torch version); where it does not build, one ``RuntimeWarning``
+  and the Function path (:func:`node_status`).
+
 The ops are not registered with ``torch.library.custom_op``: measured on this
-package's CPU machine (torch 2.13, one thread, 256x120 float32), a custom op costs about
-10-15 us more per forward+backward than an ``autograd.Function`` (7 us more per no-grad
-forward), a fifth of a small training step, against which the fast path saves 5-10 us.
+package's CPU machine (torch 2.13, one thread, 256x120 float32), a Python custom op
+costs about 10-15 us more per forward+backward than an ``autograd.Function`` (7 us more
+per no-grad forward), a fifth of a small training step, against which the fast path
+saves 5-10 us.
 The group- and layer-norm dispatch refuses calls under ``torch.compile`` and functorch
 transforms (``vmap``, ``torch.func.grad``), which take the torch-ops path; so does the
 batch-norm dispatch under functorch transforms, and ``bnlab.autograd`` then runs the
@@ -119,11 +129,14 @@ __all__ = [
     "layer_forward",
     "layer_norm_eligible",
     "library_info",
+    "node_status",
     "set_enabled",
+    "set_node_enabled",
     "set_pool_limit",
     "status",
     "train_backward",
     "train_forward",
+    "train_node",
 ]
 
 # Below this many elements the reference path (a few torch ops) is as fast.
@@ -177,6 +190,12 @@ _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _triton_bn: Any = None
 _cuda_state: str = "not loaded yet"
 _cuda_failed: bool = False
+# Batch norm's C++ autograd node (bn_node.cpp, see train_node).
+NODE_ABI_VERSION = 1
+_node: Any = None
+_node_state: str = "not built yet"
+_node_failed: bool = False
+_node_enabled: bool = True
 
 
 def set_enabled(flag: bool) -> None:
@@ -191,24 +210,30 @@ def is_enabled() -> bool:
 
 
 class enabled:  # lower case: used as a function, ``with enabled(False): ...``
-    """Context manager: the fast path on (``True``) or off (``False``) inside the block.
+    """Context manager: the fast path on (``True``) or off (``False``) inside the block;
+    ``node``, when given, switches batch norm's C++ autograd node too
+    (:func:`set_node_enabled`).
 
     A class rather than ``@contextmanager``: entering and leaving costs a third as much
     (about 0.6 us against 1.8 us), which shows in benchmarks that switch per call.
     """
 
-    __slots__ = ("_flag", "_previous")
+    __slots__ = ("_flag", "_node", "_previous")
 
-    def __init__(self, flag: bool) -> None:
+    def __init__(self, flag: bool, *, node: bool | None = None) -> None:
         self._flag = flag
-        self._previous = _enabled
+        self._node = node
+        self._previous = (_enabled, _node_enabled)
 
     def __enter__(self) -> None:
-        self._previous = _enabled
+        self._previous = (_enabled, _node_enabled)
         set_enabled(self._flag)
+        if self._node is not None:
+            set_node_enabled(self._node)
 
     def __exit__(self, *exc: object) -> None:
-        set_enabled(self._previous)
+        set_enabled(self._previous[0])
+        set_node_enabled(self._previous[1])
 
 
 def status() -> str:
@@ -267,6 +292,101 @@ def _library() -> ctypes.CDLL | None:
                     stacklevel=4,
                 )
     return _lib
+
+
+def _torch_build() -> build.TorchBuild:
+    from torch.utils import cpp_extension  # imported at first use only: it is slow
+
+    return build.TorchBuild(
+        version=f"{torch.__version__} {torch.version.git_version}",
+        include_dirs=tuple(cpp_extension.include_paths()),
+        library_dirs=tuple(cpp_extension.library_paths()),
+        flags=(f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",),
+    )
+
+
+def _load_node() -> Any:
+    """Build (first use) and load ``bn_node.cpp``, bind it to this process's kernels;
+    ``torch.ops.bnlab_kernels.batch_norm_train.default``, or None (one RuntimeWarning)."""
+    global _node, _node_state, _node_failed
+    if _library() is None:  # it warned already
+        _node_state = f"{_UNAVAILABLE}: the kernels' library is unavailable ({_state})"
+        _node_failed = True
+        return None
+    with _lock:
+        if _node is None and not _node_failed:
+            try:
+                path, _ = build.build_node(_torch_build())
+                torch.ops.load_library(str(path))
+                ops = torch.ops.bnlab_kernels
+                if ops.node_abi_version() != NODE_ABI_VERSION:
+                    raise RuntimeError(
+                        f"{path} has node ABI {ops.node_abi_version()}, want {NODE_ABI_VERSION}"
+                    )
+                address = {
+                    key: ctypes.cast(_fns[key], ctypes.c_void_p).value
+                    for key in (
+                        ("train_forward", torch.float32),
+                        ("train_forward", torch.float64),
+                        ("train_backward", torch.float32),
+                        ("train_backward", torch.float64),
+                    )
+                }
+                ops.bind(*address.values())
+                _node = ops.batch_norm_train.default
+                _node_state = f"ready: {path}"
+            except Exception as err:  # any failure means: the autograd.Function path
+                reason = f"{type(err).__name__}: {err}"
+                _node_state = f"{_UNAVAILABLE}: {reason}"
+                _node_failed = True
+                warnings.warn(
+                    f"bnlab: batch norm's C++ autograd node unavailable, using the Python "
+                    f"autograd.Function ({reason})",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+    return _node
+
+
+def train_node(x: Tensor) -> Any:
+    """Batch norm's training step with its autograd node in C++, for a CPU ``x`` of
+    :data:`MIN_NUMEL` elements to :data:`POOL_MIN_BYTES` (larger outputs come from the
+    output pool, and such a step is not bound by overhead) while the fast path and the
+    node are switched on (:func:`set_enabled`, :func:`set_node_enabled`); else None, also
+    where it is unavailable (:func:`node_status`; built at first use).
+
+    The op, ``torch.ops.bnlab_kernels.batch_norm_train.default(x, weight, bias, eps,
+    running_mean, running_var, num_batches_tracked, factor) -> y``, computes what
+    ``FastBatchNormFunction`` does on the same kernels (outputs, gradients and running
+    statistics bit for bit equal), with ``running_mean``, ``running_var``,
+    ``num_batches_tracked`` and ``factor`` as :func:`train_forward`'s ``running``. It
+    returns None for a call that :func:`batch_norm_eligible` would refuse for another
+    reason than its size (checked in C++, where it costs 0.05 us instead of 1.6): the
+    caller then takes the ``autograd.Function`` path. Built against the installed torch
+    at first use (``build.build_node``, about 10 s, once per torch version).
+    """
+    if (
+        not (_enabled and _node_enabled)
+        or not x.is_cpu
+        or x.numel() < MIN_NUMEL
+        or x.nbytes >= POOL_MIN_BYTES
+    ):
+        return None
+    if _node is not None or _node_failed:
+        return _node
+    return _load_node()
+
+
+def set_node_enabled(flag: bool) -> None:
+    """Turn batch norm's C++ autograd node on or off (for comparisons); off, eligible
+    training steps take the ``autograd.Function`` on the same kernels."""
+    global _node_enabled
+    _node_enabled = bool(flag)
+
+
+def node_status() -> str:
+    """``"ready: PATH"``, ``"unavailable: REASON"`` or ``"not built yet"``."""
+    return _node_state
 
 
 def available() -> bool:

@@ -21,6 +21,13 @@ Two ways to the library, tried in this order by :func:`load`:
    different CPUs keeps one build per CPU. Built under a file lock so that concurrent
    processes (test workers) compile once.
 
+Batch norm's C++ autograd node (``bn_node.cpp``, ``bnlab.kernels.train_node``) is built
+apart, by :func:`build_node`: it includes torch's headers and links torch's libraries, so
+it is compiled at first use against the installed torch (about 10 s, one
+:class:`KernelBuildWarning` line) into ``node-<key>/`` of the same cache, keyed by its
+source, flags and the torch version; it holds no arithmetic (it calls the kernels of the
+library above), so it needs no ``-march`` level and no prebuilt copy.
+
 This module imports only the standard library (``filelock``, a torch dependency, when it
 compiles at first use), so that ``setup.py`` can run it without torch; the dispatch state
 (loaded library, failure, warning) lives in ``bnlab.kernels``. Reading
@@ -55,9 +62,12 @@ __all__ = [
     "VARIANTS",
     "KernelBuildWarning",
     "Loaded",
+    "TorchBuild",
+    "build_node",
     "build_prebuilt",
     "default_cache_dir",
     "load",
+    "node_path",
     "prebuilt_path",
 ]
 
@@ -69,6 +79,10 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
 # Prebuilt (wheel) libraries: no -march=native; each level adds its -march below.
 PORTABLE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
 MANIFEST = "_bn_kernels.json"
+# The autograd node (bn_node.cpp): C++ against torch's headers, no arithmetic of its own.
+NODE_SOURCE = Path(__file__).with_name("bn_node.cpp")
+NODE_FLAGS = ("-O2", "-fPIC", "-shared", "-std=c++20")
+NODE_LIBRARIES = ("-ltorch_cpu", "-ltorch", "-lc10")
 
 _X86_V3 = frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "abm", "xsave"})
 _X86_V4 = _X86_V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
@@ -160,10 +174,15 @@ def _find_compiler(candidates: tuple[str, ...]) -> str:
 
 
 def _compile(
-    out: Path, *, flags: tuple[str, ...] | None = None, compiler: str | None = None
+    out: Path,
+    *,
+    flags: tuple[str, ...] | None = None,
+    compiler: str | None = None,
+    source: Path = SOURCE,
+    link: tuple[str, ...] = (),
 ) -> None:
-    """Compile :data:`SOURCE` into ``out`` (atomically) with ``flags`` (default
-    :data:`FLAGS`).
+    """Compile ``source`` (default :data:`SOURCE`) into ``out`` (atomically) with
+    ``flags`` (default :data:`FLAGS`); ``link``: arguments after the source (libraries).
 
     Raises:
         RuntimeError: no compiler, or the compiler failed (its last line of output).
@@ -173,7 +192,7 @@ def _compile(
     os.close(fd)
     try:
         proc = subprocess.run(
-            [compiler, *(FLAGS if flags is None else flags), "-o", tmp, str(SOURCE)],
+            [compiler, *(FLAGS if flags is None else flags), "-o", tmp, str(source), *link],
             capture_output=True,
             text=True,
             timeout=300,
@@ -299,10 +318,81 @@ def load() -> Loaded:
     return Loaded(_open(path), path, origin, seconds=seconds, skipped=skipped)
 
 
-def _announce(message: str) -> None:
+@dataclasses.dataclass(frozen=True)
+class TorchBuild:
+    """What compiling against the installed torch needs (``bnlab.kernels`` fills it from
+    ``torch.utils.cpp_extension``, as this module imports no torch): the version (part of
+    the cache key: the C++ ABI changes between releases), include and library folders,
+    and the compiler flags torch was built with (``-D_GLIBCXX_USE_CXX11_ABI=...``)."""
+
+    version: str
+    include_dirs: tuple[str, ...]
+    library_dirs: tuple[str, ...]
+    flags: tuple[str, ...]
+
+
+def node_path(torch_build: TorchBuild) -> Path:
+    """Where the autograd-node library for ``torch_build`` lies once built: the cache
+    folder keyed by its source, the flags and the torch version (no CPU: the node holds
+    no arithmetic)."""
+    h = hashlib.sha256()
+    for part in (
+        NODE_SOURCE.read_bytes(),
+        " ".join((*NODE_FLAGS, *torch_build.flags)).encode(),
+        torch_build.version.encode(),
+        "\n".join(torch_build.include_dirs).encode(),
+    ):
+        h.update(part)
+        h.update(b"\0")
+    return (cache_dir or default_cache_dir()) / f"node-{h.hexdigest()[:16]}" / "bn_node.so"
+
+
+def build_node(torch_build: TorchBuild) -> tuple[Path, float]:
+    """Compile ``bn_node.cpp`` against the installed torch at first use (about 10 s of
+    CPU, after one :class:`KernelBuildWarning` line), or find it in the cache; built
+    under a file lock, so concurrent processes compile once.
+
+    Returns:
+        The library's path and the seconds spent compiling (0.0 when cached).
+
+    Raises:
+        RuntimeError: no compiler, or the compile failed.
+    """
+    path = node_path(torch_build)
+    if path.exists():
+        return path, 0.0
+    from filelock import FileLock  # a torch dependency
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seconds = 0.0
+    with FileLock(str(path.parent / "build.lock"), timeout=600):
+        if not path.exists():  # another process may have built it meanwhile
+            compiler = _find_compiler(compilers)
+            _announce(
+                f"compiling batch norm's C++ autograd node against torch "
+                f"{torch_build.version} with {compiler} into {path.parent}",
+                pause="about ten seconds",
+            )
+            start = time.perf_counter()
+            includes = tuple(f"-I{d}" for d in torch_build.include_dirs)
+            _compile(
+                path,
+                flags=(*NODE_FLAGS, *torch_build.flags, *includes),
+                compiler=compiler,
+                source=NODE_SOURCE,
+                link=(
+                    *(f"-L{d}" for d in torch_build.library_dirs),
+                    *NODE_LIBRARIES,
+                ),
+            )
+            seconds = time.perf_counter() - start
+    return path, seconds
+
+
+def _announce(message: str, pause: str = "a few seconds") -> None:
     """One :class:`KernelBuildWarning` line; never raises (a filter that turns warnings into
     errors must not cost the fast path)."""
     with contextlib.suppress(Warning):
         warnings.warn(
-            f"bnlab: {message} (first use only, a few seconds)", KernelBuildWarning, stacklevel=2
+            f"bnlab: {message} (first use only, {pause})", KernelBuildWarning, stacklevel=2
         )
