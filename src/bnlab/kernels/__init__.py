@@ -151,8 +151,9 @@ POOL_MAX_FREE_BYTES = 256 << 20
 POOL_IDLE_S = 2.0
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 # The kernels' arguments, packed into one bytes buffer per call (fields of 8 bytes, in
-# the order of the C structs of bn_kernels.cpp; Q: pointer, 0 for null; q: int64; d:
-# double): ctypes converts each argument separately (about 0.2 us each), a buffer once.
+# the parameter order of bn_kernels.cpp's kernels, see its call_packed; Q: pointer, 0 for
+# null; q: int64; d: double): ctypes converts each argument separately (about 0.2 us
+# each), a buffer once.
 _PACK = {
     # x, y, N, C, S, weight, bias, eps, stats, running_mean, running_var,
     # num_batches_tracked, factor, threads

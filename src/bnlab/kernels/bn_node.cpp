@@ -11,8 +11,9 @@
 // bnlab.autograd's FastBatchNormFunction: the forward and backward kernels of
 // bn_kernels.cpp, whose entry points Python hands over once (`bind`) from the ctypes
 // library it loaded, so this file holds no arithmetic and needs no -march flags; the
-// arguments are packed in the field order of bn_kernels.cpp's TrainForwardArgs and
-// TrainBackwardArgs (Python's _PACK; a test compares the two paths bit for bit).
+// arguments are packed in the parameter order of bn_kernels.cpp's train_forward and
+// train_backward (its call_packed; Python's _PACK; a test compares the two paths bit for
+// bit).
 // A backward that autograd records (create_graph=True), or whose grad_y the kernel does not
 // take (strides, dtype), calls `bnlab_kernels::batch_norm_train_backward`, which
 // bnlab.autograd implements in Python with torch ops (differentiable), as the Python
