@@ -42,7 +42,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from rich.console import Console
@@ -581,7 +581,7 @@ def run(args: argparse.Namespace) -> int:
         env, device=args.device, sync_bn=args.sync_bn, timeout_s=args.dist_timeout
     )
     try:
-        return _train(args, distributed)
+        status = _train(args, distributed)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         where = f"rank {env.rank} of {env.world_size}"
         if _lost_contact(exc):
@@ -589,16 +589,30 @@ def run(args: argparse.Namespace) -> int:
             # Exiting a moment later lets the agent see that one fail first and name it.
             time.sleep(_LOST_CONTACT_GRACE_S)
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            print(
+            _end_rank(
                 f"bnlab train: error: {where}: lost contact with the other processes "
                 f"({first_line}); another process failed or was stopped",
-                file=sys.stderr,
+                LOST_CONTACT_STATUS,
             )
-            return LOST_CONTACT_STATUS
         # One line per failing rank that says which one it was.
-        raise RuntimeError(f"{where}: {exc}") from exc
-    finally:
-        shutdown_distributed()
+        _end_rank(f"bnlab train: error: {where}: {exc}", 1)
+    shutdown_distributed()
+    return status
+
+
+def _end_rank(message: str, status: int) -> NoReturn:
+    """A failed rank's last line, then the end of its process, at once (``os._exit``).
+
+    Not by unwinding: freeing the ``DistributedDataParallel`` model holds the GIL while the
+    gloo process group joins its worker thread, and that thread may still need the GIL to
+    drop a finished collective (seen here: the rank never exited, and the others waited
+    out --dist-timeout). The process holds nothing to save: rank 0 writes each file
+    atomically, and the run resumes from its last full epoch.
+    """
+    print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 # Seconds a rank that lost contact waits before it exits (see run).
