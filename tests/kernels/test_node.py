@@ -226,3 +226,34 @@ def test_the_node_library_is_keyed_by_its_source_and_torch(tmp_path, monkeypatch
     assert build.node_path(one) != build.node_path(other)
     assert build.node_path(one) == build.node_path(one)
     assert build.node_path(one).is_relative_to(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hard_channels_through_the_node(dtype: torch.dtype) -> None:
+    """A channel at 1e4 with noise of 1e-3 (catastrophic cancellation for a naive
+    variance), a constant channel (variance 0) and a normal one: the node gives the
+    Function's results bit for bit, and both stay close to float64 torch."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(512, 3, 4, generator=gen, dtype=torch.float64)
+    x[:, 0] = 1e4 + 1e-3 * x[:, 0]
+    x[:, 1] = 7.0
+    grad_y = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    results = []
+    for node in (True, False):
+        module = bnlab.nn.BatchNorm1d(3).to(dtype)
+        xs = x.to(dtype, copy=True).requires_grad_()
+        with kernels.enabled(True, node=node):
+            y = module(xs)
+            assert ("TrainStep" in y.grad_fn.name()) == node
+            y.backward(grad_y.to(dtype))
+        results.append((y.detach(), xs.grad, module.weight.grad, module.running_var))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+    # float64 torch on the same (rounded) input, as test_fast_path's 1e4 test.
+    xr = x.to(dtype).to(torch.float64, copy=True).requires_grad_()
+    yr = torch.nn.functional.batch_norm(xr, None, None, training=True, eps=1e-5)
+    (gr,) = torch.autograd.grad(yr, xr, grad_y.to(dtype).double())
+    y, gx = results[0][0].double(), results[0][1].double()
+    tol = 1e-9 if dtype == torch.float64 else 1e-3
+    assert (y - yr).abs().max().item() < tol
+    assert (gx - gr).abs().max().item() < tol * gr.abs().max().item()

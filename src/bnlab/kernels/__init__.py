@@ -45,8 +45,8 @@ or ``1 / num_batches_tracked`` for ``momentum=None``); the kernels only apply it
   C++ (:func:`train_node`), for module calls below :data:`POOL_MIN_BYTES`: the same
   kernels, called from C++ in the forward and the backward, so a small step makes one
   Python call instead of a Python ``autograd.Function`` (measured on this package's CPU
-  machine, 256x120 float32, one thread: 0.83-0.86 of torch's step against 1.06-1.08
-  through the Function). Built with torch's headers at first use (``build.build_node``,
+  machine, 256x120 float32, one thread: 0.85 of torch's step against 1.06-1.07
+  through the Function; README, "BatchNorm layer"). Built with torch's headers at first use (``build.build_node``,
   about 10 s, once per torch version); where it does not build, one ``RuntimeWarning``
   and the Function path (:func:`node_status`).
 
