@@ -57,9 +57,8 @@ from bnlab.textbook import BatchNorm
 
 __all__ = [
     "DEFAULT_SHAPES",
-    "FAST_SETTING",
     "MODES",
-    "NODE_SETTING",
+    "SWITCHES",
     "VARIANTS",
     "fraction_of_bound",
     "fresh_output_ms",
@@ -86,10 +85,15 @@ DEFAULT_SHAPES: tuple[tuple[int, ...], ...] = (
     (64, 64, 112, 112),
 )
 VARIANTS = ("ours", "ours-fast", "ours-function", "native", "textbook")
-# The fast-path switch each variant runs under (None: not a bnlab.nn module, no switch),
-# and the switch of batch norm's C++ autograd node (kernels.enabled's ``node``).
-FAST_SETTING: dict[str, bool | None] = {"ours": False, "ours-fast": True, "ours-function": True}
-NODE_SETTING: dict[str, bool | None] = {"ours-fast": True, "ours-function": False}
+# The switches each bnlab.nn variant runs under: the fast path, and batch norm's C++
+# autograd node (kernels.enabled's ``node``; None: left as it is). Variants not listed
+# are not bnlab.nn modules and run without a switch.
+SWITCHES: dict[str, tuple[bool, bool | None]] = {
+    "ours": (False, None),
+    "ours-fast": (True, True),
+    "ours-function": (True, False),
+}
+_NO_SWITCH: tuple[None, None] = (None, None)
 MODES = ("train", "eval")
 
 
@@ -164,7 +168,7 @@ def _max_abs_diff_vs_native(
         outputs = {}
         for name, module in modules.items():
             module.train(mode == "train")
-            with _switch(FAST_SETTING.get(name), NODE_SETTING.get(name)):
+            with _switch(*SWITCHES.get(name, _NO_SWITCH)):
                 outputs[name] = module(x)
     return {
         name: (outputs[name] - outputs["native"]).abs().max().item()
@@ -201,12 +205,10 @@ def run_case(
     modules = make_modules(shape[1], len(shape))
     modules = {name: modules[name] for name in variants}
     diffs = _max_abs_diff_vs_native(modules, x, mode) if "native" in modules else {}
-    steps = {
-        name: make_step(
-            module, x, grad_y, mode, fast=FAST_SETTING.get(name), node=NODE_SETTING.get(name)
-        )
-        for name, module in modules.items()
-    }
+    steps = {}
+    for name, module in modules.items():
+        fast, node = SWITCHES.get(name, _NO_SWITCH)
+        steps[name] = make_step(module, x, grad_y, mode, fast=fast, node=node)
     for step in steps.values():
         step()  # first call: lazy initialisation, not part of the calibration
     number = min(calibrate_number(step, target_ms=target_ms) for step in steps.values())
