@@ -581,7 +581,7 @@ def run(args: argparse.Namespace) -> int:
         env, device=args.device, sync_bn=args.sync_bn, timeout_s=args.dist_timeout
     )
     try:
-        status = _train(args, distributed)
+        return _train(args, distributed)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         where = f"rank {env.rank} of {env.world_size}"
         if _lost_contact(exc):
@@ -596,8 +596,8 @@ def run(args: argparse.Namespace) -> int:
             )
         # One line per failing rank that says which one it was.
         _end_rank(f"bnlab train: error: {where}: {exc}", 1)
-    shutdown_distributed()
-    return status
+    finally:
+        shutdown_distributed()  # a run that ends or raises otherwise (os._exit skips it)
 
 
 def _end_rank(message: str, status: int) -> NoReturn:

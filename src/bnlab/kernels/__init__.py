@@ -324,16 +324,14 @@ def _load_node() -> Any:
                     raise RuntimeError(
                         f"{path} has node ABI {ops.node_abi_version()}, want {NODE_ABI_VERSION}"
                     )
-                address = {
-                    key: ctypes.cast(_fns[key], ctypes.c_void_p).value
-                    for key in (
-                        ("train_forward", torch.float32),
-                        ("train_forward", torch.float64),
-                        ("train_backward", torch.float32),
-                        ("train_backward", torch.float64),
+                # bind(forward_f32, forward_f64, backward_f32, backward_f64)
+                ops.bind(
+                    *(
+                        ctypes.cast(_fns[kind, dtype], ctypes.c_void_p).value
+                        for kind in ("train_forward", "train_backward")
+                        for dtype in (torch.float32, torch.float64)
                     )
-                }
-                ops.bind(*address.values())
+                )
                 _node = ops.batch_norm_train.default
                 _node_state = f"ready: {path}"
             except Exception as err:  # any failure means: the autograd.Function path
